@@ -1,0 +1,220 @@
+//! The HTTPS/JSON client API (axum over rustls).
+//!
+//! Every route but `GET /v1/sys/health` needs a client certificate issued by
+//! the cluster CA. The certificate authenticates the connection only: writes
+//! carry their own operator signature, which every node verifies when it
+//! applies them. Errors use Vault's shape, `{"errors": ["..."]}`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use serde::Deserialize;
+use synod_proto::api::{ApiError, ErrorBody, KvList};
+use synod_proto::SignedCommand;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::node::Node;
+use crate::pki::{self, PeerIdentity};
+
+/// Request bodies larger than this are refused before parsing.
+pub const REQUEST_BYTES_MAX: usize = 256 * 1024;
+/// A client must finish its TLS handshake within this time.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who is on the other end of the connection, from its client certificate.
+#[derive(Clone, Debug)]
+pub struct Caller(pub Option<PeerIdentity>);
+
+/// An error response.
+pub struct Failure(pub ApiError);
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Failure(e)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody { errors: vec![self.0.message], leader: self.0.leader_hint };
+        (status, Json(body)).into_response()
+    }
+}
+
+fn require_client(caller: &Caller) -> Result<(), Failure> {
+    match caller.0 {
+        Some(_) => Ok(()),
+        None => Err(Failure(ApiError::new(
+            401,
+            "this endpoint needs a client certificate from the cluster CA; set SYNOD_CLIENT_CERT and SYNOD_CLIENT_KEY \
+             (create one with `synod ca issue client`)",
+        ))),
+    }
+}
+
+fn parse_command(body: &Bytes) -> Result<SignedCommand, Failure> {
+    serde_json::from_slice(body).map_err(|e| {
+        Failure(ApiError::bad_request(format!(
+            "request body is not a signed command ({e}); build it with the synod CLI"
+        )))
+    })
+}
+
+/// The API's routes over a node.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/v1/sys/health", get(health))
+        .route("/v1/sys/status", get(status))
+        .route("/v1/sys/metrics", get(metrics))
+        .route("/v1/sys/init", post(init))
+        .route("/v1/commands", post(write))
+        .route("/v1/kv", get(kv_list))
+        .route("/v1/kv/{*key}", get(kv_get))
+        .fallback(|| async { Failure(ApiError::new(404, "no such endpoint; see `synod --help` for the API")) })
+        .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
+        .with_state(node)
+}
+
+#[derive(Deserialize)]
+struct HealthQuery {
+    #[serde(default)]
+    standbyok: bool,
+}
+
+async fn health(State(node): State<Arc<Node>>, Query(q): Query<HealthQuery>) -> Response {
+    let (code, body) = node.health(q.standbyok);
+    (StatusCode::from_u16(code).unwrap_or(StatusCode::OK), Json(body)).into_response()
+}
+
+async fn status(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>) -> Result<Response, Failure> {
+    require_client(&caller)?;
+    Ok(Json(node.status()).into_response())
+}
+
+async fn metrics(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>) -> Result<Response, Failure> {
+    require_client(&caller)?;
+    let s = node.status();
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: u64| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node=\"{}\"}} {value}\n", s.node_id));
+    };
+    gauge("synod_raft_term", "Current Raft term.", s.term);
+    gauge("synod_raft_is_leader", "1 when this node is the leader.", u64::from(s.role == "leader"));
+    gauge("synod_raft_last_log_index", "Index of the last log entry.", s.last_log_index.unwrap_or(0));
+    gauge("synod_raft_last_applied_index", "Index of the last applied entry.", s.last_applied_index.unwrap_or(0));
+    gauge("synod_raft_snapshot_index", "Last index covered by a snapshot.", s.snapshot_index.unwrap_or(0));
+    gauge("synod_members", "Members in Raft's configuration.", s.members.len() as u64);
+    gauge("synod_commands_applied_total", "Commands applied.", s.applied_commands);
+    gauge("synod_commands_rejected_total", "Committed commands refused when applied.", s.rejected_commands);
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+async fn init(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    require_client(&caller)?;
+    let command = parse_command(&body)?;
+    let result = node.init(command).await?;
+    Ok(Json(result).into_response())
+}
+
+async fn write(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    require_client(&caller)?;
+    let command = parse_command(&body)?;
+    let result = node.write(command).await?;
+    // A committed command the state machine refused is the caller's fault.
+    let status = if result.outcome.is_applied() { StatusCode::OK } else { StatusCode::FORBIDDEN };
+    Ok((status, Json(result)).into_response())
+}
+
+async fn kv_get(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+    Path(key): Path<String>,
+) -> Result<Response, Failure> {
+    require_client(&caller)?;
+    let record = node.state().read().state.kv.get(&key).cloned();
+    match record {
+        Some(record) => Ok(Json(record).into_response()),
+        None => Err(Failure(ApiError::new(404, format!("no record under key {key:?} on this node")))),
+    }
+}
+
+async fn kv_list(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>) -> Result<Response, Failure> {
+    require_client(&caller)?;
+    let keys = node.state().read().state.kv.iter().map(|(k, r)| (k.clone(), r.version)).collect();
+    Ok(Json(KvList { keys }).into_response())
+}
+
+/// Serves the API on `listener` until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "API accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move { serve_connection(acceptor, tcp, remote, app).await });
+    }
+}
+
+async fn serve_connection(
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    remote: SocketAddr,
+    app: Router,
+) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::warn!(%remote, error = %e, "refused API client: TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%remote, "refused API client: TLS handshake timed out");
+            return;
+        }
+    };
+    let identity = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|cert| pki::identity_of(cert).ok());
+    let service = TowerToHyperService::new(app.layer(Extension(Caller(identity))));
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service);
+    if let Err(e) = conn.await {
+        tracing::debug!(%remote, error = %e, "API connection ended with an error");
+    }
+}

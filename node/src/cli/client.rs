@@ -1,0 +1,274 @@
+//! Client commands: they sign commands with the operator key and speak the
+//! node's HTTPS API.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use serde::de::DeserializeOwned;
+use synod_proto::api::{ErrorBody, Health, KvList, KvRecord, Status, WriteResponse};
+use synod_proto::{Command, Envelope, NodeAddr, NodeId, OperatorKey, Outcome, SignedCommand};
+
+use super::operator::load_operator_key;
+use super::{ClientArgs, ClusterCmd, KvCmd, Output};
+use crate::pki;
+
+/// An HTTPS client for one node's API.
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl ApiClient {
+    /// Builds a client from flags/environment: trusts only the cluster CA and
+    /// presents the client certificate when one is configured.
+    pub fn new(args: &ClientArgs) -> anyhow::Result<Self> {
+        let cacert = args.cacert.as_ref().ok_or_else(|| {
+            anyhow!("no CA certificate given; set SYNOD_CACERT (or --cacert) to the cluster's ca.crt")
+        })?;
+        let tls = match (&args.client_cert, &args.client_key) {
+            (Some(cert), Some(key)) => pki::TlsMaterial::load(cacert, cert, key)?.https_client_config()?,
+            (None, None) => pki::https_client_config_anonymous(cacert)?,
+            _ => bail!("set both SYNOD_CLIENT_CERT and SYNOD_CLIENT_KEY (or neither)"),
+        };
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(Duration::from_secs(60))
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
+        let base = args.addr.trim_end_matches('/').to_string();
+        if !base.starts_with("https://") {
+            bail!("SYNOD_ADDR {base:?} must start with https://");
+        }
+        Ok(ApiClient { http, base })
+    }
+
+    async fn decode<T: DeserializeOwned>(&self, response: reqwest::Response) -> anyhow::Result<(u16, T)> {
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await?;
+        if let Ok(value) = serde_json::from_slice::<T>(&bytes) {
+            return Ok((status, value));
+        }
+        if let Ok(err) = serde_json::from_slice::<ErrorBody>(&bytes) {
+            let mut text = err.errors.join("; ");
+            if let Some(leader) = err.leader {
+                text.push_str(&format!(" (leader: node {} at {})", leader.node_id, leader.api_addr));
+            }
+            bail!("{} (HTTP {status})", text);
+        }
+        bail!("unexpected answer (HTTP {status}): {}", String::from_utf8_lossy(&bytes))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        request.send().await.map_err(|e| {
+            let mut text = format!("cannot reach {}: {e}", self.base);
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            anyhow!(text)
+        })
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<(u16, T)> {
+        let response = self.send(self.http.get(self.url(path))).await?;
+        self.decode(response).await
+    }
+
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &SignedCommand) -> anyhow::Result<(u16, T)> {
+        let response = self.send(self.http.post(self.url(path)).json(body)).await?;
+        self.decode(response).await
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Signs `command` for `cluster_id` with the operator key from `args`.
+pub fn sign(args: &ClientArgs, cluster_id: &str, command: Command) -> anyhow::Result<SignedCommand> {
+    let path = args.operator_key.as_ref().ok_or_else(|| {
+        anyhow!("this command must be signed; set SYNOD_OPERATOR_KEY (or --operator-key) to your operator key file")
+    })?;
+    let key = load_operator_key(path)?;
+    let mut id = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+    let issued = now_ms();
+    let envelope = Envelope {
+        cluster_id: cluster_id.to_string(),
+        command_id: hex::encode(id),
+        issued_at_ms: issued,
+        expires_at_ms: issued + args.ttl_secs * 1000,
+        command,
+    };
+    Ok(SignedCommand::sign(&envelope, &key))
+}
+
+/// Signs and submits a command against the cluster the node belongs to.
+pub async fn submit(args: &ClientArgs, command: Command) -> anyhow::Result<WriteResponse> {
+    let client = ApiClient::new(args)?;
+    let (_, health): (u16, Health) = client.get("/v1/sys/health").await?;
+    let cluster_id = health
+        .cluster_id
+        .ok_or_else(|| anyhow!("node {} is not initialised yet; run `synod cluster init` first", health.node_id))?;
+    let signed = sign(args, &cluster_id, command)?;
+    let (_, response): (u16, WriteResponse) = client.post("/v1/commands", &signed).await?;
+    Ok(response)
+}
+
+fn print_write(args: &ClientArgs, response: &WriteResponse) -> anyhow::Result<()> {
+    match args.output.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(response)?),
+        Output::Table => match &response.outcome {
+            Outcome::Applied { detail } => println!("committed at index {}: {detail}", response.index),
+            Outcome::Rejected { reason } => println!("committed at index {} but refused: {reason}", response.index),
+            Outcome::Internal => println!("committed at index {}", response.index),
+        },
+    }
+    if let Outcome::Rejected { reason } = &response.outcome {
+        bail!("the cluster refused the command: {reason}");
+    }
+    Ok(())
+}
+
+fn parse_member(text: &str) -> anyhow::Result<(NodeId, NodeAddr)> {
+    let err = || anyhow!("--member {text:?} is not ID=RAFT_ADDR,API_ADDR (e.g. 1=10.0.0.1:7001,10.0.0.1:8201)");
+    let (id, addrs) = text.split_once('=').ok_or_else(err)?;
+    let (raft_addr, api_addr) = addrs.split_once(',').ok_or_else(err)?;
+    let id: NodeId = id.trim().parse().map_err(|_| err())?;
+    Ok((id, NodeAddr { raft_addr: raft_addr.trim().into(), api_addr: api_addr.trim().into() }))
+}
+
+/// `synod cluster ...`.
+pub async fn cluster(cmd: ClusterCmd) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCmd::Init { members, admins, cluster_id, client } => {
+            let members: BTreeMap<NodeId, NodeAddr> =
+                members.iter().map(|m| parse_member(m)).collect::<anyhow::Result<_>>()?;
+            let signer_path = client
+                .operator_key
+                .clone()
+                .ok_or_else(|| anyhow!("set SYNOD_OPERATOR_KEY to the key of a genesis admin"))?;
+            let mut admin_keys: Vec<OperatorKey> =
+                admins.iter().map(|a| OperatorKey::from_hex(a)).collect::<Result<_, _>>()?;
+            if admin_keys.is_empty() {
+                admin_keys.push(OperatorKey::of(&load_operator_key(&signer_path)?));
+            }
+            let cluster_id = cluster_id.unwrap_or_else(|| {
+                let mut id = [0u8; 8];
+                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+                format!("synod-{}", hex::encode(id))
+            });
+            let response = init(&client, &cluster_id, admin_keys, members).await?;
+            print_write(&client, &response)
+        }
+        ClusterCmd::AddMember { id, raft_addr, api_addr, client } => {
+            let response =
+                submit(&client, Command::AddMember { node_id: id, addr: NodeAddr { raft_addr, api_addr } }).await?;
+            print_write(&client, &response)
+        }
+        ClusterCmd::RemoveMember { id, client } => {
+            let response = submit(&client, Command::RemoveMember { node_id: id }).await?;
+            print_write(&client, &response)
+        }
+    }
+}
+
+/// Signs and sends the genesis command.
+pub async fn init(
+    client_args: &ClientArgs,
+    cluster_id: &str,
+    admins: Vec<OperatorKey>,
+    members: BTreeMap<NodeId, NodeAddr>,
+) -> anyhow::Result<WriteResponse> {
+    let members = members.into_iter().map(|(node_id, addr)| synod_proto::Member { node_id, addr }).collect();
+    let signed = sign(client_args, cluster_id, Command::Genesis { admins, members })?;
+    let client = ApiClient::new(client_args)?;
+    let (_, response): (u16, WriteResponse) =
+        client.post("/v1/sys/init", &signed).await.context("cluster init failed")?;
+    Ok(response)
+}
+
+/// `synod status`.
+pub async fn status(args: &ClientArgs) -> anyhow::Result<()> {
+    let client = ApiClient::new(args)?;
+    let (_, status): (u16, Status) = client.get("/v1/sys/status").await?;
+    if args.output.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!("cluster      {}", status.cluster_id.as_deref().unwrap_or("(not initialised)"));
+    println!("this node    {} ({})", status.node_id, status.role);
+    println!("leader       {}", status.leader_id.map_or("(none)".into(), |l| l.to_string()));
+    println!("term         {}", status.term);
+    println!("last index   {}", status.last_log_index.unwrap_or(0));
+    println!("applied      {}", status.last_applied_index.unwrap_or(0));
+    println!("refused      {}", status.rejected_commands);
+    println!();
+    println!("{:<6} {:<8} {:<10} {:<22} {:<22} {}", "NODE", "VOTER", "AUTHORIZED", "RAFT", "API", "MATCHED");
+    for m in &status.members {
+        println!(
+            "{:<6} {:<8} {:<10} {:<22} {:<22} {}",
+            m.node_id,
+            m.voter,
+            m.authorized,
+            m.addr.raft_addr,
+            m.addr.api_addr,
+            m.matched_index.map_or("-".into(), |i| i.to_string())
+        );
+    }
+    Ok(())
+}
+
+/// `synod health`: exits non-zero unless the node is initialised and knows a leader.
+pub async fn health(args: &ClientArgs) -> anyhow::Result<()> {
+    let client = ApiClient::new(args)?;
+    let (code, health): (u16, Health) = client.get("/v1/sys/health?standbyok=true").await?;
+    match args.output.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&health)?),
+        Output::Table => println!(
+            "node {} {} term {} leader {}",
+            health.node_id,
+            health.role,
+            health.term,
+            health.leader_id.map_or("(none)".into(), |l| l.to_string())
+        ),
+    }
+    if code != 200 {
+        bail!("node {} is not healthy (HTTP {code})", health.node_id);
+    }
+    Ok(())
+}
+
+/// `synod kv ...`.
+pub async fn kv(cmd: KvCmd) -> anyhow::Result<()> {
+    match cmd {
+        KvCmd::Put { key, value, client } => {
+            let response = submit(&client, Command::Put { key, value }).await?;
+            print_write(&client, &response)
+        }
+        KvCmd::Get { key, client } => {
+            let api = ApiClient::new(&client)?;
+            let (_, record): (u16, KvRecord) = api.get(&format!("/v1/kv/{key}")).await?;
+            match client.output.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&record)?),
+                Output::Table => println!("{}", record.value),
+            }
+            Ok(())
+        }
+        KvCmd::List(client) => {
+            let api = ApiClient::new(&client)?;
+            let (_, list): (u16, KvList) = api.get("/v1/kv").await?;
+            match client.output.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+                Output::Table => list.keys.iter().for_each(|(k, v)| println!("{k}\t(version {v})")),
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! `synod dev`: a local cluster on 127.0.0.1 for trying Synod out.
+//!
+//! It makes a CA, node and client certificates, an admin operator key and one
+//! config per node in the data directory, starts every node as its own OS
+//! process, initialises the cluster, writes `env` (source it to point the CLI
+//! at the cluster) and `cluster.json` (ids, pids, addresses), and on SIGINT or
+//! SIGTERM stops the nodes cleanly. Run again with the same `--data-dir` and it
+//! restarts the same cluster.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use synod_proto::api::Health;
+use synod_proto::{NodeAddr, NodeId, OperatorKey};
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::client::{self, ApiClient};
+use super::operator::{keygen, load_operator_key};
+use super::{ClientArgs, DevArgs, Output, OutputArgs};
+use crate::config::{LogFormat, NodeConfig, RaftTuning, TlsFiles};
+use crate::pki::{self, Subject};
+
+/// How long to wait for the nodes to come up and elect a leader.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long nodes get to stop after SIGTERM before they are killed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// `cluster.json`: what is running where.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ClusterFile {
+    pub cluster_id: String,
+    pub data_dir: PathBuf,
+    pub nodes: Vec<DevNode>,
+}
+
+/// One node of the dev cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevNode {
+    pub id: NodeId,
+    pub pid: Option<u32>,
+    pub raft_addr: String,
+    pub api_addr: String,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+/// Runs the dev cluster in the foreground.
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    crate::server::init_logging(LogFormat::Text, "warn");
+    let (data_dir, _temp) = match args.data_dir {
+        Some(dir) => (absolute(&dir)?, None),
+        None => {
+            let temp = tempfile::Builder::new().prefix("synod-dev-").tempdir()?;
+            (temp.path().to_path_buf(), Some(temp))
+        }
+    };
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let mut cluster = match std::fs::read(data_dir.join("cluster.json")) {
+        Ok(bytes) => {
+            let cluster: ClusterFile = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a dev cluster file", data_dir.join("cluster.json").display()))?;
+            println!("Restarting the dev cluster in {}", data_dir.display());
+            cluster
+        }
+        Err(_) => {
+            println!("Creating a {}-node dev cluster in {}", args.nodes, data_dir.display());
+            create(&data_dir, args.nodes)?
+        }
+    };
+    let client_args = client_args(&data_dir, &cluster);
+
+    let mut children = BTreeMap::new();
+    for node in &mut cluster.nodes {
+        let child = spawn_node(node)?;
+        node.pid = child.id();
+        children.insert(node.id, child);
+    }
+    let result = bring_up(&data_dir, &mut cluster, &client_args).await;
+    if let Err(e) = result {
+        eprintln!("The dev cluster did not come up: {e:#}");
+        print_logs_hint(&cluster);
+        stop_all(&mut children).await;
+        return Err(e);
+    }
+    wait_for_signal(&cluster, &mut children).await?;
+    stop_all(&mut children).await;
+    println!("All nodes stopped.");
+    Ok(())
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    Ok(if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir()?.join(path) })
+}
+
+fn free_tcp_port() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn free_udp_port() -> anyhow::Result<SocketAddr> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Generates the CA, certificates, keys and configs of a new dev cluster.
+fn create(data_dir: &Path, nodes: u64) -> anyhow::Result<ClusterFile> {
+    let ca_dir = data_dir.join("ca");
+    pki::ca_init(&ca_dir, "synod dev CA")?;
+    let certs = data_dir.join("certs");
+    pki::issue(&ca_dir, &Subject::Client { name: "dev".into() }, &certs, 365)?;
+    keygen(&data_dir.join("admin.pem"))?;
+    let mut id_bytes = [0u8; 8];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id_bytes);
+    let cluster_id = format!("synod-dev-{}", hex::encode(id_bytes));
+    let mut list = Vec::new();
+    for id in 1..=nodes {
+        let issued = pki::issue(&ca_dir, &Subject::Node { id, sans: vec!["127.0.0.1".into()] }, &certs, 365)?;
+        let node_dir = data_dir.join(format!("node-{id}"));
+        std::fs::create_dir_all(&node_dir)?;
+        let (raft, api) = (free_udp_port()?, free_tcp_port()?);
+        let config = NodeConfig {
+            node_id: id,
+            data_dir: node_dir.join("data"),
+            raft_listen: raft,
+            api_listen: api,
+            tls: TlsFiles { ca_cert: ca_dir.join("ca.crt"), cert: issued.cert_path, key: issued.key_path },
+            raft: RaftTuning::default(),
+            cluster_id: Some(cluster_id.clone()),
+            log_format: LogFormat::Text,
+        };
+        let config_path = node_dir.join("node.toml");
+        std::fs::write(&config_path, config.to_toml())?;
+        list.push(DevNode {
+            id,
+            pid: None,
+            raft_addr: raft.to_string(),
+            api_addr: api.to_string(),
+            config: config_path,
+            log: node_dir.join("node.log"),
+        });
+    }
+    Ok(ClusterFile { cluster_id, data_dir: data_dir.to_path_buf(), nodes: list })
+}
+
+fn client_args(data_dir: &Path, cluster: &ClusterFile) -> ClientArgs {
+    ClientArgs {
+        addr: format!("https://{}", cluster.nodes[0].api_addr),
+        cacert: Some(data_dir.join("ca/ca.crt")),
+        client_cert: Some(data_dir.join("certs/client-dev.crt")),
+        client_key: Some(data_dir.join("certs/client-dev.key")),
+        operator_key: Some(data_dir.join("admin.pem")),
+        ttl_secs: 300,
+        output: OutputArgs { output: Output::Table },
+    }
+}
+
+fn spawn_node(node: &DevNode) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
+    let exe = std::env::current_exe()?;
+    Command::new(exe)
+        .args(["node", "start", "--config"])
+        .arg(&node.config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start node {}", node.id))
+}
+
+/// Waits for every node, initialises the cluster if needed, writes env and cluster.json.
+async fn bring_up(data_dir: &Path, cluster: &mut ClusterFile, client_args: &ClientArgs) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+    let mut initialized = false;
+    for node in &cluster.nodes {
+        let mut args = client_args.clone();
+        args.addr = format!("https://{}", node.api_addr);
+        let api = ApiClient::new(&args)?;
+        loop {
+            match api.get::<Health>("/v1/sys/health").await {
+                Ok((_, health)) => {
+                    initialized |= health.initialized;
+                    break;
+                }
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    bail!("node {} did not answer within {STARTUP_TIMEOUT:?}: {e}", node.id)
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+    if !initialized {
+        let members = cluster
+            .nodes
+            .iter()
+            .map(|n| (n.id, NodeAddr { raft_addr: n.raft_addr.clone(), api_addr: n.api_addr.clone() }))
+            .collect();
+        let admin = OperatorKey::of(&load_operator_key(&data_dir.join("admin.pem"))?);
+        let response = client::init(client_args, &cluster.cluster_id, vec![admin], members).await?;
+        println!("Initialised cluster {} (genesis at index {}).", cluster.cluster_id, response.index);
+    }
+    std::fs::write(data_dir.join("cluster.json"), serde_json::to_string_pretty(&cluster)?)?;
+    let env = format!(
+        "export SYNOD_ADDR={}\nexport SYNOD_CACERT={}\nexport SYNOD_CLIENT_CERT={}\nexport SYNOD_CLIENT_KEY={}\nexport SYNOD_OPERATOR_KEY={}\n",
+        client_args.addr,
+        data_dir.join("ca/ca.crt").display(),
+        data_dir.join("certs/client-dev.crt").display(),
+        data_dir.join("certs/client-dev.key").display(),
+        data_dir.join("admin.pem").display(),
+    );
+    std::fs::write(data_dir.join("env"), &env)?;
+    println!();
+    println!("The cluster is up. Point the CLI at it:");
+    println!();
+    print!("{env}");
+    println!();
+    println!("or: source {}", data_dir.join("env").display());
+    println!();
+    for node in &cluster.nodes {
+        println!(
+            "  node {}  pid {:<7} raft {:<21} api {:<21} log {}",
+            node.id,
+            node.pid.map_or("-".into(), |p| p.to_string()),
+            node.raft_addr,
+            node.api_addr,
+            node.log.display()
+        );
+    }
+    println!();
+    println!("Try: synod status; synod kv put greeting hello; kill -9 a node's pid and run synod status again.");
+    println!("Press Ctrl-C to stop the cluster.");
+    Ok(())
+}
+
+fn print_logs_hint(cluster: &ClusterFile) {
+    for node in &cluster.nodes {
+        eprintln!("  node {} log: {}", node.id, node.log.display());
+    }
+}
+
+async fn wait_for_signal(cluster: &ClusterFile, children: &mut BTreeMap<NodeId, Child>) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = tick.tick() => {
+                let exited: Vec<(NodeId, String)> = children
+                    .iter_mut()
+                    .filter_map(|(id, child)| child.try_wait().ok().flatten().map(|s| (*id, s.to_string())))
+                    .collect();
+                for (id, how) in exited {
+                    children.remove(&id);
+                    let node = cluster.nodes.iter().find(|n| n.id == id).expect("known node");
+                    println!(
+                        "node {id} exited ({how}); the others carry on. Restart it with: {} node start --config {}",
+                        std::env::current_exe()?.display(),
+                        node.config.display()
+                    );
+                }
+            }
+        }
+    }
+}
+
+async fn stop_all(children: &mut BTreeMap<NodeId, Child>) {
+    for child in children.values() {
+        if let Some(pid) = child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+    for (id, child) in children.iter_mut() {
+        match tokio::time::timeout(SHUTDOWN_GRACE, child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!("node {id} did not stop within {SHUTDOWN_GRACE:?}; killing it");
+                let _ = child.kill().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The `synod` command line: server commands (`node start`, `dev`, `ca`) and
+//! client commands that speak the HTTP API (`status`, `kv`, `member`, ...).
+//!
+//! Client commands read their connection from flags or the environment, the
+//! way Vault's CLI does: `SYNOD_ADDR`, `SYNOD_CACERT`, `SYNOD_CLIENT_CERT`,
+//! `SYNOD_CLIENT_KEY`, and `SYNOD_OPERATOR_KEY` for commands that must be signed.
+
+pub mod client;
+pub mod dev;
+pub mod operator;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use synod_proto::NodeId;
+
+/// Synod: a threshold-signing cluster. No single node and no single operator can sign alone.
+#[derive(Parser, Debug)]
+#[command(name = "synod", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Top,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Top {
+    /// Run a node.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Run a local development cluster on 127.0.0.1, each node its own process.
+    Dev(DevArgs),
+    /// Manage the cluster's certificate authority and node/client certificates.
+    #[command(subcommand)]
+    Ca(CaCmd),
+    /// Manage operator signing keys (the keys that authorise every change).
+    #[command(subcommand)]
+    Operator(OperatorCmd),
+    /// Initialise a new cluster or change its members.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Show the cluster as the addressed node sees it: members, leader, roles.
+    Status(ClientArgs),
+    /// Show the addressed node's health (no client certificate needed).
+    Health(ClientArgs),
+    /// Read and write replicated key-value metadata.
+    #[command(subcommand)]
+    Kv(KvCmd),
+    /// Print version and build information.
+    Version(OutputArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// Start a node from its configuration file and serve until SIGINT/SIGTERM.
+    Start {
+        /// Path to node.toml.
+        #[arg(long, env = "SYNOD_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
+    pub nodes: u64,
+    /// Keep the cluster's files here (reused on the next run); a temporary directory otherwise.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaCmd {
+    /// Create a cluster CA (ca.crt, ca.key) in a new directory.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Common name of the CA certificate.
+        #[arg(long, default_value = "synod cluster CA")]
+        name: String,
+    },
+    /// Issue a certificate signed by the CA.
+    #[command(subcommand)]
+    Issue(IssueCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IssueCmd {
+    /// A node certificate (CN synod-node-<id>); its holder may join as that node.
+    Node {
+        #[arg(long)]
+        id: NodeId,
+        /// Extra subject alternative names: the IPs or DNS names clients use for this node.
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// Directory holding ca.crt and ca.key.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// Where to write node-<id>.crt and node-<id>.key.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// A client certificate (CN synod-client-<name>) for the CLI or an application.
+    Client {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OperatorCmd {
+    /// Generate an Ed25519 operator key (PKCS#8 PEM, mode 0600) and print its public key.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Print the public key of an operator key file.
+    Show {
+        #[arg(long, env = "SYNOD_OPERATOR_KEY")]
+        key: PathBuf,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Initialise a cluster once: fixes the genesis admins and the first members.
+    Init {
+        /// A genesis member as ID=RAFT_ADDR,API_ADDR (repeat for each).
+        #[arg(long = "member", required = true)]
+        members: Vec<String>,
+        /// A genesis admin's public key (hex); repeat. Defaults to the signing operator's key.
+        #[arg(long = "admin")]
+        admins: Vec<String>,
+        /// The cluster's id; random when omitted.
+        #[arg(long)]
+        cluster_id: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Authorise a node to join (signed by an admin); the leader adds it once it is running.
+    AddMember {
+        #[arg(long)]
+        id: NodeId,
+        #[arg(long)]
+        raft_addr: String,
+        #[arg(long)]
+        api_addr: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a node from the cluster (signed by an admin).
+    RemoveMember {
+        #[arg(long)]
+        id: NodeId,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KvCmd {
+    /// Write KEY=VALUE (signed by the operator key).
+    Put {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Read a key from the addressed node's applied state.
+    Get {
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List keys and their versions.
+    List(ClientArgs),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, env = "SYNOD_OUTPUT")]
+    pub output: Output,
+}
+
+/// How the CLI reaches and authenticates to a node.
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// The node's API address.
+    #[arg(long, env = "SYNOD_ADDR", default_value = "https://127.0.0.1:8201")]
+    pub addr: String,
+    /// The cluster CA certificate that the node's certificate must chain to.
+    #[arg(long, env = "SYNOD_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate issued by the cluster CA.
+    #[arg(long, env = "SYNOD_CLIENT_CERT")]
+    pub client_cert: Option<PathBuf>,
+    /// Private key of the client certificate.
+    #[arg(long, env = "SYNOD_CLIENT_KEY")]
+    pub client_key: Option<PathBuf>,
+    /// Operator key that signs commands (PKCS#8 PEM).
+    #[arg(long, env = "SYNOD_OPERATOR_KEY")]
+    pub operator_key: Option<PathBuf>,
+    /// How long a command signed now stays valid, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub ttl_secs: u64,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Top::Node(NodeCmd::Start { config }) => crate::server::run(&config).await,
+        Top::Dev(args) => dev::run(args).await,
+        Top::Ca(cmd) => operator::ca(cmd),
+        Top::Operator(cmd) => operator::operator(cmd),
+        Top::Cluster(cmd) => client::cluster(cmd).await,
+        Top::Status(args) => client::status(&args).await,
+        Top::Health(args) => client::health(&args).await,
+        Top::Kv(cmd) => client::kv(cmd).await,
+        Top::Version(args) => {
+            let info = serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "faults": crate::faults::available(),
+            });
+            match args.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&info)?),
+                Output::Table => println!("synod {}", env!("CARGO_PKG_VERSION")),
+            }
+            Ok(())
+        }
+    }
+}

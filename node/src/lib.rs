@@ -1,0 +1,18 @@
+//! The Synod node: consensus, transport, storage, the client API and the CLI.
+//!
+//! See ARCHITECTURE.md at the repository root for the map.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod faults;
+pub mod node;
+pub mod pki;
+pub mod raft;
+pub mod seams;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod transport;

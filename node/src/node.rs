@@ -1,0 +1,371 @@
+//! A running node: Raft, the state machine, the peer transport and the write
+//! path, assembled from seams so the simulator can build the same thing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ServerState;
+use synod_proto::api::{ApiError, Health, LeaderHint, MemberStatus, Status, WriteResponse};
+use synod_proto::rpc::{PeerRequest, PeerResponse};
+use synod_proto::{Command, LogEntry, NodeAddr, NodeId, SignedCommand};
+
+use crate::config::RaftTuning;
+use crate::faults;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::Network;
+use crate::raft::state_machine::{SharedState, StateMachine};
+use crate::raft::Raft;
+use crate::seams::Seams;
+use crate::store::Store;
+use crate::transport::{PeerHandler, PeerTransport};
+
+/// How long a forwarded write may take at the leader.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often the leader reconciles Raft membership with the signed registry.
+const RECONCILE_EVERY: Duration = Duration::from_millis(500);
+/// A learner is promoted to voter once it is this close to the leader's log.
+const PROMOTE_LAG_ENTRIES_MAX: u64 = 64;
+
+/// Everything a node is built from.
+pub struct NodeParts {
+    pub id: NodeId,
+    pub store: Arc<dyn Store>,
+    pub transport: Arc<dyn PeerTransport>,
+    pub seams: Seams,
+    pub tuning: RaftTuning,
+}
+
+/// A running node.
+pub struct Node {
+    pub id: NodeId,
+    pub raft: Raft,
+    shared: SharedState,
+    transport: Arc<dyn PeerTransport>,
+    seams: Seams,
+    /// Random per boot; later issues tag nonces with it so none survive a restart.
+    pub incarnation: String,
+}
+
+impl Node {
+    /// Builds the Raft instance over the given seams. Does not start serving peers.
+    pub async fn start(parts: NodeParts) -> anyhow::Result<Arc<Node>> {
+        let t = &parts.tuning;
+        let config = openraft::Config {
+            cluster_name: "synod".into(),
+            heartbeat_interval: t.heartbeat_ms,
+            election_timeout_min: t.election_timeout_min_ms,
+            election_timeout_max: t.election_timeout_max_ms,
+            max_payload_entries: synod_proto::rpc::APPEND_ENTRIES_MAX,
+            snapshot_max_chunk_size: synod_proto::rpc::SNAPSHOT_CHUNK_BYTES,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: t.logs_kept_after_snapshot,
+            purge_batch_size: 64,
+            ..Default::default()
+        };
+        let config = Arc::new(config.validate()?);
+        let (state_machine, shared) = StateMachine::open(parts.store.clone())?;
+        let log_store = LogStore::new(parts.store.clone());
+        let network = Network::new(parts.transport.clone());
+        let raft = Raft::new(parts.id, config, network, log_store, state_machine).await?;
+        let incarnation = parts.seams.random_id();
+        let node = Arc::new(Node { id: parts.id, raft, shared, transport: parts.transport, seams: parts.seams, incarnation });
+        tokio::spawn(reconcile_membership(Arc::downgrade(&node)));
+        Ok(node)
+    }
+
+    /// The applied state, for reads.
+    pub fn state(&self) -> &SharedState {
+        &self.shared
+    }
+
+    /// Commits a signed command through Raft from any node: the leader proposes
+    /// it, a follower forwards it to the leader.
+    pub async fn write(&self, command: SignedCommand) -> Result<WriteResponse, ApiError> {
+        self.write_inner(command, true).await
+    }
+
+    async fn write_inner(&self, command: SignedCommand, may_forward: bool) -> Result<WriteResponse, ApiError> {
+        if !faults::enabled(faults::SKIP_AUTHOR_CHECK) {
+            self.precheck(&command)?;
+        }
+        let entry = LogEntry { time_ms: self.seams.clock.now_ms(), command: command.clone() };
+        match self.raft.client_write(entry).await {
+            Ok(resp) => Ok(WriteResponse { index: resp.log_id.index, outcome: resp.data }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => {
+                let (Some(leader), Some(addr)) = (fwd.leader_id, fwd.leader_node) else {
+                    return Err(ApiError::unavailable("no leader is elected right now; retry in a moment"));
+                };
+                if !may_forward {
+                    return Err(not_leader(leader, &addr));
+                }
+                self.forward(leader, addr, command).await
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ApiError::new(409, e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(ApiError::unavailable(format!("this node's Raft has stopped: {e}"))),
+        }
+    }
+
+    async fn forward(&self, leader: NodeId, addr: NodeAddr, command: SignedCommand) -> Result<WriteResponse, ApiError> {
+        let response = self
+            .transport
+            .call(leader, addr.raft_addr.clone(), PeerRequest::Forward(command), FORWARD_TIMEOUT)
+            .await
+            .map_err(|e| {
+                let mut err = ApiError::unavailable(format!("could not forward the write to leader {leader}: {e}"));
+                err.leader_hint = Some(LeaderHint { node_id: leader, api_addr: addr.api_addr.clone() });
+                err
+            })?;
+        match response {
+            PeerResponse::Forward(result) => result,
+            other => Err(ApiError::unavailable(format!("leader {leader} answered the forward with {other:?}"))),
+        }
+    }
+
+    /// The leader's own early check; every node checks again when applying.
+    fn precheck(&self, command: &SignedCommand) -> Result<(), ApiError> {
+        let envelope = command.verify().map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let applied = self.shared.read();
+        let state = &applied.state;
+        match (&state.cluster_id, &envelope.command) {
+            (None, Command::Genesis { admins, .. }) if admins.contains(&command.author) => Ok(()),
+            (None, Command::Genesis { .. }) => {
+                Err(ApiError::new(403, "genesis must be signed by one of the admins it names"))
+            }
+            (None, _) => Err(ApiError::new(412, "the cluster is not initialised; run `synod cluster init` first")),
+            (Some(_), Command::Genesis { .. }) => Err(ApiError::new(409, "the cluster is already initialised")),
+            (Some(id), _) if *id != envelope.cluster_id => Err(ApiError::new(
+                400,
+                format!("command is for cluster {}, this is cluster {id}", envelope.cluster_id),
+            )),
+            (Some(_), _) if !state.admins.contains(&command.author) => Err(ApiError::new(
+                403,
+                format!("operator {} is not an admin of this cluster", command.author),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// `synod cluster init`: initialises Raft with the genesis members (if this
+    /// node is uninitialised) and commits the genesis command.
+    pub async fn init(&self, command: SignedCommand) -> Result<WriteResponse, ApiError> {
+        let envelope = command.verify().map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let Command::Genesis { members, .. } = &envelope.command else {
+            return Err(ApiError::bad_request("init takes a genesis command"));
+        };
+        let members = synod_proto::command::member_map(members);
+        if let Some(id) = &self.shared.read().state.cluster_id {
+            return Err(ApiError::new(409, format!("this node already belongs to cluster {id}")));
+        }
+        if !members.contains_key(&self.id) {
+            return Err(ApiError::bad_request(format!(
+                "genesis members {:?} do not include this node ({}); send init to one of them",
+                members.keys().collect::<Vec<_>>(),
+                self.id
+            )));
+        }
+        let initialized = self.raft.is_initialized().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+        if !initialized {
+            self.raft
+                .initialize(members.clone())
+                .await
+                .map_err(|e| ApiError::new(409, format!("could not initialise Raft: {e}")))?;
+        }
+        let wait = self.raft.wait(Some(Duration::from_secs(15)));
+        wait.metrics(|m| m.current_leader.is_some(), "a leader is elected")
+            .await
+            .map_err(|_| ApiError::unavailable("no leader was elected within 15 s; are the other genesis members running?"))?;
+        // The leader may need a moment to commit its first blank entry.
+        let mut last_err = None;
+        for _ in 0..20 {
+            match self.write(command.clone()).await {
+                Ok(r) => return Ok(r),
+                Err(e) if e.status == 503 => {
+                    last_err = Some(e);
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| ApiError::unavailable("genesis was not committed")))
+    }
+
+    /// The role name for health and status.
+    fn role(state: ServerState) -> &'static str {
+        match state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        }
+    }
+
+    /// `GET /v1/sys/health` and its HTTP status code.
+    pub fn health(&self, standby_ok: bool) -> (u16, Health) {
+        let m = self.raft.metrics().borrow().clone();
+        let applied = self.shared.read();
+        let initialized = applied.state.cluster_id.is_some();
+        let health = Health {
+            node_id: self.id,
+            initialized,
+            role: Self::role(m.state).into(),
+            leader_id: m.current_leader,
+            term: m.current_term,
+            members: m.membership_config.membership().voter_ids().collect(),
+            last_applied_index: m.last_applied.map(|l| l.index),
+            cluster_id: applied.state.cluster_id.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let code = match (initialized, m.state, m.current_leader) {
+            (false, _, _) => 501,
+            (true, ServerState::Leader, _) => 200,
+            (true, _, Some(_)) if standby_ok => 200,
+            (true, _, Some(_)) => 429,
+            (true, _, None) => 503,
+        };
+        (code, health)
+    }
+
+    /// `GET /v1/sys/status`.
+    pub fn status(&self) -> Status {
+        let m = self.raft.metrics().borrow().clone();
+        let applied = self.shared.read();
+        let state = &applied.state;
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, addr)| MemberStatus {
+                node_id: *id,
+                addr: addr.clone(),
+                voter: voters.contains(id),
+                authorized: state.members.contains_key(id) || state.cluster_id.is_none(),
+                matched_index: m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index),
+            })
+            .collect();
+        Status {
+            node_id: self.id,
+            cluster_id: state.cluster_id.clone(),
+            role: Self::role(m.state).into(),
+            leader_id: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            members,
+            admins: state.admins.iter().copied().collect(),
+            applied_commands: state.applied_commands,
+            rejected_commands: state.rejected_commands,
+            recent_rejections: state.recent_rejections.iter().cloned().collect(),
+            unauthorized_membership_entries: state.unauthorized_membership_entries,
+        }
+    }
+
+    /// Whether `peer` may speak to this node: a member of the signed registry,
+    /// or, before genesis has been applied here, of Raft's bootstrap membership.
+    pub fn is_member(&self, peer: NodeId) -> bool {
+        let applied = self.shared.read();
+        if applied.state.cluster_id.is_some() {
+            return applied.state.members.contains_key(&peer);
+        }
+        let membership = applied.last_membership.membership();
+        let bootstrap = membership.nodes().next().is_none();
+        // An uninitialised node accepts any node certified by the cluster CA, so
+        // that it can be initialised or join; it holds nothing worth protecting yet.
+        bootstrap || membership.nodes().any(|(id, _)| *id == peer)
+    }
+
+    /// Stops Raft.
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+fn not_leader(leader: NodeId, addr: &NodeAddr) -> ApiError {
+    let mut err = ApiError::new(421, format!("node {leader} is the leader; send the write there"));
+    err.leader_hint = Some(LeaderHint { node_id: leader, api_addr: addr.api_addr.clone() });
+    err
+}
+
+/// Serves peers' calls on behalf of a node.
+pub struct NodeHandler(pub Arc<Node>);
+
+impl PeerHandler for NodeHandler {
+    fn is_authorized(&self, peer: NodeId) -> bool {
+        self.0.is_member(peer)
+    }
+
+    fn handle(&self, from: NodeId, request: PeerRequest) -> BoxFuture<'static, PeerResponse> {
+        let node = self.0.clone();
+        async move {
+            match request {
+                PeerRequest::AppendEntries(rpc) => PeerResponse::AppendEntries(node.raft.append_entries(rpc).await),
+                PeerRequest::Vote(rpc) => PeerResponse::Vote(node.raft.vote(rpc).await),
+                PeerRequest::InstallSnapshot(rpc) => PeerResponse::InstallSnapshot(node.raft.install_snapshot(rpc).await),
+                PeerRequest::Forward(command) => {
+                    tracing::debug!(from, "write forwarded by a follower");
+                    PeerResponse::Forward(node.write_inner(command, false).await)
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
+/// On the leader, brings Raft's membership in line with the signed registry:
+/// registry members join as learners and are promoted once caught up; voters
+/// the registry no longer names are removed. Only the registry grants
+/// membership, so a leader cannot add a node without an admin's signature.
+async fn reconcile_membership(node: std::sync::Weak<Node>) {
+    loop {
+        tokio::time::sleep(RECONCILE_EVERY).await;
+        let Some(node) = node.upgrade() else { return };
+        if let Err(e) = reconcile_once(&node).await {
+            tracing::warn!(error = %e, "membership change did not complete; will retry");
+        }
+    }
+}
+
+async fn reconcile_once(node: &Node) -> anyhow::Result<()> {
+    let m = node.raft.metrics().borrow().clone();
+    if m.state != ServerState::Leader {
+        return Ok(());
+    }
+    let registry: BTreeMap<NodeId, NodeAddr> = {
+        let applied = node.shared.read();
+        if applied.state.cluster_id.is_none() {
+            return Ok(());
+        }
+        applied.state.members.clone()
+    };
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let known: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+    let wanted: BTreeSet<NodeId> = registry.keys().copied().collect();
+    if voters == wanted {
+        return Ok(());
+    }
+    for id in wanted.difference(&known) {
+        tracing::info!(node = id, "adding authorised member as a learner");
+        node.raft.add_learner(*id, registry[id].clone(), false).await?;
+    }
+    let last = m.last_log_index.unwrap_or(0);
+    let caught_up = |id: &NodeId| {
+        let matched = m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map_or(0, |l| l.index);
+        last.saturating_sub(matched) <= PROMOTE_LAG_ENTRIES_MAX
+    };
+    let ready: BTreeSet<NodeId> =
+        wanted.iter().copied().filter(|id| voters.contains(id) || (known.contains(id) && caught_up(id))).collect();
+    if ready != voters && !ready.is_empty() {
+        tracing::info!(?voters, ?ready, "changing voters to match the signed registry");
+        node.raft.change_membership(ready, false).await?;
+    }
+    Ok(())
+}

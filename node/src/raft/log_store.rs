@@ -1,0 +1,202 @@
+//! The Raft log and vote, kept in the node's [`Store`].
+//!
+//! Durability rule: `append` and `save_vote` return (and openraft acknowledges
+//! anything) only after a `Durability::Sync` write, i.e. a real fsync.
+//! Entries are keyed by big-endian index in [`Tree::Log`], split into chunks of
+//! at most [`VALUE_BYTES_MAX`] (key: index ‖ chunk number) because the store
+//! caps value sizes; the vote, the committed id and the last purged id live in
+//! [`Tree::Meta`].
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
+use synod_proto::{NodeId, TypeConfig};
+
+use super::io_error;
+use crate::store::{Durability, Op, Store, Tree, VALUE_BYTES_MAX};
+
+const VOTE_KEY: &[u8] = b"raft/vote";
+const COMMITTED_KEY: &[u8] = b"raft/committed";
+const PURGED_KEY: &[u8] = b"raft/purged";
+
+/// Raft log storage over a [`Store`]. Cloning shares the store.
+#[derive(Clone)]
+pub struct LogStore {
+    store: Arc<dyn Store>,
+}
+
+impl LogStore {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        LogStore { store }
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
+        let Some(bytes) = self.store.get(Tree::Meta, key).map_err(|e| StorageIOError::read(&io_error(e)))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| StorageIOError::read(&io_error(e)).into())
+    }
+
+    async fn write(&self, ops: Vec<Op>, durability: Durability) -> Result<(), std::io::Error> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.write(ops, durability))
+            .await
+            .map_err(io_error)?
+            .map_err(io_error)
+    }
+}
+
+/// The key of the first chunk of entry `index`; every chunk of entries
+/// `< index` sorts before it.
+fn index_key(index: u64) -> Vec<u8> {
+    chunk_key(index, 0)
+}
+
+fn chunk_key(index: u64, chunk: u16) -> Vec<u8> {
+    let mut key = index.to_be_bytes().to_vec();
+    key.extend_from_slice(&chunk.to_be_bytes());
+    key
+}
+
+fn key_index(key: &[u8]) -> u64 {
+    u64::from_be_bytes(key[..8].try_into().expect("log keys are 10 bytes"))
+}
+
+/// The store operations that write one entry, chunked.
+fn put_entry(entry: &Entry<TypeConfig>) -> Vec<Op> {
+    let bytes = json(entry);
+    bytes
+        .chunks(VALUE_BYTES_MAX)
+        .enumerate()
+        .map(|(i, chunk)| Op::Put {
+            tree: Tree::Log,
+            key: chunk_key(entry.log_id.index, u16::try_from(i).expect("entries are far smaller than 4 GiB")),
+            value: chunk.to_vec(),
+        })
+        .collect()
+}
+
+/// Reassembles entries from rows in key order.
+fn join_entries(rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+    let mut entries = Vec::new();
+    let mut current: Option<(u64, Vec<u8>)> = None;
+    let decode = |bytes: &[u8]| -> Result<Entry<TypeConfig>, StorageError<NodeId>> {
+        serde_json::from_slice(bytes).map_err(|e| StorageIOError::read_logs(&io_error(e)).into())
+    };
+    for (key, value) in rows {
+        let index = key_index(&key);
+        match &mut current {
+            Some((i, buf)) if *i == index => buf.extend_from_slice(&value),
+            _ => {
+                if let Some((_, buf)) = current.take() {
+                    entries.push(decode(&buf)?);
+                }
+                current = Some((index, value));
+            }
+        }
+    }
+    if let Some((_, buf)) = current {
+        entries.push(decode(&buf)?);
+    }
+    Ok(entries)
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("raft metadata serialises")
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let from = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let to = match range.end_bound() {
+            Bound::Included(i) => Some(i + 1),
+            Bound::Excluded(i) => Some(*i),
+            Bound::Unbounded => None,
+        };
+        let to_key = to.map(index_key);
+        let rows = self
+            .store
+            .scan(Tree::Log, &index_key(from), to_key.as_deref(), usize::MAX)
+            .map_err(|e| StorageIOError::read_logs(&io_error(e)))?;
+        join_entries(rows)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let last_purged_log_id: Option<LogId<NodeId>> = self.read_meta(PURGED_KEY)?;
+        let last = self.store.last(Tree::Log).map_err(|e| StorageIOError::read_logs(&io_error(e)))?;
+        let last_log_id = match last {
+            Some((key, _)) => {
+                let index = key_index(&key);
+                let mut reader = self.clone();
+                let entries = reader.try_get_log_entries(index..=index).await?;
+                entries.last().map(|e| e.log_id)
+            }
+            None => last_purged_log_id,
+        };
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let ops = vec![Op::Put { tree: Tree::Meta, key: VOTE_KEY.to_vec(), value: json(vote) }];
+        self.write(ops, Durability::Sync).await.map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        self.read_meta(VOTE_KEY)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
+        // Not fsynced on its own: a lost committed index is recomputed by the
+        // leader; it rides along with the next synced write.
+        let ops = vec![Op::Put { tree: Tree::Meta, key: COMMITTED_KEY.to_vec(), value: json(&committed) }];
+        self.write(ops, Durability::Buffered).await.map_err(|e| StorageIOError::write(&e).into())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(self.read_meta::<Option<LogId<NodeId>>>(COMMITTED_KEY)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let ops: Vec<Op> = entries.into_iter().flat_map(|entry| put_entry(&entry)).collect();
+        // One fsync for the whole batch, before openraft may acknowledge it.
+        let result = self.write(ops, Durability::Sync).await;
+        let reported = result.as_ref().map(|_| ()).map_err(|e| io_error(e));
+        callback.log_io_completed(reported);
+        result.map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let ops = vec![Op::RemoveRange { tree: Tree::Log, from: index_key(log_id.index), to_exclusive: None }];
+        self.write(ops, Durability::Sync).await.map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let ops = vec![
+            Op::Put { tree: Tree::Meta, key: PURGED_KEY.to_vec(), value: json(&log_id) },
+            Op::RemoveRange { tree: Tree::Log, from: index_key(0), to_exclusive: Some(index_key(log_id.index + 1)) },
+        ];
+        self.write(ops, Durability::Buffered).await.map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}

@@ -1,0 +1,187 @@
+//! The Raft state machine: applies committed entries to [`ClusterState`] and
+//! builds, stores and installs snapshots.
+//!
+//! The applied state lives in memory, shared read-only with the API through
+//! [`SharedState`]. On start it is restored from the last stored snapshot;
+//! openraft then re-applies the committed log after it. Snapshots are stored in
+//! [`Tree::Meta`] in chunks (the store caps value sizes) and replaced atomically.
+
+use std::io::Cursor;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use synod_proto::{NodeAddr, NodeId, Outcome, TypeConfig};
+
+use super::io_error;
+use crate::state::ClusterState;
+use crate::store::{Durability, Op, Store, Tree, VALUE_BYTES_MAX};
+
+const SNAPSHOT_META_KEY: &[u8] = b"snapshot/meta";
+const SNAPSHOT_CHUNK_PREFIX: &[u8] = b"snapshot/data/";
+const SNAPSHOT_CHUNK_END: &[u8] = b"snapshot/data0"; // '0' sorts right after '/'.
+
+/// The applied state with the log position it reflects.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Applied {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub last_membership: StoredMembership<NodeId, NodeAddr>,
+    pub state: ClusterState,
+}
+
+/// Read access to the applied state for the API and the transport.
+#[derive(Clone, Default)]
+pub struct SharedState(Arc<RwLock<Applied>>);
+
+impl SharedState {
+    pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
+        self.0.read().expect("state lock poisoned")
+    }
+}
+
+/// The state machine over a [`Store`].
+pub struct StateMachine {
+    store: Arc<dyn Store>,
+    shared: SharedState,
+    /// Distinguishes snapshots built at the same log position.
+    snapshot_seq: u64,
+}
+
+impl StateMachine {
+    /// Restores the applied state from the last stored snapshot, if any.
+    pub fn open(store: Arc<dyn Store>) -> Result<(Self, SharedState), StorageError<NodeId>> {
+        let shared = SharedState::default();
+        let sm = StateMachine { store, shared: shared.clone(), snapshot_seq: 0 };
+        if let Some(snapshot) = sm.load_snapshot()? {
+            let applied: Applied = serde_json::from_slice(snapshot.snapshot.get_ref())
+                .map_err(|e| StorageIOError::read_snapshot(Some(snapshot.meta.signature()), &io_error(e)))?;
+            *sm.shared.0.write().expect("state lock") = applied;
+        }
+        Ok((sm, shared))
+    }
+
+    fn load_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let read_err = |e: crate::store::StoreError| StorageIOError::read_snapshot(None, &io_error(e));
+        let Some(meta_bytes) = self.store.get(Tree::Meta, SNAPSHOT_META_KEY).map_err(read_err)? else {
+            return Ok(None);
+        };
+        let meta: SnapshotMeta<NodeId, NodeAddr> =
+            serde_json::from_slice(&meta_bytes).map_err(|e| StorageIOError::read_snapshot(None, &io_error(e)))?;
+        let chunks = self
+            .store
+            .scan(Tree::Meta, SNAPSHOT_CHUNK_PREFIX, Some(SNAPSHOT_CHUNK_END), usize::MAX)
+            .map_err(read_err)?;
+        let data: Vec<u8> = chunks.into_iter().flat_map(|(_, v)| v).collect();
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+
+    async fn save_snapshot(&self, meta: &SnapshotMeta<NodeId, NodeAddr>, data: &[u8]) -> Result<(), StorageError<NodeId>> {
+        let mut ops = vec![
+            Op::RemoveRange {
+                tree: Tree::Meta,
+                from: SNAPSHOT_CHUNK_PREFIX.to_vec(),
+                to_exclusive: Some(SNAPSHOT_CHUNK_END.to_vec()),
+            },
+            Op::Put { tree: Tree::Meta, key: SNAPSHOT_META_KEY.to_vec(), value: serde_json::to_vec(meta).expect("meta") },
+        ];
+        for (i, chunk) in data.chunks(VALUE_BYTES_MAX).enumerate() {
+            let mut key = SNAPSHOT_CHUNK_PREFIX.to_vec();
+            key.extend_from_slice(format!("{i:08}").as_bytes());
+            ops.push(Op::Put { tree: Tree::Meta, key, value: chunk.to_vec() });
+        }
+        let store = self.store.clone();
+        // Synced: the log before this snapshot may be purged once it is stored.
+        tokio::task::spawn_blocking(move || store.write(ops, Durability::Sync))
+            .await
+            .map_err(io_error)
+            .and_then(|r| r.map_err(io_error))
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e).into())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let (data, meta) = {
+            let applied = self.shared.read();
+            let data = serde_json::to_vec(&*applied).expect("state serialises");
+            self.snapshot_seq += 1;
+            let snapshot_id = match applied.last_applied {
+                Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, self.snapshot_seq),
+                None => format!("none-{}", self.snapshot_seq),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.last_membership.clone(),
+                snapshot_id,
+            };
+            (data, meta)
+        };
+        self.save_snapshot(&meta, &data).await?;
+        tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), "built snapshot");
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, NodeAddr>), StorageError<NodeId>> {
+        let applied = self.shared.read();
+        Ok((applied.last_applied, applied.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let mut applied = self.shared.0.write().expect("state lock");
+        let mut outcomes = Vec::new();
+        for entry in entries {
+            let index = entry.log_id.index;
+            applied.last_applied = Some(entry.log_id);
+            let outcome = match entry.payload {
+                EntryPayload::Blank => Outcome::Internal,
+                EntryPayload::Normal(ref data) => applied.state.apply(index, data),
+                EntryPayload::Membership(ref membership) => {
+                    applied.state.observe_membership(index, membership.nodes().map(|(id, _)| *id));
+                    applied.last_membership = StoredMembership::new(Some(entry.log_id), membership.clone());
+                    Outcome::Internal
+                }
+            };
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        StateMachine { store: self.store.clone(), shared: self.shared.clone(), snapshot_seq: self.snapshot_seq + 1 }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, NodeAddr>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let data = snapshot.into_inner();
+        let applied: Applied = serde_json::from_slice(&data)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &io_error(e)))?;
+        self.save_snapshot(meta, &data).await?;
+        tracing::info!(snapshot_id = %meta.snapshot_id, last = ?meta.last_log_id, "installed snapshot from the leader");
+        *self.shared.0.write().expect("state lock") = applied;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        self.load_snapshot()
+    }
+}

@@ -1,0 +1,162 @@
+//! `synod node start`: a production node from its config file, with real
+//! seams (sled, QUIC with mutual TLS, the system clock, the OS RNG), served
+//! until SIGINT or SIGTERM, then shut down cleanly.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use synod_proto::NodeId;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{LogFormat, NodeConfig};
+use crate::node::{Node, NodeHandler, NodeParts};
+use crate::pki::{PeerIdentity, TlsMaterial};
+use crate::seams::Seams;
+use crate::store::sled_store::SledStore;
+use crate::store::{Durability, Op, Store, Tree};
+use crate::transport::quic::QuicTransport;
+use crate::{api, faults};
+
+const IDENTITY_KEY: &[u8] = b"node/identity";
+
+/// What a data directory remembers about whom it belongs to.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct DataDirIdentity {
+    node_id: NodeId,
+    ca_fingerprint: String,
+}
+
+/// Sets up log output on stderr. `RUST_LOG` overrides the default filter.
+pub fn init_logging(format: LogFormat, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs a node until it is told to stop.
+pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    let config = NodeConfig::load(config_path)?;
+    init_logging(config.log_format, "info,openraft=warn,quinn=warn,sled=warn");
+    if !faults::available().is_empty() {
+        tracing::warn!(faults = ?faults::available(), "this build can inject faults (SYNOD_FAULTS); never run it in production");
+    }
+    let tls = TlsMaterial::load(&config.tls.ca_cert, &config.tls.cert, &config.tls.key)?;
+    if tls.identity != PeerIdentity::Node(config.node_id) {
+        bail!(
+            "certificate {} is for {:?}, but {} says node_id = {}; issue a certificate for this node with `synod ca issue node --id {}`",
+            config.tls.cert.display(),
+            tls.identity,
+            config_path.display(),
+            config.node_id,
+            config.node_id
+        );
+    }
+
+    create_private_dir(&config.data_dir)?;
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir.join("store"))?);
+    check_data_dir(&*store, &config, &tls.ca_fingerprint())?;
+
+    let transport = QuicTransport::bind(config.raft_listen, &tls)
+        .with_context(|| listen_error("raft_listen", config.raft_listen, config_path))?;
+    let api_listener = TcpListener::bind(config.api_listen)
+        .await
+        .with_context(|| listen_error("api_listen", config.api_listen, config_path))?;
+
+    let node = Node::start(NodeParts {
+        id: config.node_id,
+        store: store.clone(),
+        transport: Arc::new(transport.clone()),
+        seams: Seams::production(),
+        tuning: config.raft.clone(),
+    })
+    .await?;
+    if let (Some(pinned), Some(actual)) = (&config.cluster_id, &node.state().read().state.cluster_id) {
+        if pinned != actual {
+            node.shutdown().await;
+            bail!(
+                "data directory {} belongs to cluster {actual}, but {} pins cluster_id = {pinned}; refusing to start",
+                config.data_dir.display(),
+                config_path.display()
+            );
+        }
+    }
+
+    tokio::spawn(transport.clone().serve(Arc::new(NodeHandler(node.clone()))));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let api_task = tokio::spawn(api::serve(api_listener, tls.https_server_config()?, api::router(node.clone()), stop_rx));
+    tracing::info!(
+        node_id = config.node_id,
+        raft = %transport.local_addr()?,
+        api = %config.api_listen,
+        incarnation = %node.incarnation,
+        "node ready"
+    );
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+    }
+    let _ = stop_tx.send(true);
+    let _ = api_task.await;
+    node.shutdown().await;
+    transport.close().await;
+    store.write(Vec::new(), Durability::Sync)?;
+    tracing::info!("node stopped cleanly");
+    Ok(())
+}
+
+fn listen_error(field: &str, addr: SocketAddr, config: &Path) -> String {
+    format!(
+        "cannot listen on {addr} ({field} in {}); another synod node or program may hold that port: pick a free one",
+        config.display()
+    )
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))
+}
+
+/// Refuses a data directory that belongs to another node or cluster; stamps a
+/// new one. Never reinitialises anything.
+fn check_data_dir(store: &dyn Store, config: &NodeConfig, ca_fingerprint: &str) -> anyhow::Result<()> {
+    let mine = DataDirIdentity { node_id: config.node_id, ca_fingerprint: ca_fingerprint.to_string() };
+    match store.get(Tree::Meta, IDENTITY_KEY)? {
+        None => {
+            let value = serde_json::to_vec(&mine)?;
+            store.write(vec![Op::Put { tree: Tree::Meta, key: IDENTITY_KEY.to_vec(), value }], Durability::Sync)?;
+            Ok(())
+        }
+        Some(bytes) => {
+            let theirs: DataDirIdentity = serde_json::from_slice(&bytes).with_context(|| {
+                format!("data directory {} has an unreadable identity record; it may be corrupted", config.data_dir.display())
+            })?;
+            if theirs != mine {
+                bail!(
+                    "data directory {} belongs to node {} of the cluster whose CA fingerprint is {}, not to node {} with CA {}; \
+                     point data_dir at this node's own directory (Synod never reinitialises one)",
+                    config.data_dir.display(),
+                    theirs.node_id,
+                    theirs.ca_fingerprint,
+                    mine.node_id,
+                    mine.ca_fingerprint
+                );
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! The replicated cluster state and the one function that changes it.
+//!
+//! [`ClusterState::apply`] is pure and deterministic: it reads nothing but its
+//! arguments (the entry's own time, never a clock), iterates only ordered maps,
+//! and verifies every command's author signature and authority itself. Every
+//! node runs it on every committed entry, so a leader that appends a forged,
+//! altered or replayed command changes nothing anywhere; the refusal is logged
+//! and counted.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use synod_proto::api::{KvRecord, Rejection};
+use synod_proto::command::COMMAND_TTL_MS_MAX;
+use synod_proto::{Command, LogEntry, NodeAddr, NodeId, OperatorKey, Outcome};
+
+/// How many recent refusals the state keeps for `status`.
+pub const REJECTIONS_KEPT_MAX: usize = 32;
+
+/// Everything the log has decided so far. Serialised whole into snapshots.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Set by the genesis command; every later command must name it.
+    pub cluster_id: Option<String>,
+    /// Operators allowed to change membership and write (root of authority).
+    pub admins: BTreeSet<OperatorKey>,
+    /// The signed member registry: who may be part of the cluster.
+    pub members: BTreeMap<NodeId, NodeAddr>,
+    /// Replicated metadata records.
+    pub kv: BTreeMap<String, KvRecord>,
+    /// Command ids already applied, with their expiry, to refuse replays.
+    pub seen_commands: BTreeMap<String, u64>,
+    /// The latest entry time applied; state-machine time never goes backwards.
+    pub time_ms: u64,
+    pub applied_commands: u64,
+    pub rejected_commands: u64,
+    pub recent_rejections: VecDeque<Rejection>,
+    /// Raft membership entries that named nodes outside `members`.
+    pub unauthorized_membership_entries: u64,
+}
+
+/// Why a command was refused; becomes [`Outcome::Rejected`].
+struct Refusal(String);
+
+impl<T: Into<String>> From<T> for Refusal {
+    fn from(text: T) -> Self {
+        Refusal(text.into())
+    }
+}
+
+impl ClusterState {
+    /// Applies one committed application entry at `index`.
+    pub fn apply(&mut self, index: u64, entry: &LogEntry) -> Outcome {
+        // State-machine time: the entry's, clamped so it never goes backwards.
+        self.time_ms = self.time_ms.max(entry.time_ms);
+        self.expire_seen();
+        match self.try_apply(index, entry) {
+            Ok(detail) => {
+                self.applied_commands += 1;
+                Outcome::Applied { detail }
+            }
+            Err(Refusal(reason)) => {
+                let kind = serde_json::from_str::<synod_proto::Envelope>(&entry.command.envelope)
+                    .map(|e| e.command.kind().to_string())
+                    .unwrap_or_else(|_| "unparseable".into());
+                tracing::warn!(index, author = %entry.command.author, kind, reason, "refused a committed command");
+                self.rejected_commands += 1;
+                if self.recent_rejections.len() == REJECTIONS_KEPT_MAX {
+                    self.recent_rejections.pop_front();
+                }
+                self.recent_rejections.push_back(Rejection {
+                    index,
+                    author: entry.command.author,
+                    kind,
+                    reason: reason.clone(),
+                });
+                Outcome::Rejected { reason }
+            }
+        }
+    }
+
+    fn try_apply(&mut self, index: u64, entry: &LogEntry) -> Result<String, Refusal> {
+        let signed = &entry.command;
+        let envelope = signed.verify().map_err(|e| e.to_string())?;
+        let now = self.time_ms;
+        if envelope.expires_at_ms < now {
+            return Err(format!(
+                "command expired at {} ms, the log's time is {now} ms; sign a fresh one",
+                envelope.expires_at_ms
+            )
+            .into());
+        }
+        if envelope.expires_at_ms.saturating_sub(envelope.issued_at_ms) > COMMAND_TTL_MS_MAX {
+            return Err(format!("command is valid for longer than the {COMMAND_TTL_MS_MAX} ms maximum").into());
+        }
+        if self.seen_commands.contains_key(&envelope.command_id) {
+            return Err(format!("command id {} was already applied; this is a replay", envelope.command_id).into());
+        }
+        if envelope.command_id.len() != 32 || hex::decode(&envelope.command_id).is_err() {
+            return Err("command id must be 16 bytes of hex".into());
+        }
+
+        let detail = match (&self.cluster_id, &envelope.command) {
+            (None, Command::Genesis { admins, members }) => {
+                if !admins.contains(&signed.author) {
+                    return Err("genesis must be signed by one of the admins it names".into());
+                }
+                self.cluster_id = Some(envelope.cluster_id.clone());
+                self.admins = admins.iter().copied().collect();
+                self.members = synod_proto::command::member_map(members);
+                format!("cluster {} initialised with {} admins and {} members", envelope.cluster_id, admins.len(), members.len())
+            }
+            (None, other) => return Err(format!("{} before genesis; run `synod cluster init` first", other.kind()).into()),
+            (Some(cluster_id), command) => {
+                if &envelope.cluster_id != cluster_id {
+                    return Err(format!("command is for cluster {}, this is cluster {cluster_id}", envelope.cluster_id).into());
+                }
+                if !self.admins.contains(&signed.author) {
+                    return Err(format!("{} is not an admin of this cluster", signed.author).into());
+                }
+                self.apply_command(index, signed.author, command)?
+            }
+        };
+        self.seen_commands.insert(envelope.command_id, envelope.expires_at_ms);
+        Ok(detail)
+    }
+
+    fn apply_command(&mut self, index: u64, author: OperatorKey, command: &Command) -> Result<String, Refusal> {
+        match command {
+            Command::Genesis { .. } => Err("the cluster is already initialised; genesis happens once".into()),
+            Command::AddMember { node_id, addr } => {
+                if let Some(existing) = self.members.get(node_id) {
+                    if existing != addr {
+                        return Err(format!("node {node_id} is already a member at {existing}; remove it first").into());
+                    }
+                }
+                self.members.insert(*node_id, addr.clone());
+                Ok(format!("node {node_id} authorised at {addr}"))
+            }
+            Command::RemoveMember { node_id } => {
+                if self.members.len() == 1 && self.members.contains_key(node_id) {
+                    return Err("cannot remove the last member".into());
+                }
+                if self.members.remove(node_id).is_none() {
+                    return Err(format!("node {node_id} is not a member").into());
+                }
+                Ok(format!("node {node_id} removed"))
+            }
+            Command::Put { key, value } => {
+                let version = self.kv.get(key).map_or(1, |r| r.version + 1);
+                self.kv.insert(
+                    key.clone(),
+                    KvRecord {
+                        key: key.clone(),
+                        value: value.clone(),
+                        version,
+                        author,
+                        updated_index: index,
+                        updated_at_ms: self.time_ms,
+                    },
+                );
+                Ok(format!("{key} = version {version}"))
+            }
+        }
+    }
+
+    /// Records a Raft membership entry; counts it when it names a node the
+    /// signed registry does not authorise (a leader acting without authority).
+    pub fn observe_membership(&mut self, index: u64, nodes: impl Iterator<Item = NodeId>) {
+        if self.cluster_id.is_none() {
+            return; // Bootstrap: `initialize` precedes genesis.
+        }
+        let strangers: Vec<NodeId> = nodes.filter(|id| !self.members.contains_key(id)).collect();
+        if !strangers.is_empty() {
+            tracing::error!(index, ?strangers, "raft membership names nodes outside the signed registry; they are refused at the transport");
+            self.unauthorized_membership_entries += 1;
+        }
+    }
+
+    fn expire_seen(&mut self) {
+        let now = self.time_ms;
+        self.seen_commands.retain(|_, expires| *expires >= now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::SigningKey;
+    use synod_proto::{Envelope, SignedCommand};
+
+    use super::*;
+
+    fn admin() -> SigningKey {
+        SigningKey::from_bytes(&[7; 32])
+    }
+
+    fn addr(port: u16) -> NodeAddr {
+        NodeAddr { raft_addr: format!("127.0.0.1:{port}"), api_addr: format!("127.0.0.1:{}", port + 1) }
+    }
+
+    fn entry(key: &SigningKey, id: u8, time_ms: u64, cluster: &str, command: Command) -> LogEntry {
+        let env = Envelope {
+            cluster_id: cluster.into(),
+            command_id: format!("{id:032x}"),
+            issued_at_ms: time_ms,
+            expires_at_ms: time_ms + 60_000,
+            command,
+        };
+        LogEntry { time_ms, command: SignedCommand::sign(&env, key) }
+    }
+
+    fn genesis() -> ClusterState {
+        let mut state = ClusterState::default();
+        let members = vec![synod_proto::Member { node_id: 1, addr: addr(1000) }];
+        let cmd = Command::Genesis { admins: vec![OperatorKey::of(&admin())], members };
+        assert!(state.apply(1, &entry(&admin(), 1, 10, "c", cmd)).is_applied());
+        state
+    }
+
+    #[test]
+    fn state_genesis_then_admin_writes() {
+        // Genesis fixes the admins; an admin's write applies and is versioned.
+        let mut state = genesis();
+        let put = Command::Put { key: "a".into(), value: "1".into() };
+        assert!(state.apply(2, &entry(&admin(), 2, 11, "c", put)).is_applied());
+        assert_eq!(state.kv["a"].version, 1);
+    }
+
+    #[test]
+    fn state_unsigned_membership_change_is_refused() {
+        // A member added by a non-admin key changes nothing, whoever committed it.
+        let mut state = genesis();
+        let stranger = SigningKey::from_bytes(&[9; 32]);
+        let add = Command::AddMember { node_id: 9, addr: addr(2000) };
+        let outcome = state.apply(2, &entry(&stranger, 2, 11, "c", add));
+        assert!(matches!(outcome, Outcome::Rejected { ref reason } if reason.contains("not an admin")));
+        assert_eq!(state.members.len(), 1);
+        assert_eq!(state.rejected_commands, 1);
+    }
+
+    #[test]
+    fn state_replay_expiry_and_wrong_cluster_are_refused() {
+        // A replayed, expired or foreign-cluster command is refused with its reason.
+        let mut state = genesis();
+        let put = || Command::Put { key: "a".into(), value: "1".into() };
+        let e = entry(&admin(), 2, 11, "c", put());
+        assert!(state.apply(2, &e).is_applied());
+        assert!(matches!(state.apply(3, &e), Outcome::Rejected { ref reason } if reason.contains("replay")));
+        let mut late = entry(&admin(), 3, 11, "c", put());
+        late.time_ms = 11 + 60_001;
+        assert!(matches!(state.apply(4, &late), Outcome::Rejected { ref reason } if reason.contains("expired")));
+        let foreign = entry(&admin(), 4, 200_000, "other", put());
+        assert!(matches!(state.apply(5, &foreign), Outcome::Rejected { ref reason } if reason.contains("cluster")));
+    }
+
+    #[test]
+    fn state_time_never_goes_backwards() {
+        // An entry stamped earlier than the state's time does not rewind it.
+        let mut state = genesis();
+        let put = Command::Put { key: "a".into(), value: "1".into() };
+        state.apply(2, &entry(&admin(), 2, 5, "c", put));
+        assert_eq!(state.time_ms, 10);
+    }
+}

@@ -1,0 +1,137 @@
+//! HTTP/JSON API bodies, shared by the node's server and the CLI.
+//!
+//! Conventions follow Vault: JSON everywhere, errors as `{"errors": [...]}`,
+//! health status codes that load balancers understand.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::OperatorKey;
+use crate::raft::{NodeAddr, Outcome};
+use crate::NodeId;
+
+/// `GET /v1/sys/health`.
+///
+/// Status codes: 200 leader; 429 follower that knows a leader (200 with
+/// `?standbyok=true`); 501 not initialised; 503 no leader known.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Health {
+    pub node_id: NodeId,
+    pub initialized: bool,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: String,
+    pub leader_id: Option<NodeId>,
+    pub term: u64,
+    pub members: Vec<NodeId>,
+    pub last_applied_index: Option<u64>,
+    pub cluster_id: Option<String>,
+    pub version: String,
+}
+
+/// One member as this node sees it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub node_id: NodeId,
+    pub addr: NodeAddr,
+    /// True for a voter, false for a learner.
+    pub voter: bool,
+    /// In the signed member registry (false only for an entry a leader added unsigned).
+    pub authorized: bool,
+    /// The highest log index the leader knows this member holds (leader only).
+    pub matched_index: Option<u64>,
+}
+
+/// A command the state machine refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub index: u64,
+    pub author: OperatorKey,
+    pub kind: String,
+    pub reason: String,
+}
+
+/// `GET /v1/sys/status`: the node's view of the cluster.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub node_id: NodeId,
+    pub cluster_id: Option<String>,
+    pub role: String,
+    pub leader_id: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub last_applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    pub members: Vec<MemberStatus>,
+    pub admins: Vec<OperatorKey>,
+    pub applied_commands: u64,
+    pub rejected_commands: u64,
+    /// The most recent refusals, newest last (bounded).
+    pub recent_rejections: Vec<Rejection>,
+    /// Raft membership entries that named nodes outside the signed registry.
+    pub unauthorized_membership_entries: u64,
+}
+
+/// The answer to a write: where it landed and what it did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteResponse {
+    pub index: u64,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// `GET /v1/kv/{key}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvRecord {
+    pub key: String,
+    pub value: String,
+    /// Increments with every write of this key.
+    pub version: u64,
+    pub author: OperatorKey,
+    pub updated_index: u64,
+    pub updated_at_ms: u64,
+}
+
+/// `GET /v1/kv`: every key with its version.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KvList {
+    pub keys: BTreeMap<String, u64>,
+}
+
+/// An error the API returns, with the HTTP status it maps to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+    /// Set when the request should be retried at the leader.
+    pub leader_hint: Option<LeaderHint>,
+}
+
+/// Where the current leader is, when known.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderHint {
+    pub node_id: NodeId,
+    pub api_addr: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into(), leader_hint: None }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, message)
+    }
+}
+
+/// The JSON body of every error response: `{"errors": ["..."]}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub errors: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<LeaderHint>,
+}

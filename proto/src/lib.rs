@@ -1,0 +1,20 @@
+//! Synod's wire and API types: the only crate that knows encodings.
+//!
+//! Everything that crosses a process boundary is defined here: the signed
+//! commands that operators author ([`command`]), the Raft type configuration
+//! and log entry ([`raft`]), the node-to-node RPC frames ([`rpc`]) and the
+//! HTTP/JSON API bodies ([`api`]). Other crates convert at the edge and never
+//! derive wire serialization themselves.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod command;
+pub mod raft;
+pub mod rpc;
+
+/// A Raft member's identifier. Node ids are never reused for another machine.
+pub type NodeId = u64;
+
+pub use command::{Command, Envelope, Member, OperatorKey, SignedCommand};
+pub use raft::{LogEntry, NodeAddr, Outcome, TypeConfig};

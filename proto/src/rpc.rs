@@ -1,0 +1,116 @@
+//! Node-to-node RPC over QUIC: one bidirectional stream per call, one frame each way.
+//!
+//! A frame is a 4-byte big-endian length, a 1-byte version and a JSON body. The
+//! length is checked against [`FRAME_BYTES_MAX`] before anything is allocated,
+//! so a hostile or broken peer cannot make a node buffer without bound.
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::api::{ApiError, WriteResponse};
+use crate::command::SignedCommand;
+use crate::{NodeId, TypeConfig};
+
+/// Version byte of the frame format.
+pub const FRAME_VERSION: u8 = 1;
+/// Largest frame either side accepts (header excluded).
+pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Raft sends at most this many entries per AppendEntries; with
+/// [`crate::command::ENVELOPE_BYTES_MAX`] (JSON-escaped, at most doubled) it fits a frame.
+pub const APPEND_ENTRIES_MAX: u64 = 32;
+/// Snapshot chunk size; JSON writes a byte as up to 4 characters.
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
+
+/// A call from one node to another.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A follower hands a client's signed command to the leader.
+    Forward(SignedCommand),
+}
+
+/// The answer to a [`PeerRequest`].
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerResponse {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    Forward(Result<WriteResponse, ApiError>),
+    /// The receiver refused the call (unknown peer, malformed frame, ...).
+    Refused(String),
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("frame version {0} is not supported (this node speaks {FRAME_VERSION}); upgrade the older node")]
+    Version(u8),
+    #[error("frame is not valid: {0}")]
+    Malformed(String),
+}
+
+/// Encodes a value as one frame, header included.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
+    let mut body = Vec::with_capacity(256);
+    body.extend_from_slice(&[0, 0, 0, 0, FRAME_VERSION]);
+    serde_json::to_writer(&mut body, value).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let len = body.len() - 5;
+    if len > FRAME_BYTES_MAX {
+        return Err(FrameError::TooLarge { len, max: FRAME_BYTES_MAX });
+    }
+    body[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(body)
+}
+
+/// Reads the header: returns the body length after checking version and limit.
+pub fn decode_header(header: [u8; 5]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if header[4] != FRAME_VERSION {
+        return Err(FrameError::Version(header[4]));
+    }
+    if len > FRAME_BYTES_MAX {
+        return Err(FrameError::TooLarge { len, max: FRAME_BYTES_MAX });
+    }
+    Ok(len)
+}
+
+/// Parses a frame body.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    serde_json::from_slice(body).map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_round_trip() {
+        // A frame decodes back to what was encoded.
+        let frame = encode(&PeerResponse::Refused("no".into())).unwrap();
+        let len = decode_header(frame[..5].try_into().unwrap()).unwrap();
+        assert_eq!(len, frame.len() - 5);
+        let back: PeerResponse = decode_body(&frame[5..]).unwrap();
+        assert!(matches!(back, PeerResponse::Refused(s) if s == "no"));
+    }
+
+    #[test]
+    fn frame_bad_headers_are_refused() {
+        // An oversized length or an unknown version is refused before any allocation.
+        let mut header = [0xff, 0xff, 0xff, 0xff, FRAME_VERSION];
+        assert!(matches!(decode_header(header), Err(FrameError::TooLarge { .. })));
+        header = [0, 0, 0, 1, 9];
+        assert!(matches!(decode_header(header), Err(FrameError::Version(9))));
+        assert!(decode_body::<PeerRequest>(b"{nonsense").is_err());
+    }
+}
