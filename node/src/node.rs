@@ -63,7 +63,7 @@ impl Node {
             snapshot_max_chunk_size: synod_proto::rpc::SNAPSHOT_CHUNK_BYTES,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_every_entries),
             max_in_snapshot_log_to_keep: t.logs_kept_after_snapshot,
-            purge_batch_size: 64,
+            purge_batch_size: 1,
             ..Default::default()
         };
         let config = Arc::new(config.validate()?);
@@ -309,6 +309,9 @@ impl PeerHandler for NodeHandler {
                 PeerRequest::AppendEntries(rpc) => PeerResponse::AppendEntries(node.raft.append_entries(rpc).await),
                 PeerRequest::Vote(rpc) => PeerResponse::Vote(node.raft.vote(rpc).await),
                 PeerRequest::InstallSnapshot(rpc) => PeerResponse::InstallSnapshot(node.raft.install_snapshot(rpc).await),
+                PeerRequest::Ping => {
+                    PeerResponse::Pong { node_id: node.id, cluster_id: node.shared.read().state.cluster_id.clone() }
+                }
                 PeerRequest::Forward(command) => {
                     tracing::debug!(from, "write forwarded by a follower");
                     PeerResponse::Forward(node.write_inner(command, false).await)

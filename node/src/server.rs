@@ -34,7 +34,8 @@ struct DataDirIdentity {
 pub fn init_logging(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -113,6 +114,25 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     store.write(Vec::new(), Durability::Sync)?;
     tracing::info!("node stopped cleanly");
     Ok(())
+}
+
+/// `synod node ping`: calls a peer over QUIC with this node's certificate, the
+/// way Raft would, and reports who answered. Needs no running node here.
+pub async fn ping(config_path: &Path, peer: NodeId, addr: &str) -> anyhow::Result<(NodeId, Option<String>)> {
+    use crate::transport::PeerTransport;
+    use synod_proto::rpc::{PeerRequest, PeerResponse};
+    let config = NodeConfig::load(config_path)?;
+    let tls = TlsMaterial::load(&config.tls.ca_cert, &config.tls.cert, &config.tls.key)?;
+    let transport = QuicTransport::bind("0.0.0.0:0".parse().expect("literal"), &tls)?;
+    let response = Arc::new(transport.clone())
+        .call(peer, addr.to_string(), PeerRequest::Ping, std::time::Duration::from_secs(5))
+        .await;
+    transport.close().await;
+    match response? {
+        PeerResponse::Pong { node_id, cluster_id } => Ok((node_id, cluster_id)),
+        PeerResponse::Refused(reason) => bail!("node {peer} at {addr} refused the call: {reason}"),
+        other => bail!("node {peer} at {addr} answered with {other:?}"),
+    }
 }
 
 fn listen_error(field: &str, addr: SocketAddr, config: &Path) -> String {

@@ -35,6 +35,8 @@ pub enum PeerRequest {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// A follower hands a client's signed command to the leader.
     Forward(SignedCommand),
+    /// Connectivity check (`synod node ping`): proves both certificates and membership.
+    Ping,
 }
 
 /// The answer to a [`PeerRequest`].
@@ -45,6 +47,7 @@ pub enum PeerResponse {
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     Forward(Result<WriteResponse, ApiError>),
+    Pong { node_id: NodeId, cluster_id: Option<String> },
     /// The receiver refused the call (unknown peer, malformed frame, ...).
     Refused(String),
 }

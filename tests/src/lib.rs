@@ -1,1 +1,348 @@
-//! Integration test support.
+//! Test support: real `synod` node processes on 127.0.0.1, driven through the
+//! real CLI.
+//!
+//! A [`Cluster`] makes its CA, certificates, operator key and configs with the
+//! `synod` binary itself, starts each node as its own OS process, and kills
+//! every process it started when dropped. Tests speak to nodes only through
+//! the CLI (and so through the HTTPS API), as an operator would.
+
+use std::collections::BTreeMap;
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// The `synod` binary next to the test binary (target/<profile>/synod).
+pub fn synod_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("SYNOD_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("synod");
+    assert!(
+        bin.exists(),
+        "{} is missing; build it first: cargo build --workspace --bins --features synod-node/fault-injection",
+        bin.display()
+    );
+    bin
+}
+
+/// Raft timing and compaction for test clusters.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub snapshot_every_entries: u64,
+    pub logs_kept_after_snapshot: u64,
+    /// `SYNOD_FAULTS` for every node (test builds only).
+    pub faults: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { snapshot_every_entries: 2000, logs_kept_after_snapshot: 500, faults: None }
+    }
+}
+
+/// One node process of a test cluster.
+pub struct NodeProc {
+    pub id: u64,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub raft_addr: String,
+    pub api_addr: String,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The node's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A cluster of real node processes in a temporary directory.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: BTreeMap<u64, NodeProc>,
+    pub options: Options,
+}
+
+fn free_tcp() -> String {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
+}
+
+fn free_udp() -> String {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
+}
+
+/// Runs `synod` with `args` and `envs`, returning its output.
+pub fn run_synod(args: &[&str], envs: &[(&str, String)]) -> Output {
+    let mut cmd = Command::new(synod_bin());
+    cmd.args(args).env_remove("SYNOD_ADDR").env_remove("SYNOD_OPERATOR_KEY").stdin(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run synod")
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "synod failed: {}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Asserts failure and returns stderr.
+pub fn fails(output: &Output) -> String {
+    assert!(
+        !output.status.success(),
+        "synod unexpectedly succeeded: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Polls `f` until it returns Some or `timeout` passes (then panics with `what`).
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Cluster {
+    /// Starts `n` nodes and initialises the cluster with an admin key.
+    pub fn start(n: u64) -> Cluster {
+        Self::start_with(n, Options::default())
+    }
+
+    pub fn start_with(n: u64, options: Options) -> Cluster {
+        let mut cluster = Self::prepare(options);
+        for id in 1..=n {
+            cluster.add_node_files(id);
+        }
+        for id in 1..=n {
+            cluster.start_node(id);
+        }
+        cluster.wait_answering();
+        let members: Vec<String> = cluster
+            .nodes
+            .values()
+            .map(|node| format!("--member={}={},{}", node.id, node.raft_addr, node.api_addr))
+            .collect();
+        let mut args = vec!["cluster", "init"];
+        args.extend(members.iter().map(String::as_str));
+        ok(&cluster.synod(1, &args));
+        cluster.wait_leader();
+        cluster
+    }
+
+    /// Makes the CA, the client certificate and the admin key; no nodes yet.
+    pub fn prepare(options: Options) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("synod-test-").tempdir().unwrap();
+        let p = |s: &str| dir.path().join(s).display().to_string();
+        ok(&run_synod(&["ca", "init", "--dir", &p("ca")], &[]));
+        ok(&run_synod(&["ca", "issue", "client", "--name", "tester", "--ca-dir", &p("ca"), "--out", &p("certs")], &[]));
+        ok(&run_synod(&["operator", "keygen", "--out", &p("admin.pem")], &[]));
+        Cluster { dir, nodes: BTreeMap::new(), options }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Issues a certificate for node `id` and writes its config (not started).
+    pub fn add_node_files(&mut self, id: u64) -> &NodeProc {
+        let ca = self.path("ca").display().to_string();
+        let certs = self.path("certs").display().to_string();
+        ok(&run_synod(
+            &["ca", "issue", "node", "--id", &id.to_string(), "--san", "127.0.0.1", "--ca-dir", &ca, "--out", &certs],
+            &[],
+        ));
+        let node_dir = self.path(&format!("node-{id}"));
+        std::fs::create_dir_all(&node_dir).unwrap();
+        let (raft_addr, api_addr) = (free_udp(), free_tcp());
+        let config = node_dir.join("node.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "node_id = {id}\ndata_dir = \"data\"\nraft_listen = \"{raft_addr}\"\napi_listen = \"{api_addr}\"\n\
+                 [tls]\nca_cert = \"{ca}/ca.crt\"\ncert = \"{certs}/node-{id}.crt\"\nkey = \"{certs}/node-{id}.key\"\n\
+                 [raft]\nheartbeat_ms = 150\nelection_timeout_min_ms = 800\nelection_timeout_max_ms = 1600\n\
+                 snapshot_every_entries = {}\nlogs_kept_after_snapshot = {}\n",
+                self.options.snapshot_every_entries, self.options.logs_kept_after_snapshot
+            ),
+        )
+        .unwrap();
+        let log = node_dir.join("node.log");
+        self.nodes.insert(id, NodeProc { id, dir: node_dir, config, raft_addr, api_addr, log, child: None });
+        &self.nodes[&id]
+    }
+
+    /// Starts (or restarts) node `id`'s process.
+    pub fn start_node(&mut self, id: u64) {
+        let faults = self.options.faults.clone();
+        let node = self.nodes.get_mut(&id).expect("known node");
+        assert!(node.child.is_none(), "node {id} is already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).unwrap();
+        let mut cmd = Command::new(synod_bin());
+        cmd.args(["node", "start", "--config"])
+            .arg(&node.config)
+            .env("RUST_LOG", "info,openraft=warn,quinn=warn,sled=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some(f) = faults {
+            cmd.env("SYNOD_FAULTS", f);
+        }
+        node.child = Some(cmd.spawn().expect("spawn node"));
+    }
+
+    /// SIGKILLs node `id`: no shutdown, no flush.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs node `id` and waits for a clean exit; returns whether it exited 0.
+    pub fn stop(&mut self, id: u64) -> bool {
+        let Some(mut child) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) else { return true };
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let status = wait_for("node to exit", Duration::from_secs(20), || child.try_wait().unwrap());
+        status.success()
+    }
+
+    /// Client environment pointing the CLI at node `id`.
+    pub fn env(&self, id: u64) -> Vec<(&'static str, String)> {
+        vec![
+            ("SYNOD_ADDR", format!("https://{}", self.nodes[&id].api_addr)),
+            ("SYNOD_CACERT", self.path("ca/ca.crt").display().to_string()),
+            ("SYNOD_CLIENT_CERT", self.path("certs/client-tester.crt").display().to_string()),
+            ("SYNOD_CLIENT_KEY", self.path("certs/client-tester.key").display().to_string()),
+            ("SYNOD_OPERATOR_KEY", self.path("admin.pem").display().to_string()),
+        ]
+    }
+
+    /// Runs the CLI against node `id`.
+    pub fn synod(&self, id: u64, args: &[&str]) -> Output {
+        run_synod(args, &self.env(id))
+    }
+
+    /// `synod status -o json` at node `id`, or None when it does not answer.
+    pub fn status(&self, id: u64) -> Option<Value> {
+        let out = self.synod(id, &["status", "-o", "json"]);
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("status JSON"))
+    }
+
+    /// Waits until every running node answers its health endpoint.
+    pub fn wait_answering(&self) {
+        for node in self.nodes.values().filter(|n| n.is_running()) {
+            wait_for(&format!("node {} to answer", node.id), Duration::from_secs(60), || {
+                let out = self.synod(node.id, &["health", "-o", "json"]);
+                (!out.stdout.is_empty()).then_some(())
+            });
+        }
+    }
+
+    /// Waits until every running node agrees on one leader; returns it.
+    pub fn wait_leader(&self) -> u64 {
+        wait_for("a leader that every running node knows", Duration::from_secs(60), || {
+            let leaders: Vec<Option<u64>> = self
+                .nodes
+                .values()
+                .filter(|n| n.is_running())
+                .map(|n| self.status(n.id).and_then(|s| s["leader_id"].as_u64()))
+                .collect();
+            let first = leaders.first().copied().flatten()?;
+            let leader_running = self.nodes.get(&first).is_some_and(NodeProc::is_running);
+            (leader_running && leaders.iter().all(|l| *l == Some(first))).then_some(first)
+        })
+    }
+
+    /// Writes key=value through node `id`; Err(stderr) when the CLI fails.
+    pub fn put(&self, id: u64, key: &str, value: &str) -> Result<(), String> {
+        let out = self.synod(id, &["kv", "put", key, value]);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Reads key at node `id` from its applied state.
+    pub fn get(&self, id: u64, key: &str) -> Option<String> {
+        let out = self.synod(id, &["kv", "get", key, "-o", "json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["value"].as_str().map(str::to_string)
+    }
+
+    /// Waits until node `id` holds `key` = `value`.
+    pub fn wait_value(&self, id: u64, key: &str, value: &str) {
+        wait_for(&format!("node {id} to hold {key}={value}"), Duration::from_secs(60), || {
+            (self.get(id, key).as_deref() == Some(value)).then_some(())
+        });
+    }
+
+    /// The ids of the voters as node `id` sees them.
+    pub fn voters(&self, id: u64) -> Vec<u64> {
+        let status = self.status(id).expect("status");
+        status["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["voter"].as_bool() == Some(true))
+            .map(|m| m["node_id"].as_u64().unwrap())
+            .collect()
+    }
+
+    /// Stops every node (SIGKILL) and dumps the logs of a failing test.
+    fn teardown(&mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.kill(id);
+        }
+        if std::thread::panicking() {
+            for node in self.nodes.values() {
+                let log = node.log_text();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("---- node {} log (last 40 lines) ----", node.id);
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}

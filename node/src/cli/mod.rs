@@ -57,6 +57,18 @@ pub enum NodeCmd {
         #[arg(long, env = "SYNOD_CONFIG")]
         config: PathBuf,
     },
+    /// Call a peer over mutual-TLS QUIC with this node's certificate: checks
+    /// certificates, addresses and membership without touching Raft.
+    Ping {
+        /// Path to this node's node.toml.
+        #[arg(long, env = "SYNOD_CONFIG")]
+        config: PathBuf,
+        /// The peer as ID=RAFT_ADDR.
+        #[arg(long)]
+        peer: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -231,6 +243,20 @@ pub struct ClientArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Top::Node(NodeCmd::Start { config }) => crate::server::run(&config).await,
+        Top::Node(NodeCmd::Ping { config, peer, output }) => {
+            let (id, addr) = peer
+                .split_once('=')
+                .and_then(|(id, addr)| Some((id.parse::<NodeId>().ok()?, addr)))
+                .ok_or_else(|| anyhow::anyhow!("--peer {peer:?} is not ID=RAFT_ADDR (e.g. 2=10.0.0.2:7001)"))?;
+            let (node_id, cluster_id) = crate::server::ping(&config, id, addr).await?;
+            match output.output {
+                Output::Json => println!("{}", serde_json::json!({ "node_id": node_id, "cluster_id": cluster_id })),
+                Output::Table => {
+                    println!("node {node_id} answered (cluster {})", cluster_id.as_deref().unwrap_or("not initialised"))
+                }
+            }
+            Ok(())
+        }
         Top::Dev(args) => dev::run(args).await,
         Top::Ca(cmd) => operator::ca(cmd),
         Top::Operator(cmd) => operator::operator(cmd),

@@ -125,8 +125,9 @@ impl PeerTransport for Arc<QuicTransport> {
             let result = tokio::time::timeout(timeout, this.call_once(target, &addr, &frame)).await;
             let result = result
                 .unwrap_or(Err(TransportError::Timeout { node: target, timeout_ms: timeout.as_millis() as u64 }));
-            if let Err(TransportError::Failed { .. }) = result {
-                // Drop a broken connection so the next call dials afresh.
+            if let Err(TransportError::Failed { .. } | TransportError::Timeout { .. }) = result {
+                // Drop a broken or silent connection so the next call dials
+                // afresh: a peer that restarted never answers on the old one.
                 if let Some(slot) = this.conns.lock().expect("conns lock").get(&target).cloned() {
                     if let Ok(mut guard) = slot.try_lock() {
                         *guard = None;

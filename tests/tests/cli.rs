@@ -1,0 +1,125 @@
+//! The command line as a new user meets it: `synod dev`, and clear errors for
+//! bad configuration and foreign data directories.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use synod_tests::{fails, ok, run_synod, synod_bin, wait_for, Cluster, Options};
+
+#[test]
+fn dev_runs_a_cluster_that_survives_a_killed_node_and_stops_cleanly() {
+    // `synod dev` starts 3 node processes, writes env and cluster.json, survives
+    // kill -9 of one node, and stops every node on SIGTERM.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let mut dev = Command::new(synod_bin())
+        .args(["dev", "--nodes", "3", "--data-dir"])
+        .arg(&data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(dev.stdout.take().unwrap());
+    let mut lines = stdout.lines();
+    let mut seen = String::new();
+    while !seen.contains("Press Ctrl-C") {
+        match lines.next() {
+            Some(Ok(line)) => {
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            _ => panic!("synod dev ended before the cluster was up:\n{seen}"),
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    assert!(seen.contains("export SYNOD_ADDR="), "{seen}");
+    let env_text = std::fs::read_to_string(data.join("env")).unwrap();
+    let env: Vec<(&str, String)> = env_text
+        .lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+        .map(|(k, v)| (k, v.to_string()))
+        .collect();
+    assert_eq!(env.len(), 5, "{env_text}");
+    let cluster: serde_json::Value = serde_json::from_slice(&std::fs::read(data.join("cluster.json")).unwrap()).unwrap();
+    let pids: Vec<i32> = cluster["nodes"].as_array().unwrap().iter().map(|n| n["pid"].as_i64().unwrap() as i32).collect();
+    assert_eq!(pids.len(), 3);
+
+    let status: serde_json::Value = serde_json::from_str(&ok(&run_synod(&["status", "-o", "json"], &env))).unwrap();
+    assert_eq!(status["members"].as_array().unwrap().len(), 3);
+    ok(&run_synod(&["kv", "put", "greeting", "hello"], &env));
+
+    // Kill a node that is not the one the env points at; the cluster carries on.
+    kill(Pid::from_raw(pids[2]), Signal::SIGKILL).unwrap();
+    wait_for("a write with one node killed", Duration::from_secs(60), || {
+        run_synod(&["kv", "put", "after-kill", "yes"], &env).status.success().then_some(())
+    });
+
+    kill(Pid::from_raw(dev.id() as i32), Signal::SIGTERM).unwrap();
+    let status = wait_for("synod dev to exit", Duration::from_secs(30), || dev.try_wait().unwrap());
+    assert!(status.success(), "synod dev exits 0 on SIGTERM");
+    for pid in &pids[..2] {
+        assert!(kill(Pid::from_raw(*pid), None).is_err(), "node pid {pid} is gone");
+    }
+}
+
+#[test]
+fn config_errors_name_the_file_and_the_field() {
+    // A malformed config or a port in use gives an error naming the file, the field and the address.
+    let mut cluster = Cluster::start_with(1, Options::default());
+    let node = &cluster.nodes[&1];
+    let text = std::fs::read_to_string(&node.config).unwrap();
+    let bad = node.dir.join("bad.toml");
+    std::fs::write(&bad, text.replace("node_id = 1", "node_id = \"one\"")).unwrap();
+    let err = fails(&run_synod(&["node", "start", "--config", &bad.display().to_string()], &[]));
+    assert!(err.contains("bad.toml") && err.contains("node_id"), "{err}");
+
+    // Same ports as the running node: the error says which address is taken.
+    let busy = node.dir.join("busy.toml");
+    std::fs::write(&busy, text.replace("data_dir = \"data\"", "data_dir = \"data2\"")).unwrap();
+    let err = fails(&run_synod(&["node", "start", "--config", &busy.display().to_string()], &[]));
+    assert!(err.contains(&node.raft_addr) || err.contains(&node.api_addr), "{err}");
+    assert!(err.contains("busy.toml"), "{err}");
+    cluster.kill(1);
+}
+
+#[test]
+fn data_dir_of_another_node_is_refused() {
+    // A data directory that belongs to another node is refused, never reinitialised.
+    let mut cluster = Cluster::start_with(2, Options::default());
+    cluster.kill(1);
+    cluster.kill(2);
+    let node2 = &cluster.nodes[&2];
+    let text = std::fs::read_to_string(&node2.config).unwrap();
+    let data1 = cluster.nodes[&1].dir.join("data").display().to_string();
+    let wrong = node2.dir.join("wrong.toml");
+    std::fs::write(&wrong, text.replace("data_dir = \"data\"", &format!("data_dir = \"{data1}\""))).unwrap();
+    let err = fails(&run_synod(&["node", "start", "--config", &wrong.display().to_string()], &[]));
+    assert!(err.contains("belongs to node 1"), "{err}");
+}
+
+#[test]
+fn data_dir_corrupted_is_refused_with_advice() {
+    // A corrupted store refuses to start with a message that says what to do.
+    let mut cluster = Cluster::start_with(1, Options::default());
+    cluster.kill(1);
+    let node = &cluster.nodes[&1];
+    let db = node.dir.join("data/store/db");
+    std::fs::write(&db, vec![0x5a; 4096]).unwrap();
+    let err = fails(&run_synod(&["node", "start", "--config", &node.config.display().to_string()], &[]));
+    assert!(err.contains("corrupted") || err.contains("restore"), "{err}");
+}
+
+#[test]
+fn cli_errors_say_what_to_set() {
+    // Client commands without connection settings say which variable to set.
+    let err = fails(&run_synod(&["status"], &[]));
+    assert!(err.contains("SYNOD_CACERT"), "{err}");
+    let err = fails(&run_synod(&["cluster", "init", "--member", "nonsense"], &[("SYNOD_CACERT", "/x".into())]));
+    assert!(err.contains("ID=RAFT_ADDR,API_ADDR") || err.contains("SYNOD_OPERATOR_KEY"), "{err}");
+    let out = ok(&run_synod(&["--help"], &[]));
+    assert!(out.contains("dev") && out.contains("status"), "{out}");
+}

@@ -1,0 +1,138 @@
+//! Who may speak: peers and clients are authenticated by certificates from the
+//! cluster CA, and authority comes only from operator signatures that every
+//! node verifies itself.
+
+use std::time::Duration;
+
+use synod_tests::{fails, ok, run_synod, wait_for, Cluster, Options};
+
+#[test]
+fn transport_node_from_another_ca_is_refused_and_logged() {
+    // A node whose certificate chains to another CA cannot reach the cluster: its
+    // first stream fails, and the contacted node logs the refusal.
+    let cluster = Cluster::start(3);
+    let other = tempfile::tempdir().unwrap();
+    let p = |s: &str| other.path().join(s).display().to_string();
+    ok(&run_synod(&["ca", "init", "--dir", &p("ca")], &[]));
+    ok(&run_synod(
+        &["ca", "issue", "node", "--id", "4", "--san", "127.0.0.1", "--ca-dir", &p("ca"), "--out", &p("certs")],
+        &[],
+    ));
+    let config = other.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node_id = 4\ndata_dir = \"data\"\nraft_listen = \"127.0.0.1:0\"\napi_listen = \"127.0.0.1:1\"\n\
+             [tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            p("ca/ca.crt"),
+            p("certs/node-4.crt"),
+            p("certs/node-4.key")
+        ),
+    )
+    .unwrap();
+    let target = &cluster.nodes[&1];
+    let peer = format!("1={}", target.raft_addr);
+    let err = fails(&run_synod(&["node", "ping", "--config", &config.display().to_string(), "--peer", &peer], &[]));
+    assert!(err.contains("node 1"), "{err}");
+    wait_for("node 1 to log the refused handshake", Duration::from_secs(10), || {
+        target.log_text().contains("refused peer connection: TLS handshake failed").then_some(())
+    });
+}
+
+#[test]
+fn transport_certified_node_that_is_not_a_member_is_refused() {
+    // A certificate from the right CA is not enough: a node outside the signed
+    // member registry is refused on its first stream, and the refusal is logged.
+    let mut cluster = Cluster::start(3);
+    let stranger = cluster.add_node_files(9).config.display().to_string();
+    let member = cluster.add_node_files(2_000).config.display().to_string();
+    let _ = member;
+    let target = &cluster.nodes[&1];
+    let err = fails(&run_synod(&["node", "ping", "--config", &stranger, "--peer", &format!("1={}", target.raft_addr)], &[]));
+    assert!(err.contains("node 1"), "{err}");
+    wait_for("node 1 to log the refusal", Duration::from_secs(10), || {
+        target.log_text().contains("refused peer: node is not a member").then_some(())
+    });
+    // A member's own certificate gets through.
+    let own = cluster.nodes[&2].config.display().to_string();
+    let out = ok(&run_synod(&["node", "ping", "--config", &own, "--peer", &format!("1={}", target.raft_addr)], &[]));
+    assert!(out.contains("node 1 answered"), "{out}");
+}
+
+#[test]
+fn api_client_without_valid_certificate_cannot_write() {
+    // No client certificate: writes and status are refused with a clear message.
+    // A client certificate from another CA: the TLS handshake fails.
+    let cluster = Cluster::start(3);
+    let mut env = cluster.env(1);
+    env.retain(|(k, _)| !k.starts_with("SYNOD_CLIENT_"));
+    let err = fails(&run_synod(&["kv", "put", "a", "b"], &env));
+    assert!(err.contains("client certificate"), "{err}");
+    // Health needs no certificate (load balancers).
+    ok(&run_synod(&["health"], &env));
+
+    let other = tempfile::tempdir().unwrap();
+    let p = |s: &str| other.path().join(s).display().to_string();
+    ok(&run_synod(&["ca", "init", "--dir", &p("ca")], &[]));
+    ok(&run_synod(&["ca", "issue", "client", "--name", "mallory", "--ca-dir", &p("ca"), "--out", &p("c")], &[]));
+    let mut env = cluster.env(1);
+    for (k, v) in env.iter_mut() {
+        match *k {
+            "SYNOD_CLIENT_CERT" => *v = p("c/client-mallory.crt"),
+            "SYNOD_CLIENT_KEY" => *v = p("c/client-mallory.key"),
+            _ => {}
+        }
+    }
+    // The CLI itself refuses a certificate that does not chain to the CA it trusts.
+    let err = fails(&run_synod(&["kv", "put", "a", "b"], &env));
+    assert!(err.contains("not issued by this CA") || err.contains("client-mallory"), "{err}");
+    assert!(cluster.get(1, "a").is_none());
+}
+
+#[test]
+fn authority_non_admin_operator_cannot_write() {
+    // A valid client certificate with an operator key that is not an admin: the
+    // leader refuses before proposing, and nothing is committed.
+    let cluster = Cluster::start(3);
+    let key = cluster.path("stranger.pem").display().to_string();
+    ok(&run_synod(&["operator", "keygen", "--out", &key], &[]));
+    let mut env = cluster.env(2);
+    env.retain(|(k, _)| *k != "SYNOD_OPERATOR_KEY");
+    env.push(("SYNOD_OPERATOR_KEY", key));
+    let err = fails(&run_synod(&["kv", "put", "a", "b"], &env));
+    assert!(err.contains("not an admin"), "{err}");
+    let status = cluster.status(1).unwrap();
+    assert_eq!(status["rejected_commands"], 0);
+}
+
+#[test]
+fn authority_unsigned_membership_change_committed_by_faulty_leader_is_refused_everywhere() {
+    // With a leader built to skip its own checks, a membership change signed by a
+    // non-admin is committed to the log, and every node refuses it when applying:
+    // the registry and Raft's voters stay as they were.
+    let cluster = Cluster::start_with(3, Options { faults: Some("skip-author-check".into()), ..Options::default() });
+    let version = ok(&run_synod(&["version", "-o", "json"], &[]));
+    assert!(version.contains("skip-author-check"), "the test binary must be built with fault-injection: {version}");
+    let key = cluster.path("stranger.pem").display().to_string();
+    ok(&run_synod(&["operator", "keygen", "--out", &key], &[]));
+    let mut env = cluster.env(1);
+    env.retain(|(k, _)| *k != "SYNOD_OPERATOR_KEY");
+    env.push(("SYNOD_OPERATOR_KEY", key));
+    let args = ["cluster", "add-member", "--id", "9", "--raft-addr", "127.0.0.1:9", "--api-addr", "127.0.0.1:10"];
+    let err = fails(&run_synod(&args, &env));
+    assert!(err.contains("refused") && err.contains("not an admin"), "{err}");
+    for id in 1..=3 {
+        let status = wait_for("the refusal to be applied", Duration::from_secs(30), || {
+            cluster.status(id).filter(|s| s["rejected_commands"].as_u64() >= Some(1))
+        });
+        let rejection = &status["recent_rejections"][0];
+        assert_eq!(rejection["kind"], "add_member", "node {id}: {status}");
+        assert!(rejection["reason"].as_str().unwrap().contains("not an admin"));
+        let members: Vec<u64> = status["members"].as_array().unwrap().iter().map(|m| m["node_id"].as_u64().unwrap()).collect();
+        assert_eq!(members, vec![1, 2, 3], "node {id} changed membership");
+        assert!(cluster.nodes[&id].log_text().contains("refused a committed command"), "node {id} logged the reason");
+    }
+    // The leader keeps reconciling from the registry: node 9 never becomes a member.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(cluster.voters(1), vec![1, 2, 3]);
+}
