@@ -111,11 +111,17 @@ impl NodeConfig {
         if r.heartbeat_ms == 0 || r.heartbeat_ms * 3 > r.election_timeout_min_ms {
             return Err(invalid(
                 "raft.heartbeat_ms",
-                format!("must be positive and at most a third of raft.election_timeout_min_ms ({})", r.election_timeout_min_ms),
+                format!(
+                    "must be positive and at most a third of raft.election_timeout_min_ms ({})",
+                    r.election_timeout_min_ms
+                ),
             ));
         }
         if r.election_timeout_min_ms >= r.election_timeout_max_ms {
-            return Err(invalid("raft.election_timeout_max_ms", "must be greater than raft.election_timeout_min_ms".into()));
+            return Err(invalid(
+                "raft.election_timeout_max_ms",
+                "must be greater than raft.election_timeout_min_ms".into(),
+            ));
         }
         if r.snapshot_every_entries == 0 {
             return Err(invalid("raft.snapshot_every_entries", "must be 1 or more".into()));
@@ -168,7 +174,8 @@ key = "node-1.key"
         let dir = tempfile::tempdir().unwrap();
         let err = NodeConfig::load(&write(dir.path(), &format!("{GOOD}\nbogus = 1\n"))).unwrap_err().to_string();
         assert!(err.contains("node.toml") && err.contains("bogus"), "{err}");
-        let err = NodeConfig::load(&write(dir.path(), &GOOD.replace("127.0.0.1:7001", "nowhere"))).unwrap_err().to_string();
+        let err =
+            NodeConfig::load(&write(dir.path(), &GOOD.replace("127.0.0.1:7001", "nowhere"))).unwrap_err().to_string();
         assert!(err.contains("raft_listen"), "{err}");
         let text = format!("{GOOD}\n[raft]\nheartbeat_ms = 900\n");
         let err = NodeConfig::load(&write(dir.path(), &text)).unwrap_err().to_string();

@@ -25,8 +25,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, PKCS_ED25519,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PublicKeyData, SanType, PKCS_ED25519,
 };
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
@@ -182,31 +182,16 @@ pub enum PkiError {
     FileExists { kind: FileKind, path: PathBuf },
 
     #[error("cannot write {kind} {}: {source}; check that the directory is writable and the disk is not full", path.display())]
-    Write {
-        kind: FileKind,
-        path: PathBuf,
-        source: io::Error,
-    },
+    Write { kind: FileKind, path: PathBuf, source: io::Error },
 
     #[error("cannot read {kind} {}: {source}; {}", path.display(), kind.hint())]
-    Read {
-        kind: FileKind,
-        path: PathBuf,
-        source: io::Error,
-    },
+    Read { kind: FileKind, path: PathBuf, source: io::Error },
 
     #[error("cannot parse {kind} {}: {detail}; {}", path.display(), kind.hint())]
-    Parse {
-        kind: FileKind,
-        path: PathBuf,
-        detail: String,
-    },
+    Parse { kind: FileKind, path: PathBuf, detail: String },
 
     #[error("cannot generate the {what}: {source}")]
-    Generate {
-        what: &'static str,
-        source: rcgen::Error,
-    },
+    Generate { what: &'static str, source: rcgen::Error },
 
     #[error("CA common name {name:?} is invalid: use 1 to {COMMON_NAME_BYTES_MAX} bytes without control characters")]
     InvalidCommonName { name: String },
@@ -224,52 +209,28 @@ pub enum PkiError {
     InvalidValidity { days: u32 },
 
     #[error("a certificate valid for {days} days would outlive the CA {}, which expires in {ca_days_left} days; issue for fewer days or create a new CA", ca_path.display())]
-    OutlivesCa {
-        days: u32,
-        ca_path: PathBuf,
-        ca_days_left: u64,
-    },
+    OutlivesCa { days: u32, ca_path: PathBuf, ca_days_left: u64 },
 
     #[error("CA private key {} does not belong to CA certificate {}; restore the matching pair from backup", key_path.display(), cert_path.display())]
-    CaKeyMismatch {
-        key_path: PathBuf,
-        cert_path: PathBuf,
-    },
+    CaKeyMismatch { key_path: PathBuf, cert_path: PathBuf },
 
     #[error("certificate {} is not trusted by CA {}: {detail}; re-issue it with `synod ca issue` from this CA, or point at the CA that issued it", cert_path.display(), ca_path.display())]
-    Untrusted {
-        cert_path: PathBuf,
-        ca_path: PathBuf,
-        detail: String,
-    },
+    Untrusted { cert_path: PathBuf, ca_path: PathBuf, detail: String },
 
     #[error("private key {} does not match certificate {}: {detail}; use the key file issued together with this certificate", key_path.display(), cert_path.display())]
-    KeyMismatch {
-        key_path: PathBuf,
-        cert_path: PathBuf,
-        detail: String,
-    },
+    KeyMismatch { key_path: PathBuf, cert_path: PathBuf, detail: String },
 
     #[error("certificate is not a Synod certificate: {detail}; certificates must come from `synod ca issue`")]
     NotSynodCertificate { detail: String },
 
     #[error("cannot build the {what} TLS configuration: {source}")]
-    Tls {
-        what: &'static str,
-        source: rustls::Error,
-    },
+    Tls { what: &'static str, source: rustls::Error },
 
     #[error("cannot build the {what} client-certificate verifier: {source}")]
-    Verifier {
-        what: &'static str,
-        source: VerifierBuilderError,
-    },
+    Verifier { what: &'static str, source: VerifierBuilderError },
 
     #[error("cannot use the {what} TLS configuration for QUIC: {source}")]
-    Quic {
-        what: &'static str,
-        source: NoInitialCipherSuite,
-    },
+    Quic { what: &'static str, source: NoInitialCipherSuite },
 
     #[error("QUIC peer {remote} presented no certificate; the endpoint must be built with `TlsMaterial::quic_server_config` or `quic_client_config`")]
     NoPeerCertificate { remote: SocketAddr },
@@ -284,17 +245,11 @@ pub fn ca_init(dir: &Path, common_name: &str) -> Result<CaInfo, PkiError> {
     let key_path = dir.join(CA_KEY_FILE);
     for path in [&key_path, &cert_path] {
         if path.symlink_metadata().is_ok() {
-            return Err(PkiError::CaExists {
-                path: path.clone(),
-                dir: dir.to_path_buf(),
-            });
+            return Err(PkiError::CaExists { path: path.clone(), dir: dir.to_path_buf() });
         }
     }
 
-    let key = KeyPair::generate_for(&PKCS_ED25519).map_err(|source| PkiError::Generate {
-        what: "CA key",
-        source,
-    })?;
+    let key = KeyPair::generate_for(&PKCS_ED25519).map_err(|source| PkiError::Generate { what: "CA key", source })?;
     let now_secs = unix_now_secs();
     let mut params = ca_params(common_name);
     set_validity(
@@ -302,57 +257,27 @@ pub fn ca_init(dir: &Path, common_name: &str) -> Result<CaInfo, PkiError> {
         now_secs.saturating_sub(CLOCK_SKEW_TOLERANCE_SECS),
         now_secs + u64::from(CA_VALIDITY_DAYS) * SECS_PER_DAY,
     );
-    let cert = params
-        .self_signed(&key)
-        .map_err(|source| PkiError::Generate {
-            what: "CA certificate",
-            source,
-        })?;
+    let cert = params.self_signed(&key).map_err(|source| PkiError::Generate { what: "CA certificate", source })?;
 
     let key_pem = Zeroizing::new(key.serialize_pem());
     let ca_exists = |error: PkiError| match error {
-        PkiError::FileExists { path, .. } => PkiError::CaExists {
-            path,
-            dir: dir.to_path_buf(),
-        },
+        PkiError::FileExists { path, .. } => PkiError::CaExists { path, dir: dir.to_path_buf() },
         other => other,
     };
-    write_new(
-        &key_path,
-        FileKind::CaKey,
-        key_pem.as_bytes(),
-        KEY_FILE_MODE,
-    )
-    .map_err(ca_exists)?;
-    if let Err(error) = write_new(
-        &cert_path,
-        FileKind::CaCertificate,
-        cert.pem().as_bytes(),
-        CERT_FILE_MODE,
-    ) {
+    write_new(&key_path, FileKind::CaKey, key_pem.as_bytes(), KEY_FILE_MODE).map_err(ca_exists)?;
+    if let Err(error) = write_new(&cert_path, FileKind::CaCertificate, cert.pem().as_bytes(), CERT_FILE_MODE) {
         // Do not leave a key without its certificate behind: it would block the next attempt.
         let _ = fs::remove_file(&key_path);
         return Err(ca_exists(error));
     }
-    Ok(CaInfo {
-        cert_path,
-        key_path,
-        fingerprint_sha256: fingerprint(cert.der()),
-    })
+    Ok(CaInfo { cert_path, key_path, fingerprint_sha256: fingerprint(cert.der()) })
 }
 
 /// Issues a certificate for `subject`, signed by the CA in `ca_dir`, into `out_dir`
 /// (`node-<id>.crt`/`.key` or `client-<name>.crt`/`.key`). Never overwrites a file.
-pub fn issue(
-    ca_dir: &Path,
-    subject: &Subject,
-    out_dir: &Path,
-    validity_days: u32,
-) -> Result<Issued, PkiError> {
+pub fn issue(ca_dir: &Path, subject: &Subject, out_dir: &Path, validity_days: u32) -> Result<Issued, PkiError> {
     if validity_days == 0 || validity_days > VALIDITY_DAYS_MAX {
-        return Err(PkiError::InvalidValidity {
-            days: validity_days,
-        });
+        return Err(PkiError::InvalidValidity { days: validity_days });
     }
     let plan = SubjectPlan::new(subject)?;
     let ca = CaSigner::load(ca_dir)?;
@@ -367,10 +292,8 @@ pub fn issue(
         });
     }
 
-    let key = KeyPair::generate_for(&PKCS_ED25519).map_err(|source| PkiError::Generate {
-        what: "certificate key",
-        source,
-    })?;
+    let key = KeyPair::generate_for(&PKCS_ED25519)
+        .map_err(|source| PkiError::Generate { what: "certificate key", source })?;
     let mut params = CertificateParams::default();
     params.distinguished_name = distinguished_name(&plan.common_name);
     params.subject_alt_names = plan.sans;
@@ -378,54 +301,30 @@ pub fn issue(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = plan.extended_key_usages;
     params.use_authority_key_identifier_extension = true;
-    set_validity(
-        &mut params,
-        now_secs.saturating_sub(CLOCK_SKEW_TOLERANCE_SECS),
-        not_after_secs,
-    );
+    set_validity(&mut params, now_secs.saturating_sub(CLOCK_SKEW_TOLERANCE_SECS), not_after_secs);
     let issuer = Issuer::new(ca_params(&ca.common_name), &ca.key);
-    let cert = params
-        .signed_by(&key, &issuer)
-        .map_err(|source| PkiError::Generate {
-            what: "certificate",
-            source,
-        })?;
+    let cert = params.signed_by(&key, &issuer).map_err(|source| PkiError::Generate { what: "certificate", source })?;
 
     let cert_path = out_dir.join(format!("{}.crt", plan.file_stem));
     let key_path = out_dir.join(format!("{}.key", plan.file_stem));
     // Postcondition: what we hand out must verify exactly as peers will verify it. This also
     // catches a CA whose subject `ca_params` cannot reproduce byte for byte (a CA not made by
     // `ca_init`), since leaves would then name the wrong issuer.
-    verify_chain(&ca.cert_der, std::slice::from_ref(cert.der())).map_err(|detail| {
-        PkiError::Parse {
-            kind: FileKind::CaCertificate,
-            path: ca.cert_path.clone(),
-            detail: format!("a certificate signed with it does not verify ({detail}); was it made by `synod ca init`?"),
-        }
+    verify_chain(&ca.cert_der, std::slice::from_ref(cert.der())).map_err(|detail| PkiError::Parse {
+        kind: FileKind::CaCertificate,
+        path: ca.cert_path.clone(),
+        detail: format!("a certificate signed with it does not verify ({detail}); was it made by `synod ca init`?"),
     })?;
 
     create_dir(out_dir)?;
     let key_pem = Zeroizing::new(key.serialize_pem());
-    write_new(
-        &key_path,
-        FileKind::PrivateKey,
-        key_pem.as_bytes(),
-        KEY_FILE_MODE,
-    )?;
-    if let Err(error) = write_new(
-        &cert_path,
-        FileKind::Certificate,
-        cert.pem().as_bytes(),
-        CERT_FILE_MODE,
-    ) {
+    write_new(&key_path, FileKind::PrivateKey, key_pem.as_bytes(), KEY_FILE_MODE)?;
+    if let Err(error) = write_new(&cert_path, FileKind::Certificate, cert.pem().as_bytes(), CERT_FILE_MODE) {
         // The key we just wrote is useless without its certificate.
         let _ = fs::remove_file(&key_path);
         return Err(error);
     }
-    Ok(Issued {
-        cert_path,
-        key_path,
-    })
+    Ok(Issued { cert_path, key_path })
 }
 
 /// Reads the Synod identity out of a certificate's common name.
@@ -434,23 +333,16 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Result<PeerIdentity, PkiError> 
     let (rest, x509) = x509_parser::parse_x509_certificate(cert.as_ref())
         .map_err(|e| not_synod(format!("cannot parse it as X.509: {e}")))?;
     if !rest.is_empty() {
-        return Err(not_synod(format!(
-            "{} bytes of trailing data after the certificate",
-            rest.len()
-        )));
+        return Err(not_synod(format!("{} bytes of trailing data after the certificate", rest.len())));
     }
     let mut common_names = x509.subject().iter_common_name();
     let Some(common_name) = common_names.next() else {
         return Err(not_synod("the subject has no common name".to_string()));
     };
     if common_names.next().is_some() {
-        return Err(not_synod(
-            "the subject has more than one common name".to_string(),
-        ));
+        return Err(not_synod("the subject has more than one common name".to_string()));
     }
-    let common_name = common_name
-        .as_str()
-        .map_err(|e| not_synod(format!("the common name is not a string: {e}")))?;
+    let common_name = common_name.as_str().map_err(|e| not_synod(format!("the common name is not a string: {e}")))?;
     parse_identity(common_name).map_err(not_synod)
 }
 
@@ -475,10 +367,7 @@ impl fmt::Debug for TlsMaterial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsMaterial")
             .field("ca_fingerprint", &self.ca_fingerprint())
-            .field(
-                "chain_fingerprints",
-                &self.chain.iter().map(fingerprint).collect::<Vec<_>>(),
-            )
+            .field("chain_fingerprints", &self.chain.iter().map(fingerprint).collect::<Vec<_>>())
             .field("key", &"<redacted>")
             .field("identity", &self.identity)
             .finish()
@@ -511,12 +400,7 @@ impl TlsMaterial {
             path: cert.to_path_buf(),
             detail: e.to_string(),
         })?;
-        Ok(TlsMaterial {
-            ca,
-            chain,
-            key: private_key,
-            identity,
-        })
+        Ok(TlsMaterial { ca, chain, key: private_key, identity })
     }
 
     /// Hex SHA-256 of the CA certificate.
@@ -529,8 +413,7 @@ impl TlsMaterial {
         const WHAT: &str = "QUIC server";
         let verifier = self.client_verifier(WHAT, ClientAuth::Required)?;
         let tls = self.server_tls(WHAT, verifier, ALPN_RAFT)?;
-        let quic = QuicServerConfig::try_from(tls)
-            .map_err(|source| PkiError::Quic { what: WHAT, source })?;
+        let quic = QuicServerConfig::try_from(tls).map_err(|source| PkiError::Quic { what: WHAT, source })?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
         config.transport_config(Arc::new(transport_config()));
         Ok(config)
@@ -542,8 +425,7 @@ impl TlsMaterial {
         const WHAT: &str = "QUIC client";
         let mut tls = self.client_tls(WHAT)?;
         tls.alpn_protocols = vec![ALPN_RAFT.to_vec()];
-        let quic = QuicClientConfig::try_from(tls)
-            .map_err(|source| PkiError::Quic { what: WHAT, source })?;
+        let quic = QuicClientConfig::try_from(tls).map_err(|source| PkiError::Quic { what: WHAT, source })?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
         config.transport_config(Arc::new(transport_config()));
         Ok(config)
@@ -564,20 +446,14 @@ impl TlsMaterial {
         Ok(tls)
     }
 
-    fn client_verifier(
-        &self,
-        what: &'static str,
-        auth: ClientAuth,
-    ) -> Result<Arc<dyn ClientCertVerifier>, PkiError> {
+    fn client_verifier(&self, what: &'static str, auth: ClientAuth) -> Result<Arc<dyn ClientCertVerifier>, PkiError> {
         let roots = root_store(&self.ca).map_err(|source| PkiError::Tls { what, source })?;
         let builder = WebPkiClientVerifier::builder_with_provider(roots, ring_provider());
         let builder = match auth {
             ClientAuth::Required => builder,
             ClientAuth::Optional => builder.allow_unauthenticated(),
         };
-        builder
-            .build()
-            .map_err(|source| PkiError::Verifier { what, source })
+        builder.build().map_err(|source| PkiError::Verifier { what, source })
     }
 
     fn server_tls(
@@ -637,13 +513,9 @@ pub fn https_client_config_anonymous(ca_cert: &Path) -> Result<rustls::ClientCon
 
 /// Who the peer of an established QUIC connection is, from the certificate it presented.
 pub fn peer_identity_from_quic(conn: &quinn::Connection) -> Result<PeerIdentity, PkiError> {
-    let missing = || PkiError::NoPeerCertificate {
-        remote: conn.remote_address(),
-    };
+    let missing = || PkiError::NoPeerCertificate { remote: conn.remote_address() };
     let any = conn.peer_identity().ok_or_else(missing)?;
-    let certs = any
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .map_err(|_| missing())?;
+    let certs = any.downcast::<Vec<CertificateDer<'static>>>().map_err(|_| missing())?;
     let first = certs.first().ok_or_else(missing)?;
     identity_of(first)
 }
@@ -674,16 +546,12 @@ impl SubjectPlan {
                 Ok(SubjectPlan {
                     common_name: format!("{NODE_CN_PREFIX}{id}"),
                     sans: san_types,
-                    extended_key_usages: vec![
-                        ExtendedKeyUsagePurpose::ServerAuth,
-                        ExtendedKeyUsagePurpose::ClientAuth,
-                    ],
+                    extended_key_usages: vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
                     file_stem: format!("node-{id}"),
                 })
             }
             Subject::Client { name } => {
-                validate_client_name(name)
-                    .map_err(|()| PkiError::InvalidClientName { name: name.clone() })?;
+                validate_client_name(name).map_err(|()| PkiError::InvalidClientName { name: name.clone() })?;
                 Ok(SubjectPlan {
                     common_name: format!("{CLIENT_CN_PREFIX}{name}"),
                     sans: Vec::new(),
@@ -713,15 +581,9 @@ fn extra_san(san: &str) -> Result<SanType, PkiError> {
 }
 
 fn dns_san(name: &str) -> Result<SanType, PkiError> {
-    let invalid = |reason| PkiError::InvalidSan {
-        san: name.to_string(),
-        reason,
-    };
+    let invalid = |reason| PkiError::InvalidSan { san: name.to_string(), reason };
     DnsName::try_from(name).map_err(|_| invalid("not an IP address or a valid DNS name"))?;
-    let ia5 = name
-        .to_string()
-        .try_into()
-        .map_err(|_| invalid("DNS names must be ASCII"))?;
+    let ia5 = name.to_string().try_into().map_err(|_| invalid("DNS names must be ASCII"))?;
     Ok(SanType::DnsName(ia5))
 }
 
@@ -735,9 +597,7 @@ fn validate_client_name(name: &str) -> Result<(), ()> {
 
 fn validate_common_name(name: &str) -> Result<(), PkiError> {
     if name.is_empty() || name.len() > COMMON_NAME_BYTES_MAX || name.chars().any(char::is_control) {
-        return Err(PkiError::InvalidCommonName {
-            name: name.to_string(),
-        });
+        return Err(PkiError::InvalidCommonName { name: name.to_string() });
     }
     Ok(())
 }
@@ -745,25 +605,18 @@ fn validate_common_name(name: &str) -> Result<(), PkiError> {
 /// Maps a certificate common name to an identity; the error is a detail for the message.
 fn parse_identity(common_name: &str) -> Result<PeerIdentity, String> {
     if let Some(id_text) = common_name.strip_prefix(NODE_CN_PREFIX) {
-        let id: u64 = id_text
-            .parse()
-            .map_err(|_| format!("common name {common_name:?} has no valid node id"))?;
+        let id: u64 = id_text.parse().map_err(|_| format!("common name {common_name:?} has no valid node id"))?;
         // Reject "007" or "+7": one node, one spelling.
         if id.to_string() != id_text {
-            return Err(format!(
-                "common name {common_name:?} spells the node id non-canonically"
-            ));
+            return Err(format!("common name {common_name:?} spells the node id non-canonically"));
         }
         return Ok(PeerIdentity::Node(id));
     }
     if let Some(name) = common_name.strip_prefix(CLIENT_CN_PREFIX) {
-        validate_client_name(name)
-            .map_err(|()| format!("common name {common_name:?} has an invalid client name"))?;
+        validate_client_name(name).map_err(|()| format!("common name {common_name:?} has an invalid client name"))?;
         return Ok(PeerIdentity::Client(name.to_string()));
     }
-    Err(format!(
-        "common name {common_name:?} starts with neither {NODE_CN_PREFIX:?} nor {CLIENT_CN_PREFIX:?}"
-    ))
+    Err(format!("common name {common_name:?} starts with neither {NODE_CN_PREFIX:?} nor {CLIENT_CN_PREFIX:?}"))
 }
 
 /// The parameters that define the CA as an issuer. `issue` rebuilds them from the common
@@ -773,11 +626,7 @@ fn ca_params(common_name: &str) -> CertificateParams {
     params.distinguished_name = distinguished_name(common_name);
     // Path length 0: the CA signs leaves only, never intermediate CAs.
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params
 }
 
@@ -801,11 +650,8 @@ impl CaSigner {
         let cert_path = ca_dir.join(CA_CERT_FILE);
         let key_path = ca_dir.join(CA_KEY_FILE);
         let cert_der = read_single_cert(&cert_path, FileKind::CaCertificate)?;
-        let parse_error = |detail: String| PkiError::Parse {
-            kind: FileKind::CaCertificate,
-            path: cert_path.clone(),
-            detail,
-        };
+        let parse_error =
+            |detail: String| PkiError::Parse { kind: FileKind::CaCertificate, path: cert_path.clone(), detail };
         let (_, x509) = x509_parser::parse_x509_certificate(cert_der.as_ref())
             .map_err(|e| parse_error(format!("not an X.509 certificate: {e}")))?;
         if !x509.is_ca() {
@@ -834,18 +680,9 @@ impl CaSigner {
             detail: e.to_string(),
         })?;
         if key.subject_public_key_info() != ca_spki {
-            return Err(PkiError::CaKeyMismatch {
-                key_path,
-                cert_path,
-            });
+            return Err(PkiError::CaKeyMismatch { key_path, cert_path });
         }
-        Ok(CaSigner {
-            cert_path,
-            cert_der,
-            common_name,
-            not_after_secs,
-            key,
-        })
+        Ok(CaSigner { cert_path, cert_der, common_name, not_after_secs, key })
     }
 }
 
@@ -859,10 +696,7 @@ fn verify_chain(ca: &CertificateDer<'_>, chain: &[CertificateDer<'_>]) -> Result
     let verifier = WebPkiClientVerifier::builder_with_provider(roots, ring_provider())
         .build()
         .map_err(|e| format!("cannot build a verifier: {e}"))?;
-    verifier
-        .verify_client_cert(end_entity, intermediates, UnixTime::now())
-        .map(|_| ())
-        .map_err(describe_verify_error)
+    verifier.verify_client_cert(end_entity, intermediates, UnixTime::now()).map(|_| ()).map_err(describe_verify_error)
 }
 
 fn describe_verify_error(error: rustls::Error) -> String {
@@ -872,12 +706,11 @@ fn describe_verify_error(error: rustls::Error) -> String {
         }
         // Same issuer name, different key: typically another cluster's CA with the same name.
         rustls::Error::InvalidCertificate(CertificateError::BadSignature) => {
-            "it was not issued by this CA (the issuer name matches but the signature does not)"
-                .to_string()
+            "it was not issued by this CA (the issuer name matches but the signature does not)".to_string()
         }
-        rustls::Error::InvalidCertificate(
-            CertificateError::Expired | CertificateError::ExpiredContext { .. },
-        ) => "it has expired".to_string(),
+        rustls::Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {
+            "it has expired".to_string()
+        }
         rustls::Error::InvalidCertificate(
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
         ) => "it is not valid yet (check this machine's clock)".to_string(),
@@ -898,24 +731,16 @@ fn ring_provider() -> Arc<CryptoProvider> {
 fn transport_config() -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_millis(KEEP_ALIVE_INTERVAL_MS)));
-    transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
-        IDLE_TIMEOUT_MS,
-    ))));
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(IDLE_TIMEOUT_MS))));
     transport
 }
 
 /// Reads a whole PEM file of at most `PEM_FILE_BYTES_MAX` bytes into a zeroizing buffer.
 fn read_limited(path: &Path, kind: FileKind) -> Result<Zeroizing<Vec<u8>>, PkiError> {
-    let read_error = |source| PkiError::Read {
-        kind,
-        path: path.to_path_buf(),
-        source,
-    };
+    let read_error = |source| PkiError::Read { kind, path: path.to_path_buf(), source };
     let file = File::open(path).map_err(read_error)?;
     let mut bytes = Zeroizing::new(Vec::new());
-    file.take(PEM_FILE_BYTES_MAX + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_error)?;
+    file.take(PEM_FILE_BYTES_MAX + 1).read_to_end(&mut bytes).map_err(read_error)?;
     if bytes.len() as u64 > PEM_FILE_BYTES_MAX {
         return Err(PkiError::Parse {
             kind,
@@ -928,18 +753,12 @@ fn read_limited(path: &Path, kind: FileKind) -> Result<Zeroizing<Vec<u8>>, PkiEr
 
 fn read_certs(path: &Path, kind: FileKind) -> Result<Vec<CertificateDer<'static>>, PkiError> {
     let bytes = read_limited(path, kind)?;
-    let parse_error = |detail: String| PkiError::Parse {
-        kind,
-        path: path.to_path_buf(),
-        detail,
-    };
+    let parse_error = |detail: String| PkiError::Parse { kind, path: path.to_path_buf(), detail };
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| parse_error(e.to_string()))?;
     if certs.is_empty() {
-        return Err(parse_error(
-            "it holds no PEM \"CERTIFICATE\" block".to_string(),
-        ));
+        return Err(parse_error("it holds no PEM \"CERTIFICATE\" block".to_string()));
     }
     Ok(certs)
 }
@@ -971,34 +790,19 @@ fn create_dir(dir: &Path) -> Result<(), PkiError> {
         .recursive(true)
         .mode(CA_DIR_MODE)
         .create(dir)
-        .map_err(|source| PkiError::CreateDir {
-            path: dir.to_path_buf(),
-            source,
-        })
+        .map_err(|source| PkiError::CreateDir { path: dir.to_path_buf(), source })
 }
 
 /// Writes a file that must not exist yet, with exactly `mode` whatever the umask.
 fn write_new(path: &Path, kind: FileKind, contents: &[u8], mode: u32) -> Result<(), PkiError> {
-    let write_error = |source| PkiError::Write {
-        kind,
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|source| {
-            if source.kind() == io::ErrorKind::AlreadyExists {
-                PkiError::FileExists {
-                    kind,
-                    path: path.to_path_buf(),
-                }
-            } else {
-                write_error(source)
-            }
-        })?;
+    let write_error = |source| PkiError::Write { kind, path: path.to_path_buf(), source };
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|source| {
+        if source.kind() == io::ErrorKind::AlreadyExists {
+            PkiError::FileExists { kind, path: path.to_path_buf() }
+        } else {
+            write_error(source)
+        }
+    })?;
     let written = file
         .set_permissions(Permissions::from_mode(mode))
         .and_then(|()| file.write_all(contents))
@@ -1012,10 +816,7 @@ fn write_new(path: &Path, kind: FileKind, contents: &[u8], mode: u32) -> Result<
 }
 
 fn unix_now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs()).unwrap_or(0)
 }
 
 /// Sets a certificate's validity window from Unix seconds; rcgen's time type is reached by
@@ -1050,17 +851,10 @@ mod tests {
             let ca_dir = dir.path().join("ca");
             let certs_dir = dir.path().join("certs");
             let ca = ca_init(&ca_dir, "Synod test CA").expect("ca_init");
-            let cluster = Cluster {
-                _dir: dir,
-                ca_dir,
-                certs_dir,
-                ca,
-            };
+            let cluster = Cluster { _dir: dir, ca_dir, certs_dir, ca };
             cluster.issue(&node(1));
             cluster.issue(&node(2));
-            cluster.issue(&Subject::Client {
-                name: "alice".to_string(),
-            });
+            cluster.issue(&Subject::Client { name: "alice".to_string() });
             cluster
         }
 
@@ -1079,10 +873,7 @@ mod tests {
     }
 
     fn node(id: u64) -> Subject {
-        Subject::Node {
-            id,
-            sans: vec!["127.0.0.1".to_string(), "localhost".to_string()],
-        }
+        Subject::Node { id, sans: vec!["127.0.0.1".to_string(), "localhost".to_string()] }
     }
 
     fn mode_of(path: &Path) -> u32 {
@@ -1095,8 +886,7 @@ mod tests {
     }
 
     fn client_endpoint(material: &TlsMaterial) -> quinn::Endpoint {
-        let mut endpoint =
-            quinn::Endpoint::client((Ipv4Addr::LOCALHOST, 0).into()).expect("client endpoint");
+        let mut endpoint = quinn::Endpoint::client((Ipv4Addr::LOCALHOST, 0).into()).expect("client endpoint");
         endpoint.set_default_client_config(material.quic_client_config().expect("client config"));
         endpoint
     }
@@ -1118,14 +908,8 @@ mod tests {
         assert_eq!(mode_of(&cluster.ca.cert_path), 0o644);
         assert_eq!(mode_of(&cluster.ca_dir), 0o700);
         for stem in ["node-1", "node-2", "client-alice"] {
-            assert_eq!(
-                mode_of(&cluster.certs_dir.join(format!("{stem}.key"))),
-                0o600
-            );
-            assert_eq!(
-                mode_of(&cluster.certs_dir.join(format!("{stem}.crt"))),
-                0o644
-            );
+            assert_eq!(mode_of(&cluster.certs_dir.join(format!("{stem}.key"))), 0o600);
+            assert_eq!(mode_of(&cluster.certs_dir.join(format!("{stem}.crt"))), 0o644);
         }
 
         let node1 = cluster.material("node-1");
@@ -1136,15 +920,9 @@ mod tests {
 
         let alice = cluster.material("client-alice");
         assert_eq!(alice.identity, PeerIdentity::Client("alice".to_string()));
-        assert_eq!(
-            identity_of(&alice.chain[0]).unwrap(),
-            PeerIdentity::Client("alice".to_string())
-        );
+        assert_eq!(identity_of(&alice.chain[0]).unwrap(), PeerIdentity::Client("alice".to_string()));
         // The CA certificate itself carries no Synod identity.
-        assert!(matches!(
-            identity_of(&node1.ca),
-            Err(PkiError::NotSynodCertificate { .. })
-        ));
+        assert!(matches!(identity_of(&node1.ca), Err(PkiError::NotSynodCertificate { .. })));
 
         let debug = format!("{node1:?}");
         assert!(debug.contains("<redacted>"), "{debug}");
@@ -1171,18 +949,9 @@ mod tests {
         use x509_parser::extensions::GeneralName;
         let names = &sans.value.general_names;
         assert_eq!(names.len(), 3, "{names:?}");
-        assert!(
-            names.contains(&GeneralName::DNSName("node-1.synod")),
-            "{names:?}"
-        );
-        assert!(
-            names.contains(&GeneralName::IPAddress(&[127, 0, 0, 1])),
-            "{names:?}"
-        );
-        assert!(
-            names.contains(&GeneralName::DNSName("localhost")),
-            "{names:?}"
-        );
+        assert!(names.contains(&GeneralName::DNSName("node-1.synod")), "{names:?}");
+        assert!(names.contains(&GeneralName::IPAddress(&[127, 0, 0, 1])), "{names:?}");
+        assert!(names.contains(&GeneralName::DNSName("localhost")), "{names:?}");
         assert_eq!(node_server_name(7), "node-7.synod");
 
         assert_eq!(parse_identity("synod-node-42"), Ok(PeerIdentity::Node(42)));
@@ -1201,10 +970,7 @@ mod tests {
         let error = ca_init(&cluster.ca_dir, "another CA").unwrap_err();
         assert!(matches!(error, PkiError::CaExists { .. }), "{error:?}");
         let message = error.to_string();
-        assert!(
-            message.contains("ca.key") && message.contains("already exists"),
-            "{message}"
-        );
+        assert!(message.contains("ca.key") && message.contains("already exists"), "{message}");
         assert_eq!(fs::read(&cluster.ca.key_path).unwrap(), key_before);
         assert_eq!(fs::read(&cluster.ca.cert_path).unwrap(), cert_before);
     }
@@ -1220,25 +986,14 @@ mod tests {
         assert_eq!(fs::read(&key_path).unwrap(), key_before);
 
         for name in ["", "a/b", "../x", "é", &"x".repeat(65)] {
-            let subject = Subject::Client {
-                name: name.to_string(),
-            };
+            let subject = Subject::Client { name: name.to_string() };
             let error = issue(&cluster.ca_dir, &subject, &cluster.certs_dir, 30).unwrap_err();
-            assert!(
-                matches!(error, PkiError::InvalidClientName { .. }),
-                "{name}: {error}"
-            );
+            assert!(matches!(error, PkiError::InvalidClientName { .. }), "{name}: {error}");
         }
         for san in ["node-2.synod", "SYNOD", "not a name", "bad_.example..com"] {
-            let subject = Subject::Node {
-                id: 9,
-                sans: vec![san.to_string()],
-            };
+            let subject = Subject::Node { id: 9, sans: vec![san.to_string()] };
             let error = issue(&cluster.ca_dir, &subject, &cluster.certs_dir, 30).unwrap_err();
-            assert!(
-                matches!(error, PkiError::InvalidSan { .. }),
-                "{san}: {error}"
-            );
+            assert!(matches!(error, PkiError::InvalidSan { .. }), "{san}: {error}");
         }
         for days in [0, VALIDITY_DAYS_MAX + 1] {
             let error = issue(&cluster.ca_dir, &node(9), &cluster.certs_dir, days).unwrap_err();
@@ -1262,16 +1017,7 @@ mod tests {
 
         let out = dir.path().join("certs");
         let error = issue(dir.path(), &node(1), &out, 30).unwrap_err();
-        assert!(
-            matches!(
-                error,
-                PkiError::OutlivesCa {
-                    ca_days_left: 9..=10,
-                    ..
-                }
-            ),
-            "{error}"
-        );
+        assert!(matches!(error, PkiError::OutlivesCa { ca_days_left: 9..=10, .. }), "{error}");
         assert!(!out.join("node-1.key").exists());
         issue(dir.path(), &node(1), &out, 9).expect("a shorter certificate fits");
     }
@@ -1283,12 +1029,7 @@ mod tests {
         let cluster = Cluster::new();
         let other = Cluster::new();
         let cert = other.certs_dir.join("node-1.crt");
-        let error = TlsMaterial::load(
-            &cluster.ca.cert_path,
-            &cert,
-            &other.certs_dir.join("node-1.key"),
-        )
-        .unwrap_err();
+        let error = TlsMaterial::load(&cluster.ca.cert_path, &cert, &other.certs_dir.join("node-1.key")).unwrap_err();
         assert!(matches!(error, PkiError::Untrusted { .. }), "{error:?}");
         let message = error.to_string();
         assert!(message.contains(&cert.display().to_string()), "{message}");
@@ -1305,12 +1046,7 @@ mod tests {
         assert!(error.to_string().contains("node-2.key"), "{error}");
 
         let missing = cluster.certs_dir.join("node-5.crt");
-        let error = TlsMaterial::load(
-            &cluster.ca.cert_path,
-            &missing,
-            &missing.with_extension("key"),
-        )
-        .unwrap_err();
+        let error = TlsMaterial::load(&cluster.ca.cert_path, &missing, &missing.with_extension("key")).unwrap_err();
         let message = error.to_string();
         assert!(matches!(error, PkiError::Read { .. }), "{error:?}");
         assert!(message.contains("node-5.crt"), "{message}");
@@ -1338,8 +1074,7 @@ mod tests {
                 let peer = peer_identity_from_quic(&conn)?;
                 let (mut send, mut recv) = conn.accept_bi().await?;
                 let request = recv.read_to_end(1024).await?;
-                send.write_all(&[b"pong:".as_slice(), &request].concat())
-                    .await?;
+                send.write_all(&[b"pong:".as_slice(), &request].concat()).await?;
                 send.finish()?;
                 // Wait for the client to read the reply and close.
                 let _ = conn.closed().await;
@@ -1348,20 +1083,13 @@ mod tests {
         });
 
         let client = client_endpoint(&cluster.material("node-2"));
-        let conn = client
-            .connect(server_addr, &node_server_name(1))
-            .unwrap()
-            .await
-            .expect("handshake");
+        let conn = client.connect(server_addr, &node_server_name(1)).unwrap().await.expect("handshake");
         let handshake = conn
             .handshake_data()
             .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
             .expect("rustls handshake data");
         assert_eq!(handshake.protocol, Some(ALPN_RAFT.to_vec()));
-        assert_eq!(
-            peer_identity_from_quic(&conn).unwrap(),
-            PeerIdentity::Node(1)
-        );
+        assert_eq!(peer_identity_from_quic(&conn).unwrap(), PeerIdentity::Node(1));
         let reply = tokio::time::timeout(STEP_TIMEOUT, exchange(&conn, b"ping"))
             .await
             .expect("exchange timed out")
@@ -1377,9 +1105,7 @@ mod tests {
 
         // Node 1's certificate does not answer for node 3.
         let wrong_name = client.connect(server_addr, &node_server_name(3)).unwrap();
-        let result = tokio::time::timeout(STEP_TIMEOUT, wrong_name)
-            .await
-            .unwrap();
+        let result = tokio::time::timeout(STEP_TIMEOUT, wrong_name).await.unwrap();
         assert!(result.is_err(), "connected to node 1 as node 3");
     }
 
@@ -1402,24 +1128,16 @@ mod tests {
         });
 
         // The foreign client trusts our CA so that it is the server that must refuse it.
-        let foreign = TlsMaterial {
-            ca: cluster.material("node-1").ca.clone(),
-            ..other.material("node-2")
-        };
+        let foreign = TlsMaterial { ca: cluster.material("node-1").ca.clone(), ..other.material("node-2") };
         let client = client_endpoint(&foreign);
         let attempt = async {
             let conn = client.connect(server_addr, &node_server_name(1))?.await?;
             exchange(&conn, b"ping").await
         };
-        let result = tokio::time::timeout(STEP_TIMEOUT, attempt)
-            .await
-            .expect("client timed out");
+        let result = tokio::time::timeout(STEP_TIMEOUT, attempt).await.expect("client timed out");
         assert!(result.is_err(), "foreign client got a reply: {result:?}");
 
-        let server_result = tokio::time::timeout(STEP_TIMEOUT, server_task)
-            .await
-            .expect("server timed out")
-            .unwrap();
+        let server_result = tokio::time::timeout(STEP_TIMEOUT, server_task).await.expect("server timed out").unwrap();
         let error = server_result.expect_err("server accepted a foreign client");
         assert!(
             matches!(
@@ -1436,16 +1154,10 @@ mod tests {
         // (seeing its identity), dialled by IP address, and refuses a foreign certificate.
         let cluster = Cluster::new();
         let other = Cluster::new();
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .unwrap();
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(
-            cluster
-                .material("node-1")
-                .https_server_config()
-                .expect("https server"),
-        );
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(cluster.material("node-1").https_server_config().expect("https server"));
         let server_task = tokio::spawn(async move {
             let mut seen = Vec::new();
             for _ in 0..3 {
@@ -1469,16 +1181,10 @@ mod tests {
         let ip_name = rustls_pki_types::ServerName::from(IpAddr::from(Ipv4Addr::LOCALHOST));
         let configs = [
             https_client_config_anonymous(&cluster.ca.cert_path).unwrap(),
-            cluster
-                .material("client-alice")
+            cluster.material("client-alice").https_client_config().unwrap(),
+            TlsMaterial { ca: cluster.material("node-1").ca.clone(), ..other.material("client-alice") }
                 .https_client_config()
                 .unwrap(),
-            TlsMaterial {
-                ca: cluster.material("node-1").ca.clone(),
-                ..other.material("client-alice")
-            }
-            .https_client_config()
-            .unwrap(),
         ];
         for config in configs {
             let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
@@ -1491,10 +1197,7 @@ mod tests {
             };
             let _ = tokio::time::timeout(STEP_TIMEOUT, result).await;
         }
-        let seen = tokio::time::timeout(STEP_TIMEOUT, server_task)
-            .await
-            .unwrap()
-            .unwrap();
+        let seen = tokio::time::timeout(STEP_TIMEOUT, server_task).await.unwrap().unwrap();
         assert_eq!(seen[0], Ok(None));
         assert_eq!(seen[1], Ok(Some(PeerIdentity::Client("alice".to_string()))));
         assert!(seen[2].is_err(), "foreign client accepted: {:?}", seen[2]);

@@ -79,8 +79,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         tuning: config.raft.clone(),
     })
     .await?;
-    if let (Some(pinned), Some(actual)) = (&config.cluster_id, &node.state().read().state.cluster_id) {
-        if pinned != actual {
+    let actual = node.state().read().state.cluster_id.clone();
+    if let (Some(pinned), Some(actual)) = (&config.cluster_id, actual) {
+        if *pinned != actual {
             node.shutdown().await;
             bail!(
                 "data directory {} belongs to cluster {actual}, but {} pins cluster_id = {pinned}; refusing to start",
@@ -92,7 +93,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 
     tokio::spawn(transport.clone().serve(Arc::new(NodeHandler(node.clone()))));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let api_task = tokio::spawn(api::serve(api_listener, tls.https_server_config()?, api::router(node.clone()), stop_rx));
+    let api_task =
+        tokio::spawn(api::serve(api_listener, tls.https_server_config()?, api::router(node.clone()), stop_rx));
     tracing::info!(
         node_id = config.node_id,
         raft = %transport.local_addr()?,
@@ -163,7 +165,10 @@ fn check_data_dir(store: &dyn Store, config: &NodeConfig, ca_fingerprint: &str) 
         }
         Some(bytes) => {
             let theirs: DataDirIdentity = serde_json::from_slice(&bytes).with_context(|| {
-                format!("data directory {} has an unreadable identity record; it may be corrupted", config.data_dir.display())
+                format!(
+                    "data directory {} has an unreadable identity record; it may be corrupted",
+                    config.data_dir.display()
+                )
             })?;
             if theirs != mine {
                 bail!(

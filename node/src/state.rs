@@ -108,12 +108,23 @@ impl ClusterState {
                 self.cluster_id = Some(envelope.cluster_id.clone());
                 self.admins = admins.iter().copied().collect();
                 self.members = synod_proto::command::member_map(members);
-                format!("cluster {} initialised with {} admins and {} members", envelope.cluster_id, admins.len(), members.len())
+                format!(
+                    "cluster {} initialised with {} admins and {} members",
+                    envelope.cluster_id,
+                    admins.len(),
+                    members.len()
+                )
             }
-            (None, other) => return Err(format!("{} before genesis; run `synod cluster init` first", other.kind()).into()),
+            (None, other) => {
+                return Err(format!("{} before genesis; run `synod cluster init` first", other.kind()).into())
+            }
             (Some(cluster_id), command) => {
                 if &envelope.cluster_id != cluster_id {
-                    return Err(format!("command is for cluster {}, this is cluster {cluster_id}", envelope.cluster_id).into());
+                    return Err(format!(
+                        "command is for cluster {}, this is cluster {cluster_id}",
+                        envelope.cluster_id
+                    )
+                    .into());
                 }
                 if !self.admins.contains(&signed.author) {
                     return Err(format!("{} is not an admin of this cluster", signed.author).into());
@@ -172,7 +183,11 @@ impl ClusterState {
         }
         let strangers: Vec<NodeId> = nodes.filter(|id| !self.members.contains_key(id)).collect();
         if !strangers.is_empty() {
-            tracing::error!(index, ?strangers, "raft membership names nodes outside the signed registry; they are refused at the transport");
+            tracing::error!(
+                index,
+                ?strangers,
+                "raft membership names nodes outside the signed registry; they are refused at the transport"
+            );
             self.unauthorized_membership_entries += 1;
         }
     }

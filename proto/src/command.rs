@@ -153,9 +153,7 @@ fn validate_member(id: NodeId, addr: &NodeAddr) -> Result<(), CommandError> {
     }
     for (field, value) in [("raft_addr", &addr.raft_addr), ("api_addr", &addr.api_addr)] {
         if value.parse::<std::net::SocketAddr>().is_err() && !value.contains(':') {
-            return Err(CommandError::Malformed(format!(
-                "node {id}: {field} {value:?} is not host:port"
-            )));
+            return Err(CommandError::Malformed(format!("node {id}: {field} {value:?} is not host:port")));
         }
     }
     Ok(())
@@ -259,13 +257,7 @@ mod tests {
     }
 
     fn envelope(command: Command) -> Envelope {
-        Envelope {
-            cluster_id: "c1".into(),
-            command_id: "00".repeat(16),
-            issued_at_ms: 1,
-            expires_at_ms: 2,
-            command,
-        }
+        Envelope { cluster_id: "c1".into(), command_id: "00".repeat(16), issued_at_ms: 1, expires_at_ms: 2, command }
     }
 
     #[test]

@@ -47,7 +47,10 @@ pub enum PeerResponse {
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     Forward(Result<WriteResponse, ApiError>),
-    Pong { node_id: NodeId, cluster_id: Option<String> },
+    Pong {
+        node_id: NodeId,
+        cluster_id: Option<String>,
+    },
     /// The receiver refused the call (unknown peer, malformed frame, ...).
     Refused(String),
 }

@@ -112,11 +112,7 @@ pub fn ok(output: &Output) -> String {
 
 /// Asserts failure and returns stderr.
 pub fn fails(output: &Output) -> String {
-    assert!(
-        !output.status.success(),
-        "synod unexpectedly succeeded: {}",
-        String::from_utf8_lossy(&output.stdout)
-    );
+    assert!(!output.status.success(), "synod unexpectedly succeeded: {}", String::from_utf8_lossy(&output.stdout));
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 

@@ -44,8 +44,10 @@ fn dev_runs_a_cluster_that_survives_a_killed_node_and_stops_cleanly() {
         .map(|(k, v)| (k, v.to_string()))
         .collect();
     assert_eq!(env.len(), 5, "{env_text}");
-    let cluster: serde_json::Value = serde_json::from_slice(&std::fs::read(data.join("cluster.json")).unwrap()).unwrap();
-    let pids: Vec<i32> = cluster["nodes"].as_array().unwrap().iter().map(|n| n["pid"].as_i64().unwrap() as i32).collect();
+    let cluster: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("cluster.json")).unwrap()).unwrap();
+    let pids: Vec<i32> =
+        cluster["nodes"].as_array().unwrap().iter().map(|n| n["pid"].as_i64().unwrap() as i32).collect();
     assert_eq!(pids.len(), 3);
 
     let status: serde_json::Value = serde_json::from_str(&ok(&run_synod(&["status", "-o", "json"], &env))).unwrap();

@@ -36,8 +36,10 @@ fn replication_leader_killed_during_writes_loses_nothing_and_catches_up_from_sna
     // kill -9 of the leader mid-stream: a new leader takes over, every acknowledged
     // write survives, and the restarted node catches up from a snapshot because
     // the log it missed was purged meanwhile.
-    let mut cluster =
-        Cluster::start_with(3, Options { snapshot_every_entries: 10, logs_kept_after_snapshot: 2, ..Options::default() });
+    let mut cluster = Cluster::start_with(
+        3,
+        Options { snapshot_every_entries: 10, logs_kept_after_snapshot: 2, ..Options::default() },
+    );
     let leader = cluster.wait_leader();
     let entry = (1..=3).find(|id| *id != leader).unwrap();
     let mut acked = Vec::new();
@@ -117,18 +119,11 @@ fn membership_node_joins_and_leaves_with_admin_signature() {
         (node.raft_addr.clone(), node.api_addr.clone())
     };
     cluster.start_node(4);
-    ok(&cluster.synod(
-        1,
-        &["cluster", "add-member", "--id", "4", "--raft-addr", &raft_addr, "--api-addr", &api_addr],
-    ));
+    ok(&cluster.synod(1, &["cluster", "add-member", "--id", "4", "--raft-addr", &raft_addr, "--api-addr", &api_addr]));
     cluster.wait_value(4, "before-join", "1");
-    wait_for("node 4 to become a voter", Duration::from_secs(60), || {
-        cluster.voters(1).contains(&4).then_some(())
-    });
+    wait_for("node 4 to become a voter", Duration::from_secs(60), || cluster.voters(1).contains(&4).then_some(()));
     ok(&cluster.synod(1, &["cluster", "remove-member", "--id", "4"]));
-    wait_for("node 4 to leave the voters", Duration::from_secs(60), || {
-        (!cluster.voters(1).contains(&4)).then_some(())
-    });
+    wait_for("node 4 to leave the voters", Duration::from_secs(60), || (!cluster.voters(1).contains(&4)).then_some(()));
     cluster.put(2, "after-leave", "1").unwrap();
     cluster.wait_value(3, "after-leave", "1");
 }

@@ -48,7 +48,8 @@ fn transport_certified_node_that_is_not_a_member_is_refused() {
     let member = cluster.add_node_files(2_000).config.display().to_string();
     let _ = member;
     let target = &cluster.nodes[&1];
-    let err = fails(&run_synod(&["node", "ping", "--config", &stranger, "--peer", &format!("1={}", target.raft_addr)], &[]));
+    let err =
+        fails(&run_synod(&["node", "ping", "--config", &stranger, "--peer", &format!("1={}", target.raft_addr)], &[]));
     assert!(err.contains("node 1"), "{err}");
     wait_for("node 1 to log the refusal", Duration::from_secs(10), || {
         target.log_text().contains("refused peer: node is not a member").then_some(())
@@ -128,7 +129,8 @@ fn authority_unsigned_membership_change_committed_by_faulty_leader_is_refused_ev
         let rejection = &status["recent_rejections"][0];
         assert_eq!(rejection["kind"], "add_member", "node {id}: {status}");
         assert!(rejection["reason"].as_str().unwrap().contains("not an admin"));
-        let members: Vec<u64> = status["members"].as_array().unwrap().iter().map(|m| m["node_id"].as_u64().unwrap()).collect();
+        let members: Vec<u64> =
+            status["members"].as_array().unwrap().iter().map(|m| m["node_id"].as_u64().unwrap()).collect();
         assert_eq!(members, vec![1, 2, 3], "node {id} changed membership");
         assert!(cluster.nodes[&id].log_text().contains("refused a committed command"), "node {id} logged the reason");
     }

@@ -210,7 +210,7 @@ pub async fn status(args: &ClientArgs) -> anyhow::Result<()> {
     println!("applied      {}", status.last_applied_index.unwrap_or(0));
     println!("refused      {}", status.rejected_commands);
     println!();
-    println!("{:<6} {:<8} {:<10} {:<22} {:<22} {}", "NODE", "VOTER", "AUTHORIZED", "RAFT", "API", "MATCHED");
+    println!("NODE   VOTER    AUTHORIZED RAFT                   API                    MATCHED");
     for m in &status.members {
         println!(
             "{:<6} {:<8} {:<10} {:<22} {:<22} {}",

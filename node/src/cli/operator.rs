@@ -10,7 +10,7 @@ use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::SigningKey;
 use synod_proto::OperatorKey;
 
-use super::{CaCmd, IssueCmd, Output, OperatorCmd};
+use super::{CaCmd, IssueCmd, OperatorCmd, Output};
 use crate::pki::{self, Subject};
 
 /// Runs `synod ca ...`.
@@ -65,11 +65,9 @@ pub fn keygen(path: &Path) -> anyhow::Result<SigningKey> {
 
 /// Reads an operator key file written by `synod operator keygen`.
 pub fn load_operator_key(path: &Path) -> anyhow::Result<SigningKey> {
-    let pem = zeroize::Zeroizing::new(
-        std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read operator key {}; create one with `synod operator keygen`", path.display()))?,
-    );
-    SigningKey::from_pkcs8_pem(&pem).map_err(|_| {
-        anyhow::anyhow!("operator key {} is not an Ed25519 PKCS#8 PEM private key", path.display())
-    })
+    let pem = zeroize::Zeroizing::new(std::fs::read_to_string(path).with_context(|| {
+        format!("cannot read operator key {}; create one with `synod operator keygen`", path.display())
+    })?);
+    SigningKey::from_pkcs8_pem(&pem)
+        .map_err(|_| anyhow::anyhow!("operator key {} is not an Ed25519 PKCS#8 PEM private key", path.display()))
 }

@@ -42,10 +42,7 @@ impl LogStore {
 
     async fn write(&self, ops: Vec<Op>, durability: Durability) -> Result<(), std::io::Error> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.write(ops, durability))
-            .await
-            .map_err(io_error)?
-            .map_err(io_error)
+        crate::seams::run_blocking(move || store.write(ops, durability)).await?.map_err(io_error)
     }
 }
 
@@ -182,7 +179,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let ops: Vec<Op> = entries.into_iter().flat_map(|entry| put_entry(&entry)).collect();
         // One fsync for the whole batch, before openraft may acknowledge it.
         let result = self.write(ops, Durability::Sync).await;
-        let reported = result.as_ref().map(|_| ()).map_err(|e| io_error(e));
+        let reported = result.as_ref().map(|_| ()).map_err(io_error);
         callback.log_io_completed(reported);
         result.map_err(|e| StorageIOError::write_logs(&e).into())
     }
@@ -198,5 +195,43 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Op::RemoveRange { tree: Tree::Log, from: index_key(0), to_exclusive: Some(index_key(log_id.index + 1)) },
         ];
         self.write(ops, Durability::Buffered).await.map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+    use synod_proto::{LogEntry, OperatorKey, SignedCommand};
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn entry(index: u64, envelope_bytes: usize) -> Entry<TypeConfig> {
+        let command = SignedCommand {
+            envelope: "x".repeat(envelope_bytes),
+            author: OperatorKey([1; 32]),
+            signature: String::new(),
+        };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(LogEntry { time_ms: index, command }),
+        }
+    }
+
+    #[tokio::test]
+    async fn log_store_entries_larger_than_a_store_value_round_trip() {
+        // Entries bigger than the store's value cap are chunked and read back whole, in order.
+        let store = Arc::new(MemoryStore::new());
+        let sizes = [10, VALUE_BYTES_MAX * 2 + 7, 10, VALUE_BYTES_MAX];
+        let ops: Vec<Op> = sizes.iter().enumerate().flat_map(|(i, n)| put_entry(&entry(i as u64 + 1, *n))).collect();
+        assert!(ops.len() > sizes.len(), "large entries span several values");
+        store.write(ops, Durability::Sync).unwrap();
+        let mut log = LogStore::new(store);
+        let got = log.try_get_log_entries(1..5).await.unwrap();
+        let want: Vec<_> = sizes.iter().enumerate().map(|(i, n)| entry(i as u64 + 1, *n)).collect();
+        assert_eq!(got, want);
+        assert_eq!(log.try_get_log_entries(2..=2).await.unwrap(), vec![want[1].clone()]);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(4));
     }
 }

@@ -49,14 +49,12 @@ impl PeerClient {
         option: &RPCOption,
         pick: impl FnOnce(PeerResponse) -> Option<Result<T, RaftError<NodeId, E>>>,
     ) -> RpcResult<T, E> {
-        let response = self
-            .transport
-            .call(self.target, self.addr.clone(), request, option.hard_ttl())
-            .await
-            .map_err(|e| match e {
+        let response = self.transport.call(self.target, self.addr.clone(), request, option.hard_ttl()).await.map_err(
+            |e| match e {
                 TransportError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
                 other => RPCError::Network(NetworkError::new(&other)),
-            })?;
+            },
+        )?;
         let refused = |what: String| RPCError::Network(NetworkError::new(&std::io::Error::other(what)));
         match response {
             PeerResponse::Refused(reason) => Err(refused(format!("node {} refused: {reason}", self.target))),

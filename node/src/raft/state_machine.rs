@@ -78,14 +78,22 @@ impl StateMachine {
         Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 
-    async fn save_snapshot(&self, meta: &SnapshotMeta<NodeId, NodeAddr>, data: &[u8]) -> Result<(), StorageError<NodeId>> {
+    async fn save_snapshot(
+        &self,
+        meta: &SnapshotMeta<NodeId, NodeAddr>,
+        data: &[u8],
+    ) -> Result<(), StorageError<NodeId>> {
         let mut ops = vec![
             Op::RemoveRange {
                 tree: Tree::Meta,
                 from: SNAPSHOT_CHUNK_PREFIX.to_vec(),
                 to_exclusive: Some(SNAPSHOT_CHUNK_END.to_vec()),
             },
-            Op::Put { tree: Tree::Meta, key: SNAPSHOT_META_KEY.to_vec(), value: serde_json::to_vec(meta).expect("meta") },
+            Op::Put {
+                tree: Tree::Meta,
+                key: SNAPSHOT_META_KEY.to_vec(),
+                value: serde_json::to_vec(meta).expect("meta"),
+            },
         ];
         for (i, chunk) in data.chunks(VALUE_BYTES_MAX).enumerate() {
             let mut key = SNAPSHOT_CHUNK_PREFIX.to_vec();
@@ -94,9 +102,8 @@ impl StateMachine {
         }
         let store = self.store.clone();
         // Synced: the log before this snapshot may be purged once it is stored.
-        tokio::task::spawn_blocking(move || store.write(ops, Durability::Sync))
+        crate::seams::run_blocking(move || store.write(ops, Durability::Sync))
             .await
-            .map_err(io_error)
             .and_then(|r| r.map_err(io_error))
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e).into())
     }

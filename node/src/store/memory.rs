@@ -61,11 +61,7 @@ impl Image {
             Op::Remove { tree, key } => {
                 self.tree_mut(*tree).remove(key);
             }
-            Op::RemoveRange {
-                tree,
-                from,
-                to_exclusive,
-            } => {
+            Op::RemoveRange { tree, from, to_exclusive } => {
                 let map = self.tree_mut(*tree);
                 let mut doomed = map.split_off(from.as_slice());
                 if let Some(to) = to_exclusive {
@@ -101,9 +97,7 @@ impl MemoryStore {
     fn lock(&self) -> MutexGuard<'_, Disk> {
         // A poisoned lock means a panic inside one of the short critical
         // sections below, which cannot happen short of running out of memory.
-        self.state
-            .lock()
-            .expect("MemoryStore lock poisoned by a panic in another thread")
+        self.state.lock().expect("MemoryStore lock poisoned by a panic in another thread")
     }
 }
 
@@ -140,10 +134,7 @@ impl Store for MemoryStore {
         limit: usize,
     ) -> Result<Vec<Pair>, StoreError> {
         let disk = self.lock();
-        Ok(range(disk.current.tree(tree), from, to_exclusive)
-            .take(limit)
-            .map(owned)
-            .collect())
+        Ok(range(disk.current.tree(tree), from, to_exclusive).take(limit).map(owned).collect())
     }
 
     fn first(&self, tree: Tree) -> Result<Option<Pair>, StoreError> {
@@ -182,11 +173,7 @@ mod tests {
     use super::*;
 
     fn put(store: &MemoryStore, key: &[u8], value: &[u8], durability: Durability) {
-        let op = Op::Put {
-            tree: Tree::Meta,
-            key: key.to_vec(),
-            value: value.to_vec(),
-        };
+        let op = Op::Put { tree: Tree::Meta, key: key.to_vec(), value: value.to_vec() };
         store.write(vec![op], durability).expect("write");
     }
 
@@ -202,15 +189,7 @@ mod tests {
         put(&store, b"b", b"1", Durability::Sync);
         put(&store, b"a", b"2", Durability::Buffered);
         put(&store, b"c", b"1", Durability::Buffered);
-        store
-            .write(
-                vec![Op::Remove {
-                    tree: Tree::Meta,
-                    key: b"b".to_vec(),
-                }],
-                Durability::Buffered,
-            )
-            .unwrap();
+        store.write(vec![Op::Remove { tree: Tree::Meta, key: b"b".to_vec() }], Durability::Buffered).unwrap();
         assert_eq!(
             (get(&store, b"a"), get(&store, b"b"), get(&store, b"c")),
             (Some(b"2".to_vec()), None, Some(b"1".to_vec()))
@@ -221,11 +200,7 @@ mod tests {
         assert_eq!(get(&store, b"b"), Some(b"1".to_vec()));
         assert_eq!(get(&store, b"c"), None);
         store.crash();
-        assert_eq!(
-            get(&store, b"a"),
-            Some(b"1".to_vec()),
-            "a second crash loses nothing more"
-        );
+        assert_eq!(get(&store, b"a"), Some(b"1".to_vec()), "a second crash loses nothing more");
     }
 
     #[test]
@@ -233,29 +208,14 @@ mod tests {
         // Proves that an empty Sync write is a barrier that makes every earlier buffered write survive a crash.
         let store = MemoryStore::new();
         let ops = vec![
-            Op::Put {
-                tree: Tree::Log,
-                key: vec![1],
-                value: b"x".to_vec(),
-            },
-            Op::Put {
-                tree: Tree::Log,
-                key: vec![2],
-                value: b"y".to_vec(),
-            },
-            Op::RemoveRange {
-                tree: Tree::Log,
-                from: vec![2],
-                to_exclusive: None,
-            },
+            Op::Put { tree: Tree::Log, key: vec![1], value: b"x".to_vec() },
+            Op::Put { tree: Tree::Log, key: vec![2], value: b"y".to_vec() },
+            Op::RemoveRange { tree: Tree::Log, from: vec![2], to_exclusive: None },
         ];
         store.write(ops, Durability::Buffered).unwrap();
         store.write(vec![], Durability::Sync).unwrap();
         store.crash();
-        assert_eq!(
-            store.scan(Tree::Log, &[], None, 10).unwrap(),
-            vec![(vec![1], b"x".to_vec())]
-        );
+        assert_eq!(store.scan(Tree::Log, &[], None, 10).unwrap(), vec![(vec![1], b"x".to_vec())]);
     }
 
     #[test]
@@ -275,11 +235,7 @@ mod tests {
     fn memory_refused_write_is_not_buffered() {
         // Proves that a refused write leaves no trace, not even in the unsynced writes a later Sync would replay.
         let store = MemoryStore::new();
-        let big = Op::Put {
-            tree: Tree::Meta,
-            key: b"big".to_vec(),
-            value: vec![0; super::super::VALUE_BYTES_MAX + 1],
-        };
+        let big = Op::Put { tree: Tree::Meta, key: b"big".to_vec(), value: vec![0; super::super::VALUE_BYTES_MAX + 1] };
         assert!(store.write(vec![big], Durability::Buffered).is_err());
         store.write(vec![], Durability::Sync).unwrap();
         store.crash();

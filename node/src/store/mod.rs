@@ -38,20 +38,12 @@ impl Tree {
 #[derive(Clone, PartialEq, Eq)]
 pub enum Op {
     /// Sets `key` to `value`, replacing any previous value.
-    Put {
-        tree: Tree,
-        key: Vec<u8>,
-        value: Vec<u8>,
-    },
+    Put { tree: Tree, key: Vec<u8>, value: Vec<u8> },
     /// Removes `key`; removing a missing key is not an error.
     Remove { tree: Tree, key: Vec<u8> },
     /// Removes every key `k` with `from <= k < to_exclusive` (`None`: no upper bound).
     /// An empty range (`to_exclusive <= from`) removes nothing.
-    RemoveRange {
-        tree: Tree,
-        from: Vec<u8>,
-        to_exclusive: Option<Vec<u8>>,
-    },
+    RemoveRange { tree: Tree, from: Vec<u8>, to_exclusive: Option<Vec<u8>> },
 }
 
 /// Values may hold key material (the identity lives in [`Tree::Meta`]), so
@@ -59,22 +51,11 @@ pub enum Op {
 impl fmt::Debug for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Op::Put { tree, key, value } => f
-                .debug_struct("Put")
-                .field("tree", tree)
-                .field("key", key)
-                .field("value_len", &value.len())
-                .finish(),
-            Op::Remove { tree, key } => f
-                .debug_struct("Remove")
-                .field("tree", tree)
-                .field("key", key)
-                .finish(),
-            Op::RemoveRange {
-                tree,
-                from,
-                to_exclusive,
-            } => f
+            Op::Put { tree, key, value } => {
+                f.debug_struct("Put").field("tree", tree).field("key", key).field("value_len", &value.len()).finish()
+            }
+            Op::Remove { tree, key } => f.debug_struct("Remove").field("tree", tree).field("key", key).finish(),
+            Op::RemoveRange { tree, from, to_exclusive } => f
                 .debug_struct("RemoveRange")
                 .field("tree", tree)
                 .field("from", from)
@@ -179,16 +160,10 @@ pub(crate) fn validate_ops(ops: &[Op]) -> Result<(), StoreError> {
             continue;
         };
         if key.len() > KEY_BYTES_MAX {
-            return Err(StoreError::KeyTooLarge {
-                len: key.len(),
-                max: KEY_BYTES_MAX,
-            });
+            return Err(StoreError::KeyTooLarge { len: key.len(), max: KEY_BYTES_MAX });
         }
         if value.len() > VALUE_BYTES_MAX {
-            return Err(StoreError::ValueTooLarge {
-                len: value.len(),
-                max: VALUE_BYTES_MAX,
-            });
+            return Err(StoreError::ValueTooLarge { len: value.len(), max: VALUE_BYTES_MAX });
         }
     }
     Ok(())
@@ -204,13 +179,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Up to `limit` pairs with `from <= key < to_exclusive` (`None`: no upper
     /// bound), in ascending key order. An empty range gives an empty result.
-    fn scan(
-        &self,
-        tree: Tree,
-        from: &[u8],
-        to_exclusive: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<Pair>, StoreError>;
+    fn scan(&self, tree: Tree, from: &[u8], to_exclusive: Option<&[u8]>, limit: usize)
+        -> Result<Vec<Pair>, StoreError>;
 
     /// The pair with the smallest key in `tree`, if any.
     fn first(&self, tree: Tree) -> Result<Option<Pair>, StoreError>;
@@ -233,25 +203,15 @@ mod tests {
     fn stores() -> Vec<(&'static str, Box<dyn Store>, Option<tempfile::TempDir>)> {
         let dir = tempfile::tempdir().expect("create a temp dir");
         let sled = SledStore::open(&dir.path().join("data")).expect("open a sled store");
-        vec![
-            ("memory", Box::new(MemoryStore::new()), None),
-            ("sled", Box::new(sled), Some(dir)),
-        ]
+        vec![("memory", Box::new(MemoryStore::new()), None), ("sled", Box::new(sled), Some(dir))]
     }
 
     fn put(tree: Tree, key: &[u8], value: &[u8]) -> Op {
-        Op::Put {
-            tree,
-            key: key.to_vec(),
-            value: value.to_vec(),
-        }
+        Op::Put { tree, key: key.to_vec(), value: value.to_vec() }
     }
 
     fn pairs(items: &[(&[u8], &[u8])]) -> Vec<Pair> {
-        items
-            .iter()
-            .map(|(k, v)| (k.to_vec(), v.to_vec()))
-            .collect()
+        items.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
     }
 
     fn scan_all(store: &dyn Store, tree: Tree) -> Vec<Pair> {
@@ -271,48 +231,16 @@ mod tests {
                 put(Tree::Meta, b"", b"empty key"),
             ];
             store.write(ops, Durability::Sync).unwrap();
-            assert_eq!(
-                store.get(Tree::Log, &1u64.to_be_bytes()).unwrap(),
-                Some(b"one".to_vec()),
-                "{name}"
-            );
-            assert_eq!(
-                store.get(Tree::Meta, &1u64.to_be_bytes()).unwrap(),
-                None,
-                "{name}"
-            );
+            assert_eq!(store.get(Tree::Log, &1u64.to_be_bytes()).unwrap(), Some(b"one".to_vec()), "{name}");
+            assert_eq!(store.get(Tree::Meta, &1u64.to_be_bytes()).unwrap(), None, "{name}");
             assert_eq!(store.get(Tree::Log, b"vote").unwrap(), None, "{name}");
-            assert_eq!(
-                store.get(Tree::Meta, b"").unwrap(),
-                Some(b"empty key".to_vec()),
-                "{name}"
-            );
-            assert_eq!(
-                store.first(Tree::Log).unwrap(),
-                Some((1u64.to_be_bytes().to_vec(), b"one".to_vec()))
-            );
-            assert_eq!(
-                store.last(Tree::Log).unwrap(),
-                Some((2u64.to_be_bytes().to_vec(), b"two".to_vec()))
-            );
-            assert_eq!(
-                store.first(Tree::Meta).unwrap(),
-                Some((b"".to_vec(), b"empty key".to_vec())),
-                "{name}"
-            );
-            assert_eq!(
-                store.last(Tree::Meta).unwrap(),
-                Some((b"vote".to_vec(), b"v".to_vec())),
-                "{name}"
-            );
-            store
-                .write(vec![put(Tree::Meta, b"vote", b"w")], Durability::Buffered)
-                .unwrap();
-            assert_eq!(
-                store.get(Tree::Meta, b"vote").unwrap(),
-                Some(b"w".to_vec()),
-                "{name}"
-            );
+            assert_eq!(store.get(Tree::Meta, b"").unwrap(), Some(b"empty key".to_vec()), "{name}");
+            assert_eq!(store.first(Tree::Log).unwrap(), Some((1u64.to_be_bytes().to_vec(), b"one".to_vec())));
+            assert_eq!(store.last(Tree::Log).unwrap(), Some((2u64.to_be_bytes().to_vec(), b"two".to_vec())));
+            assert_eq!(store.first(Tree::Meta).unwrap(), Some((b"".to_vec(), b"empty key".to_vec())), "{name}");
+            assert_eq!(store.last(Tree::Meta).unwrap(), Some((b"vote".to_vec(), b"v".to_vec())), "{name}");
+            store.write(vec![put(Tree::Meta, b"vote", b"w")], Durability::Buffered).unwrap();
+            assert_eq!(store.get(Tree::Meta, b"vote").unwrap(), Some(b"w".to_vec()), "{name}");
         }
     }
 
@@ -320,48 +248,17 @@ mod tests {
     fn store_scan_respects_bounds_and_limit() {
         // Proves that scan is ascending, honours both bounds and the limit, and treats empty ranges as empty.
         for (name, store, _dir) in stores() {
-            let ops = [b"a", b"b", b"c", b"d"]
-                .iter()
-                .map(|k| put(Tree::Meta, *k, *k))
-                .collect();
+            let ops = [b"a", b"b", b"c", b"d"].iter().map(|k| put(Tree::Meta, *k, *k)).collect();
             store.write(ops, Durability::Buffered).unwrap();
             let all = pairs(&[(b"a", b"a"), (b"b", b"b"), (b"c", b"c"), (b"d", b"d")]);
             assert_eq!(scan_all(store.as_ref(), Tree::Meta), all, "{name}");
-            assert_eq!(
-                store.scan(Tree::Meta, b"b", Some(b"d"), 10).unwrap(),
-                all[1..3].to_vec(),
-                "{name}"
-            );
-            assert_eq!(
-                store.scan(Tree::Meta, b"bb", None, 10).unwrap(),
-                all[2..].to_vec(),
-                "{name}"
-            );
-            assert_eq!(
-                store.scan(Tree::Meta, b"a", None, 2).unwrap(),
-                all[..2].to_vec(),
-                "{name}"
-            );
-            assert_eq!(
-                store.scan(Tree::Meta, b"a", None, 0).unwrap(),
-                vec![],
-                "{name}"
-            );
-            assert_eq!(
-                store.scan(Tree::Meta, b"c", Some(b"c"), 10).unwrap(),
-                vec![],
-                "{name}"
-            );
-            assert_eq!(
-                store.scan(Tree::Meta, b"d", Some(b"a"), 10).unwrap(),
-                vec![],
-                "{name}"
-            );
-            assert_eq!(
-                store.scan(Tree::Log, b"", None, 10).unwrap(),
-                vec![],
-                "{name}"
-            );
+            assert_eq!(store.scan(Tree::Meta, b"b", Some(b"d"), 10).unwrap(), all[1..3].to_vec(), "{name}");
+            assert_eq!(store.scan(Tree::Meta, b"bb", None, 10).unwrap(), all[2..].to_vec(), "{name}");
+            assert_eq!(store.scan(Tree::Meta, b"a", None, 2).unwrap(), all[..2].to_vec(), "{name}");
+            assert_eq!(store.scan(Tree::Meta, b"a", None, 0).unwrap(), vec![], "{name}");
+            assert_eq!(store.scan(Tree::Meta, b"c", Some(b"c"), 10).unwrap(), vec![], "{name}");
+            assert_eq!(store.scan(Tree::Meta, b"d", Some(b"a"), 10).unwrap(), vec![], "{name}");
+            assert_eq!(store.scan(Tree::Log, b"", None, 10).unwrap(), vec![], "{name}");
         }
     }
 
@@ -375,28 +272,12 @@ mod tests {
                 put(Tree::Meta, b"big", &vec![0; VALUE_BYTES_MAX + 1]),
             ];
             let error = store.write(ops, Durability::Sync).unwrap_err();
-            assert!(
-                matches!(error, StoreError::ValueTooLarge { .. }),
-                "{name}: {error}"
-            );
+            assert!(matches!(error, StoreError::ValueTooLarge { .. }), "{name}: {error}");
             assert_eq!(scan_all(store.as_ref(), Tree::Log), vec![], "{name}");
             assert_eq!(scan_all(store.as_ref(), Tree::Meta), vec![], "{name}");
-            store
-                .write(
-                    vec![put(Tree::Log, b"k", b"v"), put(Tree::Meta, b"k", b"w")],
-                    Durability::Sync,
-                )
-                .unwrap();
-            assert_eq!(
-                scan_all(store.as_ref(), Tree::Log),
-                pairs(&[(b"k", b"v")]),
-                "{name}"
-            );
-            assert_eq!(
-                scan_all(store.as_ref(), Tree::Meta),
-                pairs(&[(b"k", b"w")]),
-                "{name}"
-            );
+            store.write(vec![put(Tree::Log, b"k", b"v"), put(Tree::Meta, b"k", b"w")], Durability::Sync).unwrap();
+            assert_eq!(scan_all(store.as_ref(), Tree::Log), pairs(&[(b"k", b"v")]), "{name}");
+            assert_eq!(scan_all(store.as_ref(), Tree::Meta), pairs(&[(b"k", b"w")]), "{name}");
         }
     }
 
@@ -404,12 +285,8 @@ mod tests {
     fn store_remove_range_removes_exactly_the_range_in_op_order() {
         // Proves that RemoveRange removes [from, to) in its tree only, and that ops apply in order.
         for (name, store, _dir) in stores() {
-            let ops = (0u64..10).flat_map(|i| {
-                [
-                    put(Tree::Log, &i.to_be_bytes(), b"x"),
-                    put(Tree::Meta, &i.to_be_bytes(), b"m"),
-                ]
-            });
+            let ops = (0u64..10)
+                .flat_map(|i| [put(Tree::Log, &i.to_be_bytes(), b"x"), put(Tree::Meta, &i.to_be_bytes(), b"m")]);
             store.write(ops.collect(), Durability::Buffered).unwrap();
             let remove = |from: u64, to: Option<u64>| Op::RemoveRange {
                 tree: Tree::Log,
@@ -429,24 +306,10 @@ mod tests {
                 .map(|(k, _)| u64::from_be_bytes(k.try_into().expect("8-byte key")))
                 .collect();
             assert_eq!(keys, vec![0, 1, 5, 6, 7, 9], "{name}");
-            assert_eq!(
-                store.get(Tree::Log, &9u64.to_be_bytes()).unwrap(),
-                Some(b"back".to_vec()),
-                "{name}"
-            );
-            assert_eq!(
-                scan_all(store.as_ref(), Tree::Meta).len(),
-                10,
-                "{name}: other tree untouched"
-            );
-            store
-                .write(vec![remove(7, Some(3))], Durability::Sync)
-                .unwrap();
-            assert_eq!(
-                scan_all(store.as_ref(), Tree::Log).len(),
-                6,
-                "{name}: empty range removes nothing"
-            );
+            assert_eq!(store.get(Tree::Log, &9u64.to_be_bytes()).unwrap(), Some(b"back".to_vec()), "{name}");
+            assert_eq!(scan_all(store.as_ref(), Tree::Meta).len(), 10, "{name}: other tree untouched");
+            store.write(vec![remove(7, Some(3))], Durability::Sync).unwrap();
+            assert_eq!(scan_all(store.as_ref(), Tree::Log).len(), 6, "{name}: empty range removes nothing");
         }
     }
 
@@ -454,33 +317,13 @@ mod tests {
     fn store_value_and_key_limits_are_refused() {
         // Proves that a value of VALUE_BYTES_MAX is accepted, one byte more is refused, and keys are capped too.
         for (name, store, _dir) in stores() {
-            store
-                .write(
-                    vec![put(Tree::Meta, b"max", &vec![7; VALUE_BYTES_MAX])],
-                    Durability::Sync,
-                )
-                .unwrap();
-            assert_eq!(
-                store.get(Tree::Meta, b"max").unwrap().map(|v| v.len()),
-                Some(VALUE_BYTES_MAX),
-                "{name}"
-            );
-            let error = store.write(
-                vec![put(Tree::Meta, b"big", &vec![7; VALUE_BYTES_MAX + 1])],
-                Durability::Sync,
-            );
-            let Err(StoreError::ValueTooLarge { len, max }) = error else {
-                panic!("{name}: {error:?}")
-            };
+            store.write(vec![put(Tree::Meta, b"max", &vec![7; VALUE_BYTES_MAX])], Durability::Sync).unwrap();
+            assert_eq!(store.get(Tree::Meta, b"max").unwrap().map(|v| v.len()), Some(VALUE_BYTES_MAX), "{name}");
+            let error = store.write(vec![put(Tree::Meta, b"big", &vec![7; VALUE_BYTES_MAX + 1])], Durability::Sync);
+            let Err(StoreError::ValueTooLarge { len, max }) = error else { panic!("{name}: {error:?}") };
             assert_eq!((len, max), (VALUE_BYTES_MAX + 1, VALUE_BYTES_MAX), "{name}");
-            let error = store.write(
-                vec![put(Tree::Meta, &vec![1; KEY_BYTES_MAX + 1], b"v")],
-                Durability::Sync,
-            );
-            assert!(
-                matches!(error, Err(StoreError::KeyTooLarge { .. })),
-                "{name}: {error:?}"
-            );
+            let error = store.write(vec![put(Tree::Meta, &vec![1; KEY_BYTES_MAX + 1], b"v")], Durability::Sync);
+            assert!(matches!(error, Err(StoreError::KeyTooLarge { .. })), "{name}: {error:?}");
             assert_eq!(store.get(Tree::Meta, b"big").unwrap(), None, "{name}");
         }
     }
@@ -514,24 +357,13 @@ mod tests {
             match self.below(10) {
                 0..=5 => {
                     let value = (0..self.below(24)).map(|_| self.next() as u8).collect();
-                    Op::Put {
-                        tree: self.tree(),
-                        key: self.key(),
-                        value,
-                    }
+                    Op::Put { tree: self.tree(), key: self.key(), value }
                 }
-                6..=7 => Op::Remove {
-                    tree: self.tree(),
-                    key: self.key(),
-                },
+                6..=7 => Op::Remove { tree: self.tree(), key: self.key() },
                 _ => Op::RemoveRange {
                     tree: self.tree(),
                     from: self.key(),
-                    to_exclusive: if self.below(3) == 0 {
-                        None
-                    } else {
-                        Some(self.key())
-                    },
+                    to_exclusive: if self.below(3) == 0 { None } else { Some(self.key()) },
                 },
             }
         }
@@ -539,28 +371,12 @@ mod tests {
 
     fn assert_same_reads(memory: &dyn Store, sled: &dyn Store, rng: &mut Rng, context: &str) {
         for tree in Tree::ALL {
-            assert_eq!(
-                memory.first(tree).unwrap(),
-                sled.first(tree).unwrap(),
-                "first {tree:?}; {context}"
-            );
-            assert_eq!(
-                memory.last(tree).unwrap(),
-                sled.last(tree).unwrap(),
-                "last {tree:?}; {context}"
-            );
-            assert_eq!(
-                scan_all(memory, tree),
-                scan_all(sled, tree),
-                "full scan {tree:?}; {context}"
-            );
+            assert_eq!(memory.first(tree).unwrap(), sled.first(tree).unwrap(), "first {tree:?}; {context}");
+            assert_eq!(memory.last(tree).unwrap(), sled.last(tree).unwrap(), "last {tree:?}; {context}");
+            assert_eq!(scan_all(memory, tree), scan_all(sled, tree), "full scan {tree:?}; {context}");
         }
         let (tree, key) = (rng.tree(), rng.key());
-        assert_eq!(
-            memory.get(tree, &key).unwrap(),
-            sled.get(tree, &key).unwrap(),
-            "get {key:?}; {context}"
-        );
+        assert_eq!(memory.get(tree, &key).unwrap(), sled.get(tree, &key).unwrap(), "get {key:?}; {context}");
         let (from, to, limit) = (rng.key(), rng.key(), rng.below(5) as usize);
         let to = (rng.below(3) != 0).then_some(to);
         assert_eq!(
@@ -578,7 +394,8 @@ mod tests {
             Ok(text) => text.parse().expect("SYNOD_STORE_SEED is a u64"),
             Err(_) => 0x5EED_0001,
         };
-        let replay = format!("seed {seed}; replay: SYNOD_STORE_SEED={seed} cargo test -p synod-node store_memory_matches_sled");
+        let replay =
+            format!("seed {seed}; replay: SYNOD_STORE_SEED={seed} cargo test -p synod-node store_memory_matches_sled");
         let mut rng = Rng(seed | 1);
         let dir = tempfile::tempdir().expect("create a temp dir");
         let path = dir.path().join("data");
@@ -587,11 +404,7 @@ mod tests {
         for step in 0..400 {
             let context = format!("step {step}, {replay}");
             let ops: Vec<Op> = (0..1 + rng.below(4)).map(|_| rng.op()).collect();
-            let durability = if rng.below(4) == 0 {
-                Durability::Sync
-            } else {
-                Durability::Buffered
-            };
+            let durability = if rng.below(4) == 0 { Durability::Sync } else { Durability::Buffered };
             let sled_ref = sled.as_ref().expect("sled is open");
             memory.write(ops.clone(), durability).unwrap();
             sled_ref.write(ops, durability).unwrap();
@@ -603,12 +416,7 @@ mod tests {
                 drop(sled.take());
                 memory.crash();
                 sled = Some(SledStore::open(&path).expect("reopen the sled store"));
-                assert_same_reads(
-                    &memory,
-                    sled.as_ref().expect("sled is open"),
-                    &mut rng,
-                    &context,
-                );
+                assert_same_reads(&memory, sled.as_ref().expect("sled is open"), &mut rng, &context);
             }
         }
     }

@@ -25,9 +25,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
-use super::{
-    validate_ops, Durability, Op, Pair, Store, StoreError, Tree, KEY_BYTES_MAX, VALUE_BYTES_MAX,
-};
+use super::{validate_ops, Durability, Op, Pair, Store, StoreError, Tree, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 
 /// sled's segment size. It is written to `conf` when the database is created
 /// and can never change afterwards (sled refuses to open it otherwise).
@@ -127,12 +125,7 @@ impl SledStore {
         if blobs > 0 {
             return Err(StoreError::BlobFilesPresent { path, count: blobs });
         }
-        let store = SledStore {
-            db,
-            db_file,
-            write_lock: Mutex::new(()),
-            path,
-        };
+        let store = SledStore { db, db_file, write_lock: Mutex::new(()), path };
         store.check_marker(existed)?;
         tracing::info!(path = %store.path.display(), created = !existed, "opened the sled store");
         Ok(store)
@@ -147,10 +140,7 @@ impl SledStore {
     /// one, and refuses a database that existed on disk but has no marker:
     /// that is what sled shows after it silently started over on an unreadable file.
     fn check_marker(&self, existed: bool) -> Result<(), StoreError> {
-        let marker = self
-            .db
-            .get(MARKER_KEY)
-            .map_err(|e| self.engine_error("read", e))?;
+        let marker = self.db.get(MARKER_KEY).map_err(|e| self.engine_error("read", e))?;
         match marker {
             Some(marker) if marker == MARKER_V1 => Ok(()),
             Some(marker) => Err(self.corrupt(format!(
@@ -183,11 +173,7 @@ impl SledStore {
                 Op::Remove { tree, key } => {
                     staged.insert(prefixed(tree, &key), None);
                 }
-                Op::RemoveRange {
-                    tree,
-                    from,
-                    to_exclusive,
-                } => {
+                Op::RemoveRange { tree, from, to_exclusive } => {
                     let (start, end) = bounds(tree, &from, to_exclusive.as_deref());
                     if start >= end {
                         continue;
@@ -254,34 +240,23 @@ impl SledStore {
     }
 
     fn corrupt(&self, detail: String) -> StoreError {
-        StoreError::Corrupt {
-            path: self.path.clone(),
-            detail,
-        }
+        StoreError::Corrupt { path: self.path.clone(), detail }
     }
 
     fn engine_error(&self, action: &'static str, error: sled::Error) -> StoreError {
         match error {
-            sled::Error::Io(source) => StoreError::Io {
-                action,
-                path: self.path.clone(),
-                source,
-            },
+            sled::Error::Io(source) => StoreError::Io { action, path: self.path.clone(), source },
             sled::Error::Corruption { .. } => self.corrupt(format!("sled: {error}")),
-            other => StoreError::Engine {
-                path: self.path.clone(),
-                detail: format!("sled could not {action} it: {other}"),
-            },
+            other => {
+                StoreError::Engine { path: self.path.clone(), detail: format!("sled could not {action} it: {other}") }
+            }
         }
     }
 }
 
 impl Store for SledStore {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let value = self
-            .db
-            .get(prefixed(tree, key))
-            .map_err(|e| self.engine_error("read", e))?;
+        let value = self.db.get(prefixed(tree, key)).map_err(|e| self.engine_error("read", e))?;
         Ok(value.map(|v| v.to_vec()))
     }
 
@@ -299,36 +274,26 @@ impl Store for SledStore {
         self.db
             .range(start..end)
             .take(limit)
-            .map(|item| {
-                item.map(unprefixed)
-                    .map_err(|e| self.engine_error("read", e))
-            })
+            .map(|item| item.map(unprefixed).map_err(|e| self.engine_error("read", e)))
             .collect()
     }
 
     fn first(&self, tree: Tree) -> Result<Option<Pair>, StoreError> {
         let (start, end) = bounds(tree, &[], None);
         let item = self.db.range(start..end).next().transpose();
-        Ok(item
-            .map_err(|e| self.engine_error("read", e))?
-            .map(unprefixed))
+        Ok(item.map_err(|e| self.engine_error("read", e))?.map(unprefixed))
     }
 
     fn last(&self, tree: Tree) -> Result<Option<Pair>, StoreError> {
         let (start, end) = bounds(tree, &[], None);
         let item = self.db.range(start..end).next_back().transpose();
-        Ok(item
-            .map_err(|e| self.engine_error("read", e))?
-            .map(unprefixed))
+        Ok(item.map_err(|e| self.engine_error("read", e))?.map(unprefixed))
     }
 
     fn write(&self, ops: Vec<Op>, durability: Durability) -> Result<(), StoreError> {
         validate_ops(&ops)?;
         // The lock guards no data, so a panic elsewhere leaves nothing inconsistent.
-        let _writer = self
-            .write_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _writer = self.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
         let batch = self.stage(ops)?;
         self.apply(batch, durability)
     }
@@ -344,10 +309,7 @@ fn existing_database(dir: &Path) -> Result<bool, StoreError> {
     let (db, conf) = (exists("db")?, exists("conf")?);
     if conf && !db {
         let detail = "it has sled's conf file but no db file".to_string();
-        return Err(StoreError::Corrupt {
-            path: dir.to_path_buf(),
-            detail,
-        });
+        return Err(StoreError::Corrupt { path: dir.to_path_buf(), detail });
     }
     Ok(db)
 }
@@ -369,37 +331,18 @@ fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "no message".to_string());
-            return Err(StoreError::Corrupt {
-                path,
-                detail: format!("sled panicked while opening it: {message}"),
-            });
+            return Err(StoreError::Corrupt { path, detail: format!("sled panicked while opening it: {message}") });
         }
     };
     Err(match error {
-        sled::Error::Corruption { .. } => StoreError::Corrupt {
-            path,
-            detail: format!("sled: {error}"),
-        },
-        sled::Error::Unsupported(reason) => StoreError::Corrupt {
-            path,
-            detail: format!("sled refused it: {reason}"),
-        },
+        sled::Error::Corruption { .. } => StoreError::Corrupt { path, detail: format!("sled: {error}") },
+        sled::Error::Unsupported(reason) => StoreError::Corrupt { path, detail: format!("sled refused it: {reason}") },
         // sled reports a held lock only as an io::Error of kind Other with this text.
         sled::Error::Io(source) if source.to_string().contains("could not acquire lock") => {
-            StoreError::Locked {
-                path,
-                detail: source.to_string(),
-            }
+            StoreError::Locked { path, detail: source.to_string() }
         }
-        sled::Error::Io(source) => StoreError::Io {
-            action: "open the sled database in",
-            path,
-            source,
-        },
-        other => StoreError::Engine {
-            path,
-            detail: format!("sled could not open it: {other}"),
-        },
+        sled::Error::Io(source) => StoreError::Io { action: "open the sled database in", path, source },
+        other => StoreError::Engine { path, detail: format!("sled could not open it: {other}") },
     })
 }
 
@@ -427,11 +370,7 @@ fn blob_count(path: &Path) -> std::io::Result<usize> {
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
     let path = path.to_path_buf();
-    move |source| StoreError::Io {
-        action,
-        path,
-        source,
-    }
+    move |source| StoreError::Io { action, path, source }
 }
 
 /// A failed fsync may have dropped the dirty pages while a retry would
@@ -440,10 +379,7 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) ->
 fn abort_on_sync_failure(path: &Path, step: &str, error: &dyn Display) -> ! {
     tracing::error!(path = %path.display(), step, %error, "making a write durable failed; aborting the process");
     // Also straight to stderr, in case the tracing writer buffers and dies with us.
-    eprintln!(
-        "synod: {step} failed for {}: {error}; aborting the process",
-        path.display()
-    );
+    eprintln!("synod: {step} failed for {}: {error}; aborting the process", path.display());
     std::process::abort()
 }
 
@@ -458,19 +394,12 @@ mod tests {
     }
 
     fn put_log(store: &SledStore, index: u64, value: &[u8], durability: Durability) {
-        let op = Op::Put {
-            tree: Tree::Log,
-            key: index.to_be_bytes().to_vec(),
-            value: value.to_vec(),
-        };
+        let op = Op::Put { tree: Tree::Log, key: index.to_be_bytes().to_vec(), value: value.to_vec() };
         store.write(vec![op], durability).expect("write");
     }
 
     fn log_len(store: &SledStore) -> usize {
-        store
-            .scan(Tree::Log, &[], None, usize::MAX)
-            .expect("scan")
-            .len()
+        store.scan(Tree::Log, &[], None, usize::MAX).expect("scan").len()
     }
 
     /// A store with a few synced entries, closed again; returns its directory.
@@ -496,23 +425,13 @@ mod tests {
             }
             None => Command::new(&exe),
         };
-        command.args([
-            "--exact",
-            &format!("{module}::{test}"),
-            "--nocapture",
-            "--test-threads=1",
-        ]);
-        command
-            .env(env.0, env.1)
-            .output()
-            .expect("run the child test")
+        command.args(["--exact", &format!("{module}::{test}"), "--nocapture", "--test-threads=1"]);
+        command.env(env.0, env.1).output().expect("run the child test")
     }
 
     fn find_on_path(program: &str) -> Option<PathBuf> {
         let paths = std::env::var_os("PATH")?;
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(program))
-            .find(|candidate| candidate.is_file())
+        std::env::split_paths(&paths).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
     }
 
     #[test]
@@ -522,22 +441,12 @@ mod tests {
         let path = closed_store_with_data(root.path());
         let store = open(&path);
         store
-            .write(
-                vec![Op::Put {
-                    tree: Tree::Meta,
-                    key: b"vote".to_vec(),
-                    value: b"v".to_vec(),
-                }],
-                Durability::Sync,
-            )
+            .write(vec![Op::Put { tree: Tree::Meta, key: b"vote".to_vec(), value: b"v".to_vec() }], Durability::Sync)
             .unwrap();
         drop(store);
         let store = open(&path);
         assert_eq!(log_len(&store), 50);
-        assert_eq!(
-            store.last(Tree::Log).unwrap().map(|(k, _)| k),
-            Some(49u64.to_be_bytes().to_vec())
-        );
+        assert_eq!(store.last(Tree::Log).unwrap().map(|(k, _)| k), Some(49u64.to_be_bytes().to_vec()));
         assert_eq!(store.get(Tree::Meta, b"vote").unwrap(), Some(b"v".to_vec()));
     }
 
@@ -555,16 +464,11 @@ mod tests {
         }
         let root = tempfile::tempdir().unwrap();
         let path = root.path().join("data");
-        let output = run_child_test(
-            "sled_store_synced_writes_survive_process_abort",
-            (CHILD, path.to_str().unwrap()),
-            &[],
-        );
+        let output =
+            run_child_test("sled_store_synced_writes_survive_process_abort", (CHILD, path.to_str().unwrap()), &[]);
         assert!(!output.status.success(), "the child aborts");
         let store = open(&path);
-        let synced = store
-            .scan(Tree::Log, &[], Some(&100u64.to_be_bytes()), usize::MAX)
-            .unwrap();
+        let synced = store.scan(Tree::Log, &[], Some(&100u64.to_be_bytes()), usize::MAX).unwrap();
         assert_eq!(synced.len(), 100, "every synced entry is back");
     }
 
@@ -576,19 +480,10 @@ mod tests {
         let len = std::fs::metadata(path.join("db")).unwrap().len() as usize;
         std::fs::write(path.join("db"), vec![0xA5; len]).unwrap();
         let error = SledStore::open(&path).err().expect("open must fail");
-        let StoreError::Corrupt { path: reported, .. } = &error else {
-            panic!("{error}")
-        };
-        assert_eq!(
-            reported.canonicalize().unwrap(),
-            path.canonicalize().unwrap()
-        );
+        let StoreError::Corrupt { path: reported, .. } = &error else { panic!("{error}") };
+        assert_eq!(reported.canonicalize().unwrap(), path.canonicalize().unwrap());
         let message = error.to_string();
-        assert!(
-            message.contains(path.to_str().unwrap())
-                && message.contains("restore it from a backup"),
-            "{message}"
-        );
+        assert!(message.contains(path.to_str().unwrap()) && message.contains("restore it from a backup"), "{message}");
     }
 
     #[test]
@@ -629,10 +524,7 @@ mod tests {
         let path = closed_store_with_data(root.path());
         std::fs::write(path.join("blobs").join("123"), b"blob").unwrap();
         let error = SledStore::open(&path).err().expect("open must fail");
-        assert!(
-            matches!(error, StoreError::BlobFilesPresent { count: 1, .. }),
-            "{error}"
-        );
+        assert!(matches!(error, StoreError::BlobFilesPresent { count: 1, .. }), "{error}");
     }
 
     #[test]
@@ -640,9 +532,7 @@ mod tests {
         // Proves that a directory already open is refused with Locked instead of being shared.
         let root = tempfile::tempdir().unwrap();
         let store = open(&root.path().join("data"));
-        let error = SledStore::open(store.path())
-            .err()
-            .expect("second open must fail");
+        let error = SledStore::open(store.path()).err().expect("second open must fail");
         assert!(matches!(error, StoreError::Locked { .. }), "{error}");
     }
 
@@ -659,21 +549,10 @@ mod tests {
             state ^= state << 17;
             let key = (state % 120).to_be_bytes().to_vec();
             let op = match state % 4 {
-                0 => Op::Remove {
-                    tree: Tree::Meta,
-                    key,
-                },
-                _ => Op::Put {
-                    tree: Tree::Meta,
-                    key,
-                    value: value.clone(),
-                },
+                0 => Op::Remove { tree: Tree::Meta, key },
+                _ => Op::Put { tree: Tree::Meta, key, value: value.clone() },
             };
-            let durability = if step % 8 == 0 {
-                Durability::Sync
-            } else {
-                Durability::Buffered
-            };
+            let durability = if step % 8 == 0 { Durability::Sync } else { Durability::Buffered };
             store.write(vec![op], durability).unwrap();
         }
         store.write(vec![], Durability::Sync).unwrap();
@@ -698,9 +577,7 @@ mod tests {
     fn sled_store_sync_writes_reach_fsync_under_strace() {
         // Proves that each Sync write issues a real fsync on the db file, by counting syscalls with strace.
         let Some(strace) = find_on_path("strace") else {
-            println!(
-                "sled_store_sync_writes_reach_fsync_under_strace: skipped, strace is not on PATH"
-            );
+            println!("sled_store_sync_writes_reach_fsync_under_strace: skipped, strace is not on PATH");
             return;
         };
         let root = tempfile::tempdir().unwrap();
@@ -714,36 +591,23 @@ mod tests {
             "-o",
             trace.to_str().unwrap(),
         ];
-        let output = run_child_test(
-            "sled_store_sync_write_calls_fsync",
-            ("SYNOD_STRACE_CHILD", "1"),
-            &wrapper,
-        );
+        let output = run_child_test("sled_store_sync_write_calls_fsync", ("SYNOD_STRACE_CHILD", "1"), &wrapper);
         let stderr = String::from_utf8_lossy(&output.stderr);
         if !output.status.success() && stderr.contains("ptrace") {
             println!("sled_store_sync_writes_reach_fsync_under_strace: skipped, strace may not trace here: {stderr}");
             return;
         }
         let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success() && stdout.contains("1 passed"),
-            "child failed:\n{stdout}\n{stderr}"
-        );
+        assert!(output.status.success() && stdout.contains("1 passed"), "child failed:\n{stdout}\n{stderr}");
         let trace = std::fs::read_to_string(&trace).unwrap();
         let count = |needle: &str| trace.lines().filter(|line| line.contains(needle)).count();
-        let fsync_db = trace
-            .lines()
-            .filter(|line| line.contains("fsync(") && line.contains("/db>"))
-            .count();
+        let fsync_db = trace.lines().filter(|line| line.contains("fsync(") && line.contains("/db>")).count();
         println!(
             "strace: fsync {} (on db {fsync_db}), fdatasync {}, sync_file_range {}",
             count("fsync("),
             count("fdatasync("),
             count("sync_file_range(")
         );
-        assert!(
-            fsync_db >= 100,
-            "expected at least 100 fsyncs of the db file, saw {fsync_db}:\n{trace}"
-        );
+        assert!(fsync_db >= 100, "expected at least 100 fsyncs of the db file, saw {fsync_db}:\n{trace}");
     }
 }

@@ -77,8 +77,7 @@ impl QuicTransport {
                 return Ok(conn.clone());
             }
         }
-        let unreachable =
-            |reason: String| TransportError::Unreachable { node: target, addr: addr.to_string(), reason };
+        let unreachable = |reason: String| TransportError::Unreachable { node: target, addr: addr.to_string(), reason };
         let socket_addr = tokio::net::lookup_host(addr)
             .await
             .map_err(|e| unreachable(e.to_string()))?
@@ -96,12 +95,7 @@ impl QuicTransport {
         Ok(conn)
     }
 
-    async fn call_once(
-        &self,
-        target: NodeId,
-        addr: &str,
-        frame: &[u8],
-    ) -> Result<PeerResponse, TransportError> {
+    async fn call_once(&self, target: NodeId, addr: &str, frame: &[u8]) -> Result<PeerResponse, TransportError> {
         let conn = self.connection(target, addr).await?;
         let failed = |reason: String| TransportError::Failed { node: target, reason };
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(e.to_string()))?;
@@ -121,10 +115,11 @@ impl PeerTransport for Arc<QuicTransport> {
     ) -> BoxFuture<'static, Result<PeerResponse, TransportError>> {
         let this = self.clone();
         async move {
-            let frame = rpc::encode(&request).map_err(|e| TransportError::Failed { node: target, reason: e.to_string() })?;
+            let frame =
+                rpc::encode(&request).map_err(|e| TransportError::Failed { node: target, reason: e.to_string() })?;
             let result = tokio::time::timeout(timeout, this.call_once(target, &addr, &frame)).await;
-            let result = result
-                .unwrap_or(Err(TransportError::Timeout { node: target, timeout_ms: timeout.as_millis() as u64 }));
+            let result =
+                result.unwrap_or(Err(TransportError::Timeout { node: target, timeout_ms: timeout.as_millis() as u64 }));
             if let Err(TransportError::Failed { .. } | TransportError::Timeout { .. }) = result {
                 // Drop a broken or silent connection so the next call dials
                 // afresh: a peer that restarted never answers on the old one.
