@@ -61,3 +61,22 @@ impl Seams {
         hex::encode(bytes)
     }
 }
+
+/// Runs a blocking store call from async code.
+///
+/// On a multi-thread runtime (production) it goes to tokio's blocking pool, so
+/// an fsync never stalls the async workers. On a current-thread runtime (each
+/// host of the deterministic simulator is one) it runs inline: a blocking-pool
+/// thread would finish at a wall-clock moment, so the order in which its
+/// waiting task is woken relative to the others would change from run to run.
+pub async fn run_blocking<T, F>(f: F) -> std::io::Result<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let flavor = tokio::runtime::Handle::current().runtime_flavor();
+    if flavor == tokio::runtime::RuntimeFlavor::CurrentThread {
+        return Ok(f());
+    }
+    tokio::task::spawn_blocking(f).await.map_err(std::io::Error::other)
+}
