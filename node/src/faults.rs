@@ -1,18 +1,45 @@
-//! Deliberately broken behaviours for tests, switched on at run time with
-//! `SYNOD_FAULTS=name[,name...]`.
+//! Deliberately broken behaviours ("planted bugs") that prove the tests and the
+//! simulator can fail. Switched on at run time with `SYNOD_FAULTS=name[,name...]`
+//! (integration tests) or [`set_for_process`] (the simulator).
 //!
 //! They exist only in builds with the `fault-injection` cargo feature, which
-//! the test command enables and release builds do not: without the feature
-//! [`enabled`] is a constant `false` and the faulty branches compile away.
+//! the test command and the simulator enable and release builds do not: without
+//! the feature [`enabled`] is a constant `false` and the faulty branches compile away.
 
 /// A leader that skips its own checks of a client's command (signature,
 /// author's authority) before proposing it. Followers must still refuse it.
 pub const SKIP_AUTHOR_CHECK: &str = "skip-author-check";
 
+/// A leader that answers a client write as soon as the entry is in its own
+/// log, before a quorum has stored it (so before it is committed). A leader
+/// that then crashes or is cut off loses a write its client saw succeed; the
+/// simulator's "no acknowledged write lost" checker must catch it.
+pub const ACK_BEFORE_COMMIT: &str = "ack-before-commit";
+
+/// Every fault this crate knows, for validating names.
+pub const KNOWN: &[&str] = &[SKIP_AUTHOR_CHECK, ACK_BEFORE_COMMIT];
+
+#[cfg(feature = "fault-injection")]
+static PROCESS_FAULTS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// Switches the named faults on for this whole process, in addition to any in
+/// `SYNOD_FAULTS`; replaces the set given by an earlier call. Refuses a name
+/// this crate does not know, listing the known ones.
+#[cfg(feature = "fault-injection")]
+pub fn set_for_process(names: &[&str]) -> Result<(), String> {
+    if let Some(unknown) = names.iter().find(|n| !KNOWN.contains(n)) {
+        return Err(format!("unknown fault {unknown:?}; known faults: {}", KNOWN.join(", ")));
+    }
+    let mut faults = PROCESS_FAULTS.write().unwrap_or_else(|e| e.into_inner());
+    *faults = names.iter().map(|n| n.to_string()).collect();
+    Ok(())
+}
+
 /// Whether the named fault is switched on for this process.
 #[cfg(feature = "fault-injection")]
 pub fn enabled(name: &str) -> bool {
-    std::env::var("SYNOD_FAULTS").map(|v| v.split(',').any(|f| f.trim() == name)).unwrap_or(false)
+    let set = PROCESS_FAULTS.read().unwrap_or_else(|e| e.into_inner()).iter().any(|f| f == name);
+    set || std::env::var("SYNOD_FAULTS").map(|v| v.split(',').any(|f| f.trim() == name)).unwrap_or(false)
 }
 
 /// Whether the named fault is switched on for this process (never, in this build).
@@ -24,8 +51,39 @@ pub fn enabled(_name: &str) -> bool {
 /// The faults this build can inject, for `synod version`.
 pub fn available() -> &'static [&'static str] {
     if cfg!(feature = "fault-injection") {
-        &[SKIP_AUTHOR_CHECK]
+        KNOWN
     } else {
         &[]
     }
+}
+
+/// The [`ACK_BEFORE_COMMIT`] write path: on a leader, proposes `entry` and
+/// answers once the leader's own log holds it, without waiting for a quorum.
+/// Returns `None` on a follower, which then takes the normal path.
+#[cfg(feature = "fault-injection")]
+pub async fn ack_before_commit(
+    raft: &crate::raft::Raft,
+    entry: synod_proto::LogEntry,
+) -> Option<Result<synod_proto::api::WriteResponse, synod_proto::api::ApiError>> {
+    use synod_proto::api::{ApiError, WriteResponse};
+    let metrics = raft.metrics().borrow().clone();
+    if metrics.state != openraft::ServerState::Leader {
+        return None;
+    }
+    let index = metrics.last_log_index.map_or(1, |i| i + 1);
+    // The planted bug: the commit is never awaited (the receiver is dropped).
+    if let Err(e) = raft.client_write_ff(entry).await {
+        return Some(Err(ApiError::unavailable(format!("this node's Raft has stopped: {e}"))));
+    }
+    let appended = raft
+        .wait(Some(std::time::Duration::from_secs(1)))
+        .metrics(|m| m.last_log_index >= Some(index), "the leader appended the entry")
+        .await;
+    Some(match appended {
+        Ok(_) => Ok(WriteResponse {
+            index,
+            outcome: synod_proto::Outcome::Applied { detail: format!("acknowledged at append ({ACK_BEFORE_COMMIT})") },
+        }),
+        Err(e) => Err(ApiError::unavailable(format!("entry not appended: {e}"))),
+    })
 }

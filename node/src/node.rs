@@ -93,6 +93,12 @@ impl Node {
             self.precheck(&command)?;
         }
         let entry = LogEntry { time_ms: self.seams.clock.now_ms(), command: command.clone() };
+        #[cfg(feature = "fault-injection")]
+        if faults::enabled(faults::ACK_BEFORE_COMMIT) {
+            if let Some(planted) = faults::ack_before_commit(&self.raft, entry.clone()).await {
+                return planted;
+            }
+        }
         match self.raft.client_write(entry).await {
             Ok(resp) => Ok(WriteResponse { index: resp.log_id.index, outcome: resp.data }),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => {

@@ -12,6 +12,7 @@ pub mod api;
 pub mod command;
 pub mod raft;
 pub mod rpc;
+pub mod runtime;
 
 /// A Raft member's identifier. Node ids are never reused for another machine.
 pub type NodeId = u64;

@@ -70,5 +70,5 @@ openraft::declare_raft_types!(
         Node = NodeAddr,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = crate::runtime::SynodRuntime,
 );

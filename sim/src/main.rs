@@ -1,0 +1,353 @@
+//! `synod-sim`: runs seeds of the deterministic simulator and reports.
+//!
+//! One seed runs in this process. A sweep (`--seeds A..B`) and shrinking
+//! re-run this binary once per seed, because some libraries keep thread-local
+//! RNG state (futures' `select!`) that a second run in one process would
+//! continue from, breaking replay by seed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde_json::{json, Value};
+use synod_sim::checker::Violation;
+use synod_sim::config::{Profile, SimConfig};
+use synod_sim::run::{run_seed, SeedReport};
+
+/// Plants the simulator can provoke today. `nonce-reuse` and `skip-policy`
+/// arrive with the signing issue.
+const PLANTS: &[&str] = &[synod_node::faults::ACK_BEFORE_COMMIT];
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "synod-sim",
+    about = "Synod's deterministic simulator: real nodes on simulated time, network and disk"
+)]
+struct Args {
+    /// Run this one seed.
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// Sweep seeds A..B (B excluded), one process per seed.
+    #[arg(long, value_name = "A..B")]
+    seeds: Option<String>,
+    /// Fault profile: quiet or chaos.
+    #[arg(long, default_value = "chaos")]
+    profile: String,
+    /// Switch on a planted bug (repeatable).
+    #[arg(long = "plant", value_name = "BUG")]
+    plants: Vec<String>,
+    /// Number of nodes.
+    #[arg(long, default_value_t = 5)]
+    nodes: u64,
+    /// Leave out these scheduled faults, by id (a shrunk schedule).
+    #[arg(long, value_delimiter = ',')]
+    skip_faults: Vec<usize>,
+    /// Seeds run at once in a sweep.
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
+    /// Stop a sweep at its first failing seed.
+    #[arg(long)]
+    fail_fast: bool,
+    /// Do not shrink the fault schedule of a failing seed.
+    #[arg(long)]
+    no_shrink: bool,
+    /// Write the whole trace of a single seed to this file.
+    #[arg(long)]
+    trace_file: Option<std::path::PathBuf>,
+    /// Log the nodes' tracing output to stderr at this level filter (e.g. `warn`, `openraft=debug`).
+    /// Debugging aid only: log lines are not part of the trace.
+    #[arg(long, value_name = "FILTER")]
+    log: Option<String>,
+    /// Internal: run one seed and print its report as one JSON line.
+    #[arg(long, hide = true)]
+    child: bool,
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn config(args: &Args, seed: u64) -> anyhow::Result<SimConfig> {
+    let profile = Profile::parse(&args.profile).map_err(anyhow::Error::msg)?;
+    if let Some(unknown) = args.plants.iter().find(|p| !PLANTS.contains(&p.as_str())) {
+        bail!(
+            "unknown plant {unknown:?}; known plants: {} (nonce-reuse and skip-policy come with signing)",
+            PLANTS.join(", ")
+        );
+    }
+    if args.nodes < 1 || args.nodes > 9 {
+        bail!("--nodes must be 1 to 9, got {}", args.nodes);
+    }
+    let mut cfg = SimConfig::new(seed, profile);
+    cfg.nodes = args.nodes;
+    cfg.plants = args.plants.clone();
+    cfg.skip_faults = args.skip_faults.iter().copied().collect();
+    Ok(cfg)
+}
+
+fn run(args: Args) -> anyhow::Result<bool> {
+    if let Some(filter) = &args.log {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .without_time()
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    if let Some(range) = &args.seeds {
+        let (a, b) = range.split_once("..").context("--seeds takes A..B, e.g. 0..100")?;
+        let (a, b): (u64, u64) = (a.parse().context("--seeds start")?, b.parse().context("--seeds end")?);
+        config(&args, a)?;
+        return sweep(&args, a..b);
+    }
+    let cfg = config(&args, args.seed.unwrap_or(1))?;
+    if args.child {
+        let report = run_seed(&cfg, false);
+        println!("{}", to_json(&report));
+        return Ok(report.violation.is_none());
+    }
+    let report = run_seed(&cfg, args.trace_file.is_some());
+    if let (Some(path), Some(lines)) = (&args.trace_file, &report.trace) {
+        let mut text = lines.join("\n");
+        text.push('\n');
+        std::fs::write(path, text).with_context(|| format!("writing the trace to {}", path.display()))?;
+    }
+    print_report(&report);
+    if report.violation.is_some() {
+        print_failure(&args, &cfg, &report)?;
+    }
+    Ok(report.violation.is_none())
+}
+
+fn sweep(args: &Args, seeds: std::ops::Range<u64>) -> anyhow::Result<bool> {
+    let wall = Instant::now();
+    let mut pending: Vec<u64> = seeds.clone().rev().collect();
+    let mut running: Vec<(u64, std::process::Child)> = Vec::new();
+    let mut reports: BTreeMap<u64, SeedReport> = BTreeMap::new();
+    let mut failed = false;
+    while !pending.is_empty() || !running.is_empty() {
+        while running.len() < args.jobs.max(1) && !(failed && args.fail_fast) {
+            let Some(seed) = pending.pop() else { break };
+            running.push((seed, spawn_child(&config(args, seed)?)?));
+        }
+        let (seed, child) = running.remove(0);
+        let report = wait_child(seed, child)?;
+        print_report(&report);
+        failed |= report.violation.is_some();
+        reports.insert(seed, report);
+        if failed && args.fail_fast {
+            pending.clear();
+        }
+    }
+    let failures: Vec<&SeedReport> = reports.values().filter(|r| r.violation.is_some()).collect();
+    summary(&reports, wall.elapsed().as_millis() as u64);
+    for report in &failures {
+        print_failure(args, &config(args, report.seed)?, report)?;
+    }
+    Ok(failures.is_empty())
+}
+
+fn summary(reports: &BTreeMap<u64, SeedReport>, wall_ms: u64) {
+    let sim_ms: u64 = reports.values().map(|r| r.sim_ms).sum();
+    let mut faults: BTreeMap<&str, u64> = BTreeMap::new();
+    for r in reports.values() {
+        for (k, v) in &r.faults {
+            *faults.entry(k).or_default() += v;
+        }
+    }
+    let failed = reports.values().filter(|r| r.violation.is_some()).count();
+    println!(
+        "sweep: {} seeds, {} passed, {} failed; acked {} writes; simulated {:.1} s in {:.1} s wall ({:.0}x); faults {faults:?}",
+        reports.len(),
+        reports.len() - failed,
+        failed,
+        reports.values().map(|r| r.writes_acked).sum::<usize>(),
+        sim_ms as f64 / 1000.0,
+        wall_ms as f64 / 1000.0,
+        sim_ms as f64 / wall_ms.max(1) as f64,
+    );
+}
+
+fn print_report(r: &SeedReport) {
+    let status = match &r.violation {
+        None => "ok".to_string(),
+        Some(v) => format!("FAILED {}", v.invariant),
+    };
+    println!(
+        "seed {} {status}: acked {} applied {} forgeries {} faults {:?} sim {:.1}s wall {:.2}s ({:.0}x) trace {} lines hash {}",
+        r.seed,
+        r.writes_acked,
+        r.entries_applied,
+        r.forgeries,
+        r.faults,
+        r.sim_ms as f64 / 1000.0,
+        r.wall_ms as f64 / 1000.0,
+        r.sim_ms as f64 / r.wall_ms.max(1) as f64,
+        r.trace_lines,
+        r.trace_hash
+    );
+}
+
+fn print_failure(args: &Args, cfg: &SimConfig, report: &SeedReport) -> anyhow::Result<()> {
+    let v = report.violation.as_ref().expect("a failure has a violation");
+    println!("\n=== seed {} violated {}: {}", report.seed, v.invariant, v.detail);
+    println!("--- trace tail ---");
+    for line in &report.tail {
+        println!("{line}");
+    }
+    let mut replay = cfg.clone();
+    if !args.no_shrink && !report.fired.is_empty() {
+        replay = shrink(cfg, report, v)?;
+        let kept = report.fired.iter().filter(|id| !replay.skip_faults.contains(id)).count();
+        println!("--- shrunk: {} of {} fired faults still reproduce it ---", kept, report.fired.len());
+    }
+    println!("replay: {}", replay.replay_command());
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+/// Drops fired faults one at a time while the same invariant still fails.
+fn shrink(cfg: &SimConfig, report: &SeedReport, v: &Violation) -> anyhow::Result<SimConfig> {
+    let mut best = cfg.clone();
+    for id in &report.fired {
+        let mut candidate = best.clone();
+        candidate.skip_faults.insert(*id);
+        let child = spawn_child(&candidate)?;
+        let r = wait_child(candidate.seed, child)?;
+        if r.violation.as_ref().map(|x| x.invariant) == Some(v.invariant) {
+            best = candidate;
+        }
+    }
+    Ok(best)
+}
+
+fn spawn_child(cfg: &SimConfig) -> anyhow::Result<std::process::Child> {
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["--child", "--seed", &cfg.seed.to_string(), "--profile", cfg.profile.name()]);
+    cmd.args(["--nodes", &cfg.nodes.to_string()]);
+    for p in &cfg.plants {
+        cmd.args(["--plant", p]);
+    }
+    if !cfg.skip_faults.is_empty() {
+        let ids: Vec<String> = cfg.skip_faults.iter().map(|i| i.to_string()).collect();
+        cmd.args(["--skip-faults", &ids.join(",")]);
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("starting a seed's process")
+}
+
+fn wait_child(seed: u64, child: std::process::Child) -> anyhow::Result<SeedReport> {
+    let out = child.wait_with_output().context("waiting for a seed's process")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match stdout.lines().last().and_then(|l| serde_json::from_str::<Value>(l).ok()) {
+        Some(v) => from_json(&v),
+        None => Ok(crashed(seed, &String::from_utf8_lossy(&out.stderr))),
+    }
+}
+
+/// The report of a seed whose process died (a panic in node code, say).
+fn crashed(seed: u64, stderr: &str) -> SeedReport {
+    SeedReport {
+        seed,
+        violation: Some(Violation {
+            invariant: "process-crashed",
+            detail: stderr.lines().rev().take(20).collect::<Vec<_>>().join(" | "),
+        }),
+        trace_hash: String::new(),
+        trace_lines: 0,
+        tail: stderr
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+            .split_off(stderr.lines().count().saturating_sub(40)),
+        writes_acked: 0,
+        entries_applied: 0,
+        forgeries: 0,
+        faults: BTreeMap::new(),
+        fired: Vec::new(),
+        sim_ms: 0,
+        wall_ms: 0,
+        replay: String::new(),
+        trace: None,
+    }
+}
+
+fn to_json(r: &SeedReport) -> String {
+    json!({
+        "seed": r.seed,
+        "invariant": r.violation.as_ref().map(|v| v.invariant),
+        "detail": r.violation.as_ref().map(|v| v.detail.clone()),
+        "trace_hash": r.trace_hash,
+        "trace_lines": r.trace_lines,
+        "tail": r.tail,
+        "writes_acked": r.writes_acked,
+        "entries_applied": r.entries_applied,
+        "forgeries": r.forgeries,
+        "faults": r.faults,
+        "fired": r.fired,
+        "sim_ms": r.sim_ms,
+        "wall_ms": r.wall_ms,
+        "replay": r.replay,
+    })
+    .to_string()
+}
+
+/// Invariant names are `&'static str`; the child's are mapped back onto the known set.
+fn invariant_name(name: &str) -> &'static str {
+    const NAMES: &[&str] = &[
+        "raft-election-safety",
+        "raft-applied-monotonic",
+        "raft-committed-entries-never-change",
+        "state-machine-agreement",
+        "state-machine-convergence",
+        "acknowledged-write-lost",
+        "forged-command-applied",
+        "liveness-after-heal",
+        "node-software-failed",
+        "process-crashed",
+    ];
+    NAMES.iter().find(|n| **n == name).copied().unwrap_or("unknown-invariant")
+}
+
+fn from_json(v: &Value) -> anyhow::Result<SeedReport> {
+    let u = |k: &str| v[k].as_u64().unwrap_or(0);
+    let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
+    let violation =
+        v["invariant"].as_str().map(|name| Violation { invariant: invariant_name(name), detail: s("detail") });
+    let strings = |k: &str| -> Vec<String> {
+        v[k].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or_default()
+    };
+    let faults = v["faults"]
+        .as_object()
+        .map(|o| o.iter().map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0))).collect())
+        .unwrap_or_default();
+    let fired: BTreeSet<usize> = v["fired"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as usize).collect())
+        .unwrap_or_default();
+    Ok(SeedReport {
+        seed: u("seed"),
+        violation,
+        trace_hash: s("trace_hash"),
+        trace_lines: u("trace_lines") as usize,
+        tail: strings("tail"),
+        writes_acked: u("writes_acked") as usize,
+        entries_applied: u("entries_applied"),
+        forgeries: u("forgeries") as usize,
+        faults,
+        fired: fired.into_iter().collect(),
+        sim_ms: u("sim_ms"),
+        wall_ms: u("wall_ms"),
+        replay: s("replay"),
+        trace: None,
+    })
+}

@@ -1,0 +1,480 @@
+//! One seed, end to end: build the simulated cluster, run genesis, the
+//! workload and the fault schedule, check every step, heal, check liveness and
+//! convergence, and report.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use ed25519_dalek::SigningKey;
+use openraft::ServerState;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use synod_proto::{NodeId, OperatorKey};
+
+use crate::checker::{self, Checker, NodeView, Observer, Step, Violation};
+use crate::cluster::{self, Boot, Machine, EPOCH_MS};
+use crate::config::SimConfig;
+use crate::net::{self, FaultCounts, NetFaults, SharedNet};
+use crate::schedule::{self, Fault, FaultKind, Target, Trigger};
+use crate::trace::{SharedTrace, Trace};
+use crate::workload::{self, ClientCtx, History, KvWorkload, Phase, SharedHistory};
+
+/// How long genesis may take before the run fails.
+const GENESIS_BOUND_MS: u64 = 30_000;
+/// Trace lines printed with a failure.
+pub const TAIL_LINES: usize = 40;
+
+/// What one seed did.
+#[derive(Clone, Debug)]
+pub struct SeedReport {
+    pub seed: u64,
+    pub violation: Option<Violation>,
+    pub trace_hash: String,
+    pub trace_lines: usize,
+    pub tail: Vec<String>,
+    pub writes_acked: usize,
+    pub entries_applied: u64,
+    pub forgeries: usize,
+    pub faults: BTreeMap<String, u64>,
+    /// Scheduled faults that actually fired, by id (the candidates for shrinking).
+    pub fired: Vec<usize>,
+    pub sim_ms: u64,
+    pub wall_ms: u64,
+    pub replay: String,
+    /// The whole trace, when asked for.
+    pub trace: Option<Vec<String>>,
+}
+
+/// A network fault to undo later.
+enum Repair {
+    Partition(Vec<(NodeId, NodeId)>),
+    OneWay(NodeId, NodeId),
+    Slow(NodeId),
+}
+
+/// The driver's view of the world between steps.
+struct Driver<'a> {
+    cfg: &'a SimConfig,
+    sim: turmoil::Sim<'static>,
+    machines: Vec<Machine>,
+    net: SharedNet,
+    counts: FaultCounts,
+    trace: SharedTrace,
+    history: SharedHistory,
+    now: Arc<AtomicU64>,
+    schedule: Vec<Fault>,
+    fired: Vec<usize>,
+    /// Crashed nodes: restart time and whether the disk is wiped first.
+    down: BTreeMap<NodeId, (u64, bool)>,
+    /// Wiped nodes still catching up, with the index they must reach.
+    catching_up: BTreeMap<NodeId, u64>,
+    repairs: Vec<(u64, Repair)>,
+    /// Whether a partition (symmetric or one-way) is in force.
+    partitioned: bool,
+    observer: Observer,
+    checkers: Vec<Box<dyn Checker>>,
+    admins: BTreeSet<OperatorKey>,
+    leader: Option<NodeId>,
+}
+
+impl Driver<'_> {
+    fn now_ms(&self) -> u64 {
+        self.now.load(Ordering::Relaxed)
+    }
+
+    fn event(&self, text: impl AsRef<str>) {
+        self.trace.borrow_mut().event(self.now_ms(), text);
+    }
+
+    fn count(&self, kind: &'static str) {
+        net::count(&self.counts, kind);
+    }
+
+    fn minority(&self) -> usize {
+        ((self.cfg.nodes - 1) / 2) as usize
+    }
+
+    fn resolve(&self, target: Target) -> NodeId {
+        match target {
+            Target::Node(id) => id,
+            Target::Leader => self.leader.unwrap_or(1),
+        }
+    }
+
+    fn is_up(&self, id: NodeId) -> bool {
+        !self.down.contains_key(&id)
+    }
+
+    /// Fires every scheduled fault whose trigger has come.
+    fn fire_due(&mut self) {
+        let Phase::Chaos = self.history.borrow().phase else { return };
+        let since_genesis = self.now_ms() - self.history.borrow().genesis_at_ms;
+        let acks = self.history.borrow().acks.len() as u64;
+        let due: Vec<Fault> = self
+            .schedule
+            .iter()
+            .filter(|f| match f.trigger {
+                Trigger::AtMs(ms) => since_genesis >= ms,
+                Trigger::AfterAcks(n) => acks >= n,
+            })
+            .cloned()
+            .collect();
+        self.schedule.retain(|f| !due.contains(f));
+        for fault in due {
+            if self.cfg.skip_faults.contains(&fault.id) {
+                continue;
+            }
+            if self.fire(&fault) {
+                self.fired.push(fault.id);
+                self.count(fault.kind.name());
+                self.event(format!("fault {fault}"));
+            } else {
+                self.count("skipped");
+                self.event(format!("fault skipped {fault}"));
+            }
+        }
+    }
+
+    /// Applies one fault; false when it cannot apply now (the fault budget or
+    /// another partition is in the way).
+    fn fire(&mut self, fault: &Fault) -> bool {
+        let now = self.now_ms();
+        let all: Vec<NodeId> = (1..=self.cfg.nodes).collect();
+        match &fault.kind {
+            FaultKind::Partition { side, heal_after_ms } => {
+                if self.partitioned {
+                    return false;
+                }
+                let side: BTreeSet<NodeId> = side.iter().map(|t| self.resolve(*t)).collect();
+                let pairs: Vec<(NodeId, NodeId)> =
+                    side.iter().flat_map(|a| all.iter().filter(|b| !side.contains(b)).map(move |b| (*a, *b))).collect();
+                for (a, b) in &pairs {
+                    self.sim.partition(net::node_name(*a), net::node_name(*b));
+                }
+                self.partitioned = true;
+                self.repairs.push((now + heal_after_ms, Repair::Partition(pairs)));
+            }
+            FaultKind::OneWay { from, to, heal_after_ms } => {
+                let (from, to) = (self.resolve(*from), self.resolve(*to));
+                if self.partitioned || from == to {
+                    return false;
+                }
+                self.sim.partition_oneway(net::node_name(from), net::node_name(to));
+                self.partitioned = true;
+                self.repairs.push((now + heal_after_ms, Repair::OneWay(from, to)));
+            }
+            FaultKind::Crash { node, down_ms, wipe } => {
+                let id = self.resolve(*node);
+                // Safety needs a majority with intact disks: a crashed node, or a
+                // wiped one that has not caught up, counts against the minority.
+                if !self.is_up(id) || self.down.len() + self.catching_up.len() >= self.minority() {
+                    return false;
+                }
+                // A replaced disk takes a while; by then the node's old terms are
+                // over, so it cannot vote twice in one (it has forgotten its vote).
+                let down_ms =
+                    if *wipe { (*down_ms).max(4 * self.cfg.tuning.election_timeout_max_ms) } else { *down_ms };
+                self.sim.crash(net::node_name(id));
+                let m = &self.machines[id as usize - 1];
+                *m.node.lock().expect("node slot") = None;
+                m.disk.crash();
+                self.down.insert(id, (now + down_ms, *wipe));
+            }
+            FaultKind::ClockSkew { node, offset_ms } => {
+                self.machines[*node as usize - 1].clock_offset_ms.store(*offset_ms, Ordering::Relaxed);
+            }
+            FaultKind::ClockJump { node, jump_ms } => {
+                let limit = self.cfg.plan.clock_skew_ms_max + self.cfg.plan.clock_jump_ms_max;
+                let offset = &self.machines[*node as usize - 1].clock_offset_ms;
+                let next = (offset.load(Ordering::Relaxed) + jump_ms).clamp(-limit, limit);
+                offset.store(next, Ordering::Relaxed);
+            }
+            FaultKind::Slow { node, extra_ms, for_ms } => {
+                let id = self.resolve(*node);
+                self.net.lock().expect("net").set_slow(id, Some(*extra_ms));
+                self.repairs.push((now + for_ms, Repair::Slow(id)));
+            }
+            FaultKind::Byzantine { forgery } => {
+                let leader = self.leader.unwrap_or(1);
+                self.history.borrow_mut().forgery_queue.push_back((fault.id, *forgery, leader));
+            }
+        }
+        true
+    }
+
+    /// Restarts nodes whose downtime is over and undoes expired network faults.
+    fn recover_due(&mut self, force: bool) {
+        let now = self.now_ms();
+        let restarts: Vec<(NodeId, bool)> =
+            self.down.iter().filter(|(_, (at, _))| force || *at <= now).map(|(id, (_, wipe))| (*id, *wipe)).collect();
+        for (id, wipe) in restarts {
+            self.down.remove(&id);
+            if wipe {
+                self.machines[id as usize - 1].disk.wipe();
+                let target = self.observer.committed.keys().next_back().copied().unwrap_or(0);
+                self.catching_up.insert(id, target);
+            }
+            self.sim.bounce(net::node_name(id));
+            self.event(format!("restart n{id}{}", if wipe { " on an empty disk" } else { "" }));
+        }
+        let (due, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.repairs).into_iter().partition(|(at, _)| force || *at <= now);
+        self.repairs = later;
+        for (_, repair) in due {
+            match repair {
+                Repair::Partition(pairs) => {
+                    for (a, b) in pairs {
+                        self.sim.repair(net::node_name(a), net::node_name(b));
+                    }
+                    self.partitioned = false;
+                    self.event("partition healed");
+                }
+                Repair::OneWay(from, to) => {
+                    self.sim.repair_oneway(net::node_name(from), net::node_name(to));
+                    self.partitioned = false;
+                    self.event(format!("one-way partition n{from}->n{to} healed"));
+                }
+                Repair::Slow(id) => {
+                    self.net.lock().expect("net").set_slow(id, None);
+                    self.event(format!("n{id} no longer slow"));
+                }
+            }
+        }
+    }
+
+    /// Ends the fault window: every network fault undone, every node restarted.
+    fn heal(&mut self) {
+        self.recover_due(true);
+        self.net.lock().expect("net").heal();
+        let now = self.now_ms();
+        self.history.borrow_mut().phase = Phase::Healed { at_ms: now };
+        self.event("heal: faults stop; liveness phase");
+    }
+
+    /// Observes the nodes and runs every checker.
+    fn check(&mut self) -> Result<Vec<NodeView>, Violation> {
+        let now = self.now_ms();
+        let views = self.observer.observe(&self.machines, now, &mut self.trace.borrow_mut());
+        self.leader = views.iter().filter(|v| v.role == ServerState::Leader).max_by_key(|v| v.term).map(|v| v.id);
+        for v in &views {
+            if let Some(target) = self.catching_up.get(&v.id) {
+                if v.applied.unwrap_or(0) >= *target {
+                    self.catching_up.remove(&v.id);
+                }
+            }
+        }
+        let history = self.history.borrow();
+        let step = Step {
+            now_ms: now,
+            nodes: &views,
+            committed: &self.observer.committed,
+            history: &history,
+            admins: &self.admins,
+        };
+        for c in &mut self.checkers {
+            c.check_step(&step)?;
+        }
+        drop(history);
+        self.observer.commit(&views);
+        Ok(views)
+    }
+
+    fn final_check(&mut self, views: &[NodeView]) -> Result<(), Violation> {
+        let history = self.history.borrow();
+        let step = Step {
+            now_ms: self.now_ms(),
+            nodes: views,
+            committed: &self.observer.committed,
+            history: &history,
+            admins: &self.admins,
+        };
+        for c in &mut self.checkers {
+            c.check_final(&step)?;
+        }
+        Ok(())
+    }
+
+    /// One simulation step, then the checks.
+    fn step(&mut self) -> Result<(bool, Vec<NodeView>), Violation> {
+        let elapsed = self.sim.elapsed().as_millis() as u64;
+        self.now.store(elapsed, Ordering::Relaxed);
+        let finished = self.sim.step().map_err(|e| Violation::new_host(e.to_string()))?;
+        Ok((finished, self.check()?))
+    }
+
+    /// The run after genesis setup; returns at the first violation.
+    fn drive(&mut self) -> Result<(), Violation> {
+        // Genesis.
+        while self.history.borrow().phase == Phase::Boot {
+            self.step()?;
+            if self.now_ms() > GENESIS_BOUND_MS {
+                return Err(Violation::liveness(format!("genesis was not committed within {GENESIS_BOUND_MS} ms")));
+            }
+        }
+        self.net.lock().expect("net").open_window();
+        let heal_at = self.history.borrow().genesis_at_ms + self.cfg.plan.window_ms;
+        // The fault window.
+        while self.now_ms() < heal_at {
+            self.fire_due();
+            self.recover_due(false);
+            self.step()?;
+        }
+        self.heal();
+        // Liveness: every client finishes its pending and remaining writes.
+        let deadline = heal_at + self.cfg.liveness_bound_ms;
+        loop {
+            let (finished, _) = self.step()?;
+            if finished {
+                break;
+            }
+            if self.now_ms() > deadline {
+                let pending: Vec<String> = self.history.borrow().pending.values().cloned().collect();
+                return Err(Violation::liveness(format!(
+                    "{} ms after the heal, with every node up, writes are still pending: {pending:?}",
+                    self.cfg.liveness_bound_ms
+                )));
+            }
+        }
+        self.event("liveness: every client finished");
+        // Convergence: every node applies up to the same index.
+        let deadline = self.now_ms() + self.cfg.liveness_bound_ms;
+        loop {
+            let (_, views) = self.step()?;
+            let applied: BTreeSet<Option<u64>> = views.iter().map(|v| v.applied).collect();
+            if views.len() == self.cfg.nodes as usize && applied.len() == 1 {
+                self.event(format!("converged at {:?}", applied.first().copied().flatten()));
+                return self.final_check(&views);
+            }
+            if self.now_ms() > deadline {
+                return Err(Violation::liveness(format!("nodes did not converge after the heal: applied {applied:?}")));
+            }
+        }
+    }
+}
+
+impl Violation {
+    fn liveness(detail: String) -> Violation {
+        Violation { invariant: "liveness-after-heal", detail }
+    }
+
+    fn new_host(detail: String) -> Violation {
+        Violation { invariant: "node-software-failed", detail }
+    }
+}
+
+/// Runs one seed. Call it once per process: some libraries keep thread-local
+/// RNG state that a second run in the same process would continue.
+pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
+    let wall = Instant::now();
+    synod_proto::runtime::seed_thread_rng(cfg.seed);
+    let plants: Vec<&str> = cfg.plants.iter().map(String::as_str).collect();
+    synod_node::faults::set_for_process(&plants).expect("plants are validated by the caller");
+
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(cfg.seed)
+        .epoch(UNIX_EPOCH + Duration::from_millis(EPOCH_MS))
+        .tick_duration(Duration::from_millis(1))
+        .simulation_duration(Duration::from_secs(24 * 3600))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(3))
+        .build();
+
+    let counts: FaultCounts = Default::default();
+    let net = NetFaults::new(cfg.seed, cfg.plan.clone(), counts.clone());
+    let now = Arc::new(AtomicU64::new(0));
+    let trace: SharedTrace = Default::default();
+    let history = History::new();
+    let machines: Vec<Machine> = (1..=cfg.nodes).map(Machine::new).collect();
+    for m in &machines {
+        let boot =
+            Boot { machine: m.clone(), seed: cfg.seed, now: now.clone(), net: net.clone(), tuning: cfg.tuning.clone() };
+        sim.host(net::node_name(m.id), move || cluster::run_node(boot.clone()));
+    }
+
+    let mut key_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6b65_7973);
+    let mut key = || {
+        let mut bytes = [0u8; 32];
+        key_rng.fill_bytes(&mut bytes);
+        SigningKey::from_bytes(&bytes)
+    };
+    let (admin, stranger) = (key(), key());
+    let ctx = ClientCtx {
+        seed: cfg.seed,
+        nodes: cfg.nodes,
+        cluster_id: format!("sim-{}", cfg.seed),
+        admin: admin.clone(),
+        stranger,
+        net: net.clone(),
+        now: now.clone(),
+        history: history.clone(),
+        trace: trace.clone(),
+        writes_after_heal: cfg.writes_after_heal,
+    };
+    sim.client("boot", workload::boot_client(ctx.clone()));
+    for c in 1..=cfg.clients {
+        sim.client(format!("c{c}"), workload::workload_client(ctx.clone(), c, Box::new(KvWorkload)));
+    }
+    sim.client("adversary", workload::adversary(ctx));
+
+    let schedule = schedule::draw(cfg.seed, &cfg.plan, cfg.nodes);
+    {
+        let mut t = trace.borrow_mut();
+        t.event(0, format!("seed {} profile {} nodes {} plants {:?}", cfg.seed, cfg.profile, cfg.nodes, cfg.plants));
+        for f in &schedule {
+            let skipped = if cfg.skip_faults.contains(&f.id) { " (skipped)" } else { "" };
+            t.event(0, format!("schedule {f}{skipped}"));
+        }
+    }
+    let mut driver = Driver {
+        cfg,
+        sim,
+        machines,
+        net,
+        counts: counts.clone(),
+        trace: trace.clone(),
+        history: history.clone(),
+        now,
+        schedule,
+        fired: Vec::new(),
+        down: BTreeMap::new(),
+        catching_up: BTreeMap::new(),
+        repairs: Vec::new(),
+        partitioned: false,
+        observer: Observer::default(),
+        checkers: checker::all(),
+        admins: [OperatorKey::of(&admin)].into_iter().collect(),
+        leader: None,
+    };
+    let result = driver.drive();
+    let sim_ms = driver.now_ms();
+    if let Err(v) = &result {
+        driver.event(format!("VIOLATION {}: {}", v.invariant, v.detail));
+    }
+    let entries_applied = driver.observer.committed.keys().next_back().copied().unwrap_or(0);
+    let fired = driver.fired.clone();
+    drop(driver);
+    let faults = counts.lock().expect("counts").iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let history = history.borrow();
+    let trace = trace.borrow();
+    SeedReport {
+        seed: cfg.seed,
+        violation: result.err(),
+        trace_hash: trace.hash(),
+        trace_lines: trace.len(),
+        tail: trace.tail(TAIL_LINES),
+        writes_acked: history.acks.len(),
+        entries_applied,
+        forgeries: history.forged.len(),
+        faults,
+        fired,
+        sim_ms,
+        wall_ms: wall.elapsed().as_millis() as u64,
+        replay: cfg.replay_command(),
+        trace: keep_trace.then(|| trace.lines().to_vec()),
+    }
+}
+
+/// Trace is used by the driver through [`SharedTrace`]; re-exported for tests.
+pub type TraceLog = Trace;
