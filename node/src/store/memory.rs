@@ -29,13 +29,15 @@ struct Disk {
     unsynced: Vec<Vec<Op>>,
 }
 
-/// The contents of both trees.
+/// The contents of every tree.
 #[derive(Clone, Default, PartialEq, Eq)]
 struct Image {
     /// [`Tree::Log`]'s pairs.
     log: BTreeMap<Vec<u8>, Vec<u8>>,
     /// [`Tree::Meta`]'s pairs.
     meta: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// [`Tree::Sealed`]'s pairs.
+    sealed: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 impl Image {
@@ -43,6 +45,7 @@ impl Image {
         match tree {
             Tree::Log => &self.log,
             Tree::Meta => &self.meta,
+            Tree::Sealed => &self.sealed,
         }
     }
 
@@ -50,6 +53,7 @@ impl Image {
         match tree {
             Tree::Log => &mut self.log,
             Tree::Meta => &mut self.meta,
+            Tree::Sealed => &mut self.sealed,
         }
     }
 

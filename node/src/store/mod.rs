@@ -18,19 +18,22 @@ use std::path::PathBuf;
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;
 
-/// The two key spaces of a store. Both live in one database, so a single
-/// [`Store::write`] is atomic across them and one fsync covers both.
+/// The key spaces of a store. They live in one database, so a single
+/// [`Store::write`] is atomic across them and one fsync covers them all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Tree {
     /// Raft log entries keyed by their big-endian `u64` index.
     Log,
     /// The vote, the committed and purged ids, snapshot chunks and the node identity.
     Meta,
+    /// Secrets sealed under the node's KEK (`crate::sealed`), the KEK check
+    /// record and the passphrase salt: only ciphertext and public parameters.
+    Sealed,
 }
 
 impl Tree {
     /// Every tree, in order.
-    pub const ALL: [Tree; 2] = [Tree::Log, Tree::Meta];
+    pub const ALL: [Tree; 3] = [Tree::Log, Tree::Meta, Tree::Sealed];
 }
 
 /// One change inside a [`Store::write`]. The ops of a write apply in order, so
@@ -172,7 +175,7 @@ pub(crate) fn validate_ops(ops: &[Op]) -> Result<(), StoreError> {
 /// A key and its value, as read from a store.
 pub type Pair = (Vec<u8>, Vec<u8>);
 
-/// A blocking, ordered key-value store with two trees and atomic multi-op writes.
+/// A blocking, ordered key-value store with a few trees and atomic multi-op writes.
 pub trait Store: Send + Sync + 'static {
     /// The value of `key` in `tree`, if any.
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
@@ -188,7 +191,7 @@ pub trait Store: Send + Sync + 'static {
     /// The pair with the largest key in `tree`, if any.
     fn last(&self, tree: Tree) -> Result<Option<Pair>, StoreError>;
 
-    /// Applies `ops` in order, atomically across both trees: after a crash
+    /// Applies `ops` in order, atomically across all trees: after a crash
     /// either all of them are there or none. A refused write changes nothing.
     fn write(&self, ops: Vec<Op>, durability: Durability) -> Result<(), StoreError>;
 }
@@ -350,7 +353,7 @@ mod tests {
         }
 
         fn tree(&mut self) -> Tree {
-            Tree::ALL[self.below(2) as usize]
+            Tree::ALL[self.below(Tree::ALL.len() as u64) as usize]
         }
 
         fn op(&mut self) -> Op {

@@ -13,9 +13,9 @@
 //!   `sync_all()` on that handle;
 //! - any failure of that sequence aborts the process and is never retried.
 //!
-//! Both trees live in sled's default tree behind a one-byte prefix, so one
+//! All trees live in sled's default tree behind a one-byte prefix, so one
 //! `apply_batch` makes a write atomic across trees and one fsync covers it.
-//! A format marker under a third prefix tells an existing store from the
+//! A format marker under its own prefix (0) tells an existing store from the
 //! empty database sled silently starts when its `db` file is unreadable.
 
 use std::collections::BTreeMap;
@@ -69,6 +69,7 @@ fn prefix(tree: Tree) -> u8 {
     match tree {
         Tree::Log => 1,
         Tree::Meta => 2,
+        Tree::Sealed => 3,
     }
 }
 
@@ -97,7 +98,7 @@ fn unprefixed((key, value): (sled::IVec, sled::IVec)) -> Pair {
 
 /// A [`Store`] on a sled database in one data directory.
 pub struct SledStore {
-    /// The database; both trees are prefixed keys in its default tree.
+    /// The database; every tree is a prefix of keys in its default tree.
     db: sled::Db,
     /// A handle on `db` opened right after sled opened it and kept for the
     /// life of the store. Its `sync_all` is what makes a `Sync` write durable,
