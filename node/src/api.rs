@@ -63,8 +63,18 @@ fn require_client(caller: &Caller) -> Result<(), Failure> {
     }
 }
 
-fn parse_command(body: &Bytes) -> Result<SignedCommand, Failure> {
-    serde_json::from_slice(body).map_err(|e| {
+/// The request body, or a JSON error when it is too large or unreadable.
+type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
+fn parse_command(body: Body) -> Result<SignedCommand, Failure> {
+    let body = body.map_err(|e| {
+        let status = e.status().as_u16();
+        Failure(ApiError::new(
+            status,
+            format!("cannot read the request body: {e} (the limit is {REQUEST_BYTES_MAX} bytes)"),
+        ))
+    })?;
+    serde_json::from_slice(&body).map_err(|e| {
         Failure(ApiError::bad_request(format!(
             "request body is not a signed command ({e}); build it with the synod CLI"
         )))
@@ -123,10 +133,10 @@ async fn metrics(State(node): State<Arc<Node>>, Extension(caller): Extension<Cal
 async fn init(
     State(node): State<Arc<Node>>,
     Extension(caller): Extension<Caller>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, Failure> {
     require_client(&caller)?;
-    let command = parse_command(&body)?;
+    let command = parse_command(body)?;
     let result = node.init(command).await?;
     Ok(Json(result).into_response())
 }
@@ -134,10 +144,10 @@ async fn init(
 async fn write(
     State(node): State<Arc<Node>>,
     Extension(caller): Extension<Caller>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, Failure> {
     require_client(&caller)?;
-    let command = parse_command(&body)?;
+    let command = parse_command(body)?;
     let result = node.write(command).await?;
     // A committed command the state machine refused is the caller's fault.
     let status = if result.outcome.is_applied() { StatusCode::OK } else { StatusCode::FORBIDDEN };

@@ -22,6 +22,8 @@ pub struct NodeConfig {
     /// TCP address for the HTTPS client API.
     pub api_listen: SocketAddr,
     pub tls: TlsFiles,
+    /// Where the key-encryption key that seals this node's secrets comes from.
+    pub kek: KekConfig,
     #[serde(default)]
     pub raft: RaftTuning,
     /// When set, the node refuses a data directory of another cluster.
@@ -39,6 +41,45 @@ pub struct TlsFiles {
     pub ca_cert: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// The key-encryption key (KEK) backend. The node never falls back from one
+/// backend to another: a missing or wrong KEK stops it at start-up.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
+pub enum KekConfig {
+    /// A 256-bit KEK in a file of mode 0600. A development setting: the node
+    /// says so loudly unless it runs under `synod dev`.
+    File { path: PathBuf },
+    /// A KEK derived with Argon2id from a passphrase read from the environment
+    /// variable `env` (default `SYNOD_KEK_PASSPHRASE`) or, on a terminal, a prompt.
+    Passphrase {
+        #[serde(default = "default_passphrase_env")]
+        env: String,
+    },
+    /// A non-extractable AES-256 key on a PKCS#11 token; sealing happens in the token.
+    /// A module that reads its own configuration from the environment (SoftHSM2's
+    /// `SOFTHSM2_CONF`) gets it from the node process's environment.
+    Pkcs11 {
+        /// The PKCS#11 module, e.g. /usr/lib/softhsm/libsofthsm2.so.
+        module: PathBuf,
+        token_label: String,
+        key_label: String,
+        /// Environment variable holding the user PIN (default `SYNOD_PKCS11_PIN`).
+        #[serde(default = "default_pin_env")]
+        pin_env: String,
+        /// A file holding the PIN (mode 0600); used when set, instead of `pin_env`.
+        #[serde(default)]
+        pin_file: Option<PathBuf>,
+    },
+}
+
+fn default_passphrase_env() -> String {
+    "SYNOD_KEK_PASSPHRASE".into()
+}
+
+fn default_pin_env() -> String {
+    "SYNOD_PKCS11_PIN".into()
 }
 
 /// Raft timing and log compaction.
@@ -93,7 +134,13 @@ impl NodeConfig {
         let mut config: NodeConfig = toml::from_str(&text)
             .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut config.data_dir, &mut config.tls.ca_cert, &mut config.tls.cert, &mut config.tls.key] {
+        let mut paths = vec![&mut config.data_dir, &mut config.tls.ca_cert, &mut config.tls.cert, &mut config.tls.key];
+        match &mut config.kek {
+            KekConfig::File { path } => paths.push(path),
+            KekConfig::Pkcs11 { pin_file: Some(pin_file), .. } => paths.push(pin_file),
+            _ => {}
+        }
+        for p in paths {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -157,6 +204,9 @@ api_listen = "127.0.0.1:8201"
 ca_cert = "ca.crt"
 cert = "node-1.crt"
 key = "node-1.key"
+[kek]
+backend = "file"
+path = "kek.bin"
 "#;
 
     #[test]
@@ -166,18 +216,31 @@ key = "node-1.key"
         let config = NodeConfig::load(&write(dir.path(), GOOD)).unwrap();
         assert_eq!(config.data_dir, dir.path().join("data"));
         assert_eq!(config.raft.heartbeat_ms, 200);
+        assert!(matches!(config.kek, KekConfig::File { ref path } if *path == dir.path().join("kek.bin")));
+    }
+
+    #[test]
+    fn config_without_kek_is_refused() {
+        // A node config must say where its KEK comes from; the error names the section.
+        let dir = tempfile::tempdir().unwrap();
+        let text = GOOD.split("[kek]").next().unwrap();
+        let err = NodeConfig::load(&write(dir.path(), text)).unwrap_err().to_string();
+        assert!(err.contains("kek"), "{err}");
+        let text = GOOD.replace("backend = \"file\"", "backend = \"vault\"");
+        let err = NodeConfig::load(&write(dir.path(), &text)).unwrap_err().to_string();
+        assert!(err.contains("vault") || err.contains("backend"), "{err}");
     }
 
     #[test]
     fn config_errors_name_file_and_field() {
         // Unknown fields, bad addresses and inconsistent timings name the file and the field.
         let dir = tempfile::tempdir().unwrap();
-        let err = NodeConfig::load(&write(dir.path(), &format!("{GOOD}\nbogus = 1\n"))).unwrap_err().to_string();
+        let err = NodeConfig::load(&write(dir.path(), &format!("bogus = 1\n{GOOD}"))).unwrap_err().to_string();
         assert!(err.contains("node.toml") && err.contains("bogus"), "{err}");
         let err =
             NodeConfig::load(&write(dir.path(), &GOOD.replace("127.0.0.1:7001", "nowhere"))).unwrap_err().to_string();
         assert!(err.contains("raft_listen"), "{err}");
-        let text = format!("{GOOD}\n[raft]\nheartbeat_ms = 900\n");
+        let text = GOOD.replace("[kek]", "[raft]\nheartbeat_ms = 900\n[kek]");
         let err = NodeConfig::load(&write(dir.path(), &text)).unwrap_err().to_string();
         assert!(err.contains("raft.heartbeat_ms"), "{err}");
         let err = NodeConfig::load(&dir.path().join("missing.toml")).unwrap_err().to_string();

@@ -19,6 +19,7 @@ use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::state_machine::{SharedState, StateMachine};
 use crate::raft::Raft;
+use crate::sealed::SealedStore;
 use crate::seams::Seams;
 use crate::store::Store;
 use crate::transport::{PeerHandler, PeerTransport};
@@ -35,6 +36,8 @@ pub struct NodeParts {
     pub id: NodeId,
     pub store: Arc<dyn Store>,
     pub transport: Arc<dyn PeerTransport>,
+    /// Secrets at rest, sealed under the node's KEK.
+    pub sealed: Arc<SealedStore>,
     pub seams: Seams,
     pub tuning: RaftTuning,
 }
@@ -45,6 +48,7 @@ pub struct Node {
     pub raft: Raft,
     shared: SharedState,
     transport: Arc<dyn PeerTransport>,
+    sealed: Arc<SealedStore>,
     seams: Seams,
     /// Random per boot; later issues tag nonces with it so none survive a restart.
     pub incarnation: String,
@@ -72,7 +76,15 @@ impl Node {
         let network = Network::new(parts.transport.clone());
         let raft = Raft::new(parts.id, config, network, log_store, state_machine).await?;
         let incarnation = parts.seams.random_id();
-        let node = Arc::new(Node { id: parts.id, raft, shared, transport: parts.transport, seams: parts.seams, incarnation });
+        let node = Arc::new(Node {
+            id: parts.id,
+            raft,
+            shared,
+            transport: parts.transport,
+            sealed: parts.sealed,
+            seams: parts.seams,
+            incarnation,
+        });
         tokio::spawn(reconcile_membership(Arc::downgrade(&node)));
         Ok(node)
     }
@@ -145,14 +157,12 @@ impl Node {
             }
             (None, _) => Err(ApiError::new(412, "the cluster is not initialised; run `synod cluster init` first")),
             (Some(_), Command::Genesis { .. }) => Err(ApiError::new(409, "the cluster is already initialised")),
-            (Some(id), _) if *id != envelope.cluster_id => Err(ApiError::new(
-                400,
-                format!("command is for cluster {}, this is cluster {id}", envelope.cluster_id),
-            )),
-            (Some(_), _) if !state.admins.contains(&command.author) => Err(ApiError::new(
-                403,
-                format!("operator {} is not an admin of this cluster", command.author),
-            )),
+            (Some(id), _) if *id != envelope.cluster_id => {
+                Err(ApiError::new(400, format!("command is for cluster {}, this is cluster {id}", envelope.cluster_id)))
+            }
+            (Some(_), _) if !state.admins.contains(&command.author) => {
+                Err(ApiError::new(403, format!("operator {} is not an admin of this cluster", command.author)))
+            }
             _ => Ok(()),
         }
     }
@@ -183,9 +193,9 @@ impl Node {
                 .map_err(|e| ApiError::new(409, format!("could not initialise Raft: {e}")))?;
         }
         let wait = self.raft.wait(Some(Duration::from_secs(15)));
-        wait.metrics(|m| m.current_leader.is_some(), "a leader is elected")
-            .await
-            .map_err(|_| ApiError::unavailable("no leader was elected within 15 s; are the other genesis members running?"))?;
+        wait.metrics(|m| m.current_leader.is_some(), "a leader is elected").await.map_err(|_| {
+            ApiError::unavailable("no leader was elected within 15 s; are the other genesis members running?")
+        })?;
         // The leader may need a moment to commit its first blank entry.
         let mut last_err = None;
         for _ in 0..20 {
@@ -227,6 +237,7 @@ impl Node {
             last_applied_index: m.last_applied.map(|l| l.index),
             cluster_id: applied.state.cluster_id.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
+            kek_backend: self.sealed.kek().backend().into(),
         };
         let code = match (initialized, m.state, m.current_leader) {
             (false, _, _) => 501,
@@ -271,6 +282,8 @@ impl Node {
             rejected_commands: state.rejected_commands,
             recent_rejections: state.recent_rejections.iter().cloned().collect(),
             unauthorized_membership_entries: state.unauthorized_membership_entries,
+            kek: self.sealed.kek().describe(),
+            incarnation: self.incarnation.clone(),
         }
     }
 
@@ -314,7 +327,9 @@ impl PeerHandler for NodeHandler {
             match request {
                 PeerRequest::AppendEntries(rpc) => PeerResponse::AppendEntries(node.raft.append_entries(rpc).await),
                 PeerRequest::Vote(rpc) => PeerResponse::Vote(node.raft.vote(rpc).await),
-                PeerRequest::InstallSnapshot(rpc) => PeerResponse::InstallSnapshot(node.raft.install_snapshot(rpc).await),
+                PeerRequest::InstallSnapshot(rpc) => {
+                    PeerResponse::InstallSnapshot(node.raft.install_snapshot(rpc).await)
+                }
                 PeerRequest::Ping => {
                     PeerResponse::Pong { node_id: node.id, cluster_id: node.shared.read().state.cluster_id.clone() }
                 }

@@ -232,13 +232,26 @@ pub enum PkiError {
     #[error("cannot use the {what} TLS configuration for QUIC: {source}")]
     Quic { what: &'static str, source: NoInitialCipherSuite },
 
+    #[error(
+        "the CA key {path} is protected by a passphrase; set SYNOD_CA_PASSPHRASE or run on a terminal to be prompted"
+    )]
+    CaKeyLocked { path: PathBuf },
+
+    #[error("the passphrase does not open the CA key {path}; try again")]
+    CaKeyPassphrase { path: PathBuf },
+
+    #[error("cannot encode a private key: {detail}")]
+    KeyProtection { detail: String },
+
     #[error("QUIC peer {remote} presented no certificate; the endpoint must be built with `TlsMaterial::quic_server_config` or `quic_client_config`")]
     NoPeerCertificate { remote: SocketAddr },
 }
 
 /// Creates a new cluster CA in `dir`: a self-signed Ed25519 certificate `ca.crt` (0644) and
 /// its key `ca.key` (0600). Refuses to touch a directory that already holds either file.
-pub fn ca_init(dir: &Path, common_name: &str) -> Result<CaInfo, PkiError> {
+/// With a passphrase the key is stored as an encrypted PKCS#8 document (PBES2: scrypt and
+/// AES-256-CBC), so the key file alone can mint nothing; `issue` then needs the passphrase.
+pub fn ca_init(dir: &Path, common_name: &str, passphrase: Option<&str>) -> Result<CaInfo, PkiError> {
     validate_common_name(common_name)?;
     create_dir(dir)?;
     let cert_path = dir.join(CA_CERT_FILE);
@@ -259,7 +272,10 @@ pub fn ca_init(dir: &Path, common_name: &str) -> Result<CaInfo, PkiError> {
     );
     let cert = params.self_signed(&key).map_err(|source| PkiError::Generate { what: "CA certificate", source })?;
 
-    let key_pem = Zeroizing::new(key.serialize_pem());
+    let key_pem = match passphrase {
+        None => key_pem_v1(&key)?,
+        Some(passphrase) => encrypt_key_pem(&key, passphrase)?,
+    };
     let ca_exists = |error: PkiError| match error {
         PkiError::FileExists { path, .. } => PkiError::CaExists { path, dir: dir.to_path_buf() },
         other => other,
@@ -275,12 +291,19 @@ pub fn ca_init(dir: &Path, common_name: &str) -> Result<CaInfo, PkiError> {
 
 /// Issues a certificate for `subject`, signed by the CA in `ca_dir`, into `out_dir`
 /// (`node-<id>.crt`/`.key` or `client-<name>.crt`/`.key`). Never overwrites a file.
-pub fn issue(ca_dir: &Path, subject: &Subject, out_dir: &Path, validity_days: u32) -> Result<Issued, PkiError> {
+/// `ca_passphrase` opens a passphrase-protected CA key (see [`ca_key_is_protected`]).
+pub fn issue(
+    ca_dir: &Path,
+    subject: &Subject,
+    out_dir: &Path,
+    validity_days: u32,
+    ca_passphrase: Option<&str>,
+) -> Result<Issued, PkiError> {
     if validity_days == 0 || validity_days > VALIDITY_DAYS_MAX {
         return Err(PkiError::InvalidValidity { days: validity_days });
     }
     let plan = SubjectPlan::new(subject)?;
-    let ca = CaSigner::load(ca_dir)?;
+    let ca = CaSigner::load(ca_dir, ca_passphrase)?;
 
     let now_secs = unix_now_secs();
     let not_after_secs = now_secs + u64::from(validity_days) * SECS_PER_DAY;
@@ -317,7 +340,7 @@ pub fn issue(ca_dir: &Path, subject: &Subject, out_dir: &Path, validity_days: u3
     })?;
 
     create_dir(out_dir)?;
-    let key_pem = Zeroizing::new(key.serialize_pem());
+    let key_pem = key_pem_v1(&key)?;
     write_new(&key_path, FileKind::PrivateKey, key_pem.as_bytes(), KEY_FILE_MODE)?;
     if let Err(error) = write_new(&cert_path, FileKind::Certificate, cert.pem().as_bytes(), CERT_FILE_MODE) {
         // The key we just wrote is useless without its certificate.
@@ -325,6 +348,53 @@ pub fn issue(ca_dir: &Path, subject: &Subject, out_dir: &Path, validity_days: u3
         return Err(error);
     }
     Ok(Issued { cert_path, key_path })
+}
+
+/// The PEM label of an encrypted PKCS#8 key.
+const ENCRYPTED_KEY_LABEL: &str = "ENCRYPTED PRIVATE KEY";
+
+/// Whether the CA key in `ca_dir` is passphrase-protected (so `issue` needs the passphrase).
+pub fn ca_key_is_protected(ca_dir: &Path) -> Result<bool, PkiError> {
+    let key = read_limited(&ca_dir.join(CA_KEY_FILE), FileKind::CaKey)?;
+    Ok(std::str::from_utf8(&key).is_ok_and(|text| text.contains(ENCRYPTED_KEY_LABEL)))
+}
+
+/// A key as a PKCS#8 v1 PEM document (RFC 8410, private key only). ring writes
+/// v2 documents with the public key embedded, which OpenSSL 3.0 (and so curl)
+/// cannot read; v1 reads everywhere.
+fn key_pem_v1(key: &KeyPair) -> Result<Zeroizing<String>, PkiError> {
+    pkcs8_pem_v1(&Zeroizing::new(key.serialize_der()))
+}
+
+/// Re-encodes a PKCS#8 DER private key as a v1 PEM document (see [`key_pem_v1`]).
+pub fn pkcs8_pem_v1(der: &[u8]) -> Result<Zeroizing<String>, PkiError> {
+    use pkcs8::der::pem::LineEnding;
+    use pkcs8::der::EncodePem;
+    let fail = |detail: String| PkiError::KeyProtection { detail };
+    let mut info = pkcs8::PrivateKeyInfo::try_from(der).map_err(|e| fail(e.to_string()))?;
+    info.public_key = None;
+    let pem = info.to_pem(LineEnding::LF).map_err(|e| fail(e.to_string()))?;
+    Ok(Zeroizing::new(pem))
+}
+
+fn encrypt_key_pem(key: &KeyPair, passphrase: &str) -> Result<Zeroizing<String>, PkiError> {
+    use pkcs8::der::pem::LineEnding;
+    let generate = |detail: String| PkiError::KeyProtection { detail };
+    let der = Zeroizing::new(key.serialize_der());
+    let info = pkcs8::PrivateKeyInfo::try_from(der.as_slice()).map_err(|e| generate(e.to_string()))?;
+    let encrypted = info.encrypt(rand_core::OsRng, passphrase.as_bytes()).map_err(|e| generate(e.to_string()))?;
+    let pem = encrypted.to_pem(ENCRYPTED_KEY_LABEL, LineEnding::LF).map_err(|e| generate(e.to_string()))?;
+    Ok(Zeroizing::new(pem.to_string()))
+}
+
+fn decrypt_key_pem(text: &str, passphrase: &str, path: &Path) -> Result<KeyPair, PkiError> {
+    let parse = |detail: String| PkiError::Parse { kind: FileKind::CaKey, path: path.to_path_buf(), detail };
+    let (_, document) = pkcs8::Document::from_pem(text).map_err(|e| parse(e.to_string()))?;
+    let encrypted = pkcs8::EncryptedPrivateKeyInfo::try_from(document.as_bytes()).map_err(|e| parse(e.to_string()))?;
+    let plain =
+        encrypted.decrypt(passphrase.as_bytes()).map_err(|_| PkiError::CaKeyPassphrase { path: path.to_path_buf() })?;
+    let der = rustls_pki_types::PrivatePkcs8KeyDer::from(plain.as_bytes());
+    KeyPair::try_from(&der).map_err(|e| parse(e.to_string()))
 }
 
 /// Reads the Synod identity out of a certificate's common name.
@@ -646,7 +716,7 @@ struct CaSigner {
 }
 
 impl CaSigner {
-    fn load(ca_dir: &Path) -> Result<Self, PkiError> {
+    fn load(ca_dir: &Path, passphrase: Option<&str>) -> Result<Self, PkiError> {
         let cert_path = ca_dir.join(CA_CERT_FILE);
         let key_path = ca_dir.join(CA_KEY_FILE);
         let cert_der = read_single_cert(&cert_path, FileKind::CaCertificate)?;
@@ -674,11 +744,16 @@ impl CaSigner {
             path: key_path.clone(),
             detail: "not a PEM text file".to_string(),
         })?;
-        let key = KeyPair::from_pem(key_text).map_err(|e| PkiError::Parse {
-            kind: FileKind::CaKey,
-            path: key_path.clone(),
-            detail: e.to_string(),
-        })?;
+        let key = if key_text.contains(ENCRYPTED_KEY_LABEL) {
+            let passphrase = passphrase.ok_or_else(|| PkiError::CaKeyLocked { path: key_path.clone() })?;
+            decrypt_key_pem(key_text, passphrase, &key_path)?
+        } else {
+            KeyPair::from_pem(key_text).map_err(|e| PkiError::Parse {
+                kind: FileKind::CaKey,
+                path: key_path.clone(),
+                detail: e.to_string(),
+            })?
+        };
         if key.subject_public_key_info() != ca_spki {
             return Err(PkiError::CaKeyMismatch { key_path, cert_path });
         }
@@ -850,7 +925,7 @@ mod tests {
             let dir = TempDir::new().expect("tempdir");
             let ca_dir = dir.path().join("ca");
             let certs_dir = dir.path().join("certs");
-            let ca = ca_init(&ca_dir, "Synod test CA").expect("ca_init");
+            let ca = ca_init(&ca_dir, "Synod test CA", None).expect("ca_init");
             let cluster = Cluster { _dir: dir, ca_dir, certs_dir, ca };
             cluster.issue(&node(1));
             cluster.issue(&node(2));
@@ -859,7 +934,7 @@ mod tests {
         }
 
         fn issue(&self, subject: &Subject) -> Issued {
-            issue(&self.ca_dir, subject, &self.certs_dir, 30).expect("issue")
+            issue(&self.ca_dir, subject, &self.certs_dir, 30, None).expect("issue")
         }
 
         fn material(&self, stem: &str) -> TlsMaterial {
@@ -939,6 +1014,23 @@ mod tests {
     }
 
     #[test]
+    fn pki_passphrase_protected_ca_needs_its_passphrase() {
+        // A CA created with a passphrase stores an encrypted key: issuing needs the
+        // passphrase, a wrong one is refused, and the key file holds no plain key.
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_dir, out) = (dir.path().join("ca"), dir.path().join("certs"));
+        ca_init(&ca_dir, "Protected CA", Some("correct horse")).unwrap();
+        assert!(ca_key_is_protected(&ca_dir).unwrap());
+        let text = fs::read_to_string(ca_dir.join(CA_KEY_FILE)).unwrap();
+        assert!(text.contains("ENCRYPTED PRIVATE KEY") && !text.contains("BEGIN PRIVATE KEY"));
+        assert!(matches!(issue(&ca_dir, &node(1), &out, 30, None), Err(PkiError::CaKeyLocked { .. })));
+        assert!(matches!(issue(&ca_dir, &node(1), &out, 30, Some("wrong")), Err(PkiError::CaKeyPassphrase { .. })));
+        let issued = issue(&ca_dir, &node(1), &out, 30, Some("correct horse")).unwrap();
+        let material = TlsMaterial::load(&ca_dir.join(CA_CERT_FILE), &issued.cert_path, &issued.key_path).unwrap();
+        assert_eq!(material.identity, PeerIdentity::Node(1));
+    }
+
+    #[test]
     fn pki_node_certificate_names() {
         // A node certificate carries its server name and the extra IP and DNS SANs, and only
         // node and client common names map to identities.
@@ -967,7 +1059,7 @@ mod tests {
         let cluster = Cluster::new();
         let key_before = fs::read(&cluster.ca.key_path).unwrap();
         let cert_before = fs::read(&cluster.ca.cert_path).unwrap();
-        let error = ca_init(&cluster.ca_dir, "another CA").unwrap_err();
+        let error = ca_init(&cluster.ca_dir, "another CA", None).unwrap_err();
         assert!(matches!(error, PkiError::CaExists { .. }), "{error:?}");
         let message = error.to_string();
         assert!(message.contains("ca.key") && message.contains("already exists"), "{message}");
@@ -981,22 +1073,22 @@ mod tests {
         let cluster = Cluster::new();
         let key_path = cluster.certs_dir.join("node-1.key");
         let key_before = fs::read(&key_path).unwrap();
-        let error = issue(&cluster.ca_dir, &node(1), &cluster.certs_dir, 30).unwrap_err();
+        let error = issue(&cluster.ca_dir, &node(1), &cluster.certs_dir, 30, None).unwrap_err();
         assert!(matches!(error, PkiError::FileExists { .. }), "{error}");
         assert_eq!(fs::read(&key_path).unwrap(), key_before);
 
         for name in ["", "a/b", "../x", "é", &"x".repeat(65)] {
             let subject = Subject::Client { name: name.to_string() };
-            let error = issue(&cluster.ca_dir, &subject, &cluster.certs_dir, 30).unwrap_err();
+            let error = issue(&cluster.ca_dir, &subject, &cluster.certs_dir, 30, None).unwrap_err();
             assert!(matches!(error, PkiError::InvalidClientName { .. }), "{name}: {error}");
         }
         for san in ["node-2.synod", "SYNOD", "not a name", "bad_.example..com"] {
             let subject = Subject::Node { id: 9, sans: vec![san.to_string()] };
-            let error = issue(&cluster.ca_dir, &subject, &cluster.certs_dir, 30).unwrap_err();
+            let error = issue(&cluster.ca_dir, &subject, &cluster.certs_dir, 30, None).unwrap_err();
             assert!(matches!(error, PkiError::InvalidSan { .. }), "{san}: {error}");
         }
         for days in [0, VALIDITY_DAYS_MAX + 1] {
-            let error = issue(&cluster.ca_dir, &node(9), &cluster.certs_dir, days).unwrap_err();
+            let error = issue(&cluster.ca_dir, &node(9), &cluster.certs_dir, days, None).unwrap_err();
             assert!(matches!(error, PkiError::InvalidValidity { .. }), "{error}");
         }
         // None of the refused requests left files behind.
@@ -1016,10 +1108,10 @@ mod tests {
         fs::write(dir.path().join(CA_KEY_FILE), key.serialize_pem()).unwrap();
 
         let out = dir.path().join("certs");
-        let error = issue(dir.path(), &node(1), &out, 30).unwrap_err();
+        let error = issue(dir.path(), &node(1), &out, 30, None).unwrap_err();
         assert!(matches!(error, PkiError::OutlivesCa { ca_days_left: 9..=10, .. }), "{error}");
         assert!(!out.join("node-1.key").exists());
-        issue(dir.path(), &node(1), &out, 9).expect("a shorter certificate fits");
+        issue(dir.path(), &node(1), &out, 9, None).expect("a shorter certificate fits");
     }
 
     #[test]

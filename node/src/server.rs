@@ -12,9 +12,13 @@ use synod_proto::NodeId;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{LogFormat, NodeConfig};
+use crate::config::{KekConfig, LogFormat, NodeConfig};
+use crate::kek::pkcs11::{Pkcs11Config, Pkcs11Kek};
+use crate::kek::soft::SoftKek;
+use crate::kek::Kek;
 use crate::node::{Node, NodeHandler, NodeParts};
 use crate::pki::{PeerIdentity, TlsMaterial};
+use crate::sealed::{KekCheck, SealedStore};
 use crate::seams::Seams;
 use crate::store::sled_store::SledStore;
 use crate::store::{Durability, Op, Store, Tree};
@@ -64,6 +68,24 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     create_private_dir(&config.data_dir)?;
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir.join("store"))?);
     check_data_dir(&*store, &config, &tls.ca_fingerprint())?;
+    let kek = open_kek(&config, &store).await?;
+    let sealed = Arc::new(SealedStore::new(store.clone(), kek.clone()));
+    let check = {
+        let sealed = sealed.clone();
+        let label = format!("node {}", config.node_id);
+        tokio::task::spawn_blocking(move || sealed.check_kek(&label)).await?
+    };
+    match check {
+        Ok(KekCheck::Created) => tracing::info!(kek = %kek.describe(), "KEK bound to this data directory"),
+        Ok(KekCheck::Verified) => {
+            tracing::info!(kek = %kek.describe(), "KEK opens this data directory's sealed secrets")
+        }
+        Err(e) => bail!(
+            "{e}; {} uses {}. The node does not start with a KEK that cannot open its own secrets",
+            config_path.display(),
+            kek.describe()
+        ),
+    }
 
     let transport = QuicTransport::bind(config.raft_listen, &tls)
         .with_context(|| listen_error("raft_listen", config.raft_listen, config_path))?;
@@ -75,6 +97,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         id: config.node_id,
         store: store.clone(),
         transport: Arc::new(transport.clone()),
+        sealed,
         seams: Seams::production(),
         tuning: config.raft.clone(),
     })
@@ -135,6 +158,60 @@ pub async fn ping(config_path: &Path, peer: NodeId, addr: &str) -> anyhow::Resul
         PeerResponse::Refused(reason) => bail!("node {peer} at {addr} refused the call: {reason}"),
         other => bail!("node {peer} at {addr} answered with {other:?}"),
     }
+}
+
+/// Opens the configured KEK backend. Never falls back to another backend.
+async fn open_kek(config: &NodeConfig, store: &Arc<dyn Store>) -> anyhow::Result<Arc<dyn Kek>> {
+    match &config.kek {
+        KekConfig::File { path } => {
+            if std::env::var_os("SYNOD_DEV").is_none() {
+                tracing::warn!(
+                    path = %path.display(),
+                    "THE KEK IS IN A FILE: a development setting. Anyone who copies this machine's disk can unseal \
+                     its secrets. Use backend = \"pkcs11\" or \"passphrase\" in production"
+                );
+            }
+            Ok(Arc::new(SoftKek::from_file(path)?))
+        }
+        KekConfig::Passphrase { env } => {
+            let passphrase = match std::env::var(env) {
+                Ok(p) if !p.is_empty() => zeroize::Zeroizing::new(p),
+                _ if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+                    zeroize::Zeroizing::new(rpassword::prompt_password("KEK passphrase: ")?)
+                }
+                _ => bail!("the KEK passphrase is missing: set {env} (or run the node on a terminal to be prompted)"),
+            };
+            let salt = crate::sealed::passphrase_salt(store.as_ref())?;
+            let kek = tokio::task::spawn_blocking(move || SoftKek::from_passphrase(&passphrase, &salt)).await??;
+            Ok(Arc::new(kek))
+        }
+        KekConfig::Pkcs11 { module, token_label, key_label, pin_env, pin_file } => {
+            let pin = match pin_file {
+                Some(path) => zeroize::Zeroizing::new(read_private_file(path)?.trim().to_string()),
+                None => zeroize::Zeroizing::new(std::env::var(pin_env).map_err(|_| {
+                    anyhow::anyhow!("the token PIN is missing: set {pin_env}, or pin_file in the [kek] section")
+                })?),
+            };
+            let cfg = Pkcs11Config {
+                module: module.clone(),
+                token_label: token_label.clone(),
+                key_label: key_label.clone(),
+                pin,
+            };
+            let kek = tokio::task::spawn_blocking(move || Pkcs11Kek::open(&cfg)).await??;
+            Ok(Arc::new(kek))
+        }
+    }
+}
+
+/// Reads a small secret file, refusing one that others can read.
+fn read_private_file(path: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!("{} is readable by other users; run chmod 600 {}", path.display(), path.display());
+    }
+    Ok(std::fs::read_to_string(path)?)
 }
 
 fn listen_error(field: &str, addr: SocketAddr, config: &Path) -> String {

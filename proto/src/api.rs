@@ -27,6 +27,8 @@ pub struct Health {
     pub last_applied_index: Option<u64>,
     pub cluster_id: Option<String>,
     pub version: String,
+    /// The KEK backend sealing this node's secrets: `file`, `passphrase` or `pkcs11`.
+    pub kek_backend: String,
 }
 
 /// One member as this node sees it.
@@ -71,6 +73,10 @@ pub struct Status {
     pub recent_rejections: Vec<Rejection>,
     /// Raft membership entries that named nodes outside the signed registry.
     pub unauthorized_membership_entries: u64,
+    /// The KEK backend, described without secrets.
+    pub kek: String,
+    /// This boot's random incarnation id.
+    pub incarnation: String,
 }
 
 /// The answer to a write: where it landed and what it did.

@@ -11,11 +11,14 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rand_chacha::ChaCha20Rng;
-use rand_core::SeedableRng;
+use rand_core::{RngCore, SeedableRng};
 use synod_node::config::RaftTuning;
+use synod_node::kek::soft::SoftKek;
+use synod_node::kek::Kek;
 use synod_node::node::{Node, NodeParts};
+use synod_node::sealed::SealedStore;
 use synod_node::seams::{Clock, Seams};
-use synod_node::store::MemoryStore;
+use synod_node::store::{MemoryStore, Store};
 use synod_proto::NodeId;
 
 use crate::net::{self, SharedNet, SimTransport};
@@ -91,9 +94,16 @@ pub async fn run_node(boot: Boot) -> turmoil::Result {
         clock: Arc::new(SimClock { now: boot.now.clone(), offset_ms: m.clock_offset_ms.clone() }),
         rng: Arc::new(Mutex::new(rng)),
     };
+    // The machine's KEK: derived from the seed and the machine, so it survives
+    // crashes and restarts like a real node's KEK.
+    let mut kek_bytes = zeroize::Zeroizing::new([0u8; 32]);
+    ChaCha20Rng::seed_from_u64(boot.seed ^ m.id.wrapping_mul(0x5eed_0b1e_c7ed)).fill_bytes(&mut *kek_bytes);
+    let kek: Arc<dyn Kek> = Arc::new(SoftKek::from_key_bytes(kek_bytes));
+    let store: Arc<dyn Store> = Arc::new(m.disk.clone());
     let parts = NodeParts {
         id: m.id,
-        store: Arc::new(m.disk.clone()),
+        store: store.clone(),
+        sealed: Arc::new(SealedStore::new(store, kek)),
         transport: Arc::new(SimTransport { id: m.id, net: boot.net.clone() }),
         seams,
         tuning: boot.tuning.clone(),

@@ -78,6 +78,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: BTreeMap<u64, NodeProc>,
     pub options: Options,
+    /// Extra environment for a node's process (e.g. SOFTHSM2_CONF and a PIN).
+    pub node_env: BTreeMap<u64, Vec<(String, String)>>,
 }
 
 fn free_tcp() -> String {
@@ -114,6 +116,34 @@ pub fn ok(output: &Output) -> String {
 pub fn fails(output: &Output) -> String {
     assert!(!output.status.success(), "synod unexpectedly succeeded: {}", String::from_utf8_lossy(&output.stdout));
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Runs `synod node start --config CONFIG`, expecting it to refuse to start;
+/// returns its stderr. A node that starts anyway is killed after 30 s and the
+/// test fails, instead of hanging.
+pub fn node_start_fails(config: &Path, envs: &[(&str, String)]) -> String {
+    let mut cmd = Command::new(synod_bin());
+    cmd.args(["node", "start", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn node");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("the node started although it should have refused: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the node exited 0 although it should have refused");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Polls `f` until it returns Some or `timeout` passes (then panics with `what`).
@@ -162,7 +192,7 @@ impl Cluster {
         ok(&run_synod(&["ca", "init", "--dir", &p("ca")], &[]));
         ok(&run_synod(&["ca", "issue", "client", "--name", "tester", "--ca-dir", &p("ca"), "--out", &p("certs")], &[]));
         ok(&run_synod(&["operator", "keygen", "--out", &p("admin.pem")], &[]));
-        Cluster { dir, nodes: BTreeMap::new(), options }
+        Cluster { dir, nodes: BTreeMap::new(), options, node_env: BTreeMap::new() }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -179,6 +209,7 @@ impl Cluster {
         ));
         let node_dir = self.path(&format!("node-{id}"));
         std::fs::create_dir_all(&node_dir).unwrap();
+        ok(&run_synod(&["kek", "generate-file", "--out", &node_dir.join("kek.bin").display().to_string()], &[]));
         let (raft_addr, api_addr) = (free_udp(), free_tcp());
         let config = node_dir.join("node.toml");
         std::fs::write(
@@ -186,6 +217,7 @@ impl Cluster {
             format!(
                 "node_id = {id}\ndata_dir = \"data\"\nraft_listen = \"{raft_addr}\"\napi_listen = \"{api_addr}\"\n\
                  [tls]\nca_cert = \"{ca}/ca.crt\"\ncert = \"{certs}/node-{id}.crt\"\nkey = \"{certs}/node-{id}.key\"\n\
+                 [kek]\nbackend = \"file\"\npath = \"kek.bin\"\n\
                  [raft]\nheartbeat_ms = 150\nelection_timeout_min_ms = 800\nelection_timeout_max_ms = 1600\n\
                  snapshot_every_entries = {}\nlogs_kept_after_snapshot = {}\n",
                 self.options.snapshot_every_entries, self.options.logs_kept_after_snapshot
@@ -212,6 +244,9 @@ impl Cluster {
             .stderr(log);
         if let Some(f) = faults {
             cmd.env("SYNOD_FAULTS", f);
+        }
+        for (k, v) in self.node_env.get(&id).into_iter().flatten() {
+            cmd.env(k, v);
         }
         node.child = Some(cmd.spawn().expect("spawn node"));
     }

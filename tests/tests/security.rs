@@ -23,7 +23,7 @@ fn transport_node_from_another_ca_is_refused_and_logged() {
         &config,
         format!(
             "node_id = 4\ndata_dir = \"data\"\nraft_listen = \"127.0.0.1:0\"\napi_listen = \"127.0.0.1:1\"\n\
-             [tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+             [tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[kek]\nbackend = \"file\"\npath = \"kek.bin\"\n",
             p("ca/ca.crt"),
             p("certs/node-4.crt"),
             p("certs/node-4.key")
@@ -137,4 +137,42 @@ fn authority_unsigned_membership_change_committed_by_faulty_leader_is_refused_ev
     // The leader keeps reconciling from the registry: node 9 never becomes a member.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(cluster.voters(1), vec![1, 2, 3]);
+}
+
+#[test]
+fn api_malformed_and_oversized_requests_get_json_errors() {
+    // Garbage, a forged signature and an oversized body each get a JSON error
+    // saying what was wrong, and nothing is committed.
+    let cluster = Cluster::start(1);
+    let env: std::collections::BTreeMap<&str, String> = cluster.env(1).into_iter().collect();
+    let curl = |body_file: &std::path::Path| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "--cacert", &env["SYNOD_CACERT"]])
+            .args(["--cert", &env["SYNOD_CLIENT_CERT"], "--key", &env["SYNOD_CLIENT_KEY"]])
+            .args(["-H", "content-type: application/json", "--data-binary"])
+            .arg(format!("@{}", body_file.display()))
+            .arg(format!("{}/v1/commands", env["SYNOD_ADDR"]))
+            .output()
+            .expect("curl is installed by scripts/test");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.to_string(), serde_json::from_str::<serde_json::Value>(body).unwrap_or_default())
+    };
+    let body = cluster.path("body.json");
+    std::fs::write(&body, "{not json").unwrap();
+    let (code, json) = curl(&body);
+    assert_eq!(code, "400");
+    assert!(json["errors"][0].as_str().unwrap().contains("not a signed command"), "{json}");
+
+    let forged = serde_json::json!({"envelope": "{}", "author": "00".repeat(32), "signature": "00".repeat(64)});
+    std::fs::write(&body, forged.to_string()).unwrap();
+    let (code, json) = curl(&body);
+    assert_eq!(code, "400", "{json}");
+    assert!(!json["errors"][0].as_str().unwrap().is_empty());
+
+    std::fs::write(&body, vec![b' '; 300 * 1024]).unwrap();
+    let (code, json) = curl(&body);
+    assert_eq!(code, "413", "{json}");
+    assert!(json["errors"][0].as_str().unwrap().contains("limit"), "{json}");
+    assert_eq!(cluster.status(1).unwrap()["rejected_commands"], 0);
 }

@@ -24,8 +24,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::client::{self, ApiClient};
 use super::operator::{keygen, load_operator_key};
-use super::{ClientArgs, DevArgs, Output, OutputArgs};
-use crate::config::{LogFormat, NodeConfig, RaftTuning, TlsFiles};
+use super::{ClientArgs, DevArgs, DevHsm, Output, OutputArgs};
+use crate::config::{KekConfig, LogFormat, NodeConfig, RaftTuning, TlsFiles};
 use crate::pki::{self, Subject};
 
 /// How long to wait for the nodes to come up and elect a leader.
@@ -33,11 +33,17 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long nodes get to stop after SIGTERM before they are killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
+/// The PKCS#11 module of Debian's softhsm2 package.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
 /// `cluster.json`: what is running where.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ClusterFile {
     pub cluster_id: String,
     pub data_dir: PathBuf,
+    /// `none` (KEK files) or `softhsm` (one SoftHSM2 token per node).
+    #[serde(default)]
+    pub hsm: String,
     pub nodes: Vec<DevNode>,
 }
 
@@ -72,14 +78,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
         Err(_) => {
             println!("Creating a {}-node dev cluster in {}", args.nodes, data_dir.display());
-            create(&data_dir, args.nodes)?
+            create(&data_dir, args.nodes, args.hsm).await?
         }
     };
     let client_args = client_args(&data_dir, &cluster);
+    let softhsm_conf = (cluster.hsm == "softhsm").then(|| data_dir.join("softhsm/softhsm2.conf"));
 
     let mut children = BTreeMap::new();
     for node in &mut cluster.nodes {
-        let child = spawn_node(node)?;
+        let child = spawn_node(node, softhsm_conf.as_deref())?;
         node.pid = child.id();
         children.insert(node.id, child);
     }
@@ -108,19 +115,72 @@ fn free_udp_port() -> anyhow::Result<SocketAddr> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
 }
 
+/// Makes node `id`'s KEK: a 0600 file, or a SoftHSM2 token with a
+/// non-extractable key (all tokens share one SoftHSM2 configuration, since the
+/// library reads it once per process).
+async fn create_kek(data_dir: &Path, node_dir: &Path, id: NodeId, hsm: DevHsm) -> anyhow::Result<KekConfig> {
+    match hsm {
+        DevHsm::None => {
+            let path = node_dir.join("kek.bin");
+            crate::kek::soft::SoftKek::generate_file(&path)?;
+            Ok(KekConfig::File { path })
+        }
+        DevHsm::Softhsm => {
+            if !Path::new(SOFTHSM_MODULE).exists() {
+                bail!("--hsm softhsm needs SoftHSM2 ({SOFTHSM_MODULE}); install it with: apt-get install softhsm2");
+            }
+            let hsm_dir = data_dir.join("softhsm");
+            let label = format!("synod-node-{id}");
+            let mut pin_bytes = [0u8; 12];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut pin_bytes);
+            let pin = hex::encode(pin_bytes);
+            let so_pin = hex::encode(&pin_bytes[..6]);
+            let conf = crate::kek::pkcs11::init_softhsm_token(&hsm_dir, &label, &so_pin, &pin)?;
+            let pin_file = node_dir.join("pkcs11.pin");
+            write_private(&pin_file, &pin)?;
+            let status = Command::new(std::env::current_exe()?)
+                .args(["kek", "pkcs11-keygen", "--module", SOFTHSM_MODULE, "--token-label", &label, "--pin-file"])
+                .arg(&pin_file)
+                .env("SOFTHSM2_CONF", &conf)
+                .stdout(Stdio::null())
+                .status()
+                .await?;
+            if !status.success() {
+                bail!("could not create the KEK on SoftHSM2 token {label}");
+            }
+            Ok(KekConfig::Pkcs11 {
+                module: SOFTHSM_MODULE.into(),
+                token_label: label,
+                key_label: "synod-kek".into(),
+                pin_env: "SYNOD_PKCS11_PIN".into(),
+                pin_file: Some(pin_file),
+            })
+        }
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
 /// Generates the CA, certificates, keys and configs of a new dev cluster.
-fn create(data_dir: &Path, nodes: u64) -> anyhow::Result<ClusterFile> {
+async fn create(data_dir: &Path, nodes: u64, hsm: DevHsm) -> anyhow::Result<ClusterFile> {
     let ca_dir = data_dir.join("ca");
-    pki::ca_init(&ca_dir, "synod dev CA")?;
+    pki::ca_init(&ca_dir, "synod dev CA", None)?;
     let certs = data_dir.join("certs");
-    pki::issue(&ca_dir, &Subject::Client { name: "dev".into() }, &certs, 365)?;
+    pki::issue(&ca_dir, &Subject::Client { name: "dev".into() }, &certs, 365, None)?;
     keygen(&data_dir.join("admin.pem"))?;
     let mut id_bytes = [0u8; 8];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id_bytes);
     let cluster_id = format!("synod-dev-{}", hex::encode(id_bytes));
     let mut list = Vec::new();
     for id in 1..=nodes {
-        let issued = pki::issue(&ca_dir, &Subject::Node { id, sans: vec!["127.0.0.1".into()] }, &certs, 365)?;
+        let node_subject = Subject::Node { id, sans: vec!["127.0.0.1".into()] };
+        let issued = pki::issue(&ca_dir, &node_subject, &certs, 365, None)?;
         let node_dir = data_dir.join(format!("node-{id}"));
         std::fs::create_dir_all(&node_dir)?;
         let (raft, api) = (free_udp_port()?, free_tcp_port()?);
@@ -130,6 +190,7 @@ fn create(data_dir: &Path, nodes: u64) -> anyhow::Result<ClusterFile> {
             raft_listen: raft,
             api_listen: api,
             tls: TlsFiles { ca_cert: ca_dir.join("ca.crt"), cert: issued.cert_path, key: issued.key_path },
+            kek: create_kek(data_dir, &node_dir, id, hsm).await?,
             raft: RaftTuning::default(),
             cluster_id: Some(cluster_id.clone()),
             log_format: LogFormat::Text,
@@ -145,7 +206,11 @@ fn create(data_dir: &Path, nodes: u64) -> anyhow::Result<ClusterFile> {
             log: node_dir.join("node.log"),
         });
     }
-    Ok(ClusterFile { cluster_id, data_dir: data_dir.to_path_buf(), nodes: list })
+    let hsm = match hsm {
+        DevHsm::None => "none",
+        DevHsm::Softhsm => "softhsm",
+    };
+    Ok(ClusterFile { cluster_id, data_dir: data_dir.to_path_buf(), hsm: hsm.into(), nodes: list })
 }
 
 fn client_args(data_dir: &Path, cluster: &ClusterFile) -> ClientArgs {
@@ -160,12 +225,17 @@ fn client_args(data_dir: &Path, cluster: &ClusterFile) -> ClientArgs {
     }
 }
 
-fn spawn_node(node: &DevNode) -> anyhow::Result<Child> {
+fn spawn_node(node: &DevNode, softhsm_conf: Option<&Path>) -> anyhow::Result<Child> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
     let exe = std::env::current_exe()?;
-    Command::new(exe)
-        .args(["node", "start", "--config"])
+    let mut cmd = Command::new(exe);
+    if let Some(conf) = softhsm_conf {
+        cmd.env("SOFTHSM2_CONF", conf);
+    }
+    cmd.args(["node", "start", "--config"])
         .arg(&node.config)
+        // Tells the node it runs under `synod dev`, where a KEK file is expected.
+        .env("SYNOD_DEV", "1")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -32,6 +32,9 @@ pub enum Top {
     /// Manage the cluster's certificate authority and node/client certificates.
     #[command(subcommand)]
     Ca(CaCmd),
+    /// Create key-encryption keys: a KEK file, or a key inside a PKCS#11 token.
+    #[command(subcommand)]
+    Kek(KekCmd),
     /// Manage operator signing keys (the keys that authorise every change).
     #[command(subcommand)]
     Operator(OperatorCmd),
@@ -79,6 +82,17 @@ pub struct DevArgs {
     /// Keep the cluster's files here (reused on the next run); a temporary directory otherwise.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Where each node's key-encryption key lives: a 0600 file, or its own SoftHSM2 token.
+    #[arg(long, value_enum, default_value_t = DevHsm::None)]
+    pub hsm: DevHsm,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DevHsm {
+    /// A KEK file per node (mode 0600).
+    None,
+    /// A SoftHSM2 token per node (needs the Debian package softhsm2).
+    Softhsm,
 }
 
 #[derive(Subcommand, Debug)]
@@ -90,6 +104,9 @@ pub enum CaCmd {
         /// Common name of the CA certificate.
         #[arg(long, default_value = "synod cluster CA")]
         name: String,
+        /// Protect ca.key with a passphrase (from SYNOD_CA_PASSPHRASE, or asked twice on the terminal).
+        #[arg(long)]
+        protect: bool,
     },
     /// Issue a certificate signed by the CA.
     #[command(subcommand)]
@@ -124,6 +141,28 @@ pub enum IssueCmd {
         out: PathBuf,
         #[arg(long, default_value_t = 365)]
         days: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KekCmd {
+    /// Write a new random 256-bit KEK to a file (mode 0600). For development only.
+    GenerateFile {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Create a non-extractable AES-256 KEK inside a PKCS#11 token.
+    Pkcs11Keygen {
+        /// The PKCS#11 module, e.g. /usr/lib/softhsm/libsofthsm2.so.
+        #[arg(long)]
+        module: PathBuf,
+        #[arg(long)]
+        token_label: String,
+        #[arg(long, default_value = "synod-kek")]
+        key_label: String,
+        /// A file holding the user PIN (mode 0600); otherwise SYNOD_PKCS11_PIN.
+        #[arg(long)]
+        pin_file: Option<PathBuf>,
     },
 }
 
@@ -260,6 +299,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Top::Dev(args) => dev::run(args).await,
         Top::Ca(cmd) => operator::ca(cmd),
         Top::Operator(cmd) => operator::operator(cmd),
+        Top::Kek(cmd) => operator::kek(cmd),
         Top::Cluster(cmd) => client::cluster(cmd).await,
         Top::Status(args) => client::status(&args).await,
         Top::Health(args) => client::health(&args).await,

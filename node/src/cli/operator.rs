@@ -9,29 +9,68 @@ use anyhow::Context;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::SigningKey;
 use synod_proto::OperatorKey;
+use zeroize::Zeroizing;
 
-use super::{CaCmd, IssueCmd, OperatorCmd, Output};
+use super::{CaCmd, IssueCmd, KekCmd, OperatorCmd, Output};
 use crate::pki::{self, Subject};
 
 /// Runs `synod ca ...`.
 pub fn ca(cmd: CaCmd) -> anyhow::Result<()> {
     match cmd {
-        CaCmd::Init { dir, name } => {
-            let info = pki::ca_init(&dir, &name)?;
+        CaCmd::Init { dir, name, protect } => {
+            let passphrase = if protect { Some(ca_passphrase(true)?) } else { None };
+            let info = pki::ca_init(&dir, &name, passphrase.as_deref().map(String::as_str))?;
             println!("CA certificate: {}", info.cert_path.display());
             println!("CA key:         {} (keep it offline; it can mint node certificates)", info.key_path.display());
             println!("fingerprint:    {}", info.fingerprint_sha256);
         }
         CaCmd::Issue(IssueCmd::Node { id, sans, ca_dir, out, days }) => {
-            let issued = pki::issue(&ca_dir, &Subject::Node { id, sans }, &out, days)?;
+            let passphrase = passphrase_if_protected(&ca_dir)?;
+            let issued = pki::issue(
+                &ca_dir,
+                &Subject::Node { id, sans },
+                &out,
+                days,
+                passphrase.as_deref().map(String::as_str),
+            )?;
             println!("certificate: {}\nkey:         {}", issued.cert_path.display(), issued.key_path.display());
         }
         CaCmd::Issue(IssueCmd::Client { name, ca_dir, out, days }) => {
-            let issued = pki::issue(&ca_dir, &Subject::Client { name }, &out, days)?;
+            let passphrase = passphrase_if_protected(&ca_dir)?;
+            let issued =
+                pki::issue(&ca_dir, &Subject::Client { name }, &out, days, passphrase.as_deref().map(String::as_str))?;
             println!("certificate: {}\nkey:         {}", issued.cert_path.display(), issued.key_path.display());
         }
     }
     Ok(())
+}
+
+/// The CA passphrase from `SYNOD_CA_PASSPHRASE`, or asked on the terminal
+/// (twice when it is being chosen).
+fn ca_passphrase(choosing: bool) -> anyhow::Result<Zeroizing<String>> {
+    if let Ok(p) = std::env::var("SYNOD_CA_PASSPHRASE") {
+        if !p.is_empty() {
+            return Ok(Zeroizing::new(p));
+        }
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        anyhow::bail!("the CA passphrase is needed: set SYNOD_CA_PASSPHRASE or run on a terminal");
+    }
+    let first = Zeroizing::new(rpassword::prompt_password("CA key passphrase: ")?);
+    if choosing {
+        if first.len() < 12 {
+            anyhow::bail!("choose a passphrase of at least 12 characters");
+        }
+        let second = Zeroizing::new(rpassword::prompt_password("Repeat the passphrase: ")?);
+        if first != second {
+            anyhow::bail!("the passphrases differ; nothing was written");
+        }
+    }
+    Ok(first)
+}
+
+fn passphrase_if_protected(ca_dir: &Path) -> anyhow::Result<Option<Zeroizing<String>>> {
+    Ok(if pki::ca_key_is_protected(ca_dir)? { Some(ca_passphrase(false)?) } else { None })
 }
 
 /// Runs `synod operator ...`.
@@ -48,10 +87,41 @@ pub fn operator(cmd: OperatorCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `synod kek ...`.
+pub fn kek(cmd: KekCmd) -> anyhow::Result<()> {
+    match cmd {
+        KekCmd::GenerateFile { out } => {
+            crate::kek::soft::SoftKek::generate_file(&out)?;
+            println!("wrote a new KEK to {} (mode 0600); a development setting", out.display());
+        }
+        KekCmd::Pkcs11Keygen { module, token_label, key_label, pin_file } => {
+            let pin = match pin_file {
+                Some(path) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read PIN file {}", path.display()))?
+                    .trim()
+                    .to_string(),
+                None => std::env::var("SYNOD_PKCS11_PIN")
+                    .map_err(|_| anyhow::anyhow!("set SYNOD_PKCS11_PIN or --pin-file to the token's user PIN"))?,
+            };
+            let cfg = crate::kek::pkcs11::Pkcs11Config {
+                module,
+                token_label: token_label.clone(),
+                key_label: key_label.clone(),
+                pin: zeroize::Zeroizing::new(pin),
+            };
+            crate::kek::pkcs11::Pkcs11Kek::generate_key(&cfg)?;
+            println!("created non-extractable AES-256 key {key_label:?} on token {token_label:?}");
+        }
+    }
+    Ok(())
+}
+
 /// Writes a new operator key to `path` (never overwriting) and returns it.
 pub fn keygen(path: &Path) -> anyhow::Result<SigningKey> {
     let key = SigningKey::generate(&mut rand_core::OsRng);
-    let pem = key.to_pkcs8_pem(Default::default()).context("encoding the operator key")?;
+    let der = key.to_pkcs8_der().context("encoding the operator key")?;
+    // PKCS#8 v1 so that OpenSSL and ssh tooling read it too.
+    let pem = pki::pkcs8_pem_v1(der.as_bytes())?;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
