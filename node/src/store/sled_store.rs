@@ -390,7 +390,17 @@ mod tests {
 
     use super::*;
 
+    /// Opens the store, waiting briefly when a just-dropped store in this process
+    /// still holds the directory lock: sled releases it from a background thread
+    /// after the last handle is gone, so an immediate reopen can race it. (A new
+    /// process, as in a node restart, never sees this.)
     fn open(path: &Path) -> SledStore {
+        for _ in 0..100 {
+            match SledStore::open(path) {
+                Err(StoreError::Locked { .. }) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                other => return other.expect("open the sled store"),
+            }
+        }
         SledStore::open(path).expect("open the sled store")
     }
 
