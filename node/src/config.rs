@@ -97,10 +97,13 @@ pub struct RaftTuning {
 
 impl Default for RaftTuning {
     fn default() -> Self {
+        // openraft draws each node's election timeout once per boot and checks it on
+        // a tick of 1.5 heartbeats, so the range spans many ticks (here ~10) to keep
+        // candidates from colliding term after term.
         RaftTuning {
-            heartbeat_ms: 200,
+            heartbeat_ms: 100,
             election_timeout_min_ms: 1000,
-            election_timeout_max_ms: 2000,
+            election_timeout_max_ms: 2500,
             snapshot_every_entries: 2000,
             logs_kept_after_snapshot: 500,
         }
@@ -215,7 +218,7 @@ path = "kek.bin"
         let dir = tempfile::tempdir().unwrap();
         let config = NodeConfig::load(&write(dir.path(), GOOD)).unwrap();
         assert_eq!(config.data_dir, dir.path().join("data"));
-        assert_eq!(config.raft.heartbeat_ms, 200);
+        assert_eq!(config.raft.heartbeat_ms, 100);
         assert!(matches!(config.kek, KekConfig::File { ref path } if *path == dir.path().join("kek.bin")));
     }
 

@@ -52,6 +52,29 @@ pub struct Node {
     seams: Seams,
     /// Random per boot; later issues tag nonces with it so none survive a restart.
     pub incarnation: String,
+    /// Set while this node started on an empty disk and has not yet caught up.
+    catch_up: std::sync::Mutex<CatchUp>,
+}
+
+/// Where a node that started on an empty disk stands.
+///
+/// Raft assumes a node never loses its vote or acknowledged entries. A node
+/// whose disk was wiped or replaced looks exactly like a new one, so until it
+/// has caught up with the log a leader sent it, it grants no vote: otherwise it
+/// could vote twice in a term, or for a candidate that lacks entries it had
+/// acknowledged (the simulator found committed entries lost that way). The one
+/// vote it may grant is in the bootstrap election of a new cluster, whose
+/// candidate holds only the initial membership (log index 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CatchUp {
+    /// The node's disk held Raft state when it started.
+    NotNeeded,
+    /// Empty disk; no leader has told it the commit index yet.
+    AwaitingLeader,
+    /// Empty disk; caught up once it has applied this index.
+    Until(u64),
+    /// Caught up.
+    Done,
 }
 
 impl Node {
@@ -72,7 +95,14 @@ impl Node {
         };
         let config = Arc::new(config.validate()?);
         let (state_machine, shared) = StateMachine::open(parts.store.clone())?;
-        let log_store = LogStore::new(parts.store.clone());
+        let mut log_store = LogStore::new(parts.store.clone());
+        let empty_disk = {
+            use openraft::storage::RaftLogStorage;
+            let vote = log_store.read_vote().await?;
+            let log = log_store.get_log_state().await?;
+            vote.is_none() && log.last_log_id.is_none() && shared.read().last_applied.is_none()
+        };
+        let catch_up = if empty_disk { CatchUp::AwaitingLeader } else { CatchUp::NotNeeded };
         let network = Network::new(parts.transport.clone());
         let raft = Raft::new(parts.id, config, network, log_store, state_machine).await?;
         let incarnation = parts.seams.random_id();
@@ -84,6 +114,7 @@ impl Node {
             sealed: parts.sealed,
             seams: parts.seams,
             incarnation,
+            catch_up: std::sync::Mutex::new(catch_up),
         });
         tokio::spawn(reconcile_membership(Arc::downgrade(&node)));
         Ok(node)
@@ -301,6 +332,36 @@ impl Node {
         bootstrap || membership.nodes().any(|(id, _)| *id == peer)
     }
 
+    /// Records the commit index a leader sent to a node that started on an empty disk.
+    fn note_leader_commit(&self, commit_index: Option<u64>) {
+        let mut catch_up = self.catch_up.lock().expect("catch-up lock");
+        if *catch_up == CatchUp::AwaitingLeader {
+            *catch_up = CatchUp::Until(commit_index.unwrap_or(0));
+        }
+    }
+
+    /// A refusal when this node started on an empty disk and has not caught up
+    /// (see [`CatchUp`]); `None` when Raft may decide the vote.
+    fn refuse_vote(
+        &self,
+        request: &openraft::raft::VoteRequest<NodeId>,
+    ) -> Option<openraft::raft::VoteResponse<NodeId>> {
+        let mut catch_up = self.catch_up.lock().expect("catch-up lock");
+        let metrics = self.raft.metrics().borrow().clone();
+        if let CatchUp::Until(target) = *catch_up {
+            if metrics.last_applied.is_some_and(|l| l.index >= target) {
+                tracing::info!(target, "caught up after starting on an empty disk; voting again");
+                *catch_up = CatchUp::Done;
+            }
+        }
+        let bootstrap = request.last_log_id.is_none_or(|l| l.index == 0);
+        if matches!(*catch_up, CatchUp::NotNeeded | CatchUp::Done) || bootstrap {
+            return None;
+        }
+        tracing::info!(candidate = %request.vote, state = ?*catch_up, "refusing a vote: started on an empty disk and not caught up yet");
+        Some(openraft::raft::VoteResponse { vote: metrics.vote, vote_granted: false, last_log_id: None })
+    }
+
     /// Stops Raft.
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
@@ -325,9 +386,16 @@ impl PeerHandler for NodeHandler {
         let node = self.0.clone();
         async move {
             match request {
-                PeerRequest::AppendEntries(rpc) => PeerResponse::AppendEntries(node.raft.append_entries(rpc).await),
-                PeerRequest::Vote(rpc) => PeerResponse::Vote(node.raft.vote(rpc).await),
+                PeerRequest::AppendEntries(rpc) => {
+                    node.note_leader_commit(rpc.leader_commit.map(|l| l.index));
+                    PeerResponse::AppendEntries(node.raft.append_entries(rpc).await)
+                }
+                PeerRequest::Vote(rpc) => match node.refuse_vote(&rpc) {
+                    Some(refusal) => PeerResponse::Vote(Ok(refusal)),
+                    None => PeerResponse::Vote(node.raft.vote(rpc).await),
+                },
                 PeerRequest::InstallSnapshot(rpc) => {
+                    node.note_leader_commit(rpc.meta.last_log_id.map(|l| l.index));
                     PeerResponse::InstallSnapshot(node.raft.install_snapshot(rpc).await)
                 }
                 PeerRequest::Ping => {

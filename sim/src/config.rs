@@ -176,9 +176,13 @@ impl SimConfig {
             plants: Vec::new(),
             skip_faults: BTreeSet::new(),
             tuning: RaftTuning {
-                heartbeat_ms: 100,
+                // openraft checks the election timeout on a tick of 1.5 heartbeats and
+                // draws each node's timeout once per boot, so the range must span many
+                // ticks; with 500–1000 ms on a 150 ms tick three candidates kept
+                // colliding in every term (split votes until the liveness bound).
+                heartbeat_ms: 50,
                 election_timeout_min_ms: 500,
-                election_timeout_max_ms: 1_000,
+                election_timeout_max_ms: 1_500,
                 // Small, so that snapshots, purges and snapshot installs happen in every run.
                 snapshot_every_entries: 100,
                 logs_kept_after_snapshot: 20,

@@ -194,7 +194,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Op::Put { tree: Tree::Meta, key: PURGED_KEY.to_vec(), value: json(&log_id) },
             Op::RemoveRange { tree: Tree::Log, from: index_key(0), to_exclusive: Some(index_key(log_id.index + 1)) },
         ];
-        self.write(ops, Durability::Buffered).await.map_err(|e| StorageIOError::write_logs(&e).into())
+        // Synced: after a follower installs a snapshot its log starts past a gap,
+        // and only the purged marker explains the gap. Losing it while later
+        // (synced) entries survive would make openraft read the log from index 0.
+        self.write(ops, Durability::Sync).await.map_err(|e| StorageIOError::write_logs(&e).into())
     }
 }
 
