@@ -10,22 +10,17 @@ use synod_node::config::RaftTuning;
 pub enum Profile {
     /// No faults at all: a baseline that must always pass and converge quickly.
     Quiet,
-    /// Every fault kind switched on, except restarts on an empty disk (see
-    /// `ChaosWipe` and sim/README.md: a wiped node that rejoins under its old id
-    /// currently stops its Raft, a node bug the signing issue's rejoin work fixes).
+    /// Every fault kind switched on, restarts on an empty disk included.
     Chaos,
-    /// `Chaos` plus restarts on an empty disk.
-    ChaosWipe,
 }
 
 impl Profile {
-    pub const ALL: [Profile; 3] = [Profile::Quiet, Profile::Chaos, Profile::ChaosWipe];
+    pub const ALL: [Profile; 2] = [Profile::Quiet, Profile::Chaos];
 
     pub fn name(self) -> &'static str {
         match self {
             Profile::Quiet => "quiet",
             Profile::Chaos => "chaos",
-            Profile::ChaosWipe => "chaos-wipe",
         }
     }
 
@@ -41,7 +36,6 @@ impl Profile {
         match self {
             Profile::Quiet => FaultPlan::none(),
             Profile::Chaos => FaultPlan::chaos(),
-            Profile::ChaosWipe => FaultPlan { wipes: 1, ..FaultPlan::chaos() },
         }
     }
 }
@@ -131,7 +125,7 @@ impl FaultPlan {
             partitions: 3,
             one_way_partitions: 2,
             crashes: 3,
-            wipes: 0,
+            wipes: 1,
             clock_skews: 2,
             clock_jumps: 2,
             clock_skew_ms_max: 10_000,
