@@ -117,6 +117,7 @@ impl Node {
             catch_up: std::sync::Mutex::new(catch_up),
         });
         tokio::spawn(reconcile_membership(Arc::downgrade(&node)));
+        tokio::spawn(break_election_ties(Arc::downgrade(&node), parts.tuning.clone()));
         Ok(node)
     }
 
@@ -408,6 +409,47 @@ impl PeerHandler for NodeHandler {
             }
         }
         .boxed()
+    }
+}
+
+/// How many terms in a row a node may stand as candidate before it pauses.
+const CANDIDATE_TERMS_MAX: u64 = 3;
+
+/// Breaks election ties that would otherwise repeat forever. openraft 0.9 draws
+/// a node's election timeout once per boot and checks it on a coarse tick, so
+/// two candidates with the same timeout and phase split the vote term after
+/// term (the simulator found it once in 1,000 chaos seeds, with a node that
+/// started on an empty disk withholding its vote). A node that has stood as
+/// candidate for several terms without a leader pauses its own elections for
+/// a random fraction of the election timeout (from the node's RNG seam), which
+/// shifts its phase.
+async fn break_election_ties(node: std::sync::Weak<Node>, tuning: RaftTuning) {
+    let mut streak_start: Option<u64> = None;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(tuning.heartbeat_ms)).await;
+        let Some(node) = node.upgrade() else { return };
+        let m = node.raft.metrics().borrow().clone();
+        if m.state != ServerState::Candidate || m.current_leader.is_some() {
+            streak_start = None;
+            continue;
+        }
+        let start = *streak_start.get_or_insert(m.current_term);
+        if m.current_term.saturating_sub(start) < CANDIDATE_TERMS_MAX {
+            continue;
+        }
+        streak_start = None;
+        let pause_ms = {
+            let mut rng = node.seams.rng.lock().expect("rng lock");
+            rand_core::RngCore::next_u64(&mut *rng) % tuning.election_timeout_max_ms
+        };
+        tracing::info!(
+            term = m.current_term,
+            pause_ms,
+            "split votes for several terms; pausing elections to break the tie"
+        );
+        node.raft.runtime_config().elect(false);
+        tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+        node.raft.runtime_config().elect(true);
     }
 }
 
