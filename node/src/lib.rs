@@ -8,6 +8,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod faults;
+pub mod files;
 pub mod kek;
 pub mod node;
 pub mod pki;

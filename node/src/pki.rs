@@ -15,10 +15,10 @@
 //! zeroizing buffers while they pass through this module.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions, Permissions};
-use std::io::{self, Read, Write};
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -868,26 +868,15 @@ fn create_dir(dir: &Path) -> Result<(), PkiError> {
         .map_err(|source| PkiError::CreateDir { path: dir.to_path_buf(), source })
 }
 
-/// Writes a file that must not exist yet, with exactly `mode` whatever the umask.
+/// Writes a file that must not exist yet (see [`crate::files::write_new`]).
 fn write_new(path: &Path, kind: FileKind, contents: &[u8], mode: u32) -> Result<(), PkiError> {
-    let write_error = |source| PkiError::Write { kind, path: path.to_path_buf(), source };
-    let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|source| {
+    crate::files::write_new(path, contents, mode).map_err(|source| {
         if source.kind() == io::ErrorKind::AlreadyExists {
             PkiError::FileExists { kind, path: path.to_path_buf() }
         } else {
-            write_error(source)
+            PkiError::Write { kind, path: path.to_path_buf(), source }
         }
-    })?;
-    let written = file
-        .set_permissions(Permissions::from_mode(mode))
-        .and_then(|()| file.write_all(contents))
-        .and_then(|()| file.sync_all());
-    if let Err(source) = written {
-        drop(file);
-        let _ = fs::remove_file(path);
-        return Err(write_error(source));
-    }
-    Ok(())
+    })
 }
 
 fn unix_now_secs() -> u64 {
@@ -904,6 +893,8 @@ fn set_validity(params: &mut CertificateParams, not_before_secs: u64, not_after_
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
     use std::net::Ipv4Addr;
     use tempfile::TempDir;

@@ -137,7 +137,8 @@ async fn create_kek(data_dir: &Path, node_dir: &Path, id: NodeId, hsm: DevHsm) -
             let so_pin = hex::encode(&pin_bytes[..6]);
             let conf = crate::kek::pkcs11::init_softhsm_token(&hsm_dir, &label, &so_pin, &pin)?;
             let pin_file = node_dir.join("pkcs11.pin");
-            write_private(&pin_file, &pin)?;
+            crate::files::write_new(&pin_file, pin.as_bytes(), crate::files::PRIVATE_MODE)
+                .with_context(|| format!("cannot write the PIN file {}", pin_file.display()))?;
             let status = Command::new(std::env::current_exe()?)
                 .args(["kek", "pkcs11-keygen", "--module", SOFTHSM_MODULE, "--token-label", &label, "--pin-file"])
                 .arg(&pin_file)
@@ -157,14 +158,6 @@ async fn create_kek(data_dir: &Path, node_dir: &Path, id: NodeId, hsm: DevHsm) -
             })
         }
     }
-}
-
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    file.write_all(text.as_bytes())?;
-    Ok(())
 }
 
 /// Generates the CA, certificates, keys and configs of a new dev cluster.

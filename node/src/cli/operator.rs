@@ -1,8 +1,6 @@
 //! Offline commands: the CA (`synod ca ...`) and operator keys (`synod operator ...`).
 //! They touch only local files and never talk to a node.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::Context;
@@ -122,14 +120,8 @@ pub fn keygen(path: &Path) -> anyhow::Result<SigningKey> {
     let der = key.to_pkcs8_der().context("encoding the operator key")?;
     // PKCS#8 v1 so that OpenSSL and ssh tooling read it too.
     let pem = pki::pkcs8_pem_v1(der.as_bytes())?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
+    crate::files::write_new(path, pem.as_bytes(), crate::files::PRIVATE_MODE)
         .with_context(|| format!("cannot create operator key file {} (it must not exist yet)", path.display()))?;
-    file.write_all(pem.as_bytes())?;
-    file.sync_all()?;
     Ok(key)
 }
 

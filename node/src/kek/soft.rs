@@ -14,9 +14,9 @@
 //! once per node start.
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::File;
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -87,21 +87,13 @@ impl SoftKek {
         rand_core::OsRng.try_fill_bytes(&mut *key).map_err(|e| KekError::Random { detail: e.to_string() })?;
         let mut text = Zeroizing::new(hex::encode(*key));
         text.push('\n');
-        let mut file = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                return Err(KekError::KeyFileExists { path: path.to_path_buf() });
+        crate::files::write_new(path, text.as_bytes(), crate::files::PRIVATE_MODE).map_err(|source| {
+            if source.kind() == ErrorKind::AlreadyExists {
+                KekError::KeyFileExists { path: path.to_path_buf() }
+            } else {
+                KekError::Io { action: "write the KEK file", path: path.to_path_buf(), source }
             }
-            Err(source) => {
-                return Err(KekError::Io { action: "create the KEK file", path: path.to_path_buf(), source })
-            }
-        };
-        let io = |action| move |source| KekError::Io { action, path: path.to_path_buf(), source };
-        file.write_all(text.as_bytes()).map_err(io("write the KEK file"))?;
-        file.sync_all().map_err(io("fsync the KEK file"))?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync the directory of the KEK file"))?;
-        }
+        })?;
         Ok(SoftKek { key, backend: Backend::File, origin: format!("key file {}", path.display()) })
     }
 
