@@ -187,7 +187,10 @@ async fn open_kek(config: &NodeConfig, store: &Arc<dyn Store>) -> anyhow::Result
         }
         KekConfig::Pkcs11 { module, token_label, key_label, pin_env, pin_file } => {
             let pin = match pin_file {
-                Some(path) => zeroize::Zeroizing::new(read_private_file(path)?.trim().to_string()),
+                Some(path) => {
+                    let text = read_private_file(path)?;
+                    zeroize::Zeroizing::new(text.trim().to_string())
+                }
                 None => zeroize::Zeroizing::new(std::env::var(pin_env).map_err(|_| {
                     anyhow::anyhow!("the token PIN is missing: set {pin_env}, or pin_file in the [kek] section")
                 })?),
@@ -205,13 +208,13 @@ async fn open_kek(config: &NodeConfig, store: &Arc<dyn Store>) -> anyhow::Result
 }
 
 /// Reads a small secret file, refusing one that others can read.
-fn read_private_file(path: &Path) -> anyhow::Result<String> {
+fn read_private_file(path: &Path) -> anyhow::Result<zeroize::Zeroizing<String>> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if meta.permissions().mode() & 0o077 != 0 {
         bail!("{} is readable by other users; run chmod 600 {}", path.display(), path.display());
     }
-    Ok(std::fs::read_to_string(path)?)
+    Ok(zeroize::Zeroizing::new(std::fs::read_to_string(path)?))
 }
 
 fn listen_error(field: &str, addr: SocketAddr, config: &Path) -> String {

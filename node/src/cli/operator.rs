@@ -94,10 +94,13 @@ pub fn kek(cmd: KekCmd) -> anyhow::Result<()> {
         }
         KekCmd::Pkcs11Keygen { module, token_label, key_label, pin_file } => {
             let pin = match pin_file {
-                Some(path) => std::fs::read_to_string(&path)
-                    .with_context(|| format!("cannot read PIN file {}", path.display()))?
-                    .trim()
-                    .to_string(),
+                Some(path) => {
+                    let text = Zeroizing::new(
+                        std::fs::read_to_string(&path)
+                            .with_context(|| format!("cannot read PIN file {}", path.display()))?,
+                    );
+                    text.trim().to_string()
+                }
                 None => std::env::var("SYNOD_PKCS11_PIN")
                     .map_err(|_| anyhow::anyhow!("set SYNOD_PKCS11_PIN or --pin-file to the token's user PIN"))?,
             };
