@@ -18,7 +18,7 @@ use axum::{Extension, Json, Router};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
-use synod_proto::api::{ApiError, ErrorBody, KvList};
+use synod_proto::api::{ApiError, ErrorBody, ImportShare, KeyList, KvList, RequestInfo};
 use synod_proto::SignedCommand;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -89,6 +89,11 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/sys/metrics", get(metrics))
         .route("/v1/sys/init", post(init))
         .route("/v1/commands", post(write))
+        .route("/v1/keys", get(keys_list).post(keys_create))
+        .route("/v1/keys/{name}", get(keys_get))
+        .route("/v1/keys/{name}/share", post(keys_share))
+        .route("/v1/sign", post(sign))
+        .route("/v1/requests/{id}", get(request_get))
         .route("/v1/kv", get(kv_list))
         .route("/v1/kv/{*key}", get(kv_get))
         .fallback(|| async { Failure(ApiError::new(404, "no such endpoint; see `synod --help` for the API")) })
@@ -171,6 +176,106 @@ async fn kv_list(State(node): State<Arc<Node>>, Extension(caller): Extension<Cal
     require_client(&caller)?;
     let keys = node.state().read().state.kv.iter().map(|(k, r)| (k.clone(), r.version)).collect();
     Ok(Json(KvList { keys }).into_response())
+}
+
+/// How long `POST /v1/sign` waits for the signature by default, and at most.
+const SIGN_WAIT_MS_DEFAULT: u64 = 30_000;
+const SIGN_WAIT_MS_MAX: u64 = 120_000;
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    /// How long to wait for a pending request, in ms.
+    wait_ms: Option<u64>,
+}
+
+impl WaitQuery {
+    fn wait(&self, default_ms: u64) -> Duration {
+        Duration::from_millis(self.wait_ms.unwrap_or(default_ms).min(SIGN_WAIT_MS_MAX))
+    }
+}
+
+async fn keys_create(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+    body: Body,
+) -> Result<Response, Failure> {
+    require_client(&caller)?;
+    let command = parse_command(body)?;
+    let result = node.create_key(command).await?;
+    let status = if result.outcome.is_applied() { StatusCode::OK } else { StatusCode::FORBIDDEN };
+    Ok((status, Json(result)).into_response())
+}
+
+async fn keys_list(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>) -> Result<Response, Failure> {
+    require_client(&caller)?;
+    let keys = node.state().read().state.keys.values().map(|k| k.info()).collect();
+    Ok(Json(KeyList { keys }).into_response())
+}
+
+/// A key by name (the live one), or by id (any, including aborted ones).
+async fn keys_get(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Response, Failure> {
+    require_client(&caller)?;
+    let applied = node.state().read();
+    let state = &applied.state;
+    let key = state.key_by_name(&name).or_else(|| state.keys.get(&name));
+    match key {
+        Some(key) => Ok(Json(key.info()).into_response()),
+        None => Err(Failure(ApiError::new(404, format!("no key named {name:?}; list keys with `synod key list`")))),
+    }
+}
+
+async fn keys_share(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+    Path(_name): Path<String>,
+    body: Body,
+) -> Result<Response, Failure> {
+    require_client(&caller)?;
+    let body = body.map_err(|e| Failure(ApiError::bad_request(format!("cannot read the request body: {e}"))))?;
+    let share: ImportShare = serde_json::from_slice(&body)
+        .map_err(|_| Failure(ApiError::bad_request("request body is not an import share; use `synod key import`")))?;
+    crate::dkg::import_share(&node, &share.key_id, &share.share).await?;
+    Ok(Json(serde_json::json!({ "node_id": node.id, "sealed": true })).into_response())
+}
+
+async fn sign(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<WaitQuery>,
+    body: Body,
+) -> Result<Response, Failure> {
+    require_client(&caller)?;
+    let command = parse_command(body)?;
+    let info = node.sign(command, q.wait(SIGN_WAIT_MS_DEFAULT)).await?;
+    request_response(info)
+}
+
+async fn request_get(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Result<Response, Failure> {
+    require_client(&caller)?;
+    let info = node.wait_request(&id, q.wait(0)).await?;
+    Ok(Json(info).into_response())
+}
+
+/// 200 with the signature, 202 while pending, 503 naming why it failed.
+fn request_response(info: RequestInfo) -> Result<Response, Failure> {
+    match info.status.as_str() {
+        "signed" => Ok(Json(info).into_response()),
+        "pending" => Ok((StatusCode::ACCEPTED, Json(info)).into_response()),
+        _ => Err(Failure(ApiError::unavailable(format!(
+            "request {} failed: {}",
+            info.request_id,
+            info.error.unwrap_or_default()
+        )))),
+    }
 }
 
 /// Serves the API on `listener` until `shutdown` turns true.

@@ -16,8 +16,29 @@ pub const SKIP_AUTHOR_CHECK: &str = "skip-author-check";
 /// simulator's "no acknowledged write lost" checker must catch it.
 pub const ACK_BEFORE_COMMIT: &str = "ack-before-commit";
 
+/// A signer that returns invalid signature shares (a lying peer). The
+/// coordinator must name it as the culprit and still sign without it.
+pub const CORRUPT_SHARES: &str = "corrupt-shares";
+
+/// A coordinator that waits 3 s between signing round 1 and round 2, once per
+/// process, so a test can kill the leader mid-signature.
+pub const PAUSE_BETWEEN_ROUNDS: &str = "pause-between-rounds";
+
 /// Every fault this crate knows, for validating names.
-pub const KNOWN: &[&str] = &[SKIP_AUTHOR_CHECK, ACK_BEFORE_COMMIT];
+pub const KNOWN: &[&str] = &[SKIP_AUTHOR_CHECK, ACK_BEFORE_COMMIT, CORRUPT_SHARES, PAUSE_BETWEEN_ROUNDS];
+
+/// The [`CORRUPT_SHARES`] signer: changes the share's scalar.
+pub fn corrupt_share(share: frost_ed25519::round2::SignatureShare) -> frost_ed25519::round2::SignatureShare {
+    if !enabled(CORRUPT_SHARES) {
+        return share;
+    }
+    let mut bytes = share.serialize();
+    // The scalar is the last 32 bytes, little-endian; changing its low half keeps it canonical.
+    let low = bytes.len() - 32;
+    bytes[low..low + 16].iter_mut().for_each(|b| *b ^= 0x5a);
+    tracing::warn!("fault corrupt-shares: sending an invalid signature share");
+    frost_ed25519::round2::SignatureShare::deserialize(&bytes).unwrap_or(share)
+}
 
 #[cfg(feature = "fault-injection")]
 static PROCESS_FAULTS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());

@@ -7,6 +7,8 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod coordinate;
+pub mod dkg;
 pub mod faults;
 pub mod files;
 pub mod kek;
@@ -16,6 +18,7 @@ pub mod raft;
 pub mod sealed;
 pub mod seams;
 pub mod server;
+pub mod signer;
 pub mod state;
 pub mod store;
 pub mod transport;

@@ -9,21 +9,28 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
-use synod_proto::api::{ApiError, Health, LeaderHint, MemberStatus, Status, WriteResponse};
+use synod_proto::api::{ApiError, Health, LeaderHint, MemberStatus, RequestInfo, Status, WriteResponse};
+use synod_proto::command::Authority;
 use synod_proto::rpc::{PeerRequest, PeerResponse};
 use synod_proto::{Command, LogEntry, NodeAddr, NodeId, SignedCommand};
 
 use crate::config::RaftTuning;
+use crate::coordinate::Coordination;
+use crate::dkg::Dkg;
 use crate::faults;
+use crate::pki::NodeIdentity;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::state_machine::{SharedState, StateMachine};
 use crate::raft::Raft;
 use crate::sealed::SealedStore;
 use crate::seams::Seams;
+use crate::signer::Signer;
 use crate::store::Store;
 use crate::transport::{PeerHandler, PeerTransport};
 
+/// How long a participant may take to answer the ping before a key generation.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a forwarded write may take at the leader.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often the leader reconciles Raft membership with the signed registry.
@@ -38,9 +45,16 @@ pub struct NodeParts {
     pub transport: Arc<dyn PeerTransport>,
     /// Secrets at rest, sealed under the node's KEK.
     pub sealed: Arc<SealedStore>,
+    /// The node's certificate and key, which sign the commands it authors.
+    pub identity: Arc<NodeIdentity>,
     pub seams: Seams,
     pub tuning: RaftTuning,
 }
+
+/// How long a node-authored command stays valid.
+const NODE_COMMAND_TTL_MS: u64 = 5 * 60 * 1000;
+/// How often the key and signing loop runs (DKG steps, coordination, nonce clean-up).
+const KEYS_TICK: Duration = Duration::from_millis(20);
 
 /// A running node.
 pub struct Node {
@@ -54,6 +68,10 @@ pub struct Node {
     pub incarnation: String,
     /// Set while this node started on an empty disk and has not yet caught up.
     catch_up: std::sync::Mutex<CatchUp>,
+    identity: Arc<NodeIdentity>,
+    signer: Signer,
+    dkg: Dkg,
+    coordination: Coordination,
 }
 
 /// Where a node that started on an empty disk stands.
@@ -106,6 +124,11 @@ impl Node {
         let network = Network::new(parts.transport.clone());
         let raft = Raft::new(parts.id, config, network, log_store, state_machine).await?;
         let incarnation = parts.seams.random_id();
+        if parts.identity.id != parts.id {
+            anyhow::bail!("the node certificate names node {}, but this is node {}", parts.identity.id, parts.id);
+        }
+        let signer =
+            Signer::new(parts.id, incarnation.clone(), shared.clone(), parts.sealed.clone(), parts.seams.rng.clone());
         let node = Arc::new(Node {
             id: parts.id,
             raft,
@@ -115,8 +138,13 @@ impl Node {
             seams: parts.seams,
             incarnation,
             catch_up: std::sync::Mutex::new(catch_up),
+            identity: parts.identity,
+            signer,
+            dkg: Dkg::default(),
+            coordination: Coordination::default(),
         });
         tokio::spawn(reconcile_membership(Arc::downgrade(&node)));
+        tokio::spawn(keys_and_signing(Arc::downgrade(&node)));
         tokio::spawn(break_election_ties(Arc::downgrade(&node), parts.tuning.clone()));
         Ok(node)
     }
@@ -124,6 +152,51 @@ impl Node {
     /// The applied state, for reads.
     pub fn state(&self) -> &SharedState {
         &self.shared
+    }
+
+    /// This node's clock (the seam), in ms since the epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.seams.clock.now_ms()
+    }
+
+    pub fn seams(&self) -> &Seams {
+        &self.seams
+    }
+
+    pub fn transport(&self) -> &Arc<dyn PeerTransport> {
+        &self.transport
+    }
+
+    pub fn sealed(&self) -> &Arc<SealedStore> {
+        &self.sealed
+    }
+
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
+    pub fn coordination(&self) -> &Coordination {
+        &self.coordination
+    }
+
+    /// Commits a command this node authors (DKG messages, signing outcomes),
+    /// signed with its certificate key.
+    pub async fn write_as_node(&self, command: Command) -> Result<WriteResponse, ApiError> {
+        let cluster_id = self.shared.read().state.cluster_id.clone();
+        let cluster_id = cluster_id.ok_or_else(|| ApiError::new(412, "the cluster is not initialised"))?;
+        let now = self.now_ms();
+        let envelope = synod_proto::Envelope {
+            cluster_id,
+            command_id: self.seams.random_id(),
+            issued_at_ms: now,
+            expires_at_ms: now + NODE_COMMAND_TTL_MS,
+            command,
+        };
+        let response = self.write(self.identity.sign(&envelope)).await?;
+        if let synod_proto::Outcome::Rejected { reason } = &response.outcome {
+            return Err(ApiError::new(409, reason.clone()));
+        }
+        Ok(response)
     }
 
     /// Commits a signed command through Raft from any node: the leader proposes
@@ -177,6 +250,71 @@ impl Node {
         }
     }
 
+    /// `POST /v1/keys`: commits a create-key or import-key command. A DKG needs
+    /// every participant up, so for a new key each one is pinged first and the
+    /// error names any that does not answer.
+    pub async fn create_key(&self, command: SignedCommand) -> Result<WriteResponse, ApiError> {
+        let envelope = command.verify().map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let participants = match &envelope.command {
+            Command::CreateKey { participants, .. } => participants.clone(),
+            Command::ImportKey { .. } => Vec::new(),
+            other => {
+                return Err(ApiError::bad_request(format!("expected create_key or import_key, got {}", other.kind())))
+            }
+        };
+        let members = self.shared.read().state.members.clone();
+        let pings = participants.iter().filter(|p| **p != self.id).map(|&p| {
+            let addr = members.get(&p).map(|a| a.raft_addr.clone());
+            async move {
+                let Some(addr) = addr else { return Some((p, "not a member".to_string())) };
+                match self.transport.call(p, addr, PeerRequest::Ping, PING_TIMEOUT).await {
+                    Ok(PeerResponse::Pong { .. }) => None,
+                    Ok(other) => Some((p, format!("answered {other:?}"))),
+                    Err(e) => Some((p, e.to_string())),
+                }
+            }
+        });
+        let down: Vec<(NodeId, String)> = futures::future::join_all(pings).await.into_iter().flatten().collect();
+        if !down.is_empty() {
+            let detail: Vec<String> = down.iter().map(|(n, why)| format!("node {n}: {why}")).collect();
+            return Err(ApiError::unavailable(format!(
+                "key generation needs all {} participants up; not reachable: {}. Start them, or name other \
+                 participants with --participants",
+                participants.len(),
+                detail.join("; ")
+            )));
+        }
+        self.write(command).await
+    }
+
+    /// `POST /v1/sign`: commits a sign request (or finds the same one already
+    /// committed) and waits up to `wait` for its outcome.
+    pub async fn sign(&self, command: SignedCommand, wait: Duration) -> Result<RequestInfo, ApiError> {
+        let envelope = command.verify().map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let Command::SignRequest { request_id, .. } = &envelope.command else {
+            return Err(ApiError::bad_request(format!("expected sign_request, got {}", envelope.command.kind())));
+        };
+        let response = self.write(command.clone()).await?;
+        if let synod_proto::Outcome::Rejected { reason } = response.outcome {
+            let status = if reason.contains("one request id, one message") { 409 } else { 403 };
+            return Err(ApiError::new(status, reason));
+        }
+        self.wait_request(request_id, wait).await
+    }
+
+    /// Waits up to `wait` for a request to leave `pending` on this node.
+    pub async fn wait_request(&self, request_id: &str, wait: Duration) -> Result<RequestInfo, ApiError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let info = self.shared.read().state.request_info(request_id);
+            let info = info.ok_or_else(|| ApiError::new(404, format!("no request {request_id} on this node")))?;
+            if info.status != "pending" || tokio::time::Instant::now() >= deadline {
+                return Ok(info);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The leader's own early check; every node checks again when applying.
     fn precheck(&self, command: &SignedCommand) -> Result<(), ApiError> {
         let envelope = command.verify().map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -192,10 +330,20 @@ impl Node {
             (Some(id), _) if *id != envelope.cluster_id => {
                 Err(ApiError::new(400, format!("command is for cluster {}, this is cluster {id}", envelope.cluster_id)))
             }
-            (Some(_), _) if !state.admins.contains(&command.author) => {
-                Err(ApiError::new(403, format!("operator {} is not an admin of this cluster", command.author)))
-            }
-            _ => Ok(()),
+            (Some(_), cmd) => match cmd.authority() {
+                Authority::Genesis => Ok(()),
+                Authority::Admin if !state.admins.contains(&command.author) => {
+                    Err(ApiError::new(403, format!("operator {} is not an admin of this cluster", command.author)))
+                }
+                Authority::Requester if !state.admins.contains(&command.author) => Err(ApiError::new(
+                    403,
+                    format!("operator {} may not request signatures in this cluster", command.author),
+                )),
+                Authority::Node(_) if command.certificate.is_none() => {
+                    Err(ApiError::bad_request("a node-authored command must carry the node's certificate"))
+                }
+                _ => Ok(()),
+            },
         }
     }
 
@@ -203,9 +351,15 @@ impl Node {
     /// node is uninitialised) and commits the genesis command.
     pub async fn init(&self, command: SignedCommand) -> Result<WriteResponse, ApiError> {
         let envelope = command.verify().map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let Command::Genesis { members, .. } = &envelope.command else {
+        let Command::Genesis { members, ca_certificate, .. } = &envelope.command else {
             return Err(ApiError::bad_request("init takes a genesis command"));
         };
+        let ca = hex::decode(ca_certificate).map_err(|_| ApiError::bad_request("the CA certificate is not hex"))?;
+        crate::pki::verify_node_certificate(&ca, &self.identity.cert_der, self.now_ms()).map_err(|e| {
+            ApiError::bad_request(format!(
+                "genesis names a CA that did not issue this node's certificate ({e}); pass the cluster's ca.crt"
+            ))
+        })?;
         let members = synod_proto::command::member_map(members);
         if let Some(id) = &self.shared.read().state.cluster_id {
             return Err(ApiError::new(409, format!("this node already belongs to cluster {id}")));
@@ -406,6 +560,17 @@ impl PeerHandler for NodeHandler {
                     tracing::debug!(from, "write forwarded by a follower");
                     PeerResponse::Forward(node.write_inner(command, false).await)
                 }
+                PeerRequest::DkgRound2 { key_id, package } => {
+                    PeerResponse::DkgRound2(node.dkg.receive_round2(&node, from, &key_id, &package))
+                }
+                PeerRequest::SignCommit { request_id, session_id } => {
+                    PeerResponse::SignCommit(node.signer.commit(&request_id, &session_id).await)
+                }
+                PeerRequest::SignShare { request_id, session_id, incarnation, signing_package } => {
+                    PeerResponse::SignShare(
+                        node.signer.share(&request_id, &session_id, &incarnation, &signing_package).await,
+                    )
+                }
             }
         }
         .boxed()
@@ -450,6 +615,28 @@ async fn break_election_ties(node: std::sync::Weak<Node>, tuning: RaftTuning) {
         node.raft.runtime_config().elect(false);
         tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
         node.raft.runtime_config().elect(true);
+    }
+}
+
+/// Drives keys and signing: this node's DKG steps, and on the leader a
+/// coordinator for every pending request, plus clean-up of finished requests'
+/// nonces. DKG steps wait for writes, so they run in their own loop.
+async fn keys_and_signing(weak: std::sync::Weak<Node>) {
+    let dkg_weak = weak.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(KEYS_TICK).await;
+            let Some(node) = dkg_weak.upgrade() else { return };
+            node.dkg.tick(&node).await;
+        }
+    });
+    loop {
+        tokio::time::sleep(KEYS_TICK).await;
+        let Some(node) = weak.upgrade() else { return };
+        node.signer.forget_finished();
+        if node.raft.metrics().borrow().state == ServerState::Leader {
+            node.coordination.start_pending(&node);
+        }
     }
 }
 

@@ -416,6 +416,118 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Result<PeerIdentity, PkiError> 
     parse_identity(common_name).map_err(not_synod)
 }
 
+/// A node's identity for the commands it authors (DKG messages, signing
+/// results): its certificate and that certificate's Ed25519 key. Every node
+/// checks such a command against the cluster CA named at genesis, so a leader
+/// cannot forge one.
+pub struct NodeIdentity {
+    /// The node id the certificate names.
+    pub id: u64,
+    /// The certificate (DER), attached to every command the node signs.
+    pub cert_der: Vec<u8>,
+    /// The certificate's private key.
+    key: ed25519_dalek::SigningKey,
+}
+
+impl fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeIdentity").field("id", &self.id).field("key", &"<redacted>").finish()
+    }
+}
+
+impl NodeIdentity {
+    /// The identity in a node's TLS material (its certificate must be Ed25519, as
+    /// `synod ca issue` makes them).
+    pub fn from_tls(material: &TlsMaterial) -> Result<Self, PkiError> {
+        use ed25519_dalek::pkcs8::DecodePrivateKey;
+        let PeerIdentity::Node(id) = material.identity else {
+            return Err(PkiError::NotSynodCertificate { detail: "a node needs a node certificate".into() });
+        };
+        let not_ed25519 = || PkiError::NotSynodCertificate {
+            detail: "the node key is not an Ed25519 PKCS#8 key; issue node certificates with `synod ca issue node`"
+                .into(),
+        };
+        let PrivateKeyDer::Pkcs8(der) = &material.key else { return Err(not_ed25519()) };
+        let key = ed25519_dalek::SigningKey::from_pkcs8_der(der.secret_pkcs8_der()).map_err(|_| not_ed25519())?;
+        Ok(NodeIdentity { id, cert_der: material.chain[0].to_vec(), key })
+    }
+
+    /// Signs an envelope as this node, attaching the certificate.
+    pub fn sign(&self, envelope: &synod_proto::Envelope) -> synod_proto::SignedCommand {
+        synod_proto::SignedCommand::sign_as_node(envelope, &self.key, &self.cert_der)
+    }
+}
+
+/// The DER of the single certificate in a PEM file (the cluster CA's, for genesis).
+pub fn certificate_der(path: &Path) -> Result<Vec<u8>, PkiError> {
+    Ok(read_single_cert(path, FileKind::CaCertificate)?.to_vec())
+}
+
+/// Checks the certificate a node attached to a command it signed: it must
+/// chain to the cluster CA at `time_ms` (the log entry's time, so every node
+/// decides alike) and name a node. Returns the node id and the certificate's
+/// Ed25519 public key, which must be the command's author.
+pub fn verify_node_certificate(ca_der: &[u8], cert_der: &[u8], time_ms: u64) -> Result<(u64, [u8; 32]), String> {
+    let ca = CertificateDer::from(ca_der);
+    let cert = CertificateDer::from(cert_der);
+    let roots = root_store(&ca).map_err(|e| format!("the cluster CA certificate is unusable: {e}"))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, ring_provider())
+        .build()
+        .map_err(|e| format!("cannot build a verifier: {e}"))?;
+    let time = UnixTime::since_unix_epoch(Duration::from_millis(time_ms));
+    verifier.verify_client_cert(&cert, &[], time).map_err(|e| {
+        format!("the node certificate does not verify against the cluster CA: {}", describe_verify_error(e))
+    })?;
+    let PeerIdentity::Node(id) = identity_of(&cert).map_err(|e| e.to_string())? else {
+        return Err("the certificate is not a node certificate".into());
+    };
+    let (_, x509) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| format!("cannot parse it: {e}"))?;
+    let key: [u8; 32] = x509
+        .public_key()
+        .subject_public_key
+        .data
+        .as_ref()
+        .try_into()
+        .map_err(|_| "the certificate key is not Ed25519".to_string())?;
+    Ok((id, key))
+}
+
+/// A CA and node identities made in memory from `rng` (deterministic for a
+/// seeded one), for the simulator and tests: returns the CA certificate (DER)
+/// and one identity per id.
+pub fn in_memory_pki(ids: &[u64], rng: &mut dyn rand_core::RngCore) -> Result<(Vec<u8>, Vec<NodeIdentity>), PkiError> {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    let mut generate = |what| {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(&mut *seed);
+        let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
+        let der = signing.to_pkcs8_der().map_err(|e| PkiError::NotSynodCertificate { detail: e.to_string() })?;
+        let der = rustls_pki_types::PrivatePkcs8KeyDer::from(der.as_bytes());
+        let pair = KeyPair::try_from(&der).map_err(|source| PkiError::Generate { what, source })?;
+        Ok::<_, PkiError>((signing, pair))
+    };
+    let (_, ca_key) = generate("CA key")?;
+    let mut ca = ca_params("synod-sim-ca");
+    ca.serial_number = Some(rcgen::SerialNumber::from(1u64));
+    set_validity(&mut ca, 0, 4_000_000_000);
+    let ca_cert = ca.self_signed(&ca_key).map_err(|source| PkiError::Generate { what: "CA certificate", source })?;
+    let issuer = Issuer::new(ca_params("synod-sim-ca"), &ca_key);
+    let mut identities = Vec::new();
+    for &id in ids {
+        let (signing, key) = generate("node key")?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = distinguished_name(&format!("{NODE_CN_PREFIX}{id}"));
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.serial_number = Some(rcgen::SerialNumber::from(id + 1));
+        set_validity(&mut params, 0, 4_000_000_000);
+        let cert =
+            params.signed_by(&key, &issuer).map_err(|source| PkiError::Generate { what: "certificate", source })?;
+        identities.push(NodeIdentity { id, cert_der: cert.der().to_vec(), key: signing });
+    }
+    Ok((ca_cert.der().to_vec(), identities))
+}
+
 /// Hex SHA-256 of a certificate's DER encoding.
 pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
     hex::encode(Sha256::digest(cert.as_ref()))

@@ -98,6 +98,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         store: store.clone(),
         transport: Arc::new(transport.clone()),
         sealed,
+        identity: Arc::new(crate::pki::NodeIdentity::from_tls(&tls)?),
         seams: Seams::production(),
         tuning: config.raft.clone(),
     })

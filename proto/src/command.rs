@@ -28,6 +28,21 @@ pub const KV_KEY_BYTES_MAX: usize = 256;
 /// Largest value accepted by `Put`.
 pub const KV_VALUE_BYTES_MAX: usize = 32 * 1024;
 
+/// The largest message a sign request carries (hex-encoded in the envelope, so
+/// it fits [`ENVELOPE_BYTES_MAX`]). Larger artifacts are signed through a hash.
+pub const MESSAGE_BYTES_MAX: usize = 64 * 1024;
+/// The most participants a key may have (FROST identifiers are node ids).
+pub const PARTICIPANTS_MAX: usize = 16;
+/// The largest hex-encoded certificate a command carries.
+pub const CERTIFICATE_HEX_BYTES_MAX: usize = 8 * 1024;
+/// The longest key name, request id or purpose.
+pub const NAME_BYTES_MAX: usize = 64;
+/// The longest free-text reason a node gives when it aborts or fails something.
+pub const REASON_BYTES_MAX: usize = 1024;
+/// The largest hex-encoded FROST package in a command (a 16-participant public
+/// key package is about 600 bytes; a round-1 package about 32·t + 100).
+pub const PACKAGE_HEX_BYTES_MAX: usize = 16 * 1024;
+
 /// The longest a command may stay valid after it was issued, so the replay
 /// window (and the memory that guards it) stays bounded.
 pub const COMMAND_TTL_MS_MAX: u64 = 24 * 60 * 60 * 1000;
@@ -91,13 +106,60 @@ impl<'de> Deserialize<'de> for OperatorKey {
 pub enum Command {
     /// Fixes the root of authority: the genesis admins and the first members.
     /// Accepted once, as the first command of a cluster, signed by one of `admins`.
-    Genesis { admins: Vec<OperatorKey>, members: Vec<Member> },
+    /// `ca_certificate` (hex DER) is the cluster CA: commands that nodes author
+    /// (DKG messages, signing results) must carry a certificate it issued.
+    Genesis { admins: Vec<OperatorKey>, members: Vec<Member>, ca_certificate: String },
     /// Authorises a node to join the cluster (first as a learner, then as a voter).
     AddMember { node_id: NodeId, addr: NodeAddr },
     /// Removes a node from the cluster.
     RemoveMember { node_id: NodeId },
     /// Writes a small replicated key-value record (cluster metadata).
     Put { key: String, value: String },
+    /// Creates a signing key by distributed key generation among `participants`
+    /// (admin). The key id is the command id.
+    CreateKey { name: String, threshold: u16, participants: Vec<NodeId> },
+    /// Registers a key that a dealer split on the operator's machine (admin; for
+    /// migrating an existing Ed25519 key). `public_key_package` is the hex FROST
+    /// public key package; each share reaches its node encrypted, outside the log.
+    ImportKey { name: String, threshold: u16, participants: Vec<NodeId>, public_key_package: String },
+    /// A participant's DKG round-1 package (hex), signed with its node key.
+    DkgRound1 { key_id: String, node_id: NodeId, package: String },
+    /// A participant confirms the key it now holds a share of: the group key and
+    /// SHA-256 of the serialized public key package (hex). The key turns active
+    /// only when every participant has confirmed the same values.
+    KeyConfirm { key_id: String, node_id: NodeId, group_key: String, public_key_package_sha256: String },
+    /// A node gives up on a key generation or import that cannot complete,
+    /// naming the culprit participant when it knows one.
+    KeyAbort { key_id: String, node_id: NodeId, reason: String, culprit: Option<NodeId> },
+    /// Asks the cluster to sign `message` (hex) with the key named `key`.
+    /// One request id, one message: the same message again returns the same
+    /// result, another message under that id is refused.
+    SignRequest { request_id: String, key: String, message: String, purpose: String },
+    /// The coordinating node's result: a signature that every node verifies
+    /// against the key and its own copy of the message before storing it.
+    SignResult {
+        request_id: String,
+        node_id: NodeId,
+        signature: String,
+        signers: Vec<NodeId>,
+        culprits: Vec<NodeId>,
+        sessions: u32,
+    },
+    /// The coordinating node could not gather enough valid shares.
+    SignFailed { request_id: String, node_id: NodeId, reason: String, culprits: Vec<NodeId> },
+}
+
+/// Whose signature a command needs, checked by every node when it applies it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Authority {
+    /// One of the admins the genesis command itself names.
+    Genesis,
+    /// A genesis admin.
+    Admin,
+    /// An operator allowed to request signatures (admins, until roles exist).
+    Requester,
+    /// The node with this id, by the key of its CA-issued certificate.
+    Node(NodeId),
 }
 
 impl Command {
@@ -108,13 +170,40 @@ impl Command {
             Command::AddMember { .. } => "add_member",
             Command::RemoveMember { .. } => "remove_member",
             Command::Put { .. } => "put",
+            Command::CreateKey { .. } => "create_key",
+            Command::ImportKey { .. } => "import_key",
+            Command::DkgRound1 { .. } => "dkg_round1",
+            Command::KeyConfirm { .. } => "key_confirm",
+            Command::KeyAbort { .. } => "key_abort",
+            Command::SignRequest { .. } => "sign_request",
+            Command::SignResult { .. } => "sign_result",
+            Command::SignFailed { .. } => "sign_failed",
+        }
+    }
+
+    /// Whose signature this command needs.
+    pub fn authority(&self) -> Authority {
+        match self {
+            Command::Genesis { .. } => Authority::Genesis,
+            Command::AddMember { .. }
+            | Command::RemoveMember { .. }
+            | Command::Put { .. }
+            | Command::CreateKey { .. }
+            | Command::ImportKey { .. } => Authority::Admin,
+            Command::SignRequest { .. } => Authority::Requester,
+            Command::DkgRound1 { node_id, .. }
+            | Command::KeyConfirm { node_id, .. }
+            | Command::KeyAbort { node_id, .. }
+            | Command::SignResult { node_id, .. }
+            | Command::SignFailed { node_id, .. } => Authority::Node(*node_id),
         }
     }
 
     /// Checks sizes and shapes that do not depend on state.
     pub fn validate(&self) -> Result<(), CommandError> {
         match self {
-            Command::Genesis { admins, members } => {
+            Command::Genesis { admins, members, ca_certificate } => {
+                validate_hex("CA certificate", ca_certificate, CERTIFICATE_HEX_BYTES_MAX)?;
                 if admins.is_empty() {
                     return Err(CommandError::Malformed("genesis needs at least one admin key".into()));
                 }
@@ -143,8 +232,122 @@ impl Command {
                 }
                 Ok(())
             }
+            Command::CreateKey { name, threshold, participants } => {
+                validate_name("key name", name)?;
+                validate_participants(*threshold, participants)
+            }
+            Command::ImportKey { name, threshold, participants, public_key_package } => {
+                validate_name("key name", name)?;
+                validate_participants(*threshold, participants)?;
+                validate_hex("public key package", public_key_package, PACKAGE_HEX_BYTES_MAX)
+            }
+            Command::DkgRound1 { key_id, package, .. } => {
+                validate_id("key id", key_id)?;
+                validate_hex("round-1 package", package, PACKAGE_HEX_BYTES_MAX)
+            }
+            Command::KeyConfirm { key_id, group_key, public_key_package_sha256, .. } => {
+                validate_id("key id", key_id)?;
+                validate_hex("group key", group_key, 64)?;
+                validate_hex("public key package hash", public_key_package_sha256, 64)
+            }
+            Command::KeyAbort { key_id, reason, .. } => {
+                validate_id("key id", key_id)?;
+                validate_reason(reason)
+            }
+            Command::SignRequest { request_id, key, message, purpose } => {
+                validate_name("request id", request_id)?;
+                validate_name("key name", key)?;
+                validate_hex("message", message, 2 * MESSAGE_BYTES_MAX).map_err(|_| {
+                    CommandError::Malformed(format!(
+                        "message must be hex of at most {MESSAGE_BYTES_MAX} bytes (got {} hex characters); \
+                         sign a hash of larger artifacts",
+                        message.len()
+                    ))
+                })?;
+                if purpose.len() > NAME_BYTES_MAX {
+                    return Err(CommandError::Malformed(format!("purpose is longer than {NAME_BYTES_MAX} bytes")));
+                }
+                Ok(())
+            }
+            Command::SignResult { request_id, signature, signers, culprits, .. } => {
+                validate_name("request id", request_id)?;
+                validate_hex("signature", signature, 128)?;
+                if signature.len() != 128 {
+                    return Err(CommandError::Malformed("signature must be 64 bytes of hex".into()));
+                }
+                if signers.len() > PARTICIPANTS_MAX || culprits.len() > PARTICIPANTS_MAX {
+                    return Err(CommandError::Malformed(format!("more than {PARTICIPANTS_MAX} signers or culprits")));
+                }
+                Ok(())
+            }
+            Command::SignFailed { request_id, reason, culprits, .. } => {
+                validate_name("request id", request_id)?;
+                validate_reason(reason)?;
+                if culprits.len() > PARTICIPANTS_MAX {
+                    return Err(CommandError::Malformed(format!("more than {PARTICIPANTS_MAX} culprits")));
+                }
+                Ok(())
+            }
         }
     }
+}
+
+/// Names (keys, request ids): 1 to [`NAME_BYTES_MAX`] of `[A-Za-z0-9._-]`, not starting with `.` or `-`.
+pub fn validate_name(what: &str, name: &str) -> Result<(), CommandError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || name.len() > NAME_BYTES_MAX || !name.chars().all(ok_char) || name.starts_with(['.', '-']) {
+        return Err(CommandError::Malformed(format!(
+            "{what} {name:?} must be 1 to {NAME_BYTES_MAX} of A-Z a-z 0-9 . _ - (not starting with . or -)"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_id(what: &str, id: &str) -> Result<(), CommandError> {
+    if id.len() != 32 || hex::decode(id).is_err() {
+        return Err(CommandError::Malformed(format!("{what} {id:?} is not 16 bytes of hex")));
+    }
+    Ok(())
+}
+
+fn validate_hex(what: &str, text: &str, max_chars: usize) -> Result<(), CommandError> {
+    if text.len() > max_chars {
+        return Err(CommandError::Malformed(format!("{what} is longer than {max_chars} hex characters")));
+    }
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(CommandError::Malformed(format!("{what} is not hex")));
+    }
+    Ok(())
+}
+
+fn validate_reason(reason: &str) -> Result<(), CommandError> {
+    if reason.len() > REASON_BYTES_MAX {
+        return Err(CommandError::Malformed(format!("reason is longer than {REASON_BYTES_MAX} bytes")));
+    }
+    Ok(())
+}
+
+fn validate_participants(threshold: u16, participants: &[NodeId]) -> Result<(), CommandError> {
+    let distinct: std::collections::BTreeSet<_> = participants.iter().collect();
+    if distinct.len() != participants.len() {
+        return Err(CommandError::Malformed("a participant is named twice".into()));
+    }
+    if participants.len() > PARTICIPANTS_MAX {
+        return Err(CommandError::Malformed(format!(
+            "{} participants; a key may have at most {PARTICIPANTS_MAX}",
+            participants.len()
+        )));
+    }
+    if participants.iter().any(|id| *id == 0 || *id > u64::from(u16::MAX)) {
+        return Err(CommandError::Malformed("participant node ids must be 1 to 65535".into()));
+    }
+    if threshold < 2 || usize::from(threshold) > participants.len() {
+        return Err(CommandError::Malformed(format!(
+            "threshold {threshold} must be at least 2 and at most the {} participants",
+            participants.len()
+        )));
+    }
+    Ok(())
 }
 
 fn validate_member(id: NodeId, addr: &NodeAddr) -> Result<(), CommandError> {
@@ -184,6 +387,10 @@ pub struct SignedCommand {
     pub author: OperatorKey,
     /// Ed25519 signature over [`COMMAND_DOMAIN`] || `envelope`, hex.
     pub signature: String,
+    /// For commands a node authors ([`Authority::Node`]): the node's certificate
+    /// (hex DER), issued by the cluster CA, whose key is `author`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
 }
 
 impl SignedCommand {
@@ -191,7 +398,18 @@ impl SignedCommand {
     pub fn sign(envelope: &Envelope, key: &SigningKey) -> Self {
         let text = serde_json::to_string(envelope).expect("envelope serialises");
         let signature = key.sign(&signing_bytes(text.as_bytes()));
-        SignedCommand { envelope: text, author: OperatorKey::of(key), signature: hex::encode(signature.to_bytes()) }
+        SignedCommand {
+            envelope: text,
+            author: OperatorKey::of(key),
+            signature: hex::encode(signature.to_bytes()),
+            certificate: None,
+        }
+    }
+
+    /// Serialises and signs an envelope with a node's certificate key, attaching
+    /// the certificate (DER) so every node can check it chains to the cluster CA.
+    pub fn sign_as_node(envelope: &Envelope, key: &SigningKey, certificate_der: &[u8]) -> Self {
+        SignedCommand { certificate: Some(hex::encode(certificate_der)), ..Self::sign(envelope, key) }
     }
 
     /// Checks the signature over the carried bytes, then parses them.
@@ -207,6 +425,11 @@ impl SignedCommand {
             .ok_or_else(|| CommandError::Malformed("signature is not 64 bytes of hex".into()))?;
         let key = VerifyingKey::from_bytes(&self.author.0)
             .map_err(|_| CommandError::Malformed("author is not an Ed25519 key".into()))?;
+        if self.certificate.as_ref().is_some_and(|c| c.len() > CERTIFICATE_HEX_BYTES_MAX) {
+            return Err(CommandError::Malformed(format!(
+                "certificate is longer than {CERTIFICATE_HEX_BYTES_MAX} hex characters"
+            )));
+        }
         let signature = ed25519_dalek::Signature::from_bytes(&sig_bytes);
         // verify_strict refuses small-order keys and malleable signatures.
         key.verify_strict(&signing_bytes(self.envelope.as_bytes()), &signature)

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod command;
+pub mod keyfmt;
 pub mod raft;
 pub mod rpc;
 pub mod runtime;

@@ -37,6 +37,71 @@ pub enum PeerRequest {
     Forward(SignedCommand),
     /// Connectivity check (`synod node ping`): proves both certificates and membership.
     Ping,
+    /// A DKG round-2 package: the sender's secret share for the receiver. Sent
+    /// only point to point over mutual TLS, never through the log; the sender is
+    /// the authenticated peer.
+    DkgRound2 {
+        key_id: String,
+        package: SecretHex,
+    },
+    /// Signing round 1: the coordinator asks a signer for fresh nonce
+    /// commitments for one session of a committed request.
+    SignCommit {
+        request_id: String,
+        session_id: String,
+    },
+    /// Signing round 2: the coordinator sends the signing package (message and
+    /// every chosen signer's commitments, hex) and asks for a signature share.
+    /// `incarnation` is the one the signer returned with its commitments.
+    SignShare {
+        request_id: String,
+        session_id: String,
+        incarnation: String,
+        signing_package: String,
+    },
+}
+
+/// A signer's commitments for one session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignerCommitments {
+    /// Hex FROST `SigningCommitments`.
+    pub commitments: String,
+    /// The signer's boot incarnation; its nonces die with it.
+    pub incarnation: String,
+}
+
+/// Hex text that is secret (a DKG share): zeroized on drop, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretHex(zeroize::Zeroizing<String>);
+
+impl SecretHex {
+    /// Wraps hex text.
+    pub fn new(text: String) -> Self {
+        SecretHex(zeroize::Zeroizing::new(text))
+    }
+
+    /// The hex text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretHex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for SecretHex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretHex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(SecretHex::new(String::deserialize(d)?))
+    }
 }
 
 /// The answer to a [`PeerRequest`].
@@ -53,6 +118,10 @@ pub enum PeerResponse {
     },
     /// The receiver refused the call (unknown peer, malformed frame, ...).
     Refused(String),
+    DkgRound2(Result<(), String>),
+    SignCommit(Result<SignerCommitments, String>),
+    /// A hex FROST `SignatureShare`, or why the signer refused.
+    SignShare(Result<String, String>),
 }
 
 /// Why a frame could not be read or written.

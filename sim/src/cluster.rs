@@ -83,6 +83,8 @@ pub struct Boot {
     pub now: SimNow,
     pub net: SharedNet,
     pub tuning: RaftTuning,
+    /// The node's certificate and key (from the simulation's in-memory CA).
+    pub identity: Arc<synod_node::pki::NodeIdentity>,
 }
 
 /// The host's software: start the production node, then serve it.
@@ -105,6 +107,7 @@ pub async fn run_node(boot: Boot) -> turmoil::Result {
         store: store.clone(),
         sealed: Arc::new(SealedStore::new(store, kek)),
         transport: Arc::new(SimTransport { id: m.id, net: boot.net.clone() }),
+        identity: boot.identity.clone(),
         seams,
         tuning: boot.tuning.clone(),
     };

@@ -387,9 +387,19 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
     let trace: SharedTrace = Default::default();
     let history = History::new();
     let machines: Vec<Machine> = (1..=cfg.nodes).map(Machine::new).collect();
-    for m in &machines {
-        let boot =
-            Boot { machine: m.clone(), seed: cfg.seed, now: now.clone(), net: net.clone(), tuning: cfg.tuning.clone() };
+    // The cluster CA and node certificates, from the seed like everything else.
+    let ids: Vec<u64> = machines.iter().map(|m| m.id).collect();
+    let (ca_der, identities) =
+        synod_node::pki::in_memory_pki(&ids, &mut ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x7061_6b69)).expect("sim PKI");
+    for (m, identity) in machines.iter().zip(identities) {
+        let boot = Boot {
+            machine: m.clone(),
+            seed: cfg.seed,
+            now: now.clone(),
+            net: net.clone(),
+            tuning: cfg.tuning.clone(),
+            identity: Arc::new(identity),
+        };
         sim.host(net::node_name(m.id), move || cluster::run_node(boot.clone()));
     }
 
@@ -404,6 +414,7 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
         seed: cfg.seed,
         nodes: cfg.nodes,
         cluster_id: format!("sim-{}", cfg.seed),
+        ca_certificate: hex::encode(&ca_der),
         admin: admin.clone(),
         stranger,
         net: net.clone(),

@@ -119,6 +119,8 @@ pub struct ClientCtx {
     pub seed: u64,
     pub nodes: u64,
     pub cluster_id: String,
+    /// The simulation's cluster CA (hex DER), named in genesis.
+    pub ca_certificate: String,
     pub admin: SigningKey,
     pub stranger: SigningKey,
     pub net: SharedNet,
@@ -184,7 +186,11 @@ pub fn genesis(ctx: &ClientCtx, rng: &mut ChaCha8Rng) -> SignedCommand {
             addr: NodeAddr { raft_addr: net::node_addr(id), api_addr: format!("{}:8000", net::node_name(id)) },
         })
         .collect();
-    let command = Command::Genesis { admins: vec![OperatorKey::of(&ctx.admin)], members };
+    let command = Command::Genesis {
+        admins: vec![OperatorKey::of(&ctx.admin)],
+        members,
+        ca_certificate: ctx.ca_certificate.clone(),
+    };
     ctx.sign(&ctx.admin, rng, command)
 }
 

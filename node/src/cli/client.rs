@@ -59,6 +59,30 @@ impl ApiClient {
         bail!("unexpected answer (HTTP {status}): {}", String::from_utf8_lossy(&bytes))
     }
 
+    /// A client for node `id` itself: the connection goes to `api_addr` but must
+    /// present node `id`'s certificate (its DNS name `node-<id>.synod`), so what
+    /// is sent reaches that node and no other.
+    pub async fn for_node(args: &ClientArgs, id: NodeId, api_addr: &str) -> anyhow::Result<Self> {
+        let cacert = args.cacert.as_ref().ok_or_else(|| anyhow!("set SYNOD_CACERT to the cluster's ca.crt"))?;
+        let tls = match (&args.client_cert, &args.client_key) {
+            (Some(cert), Some(key)) => pki::TlsMaterial::load(cacert, cert, key)?.https_client_config()?,
+            _ => bail!("set SYNOD_CLIENT_CERT and SYNOD_CLIENT_KEY"),
+        };
+        let socket = tokio::net::lookup_host(api_addr)
+            .await
+            .with_context(|| format!("cannot resolve node {id}'s API address {api_addr}"))?
+            .next()
+            .ok_or_else(|| anyhow!("node {id}'s API address {api_addr} resolves to nothing"))?;
+        let name = pki::node_server_name(id);
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .resolve(&name, socket)
+            .timeout(Duration::from_secs(60))
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(ApiClient { http, base: format!("https://{name}:{}", socket.port()) })
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -80,7 +104,11 @@ impl ApiClient {
         self.decode(response).await
     }
 
-    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &SignedCommand) -> anyhow::Result<(u16, T)> {
+    pub async fn post<T: DeserializeOwned, B: serde::Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<(u16, T)> {
         let response = self.send(self.http.post(self.url(path)).json(body)).await?;
         self.decode(response).await
     }
@@ -107,6 +135,14 @@ pub fn sign(args: &ClientArgs, cluster_id: &str, command: Command) -> anyhow::Re
         command,
     };
     Ok(SignedCommand::sign(&envelope, &key))
+}
+
+/// The cluster id from a node's status, or an error saying to initialise it.
+pub fn cluster_id(status: &Status) -> anyhow::Result<String> {
+    status
+        .cluster_id
+        .clone()
+        .ok_or_else(|| anyhow!("node {} is not initialised yet; run `synod cluster init` first", status.node_id))
 }
 
 /// Signs and submits a command against the cluster the node belongs to.
@@ -187,7 +223,9 @@ pub async fn init(
     members: BTreeMap<NodeId, NodeAddr>,
 ) -> anyhow::Result<WriteResponse> {
     let members = members.into_iter().map(|(node_id, addr)| synod_proto::Member { node_id, addr }).collect();
-    let signed = sign(client_args, cluster_id, Command::Genesis { admins, members })?;
+    let cacert = client_args.cacert.as_ref().ok_or_else(|| anyhow!("set SYNOD_CACERT to the cluster's ca.crt"))?;
+    let ca_certificate = hex::encode(pki::certificate_der(cacert)?);
+    let signed = sign(client_args, cluster_id, Command::Genesis { admins, members, ca_certificate })?;
     let client = ApiClient::new(client_args)?;
     let (_, response): (u16, WriteResponse) =
         client.post("/v1/sys/init", &signed).await.context("cluster init failed")?;

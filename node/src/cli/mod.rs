@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod dev;
+pub mod keys;
 pub mod operator;
 
 use std::path::PathBuf;
@@ -48,6 +49,16 @@ pub enum Top {
     /// Read and write replicated key-value metadata.
     #[command(subcommand)]
     Kv(KvCmd),
+    /// Create, import, list and show threshold signing keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Sign a file with a cluster key: commits a request, waits for the signature.
+    Sign(SignArgs),
+    /// Verify an Ed25519 signature (RFC 8032) offline or with a cluster key's public key.
+    Verify(VerifyArgs),
+    /// Look at signing requests.
+    #[command(subcommand)]
+    Request(RequestCmd),
     /// Print version and build information.
     Version(OutputArgs),
 }
@@ -239,6 +250,110 @@ pub enum KvCmd {
     List(ClientArgs),
 }
 
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// Generate a key by distributed key generation: no machine ever holds it whole.
+    /// Needs every participant up; shows progress.
+    Create {
+        /// The key's name (1 to 64 of A-Z a-z 0-9 . _ -).
+        name: String,
+        /// Signers needed for a signature; defaults to a majority of the participants (at least 2).
+        #[arg(long, short = 't')]
+        threshold: Option<u16>,
+        /// Nodes that hold a share, comma-separated; defaults to every member.
+        #[arg(long, value_delimiter = ',')]
+        participants: Vec<NodeId>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Import an existing Ed25519 key (migration): split on this machine, each share sent
+    /// over TLS to its own node; the whole key never reaches a node.
+    Import {
+        /// The key's name.
+        name: String,
+        /// The Ed25519 private key, PKCS#8 PEM (e.g. from `openssl genpkey -algorithm ed25519`).
+        #[arg(long = "key-file")]
+        key_file: PathBuf,
+        #[arg(long, short = 't')]
+        threshold: Option<u16>,
+        #[arg(long, value_delimiter = ',')]
+        participants: Vec<NodeId>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List keys with their status and public keys.
+    List(ClientArgs),
+    /// Show a key (by name or id); with --format, print only its public key in that format.
+    Show {
+        name: String,
+        /// Public key format: hex, pem (SPKI, RFC 8410), jwk (RFC 8037) or openssh.
+        #[arg(long)]
+        format: Option<synod_proto::keyfmt::PublicKeyFormat>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `synod sign`.
+#[derive(Args, Debug)]
+pub struct SignArgs {
+    /// The key's name.
+    pub key: String,
+    /// The file to sign (at most 64 KiB; sign a digest of larger artifacts).
+    #[arg(long = "in")]
+    pub input: PathBuf,
+    /// Idempotency id: a retry with the same id and message returns the same signature;
+    /// another message under the same id is refused. Random when omitted.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// Why this is signed, recorded with the request.
+    #[arg(long)]
+    pub purpose: Option<String>,
+    /// Write the signature here (raw 64 bytes unless --signature-format says otherwise).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// raw, hex or base64 (default: hex on stdout, raw into --out).
+    #[arg(long)]
+    pub signature_format: Option<synod_proto::keyfmt::SignatureFormat>,
+    /// How long to wait for the signature, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub wait_secs: u64,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `synod verify`.
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// A cluster key's name: its public key is fetched from the cluster.
+    #[arg(long, conflicts_with = "public_key")]
+    pub key: Option<String>,
+    /// A public key file or text: hex, SPKI PEM, JWK or an OpenSSH ssh-ed25519 line (offline).
+    #[arg(long)]
+    pub public_key: Option<String>,
+    /// The signed file.
+    #[arg(long = "in")]
+    pub input: PathBuf,
+    /// The signature file: 64 raw bytes, hex or base64.
+    #[arg(long)]
+    pub signature: PathBuf,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RequestCmd {
+    /// Show a signing request: status, signers, signature.
+    Show {
+        id: String,
+        /// Wait up to this many seconds for a pending request to finish.
+        #[arg(long, default_value_t = 0)]
+        wait_secs: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     #[default]
@@ -304,6 +419,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Top::Status(args) => client::status(&args).await,
         Top::Health(args) => client::health(&args).await,
         Top::Kv(cmd) => client::kv(cmd).await,
+        Top::Key(cmd) => keys::key(cmd).await,
+        Top::Sign(args) => keys::sign(args).await,
+        Top::Verify(args) => keys::verify(args).await,
+        Top::Request(cmd) => keys::request(cmd).await,
         Top::Version(args) => {
             let info = serde_json::json!({
                 "version": env!("CARGO_PKG_VERSION"),

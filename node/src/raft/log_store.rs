@@ -214,6 +214,7 @@ mod tests {
             envelope: "x".repeat(envelope_bytes),
             author: OperatorKey([1; 32]),
             signature: String::new(),
+            certificate: None,
         };
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),

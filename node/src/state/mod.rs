@@ -7,12 +7,18 @@
 //! altered or replayed command changes nothing anywhere; the refusal is logged
 //! and counted.
 
+mod keys;
+mod signing;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use synod_proto::api::{KvRecord, Rejection};
-use synod_proto::command::COMMAND_TTL_MS_MAX;
-use synod_proto::{Command, LogEntry, NodeAddr, NodeId, OperatorKey, Outcome};
+use synod_proto::command::{Authority, COMMAND_TTL_MS_MAX};
+use synod_proto::{Command, Envelope, LogEntry, NodeAddr, NodeId, OperatorKey, Outcome, SignedCommand};
+
+pub use keys::{frost_identifier, package_hash, KeyOrigin, KeyRecord, KeyStatus, DKG_TIMEOUT_MS};
+pub use signing::{RequestRecord, RequestStatus, PENDING_REQUESTS_MAX, REQUEST_PENDING_MS_MAX};
 
 /// How many recent refusals the state keeps for `status`.
 pub const REJECTIONS_KEPT_MAX: usize = 32;
@@ -37,10 +43,21 @@ pub struct ClusterState {
     pub recent_rejections: VecDeque<Rejection>,
     /// Raft membership entries that named nodes outside `members`.
     pub unauthorized_membership_entries: u64,
+    /// The cluster CA (hex DER) fixed at genesis; node-authored commands must
+    /// carry a certificate it issued.
+    pub ca_certificate: Option<String>,
+    /// Signing keys by id.
+    pub keys: BTreeMap<String, KeyRecord>,
+    /// Names of keys that are generating or active, to their ids.
+    pub key_names: BTreeMap<String, String>,
+    /// Signing requests by request id.
+    pub requests: BTreeMap<String, RequestRecord>,
+    /// Ids of requests still waiting for a signature.
+    pub pending_requests: BTreeSet<String>,
 }
 
 /// Why a command was refused; becomes [`Outcome::Rejected`].
-struct Refusal(String);
+pub(crate) struct Refusal(String);
 
 impl<T: Into<String>> From<T> for Refusal {
     fn from(text: T) -> Self {
@@ -54,6 +71,8 @@ impl ClusterState {
         // State-machine time: the entry's, clamped so it never goes backwards.
         self.time_ms = self.time_ms.max(entry.time_ms);
         self.expire_seen();
+        self.expire_keys();
+        self.expire_requests();
         match self.try_apply(index, entry) {
             Ok(detail) => {
                 self.applied_commands += 1;
@@ -93,6 +112,12 @@ impl ClusterState {
         if envelope.expires_at_ms.saturating_sub(envelope.issued_at_ms) > COMMAND_TTL_MS_MAX {
             return Err(format!("command is valid for longer than the {COMMAND_TTL_MS_MAX} ms maximum").into());
         }
+        if let Command::SignRequest { .. } = &envelope.command {
+            // A byte-identical request again (a client retry) is answered, not refused as a replay.
+            if let Some(detail) = self.existing_request(&envelope, signed.author) {
+                return Ok(detail);
+            }
+        }
         if self.seen_commands.contains_key(&envelope.command_id) {
             return Err(format!("command id {} was already applied; this is a replay", envelope.command_id).into());
         }
@@ -101,11 +126,12 @@ impl ClusterState {
         }
 
         let detail = match (&self.cluster_id, &envelope.command) {
-            (None, Command::Genesis { admins, members }) => {
+            (None, Command::Genesis { admins, members, ca_certificate }) => {
                 if !admins.contains(&signed.author) {
                     return Err("genesis must be signed by one of the admins it names".into());
                 }
                 self.cluster_id = Some(envelope.cluster_id.clone());
+                self.ca_certificate = Some(ca_certificate.clone());
                 self.admins = admins.iter().copied().collect();
                 self.members = synod_proto::command::member_map(members);
                 format!(
@@ -126,17 +152,64 @@ impl ClusterState {
                     )
                     .into());
                 }
-                if !self.admins.contains(&signed.author) {
-                    return Err(format!("{} is not an admin of this cluster", signed.author).into());
-                }
-                self.apply_command(index, signed.author, command)?
+                self.check_authority(command.authority(), signed)?;
+                self.apply_command(index, &envelope, signed.author, command)?
             }
         };
         self.seen_commands.insert(envelope.command_id, envelope.expires_at_ms);
         Ok(detail)
     }
 
-    fn apply_command(&mut self, index: u64, author: OperatorKey, command: &Command) -> Result<String, Refusal> {
+    /// Checks that the command's author may issue it.
+    fn check_authority(&self, authority: Authority, signed: &SignedCommand) -> Result<(), Refusal> {
+        match authority {
+            Authority::Genesis => Ok(()),
+            Authority::Admin => {
+                if self.admins.contains(&signed.author) {
+                    Ok(())
+                } else {
+                    Err(format!("{} is not an admin of this cluster", signed.author).into())
+                }
+            }
+            Authority::Requester => {
+                if self.admins.contains(&signed.author) {
+                    Ok(())
+                } else {
+                    Err(format!("{} may not request signatures in this cluster", signed.author).into())
+                }
+            }
+            Authority::Node(node_id) => self.check_node_author(node_id, signed),
+        }
+    }
+
+    /// A node-authored command must carry a certificate from the cluster CA,
+    /// valid at the entry's time, naming `node_id`, whose key signed the command,
+    /// and the node must be a member.
+    fn check_node_author(&self, node_id: NodeId, signed: &SignedCommand) -> Result<(), Refusal> {
+        let ca = self.ca_certificate.as_deref().and_then(|c| hex::decode(c).ok());
+        let ca = ca.ok_or("this cluster has no CA certificate in its state")?;
+        let cert = signed.certificate.as_deref().and_then(|c| hex::decode(c).ok());
+        let cert = cert.ok_or(format!("a command from node {node_id} must carry that node's certificate"))?;
+        let (cert_node, key) = crate::pki::verify_node_certificate(&ca, &cert, self.time_ms)?;
+        if cert_node != node_id {
+            return Err(format!("command claims node {node_id} but carries the certificate of node {cert_node}").into());
+        }
+        if key != signed.author.0 {
+            return Err(format!("command from node {node_id} is not signed by its certificate key").into());
+        }
+        if !self.members.contains_key(&node_id) {
+            return Err(format!("node {node_id} is not a member").into());
+        }
+        Ok(())
+    }
+
+    fn apply_command(
+        &mut self,
+        index: u64,
+        envelope: &Envelope,
+        author: OperatorKey,
+        command: &Command,
+    ) -> Result<String, Refusal> {
         match command {
             Command::Genesis { .. } => Err("the cluster is already initialised; genesis happens once".into()),
             Command::AddMember { node_id, addr } => {
@@ -171,6 +244,28 @@ impl ClusterState {
                     },
                 );
                 Ok(format!("{key} = version {version}"))
+            }
+            Command::CreateKey { name, threshold, participants } => {
+                self.create_key(index, &envelope.command_id, name, *threshold, participants)
+            }
+            Command::ImportKey { name, threshold, participants, public_key_package } => {
+                self.import_key(index, &envelope.command_id, name, *threshold, participants, public_key_package)
+            }
+            Command::DkgRound1 { key_id, node_id, package } => self.dkg_round1(key_id, *node_id, package),
+            Command::KeyConfirm { key_id, node_id, group_key, public_key_package_sha256 } => {
+                self.key_confirm(key_id, *node_id, group_key, public_key_package_sha256)
+            }
+            Command::KeyAbort { key_id, node_id, reason, culprit } => {
+                self.key_abort(key_id, *node_id, reason, *culprit)
+            }
+            Command::SignRequest { request_id, key, message, purpose } => {
+                self.sign_request(index, author, request_id, key, message, purpose)
+            }
+            Command::SignResult { request_id, node_id, signature, signers, culprits, sessions } => {
+                self.sign_result(request_id, *node_id, signature, signers, culprits, *sessions)
+            }
+            Command::SignFailed { request_id, node_id, reason, culprits } => {
+                self.sign_failed(request_id, *node_id, reason, culprits)
             }
         }
     }
@@ -227,7 +322,7 @@ mod tests {
     fn genesis() -> ClusterState {
         let mut state = ClusterState::default();
         let members = vec![synod_proto::Member { node_id: 1, addr: addr(1000) }];
-        let cmd = Command::Genesis { admins: vec![OperatorKey::of(&admin())], members };
+        let cmd = Command::Genesis { admins: vec![OperatorKey::of(&admin())], members, ca_certificate: "00".into() };
         assert!(state.apply(1, &entry(&admin(), 1, 10, "c", cmd)).is_applied());
         state
     }

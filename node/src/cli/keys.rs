@@ -1,0 +1,370 @@
+//! Key and signing commands: `synod key ...`, `synod sign`, `synod verify`,
+//! `synod request ...`. They speak the HTTPS API like every client command.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use ed25519_dalek::pkcs8::DecodePrivateKey;
+use frost_ed25519 as frost;
+use synod_proto::api::{ImportShare, KeyInfo, KeyList, RequestInfo, Status, WriteResponse};
+use synod_proto::command::MESSAGE_BYTES_MAX;
+use synod_proto::keyfmt::{self, SignatureFormat};
+use synod_proto::rpc::SecretHex;
+use synod_proto::{Command, NodeId, Outcome};
+use zeroize::Zeroizing;
+
+use super::client::{cluster_id, sign as sign_command, ApiClient};
+use super::{ClientArgs, KeyCmd, Output, RequestCmd, SignArgs, VerifyArgs};
+
+/// How often progress is polled while waiting for a key.
+const POLL: Duration = Duration::from_millis(200);
+/// How long `key create` and `key import` wait for the key to turn active.
+const KEY_WAIT: Duration = Duration::from_secs(150);
+
+/// `synod key ...`.
+pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
+    match cmd {
+        KeyCmd::Create { name, threshold, participants, client } => {
+            create(&client, &name, threshold, participants).await
+        }
+        KeyCmd::Import { name, key_file, threshold, participants, client } => {
+            import(&client, &name, &key_file, threshold, participants).await
+        }
+        KeyCmd::List(client) => {
+            let (_, list): (u16, KeyList) = ApiClient::new(&client)?.get("/v1/keys").await?;
+            match client.output.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+                Output::Table => {
+                    println!("{:<24} {:<10} {:<10} {:<9} PUBLIC KEY", "NAME", "STATUS", "ORIGIN", "T-OF-N");
+                    for k in &list.keys {
+                        let tn = format!("{}-of-{}", k.threshold, k.participants.len());
+                        let public = k.public_key.as_deref().unwrap_or("-");
+                        println!("{:<24} {:<10} {:<10} {:<9} {public}", k.name, k.status, k.origin, tn);
+                    }
+                }
+            }
+            Ok(())
+        }
+        KeyCmd::Show { name, format, client } => {
+            let key = get_key(&ApiClient::new(&client)?, &name).await?;
+            if let Some(format) = format {
+                let public = public_key_of(&key)?;
+                println!("{}", keyfmt::format_public_key(&public, format, &key.name).trim_end());
+                return Ok(());
+            }
+            print_key(&client, &key)
+        }
+    }
+}
+
+async fn get_key(api: &ApiClient, name: &str) -> anyhow::Result<KeyInfo> {
+    let (_, key): (u16, KeyInfo) = api.get(&format!("/v1/keys/{name}")).await?;
+    Ok(key)
+}
+
+fn public_key_of(key: &KeyInfo) -> anyhow::Result<[u8; 32]> {
+    let hex_key = key.public_key.as_deref().ok_or_else(|| anyhow!("key {} has no public key yet", key.name))?;
+    keyfmt::parse_public_key(hex_key).map_err(|e| anyhow!("{e}"))
+}
+
+fn print_key(client: &ClientArgs, key: &KeyInfo) -> anyhow::Result<()> {
+    match client.output.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(key)?),
+        Output::Table => {
+            println!("name:          {}", key.name);
+            println!("id:            {}", key.id);
+            println!("version:       {}", key.version);
+            println!("status:        {}", key.status);
+            println!("origin:        {}", key.origin);
+            println!(
+                "threshold:     {} of {} (participants {:?})",
+                key.threshold,
+                key.participants.len(),
+                key.participants
+            );
+            println!("public key:    {}", key.public_key.as_deref().unwrap_or("-"));
+            if let Some(reason) = &key.abort_reason {
+                println!("aborted:       {reason}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every member's id, for the default participant list.
+async fn members(api: &ApiClient) -> anyhow::Result<Status> {
+    let (_, status): (u16, Status) = api.get("/v1/sys/status").await?;
+    Ok(status)
+}
+
+fn default_threshold(n: usize) -> u16 {
+    (n / 2 + 1).max(2) as u16
+}
+
+async fn create(
+    client: &ClientArgs,
+    name: &str,
+    threshold: Option<u16>,
+    participants: Vec<NodeId>,
+) -> anyhow::Result<()> {
+    let api = ApiClient::new(client)?;
+    let status = members(&api).await?;
+    let participants =
+        if participants.is_empty() { status.members.iter().map(|m| m.node_id).collect() } else { participants };
+    let threshold = threshold.unwrap_or_else(|| default_threshold(participants.len()));
+    let cluster = cluster_id(&status)?;
+    let command = Command::CreateKey { name: name.to_string(), threshold, participants };
+    let signed = sign_command(client, &cluster, command)?;
+    let (_, response): (u16, WriteResponse) = api.post("/v1/keys", &signed).await?;
+    refused(&response)?;
+    let key_id = key_id_of(&signed)?;
+    eprintln!("generating key {name} ({threshold} of {}): distributed key generation started", status.members.len());
+    let key = wait_active(&api, &key_id).await?;
+    print_key(client, &key)
+}
+
+fn key_id_of(signed: &synod_proto::SignedCommand) -> anyhow::Result<String> {
+    let envelope: synod_proto::Envelope = serde_json::from_str(&signed.envelope)?;
+    Ok(envelope.command_id)
+}
+
+fn refused(response: &WriteResponse) -> anyhow::Result<()> {
+    if let Outcome::Rejected { reason } = &response.outcome {
+        bail!("the cluster refused the command: {reason}");
+    }
+    Ok(())
+}
+
+/// Waits for a key to turn active, printing progress to stderr.
+async fn wait_active(api: &ApiClient, key_id: &str) -> anyhow::Result<KeyInfo> {
+    let deadline = tokio::time::Instant::now() + KEY_WAIT;
+    let mut last = String::new();
+    loop {
+        let key = get_key(api, key_id).await?;
+        let n = key.participants.len();
+        let progress =
+            format!("round-1 packages {}/{n}, confirmations {}/{n}", key.round1_received.len(), key.confirmed.len());
+        match key.status.as_str() {
+            "active" => {
+                eprintln!("key {} is active", key.name);
+                return Ok(key);
+            }
+            "aborted" => bail!(
+                "key generation aborted: {}{}",
+                key.abort_reason.unwrap_or_default(),
+                key.culprit.map(|c| format!(" (culprit: node {c})")).unwrap_or_default()
+            ),
+            _ if progress != last => {
+                eprintln!("  {progress}");
+                last = progress;
+            }
+            _ => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("key {} is still generating after {} s ({last})", key.name, KEY_WAIT.as_secs());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Splits an existing Ed25519 key on this machine and sends each share to its
+/// node over TLS to that node's own certificate; the key never reaches a node whole.
+async fn import(
+    client: &ClientArgs,
+    name: &str,
+    key_file: &Path,
+    threshold: Option<u16>,
+    participants: Vec<NodeId>,
+) -> anyhow::Result<()> {
+    let api = ApiClient::new(client)?;
+    let status = members(&api).await?;
+    let participants: Vec<NodeId> =
+        if participants.is_empty() { status.members.iter().map(|m| m.node_id).collect() } else { participants };
+    let threshold = threshold.unwrap_or_else(|| default_threshold(participants.len()));
+    let (shares, public) = split_key_file(key_file, threshold, &participants)?;
+    let package = hex::encode(public.serialize().map_err(|e| anyhow!("{e}"))?);
+    let cluster = cluster_id(&status)?;
+    let command = Command::ImportKey {
+        name: name.to_string(),
+        threshold,
+        participants: participants.clone(),
+        public_key_package: package,
+    };
+    let signed = sign_command(client, &cluster, command)?;
+    let (_, response): (u16, WriteResponse) = api.post("/v1/keys", &signed).await?;
+    refused(&response)?;
+    let key_id = key_id_of(&signed)?;
+    let addrs: BTreeMap<NodeId, String> = status.members.iter().map(|m| (m.node_id, m.addr.api_addr.clone())).collect();
+    for (node, share) in shares {
+        let addr = addrs.get(&node).ok_or_else(|| anyhow!("node {node} has no API address in the member list"))?;
+        let node_api = ApiClient::for_node(client, node, addr).await?;
+        let body = ImportShare { key_id: key_id.clone(), share };
+        let _: (u16, serde_json::Value) = node_api
+            .post(&format!("/v1/keys/{name}/share"), &body)
+            .await
+            .with_context(|| format!("sending node {node} its share"))?;
+        eprintln!("  share sealed on node {node}");
+    }
+    let key = wait_active(&api, &key_id).await?;
+    print_key(client, &key)
+}
+
+/// Reads an Ed25519 PKCS#8 PEM key and splits it into one share per participant.
+/// The key and its scalar are zeroized when this returns.
+fn split_key_file(
+    path: &Path,
+    threshold: u16,
+    participants: &[NodeId],
+) -> anyhow::Result<(BTreeMap<NodeId, SecretHex>, frost::keys::PublicKeyPackage)> {
+    let pem = Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("cannot read key file {}", path.display()))?,
+    );
+    let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).map_err(|_| {
+        anyhow!(
+            "{} is not an Ed25519 private key in PKCS#8 PEM (e.g. from `openssl genpkey -algorithm ed25519`)",
+            path.display()
+        )
+    })?;
+    let scalar = Zeroizing::new(key.to_scalar().to_bytes());
+    drop(key);
+    let frost_key = frost::SigningKey::deserialize(&*scalar).map_err(|e| anyhow!("cannot use the key: {e}"))?;
+    let ids: Vec<frost::Identifier> = participants
+        .iter()
+        .map(|n| u16::try_from(*n).ok().and_then(|n| frost::Identifier::try_from(n).ok()))
+        .collect::<Option<_>>()
+        .ok_or_else(|| anyhow!("participant ids must be 1 to 65535"))?;
+    let n = participants.len() as u16;
+    let (shares, public) =
+        frost::keys::split(&frost_key, n, threshold, frost::keys::IdentifierList::Custom(&ids), &mut rand_core::OsRng)
+            .map_err(|e| anyhow!("cannot split the key {threshold} of {n}: {e}"))?;
+    drop(frost_key);
+    let mut out = BTreeMap::new();
+    for (node, id) in participants.iter().zip(&ids) {
+        let share = shares.get(id).ok_or_else(|| anyhow!("no share for node {node}"))?;
+        let bytes = Zeroizing::new(share.serialize().map_err(|e| anyhow!("{e}"))?);
+        out.insert(*node, SecretHex::new(hex::encode(&*bytes)));
+    }
+    Ok((out, public))
+}
+
+/// `synod sign`.
+pub async fn sign(args: SignArgs) -> anyhow::Result<()> {
+    let message = read_message(&args.input)?;
+    let api = ApiClient::new(&args.client)?;
+    let status = members(&api).await?;
+    let request_id = args.request_id.clone().unwrap_or_else(|| {
+        let mut id = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+        hex::encode(id)
+    });
+    let command = Command::SignRequest {
+        request_id: request_id.clone(),
+        key: args.key.clone(),
+        message: hex::encode(&message),
+        purpose: args.purpose.clone().unwrap_or_default(),
+    };
+    let signed = sign_command(&args.client, &cluster_id(&status)?, command)?;
+    let wait_ms = args.wait_secs * 1000;
+    let (code, info): (u16, RequestInfo) = api.post(&format!("/v1/sign?wait_ms={wait_ms}"), &signed).await?;
+    if code == 202 {
+        bail!(
+            "request {request_id} is still pending after {} s; check it with `synod request show {request_id}`",
+            args.wait_secs
+        );
+    }
+    let signature = signature_of(&info)?;
+    if args.client.output.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    }
+    let format =
+        args.signature_format.unwrap_or(if args.out.is_some() { SignatureFormat::Raw } else { SignatureFormat::Hex });
+    let encoded = keyfmt::encode_signature(&signature, format);
+    match &args.out {
+        Some(path) => {
+            std::fs::write(path, &encoded).with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("signature for request {request_id} written to {}", path.display());
+        }
+        None if args.client.output.output == Output::Table => {
+            use std::io::Write;
+            std::io::stdout().write_all(&encoded)?;
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+fn signature_of(info: &RequestInfo) -> anyhow::Result<[u8; 64]> {
+    let hex_sig = info.signature.as_deref().ok_or_else(|| anyhow!("request {} has no signature", info.request_id))?;
+    hex::decode(hex_sig)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| anyhow!("the node returned a malformed signature"))
+}
+
+fn read_message(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let len = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.len();
+    if len > MESSAGE_BYTES_MAX as u64 {
+        bail!(
+            "{} is {len} bytes; a message may be at most {MESSAGE_BYTES_MAX} bytes. Sign a SHA-256 digest of large artifacts instead",
+            path.display()
+        );
+    }
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// `synod verify`: offline with `--public-key`, or with the public key of a cluster key.
+pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    let public = match (&args.public_key, &args.key) {
+        (Some(text_or_file), _) => {
+            let text = match std::fs::read_to_string(text_or_file) {
+                Ok(text) => text,
+                Err(_) => text_or_file.clone(),
+            };
+            keyfmt::parse_public_key(&text).map_err(|e| anyhow!("{e}"))?
+        }
+        (None, Some(name)) => public_key_of(&get_key(&ApiClient::new(&args.client)?, name).await?)?,
+        (None, None) => bail!("name the key with --key NAME (asks the cluster) or --public-key FILE|HEX (offline)"),
+    };
+    let message = std::fs::read(&args.input).with_context(|| format!("cannot read {}", args.input.display()))?;
+    let sig_bytes =
+        std::fs::read(&args.signature).with_context(|| format!("cannot read {}", args.signature.display()))?;
+    let signature = keyfmt::decode_signature(&sig_bytes).map_err(|e| anyhow!("{e}"))?;
+    keyfmt::verify(&public, &message, &signature).map_err(|e| anyhow!("{e}"))?;
+    match args.client.output.output {
+        Output::Json => println!("{}", serde_json::json!({ "valid": true, "public_key": hex::encode(public) })),
+        Output::Table => println!("signature is valid (Ed25519, public key {})", hex::encode(public)),
+    }
+    Ok(())
+}
+
+/// `synod request ...`.
+pub async fn request(cmd: RequestCmd) -> anyhow::Result<()> {
+    match cmd {
+        RequestCmd::Show { id, wait_secs, client } => {
+            let (_, info): (u16, RequestInfo) =
+                ApiClient::new(&client)?.get(&format!("/v1/requests/{id}?wait_ms={}", wait_secs * 1000)).await?;
+            match client.output.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&info)?),
+                Output::Table => {
+                    println!("request:    {}", info.request_id);
+                    println!("key:        {} ({})", info.key_name, info.key_id);
+                    println!("status:     {}", info.status);
+                    println!("message:    {} bytes, sha256 {}", info.message_bytes, info.message_sha256);
+                    println!("purpose:    {}", info.purpose);
+                    println!("requester:  {}", info.requester);
+                    println!("signature:  {}", info.signature.as_deref().unwrap_or("-"));
+                    println!("signers:    {:?} in {} session(s)", info.signers, info.sessions);
+                    if !info.culprits.is_empty() {
+                        println!("culprits:   {:?}", info.culprits);
+                    }
+                    if let Some(error) = &info.error {
+                        println!("error:      {error}");
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! This node's part in distributed key generation (FROST Pedersen DKG).
+//!
+//! The log carries what must be public and agreed: each participant's round-1
+//! package, signed with its node key, and each participant's confirmation of
+//! the resulting key. Round-2 packages are secret shares for one recipient and
+//! go point to point over mutual TLS, never through the log. DKG secrets live
+//! only in memory: a participant that restarts mid-generation aborts that
+//! generation (liveness, never safety), and the operator runs it again with
+//! fresh polynomials. The key package that comes out is sealed under the KEK
+//! before the node confirms, so an active key always has every share at rest.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use frost::keys::dkg::{round1, round2};
+use frost::keys::{KeyPackage, SecretShare};
+use frost_ed25519 as frost;
+use synod_proto::rpc::{PeerRequest, PeerResponse, SecretHex};
+use synod_proto::{Command, NodeId};
+use zeroize::Zeroizing;
+
+use crate::node::Node;
+use crate::signer::key_package_context;
+use crate::state::{frost_identifier, package_hash, KeyOrigin, KeyRecord, KeyStatus, DKG_TIMEOUT_MS};
+
+/// How long to wait before submitting a message again that has not shown up
+/// in the committed state (the write may have been lost with a leader).
+const RESUBMIT_MS: u64 = 3_000;
+/// How long one round-2 delivery may take.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most generations this node takes part in at once.
+pub const GENERATIONS_MAX: usize = 16;
+
+/// One generation's secrets and progress on this node.
+#[derive(Default)]
+struct Local {
+    round1_secret: Option<round1::SecretPackage>,
+    /// Our round-1 package (hex), as submitted.
+    round1_hex: String,
+    round2_secret: Option<round2::SecretPackage>,
+    /// Round-2 packages not yet delivered, by recipient.
+    outgoing: BTreeMap<NodeId, round2::Package>,
+    /// Round-2 packages received, by sender.
+    received: BTreeMap<NodeId, round2::Package>,
+    /// (group key, package hash) once our key package is sealed.
+    confirmation: Option<(String, String)>,
+    last_submit_ms: u64,
+    abort_sent: bool,
+}
+
+/// The generations this node takes part in.
+#[derive(Default)]
+pub struct Dkg {
+    locals: Mutex<BTreeMap<String, Local>>,
+}
+
+/// What a tick decided to do outside the lock.
+enum Step {
+    Submit(Command),
+    Deliver(BTreeMap<NodeId, (String, round2::Package)>),
+    Seal { key_package: Box<KeyPackage>, group: String, hash: String },
+}
+
+impl Dkg {
+    /// Advances every generation this node takes part in by one step.
+    pub async fn tick(&self, node: &Node) {
+        let now = node.now_ms();
+        let (keys, members) = {
+            let applied = node.state().read();
+            let keys: Vec<KeyRecord> = applied
+                .state
+                .keys
+                .values()
+                .filter(|k| k.status == KeyStatus::Generating && k.participants.contains(&node.id))
+                .cloned()
+                .collect();
+            (keys, applied.state.members.clone())
+        };
+        self.locals.lock().expect("dkg lock").retain(|id, _| keys.iter().any(|k| &k.id == id));
+        for key in keys {
+            let steps = self.plan(node.id, &key, now, &node.seams().rng);
+            for step in steps {
+                match step {
+                    Step::Submit(command) => {
+                        if let Err(e) = node.write_as_node(command).await {
+                            tracing::info!(key = %key.name, error = %e, "DKG message not committed yet; will retry");
+                        }
+                    }
+                    Step::Deliver(packages) => self.deliver(node, &key, &members, packages).await,
+                    Step::Seal { key_package, group, hash } => {
+                        if let Err(e) = seal(node, &key, &key_package).await {
+                            tracing::error!(key = %key.name, error = %e, "cannot seal the new key share");
+                            let reason = format!("cannot seal its key share: {e}");
+                            let _ = node.write_as_node(abort(&key, node.id, reason, None)).await;
+                            continue;
+                        }
+                        let confirm = Command::KeyConfirm {
+                            key_id: key.id.clone(),
+                            node_id: node.id,
+                            group_key: group.clone(),
+                            public_key_package_sha256: hash.clone(),
+                        };
+                        if let Some(local) = self.locals.lock().expect("dkg lock").get_mut(&key.id) {
+                            local.confirmation = Some((group, hash));
+                            local.last_submit_ms = now;
+                        }
+                        if let Err(e) = node.write_as_node(confirm).await {
+                            tracing::info!(key = %key.name, error = %e, "confirmation not committed yet; will retry");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decides the next steps for one generation (no I/O).
+    fn plan(&self, me: NodeId, key: &KeyRecord, now: u64, rng: &crate::seams::SharedRng) -> Vec<Step> {
+        let mut locals = self.locals.lock().expect("dkg lock");
+        let n = key.participants.len();
+        let timed_out = now.saturating_sub(key.created_at_ms) > DKG_TIMEOUT_MS;
+        if key.origin == KeyOrigin::Imported {
+            return Vec::new(); // Shares arrive through the API (`import_share`).
+        }
+        let fresh = !locals.contains_key(&key.id);
+        if fresh && key.round1.contains_key(&me) {
+            // We committed a round-1 package in an earlier life; its secret died with it.
+            locals.insert(key.id.clone(), Local { abort_sent: true, ..Local::default() });
+            let reason = "restarted during key generation and lost its DKG secrets; run `synod key create` again";
+            return vec![Step::Submit(abort(key, me, reason.into(), None))];
+        }
+        if fresh && locals.len() >= GENERATIONS_MAX {
+            return Vec::new();
+        }
+        let local = locals.entry(key.id.clone()).or_default();
+        if local.abort_sent {
+            return Vec::new();
+        }
+        if timed_out {
+            local.abort_sent = true;
+            let missing: Vec<NodeId> =
+                key.participants.iter().copied().filter(|p| !key.round1.contains_key(p)).collect();
+            let reason = format!(
+                "timed out after {} s; round-1 packages missing from nodes {missing:?}, round-2 packages received from {:?}",
+                DKG_TIMEOUT_MS / 1000,
+                local.received.keys().collect::<Vec<_>>()
+            );
+            return vec![Step::Submit(abort(key, me, reason, None))];
+        }
+
+        // Round 1.
+        if local.round1_hex.is_empty() {
+            let Some(id) = frost_identifier(me) else { return Vec::new() };
+            let part1 = {
+                let mut guard = rng.lock().expect("rng lock");
+                let rng: &mut dyn crate::seams::SecureRng = &mut *guard;
+                frost::keys::dkg::part1(id, n as u16, key.threshold, rng)
+            };
+            match part1 {
+                Ok((secret, package)) => {
+                    local.round1_secret = Some(secret);
+                    local.round1_hex = hex::encode(package.serialize().expect("round-1 package serialises"));
+                }
+                Err(e) => {
+                    local.abort_sent = true;
+                    return vec![Step::Submit(abort(key, me, format!("DKG part 1 failed: {e}"), None))];
+                }
+            }
+            local.last_submit_ms = now;
+            return vec![Step::Submit(round1_command(key, me, &local.round1_hex))];
+        }
+        if !key.round1.contains_key(&me) {
+            if now.saturating_sub(local.last_submit_ms) >= RESUBMIT_MS {
+                local.last_submit_ms = now;
+                return vec![Step::Submit(round1_command(key, me, &local.round1_hex))];
+            }
+            return Vec::new();
+        }
+        if key.round1.len() < n {
+            return Vec::new();
+        }
+
+        // Round 2: derive the shares for the others once every round-1 package is committed.
+        if let Some(secret) = local.round1_secret.take() {
+            let others = match others_round1(key, me) {
+                Ok(others) => others,
+                Err(reason) => {
+                    local.abort_sent = true;
+                    return vec![Step::Submit(abort(key, me, reason, None))];
+                }
+            };
+            match frost::keys::dkg::part2(secret, &others) {
+                Ok((secret2, packages)) => {
+                    local.round2_secret = Some(secret2);
+                    local.outgoing = packages
+                        .into_iter()
+                        .filter_map(|(id, p)| {
+                            key.participants.iter().find(|n| frost_identifier(**n) == Some(id)).map(|n| (*n, p))
+                        })
+                        .collect();
+                }
+                Err(e) => {
+                    local.abort_sent = true;
+                    let culprit = e.culprits().first().and_then(|c| node_of(key, c));
+                    return vec![Step::Submit(abort(key, me, format!("DKG part 2 failed: {e}"), culprit))];
+                }
+            }
+        }
+        let mut steps = Vec::new();
+        if !local.outgoing.is_empty() {
+            let packages = local.outgoing.iter().map(|(n, p)| (*n, (key.id.clone(), p.clone()))).collect();
+            steps.push(Step::Deliver(packages));
+        }
+
+        // Round 3: once every share for us has arrived.
+        if local.confirmation.is_none() && local.received.len() == n - 1 {
+            let Some(secret2) = local.round2_secret.as_ref() else { return steps };
+            let others = match others_round1(key, me) {
+                Ok(o) => o,
+                Err(_) => return steps,
+            };
+            let received: BTreeMap<frost::Identifier, round2::Package> =
+                local.received.iter().filter_map(|(n, p)| frost_identifier(*n).map(|id| (id, p.clone()))).collect();
+            match frost::keys::dkg::part3(secret2, &others, &received) {
+                Ok((key_package, public)) => {
+                    let package_hex = hex::encode(public.serialize().expect("public key package serialises"));
+                    if key.public_key_package.as_deref() != Some(package_hex.as_str()) {
+                        local.abort_sent = true;
+                        let reason = "derived a public key package that differs from the committed one".to_string();
+                        return vec![Step::Submit(abort(key, me, reason, None))];
+                    }
+                    let group = hex::encode(public.verifying_key().serialize().expect("group key serialises"));
+                    local.round2_secret = None;
+                    // Mark as in progress so the next tick does not seal twice.
+                    local.confirmation = Some((String::new(), String::new()));
+                    steps.push(Step::Seal {
+                        key_package: Box::new(key_package),
+                        group,
+                        hash: package_hash(&package_hex),
+                    });
+                }
+                Err(e) => {
+                    local.abort_sent = true;
+                    let culprit = e.culprits().first().and_then(|c| node_of(key, c));
+                    return vec![Step::Submit(abort(key, me, format!("DKG part 3 failed: {e}"), culprit))];
+                }
+            }
+            return steps;
+        }
+        if let Some((group, hash)) = &local.confirmation {
+            let resubmit = !group.is_empty() && now.saturating_sub(local.last_submit_ms) >= RESUBMIT_MS;
+            if resubmit && !key.confirmed.contains(&me) {
+                local.last_submit_ms = now;
+                steps.push(Step::Submit(Command::KeyConfirm {
+                    key_id: key.id.clone(),
+                    node_id: me,
+                    group_key: group.clone(),
+                    public_key_package_sha256: hash.clone(),
+                }));
+            }
+        }
+        steps
+    }
+
+    /// Sends round-2 packages to their recipients; delivered ones are not sent again.
+    async fn deliver(
+        &self,
+        node: &Node,
+        key: &KeyRecord,
+        members: &BTreeMap<NodeId, synod_proto::NodeAddr>,
+        packages: BTreeMap<NodeId, (String, round2::Package)>,
+    ) {
+        let calls = packages.into_iter().filter_map(|(to, (key_id, package))| {
+            let addr = members.get(&to)?.raft_addr.clone();
+            let bytes = Zeroizing::new(package.serialize().ok()?);
+            let request = PeerRequest::DkgRound2 { key_id, package: SecretHex::new(hex::encode(&*bytes)) };
+            Some(async move { (to, node.transport().call(to, addr, request, DELIVERY_TIMEOUT).await) })
+        });
+        for (to, result) in futures::future::join_all(calls).await {
+            match result {
+                Ok(PeerResponse::DkgRound2(Ok(()))) => {
+                    if let Some(local) = self.locals.lock().expect("dkg lock").get_mut(&key.id) {
+                        local.outgoing.remove(&to);
+                    }
+                }
+                Ok(PeerResponse::DkgRound2(Err(why))) => {
+                    tracing::info!(key = %key.name, to, why, "round-2 package refused; will retry")
+                }
+                Ok(other) => tracing::info!(key = %key.name, to, ?other, "unexpected answer to a round-2 package"),
+                Err(e) => tracing::info!(key = %key.name, to, error = %e, "round-2 package not delivered; will retry"),
+            }
+        }
+    }
+
+    /// A round-2 package from participant `from` (authenticated by mutual TLS).
+    pub fn receive_round2(&self, node: &Node, from: NodeId, key_id: &str, package: &SecretHex) -> Result<(), String> {
+        {
+            let applied = node.state().read();
+            let key = applied.state.keys.get(key_id).ok_or(format!("key {key_id} is not in this node's state yet"))?;
+            if key.status != KeyStatus::Generating {
+                return Err(format!("key {} is not generating", key.name));
+            }
+            if !key.participants.contains(&from) || !key.participants.contains(&node.id) {
+                return Err(format!("node {from} and node {} are not both participants", node.id));
+            }
+        }
+        let bytes = Zeroizing::new(hex::decode(package.expose()).map_err(|_| "round-2 package is not hex")?);
+        let package =
+            round2::Package::deserialize(&bytes).map_err(|e| format!("round-2 package does not parse: {e}"))?;
+        let mut locals = self.locals.lock().expect("dkg lock");
+        let local = locals.get_mut(key_id).ok_or("this node holds no DKG secrets for the key (restarted?)")?;
+        local.received.entry(from).or_insert(package);
+        Ok(())
+    }
+}
+
+/// An imported share sent by the operator's CLI: verified against the
+/// committed public key package, sealed, then confirmed in the log.
+pub async fn import_share(node: &Node, key_id: &str, share: &SecretHex) -> Result<(), synod_proto::api::ApiError> {
+    use synod_proto::api::ApiError;
+    let key = {
+        let applied = node.state().read();
+        let key = applied.state.keys.get(key_id).ok_or(ApiError::new(404, format!("no key with id {key_id}")))?;
+        if key.origin != KeyOrigin::Imported || key.status != KeyStatus::Generating {
+            return Err(ApiError::new(409, format!("key {} is not waiting for imported shares", key.name)));
+        }
+        if !key.participants.contains(&node.id) {
+            return Err(ApiError::new(400, format!("node {} is not a participant of key {}", node.id, key.name)));
+        }
+        key.clone()
+    };
+    let bytes = Zeroizing::new(hex::decode(share.expose()).map_err(|_| ApiError::bad_request("share is not hex"))?);
+    let secret =
+        SecretShare::deserialize(&bytes).map_err(|e| ApiError::bad_request(format!("share does not parse: {e}")))?;
+    if Some(*secret.identifier()) != frost_identifier(node.id) {
+        return Err(ApiError::bad_request(format!("this share is for another participant, not node {}", node.id)));
+    }
+    let key_package = KeyPackage::try_from(secret)
+        .map_err(|e| ApiError::bad_request(format!("share does not verify against its commitment: {e}")))?;
+    let public = key.public_keys().ok_or(ApiError::new(500, "the key's public package does not parse"))?;
+    let id = frost_identifier(node.id).expect("checked above");
+    if key_package.verifying_key() != public.verifying_key()
+        || public.verifying_shares().get(&id) != Some(key_package.verifying_share())
+    {
+        return Err(ApiError::bad_request("this share does not belong to the key's committed public key package"));
+    }
+    seal(node, &key, &key_package).await.map_err(|e| ApiError::new(500, format!("cannot seal the share: {e}")))?;
+    let confirm = Command::KeyConfirm {
+        key_id: key.id.clone(),
+        node_id: node.id,
+        group_key: key.group_key.clone().unwrap_or_default(),
+        public_key_package_sha256: package_hash(key.public_key_package.as_deref().unwrap_or_default()),
+    };
+    node.write_as_node(confirm).await.map(|_| ())
+}
+
+async fn seal(node: &Node, key: &KeyRecord, key_package: &KeyPackage) -> Result<(), String> {
+    let cluster_id = node.state().read().state.cluster_id.clone().unwrap_or_default();
+    let ctx = key_package_context(cluster_id, node.id, key);
+    let bytes = Zeroizing::new(key_package.serialize().map_err(|e| e.to_string())?);
+    let sealed = node.sealed().clone();
+    crate::seams::run_blocking(move || sealed.put(&ctx, &bytes))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+fn round1_command(key: &KeyRecord, me: NodeId, package_hex: &str) -> Command {
+    Command::DkgRound1 { key_id: key.id.clone(), node_id: me, package: package_hex.to_string() }
+}
+
+fn abort(key: &KeyRecord, me: NodeId, reason: String, culprit: Option<NodeId>) -> Command {
+    tracing::warn!(key = %key.name, reason, ?culprit, "aborting key generation");
+    Command::KeyAbort { key_id: key.id.clone(), node_id: me, reason, culprit }
+}
+
+fn node_of(key: &KeyRecord, id: &frost::Identifier) -> Option<NodeId> {
+    key.participants.iter().copied().find(|n| frost_identifier(*n).as_ref() == Some(id))
+}
+
+/// The committed round-1 packages of every participant but `me`.
+fn others_round1(key: &KeyRecord, me: NodeId) -> Result<BTreeMap<frost::Identifier, round1::Package>, String> {
+    let mut out = BTreeMap::new();
+    for (node, package_hex) in key.round1.iter().filter(|(n, _)| **n != me) {
+        let id = frost_identifier(*node).ok_or("participant without identifier")?;
+        let bytes = hex::decode(package_hex).map_err(|_| "round-1 package is not hex")?;
+        let package = round1::Package::deserialize(&bytes).map_err(|e| format!("round-1 package: {e}"))?;
+        out.insert(id, package);
+    }
+    Ok(out)
+}

@@ -1,0 +1,268 @@
+//! The signer: this node's side of FROST signing.
+//!
+//! Before it releases a share the signer checks, in its own committed state,
+//! that the request exists and is pending, that its key is active and this node
+//! holds a share, and that the message in the signing package is byte for byte
+//! the message it committed. The leader's word counts for nothing.
+//!
+//! Nonces live only in memory, one slot per (request, session), tagged with
+//! this boot's incarnation. A slot's nonces are taken out before the share is
+//! computed, so they serve exactly one signing package; a byte-identical retry
+//! of that package gets the same share back, anything else is refused. A
+//! restart forgets every slot: no backup, snapshot or lost write can bring a
+//! used nonce back. Key packages are unsealed on first use and kept in
+//! zeroizing memory while the node runs (ARCHITECTURE.md, "Sealed secrets").
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use frost::keys::KeyPackage;
+use frost::round1::{SigningCommitments, SigningNonces};
+use frost::round2::SignatureShare;
+use frost::SigningPackage;
+use frost_ed25519 as frost;
+use sha2::{Digest, Sha256};
+use synod_proto::rpc::SignerCommitments;
+use synod_proto::NodeId;
+
+use crate::raft::state_machine::SharedState;
+use crate::sealed::{Purpose, SealContext, SealedStore};
+use crate::seams::SharedRng;
+use crate::state::{frost_identifier, ClusterState, KeyRecord, KeyStatus, RequestStatus};
+
+/// The most sessions one request may open on this signer. A coordinator needs
+/// at most n − t + 1 per leader; this leaves room for several leader changes.
+pub const SESSIONS_PER_REQUEST_MAX: usize = 32;
+/// The most nonce slots held at once, over all requests.
+pub const SLOTS_MAX: usize = 8192;
+
+/// One session's nonces, before and after use. Unboxed on purpose: slots are
+/// bounded by [`SLOTS_MAX`] (about 6 MiB at most) and a box would be one more
+/// heap copy of secret nonces to zeroize.
+#[allow(clippy::large_enum_variant)]
+enum Slot {
+    /// Committed, not yet used.
+    Fresh { nonces: SigningNonces, commitments: SigningCommitments },
+    /// Used for exactly this package; the nonces are gone.
+    Used { package_sha256: [u8; 32], share: SignatureShare },
+}
+
+/// This node's signer.
+pub struct Signer {
+    node_id: NodeId,
+    incarnation: String,
+    state: SharedState,
+    sealed: Arc<SealedStore>,
+    rng: SharedRng,
+    key_packages: Mutex<BTreeMap<String, Arc<KeyPackage>>>,
+    /// Nonce slots by (request id, session id).
+    slots: Mutex<BTreeMap<(String, String), Slot>>,
+}
+
+impl Signer {
+    pub fn new(
+        node_id: NodeId,
+        incarnation: String,
+        state: SharedState,
+        sealed: Arc<SealedStore>,
+        rng: SharedRng,
+    ) -> Self {
+        Signer { node_id, incarnation, state, sealed, rng, key_packages: Mutex::default(), slots: Mutex::default() }
+    }
+
+    /// The pending request and its key, if this node may sign it.
+    fn check_request(&self, state: &ClusterState, request_id: &str) -> Result<(Vec<u8>, KeyRecord), String> {
+        let request = state.requests.get(request_id).ok_or(format!(
+            "request {request_id} is not in this node's committed log (yet); retry once it has caught up"
+        ))?;
+        if request.status != RequestStatus::Pending {
+            return Err(format!("request {request_id} is no longer pending"));
+        }
+        let key = state.keys.get(&request.key_id).ok_or("the request's key is unknown here")?;
+        if key.status != KeyStatus::Active {
+            return Err(format!("key {} is not active", key.name));
+        }
+        if !key.participants.contains(&self.node_id) {
+            return Err(format!("node {} holds no share of key {}", self.node_id, key.name));
+        }
+        let message = request.message_bytes().ok_or("the request has no message")?;
+        Ok((message, key.clone()))
+    }
+
+    /// Round 1: fresh commitments for a session of a committed, pending request.
+    pub async fn commit(&self, request_id: &str, session_id: &str) -> Result<SignerCommitments, String> {
+        let key = {
+            let applied = self.state.read();
+            self.check_request(&applied.state, request_id)?.1
+        };
+        let key_package = self.key_package(&key, applied_cluster_id(&self.state)).await?;
+        let mut slots = self.slots.lock().expect("slots lock");
+        let slot_key = (request_id.to_string(), session_id.to_string());
+        if let Some(slot) = slots.get(&slot_key) {
+            return match slot {
+                // A retried round 1 for the same session: the same, still unused commitments.
+                Slot::Fresh { commitments, .. } => Ok(self.answer(commitments)),
+                Slot::Used { .. } => Err(format!("session {session_id} already produced a share; start a new one")),
+            };
+        }
+        let per_request =
+            slots.range((request_id.to_string(), String::new())..).take_while(|(k, _)| k.0 == request_id).count();
+        if per_request >= SESSIONS_PER_REQUEST_MAX {
+            return Err(format!("request {request_id} already opened {SESSIONS_PER_REQUEST_MAX} sessions here"));
+        }
+        if slots.len() >= SLOTS_MAX {
+            return Err(format!("{SLOTS_MAX} signing sessions are open on node {}; retry later", self.node_id));
+        }
+        let (nonces, commitments) = {
+            let mut guard = self.rng.lock().expect("rng lock");
+            let mut rng: &mut dyn crate::seams::SecureRng = &mut *guard;
+            frost::round1::commit(key_package.signing_share(), &mut rng)
+        };
+        let answer = self.answer(&commitments);
+        slots.insert(slot_key, Slot::Fresh { nonces, commitments });
+        Ok(answer)
+    }
+
+    fn answer(&self, commitments: &SigningCommitments) -> SignerCommitments {
+        SignerCommitments {
+            commitments: hex::encode(commitments.serialize().expect("commitments serialise")),
+            incarnation: self.incarnation.clone(),
+        }
+    }
+
+    /// Round 2: this node's signature share for a signing package.
+    pub async fn share(
+        &self,
+        request_id: &str,
+        session_id: &str,
+        incarnation: &str,
+        package_hex: &str,
+    ) -> Result<String, String> {
+        if incarnation != self.incarnation {
+            return Err(format!(
+                "node {} restarted since it committed for session {session_id}; its nonces are gone, start a new session",
+                self.node_id
+            ));
+        }
+        let package_bytes = hex::decode(package_hex).map_err(|_| "signing package is not hex".to_string())?;
+        let package_sha256: [u8; 32] = Sha256::digest(&package_bytes).into();
+        let package =
+            SigningPackage::deserialize(&package_bytes).map_err(|e| format!("signing package does not parse: {e}"))?;
+        let (message, key) = {
+            let applied = self.state.read();
+            self.check_request(&applied.state, request_id)?
+        };
+        let key_package = self.key_package(&key, applied_cluster_id(&self.state)).await?;
+        if package.message() != message.as_slice() {
+            tracing::warn!(
+                request_id,
+                session_id,
+                "signing package carries another message than the committed request"
+            );
+            return Err(format!("the signing package's message is not request {request_id}'s committed message"));
+        }
+        let mine = frost_identifier(self.node_id).ok_or("this node id has no FROST identifier")?;
+        let participants: Vec<frost::Identifier> =
+            key.participants.iter().filter_map(|p| frost_identifier(*p)).collect();
+        let signers = package.signing_commitments();
+        if signers.len() < usize::from(key.threshold) || signers.keys().any(|id| !participants.contains(id)) {
+            return Err(format!("the signing package does not name {} participants of the key", key.threshold));
+        }
+
+        let mut slots = self.slots.lock().expect("slots lock");
+        let slot_key = (request_id.to_string(), session_id.to_string());
+        let nonces = match slots.remove(&slot_key) {
+            None => return Err(format!(
+                "node {} has no nonces for session {session_id} (never committed, or restarted); start a new session",
+                self.node_id
+            )),
+            Some(Slot::Used { package_sha256: used_for, share }) => {
+                let result = if used_for == package_sha256 {
+                    // A byte-identical retry: the same share, no new use of the nonce.
+                    Ok(hex::encode(share.serialize()))
+                } else {
+                    tracing::warn!(request_id, session_id, "refused a second signing package for a used nonce");
+                    Err(format!("session {session_id}'s nonce already signed another package; start a new session"))
+                };
+                slots.insert(slot_key, Slot::Used { package_sha256: used_for, share });
+                return result;
+            }
+            Some(Slot::Fresh { nonces, commitments }) => {
+                if signers.get(&mine) != Some(&commitments) {
+                    // Not consumed: the package is wrong, the nonce was not used.
+                    slots.insert(slot_key, Slot::Fresh { nonces, commitments });
+                    return Err("the signing package does not carry this node's commitments for the session".into());
+                }
+                nonces
+            }
+        };
+        // The nonces left the map above and are dropped (zeroized) at the end of this scope.
+        let share = frost::round2::sign(&package, &nonces, &key_package).map_err(|e| format!("signing failed: {e}"))?;
+        let share = crate::faults::corrupt_share(share);
+        let commitment_hex = hex::encode(nonces.commitments().serialize().unwrap_or_default());
+        slots.insert(slot_key, Slot::Used { package_sha256, share });
+        drop(slots);
+        tracing::info!(
+            node = self.node_id,
+            request_id,
+            session_id,
+            commitment = %commitment_hex,
+            package_sha256 = %hex::encode(package_sha256),
+            "released signature share"
+        );
+        Ok(hex::encode(share.serialize()))
+    }
+
+    /// Drops the nonce slots of requests that are no longer pending.
+    pub fn forget_finished(&self) {
+        let applied = self.state.read();
+        let pending = &applied.state.pending_requests;
+        self.slots.lock().expect("slots lock").retain(|(request_id, _), _| pending.contains(request_id));
+        let keys = &applied.state.keys;
+        self.key_packages
+            .lock()
+            .expect("key packages lock")
+            .retain(|id, _| keys.get(id).is_some_and(|k| k.status == KeyStatus::Active));
+    }
+
+    /// Open nonce slots, for status and the simulator.
+    pub fn open_slots(&self) -> usize {
+        self.slots.lock().expect("slots lock").len()
+    }
+
+    /// The key package for `key`, unsealed on first use.
+    async fn key_package(&self, key: &KeyRecord, cluster_id: String) -> Result<Arc<KeyPackage>, String> {
+        if let Some(found) = self.key_packages.lock().expect("key packages lock").get(&key.id) {
+            return Ok(found.clone());
+        }
+        let ctx = key_package_context(cluster_id, self.node_id, key);
+        let sealed = self.sealed.clone();
+        let what = ctx.clone();
+        let plain = crate::seams::run_blocking(move || sealed.get(&what))
+            .await
+            .map_err(|e| format!("unsealing failed: {e}"))?
+            .map_err(|e| format!("cannot unseal this node's share of key {}: {e}", key.name))?
+            .ok_or(format!("node {} has no sealed share of key {}", self.node_id, key.name))?;
+        let package =
+            KeyPackage::deserialize(&plain).map_err(|e| format!("the sealed key package does not parse: {e}"))?;
+        let package = Arc::new(package);
+        self.key_packages.lock().expect("key packages lock").insert(key.id.clone(), package.clone());
+        Ok(package)
+    }
+}
+
+fn applied_cluster_id(state: &SharedState) -> String {
+    state.read().state.cluster_id.clone().unwrap_or_default()
+}
+
+/// Where a node's share of a key is sealed.
+pub fn key_package_context(cluster_id: String, node_id: NodeId, key: &KeyRecord) -> SealContext {
+    SealContext {
+        cluster_id,
+        node_id,
+        key_id: key.id.clone(),
+        key_version: key.version,
+        generation: 0,
+        purpose: Purpose::KeyPackage,
+    }
+}

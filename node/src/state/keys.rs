@@ -1,0 +1,366 @@
+//! Signing keys in the replicated state: creation by DKG or import, the
+//! committed round-1 packages, the confirmations, activation and abort.
+//!
+//! Pedersen DKG has no complaint round and the log is only as honest as the
+//! leader, so a key turns active only when every participant has committed a
+//! signed confirmation of the same group key and public key package, which the
+//! state machine also computes itself from the committed round-1 commitments.
+
+use std::collections::BTreeMap;
+
+use frost_ed25519 as frost;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use synod_proto::api::KeyInfo;
+use synod_proto::NodeId;
+
+use super::{ClusterState, Refusal};
+
+/// A key generation or import that has not completed this long after its
+/// creation (by entry time) is aborted by the state machine itself.
+pub const DKG_TIMEOUT_MS: u64 = 120_000;
+
+/// The key version; rotation will add more.
+const FIRST_VERSION: u32 = 1;
+
+/// How a key came to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyOrigin {
+    /// Distributed key generation among the nodes; the whole key never existed.
+    Dkg,
+    /// Split by a dealer on an operator's machine (migration of an existing key).
+    Imported,
+}
+
+/// Where a key stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum KeyStatus {
+    /// Waiting for round-1 packages or confirmations.
+    Generating,
+    /// Every participant confirmed the same key; it signs.
+    Active,
+    /// Generation failed; the name is free again.
+    Aborted { reason: String, culprit: Option<NodeId> },
+}
+
+/// A signing key as the log decided it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub id: String,
+    pub name: String,
+    pub version: u32,
+    pub threshold: u16,
+    /// Ascending; FROST identifier = node id.
+    pub participants: Vec<NodeId>,
+    pub origin: KeyOrigin,
+    pub status: KeyStatus,
+    /// Committed DKG round-1 packages (hex), by participant.
+    pub round1: BTreeMap<NodeId, String>,
+    /// The public key package (hex), once every round-1 package is in (DKG) or from the import.
+    pub public_key_package: Option<String>,
+    /// The Ed25519 group public key (hex).
+    pub group_key: Option<String>,
+    /// Participants that confirmed `group_key` and the package hash.
+    pub confirmed: Vec<NodeId>,
+    pub created_index: u64,
+    pub created_at_ms: u64,
+    pub activated_at_ms: Option<u64>,
+}
+
+impl KeyRecord {
+    /// The API view.
+    pub fn info(&self) -> KeyInfo {
+        let (abort_reason, culprit) = match &self.status {
+            KeyStatus::Aborted { reason, culprit } => (Some(reason.clone()), *culprit),
+            _ => (None, None),
+        };
+        KeyInfo {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            version: self.version,
+            threshold: self.threshold,
+            participants: self.participants.clone(),
+            status: match self.status {
+                KeyStatus::Generating => "generating",
+                KeyStatus::Active => "active",
+                KeyStatus::Aborted { .. } => "aborted",
+            }
+            .into(),
+            origin: match self.origin {
+                KeyOrigin::Dkg => "dkg",
+                KeyOrigin::Imported => "imported",
+            }
+            .into(),
+            public_key: self.group_key.clone(),
+            round1_received: self.round1.keys().copied().collect(),
+            confirmed: self.confirmed.clone(),
+            abort_reason,
+            culprit,
+            created_at_ms: self.created_at_ms,
+            activated_at_ms: self.activated_at_ms,
+        }
+    }
+
+    /// The decoded public key package, once known.
+    pub fn public_keys(&self) -> Option<frost::keys::PublicKeyPackage> {
+        let bytes = hex::decode(self.public_key_package.as_deref()?).ok()?;
+        frost::keys::PublicKeyPackage::deserialize(&bytes).ok()
+    }
+
+    /// The group public key, once known.
+    pub fn group_key_bytes(&self) -> Option<[u8; 32]> {
+        hex::decode(self.group_key.as_deref()?).ok()?.try_into().ok()
+    }
+
+    fn is_participant(&self, node: NodeId) -> bool {
+        self.participants.contains(&node)
+    }
+}
+
+/// The FROST identifier of a participant node (node ids 1 to 65535).
+pub fn frost_identifier(node: NodeId) -> Option<frost::Identifier> {
+    u16::try_from(node).ok().and_then(|n| frost::Identifier::try_from(n).ok())
+}
+
+/// SHA-256 (hex) of a serialized public key package: what participants confirm.
+pub fn package_hash(package_hex: &str) -> String {
+    hex::encode(Sha256::digest(hex::decode(package_hex).unwrap_or_default()))
+}
+
+impl ClusterState {
+    /// The live key (generating or active) with this name.
+    pub fn key_by_name(&self, name: &str) -> Option<&KeyRecord> {
+        self.key_names.get(name).and_then(|id| self.keys.get(id))
+    }
+
+    fn new_key(
+        &mut self,
+        index: u64,
+        id: &str,
+        name: &str,
+        threshold: u16,
+        participants: &[NodeId],
+        origin: KeyOrigin,
+    ) -> Result<KeyRecord, Refusal> {
+        if let Some(existing) = self.key_by_name(name) {
+            return Err(format!("a key named {name:?} already exists (id {}); pick another name", existing.id).into());
+        }
+        if self.keys.contains_key(id) {
+            return Err(format!("key id {id} is taken").into());
+        }
+        if let Some(stranger) = participants.iter().find(|p| !self.members.contains_key(p)) {
+            return Err(format!("participant {stranger} is not a member of the cluster").into());
+        }
+        let mut participants = participants.to_vec();
+        participants.sort_unstable();
+        Ok(KeyRecord {
+            id: id.to_string(),
+            name: name.to_string(),
+            version: FIRST_VERSION,
+            threshold,
+            participants,
+            origin,
+            status: KeyStatus::Generating,
+            round1: BTreeMap::new(),
+            public_key_package: None,
+            group_key: None,
+            confirmed: Vec::new(),
+            created_index: index,
+            created_at_ms: self.time_ms,
+            activated_at_ms: None,
+        })
+    }
+
+    fn insert_key(&mut self, key: KeyRecord) {
+        self.key_names.insert(key.name.clone(), key.id.clone());
+        self.keys.insert(key.id.clone(), key);
+    }
+
+    pub(super) fn create_key(
+        &mut self,
+        index: u64,
+        id: &str,
+        name: &str,
+        threshold: u16,
+        participants: &[NodeId],
+    ) -> Result<String, Refusal> {
+        let key = self.new_key(index, id, name, threshold, participants, KeyOrigin::Dkg)?;
+        let detail = format!(
+            "key {name} ({id}) generating: {threshold} of {} participants {:?}",
+            key.participants.len(),
+            key.participants
+        );
+        self.insert_key(key);
+        Ok(detail)
+    }
+
+    pub(super) fn import_key(
+        &mut self,
+        index: u64,
+        id: &str,
+        name: &str,
+        threshold: u16,
+        participants: &[NodeId],
+        package_hex: &str,
+    ) -> Result<String, Refusal> {
+        let mut key = self.new_key(index, id, name, threshold, participants, KeyOrigin::Imported)?;
+        let bytes = hex::decode(package_hex).map_err(|_| "public key package is not hex")?;
+        let package = frost::keys::PublicKeyPackage::deserialize(&bytes)
+            .map_err(|e| format!("public key package does not parse: {e}"))?;
+        let expected: Vec<frost::Identifier> = key.participants.iter().filter_map(|p| frost_identifier(*p)).collect();
+        let present: Vec<frost::Identifier> = package.verifying_shares().keys().copied().collect();
+        if expected != present {
+            return Err("public key package's identifiers are not the participants' node ids".into());
+        }
+        if package.min_signers().is_some_and(|m| m != threshold) {
+            return Err("public key package's threshold differs from the command's".into());
+        }
+        let group = package.verifying_key().serialize().map_err(|e| format!("group key: {e}"))?;
+        key.group_key = Some(hex::encode(group));
+        key.public_key_package = Some(package_hex.to_string());
+        let detail = format!("key {name} ({id}) imported; waiting for {} shares", key.participants.len());
+        self.insert_key(key);
+        Ok(detail)
+    }
+
+    fn generating_key(&mut self, key_id: &str, node: NodeId) -> Result<&mut KeyRecord, Refusal> {
+        let key = self.keys.get_mut(key_id).ok_or(format!("no key with id {key_id}"))?;
+        if key.status != KeyStatus::Generating {
+            return Err(format!("key {} is not generating", key.name).into());
+        }
+        if !key.is_participant(node) {
+            return Err(format!("node {node} is not a participant of key {}", key.name).into());
+        }
+        Ok(key)
+    }
+
+    pub(super) fn dkg_round1(&mut self, key_id: &str, node: NodeId, package_hex: &str) -> Result<String, Refusal> {
+        let key = self.generating_key(key_id, node)?;
+        if key.origin != KeyOrigin::Dkg {
+            return Err("an imported key has no DKG rounds".into());
+        }
+        if key.round1.contains_key(&node) {
+            return Err(format!("node {node} already committed its round-1 package for key {}", key.name).into());
+        }
+        let bytes = hex::decode(package_hex).map_err(|_| "round-1 package is not hex")?;
+        let package = frost::keys::dkg::round1::Package::deserialize(&bytes)
+            .map_err(|e| format!("round-1 package from node {node} does not parse: {e}"))?;
+        if package.commitment().coefficients().len() != usize::from(key.threshold) {
+            return Err(format!("round-1 package from node {node} commits to the wrong threshold").into());
+        }
+        key.round1.insert(node, package_hex.to_string());
+        let name = key.name.clone();
+        if key.round1.len() < key.participants.len() {
+            return Ok(format!(
+                "key {name}: round-1 package {}/{} (node {node})",
+                key.round1.len(),
+                key.participants.len()
+            ));
+        }
+        // Every round-1 package is in: compute the public key package every participant must confirm.
+        match public_package_from_round1(key) {
+            Ok((package_hex, group_hex)) => {
+                key.public_key_package = Some(package_hex);
+                key.group_key = Some(group_hex.clone());
+                Ok(format!("key {name}: all round-1 packages committed; group key {group_hex}"))
+            }
+            Err(reason) => {
+                self.abort(key_id, reason.clone(), None);
+                Ok(format!("key {name} aborted: {reason}"))
+            }
+        }
+    }
+
+    pub(super) fn key_confirm(
+        &mut self,
+        key_id: &str,
+        node: NodeId,
+        group_key: &str,
+        package_sha256: &str,
+    ) -> Result<String, Refusal> {
+        let now = self.time_ms;
+        let key = self.generating_key(key_id, node)?;
+        let (Some(ours), Some(package)) = (&key.group_key, &key.public_key_package) else {
+            return Err(format!("key {} has no group key yet to confirm", key.name).into());
+        };
+        if key.confirmed.contains(&node) {
+            return Err(format!("node {node} already confirmed key {}", key.name).into());
+        }
+        if ours != group_key || package_hash(package) != package_sha256 {
+            let reason = format!(
+                "node {node} derived a different key than the committed round-1 packages give; \
+                 the DKG messages it saw differ (a participant or the leader equivocated). Run it again."
+            );
+            let name = key.name.clone();
+            self.abort(key_id, reason, None);
+            return Ok(format!("key {name} aborted: confirmations disagree"));
+        }
+        key.confirmed.push(node);
+        key.confirmed.sort_unstable();
+        if key.confirmed.len() < key.participants.len() {
+            return Ok(format!("key {}: confirmation {}/{}", key.name, key.confirmed.len(), key.participants.len()));
+        }
+        key.status = KeyStatus::Active;
+        key.activated_at_ms = Some(now);
+        Ok(format!("key {} active; public key {ours}", key.name))
+    }
+
+    pub(super) fn key_abort(
+        &mut self,
+        key_id: &str,
+        node: NodeId,
+        reason: &str,
+        culprit: Option<NodeId>,
+    ) -> Result<String, Refusal> {
+        let key = self.generating_key(key_id, node)?;
+        let name = key.name.clone();
+        self.abort(key_id, format!("node {node}: {reason}"), culprit);
+        Ok(format!("key {name} aborted by node {node}"))
+    }
+
+    fn abort(&mut self, key_id: &str, reason: String, culprit: Option<NodeId>) {
+        if let Some(key) = self.keys.get_mut(key_id) {
+            tracing::warn!(key = %key.name, key_id, reason, ?culprit, "key generation aborted");
+            key.status = KeyStatus::Aborted { reason, culprit };
+            key.round1.clear();
+            if self.key_names.get(&key.name).is_some_and(|id| id == key_id) {
+                self.key_names.remove(&key.name);
+            }
+        }
+    }
+
+    /// Aborts generations that ran past [`DKG_TIMEOUT_MS`] of entry time.
+    pub(super) fn expire_keys(&mut self) {
+        let now = self.time_ms;
+        let stale: Vec<String> = self
+            .keys
+            .values()
+            .filter(|k| k.status == KeyStatus::Generating && now.saturating_sub(k.created_at_ms) > DKG_TIMEOUT_MS)
+            .map(|k| k.id.clone())
+            .collect();
+        for id in stale {
+            let reason = format!("timed out after {} s; are all participants up?", DKG_TIMEOUT_MS / 1000);
+            self.abort(&id, reason, None);
+        }
+    }
+}
+
+/// The public key package and group key (both hex) that the committed round-1
+/// commitments determine.
+fn public_package_from_round1(key: &KeyRecord) -> Result<(String, String), String> {
+    let mut packages = BTreeMap::new();
+    for (node, package_hex) in &key.round1 {
+        let id = frost_identifier(*node).ok_or(format!("node id {node} has no FROST identifier"))?;
+        let bytes = hex::decode(package_hex).map_err(|_| "round-1 package is not hex".to_string())?;
+        let package = frost::keys::dkg::round1::Package::deserialize(&bytes).map_err(|e| e.to_string())?;
+        packages.insert(id, package);
+    }
+    let commitments = packages.iter().map(|(id, p)| (*id, p.commitment())).collect();
+    let public = frost::keys::PublicKeyPackage::from_dkg_commitments(&commitments)
+        .map_err(|e| format!("the round-1 commitments do not combine into a key: {e}"))?;
+    let bytes = public.serialize().map_err(|e| e.to_string())?;
+    let group = public.verifying_key().serialize().map_err(|e| e.to_string())?;
+    Ok((hex::encode(bytes), hex::encode(group)))
+}

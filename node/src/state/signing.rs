@@ -1,0 +1,249 @@
+//! Signing requests in the replicated state: one request id, one message.
+//!
+//! A request is committed before any signer releases a share, and every signer
+//! reads the message from its own copy of it. A result is stored only after
+//! every node has verified the signature against the key and its own copy of
+//! the message. The first valid result wins; FROST signatures are randomised,
+//! so a second coordinator's different but valid signature of the same message
+//! is refused, and no second message is ever signed under one id.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use synod_proto::api::RequestInfo;
+use synod_proto::{Envelope, NodeId, OperatorKey};
+
+use super::{ClusterState, KeyStatus, Refusal};
+
+/// The most requests that may wait for a signature at once; more are refused
+/// until some finish.
+pub const PENDING_REQUESTS_MAX: usize = 1024;
+
+/// A request still pending this long after it was committed (entry time) is
+/// failed by the state machine itself.
+pub const REQUEST_PENDING_MS_MAX: u64 = 10 * 60 * 1000;
+
+/// Where a request stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum RequestStatus {
+    Pending,
+    Signed { signature: String },
+    Failed { reason: String },
+}
+
+/// A signing request as the log decided it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub request_id: String,
+    pub key_id: String,
+    /// The message (hex) while the request is pending; dropped once it is
+    /// finished (its hash stays), so finished requests cost little memory.
+    pub message: Option<String>,
+    pub message_sha256: String,
+    pub message_bytes: usize,
+    pub purpose: String,
+    pub requester: OperatorKey,
+    pub status: RequestStatus,
+    pub signers: Vec<NodeId>,
+    pub culprits: Vec<NodeId>,
+    pub sessions: u32,
+    pub created_index: u64,
+    pub created_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+}
+
+impl RequestRecord {
+    /// The message bytes, while pending.
+    pub fn message_bytes(&self) -> Option<Vec<u8>> {
+        hex::decode(self.message.as_deref()?).ok()
+    }
+}
+
+impl ClusterState {
+    /// The API view of a request.
+    pub fn request_info(&self, request_id: &str) -> Option<RequestInfo> {
+        let r = self.requests.get(request_id)?;
+        let key = self.keys.get(&r.key_id);
+        let (status, signature, error) = match &r.status {
+            RequestStatus::Pending => ("pending", None, None),
+            RequestStatus::Signed { signature } => ("signed", Some(signature.clone()), None),
+            RequestStatus::Failed { reason } => ("failed", None, Some(reason.clone())),
+        };
+        Some(RequestInfo {
+            request_id: r.request_id.clone(),
+            key_id: r.key_id.clone(),
+            key_name: key.map(|k| k.name.clone()).unwrap_or_default(),
+            public_key: key.and_then(|k| k.group_key.clone()).unwrap_or_default(),
+            message_sha256: r.message_sha256.clone(),
+            message_bytes: r.message_bytes,
+            purpose: r.purpose.clone(),
+            requester: r.requester,
+            status: status.into(),
+            signature,
+            signers: r.signers.clone(),
+            culprits: r.culprits.clone(),
+            sessions: r.sessions,
+            error,
+            created_index: r.created_index,
+            created_at_ms: r.created_at_ms,
+            finished_at_ms: r.finished_at_ms,
+        })
+    }
+
+    /// A sign request whose id is already known: the same message (from the
+    /// same requester) is answered with what exists, reopening a failed one.
+    /// Returns `None` for a new id or a different message (refused later).
+    pub(super) fn existing_request(&mut self, envelope: &Envelope, author: OperatorKey) -> Option<String> {
+        let synod_proto::Command::SignRequest { request_id, message, .. } = &envelope.command else { return None };
+        let record = self.requests.get_mut(request_id)?;
+        if record.message_sha256 != sha256_hex(message) || record.requester != author {
+            return None;
+        }
+        match record.status {
+            RequestStatus::Pending => Some(format!("request {request_id} is already pending")),
+            RequestStatus::Signed { .. } => Some(format!("request {request_id} is already signed")),
+            RequestStatus::Failed { .. } if self.pending_requests.len() < PENDING_REQUESTS_MAX => {
+                record.status = RequestStatus::Pending;
+                record.message = Some(message.clone());
+                record.created_at_ms = self.time_ms;
+                record.finished_at_ms = None;
+                self.pending_requests.insert(request_id.clone());
+                Some(format!("request {request_id} reopened after a failed attempt"))
+            }
+            RequestStatus::Failed { .. } => None,
+        }
+    }
+
+    pub(super) fn sign_request(
+        &mut self,
+        index: u64,
+        requester: OperatorKey,
+        request_id: &str,
+        key_name: &str,
+        message_hex: &str,
+        purpose: &str,
+    ) -> Result<String, Refusal> {
+        if self.requests.contains_key(request_id) {
+            return Err(format!(
+                "request id {request_id} already names another message (or requester); one request id, one message"
+            )
+            .into());
+        }
+        let key = self.key_by_name(key_name).ok_or(format!("no key named {key_name:?}"))?;
+        if key.status != KeyStatus::Active {
+            return Err(format!("key {key_name} is not active yet").into());
+        }
+        if self.pending_requests.len() >= PENDING_REQUESTS_MAX {
+            return Err(format!("{PENDING_REQUESTS_MAX} requests are already pending; retry later").into());
+        }
+        let record = RequestRecord {
+            request_id: request_id.to_string(),
+            key_id: key.id.clone(),
+            message: Some(message_hex.to_string()),
+            message_sha256: sha256_hex(message_hex),
+            message_bytes: message_hex.len() / 2,
+            purpose: purpose.to_string(),
+            requester,
+            status: RequestStatus::Pending,
+            signers: Vec::new(),
+            culprits: Vec::new(),
+            sessions: 0,
+            created_index: index,
+            created_at_ms: self.time_ms,
+            finished_at_ms: None,
+        };
+        let detail = format!("request {request_id} pending: {} bytes with key {key_name}", record.message_bytes);
+        self.requests.insert(request_id.to_string(), record);
+        self.pending_requests.insert(request_id.to_string());
+        Ok(detail)
+    }
+
+    fn pending_request(&self, request_id: &str) -> Result<&RequestRecord, Refusal> {
+        let record = self.requests.get(request_id).ok_or(format!("no request {request_id}"))?;
+        if record.status != RequestStatus::Pending {
+            return Err(format!("request {request_id} is no longer pending").into());
+        }
+        Ok(record)
+    }
+
+    pub(super) fn sign_result(
+        &mut self,
+        request_id: &str,
+        node: NodeId,
+        signature_hex: &str,
+        signers: &[NodeId],
+        culprits: &[NodeId],
+        sessions: u32,
+    ) -> Result<String, Refusal> {
+        let record = self.pending_request(request_id)?;
+        let key = self.keys.get(&record.key_id).ok_or("the request's key is gone")?;
+        let group = key.group_key_bytes().ok_or("the request's key has no group key")?;
+        let message = record.message_bytes().ok_or("the request has no message")?;
+        let signature: [u8; 64] = hex::decode(signature_hex)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or("signature is not 64 bytes of hex")?;
+        let verifying = ed25519_dalek::VerifyingKey::from_bytes(&group).map_err(|_| "group key is not a point")?;
+        verifying
+            .verify_strict(&message, &ed25519_dalek::Signature::from_bytes(&signature))
+            .map_err(|_| format!("signature from node {node} does not verify for request {request_id}; not stored"))?;
+        if signers.len() < usize::from(key.threshold) || signers.iter().any(|s| !key.participants.contains(s)) {
+            return Err(format!("signer list {signers:?} is not {} participants of the key", key.threshold).into());
+        }
+        let now = self.time_ms;
+        let record = self.requests.get_mut(request_id).expect("checked above");
+        record.status = RequestStatus::Signed { signature: signature_hex.to_string() };
+        record.signers = signers.to_vec();
+        record.culprits = culprits.to_vec();
+        record.sessions = sessions;
+        record.message = None;
+        record.finished_at_ms = Some(now);
+        self.pending_requests.remove(request_id);
+        Ok(format!("request {request_id} signed by nodes {signers:?} (coordinated by node {node})"))
+    }
+
+    pub(super) fn sign_failed(
+        &mut self,
+        request_id: &str,
+        node: NodeId,
+        reason: &str,
+        culprits: &[NodeId],
+    ) -> Result<String, Refusal> {
+        self.pending_request(request_id)?;
+        self.fail_request(request_id, format!("node {node}: {reason}"), culprits);
+        Ok(format!("request {request_id} failed: {reason}"))
+    }
+
+    fn fail_request(&mut self, request_id: &str, reason: String, culprits: &[NodeId]) {
+        let now = self.time_ms;
+        if let Some(record) = self.requests.get_mut(request_id) {
+            record.status = RequestStatus::Failed { reason };
+            record.culprits = culprits.to_vec();
+            record.finished_at_ms = Some(now);
+            record.message = None;
+        }
+        self.pending_requests.remove(request_id);
+    }
+
+    /// Fails requests pending longer than [`REQUEST_PENDING_MS_MAX`] of entry time.
+    pub(super) fn expire_requests(&mut self) {
+        let now = self.time_ms;
+        let stale: Vec<String> = self
+            .pending_requests
+            .iter()
+            .filter(|id| {
+                self.requests.get(*id).is_some_and(|r| now.saturating_sub(r.created_at_ms) > REQUEST_PENDING_MS_MAX)
+            })
+            .cloned()
+            .collect();
+        for id in stale {
+            let reason = format!("not signed within {} s", REQUEST_PENDING_MS_MAX / 1000);
+            self.fail_request(&id, reason, &[]);
+        }
+    }
+}
+
+/// SHA-256 (hex) of the message a hex string encodes.
+fn sha256_hex(message_hex: &str) -> String {
+    hex::encode(Sha256::digest(hex::decode(message_hex).unwrap_or_default()))
+}
