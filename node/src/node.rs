@@ -294,12 +294,34 @@ impl Node {
         let Command::SignRequest { request_id, .. } = &envelope.command else {
             return Err(ApiError::bad_request(format!("expected sign_request, got {}", envelope.command.kind())));
         };
-        let response = self.write(command.clone()).await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        // A request is idempotent by id, so a write whose answer was lost (a leader
+        // that died after committing it) is simply sent again.
+        let response = loop {
+            match self.write(command.clone()).await {
+                Ok(response) => break response,
+                Err(e) if e.status == 503 && tokio::time::Instant::now() < deadline => {
+                    tracing::info!(request_id, error = %e, "sign request not acknowledged; sending it again");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         if let synod_proto::Outcome::Rejected { reason } = response.outcome {
             let status = if reason.contains("one request id, one message") { 409 } else { 403 };
             return Err(ApiError::new(status, reason));
         }
-        self.wait_request(request_id, wait).await
+        self.wait_applied(response.index, deadline).await;
+        self.wait_request(request_id, deadline.saturating_duration_since(tokio::time::Instant::now())).await
+    }
+
+    /// Waits (until `deadline`) for this node to apply the entry at `index`, so
+    /// that what a forwarded write did is visible here too.
+    async fn wait_applied(&self, index: u64, deadline: tokio::time::Instant) {
+        while self.shared.read().last_applied.is_none_or(|l| l.index < index) && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Waits up to `wait` for a request to leave `pending` on this node.

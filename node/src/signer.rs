@@ -172,10 +172,12 @@ impl Signer {
         let mut slots = self.slots.lock().expect("slots lock");
         let slot_key = (request_id.to_string(), session_id.to_string());
         let nonces = match slots.remove(&slot_key) {
-            None => return Err(format!(
+            None => {
+                return Err(format!(
                 "node {} has no nonces for session {session_id} (never committed, or restarted); start a new session",
                 self.node_id
-            )),
+            ))
+            }
             Some(Slot::Used { package_sha256: used_for, share }) => {
                 let result = if used_for == package_sha256 {
                     // A byte-identical retry: the same share, no new use of the nonce.

@@ -39,11 +39,18 @@ pub struct Options {
     pub logs_kept_after_snapshot: u64,
     /// `SYNOD_FAULTS` for every node (test builds only).
     pub faults: Option<String>,
+    /// `SYNOD_FAULTS` for one node, overriding `faults` there.
+    pub node_faults: BTreeMap<u64, String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { snapshot_every_entries: 2000, logs_kept_after_snapshot: 500, faults: None }
+        Options {
+            snapshot_every_entries: 2000,
+            logs_kept_after_snapshot: 500,
+            faults: None,
+            node_faults: BTreeMap::new(),
+        }
     }
 }
 
@@ -231,7 +238,7 @@ impl Cluster {
 
     /// Starts (or restarts) node `id`'s process.
     pub fn start_node(&mut self, id: u64) {
-        let faults = self.options.faults.clone();
+        let faults = self.options.node_faults.get(&id).cloned().or_else(|| self.options.faults.clone());
         let node = self.nodes.get_mut(&id).expect("known node");
         assert!(node.child.is_none(), "node {id} is already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).unwrap();

@@ -33,8 +33,7 @@ struct FakeSigners {
 impl FakeSigners {
     fn new(n: u16, t: u16, behaviour: &[(NodeId, Behaviour)]) -> (Self, frost::keys::PublicKeyPackage) {
         let ids: Vec<frost::Identifier> = (1..=n).map(|i| frost::Identifier::try_from(i).unwrap()).collect();
-        let (shares, public) =
-            frost::keys::generate_with_dealer(n, t, IdentifierList::Custom(&ids), OsRng).unwrap();
+        let (shares, public) = frost::keys::generate_with_dealer(n, t, IdentifierList::Custom(&ids), OsRng).unwrap();
         let keys = shares
             .into_iter()
             .enumerate()
