@@ -237,6 +237,9 @@ fn spawn_node(node: &DevNode, softhsm_conf: Option<&Path>) -> anyhow::Result<Chi
         .with_context(|| format!("cannot start node {}", node.id))
 }
 
+/// The signing key a new dev cluster creates for the tour.
+const DEMO_KEY: &str = "demo";
+
 /// Waits for every node, initialises the cluster if needed, writes env and cluster.json.
 async fn bring_up(data_dir: &Path, cluster: &mut ClusterFile, client_args: &ClientArgs) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
@@ -267,6 +270,15 @@ async fn bring_up(data_dir: &Path, cluster: &mut ClusterFile, client_args: &Clie
         let admin = OperatorKey::of(&load_operator_key(&data_dir.join("admin.pem"))?);
         let response = client::init(client_args, &cluster.cluster_id, vec![admin], members).await?;
         println!("Initialised cluster {} (genesis at index {}).", cluster.cluster_id, response.index);
+        if cluster.nodes.len() >= 2 {
+            let key = super::keys::create(client_args, DEMO_KEY, None, Vec::new()).await?;
+            println!(
+                "Created signing key {DEMO_KEY} ({} of {}) by distributed key generation; public key {}.",
+                key.threshold,
+                key.participants.len(),
+                key.public_key.as_deref().unwrap_or("-")
+            );
+        }
     }
     std::fs::write(data_dir.join("cluster.json"), serde_json::to_string_pretty(&cluster)?)?;
     let env = format!(
@@ -296,7 +308,8 @@ async fn bring_up(data_dir: &Path, cluster: &mut ClusterFile, client_args: &Clie
         );
     }
     println!();
-    println!("Try: synod status; synod kv put greeting hello; kill -9 a node's pid and run synod status again.");
+    println!("Try: synod status; echo hello > m.txt; synod sign {DEMO_KEY} --in m.txt --out m.sig;");
+    println!("     synod verify --key {DEMO_KEY} --in m.txt --signature m.sig; kill -9 a node's pid and sign again.");
     println!("Press Ctrl-C to stop the cluster.");
     Ok(())
 }

@@ -27,7 +27,8 @@ const KEY_WAIT: Duration = Duration::from_secs(150);
 pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
     match cmd {
         KeyCmd::Create { name, threshold, participants, client } => {
-            create(&client, &name, threshold, participants).await
+            let key = create(&client, &name, threshold, participants).await?;
+            print_key(&client, &key)
         }
         KeyCmd::Import { name, key_file, threshold, participants, client } => {
             import(&client, &name, &key_file, threshold, participants).await
@@ -103,12 +104,13 @@ fn default_threshold(n: usize) -> u16 {
     (n / 2 + 1).max(2) as u16
 }
 
-async fn create(
+/// Generates a key by DKG and waits, with progress on stderr, until it is active.
+pub async fn create(
     client: &ClientArgs,
     name: &str,
     threshold: Option<u16>,
     participants: Vec<NodeId>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<KeyInfo> {
     let api = ApiClient::new(client)?;
     let status = members(&api).await?;
     let participants =
@@ -121,8 +123,7 @@ async fn create(
     refused(&response)?;
     let key_id = key_id_of(&signed)?;
     eprintln!("generating key {name} ({threshold} of {}): distributed key generation started", status.members.len());
-    let key = wait_active(&api, &key_id).await?;
-    print_key(client, &key)
+    wait_active(&api, &key_id).await
 }
 
 fn key_id_of(signed: &synod_proto::SignedCommand) -> anyhow::Result<String> {

@@ -294,6 +294,9 @@ impl ClusterState {
 }
 
 #[cfg(test)]
+mod key_tests;
+
+#[cfg(test)]
 mod tests {
     use ed25519_dalek::SigningKey;
     use synod_proto::{Envelope, SignedCommand};

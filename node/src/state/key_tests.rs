@@ -1,0 +1,274 @@
+//! Keys and requests in the state machine: what a node, an admin or a leader
+//! may and may not make it record. FROST runs in-process here; the real
+//! network and processes are tested in `tests/tests/signing.rs`.
+
+use std::collections::BTreeMap;
+
+use ed25519_dalek::SigningKey;
+use frost_ed25519 as frost;
+use rand_core::OsRng;
+use synod_proto::{Command, Envelope, LogEntry, Member, NodeAddr, OperatorKey, Outcome, SignedCommand};
+
+use super::{ClusterState, KeyStatus, RequestStatus};
+use crate::pki::{in_memory_pki, NodeIdentity};
+
+const CLUSTER: &str = "c";
+
+struct World {
+    state: ClusterState,
+    admin: SigningKey,
+    nodes: Vec<NodeIdentity>,
+    next_id: u32,
+    index: u64,
+    time_ms: u64,
+}
+
+impl World {
+    /// Genesis with three members and the in-memory CA.
+    fn new() -> World {
+        let (ca, nodes) = in_memory_pki(&[1, 2, 3], &mut OsRng).unwrap();
+        let admin = SigningKey::from_bytes(&[7; 32]);
+        let members = (1..=3)
+            .map(|id| Member {
+                node_id: id,
+                addr: NodeAddr { raft_addr: format!("n{id}:1"), api_addr: format!("n{id}:2") },
+            })
+            .collect();
+        let mut world =
+            World { state: ClusterState::default(), admin, nodes, next_id: 0, index: 0, time_ms: 1_800_000_000_000 };
+        let genesis =
+            Command::Genesis { admins: vec![OperatorKey::of(&world.admin)], members, ca_certificate: hex::encode(ca) };
+        assert!(world.by_admin(genesis).is_applied());
+        world
+    }
+
+    fn envelope(&mut self, command: Command) -> Envelope {
+        self.next_id += 1;
+        Envelope {
+            cluster_id: CLUSTER.into(),
+            command_id: format!("{:032x}", self.next_id),
+            issued_at_ms: self.time_ms,
+            expires_at_ms: self.time_ms + 60_000,
+            command,
+        }
+    }
+
+    fn apply(&mut self, command: SignedCommand) -> Outcome {
+        self.index += 1;
+        self.time_ms += 1;
+        self.state.apply(self.index, &LogEntry { time_ms: self.time_ms, command })
+    }
+
+    fn by_admin(&mut self, command: Command) -> Outcome {
+        let env = self.envelope(command);
+        let signed = SignedCommand::sign(&env, &self.admin);
+        self.apply(signed)
+    }
+
+    fn by_node(&mut self, node: u64, command: Command) -> Outcome {
+        let env = self.envelope(command);
+        let signed = self.nodes[(node - 1) as usize].sign(&env);
+        self.apply(signed)
+    }
+
+    fn key_id(&self, name: &str) -> String {
+        self.state.key_by_name(name).expect("key").id.clone()
+    }
+}
+
+fn id(n: u64) -> frost::Identifier {
+    frost::Identifier::try_from(n as u16).unwrap()
+}
+
+fn refused(outcome: &Outcome, needle: &str) {
+    match outcome {
+        Outcome::Rejected { reason } => assert!(reason.contains(needle), "refused for {reason:?}, expected {needle:?}"),
+        other => panic!("expected a refusal containing {needle:?}, got {other:?}"),
+    }
+}
+
+/// Runs a real 2-of-3 DKG through the state: round-1 packages and confirmations
+/// as node-signed commands. Returns the key packages.
+fn dkg(world: &mut World, name: &str) -> BTreeMap<u64, frost::keys::KeyPackage> {
+    assert!(world
+        .by_admin(Command::CreateKey { name: name.into(), threshold: 2, participants: vec![1, 2, 3] })
+        .is_applied());
+    let key_id = world.key_id(name);
+    let mut secrets = BTreeMap::new();
+    let mut round1 = BTreeMap::new();
+    for n in 1..=3u64 {
+        let (secret, package) = frost::keys::dkg::part1(id(n), 3, 2, OsRng).unwrap();
+        let hex_package = hex::encode(package.serialize().unwrap());
+        let outcome = world.by_node(n, Command::DkgRound1 { key_id: key_id.clone(), node_id: n, package: hex_package });
+        assert!(outcome.is_applied(), "{outcome:?}");
+        secrets.insert(n, secret);
+        round1.insert(id(n), package);
+    }
+    let mut round2_secrets = BTreeMap::new();
+    let mut inbox: BTreeMap<frost::Identifier, BTreeMap<frost::Identifier, _>> = BTreeMap::new();
+    for (n, secret) in secrets {
+        let others = round1.iter().filter(|(i, _)| **i != id(n)).map(|(i, p)| (*i, p.clone())).collect();
+        let (secret2, packages) = frost::keys::dkg::part2(secret, &others).unwrap();
+        for (to, package) in packages {
+            inbox.entry(to).or_default().insert(id(n), package);
+        }
+        round2_secrets.insert(n, (secret2, others));
+    }
+    let mut key_packages = BTreeMap::new();
+    for (n, (secret2, others)) in round2_secrets {
+        let (key_package, public) = frost::keys::dkg::part3(&secret2, &others, &inbox[&id(n)]).unwrap();
+        let package_hex = hex::encode(public.serialize().unwrap());
+        let confirm = Command::KeyConfirm {
+            key_id: key_id.clone(),
+            node_id: n,
+            group_key: hex::encode(public.verifying_key().serialize().unwrap()),
+            public_key_package_sha256: super::package_hash(&package_hex),
+        };
+        assert!(world.by_node(n, confirm).is_applied());
+        key_packages.insert(n, key_package);
+    }
+    key_packages
+}
+
+#[test]
+fn state_dkg_activates_only_when_every_participant_confirms() {
+    // A key turns active after the last of three matching confirmations, with the group key the
+    // round-1 commitments determine.
+    let mut world = World::new();
+    let packages = dkg(&mut world, "k");
+    let key = world.state.key_by_name("k").unwrap();
+    assert_eq!(key.status, KeyStatus::Active);
+    assert_eq!(key.confirmed, vec![1, 2, 3]);
+    let group = hex::encode(packages[&1].verifying_key().serialize().unwrap());
+    assert_eq!(key.group_key.as_deref(), Some(group.as_str()));
+}
+
+#[test]
+fn state_node_messages_need_the_nodes_own_certificate() {
+    // A round-1 package is refused when it claims another node, comes from an operator key
+    // without a certificate, from a non-participant, or twice from one node.
+    let mut world = World::new();
+    world.by_admin(Command::CreateKey { name: "k".into(), threshold: 2, participants: vec![1, 2] });
+    let key_id = world.key_id("k");
+    let (_, package) = frost::keys::dkg::part1(id(1), 2, 2, OsRng).unwrap();
+    let package = hex::encode(package.serialize().unwrap());
+    let round1 = |node_id| Command::DkgRound1 { key_id: key_id.clone(), node_id, package: package.clone() };
+
+    refused(&world.by_node(2, round1(1)), "carries the certificate of node 2");
+    refused(&world.by_admin(round1(1)), "must carry that node's certificate");
+    refused(&world.by_node(3, round1(3)), "not a participant");
+    assert!(world.by_node(1, round1(1)).is_applied());
+    refused(&world.by_node(1, round1(1)), "already committed");
+
+    // A certificate from another CA does not count, even for the right node id.
+    let (_, strangers) = in_memory_pki(&[1], &mut OsRng).unwrap();
+    let env = world.envelope(round1(1));
+    refused(&world.apply(strangers[0].sign(&env)), "does not verify against the cluster CA");
+}
+
+#[test]
+fn state_disagreeing_confirmation_aborts_and_frees_the_name() {
+    // A participant that derived another key aborts the generation; the name can be used again.
+    let mut world = World::new();
+    world.by_admin(Command::CreateKey { name: "k".into(), threshold: 2, participants: vec![1, 2] });
+    let key_id = world.key_id("k");
+    for n in 1..=2 {
+        let (_, package) = frost::keys::dkg::part1(id(n), 2, 2, OsRng).unwrap();
+        let package = hex::encode(package.serialize().unwrap());
+        assert!(world.by_node(n, Command::DkgRound1 { key_id: key_id.clone(), node_id: n, package }).is_applied());
+    }
+    let confirm = Command::KeyConfirm {
+        key_id: key_id.clone(),
+        node_id: 1,
+        group_key: "00".repeat(32),
+        public_key_package_sha256: "00".repeat(32),
+    };
+    assert!(world.by_node(1, confirm).is_applied());
+    assert!(matches!(world.state.keys[&key_id].status, KeyStatus::Aborted { .. }));
+    assert!(world.state.key_by_name("k").is_none());
+    assert!(world
+        .by_admin(Command::CreateKey { name: "k".into(), threshold: 2, participants: vec![1, 2] })
+        .is_applied());
+}
+
+/// A signature over `message` by signers 1 and 2.
+fn threshold_sign(packages: &BTreeMap<u64, frost::keys::KeyPackage>, message: &[u8]) -> String {
+    let mut nonces = BTreeMap::new();
+    let mut commitments = BTreeMap::new();
+    for n in [1u64, 2] {
+        let (nonce, commitment) = frost::round1::commit(packages[&n].signing_share(), &mut OsRng);
+        nonces.insert(n, nonce);
+        commitments.insert(id(n), commitment);
+    }
+    let signing_package = frost::SigningPackage::new(commitments, message);
+    let shares = [1u64, 2]
+        .iter()
+        .map(|n| (id(*n), frost::round2::sign(&signing_package, &nonces[n], &packages[n]).unwrap()))
+        .collect();
+    let verifying_shares = packages.iter().map(|(n, p)| (id(*n), *p.verifying_share())).collect();
+    let public = frost::keys::PublicKeyPackage::new(verifying_shares, *packages[&1].verifying_key(), Some(2));
+    hex::encode(frost::aggregate(&signing_package, &shares, &public).unwrap().serialize().unwrap())
+}
+
+#[test]
+fn state_requests_keep_one_message_and_only_verified_signatures() {
+    // A result that does not verify is refused and the request stays pending; a valid one is
+    // stored once; the same request id with another message is refused, with the same message
+    // it is answered as it stands.
+    let mut world = World::new();
+    let packages = dkg(&mut world, "k");
+    let request = |message: &[u8]| Command::SignRequest {
+        request_id: "r1".into(),
+        key: "k".into(),
+        message: hex::encode(message),
+        purpose: String::new(),
+    };
+    assert!(world.by_admin(request(b"pay 1")).is_applied());
+    let forged = threshold_sign(&packages, b"pay 1000");
+    let result = |signature: String| Command::SignResult {
+        request_id: "r1".into(),
+        node_id: 1,
+        signature,
+        signers: vec![1, 2],
+        culprits: vec![],
+        sessions: 1,
+    };
+    refused(&world.by_node(1, result(forged)), "does not verify");
+    assert_eq!(world.state.requests["r1"].status, RequestStatus::Pending);
+    let good = threshold_sign(&packages, b"pay 1");
+    assert!(world.by_node(1, result(good.clone())).is_applied());
+    assert_eq!(world.state.requests["r1"].status, RequestStatus::Signed { signature: good });
+    refused(&world.by_node(1, result(threshold_sign(&packages, b"pay 1"))), "no longer pending");
+    refused(&world.by_admin(request(b"pay 2")), "one request id, one message");
+    assert!(world.by_admin(request(b"pay 1")).is_applied());
+    assert!(world.state.pending_requests.is_empty());
+}
+
+#[test]
+fn state_requests_need_an_active_key_and_a_requester() {
+    // No request for a missing key, or from an operator who is not allowed to request.
+    let mut world = World::new();
+    let request = Command::SignRequest {
+        request_id: "r1".into(),
+        key: "nope".into(),
+        message: "00".into(),
+        purpose: String::new(),
+    };
+    refused(&world.by_admin(request.clone()), "no key named");
+    let stranger = SigningKey::from_bytes(&[9; 32]);
+    let env = world.envelope(request);
+    refused(&world.apply(SignedCommand::sign(&env, &stranger)), "may not request signatures");
+}
+
+#[test]
+fn state_pending_request_fails_after_its_deadline() {
+    // A request nobody signs is failed by entry time alone, so every node decides alike.
+    let mut world = World::new();
+    dkg(&mut world, "k");
+    let request =
+        Command::SignRequest { request_id: "r1".into(), key: "k".into(), message: "00".into(), purpose: String::new() };
+    assert!(world.by_admin(request).is_applied());
+    world.time_ms += super::REQUEST_PENDING_MS_MAX + 1;
+    world.by_admin(Command::Put { key: "tick".into(), value: "1".into() });
+    assert!(matches!(world.state.requests["r1"].status, RequestStatus::Failed { .. }));
+}
