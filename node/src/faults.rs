@@ -24,8 +24,13 @@ pub const CORRUPT_SHARES: &str = "corrupt-shares";
 /// process, so a test can kill the leader mid-signature.
 pub const PAUSE_BETWEEN_ROUNDS: &str = "pause-between-rounds";
 
+/// A signer that keys nonces by request instead of by session: a new session
+/// of a request reuses the nonces of another unused session, so one nonce can
+/// sign two packages. The simulator's nonce checker must catch it.
+pub const NONCE_REUSE: &str = "nonce-reuse";
+
 /// Every fault this crate knows, for validating names.
-pub const KNOWN: &[&str] = &[SKIP_AUTHOR_CHECK, ACK_BEFORE_COMMIT, CORRUPT_SHARES, PAUSE_BETWEEN_ROUNDS];
+pub const KNOWN: &[&str] = &[SKIP_AUTHOR_CHECK, ACK_BEFORE_COMMIT, CORRUPT_SHARES, PAUSE_BETWEEN_ROUNDS, NONCE_REUSE];
 
 /// The [`CORRUPT_SHARES`] signer: changes the share's scalar.
 pub fn corrupt_share(share: frost_ed25519::round2::SignatureShare) -> frost_ed25519::round2::SignatureShare {

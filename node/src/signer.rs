@@ -35,6 +35,19 @@ use crate::state::{frost_identifier, ClusterState, KeyRecord, KeyStatus, Request
 pub const SESSIONS_PER_REQUEST_MAX: usize = 32;
 /// The most nonce slots held at once, over all requests.
 pub const SLOTS_MAX: usize = 8192;
+/// How many released shares the signer remembers for inspection (the simulator's checker).
+pub const RELEASED_KEPT_MAX: usize = 4096;
+
+/// A share this signer released: public facts only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Released {
+    pub request_id: String,
+    pub session_id: String,
+    /// The nonce commitments (hex) the share was computed with.
+    pub commitment: String,
+    /// SHA-256 of the signing package it signed.
+    pub package_sha256: [u8; 32],
+}
 
 /// One session's nonces, before and after use. Unboxed on purpose: slots are
 /// bounded by [`SLOTS_MAX`] (about 6 MiB at most) and a box would be one more
@@ -57,6 +70,8 @@ pub struct Signer {
     key_packages: Mutex<BTreeMap<String, Arc<KeyPackage>>>,
     /// Nonce slots by (request id, session id).
     slots: Mutex<BTreeMap<(String, String), Slot>>,
+    /// The most recent shares released, oldest first.
+    released: Mutex<std::collections::VecDeque<Released>>,
 }
 
 impl Signer {
@@ -67,7 +82,16 @@ impl Signer {
         sealed: Arc<SealedStore>,
         rng: SharedRng,
     ) -> Self {
-        Signer { node_id, incarnation, state, sealed, rng, key_packages: Mutex::default(), slots: Mutex::default() }
+        Signer {
+            node_id,
+            incarnation,
+            state,
+            sealed,
+            rng,
+            key_packages: Mutex::default(),
+            slots: Mutex::default(),
+            released: Mutex::default(),
+        }
     }
 
     /// The pending request and its key, if this node may sign it.
@@ -112,6 +136,11 @@ impl Signer {
         }
         if slots.len() >= SLOTS_MAX {
             return Err(format!("{SLOTS_MAX} signing sessions are open on node {}; retry later", self.node_id));
+        }
+        if let Some(planted) = reuse_request_nonces(&slots, request_id) {
+            let answer = self.answer(&planted.1);
+            slots.insert(slot_key, Slot::Fresh { nonces: planted.0, commitments: planted.1 });
+            return Ok(answer);
         }
         let (nonces, commitments) = {
             let mut guard = self.rng.lock().expect("rng lock");
@@ -204,6 +233,17 @@ impl Signer {
         let commitment_hex = hex::encode(nonces.commitments().serialize().unwrap_or_default());
         slots.insert(slot_key, Slot::Used { package_sha256, share });
         drop(slots);
+        let mut released = self.released.lock().expect("released lock");
+        if released.len() == RELEASED_KEPT_MAX {
+            released.pop_front();
+        }
+        released.push_back(Released {
+            request_id: request_id.to_string(),
+            session_id: session_id.to_string(),
+            commitment: commitment_hex.clone(),
+            package_sha256,
+        });
+        drop(released);
         tracing::info!(
             node = self.node_id,
             request_id,
@@ -225,6 +265,11 @@ impl Signer {
             .lock()
             .expect("key packages lock")
             .retain(|id, _| keys.get(id).is_some_and(|k| k.status == KeyStatus::Active));
+    }
+
+    /// The most recent shares this signer released (at most [`RELEASED_KEPT_MAX`]).
+    pub fn released(&self) -> Vec<Released> {
+        self.released.lock().expect("released lock").iter().cloned().collect()
     }
 
     /// Open nonce slots, for status and the simulator.
@@ -251,6 +296,24 @@ impl Signer {
         self.key_packages.lock().expect("key packages lock").insert(key.id.clone(), package.clone());
         Ok(package)
     }
+}
+
+/// The [`crate::faults::NONCE_REUSE`] signer: a new session of a request gets
+/// the nonces of another still-unused session of that request (a signer that
+/// keys nonces by request instead of by session). Never in a release build.
+fn reuse_request_nonces(
+    slots: &BTreeMap<(String, String), Slot>,
+    request_id: &str,
+) -> Option<(SigningNonces, SigningCommitments)> {
+    if !crate::faults::enabled(crate::faults::NONCE_REUSE) {
+        return None;
+    }
+    slots.range((request_id.to_string(), String::new())..).take_while(|(k, _)| k.0 == request_id).find_map(
+        |(_, slot)| match slot {
+            Slot::Fresh { nonces, commitments } => Some((nonces.clone(), *commitments)),
+            Slot::Used { .. } => None,
+        },
+    )
 }
 
 fn applied_cluster_id(state: &SharedState) -> String {
