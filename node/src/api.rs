@@ -94,6 +94,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/keys/{name}/share", post(keys_share))
         .route("/v1/sign", post(sign))
         .route("/v1/requests/{id}", get(request_get))
+        .route("/v1/operators", get(operators_list))
+        .route("/v1/admin/proposals", get(proposals_list))
+        .route("/v1/audit", get(audit_list))
+        .route("/v1/audit/head", get(audit_head))
         .route("/v1/kv", get(kv_list))
         .route("/v1/kv/{*key}", get(kv_get))
         .fallback(|| async { Failure(ApiError::new(404, "no such endpoint; see `synod --help` for the API")) })
@@ -265,11 +269,70 @@ async fn request_get(
     Ok(Json(info).into_response())
 }
 
+async fn operators_list(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, Failure> {
+    require_client(&caller)?;
+    let applied = node.state().read();
+    let operators: Vec<_> = applied.state.operators.values().cloned().collect();
+    Ok(Json(serde_json::json!({ "operators": operators, "admin_approvals_required": applied.state.admin_approvals_required })).into_response())
+}
+
+async fn proposals_list(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, Failure> {
+    require_client(&caller)?;
+    let proposals: Vec<_> = node.state().read().state.proposals.values().cloned().collect();
+    Ok(Json(serde_json::json!({ "proposals": proposals })).into_response())
+}
+
+/// The most audit records one call returns.
+const AUDIT_PAGE_MAX: usize = 1000;
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    /// The first sequence number to return (1 is the first record).
+    from: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn audit_list(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Response, Failure> {
+    require_client(&caller)?;
+    let head = node.state().read().state.audit_head.clone();
+    // The state moves just before its records reach the store; wait for them.
+    for _ in 0..1000 {
+        if node.state().audit_written() >= head.seq {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let limit = q.limit.unwrap_or(AUDIT_PAGE_MAX).min(AUDIT_PAGE_MAX);
+    let records = node
+        .audit_records(q.from.unwrap_or(1), limit)
+        .await
+        .map_err(|e| Failure(ApiError::new(500, format!("cannot read the audit log: {e}"))))?;
+    // Only records the applied state vouches for (a crash may leave newer buffered ones).
+    let records: Vec<_> = records.into_iter().filter(|r| r.seq <= head.seq).collect();
+    Ok(Json(serde_json::json!({ "head": head, "records": records })).into_response())
+}
+
+async fn audit_head(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>) -> Result<Response, Failure> {
+    require_client(&caller)?;
+    let head = node.state().read().state.audit_head.clone();
+    Ok(Json(head).into_response())
+}
+
 /// 200 with the signature, 202 while pending, 503 naming why it failed.
 fn request_response(info: RequestInfo) -> Result<Response, Failure> {
     match info.status.as_str() {
         "signed" => Ok(Json(info).into_response()),
-        "pending" => Ok((StatusCode::ACCEPTED, Json(info)).into_response()),
+        "pending" | "awaiting_approval" => Ok((StatusCode::ACCEPTED, Json(info)).into_response()),
         _ => Err(Failure(ApiError::unavailable(format!(
             "request {} failed: {}",
             info.request_id,

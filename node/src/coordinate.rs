@@ -66,7 +66,7 @@ impl Signers for NodeSigners {
     ) -> BoxFuture<'a, Result<(SigningCommitments, String), CallError>> {
         async move {
             let answer = if node == self.node.id {
-                self.node.signer().commit(request_id, session_id).await
+                self.node.signer().commit(request_id, session_id, true).await
             } else {
                 let request = PeerRequest::SignCommit { request_id: request_id.into(), session_id: session_id.into() };
                 match self.call(node, request).await? {
@@ -98,7 +98,7 @@ impl Signers for NodeSigners {
             let package_hex =
                 hex::encode(package.serialize().map_err(|e| CallError::Malformed(format!("package: {e}")))?);
             let answer = if node == self.node.id {
-                self.node.signer().share(request_id, session_id, incarnation, &package_hex).await
+                self.node.signer().share(request_id, session_id, incarnation, &package_hex, true).await
             } else {
                 let request = PeerRequest::SignShare {
                     request_id: request_id.into(),
@@ -134,7 +134,19 @@ async fn pause_between_rounds() {
 impl Coordination {
     /// On the leader, starts a session loop for every pending request that has none.
     pub fn start_pending(&self, node: &Arc<Node>) {
-        let pending: Vec<String> = node.state().read().state.pending_requests.iter().cloned().collect();
+        let pending: Vec<String> = {
+            let applied = node.state().read();
+            let state = &applied.state;
+            let skip_policy = crate::faults::enabled(crate::faults::SKIP_POLICY);
+            state
+                .pending_requests
+                .iter()
+                .filter(|id| {
+                    skip_policy || state.requests.get(*id).is_some_and(|r| state.ready_to_sign(r, false).is_ok())
+                })
+                .cloned()
+                .collect()
+        };
         let mut in_flight = self.in_flight.lock().expect("in-flight lock");
         for request_id in pending {
             if in_flight.len() >= COORDINATIONS_MAX {

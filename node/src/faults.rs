@@ -29,8 +29,14 @@ pub const PAUSE_BETWEEN_ROUNDS: &str = "pause-between-rounds";
 /// sign two packages. The simulator's nonce checker must catch it.
 pub const NONCE_REUSE: &str = "nonce-reuse";
 
+/// A node that ignores signing policies when it leads: its coordinator runs
+/// requests that lack approvals and its own signer releases shares for them.
+/// Followers (asked over the network) must still refuse, so no signature results.
+pub const SKIP_POLICY: &str = "skip-policy";
+
 /// Every fault this crate knows, for validating names.
-pub const KNOWN: &[&str] = &[SKIP_AUTHOR_CHECK, ACK_BEFORE_COMMIT, CORRUPT_SHARES, PAUSE_BETWEEN_ROUNDS, NONCE_REUSE];
+pub const KNOWN: &[&str] =
+    &[SKIP_AUTHOR_CHECK, ACK_BEFORE_COMMIT, CORRUPT_SHARES, PAUSE_BETWEEN_ROUNDS, NONCE_REUSE, SKIP_POLICY];
 
 /// The [`CORRUPT_SHARES`] signer: changes the share's scalar.
 pub fn corrupt_share(share: frost_ed25519::round2::SignatureShare) -> frost_ed25519::round2::SignatureShare {

@@ -29,6 +29,28 @@ use crate::signer::Signer;
 use crate::store::Store;
 use crate::transport::{PeerHandler, PeerTransport};
 
+/// How many refused commands a node lets into the log per minute (they are
+/// audited); more are answered with 429 and not logged, so a flood of forged
+/// input cannot grow the log without bound.
+const REFUSALS_PER_MINUTE_MAX: u32 = 60;
+
+/// A fixed-window counter of commands admitted that will be refused.
+#[derive(Default)]
+struct RefusalBudget(std::sync::Mutex<(u64, u32)>);
+
+impl RefusalBudget {
+    /// Whether one more may be admitted at `now_ms`.
+    fn admit(&self, now_ms: u64) -> bool {
+        let mut window = self.0.lock().expect("refusal budget lock");
+        let minute = now_ms / 60_000;
+        if window.0 != minute {
+            *window = (minute, 0);
+        }
+        window.1 += 1;
+        window.1 <= REFUSALS_PER_MINUTE_MAX
+    }
+}
+
 /// How long a participant may take to answer the ping before a key generation.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a forwarded write may take at the leader.
@@ -69,6 +91,10 @@ pub struct Node {
     /// Set while this node started on an empty disk and has not yet caught up.
     catch_up: std::sync::Mutex<CatchUp>,
     identity: Arc<NodeIdentity>,
+    /// The node's store (the audit records live in it).
+    store: Arc<dyn Store>,
+    /// Bounds how many commands this node lets into the log knowing they will be refused.
+    refusals: RefusalBudget,
     signer: Signer,
     dkg: Dkg,
     coordination: Coordination,
@@ -139,6 +165,8 @@ impl Node {
             incarnation,
             catch_up: std::sync::Mutex::new(catch_up),
             identity: parts.identity,
+            store: parts.store.clone(),
+            refusals: RefusalBudget::default(),
             signer,
             dkg: Dkg::default(),
             coordination: Coordination::default(),
@@ -312,7 +340,19 @@ impl Node {
             return Err(ApiError::new(status, reason));
         }
         self.wait_applied(response.index, deadline).await;
+        let info = self.shared.read().state.request_info(request_id);
+        if info.as_ref().is_some_and(|i| i.status == "awaiting_approval") {
+            return info.ok_or_else(|| ApiError::new(404, "request vanished"));
+        }
         self.wait_request(request_id, deadline.saturating_duration_since(tokio::time::Instant::now())).await
+    }
+
+    /// Audit records `from..` (at most `limit`) from this node's store.
+    pub async fn audit_records(&self, from: u64, limit: usize) -> std::io::Result<Vec<crate::state::AuditRecord>> {
+        let store = self.store.clone();
+        crate::seams::run_blocking(move || crate::raft::state_machine::read_audit(&*store, from, limit))
+            .await?
+            .map_err(std::io::Error::other)
     }
 
     /// Waits (until `deadline`) for this node to apply the entry at `index`, so
@@ -330,7 +370,8 @@ impl Node {
         loop {
             let info = self.shared.read().state.request_info(request_id);
             let info = info.ok_or_else(|| ApiError::new(404, format!("no request {request_id} on this node")))?;
-            if info.status != "pending" || tokio::time::Instant::now() >= deadline {
+            let open = info.status == "pending" || info.status == "awaiting_approval";
+            if !open || tokio::time::Instant::now() >= deadline {
                 return Ok(info);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -357,13 +398,38 @@ impl Node {
                 Authority::Admin if !state.admins.contains(&command.author) => {
                     Err(ApiError::new(403, format!("operator {} is not an admin of this cluster", command.author)))
                 }
-                Authority::Requester if !state.admins.contains(&command.author) => Err(ApiError::new(
-                    403,
-                    format!("operator {} may not request signatures in this cluster", command.author),
-                )),
+                Authority::Requester if !state.has_role(&command.author, synod_proto::authz::Role::Requester) => {
+                    Err(ApiError::new(
+                        403,
+                        format!("operator {} may not request signatures in this cluster", command.author),
+                    ))
+                }
                 Authority::Node(_) if command.certificate.is_none() => {
                     Err(ApiError::bad_request("a node-authored command must carry the node's certificate"))
                 }
+                Authority::Anyone => match cmd {
+                    // An approval that every node would refuse still goes into the log, so
+                    // its refusal is audited, but only at a bounded rate.
+                    Command::Approve { request_id, approver, signature } => {
+                        match state.check_approve(&command.author, request_id, approver, signature) {
+                            Ok(()) => Ok(()),
+                            Err(reason) if self.refusals.admit(self.now_ms()) => {
+                                tracing::info!(
+                                    request_id,
+                                    approver,
+                                    reason,
+                                    "committing an approval that will be refused, for the audit log"
+                                );
+                                Ok(())
+                            }
+                            Err(reason) => Err(ApiError::new(
+                                429,
+                                format!("{reason}; too many refused approvals recently, so this one is not logged"),
+                            )),
+                        }
+                    }
+                    _ => Ok(()),
+                },
                 _ => Ok(()),
             },
         }
@@ -586,11 +652,11 @@ impl PeerHandler for NodeHandler {
                     PeerResponse::DkgRound2(node.dkg.receive_round2(&node, from, &key_id, &package))
                 }
                 PeerRequest::SignCommit { request_id, session_id } => {
-                    PeerResponse::SignCommit(node.signer.commit(&request_id, &session_id).await)
+                    PeerResponse::SignCommit(node.signer.commit(&request_id, &session_id, false).await)
                 }
                 PeerRequest::SignShare { request_id, session_id, incarnation, signing_package } => {
                     PeerResponse::SignShare(
-                        node.signer.share(&request_id, &session_id, &incarnation, &signing_package).await,
+                        node.signer.share(&request_id, &session_id, &incarnation, &signing_package, false).await,
                     )
                 }
             }

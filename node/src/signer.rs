@@ -1,9 +1,10 @@
 //! The signer: this node's side of FROST signing.
 //!
 //! Before it releases a share the signer checks, in its own committed state,
-//! that the request exists and is pending, that its key is active and this node
-//! holds a share, and that the message in the signing package is byte for byte
-//! the message it committed. The leader's word counts for nothing.
+//! that the request exists and is pending, that the key's policy is met (every
+//! approval's signature verified again here), that its key is active and this
+//! node holds a share, and that the message in the signing package is byte for
+//! byte the message it committed. The leader's word counts for nothing.
 //!
 //! Nonces live only in memory, one slot per (request, session), tagged with
 //! this boot's incarnation. A slot's nonces are taken out before the share is
@@ -95,12 +96,22 @@ impl Signer {
     }
 
     /// The pending request and its key, if this node may sign it.
-    fn check_request(&self, state: &ClusterState, request_id: &str) -> Result<(Vec<u8>, KeyRecord), String> {
+    /// `local` is true when this node's own coordinator asks (it is the leader).
+    fn check_request(
+        &self,
+        state: &ClusterState,
+        request_id: &str,
+        local: bool,
+    ) -> Result<(Vec<u8>, KeyRecord), String> {
         let request = state.requests.get(request_id).ok_or(format!(
             "request {request_id} is not in this node's committed log (yet); retry once it has caught up"
         ))?;
         if request.status != RequestStatus::Pending {
             return Err(format!("request {request_id} is no longer pending"));
+        }
+        // The policy, with every approval's signature verified again, in this node's own state.
+        if !(local && crate::faults::enabled(crate::faults::SKIP_POLICY)) {
+            state.ready_to_sign(request, true)?;
         }
         let key = state.keys.get(&request.key_id).ok_or("the request's key is unknown here")?;
         if key.status != KeyStatus::Active {
@@ -114,10 +125,10 @@ impl Signer {
     }
 
     /// Round 1: fresh commitments for a session of a committed, pending request.
-    pub async fn commit(&self, request_id: &str, session_id: &str) -> Result<SignerCommitments, String> {
+    pub async fn commit(&self, request_id: &str, session_id: &str, local: bool) -> Result<SignerCommitments, String> {
         let key = {
             let applied = self.state.read();
-            self.check_request(&applied.state, request_id)?.1
+            self.check_request(&applied.state, request_id, local)?.1
         };
         let key_package = self.key_package(&key, applied_cluster_id(&self.state)).await?;
         let mut slots = self.slots.lock().expect("slots lock");
@@ -166,6 +177,7 @@ impl Signer {
         session_id: &str,
         incarnation: &str,
         package_hex: &str,
+        local: bool,
     ) -> Result<String, String> {
         if incarnation != self.incarnation {
             return Err(format!(
@@ -179,7 +191,7 @@ impl Signer {
             SigningPackage::deserialize(&package_bytes).map_err(|e| format!("signing package does not parse: {e}"))?;
         let (message, key) = {
             let applied = self.state.read();
-            self.check_request(&applied.state, request_id)?
+            self.check_request(&applied.state, request_id, local)?
         };
         let key_package = self.key_package(&key, applied_cluster_id(&self.state)).await?;
         if package.message() != message.as_slice() {

@@ -169,6 +169,9 @@ pub struct KeyInfo {
     pub culprit: Option<NodeId>,
     pub created_at_ms: u64,
     pub activated_at_ms: Option<u64>,
+    /// The key's signing policy and its version.
+    pub policy: crate::authz::Policy,
+    pub policy_version: u64,
 }
 
 /// `GET /v1/keys`.
@@ -190,7 +193,7 @@ pub struct RequestInfo {
     pub message_bytes: usize,
     pub purpose: String,
     pub requester: OperatorKey,
-    /// `pending`, `signed` or `failed`.
+    /// `awaiting_approval`, `pending` (being signed), `signed` or `failed`.
     pub status: String,
     /// The 64-byte RFC 8032 signature (hex), once signed.
     pub signature: Option<String>,
@@ -205,6 +208,17 @@ pub struct RequestInfo {
     pub created_index: u64,
     pub created_at_ms: u64,
     pub finished_at_ms: Option<u64>,
+    /// The requester's declarations.
+    pub environment: String,
+    pub attributes: BTreeMap<String, String>,
+    /// Approvers who approved so far.
+    pub approvals: Vec<String>,
+    /// "1/2 from [alice, bob]" per requirement of the key's policy.
+    pub approval_progress: Vec<String>,
+    pub policy_version: u64,
+    pub key_version: u32,
+    /// After this (log time, ms) the request fails and approvals are refused.
+    pub expires_at_ms: u64,
 }
 
 /// `POST /v1/keys/{name}/share`: one imported share, sent by the operator's CLI

@@ -13,6 +13,7 @@ use std::fmt;
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
+use crate::authz::{ApprovalSignature, Policy, Role};
 use crate::raft::NodeAddr;
 use crate::NodeId;
 
@@ -133,8 +134,34 @@ pub enum Command {
     KeyAbort { key_id: String, node_id: NodeId, reason: String, culprit: Option<NodeId> },
     /// Asks the cluster to sign `message` (hex) with the key named `key`.
     /// One request id, one message: the same message again returns the same
-    /// result, another message under that id is refused.
-    SignRequest { request_id: String, key: String, message: String, purpose: String },
+    /// result, another message under that id is refused. `environment` and
+    /// `attributes` are the requester's declarations that the key's policy
+    /// checks and approvers see and sign.
+    SignRequest {
+        request_id: String,
+        key: String,
+        message: String,
+        purpose: String,
+        #[serde(default)]
+        environment: String,
+        #[serde(default)]
+        attributes: BTreeMap<String, String>,
+    },
+    /// An approver's signed approval of a pending request (anyone may submit it:
+    /// the approval signature itself carries the authority).
+    Approve { request_id: String, approver: String, signature: ApprovalSignature },
+    /// Registers an operator (admin): an Ed25519 key that signs commands and
+    /// approvals, and/or an OpenSSH public key for `ssh-keygen -Y sign` approvals.
+    AddOperator { name: String, key: Option<OperatorKey>, ssh_key: Option<String>, roles: Vec<Role> },
+    /// Removes an operator (admin); approvals it gave stop counting.
+    RemoveOperator { name: String },
+    /// Replaces a key's signing policy (admin); the policy version increments and
+    /// the key's pending requests must be approved again.
+    SetPolicy { key: String, policy: Policy },
+    /// Sets how many admins must agree to an admin operation (admin).
+    SetAdminPolicy { approvals_required: u32 },
+    /// An admin's agreement to a pending admin proposal.
+    ApproveProposal { proposal_id: String },
     /// The coordinating node's result: a signature that every node verifies
     /// against the key and its own copy of the message before storing it.
     SignResult {
@@ -156,8 +183,10 @@ pub enum Authority {
     Genesis,
     /// A genesis admin.
     Admin,
-    /// An operator allowed to request signatures (admins, until roles exist).
+    /// An operator with the requester role (each key's policy narrows it further).
     Requester,
+    /// Anyone: the command carries its own proof (an approval signature).
+    Anyone,
     /// The node with this id, by the key of its CA-issued certificate.
     Node(NodeId),
 }
@@ -178,6 +207,12 @@ impl Command {
             Command::SignRequest { .. } => "sign_request",
             Command::SignResult { .. } => "sign_result",
             Command::SignFailed { .. } => "sign_failed",
+            Command::Approve { .. } => "approve",
+            Command::AddOperator { .. } => "add_operator",
+            Command::RemoveOperator { .. } => "remove_operator",
+            Command::SetPolicy { .. } => "set_policy",
+            Command::SetAdminPolicy { .. } => "set_admin_policy",
+            Command::ApproveProposal { .. } => "approve_proposal",
         }
     }
 
@@ -189,8 +224,14 @@ impl Command {
             | Command::RemoveMember { .. }
             | Command::Put { .. }
             | Command::CreateKey { .. }
-            | Command::ImportKey { .. } => Authority::Admin,
+            | Command::ImportKey { .. }
+            | Command::AddOperator { .. }
+            | Command::RemoveOperator { .. }
+            | Command::SetPolicy { .. }
+            | Command::SetAdminPolicy { .. }
+            | Command::ApproveProposal { .. } => Authority::Admin,
             Command::SignRequest { .. } => Authority::Requester,
+            Command::Approve { .. } => Authority::Anyone,
             Command::DkgRound1 { node_id, .. }
             | Command::KeyConfirm { node_id, .. }
             | Command::KeyAbort { node_id, .. }
@@ -254,7 +295,9 @@ impl Command {
                 validate_id("key id", key_id)?;
                 validate_reason(reason)
             }
-            Command::SignRequest { request_id, key, message, purpose } => {
+            Command::SignRequest { request_id, key, message, purpose, environment, attributes } => {
+                crate::authz::validate_label("environment", environment)?;
+                crate::authz::validate_attributes(attributes)?;
                 validate_name("request id", request_id)?;
                 validate_name("key name", key)?;
                 validate_hex("message", message, 2 * MESSAGE_BYTES_MAX).map_err(|_| {
@@ -280,6 +323,38 @@ impl Command {
                 }
                 Ok(())
             }
+            Command::Approve { request_id, approver, signature } => {
+                validate_name("request id", request_id)?;
+                validate_name("approver", approver)?;
+                signature.validate()
+            }
+            Command::AddOperator { name, key, ssh_key, roles } => {
+                validate_name("operator name", name)?;
+                if key.is_none() && ssh_key.is_none() {
+                    return Err(CommandError::Malformed(format!(
+                        "operator {name} needs an Ed25519 key (--key) or an OpenSSH public key (--ssh-key)"
+                    )));
+                }
+                if ssh_key.as_ref().is_some_and(|k| k.len() > 1024) {
+                    return Err(CommandError::Malformed("the OpenSSH public key line is too long".into()));
+                }
+                if roles.is_empty() || roles.len() > 4 {
+                    return Err(CommandError::Malformed(format!("operator {name} needs 1 to 4 roles")));
+                }
+                Ok(())
+            }
+            Command::RemoveOperator { name } => validate_name("operator name", name),
+            Command::SetPolicy { key, policy } => {
+                validate_name("key name", key)?;
+                policy.validate()
+            }
+            Command::SetAdminPolicy { approvals_required } => {
+                if *approvals_required == 0 {
+                    return Err(CommandError::Malformed("the admin policy needs at least 1 approval".into()));
+                }
+                Ok(())
+            }
+            Command::ApproveProposal { proposal_id } => validate_id("proposal id", proposal_id),
             Command::SignFailed { request_id, reason, culprits, .. } => {
                 validate_name("request id", request_id)?;
                 validate_reason(reason)?;

@@ -9,11 +9,13 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod authz;
 pub mod command;
 pub mod keyfmt;
 pub mod raft;
 pub mod rpc;
 pub mod runtime;
+pub mod sshsig;
 
 /// A Raft member's identifier. Node ids are never reused for another machine.
 pub type NodeId = u64;

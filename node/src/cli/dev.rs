@@ -17,7 +17,8 @@ use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use synod_proto::api::Health;
+use synod_proto::api::{Health, WriteResponse};
+use synod_proto::authz::{Policy, Role};
 use synod_proto::{NodeAddr, NodeId, OperatorKey};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
@@ -161,7 +162,7 @@ async fn create_kek(data_dir: &Path, node_dir: &Path, id: NodeId, hsm: DevHsm) -
 }
 
 /// Generates the CA, certificates, keys and configs of a new dev cluster.
-async fn create(data_dir: &Path, nodes: u64, hsm: DevHsm) -> anyhow::Result<ClusterFile> {
+pub async fn create(data_dir: &Path, nodes: u64, hsm: DevHsm) -> anyhow::Result<ClusterFile> {
     let ca_dir = data_dir.join("ca");
     pki::ca_init(&ca_dir, "synod dev CA", None)?;
     let certs = data_dir.join("certs");
@@ -206,7 +207,7 @@ async fn create(data_dir: &Path, nodes: u64, hsm: DevHsm) -> anyhow::Result<Clus
     Ok(ClusterFile { cluster_id, data_dir: data_dir.to_path_buf(), hsm: hsm.into(), nodes: list })
 }
 
-fn client_args(data_dir: &Path, cluster: &ClusterFile) -> ClientArgs {
+pub fn client_args(data_dir: &Path, cluster: &ClusterFile) -> ClientArgs {
     ClientArgs {
         addr: format!("https://{}", cluster.nodes[0].api_addr),
         cacert: Some(data_dir.join("ca/ca.crt")),
@@ -218,7 +219,7 @@ fn client_args(data_dir: &Path, cluster: &ClusterFile) -> ClientArgs {
     }
 }
 
-fn spawn_node(node: &DevNode, softhsm_conf: Option<&Path>) -> anyhow::Result<Child> {
+pub fn spawn_node(node: &DevNode, softhsm_conf: Option<&Path>) -> anyhow::Result<Child> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
@@ -237,11 +238,60 @@ fn spawn_node(node: &DevNode, softhsm_conf: Option<&Path>) -> anyhow::Result<Chi
         .with_context(|| format!("cannot start node {}", node.id))
 }
 
-/// The signing key a new dev cluster creates for the tour.
+/// The signing key a new dev cluster creates for the tour (no approvals needed).
 const DEMO_KEY: &str = "demo";
+/// The key whose policy needs two approvals, from the demo approvers.
+const TREASURY_KEY: &str = "treasury";
+/// Demo approvers: an operator key file each in the data directory.
+const DEMO_APPROVERS: [&str; 2] = ["alice", "bob"];
 
-/// Waits for every node, initialises the cluster if needed, writes env and cluster.json.
-async fn bring_up(data_dir: &Path, cluster: &mut ClusterFile, client_args: &ClientArgs) -> anyhow::Result<()> {
+/// Creates the tour's keys and operators: `demo` signs on request; `treasury`
+/// needs approvals from alice and bob, whose keys are written next to admin.pem.
+async fn demo_keys(data_dir: &Path, client_args: &ClientArgs) -> anyhow::Result<()> {
+    let key = super::keys::create(client_args, DEMO_KEY, None, Vec::new()).await?;
+    println!(
+        "Created signing key {DEMO_KEY} ({} of {}) by distributed key generation; public key {}.",
+        key.threshold,
+        key.participants.len(),
+        key.public_key.as_deref().unwrap_or("-")
+    );
+    for name in DEMO_APPROVERS {
+        let signing = keygen(&data_dir.join(format!("{name}.pem")))?;
+        let command = synod_proto::Command::AddOperator {
+            name: name.to_string(),
+            key: Some(OperatorKey::of(&signing)),
+            ssh_key: None,
+            roles: vec![Role::Approver],
+        };
+        expect_applied(client::submit(client_args, command).await?)?;
+    }
+    super::keys::create(client_args, TREASURY_KEY, None, Vec::new()).await?;
+    let policy = Policy {
+        approvers: DEMO_APPROVERS.iter().map(|n| n.to_string()).collect(),
+        approvals_required: 2,
+        ..Policy::default()
+    };
+    expect_applied(
+        client::submit(client_args, synod_proto::Command::SetPolicy { key: TREASURY_KEY.into(), policy }).await?,
+    )?;
+    println!(
+        "Created key {TREASURY_KEY}; its policy needs 2 approvals from {} (keys in {}).",
+        DEMO_APPROVERS.join(" and "),
+        data_dir.display()
+    );
+    Ok(())
+}
+
+fn expect_applied(response: synod_proto::api::WriteResponse) -> anyhow::Result<()> {
+    match response.outcome {
+        synod_proto::Outcome::Rejected { reason } => anyhow::bail!("the dev cluster refused a set-up step: {reason}"),
+        _ => Ok(()),
+    }
+}
+
+/// Waits until every node answers its health check (within [`STARTUP_TIMEOUT`] in all) and
+/// says whether any of them is already initialised.
+pub async fn wait_for_nodes(cluster: &ClusterFile, client_args: &ClientArgs) -> anyhow::Result<bool> {
     let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
     let mut initialized = false;
     for node in &cluster.nodes {
@@ -261,23 +311,32 @@ async fn bring_up(data_dir: &Path, cluster: &mut ClusterFile, client_args: &Clie
             }
         }
     }
+    Ok(initialized)
+}
+
+/// Commits genesis: every node of `cluster` a member, the dev admin key (`admin.pem`) the admin.
+pub async fn init_cluster(
+    data_dir: &Path,
+    cluster: &ClusterFile,
+    client_args: &ClientArgs,
+) -> anyhow::Result<WriteResponse> {
+    let members = cluster
+        .nodes
+        .iter()
+        .map(|n| (n.id, NodeAddr { raft_addr: n.raft_addr.clone(), api_addr: n.api_addr.clone() }))
+        .collect();
+    let admin = OperatorKey::of(&load_operator_key(&data_dir.join("admin.pem"))?);
+    client::init(client_args, &cluster.cluster_id, vec![admin], members).await
+}
+
+/// Waits for every node, initialises the cluster if needed, writes env and cluster.json.
+async fn bring_up(data_dir: &Path, cluster: &mut ClusterFile, client_args: &ClientArgs) -> anyhow::Result<()> {
+    let initialized = wait_for_nodes(cluster, client_args).await?;
     if !initialized {
-        let members = cluster
-            .nodes
-            .iter()
-            .map(|n| (n.id, NodeAddr { raft_addr: n.raft_addr.clone(), api_addr: n.api_addr.clone() }))
-            .collect();
-        let admin = OperatorKey::of(&load_operator_key(&data_dir.join("admin.pem"))?);
-        let response = client::init(client_args, &cluster.cluster_id, vec![admin], members).await?;
+        let response = init_cluster(data_dir, cluster, client_args).await?;
         println!("Initialised cluster {} (genesis at index {}).", cluster.cluster_id, response.index);
         if cluster.nodes.len() >= 2 {
-            let key = super::keys::create(client_args, DEMO_KEY, None, Vec::new()).await?;
-            println!(
-                "Created signing key {DEMO_KEY} ({} of {}) by distributed key generation; public key {}.",
-                key.threshold,
-                key.participants.len(),
-                key.public_key.as_deref().unwrap_or("-")
-            );
+            demo_keys(data_dir, client_args).await?;
         }
     }
     std::fs::write(data_dir.join("cluster.json"), serde_json::to_string_pretty(&cluster)?)?;
@@ -310,6 +369,8 @@ async fn bring_up(data_dir: &Path, cluster: &mut ClusterFile, client_args: &Clie
     println!();
     println!("Try: synod status; echo hello > m.txt; synod sign {DEMO_KEY} --in m.txt --out m.sig;");
     println!("     synod verify --key {DEMO_KEY} --in m.txt --signature m.sig; kill -9 a node's pid and sign again.");
+    println!("     synod request sign {TREASURY_KEY} --in m.txt --request-id t1   # then, as each approver:");
+    println!("     SYNOD_OPERATOR_KEY={}/alice.pem synod approve t1; synod request wait t1", data_dir.display());
     println!("Press Ctrl-C to stop the cluster.");
     Ok(())
 }
@@ -347,7 +408,7 @@ async fn wait_for_signal(cluster: &ClusterFile, children: &mut BTreeMap<NodeId, 
     }
 }
 
-async fn stop_all(children: &mut BTreeMap<NodeId, Child>) {
+pub async fn stop_all(children: &mut BTreeMap<NodeId, Child>) {
     for child in children.values() {
         if let Some(pid) = child.id() {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);

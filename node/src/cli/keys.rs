@@ -16,7 +16,7 @@ use synod_proto::{Command, NodeId, Outcome};
 use zeroize::Zeroizing;
 
 use super::client::{cluster_id, sign as sign_command, ApiClient};
-use super::{ClientArgs, KeyCmd, Output, RequestCmd, SignArgs, VerifyArgs};
+use super::{ClientArgs, KeyCmd, Output, SignArgs, VerifyArgs};
 
 /// How often progress is polled while waiting for a key.
 const POLL: Duration = Duration::from_millis(200);
@@ -48,6 +48,7 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        KeyCmd::Policy(cmd) => super::authz::policy(cmd).await,
         KeyCmd::Show { name, format, client } => {
             let key = get_key(&ApiClient::new(&client)?, &name).await?;
             if let Some(format) = format {
@@ -265,10 +266,24 @@ pub async fn sign(args: SignArgs) -> anyhow::Result<()> {
         key: args.key.clone(),
         message: hex::encode(&message),
         purpose: args.purpose.clone().unwrap_or_default(),
+        environment: args.environment.clone().unwrap_or_default(),
+        attributes: args
+            .attrs
+            .iter()
+            .map(|p| p.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect::<Option<_>>()
+            .ok_or_else(|| anyhow!("--attr takes NAME=VALUE"))?,
     };
     let signed = sign_command(&args.client, &cluster_id(&status)?, command)?;
     let wait_ms = args.wait_secs * 1000;
     let (code, info): (u16, RequestInfo) = api.post(&format!("/v1/sign?wait_ms={wait_ms}"), &signed).await?;
+    if info.status == "awaiting_approval" {
+        bail!(
+            "request {request_id} needs approvals ({}); approvers run `synod approve {request_id}`, then \
+             `synod request wait {request_id}`",
+            info.approval_progress.join("; ")
+        );
+    }
     if code == 202 {
         bail!(
             "request {request_id} is still pending after {} s; check it with `synod request show {request_id}`",
@@ -304,7 +319,7 @@ fn signature_of(info: &RequestInfo) -> anyhow::Result<[u8; 64]> {
         .ok_or_else(|| anyhow!("the node returned a malformed signature"))
 }
 
-fn read_message(path: &Path) -> anyhow::Result<Vec<u8>> {
+pub fn read_message(path: &Path) -> anyhow::Result<Vec<u8>> {
     let len = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.len();
     if len > MESSAGE_BYTES_MAX as u64 {
         bail!(
@@ -338,34 +353,4 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         Output::Table => println!("signature is valid (Ed25519, public key {})", hex::encode(public)),
     }
     Ok(())
-}
-
-/// `synod request ...`.
-pub async fn request(cmd: RequestCmd) -> anyhow::Result<()> {
-    match cmd {
-        RequestCmd::Show { id, wait_secs, client } => {
-            let (_, info): (u16, RequestInfo) =
-                ApiClient::new(&client)?.get(&format!("/v1/requests/{id}?wait_ms={}", wait_secs * 1000)).await?;
-            match client.output.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&info)?),
-                Output::Table => {
-                    println!("request:    {}", info.request_id);
-                    println!("key:        {} ({})", info.key_name, info.key_id);
-                    println!("status:     {}", info.status);
-                    println!("message:    {} bytes, sha256 {}", info.message_bytes, info.message_sha256);
-                    println!("purpose:    {}", info.purpose);
-                    println!("requester:  {}", info.requester);
-                    println!("signature:  {}", info.signature.as_deref().unwrap_or("-"));
-                    println!("signers:    {:?} in {} session(s)", info.signers, info.sessions);
-                    if !info.culprits.is_empty() {
-                        println!("culprits:   {:?}", info.culprits);
-                    }
-                    if let Some(error) = &info.error {
-                        println!("error:      {error}");
-                    }
-                }
-            }
-            Ok(())
-        }
-    }
 }

@@ -5,6 +5,8 @@
 //! way Vault's CLI does: `SYNOD_ADDR`, `SYNOD_CACERT`, `SYNOD_CLIENT_CERT`,
 //! `SYNOD_CLIENT_KEY`, and `SYNOD_OPERATOR_KEY` for commands that must be signed.
 
+pub mod authz;
+pub mod bench;
 pub mod client;
 pub mod dev;
 pub mod keys;
@@ -56,11 +58,22 @@ pub enum Top {
     Sign(SignArgs),
     /// Verify an Ed25519 signature (RFC 8032) offline or with a cluster key's public key.
     Verify(VerifyArgs),
-    /// Look at signing requests.
+    /// Signing requests: make one (possibly awaiting approvals), show it, wait for it.
     #[command(subcommand)]
     Request(RequestCmd),
+    /// Approve a pending request with your operator key or an `ssh-keygen -Y sign` signature.
+    Approve(ApproveArgs),
+    /// Admin operations under the admin policy: how many admins must agree, and agreeing.
+    #[command(subcommand)]
+    Admin(AdminCmd),
+    /// The hash-chained audit log: list, show, verify, export (JSON lines).
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Print version and build information.
     Version(OutputArgs),
+    /// Measure signing: latency and throughput of local clusters (2-of-3, 3-of-5, 5-of-7),
+    /// also with one signer killed, next to in-process FROST and ed25519-dalek on this machine.
+    Bench(BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -193,6 +206,30 @@ pub enum OperatorCmd {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Register an operator (an admin operation): an Ed25519 key and/or an OpenSSH key, and roles.
+    Add {
+        /// The operator's name (1 to 64 of A-Z a-z 0-9 . _ -).
+        name: String,
+        /// Ed25519 public key: 64 hex characters, a public key PEM, or the operator's key file.
+        #[arg(long)]
+        key: Option<String>,
+        /// OpenSSH public key (ssh-ed25519 or sk-ssh-ed25519@openssh.com): a .pub file or the line itself.
+        #[arg(long)]
+        ssh_key: Option<String>,
+        /// Roles, comma-separated: requester, approver, admin, auditor.
+        #[arg(long, value_delimiter = ',', required = true)]
+        roles: Vec<synod_proto::authz::Role>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove an operator (an admin operation); its approvals stop counting.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List operators and their roles.
+    List(ClientArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -283,6 +320,9 @@ pub enum KeyCmd {
     },
     /// List keys with their status and public keys.
     List(ClientArgs),
+    /// A key's signing policy: who may request, how many approvals, tiers.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Show a key (by name or id); with --format, print only its public key in that format.
     Show {
         name: String,
@@ -309,6 +349,12 @@ pub struct SignArgs {
     /// Why this is signed, recorded with the request.
     #[arg(long)]
     pub purpose: Option<String>,
+    /// The environment the signature is for (a policy may restrict it).
+    #[arg(long)]
+    pub environment: Option<String>,
+    /// A declared attribute the policy may tier on, NAME=VALUE (repeat).
+    #[arg(long = "attr")]
+    pub attrs: Vec<String>,
     /// Write the signature here (raw 64 bytes unless --signature-format says otherwise).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -341,8 +387,128 @@ pub struct VerifyArgs {
     pub client: ClientArgs,
 }
 
+/// `synod key policy ...`.
+#[derive(Subcommand, Debug)]
+pub enum PolicyCmd {
+    /// Replace a key's policy with the one in a JSON file, e.g.
+    /// {"approvers": ["alice", "bob"], "approvals_required": 1, "environments": ["prod"],
+    ///  "tiers": [{"attribute": "amount", "above": 10000, "approvals_required": 2}]}.
+    /// Pending requests of the key fail and must be made again.
+    Set {
+        name: String,
+        #[arg(long)]
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print a key's policy and its version.
+    Show {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `synod approve`.
+#[derive(Args, Debug)]
+pub struct ApproveArgs {
+    /// The request id.
+    pub id: String,
+    /// An armored signature of the request's statement made with
+    /// `ssh-keygen -Y sign -n synod-approval@v1` (see `synod request statement`).
+    #[arg(long)]
+    pub ssh_signature: Option<PathBuf>,
+    /// The approver's operator name (found from the key when omitted).
+    #[arg(long = "as")]
+    pub approver: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCmd {
+    /// Set how many admins must agree to an admin operation (itself an admin operation).
+    Policy {
+        #[arg(long)]
+        approvals: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Agree to a pending admin proposal.
+    Approve {
+        proposal_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List pending admin proposals.
+    Proposals(ClientArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// List audit records.
+    List {
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one record.
+    Show {
+        seq: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Check the chain: every hash, every link, and the node's head; or a file from `audit export`.
+    Verify {
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print every record as JSON lines.
+    Export(ClientArgs),
+}
+
 #[derive(Subcommand, Debug)]
 pub enum RequestCmd {
+    /// Ask for a signature; prints the request and whether it awaits approvals.
+    Sign {
+        /// The key's name.
+        key: String,
+        /// The file to sign (at most 64 KiB).
+        #[arg(long = "in")]
+        input: PathBuf,
+        #[arg(long)]
+        request_id: Option<String>,
+        #[arg(long)]
+        purpose: Option<String>,
+        #[arg(long)]
+        environment: Option<String>,
+        /// A declared attribute the policy may tier on, NAME=VALUE (repeat). Approvers see and sign it.
+        #[arg(long = "attr")]
+        attrs: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Wait until a request is signed or failed, showing approval progress.
+    Wait {
+        id: String,
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Write a request's approval statement (the bytes approvers sign) for `ssh-keygen -Y sign`.
+    Statement {
+        id: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Show a signing request: status, signers, signature.
     Show {
         id: String,
@@ -352,6 +518,46 @@ pub enum RequestCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// `synod bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Key configurations as T-of-N, comma-separated; each gets its own local cluster of N nodes.
+    #[arg(long, value_delimiter = ',', default_value = "2-of-3,3-of-5,5-of-7", value_parser = bench::KeyConfig::parse)]
+    pub configs: Vec<bench::KeyConfig>,
+    /// Concurrent clients, comma-separated: one measured level each.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32",
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub concurrency: Vec<u64>,
+    /// Signing requests per level (the level ends after this many, not after a time).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests: u64,
+    /// Length of each (random) message to sign, in bytes.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub message_bytes: u64,
+    /// Skip the levels run after one non-leader signer is killed (kill -9).
+    #[arg(long)]
+    pub no_kill: bool,
+    /// Sign each command with the operator key inside the timed section, as a real client does.
+    /// By default every command is signed (and serialised) before timing, to measure the cluster.
+    #[arg(long)]
+    pub sign_in_loop: bool,
+    /// Seconds each in-process baseline (FROST ceiling, FROST latency, ed25519-dalek) runs.
+    #[arg(long, default_value_t = 2.0)]
+    pub baseline_secs: f64,
+    /// Bench the running cluster that SYNOD_ADDR etc. point at instead of starting local ones:
+    /// creates one key per --configs entry (by DKG, on the first N members) and kills nothing.
+    #[arg(long)]
+    pub target_existing: bool,
+    /// With --target-existing: sign with this existing key instead of creating keys.
+    #[arg(long, requires = "target_existing")]
+    pub key: Option<String>,
+    /// Keep each local cluster's directory (configs, node logs) instead of deleting it.
+    #[arg(long)]
+    pub keep_dir: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -367,6 +573,9 @@ pub struct OutputArgs {
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, env = "SYNOD_OUTPUT")]
     pub output: Output,
 }
+
+/// How long a signed command stays valid unless `--ttl-secs` says otherwise.
+pub const TTL_SECS_DEFAULT: u64 = 300;
 
 /// How the CLI reaches and authenticates to a node.
 #[derive(Args, Debug, Clone)]
@@ -386,8 +595,8 @@ pub struct ClientArgs {
     /// Operator key that signs commands (PKCS#8 PEM).
     #[arg(long, env = "SYNOD_OPERATOR_KEY")]
     pub operator_key: Option<PathBuf>,
-    /// How long a command signed now stays valid, in seconds.
-    #[arg(long, default_value_t = 300)]
+    /// How long a command signed now stays valid, in seconds (`request sign`: 3600 unless set).
+    #[arg(long, default_value_t = TTL_SECS_DEFAULT)]
     pub ttl_secs: u64,
     #[command(flatten)]
     pub output: OutputArgs,
@@ -413,7 +622,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Top::Dev(args) => dev::run(args).await,
         Top::Ca(cmd) => operator::ca(cmd),
-        Top::Operator(cmd) => operator::operator(cmd),
+        Top::Operator(cmd) => authz::operator(cmd).await,
         Top::Kek(cmd) => operator::kek(cmd),
         Top::Cluster(cmd) => client::cluster(cmd).await,
         Top::Status(args) => client::status(&args).await,
@@ -422,7 +631,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Top::Key(cmd) => keys::key(cmd).await,
         Top::Sign(args) => keys::sign(args).await,
         Top::Verify(args) => keys::verify(args).await,
-        Top::Request(cmd) => keys::request(cmd).await,
+        Top::Request(cmd) => authz::request(cmd).await,
+        Top::Approve(args) => authz::approve(args).await,
+        Top::Admin(cmd) => authz::admin(cmd).await,
+        Top::Audit(cmd) => authz::audit(cmd).await,
+        Top::Bench(args) => bench::run(args).await,
         Top::Version(args) => {
             let info = serde_json::json!({
                 "version": env!("CARGO_PKG_VERSION"),

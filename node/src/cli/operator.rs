@@ -76,6 +76,7 @@ pub fn operator(cmd: OperatorCmd) -> anyhow::Result<()> {
     let (key, output) = match cmd {
         OperatorCmd::Keygen { out, output } => (keygen(&out)?, output),
         OperatorCmd::Show { key, output } => (load_operator_key(&key)?, output),
+        other => anyhow::bail!("{other:?} talks to the cluster; it is handled by cli::authz"),
     };
     let public = OperatorKey::of(&key);
     match output.output {

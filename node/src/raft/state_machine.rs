@@ -17,10 +17,13 @@ use serde::{Deserialize, Serialize};
 use synod_proto::{NodeAddr, NodeId, Outcome, TypeConfig};
 
 use super::io_error;
-use crate::state::ClusterState;
+use crate::state::{AuditRecord, ClusterState};
 use crate::store::{Durability, Op, Store, Tree, VALUE_BYTES_MAX};
 
 const SNAPSHOT_META_KEY: &[u8] = b"snapshot/meta";
+/// Audit records: `audit/` + the record's sequence number (8 bytes, big-endian).
+const AUDIT_PREFIX: &[u8] = b"audit/";
+const AUDIT_END: &[u8] = b"audit0"; // '0' sorts right after '/'.
 const SNAPSHOT_CHUNK_PREFIX: &[u8] = b"snapshot/data/";
 const SNAPSHOT_CHUNK_END: &[u8] = b"snapshot/data0"; // '0' sorts right after '/'.
 
@@ -32,13 +35,46 @@ pub struct Applied {
     pub state: ClusterState,
 }
 
-/// Read access to the applied state for the API and the transport.
+/// A snapshot's contents: the applied state and the whole audit chain (which
+/// lives in the store, not in the state).
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    applied: Applied,
+    #[serde(default)]
+    audit: Vec<AuditRecord>,
+}
+
+/// The key of audit record `seq`.
+fn audit_key(seq: u64) -> Vec<u8> {
+    let mut key = AUDIT_PREFIX.to_vec();
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Reads audit records `from..` (at most `limit`) from a store.
+pub fn read_audit(store: &dyn Store, from: u64, limit: usize) -> Result<Vec<AuditRecord>, crate::store::StoreError> {
+    let rows = store.scan(Tree::Meta, &audit_key(from), Some(AUDIT_END), limit)?;
+    Ok(rows.into_iter().filter_map(|(_, v)| serde_json::from_slice(&v).ok()).collect())
+}
+
+/// Read access to the applied state for the API and the transport, and the
+/// sequence number of the last audit record written to the store (records are
+/// written just after the state changes, so readers wait for this to catch up).
 #[derive(Clone, Default)]
-pub struct SharedState(Arc<RwLock<Applied>>);
+pub struct SharedState(Arc<RwLock<Applied>>, Arc<std::sync::atomic::AtomicU64>);
 
 impl SharedState {
     pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
         self.0.read().expect("state lock poisoned")
+    }
+
+    /// The last audit record in the store.
+    pub fn audit_written(&self) -> u64 {
+        self.1.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set_audit_written(&self, seq: u64) {
+        self.1.store(seq, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -56,9 +92,10 @@ impl StateMachine {
         let shared = SharedState::default();
         let sm = StateMachine { store, shared: shared.clone(), snapshot_seq: 0 };
         if let Some(snapshot) = sm.load_snapshot()? {
-            let applied: Applied = serde_json::from_slice(snapshot.snapshot.get_ref())
+            let data: SnapshotData = serde_json::from_slice(snapshot.snapshot.get_ref())
                 .map_err(|e| StorageIOError::read_snapshot(Some(snapshot.meta.signature()), &io_error(e)))?;
-            *sm.shared.0.write().expect("state lock") = applied;
+            sm.shared.set_audit_written(data.applied.state.audit_head.seq);
+            *sm.shared.0.write().expect("state lock") = data.applied;
         }
         Ok((sm, shared))
     }
@@ -76,6 +113,33 @@ impl StateMachine {
             .map_err(read_err)?;
         let data: Vec<u8> = chunks.into_iter().flat_map(|(_, v)| v).collect();
         Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+
+    /// Applies entries to the in-memory state; returns their outcomes and the
+    /// audit records they appended.
+    fn apply_entries(
+        &self,
+        entries: impl IntoIterator<Item = openraft::Entry<TypeConfig>>,
+    ) -> (Vec<Outcome>, Vec<AuditRecord>) {
+        let mut applied = self.shared.0.write().expect("state lock");
+        let mut outcomes = Vec::new();
+        let mut audit = Vec::new();
+        for entry in entries {
+            let index = entry.log_id.index;
+            applied.last_applied = Some(entry.log_id);
+            let outcome = match entry.payload {
+                EntryPayload::Blank => Outcome::Internal,
+                EntryPayload::Normal(ref data) => applied.state.apply(index, data),
+                EntryPayload::Membership(ref membership) => {
+                    applied.state.observe_membership(index, membership.nodes().map(|(id, _)| *id));
+                    applied.last_membership = StoredMembership::new(Some(entry.log_id), membership.clone());
+                    Outcome::Internal
+                }
+            };
+            outcomes.push(outcome);
+            audit.extend(applied.state.take_audit());
+        }
+        (outcomes, audit)
     }
 
     async fn save_snapshot(
@@ -113,7 +177,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let (data, meta) = {
             let applied = self.shared.read();
-            let data = serde_json::to_vec(&*applied).expect("state serialises");
+            let audit = read_audit(&*self.store, 1, usize::MAX)
+                .map_err(|e| StorageIOError::read_snapshot(None, &io_error(e)))?
+                .into_iter()
+                .take_while(|r| r.seq <= applied.state.audit_head.seq)
+                .collect();
+            let data = serde_json::to_vec(&SnapshotData { applied: applied.clone(), audit }).expect("state serialises");
             self.snapshot_seq += 1;
             let snapshot_id = match applied.last_applied {
                 Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, self.snapshot_seq),
@@ -147,21 +216,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
-        let mut applied = self.shared.0.write().expect("state lock");
-        let mut outcomes = Vec::new();
-        for entry in entries {
-            let index = entry.log_id.index;
-            applied.last_applied = Some(entry.log_id);
-            let outcome = match entry.payload {
-                EntryPayload::Blank => Outcome::Internal,
-                EntryPayload::Normal(ref data) => applied.state.apply(index, data),
-                EntryPayload::Membership(ref membership) => {
-                    applied.state.observe_membership(index, membership.nodes().map(|(id, _)| *id));
-                    applied.last_membership = StoredMembership::new(Some(entry.log_id), membership.clone());
-                    Outcome::Internal
-                }
-            };
-            outcomes.push(outcome);
+        let (outcomes, audit) = self.apply_entries(entries);
+        if !audit.is_empty() {
+            // Buffered: the records are a function of the committed log, and entries
+            // after the last snapshot are applied again (rewriting them) after a crash.
+            let ops = audit
+                .iter()
+                .map(|r| Op::Put {
+                    tree: Tree::Meta,
+                    key: audit_key(r.seq),
+                    value: serde_json::to_vec(r).expect("record serialises"),
+                })
+                .collect();
+            let store = self.store.clone();
+            crate::seams::run_blocking(move || store.write(ops, Durability::Buffered))
+                .await
+                .and_then(|r| r.map_err(io_error))
+                .map_err(|e| StorageIOError::write_state_machine(&e))?;
+            let last = audit.last().map_or(0, |r| r.seq);
+            self.shared.set_audit_written(last);
         }
         Ok(outcomes)
     }
@@ -180,10 +253,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
-        let applied: Applied = serde_json::from_slice(&data)
+        let parsed: SnapshotData = serde_json::from_slice(&data)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &io_error(e)))?;
+        let applied = parsed.applied;
+        // The snapshot's audit chain replaces ours (ours may hold records of a log the leader overrode).
+        let mut ops = vec![Op::RemoveRange {
+            tree: Tree::Meta,
+            from: AUDIT_PREFIX.to_vec(),
+            to_exclusive: Some(AUDIT_END.to_vec()),
+        }];
+        ops.extend(parsed.audit.iter().map(|r| Op::Put {
+            tree: Tree::Meta,
+            key: audit_key(r.seq),
+            value: serde_json::to_vec(r).expect("record serialises"),
+        }));
+        let store = self.store.clone();
+        crate::seams::run_blocking(move || store.write(ops, Durability::Buffered))
+            .await
+            .and_then(|r| r.map_err(io_error))
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         self.save_snapshot(meta, &data).await?;
         tracing::info!(snapshot_id = %meta.snapshot_id, last = ?meta.last_log_id, "installed snapshot from the leader");
+        self.shared.set_audit_written(applied.state.audit_head.seq);
         *self.shared.0.write().expect("state lock") = applied;
         Ok(())
     }

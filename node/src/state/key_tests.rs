@@ -222,6 +222,8 @@ fn state_requests_keep_one_message_and_only_verified_signatures() {
         key: "k".into(),
         message: hex::encode(message),
         purpose: String::new(),
+        environment: String::new(),
+        attributes: Default::default(),
     };
     assert!(world.by_admin(request(b"pay 1")).is_applied());
     let forged = threshold_sign(&packages, b"pay 1000");
@@ -253,6 +255,8 @@ fn state_requests_need_an_active_key_and_a_requester() {
         key: "nope".into(),
         message: "00".into(),
         purpose: String::new(),
+        environment: String::new(),
+        attributes: Default::default(),
     };
     refused(&world.by_admin(request.clone()), "no key named");
     let stranger = SigningKey::from_bytes(&[9; 32]);
@@ -265,10 +269,16 @@ fn state_pending_request_fails_after_its_deadline() {
     // A request nobody signs is failed by entry time alone, so every node decides alike.
     let mut world = World::new();
     dkg(&mut world, "k");
-    let request =
-        Command::SignRequest { request_id: "r1".into(), key: "k".into(), message: "00".into(), purpose: String::new() };
+    let request = Command::SignRequest {
+        request_id: "r1".into(),
+        key: "k".into(),
+        message: "00".into(),
+        purpose: String::new(),
+        environment: String::new(),
+        attributes: Default::default(),
+    };
     assert!(world.by_admin(request).is_applied());
-    world.time_ms += super::REQUEST_PENDING_MS_MAX + 1;
+    world.time_ms += 60_001; // past the request command's expiry
     world.by_admin(Command::Put { key: "tick".into(), value: "1".into() });
     assert!(matches!(world.state.requests["r1"].status, RequestStatus::Failed { .. }));
 }

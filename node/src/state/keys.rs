@@ -67,6 +67,12 @@ pub struct KeyRecord {
     pub created_index: u64,
     pub created_at_ms: u64,
     pub activated_at_ms: Option<u64>,
+    /// Who may request, and the approvals a signature needs.
+    #[serde(default)]
+    pub policy: synod_proto::authz::Policy,
+    /// Increments with every policy change; approvals name the version they approve under.
+    #[serde(default)]
+    pub policy_version: u64,
 }
 
 impl KeyRecord {
@@ -100,6 +106,8 @@ impl KeyRecord {
             culprit,
             created_at_ms: self.created_at_ms,
             activated_at_ms: self.activated_at_ms,
+            policy: self.policy.clone(),
+            policy_version: self.policy_version,
         }
     }
 
@@ -170,6 +178,8 @@ impl ClusterState {
             created_index: index,
             created_at_ms: self.time_ms,
             activated_at_ms: None,
+            policy: synod_proto::authz::Policy::default(),
+            policy_version: 1,
         })
     }
 

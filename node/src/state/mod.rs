@@ -7,6 +7,8 @@
 //! altered or replayed command changes nothing anywhere; the refusal is logged
 //! and counted.
 
+mod audit;
+mod authz;
 mod keys;
 mod signing;
 
@@ -17,8 +19,10 @@ use synod_proto::api::{KvRecord, Rejection};
 use synod_proto::command::{Authority, COMMAND_TTL_MS_MAX};
 use synod_proto::{Command, Envelope, LogEntry, NodeAddr, NodeId, OperatorKey, Outcome, SignedCommand};
 
+pub use audit::{verify_chain, AuditHead, AuditRecord, GENESIS_HASH};
+pub use authz::{ApprovalRecord, Operator, Progress, Proposal};
 pub use keys::{frost_identifier, package_hash, KeyOrigin, KeyRecord, KeyStatus, DKG_TIMEOUT_MS};
-pub use signing::{RequestRecord, RequestStatus, PENDING_REQUESTS_MAX, REQUEST_PENDING_MS_MAX};
+pub use signing::{RequestRecord, RequestStatus, PENDING_REQUESTS_MAX};
 
 /// How many recent refusals the state keeps for `status`.
 pub const REJECTIONS_KEPT_MAX: usize = 32;
@@ -28,8 +32,19 @@ pub const REJECTIONS_KEPT_MAX: usize = 32;
 pub struct ClusterState {
     /// Set by the genesis command; every later command must name it.
     pub cluster_id: Option<String>,
-    /// Operators allowed to change membership and write (root of authority).
+    /// The Ed25519 keys of operators with the admin role (derived from `operators`).
     pub admins: BTreeSet<OperatorKey>,
+    /// Operators by name: genesis admins first, then those admins add.
+    pub operators: BTreeMap<String, Operator>,
+    /// How many admins must agree to an admin operation (1 after genesis).
+    pub admin_approvals_required: u32,
+    /// Admin operations waiting for more admins, by proposal id.
+    pub proposals: BTreeMap<String, Proposal>,
+    /// The audit chain's newest record.
+    pub audit_head: AuditHead,
+    /// Records appended by `apply` and not yet taken by the state machine's store.
+    #[serde(skip)]
+    pub audit_out: Vec<AuditRecord>,
     /// The signed member registry: who may be part of the cluster.
     pub members: BTreeMap<NodeId, NodeAddr>,
     /// Replicated metadata records.
@@ -73,6 +88,14 @@ impl ClusterState {
         self.expire_seen();
         self.expire_keys();
         self.expire_requests();
+        self.expire_proposals();
+        let envelope: Option<Envelope> = serde_json::from_str(&entry.command.envelope).ok();
+        let outcome = self.apply_outcome(index, entry);
+        self.audit(index, entry, envelope.as_ref(), &outcome);
+        outcome
+    }
+
+    fn apply_outcome(&mut self, index: u64, entry: &LogEntry) -> Outcome {
         match self.try_apply(index, entry) {
             Ok(detail) => {
                 self.applied_commands += 1;
@@ -132,7 +155,8 @@ impl ClusterState {
                 }
                 self.cluster_id = Some(envelope.cluster_id.clone());
                 self.ca_certificate = Some(ca_certificate.clone());
-                self.admins = admins.iter().copied().collect();
+                self.genesis_operators(admins);
+                self.admin_approvals_required = 1;
                 self.members = synod_proto::command::member_map(members);
                 format!(
                     "cluster {} initialised with {} admins and {} members",
@@ -152,8 +176,24 @@ impl ClusterState {
                     )
                     .into());
                 }
-                self.check_authority(command.authority(), signed)?;
-                self.apply_command(index, &envelope, signed.author, command)?
+                let authority = command.authority();
+                self.check_authority(authority, signed)?;
+                match command {
+                    Command::ApproveProposal { proposal_id } => match self
+                        .approve_proposal(&signed.author, proposal_id)?
+                    {
+                        Some(proposal) => {
+                            let carried = Envelope { command_id: proposal.id.clone(), ..envelope.clone() };
+                            let detail = self.apply_command(index, &carried, proposal.proposer, &proposal.command)?;
+                            format!("proposal {proposal_id} carried: {detail}")
+                        }
+                        None => format!("agreed to proposal {proposal_id}"),
+                    },
+                    _ if authority == Authority::Admin && self.admin_approvals_required > 1 => {
+                        self.propose(&envelope.command_id, signed.author, command, envelope.expires_at_ms)
+                    }
+                    _ => self.apply_command(index, &envelope, signed.author, command)?,
+                }
             }
         };
         self.seen_commands.insert(envelope.command_id, envelope.expires_at_ms);
@@ -172,12 +212,13 @@ impl ClusterState {
                 }
             }
             Authority::Requester => {
-                if self.admins.contains(&signed.author) {
+                if self.has_role(&signed.author, synod_proto::authz::Role::Requester) {
                     Ok(())
                 } else {
                     Err(format!("{} may not request signatures in this cluster", signed.author).into())
                 }
             }
+            Authority::Anyone => Ok(()),
             Authority::Node(node_id) => self.check_node_author(node_id, signed),
         }
     }
@@ -258,9 +299,31 @@ impl ClusterState {
             Command::KeyAbort { key_id, node_id, reason, culprit } => {
                 self.key_abort(key_id, *node_id, reason, *culprit)
             }
-            Command::SignRequest { request_id, key, message, purpose } => {
-                self.sign_request(index, author, request_id, key, message, purpose)
+            Command::SignRequest { request_id, key, message, purpose, environment, attributes } => {
+                let declared =
+                    signing::Declared { purpose, environment, attributes, expires_at_ms: envelope.expires_at_ms };
+                self.sign_request(index, author, request_id, key, message, declared)
             }
+            Command::Approve { request_id, approver, signature } => {
+                self.approve(index, &author, request_id, approver, signature)
+            }
+            Command::AddOperator { name, key, ssh_key, roles } => {
+                self.add_operator(name, *key, ssh_key.as_deref(), roles)
+            }
+            Command::RemoveOperator { name } => self.remove_operator(name),
+            Command::SetPolicy { key, policy } => self.set_policy(key, policy),
+            Command::SetAdminPolicy { approvals_required } => {
+                if *approvals_required as usize > self.admins.len() {
+                    return Err(format!(
+                        "{approvals_required} admin approvals cannot be met by {} admins",
+                        self.admins.len()
+                    )
+                    .into());
+                }
+                self.admin_approvals_required = *approvals_required;
+                Ok(format!("admin operations now need {approvals_required} admins"))
+            }
+            Command::ApproveProposal { .. } => Err("a proposal cannot approve a proposal".into()),
             Command::SignResult { request_id, node_id, signature, signers, culprits, sessions } => {
                 self.sign_result(request_id, *node_id, signature, signers, culprits, *sessions)
             }

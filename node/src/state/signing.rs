@@ -18,9 +18,14 @@ use super::{ClusterState, KeyStatus, Refusal};
 /// until some finish.
 pub const PENDING_REQUESTS_MAX: usize = 1024;
 
-/// A request still pending this long after it was committed (entry time) is
-/// failed by the state machine itself.
-pub const REQUEST_PENDING_MS_MAX: u64 = 10 * 60 * 1000;
+/// What a requester declares about a request, checked against the key's policy.
+pub(super) struct Declared<'a> {
+    pub purpose: &'a str,
+    pub environment: &'a str,
+    pub attributes: &'a std::collections::BTreeMap<String, String>,
+    /// The request command's expiry: approvals and signing must happen before it.
+    pub expires_at_ms: u64,
+}
 
 /// Where a request stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +47,23 @@ pub struct RequestRecord {
     pub message_sha256: String,
     pub message_bytes: usize,
     pub purpose: String,
+    /// Declared by the requester; the policy may restrict it.
+    #[serde(default)]
+    pub environment: String,
+    /// Declared by the requester (e.g. `amount`); policy tiers read them. A
+    /// declaration is the requester's claim, which approvers see and sign.
+    #[serde(default)]
+    pub attributes: std::collections::BTreeMap<String, String>,
     pub requester: OperatorKey,
+    /// The key's policy version when the request was made; approvals name it.
+    #[serde(default)]
+    pub policy_version: u64,
+    /// Approvals collected so far.
+    #[serde(default)]
+    pub approvals: Vec<super::ApprovalRecord>,
+    /// After this (log time) the request is failed and approvals are refused.
+    #[serde(default)]
+    pub expires_at_ms: u64,
     pub status: RequestStatus,
     pub signers: Vec<NodeId>,
     pub culprits: Vec<NodeId>,
@@ -64,7 +85,9 @@ impl ClusterState {
     pub fn request_info(&self, request_id: &str) -> Option<RequestInfo> {
         let r = self.requests.get(request_id)?;
         let key = self.keys.get(&r.key_id);
+        let progress = self.policy_progress(r, false).ok();
         let (status, signature, error) = match &r.status {
+            RequestStatus::Pending if progress.as_ref().is_some_and(|p| !p.met) => ("awaiting_approval", None, None),
             RequestStatus::Pending => ("pending", None, None),
             RequestStatus::Signed { signature } => ("signed", Some(signature.clone()), None),
             RequestStatus::Failed { reason } => ("failed", None, Some(reason.clone())),
@@ -87,6 +110,13 @@ impl ClusterState {
             created_index: r.created_index,
             created_at_ms: r.created_at_ms,
             finished_at_ms: r.finished_at_ms,
+            environment: r.environment.clone(),
+            attributes: r.attributes.clone(),
+            approvals: r.approvals.iter().map(|a| a.approver.clone()).collect(),
+            approval_progress: progress.map(|p| p.summary).unwrap_or_default(),
+            policy_version: r.policy_version,
+            key_version: key.map_or(0, |k| k.version),
+            expires_at_ms: r.expires_at_ms,
         })
     }
 
@@ -121,7 +151,7 @@ impl ClusterState {
         request_id: &str,
         key_name: &str,
         message_hex: &str,
-        purpose: &str,
+        declared: Declared<'_>,
     ) -> Result<String, Refusal> {
         if self.requests.contains_key(request_id) {
             return Err(format!(
@@ -136,14 +166,43 @@ impl ClusterState {
         if self.pending_requests.len() >= PENDING_REQUESTS_MAX {
             return Err(format!("{PENDING_REQUESTS_MAX} requests are already pending; retry later").into());
         }
+        let policy = &key.policy;
+        let requester_name = self.operator_by_key(&requester).map(|op| op.name.clone()).unwrap_or_default();
+        if !policy.requesters.is_empty() && !policy.requesters.contains(&requester_name) {
+            return Err(
+                format!("{requester_name} is not among the requesters the policy of key {key_name} allows").into()
+            );
+        }
+        if !policy.environments.is_empty() && !policy.environments.iter().any(|e| e == declared.environment) {
+            return Err(format!(
+                "environment {:?} is not allowed for key {key_name} (allowed: {:?})",
+                declared.environment, policy.environments
+            )
+            .into());
+        }
+        if !policy.purposes.is_empty() && !policy.purposes.iter().any(|p| p == declared.purpose) {
+            return Err(format!(
+                "purpose {:?} is not allowed for key {key_name} (allowed: {:?})",
+                declared.purpose, policy.purposes
+            )
+            .into());
+        }
+        if policy.expires_at_ms.is_some_and(|at| at < self.time_ms) {
+            return Err(format!("the policy of key {key_name} has expired; an admin must renew it").into());
+        }
         let record = RequestRecord {
             request_id: request_id.to_string(),
             key_id: key.id.clone(),
             message: Some(message_hex.to_string()),
             message_sha256: sha256_hex(message_hex),
             message_bytes: message_hex.len() / 2,
-            purpose: purpose.to_string(),
+            purpose: declared.purpose.to_string(),
+            environment: declared.environment.to_string(),
+            attributes: declared.attributes.clone(),
             requester,
+            policy_version: key.policy_version,
+            approvals: Vec::new(),
+            expires_at_ms: declared.expires_at_ms,
             status: RequestStatus::Pending,
             signers: Vec::new(),
             culprits: Vec::new(),
@@ -152,7 +211,13 @@ impl ClusterState {
             created_at_ms: self.time_ms,
             finished_at_ms: None,
         };
-        let detail = format!("request {request_id} pending: {} bytes with key {key_name}", record.message_bytes);
+        let needs = key.policy.requirements(declared.attributes);
+        let detail = if needs.is_empty() {
+            format!("request {request_id} pending: {} bytes with key {key_name}", record.message_bytes)
+        } else {
+            let summary: Vec<String> = needs.iter().map(|(g, n)| format!("{n} from [{}]", g.join(", "))).collect();
+            format!("request {request_id} awaits approvals: {}", summary.join("; "))
+        };
         self.requests.insert(request_id.to_string(), record);
         self.pending_requests.insert(request_id.to_string());
         Ok(detail)
@@ -214,7 +279,7 @@ impl ClusterState {
         Ok(format!("request {request_id} failed: {reason}"))
     }
 
-    fn fail_request(&mut self, request_id: &str, reason: String, culprits: &[NodeId]) {
+    pub(super) fn fail_request(&mut self, request_id: &str, reason: String, culprits: &[NodeId]) {
         let now = self.time_ms;
         if let Some(record) = self.requests.get_mut(request_id) {
             record.status = RequestStatus::Failed { reason };
@@ -225,20 +290,17 @@ impl ClusterState {
         self.pending_requests.remove(request_id);
     }
 
-    /// Fails requests pending longer than [`REQUEST_PENDING_MS_MAX`] of entry time.
+    /// Fails pending requests whose expiry (entry time) has passed.
     pub(super) fn expire_requests(&mut self) {
         let now = self.time_ms;
         let stale: Vec<String> = self
             .pending_requests
             .iter()
-            .filter(|id| {
-                self.requests.get(*id).is_some_and(|r| now.saturating_sub(r.created_at_ms) > REQUEST_PENDING_MS_MAX)
-            })
+            .filter(|id| self.requests.get(*id).is_some_and(|r| r.expires_at_ms < now))
             .cloned()
             .collect();
         for id in stale {
-            let reason = format!("not signed within {} s", REQUEST_PENDING_MS_MAX / 1000);
-            self.fail_request(&id, reason, &[]);
+            self.fail_request(&id, "expired before it was signed".to_string(), &[]);
         }
     }
 }

@@ -1,0 +1,463 @@
+//! Operators, policies, requests with approvals, admin proposals and the audit
+//! log: `synod operator add|remove|list`, `synod key policy ...`, `synod request
+//! sign|show|wait|statement`, `synod approve`, `synod admin ...`, `synod audit ...`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use ed25519_dalek::Signer as _;
+use serde_json::Value;
+use synod_proto::api::{RequestInfo, Status, WriteResponse};
+use synod_proto::authz::{approval_bytes, ApprovalSignature, ApprovalStatement, Policy};
+use synod_proto::{Command, OperatorKey, Outcome, SignedCommand};
+
+use super::client::{cluster_id, sign as sign_command, ApiClient};
+use super::operator::load_operator_key;
+use super::{AdminCmd, ApproveArgs, AuditCmd, ClientArgs, Output, PolicyCmd, RequestCmd};
+use crate::state::{verify_chain, AuditHead, AuditRecord};
+
+/// How often `request wait` polls.
+const POLL: Duration = Duration::from_millis(500);
+/// The longest a request made with `synod request sign` stays open for approvals by default.
+pub const REQUEST_TTL_SECS_DEFAULT: u64 = 3600;
+
+async fn status_of(api: &ApiClient) -> anyhow::Result<Status> {
+    let (_, status): (u16, Status) = api.get("/v1/sys/status").await?;
+    Ok(status)
+}
+
+/// Signs `command` and posts it to `path`; fails with the reason when the cluster refused it.
+async fn submit(client: &ClientArgs, path: &str, command: Command) -> anyhow::Result<WriteResponse> {
+    let api = ApiClient::new(client)?;
+    let cluster = cluster_id(&status_of(&api).await?)?;
+    let signed = sign_command(client, &cluster, command)?;
+    let (_, response): (u16, WriteResponse) = api.post(path, &signed).await?;
+    print_write(client, &response)?;
+    Ok(response)
+}
+
+fn print_write(client: &ClientArgs, response: &WriteResponse) -> anyhow::Result<()> {
+    match client.output.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(response)?),
+        Output::Table => match &response.outcome {
+            Outcome::Applied { detail } => println!("{detail}"),
+            Outcome::Rejected { .. } | Outcome::Internal => {}
+        },
+    }
+    if let Outcome::Rejected { reason } = &response.outcome {
+        bail!("the cluster refused it: {reason}");
+    }
+    Ok(())
+}
+
+/// Reads a public key given as 64 hex characters or an Ed25519 PKCS#8/SPKI PEM file.
+fn read_operator_key(text: &str) -> anyhow::Result<OperatorKey> {
+    if let Ok(key) = OperatorKey::from_hex(text) {
+        return Ok(key);
+    }
+    let path = Path::new(text);
+    let content = std::fs::read_to_string(path)
+        .with_context(|| format!("{text:?} is neither 64 hex characters nor a readable key file"))?;
+    if content.contains("PRIVATE KEY") {
+        return Ok(OperatorKey::of(&load_operator_key(path)?));
+    }
+    let key = synod_proto::keyfmt::parse_public_key(&content).map_err(|e| anyhow!("{e}"))?;
+    Ok(OperatorKey(key))
+}
+
+/// `synod operator add|remove|list`.
+pub async fn operator(cmd: super::OperatorCmd) -> anyhow::Result<()> {
+    match cmd {
+        super::OperatorCmd::Add { name, key, ssh_key, roles, client } => {
+            let key = key.as_deref().map(read_operator_key).transpose()?;
+            let ssh_key = match ssh_key {
+                Some(text) if Path::new(&text).exists() => Some(
+                    std::fs::read_to_string(&text).with_context(|| format!("cannot read {text}"))?.trim().to_string(),
+                ),
+                other => other,
+            };
+            if let Some(line) = &ssh_key {
+                synod_proto::sshsig::SshPublicKey::parse(line).map_err(|e| anyhow!("--ssh-key: {e}"))?;
+            }
+            submit(&client, "/v1/commands", Command::AddOperator { name, key, ssh_key, roles }).await?;
+        }
+        super::OperatorCmd::Remove { name, client } => {
+            submit(&client, "/v1/commands", Command::RemoveOperator { name }).await?;
+        }
+        super::OperatorCmd::List(client) => {
+            let (_, list): (u16, Value) = ApiClient::new(&client)?.get("/v1/operators").await?;
+            match client.output.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+                Output::Table => {
+                    println!("{:<24} {:<36} {:<10} KEY", "NAME", "ROLES", "SSH");
+                    for op in list["operators"].as_array().into_iter().flatten() {
+                        let roles: Vec<&str> =
+                            op["roles"].as_array().into_iter().flatten().filter_map(|r| r.as_str()).collect();
+                        println!(
+                            "{:<24} {:<36} {:<10} {}",
+                            op["name"].as_str().unwrap_or("-"),
+                            roles.join(","),
+                            if op["ssh_key"].is_null() { "-" } else { "yes" },
+                            op["key"].as_str().unwrap_or("-")
+                        );
+                    }
+                    println!("admin operations need {} admin(s)", list["admin_approvals_required"]);
+                }
+            }
+        }
+        other => return super::operator::operator(other),
+    }
+    Ok(())
+}
+
+/// `synod key policy set|show`.
+pub async fn policy(cmd: PolicyCmd) -> anyhow::Result<()> {
+    match cmd {
+        PolicyCmd::Set { name, file, client } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let policy: Policy = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a policy (JSON; see `synod key policy --help`)", file.display()))?;
+            policy.validate().map_err(|e| anyhow!("{e}"))?;
+            submit(&client, "/v1/commands", Command::SetPolicy { key: name, policy }).await?;
+        }
+        PolicyCmd::Show { name, client } => {
+            let (_, key): (u16, Value) = ApiClient::new(&client)?.get(&format!("/v1/keys/{name}")).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "policy_version": key["policy_version"],
+                    "policy": key["policy"],
+                }))?
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Parses `k=v` declarations.
+fn attributes(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| anyhow!("--attr {p:?} is not NAME=VALUE (e.g. amount=5000)"))
+        })
+        .collect()
+}
+
+fn print_request(client: &ClientArgs, info: &RequestInfo) -> anyhow::Result<()> {
+    match client.output.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(info)?),
+        Output::Table => {
+            println!("request:    {}", info.request_id);
+            println!("key:        {} ({}, version {})", info.key_name, info.key_id, info.key_version);
+            println!("status:     {}", info.status);
+            println!("message:    {} bytes, sha256 {}", info.message_bytes, info.message_sha256);
+            println!("purpose:    {}", info.purpose);
+            println!("env:        {}", info.environment);
+            for (k, v) in &info.attributes {
+                println!("declared:   {k} = {v} (the requester's claim)");
+            }
+            println!("requester:  {}", info.requester);
+            if !info.approval_progress.is_empty() {
+                println!("approvals:  {} (by {:?})", info.approval_progress.join("; "), info.approvals);
+            }
+            println!("signature:  {}", info.signature.as_deref().unwrap_or("-"));
+            if !info.signers.is_empty() {
+                println!("signers:    {:?} in {} session(s)", info.signers, info.sessions);
+            }
+            if !info.culprits.is_empty() {
+                println!("culprits:   {:?}", info.culprits);
+            }
+            if let Some(error) = &info.error {
+                println!("error:      {error}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn get_request(api: &ApiClient, id: &str, wait_ms: u64) -> anyhow::Result<RequestInfo> {
+    let (_, info): (u16, RequestInfo) = api.get(&format!("/v1/requests/{id}?wait_ms={wait_ms}")).await?;
+    Ok(info)
+}
+
+/// `synod request ...`.
+pub async fn request(cmd: RequestCmd) -> anyhow::Result<()> {
+    match cmd {
+        RequestCmd::Show { id, wait_secs, client } => {
+            let info = get_request(&ApiClient::new(&client)?, &id, wait_secs * 1000).await?;
+            print_request(&client, &info)
+        }
+        RequestCmd::Sign { key, input, request_id, purpose, environment, attrs, client } => {
+            let mut client = client;
+            if client.ttl_secs == super::TTL_SECS_DEFAULT {
+                client.ttl_secs = REQUEST_TTL_SECS_DEFAULT;
+            }
+            let message = super::keys::read_message(&input)?;
+            let api = ApiClient::new(&client)?;
+            let request_id = request_id.unwrap_or_else(random_id);
+            let command = Command::SignRequest {
+                request_id: request_id.clone(),
+                key,
+                message: hex::encode(&message),
+                purpose: purpose.unwrap_or_default(),
+                environment: environment.unwrap_or_default(),
+                attributes: attributes(&attrs)?,
+            };
+            let signed = sign_command(&client, &cluster_id(&status_of(&api).await?)?, command)?;
+            let (_, info): (u16, RequestInfo) = api.post("/v1/sign?wait_ms=2000", &signed).await?;
+            print_request(&client, &info)?;
+            if info.status == "awaiting_approval" && client.output.output == Output::Table {
+                eprintln!("approve with: synod approve {request_id}   (then: synod request wait {request_id})");
+            }
+            Ok(())
+        }
+        RequestCmd::Wait { id, timeout_secs, client } => {
+            let api = ApiClient::new(&client)?;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_secs);
+            let mut last = String::new();
+            loop {
+                let info = get_request(&api, &id, 0).await?;
+                let progress = format!("{} {}", info.status, info.approval_progress.join("; "));
+                if progress != last {
+                    eprintln!("  {progress}");
+                    last = progress;
+                }
+                match info.status.as_str() {
+                    "signed" => return print_request(&client, &info),
+                    "failed" => bail!("request {id} failed: {}", info.error.unwrap_or_default()),
+                    _ if tokio::time::Instant::now() >= deadline => {
+                        bail!("request {id} is still {} after {timeout_secs} s", info.status)
+                    }
+                    _ => tokio::time::sleep(POLL).await,
+                }
+            }
+        }
+        RequestCmd::Statement { id, out, client } => {
+            let api = ApiClient::new(&client)?;
+            let statement = statement(&api, &id).await?;
+            std::fs::write(&out, approval_bytes(&statement))
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            eprintln!(
+                "wrote the approval statement of {id} to {}; sign it with\n  ssh-keygen -Y sign -n {} -f <key> {}\nthen: synod approve {id} --ssh-signature {}.sig --as <your operator name>",
+                out.display(),
+                synod_proto::authz::APPROVAL_SSH_NAMESPACE,
+                out.display(),
+                out.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn random_id() -> String {
+    let mut id = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+    hex::encode(id)
+}
+
+/// The statement approvers of request `id` sign, from what the node reports.
+async fn statement(api: &ApiClient, id: &str) -> anyhow::Result<ApprovalStatement> {
+    let info = get_request(api, id, 0).await?;
+    let cluster = cluster_id(&status_of(api).await?)?;
+    Ok(ApprovalStatement {
+        cluster_id: cluster,
+        request_id: info.request_id,
+        requester: info.requester,
+        key_id: info.key_id,
+        key_version: info.key_version,
+        message_sha256: info.message_sha256,
+        purpose: info.purpose,
+        environment: info.environment,
+        attributes: info.attributes,
+        policy_version: info.policy_version,
+        expires_at_ms: info.expires_at_ms,
+    })
+}
+
+/// `synod approve ID`: signs the request's approval statement with the operator
+/// key, or submits an `ssh-keygen -Y sign` signature of it.
+pub async fn approve(args: ApproveArgs) -> anyhow::Result<()> {
+    let client = &args.client;
+    let api = ApiClient::new(client)?;
+    let statement = statement(&api, &args.id).await?;
+    let (_, operators): (u16, Value) = api.get("/v1/operators").await?;
+    let operators = operators["operators"].as_array().cloned().unwrap_or_default();
+    let (approver, signature) = match &args.ssh_signature {
+        Some(path) => {
+            let armored = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let signer = synod_proto::sshsig::signer_of(&armored).map_err(|e| anyhow!("{e}"))?;
+            let name = match &args.approver {
+                Some(name) => name.clone(),
+                None => operators
+                    .iter()
+                    .find(|op| {
+                        op["ssh_key"]
+                            .as_str()
+                            .and_then(|l| synod_proto::sshsig::SshPublicKey::parse(l).ok())
+                            .is_some_and(|k| k == signer)
+                    })
+                    .and_then(|op| op["name"].as_str().map(String::from))
+                    .ok_or_else(|| anyhow!("no operator has the SSH key {}; pass --as NAME", signer.fingerprint()))?,
+            };
+            (name, ApprovalSignature::Ssh { armored })
+        }
+        None => {
+            let path = client
+                .operator_key
+                .as_ref()
+                .ok_or_else(|| anyhow!("set SYNOD_OPERATOR_KEY to your operator key, or pass --ssh-signature FILE"))?;
+            let key = load_operator_key(path)?;
+            let public = OperatorKey::of(&key).to_hex();
+            let name = match &args.approver {
+                Some(name) => name.clone(),
+                None => operators
+                    .iter()
+                    .find(|op| op["key"].as_str() == Some(public.as_str()))
+                    .and_then(|op| op["name"].as_str().map(String::from))
+                    .ok_or_else(|| anyhow!("no operator has the key {public}; pass --as NAME"))?,
+            };
+            let signature = key.sign(&approval_bytes(&statement));
+            (name, ApprovalSignature::Ed25519 { signature: hex::encode(signature.to_bytes()) })
+        }
+    };
+    let command = Command::Approve { request_id: args.id.clone(), approver, signature };
+    let cluster = statement.cluster_id.clone();
+    let signed = match &client.operator_key {
+        Some(_) => sign_command(client, &cluster, command)?,
+        // The approval signature carries the authority; the envelope key can be anyone's.
+        None => sign_ephemeral(client, &cluster, command),
+    };
+    let (_, response): (u16, WriteResponse) = api.post("/v1/commands", &signed).await?;
+    print_write(client, &response)
+}
+
+fn sign_ephemeral(client: &ClientArgs, cluster: &str, command: Command) -> SignedCommand {
+    let key = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let envelope = synod_proto::Envelope {
+        cluster_id: cluster.to_string(),
+        command_id: random_id(),
+        issued_at_ms: now,
+        expires_at_ms: now + client.ttl_secs * 1000,
+        command,
+    };
+    SignedCommand::sign(&envelope, &key)
+}
+
+/// `synod admin ...`.
+pub async fn admin(cmd: AdminCmd) -> anyhow::Result<()> {
+    match cmd {
+        AdminCmd::Policy { approvals, client } => {
+            submit(&client, "/v1/commands", Command::SetAdminPolicy { approvals_required: approvals }).await?;
+        }
+        AdminCmd::Approve { proposal_id, client } => {
+            submit(&client, "/v1/commands", Command::ApproveProposal { proposal_id }).await?;
+        }
+        AdminCmd::Proposals(client) => {
+            let (_, list): (u16, Value) = ApiClient::new(&client)?.get("/v1/admin/proposals").await?;
+            println!("{}", serde_json::to_string_pretty(&list)?);
+        }
+    }
+    Ok(())
+}
+
+/// Every audit record the node has, page by page, and its head.
+async fn fetch_audit(api: &ApiClient) -> anyhow::Result<(AuditHead, Vec<AuditRecord>)> {
+    let mut records: Vec<AuditRecord> = Vec::new();
+    loop {
+        let from = records.last().map_or(1, |r| r.seq + 1);
+        let (_, page): (u16, Value) = api.get(&format!("/v1/audit?from={from}")).await?;
+        let head: AuditHead = serde_json::from_value(page["head"].clone())?;
+        let batch: Vec<AuditRecord> = serde_json::from_value(page["records"].clone())?;
+        let done = batch.is_empty() || batch.last().is_some_and(|r| r.seq >= head.seq);
+        records.extend(batch);
+        if done {
+            return Ok((head, records));
+        }
+    }
+}
+
+/// `synod audit ...`.
+pub async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
+    match cmd {
+        AuditCmd::List { from, limit, client } => {
+            let api = ApiClient::new(&client)?;
+            let (_, page): (u16, Value) = api.get(&format!("/v1/audit?from={from}&limit={limit}")).await?;
+            let records: Vec<AuditRecord> = serde_json::from_value(page["records"].clone())?;
+            match client.output.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&records)?),
+                Output::Table => {
+                    for r in &records {
+                        println!(
+                            "{:>6} {:>7} {:<16} {:<8} {:<18} {}",
+                            r.seq,
+                            r.index,
+                            r.kind,
+                            r.result,
+                            r.actor.as_deref().unwrap_or("-"),
+                            r.detail
+                        );
+                    }
+                }
+            }
+        }
+        AuditCmd::Show { seq, client } => {
+            let (_, page): (u16, Value) =
+                ApiClient::new(&client)?.get(&format!("/v1/audit?from={seq}&limit=1")).await?;
+            let records: Vec<AuditRecord> = serde_json::from_value(page["records"].clone())?;
+            let record = records.into_iter().find(|r| r.seq == seq).ok_or_else(|| anyhow!("no audit record {seq}"))?;
+            println!("{}", serde_json::to_string_pretty(&record)?);
+        }
+        AuditCmd::Export(client) => {
+            let (_, records) = fetch_audit(&ApiClient::new(&client)?).await?;
+            for r in records {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+        }
+        AuditCmd::Verify { file, client } => {
+            let (head, records) = match &file {
+                Some(path) => {
+                    let text =
+                        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                    let records = text
+                        .lines()
+                        .filter(|l| !l.trim().is_empty())
+                        .enumerate()
+                        .map(|(i, l)| {
+                            serde_json::from_str(l).with_context(|| format!("line {} is not a record", i + 1))
+                        })
+                        .collect::<anyhow::Result<Vec<AuditRecord>>>()?;
+                    (None, records)
+                }
+                None => {
+                    let (head, records) = fetch_audit(&ApiClient::new(&client)?).await?;
+                    (Some(head), records)
+                }
+            };
+            let computed = verify_chain(&AuditHead::default(), &records)
+                .map_err(|(seq, why)| anyhow!("audit chain broken at record {seq}: {why}"))?;
+            if let Some(head) = head {
+                if head != computed {
+                    bail!(
+                        "the node's chain head is record {} {} but its records give {} {}: records are missing or were changed",
+                        head.seq, head.hash, computed.seq, computed.hash
+                    );
+                }
+            }
+            match client.output.output {
+                Output::Json => {
+                    println!("{}", serde_json::json!({ "valid": true, "records": records.len(), "head": computed }))
+                }
+                Output::Table => {
+                    println!("audit chain valid: {} records, head {} {}", records.len(), computed.seq, computed.hash)
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,361 @@
+//! Operators, roles, signing policies, approvals and admin proposals in the
+//! replicated state.
+//!
+//! Every node evaluates a request's policy itself, in its own committed state:
+//! when an approval is applied, and again (re-verifying every approval's
+//! signature) in its signer before it releases a share. A leader, a coordinator
+//! or a single admin cannot make a node sign what the policy does not allow.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use synod_proto::authz::{approval_bytes, ApprovalSignature, ApprovalStatement, Policy, Role, APPROVAL_SSH_NAMESPACE};
+use synod_proto::sshsig::SshPublicKey;
+use synod_proto::{Command, OperatorKey};
+
+use super::{ClusterState, Refusal, RequestRecord, RequestStatus};
+
+/// An operator: a person or system with a key and roles.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operator {
+    pub name: String,
+    /// Signs commands and Ed25519 approvals.
+    pub key: Option<OperatorKey>,
+    /// An OpenSSH public key line for `ssh-keygen -Y sign` approvals.
+    pub ssh_key: Option<String>,
+    pub roles: BTreeSet<Role>,
+}
+
+/// One approval of a request, as committed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRecord {
+    pub approver: String,
+    pub signature: ApprovalSignature,
+    pub index: u64,
+    pub at_ms: u64,
+}
+
+/// An admin operation waiting for more admins to agree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub id: String,
+    pub command: Command,
+    /// Admins (by name) who agree, the proposer first.
+    pub approvals: Vec<String>,
+    pub proposer: OperatorKey,
+    pub expires_at_ms: u64,
+}
+
+/// How far a request is from its policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Every requirement is met.
+    pub met: bool,
+    /// "1/2 from [alice, bob]" for each requirement.
+    pub summary: Vec<String>,
+}
+
+impl ClusterState {
+    /// The operator whose Ed25519 key (or ssh-ed25519 key) this is.
+    pub fn operator_by_key(&self, key: &OperatorKey) -> Option<&Operator> {
+        self.operators.values().find(|op| {
+            op.key.as_ref() == Some(key)
+                || op
+                    .ssh_key
+                    .as_deref()
+                    .and_then(|line| SshPublicKey::parse(line).ok())
+                    .is_some_and(|ssh| ssh == SshPublicKey::Ed25519(key.0))
+        })
+    }
+
+    /// Whether the author of a command holds `role`.
+    pub fn has_role(&self, key: &OperatorKey, role: Role) -> bool {
+        self.operator_by_key(key).is_some_and(|op| op.roles.contains(&role))
+    }
+
+    /// Genesis admins become operators `admin-<first 8 hex of the key>` with the admin and requester roles.
+    pub(super) fn genesis_operators(&mut self, admins: &[OperatorKey]) {
+        for key in admins {
+            let name = format!("admin-{}", &key.to_hex()[..8]);
+            let roles = [Role::Admin, Role::Requester].into();
+            self.operators.insert(name.clone(), Operator { name, key: Some(*key), ssh_key: None, roles });
+        }
+        self.refresh_admins();
+    }
+
+    fn refresh_admins(&mut self) {
+        self.admins =
+            self.operators.values().filter(|op| op.roles.contains(&Role::Admin)).filter_map(|op| op.key).collect();
+    }
+
+    pub(super) fn add_operator(
+        &mut self,
+        name: &str,
+        key: Option<OperatorKey>,
+        ssh_key: Option<&str>,
+        roles: &[Role],
+    ) -> Result<String, Refusal> {
+        if self.operators.contains_key(name) {
+            return Err(format!("operator {name} already exists; remove it first to change it").into());
+        }
+        let ssh_key = match ssh_key {
+            Some(line) => Some(SshPublicKey::parse(line).map_err(|e| format!("ssh key of {name}: {e}"))?.to_line()),
+            None => None,
+        };
+        if let Some(k) = &key {
+            if let Some(other) = self.operator_by_key(k) {
+                return Err(format!("that key already belongs to operator {}", other.name).into());
+            }
+        }
+        if roles.contains(&Role::Admin) && key.is_none() {
+            return Err("an admin needs an Ed25519 key to sign commands".into());
+        }
+        let roles: BTreeSet<Role> = roles.iter().copied().collect();
+        let detail = format!("operator {name} added with roles {roles:?}");
+        self.operators.insert(name.to_string(), Operator { name: name.to_string(), key, ssh_key, roles });
+        self.refresh_admins();
+        Ok(detail)
+    }
+
+    pub(super) fn remove_operator(&mut self, name: &str) -> Result<String, Refusal> {
+        let op = self.operators.get(name).ok_or(format!("no operator named {name}"))?;
+        if op.roles.contains(&Role::Admin) && self.admins.len() <= 1 {
+            return Err("cannot remove the last admin".into());
+        }
+        if op.roles.contains(&Role::Admin) && self.admins.len() as u32 <= self.admin_approvals_required {
+            return Err(format!(
+                "removing {name} would leave fewer admins than the {} the admin policy needs; lower it first",
+                self.admin_approvals_required
+            )
+            .into());
+        }
+        self.operators.remove(name);
+        self.refresh_admins();
+        Ok(format!("operator {name} removed; its approvals no longer count"))
+    }
+
+    pub(super) fn set_policy(&mut self, key_name: &str, policy: &Policy) -> Result<String, Refusal> {
+        let key_id = self.key_names.get(key_name).cloned().ok_or(format!("no key named {key_name:?}"))?;
+        for name in
+            policy.requesters.iter().chain(&policy.approvers).chain(policy.tiers.iter().flat_map(|t| &t.approvers))
+        {
+            if !self.operators.contains_key(name) {
+                return Err(format!("the policy names {name}, who is not an operator; add them first").into());
+            }
+        }
+        let key = self.keys.get_mut(&key_id).expect("named keys exist");
+        key.policy = policy.clone();
+        key.policy_version += 1;
+        let version = key.policy_version;
+        // Requests approved under the old policy must be approved again.
+        let stale: Vec<String> = self
+            .pending_requests
+            .iter()
+            .filter(|id| self.requests.get(*id).is_some_and(|r| r.key_id == key_id))
+            .cloned()
+            .collect();
+        for id in &stale {
+            self.fail_request(id, format!("the key's policy changed (now version {version}); request again"), &[]);
+        }
+        Ok(format!("policy of key {key_name} is now version {version}; {} pending requests failed", stale.len()))
+    }
+
+    /// The statement approvers of `request` sign.
+    pub fn approval_statement(&self, request: &RequestRecord) -> Option<ApprovalStatement> {
+        let key = self.keys.get(&request.key_id)?;
+        Some(ApprovalStatement {
+            cluster_id: self.cluster_id.clone()?,
+            request_id: request.request_id.clone(),
+            requester: request.requester,
+            key_id: key.id.clone(),
+            key_version: key.version,
+            message_sha256: request.message_sha256.clone(),
+            purpose: request.purpose.clone(),
+            environment: request.environment.clone(),
+            attributes: request.attributes.clone(),
+            policy_version: request.policy_version,
+            expires_at_ms: request.expires_at_ms,
+        })
+    }
+
+    /// Checks one approval's signature against the approver's registered keys.
+    pub fn verify_approval(
+        &self,
+        request: &RequestRecord,
+        approver: &str,
+        signature: &ApprovalSignature,
+    ) -> Result<(), String> {
+        let op = self.operators.get(approver).ok_or(format!("{approver} is not an operator"))?;
+        if !op.roles.contains(&Role::Approver) {
+            return Err(format!("{approver} does not have the approver role"));
+        }
+        let statement = self.approval_statement(request).ok_or("the request's key is gone")?;
+        let bytes = approval_bytes(&statement);
+        match signature {
+            ApprovalSignature::Ed25519 { signature } => {
+                let key = op.key.ok_or(format!("{approver} has no Ed25519 key; approve with an SSH signature"))?;
+                let sig: [u8; 64] = hex::decode(signature)
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or("the approval signature is not 64 bytes of hex")?;
+                let verifying = ed25519_dalek::VerifyingKey::from_bytes(&key.0).map_err(|_| "bad approver key")?;
+                verifying.verify_strict(&bytes, &ed25519_dalek::Signature::from_bytes(&sig)).map_err(|_| {
+                    format!(
+                        "approval by {approver} does not verify for request {} (forged, or made for another request, \
+                         message, purpose or policy version)",
+                        request.request_id
+                    )
+                })
+            }
+            ApprovalSignature::Ssh { armored } => {
+                let line = op.ssh_key.as_deref().ok_or(format!("{approver} has no SSH key registered"))?;
+                let ssh = SshPublicKey::parse(line).map_err(|e| e.to_string())?;
+                synod_proto::sshsig::verify(armored, APPROVAL_SSH_NAMESPACE, &bytes, &ssh)
+                    .map_err(|e| format!("SSH approval by {approver} refused: {e}"))
+            }
+        }
+    }
+
+    /// How a pending request stands against its key's policy. With `reverify`
+    /// every counted approval's signature is checked again (the signer's view).
+    pub fn policy_progress(&self, request: &RequestRecord, reverify: bool) -> Result<Progress, String> {
+        let key = self.keys.get(&request.key_id).ok_or("the request's key is gone")?;
+        if key.policy_version != request.policy_version {
+            return Err(format!("the key's policy changed since request {} was made", request.request_id));
+        }
+        let valid: BTreeSet<&str> = request
+            .approvals
+            .iter()
+            .filter(|a| self.operators.get(&a.approver).is_some_and(|op| op.roles.contains(&Role::Approver)))
+            .filter(|a| !reverify || self.verify_approval(request, &a.approver, &a.signature).is_ok())
+            .map(|a| a.approver.as_str())
+            .collect();
+        let mut met = true;
+        let mut summary = Vec::new();
+        for (group, need) in key.policy.requirements(&request.attributes) {
+            let have = group.iter().filter(|name| valid.contains(name.as_str())).count() as u32;
+            met &= have >= need;
+            summary.push(format!("{have}/{need} from [{}]", group.join(", ")));
+        }
+        Ok(Progress { met, summary })
+    }
+
+    /// Whether `request` may be signed now: pending, key active, policy met.
+    pub fn ready_to_sign(&self, request: &RequestRecord, reverify: bool) -> Result<(), String> {
+        if request.status != RequestStatus::Pending {
+            return Err(format!("request {} is no longer pending", request.request_id));
+        }
+        if request.expires_at_ms < self.time_ms {
+            return Err(format!("request {} expired", request.request_id));
+        }
+        let progress = self.policy_progress(request, reverify)?;
+        if !progress.met {
+            return Err(format!("request {} lacks approvals: {}", request.request_id, progress.summary.join("; ")));
+        }
+        Ok(())
+    }
+
+    /// Why an approval would be refused, without changing anything.
+    pub fn check_approve(
+        &self,
+        author: &OperatorKey,
+        request_id: &str,
+        approver: &str,
+        signature: &ApprovalSignature,
+    ) -> Result<(), String> {
+        let request = self.requests.get(request_id).ok_or(format!("no request {request_id}"))?;
+        if request.status != RequestStatus::Pending {
+            return Err(format!("request {request_id} is no longer pending"));
+        }
+        if request.expires_at_ms < self.time_ms {
+            return Err(format!(
+                "request {request_id} expired at {} ms; approvals come too late",
+                request.expires_at_ms
+            ));
+        }
+        let requester = self.operator_by_key(&request.requester).map(|op| op.name.as_str());
+        if requester == Some(approver) {
+            return Err(format!("{approver} requested {request_id} and cannot approve their own request"));
+        }
+        if request.approvals.iter().any(|a| a.approver == approver) {
+            return Err(format!("{approver} already approved request {request_id}; a duplicate counts once"));
+        }
+        let _ = author; // The approval signature, not the submitter, carries the authority.
+        self.verify_approval(request, approver, signature)
+    }
+
+    pub(super) fn approve(
+        &mut self,
+        index: u64,
+        author: &OperatorKey,
+        request_id: &str,
+        approver: &str,
+        signature: &ApprovalSignature,
+    ) -> Result<String, Refusal> {
+        self.check_approve(author, request_id, approver, signature)?;
+        let now = self.time_ms;
+        let request = self.requests.get_mut(request_id).expect("checked above");
+        request.approvals.push(ApprovalRecord {
+            approver: approver.to_string(),
+            signature: signature.clone(),
+            index,
+            at_ms: now,
+        });
+        let request = self.requests.get(request_id).expect("present");
+        let progress = self.policy_progress(request, false)?;
+        Ok(format!("{approver} approved {request_id}: {}", progress.summary.join("; ")))
+    }
+
+    /// An admin command under the admin policy: applied at once when one admin
+    /// suffices, otherwise held as a proposal until enough admins agree.
+    pub(super) fn propose(&mut self, id: &str, author: OperatorKey, command: &Command, expires_at_ms: u64) -> String {
+        let name = self.operator_by_key(&author).map(|op| op.name.clone()).unwrap_or_else(|| author.to_hex());
+        self.proposals.insert(
+            id.to_string(),
+            Proposal {
+                id: id.to_string(),
+                command: command.clone(),
+                approvals: vec![name],
+                proposer: author,
+                expires_at_ms,
+            },
+        );
+        format!(
+            "proposal {id} ({}) needs {} admin approvals (1/{}); approve with `synod admin approve {id}`",
+            command.kind(),
+            self.admin_approvals_required,
+            self.admin_approvals_required
+        )
+    }
+
+    /// Records an admin's agreement; returns the proposal when it is now carried.
+    pub(super) fn approve_proposal(&mut self, author: &OperatorKey, id: &str) -> Result<Option<Proposal>, Refusal> {
+        let name = self.operator_by_key(author).map(|op| op.name.clone()).ok_or("not an operator")?;
+        let now = self.time_ms;
+        let need = self.admin_approvals_required as usize;
+        let proposal = self.proposals.get_mut(id).ok_or(format!("no pending proposal {id}"))?;
+        if proposal.expires_at_ms < now {
+            self.proposals.remove(id);
+            return Err(format!("proposal {id} expired").into());
+        }
+        if proposal.approvals.contains(&name) {
+            return Err(format!("{name} already agreed to proposal {id}").into());
+        }
+        proposal.approvals.push(name);
+        if proposal.approvals.len() >= need {
+            return Ok(self.proposals.remove(id));
+        }
+        Ok(None)
+    }
+
+    /// Drops proposals past their expiry.
+    pub(super) fn expire_proposals(&mut self) {
+        let now = self.time_ms;
+        self.proposals.retain(|_, p| p.expires_at_ms >= now);
+    }
+
+    /// Names of every operator, for views.
+    pub fn operator_names(&self) -> BTreeMap<String, Vec<Role>> {
+        self.operators.iter().map(|(n, op)| (n.clone(), op.roles.iter().copied().collect())).collect()
+    }
+}

@@ -1,0 +1,332 @@
+//! Who may do what: operators and their roles, per-key signing policies, and
+//! the approval statement approvers sign.
+//!
+//! An approval is a signature over [`approval_bytes`], a canonical, length-
+//! prefixed encoding of everything the approver vouches for: the cluster, the
+//! request, the requester, the key and its version, the message hash, purpose,
+//! environment, every declared attribute, the policy version and the request's
+//! expiry. Changing any of them makes another statement, so an approval cannot
+//! be replayed for another request, cluster, message or purpose. Approvers sign
+//! it with their operator key (Ed25519) or with `ssh-keygen -Y sign -n
+//! synod-approval@v1` ([`APPROVAL_SSH_NAMESPACE`]).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{validate_name, CommandError, OperatorKey, NAME_BYTES_MAX};
+
+/// Domain-separation tag that opens every approval statement.
+pub const APPROVAL_DOMAIN: &[u8] = b"synod/approval/v1\0";
+/// The namespace approvers pass to `ssh-keygen -Y sign -n`.
+pub const APPROVAL_SSH_NAMESPACE: &str = "synod-approval@v1";
+/// The most operators named in one policy list, tiers per policy, and declared attributes per request.
+pub const POLICY_LIST_MAX: usize = 64;
+/// The longest attribute value a request may declare.
+pub const ATTRIBUTE_VALUE_BYTES_MAX: usize = 256;
+/// The largest armored SSH signature an approval may carry.
+pub const SSH_SIGNATURE_BYTES_MAX: usize = 8 * 1024;
+
+/// What an operator may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// May ask for signatures (subject to each key's policy).
+    Requester,
+    /// May approve other operators' requests (when a policy names them).
+    Approver,
+    /// May change keys, policies, operators and membership (under the admin policy).
+    Admin,
+    /// May read the audit log.
+    Auditor,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "requester" => Ok(Role::Requester),
+            "approver" => Ok(Role::Approver),
+            "admin" => Ok(Role::Admin),
+            "auditor" => Ok(Role::Auditor),
+            other => Err(format!("unknown role {other:?}; roles are requester, approver, admin, auditor")),
+        }
+    }
+}
+
+/// A key's signing policy. Evaluated by every node, in its own state, before
+/// it releases a share.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Operators (by name) who may request; empty: any operator with the requester role.
+    #[serde(default)]
+    pub requesters: Vec<String>,
+    /// Operators (by name) whose approvals count.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// Approvals needed from `approvers` (0: none).
+    #[serde(default)]
+    pub approvals_required: u32,
+    /// Allowed environments; empty: any.
+    #[serde(default)]
+    pub environments: Vec<String>,
+    /// Allowed purposes; empty: any.
+    #[serde(default)]
+    pub purposes: Vec<String>,
+    /// After this time (log time, ms since the epoch) the key signs nothing.
+    #[serde(default)]
+    pub expires_at_ms: Option<u64>,
+    /// Stricter requirements for requests whose declared attribute exceeds a limit.
+    #[serde(default)]
+    pub tiers: Vec<Tier>,
+}
+
+/// "A request whose `attribute` is above `above` needs `approvals_required`
+/// approvals from `approvers` (the policy's approvers when empty)."
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tier {
+    /// The declared attribute compared, e.g. `amount` (an unsigned integer).
+    pub attribute: String,
+    /// The tier applies when the attribute is strictly above this.
+    pub above: u64,
+    pub approvals_required: u32,
+    #[serde(default)]
+    pub approvers: Vec<String>,
+}
+
+impl Policy {
+    /// Checks sizes and shapes that do not depend on state.
+    pub fn validate(&self) -> Result<(), CommandError> {
+        let lists = [&self.requesters, &self.approvers, &self.environments, &self.purposes];
+        if lists.iter().any(|l| l.len() > POLICY_LIST_MAX) || self.tiers.len() > POLICY_LIST_MAX {
+            return Err(CommandError::Malformed(format!("a policy list is longer than {POLICY_LIST_MAX}")));
+        }
+        for name in self.requesters.iter().chain(&self.approvers) {
+            validate_name("operator name", name)?;
+        }
+        for tier in &self.tiers {
+            validate_name("tier attribute", &tier.attribute)?;
+            if tier.approvers.len() > POLICY_LIST_MAX {
+                return Err(CommandError::Malformed(format!("a tier names more than {POLICY_LIST_MAX} approvers")));
+            }
+            for name in &tier.approvers {
+                validate_name("operator name", name)?;
+            }
+            let group = if tier.approvers.is_empty() { &self.approvers } else { &tier.approvers };
+            if tier.approvals_required as usize > group.len() {
+                return Err(CommandError::Malformed(format!(
+                    "tier on {} needs {} approvals from {} approvers; it could never be met",
+                    tier.attribute,
+                    tier.approvals_required,
+                    group.len()
+                )));
+            }
+        }
+        if self.approvals_required as usize > self.approvers.len() {
+            return Err(CommandError::Malformed(format!(
+                "the policy needs {} approvals but names {} approvers; it could never be met",
+                self.approvals_required,
+                self.approvers.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The approvals a request with these attributes needs: (approver group, count)
+    /// pairs, every one of which must be met. A tier over the policy's own
+    /// approvers raises their count; a tier with its own group adds a requirement.
+    pub fn requirements(&self, attributes: &BTreeMap<String, String>) -> Vec<(Vec<String>, u32)> {
+        let mut base = self.approvals_required;
+        let mut extra: Vec<(Vec<String>, u32)> = Vec::new();
+        for tier in &self.tiers {
+            let above = attributes.get(&tier.attribute).and_then(|v| v.trim().parse::<u64>().ok());
+            // An attribute a tier needs but the request did not declare (or not as a number)
+            // counts as above the limit: the strict reading.
+            if above.is_some_and(|v| v <= tier.above) {
+                continue;
+            }
+            if tier.approvers.is_empty() {
+                base = base.max(tier.approvals_required);
+            } else {
+                extra.push((tier.approvers.clone(), tier.approvals_required));
+            }
+        }
+        let mut out = Vec::new();
+        if base > 0 {
+            out.push((self.approvers.clone(), base));
+        }
+        out.extend(extra.into_iter().filter(|(_, n)| *n > 0));
+        out
+    }
+}
+
+/// How an approval is signed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ApprovalSignature {
+    /// Ed25519 over [`approval_bytes`] with the approver's operator key (hex).
+    Ed25519 { signature: String },
+    /// An armored `ssh-keygen -Y sign -n synod-approval@v1` signature of [`approval_bytes`].
+    Ssh { armored: String },
+}
+
+impl ApprovalSignature {
+    pub fn validate(&self) -> Result<(), CommandError> {
+        match self {
+            ApprovalSignature::Ed25519 { signature } if signature.len() != 128 => {
+                Err(CommandError::Malformed("an Ed25519 approval signature is 64 bytes of hex".into()))
+            }
+            ApprovalSignature::Ssh { armored } if armored.len() > SSH_SIGNATURE_BYTES_MAX => Err(
+                CommandError::Malformed(format!("the SSH signature is longer than {SSH_SIGNATURE_BYTES_MAX} bytes")),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Everything an approver vouches for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalStatement {
+    pub cluster_id: String,
+    pub request_id: String,
+    pub requester: OperatorKey,
+    pub key_id: String,
+    pub key_version: u32,
+    /// SHA-256 of the message (hex).
+    pub message_sha256: String,
+    pub purpose: String,
+    pub environment: String,
+    pub attributes: BTreeMap<String, String>,
+    pub policy_version: u64,
+    pub expires_at_ms: u64,
+}
+
+/// The canonical bytes of an approval statement: [`APPROVAL_DOMAIN`], then every
+/// field as a 4-byte big-endian length and its bytes, in a fixed order (numbers
+/// as 8-byte big-endian; attributes as their count, then key and value pairs in
+/// key order). No two statements share an encoding. Pinned by a test.
+pub fn approval_bytes(s: &ApprovalStatement) -> Vec<u8> {
+    let mut out = APPROVAL_DOMAIN.to_vec();
+    let mut field = |bytes: &[u8]| {
+        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(bytes);
+    };
+    field(s.cluster_id.as_bytes());
+    field(s.request_id.as_bytes());
+    field(&s.requester.0);
+    field(s.key_id.as_bytes());
+    field(&u64::from(s.key_version).to_be_bytes());
+    field(s.message_sha256.as_bytes());
+    field(s.purpose.as_bytes());
+    field(s.environment.as_bytes());
+    field(&(s.attributes.len() as u64).to_be_bytes());
+    for (k, v) in &s.attributes {
+        field(k.as_bytes());
+        field(v.as_bytes());
+    }
+    field(&s.policy_version.to_be_bytes());
+    field(&s.expires_at_ms.to_be_bytes());
+    out
+}
+
+/// Checks a request's declared attributes.
+pub fn validate_attributes(attributes: &BTreeMap<String, String>) -> Result<(), CommandError> {
+    if attributes.len() > POLICY_LIST_MAX {
+        return Err(CommandError::Malformed(format!("more than {POLICY_LIST_MAX} attributes")));
+    }
+    for (k, v) in attributes {
+        validate_name("attribute name", k)?;
+        if v.len() > ATTRIBUTE_VALUE_BYTES_MAX {
+            return Err(CommandError::Malformed(format!(
+                "attribute {k} is longer than {ATTRIBUTE_VALUE_BYTES_MAX} bytes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks an environment or purpose label.
+pub fn validate_label(what: &str, text: &str) -> Result<(), CommandError> {
+    if text.len() > NAME_BYTES_MAX || text.chars().any(|c| c.is_control()) {
+        return Err(CommandError::Malformed(format!("{what} must be at most {NAME_BYTES_MAX} printable characters")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn statement() -> ApprovalStatement {
+        ApprovalStatement {
+            cluster_id: "c".into(),
+            request_id: "r".into(),
+            requester: OperatorKey([1; 32]),
+            key_id: "k".into(),
+            key_version: 1,
+            message_sha256: "ab".into(),
+            purpose: "p".into(),
+            environment: "prod".into(),
+            attributes: [("amount".to_string(), "5".to_string())].into(),
+            policy_version: 2,
+            expires_at_ms: 3,
+        }
+    }
+
+    #[test]
+    fn authz_approval_bytes_are_pinned() {
+        // The approval encoding is what approvers sign; changing it invalidates every approval in flight.
+        let bytes = approval_bytes(&statement());
+        assert!(bytes.starts_with(APPROVAL_DOMAIN));
+        assert_eq!(
+            hex::encode(&bytes[APPROVAL_DOMAIN.len()..]),
+            "00000001630000000172000000200101010101010101010101010101010101010101010101010101010101010101\
+             000000016b00000008000000000000000100000002616200000001700000000470726f6400000008000000000000\
+             000100000006616d6f756e740000000135000000080000000000000002000000080000000000000003"
+        );
+    }
+
+    #[test]
+    fn authz_every_field_changes_the_statement() {
+        // Two statements that differ in any field, or move bytes between fields, encode differently.
+        let base = approval_bytes(&statement());
+        let mut other = statement();
+        other.request_id = "r2".into();
+        assert_ne!(approval_bytes(&other), base);
+        let mut shifted = statement();
+        shifted.cluster_id = "cr".into();
+        shifted.request_id = String::new();
+        assert_ne!(approval_bytes(&shifted), base);
+        let mut env = statement();
+        env.environment = "staging".into();
+        assert_ne!(approval_bytes(&env), base);
+    }
+
+    #[test]
+    fn authz_tiers_raise_or_add_requirements() {
+        // Above the limit a tier raises the count or adds its own group; below it, only the base applies.
+        let policy = Policy {
+            approvers: vec!["a".into(), "b".into(), "c".into()],
+            approvals_required: 1,
+            tiers: vec![
+                Tier { attribute: "amount".into(), above: 100, approvals_required: 2, approvers: vec![] },
+                Tier { attribute: "amount".into(), above: 1000, approvals_required: 1, approvers: vec!["cfo".into()] },
+            ],
+            ..Policy::default()
+        };
+        let attrs = |v: &str| [("amount".to_string(), v.to_string())].into();
+        assert_eq!(policy.requirements(&attrs("50")), vec![(policy.approvers.clone(), 1)]);
+        assert_eq!(policy.requirements(&attrs("500")), vec![(policy.approvers.clone(), 2)]);
+        assert_eq!(
+            policy.requirements(&attrs("5000")),
+            vec![(policy.approvers.clone(), 2), (vec!["cfo".to_string()], 1)]
+        );
+        // Undeclared counts as above every limit.
+        assert_eq!(policy.requirements(&BTreeMap::new()).len(), 2);
+        assert!(policy.validate().is_ok());
+        let impossible = Policy { approvals_required: 4, ..policy };
+        assert!(impossible.validate().is_err());
+    }
+}
