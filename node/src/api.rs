@@ -98,6 +98,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/admin/proposals", get(proposals_list))
         .route("/v1/audit", get(audit_list))
         .route("/v1/audit/head", get(audit_head))
+        .route("/v1/audit/checkpoint", post(audit_checkpoint))
+        .route("/v1/audit/checkpoints", get(audit_checkpoints))
         .route("/v1/kv", get(kv_list))
         .route("/v1/kv/{*key}", get(kv_get))
         .fallback(|| async { Failure(ApiError::new(404, "no such endpoint; see `synod --help` for the API")) })
@@ -320,6 +322,46 @@ async fn audit_list(
     // Only records the applied state vouches for (a crash may leave newer buffered ones).
     let records: Vec<_> = records.into_iter().filter(|r| r.seq <= head.seq).collect();
     Ok(Json(serde_json::json!({ "head": head, "records": records })).into_response())
+}
+
+async fn audit_checkpoint(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, Failure> {
+    require_client(&caller)?;
+    let request_id = node.checkpoint().await?;
+    Ok(Json(serde_json::json!({ "request_id": request_id })).into_response())
+}
+
+/// Every checkpoint request: the sequence number and hash it covers, the exact
+/// message the audit key signs, and the signature once made.
+async fn audit_checkpoints(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, Failure> {
+    require_client(&caller)?;
+    let applied = node.state().read();
+    let state = &applied.state;
+    let cluster = state.cluster_id.clone().unwrap_or_default();
+    let public_key = state.key_by_name(synod_proto::authz::AUDIT_KEY_NAME).and_then(|k| k.group_key.clone());
+    let mut list: Vec<serde_json::Value> = state
+        .requests
+        .keys()
+        .filter_map(|id| id.strip_prefix("checkpoint-").and_then(|n| n.parse::<u64>().ok()))
+        .filter_map(|seq| state.request_info(&format!("checkpoint-{seq}")).map(|info| (seq, info)))
+        .map(|(seq, info)| {
+            serde_json::json!({
+                "seq": seq,
+                "request_id": info.request_id,
+                "status": info.status,
+                "signature": info.signature,
+                "message_sha256": info.message_sha256,
+            })
+        })
+        .collect();
+    list.sort_by_key(|v| v["seq"].as_u64());
+    Ok(Json(serde_json::json!({ "cluster_id": cluster, "public_key": public_key, "checkpoints": list }))
+        .into_response())
 }
 
 async fn audit_head(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>) -> Result<Response, Failure> {

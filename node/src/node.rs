@@ -51,6 +51,9 @@ impl RefusalBudget {
     }
 }
 
+/// How often the leader checkpoints the audit chain (when it has grown).
+const CHECKPOINT_EVERY_MS: u64 = 60_000;
+
 /// How long a participant may take to answer the ping before a key generation.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a forwarded write may take at the leader.
@@ -93,6 +96,8 @@ pub struct Node {
     identity: Arc<NodeIdentity>,
     /// The node's store (the audit records live in it).
     store: Arc<dyn Store>,
+    /// When this node last considered an audit checkpoint (its clock, ms).
+    last_checkpoint_ms: std::sync::Mutex<u64>,
     /// Bounds how many commands this node lets into the log knowing they will be refused.
     refusals: RefusalBudget,
     signer: Signer,
@@ -153,8 +158,14 @@ impl Node {
         if parts.identity.id != parts.id {
             anyhow::bail!("the node certificate names node {}, but this is node {}", parts.identity.id, parts.id);
         }
-        let signer =
-            Signer::new(parts.id, incarnation.clone(), shared.clone(), parts.sealed.clone(), parts.seams.rng.clone());
+        let signer = Signer::new(
+            parts.id,
+            incarnation.clone(),
+            shared.clone(),
+            parts.sealed.clone(),
+            parts.store.clone(),
+            parts.seams.rng.clone(),
+        );
         let node = Arc::new(Node {
             id: parts.id,
             raft,
@@ -166,6 +177,7 @@ impl Node {
             catch_up: std::sync::Mutex::new(catch_up),
             identity: parts.identity,
             store: parts.store.clone(),
+            last_checkpoint_ms: std::sync::Mutex::new(0),
             refusals: RefusalBudget::default(),
             signer,
             dkg: Dkg::default(),
@@ -345,6 +357,50 @@ impl Node {
             return info.ok_or_else(|| ApiError::new(404, "request vanished"));
         }
         self.wait_request(request_id, deadline.saturating_duration_since(tokio::time::Instant::now())).await
+    }
+
+    /// On the leader, every [`CHECKPOINT_EVERY_MS`], asks for a checkpoint of the
+    /// audit chain when it has grown beyond the last checkpoint (and its result).
+    fn maybe_checkpoint(self: &Arc<Self>) {
+        let now = self.now_ms();
+        {
+            let mut last = self.last_checkpoint_ms.lock().expect("checkpoint lock");
+            if now.saturating_sub(*last) < CHECKPOINT_EVERY_MS {
+                return;
+            }
+            *last = now;
+        }
+        let due = {
+            let applied = self.shared.read();
+            let state = &applied.state;
+            let audit_key = state.key_by_name(synod_proto::authz::AUDIT_KEY_NAME);
+            let last_seq = state
+                .requests
+                .keys()
+                .filter_map(|id| id.strip_prefix("checkpoint-").and_then(|n| n.parse::<u64>().ok()))
+                .max()
+                .unwrap_or(0);
+            // The checkpoint's own entry and its result add two records; they alone need no new checkpoint.
+            audit_key.is_some_and(|k| k.status == crate::state::KeyStatus::Active)
+                && state.audit_head.seq > last_seq + 2
+        };
+        if due {
+            let node = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = node.checkpoint().await {
+                    tracing::info!(error = %e, "audit checkpoint not committed; will retry");
+                }
+            });
+        }
+    }
+
+    /// Commits an audit checkpoint request; returns its request id.
+    pub async fn checkpoint(&self) -> Result<String, ApiError> {
+        let response = self.write_as_node(Command::AuditCheckpoint { node_id: self.id }).await?;
+        let synod_proto::Outcome::Applied { detail } = response.outcome else {
+            return Err(ApiError::new(500, "the checkpoint was not applied"));
+        };
+        Ok(detail.split(|c: char| c == ':' || c == ' ').next().unwrap_or_default().to_string())
     }
 
     /// Audit records `from..` (at most `limit`) from this node's store.
@@ -724,6 +780,7 @@ async fn keys_and_signing(weak: std::sync::Weak<Node>) {
         node.signer.forget_finished();
         if node.raft.metrics().borrow().state == ServerState::Leader {
             node.coordination.start_pending(&node);
+            node.maybe_checkpoint();
         }
     }
 }

@@ -64,6 +64,8 @@ enum Slot {
 /// This node's signer.
 pub struct Signer {
     node_id: NodeId,
+    /// The node's store, to check audit checkpoints against this node's own chain.
+    store: Arc<dyn crate::store::Store>,
     incarnation: String,
     state: SharedState,
     sealed: Arc<SealedStore>,
@@ -81,10 +83,12 @@ impl Signer {
         incarnation: String,
         state: SharedState,
         sealed: Arc<SealedStore>,
+        store: Arc<dyn crate::store::Store>,
         rng: SharedRng,
     ) -> Self {
         Signer {
             node_id,
+            store,
             incarnation,
             state,
             sealed,
@@ -121,7 +125,23 @@ impl Signer {
             return Err(format!("node {} holds no share of key {}", self.node_id, key.name));
         }
         let message = request.message_bytes().ok_or("the request has no message")?;
+        if key.name == synod_proto::authz::AUDIT_KEY_NAME {
+            self.check_checkpoint(state, &message)?;
+        }
         Ok((message, key.clone()))
+    }
+
+    /// The audit key signs only a checkpoint of this node's own audit chain.
+    fn check_checkpoint(&self, state: &ClusterState, message: &[u8]) -> Result<(), String> {
+        let cluster = state.cluster_id.as_deref().unwrap_or_default();
+        let (seq, hash) = synod_proto::authz::parse_checkpoint_message(cluster, message)
+            .ok_or("the audit key signs audit checkpoints only")?;
+        let records = crate::raft::state_machine::read_audit(&*self.store, seq, 1).map_err(|e| e.to_string())?;
+        let mine = records.into_iter().find(|r| r.seq == seq).ok_or(format!("audit record {seq} is not here yet"))?;
+        if mine.hash != hex::encode(hash) {
+            return Err(format!("audit record {seq} here has another hash; refusing to sign that checkpoint"));
+        }
+        Ok(())
     }
 
     /// Round 1: fresh commitments for a session of a committed, pending request.

@@ -20,6 +20,36 @@ use crate::command::{validate_name, CommandError, OperatorKey, NAME_BYTES_MAX};
 pub const APPROVAL_DOMAIN: &[u8] = b"synod/approval/v1\0";
 /// The namespace approvers pass to `ssh-keygen -Y sign -n`.
 pub const APPROVAL_SSH_NAMESPACE: &str = "synod-approval@v1";
+/// The name of the key that threshold-signs audit checkpoints and nothing else.
+pub const AUDIT_KEY_NAME: &str = "audit";
+/// Domain-separation tag of an audit checkpoint message.
+pub const CHECKPOINT_DOMAIN: &[u8] = b"synod/audit-checkpoint/v1\0";
+
+/// The message the audit key signs for a checkpoint: [`CHECKPOINT_DOMAIN`],
+/// the cluster id (4-byte big-endian length, bytes), the record's sequence
+/// number (8 bytes, big-endian) and its hash (32 bytes). Anyone holding the
+/// records can rebuild it and check the signature with any Ed25519 tool.
+pub fn checkpoint_message(cluster_id: &str, seq: u64, hash: &[u8; 32]) -> Vec<u8> {
+    let mut out = CHECKPOINT_DOMAIN.to_vec();
+    out.extend_from_slice(&(cluster_id.len() as u32).to_be_bytes());
+    out.extend_from_slice(cluster_id.as_bytes());
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(hash);
+    out
+}
+
+/// The sequence number and hash a checkpoint message names, if it is one for `cluster_id`.
+pub fn parse_checkpoint_message(cluster_id: &str, message: &[u8]) -> Option<(u64, [u8; 32])> {
+    let prefix = checkpoint_message(cluster_id, 0, &[0; 32]);
+    let head = prefix.len() - 40;
+    if message.len() != prefix.len() || message[..head] != prefix[..head] {
+        return None;
+    }
+    let seq = u64::from_be_bytes(message[head..head + 8].try_into().ok()?);
+    let hash = message[head + 8..].try_into().ok()?;
+    Some((seq, hash))
+}
+
 /// The most operators named in one policy list, tiers per policy, and declared attributes per request.
 pub const POLICY_LIST_MAX: usize = 64;
 /// The longest attribute value a request may declare.

@@ -162,6 +162,9 @@ pub enum Command {
     SetAdminPolicy { approvals_required: u32 },
     /// An admin's agreement to a pending admin proposal.
     ApproveProposal { proposal_id: String },
+    /// A node asks for a checkpoint: the state machine turns the audit chain's
+    /// current head into a request on the audit key, which signs nothing else.
+    AuditCheckpoint { node_id: NodeId },
     /// The coordinating node's result: a signature that every node verifies
     /// against the key and its own copy of the message before storing it.
     SignResult {
@@ -213,6 +216,7 @@ impl Command {
             Command::SetPolicy { .. } => "set_policy",
             Command::SetAdminPolicy { .. } => "set_admin_policy",
             Command::ApproveProposal { .. } => "approve_proposal",
+            Command::AuditCheckpoint { .. } => "audit_checkpoint",
         }
     }
 
@@ -236,7 +240,8 @@ impl Command {
             | Command::KeyConfirm { node_id, .. }
             | Command::KeyAbort { node_id, .. }
             | Command::SignResult { node_id, .. }
-            | Command::SignFailed { node_id, .. } => Authority::Node(*node_id),
+            | Command::SignFailed { node_id, .. }
+            | Command::AuditCheckpoint { node_id } => Authority::Node(*node_id),
         }
     }
 
@@ -355,6 +360,7 @@ impl Command {
                 Ok(())
             }
             Command::ApproveProposal { proposal_id } => validate_id("proposal id", proposal_id),
+            Command::AuditCheckpoint { .. } => Ok(()),
             Command::SignFailed { request_id, reason, culprits, .. } => {
                 validate_name("request id", request_id)?;
                 validate_reason(reason)?;

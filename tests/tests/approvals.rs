@@ -327,6 +327,37 @@ fn audit_chain_is_identical_everywhere_and_tampering_is_caught() {
     for id in 1..=3 {
         ok(&cluster.synod(id, &["audit", "verify"]));
     }
+    // A checkpoint: the audit key (made by DKG) threshold-signs the head; OpenSSL verifies it
+    // over the message rebuilt from the exported record.
+    ok(&cluster.synod(1, &["key", "create", "audit", "-t", "2"]));
+    ok(&cluster.synod(2, &["audit", "checkpoint"]));
+    let dir = cluster.path("checkpoints");
+    ok(&cluster.synod(3, &["audit", "checkpoints", "--out-dir", dir.to_str().unwrap()]));
+    let msgs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "msg"))
+        .collect();
+    assert!(!msgs.is_empty(), "no checkpoint written");
+    for msg in &msgs {
+        let openssl = Command::new("openssl")
+            .args(["pkeyutl", "-verify", "-pubin", "-rawin", "-inkey"])
+            .arg(dir.join("audit-key.pem"))
+            .arg("-in")
+            .arg(msg)
+            .arg("-sigfile")
+            .arg(msg.with_extension("sig"))
+            .output()
+            .unwrap();
+        assert!(openssl.status.success(), "openssl refused checkpoint {}", msg.display());
+    }
+    // The audit key signs nothing else.
+    let other = cluster.path("other.msg");
+    std::fs::write(&other, "not a checkpoint").unwrap();
+    let err = fails(&cluster.synod(1, &["sign", "audit", "--in", other.to_str().unwrap()]));
+    assert!(err.contains("audit checkpoints only"), "{err}");
+    let one = export(1);
+
     // An exported copy with one changed record fails offline verification.
     let tampered = one.replacen("\"applied\"", "\"refused\"", 1);
     let file = cluster.path("audit.jsonl");

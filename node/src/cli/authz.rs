@@ -419,6 +419,26 @@ pub async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&r)?);
             }
         }
+        AuditCmd::Checkpoint(client) => {
+            let api = ApiClient::new(&client)?;
+            let (_, started): (u16, Value) = api.post("/v1/audit/checkpoint", &serde_json::json!({})).await?;
+            let id = started["request_id"].as_str().ok_or_else(|| anyhow!("no request id in {started}"))?;
+            eprintln!("checkpoint requested as {id}; waiting for the audit key's signature");
+            let info = get_request(&api, id, 30_000).await?;
+            if info.status != "signed" {
+                bail!("checkpoint {id} is {}: {}", info.status, info.error.unwrap_or_default());
+            }
+            print_request(&client, &info)?;
+        }
+        AuditCmd::Checkpoints { out_dir, client } => {
+            let api = ApiClient::new(&client)?;
+            let (_, list): (u16, Value) = api.get("/v1/audit/checkpoints").await?;
+            let Some(dir) = out_dir else {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            };
+            write_checkpoints(&api, &list, &dir).await?;
+        }
         AuditCmd::Verify { file, client } => {
             let (head, records) = match &file {
                 Some(path) => {
@@ -459,5 +479,32 @@ pub async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Writes every signed checkpoint as files standard tools verify. The message
+/// is rebuilt here from the node's own record, so the files prove that record.
+async fn write_checkpoints(api: &ApiClient, list: &Value, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let cluster = list["cluster_id"].as_str().unwrap_or_default();
+    let public = list["public_key"].as_str().ok_or_else(|| anyhow!("the cluster has no audit key"))?;
+    let public = synod_proto::keyfmt::parse_public_key(public).map_err(|e| anyhow!("{e}"))?;
+    std::fs::write(dir.join("audit-key.pem"), synod_proto::keyfmt::public_key_pem(&public))?;
+    let (_, records) = fetch_audit(api).await?;
+    let mut written = 0;
+    for cp in list["checkpoints"].as_array().into_iter().flatten().filter(|c| c["status"] == "signed") {
+        let seq = cp["seq"].as_u64().ok_or_else(|| anyhow!("bad checkpoint {cp}"))?;
+        let record = records.iter().find(|r| r.seq == seq).ok_or_else(|| anyhow!("no audit record {seq}"))?;
+        let hash: [u8; 32] = hex::decode(&record.hash)?.try_into().map_err(|_| anyhow!("bad record hash"))?;
+        let message = synod_proto::authz::checkpoint_message(cluster, seq, &hash);
+        let signature = hex::decode(cp["signature"].as_str().unwrap_or_default())?;
+        std::fs::write(dir.join(format!("checkpoint-{seq}.msg")), &message)?;
+        std::fs::write(dir.join(format!("checkpoint-{seq}.sig")), &signature)?;
+        written += 1;
+    }
+    eprintln!(
+        "wrote {written} checkpoints and audit-key.pem to {}; check one with\n  openssl pkeyutl -verify -pubin -inkey audit-key.pem -rawin -in checkpoint-N.msg -sigfile checkpoint-N.sig",
+        dir.display()
+    );
     Ok(())
 }

@@ -187,6 +187,16 @@ struct Row {
     mean_ms: Option<f64>,
     throughput_ratio_to_ceiling: f64,
     p50_ratio_to_inprocess: Option<f64>,
+    /// Median time between the request's log entry and its result's log entry
+    /// (both stamped by the leader when it proposed them; ms resolution): the
+    /// request's commit, the coordinator picking it up, both FROST rounds.
+    entry_request_to_result_p50_ms: Option<u64>,
+    /// CPU time of all node processes during the level, per signature (local clusters).
+    node_cpu_ms_per_signature: Option<f64>,
+    /// CPU time of this process (the clients) during the level, per signature.
+    client_cpu_ms_per_signature: f64,
+    /// Share of the machine's cores that nodes and clients kept busy during the level.
+    cpu_busy: Option<f64>,
     signatures_verified: usize,
     frost_ceiling_per_s: f64,
     frost_inprocess_ms: f64,
@@ -274,7 +284,15 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     let failed: usize = report.results.iter().map(|r| r.errors).sum();
     if failed > 0 {
-        bail!("{failed} signing requests failed (see errors and first_error)");
+        eprintln!("warning: {failed} signing requests failed (see errors and first_error)");
+    }
+    if let Some(r) = report.results.iter().find(|r| r.ok == 0) {
+        bail!(
+            "{} c={}: no request was signed; first error: {}",
+            r.config,
+            r.concurrency,
+            r.first_error.as_deref().unwrap_or("-")
+        );
     }
     Ok(())
 }
@@ -399,7 +417,9 @@ async fn bench_cluster(
         // Warm-up: not measured.
         let warmup = (WARMUP_PER_NODE * target.nodes.len()).max(4);
         let jobs = Arc::new(plan.jobs(&format!("{phase}-w"), warmup)?);
-        let outcome = run_level(&target, jobs, target.nodes.len(), &format!("{label} warm-up"), &public).await?;
+        let pids: Option<Vec<u32>> = local.as_deref().map(LocalCluster::pids);
+        let pids = pids.as_deref();
+        let outcome = run_level(&target, jobs, target.nodes.len(), &format!("{label} warm-up"), &public, pids).await?;
         if let Some(e) = outcome.errors.first() {
             eprintln!("{label} warm-up: {} of {warmup} failed, e.g. {e}", outcome.errors.len());
         }
@@ -408,15 +428,17 @@ async fn bench_cluster(
             let requests = args.requests as usize;
             let jobs = Arc::new(plan.jobs(&format!("{phase}-c{concurrency}"), requests)?);
             let level_label = format!("{label} c={concurrency}");
-            let outcome = run_level(&target, jobs, concurrency, &level_label, &public).await?;
+            let outcome = run_level(&target, jobs, concurrency, &level_label, &public, pids).await?;
             let row = context.row(killed_node, target.nodes.len(), concurrency, requests, &outcome);
             eprintln!(
-                "{level_label}: {}/{requests} in {:.2} s: {:.1}/s, p50 {} ms, p99 {} ms{}",
+                "{level_label}: {}/{requests} in {:.2} s: {:.1}/s, p50 {} ms, p99 {} ms, entries p50 {} ms, {}{}",
                 row.ok,
                 row.wall_s,
                 row.throughput_per_s,
                 fmt_opt(row.p50_ms, 1),
                 fmt_opt(row.p99_ms, 1),
+                row.entry_request_to_result_p50_ms.map_or("-".into(), |v| v.to_string()),
+                row.cpu_busy.map_or("-".into(), |v| format!("CPU {:.0}% busy", v * 100.0)),
                 if row.errors > 0 { format!(", {} errors", row.errors) } else { String::new() }
             );
             rows.push(row);
@@ -581,6 +603,12 @@ struct LevelOutcome {
     /// From the moment every worker was connected to the last answer.
     wall: Duration,
     verified: usize,
+    /// Entry time from request to result of each signed request, sorted.
+    entry_ms: Vec<u64>,
+    /// CPU seconds used during the timed section by the node processes (None when
+    /// they are not ours to watch) and by this process.
+    node_cpu_s: Option<f64>,
+    client_cpu_s: f64,
 }
 
 /// Runs `jobs` with `concurrency` workers, each with its own HTTPS client.
@@ -590,6 +618,7 @@ async fn run_level(
     concurrency: usize,
     label: &str,
     public: &[u8; 32],
+    node_pids: Option<&[u32]>,
 ) -> anyhow::Result<LevelOutcome> {
     let total = jobs.len();
     let concurrency = concurrency.clamp(1, total.max(1));
@@ -628,12 +657,15 @@ async fn run_level(
     }
     barrier.wait().await;
     let started = Instant::now();
+    let cpu_before = (node_pids.map(cpu_seconds), cpu_seconds(&[std::process::id()]));
     let progress = tokio::spawn(progress(label.to_string(), done.clone(), total));
     let mut samples = Vec::with_capacity(total);
     while let Some(result) = workers.join_next().await {
         samples.extend(result.context("a bench worker panicked")?);
     }
     let wall = started.elapsed();
+    let node_cpu_s = node_pids.map(cpu_seconds).zip(cpu_before.0).map(|(after, before)| after - before);
+    let client_cpu_s = cpu_seconds(&[std::process::id()]) - cpu_before.1;
     progress.abort();
     if std::io::stderr().is_terminal() {
         eprint!("\r\x1b[2K");
@@ -655,6 +687,11 @@ async fn run_level(
         }
     }
     latencies.sort();
+    let mut entry_ms: Vec<u64> = signed
+        .iter()
+        .filter_map(|(_, info)| info.finished_at_ms.map(|f| f.saturating_sub(info.created_at_ms)))
+        .collect();
+    entry_ms.sort_unstable();
     signed.sort_by_key(|(i, _)| *i);
     let step = (signed.len() / VERIFY_SAMPLE).max(1);
     let mut verified = 0;
@@ -669,7 +706,24 @@ async fn run_level(
             .map_err(|e| anyhow!("request {}: the returned signature does not verify: {e}", info.request_id))?;
         verified += 1;
     }
-    Ok(LevelOutcome { latencies, errors, wall, verified })
+    Ok(LevelOutcome { latencies, errors, wall, verified, entry_ms, node_cpu_s, client_cpu_s })
+}
+
+/// User plus system CPU seconds of processes `pids` so far (0 for a process that is gone).
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    // /proc/<pid>/stat counts in USER_HZ, which is 100 on Linux.
+    const TICKS_PER_S: f64 = 100.0;
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The command name (field 2) is in parentheses and may contain spaces.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            // utime and stime are fields 14 and 15; fields[0] here is field 3.
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum();
+    ticks as f64 / TICKS_PER_S
 }
 
 /// One `POST /v1/sign`: the request's info once signed, or why not.
@@ -740,6 +794,10 @@ impl RowContext {
         let pct = |p: f64| percentile(&outcome.latencies, p).map(|d| round(ms(d), 3));
         let p50 = percentile(&outcome.latencies, 0.50).map(ms);
         let mean = (ok > 0).then(|| outcome.latencies.iter().map(|d| ms(*d)).sum::<f64>() / ok as f64);
+        let per_signature = |cpu_s: f64| round(cpu_s * 1e3 / ok.max(1) as f64, 3);
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        let entry_p50 = (!outcome.entry_ms.is_empty())
+            .then(|| outcome.entry_ms[((outcome.entry_ms.len() as f64 * 0.5).ceil() as usize).max(1) - 1]);
         Row {
             config: self.config.to_string(),
             nodes: self.config.nodes,
@@ -761,6 +819,13 @@ impl RowContext {
             mean_ms: mean.map(|v| round(v, 3)),
             throughput_ratio_to_ceiling: sig(throughput / self.baseline.frost_ceiling_per_s),
             p50_ratio_to_inprocess: p50.map(|p| round(p / self.baseline.frost_inprocess_ms, 2)),
+            entry_request_to_result_p50_ms: entry_p50,
+            node_cpu_ms_per_signature: outcome.node_cpu_s.map(per_signature),
+            client_cpu_ms_per_signature: per_signature(outcome.client_cpu_s),
+            cpu_busy: outcome
+                .node_cpu_s
+                .filter(|_| wall_s > 0.0)
+                .map(|node| round((node + outcome.client_cpu_s) / (wall_s * cores), 2)),
             signatures_verified: outcome.verified,
             frost_ceiling_per_s: self.baseline.frost_ceiling_per_s,
             frost_inprocess_ms: self.baseline.frost_inprocess_ms,
@@ -841,7 +906,7 @@ fn print_table(report: &Report) {
     );
     for r in &report.results {
         println!(
-            "{:<8} {:<7} {:>5} {:>6} {:>6} {:>10.1} {:>9} {:>9} {:>9} {:>11} {:>11}",
+            "{:<8} {:<7} {:>5} {:>6} {:>6} {:>10.1} {:>9} {:>9} {:>9} {:>11} {:>11} {:>9} {:>11} {:>6}",
             r.config,
             r.killed_node.map_or("-".into(), |n| format!("node {n}")),
             r.concurrency,
@@ -853,8 +918,14 @@ fn print_table(report: &Report) {
             fmt_opt(r.max_ms, 1),
             format!("{:.4}", r.throughput_ratio_to_ceiling),
             fmt_opt(r.p50_ratio_to_inprocess, 1),
+            r.entry_request_to_result_p50_ms.map_or("-".into(), |v| v.to_string()),
+            fmt_opt(r.node_cpu_ms_per_signature, 2),
+            r.cpu_busy.map_or("-".into(), |v| format!("{:.0}%", v * 100.0)),
         );
     }
+    println!();
+    println!("ENTRY MS: p50 from the request's log entry to its result's (leader-stamped); NODE CPU MS: node");
+    println!("CPU time per signature, all nodes; BUSY: nodes' and clients' CPU time over all cores' wall time.");
     for r in report.results.iter().filter(|r| r.errors > 0) {
         println!(
             "{} c={}: {} errors, first: {}",
@@ -1033,6 +1104,11 @@ impl LocalCluster {
         child.start_kill().with_context(|| format!("cannot kill node {id}"))?;
         child.wait().await?;
         Ok(())
+    }
+
+    /// The process ids of the nodes still running.
+    fn pids(&self) -> Vec<u32> {
+        self.children.values().filter_map(Child::id).collect()
     }
 
     fn data_dir(&self) -> PathBuf {

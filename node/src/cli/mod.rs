@@ -470,6 +470,16 @@ pub enum AuditCmd {
     },
     /// Print every record as JSON lines.
     Export(ClientArgs),
+    /// Ask for a checkpoint now: the audit key threshold-signs the chain's head.
+    Checkpoint(ClientArgs),
+    /// List checkpoints; with --out-dir, write each signed one as checkpoint-N.msg and .sig
+    /// plus audit-key.pem, for `openssl pkeyutl -verify -pubin -rawin`.
+    Checkpoints {
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -135,6 +135,9 @@ impl ClusterState {
     }
 
     pub(super) fn set_policy(&mut self, key_name: &str, policy: &Policy) -> Result<String, Refusal> {
+        if key_name == synod_proto::authz::AUDIT_KEY_NAME {
+            return Err("the audit key's policy is fixed: it signs audit checkpoints only".into());
+        }
         let key_id = self.key_names.get(key_name).cloned().ok_or(format!("no key named {key_name:?}"))?;
         for name in
             policy.requesters.iter().chain(&policy.approvers).chain(policy.tiers.iter().flat_map(|t| &t.approvers))

@@ -324,6 +324,7 @@ impl ClusterState {
                 Ok(format!("admin operations now need {approvals_required} admins"))
             }
             Command::ApproveProposal { .. } => Err("a proposal cannot approve a proposal".into()),
+            Command::AuditCheckpoint { .. } => self.audit_checkpoint(index, author),
             Command::SignResult { request_id, node_id, signature, signers, culprits, sessions } => {
                 self.sign_result(request_id, *node_id, signature, signers, culprits, *sessions)
             }

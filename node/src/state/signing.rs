@@ -18,6 +18,9 @@ use super::{ClusterState, KeyStatus, Refusal};
 /// until some finish.
 pub const PENDING_REQUESTS_MAX: usize = 1024;
 
+/// How long an audit checkpoint request may wait for its signature.
+const CHECKPOINT_TTL_MS: u64 = 10 * 60 * 1000;
+
 /// What a requester declares about a request, checked against the key's policy.
 pub(super) struct Declared<'a> {
     pub purpose: &'a str,
@@ -159,6 +162,9 @@ impl ClusterState {
             )
             .into());
         }
+        if key_name == synod_proto::authz::AUDIT_KEY_NAME {
+            return Err("the audit key signs audit checkpoints only".into());
+        }
         let key = self.key_by_name(key_name).ok_or(format!("no key named {key_name:?}"))?;
         if key.status != KeyStatus::Active {
             return Err(format!("key {key_name} is not active yet").into());
@@ -229,6 +235,51 @@ impl ClusterState {
             return Err(format!("request {request_id} is no longer pending").into());
         }
         Ok(record)
+    }
+
+    /// Turns the audit chain's head (before this entry) into a request on the
+    /// audit key: `checkpoint-<seq>`, signing [`checkpoint_message`].
+    pub(super) fn audit_checkpoint(&mut self, index: u64, author: OperatorKey) -> Result<String, Refusal> {
+        use synod_proto::authz::{checkpoint_message, AUDIT_KEY_NAME};
+        let key = self
+            .key_by_name(AUDIT_KEY_NAME)
+            .filter(|k| k.status == KeyStatus::Active)
+            .ok_or("there is no active audit key; an admin creates it with `synod key create audit`")?;
+        let head = self.audit_head.clone();
+        if head.seq == 0 {
+            return Err("the audit chain is empty".into());
+        }
+        let request_id = format!("checkpoint-{}", head.seq);
+        if self.requests.contains_key(&request_id) {
+            return Ok(format!("{request_id} already exists"));
+        }
+        let hash: [u8; 32] = hex::decode(&head.hash).ok().and_then(|b| b.try_into().ok()).ok_or("bad head hash")?;
+        let cluster = self.cluster_id.clone().unwrap_or_default();
+        let message = hex::encode(checkpoint_message(&cluster, head.seq, &hash));
+        let record = RequestRecord {
+            request_id: request_id.clone(),
+            key_id: key.id.clone(),
+            message_sha256: sha256_hex(&message),
+            message_bytes: message.len() / 2,
+            message: Some(message),
+            purpose: "audit-checkpoint".into(),
+            environment: String::new(),
+            attributes: Default::default(),
+            requester: author,
+            policy_version: key.policy_version,
+            approvals: Vec::new(),
+            expires_at_ms: self.time_ms + CHECKPOINT_TTL_MS,
+            status: RequestStatus::Pending,
+            signers: Vec::new(),
+            culprits: Vec::new(),
+            sessions: 0,
+            created_index: index,
+            created_at_ms: self.time_ms,
+            finished_at_ms: None,
+        };
+        self.requests.insert(request_id.clone(), record);
+        self.pending_requests.insert(request_id.clone());
+        Ok(format!("{request_id}: audit head {} {} to be signed by the audit key", head.seq, head.hash))
     }
 
     pub(super) fn sign_result(
