@@ -400,7 +400,7 @@ impl Node {
         let synod_proto::Outcome::Applied { detail } = response.outcome else {
             return Err(ApiError::new(500, "the checkpoint was not applied"));
         };
-        Ok(detail.split(|c: char| c == ':' || c == ' ').next().unwrap_or_default().to_string())
+        Ok(detail.split([':', ' ']).next().unwrap_or_default().to_string())
     }
 
     /// Audit records `from..` (at most `limit`) from this node's store.
