@@ -282,3 +282,116 @@ fn state_pending_request_fails_after_its_deadline() {
     world.by_admin(Command::Put { key: "tick".into(), value: "1".into() });
     assert!(matches!(world.state.requests["r1"].status, RequestStatus::Failed { .. }));
 }
+
+/// Adds operators and a policy needing `m` approvals from alice and bob to key `k`.
+fn with_policy(world: &mut World, m: u32) -> BTreeMap<&'static str, SigningKey> {
+    use synod_proto::authz::{Policy, Role};
+    let mut keys = BTreeMap::new();
+    for (i, (name, role)) in
+        [("alice", Role::Approver), ("bob", Role::Approver), ("dave", Role::Requester)].iter().enumerate()
+    {
+        let key = SigningKey::from_bytes(&[20 + i as u8; 32]);
+        let add = Command::AddOperator {
+            name: (*name).into(),
+            key: Some(OperatorKey::of(&key)),
+            ssh_key: None,
+            roles: vec![*role],
+        };
+        assert!(world.by_admin(add).is_applied());
+        keys.insert(*name, key);
+    }
+    let policy = Policy { approvers: vec!["alice".into(), "bob".into()], approvals_required: m, ..Policy::default() };
+    assert!(world.by_admin(Command::SetPolicy { key: "k".into(), policy }).is_applied());
+    keys
+}
+
+fn request_by(world: &mut World, key: &SigningKey, id: &str) -> Outcome {
+    let env = world.envelope(Command::SignRequest {
+        request_id: id.into(),
+        key: "k".into(),
+        message: "00".into(),
+        purpose: String::new(),
+        environment: String::new(),
+        attributes: Default::default(),
+    });
+    world.apply(SignedCommand::sign(&env, key))
+}
+
+fn approval(world: &World, id: &str, approver: &SigningKey) -> synod_proto::authz::ApprovalSignature {
+    use ed25519_dalek::Signer;
+    let statement = world.state.approval_statement(&world.state.requests[id]).unwrap();
+    let signature = approver.sign(&synod_proto::authz::approval_bytes(&statement));
+    synod_proto::authz::ApprovalSignature::Ed25519 { signature: hex::encode(signature.to_bytes()) }
+}
+
+#[test]
+fn state_revoked_approver_no_longer_counts() {
+    // An approver removed while a request waits takes its approval with it: the request is no
+    // longer ready, in the state machine's view and in the signer's re-verification.
+    let mut world = World::new();
+    dkg(&mut world, "k");
+    let keys = with_policy(&mut world, 1);
+    assert!(request_by(&mut world, &keys["dave"], "r1").is_applied());
+    let sig = approval(&world, "r1", &keys["alice"]);
+    assert!(world
+        .by_admin(Command::Approve { request_id: "r1".into(), approver: "alice".into(), signature: sig })
+        .is_applied());
+    let request = world.state.requests["r1"].clone();
+    assert!(world.state.ready_to_sign(&request, true).is_ok());
+    assert!(world.by_admin(Command::RemoveOperator { name: "alice".into() }).is_applied());
+    let err = world.state.ready_to_sign(&request, true).unwrap_err();
+    assert!(err.contains("lacks approvals"), "{err}");
+}
+
+#[test]
+fn state_policy_change_fails_pending_requests_and_old_approvals() {
+    // Changing a key's policy fails its pending requests: approvals given under the old
+    // version cannot carry a request into the new one.
+    let mut world = World::new();
+    dkg(&mut world, "k");
+    let keys = with_policy(&mut world, 2);
+    assert!(request_by(&mut world, &keys["dave"], "r1").is_applied());
+    let lax = synod_proto::authz::Policy::default();
+    assert!(world.by_admin(Command::SetPolicy { key: "k".into(), policy: lax }).is_applied());
+    assert!(matches!(world.state.requests["r1"].status, RequestStatus::Failed { .. }));
+}
+
+#[test]
+fn state_admin_quorum_turns_admin_commands_into_proposals() {
+    // With two admins required, one admin's command only proposes; another admin carries it;
+    // the same admin agreeing twice does not.
+    let mut world = World::new();
+    let admin2 = SigningKey::from_bytes(&[42; 32]);
+    let add = Command::AddOperator {
+        name: "admin2".into(),
+        key: Some(OperatorKey::of(&admin2)),
+        ssh_key: None,
+        roles: vec![synod_proto::authz::Role::Admin],
+    };
+    assert!(world.by_admin(add).is_applied());
+    assert!(world.by_admin(Command::SetAdminPolicy { approvals_required: 2 }).is_applied());
+    let put = Command::Put { key: "x".into(), value: "1".into() };
+    assert!(world.by_admin(put).is_applied());
+    assert!(world.state.kv.get("x").is_none(), "one admin wrote alone");
+    let proposal = world.state.proposals.keys().next().unwrap().clone();
+    refused(&world.by_admin(Command::ApproveProposal { proposal_id: proposal.clone() }), "already agreed");
+    let env = world.envelope(Command::ApproveProposal { proposal_id: proposal });
+    assert!(world.apply(SignedCommand::sign(&env, &admin2)).is_applied());
+    assert_eq!(world.state.kv["x"].value, "1");
+}
+
+#[test]
+fn state_audit_chain_links_every_entry() {
+    // Applied and refused entries alike append records whose chain verifies; the head matches.
+    let mut world = World::new();
+    dkg(&mut world, "k");
+    world.by_admin(Command::RemoveOperator { name: "nobody".into() });
+    let records = world.state.take_audit();
+    assert_eq!(records.len() as u64, world.state.audit_head.seq);
+    assert!(records.iter().any(|r| r.result == "refused"));
+    let head = super::verify_chain(&super::AuditHead::default(), &records).unwrap();
+    assert_eq!(head, world.state.audit_head);
+    let mut changed = records.clone();
+    changed[2].detail.push('!');
+    assert_eq!(super::verify_chain(&super::AuditHead::default(), &changed).unwrap_err().0, 3);
+}
