@@ -414,15 +414,19 @@ impl Node {
     /// Waits (until `deadline`) for this node to apply the entry at `index`, so
     /// that what a forwarded write did is visible here too.
     async fn wait_applied(&self, index: u64, deadline: tokio::time::Instant) {
+        let mut applied = self.shared.subscribe();
         while self.shared.read().last_applied.is_none_or(|l| l.index < index) && tokio::time::Instant::now() < deadline
         {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            if let Ok(Err(_)) = tokio::time::timeout_at(deadline, applied.changed()).await {
+                tokio::time::sleep(Duration::from_millis(10)).await; // The state machine is gone.
+            }
         }
     }
 
     /// Waits up to `wait` for a request to leave `pending` on this node.
     pub async fn wait_request(&self, request_id: &str, wait: Duration) -> Result<RequestInfo, ApiError> {
         let deadline = tokio::time::Instant::now() + wait;
+        let mut applied = self.shared.subscribe();
         loop {
             let info = self.shared.read().state.request_info(request_id);
             let info = info.ok_or_else(|| ApiError::new(404, format!("no request {request_id} on this node")))?;
@@ -430,7 +434,9 @@ impl Node {
             if !open || tokio::time::Instant::now() >= deadline {
                 return Ok(info);
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            if let Ok(Err(_)) = tokio::time::timeout_at(deadline, applied.changed()).await {
+                tokio::time::sleep(Duration::from_millis(10)).await; // The state machine is gone.
+            }
         }
     }
 
@@ -774,8 +780,16 @@ async fn keys_and_signing(weak: std::sync::Weak<Node>) {
             node.dkg.tick(&node).await;
         }
     });
+    let mut applied = match weak.upgrade() {
+        Some(node) => node.shared.subscribe(),
+        None => return,
+    };
     loop {
-        tokio::time::sleep(KEYS_TICK).await;
+        // React to newly applied entries at once; the tick retries what is still open.
+        tokio::select! {
+            _ = applied.changed() => {}
+            _ = tokio::time::sleep(KEYS_TICK) => {}
+        }
         let Some(node) = weak.upgrade() else { return };
         node.signer.forget_finished();
         if node.raft.metrics().borrow().state == ServerState::Leader {

@@ -36,6 +36,9 @@ use crate::state::{frost_identifier, ClusterState, KeyRecord, KeyStatus, Request
 pub const SESSIONS_PER_REQUEST_MAX: usize = 32;
 /// The most nonce slots held at once, over all requests.
 pub const SLOTS_MAX: usize = 8192;
+/// How long a signer waits for a request it is asked about to reach its own
+/// committed state before it refuses.
+pub const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
 /// How many released shares the signer remembers for inspection (the simulator's checker).
 pub const RELEASED_KEPT_MAX: usize = 4096;
 
@@ -144,8 +147,23 @@ impl Signer {
         Ok(())
     }
 
+    /// Waits (at most [`CATCH_UP_WAIT`]) until this node has applied the entry
+    /// that made `request_id`: a coordinator on the leader may ask a moment
+    /// before a follower has learned that the entry is committed.
+    async fn wait_for_request(&self, request_id: &str) {
+        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+        let mut applied = self.state.subscribe();
+        while !self.state.read().state.requests.contains_key(request_id) {
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+        }
+    }
+
     /// Round 1: fresh commitments for a session of a committed, pending request.
     pub async fn commit(&self, request_id: &str, session_id: &str, local: bool) -> Result<SignerCommitments, String> {
+        self.wait_for_request(request_id).await;
         let key = {
             let applied = self.state.read();
             self.check_request(&applied.state, request_id, local)?.1

@@ -191,6 +191,8 @@ struct Row {
     /// (both stamped by the leader when it proposed them; ms resolution): the
     /// request's commit, the coordinator picking it up, both FROST rounds.
     entry_request_to_result_p50_ms: Option<u64>,
+    entry_request_to_result_min_ms: Option<u64>,
+    entry_request_to_result_p90_ms: Option<u64>,
     /// CPU time of all node processes during the level, per signature (local clusters).
     node_cpu_ms_per_signature: Option<f64>,
     /// CPU time of this process (the clients) during the level, per signature.
@@ -796,8 +798,10 @@ impl RowContext {
         let mean = (ok > 0).then(|| outcome.latencies.iter().map(|d| ms(*d)).sum::<f64>() / ok as f64);
         let per_signature = |cpu_s: f64| round(cpu_s * 1e3 / ok.max(1) as f64, 3);
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
-        let entry_p50 = (!outcome.entry_ms.is_empty())
-            .then(|| outcome.entry_ms[((outcome.entry_ms.len() as f64 * 0.5).ceil() as usize).max(1) - 1]);
+        let entry = |p: f64| {
+            let sorted = &outcome.entry_ms;
+            (!sorted.is_empty()).then(|| sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1])
+        };
         Row {
             config: self.config.to_string(),
             nodes: self.config.nodes,
@@ -819,7 +823,9 @@ impl RowContext {
             mean_ms: mean.map(|v| round(v, 3)),
             throughput_ratio_to_ceiling: sig(throughput / self.baseline.frost_ceiling_per_s),
             p50_ratio_to_inprocess: p50.map(|p| round(p / self.baseline.frost_inprocess_ms, 2)),
-            entry_request_to_result_p50_ms: entry_p50,
+            entry_request_to_result_p50_ms: entry(0.5),
+            entry_request_to_result_min_ms: outcome.entry_ms.first().copied(),
+            entry_request_to_result_p90_ms: entry(0.9),
             node_cpu_ms_per_signature: outcome.node_cpu_s.map(per_signature),
             client_cpu_ms_per_signature: per_signature(outcome.client_cpu_s),
             cpu_busy: outcome

@@ -60,10 +60,23 @@ pub fn read_audit(store: &dyn Store, from: u64, limit: usize) -> Result<Vec<Audi
 /// Read access to the applied state for the API and the transport, and the
 /// sequence number of the last audit record written to the store (records are
 /// written just after the state changes, so readers wait for this to catch up).
-#[derive(Clone, Default)]
-pub struct SharedState(Arc<RwLock<Applied>>, Arc<std::sync::atomic::AtomicU64>);
+#[derive(Clone)]
+pub struct SharedState(Arc<RwLock<Applied>>, Arc<std::sync::atomic::AtomicU64>, Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Default for SharedState {
+    fn default() -> Self {
+        let (applied, _) = tokio::sync::watch::channel(0);
+        SharedState(Arc::default(), Arc::default(), Arc::new(applied))
+    }
+}
 
 impl SharedState {
+    /// Wakes whenever entries are applied (the value is the last applied index),
+    /// so waiters react at once instead of polling.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.2.subscribe()
+    }
+
     pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
         self.0.read().expect("state lock poisoned")
     }
@@ -138,6 +151,9 @@ impl StateMachine {
             };
             outcomes.push(outcome);
             audit.extend(applied.state.take_audit());
+        }
+        if let Some(last) = applied.last_applied {
+            self.shared.2.send_replace(last.index);
         }
         (outcomes, audit)
     }
@@ -275,7 +291,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.save_snapshot(meta, &data).await?;
         tracing::info!(snapshot_id = %meta.snapshot_id, last = ?meta.last_log_id, "installed snapshot from the leader");
         self.shared.set_audit_written(applied.state.audit_head.seq);
+        let last = applied.last_applied.map_or(0, |l| l.index);
         *self.shared.0.write().expect("state lock") = applied;
+        self.shared.2.send_replace(last);
         Ok(())
     }
 
