@@ -468,6 +468,58 @@ pub fn certificate_der(path: &Path) -> Result<Vec<u8>, PkiError> {
 /// decides alike) and name a node. Returns the node id and the certificate's
 /// Ed25519 public key, which must be the command's author.
 pub fn verify_node_certificate(ca_der: &[u8], cert_der: &[u8], time_ms: u64) -> Result<(u64, [u8; 32]), String> {
+    // Every node-authored entry carries a certificate, and the same few certificates come
+    // back again and again; a chain that verified once only needs its validity window
+    // checked against the new time, which gives the same answer as verifying it again.
+    let cache_key: [u8; 32] = {
+        let mut h = Sha256::new();
+        h.update((ca_der.len() as u64).to_be_bytes());
+        h.update(ca_der);
+        h.update(cert_der);
+        h.finalize().into()
+    };
+    if let Some(hit) = VERIFIED_CERTS.lock().expect("certificate cache lock").get(&cache_key) {
+        if (hit.not_before_ms..=hit.not_after_ms).contains(&time_ms) {
+            return Ok((hit.node_id, hit.key));
+        }
+    }
+    let (node_id, key) = verify_node_certificate_uncached(ca_der, cert_der, time_ms)?;
+    let (_, x509) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| format!("cannot parse it: {e}"))?;
+    let validity = x509.validity();
+    let to_ms = |t: x509_parser::time::ASN1Time| u64::try_from(t.timestamp()).unwrap_or(0).saturating_mul(1000);
+    let entry = VerifiedCert {
+        node_id,
+        key,
+        not_before_ms: to_ms(validity.not_before),
+        not_after_ms: to_ms(validity.not_after).saturating_add(999),
+    };
+    let mut cache = VERIFIED_CERTS.lock().expect("certificate cache lock");
+    if cache.len() >= VERIFIED_CERTS_MAX {
+        cache.clear();
+    }
+    cache.insert(cache_key, entry);
+    Ok((node_id, key))
+}
+
+/// A node certificate whose chain verified, and when it is valid.
+struct VerifiedCert {
+    node_id: u64,
+    key: [u8; 32],
+    not_before_ms: u64,
+    not_after_ms: u64,
+}
+
+/// How many verified certificates are remembered (cleared when full).
+const VERIFIED_CERTS_MAX: usize = 1024;
+
+static VERIFIED_CERTS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<[u8; 32], VerifiedCert>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn verify_node_certificate_uncached(
+    ca_der: &[u8],
+    cert_der: &[u8],
+    time_ms: u64,
+) -> Result<(u64, [u8; 32]), String> {
     let ca = CertificateDer::from(ca_der);
     let cert = CertificateDer::from(cert_der);
     let roots = root_store(&ca).map_err(|e| format!("the cluster CA certificate is unusable: {e}"))?;

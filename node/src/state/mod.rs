@@ -51,6 +51,9 @@ pub struct ClusterState {
     pub kv: BTreeMap<String, KvRecord>,
     /// Command ids already applied, with their expiry, to refuse replays.
     pub seen_commands: BTreeMap<String, u64>,
+    /// The same ids ordered by expiry, so expiring them costs only what expires.
+    #[serde(default)]
+    pub seen_by_expiry: BTreeSet<(u64, String)>,
     /// The latest entry time applied; state-machine time never goes backwards.
     pub time_ms: u64,
     pub applied_commands: u64,
@@ -196,6 +199,7 @@ impl ClusterState {
                 }
             }
         };
+        self.seen_by_expiry.insert((envelope.expires_at_ms, envelope.command_id.clone()));
         self.seen_commands.insert(envelope.command_id, envelope.expires_at_ms);
         Ok(detail)
     }
@@ -353,7 +357,13 @@ impl ClusterState {
 
     fn expire_seen(&mut self) {
         let now = self.time_ms;
-        self.seen_commands.retain(|_, expires| *expires >= now);
+        while let Some((expires, _)) = self.seen_by_expiry.first() {
+            if *expires >= now {
+                break;
+            }
+            let (_, id) = self.seen_by_expiry.pop_first().expect("first exists");
+            self.seen_commands.remove(&id);
+        }
     }
 }
 
