@@ -372,7 +372,7 @@ fn state_admin_quorum_turns_admin_commands_into_proposals() {
     assert!(world.by_admin(Command::SetAdminPolicy { approvals_required: 2 }).is_applied());
     let put = Command::Put { key: "x".into(), value: "1".into() };
     assert!(world.by_admin(put).is_applied());
-    assert!(world.state.kv.get("x").is_none(), "one admin wrote alone");
+    assert!(!world.state.kv.contains_key("x"), "one admin wrote alone");
     let proposal = world.state.proposals.keys().next().unwrap().clone();
     refused(&world.by_admin(Command::ApproveProposal { proposal_id: proposal.clone() }), "already agreed");
     let env = world.envelope(Command::ApproveProposal { proposal_id: proposal });
