@@ -515,11 +515,7 @@ const VERIFIED_CERTS_MAX: usize = 1024;
 static VERIFIED_CERTS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<[u8; 32], VerifiedCert>>> =
     std::sync::LazyLock::new(Default::default);
 
-fn verify_node_certificate_uncached(
-    ca_der: &[u8],
-    cert_der: &[u8],
-    time_ms: u64,
-) -> Result<(u64, [u8; 32]), String> {
+fn verify_node_certificate_uncached(ca_der: &[u8], cert_der: &[u8], time_ms: u64) -> Result<(u64, [u8; 32]), String> {
     let ca = CertificateDer::from(ca_der);
     let cert = CertificateDer::from(cert_der);
     let roots = root_store(&ca).map_err(|e| format!("the cluster CA certificate is unusable: {e}"))?;
