@@ -159,10 +159,14 @@ async fn write(
 ) -> Result<Response, Failure> {
     require_client(&caller)?;
     let command = parse_command(body)?;
-    let result = node.write(command).await?;
-    // A committed command the state machine refused is the caller's fault.
+    Ok(committed(node.write(command).await?))
+}
+
+/// A committed write: 200 when applied, 403 when the state machine refused it
+/// (the caller's fault), with the outcome either way.
+fn committed(result: synod_proto::api::WriteResponse) -> Response {
     let status = if result.outcome.is_applied() { StatusCode::OK } else { StatusCode::FORBIDDEN };
-    Ok((status, Json(result)).into_response())
+    (status, Json(result)).into_response()
 }
 
 async fn kv_get(
@@ -207,9 +211,7 @@ async fn keys_create(
 ) -> Result<Response, Failure> {
     require_client(&caller)?;
     let command = parse_command(body)?;
-    let result = node.create_key(command).await?;
-    let status = if result.outcome.is_applied() { StatusCode::OK } else { StatusCode::FORBIDDEN };
-    Ok((status, Json(result)).into_response())
+    Ok(committed(node.create_key(command).await?))
 }
 
 async fn keys_list(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>) -> Result<Response, Failure> {

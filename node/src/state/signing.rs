@@ -77,6 +77,39 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
+    /// A new pending request for `key`.
+    fn new(
+        request_id: &str,
+        key: &super::KeyRecord,
+        message_hex: &str,
+        requester: OperatorKey,
+        declared: &Declared<'_>,
+        index: u64,
+        now_ms: u64,
+    ) -> Self {
+        RequestRecord {
+            request_id: request_id.to_string(),
+            key_id: key.id.clone(),
+            message: Some(message_hex.to_string()),
+            message_sha256: sha256_hex(message_hex),
+            message_bytes: message_hex.len() / 2,
+            purpose: declared.purpose.to_string(),
+            environment: declared.environment.to_string(),
+            attributes: declared.attributes.clone(),
+            requester,
+            policy_version: key.policy_version,
+            approvals: Vec::new(),
+            expires_at_ms: declared.expires_at_ms,
+            status: RequestStatus::Pending,
+            signers: Vec::new(),
+            culprits: Vec::new(),
+            sessions: 0,
+            created_index: index,
+            created_at_ms: now_ms,
+            finished_at_ms: None,
+        }
+    }
+
     /// The message bytes, while pending.
     pub fn message_bytes(&self) -> Option<Vec<u8>> {
         hex::decode(self.message.as_deref()?).ok()
@@ -196,27 +229,7 @@ impl ClusterState {
         if policy.expires_at_ms.is_some_and(|at| at < self.time_ms) {
             return Err(format!("the policy of key {key_name} has expired; an admin must renew it").into());
         }
-        let record = RequestRecord {
-            request_id: request_id.to_string(),
-            key_id: key.id.clone(),
-            message: Some(message_hex.to_string()),
-            message_sha256: sha256_hex(message_hex),
-            message_bytes: message_hex.len() / 2,
-            purpose: declared.purpose.to_string(),
-            environment: declared.environment.to_string(),
-            attributes: declared.attributes.clone(),
-            requester,
-            policy_version: key.policy_version,
-            approvals: Vec::new(),
-            expires_at_ms: declared.expires_at_ms,
-            status: RequestStatus::Pending,
-            signers: Vec::new(),
-            culprits: Vec::new(),
-            sessions: 0,
-            created_index: index,
-            created_at_ms: self.time_ms,
-            finished_at_ms: None,
-        };
+        let record = RequestRecord::new(request_id, key, message_hex, requester, &declared, index, self.time_ms);
         let needs = key.policy.requirements(declared.attributes);
         let detail = if needs.is_empty() {
             format!("request {request_id} pending: {} bytes with key {key_name}", record.message_bytes)
@@ -256,27 +269,13 @@ impl ClusterState {
         let hash: [u8; 32] = hex::decode(&head.hash).ok().and_then(|b| b.try_into().ok()).ok_or("bad head hash")?;
         let cluster = self.cluster_id.clone().unwrap_or_default();
         let message = hex::encode(checkpoint_message(&cluster, head.seq, &hash));
-        let record = RequestRecord {
-            request_id: request_id.clone(),
-            key_id: key.id.clone(),
-            message_sha256: sha256_hex(&message),
-            message_bytes: message.len() / 2,
-            message: Some(message),
-            purpose: "audit-checkpoint".into(),
-            environment: String::new(),
-            attributes: Default::default(),
-            requester: author,
-            policy_version: key.policy_version,
-            approvals: Vec::new(),
+        let declared = Declared {
+            purpose: "audit-checkpoint",
+            environment: "",
+            attributes: &Default::default(),
             expires_at_ms: self.time_ms + CHECKPOINT_TTL_MS,
-            status: RequestStatus::Pending,
-            signers: Vec::new(),
-            culprits: Vec::new(),
-            sessions: 0,
-            created_index: index,
-            created_at_ms: self.time_ms,
-            finished_at_ms: None,
         };
+        let record = RequestRecord::new(&request_id, key, &message, author, &declared, index, self.time_ms);
         self.requests.insert(request_id.clone(), record);
         self.pending_requests.insert(request_id.clone());
         Ok(format!("{request_id}: audit head {} {} to be signed by the audit key", head.seq, head.hash))
