@@ -113,7 +113,7 @@ impl ClusterState {
         };
         let request_id = command.and_then(request_id_of);
         let request = request_id.as_ref().and_then(|id| self.requests.get(id));
-        let key_id = command.and_then(|c| self.key_id_of(c)).or_else(|| request.map(|r| r.key_id.clone()));
+        let key_id = envelope.and_then(|e| self.key_id_of(e)).or_else(|| request.map(|r| r.key_id.clone()));
         let key_version = key_id.as_ref().and_then(|id| self.keys.get(id)).map(|k| k.version);
         let actor = match command.map(|c| c.authority()) {
             Some(synod_proto::command::Authority::Node(id)) => Some(format!("node-{id}")),
@@ -144,14 +144,16 @@ impl ClusterState {
         self.audit_out.push(record);
     }
 
-    fn key_id_of(&self, command: &Command) -> Option<String> {
-        match command {
+    fn key_id_of(&self, envelope: &Envelope) -> Option<String> {
+        match &envelope.command {
             Command::DkgRound1 { key_id, .. }
             | Command::KeyConfirm { key_id, .. }
             | Command::KeyAbort { key_id, .. } => Some(key_id.clone()),
-            Command::CreateKey { name, .. }
-            | Command::ImportKey { name, .. }
-            | Command::SetPolicy { key: name, .. } => self.key_names.get(name).cloned(),
+            // A created key's id is its command id (present only if it was created).
+            Command::CreateKey { .. } | Command::ImportKey { .. } => {
+                self.keys.contains_key(&envelope.command_id).then(|| envelope.command_id.clone())
+            }
+            Command::SetPolicy { key: name, .. } => self.key_names.get(name).cloned(),
             _ => None,
         }
     }

@@ -345,7 +345,11 @@ impl ClusterState {
             return Err(format!("{name} already agreed to proposal {id}").into());
         }
         proposal.approvals.push(name);
-        if proposal.approvals.len() >= need {
+        // Only agreements of operators who are still admins count.
+        let admins: Vec<&str> =
+            self.operators.values().filter(|op| op.roles.contains(&Role::Admin)).map(|op| op.name.as_str()).collect();
+        let proposal = self.proposals.get(id).expect("present");
+        if proposal.approvals.iter().filter(|a| admins.contains(&a.as_str())).count() >= need {
             return Ok(self.proposals.remove(id));
         }
         Ok(None)

@@ -156,27 +156,26 @@ impl ClusterState {
         })
     }
 
-    /// A sign request whose id is already known: the same message (from the
-    /// same requester) is answered with what exists, reopening a failed one.
-    /// Returns `None` for a new id or a different message (refused later).
+    /// A sign request whose id is already known, with the same message from the
+    /// same requester: a pending or signed one is answered as it stands. A failed
+    /// one is dropped here so the new command makes a fresh attempt (new expiry,
+    /// current policy version, approvals given again); a replayed command is left
+    /// to the replay check. Returns `None` when the command must go on.
     pub(super) fn existing_request(&mut self, envelope: &Envelope, author: OperatorKey) -> Option<String> {
         let synod_proto::Command::SignRequest { request_id, message, .. } = &envelope.command else { return None };
-        let record = self.requests.get_mut(request_id)?;
+        let record = self.requests.get(request_id)?;
         if record.message_sha256 != sha256_hex(message) || record.requester != author {
             return None;
         }
         match record.status {
             RequestStatus::Pending => Some(format!("request {request_id} is already pending")),
             RequestStatus::Signed { .. } => Some(format!("request {request_id} is already signed")),
-            RequestStatus::Failed { .. } if self.pending_requests.len() < PENDING_REQUESTS_MAX => {
-                record.status = RequestStatus::Pending;
-                record.message = Some(message.clone());
-                record.created_at_ms = self.time_ms;
-                record.finished_at_ms = None;
-                self.pending_requests.insert(request_id.clone());
-                Some(format!("request {request_id} reopened after a failed attempt"))
+            RequestStatus::Failed { .. } => {
+                if !self.seen_commands.contains_key(&envelope.command_id) {
+                    self.requests.remove(request_id);
+                }
+                None
             }
-            RequestStatus::Failed { .. } => None,
         }
     }
 
