@@ -44,6 +44,8 @@ pub struct Coordination {
 struct NodeSigners {
     node: Arc<Node>,
     members: BTreeMap<NodeId, NodeAddr>,
+    /// This node's applied index when it took the request up; signers catch up to it first.
+    min_index: u64,
 }
 
 impl NodeSigners {
@@ -66,9 +68,13 @@ impl Signers for NodeSigners {
     ) -> BoxFuture<'a, Result<(SigningCommitments, String), CallError>> {
         async move {
             let answer = if node == self.node.id {
-                self.node.signer().commit(request_id, session_id, true).await
+                self.node.signer().commit(request_id, session_id, self.min_index, true).await
             } else {
-                let request = PeerRequest::SignCommit { request_id: request_id.into(), session_id: session_id.into() };
+                let request = PeerRequest::SignCommit {
+                    request_id: request_id.into(),
+                    session_id: session_id.into(),
+                    min_index: self.min_index,
+                };
                 match self.call(node, request).await? {
                     PeerResponse::SignCommit(answer) => answer,
                     PeerResponse::Refused(why) => Err(why),
@@ -178,13 +184,14 @@ impl Coordination {
 
 /// Runs one request's sessions and commits the signature or the failure.
 async fn coordinate(node: &Arc<Node>, request_id: &str) {
-    let (message, key, members) = {
+    let (message, key, members, min_index) = {
         let applied = node.state().read();
+        let min_index = applied.last_applied.map_or(0, |l| l.index);
         let state = &applied.state;
         let Some(request) = state.requests.get(request_id) else { return };
         let Some(key) = state.keys.get(&request.key_id) else { return };
         let Some(message) = request.message_bytes() else { return };
-        (message, key.clone(), state.members.clone())
+        (message, key.clone(), state.members.clone(), min_index)
     };
     let Some(public_keys) = key.public_keys() else { return };
     let coordination = node.coordination();
@@ -196,7 +203,7 @@ async fn coordinate(node: &Arc<Node>, request_id: &str) {
         participants: &key.participants,
         excluded: coordination.excluded(node.now_ms()),
     };
-    let signers = NodeSigners { node: node.clone(), members };
+    let signers = NodeSigners { node: node.clone(), members, min_index };
     let span = tracing::info_span!("coordinate", request_id, key = %key.name);
     let outcome = synod_coordinator::run(job, &signers, || node.seams().random_id()).instrument(span).await;
     let command = match outcome {

@@ -713,8 +713,8 @@ impl PeerHandler for NodeHandler {
                 PeerRequest::DkgRound2 { key_id, package } => {
                     PeerResponse::DkgRound2(node.dkg.receive_round2(&node, from, &key_id, &package))
                 }
-                PeerRequest::SignCommit { request_id, session_id } => {
-                    PeerResponse::SignCommit(node.signer.commit(&request_id, &session_id, false).await)
+                PeerRequest::SignCommit { request_id, session_id, min_index } => {
+                    PeerResponse::SignCommit(node.signer.commit(&request_id, &session_id, min_index, false).await)
                 }
                 PeerRequest::SignShare { request_id, session_id, incarnation, signing_package } => {
                     PeerResponse::SignShare(

@@ -147,13 +147,21 @@ impl Signer {
         Ok(())
     }
 
-    /// Waits (at most [`CATCH_UP_WAIT`]) until this node has applied the entry
-    /// that made `request_id`: a coordinator on the leader may ask a moment
-    /// before a follower has learned that the entry is committed.
-    async fn wait_for_request(&self, request_id: &str) {
+    /// Waits (at most [`CATCH_UP_WAIT`]) until this node has applied the log up
+    /// to `min_index` and holds `request_id`: the coordinator on the leader may
+    /// ask a moment before a follower has learned that the request (or the
+    /// approval that made it ready) is committed.
+    async fn catch_up(&self, request_id: &str, min_index: u64) {
         let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
         let mut applied = self.state.subscribe();
-        while !self.state.read().state.requests.contains_key(request_id) {
+        loop {
+            {
+                let now = self.state.read();
+                let caught_up = now.last_applied.is_some_and(|l| l.index >= min_index);
+                if caught_up && now.state.requests.contains_key(request_id) {
+                    return;
+                }
+            }
             match tokio::time::timeout_at(deadline, applied.changed()).await {
                 Ok(Ok(())) => {}
                 _ => return,
@@ -162,8 +170,14 @@ impl Signer {
     }
 
     /// Round 1: fresh commitments for a session of a committed, pending request.
-    pub async fn commit(&self, request_id: &str, session_id: &str, local: bool) -> Result<SignerCommitments, String> {
-        self.wait_for_request(request_id).await;
+    pub async fn commit(
+        &self,
+        request_id: &str,
+        session_id: &str,
+        min_index: u64,
+        local: bool,
+    ) -> Result<SignerCommitments, String> {
+        self.catch_up(request_id, min_index).await;
         let key = {
             let applied = self.state.read();
             self.check_request(&applied.state, request_id, local)?.1

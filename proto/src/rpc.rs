@@ -46,9 +46,13 @@ pub enum PeerRequest {
     },
     /// Signing round 1: the coordinator asks a signer for fresh nonce
     /// commitments for one session of a committed request.
+    /// `min_index` is the coordinator's applied index when it started: the signer
+    /// first catches up to it, so it judges the request on at least that state.
     SignCommit {
         request_id: String,
         session_id: String,
+        #[serde(default)]
+        min_index: u64,
     },
     /// Signing round 2: the coordinator sends the signing package (message and
     /// every chosen signer's commitments, hex) and asks for a signature share.

@@ -129,6 +129,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 struct Machine {
     cores: usize,
     cpu: String,
+    /// /proc/loadavg's 1, 5 and 15 minute load averages when the run started.
+    loadavg_at_start: String,
 }
 
 impl Machine {
@@ -143,7 +145,10 @@ impl Machine {
                     .map(|(_, v)| v.trim().to_string())
             })
             .unwrap_or_else(|| "unknown".into());
-        Machine { cores, cpu }
+        let loadavg_at_start = std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default();
+        Machine { cores, cpu, loadavg_at_start }
     }
 }
 
@@ -199,6 +204,9 @@ struct Row {
     client_cpu_ms_per_signature: f64,
     /// Share of the machine's cores that nodes and clients kept busy during the level.
     cpu_busy: Option<f64>,
+    /// Share of the machine's cores busy with anything (/proc/stat) during the level:
+    /// well above `cpu_busy` means other work on the machine competed with the bench.
+    machine_cpu_busy: Option<f64>,
     signatures_verified: usize,
     frost_ceiling_per_s: f64,
     frost_inprocess_ms: f64,
@@ -224,6 +232,9 @@ struct Report {
     envelopes_precomputed: bool,
     baselines: Baselines,
     results: Vec<Row>,
+    /// Why the run stopped early (the results are those measured before).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -250,24 +261,33 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     let mut rows = Vec::new();
+    let mut failure = None;
     for config in &configs {
         let baseline = &frost_baselines[config];
         let result = if args.target_existing {
             bench_cluster(&args, &args.client, *config, None, baseline, dalek, &mut rows).await
         } else {
             eprintln!("{config}: starting {} nodes...", config.nodes);
-            let mut local = LocalCluster::start(config.nodes, args.keep_dir).await?;
-            let client_args = local.client_args.clone();
-            let result =
-                bench_cluster(&args, &client_args, *config, Some(&mut local), baseline, dalek, &mut rows).await;
-            if result.is_err() {
-                local.print_logs_hint();
+            match LocalCluster::start(config.nodes, args.keep_dir).await {
+                Ok(mut local) => {
+                    let client_args = local.client_args.clone();
+                    let result =
+                        bench_cluster(&args, &client_args, *config, Some(&mut local), baseline, dalek, &mut rows).await;
+                    if result.is_err() {
+                        local.print_logs_hint();
+                    }
+                    eprintln!("{config}: stopping {} nodes...", local.children.len());
+                    local.stop().await;
+                    result
+                }
+                Err(e) => Err(e),
             }
-            eprintln!("{config}: stopping {} nodes...", local.children.len());
-            local.stop().await;
-            result
         };
-        result.with_context(|| format!("benchmarking {config}"))?;
+        if let Err(e) = result {
+            // Report what was measured so far, then fail.
+            failure = Some(e.context(format!("benchmarking {config}")));
+            break;
+        }
     }
 
     let report = Report {
@@ -279,10 +299,14 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         envelopes_precomputed: !args.sign_in_loop,
         baselines: Baselines { ed25519_dalek_per_s: round(dalek, 1), frost: frost_baselines.into_values().collect() },
         results: rows,
+        error: failure.as_ref().map(|e| format!("{e:#}")),
     };
     match args.client.output.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Table => print_table(&report),
+    }
+    if let Some(e) = failure {
+        return Err(e);
     }
     let failed: usize = report.results.iter().map(|r| r.errors).sum();
     if failed > 0 {
@@ -349,7 +373,12 @@ async fn bench_cluster(
             let mut members: Vec<NodeId> = status.members.iter().map(|m| m.node_id).collect();
             members.sort_unstable();
             if members.len() < usize::from(config.nodes) {
-                bail!("the cluster has {} members; {config} needs {}", members.len(), config.nodes);
+                eprintln!(
+                    "{config}: skipped: the cluster has {} members, {config} needs {}",
+                    members.len(),
+                    config.nodes
+                );
+                return Ok(());
             }
             members.truncate(usize::from(config.nodes));
             let name = format!("bench-{}of{}-{}", config.threshold, config.nodes, random_hex(4));
@@ -440,7 +469,11 @@ async fn bench_cluster(
                 fmt_opt(row.p50_ms, 1),
                 fmt_opt(row.p99_ms, 1),
                 row.entry_request_to_result_p50_ms.map_or("-".into(), |v| v.to_string()),
-                row.cpu_busy.map_or("-".into(), |v| format!("CPU {:.0}% busy", v * 100.0)),
+                match (row.cpu_busy, row.machine_cpu_busy) {
+                    (Some(ours), Some(all)) => format!("CPU {:.0}% busy (machine {:.0}%)", ours * 100.0, all * 100.0),
+                    (None, Some(all)) => format!("machine CPU {:.0}% busy", all * 100.0),
+                    _ => "-".into(),
+                },
                 if row.errors > 0 { format!(", {} errors", row.errors) } else { String::new() }
             );
             rows.push(row);
@@ -611,6 +644,8 @@ struct LevelOutcome {
     /// they are not ours to watch) and by this process.
     node_cpu_s: Option<f64>,
     client_cpu_s: f64,
+    /// Busy share of all cores during the timed section, from /proc/stat.
+    machine_busy: Option<f64>,
 }
 
 /// Runs `jobs` with `concurrency` workers, each with its own HTTPS client.
@@ -660,6 +695,7 @@ async fn run_level(
     barrier.wait().await;
     let started = Instant::now();
     let cpu_before = (node_pids.map(cpu_seconds), cpu_seconds(&[std::process::id()]));
+    let machine_before = machine_ticks();
     let progress = tokio::spawn(progress(label.to_string(), done.clone(), total));
     let mut samples = Vec::with_capacity(total);
     while let Some(result) = workers.join_next().await {
@@ -668,6 +704,9 @@ async fn run_level(
     let wall = started.elapsed();
     let node_cpu_s = node_pids.map(cpu_seconds).zip(cpu_before.0).map(|(after, before)| after - before);
     let client_cpu_s = cpu_seconds(&[std::process::id()]) - cpu_before.1;
+    let machine_busy = machine_before.zip(machine_ticks()).and_then(|((busy0, total0), (busy1, total1))| {
+        (total1 > total0).then(|| (busy1 - busy0) as f64 / (total1 - total0) as f64)
+    });
     progress.abort();
     if std::io::stderr().is_terminal() {
         eprint!("\r\x1b[2K");
@@ -708,7 +747,7 @@ async fn run_level(
             .map_err(|e| anyhow!("request {}: the returned signature does not verify: {e}", info.request_id))?;
         verified += 1;
     }
-    Ok(LevelOutcome { latencies, errors, wall, verified, entry_ms, node_cpu_s, client_cpu_s })
+    Ok(LevelOutcome { latencies, errors, wall, verified, entry_ms, node_cpu_s, client_cpu_s, machine_busy })
 }
 
 /// User plus system CPU seconds of processes `pids` so far (0 for a process that is gone).
@@ -726,6 +765,17 @@ fn cpu_seconds(pids: &[u32]) -> f64 {
         })
         .sum();
     ticks as f64 / TICKS_PER_S
+}
+
+/// Busy and total CPU ticks of the whole machine so far (the `cpu` line of /proc/stat).
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let ticks: Vec<u64> = line.split_whitespace().take(8).map(|v| v.parse().ok()).collect::<Option<_>>()?;
+    let total: u64 = ticks.iter().sum();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some((total - idle, total))
 }
 
 /// One `POST /v1/sign`: the request's info once signed, or why not.
@@ -832,6 +882,7 @@ impl RowContext {
                 .node_cpu_s
                 .filter(|_| wall_s > 0.0)
                 .map(|node| round((node + outcome.client_cpu_s) / (wall_s * cores), 2)),
+            machine_cpu_busy: outcome.machine_busy.map(|b| round(b, 2)),
             signatures_verified: outcome.verified,
             frost_ceiling_per_s: self.baseline.frost_ceiling_per_s,
             frost_inprocess_ms: self.baseline.frost_inprocess_ms,
@@ -871,8 +922,8 @@ fn fmt_opt(value: Option<f64>, decimals: usize) -> String {
 fn print_table(report: &Report) {
     let m = &report.machine;
     println!(
-        "synod bench: {} cores ({}), {} requests per level, {}-byte messages, {} cluster(s)",
-        m.cores, m.cpu, report.requests_per_level, report.message_bytes, report.target
+        "synod bench: {} cores ({}, load average {} at start), {} requests per level, {}-byte messages, {} cluster(s)",
+        m.cores, m.cpu, m.loadavg_at_start, report.requests_per_level, report.message_bytes, report.target
     );
     if report.envelopes_precomputed {
         println!("command envelopes were signed with the operator key before timing (--sign-in-loop to time it)");
@@ -880,7 +931,7 @@ fn print_table(report: &Report) {
         println!("command envelopes were signed with the operator key inside the timed section");
     }
     println!();
-    println!("in-process baselines (no network, no cluster running):");
+    println!("in-process baselines (no network; measured before this run started any node):");
     println!("  ed25519-dalek sign, 1 thread:        {:>10.0} signatures/s", report.baselines.ed25519_dalek_per_s);
     for b in &report.baselines.frost {
         println!(
@@ -894,7 +945,7 @@ fn print_table(report: &Report) {
     }
     println!();
     println!(
-        "{:<8} {:<7} {:>5} {:>6} {:>6} {:>10} {:>9} {:>9} {:>9} {:>11} {:>11} {:>9} {:>11} {:>6}",
+        "{:<8} {:<7} {:>5} {:>6} {:>6} {:>10} {:>9} {:>9} {:>9} {:>11} {:>11} {:>9} {:>11} {:>6} {:>7}",
         "CONFIG",
         "KILLED",
         "CONC",
@@ -908,11 +959,12 @@ fn print_table(report: &Report) {
         "P50/INPROC",
         "ENTRY MS",
         "NODE CPU MS",
-        "BUSY"
+        "BUSY",
+        "MACHINE"
     );
     for r in &report.results {
         println!(
-            "{:<8} {:<7} {:>5} {:>6} {:>6} {:>10.1} {:>9} {:>9} {:>9} {:>11} {:>11} {:>9} {:>11} {:>6}",
+            "{:<8} {:<7} {:>5} {:>6} {:>6} {:>10.1} {:>9} {:>9} {:>9} {:>11} {:>11} {:>9} {:>11} {:>6} {:>7}",
             r.config,
             r.killed_node.map_or("-".into(), |n| format!("node {n}")),
             r.concurrency,
@@ -927,11 +979,13 @@ fn print_table(report: &Report) {
             r.entry_request_to_result_p50_ms.map_or("-".into(), |v| v.to_string()),
             fmt_opt(r.node_cpu_ms_per_signature, 2),
             r.cpu_busy.map_or("-".into(), |v| format!("{:.0}%", v * 100.0)),
+            r.machine_cpu_busy.map_or("-".into(), |v| format!("{:.0}%", v * 100.0)),
         );
     }
     println!();
     println!("ENTRY MS: p50 from the request's log entry to its result's (leader-stamped); NODE CPU MS: node");
-    println!("CPU time per signature, all nodes; BUSY: nodes' and clients' CPU time over all cores' wall time.");
+    println!("CPU time per signature, all nodes; BUSY: nodes' and clients' CPU time over all cores' wall time;");
+    println!("MACHINE: all CPU use (/proc/stat), so MACHINE well above BUSY means other work competed.");
     for r in report.results.iter().filter(|r| r.errors > 0) {
         println!(
             "{} c={}: {} errors, first: {}",
