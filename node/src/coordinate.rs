@@ -38,6 +38,9 @@ pub struct Coordination {
     in_flight: std::sync::Mutex<BTreeSet<String>>,
     /// Signers caught cheating, until when (node clock, ms).
     culprits: std::sync::Mutex<BTreeMap<NodeId, u64>>,
+    /// Parsed public key packages by key id: parsing checks every point, which
+    /// costs more than the coordinator's share of the signing itself.
+    public_keys: std::sync::Mutex<BTreeMap<String, Arc<frost::keys::PublicKeyPackage>>>,
 }
 
 /// The coordinator's calls, over the transport or to this node's own signer.
@@ -168,6 +171,19 @@ impl Coordination {
         }
     }
 
+    fn public_keys_of(&self, key: &crate::state::KeyRecord) -> Option<Arc<frost::keys::PublicKeyPackage>> {
+        let mut cache = self.public_keys.lock().expect("public keys lock");
+        if let Some(found) = cache.get(&key.id) {
+            return Some(found.clone());
+        }
+        let parsed = Arc::new(key.public_keys()?);
+        if cache.len() >= COORDINATIONS_MAX {
+            cache.clear();
+        }
+        cache.insert(key.id.clone(), parsed.clone());
+        Some(parsed)
+    }
+
     fn excluded(&self, now: u64) -> BTreeSet<NodeId> {
         let mut culprits = self.culprits.lock().expect("culprits lock");
         culprits.retain(|_, until| *until > now);
@@ -193,8 +209,8 @@ async fn coordinate(node: &Arc<Node>, request_id: &str) {
         let Some(message) = request.message_bytes() else { return };
         (message, key.clone(), state.members.clone(), min_index)
     };
-    let Some(public_keys) = key.public_keys() else { return };
     let coordination = node.coordination();
+    let Some(public_keys) = coordination.public_keys_of(&key) else { return };
     let job = Job {
         request_id,
         message: &message,
