@@ -4,10 +4,12 @@
 //! what changed: its Raft role and term, the entries it applied since the last
 //! step (read back from its disk and hashed), and a hash of its state when
 //! the applied index moved. Each [`Checker`] judges one invariant from that
-//! [`Step`] and the clients' [`History`]. Later issues add checkers (signatures
-//! verify under the group key, no nonce reuse, audit chains prefix-identical)
-//! by implementing the trait and adding them to [`all`].
+//! [`Step`] and the clients' [`History`]. The observer also collects, from
+//! every running signer, the shares it released (public facts: commitment and
+//! package hash), for the nonce checker. Later issues add checkers (audit
+//! chains prefix-identical) by implementing the trait and adding them to [`all`].
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -15,12 +17,20 @@ use openraft::{EntryPayload, RaftLogReader, ServerState};
 use sha2::{Digest, Sha256};
 use synod_node::node::Node;
 use synod_node::raft::log_store::LogStore;
-use synod_node::state::ClusterState;
+use synod_node::signer::{Released, RELEASED_KEPT_MAX};
+use synod_node::state::{ClusterState, RequestStatus};
 use synod_proto::{NodeId, OperatorKey, Outcome};
 
 use crate::cluster::Machine;
+use crate::config::SimConfig;
 use crate::trace::Trace;
-use crate::workload::{History, FORGED_NODE, FORGED_PREFIX};
+use crate::workload::{History, Phase, FORGED_NODE, FORGED_PREFIX, KEY_NAME, KEY_NAME_FAULTS};
+
+/// How often (simulated ms) the observer collects the shares every running
+/// signer released. Collecting copies a node's whole list, so not every step;
+/// nothing is lost in between, because the driver also collects from a node
+/// right before it crashes it (the list lives in the node's memory only).
+pub const HARVEST_EVERY_MS: u64 = 20;
 
 /// A broken invariant.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +86,8 @@ pub struct Step<'a> {
     pub history: &'a History,
     /// The genesis admins: the only operators there may ever be.
     pub admins: &'a BTreeSet<OperatorKey>,
+    /// Signature shares released since the last step, by node (see [`HARVEST_EVERY_MS`]).
+    pub releases: &'a [(NodeId, Released)],
 }
 
 /// One invariant.
@@ -90,13 +102,32 @@ pub trait Checker {
 }
 
 /// Every checker, in the order they run.
-pub fn all() -> Vec<Box<dyn Checker>> {
+pub fn all(cfg: &SimConfig) -> Vec<Box<dyn Checker>> {
     vec![
         Box::new(RaftSafety::default()),
         Box::new(StateAgreement::default()),
         Box::new(AckedWritesKept::default()),
         Box::new(ForgeriesRefused::default()),
+        Box::new(NonceSingleUse::default()),
+        Box::new(OneMessagePerRequest::default()),
+        Box::new(SignaturesVerify::default()),
+        Box::new(SigningLiveness { bound_ms: cfg.sign_liveness_bound_ms, keys: expected_keys(cfg) }),
     ]
+}
+
+/// The keys a run generates.
+pub fn expected_keys(cfg: &SimConfig) -> Vec<&'static str> {
+    match (signing_enabled(cfg), cfg.plan.keygen_during_faults) {
+        (false, _) => Vec::new(),
+        (true, false) => vec![KEY_NAME],
+        (true, true) => vec![KEY_NAME, KEY_NAME_FAULTS],
+    }
+}
+
+/// Whether a run creates a key and signs: it needs clients and at least two
+/// nodes (FROST's smallest threshold is 2).
+pub fn signing_enabled(cfg: &SimConfig) -> bool {
+    cfg.signing_clients > 0 && cfg.nodes >= 2
 }
 
 /// Per-node memory of the observer.
@@ -112,11 +143,33 @@ struct Seen {
 pub struct Observer {
     seen: BTreeMap<NodeId, Seen>,
     pub committed: BTreeMap<u64, EntryRecord>,
+    /// Per machine: the boot whose released shares were collected, and how many.
+    released_seen: BTreeMap<NodeId, (u64, usize)>,
+    /// Shares collected since the last step, for the checkers.
+    pub releases: Vec<(NodeId, Released)>,
+    /// Every share collected in the run.
+    pub shares_released: usize,
+    last_harvest_ms: Option<u64>,
 }
 
-/// SHA-256 of a value's JSON, hex.
+/// SHA-256 of a value's JSON, hex. The JSON is streamed through a fixed buffer
+/// into the hash rather than collected whole: the state is hashed on every node
+/// at every applied index, and it grows with every write and request.
 fn hash_json<T: serde::Serialize>(value: &T) -> String {
-    hex::encode(Sha256::digest(serde_json::to_vec(value).expect("serialises")))
+    struct HashWriter(Sha256);
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, HashWriter(Sha256::new()));
+    serde_json::to_writer(&mut out, value).expect("serialises");
+    let hasher = out.into_inner().unwrap_or_else(|_| unreachable!("hashing never fails"));
+    hex::encode(hasher.0.finalize())
 }
 
 /// The hash of a state.
@@ -170,7 +223,31 @@ impl Observer {
             views.push(NodeView { id: m.id, node, role, term, leader, applied, restarted, new_entries, state_hash });
             seen.applied = applied;
         }
+        if self.last_harvest_ms.is_none_or(|at| now_ms >= at + HARVEST_EVERY_MS) {
+            self.last_harvest_ms = Some(now_ms);
+            for m in machines {
+                self.harvest(m);
+            }
+        }
         views
+    }
+
+    /// Collects the shares `m`'s signer released since the last collection.
+    /// The driver calls it right before crashing `m`, whose list dies with it.
+    pub fn harvest(&mut self, m: &Machine) {
+        let Some(node) = m.running() else { return };
+        let boots = m.boots.load(std::sync::atomic::Ordering::Relaxed);
+        let list = node.signer().released();
+        let seen = self.released_seen.entry(m.id).or_insert((boots, 0));
+        if seen.0 != boots {
+            *seen = (boots, 0);
+        }
+        // The list is append-only until it is full; then it drops its oldest
+        // entries, and everything is passed on again (the checker deduplicates).
+        let from = if list.len() >= RELEASED_KEPT_MAX { 0 } else { seen.1.min(list.len()) };
+        self.shares_released += list.len().saturating_sub(seen.1);
+        seen.1 = list.len();
+        self.releases.extend(list.into_iter().skip(from).map(|r| (m.id, r)));
     }
 
     /// Remembers the entries of this step (after the checkers have judged them).
@@ -180,6 +257,7 @@ impl Observer {
                 self.committed.entry(e.index).or_insert_with(|| e.clone());
             }
         }
+        self.releases.clear();
     }
 }
 
@@ -444,6 +522,309 @@ impl Checker for ForgeriesRefused {
     fn check_final(&mut self, step: &Step) -> Result<(), Violation> {
         for v in step.nodes {
             Self::check_state(v.id, &v.node.state().read().state, step.admins)?;
+        }
+        Ok(())
+    }
+}
+
+/// A nonce serves one signing package: over the whole run, a (node, nonce
+/// commitment) pair is never seen with two different signing-package hashes,
+/// from every share any signer released (collected by the [`Observer`]).
+#[derive(Default)]
+pub struct NonceSingleUse {
+    /// (node, commitment hex) -> (package hash, request id, session id) of its first use.
+    used: BTreeMap<(NodeId, String), ([u8; 32], String, String)>,
+}
+
+impl Checker for NonceSingleUse {
+    fn name(&self) -> &'static str {
+        "nonce-single-use"
+    }
+
+    fn check_step(&mut self, step: &Step) -> Result<(), Violation> {
+        for (node, r) in step.releases {
+            match self.used.entry((*node, r.commitment.clone())) {
+                Entry::Vacant(slot) => {
+                    slot.insert((r.package_sha256, r.request_id.clone(), r.session_id.clone()));
+                }
+                Entry::Occupied(first) => {
+                    let (package, request, session) = first.get();
+                    if *package != r.package_sha256 {
+                        return Err(Violation::new(
+                            "nonce-single-use",
+                            format!(
+                                "n{node} released two shares with one nonce (commitment {}): request {request} \
+                                 session {session} (package {}) and request {} session {} (package {})",
+                                &r.commitment[r.commitment.len().saturating_sub(16)..],
+                                &hex::encode(package)[..12],
+                                r.request_id,
+                                r.session_id,
+                                &hex::encode(r.package_sha256)[..12]
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_final(&mut self, step: &Step) -> Result<(), Violation> {
+        self.check_step(step)
+    }
+}
+
+/// One request id, one message, one signature: on every node, at every time, a
+/// request's message hash is the hash of the first message a client sent under
+/// its id; once any node stores a signature for it, no node ever stores
+/// another; a signature a client saw acknowledged is the one stored; and no
+/// client ever saw a second message accepted (the workload's anomalies).
+#[derive(Default)]
+pub struct OneMessagePerRequest {
+    /// The first signature any node stored per request id, and on which node.
+    stored: BTreeMap<String, (String, NodeId)>,
+    /// Message hashes of requests no client sent, as first seen.
+    unsent: BTreeMap<String, String>,
+    /// Client acknowledgements (by position) not yet matched with a stored signature.
+    unmatched: BTreeSet<usize>,
+    ack_cursor: usize,
+}
+
+impl OneMessagePerRequest {
+    fn check_node(&mut self, id: NodeId, state: &ClusterState, history: &History) -> Result<(), Violation> {
+        for (request_id, r) in &state.requests {
+            // Requests no client sent (a node's own, e.g. audit checkpoints) are held
+            // to the first message hash any node showed for them.
+            let first = match history.sent.get(request_id) {
+                Some(sent) => &sent.message_sha256,
+                None => self.unsent.entry(request_id.clone()).or_insert_with(|| r.message_sha256.clone()),
+            };
+            if r.message_sha256 != *first {
+                return Err(Violation::new(
+                    "one-message-per-request",
+                    format!(
+                        "n{id} holds request {request_id} with message {}, but the first message sent under that \
+                         id was {}",
+                        &r.message_sha256[..12.min(r.message_sha256.len())],
+                        &first[..12.min(first.len())]
+                    ),
+                ));
+            }
+            if let RequestStatus::Signed { signature } = &r.status {
+                let (first, node) = self.stored.entry(request_id.clone()).or_insert_with(|| (signature.clone(), id));
+                if first != signature {
+                    return Err(Violation::new(
+                        "one-message-per-request",
+                        format!(
+                            "request {request_id}: n{id} stores signature {} but n{node} stored {} first",
+                            &signature[..16.min(signature.len())],
+                            &first[..16.min(first.len())]
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Checker for OneMessagePerRequest {
+    fn name(&self) -> &'static str {
+        "one-message-per-request"
+    }
+
+    fn check_step(&mut self, step: &Step) -> Result<(), Violation> {
+        if let Some(anomaly) = step.history.sign_anomalies.first() {
+            return Err(Violation::new("one-message-per-request", format!("a client saw: {anomaly}")));
+        }
+        for v in step.nodes.iter().filter(|v| v.state_hash.is_some()) {
+            self.check_node(v.id, &v.node.state().read().state, step.history)?;
+        }
+        let acks = &step.history.sign_acks;
+        self.unmatched.extend(self.ack_cursor..acks.len());
+        self.ack_cursor = acks.len();
+        let mut matched = Vec::new();
+        for &i in &self.unmatched {
+            let ack = &acks[i];
+            let Some((stored, node)) = self.stored.get(&ack.request_id) else { continue };
+            if *stored != ack.signature {
+                return Err(Violation::new(
+                    "one-message-per-request",
+                    format!(
+                        "request {}: a client was answered signature {}{} (t={} ms) but n{node} stores {}",
+                        ack.request_id,
+                        &ack.signature[..16.min(ack.signature.len())],
+                        if ack.retry { " on a re-send" } else { "" },
+                        ack.at_ms,
+                        &stored[..16.min(stored.len())]
+                    ),
+                ));
+            }
+            matched.push(i);
+        }
+        for i in matched {
+            self.unmatched.remove(&i);
+        }
+        Ok(())
+    }
+
+    fn check_final(&mut self, step: &Step) -> Result<(), Violation> {
+        for v in step.nodes {
+            let applied = v.node.state().read();
+            self.check_node(v.id, &applied.state, step.history)?;
+            for ack in &step.history.sign_acks {
+                let status = applied.state.requests.get(&ack.request_id).map(|r| &r.status);
+                if !matches!(status, Some(RequestStatus::Signed { signature }) if *signature == ack.signature) {
+                    return Err(Violation::new(
+                        "one-message-per-request",
+                        format!(
+                            "request {} was acknowledged signed ({}) but after the heal n{} holds {status:?}",
+                            ack.request_id,
+                            &ack.signature[..16.min(ack.signature.len())],
+                            v.id
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every signature any node stores verifies (`verify_strict`) under its key's
+/// group key over the message the client sent under that request id; and every
+/// node holds the same group key for a key id. (A request no client sent, such
+/// as a node's audit checkpoint, is verified over the message a node held while
+/// it was pending, when one was seen.)
+#[derive(Default)]
+pub struct SignaturesVerify {
+    /// Signatures verified already: request id -> signature (hex).
+    verified: BTreeMap<String, String>,
+    /// Messages of pending requests no client sent, as first seen.
+    unsent: BTreeMap<String, Vec<u8>>,
+    /// Each key's group key (hex) as first seen, and on which node.
+    group_keys: BTreeMap<String, (String, NodeId)>,
+}
+
+impl SignaturesVerify {
+    fn check_node(&mut self, id: NodeId, state: &ClusterState, history: &History) -> Result<(), Violation> {
+        for (key_id, key) in &state.keys {
+            let Some(group) = &key.group_key else { continue };
+            let (first, node) = self.group_keys.entry(key_id.clone()).or_insert_with(|| (group.clone(), id));
+            if first != group {
+                return Err(Violation::new(
+                    "signature-verifies",
+                    format!("key {}: n{id} holds group key {group} but n{node} holds {first}", key.name),
+                ));
+            }
+        }
+        for (request_id, r) in &state.requests {
+            let signature = match &r.status {
+                RequestStatus::Signed { signature } => signature,
+                RequestStatus::Pending if !history.sent.contains_key(request_id) => {
+                    if let (false, Some(message)) = (self.unsent.contains_key(request_id), r.message_bytes()) {
+                        self.unsent.insert(request_id.clone(), message);
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            if self.verified.get(request_id) == Some(signature) {
+                continue;
+            }
+            let fail =
+                |why: String| Violation::new("signature-verifies", format!("n{id}, request {request_id}: {why}"));
+            let message = match history.sent.get(request_id) {
+                Some(sent) => &sent.message,
+                None => match self.unsent.get(request_id) {
+                    Some(message) => message,
+                    None => continue, // Signed before any step showed it pending: nothing to verify against.
+                },
+            };
+            let key = state.keys.get(&r.key_id).ok_or_else(|| fail(format!("key {} is unknown", r.key_id)))?;
+            let group = key
+                .group_key_bytes()
+                .and_then(|g| ed25519_dalek::VerifyingKey::from_bytes(&g).ok())
+                .ok_or_else(|| fail(format!("key {} has no valid group key", key.name)))?;
+            let bytes: [u8; 64] = hex::decode(signature)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| fail(format!("stored signature {signature} is not 64 bytes of hex")))?;
+            group.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&bytes)).map_err(|_| {
+                fail(format!(
+                    "stored signature {} does not verify under key {} over the message sent under that id ({})",
+                    &signature[..16],
+                    key.name,
+                    &r.message_sha256[..12.min(r.message_sha256.len())]
+                ))
+            })?;
+            self.verified.insert(request_id.clone(), signature.clone());
+        }
+        Ok(())
+    }
+}
+
+impl Checker for SignaturesVerify {
+    fn name(&self) -> &'static str {
+        "signature-verifies"
+    }
+
+    fn check_step(&mut self, step: &Step) -> Result<(), Violation> {
+        for v in step.nodes.iter().filter(|v| v.state_hash.is_some()) {
+            self.check_node(v.id, &v.node.state().read().state, step.history)?;
+        }
+        Ok(())
+    }
+
+    fn check_final(&mut self, step: &Step) -> Result<(), Violation> {
+        for v in step.nodes {
+            self.check_node(v.id, &v.node.state().read().state, step.history)?;
+        }
+        Ok(())
+    }
+}
+
+/// After the heal, with every node up, every key the run generates becomes
+/// active, and every sign request is signed, within `bound_ms` (of the heal,
+/// or of the request's submission if later).
+pub struct SigningLiveness {
+    pub bound_ms: u64,
+    /// The keys this run generates.
+    pub keys: Vec<&'static str>,
+}
+
+impl Checker for SigningLiveness {
+    fn name(&self) -> &'static str {
+        "signing-liveness-after-heal"
+    }
+
+    fn check_step(&mut self, step: &Step) -> Result<(), Violation> {
+        let Phase::Healed { at_ms } = step.history.phase else { return Ok(()) };
+        if step.now_ms <= at_ms + self.bound_ms {
+            return Ok(());
+        }
+        if let Some(name) = self.keys.iter().find(|k| !step.history.keys.contains_key(**k)) {
+            return Err(Violation::new(
+                "key-generation-liveness",
+                format!(
+                    "{} ms after the heal, with every node up, key {name} is not active ({} create_key commands sent)",
+                    self.bound_ms,
+                    step.history.key_attempts.get(*name).copied().unwrap_or(0)
+                ),
+            ));
+        }
+        for (request_id, submitted) in &step.history.sign_pending {
+            let since = (*submitted).max(at_ms);
+            if step.now_ms > since + self.bound_ms {
+                return Err(Violation::new(
+                    "signing-liveness-after-heal",
+                    format!(
+                        "request {request_id} (submitted at {submitted} ms) is not signed {} ms after {}",
+                        self.bound_ms,
+                        if *submitted > at_ms { "its submission" } else { "the heal" }
+                    ),
+                ));
+            }
         }
         Ok(())
     }

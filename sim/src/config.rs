@@ -86,6 +86,15 @@ pub struct FaultPlan {
     /// Entries proposed by a byzantine leader: not signed by an admin, tampered
     /// after signing, or replayed.
     pub byzantine_proposals: u32,
+    /// Probability that a signer's answer to a signing round 2 (`SignShare`) is
+    /// lost after it released its share: the coordinator hears nothing and
+    /// retries the request in a new session, which is where nonces could be
+    /// misused. On top of `response_loss`.
+    pub share_answer_loss: f64,
+    /// Whether a second key is generated while the faults are on (the first is
+    /// always generated before the fault window opens, so that signing runs
+    /// through the whole window).
+    pub keygen_during_faults: bool,
 }
 
 impl FaultPlan {
@@ -109,6 +118,8 @@ impl FaultPlan {
             clock_jump_ms_max: 0,
             slow_nodes: 0,
             byzantine_proposals: 0,
+            share_answer_loss: 0.0,
+            keygen_during_faults: false,
         }
     }
 
@@ -132,6 +143,8 @@ impl FaultPlan {
             clock_jump_ms_max: 60_000,
             slow_nodes: 2,
             byzantine_proposals: 4,
+            share_answer_loss: 0.2,
+            keygen_during_faults: true,
         }
     }
 }
@@ -148,8 +161,15 @@ pub struct SimConfig {
     pub clients: usize,
     /// Writes each client still makes after the heal (the liveness phase).
     pub writes_after_heal: u32,
+    /// Concurrent signing clients (0: no key is created, nothing is signed).
+    pub signing_clients: usize,
+    /// Sign requests each signing client still makes after the heal.
+    pub signs_after_heal: u32,
     /// After the heal, every pending write must complete within this many ms.
     pub liveness_bound_ms: u64,
+    /// After the heal (or its submission, if later), every sign request must be
+    /// signed within this many ms.
+    pub sign_liveness_bound_ms: u64,
     /// Planted bugs switched on (names from `synod_node::faults`).
     pub plants: Vec<String>,
     /// Scheduled faults left out, by id (for shrinking and replaying a shrunk schedule).
@@ -166,7 +186,10 @@ impl SimConfig {
             nodes: 5,
             clients: 3,
             writes_after_heal: 5,
+            signing_clients: 2,
+            signs_after_heal: 3,
             liveness_bound_ms: 30_000,
+            sign_liveness_bound_ms: 20_000,
             plants: Vec::new(),
             skip_faults: BTreeSet::new(),
             tuning: RaftTuning {

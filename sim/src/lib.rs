@@ -9,7 +9,8 @@
 //!   outlive crashes, with a seeded clock and RNG per node.
 //! - [`net`]: the [`synod_node::transport::PeerTransport`] over turmoil TCP,
 //!   with per-message faults.
-//! - [`workload`]: simulated clients and the byzantine adversary.
+//! - [`workload`]: simulated clients (writes, key generation, signing) and the
+//!   byzantine adversary.
 //! - [`checker`]: invariants checked after every simulation step.
 //! - [`run`]: one seed, end to end, producing a [`run::SeedReport`].
 //!

@@ -12,7 +12,8 @@
 //! turmoil host name, checked against the sender id in the header.
 //!
 //! Per-message faults (loss of a request or a response, duplication, jitter
-//! that reorders concurrent calls, delay spikes, slow nodes) are decided here
+//! that reorders concurrent calls, delay spikes, slow nodes, lost answers to
+//! signing round 2) are decided here
 //! from one seeded RNG, in the order calls are made, which the deterministic
 //! scheduler fixes.
 
@@ -63,13 +64,37 @@ pub enum Kind {
     /// Adversary to leader: a [`LogEntry`] proposed straight to Raft, skipping
     /// `Node::write`'s checks. This is the byzantine leader; it exists only here.
     ProposeRaw = 3,
+    /// Client to node: a create-key [`SignedCommand`] for `Node::create_key`.
+    CreateKey = 4,
+    /// Client to node: a sign-request [`SignedCommand`] for `Node::sign`, which
+    /// waits up to [`SIGN_WAIT`] for the signature; answered with a `RequestInfo`.
+    Sign = 5,
+    /// Client to node: a key name; answered with the node's `KeyInfo` (or 404).
+    GetKey = 6,
+    /// Client to node: a request id; answered with `Node::wait_request` after
+    /// at most [`SIGN_WAIT`] (a read: nothing is written to the log).
+    GetRequest = 7,
 }
 
 impl Kind {
+    const ALL: [Kind; 8] = [
+        Kind::Peer,
+        Kind::Write,
+        Kind::Init,
+        Kind::ProposeRaw,
+        Kind::CreateKey,
+        Kind::Sign,
+        Kind::GetKey,
+        Kind::GetRequest,
+    ];
+
     fn from_byte(b: u8) -> Option<Kind> {
-        [Kind::Peer, Kind::Write, Kind::Init, Kind::ProposeRaw].into_iter().find(|k| *k as u8 == b)
+        Kind::ALL.into_iter().find(|k| *k as u8 == b)
     }
 }
+
+/// How long a node waits for a signature before answering `pending` (simulated time).
+pub const SIGN_WAIT: Duration = Duration::from_secs(1);
 
 /// Counts of injected faults by kind, shared by the network and the driver.
 pub type FaultCounts = Arc<Mutex<BTreeMap<&'static str, u64>>>;
@@ -138,7 +163,7 @@ impl NetFaults {
         }
     }
 
-    fn decide(&mut self, from: NodeId, to: NodeId) -> Decision {
+    fn decide(&mut self, from: NodeId, to: NodeId, share: bool) -> Decision {
         if !self.active {
             return Decision::default();
         }
@@ -159,6 +184,9 @@ impl NetFaults {
         } else if self.chance(plan.response_loss) {
             d.lose_response = true;
             count(&self.counts, "response_lost");
+        } else if share && self.chance(plan.share_answer_loss) {
+            d.lose_response = true;
+            count(&self.counts, "share_answer_lost");
         }
         if !d.lose_request && self.chance(plan.duplicate) {
             d.duplicate = true;
@@ -175,7 +203,9 @@ pub enum CallError {
     Io(String),
 }
 
-/// One call: connect, send one frame, read one frame, under the per-message faults.
+/// One call: connect, send one frame, read one frame, under the per-message
+/// faults. `share` marks a signing round 2, whose answer may also be lost to
+/// [`FaultPlan::share_answer_loss`].
 async fn call<Req: Serialize, Resp: DeserializeOwned>(
     net: &SharedNet,
     from: NodeId,
@@ -183,8 +213,9 @@ async fn call<Req: Serialize, Resp: DeserializeOwned>(
     kind: Kind,
     body: &Req,
     timeout: Duration,
+    share: bool,
 ) -> Result<Resp, CallError> {
-    let decision = net.lock().expect("net").decide(from, to);
+    let decision = net.lock().expect("net").decide(from, to, share);
     let mut request = vec![kind as u8];
     request.extend_from_slice(&from.to_be_bytes());
     request.extend_from_slice(&rpc::encode(body).map_err(|e| CallError::Io(e.to_string()))?);
@@ -242,8 +273,10 @@ impl PeerTransport for SimTransport {
         timeout: Duration,
     ) -> BoxFuture<'static, Result<PeerResponse, TransportError>> {
         let (net, from) = (self.net.clone(), self.id);
+        // Every PeerRequest variant (Raft, forwarding, DKG round 2, signing) travels alike.
+        let share = matches!(request, PeerRequest::SignShare { .. });
         async move {
-            call(&net, from, target, Kind::Peer, &request, timeout).await.map_err(|e| match e {
+            call(&net, from, target, Kind::Peer, &request, timeout, share).await.map_err(|e| match e {
                 CallError::Timeout => TransportError::Timeout { node: target, timeout_ms: timeout.as_millis() as u64 },
                 CallError::Io(reason) => TransportError::Unreachable { node: target, addr, reason },
             })
@@ -260,7 +293,18 @@ pub async fn client_call<Req: Serialize>(
     body: &Req,
     timeout: Duration,
 ) -> Result<Result<WriteResponse, ApiError>, CallError> {
-    call(net, 0, to, kind, body, timeout).await
+    call(net, 0, to, kind, body, timeout, false).await
+}
+
+/// A client's call whose answer is not a [`WriteResponse`] (sign, key and request reads).
+pub async fn client_query<Req: Serialize, Resp: DeserializeOwned>(
+    net: &SharedNet,
+    to: NodeId,
+    kind: Kind,
+    body: &Req,
+    timeout: Duration,
+) -> Result<Result<Resp, ApiError>, CallError> {
+    call(net, 0, to, kind, body, timeout, false).await
 }
 
 /// Serves peers and clients until the host is crashed.
@@ -299,6 +343,23 @@ async fn serve_connection(mut stream: TcpStream, peer: IpAddr, node: Arc<Node>) 
         Kind::ProposeRaw => {
             let entry: LogEntry = rpc::decode_body(&body).map_err(decode_err)?;
             rpc::encode(&propose_raw(&node, entry).await)
+        }
+        Kind::CreateKey => {
+            let command: SignedCommand = rpc::decode_body(&body).map_err(decode_err)?;
+            rpc::encode(&node.create_key(command).await)
+        }
+        Kind::Sign => {
+            let command: SignedCommand = rpc::decode_body(&body).map_err(decode_err)?;
+            rpc::encode(&node.sign(command, SIGN_WAIT).await)
+        }
+        Kind::GetKey => {
+            let name: String = rpc::decode_body(&body).map_err(decode_err)?;
+            let info = node.state().read().state.key_by_name(&name).map(|k| k.info());
+            rpc::encode(&info.ok_or_else(|| ApiError::new(404, format!("no key named {name} on this node"))))
+        }
+        Kind::GetRequest => {
+            let request_id: String = rpc::decode_body(&body).map_err(decode_err)?;
+            rpc::encode(&node.wait_request(&request_id, SIGN_WAIT).await)
         }
     };
     stream.write_all(&answer.map_err(decode_err)?).await

@@ -35,6 +35,10 @@ pub struct SeedReport {
     pub trace_lines: usize,
     pub tail: Vec<String>,
     pub writes_acked: usize,
+    /// Sign requests a client saw signed (re-sends not counted).
+    pub signatures: usize,
+    /// Signature shares the signers released (collected from the nodes).
+    pub shares: usize,
     pub entries_applied: u64,
     pub forgeries: usize,
     pub faults: BTreeMap<String, u64>,
@@ -110,7 +114,7 @@ impl Driver<'_> {
     /// Fires every scheduled fault whose trigger has come.
     fn fire_due(&mut self) {
         let Phase::Chaos = self.history.borrow().phase else { return };
-        let since_genesis = self.now_ms() - self.history.borrow().genesis_at_ms;
+        let since_genesis = self.now_ms() - self.history.borrow().window_at_ms;
         let acks = self.history.borrow().acks.len() as u64;
         let due: Vec<Fault> = self
             .schedule
@@ -176,6 +180,8 @@ impl Driver<'_> {
                 // over, so it cannot vote twice in one (it has forgotten its vote).
                 let down_ms =
                     if *wipe { (*down_ms).max(4 * self.cfg.tuning.election_timeout_max_ms) } else { *down_ms };
+                // The signer's list of released shares lives in memory: collect it first.
+                self.observer.harvest(&self.machines[id as usize - 1]);
                 self.sim.crash(net::node_name(id));
                 let m = &self.machines[id as usize - 1];
                 *m.node.lock().expect("node slot") = None;
@@ -272,6 +278,7 @@ impl Driver<'_> {
             committed: &self.observer.committed,
             history: &history,
             admins: &self.admins,
+            releases: &self.observer.releases,
         };
         for c in &mut self.checkers {
             c.check_step(&step)?;
@@ -282,6 +289,9 @@ impl Driver<'_> {
     }
 
     fn final_check(&mut self, views: &[NodeView]) -> Result<(), Violation> {
+        for m in &self.machines {
+            self.observer.harvest(m);
+        }
         let history = self.history.borrow();
         let step = Step {
             now_ms: self.now_ms(),
@@ -289,6 +299,7 @@ impl Driver<'_> {
             committed: &self.observer.committed,
             history: &history,
             admins: &self.admins,
+            releases: &self.observer.releases,
         };
         for c in &mut self.checkers {
             c.check_final(&step)?;
@@ -306,15 +317,31 @@ impl Driver<'_> {
 
     /// The run after genesis setup; returns at the first violation.
     fn drive(&mut self) -> Result<(), Violation> {
-        // Genesis.
+        // Genesis, then the signing key, before any fault.
         while self.history.borrow().phase == Phase::Boot {
             self.step()?;
             if self.now_ms() > GENESIS_BOUND_MS {
                 return Err(Violation::liveness(format!("genesis was not committed within {GENESIS_BOUND_MS} ms")));
             }
         }
+        let keygen_bound = self.now_ms() + GENESIS_BOUND_MS;
+        while checker::signing_enabled(self.cfg) && !self.history.borrow().keys.contains_key(workload::KEY_NAME) {
+            self.step()?;
+            if self.now_ms() > keygen_bound {
+                return Err(Violation::key_liveness(format!(
+                    "without any fault, key {} was not active {GENESIS_BOUND_MS} ms after genesis",
+                    workload::KEY_NAME
+                )));
+            }
+        }
+        {
+            let mut history = self.history.borrow_mut();
+            history.phase = Phase::Chaos;
+            history.window_at_ms = self.now_ms();
+        }
+        self.event("fault window opens");
         self.net.lock().expect("net").open_window();
-        let heal_at = self.history.borrow().genesis_at_ms + self.cfg.plan.window_ms;
+        let heal_at = self.history.borrow().window_at_ms + self.cfg.plan.window_ms;
         // The fault window.
         while self.now_ms() < heal_at {
             self.fire_due();
@@ -330,9 +357,15 @@ impl Driver<'_> {
                 break;
             }
             if self.now_ms() > deadline {
-                let pending: Vec<String> = self.history.borrow().pending.values().cloned().collect();
+                let history = self.history.borrow();
+                let pending: Vec<String> = history.pending.values().cloned().collect();
+                let signing: Vec<&String> = history.sign_pending.keys().collect();
+                let keys: Vec<&str> =
+                    checker::expected_keys(self.cfg).into_iter().filter(|k| !history.keys.contains_key(*k)).collect();
+                let key = if keys.is_empty() { String::new() } else { format!("; keys not active: {keys:?}") };
                 return Err(Violation::liveness(format!(
-                    "{} ms after the heal, with every node up, writes are still pending: {pending:?}",
+                    "{} ms after the heal, with every node up, clients have not finished: writes pending \
+                     {pending:?}; sign requests pending {signing:?}{key}",
                     self.cfg.liveness_bound_ms
                 )));
             }
@@ -357,6 +390,10 @@ impl Driver<'_> {
 impl Violation {
     fn liveness(detail: String) -> Violation {
         Violation { invariant: "liveness-after-heal", detail }
+    }
+
+    fn key_liveness(detail: String) -> Violation {
+        Violation { invariant: "key-generation-liveness", detail }
     }
 
     fn new_host(detail: String) -> Violation {
@@ -422,10 +459,18 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
         history: history.clone(),
         trace: trace.clone(),
         writes_after_heal: cfg.writes_after_heal,
+        signs_after_heal: cfg.signs_after_heal,
+        keygen_during_faults: cfg.plan.keygen_during_faults,
     };
     sim.client("boot", workload::boot_client(ctx.clone()));
     for c in 1..=cfg.clients {
         sim.client(format!("c{c}"), workload::workload_client(ctx.clone(), c, Box::new(KvWorkload)));
+    }
+    if checker::signing_enabled(cfg) {
+        sim.client("admin", workload::keygen_client(ctx.clone()));
+        for s in 1..=cfg.signing_clients {
+            sim.client(format!("s{s}"), workload::signing_client(ctx.clone(), s));
+        }
     }
     sim.client("adversary", workload::adversary(ctx));
 
@@ -454,7 +499,7 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
         repairs: Vec::new(),
         partitioned: false,
         observer: Observer::default(),
-        checkers: checker::all(),
+        checkers: checker::all(cfg),
         admins: [OperatorKey::of(&admin)].into_iter().collect(),
         leader: None,
     };
@@ -464,6 +509,7 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
         driver.event(format!("VIOLATION {}: {}", v.invariant, v.detail));
     }
     let entries_applied = driver.observer.committed.keys().next_back().copied().unwrap_or(0);
+    let shares = driver.observer.shares_released;
     let fired = driver.fired.clone();
     drop(driver);
     let faults = counts.lock().expect("counts").iter().map(|(k, v)| (k.to_string(), *v)).collect();
@@ -476,6 +522,8 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
         trace_lines: trace.len(),
         tail: trace.tail(TAIL_LINES),
         writes_acked: history.acks.len(),
+        signatures: history.sign_acks.iter().filter(|a| !a.retry).count(),
+        shares,
         entries_applied,
         forgeries: history.forged.len(),
         faults,

@@ -1,9 +1,11 @@
 //! The simulated users of the cluster: the bootstrap client that runs
-//! `cluster init`, the workload clients, and the byzantine adversary.
+//! `cluster init`, the workload clients, the admin who creates the signing key,
+//! the signing clients, and the byzantine adversary.
 //!
 //! Everything they learn goes into the shared [`History`], which the checkers
-//! read: which writes were acknowledged, at which index, and what happened to
-//! each forged entry.
+//! read: which writes were acknowledged, at which index, what happened to
+//! each forged entry, which message was sent under each request id and which
+//! signatures the cluster acknowledged.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
@@ -14,7 +16,8 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
-use synod_proto::api::{ApiError, WriteResponse};
+use sha2::Digest;
+use synod_proto::api::{ApiError, KeyInfo, RequestInfo, WriteResponse};
 use synod_proto::{Command, Envelope, LogEntry, Member, NodeAddr, NodeId, OperatorKey, Outcome, SignedCommand};
 
 use crate::cluster::{SimNow, EPOCH_MS};
@@ -30,6 +33,25 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 pub const FORGED_NODE: NodeId = 99;
 /// The key prefix of forged writes; no node may ever hold such a key.
 pub const FORGED_PREFIX: &str = "forged/";
+/// The name of the threshold key the admin creates before the fault window.
+pub const KEY_NAME: &str = "sim-key";
+/// The name of the key the admin generates while the faults are on.
+pub const KEY_NAME_FAULTS: &str = "sim-key-2";
+/// How long a client waits for one create-key call (pings of every participant, then the write).
+pub const CREATE_KEY_TIMEOUT: Duration = Duration::from_secs(6);
+/// How long a client waits for one sign or request-read call (the node itself waits up to
+/// [`net::SIGN_WAIT`] for the signature).
+pub const SIGN_CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// A signing client pauses up to this long between requests, in ms. Each request
+/// grows the replicated state, which every node's state hash covers at every
+/// applied index: this paces the signing load.
+pub const SIGN_PAUSE_MS_MAX: u64 = 100;
+/// Probability that a client re-sends a signed request (same id, same message, a new
+/// command): it must get the same signature back.
+pub const SIGN_RETRY_P: u64 = 15;
+/// Probability (percent) that a client, once a request is committed, sends another
+/// message under the same request id: it must be refused and never signed.
+pub const SIGN_CONFLICT_P: u64 = 4;
 
 /// What clients submit. Later issues add signing requests and approvals.
 pub trait Workload {
@@ -60,6 +82,40 @@ pub struct Ack {
     pub at_ms: u64,
 }
 
+/// The threshold key, once a node reported it active.
+#[derive(Clone, Debug)]
+pub struct KeyAck {
+    pub id: String,
+    pub name: String,
+    /// The Ed25519 group key (hex) the reporting node holds.
+    pub group_key: String,
+    pub at_ms: u64,
+}
+
+/// What the clients sent under one request id.
+#[derive(Clone, Debug)]
+pub struct SentRequest {
+    pub client: usize,
+    /// The first message sent under this id: the only one that may ever be signed.
+    pub message: Vec<u8>,
+    /// SHA-256 of `message`, hex (as the state stores it).
+    pub message_sha256: String,
+    /// Other messages (hex) sent later under the same id; each must be refused.
+    pub conflicts: Vec<String>,
+    pub submitted_at_ms: u64,
+}
+
+/// A signature a client saw acknowledged (`status: signed`).
+#[derive(Clone, Debug)]
+pub struct SignAck {
+    pub request_id: String,
+    /// Hex, as the node answered it.
+    pub signature: String,
+    pub at_ms: u64,
+    /// Whether it answered a re-sent request (a new command, same id and message).
+    pub retry: bool,
+}
+
 /// What happened to one forged proposal.
 #[derive(Clone, Debug)]
 pub struct ForgedResult {
@@ -74,6 +130,9 @@ pub struct ForgedResult {
 pub enum Phase {
     /// Genesis not yet committed.
     Boot,
+    /// Genesis committed; the admin creates the signing key before any fault
+    /// (clients already write).
+    Setup,
     /// The fault window is open.
     Chaos,
     /// Everything healed at this simulated time; liveness is measured from here.
@@ -84,6 +143,8 @@ pub enum Phase {
 pub struct History {
     pub phase: Phase,
     pub genesis_at_ms: u64,
+    /// When the fault window opened (genesis, then the signing key, first).
+    pub window_at_ms: u64,
     pub acks: Vec<Ack>,
     /// Writes submitted and not yet answered: (client, seq) -> key.
     pub pending: BTreeMap<(usize, u64), String>,
@@ -94,6 +155,22 @@ pub struct History {
     pub forgery_queue: VecDeque<(usize, Forgery, NodeId)>,
     /// Clients (workload and adversary) that have finished.
     pub clients_done: usize,
+    /// The threshold keys a node reported active, by name.
+    pub keys: BTreeMap<String, KeyAck>,
+    /// Create-key commands sent, by key name (one key may need several: an
+    /// aborted generation frees the name).
+    pub key_attempts: BTreeMap<String, u32>,
+    /// Every request id a client used, with the first message sent under it.
+    pub sent: BTreeMap<String, SentRequest>,
+    /// Signatures the cluster acknowledged to a client, in order.
+    pub sign_acks: Vec<SignAck>,
+    /// Sign requests not yet acknowledged as signed: request id -> submitted at (ms).
+    pub sign_pending: BTreeMap<String, u64>,
+    /// What a client saw that must never happen (a second message accepted under
+    /// one id, a signed request answered otherwise, ...); the checkers fail on these.
+    pub sign_anomalies: Vec<String>,
+    /// Second messages under a request id that the cluster refused (as it must).
+    pub conflicts_refused: u64,
 }
 
 pub type SharedHistory = Rc<RefCell<History>>;
@@ -103,12 +180,20 @@ impl History {
         Rc::new(RefCell::new(History {
             phase: Phase::Boot,
             genesis_at_ms: 0,
+            window_at_ms: 0,
             acks: Vec::new(),
             pending: BTreeMap::new(),
             refused: 0,
             forged: Vec::new(),
             forgery_queue: VecDeque::new(),
             clients_done: 0,
+            keys: BTreeMap::new(),
+            key_attempts: BTreeMap::new(),
+            sent: BTreeMap::new(),
+            sign_acks: Vec::new(),
+            sign_pending: BTreeMap::new(),
+            sign_anomalies: Vec::new(),
+            conflicts_refused: 0,
         }))
     }
 }
@@ -128,6 +213,9 @@ pub struct ClientCtx {
     pub history: SharedHistory,
     pub trace: SharedTrace,
     pub writes_after_heal: u32,
+    pub signs_after_heal: u32,
+    /// Whether the admin also generates a second key while the faults are on.
+    pub keygen_during_faults: bool,
 }
 
 impl ClientCtx {
@@ -137,6 +225,19 @@ impl ClientCtx {
 
     fn event(&self, text: String) {
         self.trace.borrow_mut().event(self.now_ms(), text);
+    }
+
+    fn healed(&self) -> bool {
+        matches!(self.history.borrow().phase, Phase::Healed { .. })
+    }
+
+    fn random_node(&self, rng: &mut ChaCha8Rng) -> NodeId {
+        1 + rng.next_u64() % self.nodes
+    }
+
+    fn anomaly(&self, text: String) {
+        self.event(format!("ANOMALY {text}"));
+        self.history.borrow_mut().sign_anomalies.push(text);
     }
 
     fn sign(&self, key: &SigningKey, rng: &mut ChaCha8Rng, command: Command) -> SignedCommand {
@@ -210,7 +311,7 @@ pub async fn boot_client(ctx: ClientCtx) -> turmoil::Result {
         }
     }
     let mut history = ctx.history.borrow_mut();
-    history.phase = Phase::Chaos;
+    history.phase = Phase::Setup;
     history.genesis_at_ms = ctx.now_ms();
     drop(history);
     ctx.event("boot: genesis committed".into());
@@ -308,4 +409,350 @@ fn forge(ctx: &ClientCtx, rng: &mut ChaCha8Rng, fault_id: usize, forgery: Forger
         Forgery::Replay => replayable.unwrap_or_else(|| ctx.sign(&ctx.stranger, rng, put)),
     };
     LogEntry { time_ms: EPOCH_MS + ctx.now_ms(), command }
+}
+
+/// A key's threshold for `participants`: a majority (at least 2, FROST's minimum).
+pub fn key_threshold(participants: u64) -> u16 {
+    (participants / 2 + 1).max(2) as u16
+}
+
+/// The admin's `synod key create`: [`KEY_NAME`] right after genesis, before
+/// any fault (the driver opens the fault window once it is active), then, if
+/// asked, [`KEY_NAME_FAULTS`] at a random moment of the fault window. Each key
+/// is over every node with a majority threshold and is created again whenever
+/// its generation aborts (the name is then free), until a node reports it
+/// active. A node refuses to start a generation while a participant is
+/// unreachable (503); that is retried too.
+pub async fn keygen_client(ctx: ClientCtx) -> turmoil::Result {
+    let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0x6b65_7967);
+    while ctx.history.borrow().phase == Phase::Boot {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let participants: Vec<NodeId> = (1..=ctx.nodes).collect();
+    create_key(&ctx, &mut rng, KEY_NAME, &participants).await;
+    if ctx.keygen_during_faults {
+        while ctx.history.borrow().phase == Phase::Setup {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.next_u64() % 10_000)).await;
+        create_key(&ctx, &mut rng, KEY_NAME_FAULTS, &participants).await;
+    }
+    ctx.history.borrow_mut().clients_done += 1;
+    Ok(())
+}
+
+/// Creates the key `name` (again, when a generation aborts) until a node reports it active.
+async fn create_key(ctx: &ClientCtx, rng: &mut ChaCha8Rng, name: &str, participants: &[NodeId]) {
+    let threshold = key_threshold(participants.len() as u64);
+    let mut target = ctx.random_node(rng);
+    loop {
+        let info =
+            net::client_query::<_, KeyInfo>(&ctx.net, target, Kind::GetKey, &name.to_string(), CALL_TIMEOUT).await;
+        target = ctx.random_node(rng);
+        match info {
+            Ok(Ok(info)) if info.status == "active" => {
+                let group_key = info.public_key.unwrap_or_default();
+                ctx.event(format!("admin: key {name} ({}) active, group key {}", info.id, short(&group_key)));
+                let ack = KeyAck { id: info.id, name: name.to_string(), group_key, at_ms: ctx.now_ms() };
+                ctx.history.borrow_mut().keys.insert(name.to_string(), ack);
+                return;
+            }
+            Ok(Ok(info)) if info.status == "generating" => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            // Aborted, or unknown to that node: create it (again). A node that lags
+            // behind a generation in progress makes this a second create_key, which
+            // the state machine refuses because the name is taken.
+            Ok(Ok(_)) | Ok(Err(ApiError { status: 404, .. })) => {}
+            _ => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        }
+        let command = Command::CreateKey { name: name.to_string(), threshold, participants: participants.to_vec() };
+        let signed = ctx.sign(&ctx.admin, rng, command);
+        *ctx.history.borrow_mut().key_attempts.entry(name.to_string()).or_default() += 1;
+        let answer = net::client_call(&ctx.net, target, Kind::CreateKey, &signed, CREATE_KEY_TIMEOUT).await;
+        let what = match answer {
+            Ok(Ok(response)) => format!("{:?} at index {}", response.outcome, response.index),
+            Ok(Err(e)) => format!("error {}: {}", e.status, e.message),
+            Err(e) => format!("no answer ({e:?})"),
+        };
+        ctx.event(format!("admin: create key {name} ({threshold} of {participants:?}) via n{target}: {what}"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The first 12 characters of a hex string, for the trace.
+fn short(hex: &str) -> &str {
+    &hex[..12.min(hex.len())]
+}
+
+/// A `sign_request` command. Built from JSON rather than a struct literal so
+/// that it builds against every version of `Command::SignRequest` that has
+/// these four fields: later optional fields (the requester's declarations a
+/// key's policy reads) take their defaults.
+pub fn sign_request_command(request_id: &str, key: &str, message_hex: &str) -> Command {
+    serde_json::from_value(serde_json::json!({
+        "type": "sign_request",
+        "request_id": request_id,
+        "key": key,
+        "message": message_hex,
+        "purpose": "sim",
+    }))
+    .expect("a sign_request command parses")
+}
+
+fn random_message(rng: &mut ChaCha8Rng) -> Vec<u8> {
+    let mut message = vec![0u8; 8 + (rng.next_u64() % 57) as usize];
+    rng.fill_bytes(&mut message);
+    message
+}
+
+/// One signing client: once the key is active, signs random messages until the
+/// heal, then `signs_after_heal` more. Each request is followed until a node
+/// answers `signed`; now and then the client re-sends a signed request (it must
+/// get the same signature) or sends another message under a committed request
+/// id (it must be refused).
+pub async fn signing_client(ctx: ClientCtx, client: usize) -> turmoil::Result {
+    let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ (0x5167_0000 + client as u64));
+    while !ctx.history.borrow().keys.contains_key(KEY_NAME) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut after_heal = 0;
+    for seq in 0.. {
+        if ctx.healed() {
+            if after_heal == ctx.signs_after_heal {
+                break;
+            }
+            after_heal += 1;
+        }
+        // Every other request uses the key generated under faults, once it is active.
+        let key = if seq % 2 == 1 && ctx.history.borrow().keys.contains_key(KEY_NAME_FAULTS) {
+            KEY_NAME_FAULTS
+        } else {
+            KEY_NAME
+        };
+        let request_id = format!("s{client}-{seq:04}");
+        let message = random_message(&mut rng);
+        let signature = sign_until_signed(&ctx, &mut rng, client, key, &request_id, &message).await;
+        if rng.next_u64() % 100 < SIGN_RETRY_P {
+            resend_signed(&ctx, &mut rng, client, key, &request_id, &message, &signature).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.next_u64() % SIGN_PAUSE_MS_MAX)).await;
+    }
+    ctx.history.borrow_mut().clients_done += 1;
+    ctx.event(format!("s{client}: done"));
+    Ok(())
+}
+
+/// Submits a sign request and follows it until a node answers `signed`; returns the signature.
+async fn sign_until_signed(
+    ctx: &ClientCtx,
+    rng: &mut ChaCha8Rng,
+    client: usize,
+    key: &str,
+    request_id: &str,
+    message: &[u8],
+) -> String {
+    let message_hex = hex::encode(message);
+    let message_sha256 = hex::encode(sha2::Sha256::digest(message));
+    let mut signed = ctx.sign(&ctx.admin, rng, sign_request_command(request_id, key, &message_hex));
+    {
+        let mut history = ctx.history.borrow_mut();
+        let sent = SentRequest {
+            client,
+            message: message.to_vec(),
+            message_sha256: message_sha256.clone(),
+            conflicts: Vec::new(),
+            submitted_at_ms: ctx.now_ms(),
+        };
+        history.sent.insert(request_id.to_string(), sent);
+        history.sign_pending.insert(request_id.to_string(), ctx.now_ms());
+    }
+    // Submit (the same command again is idempotent while the request is pending
+    // or signed), then poll with reads, which write nothing. A failed request is
+    // retried with a new command (same id, same message), which starts a fresh
+    // attempt; the same command again would be refused as a replay.
+    let mut submit = true;
+    let mut not_found = 0;
+    let mut conflict_tried = false;
+    let mut target = ctx.random_node(rng);
+    loop {
+        let answer: Result<Result<RequestInfo, ApiError>, net::CallError> = if submit {
+            net::client_query(&ctx.net, target, Kind::Sign, &signed, SIGN_CALL_TIMEOUT).await
+        } else {
+            net::client_query(&ctx.net, target, Kind::GetRequest, &request_id.to_string(), SIGN_CALL_TIMEOUT).await
+        };
+        match answer {
+            Ok(Ok(info)) => {
+                if info.message_sha256 != message_sha256 {
+                    ctx.anomaly(format!(
+                        "{request_id}: n{target} answered for message {} but the client sent {}",
+                        short(&info.message_sha256),
+                        short(&message_sha256)
+                    ));
+                }
+                // The request is committed: now a second message under its id must be refused.
+                if !conflict_tried && rng.next_u64() % 100 < SIGN_CONFLICT_P {
+                    conflict_tried = true;
+                    send_conflict(ctx, rng, client, key, request_id, message).await;
+                }
+                match (info.status.as_str(), info.signature) {
+                    ("signed", Some(signature)) => {
+                        let mut history = ctx.history.borrow_mut();
+                        history.sign_pending.remove(request_id);
+                        let ack = SignAck {
+                            request_id: request_id.to_string(),
+                            signature: signature.clone(),
+                            at_ms: ctx.now_ms(),
+                            retry: false,
+                        };
+                        history.sign_acks.push(ack);
+                        drop(history);
+                        ctx.event(format!(
+                            "s{client}: {request_id} signed by {:?} in {} sessions via n{target}: {}",
+                            info.signers,
+                            info.sessions,
+                            short(&signature)
+                        ));
+                        return signature;
+                    }
+                    ("signed", None) => {
+                        ctx.anomaly(format!("{request_id}: n{target} answered signed without a signature"));
+                    }
+                    ("failed", _) => {
+                        ctx.event(format!(
+                            "s{client}: {request_id} failed: {}; sending it again",
+                            info.error.unwrap_or_default()
+                        ));
+                        submit = true;
+                        signed = ctx.sign(&ctx.admin, rng, sign_request_command(request_id, key, &message_hex));
+                        tokio::time::sleep(Duration::from_millis(200 + rng.next_u64() % 200)).await;
+                    }
+                    // Pending (or awaiting approval): poll; a read waits for the outcome itself.
+                    _ => {
+                        submit = false;
+                        not_found = 0;
+                    }
+                }
+            }
+            Ok(Err(e)) if e.status == 409 && e.message.contains("one request id, one message") => {
+                ctx.anomaly(format!("{request_id}: its own first message was refused as a second one: {}", e.message));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Ok(Err(e)) if e.status == 403 && e.message.contains("replay") => {
+                // This command was applied before (the request has failed since): a new one.
+                signed = ctx.sign(&ctx.admin, rng, sign_request_command(request_id, key, &message_hex));
+                target = ctx.random_node(rng);
+            }
+            Ok(Err(ApiError { status: 404, .. })) if !submit => {
+                // That node has not applied the request (yet); after a few misses, submit again.
+                not_found += 1;
+                submit = not_found >= 3;
+                target = ctx.random_node(rng);
+                tokio::time::sleep(Duration::from_millis(50 + rng.next_u64() % 100)).await;
+            }
+            Ok(Err(e)) => {
+                target = match e.leader_hint {
+                    Some(hint) if hint.node_id != target => hint.node_id,
+                    _ => ctx.random_node(rng),
+                };
+                tokio::time::sleep(Duration::from_millis(50 + rng.next_u64() % 100)).await;
+            }
+            Err(_) => {
+                target = ctx.random_node(rng);
+                tokio::time::sleep(Duration::from_millis(20 + rng.next_u64() % 80)).await;
+            }
+        }
+    }
+}
+
+/// Sends another message under a committed request id; it must be refused.
+async fn send_conflict(
+    ctx: &ClientCtx,
+    rng: &mut ChaCha8Rng,
+    client: usize,
+    key: &str,
+    request_id: &str,
+    message: &[u8],
+) {
+    let mut other = random_message(rng);
+    if other == message {
+        other.push(0);
+    }
+    let other_hex = hex::encode(&other);
+    if let Some(sent) = ctx.history.borrow_mut().sent.get_mut(request_id) {
+        sent.conflicts.push(other_hex.clone());
+    }
+    let signed = ctx.sign(&ctx.admin, rng, sign_request_command(request_id, key, &other_hex));
+    for _ in 0..5 {
+        let target = ctx.random_node(rng);
+        let answer: Result<Result<RequestInfo, ApiError>, net::CallError> =
+            net::client_query(&ctx.net, target, Kind::Sign, &signed, SIGN_CALL_TIMEOUT).await;
+        match answer {
+            // Answered with the request under that id: accepted only if it now names the second message.
+            Ok(Ok(info)) => {
+                let other_sha256 = hex::encode(sha2::Sha256::digest(&other));
+                if info.message_sha256 == other_sha256 {
+                    ctx.anomaly(format!(
+                        "{request_id}: a second message ({}) was accepted by n{target}: status {}",
+                        short(&other_sha256),
+                        info.status
+                    ));
+                } else {
+                    ctx.event(format!(
+                        "s{client}: second message under {request_id}: n{target} answered with the first one ({})",
+                        info.status
+                    ));
+                }
+                return;
+            }
+            // 409: refused as a second message; 403: an earlier attempt of this very
+            // command was refused already and this one is a replay of it.
+            Ok(Err(e)) if e.status == 409 || e.status == 403 => {
+                ctx.history.borrow_mut().conflicts_refused += 1;
+                ctx.event(format!("s{client}: second message under {request_id} refused ({})", e.status));
+                return;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50 + rng.next_u64() % 100)).await,
+        }
+    }
+}
+
+/// Re-sends a signed request as a new command (same id, same message): the
+/// answer must be the stored signature. A node that has not applied the
+/// outcome within its wait answers from its stale state (`pending`, or
+/// `failed` from an earlier attempt); that is asked again elsewhere.
+async fn resend_signed(
+    ctx: &ClientCtx,
+    rng: &mut ChaCha8Rng,
+    client: usize,
+    key: &str,
+    request_id: &str,
+    message: &[u8],
+    signature: &str,
+) {
+    let signed = ctx.sign(&ctx.admin, rng, sign_request_command(request_id, key, &hex::encode(message)));
+    for _ in 0..5 {
+        let target = ctx.random_node(rng);
+        let answer: Result<Result<RequestInfo, ApiError>, net::CallError> =
+            net::client_query(&ctx.net, target, Kind::Sign, &signed, SIGN_CALL_TIMEOUT).await;
+        match answer {
+            Ok(Ok(RequestInfo { status, signature: Some(again), .. })) if status == "signed" => {
+                let same = if again == signature { "the same signature" } else { "ANOTHER signature" };
+                ctx.event(format!("s{client}: {request_id} re-sent via n{target}: {same}"));
+                let ack =
+                    SignAck { request_id: request_id.to_string(), signature: again, at_ms: ctx.now_ms(), retry: true };
+                ctx.history.borrow_mut().sign_acks.push(ack);
+                return;
+            }
+            Ok(Err(e)) if e.status == 409 => {
+                ctx.anomaly(format!("{request_id}: re-sending the same message was refused: {}", e.message));
+                return;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50 + rng.next_u64() % 100)).await,
+        }
+    }
 }

@@ -32,11 +32,18 @@ fn sim_same_seed_gives_the_same_trace_hash() {
 
 #[test]
 fn sim_chaos_sweep_passes() {
-    // A small chaos sweep (every fault kind on, 5 nodes) breaks no invariant and every write completes after the heal.
+    // A small chaos sweep (every fault kind on, 5 nodes) breaks no invariant, every write completes and every sign request is signed after the heal.
     let out = sim(&["--seeds", "100..110", "--profile", "chaos", "--no-shrink", "--jobs", "2"]);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("sweep: 10 seeds, 10 passed, 0 failed"), "{text}");
+    let signatures: usize = text
+        .split(" writes, ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no signature count in {text}"));
+    assert!(signatures >= 50, "the sweep signed only {signatures} requests: {text}");
 }
 
 #[test]
@@ -48,6 +55,16 @@ fn sim_ack_before_commit_is_caught_with_a_replay_command() {
     assert!(text.contains("violated acknowledged-write-lost"), "{text}");
     assert!(text.contains("replay: cargo run -p synod-sim --release -- --seed "), "{text}");
     assert!(text.contains("--plant ack-before-commit"), "{text}");
+}
+
+#[test]
+fn sim_nonce_reuse_is_caught_with_a_replay_command() {
+    // The planted nonce-reuse signer (a new session of a request reuses the nonces of another unused session) breaks "a nonce serves one signing package" within 8 chaos seeds, and the failure names the command that replays it.
+    let out = sim(&["--seeds", "0..8", "--plant", "nonce-reuse", "--fail-fast", "--no-shrink", "--jobs", "2"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("violated nonce-single-use"), "{text}");
+    assert!(text.contains("--plant nonce-reuse"), "{text}");
 }
 
 #[test]
