@@ -38,7 +38,7 @@ pub enum Top {
     /// Create key-encryption keys: a KEK file, or a key inside a PKCS#11 token.
     #[command(subcommand)]
     Kek(KekCmd),
-    /// Manage operator signing keys (the keys that authorise every change).
+    /// Operators: make and show operator keys; add, remove and list them in the cluster with roles.
     #[command(subcommand)]
     Operator(OperatorCmd),
     /// Initialise a new cluster or change its members.
