@@ -46,7 +46,8 @@ struct Local {
     /// (group key, package hash) once our key package is sealed.
     confirmation: Option<(String, String)>,
     last_submit_ms: u64,
-    abort_sent: bool,
+    /// Our abort of this generation, sent again until the key is no longer generating.
+    abort: Option<Command>,
 }
 
 /// The generations this node takes part in.
@@ -125,19 +126,23 @@ impl Dkg {
         let fresh = !locals.contains_key(&key.id);
         if fresh && key.round1.contains_key(&me) {
             // We committed a round-1 package in an earlier life; its secret died with it.
-            locals.insert(key.id.clone(), Local { abort_sent: true, ..Local::default() });
             let reason = "restarted during key generation and lost its DKG secrets; run `synod key create` again";
-            return vec![Step::Submit(abort(key, me, reason.into(), None))];
+            let local = locals.entry(key.id.clone()).or_default();
+            return give_up(local, abort(key, me, reason.into(), None), now);
         }
         if fresh && locals.len() >= GENERATIONS_MAX {
             return Vec::new();
         }
         let local = locals.entry(key.id.clone()).or_default();
-        if local.abort_sent {
+        if let Some(command) = &local.abort {
+            // The abort may have been lost (no leader right after a restart): send it again.
+            if now.saturating_sub(local.last_submit_ms) >= RESUBMIT_MS {
+                local.last_submit_ms = now;
+                return vec![Step::Submit(command.clone())];
+            }
             return Vec::new();
         }
         if timed_out {
-            local.abort_sent = true;
             let missing: Vec<NodeId> =
                 key.participants.iter().copied().filter(|p| !key.round1.contains_key(p)).collect();
             let reason = format!(
@@ -145,7 +150,7 @@ impl Dkg {
                 DKG_TIMEOUT_MS / 1000,
                 local.received.keys().collect::<Vec<_>>()
             );
-            return vec![Step::Submit(abort(key, me, reason, None))];
+            return give_up(local, abort(key, me, reason, None), now);
         }
 
         // Round 1.
@@ -162,8 +167,7 @@ impl Dkg {
                     local.round1_hex = hex::encode(package.serialize().expect("round-1 package serialises"));
                 }
                 Err(e) => {
-                    local.abort_sent = true;
-                    return vec![Step::Submit(abort(key, me, format!("DKG part 1 failed: {e}"), None))];
+                    return give_up(local, abort(key, me, format!("DKG part 1 failed: {e}"), None), now);
                 }
             }
             local.last_submit_ms = now;
@@ -185,8 +189,7 @@ impl Dkg {
             let others = match others_round1(key, me) {
                 Ok(others) => others,
                 Err(reason) => {
-                    local.abort_sent = true;
-                    return vec![Step::Submit(abort(key, me, reason, None))];
+                    return give_up(local, abort(key, me, reason, None), now);
                 }
             };
             match frost::keys::dkg::part2(secret, &others) {
@@ -200,9 +203,8 @@ impl Dkg {
                         .collect();
                 }
                 Err(e) => {
-                    local.abort_sent = true;
                     let culprit = e.culprits().first().and_then(|c| node_of(key, c));
-                    return vec![Step::Submit(abort(key, me, format!("DKG part 2 failed: {e}"), culprit))];
+                    return give_up(local, abort(key, me, format!("DKG part 2 failed: {e}"), culprit), now);
                 }
             }
         }
@@ -225,9 +227,8 @@ impl Dkg {
                 Ok((key_package, public)) => {
                     let package_hex = hex::encode(public.serialize().expect("public key package serialises"));
                     if key.public_key_package.as_deref() != Some(package_hex.as_str()) {
-                        local.abort_sent = true;
                         let reason = "derived a public key package that differs from the committed one".to_string();
-                        return vec![Step::Submit(abort(key, me, reason, None))];
+                        return give_up(local, abort(key, me, reason, None), now);
                     }
                     let group = hex::encode(public.verifying_key().serialize().expect("group key serialises"));
                     local.round2_secret = None;
@@ -240,9 +241,8 @@ impl Dkg {
                     });
                 }
                 Err(e) => {
-                    local.abort_sent = true;
                     let culprit = e.culprits().first().and_then(|c| node_of(key, c));
-                    return vec![Step::Submit(abort(key, me, format!("DKG part 3 failed: {e}"), culprit))];
+                    return give_up(local, abort(key, me, format!("DKG part 3 failed: {e}"), culprit), now);
                 }
             }
             return steps;
@@ -363,6 +363,13 @@ async fn seal(node: &Node, key: &KeyRecord, key_package: &KeyPackage) -> Result<
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())
+}
+
+/// Records our abort and sends it; `plan` sends it again until it is committed.
+fn give_up(local: &mut Local, command: Command, now: u64) -> Vec<Step> {
+    local.abort = Some(command.clone());
+    local.last_submit_ms = now;
+    vec![Step::Submit(command)]
 }
 
 fn round1_command(key: &KeyRecord, me: NodeId, package_hex: &str) -> Command {
