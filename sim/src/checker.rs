@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use openraft::{EntryPayload, RaftLogReader, ServerState};
-use sha2::{Digest, Sha256};
 use synod_node::node::Node;
 use synod_node::raft::log_store::LogStore;
 use synod_node::signer::{Released, RELEASED_KEPT_MAX};
@@ -152,29 +151,14 @@ pub struct Observer {
     last_harvest_ms: Option<u64>,
 }
 
-/// SHA-256 of a value's JSON, hex. The JSON is streamed through a fixed buffer
-/// into the hash rather than collected whole: the state is hashed on every node
-/// at every applied index, and it grows with every write and request.
-fn hash_json<T: serde::Serialize>(value: &T) -> String {
-    struct HashWriter(Sha256);
-    impl std::io::Write for HashWriter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.update(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, HashWriter(Sha256::new()));
-    serde_json::to_writer(&mut out, value).expect("serialises");
-    let hasher = out.into_inner().unwrap_or_else(|_| unreachable!("hashing never fails"));
-    hex::encode(hasher.0.finalize())
+/// SHA-256 of a value, hex (of its canonical binary encoding; see [`crate::digest`]).
+fn hash_value<T: serde::Serialize>(value: &T) -> String {
+    crate::digest::digest_hex(value)
 }
 
 /// The hash of a state.
 pub fn state_hash(state: &ClusterState) -> String {
-    hash_json(state)
+    hash_value(state)
 }
 
 impl Observer {
@@ -271,7 +255,7 @@ fn read_entries(m: &Machine, from: u64, to: u64) -> Vec<EntryRecord> {
         .map(|e| EntryRecord {
             index: e.log_id.index,
             term: e.log_id.leader_id.term,
-            hash: hash_json(e),
+            hash: hash_value(e),
             signature: match &e.payload {
                 EntryPayload::Normal(entry) => Some(entry.command.signature.clone()),
                 _ => None,

@@ -11,7 +11,8 @@
 //!   with per-message faults.
 //! - [`workload`]: simulated clients (writes, key generation, signing) and the
 //!   byzantine adversary.
-//! - [`checker`]: invariants checked after every simulation step.
+//! - [`checker`]: invariants checked after every simulation step ([`digest`]
+//!   hashes states and entries for them).
 //! - [`run`]: one seed, end to end, producing a [`run::SeedReport`].
 //!
 //! See sim/README.md for the design decisions and how to replay a seed.
@@ -29,6 +30,7 @@ compile_error!(
 pub mod checker;
 pub mod cluster;
 pub mod config;
+pub mod digest;
 pub mod net;
 pub mod run;
 pub mod schedule;
