@@ -1,10 +1,11 @@
 //! Synod's signing coordinator: runs FROST signing sessions for a committed
 //! request on behalf of the Raft leader.
 //!
-//! It picks signers, collects their nonce commitments (round 1), builds the
-//! signing package, collects signature shares (round 2), aggregates, and when a
-//! signer is silent or sends an invalid share it starts a new session, with
-//! fresh commitments, over a signer set that leaves the failed signer out.
+//! It picks signers, takes their nonce commitments (round 1, preprocessed by
+//! the signers ahead of requests), builds the signing package, collects
+//! signature shares (round 2), aggregates, and when a signer is silent or sends
+//! an invalid share it starts a new session, with fresh commitments, over a
+//! signer set that leaves the failed signer out.
 //! Every failed session excludes at least one signer, so a request needs at
 //! most `n − t + 1` sessions ([`sessions_max`]).
 //!

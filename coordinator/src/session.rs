@@ -1,4 +1,6 @@
-//! One signing request: a loop of sessions, each a FROST round 1 and round 2.
+//! One signing request: a loop of sessions, each taking preprocessed nonce
+//! commitments from t signers (FROST round 1, done ahead of time) and asking
+//! them for signature shares (round 2): one round trip per session.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -7,7 +9,7 @@ use frost::round1::SigningCommitments;
 use frost::round2::SignatureShare;
 use frost::{Identifier, Signature, SigningPackage};
 use frost_ed25519 as frost;
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use synod_proto::NodeId;
 
@@ -35,22 +37,22 @@ impl std::fmt::Display for CallError {
 /// How the coordinator reaches signers. Implementations bound every call with
 /// a timeout, so a silent signer costs at most that long.
 pub trait Signers: Sync {
-    /// Round 1: fresh commitments from `node` for this session, and the
-    /// signer's incarnation (its nonces die with it).
-    fn commit<'a>(
-        &'a self,
-        node: NodeId,
-        request_id: &'a str,
-        session_id: &'a str,
-    ) -> BoxFuture<'a, Result<(SigningCommitments, String), CallError>>;
+    /// Round 1: nonce commitments `node` made for this job's key and has not
+    /// used, with the ticket that redeems them in [`Signers::share`] (it names
+    /// the signer's nonce slot and incarnation; the coordinator does not read it).
+    /// Preprocessed commitments answer at once; the first may need a call.
+    fn commitments<'a>(&'a self, node: NodeId) -> BoxFuture<'a, Result<(SigningCommitments, String), CallError>>;
+
+    /// Commitments that went into no signing package (more signers answered
+    /// than a session needs): they may serve another one.
+    fn unused(&self, node: NodeId, commitments: SigningCommitments, ticket: String);
 
     /// Round 2: `node`'s signature share for this signing package.
     fn share<'a>(
         &'a self,
         node: NodeId,
         request_id: &'a str,
-        session_id: &'a str,
-        incarnation: &'a str,
+        ticket: &'a str,
         package: &'a SigningPackage,
     ) -> BoxFuture<'a, Result<SignatureShare, CallError>>;
 }
@@ -100,12 +102,7 @@ fn identifier(node: NodeId) -> Option<Identifier> {
 }
 
 /// Runs sessions until one yields a valid signature or too few signers remain.
-/// `new_session_id` gives each session a fresh id.
-pub async fn run(
-    job: Job<'_>,
-    signers: &impl Signers,
-    mut new_session_id: impl FnMut() -> String,
-) -> Result<Signed, Failure> {
+pub async fn run(job: Job<'_>, signers: &impl Signers) -> Result<Signed, Failure> {
     let t = usize::from(job.threshold);
     let ids: BTreeMap<NodeId, Identifier> =
         job.participants.iter().filter_map(|n| identifier(*n).map(|id| (*n, id))).collect();
@@ -124,14 +121,13 @@ pub async fn run(
         if candidates.len() < t {
             return Err(fail(too_few(t, &candidates, &problems, &excluded), &culprits, session - 1));
         }
-        let session_id = new_session_id();
-        tracing::debug!(request_id = job.request_id, session_id = %session_id, session, "signing session");
+        tracing::debug!(request_id = job.request_id, session, "signing session");
 
-        // Round 1: ask every candidate, keep the first t to answer.
-        let sid = session_id.as_str();
+        // Round 1: ask every candidate, keep the first t to answer, and give
+        // back the commitments of any that answered too late to be chosen.
         let request_id = job.request_id;
         let mut asks: FuturesUnordered<_> =
-            candidates.iter().map(|&node| async move { (node, signers.commit(node, request_id, sid).await) }).collect();
+            candidates.iter().map(|&node| async move { (node, signers.commitments(node).await) }).collect();
         let mut answered: BTreeMap<NodeId, (SigningCommitments, String)> = BTreeMap::new();
         while let Some((node, result)) = asks.next().await {
             match result {
@@ -145,6 +141,11 @@ pub async fn run(
                     tracing::info!(node, error = %e, "signer gave no commitments");
                     problems.insert(node, e.to_string());
                 }
+            }
+        }
+        while let Some(Some((node, result))) = asks.next().now_or_never() {
+            if let Ok((commitments, ticket)) = result {
+                signers.unused(node, commitments, ticket);
             }
         }
         drop(asks);
@@ -167,9 +168,9 @@ pub async fn run(
         // Round 2: every chosen signer must answer.
         let shares: Vec<(NodeId, Result<SignatureShare, CallError>)> = answered
             .iter()
-            .map(|(&node, (_, incarnation))| {
+            .map(|(&node, (_, ticket))| {
                 let package = &package;
-                async move { (node, signers.share(node, request_id, sid, incarnation, package).await) }
+                async move { (node, signers.share(node, request_id, ticket, package).await) }
             })
             .collect::<FuturesUnordered<_>>()
             .collect()

@@ -24,9 +24,8 @@ pub const CORRUPT_SHARES: &str = "corrupt-shares";
 /// process, so a test can kill the leader mid-signature.
 pub const PAUSE_BETWEEN_ROUNDS: &str = "pause-between-rounds";
 
-/// A signer that keys nonces by request instead of by session: a new session
-/// of a request reuses the nonces of another unused session, so one nonce can
-/// sign two packages. The simulator's nonce checker must catch it.
+/// A signer whose preprocessing hands the same nonce pair out in two slots, so
+/// one nonce can sign two packages. The simulator's nonce checker must catch it.
 pub const NONCE_REUSE: &str = "nonce-reuse";
 
 /// A node that ignores signing policies when it leads: its coordinator runs

@@ -713,13 +713,18 @@ impl PeerHandler for NodeHandler {
                 PeerRequest::DkgRound2 { key_id, package } => {
                     PeerResponse::DkgRound2(node.dkg.receive_round2(&node, from, &key_id, &package))
                 }
-                PeerRequest::SignCommit { request_id, session_id, min_index } => {
-                    PeerResponse::SignCommit(node.signer.commit(&request_id, &session_id, min_index, false).await)
+                PeerRequest::SignPreprocess { key_id, count } => {
+                    PeerResponse::SignPreprocess(node.signer.preprocess(&key_id, count, from).await)
                 }
-                PeerRequest::SignShare { request_id, session_id, incarnation, signing_package } => {
-                    PeerResponse::SignShare(
-                        node.signer.share(&request_id, &session_id, &incarnation, &signing_package, false).await,
-                    )
+                PeerRequest::SignShare { asks } if asks.len() > synod_proto::rpc::SHARE_ASKS_MAX => {
+                    PeerResponse::Refused(format!(
+                        "{} share asks in one call; at most {} are accepted",
+                        asks.len(),
+                        synod_proto::rpc::SHARE_ASKS_MAX
+                    ))
+                }
+                PeerRequest::SignShare { asks } => {
+                    PeerResponse::SignShare(node.signer.share_batch(&asks, from, false).await)
                 }
             }
         }

@@ -6,13 +6,16 @@
 //! node holds a share, and that the message in the signing package is byte for
 //! byte the message it committed. The leader's word counts for nothing.
 //!
-//! Nonces live only in memory, one slot per (request, session), tagged with
-//! this boot's incarnation. A slot's nonces are taken out before the share is
-//! computed, so they serve exactly one signing package; a byte-identical retry
-//! of that package gets the same share back, anything else is refused. A
-//! restart forgets every slot: no backup, snapshot or lost write can bring a
-//! used nonce back. Key packages are unsealed on first use and kept in
-//! zeroizing memory while the node runs (ARCHITECTURE.md, "Sealed secrets").
+//! Nonces are preprocessed (FROST's round 1 done ahead of requests): a
+//! coordinator asks for a batch of commitments for a key, and each nonce pair
+//! waits in memory in its own numbered slot, bound to that key and to the
+//! asking node, tagged with this boot's incarnation. A slot's nonces are taken
+//! out before the share is computed, so they serve exactly one signing package;
+//! a byte-identical retry of that package gets the same share back, anything
+//! else is refused. A restart forgets every slot: no backup, snapshot or lost
+//! write can bring a used nonce back. Key packages are unsealed on first use
+//! and kept in zeroizing memory while the node runs (ARCHITECTURE.md, "Sealed
+//! secrets").
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -23,7 +26,7 @@ use frost::round2::SignatureShare;
 use frost::SigningPackage;
 use frost_ed25519 as frost;
 use sha2::{Digest, Sha256};
-use synod_proto::rpc::SignerCommitments;
+use synod_proto::rpc::{NonceBatch, ShareAsk, PREPROCESS_COUNT_MAX};
 use synod_proto::NodeId;
 
 use crate::raft::state_machine::SharedState;
@@ -31,11 +34,14 @@ use crate::sealed::{Purpose, SealContext, SealedStore};
 use crate::seams::SharedRng;
 use crate::state::{frost_identifier, ClusterState, KeyRecord, KeyStatus, RequestStatus};
 
-/// The most sessions one request may open on this signer. A coordinator needs
+/// The most shares one request may take from this signer. A coordinator needs
 /// at most n − t + 1 per leader; this leaves room for several leader changes.
-pub const SESSIONS_PER_REQUEST_MAX: usize = 32;
-/// The most nonce slots held at once, over all requests.
+pub const SHARES_PER_REQUEST_MAX: u32 = 32;
+/// The most nonce slots held at once, fresh and used, over all keys and coordinators.
 pub const SLOTS_MAX: usize = 8192;
+/// The most fresh slots one coordinator may hold here: a new batch beyond it
+/// drops that coordinator's oldest fresh slots (dropping nonces is always safe).
+pub const FRESH_PER_COORDINATOR_MAX: usize = 2048;
 /// How long a signer waits for a request it is asked about to reach its own
 /// committed state before it refuses.
 pub const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
@@ -46,22 +52,62 @@ pub const RELEASED_KEPT_MAX: usize = 4096;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Released {
     pub request_id: String,
-    pub session_id: String,
+    /// The preprocessed slot whose nonces made the share.
+    pub slot: u64,
     /// The nonce commitments (hex) the share was computed with.
     pub commitment: String,
     /// SHA-256 of the signing package it signed.
     pub package_sha256: [u8; 32],
 }
 
-/// One session's nonces, before and after use. Unboxed on purpose: slots are
-/// bounded by [`SLOTS_MAX`] (about 6 MiB at most) and a box would be one more
-/// heap copy of secret nonces to zeroize.
+/// One preprocessed nonce pair, before and after use. Unboxed on purpose:
+/// slots are bounded by [`SLOTS_MAX`] (a few MiB at most) and a box would be
+/// one more heap copy of secret nonces to zeroize.
 #[allow(clippy::large_enum_variant)]
 enum Slot {
-    /// Committed, not yet used.
-    Fresh { nonces: SigningNonces, commitments: SigningCommitments },
-    /// Used for exactly this package; the nonces are gone.
-    Used { package_sha256: [u8; 32], share: SignatureShare },
+    /// Handed out as commitments, not yet used.
+    Fresh { key_id: String, owner: NodeId, nonces: SigningNonces, commitments: SigningCommitments },
+    /// Used for exactly this request's package; the nonces are gone.
+    Used { request_id: String, package_sha256: [u8; 32], share: SignatureShare },
+}
+
+/// Every slot on this signer, by number (numbers only grow, so the smallest is the oldest).
+#[derive(Default)]
+struct Slots {
+    next: u64,
+    by_number: BTreeMap<u64, Slot>,
+    /// Shares released per pending request.
+    shares: BTreeMap<String, u32>,
+}
+
+impl Slots {
+    /// Drops the oldest fresh slots (of `owner`, or of anyone) until `room` more fit.
+    fn make_room(&mut self, owner: NodeId, room: usize) -> Result<(), String> {
+        let fresh_of = |slots: &BTreeMap<u64, Slot>| {
+            slots.values().filter(|s| matches!(s, Slot::Fresh { owner: o, .. } if *o == owner)).count()
+        };
+        let mut evict = (fresh_of(&self.by_number) + room).saturating_sub(FRESH_PER_COORDINATOR_MAX);
+        let mut evict_any = (self.by_number.len() + room).saturating_sub(SLOTS_MAX);
+        let numbers: Vec<u64> = self.by_number.keys().copied().collect();
+        for number in numbers {
+            if evict == 0 && evict_any == 0 {
+                break;
+            }
+            let Some(Slot::Fresh { owner: o, .. }) = self.by_number.get(&number) else { continue };
+            let mine = *o == owner;
+            if mine || evict_any > 0 {
+                self.by_number.remove(&number);
+                evict_any = evict_any.saturating_sub(1);
+                if mine {
+                    evict = evict.saturating_sub(1);
+                }
+            }
+        }
+        if self.by_number.len() + room > SLOTS_MAX {
+            return Err(format!("{SLOTS_MAX} nonce slots are in use on this signer; retry once requests finish"));
+        }
+        Ok(())
+    }
 }
 
 /// This node's signer.
@@ -74,8 +120,7 @@ pub struct Signer {
     sealed: Arc<SealedStore>,
     rng: SharedRng,
     key_packages: Mutex<BTreeMap<String, Arc<KeyPackage>>>,
-    /// Nonce slots by (request id, session id).
-    slots: Mutex<BTreeMap<(String, String), Slot>>,
+    slots: Mutex<Slots>,
     /// The most recent shares released, oldest first.
     released: Mutex<std::collections::VecDeque<Released>>,
 }
@@ -102,6 +147,18 @@ impl Signer {
         }
     }
 
+    /// The key, if it is active and this node holds a share of it.
+    fn check_key<'a>(&self, state: &'a ClusterState, key_id: &str) -> Result<&'a KeyRecord, String> {
+        let key = state.keys.get(key_id).ok_or(format!("key {key_id} is not in this node's committed state"))?;
+        if key.status != KeyStatus::Active {
+            return Err(format!("key {} is not active", key.name));
+        }
+        if !key.participants.contains(&self.node_id) {
+            return Err(format!("node {} holds no share of key {}", self.node_id, key.name));
+        }
+        Ok(key)
+    }
+
     /// The pending request and its key, if this node may sign it.
     /// `local` is true when this node's own coordinator asks (it is the leader).
     fn check_request(
@@ -120,13 +177,7 @@ impl Signer {
         if !(local && crate::faults::enabled(crate::faults::SKIP_POLICY)) {
             state.ready_to_sign(request, true)?;
         }
-        let key = state.keys.get(&request.key_id).ok_or("the request's key is unknown here")?;
-        if key.status != KeyStatus::Active {
-            return Err(format!("key {} is not active", key.name));
-        }
-        if !key.participants.contains(&self.node_id) {
-            return Err(format!("node {} holds no share of key {}", self.node_id, key.name));
-        }
+        let key = self.check_key(state, &request.key_id)?;
         let message = request.message_bytes().ok_or("the request has no message")?;
         if key.name == synod_proto::authz::AUDIT_KEY_NAME {
             self.check_checkpoint(state, &message)?;
@@ -148,19 +199,15 @@ impl Signer {
     }
 
     /// Waits (at most [`CATCH_UP_WAIT`]) until this node has applied the log up
-    /// to `min_index` and holds `request_id`: the coordinator on the leader may
-    /// ask a moment before a follower has learned that the request (or the
-    /// approval that made it ready) is committed.
-    async fn catch_up(&self, request_id: &str, min_index: u64) {
+    /// to `min_index`: the coordinator on the leader may ask a moment before a
+    /// follower has learned that a request (or the approval that made it ready)
+    /// is committed. The coordinator's index is at or after every request it asks about.
+    async fn catch_up(&self, min_index: u64) {
         let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
         let mut applied = self.state.subscribe();
         loop {
-            {
-                let now = self.state.read();
-                let caught_up = now.last_applied.is_some_and(|l| l.index >= min_index);
-                if caught_up && now.state.requests.contains_key(request_id) {
-                    return;
-                }
+            if self.state.read().last_applied.is_some_and(|l| l.index >= min_index) {
+                return;
             }
             match tokio::time::timeout_at(deadline, applied.changed()).await {
                 Ok(Ok(())) => {}
@@ -169,75 +216,62 @@ impl Signer {
         }
     }
 
-    /// Round 1: fresh commitments for a session of a committed, pending request.
-    pub async fn commit(
-        &self,
-        request_id: &str,
-        session_id: &str,
-        min_index: u64,
-        local: bool,
-    ) -> Result<SignerCommitments, String> {
-        self.catch_up(request_id, min_index).await;
+    /// Preprocessing: `count` fresh nonce pairs for `key_id`, each in its own
+    /// slot bound to the key and to `owner` (the coordinator that asked), and
+    /// their commitments.
+    pub async fn preprocess(&self, key_id: &str, count: u32, owner: NodeId) -> Result<NonceBatch, String> {
+        if count == 0 || count > PREPROCESS_COUNT_MAX {
+            return Err(format!("ask for 1 to {PREPROCESS_COUNT_MAX} nonce commitments, not {count}"));
+        }
         let key = {
             let applied = self.state.read();
-            self.check_request(&applied.state, request_id, local)?.1
+            self.check_key(&applied.state, key_id)?.clone()
         };
         let key_package = self.key_package(&key, applied_cluster_id(&self.state)).await?;
-        let mut slots = self.slots.lock().expect("slots lock");
-        let slot_key = (request_id.to_string(), session_id.to_string());
-        if let Some(slot) = slots.get(&slot_key) {
-            return match slot {
-                // A retried round 1 for the same session: the same, still unused commitments.
-                Slot::Fresh { commitments, .. } => Ok(self.answer(commitments)),
-                Slot::Used { .. } => Err(format!("session {session_id} already produced a share; start a new one")),
-            };
-        }
-        let per_request =
-            slots.range((request_id.to_string(), String::new())..).take_while(|(k, _)| k.0 == request_id).count();
-        if per_request >= SESSIONS_PER_REQUEST_MAX {
-            return Err(format!("request {request_id} already opened {SESSIONS_PER_REQUEST_MAX} sessions here"));
-        }
-        if slots.len() >= SLOTS_MAX {
-            return Err(format!("{SLOTS_MAX} signing sessions are open on node {}; retry later", self.node_id));
-        }
-        if let Some(planted) = reuse_request_nonces(&slots, request_id) {
-            let answer = self.answer(&planted.1);
-            slots.insert(slot_key, Slot::Fresh { nonces: planted.0, commitments: planted.1 });
-            return Ok(answer);
-        }
-        let (nonces, commitments) = {
+        let mut pairs: Vec<(SigningNonces, SigningCommitments)> = {
             let mut guard = self.rng.lock().expect("rng lock");
             let mut rng: &mut dyn crate::seams::SecureRng = &mut *guard;
-            frost::round1::commit(key_package.signing_share(), &mut rng)
+            (0..count).map(|_| frost::round1::commit(key_package.signing_share(), &mut rng)).collect()
         };
-        let answer = self.answer(&commitments);
-        slots.insert(slot_key, Slot::Fresh { nonces, commitments });
-        Ok(answer)
-    }
-
-    fn answer(&self, commitments: &SigningCommitments) -> SignerCommitments {
-        SignerCommitments {
-            commitments: hex::encode(commitments.serialize().expect("commitments serialise")),
-            incarnation: self.incarnation.clone(),
+        reuse_nonces(&mut pairs);
+        let mut slots = self.slots.lock().expect("slots lock");
+        slots.make_room(owner, pairs.len())?;
+        let first_slot = slots.next;
+        let mut commitments = Vec::with_capacity(pairs.len());
+        for (nonces, commitment) in pairs {
+            commitments.push(hex::encode(commitment.serialize().expect("commitments serialise")));
+            let number = slots.next;
+            slots.next += 1;
+            slots
+                .by_number
+                .insert(number, Slot::Fresh { key_id: key.id.clone(), owner, nonces, commitments: commitment });
         }
+        Ok(NonceBatch { incarnation: self.incarnation.clone(), first_slot, commitments })
     }
 
-    /// Round 2: this node's signature share for a signing package.
-    pub async fn share(
-        &self,
-        request_id: &str,
-        session_id: &str,
-        incarnation: &str,
-        package_hex: &str,
-        local: bool,
-    ) -> Result<String, String> {
-        if incarnation != self.incarnation {
+    /// Signature shares for a batch of asks from coordinator `owner`, in order.
+    /// `local` is true when this node's own coordinator asks (it is the leader).
+    pub async fn share_batch(&self, asks: &[ShareAsk], owner: NodeId, local: bool) -> Vec<Result<String, String>> {
+        self.catch_up(asks.iter().map(|a| a.min_index).max().unwrap_or(0)).await;
+        let mut answers = Vec::with_capacity(asks.len());
+        for ask in asks {
+            answers.push(self.share(ask, owner, local).await);
+        }
+        answers
+    }
+
+    /// This node's signature share for one request's signing package, judged
+    /// on the state this node has applied (see [`Signer::share_batch`]).
+    async fn share(&self, ask: &ShareAsk, owner: NodeId, local: bool) -> Result<String, String> {
+        let ShareAsk { request_id, slot, incarnation, signing_package, .. } = ask;
+        let (request_id, slot) = (request_id.as_str(), *slot);
+        if *incarnation != self.incarnation {
             return Err(format!(
-                "node {} restarted since it committed for session {session_id}; its nonces are gone, start a new session",
+                "node {} restarted since it handed out slot {slot}; its nonces are gone, preprocess again",
                 self.node_id
             ));
         }
-        let package_bytes = hex::decode(package_hex).map_err(|_| "signing package is not hex".to_string())?;
+        let package_bytes = hex::decode(signing_package).map_err(|_| "signing package is not hex".to_string())?;
         let package_sha256: [u8; 32] = Sha256::digest(&package_bytes).into();
         let package =
             SigningPackage::deserialize(&package_bytes).map_err(|e| format!("signing package does not parse: {e}"))?;
@@ -247,11 +281,7 @@ impl Signer {
         };
         let key_package = self.key_package(&key, applied_cluster_id(&self.state)).await?;
         if package.message() != message.as_slice() {
-            tracing::warn!(
-                request_id,
-                session_id,
-                "signing package carries another message than the committed request"
-            );
+            tracing::warn!(request_id, slot, "signing package carries another message than the committed request");
             return Err(format!("the signing package's message is not request {request_id}'s committed message"));
         }
         let mine = frost_identifier(self.node_id).ok_or("this node id has no FROST identifier")?;
@@ -263,30 +293,38 @@ impl Signer {
         }
 
         let mut slots = self.slots.lock().expect("slots lock");
-        let slot_key = (request_id.to_string(), session_id.to_string());
-        let nonces = match slots.remove(&slot_key) {
+        let nonces = match slots.by_number.remove(&slot) {
             None => {
                 return Err(format!(
-                "node {} has no nonces for session {session_id} (never committed, or restarted); start a new session",
-                self.node_id
-            ))
+                    "node {} has no nonces in slot {slot} (never handed out, dropped, or restarted); preprocess again",
+                    self.node_id
+                ))
             }
-            Some(Slot::Used { package_sha256: used_for, share }) => {
-                let result = if used_for == package_sha256 {
+            Some(Slot::Used { request_id: used_by, package_sha256: used_for, share }) => {
+                let result = if used_by == request_id && used_for == package_sha256 {
                     // A byte-identical retry: the same share, no new use of the nonce.
                     Ok(hex::encode(share.serialize()))
                 } else {
-                    tracing::warn!(request_id, session_id, "refused a second signing package for a used nonce");
-                    Err(format!("session {session_id}'s nonce already signed another package; start a new session"))
+                    tracing::warn!(request_id, slot, "refused a second signing package for a used nonce");
+                    Err(format!("slot {slot}'s nonce already signed another package; use a fresh slot"))
                 };
-                slots.insert(slot_key, Slot::Used { package_sha256: used_for, share });
+                slots.by_number.insert(slot, Slot::Used { request_id: used_by, package_sha256: used_for, share });
                 return result;
             }
-            Some(Slot::Fresh { nonces, commitments }) => {
-                if signers.get(&mine) != Some(&commitments) {
-                    // Not consumed: the package is wrong, the nonce was not used.
-                    slots.insert(slot_key, Slot::Fresh { nonces, commitments });
-                    return Err("the signing package does not carry this node's commitments for the session".into());
+            Some(Slot::Fresh { key_id, owner: holder, nonces, commitments }) => {
+                let refusal = if key_id != key.id || holder != owner {
+                    Some(format!("slot {slot} was handed out for another key or coordinator"))
+                } else if signers.get(&mine) != Some(&commitments) {
+                    Some(format!("the signing package does not carry this node's commitments of slot {slot}"))
+                } else if slots.shares.get(request_id).copied().unwrap_or(0) >= SHARES_PER_REQUEST_MAX {
+                    Some(format!("request {request_id} already took {SHARES_PER_REQUEST_MAX} shares here"))
+                } else {
+                    None
+                };
+                if let Some(refusal) = refusal {
+                    // Not consumed: the ask is wrong, the nonce was not used.
+                    slots.by_number.insert(slot, Slot::Fresh { key_id, owner: holder, nonces, commitments });
+                    return Err(refusal);
                 }
                 nonces
             }
@@ -295,7 +333,8 @@ impl Signer {
         let share = frost::round2::sign(&package, &nonces, &key_package).map_err(|e| format!("signing failed: {e}"))?;
         let share = crate::faults::corrupt_share(share);
         let commitment_hex = hex::encode(nonces.commitments().serialize().unwrap_or_default());
-        slots.insert(slot_key, Slot::Used { package_sha256, share });
+        slots.by_number.insert(slot, Slot::Used { request_id: request_id.to_string(), package_sha256, share });
+        *slots.shares.entry(request_id.to_string()).or_default() += 1;
         drop(slots);
         let mut released = self.released.lock().expect("released lock");
         if released.len() == RELEASED_KEPT_MAX {
@@ -303,7 +342,7 @@ impl Signer {
         }
         released.push_back(Released {
             request_id: request_id.to_string(),
-            session_id: session_id.to_string(),
+            slot,
             commitment: commitment_hex.clone(),
             package_sha256,
         });
@@ -311,7 +350,7 @@ impl Signer {
         tracing::info!(
             node = self.node_id,
             request_id,
-            session_id,
+            slot,
             commitment = %commitment_hex,
             package_sha256 = %hex::encode(package_sha256),
             "released signature share"
@@ -319,16 +358,21 @@ impl Signer {
         Ok(hex::encode(share.serialize()))
     }
 
-    /// Drops the nonce slots of requests that are no longer pending.
+    /// Drops used slots of requests that are no longer pending, and fresh
+    /// slots of keys that are no longer active.
     pub fn forget_finished(&self) {
         let applied = self.state.read();
         let pending = &applied.state.pending_requests;
-        self.slots.lock().expect("slots lock").retain(|(request_id, _), _| pending.contains(request_id));
         let keys = &applied.state.keys;
-        self.key_packages
-            .lock()
-            .expect("key packages lock")
-            .retain(|id, _| keys.get(id).is_some_and(|k| k.status == KeyStatus::Active));
+        let active = |id: &str| keys.get(id).is_some_and(|k| k.status == KeyStatus::Active);
+        let mut slots = self.slots.lock().expect("slots lock");
+        slots.by_number.retain(|_, slot| match slot {
+            Slot::Fresh { key_id, .. } => active(key_id),
+            Slot::Used { request_id, .. } => pending.contains(request_id),
+        });
+        slots.shares.retain(|request_id, _| pending.contains(request_id));
+        drop(slots);
+        self.key_packages.lock().expect("key packages lock").retain(|id, _| active(id));
     }
 
     /// The most recent shares this signer released (at most [`RELEASED_KEPT_MAX`]).
@@ -338,7 +382,7 @@ impl Signer {
 
     /// Open nonce slots, for status and the simulator.
     pub fn open_slots(&self) -> usize {
-        self.slots.lock().expect("slots lock").len()
+        self.slots.lock().expect("slots lock").by_number.len()
     }
 
     /// The key package for `key`, unsealed on first use.
@@ -362,22 +406,16 @@ impl Signer {
     }
 }
 
-/// The [`crate::faults::NONCE_REUSE`] signer: a new session of a request gets
-/// the nonces of another still-unused session of that request (a signer that
-/// keys nonces by request instead of by session). Never in a release build.
-fn reuse_request_nonces(
-    slots: &BTreeMap<(String, String), Slot>,
-    request_id: &str,
-) -> Option<(SigningNonces, SigningCommitments)> {
+/// The [`crate::faults::NONCE_REUSE`] signer: every second slot of a batch
+/// gets the nonces of the slot before it, so two slots (and so two signing
+/// packages) share one nonce pair. Never in a release build.
+fn reuse_nonces(pairs: &mut [(SigningNonces, SigningCommitments)]) {
     if !crate::faults::enabled(crate::faults::NONCE_REUSE) {
-        return None;
+        return;
     }
-    slots.range((request_id.to_string(), String::new())..).take_while(|(k, _)| k.0 == request_id).find_map(
-        |(_, slot)| match slot {
-            Slot::Fresh { nonces, commitments } => Some((nonces.clone(), *commitments)),
-            Slot::Used { .. } => None,
-        },
-    )
+    for i in (1..pairs.len()).step_by(2) {
+        pairs[i] = pairs[i - 1].clone();
+    }
 }
 
 fn applied_cluster_id(state: &SharedState) -> String {

@@ -44,34 +44,51 @@ pub enum PeerRequest {
         key_id: String,
         package: SecretHex,
     },
-    /// Signing round 1: the coordinator asks a signer for fresh nonce
-    /// commitments for one session of a committed request.
-    /// `min_index` is the coordinator's applied index when it started: the signer
-    /// first catches up to it, so it judges the request on at least that state.
-    SignCommit {
-        request_id: String,
-        session_id: String,
-        #[serde(default)]
-        min_index: u64,
+    /// FROST preprocessing: the coordinator asks a signer for `count` fresh
+    /// nonce commitments for a key, ahead of any request. The signer keeps the
+    /// nonces in memory only, each in its own numbered slot, bound to this key
+    /// and to the asking node; a slot signs at most one signing package.
+    SignPreprocess {
+        key_id: String,
+        count: u32,
     },
-    /// Signing round 2: the coordinator sends the signing package (message and
-    /// every chosen signer's commitments, hex) and asks for a signature share.
-    /// `incarnation` is the one the signer returned with its commitments.
+    /// Signing: one signature share per ask, for a batch of committed requests
+    /// (one network message for every request the coordinator has ready for
+    /// this signer). The answers come back in the same order.
     SignShare {
-        request_id: String,
-        session_id: String,
-        incarnation: String,
-        signing_package: String,
+        asks: Vec<ShareAsk>,
     },
 }
 
-/// A signer's commitments for one session.
+/// Most nonce commitments one [`PeerRequest::SignPreprocess`] may ask for.
+pub const PREPROCESS_COUNT_MAX: u32 = 256;
+/// Most asks in one [`PeerRequest::SignShare`].
+pub const SHARE_ASKS_MAX: usize = 256;
+
+/// A batch of preprocessed nonce commitments.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SignerCommitments {
-    /// Hex FROST `SigningCommitments`.
-    pub commitments: String,
+pub struct NonceBatch {
     /// The signer's boot incarnation; its nonces die with it.
     pub incarnation: String,
+    /// The slot of the first commitment; the others follow in order.
+    pub first_slot: u64,
+    /// Hex FROST `SigningCommitments`, one per slot.
+    pub commitments: Vec<String>,
+}
+
+/// One request's signing package for one signer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareAsk {
+    pub request_id: String,
+    /// The preprocessed slot whose commitments the package carries for this signer.
+    pub slot: u64,
+    /// The incarnation the signer returned with that slot.
+    pub incarnation: String,
+    /// Hex FROST `SigningPackage` (message and every chosen signer's commitments).
+    pub signing_package: String,
+    /// The coordinator's applied index when it took the request up: the signer
+    /// first catches up to it, so it judges the request on at least that state.
+    pub min_index: u64,
 }
 
 /// Hex text that is secret (a DKG share): zeroized on drop, never printed.
@@ -123,9 +140,9 @@ pub enum PeerResponse {
     /// The receiver refused the call (unknown peer, malformed frame, ...).
     Refused(String),
     DkgRound2(Result<(), String>),
-    SignCommit(Result<SignerCommitments, String>),
-    /// A hex FROST `SignatureShare`, or why the signer refused.
-    SignShare(Result<String, String>),
+    SignPreprocess(Result<NonceBatch, String>),
+    /// Per ask, in order: a hex FROST `SignatureShare`, or why the signer refused.
+    SignShare(Vec<Result<String, String>>),
 }
 
 /// Why a frame could not be read or written.

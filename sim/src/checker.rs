@@ -517,7 +517,7 @@ impl Checker for ForgeriesRefused {
 #[derive(Default)]
 pub struct NonceSingleUse {
     /// (node, commitment hex) -> (package hash, request id, session id) of its first use.
-    used: BTreeMap<(NodeId, String), ([u8; 32], String, String)>,
+    used: BTreeMap<(NodeId, String), ([u8; 32], String, u64)>,
 }
 
 impl Checker for NonceSingleUse {
@@ -529,20 +529,20 @@ impl Checker for NonceSingleUse {
         for (node, r) in step.releases {
             match self.used.entry((*node, r.commitment.clone())) {
                 Entry::Vacant(slot) => {
-                    slot.insert((r.package_sha256, r.request_id.clone(), r.session_id.clone()));
+                    slot.insert((r.package_sha256, r.request_id.clone(), r.slot));
                 }
                 Entry::Occupied(first) => {
-                    let (package, request, session) = first.get();
+                    let (package, request, slot) = first.get();
                     if *package != r.package_sha256 {
                         return Err(Violation::new(
                             "nonce-single-use",
                             format!(
                                 "n{node} released two shares with one nonce (commitment {}): request {request} \
-                                 session {session} (package {}) and request {} session {} (package {})",
+                                 slot {slot} (package {}) and request {} slot {} (package {})",
                                 &r.commitment[r.commitment.len().saturating_sub(16)..],
                                 &hex::encode(package)[..12],
                                 r.request_id,
-                                r.session_id,
+                                r.slot,
                                 &hex::encode(r.package_sha256)[..12]
                             ),
                         ));

@@ -25,9 +25,13 @@ enum Behaviour {
 struct FakeSigners {
     keys: BTreeMap<NodeId, KeyPackage>,
     behaviour: BTreeMap<NodeId, Behaviour>,
-    /// Nonces by (node, session); taken on use, so a second use panics the test.
+    /// Nonces by (node, ticket); taken on use, so a second use panics the test.
     nonces: Mutex<BTreeMap<(NodeId, String), SigningNonces>>,
-    sessions_seen: Mutex<BTreeSet<String>>,
+    /// Commitments handed back as unused, per node, served again first.
+    returned: Mutex<BTreeMap<NodeId, Vec<(SigningCommitments, String)>>>,
+    tickets: Mutex<u64>,
+    /// Tickets redeemed in round 2.
+    redeemed: Mutex<BTreeSet<String>>,
 }
 
 impl FakeSigners {
@@ -43,7 +47,9 @@ impl FakeSigners {
             keys,
             behaviour: behaviour.iter().copied().collect(),
             nonces: Mutex::default(),
-            sessions_seen: Mutex::default(),
+            returned: Mutex::default(),
+            tickets: Mutex::default(),
+            redeemed: Mutex::default(),
         };
         (fakes, public)
     }
@@ -54,36 +60,41 @@ impl FakeSigners {
 }
 
 impl Signers for FakeSigners {
-    fn commit<'a>(
-        &'a self,
-        node: NodeId,
-        _request_id: &'a str,
-        session_id: &'a str,
-    ) -> BoxFuture<'a, Result<(SigningCommitments, String), CallError>> {
+    fn commitments<'a>(&'a self, node: NodeId) -> BoxFuture<'a, Result<(SigningCommitments, String), CallError>> {
         async move {
             if self.behaviour(node) == Behaviour::Silent {
                 return Err(CallError::Unreachable("timed out".into()));
             }
-            self.sessions_seen.lock().unwrap().insert(session_id.to_string());
+            if let Some(back) = self.returned.lock().unwrap().get_mut(&node).and_then(Vec::pop) {
+                return Ok(back);
+            }
+            let ticket = {
+                let mut n = self.tickets.lock().unwrap();
+                *n += 1;
+                format!("slot-{n}")
+            };
             let (nonces, commitments) = frost::round1::commit(self.keys[&node].signing_share(), &mut OsRng);
-            let fresh = self.nonces.lock().unwrap().insert((node, session_id.to_string()), nonces).is_none();
-            assert!(fresh, "a session id was reused for node {node}");
-            Ok((commitments, "boot-1".to_string()))
+            self.nonces.lock().unwrap().insert((node, ticket.clone()), nonces);
+            Ok((commitments, ticket))
         }
         .boxed()
+    }
+
+    fn unused(&self, node: NodeId, commitments: SigningCommitments, ticket: String) {
+        self.returned.lock().unwrap().entry(node).or_default().push((commitments, ticket));
     }
 
     fn share<'a>(
         &'a self,
         node: NodeId,
         _request_id: &'a str,
-        session_id: &'a str,
-        _incarnation: &'a str,
+        ticket: &'a str,
         package: &'a SigningPackage,
     ) -> BoxFuture<'a, Result<SignatureShare, CallError>> {
         async move {
             let nonces =
-                self.nonces.lock().unwrap().remove(&(node, session_id.to_string())).expect("nonce used at most once");
+                self.nonces.lock().unwrap().remove(&(node, ticket.to_string())).expect("nonce used at most once");
+            assert!(self.redeemed.lock().unwrap().insert(ticket.to_string()));
             let share = frost::round2::sign(package, &nonces, &self.keys[&node]).unwrap();
             if self.behaviour(node) == Behaviour::CorruptShare {
                 // The scalar is the last 32 bytes (little-endian); changing only its low half keeps
@@ -110,14 +121,6 @@ fn job<'a>(public: &'a frost::keys::PublicKeyPackage, participants: &'a [NodeId]
     }
 }
 
-fn session_ids() -> impl FnMut() -> String {
-    let mut n = 0;
-    move || {
-        n += 1;
-        format!("s{n}")
-    }
-}
-
 fn verifies(public: &frost::keys::PublicKeyPackage, signed: &Signed) -> bool {
     let sig = frost::Signature::deserialize(&signed.signature).unwrap();
     public.verifying_key().verify(b"pay 10 to alice", &sig).is_ok()
@@ -127,7 +130,7 @@ fn verifies(public: &frost::keys::PublicKeyPackage, signed: &Signed) -> bool {
 async fn coordinator_signs_with_threshold_signers() {
     // A 3-of-5 request completes in one session with exactly three signers.
     let (fakes, public) = FakeSigners::new(5, 3, &[]);
-    let signed = run(job(&public, &[1, 2, 3, 4, 5], 3), &fakes, session_ids()).await.unwrap();
+    let signed = run(job(&public, &[1, 2, 3, 4, 5], 3), &fakes).await.unwrap();
     assert_eq!(signed.signers.len(), 3);
     assert_eq!(signed.sessions, 1);
     assert!(verifies(&public, &signed));
@@ -138,7 +141,7 @@ async fn coordinator_survives_n_minus_t_silent_signers() {
     // With n − t signers silent, the others still sign in the first session.
     let silent = [(1, Behaviour::Silent), (2, Behaviour::Silent)];
     let (fakes, public) = FakeSigners::new(5, 3, &silent);
-    let signed = run(job(&public, &[1, 2, 3, 4, 5], 3), &fakes, session_ids()).await.unwrap();
+    let signed = run(job(&public, &[1, 2, 3, 4, 5], 3), &fakes).await.unwrap();
     assert_eq!(signed.signers, vec![3, 4, 5]);
     assert!(verifies(&public, &signed));
 }
@@ -148,12 +151,12 @@ async fn coordinator_names_a_cheater_and_retries_without_it() {
     // A signer that sends an invalid share is named a culprit; a new session with
     // fresh commitments and without it succeeds.
     let (fakes, public) = FakeSigners::new(3, 2, &[(1, Behaviour::CorruptShare)]);
-    let signed = run(job(&public, &[1, 2, 3], 2), &fakes, session_ids()).await.unwrap();
+    let signed = run(job(&public, &[1, 2, 3], 2), &fakes).await.unwrap();
     assert_eq!(signed.culprits, vec![1]);
     assert_eq!(signed.signers, vec![2, 3]);
     assert_eq!(signed.sessions, 2);
     assert!(verifies(&public, &signed));
-    assert_eq!(fakes.sessions_seen.lock().unwrap().len(), 2, "each session has its own id");
+    assert_eq!(fakes.redeemed.lock().unwrap().len(), 4, "each session redeems fresh commitments");
 }
 
 #[tokio::test]
@@ -161,7 +164,7 @@ async fn coordinator_fails_cleanly_below_threshold() {
     // With fewer than t signers answering, the request fails with a reason naming them.
     let silent = [(2, Behaviour::Silent), (3, Behaviour::Silent)];
     let (fakes, public) = FakeSigners::new(3, 2, &silent);
-    let failure = run(job(&public, &[1, 2, 3], 2), &fakes, session_ids()).await.unwrap_err();
+    let failure = run(job(&public, &[1, 2, 3], 2), &fakes).await.unwrap_err();
     assert!(failure.reason.contains("only 1 of the 2 signers needed"), "{}", failure.reason);
     assert!(failure.reason.contains("node 2"), "{}", failure.reason);
 }
@@ -171,7 +174,20 @@ async fn coordinator_session_count_is_bounded() {
     // Cheaters everywhere: the loop stops after at most n − t + 1 sessions.
     let cheats = [(1, Behaviour::CorruptShare), (2, Behaviour::CorruptShare), (3, Behaviour::CorruptShare)];
     let (fakes, public) = FakeSigners::new(4, 2, &cheats);
-    let failure = run(job(&public, &[1, 2, 3, 4], 2), &fakes, session_ids()).await.unwrap_err();
+    let failure = run(job(&public, &[1, 2, 3, 4], 2), &fakes).await.unwrap_err();
     assert!(failure.sessions <= sessions_max(4, 2));
     assert!(!failure.culprits.is_empty());
+}
+
+#[tokio::test]
+async fn coordinator_gives_back_commitments_it_did_not_use() {
+    // All five signers answer at once; only three go into the package, and the
+    // other two commitments are handed back for another request, never lost or reused.
+    let (fakes, public) = FakeSigners::new(5, 3, &[]);
+    let first = run(job(&public, &[1, 2, 3, 4, 5], 3), &fakes).await.unwrap();
+    let returned: usize = fakes.returned.lock().unwrap().values().map(Vec::len).sum();
+    assert_eq!(returned, 2, "the two commitments left out are given back");
+    let second = run(job(&public, &[1, 2, 3, 4, 5], 3), &fakes).await.unwrap();
+    assert!(verifies(&public, &first) && verifies(&public, &second));
+    assert_eq!(fakes.redeemed.lock().unwrap().len(), 6, "six shares, six distinct slots");
 }

@@ -1,7 +1,14 @@
 //! The Raft log and vote, kept in the node's [`Store`].
 //!
-//! Durability rule: `append` and `save_vote` return (and openraft acknowledges
-//! anything) only after a `Durability::Sync` write, i.e. a real fsync.
+//! Durability rule: openraft acknowledges nothing before a real fsync.
+//! `save_vote`, `truncate` and `purge` return after a `Durability::Sync`
+//! write. `append` writes its entries buffered and hands openraft's callback to
+//! a flusher task, which fsyncs and only then reports the entries persisted:
+//! the leader sends the entries to its followers while its own fsync runs, and
+//! appends that arrive during one fsync share the next (group commit). Callbacks
+//! fire in append order; `truncate`, `purge` and `save_vote` first wait until
+//! every earlier callback has fired, so the order of completions is the order
+//! of the calls.
 //! Entries are keyed by big-endian index in [`Tree::Log`], split into chunks of
 //! at most [`VALUE_BYTES_MAX`] (key: index ‖ chunk number) because the store
 //! caps value sizes; the vote, the committed id and the last purged id live in
@@ -14,6 +21,7 @@ use std::sync::Arc;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
 use synod_proto::{NodeId, TypeConfig};
+use tokio::sync::{mpsc, oneshot};
 
 use super::io_error;
 use crate::store::{Durability, Op, Store, Tree, VALUE_BYTES_MAX};
@@ -22,15 +30,46 @@ const VOTE_KEY: &[u8] = b"raft/vote";
 const COMMITTED_KEY: &[u8] = b"raft/committed";
 const PURGED_KEY: &[u8] = b"raft/purged";
 
-/// Raft log storage over a [`Store`]. Cloning shares the store.
+/// Raft log storage over a [`Store`]. Cloning shares the store and the flusher.
 #[derive(Clone)]
 pub struct LogStore {
     store: Arc<dyn Store>,
+    /// The flusher's queue, started on the first append.
+    flusher: Arc<std::sync::Mutex<Option<mpsc::UnboundedSender<Flush>>>>,
+}
+
+/// Work for the flusher, in call order.
+enum Flush {
+    /// Entries written buffered: report them persisted after the next fsync.
+    Appended(LogFlushed<TypeConfig>),
+    /// Answer once everything queued before has been reported.
+    Barrier(oneshot::Sender<()>),
 }
 
 impl LogStore {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        LogStore { store }
+        LogStore { store, flusher: Arc::default() }
+    }
+
+    fn enqueue(&self, job: Flush) {
+        let mut flusher = self.flusher.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let queue = flusher.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(flush_loop(self.store.clone(), rx));
+            tx
+        });
+        // The flusher ends only when every sender is gone, so this cannot fail while `self` lives.
+        let _ = queue.send(job);
+    }
+
+    /// Waits until every append queued so far has been reported.
+    async fn drain(&self) {
+        if self.flusher.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_none() {
+            return;
+        }
+        let (done, wait) = oneshot::channel();
+        self.enqueue(Flush::Barrier(done));
+        let _ = wait.await;
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
@@ -43,6 +82,35 @@ impl LogStore {
     async fn write(&self, ops: Vec<Op>, durability: Durability) -> Result<(), std::io::Error> {
         let store = self.store.clone();
         crate::seams::run_blocking(move || store.write(ops, durability)).await?.map_err(io_error)
+    }
+}
+
+/// The flusher: one fsync for every append queued while the previous one ran,
+/// then each append's callback, in order. A failed fsync is reported to every
+/// waiting callback (openraft then stops this node: it cannot trust its log).
+async fn flush_loop(store: Arc<dyn Store>, mut queue: mpsc::UnboundedReceiver<Flush>) {
+    while let Some(first) = queue.recv().await {
+        let mut jobs = vec![first];
+        while let Ok(next) = queue.try_recv() {
+            jobs.push(next);
+        }
+        let result = if jobs.iter().any(|j| matches!(j, Flush::Appended(_))) {
+            let store = store.clone();
+            match crate::seams::run_blocking(move || store.write(Vec::new(), Durability::Sync)).await {
+                Ok(written) => written.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        } else {
+            Ok(())
+        };
+        for job in jobs {
+            match job {
+                Flush::Appended(callback) => callback.log_io_completed(result.clone().map_err(std::io::Error::other)),
+                Flush::Barrier(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
     }
 }
 
@@ -152,6 +220,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.drain().await;
         let ops = vec![Op::Put { tree: Tree::Meta, key: VOTE_KEY.to_vec(), value: json(vote) }];
         self.write(ops, Durability::Sync).await.map_err(|e| StorageIOError::write_vote(&e).into())
     }
@@ -177,19 +246,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let ops: Vec<Op> = entries.into_iter().flat_map(|entry| put_entry(&entry)).collect();
-        // One fsync for the whole batch, before openraft may acknowledge it.
-        let result = self.write(ops, Durability::Sync).await;
-        let reported = result.as_ref().map(|_| ()).map_err(io_error);
-        callback.log_io_completed(reported);
-        result.map_err(|e| StorageIOError::write_logs(&e).into())
+        // Written now, reported persisted by the flusher after its next fsync.
+        if let Err(e) = self.write(ops, Durability::Buffered).await {
+            callback.log_io_completed(Err(io_error(&e)));
+            return Err(StorageIOError::write_logs(&e).into());
+        }
+        self.enqueue(Flush::Appended(callback));
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.drain().await;
         let ops = vec![Op::RemoveRange { tree: Tree::Log, from: index_key(log_id.index), to_exclusive: None }];
         self.write(ops, Durability::Sync).await.map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.drain().await;
         let ops = vec![
             Op::Put { tree: Tree::Meta, key: PURGED_KEY.to_vec(), value: json(&log_id) },
             Op::RemoveRange { tree: Tree::Log, from: index_key(0), to_exclusive: Some(index_key(log_id.index + 1)) },
