@@ -433,3 +433,7 @@ pub fn key_package_context(cluster_id: String, node_id: NodeId, key: &KeyRecord)
         purpose: Purpose::KeyPackage,
     }
 }
+
+#[cfg(test)]
+#[path = "signer_tests.rs"]
+mod tests;

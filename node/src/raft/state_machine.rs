@@ -86,6 +86,17 @@ impl SharedState {
         self.1.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// A shared state holding `state` as applied up to `index` (tests of one piece).
+    #[cfg(test)]
+    pub fn holding(state: crate::state::ClusterState, index: u64) -> SharedState {
+        let shared = SharedState::default();
+        let mut applied = shared.0.write().expect("state lock");
+        applied.state = state;
+        applied.last_applied = Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), index));
+        drop(applied);
+        shared
+    }
+
     fn set_audit_written(&self, seq: u64) {
         self.1.store(seq, std::sync::atomic::Ordering::Release);
     }

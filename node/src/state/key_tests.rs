@@ -14,18 +14,18 @@ use crate::pki::{in_memory_pki, NodeIdentity};
 
 const CLUSTER: &str = "c";
 
-struct World {
-    state: ClusterState,
+pub(crate) struct World {
+    pub(crate) state: ClusterState,
     admin: SigningKey,
     nodes: Vec<NodeIdentity>,
     next_id: u32,
-    index: u64,
+    pub(crate) index: u64,
     time_ms: u64,
 }
 
 impl World {
     /// Genesis with three members and the in-memory CA.
-    fn new() -> World {
+    pub(crate) fn new() -> World {
         let (ca, nodes) = in_memory_pki(&[1, 2, 3], &mut OsRng).unwrap();
         let admin = SigningKey::from_bytes(&[7; 32]);
         let members = (1..=3)
@@ -59,7 +59,7 @@ impl World {
         self.state.apply(self.index, &LogEntry { time_ms: self.time_ms, command })
     }
 
-    fn by_admin(&mut self, command: Command) -> Outcome {
+    pub(crate) fn by_admin(&mut self, command: Command) -> Outcome {
         let env = self.envelope(command);
         let signed = SignedCommand::sign(&env, &self.admin);
         self.apply(signed)
@@ -71,7 +71,7 @@ impl World {
         self.apply(signed)
     }
 
-    fn key_id(&self, name: &str) -> String {
+    pub(crate) fn key_id(&self, name: &str) -> String {
         self.state.key_by_name(name).expect("key").id.clone()
     }
 }
@@ -89,7 +89,7 @@ fn refused(outcome: &Outcome, needle: &str) {
 
 /// Runs a real 2-of-3 DKG through the state: round-1 packages and confirmations
 /// as node-signed commands. Returns the key packages.
-fn dkg(world: &mut World, name: &str) -> BTreeMap<u64, frost::keys::KeyPackage> {
+pub(crate) fn dkg(world: &mut World, name: &str) -> BTreeMap<u64, frost::keys::KeyPackage> {
     assert!(world
         .by_admin(Command::CreateKey { name: name.into(), threshold: 2, participants: vec![1, 2, 3] })
         .is_applied());

@@ -368,7 +368,7 @@ impl ClusterState {
 }
 
 #[cfg(test)]
-mod key_tests;
+pub(crate) mod key_tests;
 
 #[cfg(test)]
 mod tests {
