@@ -17,6 +17,9 @@
 //!   slot) that redeem them, so losing a pool loses nothing but work. A signer
 //!   that fails a call has its pool dropped (it may have restarted, which
 //!   killed its nonces).
+//! - **Live signers first.** A signer that has left the leader's heartbeats
+//!   unanswered for a while offers its commitments only after
+//!   [`SILENT_SIGNER_HANDICAP`], so sessions pick signers that are up.
 //! - **Batched shares.** Round-2 asks for one signer wait in its outbox while
 //!   an earlier batch is on the wire and leave together in one
 //!   [`PeerRequest::SignShare`], at most [`SHARE_BATCHES_IN_FLIGHT`] batches per
@@ -52,6 +55,10 @@ pub const PREPROCESS_BATCH: u32 = 128;
 pub const PREPROCESS_LOW: usize = 64;
 /// Share batches on the wire to one signer at once.
 pub const SHARE_BATCHES_IN_FLIGHT: usize = 2;
+/// How long a signer that has stopped answering heartbeats waits before its
+/// commitments are offered: the others answer first and are chosen, so a dead
+/// signer's pool does not make a session wait for its round-2 timeout.
+pub const SILENT_SIGNER_HANDICAP: Duration = Duration::from_millis(500);
 
 /// A preprocessed commitment and the ticket that redeems it.
 type Ticketed = (SigningCommitments, String);
@@ -155,6 +162,9 @@ fn parse_ticket(ticket: &str) -> Option<(&str, u64)> {
 /// One preprocessed commitment of `signer` for `key_id`: from the pool, or
 /// after a refill (at most [`SIGNER_CALL_TIMEOUT`]).
 async fn take_commitments(node: Arc<Node>, signer: NodeId, key_id: String) -> Result<Ticketed, CallError> {
+    if node.likely_down(signer) {
+        tokio::time::sleep(SILENT_SIGNER_HANDICAP).await;
+    }
     let mut waited = false;
     loop {
         let mut refilled = {

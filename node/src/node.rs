@@ -103,6 +103,10 @@ pub struct Node {
     signer: Signer,
     dkg: Dkg,
     coordination: Coordination,
+    /// When each peer last answered this node's Raft calls.
+    peer_health: Arc<crate::raft::network::PeerHealth>,
+    /// A peer silent for this long is taken to be down (several heartbeats).
+    silent_limit: std::time::Duration,
 }
 
 /// Where a node that started on an empty disk stands.
@@ -152,7 +156,8 @@ impl Node {
             vote.is_none() && log.last_log_id.is_none() && shared.read().last_applied.is_none()
         };
         let catch_up = if empty_disk { CatchUp::AwaitingLeader } else { CatchUp::NotNeeded };
-        let network = Network::new(parts.transport.clone());
+        let peer_health = Arc::new(crate::raft::network::PeerHealth::default());
+        let network = Network::new(parts.transport.clone(), peer_health.clone());
         let raft = Raft::new(parts.id, config, network, log_store, state_machine).await?;
         let incarnation = parts.seams.random_id();
         if parts.identity.id != parts.id {
@@ -182,6 +187,8 @@ impl Node {
             signer,
             dkg: Dkg::default(),
             coordination: Coordination::default(),
+            peer_health,
+            silent_limit: std::time::Duration::from_millis(parts.tuning.heartbeat_ms * SILENT_HEARTBEATS),
         });
         tokio::spawn(reconcile_membership(Arc::downgrade(&node)));
         tokio::spawn(keys_and_signing(Arc::downgrade(&node)));
@@ -217,6 +224,12 @@ impl Node {
 
     pub fn coordination(&self) -> &Coordination {
         &self.coordination
+    }
+
+    /// Whether `peer` has left this node's Raft calls (heartbeats included)
+    /// unanswered for [`SILENT_HEARTBEATS`] heartbeat intervals.
+    pub fn likely_down(&self, peer: NodeId) -> bool {
+        peer != self.id && self.peer_health.silent_for(peer) > self.silent_limit
     }
 
     /// Commits a command this node authors (DKG messages, signing outcomes),
@@ -731,6 +744,9 @@ impl PeerHandler for NodeHandler {
         .boxed()
     }
 }
+
+/// Heartbeat intervals without an answer after which a peer is taken to be down.
+pub const SILENT_HEARTBEATS: u64 = 5;
 
 /// How many terms in a row a node may stand as candidate before it pauses.
 const CANDIDATE_TERMS_MAX: u64 = 3;

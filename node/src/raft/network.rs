@@ -1,6 +1,8 @@
 //! openraft's network traits over [`PeerTransport`].
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -13,15 +15,43 @@ use synod_proto::{NodeAddr, NodeId, TypeConfig};
 
 use crate::transport::{PeerTransport, TransportError};
 
+/// When each peer last answered a Raft call from this node. A leader sends
+/// every follower a heartbeat at least every `raft.heartbeat_ms`, so a peer
+/// that has not answered for several heartbeats is likely down: the signing
+/// coordinator prefers other signers, at no cost in messages.
+#[derive(Default)]
+pub struct PeerHealth(Mutex<BTreeMap<NodeId, (tokio::time::Instant, Option<tokio::time::Instant>)>>);
+
+impl PeerHealth {
+    fn tried(&self, peer: NodeId) {
+        let now = tokio::time::Instant::now();
+        self.0.lock().expect("peer health lock").entry(peer).or_insert((now, None));
+    }
+
+    fn answered(&self, peer: NodeId) {
+        let now = tokio::time::Instant::now();
+        self.0.lock().expect("peer health lock").entry(peer).or_insert((now, None)).1 = Some(now);
+    }
+
+    /// How long `peer` has left this node's Raft calls unanswered (zero if it
+    /// was never called, or answered the latest).
+    pub fn silent_for(&self, peer: NodeId) -> Duration {
+        let health = self.0.lock().expect("peer health lock");
+        let Some((first_tried, answered)) = health.get(&peer) else { return Duration::ZERO };
+        tokio::time::Instant::now().saturating_duration_since(answered.unwrap_or(*first_tried))
+    }
+}
+
 /// Makes one [`PeerClient`] per replication target.
 #[derive(Clone)]
 pub struct Network {
     transport: Arc<dyn PeerTransport>,
+    health: Arc<PeerHealth>,
 }
 
 impl Network {
-    pub fn new(transport: Arc<dyn PeerTransport>) -> Self {
-        Network { transport }
+    pub fn new(transport: Arc<dyn PeerTransport>, health: Arc<PeerHealth>) -> Self {
+        Network { transport, health }
     }
 }
 
@@ -29,13 +59,19 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> Self::Network {
-        PeerClient { transport: self.transport.clone(), target, addr: node.raft_addr.clone() }
+        PeerClient {
+            transport: self.transport.clone(),
+            health: self.health.clone(),
+            target,
+            addr: node.raft_addr.clone(),
+        }
     }
 }
 
 /// Sends Raft RPCs to one peer.
 pub struct PeerClient {
     transport: Arc<dyn PeerTransport>,
+    health: Arc<PeerHealth>,
     target: NodeId,
     addr: String,
 }
@@ -49,12 +85,14 @@ impl PeerClient {
         option: &RPCOption,
         pick: impl FnOnce(PeerResponse) -> Option<Result<T, RaftError<NodeId, E>>>,
     ) -> RpcResult<T, E> {
+        self.health.tried(self.target);
         let response = self.transport.call(self.target, self.addr.clone(), request, option.hard_ttl()).await.map_err(
             |e| match e {
                 TransportError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
                 other => RPCError::Network(NetworkError::new(&other)),
             },
         )?;
+        self.health.answered(self.target);
         let refused = |what: String| RPCError::Network(NetworkError::new(&std::io::Error::other(what)));
         match response {
             PeerResponse::Refused(reason) => Err(refused(format!("node {} refused: {reason}", self.target))),
