@@ -9,12 +9,15 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::{format_time, median};
 use frost_ed25519 as frost;
 use synod_node::kek::{init_softhsm_token, Kek, Pkcs11Config, Pkcs11Kek, SoftKek, SOFTHSM_MODULE};
 use synod_node::sealed::{Purpose, SealContext};
 use zeroize::Zeroizing;
+
+mod common;
 
 /// One measured operation.
 struct Row {
@@ -22,22 +25,6 @@ struct Row {
     /// Median time per operation; `None` when skipped.
     median: Option<Duration>,
     note: String,
-}
-
-/// The median of `iterations` timed calls of `op`, after a tenth as many warm-up calls.
-fn median(iterations: usize, mut op: impl FnMut()) -> Duration {
-    for _ in 0..iterations / 10 {
-        op();
-    }
-    let mut times: Vec<Duration> = (0..iterations)
-        .map(|_| {
-            let started = Instant::now();
-            op();
-            started.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[times.len() / 2]
 }
 
 /// A serialized FROST key package and the median of a round-2 sign with it.
@@ -64,15 +51,6 @@ fn frost_sign(iterations: usize) -> (Vec<u8>, Duration) {
         std::hint::black_box(frost::round2::sign(&signing_package, signer_nonces, package).expect("sign"));
     });
     (package.serialize().expect("serialize the key package"), time)
-}
-
-/// Microseconds below 10 ms, milliseconds above.
-fn format_time(t: Duration) -> String {
-    if t < Duration::from_millis(10) {
-        format!("{:.1} µs", t.as_secs_f64() * 1e6)
-    } else {
-        format!("{:.1} ms", t.as_secs_f64() * 1e3)
-    }
 }
 
 fn unseal_only(kek: &dyn Kek, aad: &[u8], secret: &[u8], iterations: usize) -> Duration {
