@@ -36,7 +36,7 @@ use frost_ed25519 as frost;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use synod_coordinator::{CallError, Job, Signers};
-use synod_proto::rpc::{PeerRequest, PeerResponse, ShareAsk, SHARE_ASKS_MAX};
+use synod_proto::rpc::{NonceBatch, PeerRequest, PeerResponse, ShareAsk, SHARE_ASKS_MAX};
 use synod_proto::{Command, NodeId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
@@ -50,9 +50,9 @@ pub const CULPRIT_EXCLUSION_MS: u64 = 60_000;
 /// The most requests this leader coordinates at once.
 pub const COORDINATIONS_MAX: usize = 256;
 /// Commitments asked of a signer per preprocessing call.
-pub const PREPROCESS_BATCH: u32 = 128;
+pub const PREPROCESS_BATCH: u32 = 64;
 /// A pool is refilled when fewer commitments than this remain.
-pub const PREPROCESS_LOW: usize = 64;
+pub const PREPROCESS_LOW: usize = 32;
 /// Share batches on the wire to one signer at once.
 pub const SHARE_BATCHES_IN_FLIGHT: usize = 2;
 /// How long a signer that has stopped answering heartbeats waits before its
@@ -204,16 +204,13 @@ async fn refill(node: Arc<Node>, signer: NodeId, key_id: String) {
             Err(e) => Err(e),
         }
     };
-    let parsed = answer.and_then(|batch| {
-        let mut out = Vec::with_capacity(batch.commitments.len());
-        for (i, hex_commitments) in batch.commitments.iter().enumerate() {
-            let bytes = hex::decode(hex_commitments).map_err(|_| CallError::Malformed("commitments not hex".into()))?;
-            let commitments =
-                SigningCommitments::deserialize(&bytes).map_err(|e| CallError::Malformed(e.to_string()))?;
-            out.push((commitments, ticket(&batch.incarnation, batch.first_slot + i as u64)));
-        }
-        Ok((batch.incarnation, out))
-    });
+    let parsed = match answer {
+        // Parsing checks every point: milliseconds per batch, off the async workers.
+        Ok(batch) => crate::seams::run_blocking(move || parse_batch(batch))
+            .await
+            .unwrap_or_else(|e| Err(CallError::Malformed(e.to_string()))),
+        Err(e) => Err(e),
+    };
     let mut pools = node.coordination().pools.lock().expect("pools lock");
     let pool = pools.entry((signer, key_id)).or_insert_with(Pool::new);
     pool.refilling = false;
@@ -230,6 +227,16 @@ async fn refill(node: Arc<Node>, signer: NodeId, key_id: String) {
         }
     }
     pool.refilled.send_modify(|n| *n += 1);
+}
+
+fn parse_batch(batch: NonceBatch) -> Result<(String, Vec<Ticketed>), CallError> {
+    let mut out = Vec::with_capacity(batch.commitments.len());
+    for (i, hex_commitments) in batch.commitments.iter().enumerate() {
+        let bytes = hex::decode(hex_commitments).map_err(|_| CallError::Malformed("commitments not hex".into()))?;
+        let commitments = SigningCommitments::deserialize(&bytes).map_err(|e| CallError::Malformed(e.to_string()))?;
+        out.push((commitments, ticket(&batch.incarnation, batch.first_slot + i as u64)));
+    }
+    Ok((batch.incarnation, out))
 }
 
 async fn call(node: &Node, to: NodeId, request: PeerRequest) -> Result<PeerResponse, CallError> {

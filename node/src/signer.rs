@@ -228,11 +228,15 @@ impl Signer {
             self.check_key(&applied.state, key_id)?.clone()
         };
         let key_package = self.key_package(&key, applied_cluster_id(&self.state)).await?;
-        let mut pairs: Vec<(SigningNonces, SigningCommitments)> = {
-            let mut guard = self.rng.lock().expect("rng lock");
+        // A batch is milliseconds of curve arithmetic: off the async workers.
+        let rng = self.rng.clone();
+        let mut pairs: Vec<(SigningNonces, SigningCommitments)> = crate::seams::run_blocking(move || {
+            let mut guard = rng.lock().expect("rng lock");
             let mut rng: &mut dyn crate::seams::SecureRng = &mut *guard;
             (0..count).map(|_| frost::round1::commit(key_package.signing_share(), &mut rng)).collect()
-        };
+        })
+        .await
+        .map_err(|e| format!("preprocessing failed: {e}"))?;
         reuse_nonces(&mut pairs);
         let mut slots = self.slots.lock().expect("slots lock");
         slots.make_room(owner, pairs.len())?;
