@@ -80,6 +80,11 @@ impl LogStore {
     }
 
     async fn write(&self, ops: Vec<Op>, durability: Durability) -> Result<(), std::io::Error> {
+        if durability == Durability::Buffered {
+            // Inline: a buffered write only stages the data in memory (the engine's own
+            // threads write it out); a hand-off to the blocking pool would cost more.
+            return self.store.write(ops, durability).map_err(io_error);
+        }
         let store = self.store.clone();
         crate::seams::run_blocking(move || store.write(ops, durability)).await?.map_err(io_error)
     }

@@ -255,11 +255,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     value: serde_json::to_vec(r).expect("record serialises"),
                 })
                 .collect();
-            let store = self.store.clone();
-            crate::seams::run_blocking(move || store.write(ops, Durability::Buffered))
-                .await
-                .and_then(|r| r.map_err(io_error))
-                .map_err(|e| StorageIOError::write_state_machine(&e))?;
+            // Inline, not on the blocking pool: a buffered write only stages the records in
+            // memory (the engine's own threads write them out), and a hand-off per applied
+            // batch would cost more than the write.
+            self.store
+                .write(ops, Durability::Buffered)
+                .map_err(|e| StorageIOError::write_state_machine(&io_error(e)))?;
             let last = audit.last().map_or(0, |r| r.seq);
             self.shared.set_audit_written(last);
         }

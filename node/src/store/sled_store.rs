@@ -293,10 +293,19 @@ impl Store for SledStore {
 
     fn write(&self, ops: Vec<Op>, durability: Durability) -> Result<(), StoreError> {
         validate_ops(&ops)?;
-        // The lock guards no data, so a panic elsewhere leaves nothing inconsistent.
-        let _writer = self.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
-        let batch = self.stage(ops)?;
-        self.apply(batch, durability)
+        {
+            // The lock orders staging and applying between writers; it guards no data, so a
+            // panic elsewhere leaves nothing inconsistent.
+            let _writer = self.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
+            let batch = self.stage(ops)?;
+            self.apply(batch, Durability::Buffered)?;
+        }
+        // Outside the lock: the sync covers this write (applied above) and perhaps later ones,
+        // and a buffered writer does not wait for someone else's fsync.
+        if durability == Durability::Sync {
+            self.sync();
+        }
+        Ok(())
     }
 }
 
