@@ -24,6 +24,9 @@
 //!   an earlier batch is on the wire and leave together in one
 //!   [`PeerRequest::SignShare`], at most [`SHARE_BATCHES_IN_FLIGHT`] batches per
 //!   signer at once. A lone request leaves at once; no timer delays it.
+//! - **Batched outcomes.** Signatures and failures that finish while an earlier
+//!   outcome entry is being committed go together in one node-signed
+//!   `sign_outcomes` entry (at most [`SIGN_OUTCOMES_MAX`]).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Weak};
@@ -36,6 +39,7 @@ use frost_ed25519 as frost;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use synod_coordinator::{CallError, Job, Signers};
+use synod_proto::command::SIGN_OUTCOMES_MAX;
 use synod_proto::rpc::{NonceBatch, PeerRequest, PeerResponse, ShareAsk, SHARE_ASKS_MAX};
 use synod_proto::{Command, NodeId};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -96,6 +100,8 @@ pub struct Coordination {
     pools: std::sync::Mutex<BTreeMap<(NodeId, String), Pool>>,
     /// Round-2 outboxes by signer (other nodes only).
     outboxes: std::sync::Mutex<BTreeMap<NodeId, mpsc::UnboundedSender<Outgoing>>>,
+    /// The queue of the task that commits signing outcomes in batches.
+    outcomes: std::sync::Mutex<Option<mpsc::UnboundedSender<PendingOutcome>>>,
 }
 
 /// The coordinator's calls for one request, over the transport or to this node's own signer.
@@ -427,7 +433,60 @@ async fn coordinate(node: &Arc<Node>, request_id: &str) {
             }
         }
     };
-    if let Err(e) = node.write_as_node(command).await {
+    if let Err(e) = commit_outcome(node, command).await {
         tracing::info!(request_id, error = %e, "signing outcome not committed; the next leader will retry");
+    }
+}
+
+/// Outcomes that finished while a batch was being committed, by JSON size, at most.
+const OUTCOME_BATCH_BYTES_MAX: usize = 96 * 1024;
+
+/// A signing outcome waiting for the writer, and where to say whether it was committed.
+type PendingOutcome = (Command, oneshot::Sender<Result<(), String>>);
+
+/// Commits a signing outcome. Outcomes that finish while an earlier batch is
+/// being committed go together in one node-signed `sign_outcomes` entry; a lone
+/// one goes at once as itself. Returns once its entry is committed (the caller
+/// keeps the request "in flight" until then, so it is not coordinated twice).
+async fn commit_outcome(node: &Arc<Node>, outcome: Command) -> Result<(), String> {
+    let (done, committed) = oneshot::channel();
+    {
+        let mut writer = node.coordination().outcomes.lock().expect("outcome writer lock");
+        let queue = writer.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(write_outcomes(Arc::downgrade(node), rx));
+            tx
+        });
+        if queue.send((outcome, done)).is_err() {
+            *writer = None;
+            return Err("the outcome writer stopped; retry".into());
+        }
+    }
+    committed.await.map_err(|_| "the outcome batch was dropped".to_string())?
+}
+
+async fn write_outcomes(node: Weak<Node>, mut queue: mpsc::UnboundedReceiver<PendingOutcome>) {
+    while let Some(first) = queue.recv().await {
+        let mut bytes = serde_json::to_vec(&first.0).map_or(0, |b| b.len());
+        let mut batch = vec![first];
+        while batch.len() < SIGN_OUTCOMES_MAX && bytes < OUTCOME_BATCH_BYTES_MAX {
+            match queue.try_recv() {
+                Ok(next) => {
+                    bytes += serde_json::to_vec(&next.0).map_or(0, |b| b.len());
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(node) = node.upgrade() else { return };
+        let (mut outcomes, done): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+        let command = match outcomes.len() {
+            1 => outcomes.remove(0),
+            _ => Command::SignOutcomes { node_id: node.id, outcomes },
+        };
+        let result = node.write_as_node(command).await.map(drop).map_err(|e| e.to_string());
+        for done in done {
+            let _ = done.send(result.clone());
+        }
     }
 }

@@ -177,7 +177,15 @@ pub enum Command {
     },
     /// The coordinating node could not gather enough valid shares.
     SignFailed { request_id: String, node_id: NodeId, reason: String, culprits: Vec<NodeId> },
+    /// Several outcomes of one coordinating node in one entry, each a
+    /// `sign_result` or `sign_failed` naming that node: one node signature and
+    /// one envelope check per node for the lot. Every node judges and audits
+    /// each outcome on its own; one refused outcome does not refuse the others.
+    SignOutcomes { node_id: NodeId, outcomes: Vec<Command> },
 }
+
+/// The most outcomes one [`Command::SignOutcomes`] carries.
+pub const SIGN_OUTCOMES_MAX: usize = 64;
 
 /// Whose signature a command needs, checked by every node when it applies it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,6 +218,7 @@ impl Command {
             Command::SignRequest { .. } => "sign_request",
             Command::SignResult { .. } => "sign_result",
             Command::SignFailed { .. } => "sign_failed",
+            Command::SignOutcomes { .. } => "sign_outcomes",
             Command::Approve { .. } => "approve",
             Command::AddOperator { .. } => "add_operator",
             Command::RemoveOperator { .. } => "remove_operator",
@@ -241,6 +250,7 @@ impl Command {
             | Command::KeyAbort { node_id, .. }
             | Command::SignResult { node_id, .. }
             | Command::SignFailed { node_id, .. }
+            | Command::SignOutcomes { node_id, .. }
             | Command::AuditCheckpoint { node_id } => Authority::Node(*node_id),
         }
     }
@@ -366,6 +376,32 @@ impl Command {
                 validate_reason(reason)?;
                 if culprits.len() > PARTICIPANTS_MAX {
                     return Err(CommandError::Malformed(format!("more than {PARTICIPANTS_MAX} culprits")));
+                }
+                Ok(())
+            }
+            Command::SignOutcomes { node_id, outcomes } => {
+                if outcomes.is_empty() || outcomes.len() > SIGN_OUTCOMES_MAX {
+                    return Err(CommandError::Malformed(format!(
+                        "sign_outcomes carries 1 to {SIGN_OUTCOMES_MAX} outcomes, not {}",
+                        outcomes.len()
+                    )));
+                }
+                for outcome in outcomes {
+                    match outcome {
+                        Command::SignResult { node_id: of, .. } | Command::SignFailed { node_id: of, .. }
+                            if of == node_id =>
+                        {
+                            outcome.validate()?
+                        }
+                        other => {
+                            return Err(CommandError::Malformed(format!(
+                                "sign_outcomes of node {node_id} may carry only that node's sign_result and \
+                                 sign_failed, not {} of node {:?}",
+                                other.kind(),
+                                other.authority()
+                            )))
+                        }
+                    }
                 }
                 Ok(())
             }

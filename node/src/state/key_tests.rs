@@ -395,3 +395,58 @@ fn state_audit_chain_links_every_entry() {
     changed[2].detail.push('!');
     assert_eq!(super::verify_chain(&super::AuditHead::default(), &changed).unwrap_err().0, 3);
 }
+
+#[test]
+fn state_batched_outcomes_are_judged_and_audited_one_by_one() {
+    // A node's batch of outcomes: a valid signature is stored, a forged one is refused, a failure
+    // is recorded, each with its own audit record; the batch needs the node's own certificate and
+    // may carry only that node's outcomes.
+    let mut world = World::new();
+    let packages = dkg(&mut world, "k");
+    for (id, message) in [("r1", b"pay 1"), ("r2", b"pay 2"), ("r3", b"pay 3")] {
+        let request = Command::SignRequest {
+            request_id: id.into(),
+            key: "k".into(),
+            message: hex::encode(message),
+            purpose: String::new(),
+            environment: String::new(),
+            attributes: Default::default(),
+        };
+        assert!(world.by_admin(request).is_applied());
+    }
+    let result = |request_id: &str, signature: String| Command::SignResult {
+        request_id: request_id.into(),
+        node_id: 1,
+        signature,
+        signers: vec![1, 2],
+        culprits: vec![],
+        sessions: 1,
+    };
+    let failed =
+        Command::SignFailed { request_id: "r3".into(), node_id: 1, reason: "too few".into(), culprits: vec![] };
+    let good = threshold_sign(&packages, b"pay 1");
+    let forged = threshold_sign(&packages, b"pay 1000");
+    let batch =
+        Command::SignOutcomes { node_id: 1, outcomes: vec![result("r1", good.clone()), result("r2", forged), failed] };
+    refused(&world.by_admin(batch.clone()), "must carry that node's certificate");
+    world.state.take_audit();
+    let outcome = world.by_node(1, batch);
+    assert!(outcome.is_applied(), "{outcome:?}");
+    assert_eq!(world.state.requests["r1"].status, RequestStatus::Signed { signature: good });
+    assert_eq!(world.state.requests["r2"].status, RequestStatus::Pending);
+    assert!(matches!(world.state.requests["r3"].status, RequestStatus::Failed { .. }));
+    let audit: Vec<_> =
+        world.state.take_audit().into_iter().map(|r| (r.kind, r.request_id.unwrap_or_default(), r.result)).collect();
+    let expect = |kind: &str, id: &str, result: &str| (kind.to_string(), id.to_string(), result.to_string());
+    assert_eq!(
+        audit,
+        vec![
+            expect("sign_result", "r1", "applied"),
+            expect("sign_result", "r2", "refused"),
+            expect("sign_failed", "r3", "applied")
+        ]
+    );
+    let theirs = Command::SignFailed { request_id: "r2".into(), node_id: 2, reason: "x".into(), culprits: vec![] };
+    let foreign = Command::SignOutcomes { node_id: 1, outcomes: vec![theirs] };
+    refused(&world.by_node(1, foreign), "may carry only that node's");
+}

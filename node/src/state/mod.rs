@@ -45,6 +45,10 @@ pub struct ClusterState {
     /// Records appended by `apply` and not yet taken by the state machine's store.
     #[serde(skip)]
     pub audit_out: Vec<AuditRecord>,
+    /// Each outcome of the `sign_outcomes` being applied and how it was judged,
+    /// for the audit (one record per outcome).
+    #[serde(skip)]
+    batch_judged: Vec<(Command, Result<String, String>)>,
     /// The signed member registry: who may be part of the cluster.
     pub members: BTreeMap<NodeId, NodeAddr>,
     /// Replicated metadata records.
@@ -94,7 +98,21 @@ impl ClusterState {
         self.expire_proposals();
         let envelope: Option<Envelope> = serde_json::from_str(&entry.command.envelope).ok();
         let outcome = self.apply_outcome(index, entry);
-        self.audit(index, entry, envelope.as_ref(), &outcome);
+        let judged = std::mem::take(&mut self.batch_judged);
+        match (&envelope, judged.is_empty()) {
+            (Some(batch), false) => {
+                // One record per outcome, as if each had been its own command.
+                for (command, result) in judged {
+                    let single = Envelope { command, ..batch.clone() };
+                    let judged = match result {
+                        Ok(detail) => Outcome::Applied { detail },
+                        Err(reason) => Outcome::Rejected { reason },
+                    };
+                    self.audit(index, entry, Some(&single), &judged);
+                }
+            }
+            _ => self.audit(index, entry, envelope.as_ref(), &outcome),
+        }
         outcome
     }
 
@@ -334,6 +352,20 @@ impl ClusterState {
             }
             Command::SignFailed { request_id, node_id, reason, culprits } => {
                 self.sign_failed(request_id, *node_id, reason, culprits)
+            }
+            Command::SignOutcomes { outcomes, .. } => {
+                let mut stored = 0;
+                for outcome in outcomes {
+                    let judged = match outcome {
+                        Command::SignResult { .. } | Command::SignFailed { .. } => {
+                            self.apply_command(index, envelope, author, outcome)
+                        }
+                        other => Err(format!("{} cannot be a signing outcome", other.kind()).into()),
+                    };
+                    stored += usize::from(judged.is_ok());
+                    self.batch_judged.push((outcome.clone(), judged.map_err(|Refusal(reason)| reason)));
+                }
+                Ok(format!("{stored} of {} signing outcomes stored", outcomes.len()))
             }
         }
     }
