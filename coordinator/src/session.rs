@@ -47,13 +47,16 @@ pub trait Signers: Sync {
     /// than a session needs): they may serve another one.
     fn unused(&self, node: NodeId, commitments: SigningCommitments, ticket: String);
 
-    /// Round 2: `node`'s signature share for this signing package.
+    /// Round 2: `node`'s signature share for this signing package, given
+    /// parsed and serialised (serialising compresses every point, so it is
+    /// done once per session, not once per signer).
     fn share<'a>(
         &'a self,
         node: NodeId,
         request_id: &'a str,
         ticket: &'a str,
         package: &'a SigningPackage,
+        serialized: &'a [u8],
     ) -> BoxFuture<'a, Result<SignatureShare, CallError>>;
 }
 
@@ -164,13 +167,17 @@ pub async fn run(job: Job<'_>, signers: &impl Signers) -> Result<Signed, Failure
         let commitments: BTreeMap<Identifier, SigningCommitments> =
             answered.iter().map(|(node, (c, _))| (ids[node], *c)).collect();
         let package = SigningPackage::new(commitments, job.message);
+        let serialized = match package.serialize() {
+            Ok(bytes) => bytes,
+            Err(e) => return Err(fail(format!("the signing package does not serialise: {e}"), &culprits, session)),
+        };
 
         // Round 2: every chosen signer must answer.
         let shares: Vec<(NodeId, Result<SignatureShare, CallError>)> = answered
             .iter()
             .map(|(&node, (_, ticket))| {
-                let package = &package;
-                async move { (node, signers.share(node, request_id, ticket, package).await) }
+                let (package, serialized) = (&package, serialized.as_slice());
+                async move { (node, signers.share(node, request_id, ticket, package, serialized).await) }
             })
             .collect::<FuturesUnordered<_>>()
             .collect()

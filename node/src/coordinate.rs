@@ -129,12 +129,13 @@ impl Signers for NodeSigners {
         signer: NodeId,
         request_id: &'a str,
         ticket: &'a str,
-        package: &'a SigningPackage,
+        _package: &'a SigningPackage,
+        serialized: &'a [u8],
     ) -> BoxFuture<'a, Result<SignatureShare, CallError>> {
         async move {
             pause_between_rounds().await;
             let (incarnation, slot) = parse_ticket(ticket).ok_or(CallError::Malformed(format!("ticket {ticket}")))?;
-            let package = hex::encode(package.serialize().map_err(|e| CallError::Malformed(format!("package: {e}")))?);
+            let package = hex::encode(serialized);
             let ask = ShareAsk {
                 request_id: request_id.into(),
                 slot,

@@ -66,7 +66,14 @@ pub struct Released {
 #[allow(clippy::large_enum_variant)]
 enum Slot {
     /// Handed out as commitments, not yet used.
-    Fresh { key_id: String, owner: NodeId, nonces: SigningNonces, commitments: SigningCommitments },
+    Fresh {
+        key_id: String,
+        owner: NodeId,
+        nonces: SigningNonces,
+        commitments: SigningCommitments,
+        /// The commitments as handed out (hex), for the record of released shares.
+        commitments_hex: String,
+    },
     /// Used for exactly this request's package; the nonces are gone.
     Used { request_id: String, package_sha256: [u8; 32], share: SignatureShare },
 }
@@ -243,12 +250,12 @@ impl Signer {
         let first_slot = slots.next;
         let mut commitments = Vec::with_capacity(pairs.len());
         for (nonces, commitment) in pairs {
-            commitments.push(hex::encode(commitment.serialize().expect("commitments serialise")));
+            let commitments_hex = hex::encode(commitment.serialize().expect("commitments serialise"));
+            commitments.push(commitments_hex.clone());
             let number = slots.next;
             slots.next += 1;
-            slots
-                .by_number
-                .insert(number, Slot::Fresh { key_id: key.id.clone(), owner, nonces, commitments: commitment });
+            let fresh = Slot::Fresh { key_id: key.id.clone(), owner, nonces, commitments: commitment, commitments_hex };
+            slots.by_number.insert(number, fresh);
         }
         Ok(NonceBatch { incarnation: self.incarnation.clone(), first_slot, commitments })
     }
@@ -297,7 +304,7 @@ impl Signer {
         }
 
         let mut slots = self.slots.lock().expect("slots lock");
-        let nonces = match slots.by_number.remove(&slot) {
+        let (nonces, commitment_hex) = match slots.by_number.remove(&slot) {
             None => {
                 return Err(format!(
                     "node {} has no nonces in slot {slot} (never handed out, dropped, or restarted); preprocess again",
@@ -315,7 +322,7 @@ impl Signer {
                 slots.by_number.insert(slot, Slot::Used { request_id: used_by, package_sha256: used_for, share });
                 return result;
             }
-            Some(Slot::Fresh { key_id, owner: holder, nonces, commitments }) => {
+            Some(Slot::Fresh { key_id, owner: holder, nonces, commitments, commitments_hex }) => {
                 let refusal = if key_id != key.id || holder != owner {
                     Some(format!("slot {slot} was handed out for another key or coordinator"))
                 } else if signers.get(&mine) != Some(&commitments) {
@@ -327,16 +334,16 @@ impl Signer {
                 };
                 if let Some(refusal) = refusal {
                     // Not consumed: the ask is wrong, the nonce was not used.
-                    slots.by_number.insert(slot, Slot::Fresh { key_id, owner: holder, nonces, commitments });
+                    let fresh = Slot::Fresh { key_id, owner: holder, nonces, commitments, commitments_hex };
+                    slots.by_number.insert(slot, fresh);
                     return Err(refusal);
                 }
-                nonces
+                (nonces, commitments_hex)
             }
         };
         // The nonces left the map above and are dropped (zeroized) at the end of this scope.
         let share = frost::round2::sign(&package, &nonces, &key_package).map_err(|e| format!("signing failed: {e}"))?;
         let share = crate::faults::corrupt_share(share);
-        let commitment_hex = hex::encode(nonces.commitments().serialize().unwrap_or_default());
         slots.by_number.insert(slot, Slot::Used { request_id: request_id.to_string(), package_sha256, share });
         *slots.shares.entry(request_id.to_string()).or_default() += 1;
         drop(slots);

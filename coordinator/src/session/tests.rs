@@ -90,11 +90,13 @@ impl Signers for FakeSigners {
         _request_id: &'a str,
         ticket: &'a str,
         package: &'a SigningPackage,
+        serialized: &'a [u8],
     ) -> BoxFuture<'a, Result<SignatureShare, CallError>> {
         async move {
             let nonces =
                 self.nonces.lock().unwrap().remove(&(node, ticket.to_string())).expect("nonce used at most once");
             assert!(self.redeemed.lock().unwrap().insert(ticket.to_string()));
+            assert_eq!(serialized, package.serialize().unwrap(), "the package is sent as serialised");
             let share = frost::round2::sign(package, &nonces, &self.keys[&node]).unwrap();
             if self.behaviour(node) == Behaviour::CorruptShare {
                 // The scalar is the last 32 bytes (little-endian); changing only its low half keeps
