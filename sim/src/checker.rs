@@ -18,6 +18,7 @@ use synod_node::node::Node;
 use synod_node::raft::log_store::LogStore;
 use synod_node::signer::{Released, RELEASED_KEPT_MAX};
 use synod_node::state::{ClusterState, RequestStatus};
+use synod_proto::authz::{Role, AUDIT_KEY_NAME};
 use synod_proto::{NodeId, OperatorKey, Outcome};
 
 use crate::cluster::Machine;
@@ -85,8 +86,16 @@ pub struct Step<'a> {
     pub history: &'a History,
     /// The genesis admins: the only operators there may ever be.
     pub admins: &'a BTreeSet<OperatorKey>,
-    /// Signature shares released since the last step, by node (see [`HARVEST_EVERY_MS`]).
-    pub releases: &'a [(NodeId, Released)],
+    /// Signature shares released since the last step (see [`HARVEST_EVERY_MS`]).
+    pub releases: &'a [Release],
+}
+
+/// A share a signer released, with the node that released it (whose state is
+/// still readable after it crashed: it is the signer's state at the crash).
+pub struct Release {
+    pub node: NodeId,
+    pub handle: Arc<Node>,
+    pub released: Released,
 }
 
 /// One invariant.
@@ -110,6 +119,7 @@ pub fn all(cfg: &SimConfig) -> Vec<Box<dyn Checker>> {
         Box::new(NonceSingleUse::default()),
         Box::new(OneMessagePerRequest::default()),
         Box::new(SignaturesVerify::default()),
+        Box::new(PolicyBeforeShares::default()),
         Box::new(SigningLiveness { bound_ms: cfg.sign_liveness_bound_ms, keys: expected_keys(cfg) }),
     ]
 }
@@ -145,7 +155,7 @@ pub struct Observer {
     /// Per machine: the boot whose released shares were collected, and how many.
     released_seen: BTreeMap<NodeId, (u64, usize)>,
     /// Shares collected since the last step, for the checkers.
-    pub releases: Vec<(NodeId, Released)>,
+    pub releases: Vec<Release>,
     /// Every share collected in the run.
     pub shares_released: usize,
     last_harvest_ms: Option<u64>,
@@ -231,7 +241,11 @@ impl Observer {
         let from = if list.len() >= RELEASED_KEPT_MAX { 0 } else { seen.1.min(list.len()) };
         self.shares_released += list.len().saturating_sub(seen.1);
         seen.1 = list.len();
-        self.releases.extend(list.into_iter().skip(from).map(|r| (m.id, r)));
+        self.releases.extend(list.into_iter().skip(from).map(|released| Release {
+            node: m.id,
+            handle: node.clone(),
+            released,
+        }));
     }
 
     /// Remembers the entries of this step (after the checkers have judged them).
@@ -526,7 +540,7 @@ impl Checker for NonceSingleUse {
     }
 
     fn check_step(&mut self, step: &Step) -> Result<(), Violation> {
-        for (node, r) in step.releases {
+        for Release { node, released: r, .. } in step.releases {
             match self.used.entry((*node, r.commitment.clone())) {
                 Entry::Vacant(slot) => {
                     slot.insert((r.package_sha256, r.request_id.clone(), r.session_id.clone()));
@@ -763,6 +777,117 @@ impl Checker for SignaturesVerify {
     fn check_final(&mut self, step: &Step) -> Result<(), Violation> {
         for v in step.nodes {
             self.check_node(v.id, &v.node.state().read().state, step.history)?;
+        }
+        Ok(())
+    }
+}
+
+/// No share without a committed, operator-signed request whose policy is met,
+/// in the releasing signer's own state: for every share a signer released, its
+/// request exists in that node's state, was sent by a client (or is the node's
+/// own audit checkpoint) whose key holds the requester role there, and its
+/// key's policy is met with every approval's signature verified again. And no
+/// coordinator takes a request up before its policy is met (`policy-bypassed`):
+/// a request the approvers leave unapproved stays pending on every node.
+///
+/// The signer's state is read when its shares are collected (every
+/// [`HARVEST_EVERY_MS`], and right before a crash), not at the release itself:
+/// approvals are never withdrawn in the simulation, so a request whose policy
+/// was met at the release is still met then. (A request failed and sent again
+/// is a new record without approvals; the client waits at least 200 ms before
+/// sending it again, far longer than the collection interval.)
+#[derive(Default)]
+pub struct PolicyBeforeShares {
+    /// Shares judged already, by (node, request id, session id).
+    judged: BTreeSet<(NodeId, String, String)>,
+}
+
+impl PolicyBeforeShares {
+    fn judge(release: &Release, history: &History) -> Result<(), String> {
+        let r = &release.released;
+        let applied = release.handle.state().read();
+        let state = &applied.state;
+        let request =
+            state.requests.get(&r.request_id).ok_or_else(|| format!("request {} is not in its state", r.request_id))?;
+        let key = state.keys.get(&request.key_id).ok_or_else(|| format!("key {} is unknown", request.key_id))?;
+        let checkpoint = key.name == AUDIT_KEY_NAME;
+        if !checkpoint && !history.sent.contains_key(&r.request_id) {
+            return Err(format!("no client sent request {}", r.request_id));
+        }
+        if !checkpoint && !state.has_role(&request.requester, Role::Requester) {
+            return Err(format!("request {}'s author {} is not a requester", r.request_id, request.requester));
+        }
+        if history.withheld.contains(&r.request_id) {
+            return Err(format!("request {} was never approved", r.request_id));
+        }
+        let progress = state.policy_progress(request, true)?;
+        if !progress.met {
+            return Err(format!(
+                "request {}'s policy is not met in its state: {}",
+                r.request_id,
+                progress.summary.join("; ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// No coordinator took up a request before its policy was met: in the
+    /// simulation nothing but a coordinator's outcome ends a request (runs are
+    /// far shorter than any expiry, and policies change only before the first
+    /// request), so a request that is signed or failed must have its policy met.
+    fn check_coordinated(id: NodeId, state: &ClusterState, history: &History) -> Result<(), Violation> {
+        for (request_id, r) in &state.requests {
+            if r.status == RequestStatus::Pending {
+                continue;
+            }
+            let met = state.policy_progress(r, false).map(|p| p.met).unwrap_or(false);
+            if !met || history.withheld.contains(request_id) {
+                let summary = state.policy_progress(r, false).map(|p| p.summary.join("; ")).unwrap_or_else(|e| e);
+                return Err(Violation::new(
+                    "policy-bypassed",
+                    format!(
+                        "request {request_id} was taken up before its policy was met ({summary}{}): n{id} holds it {:?}",
+                        if history.withheld.contains(request_id) { "; the approvers never approved it" } else { "" },
+                        r.status
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Checker for PolicyBeforeShares {
+    fn name(&self) -> &'static str {
+        "share-without-policy"
+    }
+
+    fn check_step(&mut self, step: &Step) -> Result<(), Violation> {
+        for release in step.releases {
+            let r = &release.released;
+            if !self.judged.insert((release.node, r.request_id.clone(), r.session_id.clone())) {
+                continue;
+            }
+            Self::judge(release, step.history).map_err(|why| {
+                Violation::new(
+                    "share-without-policy",
+                    format!(
+                        "n{} released a share for request {} (session {}): {why}",
+                        release.node, r.request_id, r.session_id
+                    ),
+                )
+            })?;
+        }
+        for v in step.nodes.iter().filter(|v| v.state_hash.is_some()) {
+            Self::check_coordinated(v.id, &v.node.state().read().state, step.history)?;
+        }
+        Ok(())
+    }
+
+    fn check_final(&mut self, step: &Step) -> Result<(), Violation> {
+        self.check_step(step)?;
+        for v in step.nodes {
+            Self::check_coordinated(v.id, &v.node.state().read().state, step.history)?;
         }
         Ok(())
     }

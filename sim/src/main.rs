@@ -17,10 +17,10 @@ use synod_sim::checker::Violation;
 use synod_sim::config::{Profile, SimConfig};
 use synod_sim::run::{run_seed, SeedReport};
 
-/// Plants the simulator can provoke today. (`corrupt-shares` would make every
-/// signer of the process lie, and `skip-policy` needs policies the workload does
-/// not set yet.)
-const PLANTS: &[&str] = &[synod_node::faults::ACK_BEFORE_COMMIT, synod_node::faults::NONCE_REUSE];
+/// Plants the simulator can provoke. (`corrupt-shares` process-wide would make
+/// every signer lie; the chaos profile makes one signer per seed lie instead.)
+const PLANTS: &[&str] =
+    &[synod_node::faults::ACK_BEFORE_COMMIT, synod_node::faults::NONCE_REUSE, synod_node::faults::SKIP_POLICY];
 
 #[derive(Parser, Debug)]
 #[command(
@@ -320,6 +320,8 @@ fn invariant_name(name: &str) -> &'static str {
         "nonce-single-use",
         "one-message-per-request",
         "signature-verifies",
+        "share-without-policy",
+        "policy-bypassed",
         "signing-liveness-after-heal",
         "key-generation-liveness",
         "liveness-after-heal",

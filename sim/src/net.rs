@@ -74,10 +74,12 @@ pub enum Kind {
     /// Client to node: a request id; answered with `Node::wait_request` after
     /// at most [`SIGN_WAIT`] (a read: nothing is written to the log).
     GetRequest = 7,
+    /// Client to node: a request id; answered at once with the node's `RequestInfo` (or 404).
+    PeekRequest = 8,
 }
 
 impl Kind {
-    const ALL: [Kind; 8] = [
+    const ALL: [Kind; 9] = [
         Kind::Peer,
         Kind::Write,
         Kind::Init,
@@ -86,6 +88,7 @@ impl Kind {
         Kind::Sign,
         Kind::GetKey,
         Kind::GetRequest,
+        Kind::PeekRequest,
     ];
 
     fn from_byte(b: u8) -> Option<Kind> {
@@ -360,6 +363,11 @@ async fn serve_connection(mut stream: TcpStream, peer: IpAddr, node: Arc<Node>) 
         Kind::GetRequest => {
             let request_id: String = rpc::decode_body(&body).map_err(decode_err)?;
             rpc::encode(&node.wait_request(&request_id, SIGN_WAIT).await)
+        }
+        Kind::PeekRequest => {
+            let request_id: String = rpc::decode_body(&body).map_err(decode_err)?;
+            let info = node.state().read().state.request_info(&request_id);
+            rpc::encode(&info.ok_or_else(|| ApiError::new(404, format!("no request {request_id} on this node"))))
         }
     };
     stream.write_all(&answer.map_err(decode_err)?).await

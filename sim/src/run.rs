@@ -447,6 +447,7 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
         SigningKey::from_bytes(&bytes)
     };
     let (admin, stranger) = (key(), key());
+    let approvers = workload::APPROVERS.iter().map(|_| key()).collect();
     let ctx = ClientCtx {
         seed: cfg.seed,
         nodes: cfg.nodes,
@@ -454,6 +455,7 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
         ca_certificate: hex::encode(&ca_der),
         admin: admin.clone(),
         stranger,
+        approvers,
         net: net.clone(),
         now: now.clone(),
         history: history.clone(),
@@ -471,6 +473,7 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
         for s in 1..=cfg.signing_clients {
             sim.client(format!("s{s}"), workload::signing_client(ctx.clone(), s));
         }
+        sim.client("approvers", workload::approver_client(ctx.clone(), cfg.signing_clients));
     }
     sim.client("adversary", workload::adversary(ctx));
 

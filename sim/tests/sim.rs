@@ -68,6 +68,16 @@ fn sim_nonce_reuse_is_caught_with_a_replay_command() {
 }
 
 #[test]
+fn sim_skip_policy_is_caught_with_a_replay_command() {
+    // The planted skip-policy leader (its coordinator takes up requests that lack approvals) breaks "no request is taken up before its policy is met" within 4 chaos seeds, and the failure names the command that replays it.
+    let out = sim(&["--seeds", "0..4", "--plant", "skip-policy", "--fail-fast", "--no-shrink", "--jobs", "1"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("violated policy-bypassed"), "{text}");
+    assert!(text.contains("--plant skip-policy"), "{text}");
+}
+
+#[test]
 fn sim_unknown_plant_is_refused_with_the_known_ones() {
     // A misspelt plant is an error that lists the plants the simulator knows.
     let out = sim(&["--seed", "1", "--plant", "ack-befor-commit"]);
