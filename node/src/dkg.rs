@@ -96,6 +96,7 @@ impl Dkg {
                             let _ = node.write_as_node(abort(&key, node.id, reason, None)).await;
                             continue;
                         }
+                        crate::faults::crash_point(node.id, crate::faults::DKG_AFTER_SEAL).await;
                         let confirm = Command::KeyConfirm {
                             key_id: key.id.clone(),
                             node_id: node.id,

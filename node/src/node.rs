@@ -144,6 +144,7 @@ impl Node {
         };
         let config = Arc::new(config.validate()?);
         let (state_machine, shared) = StateMachine::open(parts.store.clone())?;
+        let state_machine = state_machine.for_node(parts.id);
         let mut log_store = LogStore::new(parts.store.clone());
         let empty_disk = {
             use openraft::storage::RaftLogStorage;
@@ -257,7 +258,10 @@ impl Node {
             }
         }
         match self.raft.client_write(entry).await {
-            Ok(resp) => Ok(WriteResponse { index: resp.log_id.index, outcome: resp.data }),
+            Ok(resp) => {
+                faults::crash_point(self.id, faults::WRITE_AFTER_COMMIT).await;
+                Ok(WriteResponse { index: resp.log_id.index, outcome: resp.data })
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => {
                 let (Some(leader), Some(addr)) = (fwd.leader_id, fwd.leader_node) else {
                     return Err(ApiError::unavailable("no leader is elected right now; retry in a moment"));
@@ -714,12 +718,16 @@ impl PeerHandler for NodeHandler {
                     PeerResponse::DkgRound2(node.dkg.receive_round2(&node, from, &key_id, &package))
                 }
                 PeerRequest::SignCommit { request_id, session_id, min_index } => {
-                    PeerResponse::SignCommit(node.signer.commit(&request_id, &session_id, min_index, false).await)
+                    let answer = node.signer.commit(&request_id, &session_id, min_index, false).await;
+                    PeerResponse::SignCommit(answer.map(|a| faults::wrong_commitments(node.id, a)))
                 }
                 PeerRequest::SignShare { request_id, session_id, incarnation, signing_package } => {
-                    PeerResponse::SignShare(
-                        node.signer.share(&request_id, &session_id, &incarnation, &signing_package, false).await,
-                    )
+                    let answer =
+                        node.signer.share(&request_id, &session_id, &incarnation, &signing_package, false).await;
+                    if answer.is_ok() {
+                        faults::crash_point(node.id, faults::SIGNER_AFTER_SHARE).await;
+                    }
+                    PeerResponse::SignShare(answer)
                 }
             }
         }

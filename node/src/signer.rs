@@ -293,7 +293,7 @@ impl Signer {
         };
         // The nonces left the map above and are dropped (zeroized) at the end of this scope.
         let share = frost::round2::sign(&package, &nonces, &key_package).map_err(|e| format!("signing failed: {e}"))?;
-        let share = crate::faults::corrupt_share(share);
+        let share = crate::faults::corrupt_share(self.node_id, share);
         let commitment_hex = hex::encode(nonces.commitments().serialize().unwrap_or_default());
         slots.insert(slot_key, Slot::Used { package_sha256, share });
         drop(slots);

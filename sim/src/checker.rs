@@ -120,6 +120,9 @@ pub fn all(cfg: &SimConfig) -> Vec<Box<dyn Checker>> {
         Box::new(OneMessagePerRequest::default()),
         Box::new(SignaturesVerify::default()),
         Box::new(PolicyBeforeShares::default()),
+        Box::new(HonestNotBlamed {
+            byzantine: crate::schedule::draw_byzantine_signer(cfg.seed, &cfg.plan, cfg.nodes).map(|(node, _)| node),
+        }),
         Box::new(SigningLiveness { bound_ms: cfg.sign_liveness_bound_ms, keys: expected_keys(cfg) }),
     ]
 }
@@ -888,6 +891,51 @@ impl Checker for PolicyBeforeShares {
         self.check_step(step)?;
         for v in step.nodes {
             Self::check_coordinated(v.id, &v.node.state().read().state, step.history)?;
+        }
+        Ok(())
+    }
+}
+
+/// Only a byzantine signer is ever named a culprit: on every node, the
+/// culprits of every request (signers whose share failed verification) are
+/// the run's byzantine signer, if any. An honest signer named culprit would be
+/// left out of sessions for a minute: one lie could then stall signing.
+pub struct HonestNotBlamed {
+    pub byzantine: Option<NodeId>,
+}
+
+impl HonestNotBlamed {
+    fn check_node(&self, id: NodeId, state: &ClusterState) -> Result<(), Violation> {
+        for (request_id, r) in &state.requests {
+            if let Some(honest) = r.culprits.iter().find(|c| Some(**c) != self.byzantine) {
+                return Err(Violation::new(
+                    "honest-signer-blamed",
+                    format!(
+                        "n{id} holds request {request_id} naming n{honest} a culprit; the byzantine signer is {:?}",
+                        self.byzantine
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Checker for HonestNotBlamed {
+    fn name(&self) -> &'static str {
+        "honest-signer-blamed"
+    }
+
+    fn check_step(&mut self, step: &Step) -> Result<(), Violation> {
+        for v in step.nodes.iter().filter(|v| v.state_hash.is_some()) {
+            self.check_node(v.id, &v.node.state().read().state)?;
+        }
+        Ok(())
+    }
+
+    fn check_final(&mut self, step: &Step) -> Result<(), Violation> {
+        for v in step.nodes {
+            self.check_node(v.id, &v.node.state().read().state)?;
         }
         Ok(())
     }

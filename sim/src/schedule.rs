@@ -174,6 +174,19 @@ pub fn draw(seed: u64, plan: &FaultPlan, nodes: u64) -> Vec<Fault> {
     faults
 }
 
+/// The byzantine signer of a run, if the plan has one: which node, and which
+/// of `synod_node::faults::BYZANTINE_SIGNER` it does. From its own RNG, so the
+/// fault schedule does not depend on it.
+pub fn draw_byzantine_signer(seed: u64, plan: &FaultPlan, nodes: u64) -> Option<(NodeId, &'static str)> {
+    if plan.byzantine_signers == 0 || nodes < 3 {
+        return None;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6279_7a61_6e74_696e);
+    let node = 1 + rng.next_u64() % nodes;
+    let lies = synod_node::faults::BYZANTINE_SIGNER;
+    Some((node, lies[(rng.next_u64() % lies.len() as u64) as usize]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
