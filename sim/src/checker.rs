@@ -23,6 +23,7 @@ use synod_proto::{NodeId, OperatorKey, Outcome};
 
 use crate::cluster::Machine;
 use crate::config::SimConfig;
+use crate::net::{Equivocation, EQUIVOCATED_VALUE};
 use crate::trace::Trace;
 use crate::workload::{History, Phase, FORGED_NODE, FORGED_PREFIX, KEY_NAME, KEY_NAME_FAULTS};
 
@@ -88,6 +89,8 @@ pub struct Step<'a> {
     pub admins: &'a BTreeSet<OperatorKey>,
     /// Signature shares released since the last step (see [`HARVEST_EVERY_MS`]).
     pub releases: &'a [Release],
+    /// Entries an equivocating leader sent altered to some followers, by index.
+    pub equivocations: &'a BTreeMap<u64, Equivocation>,
 }
 
 /// A share a signer released, with the node that released it (whose state is
@@ -116,6 +119,7 @@ pub fn all(cfg: &SimConfig) -> Vec<Box<dyn Checker>> {
         Box::new(StateAgreement::default()),
         Box::new(AckedWritesKept::default()),
         Box::new(ForgeriesRefused::default()),
+        Box::new(AlteredCommandsRefused),
         Box::new(NonceSingleUse::default()),
         Box::new(OneMessagePerRequest::default()),
         Box::new(SignaturesVerify::default()),
@@ -172,6 +176,32 @@ fn hash_value<T: serde::Serialize>(value: &T) -> String {
 /// The hash of a state.
 pub fn state_hash(state: &ClusterState) -> String {
     hash_value(state)
+}
+
+/// The parts of a state that an equivocating leader's altered `put`s cannot
+/// change: authority, membership, keys and signing requests.
+#[derive(serde::Serialize)]
+struct SigningView<'a> {
+    cluster_id: &'a Option<String>,
+    admins: &'a BTreeSet<OperatorKey>,
+    operators: &'a BTreeMap<String, synod_node::state::Operator>,
+    members: &'a BTreeMap<NodeId, synod_proto::NodeAddr>,
+    keys: &'a BTreeMap<String, synod_node::state::KeyRecord>,
+    requests: &'a BTreeMap<String, synod_node::state::RequestRecord>,
+    pending_requests: &'a BTreeSet<String>,
+}
+
+/// The hash of [`SigningView`]: what nodes must agree on after an equivocation.
+pub fn signing_hash(state: &ClusterState) -> String {
+    hash_value(&SigningView {
+        cluster_id: &state.cluster_id,
+        admins: &state.admins,
+        operators: &state.operators,
+        members: &state.members,
+        keys: &state.keys,
+        requests: &state.requests,
+        pending_requests: &state.pending_requests,
+    })
 }
 
 impl Observer {
@@ -341,6 +371,11 @@ impl Checker for RaftSafety {
                 }
             }
             for e in &v.new_entries {
+                // An equivocating leader sent two entries under this log id: outside
+                // crash-fault Raft's model (see ARCHITECTURE.md, `sim/`).
+                if step.equivocations.contains_key(&e.index) {
+                    continue;
+                }
                 if let Some(first) = step.committed.get(&e.index) {
                     if first.hash != e.hash {
                         return Err(Violation::new(
@@ -364,10 +399,14 @@ impl Checker for RaftSafety {
     }
 }
 
-/// State-machine agreement: nodes at the same applied index hold the same state.
+/// State-machine agreement: nodes at the same applied index hold the same
+/// state. From the first entry an equivocating leader altered on, nodes that
+/// applied different versions of it hold different key-value data and audit
+/// chains for good; there they must still agree on [`SigningView`].
 #[derive(Default)]
 pub struct StateAgreement {
     hashes: BTreeMap<u64, (String, NodeId)>,
+    signing: BTreeMap<u64, (String, NodeId)>,
 }
 
 impl Checker for StateAgreement {
@@ -376,9 +415,16 @@ impl Checker for StateAgreement {
     }
 
     fn check_step(&mut self, step: &Step) -> Result<(), Violation> {
+        let split = step.equivocations.keys().next().copied();
         for v in step.nodes {
             let (Some(hash), Some(index)) = (&v.state_hash, v.applied) else { continue };
-            let (first, node) = self.hashes.entry(index).or_insert_with(|| (hash.clone(), v.id));
+            let (hashes, hash) = if split.is_some_and(|at| index >= at) {
+                (&mut self.signing, signing_hash(&v.node.state().read().state))
+            } else {
+                (&mut self.hashes, hash.clone())
+            };
+            let hash = &hash;
+            let (first, node) = hashes.entry(index).or_insert_with(|| (hash.clone(), v.id));
             if first != hash {
                 return Err(Violation::new(
                     "state-machine-agreement",
@@ -395,8 +441,9 @@ impl Checker for StateAgreement {
     }
 
     fn check_final(&mut self, step: &Step) -> Result<(), Violation> {
+        let hash = if step.equivocations.is_empty() { state_hash } else { signing_hash };
         let hashes: BTreeSet<(Option<u64>, String)> =
-            step.nodes.iter().map(|v| (v.applied, state_hash(&v.node.state().read().state))).collect();
+            step.nodes.iter().map(|v| (v.applied, hash(&v.node.state().read().state))).collect();
         if hashes.len() > 1 {
             return Err(Violation::new(
                 "state-machine-convergence",
@@ -457,7 +504,10 @@ impl Checker for AckedWritesKept {
     fn check_final(&mut self, step: &Step) -> Result<(), Violation> {
         for v in step.nodes {
             let applied = v.node.state().read();
-            for ack in &step.history.acks {
+            let altered: BTreeSet<&str> = step.equivocations.values().map(|e| e.key.as_str()).collect();
+            // A write whose entry an equivocating leader altered is refused by the
+            // followers that got the altered version; the others hold it.
+            for ack in step.history.acks.iter().filter(|a| !altered.contains(a.key.as_str())) {
                 let held = applied.state.kv.get(&ack.key).map(|r| r.value.as_str());
                 if held != Some(ack.value.as_str()) {
                     return Err(Violation::new(
@@ -523,6 +573,52 @@ impl Checker for ForgeriesRefused {
     fn check_final(&mut self, step: &Step) -> Result<(), Violation> {
         for v in step.nodes {
             Self::check_state(v.id, &v.node.state().read().state, step.admins)?;
+        }
+        Ok(())
+    }
+}
+
+/// No node applies a command its operator did not sign: an entry an
+/// equivocating leader altered (a `put` whose value it changed after the admin
+/// signed it) is refused by every node that got it, so no node ever holds the
+/// altered value.
+pub struct AlteredCommandsRefused;
+
+impl AlteredCommandsRefused {
+    fn check_node(id: NodeId, state: &ClusterState, step: &Step) -> Result<(), Violation> {
+        for e in step.equivocations.values() {
+            if state.kv.get(&e.key).is_some_and(|r| r.value == EQUIVOCATED_VALUE) {
+                return Err(Violation::new(
+                    "altered-command-applied",
+                    format!(
+                        "n{id} applied the put of {} that n{} altered at index {} (term {}) for {:?}",
+                        e.key, e.leader, e.index, e.term, e.victims
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Checker for AlteredCommandsRefused {
+    fn name(&self) -> &'static str {
+        "altered-command-applied"
+    }
+
+    fn check_step(&mut self, step: &Step) -> Result<(), Violation> {
+        if step.equivocations.is_empty() {
+            return Ok(());
+        }
+        for v in step.nodes.iter().filter(|v| v.state_hash.is_some()) {
+            Self::check_node(v.id, &v.node.state().read().state, step)?;
+        }
+        Ok(())
+    }
+
+    fn check_final(&mut self, step: &Step) -> Result<(), Violation> {
+        for v in step.nodes {
+            Self::check_node(v.id, &v.node.state().read().state, step)?;
         }
         Ok(())
     }

@@ -95,6 +95,10 @@ pub struct FaultPlan {
     /// always generated before the fault window opens, so that signing runs
     /// through the whole window).
     pub keygen_during_faults: bool,
+    /// Periods in which the leader equivocates: it sends some followers `put`
+    /// entries altered after the admin signed them, with the original's index
+    /// and term, and the others the original.
+    pub equivocations: u32,
     /// Byzantine signers (0 or 1: keys are a majority threshold, and a lying
     /// signer must not stop signing). The node and its lie (invalid shares, or
     /// commitments it holds no nonces for) are drawn from the seed; it lies for
@@ -131,6 +135,7 @@ impl FaultPlan {
             byzantine_proposals: 0,
             share_answer_loss: 0.0,
             keygen_during_faults: false,
+            equivocations: 0,
             byzantine_signers: 0,
             crash_points: 0,
             crash_point_p: 0.0,
@@ -159,6 +164,7 @@ impl FaultPlan {
             byzantine_proposals: 4,
             share_answer_loss: 0.2,
             keygen_during_faults: true,
+            equivocations: 1,
             byzantine_signers: 1,
             crash_points: 6,
             crash_point_p: 0.05,

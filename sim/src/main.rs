@@ -321,6 +321,7 @@ fn invariant_name(name: &str) -> &'static str {
         "state-machine-convergence",
         "acknowledged-write-lost",
         "forged-command-applied",
+        "altered-command-applied",
         "nonce-single-use",
         "one-message-per-request",
         "signature-verifies",

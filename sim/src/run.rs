@@ -106,6 +106,7 @@ enum Repair {
     Partition(Vec<(NodeId, NodeId)>),
     OneWay(NodeId, NodeId),
     Slow(NodeId),
+    Equivocation(NodeId),
 }
 
 /// The driver's view of the world between steps.
@@ -128,6 +129,8 @@ struct Driver<'a> {
     /// Whether a partition (symmetric or one-way) is in force.
     partitioned: bool,
     observer: Observer,
+    /// The network's record of entries an equivocating leader altered.
+    equivocations: BTreeMap<u64, net::Equivocation>,
     points: SharedPoints,
     checkers: Vec<Box<dyn Checker>>,
     admins: BTreeSet<OperatorKey>,
@@ -247,6 +250,15 @@ impl Driver<'_> {
                 self.net.lock().expect("net").set_slow(id, Some(*extra_ms));
                 self.repairs.push((now + for_ms, Repair::Slow(id)));
             }
+            FaultKind::Equivocate { victims, rotation, for_ms } => {
+                let Some(leader) = self.leader else { return false };
+                let followers: Vec<NodeId> = all.iter().copied().filter(|n| *n != leader).collect();
+                let victims: BTreeSet<NodeId> =
+                    (0..*victims as usize).map(|i| followers[(*rotation as usize + i) % followers.len()]).collect();
+                self.event(format!("n{leader} equivocates towards {victims:?} for {for_ms} ms"));
+                self.net.lock().expect("net").set_equivocating(Some((leader, victims)));
+                self.repairs.push((now + for_ms, Repair::Equivocation(leader)));
+            }
             FaultKind::Byzantine { forgery } => {
                 let leader = self.leader.unwrap_or(1);
                 self.history.borrow_mut().forgery_queue.push_back((fault.id, *forgery, leader));
@@ -318,6 +330,10 @@ impl Driver<'_> {
                     self.net.lock().expect("net").set_slow(id, None);
                     self.event(format!("n{id} no longer slow"));
                 }
+                Repair::Equivocation(id) => {
+                    self.net.lock().expect("net").set_equivocating(None);
+                    self.event(format!("n{id} no longer equivocates"));
+                }
             }
         }
     }
@@ -335,6 +351,12 @@ impl Driver<'_> {
     /// Observes the nodes and runs every checker.
     fn check(&mut self) -> Result<Vec<NodeView>, Violation> {
         let now = self.now_ms();
+        {
+            let net = self.net.lock().expect("net");
+            if net.equivocations != self.equivocations {
+                self.equivocations = net.equivocations.clone();
+            }
+        }
         let views = self.observer.observe(&self.machines, now, &mut self.trace.borrow_mut());
         self.leader = views.iter().filter(|v| v.role == ServerState::Leader).max_by_key(|v| v.term).map(|v| v.id);
         for v in &views {
@@ -352,6 +374,7 @@ impl Driver<'_> {
             history: &history,
             admins: &self.admins,
             releases: &self.observer.releases,
+            equivocations: &self.equivocations,
         };
         for c in &mut self.checkers {
             c.check_step(&step)?;
@@ -373,6 +396,7 @@ impl Driver<'_> {
             history: &history,
             admins: &self.admins,
             releases: &self.observer.releases,
+            equivocations: &self.equivocations,
         };
         for c in &mut self.checkers {
             c.check_final(&step)?;
@@ -585,6 +609,7 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
         repairs: Vec::new(),
         partitioned: false,
         observer: Observer::default(),
+        equivocations: BTreeMap::new(),
         points,
         checkers: checker::all(cfg),
         admins: [OperatorKey::of(&admin)].into_iter().collect(),

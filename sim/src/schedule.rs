@@ -64,6 +64,9 @@ pub enum FaultKind {
     Slow { node: Target, extra_ms: u64, for_ms: u64 },
     /// The current leader proposes a forged entry.
     Byzantine { forgery: Forgery },
+    /// The current leader equivocates for `for_ms`: `victims` of its followers
+    /// (from the `rotation`-th on, in id order) get `put` entries altered.
+    Equivocate { victims: u64, rotation: u64, for_ms: u64 },
 }
 
 impl FaultKind {
@@ -78,6 +81,7 @@ impl FaultKind {
             FaultKind::ClockJump { .. } => "clock_jump",
             FaultKind::Slow { .. } => "slow_node",
             FaultKind::Byzantine { .. } => "byzantine_proposal",
+            FaultKind::Equivocate { .. } => "equivocating_leader",
         }
     }
 }
@@ -155,6 +159,11 @@ pub fn draw(seed: u64, plan: &FaultPlan, nodes: u64) -> Vec<Fault> {
     }
     for _ in 0..plan.byzantine_proposals {
         kinds.push(FaultKind::Byzantine { forgery: Forgery::ALL[r(4) as usize] });
+    }
+    for _ in 0..plan.equivocations {
+        // At least one follower gets the altered entries and at least one the originals.
+        let victims = 1 + r(nodes.saturating_sub(2).max(1));
+        kinds.push(FaultKind::Equivocate { victims, rotation: r(nodes), for_ms: 500 + r(2_500) });
     }
     let mut faults: Vec<Fault> = kinds
         .into_iter()
