@@ -74,7 +74,10 @@ pub struct NodeView {
     pub restarted: bool,
     /// Entries applied since the last step that are still on the node's disk.
     pub new_entries: Vec<EntryRecord>,
-    /// The state's hash, when the applied index moved in this step.
+    /// Whether the applied index moved in this step (the state may have changed).
+    pub moved: bool,
+    /// The state's hash, when the applied index moved in this step to an index
+    /// whose state is to be compared (see [`STATE_HASH_EVERY_MS`]).
     pub state_hash: Option<String>,
 }
 
@@ -146,12 +149,21 @@ pub fn signing_enabled(cfg: &SimConfig) -> bool {
     cfg.signing_clients > 0 && cfg.nodes >= 2
 }
 
+/// How often (simulated ms) a node's state is hashed at an applied index no
+/// node's state was hashed at yet. At an index another node's state was
+/// hashed at, it is always hashed (and compared). Hashing every state at every
+/// applied index took most of the simulator's own time: the state grows with
+/// the run, so that cost grew with the square of the run's length.
+pub const STATE_HASH_EVERY_MS: u64 = 500;
+
 /// Per-node memory of the observer.
 #[derive(Default)]
 struct Seen {
     boots: u64,
     applied: Option<u64>,
     role: Option<(ServerState, u64, Option<NodeId>)>,
+    /// When this node's state was last hashed at a new index.
+    hashed_at_ms: Option<u64>,
 }
 
 /// Looks at the nodes after each step; keeps the committed-entry map.
@@ -159,6 +171,10 @@ struct Seen {
 pub struct Observer {
     seen: BTreeMap<NodeId, Seen>,
     pub committed: BTreeMap<u64, EntryRecord>,
+    /// Applied indexes at which some node's state was hashed.
+    hashed: BTreeSet<u64>,
+    /// States hashed, for the report.
+    pub states_hashed: u64,
     /// Per machine: the boot whose released shares were collected, and how many.
     released_seen: BTreeMap<NodeId, (u64, usize)>,
     /// Shares collected since the last step, for the checkers.
@@ -228,9 +244,16 @@ impl Observer {
             let (applied, state_hash) = {
                 let shared = node.state().read();
                 let applied = shared.last_applied.map(|l| l.index);
-                let hash = (applied != seen.applied).then(|| state_hash(&shared.state));
-                (applied, hash)
+                let index = applied.unwrap_or(0);
+                let due = seen.hashed_at_ms.is_none_or(|at| now_ms >= at + STATE_HASH_EVERY_MS);
+                let wanted = applied != seen.applied && (due || self.hashed.contains(&index));
+                if wanted && self.hashed.insert(index) {
+                    seen.hashed_at_ms = Some(now_ms);
+                }
+                self.states_hashed += u64::from(wanted);
+                (applied, wanted.then(|| state_hash(&shared.state)))
             };
+            let moved = applied != seen.applied;
             let mut new_entries = Vec::new();
             if applied != seen.applied {
                 let from = if restarted { 0 } else { seen.applied.map_or(0, |i| i + 1) };
@@ -247,7 +270,18 @@ impl Observer {
                     ),
                 );
             }
-            views.push(NodeView { id: m.id, node, role, term, leader, applied, restarted, new_entries, state_hash });
+            views.push(NodeView {
+                id: m.id,
+                node,
+                role,
+                term,
+                leader,
+                applied,
+                restarted,
+                new_entries,
+                moved,
+                state_hash,
+            });
             seen.applied = applied;
         }
         if self.last_harvest_ms.is_none_or(|at| now_ms >= at + HARVEST_EVERY_MS) {
@@ -564,7 +598,7 @@ impl Checker for ForgeriesRefused {
             }
         }
         self.cursor = step.history.forged.len();
-        for v in step.nodes.iter().filter(|v| v.state_hash.is_some()) {
+        for v in step.nodes.iter().filter(|v| v.moved) {
             Self::check_state(v.id, &v.node.state().read().state, step.admins)?;
         }
         Ok(())
@@ -610,7 +644,7 @@ impl Checker for AlteredCommandsRefused {
         if step.equivocations.is_empty() {
             return Ok(());
         }
-        for v in step.nodes.iter().filter(|v| v.state_hash.is_some()) {
+        for v in step.nodes.iter().filter(|v| v.moved) {
             Self::check_node(v.id, &v.node.state().read().state, step)?;
         }
         Ok(())
@@ -734,7 +768,7 @@ impl Checker for OneMessagePerRequest {
         if let Some(anomaly) = step.history.sign_anomalies.first() {
             return Err(Violation::new("one-message-per-request", format!("a client saw: {anomaly}")));
         }
-        for v in step.nodes.iter().filter(|v| v.state_hash.is_some()) {
+        for v in step.nodes.iter().filter(|v| v.moved) {
             self.check_node(v.id, &v.node.state().read().state, step.history)?;
         }
         let acks = &step.history.sign_acks;
@@ -867,7 +901,7 @@ impl Checker for SignaturesVerify {
     }
 
     fn check_step(&mut self, step: &Step) -> Result<(), Violation> {
-        for v in step.nodes.iter().filter(|v| v.state_hash.is_some()) {
+        for v in step.nodes.iter().filter(|v| v.moved) {
             self.check_node(v.id, &v.node.state().read().state, step.history)?;
         }
         Ok(())
@@ -977,7 +1011,7 @@ impl Checker for PolicyBeforeShares {
                 )
             })?;
         }
-        for v in step.nodes.iter().filter(|v| v.state_hash.is_some()) {
+        for v in step.nodes.iter().filter(|v| v.moved) {
             Self::check_coordinated(v.id, &v.node.state().read().state, step.history)?;
         }
         Ok(())
@@ -1023,7 +1057,7 @@ impl Checker for HonestNotBlamed {
     }
 
     fn check_step(&mut self, step: &Step) -> Result<(), Violation> {
-        for v in step.nodes.iter().filter(|v| v.state_hash.is_some()) {
+        for v in step.nodes.iter().filter(|v| v.moved) {
             self.check_node(v.id, &v.node.state().read().state)?;
         }
         Ok(())
