@@ -618,6 +618,18 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
     let result = driver.drive();
     let sim_ms = driver.now_ms();
     if let Err(v) = &result {
+        // Keys still generating, as each node sees them: what a stuck generation waits for.
+        for m in &driver.machines {
+            let Some(node) = m.running() else { continue };
+            let applied = node.state().read();
+            for key in applied.state.keys.values().filter(|k| k.status != synod_node::state::KeyStatus::Active) {
+                let round1: Vec<&NodeId> = key.round1.keys().collect();
+                driver.event(format!(
+                    "n{}: key {} {:?}: round-1 packages from {round1:?}, confirmed by {:?}",
+                    m.id, key.name, key.status, key.confirmed
+                ));
+            }
+        }
         driver.event(format!("VIOLATION {}: {}", v.invariant, v.detail));
     }
     let entries_applied = driver.observer.committed.keys().next_back().copied().unwrap_or(0);

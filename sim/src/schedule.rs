@@ -208,4 +208,15 @@ mod tests {
         assert_ne!(draw(9, &plan, 5), draw(10, &plan, 5));
         assert!(draw(9, &FaultPlan::none(), 5).is_empty());
     }
+
+    #[test]
+    fn schedule_one_byzantine_signer_at_most() {
+        // Chaos makes one node per seed a byzantine signer, with a known lie; quiet makes none.
+        for seed in 0..50 {
+            let (node, lie) = draw_byzantine_signer(seed, &FaultPlan::chaos(), 5).expect("chaos has one");
+            assert!((1..=5).contains(&node));
+            assert!(synod_node::faults::BYZANTINE_SIGNER.contains(&lie));
+        }
+        assert_eq!(draw_byzantine_signer(1, &FaultPlan::none(), 5), None);
+    }
 }

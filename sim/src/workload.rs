@@ -150,6 +150,8 @@ pub struct SignAck {
 pub struct ForgedResult {
     pub fault_id: usize,
     pub forgery: Forgery,
+    /// For a replay: the key of the acknowledged write proposed again.
+    pub replayed_key: Option<String>,
     /// The outcome the state machine returned, if the leader answered.
     pub outcome: Option<Outcome>,
 }
@@ -422,19 +424,22 @@ pub async fn adversary(ctx: ClientCtx) -> turmoil::Result {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let entry = forge(&ctx, &mut rng, fault_id, forgery);
+        let (entry, replayed_key) = forge(&ctx, &mut rng, fault_id, forgery);
         let response = ctx.submit(Kind::ProposeRaw, &entry, leader, &mut rng, 10).await;
         let outcome = response.map(|r| r.outcome);
         ctx.event(format!("adversary: forgery #{fault_id} {forgery:?} -> {outcome:?}"));
-        ctx.history.borrow_mut().forged.push(ForgedResult { fault_id, forgery, outcome });
+        ctx.history.borrow_mut().forged.push(ForgedResult { fault_id, forgery, replayed_key, outcome });
     }
     ctx.history.borrow_mut().clients_done += 1;
     Ok(())
 }
 
-fn forge(ctx: &ClientCtx, rng: &mut ChaCha8Rng, fault_id: usize, forgery: Forgery) -> LogEntry {
+/// A forged entry, and for a replay the key of the write it proposes again.
+fn forge(ctx: &ClientCtx, rng: &mut ChaCha8Rng, fault_id: usize, forgery: Forgery) -> (LogEntry, Option<String>) {
     let put = Command::Put { key: format!("{FORGED_PREFIX}{fault_id}"), value: "x".into() };
-    let replayable = ctx.history.borrow().acks.iter().rev().find(|a| a.index.is_some()).map(|a| a.command.clone());
+    let replayable =
+        ctx.history.borrow().acks.iter().rev().find(|a| a.index.is_some()).map(|a| (a.command.clone(), a.key.clone()));
+    let mut replayed_key = None;
     let command = match forgery {
         Forgery::NonAdminWrite => ctx.sign(&ctx.stranger, rng, put),
         Forgery::NonAdminMember => {
@@ -446,9 +451,15 @@ fn forge(ctx: &ClientCtx, rng: &mut ChaCha8Rng, fault_id: usize, forgery: Forger
             signed.envelope = signed.envelope.replace("\"value\":\"x\"", "\"value\":\"y\"");
             signed
         }
-        Forgery::Replay => replayable.unwrap_or_else(|| ctx.sign(&ctx.stranger, rng, put)),
+        Forgery::Replay => match replayable {
+            Some((command, key)) => {
+                replayed_key = Some(key);
+                command
+            }
+            None => ctx.sign(&ctx.stranger, rng, put),
+        },
     };
-    LogEntry { time_ms: EPOCH_MS + ctx.now_ms(), command }
+    (LogEntry { time_ms: EPOCH_MS + ctx.now_ms(), command }, replayed_key)
 }
 
 /// A key's threshold for `participants`: a majority (at least 2, FROST's minimum).

@@ -32,7 +32,7 @@ fn sim_same_seed_gives_the_same_trace_hash() {
 
 #[test]
 fn sim_chaos_sweep_passes() {
-    // A small chaos sweep (every fault kind on, 5 nodes) breaks no invariant, every write completes and every sign request is signed after the heal.
+    // A small chaos sweep (every fault kind on, 5 nodes: a byzantine signer, an equivocating leader and crashes at named fault points included) breaks no invariant, every write completes and every approved sign request is signed after the heal.
     let out = sim(&["--seeds", "100..110", "--profile", "chaos", "--no-shrink", "--jobs", "2"]);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}");
