@@ -413,6 +413,7 @@ async fn coordinate(node: &Arc<Node>, request_id: &str) {
     let outcome = synod_coordinator::run(job, &signers).instrument(span).await;
     let command = match outcome {
         Ok(signed) => {
+            crate::faults::crash_point(node.id, crate::faults::LEADER_AFTER_SHARES).await;
             coordination.punish(&signed.culprits, node.now_ms());
             Command::SignResult {
                 request_id: request_id.to_string(),

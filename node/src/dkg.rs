@@ -27,6 +27,15 @@ use crate::state::{frost_identifier, package_hash, KeyOrigin, KeyRecord, KeyStat
 /// How long to wait before submitting a message again that has not shown up
 /// in the committed state (the write may have been lost with a leader).
 const RESUBMIT_MS: u64 = 3_000;
+/// Whether a message submitted at `last_ms` (this node's clock) is due again
+/// at `now_ms`. Either way round: a clock stepped back (an NTP step) must not
+/// hold a resubmission back by the size of the step (found by the simulator:
+/// a participant whose clock jumped back 28 s sent its lost round-1 package
+/// again only after the generation had stalled for longer than that).
+fn resubmit_due(now_ms: u64, last_ms: u64) -> bool {
+    now_ms.abs_diff(last_ms) >= RESUBMIT_MS
+}
+
 /// How long one round-2 delivery may take.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// The most generations this node takes part in at once.
@@ -96,6 +105,7 @@ impl Dkg {
                             let _ = node.write_as_node(abort(&key, node.id, reason, None)).await;
                             continue;
                         }
+                        crate::faults::crash_point(node.id, crate::faults::DKG_AFTER_SEAL).await;
                         let confirm = Command::KeyConfirm {
                             key_id: key.id.clone(),
                             node_id: node.id,
@@ -136,7 +146,7 @@ impl Dkg {
         let local = locals.entry(key.id.clone()).or_default();
         if let Some(command) = &local.abort {
             // The abort may have been lost (no leader right after a restart): send it again.
-            if now.saturating_sub(local.last_submit_ms) >= RESUBMIT_MS {
+            if resubmit_due(now, local.last_submit_ms) {
                 local.last_submit_ms = now;
                 return vec![Step::Submit(command.clone())];
             }
@@ -174,7 +184,7 @@ impl Dkg {
             return vec![Step::Submit(round1_command(key, me, &local.round1_hex))];
         }
         if !key.round1.contains_key(&me) {
-            if now.saturating_sub(local.last_submit_ms) >= RESUBMIT_MS {
+            if resubmit_due(now, local.last_submit_ms) {
                 local.last_submit_ms = now;
                 return vec![Step::Submit(round1_command(key, me, &local.round1_hex))];
             }
@@ -248,7 +258,7 @@ impl Dkg {
             return steps;
         }
         if let Some((group, hash)) = &local.confirmation {
-            let resubmit = !group.is_empty() && now.saturating_sub(local.last_submit_ms) >= RESUBMIT_MS;
+            let resubmit = !group.is_empty() && resubmit_due(now, local.last_submit_ms);
             if resubmit && !key.confirmed.contains(&me) {
                 local.last_submit_ms = now;
                 steps.push(Step::Submit(Command::KeyConfirm {

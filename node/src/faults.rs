@@ -1,10 +1,25 @@
 //! Deliberately broken behaviours ("planted bugs") that prove the tests and the
-//! simulator can fail. Switched on at run time with `SYNOD_FAULTS=name[,name...]`
-//! (integration tests) or [`set_for_process`] (the simulator).
+//! simulator can fail, byzantine behaviours of single nodes, and named fault
+//! points where the simulator may crash a node.
 //!
-//! They exist only in builds with the `fault-injection` cargo feature, which
-//! the test command and the simulator enable and release builds do not: without
-//! the feature [`enabled`] is a constant `false` and the faulty branches compile away.
+//! Planted bugs are switched on at run time with `SYNOD_FAULTS=name[,name...]`
+//! (integration tests) or [`set_for_process`] (the simulator), for the whole
+//! process. [`set_for_node`] switches faults on for one node only (the
+//! simulator's byzantine signer: every node of a simulated cluster runs in one
+//! process); [`enabled_for`] is true when either switch is on.
+//!
+//! Named fault points ([`crash_point`]) mark places where a crash is most
+//! interesting ("the leader dies after collecting the shares, before it
+//! commits the signature"). A hook the simulator installs ([`set_point_hook`])
+//! decides, from its seed, whether the node crashes there: the point's future
+//! then never completes and the simulator crashes that node's host.
+//!
+//! All of it exists only in builds with the `fault-injection` cargo feature,
+//! which the test command and the simulator enable and release builds do not:
+//! without the feature [`enabled`] and [`enabled_for`] are a constant `false`,
+//! [`crash_point`] returns at once, and the faulty branches compile away.
+
+use synod_proto::NodeId;
 
 /// A leader that skips its own checks of a client's command (signature,
 /// author's authority) before proposing it. Followers must still refuse it.
@@ -33,21 +48,60 @@ pub const NONCE_REUSE: &str = "nonce-reuse";
 /// Followers (asked over the network) must still refuse, so no signature results.
 pub const SKIP_POLICY: &str = "skip-policy";
 
-/// Every fault this crate knows, for validating names.
-pub const KNOWN: &[&str] =
-    &[SKIP_AUTHOR_CHECK, ACK_BEFORE_COMMIT, CORRUPT_SHARES, PAUSE_BETWEEN_ROUNDS, NONCE_REUSE, SKIP_POLICY];
+/// A signer that answers round 1 with commitments other than those of the
+/// nonces it holds (its hiding and binding commitments swapped) when it
+/// preprocesses. A package built from them does not carry its commitments, so
+/// it refuses round 2 and the coordinator starts a new session without it.
+pub const WRONG_COMMITMENTS: &str = "wrong-commitments";
 
-/// The [`CORRUPT_SHARES`] signer: changes the share's scalar.
-pub fn corrupt_share(share: frost_ed25519::round2::SignatureShare) -> frost_ed25519::round2::SignatureShare {
-    if !enabled(CORRUPT_SHARES) {
+/// Every fault this crate knows, for validating names.
+pub const KNOWN: &[&str] = &[
+    SKIP_AUTHOR_CHECK,
+    ACK_BEFORE_COMMIT,
+    CORRUPT_SHARES,
+    PAUSE_BETWEEN_ROUNDS,
+    NONCE_REUSE,
+    SKIP_POLICY,
+    WRONG_COMMITMENTS,
+];
+
+/// The byzantine signer behaviours one node can have ([`set_for_node`]).
+pub const BYZANTINE_SIGNER: &[&str] = &[CORRUPT_SHARES, WRONG_COMMITMENTS];
+
+/// The [`CORRUPT_SHARES`] signer: changes the share's scalar when that fault is
+/// on for this process or for `node`.
+pub fn corrupt_share(
+    node: NodeId,
+    share: frost_ed25519::round2::SignatureShare,
+) -> frost_ed25519::round2::SignatureShare {
+    if !enabled_for(node, CORRUPT_SHARES) {
         return share;
     }
     let mut bytes = share.serialize();
     // The scalar is the last 32 bytes, little-endian; changing its low half keeps it canonical.
     let low = bytes.len() - 32;
     bytes[low..low + 16].iter_mut().for_each(|b| *b ^= 0x5a);
-    tracing::warn!("fault corrupt-shares: sending an invalid signature share");
+    tracing::warn!(node, "fault corrupt-shares: sending an invalid signature share");
     frost_ed25519::round2::SignatureShare::deserialize(&bytes).unwrap_or(share)
+}
+
+/// The [`WRONG_COMMITMENTS`] signer: swaps the hiding and binding commitments
+/// of every commitment in a preprocessing answer when that fault is on for this
+/// process or for `node`. A commitment that does not parse is passed on unchanged.
+pub fn wrong_commitments(node: NodeId, mut batch: synod_proto::rpc::NonceBatch) -> synod_proto::rpc::NonceBatch {
+    use frost_ed25519::round1::SigningCommitments;
+    if !enabled_for(node, WRONG_COMMITMENTS) {
+        return batch;
+    }
+    tracing::warn!(node, "fault wrong-commitments: handing out commitments this node holds no nonces for");
+    for commitments in &mut batch.commitments {
+        let parsed = hex::decode(&*commitments).ok().and_then(|b| SigningCommitments::deserialize(&b).ok());
+        if let Some(swapped) = parsed.and_then(|c| SigningCommitments::new(*c.binding(), *c.hiding()).serialize().ok())
+        {
+            *commitments = hex::encode(swapped);
+        }
+    }
+    batch
 }
 
 #[cfg(feature = "fault-injection")]
@@ -77,6 +131,99 @@ pub fn enabled(name: &str) -> bool {
 #[cfg(not(feature = "fault-injection"))]
 pub fn enabled(_name: &str) -> bool {
     false
+}
+
+#[cfg(feature = "fault-injection")]
+static NODE_FAULTS: std::sync::RwLock<std::collections::BTreeMap<NodeId, Vec<String>>> =
+    std::sync::RwLock::new(std::collections::BTreeMap::new());
+
+/// Switches the named faults on for `node` only (the faults of other nodes are
+/// kept); replaces that node's set given by an earlier call, and an empty list
+/// clears it. Refuses a name this crate does not know, listing the known ones.
+#[cfg(feature = "fault-injection")]
+pub fn set_for_node(node: NodeId, names: &[&str]) -> Result<(), String> {
+    if let Some(unknown) = names.iter().find(|n| !KNOWN.contains(n)) {
+        return Err(format!("unknown fault {unknown:?}; known faults: {}", KNOWN.join(", ")));
+    }
+    let mut faults = NODE_FAULTS.write().unwrap_or_else(|e| e.into_inner());
+    if names.is_empty() {
+        faults.remove(&node);
+    } else {
+        faults.insert(node, names.iter().map(|n| n.to_string()).collect());
+    }
+    Ok(())
+}
+
+/// Whether the named fault is on for `node`: for this whole process, or for that node.
+#[cfg(feature = "fault-injection")]
+pub fn enabled_for(node: NodeId, name: &str) -> bool {
+    let mine =
+        NODE_FAULTS.read().unwrap_or_else(|e| e.into_inner()).get(&node).is_some_and(|f| f.iter().any(|f| f == name));
+    mine || enabled(name)
+}
+
+/// Whether the named fault is on for `node` (never, in this build).
+#[cfg(not(feature = "fault-injection"))]
+pub fn enabled_for(_node: NodeId, _name: &str) -> bool {
+    false
+}
+
+/// Named fault point: a DKG participant has sealed its key package and has not
+/// yet committed its confirmation (`dkg.rs`).
+pub const DKG_AFTER_SEAL: &str = "dkg-after-seal-before-confirm";
+/// Named fault point: a write is committed and its client not yet answered (`node.rs`).
+pub const WRITE_AFTER_COMMIT: &str = "write-after-commit-before-answer";
+/// Named fault point: entries are applied to the in-memory state and their
+/// audit records not yet written (`raft/state_machine.rs`).
+pub const APPLY_BEFORE_AUDIT: &str = "apply-before-audit-write";
+/// Named fault point: a snapshot is built and not yet stored (`raft/state_machine.rs`).
+pub const SNAPSHOT_BEFORE_SAVE: &str = "snapshot-built-before-save";
+/// Named fault point: a signer released its share and has not answered the
+/// coordinator yet (`node.rs`, the handler of a remote `SignShare`).
+pub const SIGNER_AFTER_SHARE: &str = "signer-after-share-before-answer";
+/// Named fault point: the leader holds the shares of a signing session (the
+/// coordinator returned) and has not committed the signature yet (`coordinate.rs`).
+pub const LEADER_AFTER_SHARES: &str = "leader-after-shares-before-commit";
+
+/// Every named fault point.
+pub const POINTS: &[&str] = &[
+    DKG_AFTER_SEAL,
+    WRITE_AFTER_COMMIT,
+    APPLY_BEFORE_AUDIT,
+    SNAPSHOT_BEFORE_SAVE,
+    SIGNER_AFTER_SHARE,
+    LEADER_AFTER_SHARES,
+];
+
+/// Decides whether `node` crashes at the named point. Called on the node's own
+/// task, in the order the points are reached, so a hook drawing from a seeded
+/// RNG is deterministic under the simulator.
+pub type PointHook = dyn Fn(NodeId, &'static str) -> bool + Send + Sync;
+
+#[cfg(feature = "fault-injection")]
+static POINT_HOOK: std::sync::RwLock<Option<std::sync::Arc<PointHook>>> = std::sync::RwLock::new(None);
+
+/// Installs (or, with `None`, removes) the hook that decides crashes at named points.
+#[cfg(feature = "fault-injection")]
+pub fn set_point_hook(hook: Option<std::sync::Arc<PointHook>>) {
+    *POINT_HOOK.write().unwrap_or_else(|e| e.into_inner()) = hook;
+}
+
+/// A named fault point (one of [`POINTS`]). When the installed hook says that
+/// `node` crashes here, the returned future never completes (the node is
+/// crashed from outside, by the simulator); otherwise, and always in builds
+/// without `fault-injection`, it completes at once.
+pub async fn crash_point(node: NodeId, name: &'static str) {
+    #[cfg(feature = "fault-injection")]
+    {
+        let hook = POINT_HOOK.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if hook.is_some_and(|decide| decide(node, name)) {
+            tracing::warn!(node, point = name, "fault point: this node crashes here");
+            std::future::pending::<()>().await;
+        }
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = (node, name);
 }
 
 /// The faults this build can inject, for `synod version`.
@@ -117,4 +264,30 @@ pub async fn ack_before_commit(
         }),
         Err(e) => Err(ApiError::unavailable(format!("entry not appended: {e}"))),
     })
+}
+
+#[cfg(all(test, feature = "fault-injection"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_per_node_switch_lies_on_that_node_only() {
+        // A fault switched on for node 3 is on for node 3 alone; clearing it turns it off again.
+        set_for_node(3, &[CORRUPT_SHARES]).expect("known fault");
+        assert!(enabled_for(3, CORRUPT_SHARES));
+        assert!(!enabled_for(2, CORRUPT_SHARES));
+        assert!(!enabled(CORRUPT_SHARES));
+        assert!(set_for_node(3, &["no-such-fault"]).is_err());
+        set_for_node(3, &[]).expect("clearing");
+        assert!(!enabled_for(3, CORRUPT_SHARES));
+    }
+
+    #[test]
+    fn faults_crash_point_without_a_hook_returns_at_once() {
+        // With no hook installed a named point is a no-op; a hook that says no lets it pass too.
+        futures::executor::block_on(crash_point(1, DKG_AFTER_SEAL));
+        set_point_hook(Some(std::sync::Arc::new(|_, _| false)));
+        futures::executor::block_on(crash_point(1, WRITE_AFTER_COMMIT));
+        set_point_hook(None);
+    }
 }

@@ -148,6 +148,7 @@ impl Node {
         };
         let config = Arc::new(config.validate()?);
         let (state_machine, shared) = StateMachine::open(parts.store.clone())?;
+        let state_machine = state_machine.for_node(parts.id);
         let mut log_store = LogStore::new(parts.store.clone());
         let empty_disk = {
             use openraft::storage::RaftLogStorage;
@@ -270,7 +271,10 @@ impl Node {
             }
         }
         match self.raft.client_write(entry).await {
-            Ok(resp) => Ok(WriteResponse { index: resp.log_id.index, outcome: resp.data }),
+            Ok(resp) => {
+                faults::crash_point(self.id, faults::WRITE_AFTER_COMMIT).await;
+                Ok(WriteResponse { index: resp.log_id.index, outcome: resp.data })
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => {
                 let (Some(leader), Some(addr)) = (fwd.leader_id, fwd.leader_node) else {
                     return Err(ApiError::unavailable("no leader is elected right now; retry in a moment"));
@@ -727,7 +731,8 @@ impl PeerHandler for NodeHandler {
                     PeerResponse::DkgRound2(node.dkg.receive_round2(&node, from, &key_id, &package))
                 }
                 PeerRequest::SignPreprocess { key_id, count } => {
-                    PeerResponse::SignPreprocess(node.signer.preprocess(&key_id, count, from).await)
+                    let answer = node.signer.preprocess(&key_id, count, from).await;
+                    PeerResponse::SignPreprocess(answer.map(|batch| faults::wrong_commitments(node.id, batch)))
                 }
                 PeerRequest::SignShare { asks } if asks.len() > synod_proto::rpc::SHARE_ASKS_MAX => {
                     PeerResponse::Refused(format!(
@@ -737,7 +742,11 @@ impl PeerHandler for NodeHandler {
                     ))
                 }
                 PeerRequest::SignShare { asks } => {
-                    PeerResponse::SignShare(node.signer.share_batch(&asks, from, false).await)
+                    let answers = node.signer.share_batch(&asks, from, false).await;
+                    if answers.iter().any(Result::is_ok) {
+                        faults::crash_point(node.id, faults::SIGNER_AFTER_SHARE).await;
+                    }
+                    PeerResponse::SignShare(answers)
                 }
             }
         }

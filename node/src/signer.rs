@@ -343,7 +343,7 @@ impl Signer {
         };
         // The nonces left the map above and are dropped (zeroized) at the end of this scope.
         let share = frost::round2::sign(&package, &nonces, &key_package).map_err(|e| format!("signing failed: {e}"))?;
-        let share = crate::faults::corrupt_share(share);
+        let share = crate::faults::corrupt_share(self.node_id, share);
         slots.by_number.insert(slot, Slot::Used { request_id: request_id.to_string(), package_sha256, share });
         *slots.shares.entry(request_id.to_string()).or_default() += 1;
         drop(slots);

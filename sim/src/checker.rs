@@ -18,10 +18,12 @@ use synod_node::node::Node;
 use synod_node::raft::log_store::LogStore;
 use synod_node::signer::{Released, RELEASED_KEPT_MAX};
 use synod_node::state::{ClusterState, RequestStatus};
+use synod_proto::authz::{Role, AUDIT_KEY_NAME};
 use synod_proto::{NodeId, OperatorKey, Outcome};
 
 use crate::cluster::Machine;
 use crate::config::SimConfig;
+use crate::net::{Equivocation, EQUIVOCATED_VALUE};
 use crate::trace::Trace;
 use crate::workload::{History, Phase, FORGED_NODE, FORGED_PREFIX, KEY_NAME, KEY_NAME_FAULTS};
 
@@ -72,7 +74,10 @@ pub struct NodeView {
     pub restarted: bool,
     /// Entries applied since the last step that are still on the node's disk.
     pub new_entries: Vec<EntryRecord>,
-    /// The state's hash, when the applied index moved in this step.
+    /// Whether the applied index moved in this step (the state may have changed).
+    pub moved: bool,
+    /// The state's hash, when the applied index moved in this step to an index
+    /// whose state is to be compared (see [`STATE_HASH_EVERY_MS`]).
     pub state_hash: Option<String>,
 }
 
@@ -85,8 +90,18 @@ pub struct Step<'a> {
     pub history: &'a History,
     /// The genesis admins: the only operators there may ever be.
     pub admins: &'a BTreeSet<OperatorKey>,
-    /// Signature shares released since the last step, by node (see [`HARVEST_EVERY_MS`]).
-    pub releases: &'a [(NodeId, Released)],
+    /// Signature shares released since the last step (see [`HARVEST_EVERY_MS`]).
+    pub releases: &'a [Release],
+    /// Entries an equivocating leader sent altered to some followers, by index.
+    pub equivocations: &'a BTreeMap<u64, Equivocation>,
+}
+
+/// A share a signer released, with the node that released it (whose state is
+/// still readable after it crashed: it is the signer's state at the crash).
+pub struct Release {
+    pub node: NodeId,
+    pub handle: Arc<Node>,
+    pub released: Released,
 }
 
 /// One invariant.
@@ -107,9 +122,14 @@ pub fn all(cfg: &SimConfig) -> Vec<Box<dyn Checker>> {
         Box::new(StateAgreement::default()),
         Box::new(AckedWritesKept::default()),
         Box::new(ForgeriesRefused::default()),
+        Box::new(AlteredCommandsRefused),
         Box::new(NonceSingleUse::default()),
         Box::new(OneMessagePerRequest::default()),
         Box::new(SignaturesVerify::default()),
+        Box::new(PolicyBeforeShares::default()),
+        Box::new(HonestNotBlamed {
+            byzantine: crate::schedule::draw_byzantine_signer(cfg.seed, &cfg.plan, cfg.nodes).map(|(node, _)| node),
+        }),
         Box::new(SigningLiveness { bound_ms: cfg.sign_liveness_bound_ms, keys: expected_keys(cfg) }),
     ]
 }
@@ -129,12 +149,21 @@ pub fn signing_enabled(cfg: &SimConfig) -> bool {
     cfg.signing_clients > 0 && cfg.nodes >= 2
 }
 
+/// How often (simulated ms) a node's state is hashed at an applied index no
+/// node's state was hashed at yet. At an index another node's state was
+/// hashed at, it is always hashed (and compared). Hashing every state at every
+/// applied index took most of the simulator's own time: the state grows with
+/// the run, so that cost grew with the square of the run's length.
+pub const STATE_HASH_EVERY_MS: u64 = 500;
+
 /// Per-node memory of the observer.
 #[derive(Default)]
 struct Seen {
     boots: u64,
     applied: Option<u64>,
     role: Option<(ServerState, u64, Option<NodeId>)>,
+    /// When this node's state was last hashed at a new index.
+    hashed_at_ms: Option<u64>,
 }
 
 /// Looks at the nodes after each step; keeps the committed-entry map.
@@ -142,10 +171,14 @@ struct Seen {
 pub struct Observer {
     seen: BTreeMap<NodeId, Seen>,
     pub committed: BTreeMap<u64, EntryRecord>,
+    /// Applied indexes at which some node's state was hashed.
+    hashed: BTreeSet<u64>,
+    /// States hashed, for the report.
+    pub states_hashed: u64,
     /// Per machine: the boot whose released shares were collected, and how many.
     released_seen: BTreeMap<NodeId, (u64, usize)>,
     /// Shares collected since the last step, for the checkers.
-    pub releases: Vec<(NodeId, Released)>,
+    pub releases: Vec<Release>,
     /// Every share collected in the run.
     pub shares_released: usize,
     last_harvest_ms: Option<u64>,
@@ -159,6 +192,32 @@ fn hash_value<T: serde::Serialize>(value: &T) -> String {
 /// The hash of a state.
 pub fn state_hash(state: &ClusterState) -> String {
     hash_value(state)
+}
+
+/// The parts of a state that an equivocating leader's altered `put`s cannot
+/// change: authority, membership, keys and signing requests.
+#[derive(serde::Serialize)]
+struct SigningView<'a> {
+    cluster_id: &'a Option<String>,
+    admins: &'a BTreeSet<OperatorKey>,
+    operators: &'a BTreeMap<String, synod_node::state::Operator>,
+    members: &'a BTreeMap<NodeId, synod_proto::NodeAddr>,
+    keys: &'a BTreeMap<String, synod_node::state::KeyRecord>,
+    requests: &'a BTreeMap<String, synod_node::state::RequestRecord>,
+    pending_requests: &'a BTreeSet<String>,
+}
+
+/// The hash of [`SigningView`]: what nodes must agree on after an equivocation.
+pub fn signing_hash(state: &ClusterState) -> String {
+    hash_value(&SigningView {
+        cluster_id: &state.cluster_id,
+        admins: &state.admins,
+        operators: &state.operators,
+        members: &state.members,
+        keys: &state.keys,
+        requests: &state.requests,
+        pending_requests: &state.pending_requests,
+    })
 }
 
 impl Observer {
@@ -185,9 +244,16 @@ impl Observer {
             let (applied, state_hash) = {
                 let shared = node.state().read();
                 let applied = shared.last_applied.map(|l| l.index);
-                let hash = (applied != seen.applied).then(|| state_hash(&shared.state));
-                (applied, hash)
+                let index = applied.unwrap_or(0);
+                let due = seen.hashed_at_ms.is_none_or(|at| now_ms >= at + STATE_HASH_EVERY_MS);
+                let wanted = applied != seen.applied && (due || self.hashed.contains(&index));
+                if wanted && self.hashed.insert(index) {
+                    seen.hashed_at_ms = Some(now_ms);
+                }
+                self.states_hashed += u64::from(wanted);
+                (applied, wanted.then(|| state_hash(&shared.state)))
             };
+            let moved = applied != seen.applied;
             let mut new_entries = Vec::new();
             if applied != seen.applied {
                 let from = if restarted { 0 } else { seen.applied.map_or(0, |i| i + 1) };
@@ -204,7 +270,18 @@ impl Observer {
                     ),
                 );
             }
-            views.push(NodeView { id: m.id, node, role, term, leader, applied, restarted, new_entries, state_hash });
+            views.push(NodeView {
+                id: m.id,
+                node,
+                role,
+                term,
+                leader,
+                applied,
+                restarted,
+                new_entries,
+                moved,
+                state_hash,
+            });
             seen.applied = applied;
         }
         if self.last_harvest_ms.is_none_or(|at| now_ms >= at + HARVEST_EVERY_MS) {
@@ -231,7 +308,11 @@ impl Observer {
         let from = if list.len() >= RELEASED_KEPT_MAX { 0 } else { seen.1.min(list.len()) };
         self.shares_released += list.len().saturating_sub(seen.1);
         seen.1 = list.len();
-        self.releases.extend(list.into_iter().skip(from).map(|r| (m.id, r)));
+        self.releases.extend(list.into_iter().skip(from).map(|released| Release {
+            node: m.id,
+            handle: node.clone(),
+            released,
+        }));
     }
 
     /// Remembers the entries of this step (after the checkers have judged them).
@@ -324,6 +405,11 @@ impl Checker for RaftSafety {
                 }
             }
             for e in &v.new_entries {
+                // An equivocating leader sent two entries under this log id: outside
+                // crash-fault Raft's model (see ARCHITECTURE.md, `sim/`).
+                if step.equivocations.contains_key(&e.index) {
+                    continue;
+                }
                 if let Some(first) = step.committed.get(&e.index) {
                     if first.hash != e.hash {
                         return Err(Violation::new(
@@ -347,10 +433,14 @@ impl Checker for RaftSafety {
     }
 }
 
-/// State-machine agreement: nodes at the same applied index hold the same state.
+/// State-machine agreement: nodes at the same applied index hold the same
+/// state. From the first entry an equivocating leader altered on, nodes that
+/// applied different versions of it hold different key-value data and audit
+/// chains for good; there they must still agree on [`SigningView`].
 #[derive(Default)]
 pub struct StateAgreement {
     hashes: BTreeMap<u64, (String, NodeId)>,
+    signing: BTreeMap<u64, (String, NodeId)>,
 }
 
 impl Checker for StateAgreement {
@@ -359,9 +449,16 @@ impl Checker for StateAgreement {
     }
 
     fn check_step(&mut self, step: &Step) -> Result<(), Violation> {
+        let split = step.equivocations.keys().next().copied();
         for v in step.nodes {
             let (Some(hash), Some(index)) = (&v.state_hash, v.applied) else { continue };
-            let (first, node) = self.hashes.entry(index).or_insert_with(|| (hash.clone(), v.id));
+            let (hashes, hash) = if split.is_some_and(|at| index >= at) {
+                (&mut self.signing, signing_hash(&v.node.state().read().state))
+            } else {
+                (&mut self.hashes, hash.clone())
+            };
+            let hash = &hash;
+            let (first, node) = hashes.entry(index).or_insert_with(|| (hash.clone(), v.id));
             if first != hash {
                 return Err(Violation::new(
                     "state-machine-agreement",
@@ -378,8 +475,9 @@ impl Checker for StateAgreement {
     }
 
     fn check_final(&mut self, step: &Step) -> Result<(), Violation> {
+        let hash = if step.equivocations.is_empty() { state_hash } else { signing_hash };
         let hashes: BTreeSet<(Option<u64>, String)> =
-            step.nodes.iter().map(|v| (v.applied, state_hash(&v.node.state().read().state))).collect();
+            step.nodes.iter().map(|v| (v.applied, hash(&v.node.state().read().state))).collect();
         if hashes.len() > 1 {
             return Err(Violation::new(
                 "state-machine-convergence",
@@ -440,7 +538,10 @@ impl Checker for AckedWritesKept {
     fn check_final(&mut self, step: &Step) -> Result<(), Violation> {
         for v in step.nodes {
             let applied = v.node.state().read();
-            for ack in &step.history.acks {
+            let altered: BTreeSet<&str> = step.equivocations.values().map(|e| e.key.as_str()).collect();
+            // A write whose entry an equivocating leader altered is refused by the
+            // followers that got the altered version; the others hold it.
+            for ack in step.history.acks.iter().filter(|a| !altered.contains(a.key.as_str())) {
                 let held = applied.state.kv.get(&ack.key).map(|r| r.value.as_str());
                 if held != Some(ack.value.as_str()) {
                     return Err(Violation::new(
@@ -488,7 +589,14 @@ impl Checker for ForgeriesRefused {
     }
 
     fn check_step(&mut self, step: &Step) -> Result<(), Violation> {
+        let altered: BTreeSet<&str> = step.equivocations.values().map(|e| e.key.as_str()).collect();
         for f in &step.history.forged[self.cursor..] {
+            // A replayed write that an equivocating leader had altered was refused by the
+            // followers that got the altered version: to them the replay is the
+            // operator-signed command's first appearance, and applying it is right.
+            if f.replayed_key.as_deref().is_some_and(|k| altered.contains(k)) {
+                continue;
+            }
             if let Some(outcome @ Outcome::Applied { .. }) = &f.outcome {
                 return Err(Violation::new(
                     "forged-command-applied",
@@ -497,7 +605,7 @@ impl Checker for ForgeriesRefused {
             }
         }
         self.cursor = step.history.forged.len();
-        for v in step.nodes.iter().filter(|v| v.state_hash.is_some()) {
+        for v in step.nodes.iter().filter(|v| v.moved) {
             Self::check_state(v.id, &v.node.state().read().state, step.admins)?;
         }
         Ok(())
@@ -506,6 +614,52 @@ impl Checker for ForgeriesRefused {
     fn check_final(&mut self, step: &Step) -> Result<(), Violation> {
         for v in step.nodes {
             Self::check_state(v.id, &v.node.state().read().state, step.admins)?;
+        }
+        Ok(())
+    }
+}
+
+/// No node applies a command its operator did not sign: an entry an
+/// equivocating leader altered (a `put` whose value it changed after the admin
+/// signed it) is refused by every node that got it, so no node ever holds the
+/// altered value.
+pub struct AlteredCommandsRefused;
+
+impl AlteredCommandsRefused {
+    fn check_node(id: NodeId, state: &ClusterState, step: &Step) -> Result<(), Violation> {
+        for e in step.equivocations.values() {
+            if state.kv.get(&e.key).is_some_and(|r| r.value == EQUIVOCATED_VALUE) {
+                return Err(Violation::new(
+                    "altered-command-applied",
+                    format!(
+                        "n{id} applied the put of {} that n{} altered at index {} (term {}) for {:?}",
+                        e.key, e.leader, e.index, e.term, e.victims
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Checker for AlteredCommandsRefused {
+    fn name(&self) -> &'static str {
+        "altered-command-applied"
+    }
+
+    fn check_step(&mut self, step: &Step) -> Result<(), Violation> {
+        if step.equivocations.is_empty() {
+            return Ok(());
+        }
+        for v in step.nodes.iter().filter(|v| v.moved) {
+            Self::check_node(v.id, &v.node.state().read().state, step)?;
+        }
+        Ok(())
+    }
+
+    fn check_final(&mut self, step: &Step) -> Result<(), Violation> {
+        for v in step.nodes {
+            Self::check_node(v.id, &v.node.state().read().state, step)?;
         }
         Ok(())
     }
@@ -526,7 +680,7 @@ impl Checker for NonceSingleUse {
     }
 
     fn check_step(&mut self, step: &Step) -> Result<(), Violation> {
-        for (node, r) in step.releases {
+        for Release { node, released: r, .. } in step.releases {
             match self.used.entry((*node, r.commitment.clone())) {
                 Entry::Vacant(slot) => {
                     slot.insert((r.package_sha256, r.request_id.clone(), r.slot));
@@ -621,7 +775,7 @@ impl Checker for OneMessagePerRequest {
         if let Some(anomaly) = step.history.sign_anomalies.first() {
             return Err(Violation::new("one-message-per-request", format!("a client saw: {anomaly}")));
         }
-        for v in step.nodes.iter().filter(|v| v.state_hash.is_some()) {
+        for v in step.nodes.iter().filter(|v| v.moved) {
             self.check_node(v.id, &v.node.state().read().state, step.history)?;
         }
         let acks = &step.history.sign_acks;
@@ -754,7 +908,7 @@ impl Checker for SignaturesVerify {
     }
 
     fn check_step(&mut self, step: &Step) -> Result<(), Violation> {
-        for v in step.nodes.iter().filter(|v| v.state_hash.is_some()) {
+        for v in step.nodes.iter().filter(|v| v.moved) {
             self.check_node(v.id, &v.node.state().read().state, step.history)?;
         }
         Ok(())
@@ -763,6 +917,159 @@ impl Checker for SignaturesVerify {
     fn check_final(&mut self, step: &Step) -> Result<(), Violation> {
         for v in step.nodes {
             self.check_node(v.id, &v.node.state().read().state, step.history)?;
+        }
+        Ok(())
+    }
+}
+
+/// No share without a committed, operator-signed request whose policy is met,
+/// in the releasing signer's own state: for every share a signer released, its
+/// request exists in that node's state, was sent by a client (or is the node's
+/// own audit checkpoint) whose key holds the requester role there, and its
+/// key's policy is met with every approval's signature verified again. And no
+/// coordinator takes a request up before its policy is met (`policy-bypassed`):
+/// a request the approvers leave unapproved stays pending on every node.
+///
+/// The signer's state is read when its shares are collected (every
+/// [`HARVEST_EVERY_MS`], and right before a crash), not at the release itself:
+/// approvals are never withdrawn in the simulation, so a request whose policy
+/// was met at the release is still met then. (A request failed and sent again
+/// is a new record without approvals; the client waits at least 200 ms before
+/// sending it again, far longer than the collection interval.)
+#[derive(Default)]
+pub struct PolicyBeforeShares {
+    /// Shares judged already, by (node, request id, slot).
+    judged: BTreeSet<(NodeId, String, u64)>,
+}
+
+impl PolicyBeforeShares {
+    fn judge(release: &Release, history: &History) -> Result<(), String> {
+        let r = &release.released;
+        let applied = release.handle.state().read();
+        let state = &applied.state;
+        let request =
+            state.requests.get(&r.request_id).ok_or_else(|| format!("request {} is not in its state", r.request_id))?;
+        let key = state.keys.get(&request.key_id).ok_or_else(|| format!("key {} is unknown", request.key_id))?;
+        let checkpoint = key.name == AUDIT_KEY_NAME;
+        if !checkpoint && !history.sent.contains_key(&r.request_id) {
+            return Err(format!("no client sent request {}", r.request_id));
+        }
+        if !checkpoint && !state.has_role(&request.requester, Role::Requester) {
+            return Err(format!("request {}'s author {} is not a requester", r.request_id, request.requester));
+        }
+        if history.withheld.contains(&r.request_id) {
+            return Err(format!("request {} was never approved", r.request_id));
+        }
+        let progress = state.policy_progress(request, true)?;
+        if !progress.met {
+            return Err(format!(
+                "request {}'s policy is not met in its state: {}",
+                r.request_id,
+                progress.summary.join("; ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// No coordinator took up a request before its policy was met: in the
+    /// simulation nothing but a coordinator's outcome ends a request (runs are
+    /// far shorter than any expiry, and policies change only before the first
+    /// request), so a request that is signed or failed must have its policy met.
+    fn check_coordinated(id: NodeId, state: &ClusterState, history: &History) -> Result<(), Violation> {
+        for (request_id, r) in &state.requests {
+            if r.status == RequestStatus::Pending {
+                continue;
+            }
+            let met = state.policy_progress(r, false).map(|p| p.met).unwrap_or(false);
+            if !met || history.withheld.contains(request_id) {
+                let summary = state.policy_progress(r, false).map(|p| p.summary.join("; ")).unwrap_or_else(|e| e);
+                return Err(Violation::new(
+                    "policy-bypassed",
+                    format!(
+                        "request {request_id} was taken up before its policy was met ({summary}{}): n{id} holds it {:?}",
+                        if history.withheld.contains(request_id) { "; the approvers never approved it" } else { "" },
+                        r.status
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Checker for PolicyBeforeShares {
+    fn name(&self) -> &'static str {
+        "share-without-policy"
+    }
+
+    fn check_step(&mut self, step: &Step) -> Result<(), Violation> {
+        for release in step.releases {
+            let r = &release.released;
+            if !self.judged.insert((release.node, r.request_id.clone(), r.slot)) {
+                continue;
+            }
+            Self::judge(release, step.history).map_err(|why| {
+                Violation::new(
+                    "share-without-policy",
+                    format!("n{} released a share for request {} (slot {}): {why}", release.node, r.request_id, r.slot),
+                )
+            })?;
+        }
+        for v in step.nodes.iter().filter(|v| v.moved) {
+            Self::check_coordinated(v.id, &v.node.state().read().state, step.history)?;
+        }
+        Ok(())
+    }
+
+    fn check_final(&mut self, step: &Step) -> Result<(), Violation> {
+        self.check_step(step)?;
+        for v in step.nodes {
+            Self::check_coordinated(v.id, &v.node.state().read().state, step.history)?;
+        }
+        Ok(())
+    }
+}
+
+/// Only a byzantine signer is ever named a culprit: on every node, the
+/// culprits of every request (signers whose share failed verification) are
+/// the run's byzantine signer, if any. An honest signer named culprit would be
+/// left out of sessions for a minute: one lie could then stall signing.
+pub struct HonestNotBlamed {
+    pub byzantine: Option<NodeId>,
+}
+
+impl HonestNotBlamed {
+    fn check_node(&self, id: NodeId, state: &ClusterState) -> Result<(), Violation> {
+        for (request_id, r) in &state.requests {
+            if let Some(honest) = r.culprits.iter().find(|c| Some(**c) != self.byzantine) {
+                return Err(Violation::new(
+                    "honest-signer-blamed",
+                    format!(
+                        "n{id} holds request {request_id} naming n{honest} a culprit; the byzantine signer is {:?}",
+                        self.byzantine
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Checker for HonestNotBlamed {
+    fn name(&self) -> &'static str {
+        "honest-signer-blamed"
+    }
+
+    fn check_step(&mut self, step: &Step) -> Result<(), Violation> {
+        for v in step.nodes.iter().filter(|v| v.moved) {
+            self.check_node(v.id, &v.node.state().read().state)?;
+        }
+        Ok(())
+    }
+
+    fn check_final(&mut self, step: &Step) -> Result<(), Violation> {
+        for v in step.nodes {
+            self.check_node(v.id, &v.node.state().read().state)?;
         }
         Ok(())
     }

@@ -48,8 +48,8 @@ impl fmt::Display for Profile {
 
 /// Every fault's knob. Per-message faults are probabilities applied to each
 /// call while the fault window is open; scheduled faults are counts of events
-/// the schedule places inside the window. Later issues add knobs here (a
-/// byzantine signer, named fault points) without changing the driver.
+/// the schedule places inside the window; a byzantine signer lies for the
+/// whole run; named fault points fire while the window is open.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FaultPlan {
     /// How long the fault window lasts after genesis, in simulated ms; then
@@ -95,6 +95,21 @@ pub struct FaultPlan {
     /// always generated before the fault window opens, so that signing runs
     /// through the whole window).
     pub keygen_during_faults: bool,
+    /// Periods in which the leader equivocates: it sends some followers `put`
+    /// entries altered after the admin signed them, with the original's index
+    /// and term, and the others the original.
+    pub equivocations: u32,
+    /// Byzantine signers (0 or 1: keys are a majority threshold, and a lying
+    /// signer must not stop signing). The node and its lie (invalid shares, or
+    /// commitments it holds no nonces for) are drawn from the seed; it lies for
+    /// the whole run, heal included.
+    pub byzantine_signers: u32,
+    /// Crashes at named fault points (`synod_node::faults::POINTS`): at most
+    /// this many per run, each point at most once.
+    pub crash_points: u32,
+    /// Probability that a node reaching a named fault point crashes there
+    /// (while the window is open and the crash budget allows).
+    pub crash_point_p: f64,
 }
 
 impl FaultPlan {
@@ -120,6 +135,10 @@ impl FaultPlan {
             byzantine_proposals: 0,
             share_answer_loss: 0.0,
             keygen_during_faults: false,
+            equivocations: 0,
+            byzantine_signers: 0,
+            crash_points: 0,
+            crash_point_p: 0.0,
         }
     }
 
@@ -145,6 +164,10 @@ impl FaultPlan {
             byzantine_proposals: 4,
             share_answer_loss: 0.2,
             keygen_during_faults: true,
+            equivocations: 1,
+            byzantine_signers: 1,
+            crash_points: 6,
+            crash_point_p: 0.05,
         }
     }
 }

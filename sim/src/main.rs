@@ -17,10 +17,10 @@ use synod_sim::checker::Violation;
 use synod_sim::config::{Profile, SimConfig};
 use synod_sim::run::{run_seed, SeedReport};
 
-/// Plants the simulator can provoke today. (`corrupt-shares` would make every
-/// signer of the process lie, and `skip-policy` needs policies the workload does
-/// not set yet.)
-const PLANTS: &[&str] = &[synod_node::faults::ACK_BEFORE_COMMIT, synod_node::faults::NONCE_REUSE];
+/// Plants the simulator can provoke. (`corrupt-shares` process-wide would make
+/// every signer lie; the chaos profile makes one signer per seed lie instead.)
+const PLANTS: &[&str] =
+    &[synod_node::faults::ACK_BEFORE_COMMIT, synod_node::faults::NONCE_REUSE, synod_node::faults::SKIP_POLICY];
 
 #[derive(Parser, Debug)]
 #[command(
@@ -164,13 +164,14 @@ fn summary(reports: &BTreeMap<u64, SeedReport>, wall_ms: u64) {
     }
     let failed = reports.values().filter(|r| r.violation.is_some()).count();
     println!(
-        "sweep: {} seeds, {} passed, {} failed; acked {} writes, {} signatures ({} shares); simulated {:.1} s in {:.1} s wall ({:.0}x); faults {faults:?}",
+        "sweep: {} seeds, {} passed, {} failed; acked {} writes, {} signatures ({} shares, {} requests naming a culprit); simulated {:.1} s in {:.1} s wall ({:.0}x); faults {faults:?}",
         reports.len(),
         reports.len() - failed,
         failed,
         reports.values().map(|r| r.writes_acked).sum::<usize>(),
         reports.values().map(|r| r.signatures).sum::<usize>(),
         reports.values().map(|r| r.shares).sum::<usize>(),
+        reports.values().map(|r| r.culprits).sum::<usize>(),
         sim_ms as f64 / 1000.0,
         wall_ms as f64 / 1000.0,
         sim_ms as f64 / wall_ms.max(1) as f64,
@@ -183,13 +184,14 @@ fn print_report(r: &SeedReport) {
         Some(v) => format!("FAILED {}", v.invariant),
     };
     println!(
-        "seed {} {status}: acked {} signed {} shares {} applied {} forgeries {} faults {:?} sim {:.1}s wall {:.2}s ({:.0}x) trace {} lines hash {}",
+        "seed {} {status}: acked {} signed {} shares {} applied {} forgeries {} culprits {} faults {:?} sim {:.1}s wall {:.2}s ({:.0}x) trace {} lines hash {}",
         r.seed,
         r.writes_acked,
         r.signatures,
         r.shares,
         r.entries_applied,
         r.forgeries,
+        r.culprits,
         r.faults,
         r.sim_ms as f64 / 1000.0,
         r.wall_ms as f64 / 1000.0,
@@ -276,6 +278,7 @@ fn crashed(seed: u64, stderr: &str) -> SeedReport {
         shares: 0,
         entries_applied: 0,
         forgeries: 0,
+        culprits: 0,
         faults: BTreeMap::new(),
         fired: Vec::new(),
         sim_ms: 0,
@@ -298,6 +301,7 @@ fn to_json(r: &SeedReport) -> String {
         "shares": r.shares,
         "entries_applied": r.entries_applied,
         "forgeries": r.forgeries,
+        "culprits": r.culprits,
         "faults": r.faults,
         "fired": r.fired,
         "sim_ms": r.sim_ms,
@@ -317,9 +321,13 @@ fn invariant_name(name: &str) -> &'static str {
         "state-machine-convergence",
         "acknowledged-write-lost",
         "forged-command-applied",
+        "altered-command-applied",
         "nonce-single-use",
         "one-message-per-request",
         "signature-verifies",
+        "share-without-policy",
+        "honest-signer-blamed",
+        "policy-bypassed",
         "signing-liveness-after-heal",
         "key-generation-liveness",
         "liveness-after-heal",
@@ -356,6 +364,7 @@ fn from_json(v: &Value) -> anyhow::Result<SeedReport> {
         shares: u("shares") as usize,
         entries_applied: u("entries_applied"),
         forgeries: u("forgeries") as usize,
+        culprits: u("culprits") as usize,
         faults,
         fired: fired.into_iter().collect(),
         sim_ms: u("sim_ms"),

@@ -17,7 +17,7 @@
 //! from one seeded RNG, in the order calls are made, which the deterministic
 //! scheduler fixes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -74,10 +74,12 @@ pub enum Kind {
     /// Client to node: a request id; answered with `Node::wait_request` after
     /// at most [`SIGN_WAIT`] (a read: nothing is written to the log).
     GetRequest = 7,
+    /// Client to node: a request id; answered at once with the node's `RequestInfo` (or 404).
+    PeekRequest = 8,
 }
 
 impl Kind {
-    const ALL: [Kind; 8] = [
+    const ALL: [Kind; 9] = [
         Kind::Peer,
         Kind::Write,
         Kind::Init,
@@ -86,6 +88,7 @@ impl Kind {
         Kind::Sign,
         Kind::GetKey,
         Kind::GetRequest,
+        Kind::PeekRequest,
     ];
 
     fn from_byte(b: u8) -> Option<Kind> {
@@ -104,6 +107,23 @@ pub fn count(counts: &FaultCounts, kind: &'static str) {
     *counts.lock().expect("fault counts").entry(kind).or_default() += 1;
 }
 
+/// The value an equivocating leader writes into the `put` commands it alters;
+/// no node may ever hold it.
+pub const EQUIVOCATED_VALUE: &str = "equivocated";
+
+/// A log entry an equivocating leader sent altered to some followers, with the
+/// same index and term as the original the others got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Equivocation {
+    pub index: u64,
+    pub term: u64,
+    /// The key of the `put` whose value was altered.
+    pub key: String,
+    pub leader: NodeId,
+    /// Followers that were sent the altered entry.
+    pub victims: BTreeSet<NodeId>,
+}
+
 /// The per-message fault state: one seeded RNG and the knobs.
 pub struct NetFaults {
     rng: ChaCha8Rng,
@@ -112,6 +132,10 @@ pub struct NetFaults {
     active: bool,
     /// Extra delay on every message to or from a slow node, in ms.
     slow: BTreeMap<NodeId, u64>,
+    /// An equivocating leader and the followers it sends altered entries to.
+    equivocating: Option<(NodeId, BTreeSet<NodeId>)>,
+    /// Every entry sent altered, by index.
+    pub equivocations: BTreeMap<u64, Equivocation>,
     counts: FaultCounts,
 }
 
@@ -130,7 +154,15 @@ struct Decision {
 impl NetFaults {
     pub fn new(seed: u64, plan: FaultPlan, counts: FaultCounts) -> SharedNet {
         let rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6e65_7477_6f72_6b00);
-        Arc::new(Mutex::new(NetFaults { rng, plan, active: false, slow: BTreeMap::new(), counts }))
+        Arc::new(Mutex::new(NetFaults {
+            rng,
+            plan,
+            active: false,
+            slow: BTreeMap::new(),
+            equivocating: None,
+            equivocations: BTreeMap::new(),
+            counts,
+        }))
     }
 
     /// Starts the per-message faults (the fault window opens after genesis).
@@ -142,6 +174,31 @@ impl NetFaults {
     pub fn heal(&mut self) {
         self.active = false;
         self.slow.clear();
+        self.equivocating = None;
+    }
+
+    /// Makes `leader` send altered `put` entries to `victims` (or stops it, with `None`).
+    pub fn set_equivocating(&mut self, equivocating: Option<(NodeId, BTreeSet<NodeId>)>) {
+        self.equivocating = equivocating;
+    }
+
+    /// The byzantine leader: when `from` equivocates towards `to`, alters the
+    /// value of every `put` in an AppendEntries (same index and term), which
+    /// breaks the admin's signature on it, and records what it altered.
+    fn equivocate(&mut self, from: NodeId, to: NodeId, request: &mut PeerRequest) {
+        let PeerRequest::AppendEntries(rpc) = request else { return };
+        if !matches!(&self.equivocating, Some((leader, victims)) if *leader == from && victims.contains(&to)) {
+            return;
+        }
+        for entry in &mut rpc.entries {
+            let Some(key) = alter_put(entry) else { continue };
+            let (index, term) = (entry.log_id.index, entry.log_id.leader_id.term);
+            let record = self.equivocations.entry(index).or_insert_with(|| {
+                count(&self.counts, "equivocated_entry");
+                Equivocation { index, term, key, leader: from, victims: BTreeSet::new() }
+            });
+            record.victims.insert(to);
+        }
     }
 
     pub fn set_slow(&mut self, node: NodeId, extra_ms: Option<u64>) {
@@ -273,6 +330,8 @@ impl PeerTransport for SimTransport {
         timeout: Duration,
     ) -> BoxFuture<'static, Result<PeerResponse, TransportError>> {
         let (net, from) = (self.net.clone(), self.id);
+        let mut request = request;
+        net.lock().expect("net").equivocate(from, target, &mut request);
         // Every PeerRequest variant (Raft, forwarding, DKG round 2, signing) travels alike.
         let share = matches!(request, PeerRequest::SignShare { .. });
         async move {
@@ -283,6 +342,21 @@ impl PeerTransport for SimTransport {
         }
         .boxed()
     }
+}
+
+/// Alters a `put` entry's value in its signed envelope text (so its signature
+/// no longer verifies); returns the key, or `None` for any other entry.
+fn alter_put(entry: &mut openraft::Entry<synod_proto::TypeConfig>) -> Option<String> {
+    let openraft::EntryPayload::Normal(log_entry) = &mut entry.payload else { return None };
+    let mut envelope: serde_json::Value = serde_json::from_str(&log_entry.command.envelope).ok()?;
+    let command = envelope.get_mut("command")?;
+    if command.get("type")?.as_str()? != "put" {
+        return None;
+    }
+    let key = command.get("key")?.as_str()?.to_string();
+    command["value"] = serde_json::Value::String(EQUIVOCATED_VALUE.into());
+    log_entry.command.envelope = serde_json::to_string(&envelope).ok()?;
+    Some(key)
 }
 
 /// A client's write (or init, or raw proposal) to node `to`.
@@ -360,6 +434,11 @@ async fn serve_connection(mut stream: TcpStream, peer: IpAddr, node: Arc<Node>) 
         Kind::GetRequest => {
             let request_id: String = rpc::decode_body(&body).map_err(decode_err)?;
             rpc::encode(&node.wait_request(&request_id, SIGN_WAIT).await)
+        }
+        Kind::PeekRequest => {
+            let request_id: String = rpc::decode_body(&body).map_err(decode_err)?;
+            let info = node.state().read().state.request_info(&request_id);
+            rpc::encode(&info.ok_or_else(|| ApiError::new(404, format!("no request {request_id} on this node"))))
         }
     };
     stream.write_all(&answer.map_err(decode_err)?).await

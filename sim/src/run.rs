@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
@@ -41,6 +41,9 @@ pub struct SeedReport {
     pub shares: usize,
     pub entries_applied: u64,
     pub forgeries: usize,
+    /// Requests whose record names a culprit (a signer whose share failed
+    /// verification), on the first running node at the end.
+    pub culprits: usize,
     pub faults: BTreeMap<String, u64>,
     /// Scheduled faults that actually fired, by id (the candidates for shrinking).
     pub fired: Vec<usize>,
@@ -51,11 +54,59 @@ pub struct SeedReport {
     pub trace: Option<Vec<String>>,
 }
 
+/// Crashes at named fault points (`synod_node::faults::crash_point`): what the
+/// hook the nodes call decides, from its own seeded RNG, and what the driver
+/// has still to carry out.
+struct PointCrashes {
+    rng: ChaCha8Rng,
+    p: f64,
+    /// Crashes still allowed in this run.
+    left: u32,
+    /// Whether a crash may fire now: the window is open and the crash budget
+    /// has room. Cleared when one fires, until the driver has crashed the node.
+    allowed: bool,
+    /// Points that fired already (each fires at most once per run).
+    fired: BTreeSet<&'static str>,
+    /// Nodes stopped at a point, to be crashed by the driver at its next step.
+    queue: Vec<(NodeId, &'static str)>,
+}
+
+type SharedPoints = Arc<Mutex<PointCrashes>>;
+
+/// Installs the hook that decides crashes at named fault points.
+fn install_point_hook(seed: u64, plan: &crate::config::FaultPlan) -> SharedPoints {
+    let points = Arc::new(Mutex::new(PointCrashes {
+        rng: ChaCha8Rng::seed_from_u64(seed ^ 0x706f_696e_7473),
+        p: plan.crash_point_p,
+        left: plan.crash_points,
+        allowed: false,
+        fired: BTreeSet::new(),
+        queue: Vec::new(),
+    }));
+    let shared = points.clone();
+    synod_node::faults::set_point_hook(Some(Arc::new(move |node, name| {
+        let mut p = shared.lock().expect("fault points");
+        if !p.allowed || p.left == 0 || p.fired.contains(name) {
+            return false;
+        }
+        if (p.rng.next_u64() as f64 / u64::MAX as f64) >= p.p {
+            return false;
+        }
+        p.left -= 1;
+        p.allowed = false;
+        p.fired.insert(name);
+        p.queue.push((node, name));
+        true
+    })));
+    points
+}
+
 /// A network fault to undo later.
 enum Repair {
     Partition(Vec<(NodeId, NodeId)>),
     OneWay(NodeId, NodeId),
     Slow(NodeId),
+    Equivocation(NodeId),
 }
 
 /// The driver's view of the world between steps.
@@ -78,6 +129,9 @@ struct Driver<'a> {
     /// Whether a partition (symmetric or one-way) is in force.
     partitioned: bool,
     observer: Observer,
+    /// The network's record of entries an equivocating leader altered.
+    equivocations: BTreeMap<u64, net::Equivocation>,
+    points: SharedPoints,
     checkers: Vec<Box<dyn Checker>>,
     admins: BTreeSet<OperatorKey>,
     leader: Option<NodeId>,
@@ -180,13 +234,7 @@ impl Driver<'_> {
                 // over, so it cannot vote twice in one (it has forgotten its vote).
                 let down_ms =
                     if *wipe { (*down_ms).max(4 * self.cfg.tuning.election_timeout_max_ms) } else { *down_ms };
-                // The signer's list of released shares lives in memory: collect it first.
-                self.observer.harvest(&self.machines[id as usize - 1]);
-                self.sim.crash(net::node_name(id));
-                let m = &self.machines[id as usize - 1];
-                *m.node.lock().expect("node slot") = None;
-                m.disk.crash();
-                self.down.insert(id, (now + down_ms, *wipe));
+                self.crash(id, now + down_ms, *wipe);
             }
             FaultKind::ClockSkew { node, offset_ms } => {
                 self.machines[*node as usize - 1].clock_offset_ms.store(*offset_ms, Ordering::Relaxed);
@@ -202,12 +250,48 @@ impl Driver<'_> {
                 self.net.lock().expect("net").set_slow(id, Some(*extra_ms));
                 self.repairs.push((now + for_ms, Repair::Slow(id)));
             }
+            FaultKind::Equivocate { victims, rotation, for_ms } => {
+                let Some(leader) = self.leader else { return false };
+                let followers: Vec<NodeId> = all.iter().copied().filter(|n| *n != leader).collect();
+                let victims: BTreeSet<NodeId> =
+                    (0..*victims as usize).map(|i| followers[(*rotation as usize + i) % followers.len()]).collect();
+                self.event(format!("n{leader} equivocates towards {victims:?} for {for_ms} ms"));
+                self.net.lock().expect("net").set_equivocating(Some((leader, victims)));
+                self.repairs.push((now + for_ms, Repair::Equivocation(leader)));
+            }
             FaultKind::Byzantine { forgery } => {
                 let leader = self.leader.unwrap_or(1);
                 self.history.borrow_mut().forgery_queue.push_back((fault.id, *forgery, leader));
             }
         }
         true
+    }
+
+    /// Crashes node `id` (losing its unsynced writes) until `restart_at_ms`.
+    fn crash(&mut self, id: NodeId, restart_at_ms: u64, wipe: bool) {
+        // The signer's list of released shares lives in memory: collect it first.
+        self.observer.harvest(&self.machines[id as usize - 1]);
+        self.sim.crash(net::node_name(id));
+        let m = &self.machines[id as usize - 1];
+        *m.node.lock().expect("node slot") = None;
+        m.disk.crash();
+        self.down.insert(id, (restart_at_ms, wipe));
+    }
+
+    /// Crashes the nodes stopped at a named fault point, then says whether
+    /// another point may fire before the next step.
+    fn crash_at_points(&mut self, window_open: bool) {
+        let queue = std::mem::take(&mut self.points.lock().expect("fault points").queue);
+        for (id, name) in queue {
+            let down_ms = 200 + self.points.lock().expect("fault points").rng.next_u64() % 3_000;
+            self.count("crash_point");
+            self.event(format!("fault point {name} on n{id}: crash, restart in {down_ms} ms"));
+            if self.is_up(id) {
+                self.crash(id, self.now_ms() + down_ms, false);
+            }
+        }
+        let room = self.down.len() + self.catching_up.len() < self.minority();
+        self.points.lock().expect("fault points").allowed = window_open && room;
     }
 
     /// Restarts nodes whose downtime is over and undoes expired network faults.
@@ -246,12 +330,17 @@ impl Driver<'_> {
                     self.net.lock().expect("net").set_slow(id, None);
                     self.event(format!("n{id} no longer slow"));
                 }
+                Repair::Equivocation(id) => {
+                    self.net.lock().expect("net").set_equivocating(None);
+                    self.event(format!("n{id} no longer equivocates"));
+                }
             }
         }
     }
 
     /// Ends the fault window: every network fault undone, every node restarted.
     fn heal(&mut self) {
+        self.crash_at_points(false);
         self.recover_due(true);
         self.net.lock().expect("net").heal();
         let now = self.now_ms();
@@ -262,6 +351,12 @@ impl Driver<'_> {
     /// Observes the nodes and runs every checker.
     fn check(&mut self) -> Result<Vec<NodeView>, Violation> {
         let now = self.now_ms();
+        {
+            let net = self.net.lock().expect("net");
+            if net.equivocations != self.equivocations {
+                self.equivocations = net.equivocations.clone();
+            }
+        }
         let views = self.observer.observe(&self.machines, now, &mut self.trace.borrow_mut());
         self.leader = views.iter().filter(|v| v.role == ServerState::Leader).max_by_key(|v| v.term).map(|v| v.id);
         for v in &views {
@@ -279,6 +374,7 @@ impl Driver<'_> {
             history: &history,
             admins: &self.admins,
             releases: &self.observer.releases,
+            equivocations: &self.equivocations,
         };
         for c in &mut self.checkers {
             c.check_step(&step)?;
@@ -300,6 +396,7 @@ impl Driver<'_> {
             history: &history,
             admins: &self.admins,
             releases: &self.observer.releases,
+            equivocations: &self.equivocations,
         };
         for c in &mut self.checkers {
             c.check_final(&step)?;
@@ -346,6 +443,7 @@ impl Driver<'_> {
         while self.now_ms() < heal_at {
             self.fire_due();
             self.recover_due(false);
+            self.crash_at_points(true);
             self.step()?;
         }
         self.heal();
@@ -408,6 +506,11 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
     synod_proto::runtime::seed_thread_rng(cfg.seed);
     let plants: Vec<&str> = cfg.plants.iter().map(String::as_str).collect();
     synod_node::faults::set_for_process(&plants).expect("plants are validated by the caller");
+    let byzantine = schedule::draw_byzantine_signer(cfg.seed, &cfg.plan, cfg.nodes);
+    if let Some((node, lie)) = byzantine {
+        synod_node::faults::set_for_node(node, &[lie]).expect("byzantine behaviours are known faults");
+    }
+    let points = install_point_hook(cfg.seed, &cfg.plan);
 
     let mut sim = turmoil::Builder::new()
         .rng_seed(cfg.seed)
@@ -447,6 +550,7 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
         SigningKey::from_bytes(&bytes)
     };
     let (admin, stranger) = (key(), key());
+    let approvers = workload::APPROVERS.iter().map(|_| key()).collect();
     let ctx = ClientCtx {
         seed: cfg.seed,
         nodes: cfg.nodes,
@@ -454,6 +558,7 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
         ca_certificate: hex::encode(&ca_der),
         admin: admin.clone(),
         stranger,
+        approvers,
         net: net.clone(),
         now: now.clone(),
         history: history.clone(),
@@ -471,6 +576,7 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
         for s in 1..=cfg.signing_clients {
             sim.client(format!("s{s}"), workload::signing_client(ctx.clone(), s));
         }
+        sim.client("approvers", workload::approver_client(ctx.clone(), cfg.signing_clients));
     }
     sim.client("adversary", workload::adversary(ctx));
 
@@ -478,6 +584,10 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
     {
         let mut t = trace.borrow_mut();
         t.event(0, format!("seed {} profile {} nodes {} plants {:?}", cfg.seed, cfg.profile, cfg.nodes, cfg.plants));
+        if let Some((node, lie)) = byzantine {
+            t.event(0, format!("byzantine signer n{node}: {lie} for the whole run"));
+            net::count(&counts, "byzantine_signer");
+        }
         for f in &schedule {
             let skipped = if cfg.skip_faults.contains(&f.id) { " (skipped)" } else { "" };
             t.event(0, format!("schedule {f}{skipped}"));
@@ -499,6 +609,8 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
         repairs: Vec::new(),
         partitioned: false,
         observer: Observer::default(),
+        equivocations: BTreeMap::new(),
+        points,
         checkers: checker::all(cfg),
         admins: [OperatorKey::of(&admin)].into_iter().collect(),
         leader: None,
@@ -506,10 +618,27 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
     let result = driver.drive();
     let sim_ms = driver.now_ms();
     if let Err(v) = &result {
+        // Keys still generating, as each node sees them: what a stuck generation waits for.
+        for m in &driver.machines {
+            let Some(node) = m.running() else { continue };
+            let applied = node.state().read();
+            for key in applied.state.keys.values().filter(|k| k.status != synod_node::state::KeyStatus::Active) {
+                let round1: Vec<&NodeId> = key.round1.keys().collect();
+                driver.event(format!(
+                    "n{}: key {} {:?}: round-1 packages from {round1:?}, confirmed by {:?}",
+                    m.id, key.name, key.status, key.confirmed
+                ));
+            }
+        }
         driver.event(format!("VIOLATION {}: {}", v.invariant, v.detail));
     }
     let entries_applied = driver.observer.committed.keys().next_back().copied().unwrap_or(0);
     let shares = driver.observer.shares_released;
+    let culprits = driver
+        .machines
+        .iter()
+        .find_map(|m| m.running())
+        .map_or(0, |node| node.state().read().state.requests.values().filter(|r| !r.culprits.is_empty()).count());
     let fired = driver.fired.clone();
     drop(driver);
     let faults = counts.lock().expect("counts").iter().map(|(k, v)| (k.to_string(), *v)).collect();
@@ -526,6 +655,7 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
         shares,
         entries_applied,
         forgeries: history.forged.len(),
+        culprits,
         faults,
         fired,
         sim_ms,

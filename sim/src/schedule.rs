@@ -64,6 +64,9 @@ pub enum FaultKind {
     Slow { node: Target, extra_ms: u64, for_ms: u64 },
     /// The current leader proposes a forged entry.
     Byzantine { forgery: Forgery },
+    /// The current leader equivocates for `for_ms`: `victims` of its followers
+    /// (from the `rotation`-th on, in id order) get `put` entries altered.
+    Equivocate { victims: u64, rotation: u64, for_ms: u64 },
 }
 
 impl FaultKind {
@@ -78,6 +81,7 @@ impl FaultKind {
             FaultKind::ClockJump { .. } => "clock_jump",
             FaultKind::Slow { .. } => "slow_node",
             FaultKind::Byzantine { .. } => "byzantine_proposal",
+            FaultKind::Equivocate { .. } => "equivocating_leader",
         }
     }
 }
@@ -156,6 +160,11 @@ pub fn draw(seed: u64, plan: &FaultPlan, nodes: u64) -> Vec<Fault> {
     for _ in 0..plan.byzantine_proposals {
         kinds.push(FaultKind::Byzantine { forgery: Forgery::ALL[r(4) as usize] });
     }
+    for _ in 0..plan.equivocations {
+        // At least one follower gets the altered entries and at least one the originals.
+        let victims = 1 + r(nodes.saturating_sub(2).max(1));
+        kinds.push(FaultKind::Equivocate { victims, rotation: r(nodes), for_ms: 500 + r(2_500) });
+    }
     let mut faults: Vec<Fault> = kinds
         .into_iter()
         .map(|kind| {
@@ -174,6 +183,19 @@ pub fn draw(seed: u64, plan: &FaultPlan, nodes: u64) -> Vec<Fault> {
     faults
 }
 
+/// The byzantine signer of a run, if the plan has one: which node, and which
+/// of `synod_node::faults::BYZANTINE_SIGNER` it does. From its own RNG, so the
+/// fault schedule does not depend on it.
+pub fn draw_byzantine_signer(seed: u64, plan: &FaultPlan, nodes: u64) -> Option<(NodeId, &'static str)> {
+    if plan.byzantine_signers == 0 || nodes < 3 {
+        return None;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6279_7a61_6e74_696e);
+    let node = 1 + rng.next_u64() % nodes;
+    let lies = synod_node::faults::BYZANTINE_SIGNER;
+    Some((node, lies[(rng.next_u64() % lies.len() as u64) as usize]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,5 +207,16 @@ mod tests {
         assert_eq!(draw(9, &plan, 5), draw(9, &plan, 5));
         assert_ne!(draw(9, &plan, 5), draw(10, &plan, 5));
         assert!(draw(9, &FaultPlan::none(), 5).is_empty());
+    }
+
+    #[test]
+    fn schedule_one_byzantine_signer_at_most() {
+        // Chaos makes one node per seed a byzantine signer, with a known lie; quiet makes none.
+        for seed in 0..50 {
+            let (node, lie) = draw_byzantine_signer(seed, &FaultPlan::chaos(), 5).expect("chaos has one");
+            assert!((1..=5).contains(&node));
+            assert!(synod_node::faults::BYZANTINE_SIGNER.contains(&lie));
+        }
+        assert_eq!(draw_byzantine_signer(1, &FaultPlan::none(), 5), None);
     }
 }

@@ -1,6 +1,7 @@
 //! The simulated users of the cluster: the bootstrap client that runs
-//! `cluster init`, the workload clients, the admin who creates the signing key,
-//! the signing clients, and the byzantine adversary.
+//! `cluster init`, the workload clients, the admin who creates the signing key
+//! (and gives it a policy that needs human approvals above an amount), the
+//! signing clients, the approvers, and the byzantine adversary.
 //!
 //! Everything they learn goes into the shared [`History`], which the checkers
 //! read: which writes were acknowledged, at which index, what happened to
@@ -8,16 +9,17 @@
 //! signatures the cluster acknowledged.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{Signer as _, SigningKey};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use sha2::Digest;
 use synod_proto::api::{ApiError, KeyInfo, RequestInfo, WriteResponse};
+use synod_proto::authz::{approval_bytes, ApprovalSignature, ApprovalStatement, Policy, Role, Tier};
 use synod_proto::{Command, Envelope, LogEntry, Member, NodeAddr, NodeId, OperatorKey, Outcome, SignedCommand};
 
 use crate::cluster::{SimNow, EPOCH_MS};
@@ -53,7 +55,21 @@ pub const SIGN_RETRY_P: u64 = 15;
 /// message under the same request id: it must be refused and never signed.
 pub const SIGN_CONFLICT_P: u64 = 4;
 
-/// What clients submit. Later issues add signing requests and approvals.
+/// The operators who approve [`KEY_NAME`]'s large requests (Ed25519 keys from the seed).
+pub const APPROVERS: [&str; 3] = ["approver-1", "approver-2", "approver-3"];
+/// The attribute [`KEY_NAME`]'s policy reads: requests declaring more than
+/// [`AMOUNT_APPROVAL_ABOVE`] need [`APPROVALS_REQUIRED`] approvals.
+pub const AMOUNT: &str = "amount";
+pub const AMOUNT_APPROVAL_ABOVE: u64 = 1_000;
+pub const APPROVALS_REQUIRED: u32 = 2;
+/// Percent of sign requests on [`KEY_NAME`] that declare a large amount (and so need approvals).
+pub const LARGE_REQUEST_P: u64 = 30;
+/// Percent of large requests the approvers leave unapproved: they must never be signed.
+pub const WITHHELD_P: u64 = 40;
+/// How long a client follows a request the approvers leave unapproved, in ms.
+pub const WITHHELD_FOLLOW_MS: u64 = 1_500;
+
+/// What clients submit.
 pub trait Workload {
     /// The next command of client `client`; `seq` counts its commands from 0.
     fn next_command(&mut self, client: usize, seq: u64, rng: &mut ChaCha8Rng) -> Command;
@@ -103,6 +119,19 @@ pub struct SentRequest {
     /// Other messages (hex) sent later under the same id; each must be refused.
     pub conflicts: Vec<String>,
     pub submitted_at_ms: u64,
+    /// What the approvers do with it.
+    pub approval: Approval,
+}
+
+/// What the approvers do with a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Approval {
+    /// Its policy needs no approval (a small amount).
+    NotNeeded,
+    /// The approvers approve it (again after every failed attempt) until it is signed.
+    Given,
+    /// The approvers never approve it: no node may coordinate it, release a share for it or sign it.
+    Withheld,
 }
 
 /// A signature a client saw acknowledged (`status: signed`).
@@ -121,6 +150,8 @@ pub struct SignAck {
 pub struct ForgedResult {
     pub fault_id: usize,
     pub forgery: Forgery,
+    /// For a replay: the key of the acknowledged write proposed again.
+    pub replayed_key: Option<String>,
     /// The outcome the state machine returned, if the leader answered.
     pub outcome: Option<Outcome>,
 }
@@ -171,6 +202,12 @@ pub struct History {
     pub sign_anomalies: Vec<String>,
     /// Second messages under a request id that the cluster refused (as it must).
     pub conflicts_refused: u64,
+    /// Requests the approvers leave unapproved (see [`Approval::Withheld`]).
+    pub withheld: BTreeSet<String>,
+    /// Approvals the cluster applied.
+    pub approvals_applied: u64,
+    /// Signing clients that have finished (the approvers stop after them).
+    pub signing_clients_done: usize,
 }
 
 pub type SharedHistory = Rc<RefCell<History>>;
@@ -194,6 +231,9 @@ impl History {
             sign_pending: BTreeMap::new(),
             sign_anomalies: Vec::new(),
             conflicts_refused: 0,
+            withheld: BTreeSet::new(),
+            approvals_applied: 0,
+            signing_clients_done: 0,
         }))
     }
 }
@@ -208,6 +248,8 @@ pub struct ClientCtx {
     pub ca_certificate: String,
     pub admin: SigningKey,
     pub stranger: SigningKey,
+    /// The keys of [`APPROVERS`], in order.
+    pub approvers: Vec<SigningKey>,
     pub net: SharedNet,
     pub now: SimNow,
     pub history: SharedHistory,
@@ -382,19 +424,22 @@ pub async fn adversary(ctx: ClientCtx) -> turmoil::Result {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let entry = forge(&ctx, &mut rng, fault_id, forgery);
+        let (entry, replayed_key) = forge(&ctx, &mut rng, fault_id, forgery);
         let response = ctx.submit(Kind::ProposeRaw, &entry, leader, &mut rng, 10).await;
         let outcome = response.map(|r| r.outcome);
         ctx.event(format!("adversary: forgery #{fault_id} {forgery:?} -> {outcome:?}"));
-        ctx.history.borrow_mut().forged.push(ForgedResult { fault_id, forgery, outcome });
+        ctx.history.borrow_mut().forged.push(ForgedResult { fault_id, forgery, replayed_key, outcome });
     }
     ctx.history.borrow_mut().clients_done += 1;
     Ok(())
 }
 
-fn forge(ctx: &ClientCtx, rng: &mut ChaCha8Rng, fault_id: usize, forgery: Forgery) -> LogEntry {
+/// A forged entry, and for a replay the key of the write it proposes again.
+fn forge(ctx: &ClientCtx, rng: &mut ChaCha8Rng, fault_id: usize, forgery: Forgery) -> (LogEntry, Option<String>) {
     let put = Command::Put { key: format!("{FORGED_PREFIX}{fault_id}"), value: "x".into() };
-    let replayable = ctx.history.borrow().acks.iter().rev().find(|a| a.index.is_some()).map(|a| a.command.clone());
+    let replayable =
+        ctx.history.borrow().acks.iter().rev().find(|a| a.index.is_some()).map(|a| (a.command.clone(), a.key.clone()));
+    let mut replayed_key = None;
     let command = match forgery {
         Forgery::NonAdminWrite => ctx.sign(&ctx.stranger, rng, put),
         Forgery::NonAdminMember => {
@@ -406,9 +451,15 @@ fn forge(ctx: &ClientCtx, rng: &mut ChaCha8Rng, fault_id: usize, forgery: Forger
             signed.envelope = signed.envelope.replace("\"value\":\"x\"", "\"value\":\"y\"");
             signed
         }
-        Forgery::Replay => replayable.unwrap_or_else(|| ctx.sign(&ctx.stranger, rng, put)),
+        Forgery::Replay => match replayable {
+            Some((command, key)) => {
+                replayed_key = Some(key);
+                command
+            }
+            None => ctx.sign(&ctx.stranger, rng, put),
+        },
     };
-    LogEntry { time_ms: EPOCH_MS + ctx.now_ms(), command }
+    (LogEntry { time_ms: EPOCH_MS + ctx.now_ms(), command }, replayed_key)
 }
 
 /// A key's threshold for `participants`: a majority (at least 2, FROST's minimum).
@@ -417,32 +468,84 @@ pub fn key_threshold(participants: u64) -> u16 {
 }
 
 /// The admin's `synod key create`: [`KEY_NAME`] right after genesis, before
-/// any fault (the driver opens the fault window once it is active), then, if
-/// asked, [`KEY_NAME_FAULTS`] at a random moment of the fault window. Each key
-/// is over every node with a majority threshold and is created again whenever
-/// its generation aborts (the name is then free), until a node reports it
-/// active. A node refuses to start a generation while a participant is
-/// unreachable (503); that is retried too.
+/// any fault, then its approvers and its policy (the driver opens the fault
+/// window once the key is active and its policy committed), then, if asked,
+/// [`KEY_NAME_FAULTS`] at a random moment of the fault window. Each key is over
+/// every node with a majority threshold and is created again whenever its
+/// generation aborts (the name is then free), until a node reports it active.
+/// A node refuses to start a generation while a participant is unreachable
+/// (503); that is retried too.
 pub async fn keygen_client(ctx: ClientCtx) -> turmoil::Result {
     let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0x6b65_7967);
     while ctx.history.borrow().phase == Phase::Boot {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let participants: Vec<NodeId> = (1..=ctx.nodes).collect();
-    create_key(&ctx, &mut rng, KEY_NAME, &participants).await;
+    let ack = create_key(&ctx, &mut rng, KEY_NAME, &participants).await;
+    set_up_approvals(&ctx, &mut rng).await;
+    ctx.history.borrow_mut().keys.insert(KEY_NAME.to_string(), ack);
     if ctx.keygen_during_faults {
         while ctx.history.borrow().phase == Phase::Setup {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         tokio::time::sleep(Duration::from_millis(rng.next_u64() % 10_000)).await;
-        create_key(&ctx, &mut rng, KEY_NAME_FAULTS, &participants).await;
+        let ack = create_key(&ctx, &mut rng, KEY_NAME_FAULTS, &participants).await;
+        ctx.history.borrow_mut().keys.insert(KEY_NAME_FAULTS.to_string(), ack);
     }
     ctx.history.borrow_mut().clients_done += 1;
     Ok(())
 }
 
+/// The policy of [`KEY_NAME`]: requests declaring an [`AMOUNT`] above
+/// [`AMOUNT_APPROVAL_ABOVE`] (or none) need [`APPROVALS_REQUIRED`] of the [`APPROVERS`].
+pub fn sim_policy() -> Policy {
+    let approvers: Vec<String> = APPROVERS.iter().map(|a| a.to_string()).collect();
+    Policy {
+        approvers,
+        tiers: vec![Tier {
+            attribute: AMOUNT.into(),
+            above: AMOUNT_APPROVAL_ABOVE,
+            approvals_required: APPROVALS_REQUIRED,
+            approvers: Vec::new(),
+        }],
+        ..Policy::default()
+    }
+}
+
+/// Registers the approvers and sets [`KEY_NAME`]'s policy (before any fault).
+async fn set_up_approvals(ctx: &ClientCtx, rng: &mut ChaCha8Rng) {
+    let mut commands: Vec<Command> = APPROVERS
+        .iter()
+        .zip(&ctx.approvers)
+        .map(|(name, key)| Command::AddOperator {
+            name: name.to_string(),
+            key: Some(OperatorKey::of(key)),
+            ssh_key: None,
+            roles: vec![Role::Approver],
+        })
+        .collect();
+    commands.push(Command::SetPolicy { key: KEY_NAME.into(), policy: sim_policy() });
+    for command in commands {
+        let kind = command.kind();
+        loop {
+            let signed = ctx.sign(&ctx.admin, rng, command.clone());
+            let first = ctx.random_node(rng);
+            let response = ctx.submit(Kind::Write, &signed, first, rng, 20).await;
+            match response.map(|r| r.outcome) {
+                Some(Outcome::Applied { detail }) => {
+                    ctx.event(format!("admin: {kind}: {detail}"));
+                    break;
+                }
+                // An earlier attempt applied without an answer.
+                Some(Outcome::Rejected { reason }) if reason.contains("already exists") => break,
+                other => ctx.event(format!("admin: {kind} not applied yet: {other:?}")),
+            }
+        }
+    }
+}
+
 /// Creates the key `name` (again, when a generation aborts) until a node reports it active.
-async fn create_key(ctx: &ClientCtx, rng: &mut ChaCha8Rng, name: &str, participants: &[NodeId]) {
+async fn create_key(ctx: &ClientCtx, rng: &mut ChaCha8Rng, name: &str, participants: &[NodeId]) -> KeyAck {
     let threshold = key_threshold(participants.len() as u64);
     let mut target = ctx.random_node(rng);
     loop {
@@ -453,9 +556,7 @@ async fn create_key(ctx: &ClientCtx, rng: &mut ChaCha8Rng, name: &str, participa
             Ok(Ok(info)) if info.status == "active" => {
                 let group_key = info.public_key.unwrap_or_default();
                 ctx.event(format!("admin: key {name} ({}) active, group key {}", info.id, short(&group_key)));
-                let ack = KeyAck { id: info.id, name: name.to_string(), group_key, at_ms: ctx.now_ms() };
-                ctx.history.borrow_mut().keys.insert(name.to_string(), ack);
-                return;
+                return KeyAck { id: info.id, name: name.to_string(), group_key, at_ms: ctx.now_ms() };
             }
             Ok(Ok(info)) if info.status == "generating" => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -489,17 +590,18 @@ fn short(hex: &str) -> &str {
     &hex[..12.min(hex.len())]
 }
 
-/// A `sign_request` command. Built from JSON rather than a struct literal so
-/// that it builds against every version of `Command::SignRequest` that has
-/// these four fields: later optional fields (the requester's declarations a
-/// key's policy reads) take their defaults.
-pub fn sign_request_command(request_id: &str, key: &str, message_hex: &str) -> Command {
+/// A `sign_request` command declaring `amount` (see [`sim_policy`]). Built
+/// from JSON rather than a struct literal so that it builds against every
+/// version of `Command::SignRequest` that has these fields: later optional
+/// fields take their defaults.
+pub fn sign_request_command(request_id: &str, key: &str, message_hex: &str, amount: u64) -> Command {
     serde_json::from_value(serde_json::json!({
         "type": "sign_request",
         "request_id": request_id,
         "key": key,
         "message": message_hex,
         "purpose": "sim",
+        "attributes": { AMOUNT: amount.to_string() },
     }))
     .expect("a sign_request command parses")
 }
@@ -510,11 +612,31 @@ fn random_message(rng: &mut ChaCha8Rng) -> Vec<u8> {
     message
 }
 
+/// One request a signing client makes.
+pub struct Ask<'a> {
+    pub client: usize,
+    pub key: &'a str,
+    pub request_id: &'a str,
+    pub message: &'a [u8],
+    /// The declared amount (see [`sim_policy`]).
+    pub amount: u64,
+    pub approval: Approval,
+}
+
+impl Ask<'_> {
+    /// A new command asking for `message_hex` under this request's id.
+    fn command(&self, ctx: &ClientCtx, rng: &mut ChaCha8Rng, message_hex: &str) -> SignedCommand {
+        ctx.sign(&ctx.admin, rng, sign_request_command(self.request_id, self.key, message_hex, self.amount))
+    }
+}
+
 /// One signing client: once the key is active, signs random messages until the
 /// heal, then `signs_after_heal` more. Each request is followed until a node
 /// answers `signed`; now and then the client re-sends a signed request (it must
 /// get the same signature) or sends another message under a committed request
-/// id (it must be refused).
+/// id (it must be refused). Some requests on [`KEY_NAME`] declare a large
+/// amount and need approvals: most are approved by the approvers (and followed
+/// until signed), the others are followed for a while and abandoned.
 pub async fn signing_client(ctx: ClientCtx, client: usize) -> turmoil::Result {
     let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ (0x5167_0000 + client as u64));
     while !ctx.history.borrow().keys.contains_key(KEY_NAME) {
@@ -536,41 +658,95 @@ pub async fn signing_client(ctx: ClientCtx, client: usize) -> turmoil::Result {
         };
         let request_id = format!("s{client}-{seq:04}");
         let message = random_message(&mut rng);
-        let signature = sign_until_signed(&ctx, &mut rng, client, key, &request_id, &message).await;
-        if rng.next_u64() % 100 < SIGN_RETRY_P {
-            resend_signed(&ctx, &mut rng, client, key, &request_id, &message, &signature).await;
+        let large = key == KEY_NAME && rng.next_u64() % 100 < LARGE_REQUEST_P;
+        let (amount, approval) = match (large, rng.next_u64() % 100 < WITHHELD_P) {
+            (false, _) => (1 + rng.next_u64() % AMOUNT_APPROVAL_ABOVE, Approval::NotNeeded),
+            (true, withheld) => (
+                AMOUNT_APPROVAL_ABOVE + 1 + rng.next_u64() % 1_000_000,
+                if withheld { Approval::Withheld } else { Approval::Given },
+            ),
+        };
+        let ask = Ask { client, key, request_id: &request_id, message: &message, amount, approval };
+        if approval == Approval::Withheld {
+            follow_withheld(&ctx, &mut rng, &ask).await;
+        } else {
+            let signature = sign_until_signed(&ctx, &mut rng, &ask).await;
+            if rng.next_u64() % 100 < SIGN_RETRY_P {
+                resend_signed(&ctx, &mut rng, &ask, &signature).await;
+            }
         }
         tokio::time::sleep(Duration::from_millis(rng.next_u64() % SIGN_PAUSE_MS_MAX)).await;
     }
-    ctx.history.borrow_mut().clients_done += 1;
+    let mut history = ctx.history.borrow_mut();
+    history.clients_done += 1;
+    history.signing_clients_done += 1;
+    drop(history);
     ctx.event(format!("s{client}: done"));
     Ok(())
 }
 
+/// Records a request a client is about to send for the first time.
+fn record_sent(ctx: &ClientCtx, ask: &Ask) {
+    let mut history = ctx.history.borrow_mut();
+    let sent = SentRequest {
+        client: ask.client,
+        message: ask.message.to_vec(),
+        message_sha256: hex::encode(sha2::Sha256::digest(ask.message)),
+        conflicts: Vec::new(),
+        submitted_at_ms: ctx.now_ms(),
+        approval: ask.approval,
+    };
+    history.sent.insert(ask.request_id.to_string(), sent);
+    match ask.approval {
+        Approval::Withheld => history.withheld.insert(ask.request_id.to_string()),
+        _ => history.sign_pending.insert(ask.request_id.to_string(), ctx.now_ms()).is_none(),
+    };
+}
+
+/// Sends a request the approvers leave unapproved and follows it for
+/// [`WITHHELD_FOLLOW_MS`] after a node first shows it committed: it must stay
+/// `awaiting_approval` (the checkers judge every node's state; the client's
+/// view is traced).
+async fn follow_withheld(ctx: &ClientCtx, rng: &mut ChaCha8Rng, ask: &Ask<'_>) {
+    record_sent(ctx, ask);
+    let signed = ask.command(ctx, rng, &hex::encode(ask.message));
+    let mut committed_at: Option<u64> = None;
+    let mut last = String::new();
+    while committed_at.is_none_or(|at| ctx.now_ms() < at + WITHHELD_FOLLOW_MS) {
+        let target = ctx.random_node(rng);
+        let answer: Result<Result<RequestInfo, ApiError>, net::CallError> = if committed_at.is_none() {
+            net::client_query(&ctx.net, target, Kind::Sign, &signed, SIGN_CALL_TIMEOUT).await
+        } else {
+            net::client_query(&ctx.net, target, Kind::PeekRequest, &ask.request_id.to_string(), CALL_TIMEOUT).await
+        };
+        match answer {
+            Ok(Ok(info)) => {
+                committed_at.get_or_insert(ctx.now_ms());
+                if info.status != last {
+                    ctx.event(format!(
+                        "s{}: {} (withheld) is {} on n{target}",
+                        ask.client, ask.request_id, info.status
+                    ));
+                    last = info.status;
+                }
+            }
+            Ok(Err(e)) if e.status == 403 && e.message.contains("replay") => {
+                committed_at.get_or_insert(ctx.now_ms());
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100 + rng.next_u64() % 200)).await;
+    }
+    ctx.event(format!("s{}: {} left unapproved", ask.client, ask.request_id));
+}
+
 /// Submits a sign request and follows it until a node answers `signed`; returns the signature.
-async fn sign_until_signed(
-    ctx: &ClientCtx,
-    rng: &mut ChaCha8Rng,
-    client: usize,
-    key: &str,
-    request_id: &str,
-    message: &[u8],
-) -> String {
+async fn sign_until_signed(ctx: &ClientCtx, rng: &mut ChaCha8Rng, ask: &Ask<'_>) -> String {
+    let (client, request_id, message) = (ask.client, ask.request_id, ask.message);
     let message_hex = hex::encode(message);
     let message_sha256 = hex::encode(sha2::Sha256::digest(message));
-    let mut signed = ctx.sign(&ctx.admin, rng, sign_request_command(request_id, key, &message_hex));
-    {
-        let mut history = ctx.history.borrow_mut();
-        let sent = SentRequest {
-            client,
-            message: message.to_vec(),
-            message_sha256: message_sha256.clone(),
-            conflicts: Vec::new(),
-            submitted_at_ms: ctx.now_ms(),
-        };
-        history.sent.insert(request_id.to_string(), sent);
-        history.sign_pending.insert(request_id.to_string(), ctx.now_ms());
-    }
+    let mut signed = ask.command(ctx, rng, &message_hex);
+    record_sent(ctx, ask);
     // Submit (the same command again is idempotent while the request is pending
     // or signed), then poll with reads, which write nothing. A failed request is
     // retried with a new command (same id, same message), which starts a fresh
@@ -597,7 +773,7 @@ async fn sign_until_signed(
                 // The request is committed: now a second message under its id must be refused.
                 if !conflict_tried && rng.next_u64() % 100 < SIGN_CONFLICT_P {
                     conflict_tried = true;
-                    send_conflict(ctx, rng, client, key, request_id, message).await;
+                    send_conflict(ctx, rng, ask).await;
                 }
                 match (info.status.as_str(), info.signature) {
                     ("signed", Some(signature)) => {
@@ -628,7 +804,7 @@ async fn sign_until_signed(
                             info.error.unwrap_or_default()
                         ));
                         submit = true;
-                        signed = ctx.sign(&ctx.admin, rng, sign_request_command(request_id, key, &message_hex));
+                        signed = ask.command(ctx, rng, &message_hex);
                         tokio::time::sleep(Duration::from_millis(200 + rng.next_u64() % 200)).await;
                     }
                     // Pending (or awaiting approval): poll; a read waits for the outcome itself.
@@ -644,7 +820,7 @@ async fn sign_until_signed(
             }
             Ok(Err(e)) if e.status == 403 && e.message.contains("replay") => {
                 // This command was applied before (the request has failed since): a new one.
-                signed = ctx.sign(&ctx.admin, rng, sign_request_command(request_id, key, &message_hex));
+                signed = ask.command(ctx, rng, &message_hex);
                 target = ctx.random_node(rng);
             }
             Ok(Err(ApiError { status: 404, .. })) if !submit => {
@@ -670,14 +846,8 @@ async fn sign_until_signed(
 }
 
 /// Sends another message under a committed request id; it must be refused.
-async fn send_conflict(
-    ctx: &ClientCtx,
-    rng: &mut ChaCha8Rng,
-    client: usize,
-    key: &str,
-    request_id: &str,
-    message: &[u8],
-) {
+async fn send_conflict(ctx: &ClientCtx, rng: &mut ChaCha8Rng, ask: &Ask<'_>) {
+    let (client, request_id, message) = (ask.client, ask.request_id, ask.message);
     let mut other = random_message(rng);
     if other == message {
         other.push(0);
@@ -686,7 +856,7 @@ async fn send_conflict(
     if let Some(sent) = ctx.history.borrow_mut().sent.get_mut(request_id) {
         sent.conflicts.push(other_hex.clone());
     }
-    let signed = ctx.sign(&ctx.admin, rng, sign_request_command(request_id, key, &other_hex));
+    let signed = ask.command(ctx, rng, &other_hex);
     for _ in 0..5 {
         let target = ctx.random_node(rng);
         let answer: Result<Result<RequestInfo, ApiError>, net::CallError> =
@@ -725,16 +895,9 @@ async fn send_conflict(
 /// answer must be the stored signature. A node that has not applied the
 /// outcome within its wait answers from its stale state (`pending`, or
 /// `failed` from an earlier attempt); that is asked again elsewhere.
-async fn resend_signed(
-    ctx: &ClientCtx,
-    rng: &mut ChaCha8Rng,
-    client: usize,
-    key: &str,
-    request_id: &str,
-    message: &[u8],
-    signature: &str,
-) {
-    let signed = ctx.sign(&ctx.admin, rng, sign_request_command(request_id, key, &hex::encode(message)));
+async fn resend_signed(ctx: &ClientCtx, rng: &mut ChaCha8Rng, ask: &Ask<'_>, signature: &str) {
+    let (client, request_id) = (ask.client, ask.request_id);
+    let signed = ask.command(ctx, rng, &hex::encode(ask.message));
     for _ in 0..5 {
         let target = ctx.random_node(rng);
         let answer: Result<Result<RequestInfo, ApiError>, net::CallError> =
@@ -753,6 +916,90 @@ async fn resend_signed(
                 return;
             }
             _ => tokio::time::sleep(Duration::from_millis(50 + rng.next_u64() % 100)).await,
+        }
+    }
+}
+
+/// The approvers: for every request they are to approve that is still
+/// unsigned, once a node shows it awaiting approval, approvers not yet counted
+/// (from a random one on) sign the approval statement built from what that
+/// node shows and submit it. A failed request sent again is a fresh attempt,
+/// approved again. Stops once every signing client has finished.
+pub async fn approver_client(ctx: ClientCtx, signing_clients: usize) -> turmoil::Result {
+    let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0xa99_0000);
+    loop {
+        let (done, wanted) = {
+            let history = ctx.history.borrow();
+            let wanted: Vec<String> = history
+                .sign_pending
+                .keys()
+                .filter(|id| history.sent.get(*id).is_some_and(|s| s.approval == Approval::Given))
+                .cloned()
+                .collect();
+            (history.signing_clients_done >= signing_clients, wanted)
+        };
+        if done && wanted.is_empty() {
+            break;
+        }
+        for request_id in wanted {
+            approve(&ctx, &mut rng, &request_id).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50 + rng.next_u64() % 100)).await;
+    }
+    ctx.history.borrow_mut().clients_done += 1;
+    ctx.event("approvers: done".into());
+    Ok(())
+}
+
+/// Reads `request_id` from a random node and, if it awaits approval, gives the approvals it lacks.
+async fn approve(ctx: &ClientCtx, rng: &mut ChaCha8Rng, request_id: &str) {
+    let target = ctx.random_node(rng);
+    let answer =
+        net::client_query::<_, RequestInfo>(&ctx.net, target, Kind::PeekRequest, &request_id.to_string(), CALL_TIMEOUT)
+            .await;
+    let Ok(Ok(info)) = answer else { return };
+    let sent_sha256 = ctx.history.borrow().sent.get(request_id).map(|s| s.message_sha256.clone());
+    // An approver checks what it approves: the message the client sent, nothing else.
+    if info.status != "awaiting_approval" || sent_sha256.as_deref() != Some(info.message_sha256.as_str()) {
+        return;
+    }
+    let statement = ApprovalStatement {
+        cluster_id: ctx.cluster_id.clone(),
+        request_id: request_id.to_string(),
+        requester: info.requester,
+        key_id: info.key_id.clone(),
+        key_version: info.key_version,
+        message_sha256: info.message_sha256.clone(),
+        purpose: info.purpose.clone(),
+        environment: info.environment.clone(),
+        attributes: info.attributes.clone(),
+        policy_version: info.policy_version,
+        expires_at_ms: info.expires_at_ms,
+    };
+    let bytes = approval_bytes(&statement);
+    let have = APPROVERS.iter().filter(|a| info.approvals.iter().any(|x| x == *a)).count();
+    let mut missing = (APPROVALS_REQUIRED as usize).saturating_sub(have);
+    let first = rng.next_u64() as usize % APPROVERS.len();
+    for i in (0..APPROVERS.len()).map(|i| (first + i) % APPROVERS.len()) {
+        if missing == 0 {
+            break;
+        }
+        let name = APPROVERS[i];
+        if info.approvals.iter().any(|x| x == name) {
+            continue;
+        }
+        missing -= 1;
+        let key = &ctx.approvers[i];
+        let signature = ApprovalSignature::Ed25519 { signature: hex::encode(key.sign(&bytes).to_bytes()) };
+        let command = Command::Approve { request_id: request_id.to_string(), approver: name.to_string(), signature };
+        // The approval signature is the authority; the approver signs the envelope too.
+        let signed = ctx.sign(key, rng, command);
+        let outcome = ctx.submit(Kind::Write, &signed, target, rng, 5).await.map(|r| r.outcome);
+        if let Some(Outcome::Applied { detail }) = &outcome {
+            ctx.history.borrow_mut().approvals_applied += 1;
+            ctx.event(format!("approvers: {detail}"));
+        } else {
+            ctx.event(format!("approvers: {name} on {request_id}: {outcome:?}"));
         }
     }
 }

@@ -32,7 +32,7 @@ fn sim_same_seed_gives_the_same_trace_hash() {
 
 #[test]
 fn sim_chaos_sweep_passes() {
-    // A small chaos sweep (every fault kind on, 5 nodes) breaks no invariant, every write completes and every sign request is signed after the heal.
+    // A small chaos sweep (every fault kind on, 5 nodes: a byzantine signer, an equivocating leader and crashes at named fault points included) breaks no invariant, every write completes and every approved sign request is signed after the heal.
     let out = sim(&["--seeds", "100..110", "--profile", "chaos", "--no-shrink", "--jobs", "2"]);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}");
@@ -65,6 +65,19 @@ fn sim_nonce_reuse_is_caught_with_a_replay_command() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("violated nonce-single-use"), "{text}");
     assert!(text.contains("--plant nonce-reuse"), "{text}");
+}
+
+#[test]
+fn sim_skip_policy_is_caught_with_a_replay_command() {
+    // The planted skip-policy leader (its coordinator takes up requests that lack approvals, and
+    // its own signer releases shares for them) breaks "no request is taken up before its policy is
+    // met" or "no share without a met policy", whichever a step sees first, within 4 chaos seeds,
+    // and the failure names the command that replays it.
+    let out = sim(&["--seeds", "0..4", "--plant", "skip-policy", "--fail-fast", "--no-shrink", "--jobs", "1"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("violated policy-bypassed") || text.contains("violated share-without-policy"), "{text}");
+    assert!(text.contains("--plant skip-policy"), "{text}");
 }
 
 #[test]

@@ -106,15 +106,22 @@ impl SharedState {
 pub struct StateMachine {
     store: Arc<dyn Store>,
     shared: SharedState,
+    /// This node's id, for named fault points (0 until [`StateMachine::for_node`]).
+    node_id: NodeId,
     /// Distinguishes snapshots built at the same log position.
     snapshot_seq: u64,
 }
 
 impl StateMachine {
+    /// Names the node this state machine belongs to (for named fault points).
+    pub fn for_node(self, node_id: NodeId) -> Self {
+        StateMachine { node_id, ..self }
+    }
+
     /// Restores the applied state from the last stored snapshot, if any.
     pub fn open(store: Arc<dyn Store>) -> Result<(Self, SharedState), StorageError<NodeId>> {
         let shared = SharedState::default();
-        let sm = StateMachine { store, shared: shared.clone(), snapshot_seq: 0 };
+        let sm = StateMachine { store, shared: shared.clone(), node_id: 0, snapshot_seq: 0 };
         if let Some(snapshot) = sm.load_snapshot()? {
             let data: SnapshotData = serde_json::from_slice(snapshot.snapshot.get_ref())
                 .map_err(|e| StorageIOError::read_snapshot(Some(snapshot.meta.signature()), &io_error(e)))?;
@@ -222,6 +229,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             };
             (data, meta)
         };
+        crate::faults::crash_point(self.node_id, crate::faults::SNAPSHOT_BEFORE_SAVE).await;
         self.save_snapshot(&meta, &data).await?;
         tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), "built snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
@@ -244,6 +252,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: openraft::OptionalSend,
     {
         let (outcomes, audit) = self.apply_entries(entries);
+        crate::faults::crash_point(self.node_id, crate::faults::APPLY_BEFORE_AUDIT).await;
         if !audit.is_empty() {
             // Buffered: the records are a function of the committed log, and entries
             // after the last snapshot are applied again (rewriting them) after a crash.
@@ -268,7 +277,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        StateMachine { store: self.store.clone(), shared: self.shared.clone(), snapshot_seq: self.snapshot_seq + 1 }
+        StateMachine {
+            store: self.store.clone(),
+            shared: self.shared.clone(),
+            node_id: self.node_id,
+            snapshot_seq: self.snapshot_seq + 1,
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {

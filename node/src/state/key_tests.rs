@@ -450,3 +450,30 @@ fn state_batched_outcomes_are_judged_and_audited_one_by_one() {
     let foreign = Command::SignOutcomes { node_id: 1, outcomes: vec![theirs] };
     refused(&world.by_node(1, foreign), "may carry only that node's");
 }
+
+#[test]
+fn state_late_outcome_of_a_failed_attempt_does_not_end_a_fresh_one() {
+    // A request fails, is sent again (a fresh attempt awaiting approvals), and then a leader
+    // that was cut off commits its late outcome of the first attempt: it is refused, so the
+    // fresh attempt still awaits its approvers; once they approve, an outcome applies again.
+    let mut world = World::new();
+    dkg(&mut world, "k");
+    let keys = with_policy(&mut world, 1);
+    assert!(request_by(&mut world, &keys["dave"], "r1").is_applied());
+    let fail = |node: u64, reason: &str| Command::SignFailed {
+        request_id: "r1".into(),
+        node_id: node,
+        reason: reason.into(),
+        culprits: Vec::new(),
+    };
+    assert!(world.by_node(1, fail(1, "first attempt")).is_applied());
+    assert!(request_by(&mut world, &keys["dave"], "r1").is_applied());
+    assert_eq!(world.state.requests["r1"].attempt, 1);
+    refused(&world.by_node(2, fail(2, "late, from the first attempt")), "earlier attempt");
+    assert_eq!(world.state.requests["r1"].status, RequestStatus::Pending);
+    let sig = approval(&world, "r1", &keys["alice"]);
+    assert!(world
+        .by_admin(Command::Approve { request_id: "r1".into(), approver: "alice".into(), signature: sig })
+        .is_applied());
+    assert!(world.by_node(1, fail(1, "second attempt")).is_applied());
+}

@@ -68,6 +68,11 @@ pub struct RequestRecord {
     #[serde(default)]
     pub expires_at_ms: u64,
     pub status: RequestStatus,
+    /// Earlier attempts under this request id that failed (0 for the first).
+    /// A leader cut off while it coordinated an earlier attempt may still get
+    /// that attempt's outcome committed; see [`ClusterState::outcome_applies`].
+    #[serde(default)]
+    pub attempt: u32,
     pub signers: Vec<NodeId>,
     pub culprits: Vec<NodeId>,
     pub sessions: u32,
@@ -101,6 +106,7 @@ impl RequestRecord {
             approvals: Vec::new(),
             expires_at_ms: declared.expires_at_ms,
             status: RequestStatus::Pending,
+            attempt: 0,
             signers: Vec::new(),
             culprits: Vec::new(),
             sessions: 0,
@@ -158,7 +164,7 @@ impl ClusterState {
 
     /// A sign request whose id is already known, with the same message from the
     /// same requester: a pending or signed one is answered as it stands. A failed
-    /// one is dropped here so the new command makes a fresh attempt (new expiry,
+    /// one is replaced by [`Self::sign_request`] with a fresh attempt (new expiry,
     /// current policy version, approvals given again); a replayed command is left
     /// to the replay check. Returns `None` when the command must go on.
     pub(super) fn existing_request(&mut self, envelope: &Envelope, author: OperatorKey) -> Option<String> {
@@ -170,12 +176,7 @@ impl ClusterState {
         match record.status {
             RequestStatus::Pending => Some(format!("request {request_id} is already pending")),
             RequestStatus::Signed { .. } => Some(format!("request {request_id} is already signed")),
-            RequestStatus::Failed { .. } => {
-                if !self.seen_commands.contains_key(&envelope.command_id) {
-                    self.requests.remove(request_id);
-                }
-                None
-            }
+            RequestStatus::Failed { .. } => None,
         }
     }
 
@@ -188,12 +189,23 @@ impl ClusterState {
         message_hex: &str,
         declared: Declared<'_>,
     ) -> Result<String, Refusal> {
-        if self.requests.contains_key(request_id) {
-            return Err(format!(
-                "request id {request_id} already names another message (or requester); one request id, one message"
-            )
-            .into());
-        }
+        // A failed request sent again (same message, same requester) is a fresh attempt.
+        let attempt = match self.requests.get(request_id) {
+            None => 0,
+            Some(r)
+                if matches!(r.status, RequestStatus::Failed { .. })
+                    && r.message_sha256 == sha256_hex(message_hex)
+                    && r.requester == requester =>
+            {
+                r.attempt + 1
+            }
+            Some(_) => {
+                return Err(format!(
+                    "request id {request_id} already names another message (or requester); one request id, one message"
+                )
+                .into())
+            }
+        };
         if key_name == synod_proto::authz::AUDIT_KEY_NAME {
             return Err("the audit key signs audit checkpoints only".into());
         }
@@ -228,7 +240,10 @@ impl ClusterState {
         if policy.expires_at_ms.is_some_and(|at| at < self.time_ms) {
             return Err(format!("the policy of key {key_name} has expired; an admin must renew it").into());
         }
-        let record = RequestRecord::new(request_id, key, message_hex, requester, &declared, index, self.time_ms);
+        let record = RequestRecord {
+            attempt,
+            ..RequestRecord::new(request_id, key, message_hex, requester, &declared, index, self.time_ms)
+        };
         let needs = key.policy.requirements(declared.attributes);
         let detail = if needs.is_empty() {
             format!("request {request_id} pending: {} bytes with key {key_name}", record.message_bytes)
@@ -280,6 +295,26 @@ impl ClusterState {
         Ok(format!("{request_id}: audit head {} {} to be signed by the audit key", head.seq, head.hash))
     }
 
+    /// Whether a coordinator's outcome may end the pending request: not when it
+    /// is a fresh attempt (an earlier one failed) whose policy is not met. No
+    /// honest coordinator takes such an attempt up, so the outcome is that of an
+    /// earlier attempt, committed late by a leader that was cut off while it
+    /// coordinated; applied, it would fail the fresh attempt before its approvers
+    /// could approve it, or store a signature the attempt's approvals never
+    /// covered. (Found by the simulator. An outcome naming its attempt would
+    /// also catch a late outcome after the fresh attempt's approvals.)
+    fn outcome_applies(&self, record: &RequestRecord, node: NodeId) -> Result<(), Refusal> {
+        if record.attempt == 0 || self.policy_progress(record, false).is_ok_and(|p| p.met) {
+            return Ok(());
+        }
+        Err(format!(
+            "request {} (attempt {}) awaits approvals; an outcome from node {node} for an earlier attempt is not applied",
+            record.request_id,
+            record.attempt + 1
+        )
+        .into())
+    }
+
     pub(super) fn sign_result(
         &mut self,
         request_id: &str,
@@ -290,6 +325,7 @@ impl ClusterState {
         sessions: u32,
     ) -> Result<String, Refusal> {
         let record = self.pending_request(request_id)?;
+        self.outcome_applies(record, node)?;
         let key = self.keys.get(&record.key_id).ok_or("the request's key is gone")?;
         let group = key.group_key_bytes().ok_or("the request's key has no group key")?;
         let message = record.message_bytes().ok_or("the request has no message")?;
@@ -323,7 +359,8 @@ impl ClusterState {
         reason: &str,
         culprits: &[NodeId],
     ) -> Result<String, Refusal> {
-        self.pending_request(request_id)?;
+        let record = self.pending_request(request_id)?;
+        self.outcome_applies(record, node)?;
         self.fail_request(request_id, format!("node {node}: {reason}"), culprits);
         Ok(format!("request {request_id} failed: {reason}"))
     }
