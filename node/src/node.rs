@@ -282,7 +282,10 @@ impl Node {
                 if !may_forward {
                     return Err(not_leader(leader, &addr));
                 }
-                self.forward(leader, addr, command).await
+                let response = self.forward(leader, addr, command).await?;
+                // Read your writes: what the leader applied is visible here before the answer.
+                self.wait_applied(response.index, tokio::time::Instant::now() + FORWARD_TIMEOUT).await;
+                Ok(response)
             }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(ApiError::new(409, e.to_string()))

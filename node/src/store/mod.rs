@@ -389,6 +389,22 @@ mod tests {
         );
     }
 
+    /// Opens the sled store at `path` again. sled's background flusher may hold
+    /// the file lock for a moment after the last handle is dropped, so a
+    /// `Locked` answer is retried for up to 5 s.
+    fn reopen(path: &std::path::Path) -> SledStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match SledStore::open(path) {
+                Ok(store) => return store,
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => panic!("reopen the sled store: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn store_memory_matches_sled_on_seeded_random_ops() {
         // Proves that MemoryStore is a faithful model of SledStore: identical reads after every write of a
@@ -418,7 +434,7 @@ mod tests {
                 sled_ref.write(vec![], Durability::Sync).unwrap();
                 drop(sled.take());
                 memory.crash();
-                sled = Some(SledStore::open(&path).expect("reopen the sled store"));
+                sled = Some(reopen(&path));
                 assert_same_reads(&memory, sled.as_ref().expect("sled is open"), &mut rng, &context);
             }
         }
