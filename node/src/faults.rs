@@ -87,22 +87,19 @@ pub fn corrupt_share(
 }
 
 /// The [`WRONG_COMMITMENTS`] signer: swaps the hiding and binding commitments
-/// of a round-1 answer when that fault is on for this process or for `node`.
-/// An answer that does not parse is passed on unchanged.
-pub fn wrong_commitments(
-    node: NodeId,
-    answer: synod_proto::rpc::SignerCommitments,
-) -> synod_proto::rpc::SignerCommitments {
+/// in one hex FROST `SigningCommitments` a signer hands out, when that fault is
+/// on for this process or for `node`. Text that does not parse is passed on unchanged.
+pub fn wrong_commitments(node: NodeId, commitments_hex: String) -> String {
     use frost_ed25519::round1::SigningCommitments;
     if !enabled_for(node, WRONG_COMMITMENTS) {
-        return answer;
+        return commitments_hex;
     }
-    let parsed = hex::decode(&answer.commitments).ok().and_then(|b| SigningCommitments::deserialize(&b).ok());
+    let parsed = hex::decode(&commitments_hex).ok().and_then(|b| SigningCommitments::deserialize(&b).ok());
     let Some(swapped) = parsed.and_then(|c| SigningCommitments::new(*c.binding(), *c.hiding()).serialize().ok()) else {
-        return answer;
+        return commitments_hex;
     };
-    tracing::warn!(node, "fault wrong-commitments: answering round 1 with commitments this node holds no nonces for");
-    synod_proto::rpc::SignerCommitments { commitments: hex::encode(swapped), ..answer }
+    tracing::warn!(node, "fault wrong-commitments: handing out commitments this node holds no nonces for");
+    hex::encode(swapped)
 }
 
 #[cfg(feature = "fault-injection")]

@@ -719,7 +719,11 @@ impl PeerHandler for NodeHandler {
                 }
                 PeerRequest::SignCommit { request_id, session_id, min_index } => {
                     let answer = node.signer.commit(&request_id, &session_id, min_index, false).await;
-                    PeerResponse::SignCommit(answer.map(|a| faults::wrong_commitments(node.id, a)))
+                    let lie = |a: synod_proto::rpc::SignerCommitments| synod_proto::rpc::SignerCommitments {
+                        commitments: faults::wrong_commitments(node.id, a.commitments),
+                        ..a
+                    };
+                    PeerResponse::SignCommit(answer.map(lie))
                 }
                 PeerRequest::SignShare { request_id, session_id, incarnation, signing_package } => {
                     let answer =
