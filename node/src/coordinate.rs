@@ -54,9 +54,9 @@ pub const CULPRIT_EXCLUSION_MS: u64 = 60_000;
 /// The most requests this leader coordinates at once.
 pub const COORDINATIONS_MAX: usize = 256;
 /// Commitments asked of a signer per preprocessing call.
-pub const PREPROCESS_BATCH: u32 = 64;
+pub const PREPROCESS_BATCH: u32 = 16;
 /// A pool is refilled when fewer commitments than this remain.
-pub const PREPROCESS_LOW: usize = 32;
+pub const PREPROCESS_LOW: usize = 16;
 /// Share batches on the wire to one signer at once.
 pub const SHARE_BATCHES_IN_FLIGHT: usize = 2;
 /// How long a signer that has stopped answering heartbeats waits before its
