@@ -389,14 +389,14 @@ impl Coordination {
 
 /// Runs one request's sessions and commits the signature or the failure.
 async fn coordinate(node: &Arc<Node>, request_id: &str) {
-    let (message, key, min_index) = {
+    let (message, key, min_index, attempt) = {
         let applied = node.state().read();
         let min_index = applied.last_applied.map_or(0, |l| l.index);
         let state = &applied.state;
         let Some(request) = state.requests.get(request_id) else { return };
         let Some(key) = state.keys.get(&request.key_id) else { return };
         let Some(message) = request.message_bytes() else { return };
-        (message, key.clone(), min_index)
+        (message, key.clone(), min_index, request.attempt)
     };
     let coordination = node.coordination();
     let Some(public_keys) = coordination.public_keys_of(&key) else { return };
@@ -422,6 +422,7 @@ async fn coordinate(node: &Arc<Node>, request_id: &str) {
                 signers: signed.signers,
                 culprits: signed.culprits,
                 sessions: signed.sessions,
+                attempt,
             }
         }
         Err(failure) => {
@@ -432,6 +433,7 @@ async fn coordinate(node: &Arc<Node>, request_id: &str) {
                 node_id: node.id,
                 reason: failure.reason,
                 culprits: failure.culprits,
+                attempt,
             }
         }
     };

@@ -174,9 +174,22 @@ pub enum Command {
         signers: Vec<NodeId>,
         culprits: Vec<NodeId>,
         sessions: u32,
+        /// The attempt of the request this outcome is for (0 for the first; a
+        /// failed request sent again is a new attempt). Another attempt's
+        /// outcome is refused.
+        #[serde(default)]
+        attempt: u32,
     },
     /// The coordinating node could not gather enough valid shares.
-    SignFailed { request_id: String, node_id: NodeId, reason: String, culprits: Vec<NodeId> },
+    SignFailed {
+        request_id: String,
+        node_id: NodeId,
+        reason: String,
+        culprits: Vec<NodeId>,
+        /// As for [`Command::SignResult`].
+        #[serde(default)]
+        attempt: u32,
+    },
     /// Several outcomes of one coordinating node in one entry, each a
     /// `sign_result` or `sign_failed` naming that node: one node signature and
     /// one envelope check per node for the lot. Every node judges and audits

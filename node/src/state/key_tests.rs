@@ -234,6 +234,7 @@ fn state_requests_keep_one_message_and_only_verified_signatures() {
         signers: vec![1, 2],
         culprits: vec![],
         sessions: 1,
+        attempt: 0,
     };
     refused(&world.by_node(1, result(forged)), "does not verify");
     assert_eq!(world.state.requests["r1"].status, RequestStatus::Pending);
@@ -421,9 +422,15 @@ fn state_batched_outcomes_are_judged_and_audited_one_by_one() {
         signers: vec![1, 2],
         culprits: vec![],
         sessions: 1,
+        attempt: 0,
     };
-    let failed =
-        Command::SignFailed { request_id: "r3".into(), node_id: 1, reason: "too few".into(), culprits: vec![] };
+    let failed = Command::SignFailed {
+        request_id: "r3".into(),
+        node_id: 1,
+        reason: "too few".into(),
+        culprits: vec![],
+        attempt: 0,
+    };
     let good = threshold_sign(&packages, b"pay 1");
     let forged = threshold_sign(&packages, b"pay 1000");
     let batch =
@@ -446,7 +453,8 @@ fn state_batched_outcomes_are_judged_and_audited_one_by_one() {
             expect("sign_failed", "r3", "applied")
         ]
     );
-    let theirs = Command::SignFailed { request_id: "r2".into(), node_id: 2, reason: "x".into(), culprits: vec![] };
+    let theirs =
+        Command::SignFailed { request_id: "r2".into(), node_id: 2, reason: "x".into(), culprits: vec![], attempt: 0 };
     let foreign = Command::SignOutcomes { node_id: 1, outcomes: vec![theirs] };
     refused(&world.by_node(1, foreign), "may carry only that node's");
 }
@@ -454,26 +462,29 @@ fn state_batched_outcomes_are_judged_and_audited_one_by_one() {
 #[test]
 fn state_late_outcome_of_a_failed_attempt_does_not_end_a_fresh_one() {
     // A request fails, is sent again (a fresh attempt awaiting approvals), and then a leader
-    // that was cut off commits its late outcome of the first attempt: it is refused, so the
-    // fresh attempt still awaits its approvers; once they approve, an outcome applies again.
+    // that was cut off commits its late outcome of the first attempt: it is refused, before and
+    // after the fresh attempt's approvals, and an outcome naming the fresh attempt applies.
     let mut world = World::new();
     dkg(&mut world, "k");
     let keys = with_policy(&mut world, 1);
     assert!(request_by(&mut world, &keys["dave"], "r1").is_applied());
-    let fail = |node: u64, reason: &str| Command::SignFailed {
+    let fail = |node: u64, reason: &str, attempt: u32| Command::SignFailed {
         request_id: "r1".into(),
         node_id: node,
         reason: reason.into(),
         culprits: Vec::new(),
+        attempt,
     };
-    assert!(world.by_node(1, fail(1, "first attempt")).is_applied());
+    assert!(world.by_node(1, fail(1, "first attempt", 0)).is_applied());
     assert!(request_by(&mut world, &keys["dave"], "r1").is_applied());
     assert_eq!(world.state.requests["r1"].attempt, 1);
-    refused(&world.by_node(2, fail(2, "late, from the first attempt")), "earlier attempt");
+    refused(&world.by_node(2, fail(2, "late, from the first attempt", 0)), "is for attempt 1");
     assert_eq!(world.state.requests["r1"].status, RequestStatus::Pending);
     let sig = approval(&world, "r1", &keys["alice"]);
     assert!(world
         .by_admin(Command::Approve { request_id: "r1".into(), approver: "alice".into(), signature: sig })
         .is_applied());
-    assert!(world.by_node(1, fail(1, "second attempt")).is_applied());
+    refused(&world.by_node(2, fail(2, "late, after the approvals", 0)), "is for attempt 1");
+    assert_eq!(world.state.requests["r1"].status, RequestStatus::Pending);
+    assert!(world.by_node(1, fail(1, "second attempt", 1)).is_applied());
 }

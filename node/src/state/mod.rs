@@ -347,12 +347,16 @@ impl ClusterState {
             }
             Command::ApproveProposal { .. } => Err("a proposal cannot approve a proposal".into()),
             Command::AuditCheckpoint { .. } => self.audit_checkpoint(index, author),
-            Command::SignResult { request_id, node_id, signature, signers, culprits, sessions } => {
-                self.sign_result(request_id, *node_id, signature, signers, culprits, *sessions)
+            Command::SignResult { request_id, node_id, signature, signers, culprits, sessions, attempt } => {
+                let by = signing::Coordinated { node: *node_id, attempt: *attempt };
+                self.sign_result(request_id, by, signature, signers, culprits, *sessions)
             }
-            Command::SignFailed { request_id, node_id, reason, culprits } => {
-                self.sign_failed(request_id, *node_id, reason, culprits)
-            }
+            Command::SignFailed { request_id, node_id, reason, culprits, attempt } => self.sign_failed(
+                request_id,
+                signing::Coordinated { node: *node_id, attempt: *attempt },
+                reason,
+                culprits,
+            ),
             Command::SignOutcomes { outcomes, .. } => {
                 let mut stored = 0;
                 for outcome in outcomes {

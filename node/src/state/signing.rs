@@ -21,6 +21,13 @@ pub const PENDING_REQUESTS_MAX: usize = 1024;
 /// How long an audit checkpoint request may wait for its signature.
 const CHECKPOINT_TTL_MS: u64 = 10 * 60 * 1000;
 
+/// Who sent a signing outcome, and for which attempt of the request.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Coordinated {
+    pub node: NodeId,
+    pub attempt: u32,
+}
+
 /// What a requester declares about a request, checked against the key's policy.
 pub(super) struct Declared<'a> {
     pub purpose: &'a str,
@@ -295,20 +302,19 @@ impl ClusterState {
         Ok(format!("{request_id}: audit head {} {} to be signed by the audit key", head.seq, head.hash))
     }
 
-    /// Whether a coordinator's outcome may end the pending request: not when it
-    /// is a fresh attempt (an earlier one failed) whose policy is not met. No
-    /// honest coordinator takes such an attempt up, so the outcome is that of an
-    /// earlier attempt, committed late by a leader that was cut off while it
-    /// coordinated; applied, it would fail the fresh attempt before its approvers
-    /// could approve it, or store a signature the attempt's approvals never
-    /// covered. (Found by the simulator. An outcome naming its attempt would
-    /// also catch a late outcome after the fresh attempt's approvals.)
-    fn outcome_applies(&self, record: &RequestRecord, node: NodeId) -> Result<(), Refusal> {
-        if record.attempt == 0 || self.policy_progress(record, false).is_ok_and(|p| p.met) {
+    /// An outcome applies only to the attempt it was coordinated for. A leader
+    /// cut off while it coordinated an earlier attempt may get that outcome
+    /// committed late, after the client sent the failed request again (found by
+    /// the simulator); applied, it would end the fresh attempt, or store a
+    /// signature the fresh attempt's approvals never covered.
+    fn outcome_applies(&self, record: &RequestRecord, by: Coordinated) -> Result<(), Refusal> {
+        if by.attempt == record.attempt {
             return Ok(());
         }
         Err(format!(
-            "request {} (attempt {}) awaits approvals; an outcome from node {node} for an earlier attempt is not applied",
+            "the outcome from node {} is for attempt {} of request {}, which is at attempt {}; not applied",
+            by.node,
+            by.attempt + 1,
             record.request_id,
             record.attempt + 1
         )
@@ -318,14 +324,15 @@ impl ClusterState {
     pub(super) fn sign_result(
         &mut self,
         request_id: &str,
-        node: NodeId,
+        by: Coordinated,
         signature_hex: &str,
         signers: &[NodeId],
         culprits: &[NodeId],
         sessions: u32,
     ) -> Result<String, Refusal> {
         let record = self.pending_request(request_id)?;
-        self.outcome_applies(record, node)?;
+        self.outcome_applies(record, by)?;
+        let node = by.node;
         let key = self.keys.get(&record.key_id).ok_or("the request's key is gone")?;
         let group = key.group_key_bytes().ok_or("the request's key has no group key")?;
         let message = record.message_bytes().ok_or("the request has no message")?;
@@ -355,13 +362,13 @@ impl ClusterState {
     pub(super) fn sign_failed(
         &mut self,
         request_id: &str,
-        node: NodeId,
+        by: Coordinated,
         reason: &str,
         culprits: &[NodeId],
     ) -> Result<String, Refusal> {
         let record = self.pending_request(request_id)?;
-        self.outcome_applies(record, node)?;
-        self.fail_request(request_id, format!("node {node}: {reason}"), culprits);
+        self.outcome_applies(record, by)?;
+        self.fail_request(request_id, format!("node {}: {reason}", by.node), culprits);
         Ok(format!("request {request_id} failed: {reason}"))
     }
 
