@@ -7,11 +7,10 @@
 //! few iterations only, to prove it still works. The pkcs11 row needs SoftHSM2
 //! (`apt-get install softhsm2`); without it the row says it was skipped.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{format_time, median};
+use common::{format_time, median, session};
 use frost_ed25519 as frost;
 use synod_node::kek::{init_softhsm_token, Kek, Pkcs11Config, Pkcs11Kek, SoftKek, SOFTHSM_MODULE};
 use synod_node::sealed::{Purpose, SealContext};
@@ -29,26 +28,12 @@ struct Row {
 
 /// A serialized FROST key package and the median of a round-2 sign with it.
 fn frost_sign(iterations: usize) -> (Vec<u8>, Duration) {
-    let mut rng = frost::rand_core::OsRng;
-    let (shares, _public) =
-        frost::keys::generate_with_dealer(5, 3, frost::keys::IdentifierList::Default, rng).expect("deal keys");
-    let packages: BTreeMap<frost::Identifier, frost::keys::KeyPackage> = shares
-        .into_iter()
-        .map(|(id, share)| (id, frost::keys::KeyPackage::try_from(share).expect("a valid share")))
-        .collect();
-    let mut nonces = BTreeMap::new();
-    let mut commitments = BTreeMap::new();
-    for (id, package) in packages.iter().take(3) {
-        let (n, c) = frost::round1::commit(package.signing_share(), &mut rng);
-        nonces.insert(*id, n);
-        commitments.insert(*id, c);
-    }
-    let signing_package = frost::SigningPackage::new(commitments, b"a 32-byte message to be signed..");
-    let (id, package) = packages.iter().next().expect("a signer");
-    let signer_nonces = &nonces[id];
+    let s = session();
+    let (id, package) = s.packages.iter().next().expect("a signer");
+    let signer_nonces = &s.nonces[id];
     // Measurement only: real signers use each nonce once.
     let time = median(iterations, || {
-        std::hint::black_box(frost::round2::sign(&signing_package, signer_nonces, package).expect("sign"));
+        std::hint::black_box(frost::round2::sign(&s.package, signer_nonces, package).expect("sign"));
     });
     (package.serialize().expect("serialize the key package"), time)
 }

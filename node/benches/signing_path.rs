@@ -10,42 +10,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{format_time, median};
+use common::{format_time, median, session, MESSAGE};
 use ed25519_dalek::SigningKey;
-use frost::keys::{IdentifierList, KeyPackage, PublicKeyPackage};
-use frost::round1::{SigningCommitments, SigningNonces};
+use frost::round1::SigningCommitments;
 use frost::{Identifier, SigningPackage};
 use frost_ed25519 as frost;
 use sha2::{Digest, Sha256};
 use synod_proto::{Command, Envelope, LogEntry, SignedCommand};
 
 mod common;
-
-const MESSAGE: &[u8] = b"a 32-byte message to be signed..";
-
-/// A 3-of-5 key, three signers' nonces and the signing package they make.
-struct Session {
-    packages: BTreeMap<Identifier, KeyPackage>,
-    public: PublicKeyPackage,
-    nonces: BTreeMap<Identifier, SigningNonces>,
-    package: SigningPackage,
-}
-
-fn session() -> Session {
-    let mut rng = frost::rand_core::OsRng;
-    let (shares, public) = frost::keys::generate_with_dealer(5, 3, IdentifierList::Default, rng).expect("deal keys");
-    let packages: BTreeMap<Identifier, KeyPackage> =
-        shares.into_iter().map(|(id, share)| (id, KeyPackage::try_from(share).expect("a valid share"))).collect();
-    let mut nonces = BTreeMap::new();
-    let mut commitments = BTreeMap::new();
-    for (id, package) in packages.iter().take(3) {
-        let (n, c) = frost::round1::commit(package.signing_share(), &mut rng);
-        nonces.insert(*id, n);
-        commitments.insert(*id, c);
-    }
-    let package = SigningPackage::new(commitments, MESSAGE);
-    Session { packages, public, nonces, package }
-}
 
 /// One measured piece.
 struct Row {

@@ -371,7 +371,7 @@ impl Node {
             let status = if reason.contains("one request id, one message") { 409 } else { 403 };
             return Err(ApiError::new(status, reason));
         }
-        self.wait_applied(response.index, deadline).await;
+        // `write` answers once this node has applied the request (see `write_inner`).
         let info = self.shared.read().state.request_info(request_id);
         if info.as_ref().is_some_and(|i| i.status == "awaiting_approval") {
             return info.ok_or_else(|| ApiError::new(404, "request vanished"));

@@ -359,19 +359,8 @@ fn alter_put(entry: &mut openraft::Entry<synod_proto::TypeConfig>) -> Option<Str
     Some(key)
 }
 
-/// A client's write (or init, or raw proposal) to node `to`.
-pub async fn client_call<Req: Serialize>(
-    net: &SharedNet,
-    to: NodeId,
-    kind: Kind,
-    body: &Req,
-    timeout: Duration,
-) -> Result<Result<WriteResponse, ApiError>, CallError> {
-    call(net, 0, to, kind, body, timeout, false).await
-}
-
-/// A client's call whose answer is not a [`WriteResponse`] (sign, key and request reads).
-pub async fn client_query<Req: Serialize, Resp: DeserializeOwned>(
+/// A client's call to node `to`: a write (a [`WriteResponse`]), a sign request, a key or request read.
+pub async fn client_call<Req: Serialize, Resp: DeserializeOwned>(
     net: &SharedNet,
     to: NodeId,
     kind: Kind,

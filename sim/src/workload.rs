@@ -308,7 +308,7 @@ impl ClientCtx {
     ) -> Option<WriteResponse> {
         let mut target = first;
         for _ in 0..attempts {
-            match net::client_call(&self.net, target, kind, body, CALL_TIMEOUT).await {
+            match net::client_call::<_, WriteResponse>(&self.net, target, kind, body, CALL_TIMEOUT).await {
                 Ok(Ok(response)) => return Some(response),
                 Ok(Err(ApiError { leader_hint: Some(hint), .. })) if hint.node_id != target => target = hint.node_id,
                 _ => {
@@ -342,7 +342,7 @@ pub async fn boot_client(ctx: ClientCtx) -> turmoil::Result {
     let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0xb007);
     let command = genesis(&ctx, &mut rng);
     loop {
-        match net::client_call(&ctx.net, 1, Kind::Init, &command, Duration::from_secs(20)).await {
+        match net::client_call::<_, WriteResponse>(&ctx.net, 1, Kind::Init, &command, Duration::from_secs(20)).await {
             Ok(Ok(response)) if response.outcome.is_applied() => break,
             // An earlier attempt committed it and only the answer was lost.
             Ok(Err(e)) if e.status == 409 => break,
@@ -550,7 +550,7 @@ async fn create_key(ctx: &ClientCtx, rng: &mut ChaCha8Rng, name: &str, participa
     let mut target = ctx.random_node(rng);
     loop {
         let info =
-            net::client_query::<_, KeyInfo>(&ctx.net, target, Kind::GetKey, &name.to_string(), CALL_TIMEOUT).await;
+            net::client_call::<_, KeyInfo>(&ctx.net, target, Kind::GetKey, &name.to_string(), CALL_TIMEOUT).await;
         target = ctx.random_node(rng);
         match info {
             Ok(Ok(info)) if info.status == "active" => {
@@ -574,7 +574,8 @@ async fn create_key(ctx: &ClientCtx, rng: &mut ChaCha8Rng, name: &str, participa
         let command = Command::CreateKey { name: name.to_string(), threshold, participants: participants.to_vec() };
         let signed = ctx.sign(&ctx.admin, rng, command);
         *ctx.history.borrow_mut().key_attempts.entry(name.to_string()).or_default() += 1;
-        let answer = net::client_call(&ctx.net, target, Kind::CreateKey, &signed, CREATE_KEY_TIMEOUT).await;
+        let answer =
+            net::client_call::<_, WriteResponse>(&ctx.net, target, Kind::CreateKey, &signed, CREATE_KEY_TIMEOUT).await;
         let what = match answer {
             Ok(Ok(response)) => format!("{:?} at index {}", response.outcome, response.index),
             Ok(Err(e)) => format!("error {}: {}", e.status, e.message),
@@ -715,9 +716,9 @@ async fn follow_withheld(ctx: &ClientCtx, rng: &mut ChaCha8Rng, ask: &Ask<'_>) {
     while committed_at.is_none_or(|at| ctx.now_ms() < at + WITHHELD_FOLLOW_MS) {
         let target = ctx.random_node(rng);
         let answer: Result<Result<RequestInfo, ApiError>, net::CallError> = if committed_at.is_none() {
-            net::client_query(&ctx.net, target, Kind::Sign, &signed, SIGN_CALL_TIMEOUT).await
+            net::client_call(&ctx.net, target, Kind::Sign, &signed, SIGN_CALL_TIMEOUT).await
         } else {
-            net::client_query(&ctx.net, target, Kind::PeekRequest, &ask.request_id.to_string(), CALL_TIMEOUT).await
+            net::client_call(&ctx.net, target, Kind::PeekRequest, &ask.request_id.to_string(), CALL_TIMEOUT).await
         };
         match answer {
             Ok(Ok(info)) => {
@@ -757,9 +758,9 @@ async fn sign_until_signed(ctx: &ClientCtx, rng: &mut ChaCha8Rng, ask: &Ask<'_>)
     let mut target = ctx.random_node(rng);
     loop {
         let answer: Result<Result<RequestInfo, ApiError>, net::CallError> = if submit {
-            net::client_query(&ctx.net, target, Kind::Sign, &signed, SIGN_CALL_TIMEOUT).await
+            net::client_call(&ctx.net, target, Kind::Sign, &signed, SIGN_CALL_TIMEOUT).await
         } else {
-            net::client_query(&ctx.net, target, Kind::GetRequest, &request_id.to_string(), SIGN_CALL_TIMEOUT).await
+            net::client_call(&ctx.net, target, Kind::GetRequest, &request_id.to_string(), SIGN_CALL_TIMEOUT).await
         };
         match answer {
             Ok(Ok(info)) => {
@@ -860,7 +861,7 @@ async fn send_conflict(ctx: &ClientCtx, rng: &mut ChaCha8Rng, ask: &Ask<'_>) {
     for _ in 0..5 {
         let target = ctx.random_node(rng);
         let answer: Result<Result<RequestInfo, ApiError>, net::CallError> =
-            net::client_query(&ctx.net, target, Kind::Sign, &signed, SIGN_CALL_TIMEOUT).await;
+            net::client_call(&ctx.net, target, Kind::Sign, &signed, SIGN_CALL_TIMEOUT).await;
         match answer {
             // Answered with the request under that id: accepted only if it now names the second message.
             Ok(Ok(info)) => {
@@ -901,7 +902,7 @@ async fn resend_signed(ctx: &ClientCtx, rng: &mut ChaCha8Rng, ask: &Ask<'_>, sig
     for _ in 0..5 {
         let target = ctx.random_node(rng);
         let answer: Result<Result<RequestInfo, ApiError>, net::CallError> =
-            net::client_query(&ctx.net, target, Kind::Sign, &signed, SIGN_CALL_TIMEOUT).await;
+            net::client_call(&ctx.net, target, Kind::Sign, &signed, SIGN_CALL_TIMEOUT).await;
         match answer {
             Ok(Ok(RequestInfo { status, signature: Some(again), .. })) if status == "signed" => {
                 let same = if again == signature { "the same signature" } else { "ANOTHER signature" };
@@ -955,7 +956,7 @@ pub async fn approver_client(ctx: ClientCtx, signing_clients: usize) -> turmoil:
 async fn approve(ctx: &ClientCtx, rng: &mut ChaCha8Rng, request_id: &str) {
     let target = ctx.random_node(rng);
     let answer =
-        net::client_query::<_, RequestInfo>(&ctx.net, target, Kind::PeekRequest, &request_id.to_string(), CALL_TIMEOUT)
+        net::client_call::<_, RequestInfo>(&ctx.net, target, Kind::PeekRequest, &request_id.to_string(), CALL_TIMEOUT)
             .await;
     let Ok(Ok(info)) = answer else { return };
     let sent_sha256 = ctx.history.borrow().sent.get(request_id).map(|s| s.message_sha256.clone());

@@ -318,11 +318,13 @@ fn request_by(world: &mut World, key: &SigningKey, id: &str) -> Outcome {
     world.apply(SignedCommand::sign(&env, key))
 }
 
-fn approval(world: &World, id: &str, approver: &SigningKey) -> synod_proto::authz::ApprovalSignature {
+/// `approver` (operator `name`) approves request `id`, sent by the admin.
+fn approve(world: &mut World, id: &str, name: &str, approver: &SigningKey) -> Outcome {
     use ed25519_dalek::Signer;
     let statement = world.state.approval_statement(&world.state.requests[id]).unwrap();
     let signature = approver.sign(&synod_proto::authz::approval_bytes(&statement));
-    synod_proto::authz::ApprovalSignature::Ed25519 { signature: hex::encode(signature.to_bytes()) }
+    let signature = synod_proto::authz::ApprovalSignature::Ed25519 { signature: hex::encode(signature.to_bytes()) };
+    world.by_admin(Command::Approve { request_id: id.into(), approver: name.into(), signature })
 }
 
 #[test]
@@ -333,10 +335,7 @@ fn state_revoked_approver_no_longer_counts() {
     dkg(&mut world, "k");
     let keys = with_policy(&mut world, 1);
     assert!(request_by(&mut world, &keys["dave"], "r1").is_applied());
-    let sig = approval(&world, "r1", &keys["alice"]);
-    assert!(world
-        .by_admin(Command::Approve { request_id: "r1".into(), approver: "alice".into(), signature: sig })
-        .is_applied());
+    assert!(approve(&mut world, "r1", "alice", &keys["alice"]).is_applied());
     let request = world.state.requests["r1"].clone();
     assert!(world.state.ready_to_sign(&request, true).is_ok());
     assert!(world.by_admin(Command::RemoveOperator { name: "alice".into() }).is_applied());
@@ -480,10 +479,7 @@ fn state_late_outcome_of_a_failed_attempt_does_not_end_a_fresh_one() {
     assert_eq!(world.state.requests["r1"].attempt, 1);
     refused(&world.by_node(2, fail(2, "late, from the first attempt", 0)), "is for attempt 1");
     assert_eq!(world.state.requests["r1"].status, RequestStatus::Pending);
-    let sig = approval(&world, "r1", &keys["alice"]);
-    assert!(world
-        .by_admin(Command::Approve { request_id: "r1".into(), approver: "alice".into(), signature: sig })
-        .is_applied());
+    assert!(approve(&mut world, "r1", "alice", &keys["alice"]).is_applied());
     refused(&world.by_node(2, fail(2, "late, after the approvals", 0)), "is for attempt 1");
     assert_eq!(world.state.requests["r1"].status, RequestStatus::Pending);
     assert!(world.by_node(1, fail(1, "second attempt", 1)).is_applied());
