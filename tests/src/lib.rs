@@ -6,8 +6,9 @@
 //! every process it started when dropped. Tests speak to nodes only through
 //! the CLI (and so through the HTTPS API), as an operator would.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{TcpListener, UdpSocket};
+use std::sync::Mutex;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -89,13 +90,29 @@ pub struct Cluster {
     pub node_env: BTreeMap<u64, Vec<(String, String)>>,
 }
 
-fn free_tcp() -> String {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
+/// Ports this test process has handed out. The OS may give a just-released
+/// port to the next `bind(0)`, so two nodes of one cluster could otherwise be
+/// handed the same one.
+static HANDED_OUT: Mutex<BTreeSet<(bool, u16)>> = Mutex::new(BTreeSet::new());
+
+/// A free loopback port (UDP for Raft, TCP for the API) that this process has
+/// not handed out before. Another test process may still take it before the
+/// node binds it; [`Cluster::start_new_nodes`] handles that.
+fn free_port(udp: bool) -> String {
+    loop {
+        let addr = if udp {
+            UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+        } else {
+            TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+        };
+        if HANDED_OUT.lock().unwrap().insert((udp, addr.port())) {
+            return addr.to_string();
+        }
+    }
 }
 
-fn free_udp() -> String {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
-}
+/// What a node prints when its port is taken (`server::listen_error`).
+const PORT_TAKEN: &str = "may hold that port";
 
 /// Runs `synod` with `args` and `envs`, returning its output.
 pub fn run_synod(args: &[&str], envs: &[(&str, String)]) -> Output {
@@ -176,10 +193,7 @@ impl Cluster {
         for id in 1..=n {
             cluster.add_node_files(id);
         }
-        for id in 1..=n {
-            cluster.start_node(id);
-        }
-        cluster.wait_answering();
+        cluster.start_new_nodes(&(1..=n).collect::<Vec<_>>());
         let members: Vec<String> = cluster
             .nodes
             .values()
@@ -217,7 +231,7 @@ impl Cluster {
         let node_dir = self.path(&format!("node-{id}"));
         std::fs::create_dir_all(&node_dir).unwrap();
         ok(&run_synod(&["kek", "generate-file", "--out", &node_dir.join("kek.bin").display().to_string()], &[]));
-        let (raft_addr, api_addr) = (free_udp(), free_tcp());
+        let (raft_addr, api_addr) = (free_port(true), free_port(false));
         let config = node_dir.join("node.toml");
         std::fs::write(
             &config,
@@ -258,6 +272,45 @@ impl Cluster {
         node.child = Some(cmd.spawn().expect("spawn node"));
     }
 
+    /// Starts nodes that are not members of a cluster yet and waits until each
+    /// answers. Tests run in parallel processes, so another test's node can bind
+    /// a port between [`free_port`] choosing it and this node binding it; such a
+    /// node gets new ports and starts again. (A member cannot move: its
+    /// addresses are in the committed membership.)
+    pub fn start_new_nodes(&mut self, ids: &[u64]) {
+        for &id in ids {
+            self.start_node(id);
+        }
+        for &id in ids {
+            for attempt in 0.. {
+                let exited = wait_for(&format!("node {id} to answer"), Duration::from_secs(60), || {
+                    let node = self.nodes.get_mut(&id).expect("known node");
+                    if node.child.as_mut().expect("started").try_wait().unwrap().is_some() {
+                        return Some(true);
+                    }
+                    let out = self.synod(id, &["health", "-o", "json"]);
+                    (!out.stdout.is_empty()).then_some(false)
+                });
+                if !exited {
+                    break;
+                }
+                let node = self.nodes.get_mut(&id).expect("known node");
+                node.child = None;
+                assert!(
+                    attempt < 5 && node.log_text().contains(PORT_TAKEN),
+                    "node {id} exited before answering:\n{}",
+                    node.log_text()
+                );
+                let (raft_addr, api_addr) = (free_port(true), free_port(false));
+                let config = std::fs::read_to_string(&node.config).unwrap();
+                let config = config.replace(&node.raft_addr, &raft_addr).replace(&node.api_addr, &api_addr);
+                std::fs::write(&node.config, config).unwrap();
+                (node.raft_addr, node.api_addr) = (raft_addr, api_addr);
+                self.start_node(id);
+            }
+        }
+    }
+
     /// SIGKILLs node `id`: no shutdown, no flush.
     pub fn kill(&mut self, id: u64) {
         if let Some(mut child) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {
@@ -294,16 +347,6 @@ impl Cluster {
     pub fn status(&self, id: u64) -> Option<Value> {
         let out = self.synod(id, &["status", "-o", "json"]);
         out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("status JSON"))
-    }
-
-    /// Waits until every running node answers its health endpoint.
-    pub fn wait_answering(&self) {
-        for node in self.nodes.values().filter(|n| n.is_running()) {
-            wait_for(&format!("node {} to answer", node.id), Duration::from_secs(60), || {
-                let out = self.synod(node.id, &["health", "-o", "json"]);
-                (!out.stdout.is_empty()).then_some(())
-            });
-        }
     }
 
     /// Waits until every running node agrees on one leader; returns it.

@@ -114,11 +114,9 @@ fn membership_node_joins_and_leaves_with_admin_signature() {
     // voter, and leaves again when an admin removes it.
     let mut cluster = Cluster::start(3);
     cluster.put(1, "before-join", "1").unwrap();
-    let (raft_addr, api_addr) = {
-        let node = cluster.add_node_files(4);
-        (node.raft_addr.clone(), node.api_addr.clone())
-    };
-    cluster.start_node(4);
+    cluster.add_node_files(4);
+    cluster.start_new_nodes(&[4]);
+    let (raft_addr, api_addr) = (cluster.nodes[&4].raft_addr.clone(), cluster.nodes[&4].api_addr.clone());
     ok(&cluster.synod(1, &["cluster", "add-member", "--id", "4", "--raft-addr", &raft_addr, "--api-addr", &api_addr]));
     cluster.wait_value(4, "before-join", "1");
     wait_for("node 4 to become a voter", Duration::from_secs(60), || cluster.voters(1).contains(&4).then_some(()));
@@ -126,4 +124,21 @@ fn membership_node_joins_and_leaves_with_admin_signature() {
     wait_for("node 4 to leave the voters", Duration::from_secs(60), || (!cluster.voters(1).contains(&4)).then_some(()));
     cluster.put(2, "after-leave", "1").unwrap();
     cluster.wait_value(3, "after-leave", "1");
+}
+
+#[test]
+fn harness_moves_a_new_node_whose_port_another_process_took() {
+    // Tests run in parallel processes: a port chosen for a node can be taken by
+    // another test's node before this one binds it. The node says so and the
+    // harness starts it on new ports, so a busy machine fails no test.
+    let mut cluster = Cluster::prepare(Options::default());
+    cluster.add_node_files(1);
+    let taken = std::net::UdpSocket::bind(&cluster.nodes[&1].raft_addr).unwrap();
+    cluster.start_new_nodes(&[1]);
+    assert_ne!(cluster.nodes[&1].raft_addr, taken.local_addr().unwrap().to_string());
+    assert!(cluster.nodes[&1].log_text().contains("may hold that port"));
+    let addr = format!("--member=1={},{}", cluster.nodes[&1].raft_addr, cluster.nodes[&1].api_addr);
+    ok(&cluster.synod(1, &["cluster", "init", &addr]));
+    cluster.wait_leader();
+    cluster.put(1, "k", "v").unwrap();
 }

@@ -96,8 +96,7 @@ fn kek_pkcs11_node_runs_and_a_copied_data_dir_does_not_open_elsewhere() {
     );
     std::fs::write(&config_path, text.replace(file_kek, &hsm_kek)).unwrap();
     cluster.node_env.insert(1, env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect());
-    cluster.start_node(1);
-    cluster.wait_answering();
+    cluster.start_new_nodes(&[1]);
     let addr = format!("--member=1={},{}", cluster.nodes[&1].raft_addr, cluster.nodes[&1].api_addr);
     ok(&cluster.synod(1, &["cluster", "init", &addr]));
     cluster.wait_leader();

@@ -108,12 +108,15 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     Ok(if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir()?.join(path) })
 }
 
-fn free_tcp_port() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-fn free_udp_port() -> anyhow::Result<SocketAddr> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
+/// `n` pairs of free loopback addresses (UDP for Raft, TCP for the API). Every
+/// socket stays bound until all are chosen, so no two nodes get the same port
+/// (the OS may hand a just-released port to the next `bind(0)`).
+fn free_addrs(n: u64) -> anyhow::Result<Vec<(SocketAddr, SocketAddr)>> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push((UdpSocket::bind("127.0.0.1:0")?, TcpListener::bind("127.0.0.1:0")?));
+    }
+    held.iter().map(|(udp, tcp)| Ok((udp.local_addr()?, tcp.local_addr()?))).collect()
 }
 
 /// Makes node `id`'s KEK: a 0600 file, or a SoftHSM2 token with a
@@ -171,13 +174,13 @@ pub async fn create(data_dir: &Path, nodes: u64, hsm: DevHsm) -> anyhow::Result<
     let mut id_bytes = [0u8; 8];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id_bytes);
     let cluster_id = format!("synod-dev-{}", hex::encode(id_bytes));
+    let addrs = free_addrs(nodes)?;
     let mut list = Vec::new();
-    for id in 1..=nodes {
+    for (id, (raft, api)) in (1..=nodes).zip(addrs) {
         let node_subject = Subject::Node { id, sans: vec!["127.0.0.1".into()] };
         let issued = pki::issue(&ca_dir, &node_subject, &certs, 365, None)?;
         let node_dir = data_dir.join(format!("node-{id}"));
         std::fs::create_dir_all(&node_dir)?;
-        let (raft, api) = (free_udp_port()?, free_tcp_port()?);
         let config = NodeConfig {
             node_id: id,
             data_dir: node_dir.join("data"),
