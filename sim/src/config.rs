@@ -197,6 +197,10 @@ pub struct SimConfig {
     pub plants: Vec<String>,
     /// Scheduled faults left out, by id (for shrinking and replaying a shrunk schedule).
     pub skip_faults: BTreeSet<usize>,
+    /// Named fault points that never crash a node in this run (shrinking).
+    pub skip_points: BTreeSet<String>,
+    /// No byzantine signer, even if the plan draws one (shrinking).
+    pub honest_signers: bool,
     pub tuning: RaftTuning,
 }
 
@@ -215,6 +219,8 @@ impl SimConfig {
             sign_liveness_bound_ms: 20_000,
             plants: Vec::new(),
             skip_faults: BTreeSet::new(),
+            skip_points: BTreeSet::new(),
+            honest_signers: false,
             tuning: RaftTuning {
                 // openraft checks the election timeout on a tick of 1.5 heartbeats and
                 // draws each node's timeout once per boot, so the range must span many
@@ -242,6 +248,13 @@ impl SimConfig {
         if !self.skip_faults.is_empty() {
             let ids: Vec<String> = self.skip_faults.iter().map(|i| i.to_string()).collect();
             cmd.push_str(&format!(" --skip-faults {}", ids.join(",")));
+        }
+        if !self.skip_points.is_empty() {
+            let names: Vec<&str> = self.skip_points.iter().map(String::as_str).collect();
+            cmd.push_str(&format!(" --skip-points {}", names.join(",")));
+        }
+        if self.honest_signers {
+            cmd.push_str(" --honest-signers");
         }
         cmd
     }

@@ -46,6 +46,12 @@ struct Args {
     /// Leave out these scheduled faults, by id (a shrunk schedule).
     #[arg(long, value_delimiter = ',')]
     skip_faults: Vec<usize>,
+    /// Never crash a node at these named fault points (a shrunk schedule).
+    #[arg(long, value_delimiter = ',', value_name = "POINT")]
+    skip_points: Vec<String>,
+    /// No byzantine signer, even where the profile draws one (a shrunk schedule).
+    #[arg(long)]
+    honest_signers: bool,
     /// Seeds run at once in a sweep.
     #[arg(long, default_value_t = 2)]
     jobs: usize,
@@ -83,6 +89,9 @@ fn config(args: &Args, seed: u64) -> anyhow::Result<SimConfig> {
     if let Some(unknown) = args.plants.iter().find(|p| !PLANTS.contains(&p.as_str())) {
         bail!("unknown plant {unknown:?}; known plants: {}", PLANTS.join(", "));
     }
+    if let Some(unknown) = args.skip_points.iter().find(|p| !synod_node::faults::POINTS.contains(&p.as_str())) {
+        bail!("unknown fault point {unknown:?}; known points: {}", synod_node::faults::POINTS.join(", "));
+    }
     if args.nodes < 1 || args.nodes > 9 {
         bail!("--nodes must be 1 to 9, got {}", args.nodes);
     }
@@ -90,6 +99,8 @@ fn config(args: &Args, seed: u64) -> anyhow::Result<SimConfig> {
     cfg.nodes = args.nodes;
     cfg.plants = args.plants.clone();
     cfg.skip_faults = args.skip_faults.iter().copied().collect();
+    cfg.skip_points = args.skip_points.iter().cloned().collect();
+    cfg.honest_signers = args.honest_signers;
     Ok(cfg)
 }
 
@@ -209,26 +220,77 @@ fn print_failure(args: &Args, cfg: &SimConfig, report: &SeedReport) -> anyhow::R
         println!("{line}");
     }
     let mut replay = cfg.clone();
-    if !args.no_shrink && !report.fired.is_empty() {
+    if !args.no_shrink && !Omit::candidates(report).is_empty() {
         replay = shrink(cfg, report, v)?;
-        let kept = report.fired.iter().filter(|id| !replay.skip_faults.contains(id)).count();
-        println!("--- shrunk: {} of {} fired faults still reproduce it ---", kept, report.fired.len());
+        let dropped = replay.skip_faults.len() - cfg.skip_faults.len()
+            + (replay.skip_points.len() - cfg.skip_points.len())
+            + usize::from(replay.honest_signers && !cfg.honest_signers);
+        println!(
+            "--- shrunk: {dropped} of the faults that fired (scheduled, crash points, byzantine signer) left out; \
+             it still fails ---"
+        );
     }
     println!("replay: {}", replay.replay_command());
     std::io::stdout().flush()?;
     Ok(())
 }
 
-/// Drops fired faults one at a time while the same invariant still fails.
+/// One thing a shrunk run leaves out.
+#[derive(Clone, PartialEq)]
+enum Omit {
+    Fault(usize),
+    Point(String),
+    ByzantineSigner,
+}
+
+impl Omit {
+    /// What fired in `report`, as things to try leaving out.
+    fn candidates(report: &SeedReport) -> Vec<Omit> {
+        let mut all: Vec<Omit> = report.fired.iter().copied().map(Omit::Fault).collect();
+        all.extend(report.fired_points.iter().cloned().map(Omit::Point));
+        if report.byzantine_signer {
+            all.push(Omit::ByzantineSigner);
+        }
+        all
+    }
+
+    fn apply(&self, cfg: &mut SimConfig) {
+        match self {
+            Omit::Fault(id) => {
+                cfg.skip_faults.insert(*id);
+            }
+            Omit::Point(name) => {
+                cfg.skip_points.insert(name.clone());
+            }
+            Omit::ByzantineSigner => cfg.honest_signers = true,
+        }
+    }
+}
+
+/// Most runs a shrink makes.
+const SHRINK_RUNS_MAX: usize = 64;
+
+/// Leaves out what fired (scheduled faults, crashes at named points, the
+/// byzantine signer) one at a time while the same invariant still fails. Leaving
+/// out a crash point can let another point fire instead, so what the kept run
+/// fired joins the candidates.
 fn shrink(cfg: &SimConfig, report: &SeedReport, v: &Violation) -> anyhow::Result<SimConfig> {
     let mut best = cfg.clone();
-    for id in &report.fired {
+    let mut tried: Vec<Omit> = Vec::new();
+    let mut queue = Omit::candidates(report);
+    let mut runs = 0;
+    while let Some(omit) = queue.pop() {
+        if tried.contains(&omit) || runs == SHRINK_RUNS_MAX {
+            continue;
+        }
+        tried.push(omit.clone());
         let mut candidate = best.clone();
-        candidate.skip_faults.insert(*id);
-        let child = spawn_child(&candidate)?;
-        let r = wait_child(candidate.seed, child)?;
+        omit.apply(&mut candidate);
+        runs += 1;
+        let r = wait_child(candidate.seed, spawn_child(&candidate)?)?;
         if r.violation.as_ref().map(|x| x.invariant) == Some(v.invariant) {
             best = candidate;
+            queue.extend(Omit::candidates(&r).into_iter().filter(|d| !tried.contains(d)));
         }
     }
     Ok(best)
@@ -245,6 +307,13 @@ fn spawn_child(cfg: &SimConfig) -> anyhow::Result<std::process::Child> {
     if !cfg.skip_faults.is_empty() {
         let ids: Vec<String> = cfg.skip_faults.iter().map(|i| i.to_string()).collect();
         cmd.args(["--skip-faults", &ids.join(",")]);
+    }
+    if !cfg.skip_points.is_empty() {
+        let names: Vec<&str> = cfg.skip_points.iter().map(String::as_str).collect();
+        cmd.args(["--skip-points", &names.join(",")]);
+    }
+    if cfg.honest_signers {
+        cmd.arg("--honest-signers");
     }
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("starting a seed's process")
 }
@@ -281,6 +350,8 @@ fn crashed(seed: u64, stderr: &str) -> SeedReport {
         culprits: 0,
         faults: BTreeMap::new(),
         fired: Vec::new(),
+        fired_points: Vec::new(),
+        byzantine_signer: false,
         sim_ms: 0,
         wall_ms: 0,
         replay: String::new(),
@@ -304,6 +375,8 @@ fn to_json(r: &SeedReport) -> String {
         "culprits": r.culprits,
         "faults": r.faults,
         "fired": r.fired,
+        "fired_points": r.fired_points,
+        "byzantine_signer": r.byzantine_signer,
         "sim_ms": r.sim_ms,
         "wall_ms": r.wall_ms,
         "replay": r.replay,
@@ -367,6 +440,8 @@ fn from_json(v: &Value) -> anyhow::Result<SeedReport> {
         culprits: u("culprits") as usize,
         faults,
         fired: fired.into_iter().collect(),
+        fired_points: strings("fired_points"),
+        byzantine_signer: v["byzantine_signer"].as_bool().unwrap_or(false),
         sim_ms: u("sim_ms"),
         wall_ms: u("wall_ms"),
         replay: s("replay"),

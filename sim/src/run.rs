@@ -47,6 +47,10 @@ pub struct SeedReport {
     pub faults: BTreeMap<String, u64>,
     /// Scheduled faults that actually fired, by id (the candidates for shrinking).
     pub fired: Vec<usize>,
+    /// Named fault points that crashed a node (also candidates for shrinking).
+    pub fired_points: Vec<String>,
+    /// Whether a byzantine signer lied in this run (also a candidate).
+    pub byzantine_signer: bool,
     pub sim_ms: u64,
     pub wall_ms: u64,
     pub replay: String,
@@ -74,7 +78,8 @@ struct PointCrashes {
 type SharedPoints = Arc<Mutex<PointCrashes>>;
 
 /// Installs the hook that decides crashes at named fault points.
-fn install_point_hook(seed: u64, plan: &crate::config::FaultPlan) -> SharedPoints {
+fn install_point_hook(seed: u64, plan: &crate::config::FaultPlan, skip: &BTreeSet<String>) -> SharedPoints {
+    let skip: BTreeSet<String> = skip.clone();
     let points = Arc::new(Mutex::new(PointCrashes {
         rng: ChaCha8Rng::seed_from_u64(seed ^ 0x706f_696e_7473),
         p: plan.crash_point_p,
@@ -89,7 +94,8 @@ fn install_point_hook(seed: u64, plan: &crate::config::FaultPlan) -> SharedPoint
         if !p.allowed || p.left == 0 || p.fired.contains(name) {
             return false;
         }
-        if (p.rng.next_u64() as f64 / u64::MAX as f64) >= p.p {
+        // A skipped point still draws, so the points after it decide as before.
+        if (p.rng.next_u64() as f64 / u64::MAX as f64) >= p.p || skip.contains(name) {
             return false;
         }
         p.left -= 1;
@@ -506,11 +512,11 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
     synod_proto::runtime::seed_thread_rng(cfg.seed);
     let plants: Vec<&str> = cfg.plants.iter().map(String::as_str).collect();
     synod_node::faults::set_for_process(&plants).expect("plants are validated by the caller");
-    let byzantine = schedule::draw_byzantine_signer(cfg.seed, &cfg.plan, cfg.nodes);
+    let byzantine = schedule::draw_byzantine_signer(cfg.seed, &cfg.plan, cfg.nodes).filter(|_| !cfg.honest_signers);
     if let Some((node, lie)) = byzantine {
         synod_node::faults::set_for_node(node, &[lie]).expect("byzantine behaviours are known faults");
     }
-    let points = install_point_hook(cfg.seed, &cfg.plan);
+    let points = install_point_hook(cfg.seed, &cfg.plan, &cfg.skip_points);
 
     let mut sim = turmoil::Builder::new()
         .rng_seed(cfg.seed)
@@ -587,6 +593,8 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
         if let Some((node, lie)) = byzantine {
             t.event(0, format!("byzantine signer n{node}: {lie} for the whole run"));
             net::count(&counts, "byzantine_signer");
+        } else if cfg.honest_signers {
+            t.event(0, "no byzantine signer (--honest-signers)");
         }
         for f in &schedule {
             let skipped = if cfg.skip_faults.contains(&f.id) { " (skipped)" } else { "" };
@@ -640,6 +648,7 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
         .find_map(|m| m.running())
         .map_or(0, |node| node.state().read().state.requests.values().filter(|r| !r.culprits.is_empty()).count());
     let fired = driver.fired.clone();
+    let fired_points = driver.points.lock().expect("fault points").fired.iter().map(|n| n.to_string()).collect();
     drop(driver);
     let faults = counts.lock().expect("counts").iter().map(|(k, v)| (k.to_string(), *v)).collect();
     let history = history.borrow();
@@ -658,6 +667,8 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
         culprits,
         faults,
         fired,
+        fired_points,
+        byzantine_signer: byzantine.is_some(),
         sim_ms,
         wall_ms: wall.elapsed().as_millis() as u64,
         replay: cfg.replay_command(),

@@ -88,3 +88,22 @@ fn sim_unknown_plant_is_refused_with_the_known_ones() {
     assert_eq!(out.status.code(), Some(2));
     assert!(err.contains("unknown plant") && err.contains("ack-before-commit"), "{err}");
 }
+
+#[test]
+fn sim_shrinking_leaves_out_crash_points_and_the_byzantine_signer() {
+    // Seed 0 with planted nonce reuse fails with a crash at a named point and a byzantine
+    // signer in its run, neither needed for the bug: the shrunk replay leaves both out, and
+    // running that replay fails the same way.
+    let out = sim(&["--seed", "0", "--plant", "nonce-reuse"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("violated nonce-single-use"), "{text}");
+    let replay = text.lines().find_map(|l| l.strip_prefix("replay: ")).expect("a replay line");
+    assert!(replay.contains("--honest-signers") && replay.contains("--skip-points "), "{replay}");
+    let args: Vec<&str> = replay.split_once(" -- ").expect("binary arguments").1.split(' ').collect();
+    let again = sim(&[&args[..], &["--no-shrink"]].concat());
+    let again_text = stdout(&again);
+    assert_eq!(again.status.code(), Some(1), "{again_text}");
+    assert!(again_text.contains("violated nonce-single-use"), "{again_text}");
+    assert!(again_text.contains(&format!("replay: {replay}")), "{again_text}");
+}
