@@ -1,16 +1,19 @@
-//! What the KEK costs on the signing path: the median time of one FROST
-//! round-2 sign (3-of-5, one signer) next to sealing and unsealing a FROST key
-//! package on each KEK backend, in one run, as ratios to the sign.
+//! What the KEK costs on the signing path: one FROST round-2 sign (3-of-5, one
+//! signer) next to sealing and unsealing a FROST key package on each KEK
+//! backend, as criterion benchmarks and as ratios to the sign measured in the
+//! same run.
 //!
-//! `cargo bench -p synod-node --bench seal` measures; add `-- --output json`
-//! for one JSON line after the table. Under `cargo test --benches` it runs a
-//! few iterations only, to prove it still works. The pkcs11 row needs SoftHSM2
-//! (`apt-get install softhsm2`); without it the row says it was skipped.
+//! `cargo bench -p synod-node --bench seal` measures: criterion's report, then
+//! the ratio table and one JSON line. Under `cargo test --benches` each
+//! operation runs once, to prove it still works. The pkcs11 rows need SoftHSM2
+//! (`apt-get install softhsm2`); without it they say they were skipped.
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::{format_time, median, session};
+use common::{criterion, print_ratios, session, Pieces, Row};
+use criterion::measurement::WallTime;
+use criterion::BenchmarkGroup;
 use frost_ed25519 as frost;
 use synod_node::kek::{init_softhsm_token, Kek, Pkcs11Config, Pkcs11Kek, SoftKek, SOFTHSM_MODULE};
 use synod_node::sealed::{Purpose, SealContext};
@@ -18,39 +21,38 @@ use zeroize::Zeroizing;
 
 mod common;
 
-/// One measured operation.
-struct Row {
-    name: &'static str,
-    /// Median time per operation; `None` when skipped.
-    median: Option<Duration>,
-    note: String,
+/// The KEK under test and what it seals.
+struct Sealing<'a> {
+    kek: &'a dyn Kek,
+    aad: &'a [u8],
+    secret: &'a [u8],
 }
 
-/// A serialized FROST key package and the median of a round-2 sign with it.
-fn frost_sign(iterations: usize) -> (Vec<u8>, Duration) {
-    let s = session();
-    let (id, package) = s.packages.iter().next().expect("a signer");
-    let signer_nonces = &s.nonces[id];
-    // Measurement only: real signers use each nonce once.
-    let time = median(iterations, || {
-        std::hint::black_box(frost::round2::sign(&s.package, signer_nonces, package).expect("sign"));
-    });
-    (package.serialize().expect("serialize the key package"), time)
-}
+impl Sealing<'_> {
+    fn unseal_only(
+        &self,
+        pieces: &Pieces,
+        group: &mut BenchmarkGroup<'_, WallTime>,
+        key: &'static str,
+    ) -> Option<Duration> {
+        let blob = self.kek.seal(self.aad, self.secret).expect("seal");
+        pieces.measure(group, key, || {
+            std::hint::black_box(self.kek.unseal(self.aad, &blob).expect("unseal"));
+        })
+    }
 
-fn unseal_only(kek: &dyn Kek, aad: &[u8], secret: &[u8], iterations: usize) -> Duration {
-    let blob = kek.seal(aad, secret).expect("seal");
-    median(iterations, || {
-        std::hint::black_box(kek.unseal(aad, &blob).expect("unseal"));
-    })
-}
-
-fn seal_unseal(kek: &dyn Kek, aad: &[u8], secret: &[u8], iterations: usize) -> Duration {
-    median(iterations, || {
-        let blob = kek.seal(aad, secret).expect("seal");
-        let opened = kek.unseal(aad, &blob).expect("unseal");
-        assert_eq!(opened.len(), secret.len());
-    })
+    fn seal_unseal(
+        &self,
+        pieces: &Pieces,
+        group: &mut BenchmarkGroup<'_, WallTime>,
+        key: &'static str,
+    ) -> Option<Duration> {
+        pieces.measure(group, key, || {
+            let blob = self.kek.seal(self.aad, self.secret).expect("seal");
+            let opened = self.kek.unseal(self.aad, &blob).expect("unseal");
+            assert_eq!(opened.len(), self.secret.len());
+        })
+    }
 }
 
 /// A SoftHSM2 token with a KEK in `dir`, or why there is none.
@@ -72,12 +74,18 @@ fn softhsm_kek(dir: &Path) -> Result<Pkcs11Kek, String> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let measuring = args.iter().any(|a| a == "--bench");
-    let json = args.windows(2).any(|w| w[0] == "--output" && w[1] == "json");
-    let scale = if measuring { 1 } else { 100 };
+    let mut c = criterion();
+    let pieces = Pieces::default();
+    let mut benches = c.benchmark_group("seal");
 
-    let (key_package, sign) = frost_sign(2_000 / scale);
+    let s = session();
+    let (id, package) = s.packages.iter().next().expect("a signer");
+    let signer_nonces = &s.nonces[id];
+    // Measurement only: real signers use each nonce once.
+    let sign = pieces.measure(&mut benches, "frost_sign", || {
+        std::hint::black_box(frost::round2::sign(&s.package, signer_nonces, package).expect("sign"));
+    });
+    let key_package = package.serialize().expect("serialize the key package");
     let ctx = SealContext {
         cluster_id: "c-bench".into(),
         node_id: 1,
@@ -89,66 +97,54 @@ fn main() {
     let aad = ctx.aad();
     let dir = tempfile::tempdir().expect("create a temp dir");
     let soft = SoftKek::generate_file(&dir.path().join("kek")).expect("generate a KEK file");
-    let soft_time = seal_unseal(&soft, &aad, &key_package, 20_000 / scale);
-    let soft_unseal = unseal_only(&soft, &aad, &key_package, 20_000 / scale);
-    let derive = median(if measuring { 3 } else { 1 }, || {
-        std::hint::black_box(SoftKek::from_passphrase("a bench passphrase", &[7; 16]).expect("derive"));
-    });
+    let soft = Sealing { kek: &soft, aad: &aad, secret: &key_package };
+    let soft_time = soft.seal_unseal(&pieces, &mut benches, "soft_seal_unseal");
+    let soft_unseal = soft.unseal_only(&pieces, &mut benches, "soft_unseal");
     let (pkcs11_time, pkcs11_unseal, pkcs11_note) = match softhsm_kek(&dir.path().join("softhsm")) {
-        Ok(kek) => (
-            Some(seal_unseal(&kek, &aad, &key_package, 5_000 / scale)),
-            Some(unseal_only(&kek, &aad, &key_package, 5_000 / scale)),
-            "SoftHSM2, in-token AES-GCM".to_string(),
-        ),
+        Ok(kek) => {
+            let hsm = Sealing { kek: &kek, aad: &aad, secret: &key_package };
+            (
+                hsm.seal_unseal(&pieces, &mut benches, "pkcs11_seal_unseal"),
+                hsm.unseal_only(&pieces, &mut benches, "pkcs11_unseal"),
+                "SoftHSM2, in-token AES-GCM".to_string(),
+            )
+        }
         Err(why) => (None, None, why),
     };
+    // Argon2id takes a large fraction of a second: the fewest samples criterion allows.
+    benches.sample_size(10);
+    let derive = pieces.measure(&mut benches, "passphrase_derive", || {
+        std::hint::black_box(SoftKek::from_passphrase("a bench passphrase", &[7; 16]).expect("derive"));
+    });
+    benches.finish();
+    c.final_summary();
 
-    let rows = [
-        Row { name: "FROST round-2 sign (3-of-5)", median: Some(sign), note: "frost-ed25519 3.0, one signer".into() },
+    print_ratios(&[
+        Row {
+            name: "FROST round-2 sign (3-of-5)",
+            key: "frost_sign",
+            median: sign,
+            note: "frost-ed25519 3.0, one signer".into(),
+        },
         Row {
             name: "soft seal+unseal",
-            median: Some(soft_time),
+            key: "soft_seal_unseal",
+            median: soft_time,
             note: format!("{}-byte key package, AES-256-GCM in process", key_package.len()),
         },
-        Row { name: "soft unseal", median: Some(soft_unseal), note: "what a sign would add per use".into() },
-        Row { name: "pkcs11 seal+unseal", median: pkcs11_time, note: pkcs11_note.clone() },
-        Row { name: "pkcs11 unseal", median: pkcs11_unseal, note: pkcs11_note },
-        Row { name: "passphrase KEK derivation", median: Some(derive), note: "Argon2id, once per node start".into() },
-    ];
-    if !measuring {
-        println!("(test mode: few iterations; run `cargo bench -p synod-node --bench seal` to measure)");
-    }
-    println!("{:<30} {:>12} {:>12}  note", "operation", "median", "x FROST sign");
-    for row in &rows {
-        match row.median {
-            Some(t) => println!(
-                "{:<30} {:>12} {:>12.2}  {}",
-                row.name,
-                format_time(t),
-                t.as_secs_f64() / sign.as_secs_f64(),
-                row.note
-            ),
-            None => println!("{:<30} {:>12} {:>12}  {}", row.name, "-", "-", row.note),
-        }
-    }
-    if json {
-        let us = |d: Option<Duration>| d.map_or("null".to_string(), |d| format!("{:.2}", d.as_secs_f64() * 1e6));
-        let ratio = |d: Option<Duration>| {
-            d.map_or("null".to_string(), |d| format!("{:.3}", d.as_secs_f64() / sign.as_secs_f64()))
-        };
-        println!(
-            "{{\"frost_sign_us\":{},\"soft_seal_unseal_us\":{},\"soft_ratio\":{},\"soft_unseal_us\":{},\
-             \"pkcs11_seal_unseal_us\":{},\"pkcs11_ratio\":{},\"pkcs11_unseal_us\":{},\"passphrase_derive_us\":{},\
-             \"key_package_bytes\":{}}}",
-            us(Some(sign)),
-            us(Some(soft_time)),
-            ratio(Some(soft_time)),
-            us(Some(soft_unseal)),
-            us(pkcs11_time),
-            ratio(pkcs11_time),
-            us(pkcs11_unseal),
-            us(Some(derive)),
-            key_package.len()
-        );
-    }
+        Row {
+            name: "soft unseal",
+            key: "soft_unseal",
+            median: soft_unseal,
+            note: "what a sign would add per use".into(),
+        },
+        Row { name: "pkcs11 seal+unseal", key: "pkcs11_seal_unseal", median: pkcs11_time, note: pkcs11_note.clone() },
+        Row { name: "pkcs11 unseal", key: "pkcs11_unseal", median: pkcs11_unseal, note: pkcs11_note },
+        Row {
+            name: "passphrase KEK derivation",
+            key: "passphrase_derive",
+            median: derive,
+            note: "Argon2id, once per node start".into(),
+        },
+    ]);
 }
