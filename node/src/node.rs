@@ -58,6 +58,14 @@ const CHECKPOINT_EVERY_MS: u64 = 60_000;
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a forwarded write may take at the leader.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the leader waits for its proposal to commit and apply. openraft
+/// answers a proposal when its index is applied or its entry is truncated
+/// away, but not when a snapshot from a newer leader replaces the entry: the
+/// deposed leader's caller would wait forever (found by the simulator: a DKG
+/// confirmation proposed just before its node lost leadership held the node's
+/// key generation loop, and the key never became active). Shorter than
+/// [`FORWARD_TIMEOUT`], so a forwarding node hears the leader's answer.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the leader reconciles Raft membership with the signed registry.
 const RECONCILE_EVERY: Duration = Duration::from_millis(500);
 /// A learner is promoted to voter once it is this close to the leader's log.
@@ -270,7 +278,14 @@ impl Node {
                 return planted;
             }
         }
-        match self.raft.client_write(entry).await {
+        let Ok(written) = tokio::time::timeout(COMMIT_TIMEOUT, self.raft.client_write(entry)).await else {
+            return Err(ApiError::unavailable(format!(
+                "the write was proposed but not committed within {} s (leadership may have changed); \
+                 it may still commit: send the same signed command again, which is applied at most once",
+                COMMIT_TIMEOUT.as_secs()
+            )));
+        };
+        match written {
             Ok(resp) => {
                 faults::crash_point(self.id, faults::WRITE_AFTER_COMMIT).await;
                 Ok(WriteResponse { index: resp.log_id.index, outcome: resp.data })
