@@ -42,6 +42,9 @@ use crate::config::FaultPlan;
 pub const PORT: u16 = 7000;
 
 /// The turmoil host name of node `id`.
+/// The turmoil host every client task runs on.
+pub const CLIENTS_HOST: &str = "clients";
+
 pub fn node_name(id: NodeId) -> String {
     format!("n{id}")
 }
