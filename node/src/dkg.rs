@@ -282,6 +282,7 @@ impl Dkg {
     ) {
         let calls = packages.into_iter().filter_map(|(to, (key_id, package))| {
             let addr = members.get(&to)?.raft_addr.clone();
+            let package = crate::faults::corrupt_dkg_package(node.id, package);
             let bytes = Zeroizing::new(package.serialize().ok()?);
             let request = PeerRequest::DkgRound2 { key_id, package: SecretHex::new(hex::encode(&*bytes)) };
             Some(async move { (to, node.transport().call(to, addr, request, DELIVERY_TIMEOUT).await) })

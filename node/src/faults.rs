@@ -54,6 +54,12 @@ pub const SKIP_POLICY: &str = "skip-policy";
 /// it refuses round 2 and the coordinator starts a new session without it.
 pub const WRONG_COMMITMENTS: &str = "wrong-commitments";
 
+/// A key-generation participant that sends every other participant a round-2
+/// package (its secret share for them) that does not match the commitments it
+/// committed in round 1. Each recipient's FROST part 3 names it; the generation
+/// aborts with it as the culprit, and the operator creates the key without it.
+pub const CORRUPT_DKG_SHARES: &str = "corrupt-dkg-shares";
+
 /// Every fault this crate knows, for validating names.
 pub const KNOWN: &[&str] = &[
     SKIP_AUTHOR_CHECK,
@@ -63,10 +69,11 @@ pub const KNOWN: &[&str] = &[
     NONCE_REUSE,
     SKIP_POLICY,
     WRONG_COMMITMENTS,
+    CORRUPT_DKG_SHARES,
 ];
 
 /// The byzantine signer behaviours one node can have ([`set_for_node`]).
-pub const BYZANTINE_SIGNER: &[&str] = &[CORRUPT_SHARES, WRONG_COMMITMENTS];
+pub const BYZANTINE_SIGNER: &[&str] = &[CORRUPT_SHARES, WRONG_COMMITMENTS, CORRUPT_DKG_SHARES];
 
 /// The [`CORRUPT_SHARES`] signer: changes the share's scalar when that fault is
 /// on for this process or for `node`.
@@ -102,6 +109,23 @@ pub fn wrong_commitments(node: NodeId, mut batch: synod_proto::rpc::NonceBatch) 
         }
     }
     batch
+}
+
+/// The [`CORRUPT_DKG_SHARES`] participant: changes the secret share in a
+/// round-2 package when that fault is on for this process or for `node`.
+pub fn corrupt_dkg_package(
+    node: NodeId,
+    package: frost_ed25519::keys::dkg::round2::Package,
+) -> frost_ed25519::keys::dkg::round2::Package {
+    if !enabled_for(node, CORRUPT_DKG_SHARES) {
+        return package;
+    }
+    let Ok(mut bytes) = package.serialize() else { return package };
+    // The share is the last 32 bytes, little-endian; changing its low half keeps it canonical.
+    let low = bytes.len() - 32;
+    bytes[low..low + 16].iter_mut().for_each(|b| *b ^= 0x5a);
+    tracing::warn!(node, "fault corrupt-dkg-shares: sending a round-2 package that does not match round 1");
+    frost_ed25519::keys::dkg::round2::Package::deserialize(&bytes).unwrap_or(package)
 }
 
 #[cfg(feature = "fault-injection")]

@@ -1031,9 +1031,11 @@ impl Checker for PolicyBeforeShares {
 }
 
 /// Only a byzantine signer is ever named a culprit: on every node, the
-/// culprits of every request (signers whose share failed verification) are
-/// the run's byzantine signer, if any. An honest signer named culprit would be
-/// left out of sessions for a minute: one lie could then stall signing.
+/// culprits of every request (signers whose share failed verification) and of
+/// every aborted key generation (a participant whose round-2 package did not
+/// match its round-1 commitments) are the run's byzantine signer, if any. An
+/// honest signer named culprit would be left out of sessions for a minute, or
+/// of the key made again: one lie could then stall signing.
 pub struct HonestNotBlamed {
     pub byzantine: Option<NodeId>,
 }
@@ -1049,6 +1051,20 @@ impl HonestNotBlamed {
                         self.byzantine
                     ),
                 ));
+            }
+        }
+        for key in state.keys.values() {
+            if let synod_node::state::KeyStatus::Aborted { culprit: Some(honest), reason } = &key.status {
+                if Some(*honest) != self.byzantine {
+                    return Err(Violation::new(
+                        "honest-signer-blamed",
+                        format!(
+                            "n{id} holds key {} aborted naming n{honest} the culprit ({reason}); the byzantine \
+                             signer is {:?}",
+                            key.name, self.byzantine
+                        ),
+                    ));
+                }
             }
         }
         Ok(())

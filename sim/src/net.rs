@@ -420,7 +420,11 @@ async fn serve_connection(mut stream: TcpStream, peer: IpAddr, node: Arc<Node>) 
         }
         Kind::GetKey => {
             let name: String = rpc::decode_body(&body).map_err(decode_err)?;
-            let info = node.state().read().state.key_by_name(&name).map(|k| k.info());
+            // As `GET /v1/keys/{name}`: the live key of that name, else the key with that id.
+            let info = {
+                let applied = node.state().read();
+                applied.state.key_by_name(&name).or_else(|| applied.state.keys.get(&name)).map(|k| k.info())
+            };
             rpc::encode(&info.ok_or_else(|| ApiError::new(404, format!("no key named {name} on this node"))))
         }
         Kind::GetRequest => {

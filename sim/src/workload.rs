@@ -472,7 +472,9 @@ pub fn key_threshold(participants: u64) -> u16 {
 /// window once the key is active and its policy committed), then, if asked,
 /// [`KEY_NAME_FAULTS`] at a random moment of the fault window. Each key is over
 /// every node with a majority threshold and is created again whenever its
-/// generation aborts (the name is then free), until a node reports it active.
+/// generation aborts (the name is then free), until a node reports it active;
+/// a participant an abort names as the culprit is left out of the next
+/// attempt, as an operator would.
 /// A node refuses to start a generation while a participant is unreachable
 /// (503); that is retried too.
 pub async fn keygen_client(ctx: ClientCtx) -> turmoil::Result {
@@ -546,7 +548,9 @@ async fn set_up_approvals(ctx: &ClientCtx, rng: &mut ChaCha8Rng) {
 
 /// Creates the key `name` (again, when a generation aborts) until a node reports it active.
 async fn create_key(ctx: &ClientCtx, rng: &mut ChaCha8Rng, name: &str, participants: &[NodeId]) -> KeyAck {
-    let threshold = key_threshold(participants.len() as u64);
+    let mut participants = participants.to_vec();
+    // The id of the last generation this client started (a key's id is its create command's id).
+    let mut last_attempt: Option<String> = None;
     let mut target = ctx.random_node(rng);
     loop {
         let info =
@@ -571,8 +575,23 @@ async fn create_key(ctx: &ClientCtx, rng: &mut ChaCha8Rng, name: &str, participa
                 continue;
             }
         }
-        let command = Command::CreateKey { name: name.to_string(), threshold, participants: participants.to_vec() };
+        // Why the last attempt ended (the name is free again): leave out a culprit.
+        if let Some(id) = &last_attempt {
+            let previous = net::client_call::<_, KeyInfo>(&ctx.net, target, Kind::GetKey, id, CALL_TIMEOUT).await;
+            if let Ok(Ok(KeyInfo { culprit: Some(culprit), abort_reason, .. })) = previous {
+                if participants.contains(&culprit) {
+                    participants.retain(|p| *p != culprit);
+                    ctx.event(format!(
+                        "admin: key {name} aborted naming n{culprit} the culprit ({}); creating it without n{culprit}",
+                        abort_reason.unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        let threshold = key_threshold(participants.len() as u64);
+        let command = Command::CreateKey { name: name.to_string(), threshold, participants: participants.clone() };
         let signed = ctx.sign(&ctx.admin, rng, command);
+        last_attempt = signed.verify().ok().map(|envelope| envelope.command_id);
         *ctx.history.borrow_mut().key_attempts.entry(name.to_string()).or_default() += 1;
         let answer =
             net::client_call::<_, WriteResponse>(&ctx.net, target, Kind::CreateKey, &signed, CREATE_KEY_TIMEOUT).await;

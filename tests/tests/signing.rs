@@ -213,6 +213,26 @@ fn signing_corrupt_share_names_the_culprit_and_still_signs() {
 }
 
 #[test]
+fn signing_dkg_liar_is_named_and_the_key_is_made_without_it() {
+    // A participant that sends the others round-2 packages that do not match its round-1
+    // commitments (a test-build fault) makes the generation abort, and the error names it; the
+    // same name is free again, and the key made without that node signs.
+    let options = Options { node_faults: [(2, "corrupt-dkg-shares".to_string())].into(), ..Options::default() };
+    let cluster = Cluster::start_with(3, options);
+    let err = fails(&cluster.synod(1, &["key", "create", "payments", "-t", "2"]));
+    assert!(err.contains("key generation aborted") && err.contains("(culprit: node 2)"), "{err}");
+    assert!(err.contains("--participants 1,3"), "the error says how to go on: {err}");
+    let aborted: Value = serde_json::from_str(&ok(&cluster.synod(3, &["key", "list", "-o", "json"]))).unwrap();
+    assert!(aborted.to_string().contains("aborted"), "{aborted}");
+    let out = ok(&cluster.synod(1, &["key", "create", "payments", "-t", "2", "--participants", "1,3", "-o", "json"]));
+    let key: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(key["status"], "active", "{key}");
+    assert_eq!(key["participants"], serde_json::json!([1, 3]));
+    let request = sign(&cluster, 2, "payments", b"after the liar", "pay-1").expect("signed without node 2");
+    verify_everywhere(&cluster, "payments", b"after the liar", &request);
+}
+
+#[test]
 fn signing_leader_killed_mid_signature_completes_exactly_once() {
     // Every coordinator pauses 3 s between round 1 and round 2 (once per process). The leader is
     // kill -9ed in that pause; the new leader runs a fresh session and the request completes once:

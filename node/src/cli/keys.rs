@@ -153,11 +153,21 @@ async fn wait_active(api: &ApiClient, key_id: &str) -> anyhow::Result<KeyInfo> {
                 eprintln!("key {} is active", key.name);
                 return Ok(key);
             }
-            "aborted" => bail!(
-                "key generation aborted: {}{}",
-                key.abort_reason.unwrap_or_default(),
-                key.culprit.map(|c| format!(" (culprit: node {c})")).unwrap_or_default()
-            ),
+            "aborted" => {
+                let advice = match key.culprit {
+                    Some(culprit) => {
+                        let others: Vec<String> =
+                            key.participants.iter().filter(|p| **p != culprit).map(|p| p.to_string()).collect();
+                        format!(
+                            " (culprit: node {culprit}). The name is free again: investigate node {culprit}, or \
+                             create the key without it (--participants {})",
+                            others.join(",")
+                        )
+                    }
+                    None => ". The name is free again: run `synod key create` again".to_string(),
+                };
+                bail!("key generation aborted: {}{advice}", key.abort_reason.unwrap_or_default())
+            }
             _ if progress != last => {
                 eprintln!("  {progress}");
                 last = progress;
