@@ -183,12 +183,23 @@ impl Dkg {
             local.last_submit_ms = now;
             return vec![Step::Submit(round1_command(key, me, &local.round1_hex))];
         }
-        if !key.round1.contains_key(&me) {
-            if resubmit_due(now, local.last_submit_ms) {
-                local.last_submit_ms = now;
-                return vec![Step::Submit(round1_command(key, me, &local.round1_hex))];
+        match key.round1.get(&me) {
+            None => {
+                if resubmit_due(now, local.last_submit_ms) {
+                    local.last_submit_ms = now;
+                    return vec![Step::Submit(round1_command(key, me, &local.round1_hex))];
+                }
+                return Vec::new();
             }
-            return Vec::new();
+            // The package committed for us is an earlier life's (its write was still on its way
+            // when we restarted and drew new secrets): round 2 from our new secret would not match
+            // it, and the others would blame us. Found by the simulator.
+            Some(committed) if *committed != local.round1_hex => {
+                let reason = "restarted during key generation; the round-1 package committed for it is from \
+                              before the restart and its secret is gone; run `synod key create` again";
+                return give_up(local, abort(key, me, reason.into(), None), now);
+            }
+            Some(_) => {}
         }
         if key.round1.len() < n {
             return Vec::new();
@@ -406,4 +417,62 @@ fn others_round1(key: &KeyRecord, me: NodeId) -> Result<BTreeMap<frost::Identifi
         out.insert(id, package);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generating(participants: Vec<NodeId>) -> KeyRecord {
+        KeyRecord {
+            id: "k1".into(),
+            name: "payments".into(),
+            version: 1,
+            threshold: 2,
+            participants,
+            origin: KeyOrigin::Dkg,
+            status: KeyStatus::Generating,
+            round1: BTreeMap::new(),
+            public_key_package: None,
+            group_key: None,
+            confirmed: Vec::new(),
+            created_index: 1,
+            created_at_ms: 1_000,
+            activated_at_ms: None,
+            policy: Default::default(),
+            policy_version: 0,
+        }
+    }
+
+    fn submitted(steps: Vec<Step>) -> Vec<Command> {
+        steps.into_iter().filter_map(|s| if let Step::Submit(c) = s { Some(c) } else { None }).collect()
+    }
+
+    #[test]
+    fn dkg_round1_committed_from_before_a_restart_aborts_instead_of_sending_mismatched_shares() {
+        // A participant whose round-1 write was still on its way when it restarted draws new
+        // secrets and submits again; if the old package is the one committed, round 2 from the new
+        // secret would not match it and the others would name this honest node the culprit. It
+        // aborts the generation instead, naming nobody.
+        let dkg = Dkg::default();
+        let rng = crate::seams::os_rng();
+        let mut key = generating(vec![1, 2, 3]);
+        let first = submitted(dkg.plan(1, &key, 2_000, &rng));
+        let Some(Command::DkgRound1 { package, .. }) = first.first() else { panic!("round 1 first: {first:?}") };
+        // The same package committed: no abort, the node waits for the others.
+        key.round1.insert(1, package.clone());
+        assert!(submitted(dkg.plan(1, &key, 2_100, &rng)).is_empty());
+        // A package from an earlier life committed instead: abort, no culprit.
+        let (_, earlier) =
+            frost::keys::dkg::part1(frost_identifier(1).unwrap(), 3, 2, &mut *crate::seams::os_rng().lock().unwrap())
+                .unwrap();
+        key.round1.insert(1, hex::encode(earlier.serialize().unwrap()));
+        let steps = submitted(dkg.plan(1, &key, 2_200, &rng));
+        match steps.as_slice() {
+            [Command::KeyAbort { node_id: 1, culprit: None, reason, .. }] => {
+                assert!(reason.contains("before the restart"), "{reason}")
+            }
+            other => panic!("expected one abort, got {other:?}"),
+        }
+    }
 }
