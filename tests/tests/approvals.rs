@@ -128,6 +128,38 @@ fn approvals_m_minus_one_gives_nothing_m_gives_a_signature() {
     assert!(err.contains("may not request"), "{err}");
 }
 
+#[test]
+fn approvals_of_an_approver_revoked_mid_request_stop_counting() {
+    // alice approves, then an admin removes her: her approval no longer counts on any node, so
+    // bob's approval alone does not release a share; her key names no operator any more and the
+    // cluster refuses her name; carol's approval then completes the request.
+    let (cluster, keys) = setup(Options::default());
+    let r = request(&cluster, &keys, "pay-r", &["--environment", "prod", "--attr", "amount=500"]);
+    assert_eq!(r["status"], "awaiting_approval", "{r}");
+    approve(&cluster, &keys, "alice", "pay-r").unwrap();
+    ok(&cluster.synod(1, &["operator", "remove", "alice"]));
+    approve(&cluster, &keys, "bob", "pay-r").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    for id in 1..=3 {
+        let v: Value =
+            serde_json::from_str(&ok(&cluster.synod(id, &["request", "show", "pay-r", "-o", "json"]))).unwrap();
+        assert_eq!(v["status"], "awaiting_approval", "node {id}: {v}");
+        assert!(v["signature"].is_null(), "node {id}: {v}");
+        assert_eq!(v["approval_progress"][0].as_str().unwrap().split(' ').next(), Some("1/2"), "node {id}: {v}");
+    }
+    // Her key no longer names an operator; claiming her name anyway is refused by the cluster.
+    let err = approve(&cluster, &keys, "alice", "pay-r").unwrap_err();
+    assert!(err.contains("no operator has the key"), "{err}");
+    let err =
+        String::from_utf8_lossy(&synod_as(&cluster, 1, &keys["alice"], &["approve", "pay-r", "--as", "alice"]).stderr)
+            .into_owned();
+    assert!(err.contains("the cluster refused it") && err.contains("alice"), "{err}");
+    approve(&cluster, &keys, "carol", "pay-r").unwrap();
+    wait_for("the signature after a live second approval", Duration::from_secs(20), || {
+        (show(&cluster, "pay-r")["status"] == "signed").then_some(())
+    });
+}
+
 /// Submits a hand-made approval with curl (the CLI only makes valid ones).
 fn post_approval(cluster: &Cluster, signer: &Path, request_id: &str, approver: &str, signature: String) -> String {
     let status: Value = serde_json::from_str(&ok(&cluster.synod(1, &["status", "-o", "json"]))).unwrap();
