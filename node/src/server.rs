@@ -218,11 +218,12 @@ fn read_private_file(path: &Path) -> anyhow::Result<zeroize::Zeroizing<String>> 
     Ok(zeroize::Zeroizing::new(std::fs::read_to_string(path)?))
 }
 
+/// What a node says when it cannot bind a configured address; `synod dev`
+/// looks for it to move a new node to free ports.
+pub const PORT_TAKEN: &str = "another synod node or program may hold that port";
+
 fn listen_error(field: &str, addr: SocketAddr, config: &Path) -> String {
-    format!(
-        "cannot listen on {addr} ({field} in {}); another synod node or program may hold that port: pick a free one",
-        config.display()
-    )
+    format!("cannot listen on {addr} ({field} in {}); {PORT_TAKEN}: pick a free one", config.display())
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {

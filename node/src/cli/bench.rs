@@ -1140,13 +1140,10 @@ impl LocalCluster {
         let cluster = dev::create(&data_dir, u64::from(nodes), DevHsm::None).await?;
         let client_args = dev::client_args(&data_dir, &cluster);
         let mut local = LocalCluster { cluster, client_args, children: BTreeMap::new(), dir: Some(dir), keep_dir };
-        for i in 0..local.cluster.nodes.len() {
-            let child = dev::spawn_node(&local.cluster.nodes[i], None)?;
-            local.cluster.nodes[i].pid = child.id();
-            local.children.insert(local.cluster.nodes[i].id, child);
-        }
         let result = async {
-            dev::wait_for_nodes(&local.cluster, &local.client_args).await?;
+            dev::start_nodes(&data_dir, &mut local.cluster, &mut local.children, None, true).await?;
+            // A node may have moved to other ports while starting.
+            local.client_args = dev::client_args(&data_dir, &local.cluster);
             dev::init_cluster(&data_dir, &local.cluster, &local.client_args).await
         }
         .await;

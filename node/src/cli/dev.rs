@@ -82,16 +82,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             create(&data_dir, args.nodes, args.hsm).await?
         }
     };
-    let client_args = client_args(&data_dir, &cluster);
+    let fresh = !data_dir.join("cluster.json").exists();
     let softhsm_conf = (cluster.hsm == "softhsm").then(|| data_dir.join("softhsm/softhsm2.conf"));
 
     let mut children = BTreeMap::new();
-    for node in &mut cluster.nodes {
-        let child = spawn_node(node, softhsm_conf.as_deref())?;
-        node.pid = child.id();
-        children.insert(node.id, child);
+    let result = async {
+        let initialized = start_nodes(&data_dir, &mut cluster, &mut children, softhsm_conf.as_deref(), fresh).await?;
+        // Node 1 may have moved to other ports: the client settings follow it.
+        let client_args = client_args(&data_dir, &cluster);
+        bring_up(&data_dir, &mut cluster, &client_args, initialized).await
     }
-    let result = bring_up(&data_dir, &mut cluster, &client_args).await;
+    .await;
     if let Err(e) = result {
         eprintln!("The dev cluster did not come up: {e:#}");
         print_logs_hint(&cluster);
@@ -292,29 +293,73 @@ fn expect_applied(response: synod_proto::api::WriteResponse) -> anyhow::Result<(
     }
 }
 
-/// Waits until every node answers its health check (within [`STARTUP_TIMEOUT`] in all) and
-/// says whether any of them is already initialised.
-pub async fn wait_for_nodes(cluster: &ClusterFile, client_args: &ClientArgs) -> anyhow::Result<bool> {
+/// Starts every node of `cluster` and waits until each answers its health
+/// endpoint; returns whether the cluster is initialised. A node whose process
+/// exits first ends the wait at once, with the end of its log. In a cluster
+/// not initialised yet (`fresh`: no member address is committed), a node that
+/// exited because another program bound its port after [`free_addrs`] chose
+/// it gets new ports and starts again, at most [`PORT_MOVES_MAX`] times.
+pub async fn start_nodes(
+    data_dir: &Path,
+    cluster: &mut ClusterFile,
+    children: &mut BTreeMap<NodeId, Child>,
+    softhsm_conf: Option<&Path>,
+    fresh: bool,
+) -> anyhow::Result<bool> {
+    for node in &mut cluster.nodes {
+        let child = spawn_node(node, softhsm_conf)?;
+        node.pid = child.id();
+        children.insert(node.id, child);
+    }
+    let mut args = client_args(data_dir, cluster);
     let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
     let mut initialized = false;
-    for node in &cluster.nodes {
-        let mut args = client_args.clone();
-        args.addr = format!("https://{}", node.api_addr);
-        let api = ApiClient::new(&args)?;
+    for node in &mut cluster.nodes {
+        let mut moves = 0;
         loop {
-            match api.get::<Health>("/v1/sys/health").await {
+            args.addr = format!("https://{}", node.api_addr);
+            let err = match ApiClient::new(&args)?.get::<Health>("/v1/sys/health").await {
                 Ok((_, health)) => {
                     initialized |= health.initialized;
                     break;
                 }
-                Err(e) if tokio::time::Instant::now() > deadline => {
-                    bail!("node {} did not answer within {STARTUP_TIMEOUT:?}: {e}", node.id)
+                Err(e) => e,
+            };
+            let exited = children.get_mut(&node.id).and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                let tail = log_tail(&node.log, 12);
+                if !(fresh && moves < PORT_MOVES_MAX && tail.contains(crate::server::PORT_TAKEN)) {
+                    bail!("node {} exited ({status}) before answering; the end of its log:\n{tail}", node.id);
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                moves += 1;
+                let (raft, api) = free_addrs(1)?[0];
+                let mut config = NodeConfig::load(&node.config)?;
+                (config.raft_listen, config.api_listen) = (raft, api);
+                std::fs::write(&node.config, config.to_toml())?;
+                eprintln!("node {}: a port was taken meanwhile; moving it to raft {raft}, api {api}", node.id);
+                (node.raft_addr, node.api_addr) = (raft.to_string(), api.to_string());
+                let child = spawn_node(node, softhsm_conf)?;
+                node.pid = child.id();
+                children.insert(node.id, child);
+                continue;
             }
+            if tokio::time::Instant::now() > deadline {
+                bail!("node {} did not answer within {STARTUP_TIMEOUT:?}: {err}", node.id);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
     Ok(initialized)
+}
+
+/// How often a new node may move to other ports while starting.
+const PORT_MOVES_MAX: u32 = 3;
+
+/// The last `lines` lines of a node's log (empty when it cannot be read).
+fn log_tail(log: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Commits genesis: every node of `cluster` a member, the dev admin key (`admin.pem`) the admin.
@@ -332,9 +377,13 @@ pub async fn init_cluster(
     client::init(client_args, &cluster.cluster_id, vec![admin], members).await
 }
 
-/// Waits for every node, initialises the cluster if needed, writes env and cluster.json.
-async fn bring_up(data_dir: &Path, cluster: &mut ClusterFile, client_args: &ClientArgs) -> anyhow::Result<()> {
-    let initialized = wait_for_nodes(cluster, client_args).await?;
+/// Initialises the cluster if needed, writes env and cluster.json.
+async fn bring_up(
+    data_dir: &Path,
+    cluster: &mut ClusterFile,
+    client_args: &ClientArgs,
+    initialized: bool,
+) -> anyhow::Result<()> {
     if !initialized {
         let response = init_cluster(data_dir, cluster, client_args).await?;
         println!("Initialised cluster {} (genesis at index {}).", cluster.cluster_id, response.index);
