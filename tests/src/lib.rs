@@ -303,7 +303,12 @@ impl Cluster {
                 );
                 let (raft_addr, api_addr) = (free_port(true), free_port(false));
                 let config = std::fs::read_to_string(&node.config).unwrap();
-                let config = config.replace(&node.raft_addr, &raft_addr).replace(&node.api_addr, &api_addr);
+                let config = config
+                    .replace(
+                        &format!("raft_listen = \"{}\"", node.raft_addr),
+                        &format!("raft_listen = \"{raft_addr}\""),
+                    )
+                    .replace(&format!("api_listen = \"{}\"", node.api_addr), &format!("api_listen = \"{api_addr}\""));
                 std::fs::write(&node.config, config).unwrap();
                 (node.raft_addr, node.api_addr) = (raft_addr, api_addr);
                 self.start_node(id);
