@@ -464,8 +464,7 @@ mod tests {
         assert!(submitted(dkg.plan(1, &key, 2_100, &rng)).is_empty());
         // A package from an earlier life committed instead: abort, no culprit.
         let (_, earlier) =
-            frost::keys::dkg::part1(frost_identifier(1).unwrap(), 3, 2, &mut *crate::seams::os_rng().lock().unwrap())
-                .unwrap();
+            frost::keys::dkg::part1(frost_identifier(1).unwrap(), 3, 2, &mut *rng.lock().unwrap()).unwrap();
         key.round1.insert(1, hex::encode(earlier.serialize().unwrap()));
         let steps = submitted(dkg.plan(1, &key, 2_200, &rng));
         match steps.as_slice() {

@@ -85,9 +85,7 @@ pub fn corrupt_share(
         return share;
     }
     let mut bytes = share.serialize();
-    // The scalar is the last 32 bytes, little-endian; changing its low half keeps it canonical.
-    let low = bytes.len() - 32;
-    bytes[low..low + 16].iter_mut().for_each(|b| *b ^= 0x5a);
+    change_trailing_scalar(&mut bytes);
     tracing::warn!(node, "fault corrupt-shares: sending an invalid signature share");
     frost_ed25519::round2::SignatureShare::deserialize(&bytes).unwrap_or(share)
 }
@@ -121,11 +119,17 @@ pub fn corrupt_dkg_package(
         return package;
     }
     let Ok(mut bytes) = package.serialize() else { return package };
-    // The share is the last 32 bytes, little-endian; changing its low half keeps it canonical.
-    let low = bytes.len() - 32;
-    bytes[low..low + 16].iter_mut().for_each(|b| *b ^= 0x5a);
+    change_trailing_scalar(&mut bytes);
     tracing::warn!(node, "fault corrupt-dkg-shares: sending a round-2 package that does not match round 1");
     frost_ed25519::keys::dkg::round2::Package::deserialize(&bytes).unwrap_or(package)
+}
+
+/// Changes the scalar that ends a serialized FROST share (its last 32 bytes,
+/// little-endian); flipping bits of its low half keeps it canonical.
+fn change_trailing_scalar(bytes: &mut [u8]) {
+    let low = bytes.len().saturating_sub(32);
+    let high = (low + 16).min(bytes.len());
+    bytes[low..high].iter_mut().for_each(|b| *b ^= 0x5a);
 }
 
 #[cfg(feature = "fault-injection")]

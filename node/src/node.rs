@@ -155,8 +155,7 @@ impl Node {
             ..Default::default()
         };
         let config = Arc::new(config.validate()?);
-        let (state_machine, shared) = StateMachine::open(parts.store.clone())?;
-        let state_machine = state_machine.for_node(parts.id);
+        let (state_machine, shared) = StateMachine::open(parts.store.clone(), parts.id)?;
         let mut log_store = LogStore::new(parts.store.clone());
         let empty_disk = {
             use openraft::storage::RaftLogStorage;

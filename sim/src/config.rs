@@ -238,24 +238,30 @@ impl SimConfig {
 
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
-        let mut cmd = format!("cargo run -p synod-sim --release -- --seed {} --profile {}", self.seed, self.profile);
+        format!("cargo run -p synod-sim --release -- {}", self.args().join(" "))
+    }
+
+    /// The `synod-sim` arguments that run this configuration (the nodes
+    /// flag only when it is not the default).
+    pub fn args(&self) -> Vec<String> {
+        let mut args = vec!["--seed".to_string(), self.seed.to_string(), "--profile".into(), self.profile.to_string()];
         if self.nodes != 5 {
-            cmd.push_str(&format!(" --nodes {}", self.nodes));
+            args.extend(["--nodes".into(), self.nodes.to_string()]);
         }
         for plant in &self.plants {
-            cmd.push_str(&format!(" --plant {plant}"));
+            args.extend(["--plant".into(), plant.clone()]);
         }
         if !self.skip_faults.is_empty() {
             let ids: Vec<String> = self.skip_faults.iter().map(|i| i.to_string()).collect();
-            cmd.push_str(&format!(" --skip-faults {}", ids.join(",")));
+            args.extend(["--skip-faults".into(), ids.join(",")]);
         }
         if !self.skip_points.is_empty() {
             let names: Vec<&str> = self.skip_points.iter().map(String::as_str).collect();
-            cmd.push_str(&format!(" --skip-points {}", names.join(",")));
+            args.extend(["--skip-points".into(), names.join(",")]);
         }
         if self.honest_signers {
-            cmd.push_str(" --honest-signers");
+            args.push("--honest-signers".into());
         }
-        cmd
+        args
     }
 }

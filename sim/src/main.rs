@@ -299,22 +299,7 @@ fn shrink(cfg: &SimConfig, report: &SeedReport, v: &Violation) -> anyhow::Result
 fn spawn_child(cfg: &SimConfig) -> anyhow::Result<std::process::Child> {
     let exe = std::env::current_exe().context("finding this executable")?;
     let mut cmd = Command::new(exe);
-    cmd.args(["--child", "--seed", &cfg.seed.to_string(), "--profile", cfg.profile.name()]);
-    cmd.args(["--nodes", &cfg.nodes.to_string()]);
-    for p in &cfg.plants {
-        cmd.args(["--plant", p]);
-    }
-    if !cfg.skip_faults.is_empty() {
-        let ids: Vec<String> = cfg.skip_faults.iter().map(|i| i.to_string()).collect();
-        cmd.args(["--skip-faults", &ids.join(",")]);
-    }
-    if !cfg.skip_points.is_empty() {
-        let names: Vec<&str> = cfg.skip_points.iter().map(String::as_str).collect();
-        cmd.args(["--skip-points", &names.join(",")]);
-    }
-    if cfg.honest_signers {
-        cmd.arg("--honest-signers");
-    }
+    cmd.arg("--child").args(cfg.args());
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("starting a seed's process")
 }
 

@@ -78,8 +78,7 @@ struct PointCrashes {
 type SharedPoints = Arc<Mutex<PointCrashes>>;
 
 /// Installs the hook that decides crashes at named fault points.
-fn install_point_hook(seed: u64, plan: &crate::config::FaultPlan, skip: &BTreeSet<String>) -> SharedPoints {
-    let skip: BTreeSet<String> = skip.clone();
+fn install_point_hook(seed: u64, plan: &crate::config::FaultPlan, skip: BTreeSet<String>) -> SharedPoints {
     let points = Arc::new(Mutex::new(PointCrashes {
         rng: ChaCha8Rng::seed_from_u64(seed ^ 0x706f_696e_7473),
         p: plan.crash_point_p,
@@ -530,7 +529,7 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
     if let Some((node, lie)) = byzantine {
         synod_node::faults::set_for_node(node, &[lie]).expect("byzantine behaviours are known faults");
     }
-    let points = install_point_hook(cfg.seed, &cfg.plan, &cfg.skip_points);
+    let points = install_point_hook(cfg.seed, &cfg.plan, cfg.skip_points.clone());
 
     let mut sim = turmoil::Builder::new()
         .rng_seed(cfg.seed)

@@ -111,9 +111,6 @@ fn free_port(udp: bool) -> String {
     }
 }
 
-/// What a node prints when its port is taken (`server::listen_error`).
-const PORT_TAKEN: &str = "may hold that port";
-
 /// Runs `synod` with `args` and `envs`, returning its output.
 pub fn run_synod(args: &[&str], envs: &[(&str, String)]) -> Output {
     let mut cmd = Command::new(synod_bin());
@@ -297,7 +294,7 @@ impl Cluster {
                 let node = self.nodes.get_mut(&id).expect("known node");
                 node.child = None;
                 assert!(
-                    attempt < 5 && node.log_text().contains(PORT_TAKEN),
+                    attempt < 5 && node.log_text().contains(synod_node::server::PORT_TAKEN),
                     "node {id} exited before answering:\n{}",
                     node.log_text()
                 );

@@ -136,7 +136,7 @@ fn harness_moves_a_new_node_whose_port_another_process_took() {
     let taken = std::net::UdpSocket::bind(&cluster.nodes[&1].raft_addr).unwrap();
     cluster.start_new_nodes(&[1]);
     assert_ne!(cluster.nodes[&1].raft_addr, taken.local_addr().unwrap().to_string());
-    assert!(cluster.nodes[&1].log_text().contains("may hold that port"));
+    assert!(cluster.nodes[&1].log_text().contains(synod_node::server::PORT_TAKEN));
     let addr = format!("--member=1={},{}", cluster.nodes[&1].raft_addr, cluster.nodes[&1].api_addr);
     ok(&cluster.synod(1, &["cluster", "init", &addr]));
     cluster.wait_leader();

@@ -316,9 +316,10 @@ pub async fn start_nodes(
     let mut initialized = false;
     for node in &mut cluster.nodes {
         let mut moves = 0;
+        args.addr = format!("https://{}", node.api_addr);
+        let mut health_client = ApiClient::new(&args)?;
         loop {
-            args.addr = format!("https://{}", node.api_addr);
-            let err = match ApiClient::new(&args)?.get::<Health>("/v1/sys/health").await {
+            let err = match health_client.get::<Health>("/v1/sys/health").await {
                 Ok((_, health)) => {
                     initialized |= health.initialized;
                     break;
@@ -338,6 +339,8 @@ pub async fn start_nodes(
                 std::fs::write(&node.config, config.to_toml())?;
                 eprintln!("node {}: a port was taken meanwhile; moving it to raft {raft}, api {api}", node.id);
                 (node.raft_addr, node.api_addr) = (raft.to_string(), api.to_string());
+                args.addr = format!("https://{api}");
+                health_client = ApiClient::new(&args)?;
                 let child = spawn_node(node, softhsm_conf)?;
                 node.pid = child.id();
                 children.insert(node.id, child);

@@ -37,7 +37,7 @@ mod tests {
     impl StoreBuilder<TypeConfig, LogStore, StateMachine, ()> for MemoryBuilder {
         async fn build(&self) -> Result<((), LogStore, StateMachine), StorageError<NodeId>> {
             let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-            let (sm, _) = StateMachine::open(store.clone())?;
+            let (sm, _) = StateMachine::open(store.clone(), 1)?;
             Ok(((), LogStore::new(store), sm))
         }
     }
@@ -48,7 +48,7 @@ mod tests {
         async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<NodeId>> {
             let dir = tempfile::tempdir().expect("tempdir");
             let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("store")).expect("open sled"));
-            let (sm, _) = StateMachine::open(store.clone())?;
+            let (sm, _) = StateMachine::open(store.clone(), 1)?;
             Ok((dir, LogStore::new(store), sm))
         }
     }

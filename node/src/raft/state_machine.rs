@@ -106,22 +106,17 @@ impl SharedState {
 pub struct StateMachine {
     store: Arc<dyn Store>,
     shared: SharedState,
-    /// This node's id, for named fault points (0 until [`StateMachine::for_node`]).
+    /// This node's id, for named fault points.
     node_id: NodeId,
     /// Distinguishes snapshots built at the same log position.
     snapshot_seq: u64,
 }
 
 impl StateMachine {
-    /// Names the node this state machine belongs to (for named fault points).
-    pub fn for_node(self, node_id: NodeId) -> Self {
-        StateMachine { node_id, ..self }
-    }
-
-    /// Restores the applied state from the last stored snapshot, if any.
-    pub fn open(store: Arc<dyn Store>) -> Result<(Self, SharedState), StorageError<NodeId>> {
+    /// Restores node `node_id`'s applied state from the last stored snapshot, if any.
+    pub fn open(store: Arc<dyn Store>, node_id: NodeId) -> Result<(Self, SharedState), StorageError<NodeId>> {
         let shared = SharedState::default();
-        let sm = StateMachine { store, shared: shared.clone(), node_id: 0, snapshot_seq: 0 };
+        let sm = StateMachine { store, shared: shared.clone(), node_id, snapshot_seq: 0 };
         if let Some(snapshot) = sm.load_snapshot()? {
             let data: SnapshotData = serde_json::from_slice(snapshot.snapshot.get_ref())
                 .map_err(|e| StorageIOError::read_snapshot(Some(snapshot.meta.signature()), &io_error(e)))?;
