@@ -263,37 +263,6 @@ pub fn available() -> &'static [&'static str] {
     }
 }
 
-/// The [`ACK_BEFORE_COMMIT`] write path: on a leader, proposes `entry` and
-/// answers once the leader's own log holds it, without waiting for a quorum.
-/// Returns `None` on a follower, which then takes the normal path.
-#[cfg(feature = "fault-injection")]
-pub async fn ack_before_commit(
-    raft: &crate::raft::Raft,
-    entry: synod_proto::LogEntry,
-) -> Option<Result<synod_proto::api::WriteResponse, synod_proto::api::ApiError>> {
-    use synod_proto::api::{ApiError, WriteResponse};
-    let metrics = raft.metrics().borrow().clone();
-    if metrics.state != openraft::ServerState::Leader {
-        return None;
-    }
-    let index = metrics.last_log_index.map_or(1, |i| i + 1);
-    // The planted bug: the commit is never awaited (the receiver is dropped).
-    if let Err(e) = raft.client_write_ff(entry).await {
-        return Some(Err(ApiError::unavailable(format!("this node's Raft has stopped: {e}"))));
-    }
-    let appended = raft
-        .wait(Some(std::time::Duration::from_secs(1)))
-        .metrics(|m| m.last_log_index >= Some(index), "the leader appended the entry")
-        .await;
-    Some(match appended {
-        Ok(_) => Ok(WriteResponse {
-            index,
-            outcome: synod_proto::Outcome::Applied { detail: format!("acknowledged at append ({ACK_BEFORE_COMMIT})") },
-        }),
-        Err(e) => Err(ApiError::unavailable(format!("entry not appended: {e}"))),
-    })
-}
-
 #[cfg(all(test, feature = "fault-injection"))]
 mod tests {
     use super::*;

@@ -1,11 +1,11 @@
-//! The Synod node: consensus, transport, storage, the client API and the CLI.
+//! The Synod node: consensus, transport, storage, the signer and the client API.
+//! The `synod` command line lives in the `synod-cli` crate.
 //!
 //! See ARCHITECTURE.md at the repository root for the map.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod cli;
 pub mod config;
 pub mod coordinate;
 pub mod dkg;

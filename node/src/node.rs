@@ -246,12 +246,9 @@ impl Node {
         let cluster_id = self.shared.read().state.cluster_id.clone();
         let cluster_id = cluster_id.ok_or_else(|| ApiError::new(412, "the cluster is not initialised"))?;
         let now = self.now_ms();
-        let envelope = synod_proto::Envelope {
-            cluster_id,
-            command_id: self.seams.random_id(),
-            issued_at_ms: now,
-            expires_at_ms: now + NODE_COMMAND_TTL_MS,
-            command,
+        let envelope = {
+            let mut rng = self.seams.rng.lock().expect("rng lock");
+            synod_proto::Envelope::new(cluster_id, command, now, NODE_COMMAND_TTL_MS, &mut *rng)
         };
         let response = self.write(self.identity.sign(&envelope)).await?;
         if let synod_proto::Outcome::Rejected { reason } = &response.outcome {
@@ -273,7 +270,7 @@ impl Node {
         let entry = LogEntry { time_ms: self.seams.clock.now_ms(), command: command.clone() };
         #[cfg(feature = "fault-injection")]
         if faults::enabled(faults::ACK_BEFORE_COMMIT) {
-            if let Some(planted) = faults::ack_before_commit(&self.raft, entry.clone()).await {
+            if let Some(planted) = ack_before_commit(&self.raft, entry.clone()).await {
                 return planted;
             }
         }
@@ -895,4 +892,37 @@ async fn reconcile_once(node: &Node) -> anyhow::Result<()> {
         node.raft.change_membership(ready, false).await?;
     }
     Ok(())
+}
+
+/// The [`faults::ACK_BEFORE_COMMIT`] write path: on a leader, proposes `entry` and
+/// answers once the leader's own log holds it, without waiting for a quorum.
+/// Returns `None` on a follower, which then takes the normal path.
+#[cfg(feature = "fault-injection")]
+async fn ack_before_commit(
+    raft: &crate::raft::Raft,
+    entry: synod_proto::LogEntry,
+) -> Option<Result<synod_proto::api::WriteResponse, synod_proto::api::ApiError>> {
+    use synod_proto::api::{ApiError, WriteResponse};
+    let metrics = raft.metrics().borrow().clone();
+    if metrics.state != openraft::ServerState::Leader {
+        return None;
+    }
+    let index = metrics.last_log_index.map_or(1, |i| i + 1);
+    // The planted bug: the commit is never awaited (the receiver is dropped).
+    if let Err(e) = raft.client_write_ff(entry).await {
+        return Some(Err(ApiError::unavailable(format!("this node's Raft has stopped: {e}"))));
+    }
+    let appended = raft
+        .wait(Some(std::time::Duration::from_secs(1)))
+        .metrics(|m| m.last_log_index >= Some(index), "the leader appended the entry")
+        .await;
+    Some(match appended {
+        Ok(_) => Ok(WriteResponse {
+            index,
+            outcome: synod_proto::Outcome::Applied {
+                detail: format!("acknowledged at append ({})", faults::ACK_BEFORE_COMMIT),
+            },
+        }),
+        Err(e) => Err(ApiError::unavailable(format!("entry not appended: {e}"))),
+    })
 }

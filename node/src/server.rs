@@ -46,8 +46,13 @@ pub fn init_logging(format: LogFormat, default_filter: &str) {
     };
 }
 
-/// Runs a node until it is told to stop.
-pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+/// Asks the person at the terminal for the KEK passphrase. The node library
+/// reads no terminal itself; the `synod` binary passes its prompt in.
+pub type PassphrasePrompt = fn() -> std::io::Result<zeroize::Zeroizing<String>>;
+
+/// Runs a node until it is told to stop. `prompt` is used only for a
+/// `passphrase` KEK whose variable is unset, when stdin is a terminal.
+pub async fn run(config_path: &Path, prompt: PassphrasePrompt) -> anyhow::Result<()> {
     let config = NodeConfig::load(config_path)?;
     init_logging(config.log_format, "info,openraft=warn,quinn=warn,sled=warn");
     if !faults::available().is_empty() {
@@ -68,7 +73,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     create_private_dir(&config.data_dir)?;
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir.join("store"))?);
     check_data_dir(&*store, &config, &tls.ca_fingerprint())?;
-    let kek = open_kek(&config, &store).await?;
+    let kek = open_kek(&config, &store, prompt).await?;
     let sealed = Arc::new(SealedStore::new(store.clone(), kek.clone()));
     let check = {
         let sealed = sealed.clone();
@@ -162,7 +167,11 @@ pub async fn ping(config_path: &Path, peer: NodeId, addr: &str) -> anyhow::Resul
 }
 
 /// Opens the configured KEK backend. Never falls back to another backend.
-async fn open_kek(config: &NodeConfig, store: &Arc<dyn Store>) -> anyhow::Result<Arc<dyn Kek>> {
+async fn open_kek(
+    config: &NodeConfig,
+    store: &Arc<dyn Store>,
+    prompt: PassphrasePrompt,
+) -> anyhow::Result<Arc<dyn Kek>> {
     match &config.kek {
         KekConfig::File { path } => {
             if std::env::var_os("SYNOD_DEV").is_none() {
@@ -177,9 +186,7 @@ async fn open_kek(config: &NodeConfig, store: &Arc<dyn Store>) -> anyhow::Result
         KekConfig::Passphrase { env } => {
             let passphrase = match std::env::var(env) {
                 Ok(p) if !p.is_empty() => zeroize::Zeroizing::new(p),
-                _ if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
-                    zeroize::Zeroizing::new(rpassword::prompt_password("KEK passphrase: ")?)
-                }
+                _ if std::io::IsTerminal::is_terminal(&std::io::stdin()) => prompt()?,
                 _ => bail!("the KEK passphrase is missing: set {env} (or run the node on a terminal to be prompted)"),
             };
             let salt = crate::sealed::passphrase_salt(store.as_ref())?;

@@ -508,6 +508,35 @@ pub struct Envelope {
     pub command: Command,
 }
 
+impl Envelope {
+    /// The one way to make an envelope for a new command: a fresh random
+    /// command id (see [`random_command_id`]), issued at `now_ms` and valid
+    /// for `ttl_ms`.
+    pub fn new(
+        cluster_id: impl Into<String>,
+        command: Command,
+        now_ms: u64,
+        ttl_ms: u64,
+        rng: &mut (impl rand_core::RngCore + rand_core::CryptoRng + ?Sized),
+    ) -> Envelope {
+        Envelope {
+            cluster_id: cluster_id.into(),
+            command_id: random_command_id(rng),
+            issued_at_ms: now_ms,
+            expires_at_ms: now_ms.saturating_add(ttl_ms),
+            command,
+        }
+    }
+}
+
+/// A fresh command id: 16 random bytes as 32 hex characters, so two authors
+/// never pick the same one by chance.
+pub fn random_command_id(rng: &mut (impl rand_core::RngCore + rand_core::CryptoRng + ?Sized)) -> String {
+    let mut id = [0u8; 16];
+    rng.fill_bytes(&mut id);
+    hex::encode(id)
+}
+
 /// An envelope, its author and the author's signature over it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedCommand {

@@ -283,16 +283,7 @@ impl ClientCtx {
     }
 
     fn sign(&self, key: &SigningKey, rng: &mut ChaCha8Rng, command: Command) -> SignedCommand {
-        let mut id = [0u8; 16];
-        rng.fill_bytes(&mut id);
-        let now = EPOCH_MS + self.now_ms();
-        let envelope = Envelope {
-            cluster_id: self.cluster_id.clone(),
-            command_id: hex::encode(id),
-            issued_at_ms: now,
-            expires_at_ms: now + COMMAND_TTL_MS,
-            command,
-        };
+        let envelope = Envelope::new(self.cluster_id.clone(), command, EPOCH_MS + self.now_ms(), COMMAND_TTL_MS, rng);
         SignedCommand::sign(&envelope, key)
     }
 

@@ -6,16 +6,15 @@
 //! every process it started when dropped. Tests speak to nodes only through
 //! the CLI (and so through the HTTPS API), as an operator would.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::{TcpListener, UdpSocket};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
+use synod_cli::local;
 
 /// The `synod` binary next to the test binary (target/<profile>/synod).
 pub fn synod_bin() -> PathBuf {
@@ -90,25 +89,12 @@ pub struct Cluster {
     pub node_env: BTreeMap<u64, Vec<(String, String)>>,
 }
 
-/// Ports this test process has handed out. The OS may give a just-released
-/// port to the next `bind(0)`, so two nodes of one cluster could otherwise be
-/// handed the same one.
-static HANDED_OUT: Mutex<BTreeSet<(bool, u16)>> = Mutex::new(BTreeSet::new());
-
-/// A free loopback port (UDP for Raft, TCP for the API) that this process has
-/// not handed out before. Another test process may still take it before the
-/// node binds it; [`Cluster::start_new_nodes`] handles that.
-fn free_port(udp: bool) -> String {
-    loop {
-        let addr = if udp {
-            UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-        } else {
-            TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-        };
-        if HANDED_OUT.lock().unwrap().insert((udp, addr.port())) {
-            return addr.to_string();
-        }
-    }
+/// A free loopback address pair (UDP for Raft, TCP for the API) that this
+/// process has not handed out before. Another test process may still take a
+/// port before the node binds it; [`Cluster::start_new_nodes`] handles that.
+fn free_ports() -> (String, String) {
+    let (raft, api) = local::free_addrs(1).expect("free loopback ports")[0];
+    (raft.to_string(), api.to_string())
 }
 
 /// Runs `synod` with `args` and `envs`, returning its output.
@@ -228,7 +214,7 @@ impl Cluster {
         let node_dir = self.path(&format!("node-{id}"));
         std::fs::create_dir_all(&node_dir).unwrap();
         ok(&run_synod(&["kek", "generate-file", "--out", &node_dir.join("kek.bin").display().to_string()], &[]));
-        let (raft_addr, api_addr) = (free_port(true), free_port(false));
+        let (raft_addr, api_addr) = free_ports();
         let config = node_dir.join("node.toml");
         std::fs::write(
             &config,
@@ -271,8 +257,8 @@ impl Cluster {
 
     /// Starts nodes that are not members of a cluster yet and waits until each
     /// answers. Tests run in parallel processes, so another test's node can bind
-    /// a port between [`free_port`] choosing it and this node binding it; such a
-    /// node gets new ports and starts again. (A member cannot move: its
+    /// a port between [`free_ports`] choosing it and this node binding it; such a
+    /// node gets new ports and starts again (`synod_cli::local`). (A member cannot move: its
     /// addresses are in the committed membership.)
     pub fn start_new_nodes(&mut self, ids: &[u64]) {
         for &id in ids {
@@ -294,19 +280,12 @@ impl Cluster {
                 let node = self.nodes.get_mut(&id).expect("known node");
                 node.child = None;
                 assert!(
-                    attempt < 5 && node.log_text().contains(synod_node::server::PORT_TAKEN),
+                    attempt < local::PORT_MOVES_MAX && local::exited_for_taken_port(&node.log),
                     "node {id} exited before answering:\n{}",
                     node.log_text()
                 );
-                let (raft_addr, api_addr) = (free_port(true), free_port(false));
-                let config = std::fs::read_to_string(&node.config).unwrap();
-                let config = config
-                    .replace(
-                        &format!("raft_listen = \"{}\"", node.raft_addr),
-                        &format!("raft_listen = \"{raft_addr}\""),
-                    )
-                    .replace(&format!("api_listen = \"{}\"", node.api_addr), &format!("api_listen = \"{api_addr}\""));
-                std::fs::write(&node.config, config).unwrap();
+                let (raft_addr, api_addr) = free_ports();
+                local::move_listen(&node.config, raft_addr.parse().unwrap(), api_addr.parse().unwrap()).unwrap();
                 (node.raft_addr, node.api_addr) = (raft_addr, api_addr);
                 self.start_node(id);
             }

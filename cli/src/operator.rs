@@ -10,7 +10,7 @@ use synod_proto::OperatorKey;
 use zeroize::Zeroizing;
 
 use super::{CaCmd, IssueCmd, KekCmd, OperatorCmd, Output};
-use crate::pki::{self, Subject};
+use synod_node::pki::{self, Subject};
 
 /// Runs `synod ca ...`.
 pub fn ca(cmd: CaCmd) -> anyhow::Result<()> {
@@ -90,7 +90,7 @@ pub fn operator(cmd: OperatorCmd) -> anyhow::Result<()> {
 pub fn kek(cmd: KekCmd) -> anyhow::Result<()> {
     match cmd {
         KekCmd::GenerateFile { out } => {
-            crate::kek::soft::SoftKek::generate_file(&out)?;
+            synod_node::kek::soft::SoftKek::generate_file(&out)?;
             println!("wrote a new KEK to {} (mode 0600); a development setting", out.display());
         }
         KekCmd::Pkcs11Keygen { module, token_label, key_label, pin_file } => {
@@ -105,13 +105,13 @@ pub fn kek(cmd: KekCmd) -> anyhow::Result<()> {
                 None => std::env::var("SYNOD_PKCS11_PIN")
                     .map_err(|_| anyhow::anyhow!("set SYNOD_PKCS11_PIN or --pin-file to the token's user PIN"))?,
             };
-            let cfg = crate::kek::pkcs11::Pkcs11Config {
+            let cfg = synod_node::kek::pkcs11::Pkcs11Config {
                 module,
                 token_label: token_label.clone(),
                 key_label: key_label.clone(),
                 pin: zeroize::Zeroizing::new(pin),
             };
-            crate::kek::pkcs11::Pkcs11Kek::generate_key(&cfg)?;
+            synod_node::kek::pkcs11::Pkcs11Kek::generate_key(&cfg)?;
             println!("created non-extractable AES-256 key {key_label:?} on token {token_label:?}");
         }
     }
@@ -124,7 +124,7 @@ pub fn keygen(path: &Path) -> anyhow::Result<SigningKey> {
     let der = key.to_pkcs8_der().context("encoding the operator key")?;
     // PKCS#8 v1 so that OpenSSL and ssh tooling read it too.
     let pem = pki::pkcs8_pem_v1(der.as_bytes())?;
-    crate::files::write_new(path, pem.as_bytes(), crate::files::PRIVATE_MODE)
+    synod_node::files::write_new(path, pem.as_bytes(), synod_node::files::PRIVATE_MODE)
         .with_context(|| format!("cannot create operator key file {} (it must not exist yet)", path.display()))?;
     Ok(key)
 }

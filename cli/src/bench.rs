@@ -47,8 +47,8 @@ use super::client::{cluster_id, ApiClient};
 use super::dev::{self, ClusterFile};
 use super::operator::load_operator_key;
 use super::{BenchArgs, ClientArgs, DevHsm, Output};
-use crate::config::LogFormat;
-use crate::pki;
+use synod_node::config::LogFormat;
+use synod_node::pki;
 
 /// How long the API holds one sign request open for its signature.
 const SIGN_WAIT_MS: u64 = 30_000;
@@ -97,7 +97,7 @@ impl std::fmt::Display for KeyConfig {
 
 /// `synod bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    crate::server::init_logging(LogFormat::Text, "warn");
+    synod_node::server::init_logging(LogFormat::Text, "warn");
     if !args.target_existing {
         if let Some(big) = args.configs.iter().find(|c| c.nodes > LOCAL_NODES_MAX) {
             bail!("{big}: a local cluster has at most {LOCAL_NODES_MAX} nodes");
@@ -576,13 +576,13 @@ impl Jobs {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let envelope = Envelope {
-            cluster_id: self.signer.cluster_id.clone(),
-            command_id: random_hex(16),
-            issued_at_ms: issued,
-            expires_at_ms: issued + self.signer.ttl_secs * 1000,
+        let envelope = Envelope::new(
+            self.signer.cluster_id.clone(),
             command,
-        };
+            issued,
+            self.signer.ttl_secs * 1000,
+            &mut rand_core::OsRng,
+        );
         let signed = SignedCommand::sign(&envelope, &self.signer.operator);
         Ok(Bytes::from(serde_json::to_vec(&signed)?))
     }

@@ -8,7 +8,6 @@
 //! restarts the same cluster.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -24,10 +23,11 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::client::{self, ApiClient};
+use super::local::{exited_for_taken_port, free_addrs, log_tail, move_listen, PORT_MOVES_MAX};
 use super::operator::{keygen, load_operator_key};
 use super::{ClientArgs, DevArgs, DevHsm, Output, OutputArgs};
-use crate::config::{KekConfig, LogFormat, NodeConfig, RaftTuning, TlsFiles};
-use crate::pki::{self, Subject};
+use synod_node::config::{KekConfig, LogFormat, NodeConfig, RaftTuning, TlsFiles};
+use synod_node::pki::{self, Subject};
 
 /// How long to wait for the nodes to come up and elect a leader.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -61,7 +61,7 @@ pub struct DevNode {
 
 /// Runs the dev cluster in the foreground.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    crate::server::init_logging(LogFormat::Text, "warn");
+    synod_node::server::init_logging(LogFormat::Text, "warn");
     let (data_dir, _temp) = match args.data_dir {
         Some(dir) => (absolute(&dir)?, None),
         None => {
@@ -109,17 +109,6 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     Ok(if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir()?.join(path) })
 }
 
-/// `n` pairs of free loopback addresses (UDP for Raft, TCP for the API). Every
-/// socket stays bound until all are chosen, so no two nodes get the same port
-/// (the OS may hand a just-released port to the next `bind(0)`).
-fn free_addrs(n: u64) -> anyhow::Result<Vec<(SocketAddr, SocketAddr)>> {
-    let mut held = Vec::new();
-    for _ in 0..n {
-        held.push((UdpSocket::bind("127.0.0.1:0")?, TcpListener::bind("127.0.0.1:0")?));
-    }
-    held.iter().map(|(udp, tcp)| Ok((udp.local_addr()?, tcp.local_addr()?))).collect()
-}
-
 /// Makes node `id`'s KEK: a 0600 file, or a SoftHSM2 token with a
 /// non-extractable key (all tokens share one SoftHSM2 configuration, since the
 /// library reads it once per process).
@@ -127,7 +116,7 @@ async fn create_kek(data_dir: &Path, node_dir: &Path, id: NodeId, hsm: DevHsm) -
     match hsm {
         DevHsm::None => {
             let path = node_dir.join("kek.bin");
-            crate::kek::soft::SoftKek::generate_file(&path)?;
+            synod_node::kek::soft::SoftKek::generate_file(&path)?;
             Ok(KekConfig::File { path })
         }
         DevHsm::Softhsm => {
@@ -140,9 +129,9 @@ async fn create_kek(data_dir: &Path, node_dir: &Path, id: NodeId, hsm: DevHsm) -
             rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut pin_bytes);
             let pin = hex::encode(pin_bytes);
             let so_pin = hex::encode(&pin_bytes[..6]);
-            let conf = crate::kek::pkcs11::init_softhsm_token(&hsm_dir, &label, &so_pin, &pin)?;
+            let conf = synod_node::kek::pkcs11::init_softhsm_token(&hsm_dir, &label, &so_pin, &pin)?;
             let pin_file = node_dir.join("pkcs11.pin");
-            crate::files::write_new(&pin_file, pin.as_bytes(), crate::files::PRIVATE_MODE)
+            synod_node::files::write_new(&pin_file, pin.as_bytes(), synod_node::files::PRIVATE_MODE)
                 .with_context(|| format!("cannot write the PIN file {}", pin_file.display()))?;
             let status = Command::new(std::env::current_exe()?)
                 .args(["kek", "pkcs11-keygen", "--module", SOFTHSM_MODULE, "--token-label", &label, "--pin-file"])
@@ -328,15 +317,13 @@ pub async fn start_nodes(
             };
             let exited = children.get_mut(&node.id).and_then(|c| c.try_wait().ok().flatten());
             if let Some(status) = exited {
-                let tail = log_tail(&node.log, 12);
-                if !(fresh && moves < PORT_MOVES_MAX && tail.contains(crate::server::PORT_TAKEN)) {
+                if !(fresh && moves < PORT_MOVES_MAX && exited_for_taken_port(&node.log)) {
+                    let tail = log_tail(&node.log, 12);
                     bail!("node {} exited ({status}) before answering; the end of its log:\n{tail}", node.id);
                 }
                 moves += 1;
                 let (raft, api) = free_addrs(1)?[0];
-                let mut config = NodeConfig::load(&node.config)?;
-                (config.raft_listen, config.api_listen) = (raft, api);
-                std::fs::write(&node.config, config.to_toml())?;
+                move_listen(&node.config, raft, api)?;
                 eprintln!("node {}: a port was taken meanwhile; moving it to raft {raft}, api {api}", node.id);
                 (node.raft_addr, node.api_addr) = (raft.to_string(), api.to_string());
                 args.addr = format!("https://{api}");
@@ -353,16 +340,6 @@ pub async fn start_nodes(
         }
     }
     Ok(initialized)
-}
-
-/// How often a new node may move to other ports while starting.
-const PORT_MOVES_MAX: u32 = 3;
-
-/// The last `lines` lines of a node's log (empty when it cannot be read).
-fn log_tail(log: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Commits genesis: every node of `cluster` a member, the dev admin key (`admin.pem`) the admin.

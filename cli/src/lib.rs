@@ -10,6 +10,7 @@ pub mod bench;
 pub mod client;
 pub mod dev;
 pub mod keys;
+pub mod local;
 pub mod operator;
 
 use std::path::PathBuf;
@@ -615,13 +616,18 @@ pub struct ClientArgs {
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Top::Node(NodeCmd::Start { config }) => crate::server::run(&config).await,
+        Top::Node(NodeCmd::Start { config }) => {
+            synod_node::server::run(&config, || {
+                rpassword::prompt_password("KEK passphrase: ").map(zeroize::Zeroizing::new)
+            })
+            .await
+        }
         Top::Node(NodeCmd::Ping { config, peer, output }) => {
             let (id, addr) = peer
                 .split_once('=')
                 .and_then(|(id, addr)| Some((id.parse::<NodeId>().ok()?, addr)))
                 .ok_or_else(|| anyhow::anyhow!("--peer {peer:?} is not ID=RAFT_ADDR (e.g. 2=10.0.0.2:7001)"))?;
-            let (node_id, cluster_id) = crate::server::ping(&config, id, addr).await?;
+            let (node_id, cluster_id) = synod_node::server::ping(&config, id, addr).await?;
             match output.output {
                 Output::Json => println!("{}", serde_json::json!({ "node_id": node_id, "cluster_id": cluster_id })),
                 Output::Table => {
@@ -649,7 +655,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Top::Version(args) => {
             let info = serde_json::json!({
                 "version": env!("CARGO_PKG_VERSION"),
-                "faults": crate::faults::available(),
+                "faults": synod_node::faults::available(),
             });
             match args.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&info)?),

@@ -16,7 +16,7 @@ use synod_proto::{Command, OperatorKey, Outcome, SignedCommand};
 use super::client::{cluster_id, sign as sign_command, ApiClient};
 use super::operator::load_operator_key;
 use super::{AdminCmd, ApproveArgs, AuditCmd, ClientArgs, Output, PolicyCmd, RequestCmd};
-use crate::state::{verify_chain, AuditHead, AuditRecord};
+use synod_node::state::{verify_chain, AuditHead, AuditRecord};
 
 /// How often `request wait` polls.
 const POLL: Duration = Duration::from_millis(500);
@@ -199,7 +199,8 @@ pub async fn request(cmd: RequestCmd) -> anyhow::Result<()> {
             }
             let message = super::keys::read_message(&input)?;
             let api = ApiClient::new(&client)?;
-            let request_id = request_id.unwrap_or_else(random_id);
+            let request_id =
+                request_id.unwrap_or_else(|| synod_proto::command::random_command_id(&mut rand_core::OsRng));
             let command = Command::SignRequest {
                 request_id: request_id.clone(),
                 key,
@@ -252,12 +253,6 @@ pub async fn request(cmd: RequestCmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-fn random_id() -> String {
-    let mut id = [0u8; 16];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
-    hex::encode(id)
 }
 
 /// The statement approvers of request `id` sign, from what the node reports.
@@ -338,15 +333,7 @@ pub async fn approve(args: ApproveArgs) -> anyhow::Result<()> {
 
 fn sign_ephemeral(client: &ClientArgs, cluster: &str, command: Command) -> SignedCommand {
     let key = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let envelope = synod_proto::Envelope {
-        cluster_id: cluster.to_string(),
-        command_id: random_id(),
-        issued_at_ms: now,
-        expires_at_ms: now + client.ttl_secs * 1000,
-        command,
-    };
-    SignedCommand::sign(&envelope, &key)
+    SignedCommand::sign(&super::client::envelope(client, cluster, command), &key)
 }
 
 /// `synod admin ...`.

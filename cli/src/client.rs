@@ -11,7 +11,7 @@ use synod_proto::{Command, Envelope, NodeAddr, NodeId, OperatorKey, Outcome, Sig
 
 use super::operator::load_operator_key;
 use super::{ClientArgs, ClusterCmd, KvCmd, Output};
-use crate::pki;
+use synod_node::pki;
 
 /// An HTTPS client for one node's API.
 pub struct ApiClient {
@@ -124,17 +124,12 @@ pub fn sign(args: &ClientArgs, cluster_id: &str, command: Command) -> anyhow::Re
         anyhow!("this command must be signed; set SYNOD_OPERATOR_KEY (or --operator-key) to your operator key file")
     })?;
     let key = load_operator_key(path)?;
-    let mut id = [0u8; 16];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
-    let issued = now_ms();
-    let envelope = Envelope {
-        cluster_id: cluster_id.to_string(),
-        command_id: hex::encode(id),
-        issued_at_ms: issued,
-        expires_at_ms: issued + args.ttl_secs * 1000,
-        command,
-    };
-    Ok(SignedCommand::sign(&envelope, &key))
+    Ok(SignedCommand::sign(&envelope(args, cluster_id, command), &key))
+}
+
+/// The envelope of a new command from this client: a fresh id, valid for `--ttl`.
+pub fn envelope(args: &ClientArgs, cluster_id: &str, command: Command) -> Envelope {
+    Envelope::new(cluster_id, command, now_ms(), args.ttl_secs * 1000, &mut rand_core::OsRng)
 }
 
 /// The cluster id from a node's status, or an error saying to initialise it.
