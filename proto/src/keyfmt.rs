@@ -7,12 +7,17 @@
 //! - RFC 8032: the raw 32-byte public key and 64-byte signature (printed as hex or base64), and
 //!   the verification rule (checked here with ed25519-dalek's `verify_strict`).
 //! - RFC 8410: the SubjectPublicKeyInfo that OpenSSL and most libraries read, as a PEM block
-//!   labelled `PUBLIC KEY` around the 44-byte DER `302a300506032b6570032100 || key`.
+//!   labelled `PUBLIC KEY` around the 44-byte DER `302a300506032b6570032100 || key`. The DER goes
+//!   through `ed25519::pkcs8::PublicKeyBytes` (re-exported by ed25519-dalek) and the PEM through
+//!   RFC 7468's strict layout (64-character lines), as `openssl pkey -pubout` writes it.
 //! - RFC 8037: a JSON Web Key `{"kty":"OKP","crv":"Ed25519","x":...}` where `x` is the key in
 //!   base64url without padding.
 //! - OpenSSH: an `authorized_keys` line `ssh-ed25519 <base64 of blob> <comment>`, where the blob
 //!   is `string("ssh-ed25519") || string(key)` and each string is a 4-byte big-endian length
-//!   followed by the bytes.
+//!   followed by the bytes. Written and read with the `ssh-key` crate.
+//!
+//! None of these readers checks the point: any 32 bytes round-trip through every encoding, and
+//! [`parse_public_key`] judges the point once, whatever the encoding.
 //!
 //! Readers auto-detect the encoding, ignore surrounding whitespace and return a [`FormatError`]
 //! that says what was wrong instead of panicking on malformed input.
@@ -24,22 +29,18 @@ use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD, URL_SAFE_NO_PAD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
+use ed25519_dalek::pkcs8::spki::der::pem::{self, LineEnding};
+use ed25519_dalek::pkcs8::{DecodePublicKey, EncodePublicKey, PublicKeyBytes};
 use ed25519_dalek::{Signature, VerifyingKey};
+use ssh_key::public::{Ed25519PublicKey, KeyData};
 
-/// The DER prefix of an RFC 8410 Ed25519 SubjectPublicKeyInfo; the 32 key bytes follow it.
-const SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
-
-/// The OpenSSH key type name of an Ed25519 key, used both as the line's first word and inside the blob.
-const SSH_ED25519: &str = "ssh-ed25519";
+use crate::sshsig::SSH_ED25519;
 
 /// The PEM label of a SubjectPublicKeyInfo.
 const PEM_LABEL: &str = "PUBLIC KEY";
 
-/// How many base64 characters a PEM body line holds (RFC 7468).
-const PEM_LINE_WIDTH: usize = 64;
-
-/// Standard-alphabet base64 that accepts input with or without `=` padding.
-const STANDARD_LENIENT: GeneralPurpose = GeneralPurpose::new(
+/// Standard-alphabet base64 that accepts input with or without `=` padding (shared with [`crate::sshsig`]).
+pub(crate) const STANDARD_LENIENT: GeneralPurpose = GeneralPurpose::new(
     &alphabet::STANDARD,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
@@ -214,18 +215,8 @@ pub fn public_key_hex(key: &[u8; 32]) -> String {
 ///
 /// The DER inside is `302a300506032b6570032100 || key`; OpenSSL, Go, Java and Python read it directly.
 pub fn public_key_pem(key: &[u8; 32]) -> String {
-    let mut der = Vec::with_capacity(SPKI_PREFIX.len() + key.len());
-    der.extend_from_slice(&SPKI_PREFIX);
-    der.extend_from_slice(key);
-    let body = STANDARD.encode(der);
-    let mut pem = format!("-----BEGIN {PEM_LABEL}-----\n");
-    // The base64 alphabet is ASCII, so byte chunks are whole characters.
-    for line in body.as_bytes().chunks(PEM_LINE_WIDTH) {
-        pem.push_str(&String::from_utf8_lossy(line));
-        pem.push('\n');
-    }
-    pem.push_str(&format!("-----END {PEM_LABEL}-----\n"));
-    pem
+    // Encoding 32 bytes into a fixed 44-byte SPKI and its PEM cannot fail.
+    PublicKeyBytes(*key).to_public_key_pem(LineEnding::LF).expect("an Ed25519 SPKI always encodes")
 }
 
 /// Returns the public key as an RFC 8037 JSON Web Key for signature verification.
@@ -249,16 +240,9 @@ pub fn public_key_jwk(key: &[u8; 32], kid: Option<&str>) -> serde_json::Value {
 ///
 /// The line is `ssh-ed25519 <base64 blob> <comment>`; the comment is left out when it is empty.
 pub fn public_key_openssh(key: &[u8; 32], comment: &str) -> String {
-    let mut blob = Vec::with_capacity(4 + SSH_ED25519.len() + 4 + key.len());
-    put_ssh_string(&mut blob, SSH_ED25519.as_bytes());
-    put_ssh_string(&mut blob, key);
-    let encoded = STANDARD.encode(blob);
-    let comment = comment.trim();
-    if comment.is_empty() {
-        format!("{SSH_ED25519} {encoded}")
-    } else {
-        format!("{SSH_ED25519} {encoded} {comment}")
-    }
+    let key = ssh_key::PublicKey::new(KeyData::Ed25519(Ed25519PublicKey(*key)), comment.trim());
+    // ssh-key sizes its buffer exactly for the 51-byte blob and the comment, so this cannot fail.
+    key.to_openssh().expect("an ssh-ed25519 line always encodes")
 }
 
 /// Returns the public key in `format`, using `name` as the JWK `kid` and as the OpenSSH comment.
@@ -340,25 +324,6 @@ pub fn verify(public_key: &[u8; 32], message: &[u8], signature: &[u8; 64]) -> Re
     key.verify_strict(message, &signature).map_err(|_| FormatError::BadSignature)
 }
 
-/// Appends an SSH wire-format string: a 4-byte big-endian length followed by the bytes.
-fn put_ssh_string(out: &mut Vec<u8>, bytes: &[u8]) {
-    // Only the 11-byte type name and the 32-byte key are written, so the length always fits.
-    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(bytes);
-}
-
-/// Splits one SSH wire-format string off the front of `input`, returning it and the rest.
-fn take_ssh_string(input: &[u8]) -> Result<(&[u8], &[u8]), FormatError> {
-    let truncated = || FormatError::OpensshMalformed("key blob is truncated".into());
-    let (len, rest) = input.split_first_chunk::<4>().ok_or_else(truncated)?;
-    let len = usize::try_from(u32::from_be_bytes(*len)).map_err(|_| truncated())?;
-    if rest.len() < len {
-        return Err(truncated());
-    }
-    Ok(rest.split_at(len))
-}
-
 /// Tells whether the text starts with an OpenSSH public key type name such as `ssh-…` or `ecdsa-…`.
 fn looks_like_openssh(text: &str) -> bool {
     let first = text.split_whitespace().next().unwrap_or("");
@@ -376,40 +341,26 @@ fn parse_hex(text: &str) -> Result<[u8; 32], FormatError> {
 }
 
 /// Reads one RFC 8410 SubjectPublicKeyInfo PEM block labelled `PUBLIC KEY`.
+///
+/// The PEM layer is RFC 7468 as OpenSSL writes it (LF or CRLF, 64-character lines); the DER must name the
+/// Ed25519 algorithm without parameters. The point itself is not checked here.
 fn parse_pem(text: &str) -> Result<[u8; 32], FormatError> {
-    let mut lines = text.lines().map(str::trim).filter(|line| !line.is_empty());
-    let first = lines.next().unwrap_or("");
-    let label = first
-        .strip_prefix("-----BEGIN ")
-        .and_then(|rest| rest.strip_suffix("-----"))
-        .ok_or_else(|| FormatError::PemMalformed("the first line is not \"-----BEGIN <label>-----\"".into()))?;
+    let malformed = |err: pem::Error| {
+        FormatError::PemMalformed(match err {
+            pem::Error::PreEncapsulationBoundary => "the first line is not \"-----BEGIN <label>-----\"".into(),
+            pem::Error::PostEncapsulationBoundary => {
+                format!("there is no \"-----END {PEM_LABEL}-----\" line, or text follows it; give one key only")
+            }
+            other => format!("{other}; export it again with `openssl pkey -pubin -in KEY -pubout`"),
+        })
+    };
+    let label = pem::decode_label(text.as_bytes()).map_err(malformed)?;
     if label != PEM_LABEL {
         return Err(FormatError::PemLabel(label.to_owned()));
     }
-    let end = format!("-----END {PEM_LABEL}-----");
-    let mut body = String::new();
-    let mut ended = false;
-    for line in lines.by_ref() {
-        if line == end {
-            ended = true;
-            break;
-        }
-        if line.starts_with("-----") {
-            return Err(FormatError::PemMalformed(format!("unexpected line \"{line}\"; expected \"{end}\"")));
-        }
-        body.push_str(line);
-    }
-    if !ended {
-        return Err(FormatError::PemMalformed(format!("the block has no \"{end}\" line")));
-    }
-    if lines.next().is_some() {
-        return Err(FormatError::PemMalformed(format!("there is text after \"{end}\"; give one key only")));
-    }
-    let der = STANDARD
-        .decode(body.as_bytes())
-        .map_err(|err| FormatError::PemMalformed(format!("the body is not valid base64 ({err})")))?;
-    let key = der.strip_prefix(&SPKI_PREFIX[..]).ok_or(FormatError::PemNotEd25519)?;
-    <[u8; 32]>::try_from(key).map_err(|_| FormatError::PemNotEd25519)
+    let (_, der) = pem::decode_vec(text.as_bytes()).map_err(malformed)?;
+    let key = PublicKeyBytes::from_public_key_der(&der).map_err(|_| FormatError::PemNotEd25519)?;
+    Ok(key.to_bytes())
 }
 
 /// Reads an RFC 8037 public JWK with `kty` OKP and `crv` Ed25519.
@@ -442,6 +393,9 @@ fn parse_jwk(text: &str) -> Result<[u8; 32], FormatError> {
 }
 
 /// Reads an OpenSSH `ssh-ed25519 <base64 blob> [comment]` line.
+///
+/// The type word is checked here, so other key types get [`FormatError::OpensshKeyType`]; the blob is
+/// decoded by ssh-key, which also requires the blob's type to match the word and no bytes after the key.
 fn parse_openssh(text: &str) -> Result<[u8; 32], FormatError> {
     if text.lines().count() > 1 {
         return Err(FormatError::OpensshMalformed("the text has more than one line".into()));
@@ -452,22 +406,13 @@ fn parse_openssh(text: &str) -> Result<[u8; 32], FormatError> {
         return Err(FormatError::OpensshKeyType(key_type.to_owned()));
     }
     let encoded = words.next().ok_or_else(|| FormatError::OpensshMalformed("the key blob is missing".into()))?;
-    let blob = STANDARD
-        .decode(encoded)
-        .map_err(|err| FormatError::OpensshMalformed(format!("the key blob is not valid base64 ({err})")))?;
-    let (inner_type, rest) = take_ssh_string(&blob)?;
-    if inner_type != SSH_ED25519.as_bytes() {
-        return Err(FormatError::OpensshMalformed(format!(
-            "the blob's key type is \"{}\", not \"{SSH_ED25519}\"",
-            String::from_utf8_lossy(inner_type)
-        )));
+    // Rebuilt from the words, so any whitespace between them is accepted and the comment is ignored.
+    let key = ssh_key::PublicKey::from_openssh(&format!("{key_type} {encoded}"))
+        .map_err(|err| FormatError::OpensshMalformed(format!("the key blob is not an ssh-ed25519 key ({err})")))?;
+    match key.key_data() {
+        KeyData::Ed25519(key) => Ok(key.0),
+        other => Err(FormatError::OpensshKeyType(other.algorithm().as_str().to_owned())),
     }
-    let (key, rest) = take_ssh_string(rest)?;
-    if !rest.is_empty() {
-        return Err(FormatError::OpensshMalformed("the key blob has trailing bytes".into()));
-    }
-    <[u8; 32]>::try_from(key)
-        .map_err(|_| FormatError::OpensshMalformed(format!("the key holds {} bytes, not 32", key.len())))
 }
 
 #[cfg(test)]
@@ -688,8 +633,8 @@ mod tests {
         assert_eq!(parse_public_key(rsa), Err(FormatError::OpensshKeyType("ssh-rsa".into())));
         // A line that says ssh-ed25519 but whose blob says ssh-rsa is refused.
         let mut blob = Vec::new();
-        put_ssh_string(&mut blob, b"ssh-rsa");
-        put_ssh_string(&mut blob, &key);
+        crate::sshsig::put_string(&mut blob, b"ssh-rsa");
+        crate::sshsig::put_string(&mut blob, &key);
         let mismatched = format!("ssh-ed25519 {}", STANDARD.encode(&blob));
         assert!(matches!(parse_public_key(&mismatched), Err(FormatError::OpensshMalformed(_))));
         // A blob whose length prefix runs past its end is refused rather than read out of bounds.
@@ -701,6 +646,29 @@ mod tests {
         let mut off_curve = [0u8; 32];
         off_curve[0] = 2;
         assert_eq!(parse_public_key(&hex::encode(off_curve)), Err(FormatError::InvalidPoint));
+    }
+
+    #[test]
+    fn keyfmt_encoders_take_any_32_bytes() {
+        // Proves PEM and OpenSSH encode any 32 bytes without panicking, read back small-order keys unchanged (verify
+        // refuses them), and leave non-points to parse_public_key's one point check.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let mut off_curve = [0u8; 32];
+        off_curve[0] = 2;
+        for format in [PublicKeyFormat::Pem, PublicKeyFormat::Openssh] {
+            let text = format_public_key(&identity, format, "weak");
+            assert_eq!(parse_public_key(&text), Ok(identity), "{format}");
+            let text = format_public_key(&off_curve, format, "off");
+            assert_eq!(parse_public_key(&text), Err(FormatError::InvalidPoint), "{format}");
+        }
+        assert_eq!(parse_pem(public_key_pem(&off_curve).trim()), Ok(off_curve));
+        assert_eq!(parse_openssh(&public_key_openssh(&off_curve, "")), Ok(off_curve));
+        // An sk-ssh-ed25519 line is not a plain Ed25519 key, and a PEM with RFC 1421 headers is refused.
+        let sk = "sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29tAAAAIP0X";
+        assert_eq!(parse_public_key(sk), Err(FormatError::OpensshKeyType("sk-ssh-ed25519@openssh.com".into())));
+        let headers = public_key_pem(&fixed_key()).replacen('\n', "\nProc-Type: 4,ENCRYPTED\n\n", 1);
+        assert!(matches!(parse_public_key(&headers), Err(FormatError::PemMalformed(_))));
     }
 
     #[test]

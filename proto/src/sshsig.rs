@@ -22,13 +22,35 @@
 //! Everything here is deterministic (no clock, I/O or randomness), so it can run inside the replicated
 //! state machine. Every length read from untrusted input is bounded, nothing panics on hostile input,
 //! and every [`SshSigError`] says what was wrong and what to do about it.
+//!
+//! What Synod writes comes from the `ssh-key` crate: a key's blob, its `authorized_keys` line and its
+//! `SHA256:` fingerprint are ssh-key's encodings of its `KeyData`, hash names are its `HashAlg`, and
+//! the signed data is its `SshSig::signed_data`.
+//!
+//! # Why reading and verifying stay here
+//!
+//! Signatures are checked by this module, never by ssh-key's `verify`: ssh-key's Ed25519 verifiers
+//! call ed25519-dalek's lenient `verify` (which accepts small-order keys and signatures that
+//! `verify_strict` refuses), and for `sk-ssh-ed25519` keys they never look at the FIDO flags, so a
+//! signature made without the user touching the security key would pass. Here every signature goes through `verify_strict` and
+//! user presence is required. (Synod builds ssh-key without its `ed25519` feature, so its verifiers
+//! cannot check an Ed25519 signature at all.)
+//!
+//! Untrusted bytes are read by the bounded reader below rather than by ssh-key's decoders, because
+//! which keys and signatures are accepted must not change between Synod versions (the replicated
+//! state machine reads them again whenever it applies a log entry), and ssh-key 0.6 reads differently:
+//! `SshSig::from_pem` requires padded base64 in 70-character lines (Synod has always accepted any line
+//! layout and missing padding), its length-prefixed fields are not required to be used up (so a
+//! malformed `sk-ssh-ed25519` blob can still decode to a key), and its errors do not say which field
+//! was wrong.
 
-use base64::alphabet;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD, STANDARD_NO_PAD};
-use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use ed25519_dalek::{Signature, VerifyingKey};
-use sha2::{Digest, Sha256, Sha512};
+use sha2::{Digest, Sha256};
+use ssh_key::public::{self, Ed25519PublicKey, KeyData};
+use ssh_key::{HashAlg, SshSig};
+
+use crate::keyfmt::STANDARD_LENIENT;
 
 /// The longest armored signature accepted, in bytes. `ssh-keygen` writes about 300 bytes for Ed25519.
 pub const MAX_ARMORED_LEN: usize = 16 * 1024;
@@ -43,7 +65,7 @@ pub const MAX_STRING_LEN: usize = 8 * 1024;
 const MAX_QUOTED_CHARS: usize = 64;
 
 /// The OpenSSH type name of a plain Ed25519 key.
-const SSH_ED25519: &str = "ssh-ed25519";
+pub(crate) const SSH_ED25519: &str = "ssh-ed25519";
 
 /// The OpenSSH type name of an Ed25519 key on a FIDO security key.
 const SK_SSH_ED25519: &str = "sk-ssh-ed25519@openssh.com";
@@ -72,12 +94,6 @@ const ED25519_SIG_LEN: usize = 64;
 /// What to tell someone whose key is of a type Synod does not accept.
 const ED25519_ONLY_HINT: &str = "only Ed25519 keys are accepted (ssh-ed25519, or sk-ssh-ed25519@openssh.com on a \
                                  security key); create one with ssh-keygen -t ed25519 or ssh-keygen -t ed25519-sk";
-
-/// Standard-alphabet base64 that accepts input with or without `=` padding.
-const STANDARD_LENIENT: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
 
 /// An approver's SSH public key.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -135,26 +151,29 @@ impl SshPublicKey {
 
     /// The OpenSSH wire blob (string type || string key [|| string application]).
     pub fn to_blob(&self) -> Vec<u8> {
-        let mut blob = Vec::new();
-        put_string(&mut blob, self.type_name().as_bytes());
-        match self {
-            SshPublicKey::Ed25519(key) => put_string(&mut blob, key),
-            SshPublicKey::SkEd25519 { key, application } => {
-                put_string(&mut blob, key);
-                put_string(&mut blob, application.as_bytes());
-            }
-        }
-        blob
+        // Writing a key blob into a Vec cannot fail.
+        ssh_key::PublicKey::from(self.key_data()).to_bytes().expect("an Ed25519 key blob always encodes")
     }
 
     /// "TYPE BASE64" (no comment), canonical; parse(to_line()) round-trips.
     pub fn to_line(&self) -> String {
-        format!("{} {}", self.type_name(), STANDARD.encode(self.to_blob()))
+        // ssh-key sizes its buffer exactly for the blob, so this cannot fail.
+        ssh_key::PublicKey::from(self.key_data()).to_openssh().expect("an Ed25519 key line always encodes")
     }
 
     /// "SHA256:<base64 without padding of SHA-256(blob)>", exactly as `ssh-keygen -l` prints.
     pub fn fingerprint(&self) -> String {
-        format!("SHA256:{}", STANDARD_NO_PAD.encode(Sha256::digest(self.to_blob())))
+        self.key_data().fingerprint(HashAlg::Sha256).to_string()
+    }
+
+    /// The key in ssh-key's model, which encodes it.
+    fn key_data(&self) -> KeyData {
+        match self {
+            SshPublicKey::Ed25519(key) => KeyData::Ed25519(Ed25519PublicKey(*key)),
+            SshPublicKey::SkEd25519 { key, application } => {
+                KeyData::SkEd25519(public::SkEd25519::new(Ed25519PublicKey(*key), application.clone()))
+            }
+        }
     }
 
     /// The OpenSSH type name: `ssh-ed25519` or `sk-ssh-ed25519@openssh.com`.
@@ -300,6 +319,9 @@ pub enum SshSigError {
         /// The namespace Synod requires.
         expected: String,
     },
+    /// The namespace is empty, which SSHSIG does not allow.
+    #[error("the namespace is empty, which SSHSIG does not allow: sign with ssh-keygen -Y sign -n <namespace>")]
+    EmptyNamespace,
     /// The message hash algorithm is neither sha256 nor sha512.
     #[error("signature uses hash algorithm {0}; only sha256 and sha512 are accepted: sign with ssh-keygen -Y sign (default sha512)")]
     UnsupportedHash(String),
@@ -344,17 +366,14 @@ pub fn verify(armored: &str, namespace: &str, message: &[u8], key: &SshPublicKey
     if parsed.namespace != namespace.as_bytes() {
         return Err(SshSigError::WrongNamespace { got: quote(parsed.namespace), expected: namespace.to_owned() });
     }
-    let message_hash: Vec<u8> = match parsed.hash_alg {
-        b"sha256" => Sha256::digest(message).to_vec(),
-        b"sha512" => Sha512::digest(message).to_vec(),
-        other => return Err(SshSigError::UnsupportedHash(quote(other))),
-    };
-    let mut signed_data = Vec::with_capacity(MAGIC.len() + 4 * 4 + namespace.len() + 6 + message_hash.len());
-    signed_data.extend_from_slice(MAGIC);
-    put_string(&mut signed_data, namespace.as_bytes());
-    put_string(&mut signed_data, b"");
-    put_string(&mut signed_data, parsed.hash_alg);
-    put_string(&mut signed_data, &message_hash);
+    // Exactly these two, even if a later ssh-key learns more names.
+    let hash_alg = std::str::from_utf8(parsed.hash_alg)
+        .ok()
+        .and_then(|name| HashAlg::new(name).ok())
+        .filter(|alg| matches!(alg, HashAlg::Sha256 | HashAlg::Sha512))
+        .ok_or_else(|| SshSigError::UnsupportedHash(quote(parsed.hash_alg)))?;
+    // MAGIC || string(namespace) || string("") || string(hash_alg) || string(H(message)); refuses only "".
+    let signed_data = SshSig::signed_data(namespace, hash_alg, message).map_err(|_| SshSigError::EmptyNamespace)?;
     verify_inner(key, parsed.signature, &signed_data)
 }
 
@@ -536,9 +555,9 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Appends an SSH `string`: a 4-byte big-endian length, then the bytes.
-fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
-    // Every string written here is bounded far below 4 GiB (keys, hashes, names checked on input).
+/// Appends an SSH `string`: a 4-byte big-endian length, then the bytes. Tests build hostile blobs with it.
+#[cfg(test)]
+pub(crate) fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
     let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(bytes);
@@ -565,7 +584,9 @@ fn quote(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::STANDARD;
     use ed25519_dalek::{Signer, SigningKey};
+    use sha2::Sha512;
     use std::path::{Path, PathBuf};
     use std::process::{Command, Stdio};
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -732,6 +753,18 @@ mod tests {
 
         assert_eq!(verify(&armored, NAMESPACE, MESSAGE, &key), Ok(()));
         assert_eq!(signer_of(&armored), Ok(key.clone()));
+
+        // ssh-key reads ssh-keygen's key and signature to the same values as this module.
+        let theirs = ssh_key::SshSig::from_pem(&armored).expect("ssh-key reads the signature");
+        assert_eq!(theirs.public_key(), &key.key_data());
+        assert_eq!(theirs.namespace(), NAMESPACE);
+        let blob = dearmor(&armored).expect("dearmor");
+        let ours = ParsedSig::parse(&blob).expect("parse");
+        assert_eq!(Some(theirs.hash_alg().as_str().as_bytes()), Some(ours.hash_alg));
+        assert_eq!(Vec::<u8>::try_from(theirs.signature().clone()).ok().as_deref(), Some(ours.signature));
+        let their_key = ssh_key::PublicKey::from_openssh(dir.read("key.pub").trim()).expect("ssh-key reads key.pub");
+        assert_eq!(their_key.key_data(), &key.key_data());
+        assert_eq!(format!("{} {}", key.to_line(), their_key.comment()), dir.read("key.pub").trim());
 
         let err = verify(&armored, "synod-approval@v1", MESSAGE, &key).expect_err("wrong namespace");
         assert!(matches!(err, SshSigError::WrongNamespace { .. }), "{err:?}");
@@ -1009,6 +1042,62 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn sshsig_non_canonical_and_foreign_blobs_are_refused() {
+        // Proves key blobs ssh-key 0.6 would still decode (a key field that swallows the application) and
+        // signatures by other key types are refused, with the type named, in lines and in signatures alike.
+        let signer = signing_key(8);
+        let key = sk_key(&signer);
+        let mut swallowing = Vec::new();
+        put_string(&mut swallowing, SK_SSH_ED25519.as_bytes());
+        let mut field = signer.verifying_key().to_bytes().to_vec();
+        put_string(&mut field, b"ssh:");
+        put_string(&mut swallowing, &field);
+        let line = format!("{SK_SSH_ED25519} {}", STANDARD.encode(&swallowing));
+        assert!(matches!(SshPublicKey::parse(&line), Err(SshSigError::InvalidKey(_))), "{line}");
+        let sig = sk_blob(&signer, 0x01, 7, 7, MESSAGE);
+        let sig_field = ParsedSig::parse(&sig).expect("parse").signature.to_vec();
+        let mut forged = MAGIC.to_vec();
+        forged.extend_from_slice(&SIG_VERSION.to_be_bytes());
+        put_string(&mut forged, &swallowing);
+        for field in [NAMESPACE.as_bytes(), b"", b"sha512", &sig_field] {
+            put_string(&mut forged, field);
+        }
+        assert!(matches!(signer_of(&armor(&forged)), Err(SshSigError::InvalidKey(_))));
+        assert!(matches!(verify(&armor(&forged), NAMESPACE, MESSAGE, &key), Err(SshSigError::InvalidKey(_))));
+
+        // A signature whose embedded key is ECDSA names the type.
+        let mut ecdsa = Vec::new();
+        put_string(&mut ecdsa, b"ecdsa-sha2-nistp256");
+        put_string(&mut ecdsa, b"nistp256");
+        put_string(&mut ecdsa, &[4; 65]);
+        let mut foreign = MAGIC.to_vec();
+        foreign.extend_from_slice(&SIG_VERSION.to_be_bytes());
+        put_string(&mut foreign, &ecdsa);
+        for field in [NAMESPACE.as_bytes(), b"", b"sha512", &sig_field] {
+            put_string(&mut foreign, field);
+        }
+        let err = signer_of(&armor(&foreign)).expect_err("ecdsa refused");
+        assert_eq!(err, SshSigError::UnsupportedKeyType("\"ecdsa-sha2-nistp256\"".into()));
+        assert!(err.to_string().contains("only Ed25519 keys are accepted"), "{err}");
+
+        // An sk signature cut before its counter, and an empty namespace.
+        let mut cut = sig_field[..sig_field.len() - 2].to_vec();
+        let cut_sig = sshsig_blob(SIG_VERSION, &key, NAMESPACE, b"", "sha512", &cut);
+        assert_eq!(
+            verify(&armor(&cut_sig), NAMESPACE, MESSAGE, &key),
+            Err(SshSigError::Truncated { blob: "inner signature", field: "counter" })
+        );
+        cut.truncate(cut.len() - 3);
+        let cut_sig = sshsig_blob(SIG_VERSION, &key, NAMESPACE, b"", "sha512", &cut);
+        assert_eq!(
+            verify(&armor(&cut_sig), NAMESPACE, MESSAGE, &key),
+            Err(SshSigError::Truncated { blob: "inner signature", field: "flags" })
+        );
+        let unnamed = sshsig_blob(SIG_VERSION, &key, "", b"", "sha512", &sig_field);
+        assert_eq!(verify(&armor(&unnamed), "", MESSAGE, &key), Err(SshSigError::EmptyNamespace));
     }
 
     #[test]
