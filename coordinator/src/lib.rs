@@ -9,8 +9,14 @@
 //! Every failed session excludes at least one signer, so a request needs at
 //! most `n − t + 1` sessions ([`sessions_max`]).
 //!
+//! [`leader`] is the leader's signing desk around it: the sessions of every
+//! pending request, pools of preprocessed commitments, round-2 outboxes,
+//! culprit bans and batched outcomes. It reaches its node through the narrow
+//! [`leader::Context`] trait, which the node and the simulator implement.
+//!
 //! The coordinator holds no secret: by its dependency list (proto, FROST's
-//! public types, futures) it can never touch a share, a nonce or the KEK. The
+//! public types, futures, tokio's timers and channels; checked by
+//! `scripts/check-layers`) it can never touch a share, a nonce or the KEK. The
 //! signers decide for themselves whether to release a share; a coordinator
 //! that lies gets refusals, not signatures. Calls to signers go through the
 //! [`Signers`] trait, so the node wires the real transport and tests wire a
@@ -18,6 +24,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod leader;
 mod session;
+mod ticket;
 
+pub use leader::{Context, Leader, RequestToSign};
 pub use session::{run, sessions_max, CallError, Failure, Job, Signed, Signers};
+pub use ticket::Ticket;

@@ -13,6 +13,8 @@ use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use synod_proto::NodeId;
 
+use crate::Ticket;
+
 /// Why a call to a signer did not give what was asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CallError {
@@ -38,14 +40,14 @@ impl std::fmt::Display for CallError {
 /// a timeout, so a silent signer costs at most that long.
 pub trait Signers: Sync {
     /// Round 1: nonce commitments `node` made for this job's key and has not
-    /// used, with the ticket that redeems them in [`Signers::share`] (it names
-    /// the signer's nonce slot and incarnation; the coordinator does not read it).
+    /// used, with the ticket that redeems them in [`Signers::share`] (the
+    /// signer's nonce slot and incarnation).
     /// Preprocessed commitments answer at once; the first may need a call.
-    fn commitments<'a>(&'a self, node: NodeId) -> BoxFuture<'a, Result<(SigningCommitments, String), CallError>>;
+    fn commitments<'a>(&'a self, node: NodeId) -> BoxFuture<'a, Result<(SigningCommitments, Ticket), CallError>>;
 
     /// Commitments that went into no signing package (more signers answered
     /// than a session needs): they may serve another one.
-    fn unused(&self, node: NodeId, commitments: SigningCommitments, ticket: String);
+    fn unused(&self, node: NodeId, commitments: SigningCommitments, ticket: Ticket);
 
     /// Round 2: `node`'s signature share for this signing package, given
     /// parsed and serialised (serialising compresses every point, so it is
@@ -54,7 +56,7 @@ pub trait Signers: Sync {
         &'a self,
         node: NodeId,
         request_id: &'a str,
-        ticket: &'a str,
+        ticket: &'a Ticket,
         package: &'a SigningPackage,
         serialized: &'a [u8],
     ) -> BoxFuture<'a, Result<SignatureShare, CallError>>;
@@ -131,7 +133,7 @@ pub async fn run(job: Job<'_>, signers: &impl Signers) -> Result<Signed, Failure
         let request_id = job.request_id;
         let mut asks: FuturesUnordered<_> =
             candidates.iter().map(|&node| async move { (node, signers.commitments(node).await) }).collect();
-        let mut answered: BTreeMap<NodeId, (SigningCommitments, String)> = BTreeMap::new();
+        let mut answered: BTreeMap<NodeId, (SigningCommitments, Ticket)> = BTreeMap::new();
         while let Some((node, result)) = asks.next().await {
             match result {
                 Ok(answer) => {
@@ -222,7 +224,7 @@ pub async fn run(job: Job<'_>, signers: &impl Signers) -> Result<Signed, Failure
 
 fn finish(
     signature: Signature,
-    answered: &BTreeMap<NodeId, (SigningCommitments, String)>,
+    answered: &BTreeMap<NodeId, (SigningCommitments, Ticket)>,
     culprits: &BTreeSet<NodeId>,
     sessions: u32,
 ) -> Signed {

@@ -246,7 +246,7 @@ async fn keys_share(
     let body = body.map_err(|e| Failure(ApiError::bad_request(format!("cannot read the request body: {e}"))))?;
     let share: ImportShare = serde_json::from_slice(&body)
         .map_err(|_| Failure(ApiError::bad_request("request body is not an import share; use `synod key import`")))?;
-    crate::dkg::import_share(&node, &share.key_id, &share.share).await?;
+    crate::dkg::import_share(&*node, &share.key_id, &share.share).await?;
     Ok(Json(serde_json::json!({ "node_id": node.id, "sealed": true })).into_response())
 }
 

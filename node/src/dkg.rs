@@ -10,19 +10,43 @@
 //! before the node confirms, so an active key always has every share at rest.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use frost::keys::dkg::{round1, round2};
 use frost::keys::{KeyPackage, SecretShare};
 use frost_ed25519 as frost;
+use futures::future::BoxFuture;
+use synod_proto::api::{ApiError, WriteResponse};
 use synod_proto::rpc::{PeerRequest, PeerResponse, SecretHex};
 use synod_proto::{Command, NodeId};
 use zeroize::Zeroizing;
 
-use crate::node::Node;
+use crate::raft::state_machine::SharedState;
+use crate::sealed::SealedStore;
+use crate::seams::Seams;
 use crate::signer::key_package_context;
 use crate::state::{frost_identifier, package_hash, KeyOrigin, KeyRecord, KeyStatus, DKG_TIMEOUT_MS};
+use crate::transport::PeerTransport;
+
+/// What key generation needs from the node it runs on. The node implements
+/// it; this module never names the node, so the two do not call each other in
+/// a circle.
+pub trait DkgHost: Send + Sync {
+    /// This node's id (= its FROST identifier).
+    fn id(&self) -> NodeId;
+    /// The applied state.
+    fn state(&self) -> &SharedState;
+    /// This node's clock, in ms since the epoch.
+    fn now_ms(&self) -> u64;
+    fn seams(&self) -> &Seams;
+    /// Round-2 packages go point to point over it.
+    fn transport(&self) -> &Arc<dyn PeerTransport>;
+    /// The new share is sealed into it before the node confirms.
+    fn sealed(&self) -> &Arc<SealedStore>;
+    /// Commits a command this node authors (round-1 packages, confirmations, aborts).
+    fn write_as_node(&self, command: Command) -> BoxFuture<'_, Result<WriteResponse, ApiError>>;
+}
 
 /// How long to wait before submitting a message again that has not shown up
 /// in the committed state (the write may have been lost with a leader).
@@ -74,7 +98,7 @@ enum Step {
 
 impl Dkg {
     /// Advances every generation this node takes part in by one step.
-    pub async fn tick(&self, node: &Node) {
+    pub async fn tick(&self, node: &dyn DkgHost) {
         let now = node.now_ms();
         let (keys, members) = {
             let applied = node.state().read();
@@ -82,14 +106,14 @@ impl Dkg {
                 .state
                 .keys
                 .values()
-                .filter(|k| k.status == KeyStatus::Generating && k.participants.contains(&node.id))
+                .filter(|k| k.status == KeyStatus::Generating && k.participants.contains(&node.id()))
                 .cloned()
                 .collect();
             (keys, applied.state.members.clone())
         };
         self.locals.lock().expect("dkg lock").retain(|id, _| keys.iter().any(|k| &k.id == id));
         for key in keys {
-            let steps = self.plan(node.id, &key, now, &node.seams().rng);
+            let steps = self.plan(node.id(), &key, now, &node.seams().rng);
             for step in steps {
                 match step {
                     Step::Submit(command) => {
@@ -102,13 +126,13 @@ impl Dkg {
                         if let Err(e) = seal(node, &key, &key_package).await {
                             tracing::error!(key = %key.name, error = %e, "cannot seal the new key share");
                             let reason = format!("cannot seal its key share: {e}");
-                            let _ = node.write_as_node(abort(&key, node.id, reason, None)).await;
+                            let _ = node.write_as_node(abort(&key, node.id(), reason, None)).await;
                             continue;
                         }
-                        crate::faults::crash_point(node.id, crate::faults::DKG_AFTER_SEAL).await;
+                        crate::faults::crash_point(node.id(), crate::faults::DKG_AFTER_SEAL).await;
                         let confirm = Command::KeyConfirm {
                             key_id: key.id.clone(),
-                            node_id: node.id,
+                            node_id: node.id(),
                             group_key: group.clone(),
                             public_key_package_sha256: hash.clone(),
                         };
@@ -286,14 +310,14 @@ impl Dkg {
     /// Sends round-2 packages to their recipients; delivered ones are not sent again.
     async fn deliver(
         &self,
-        node: &Node,
+        node: &dyn DkgHost,
         key: &KeyRecord,
         members: &BTreeMap<NodeId, synod_proto::NodeAddr>,
         packages: BTreeMap<NodeId, (String, round2::Package)>,
     ) {
         let calls = packages.into_iter().filter_map(|(to, (key_id, package))| {
             let addr = members.get(&to)?.raft_addr.clone();
-            let package = crate::faults::corrupt_dkg_package(node.id, package);
+            let package = crate::faults::corrupt_dkg_package(node.id(), package);
             let bytes = Zeroizing::new(package.serialize().ok()?);
             let request = PeerRequest::DkgRound2 { key_id, package: SecretHex::new(hex::encode(&*bytes)) };
             Some(async move { (to, node.transport().call(to, addr, request, DELIVERY_TIMEOUT).await) })
@@ -315,15 +339,21 @@ impl Dkg {
     }
 
     /// A round-2 package from participant `from` (authenticated by mutual TLS).
-    pub fn receive_round2(&self, node: &Node, from: NodeId, key_id: &str, package: &SecretHex) -> Result<(), String> {
+    pub fn receive_round2(
+        &self,
+        node: &dyn DkgHost,
+        from: NodeId,
+        key_id: &str,
+        package: &SecretHex,
+    ) -> Result<(), String> {
         {
             let applied = node.state().read();
             let key = applied.state.keys.get(key_id).ok_or(format!("key {key_id} is not in this node's state yet"))?;
             if key.status != KeyStatus::Generating {
                 return Err(format!("key {} is not generating", key.name));
             }
-            if !key.participants.contains(&from) || !key.participants.contains(&node.id) {
-                return Err(format!("node {from} and node {} are not both participants", node.id));
+            if !key.participants.contains(&from) || !key.participants.contains(&node.id()) {
+                return Err(format!("node {from} and node {} are not both participants", node.id()));
             }
         }
         let bytes = Zeroizing::new(hex::decode(package.expose()).map_err(|_| "round-2 package is not hex")?);
@@ -338,29 +368,28 @@ impl Dkg {
 
 /// An imported share sent by the operator's CLI: verified against the
 /// committed public key package, sealed, then confirmed in the log.
-pub async fn import_share(node: &Node, key_id: &str, share: &SecretHex) -> Result<(), synod_proto::api::ApiError> {
-    use synod_proto::api::ApiError;
+pub async fn import_share(node: &dyn DkgHost, key_id: &str, share: &SecretHex) -> Result<(), ApiError> {
     let key = {
         let applied = node.state().read();
         let key = applied.state.keys.get(key_id).ok_or(ApiError::new(404, format!("no key with id {key_id}")))?;
         if key.origin != KeyOrigin::Imported || key.status != KeyStatus::Generating {
             return Err(ApiError::new(409, format!("key {} is not waiting for imported shares", key.name)));
         }
-        if !key.participants.contains(&node.id) {
-            return Err(ApiError::new(400, format!("node {} is not a participant of key {}", node.id, key.name)));
+        if !key.participants.contains(&node.id()) {
+            return Err(ApiError::new(400, format!("node {} is not a participant of key {}", node.id(), key.name)));
         }
         key.clone()
     };
     let bytes = Zeroizing::new(hex::decode(share.expose()).map_err(|_| ApiError::bad_request("share is not hex"))?);
     let secret =
         SecretShare::deserialize(&bytes).map_err(|e| ApiError::bad_request(format!("share does not parse: {e}")))?;
-    if Some(*secret.identifier()) != frost_identifier(node.id) {
-        return Err(ApiError::bad_request(format!("this share is for another participant, not node {}", node.id)));
+    if Some(*secret.identifier()) != frost_identifier(node.id()) {
+        return Err(ApiError::bad_request(format!("this share is for another participant, not node {}", node.id())));
     }
     let key_package = KeyPackage::try_from(secret)
         .map_err(|e| ApiError::bad_request(format!("share does not verify against its commitment: {e}")))?;
     let public = key.public_keys().ok_or(ApiError::new(500, "the key's public package does not parse"))?;
-    let id = frost_identifier(node.id).expect("checked above");
+    let id = frost_identifier(node.id()).expect("checked above");
     if key_package.verifying_key() != public.verifying_key()
         || public.verifying_shares().get(&id) != Some(key_package.verifying_share())
     {
@@ -369,16 +398,16 @@ pub async fn import_share(node: &Node, key_id: &str, share: &SecretHex) -> Resul
     seal(node, &key, &key_package).await.map_err(|e| ApiError::new(500, format!("cannot seal the share: {e}")))?;
     let confirm = Command::KeyConfirm {
         key_id: key.id.clone(),
-        node_id: node.id,
+        node_id: node.id(),
         group_key: key.group_key.clone().unwrap_or_default(),
         public_key_package_sha256: package_hash(key.public_key_package.as_deref().unwrap_or_default()),
     };
     node.write_as_node(confirm).await.map(|_| ())
 }
 
-async fn seal(node: &Node, key: &KeyRecord, key_package: &KeyPackage) -> Result<(), String> {
+async fn seal(node: &dyn DkgHost, key: &KeyRecord, key_package: &KeyPackage) -> Result<(), String> {
     let cluster_id = node.state().read().state.cluster_id.clone().unwrap_or_default();
-    let ctx = key_package_context(cluster_id, node.id, key);
+    let ctx = key_package_context(cluster_id, node.id(), key);
     let bytes = Zeroizing::new(key_package.serialize().map_err(|e| e.to_string())?);
     let sealed = node.sealed().clone();
     crate::seams::run_blocking(move || sealed.put(&ctx, &bytes))

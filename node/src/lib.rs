@@ -7,7 +7,6 @@
 
 pub mod api;
 pub mod config;
-pub mod coordinate;
 pub mod dkg;
 pub mod faults;
 pub mod files;

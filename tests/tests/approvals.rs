@@ -68,6 +68,13 @@ fn show(cluster: &Cluster, id: &str) -> Value {
     serde_json::from_str(&ok(&cluster.synod(3, &["request", "show", id, "-o", "json"]))).unwrap()
 }
 
+/// The request as node 3 sees it, or None while node 3 has not applied it yet
+/// (reads are local; the request was written through another node).
+fn try_show(cluster: &Cluster, id: &str) -> Option<Value> {
+    let out = cluster.synod(3, &["request", "show", id, "-o", "json"]);
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
 fn approve(
     cluster: &Cluster,
     keys: &std::collections::BTreeMap<&str, PathBuf>,
@@ -310,7 +317,7 @@ fn approvals_ssh_keygen_signature_counts_and_wrong_namespace_does_not() {
     let right = sign("synod-approval@v1");
     ok(&cluster.synod(1, &["approve", "s1", "--ssh-signature", right.to_str().unwrap()]));
     approve(&cluster, &keys, "alice", "s1").unwrap();
-    wait_for("the signature", Duration::from_secs(20), || (show(&cluster, "s1")["status"] == "signed").then_some(()));
+    wait_for("the signature", Duration::from_secs(20), || try_show(&cluster, "s1").filter(|v| v["status"] == "signed"));
     assert_eq!(show(&cluster, "s1")["approvals"], serde_json::json!(["erin", "alice"]));
 }
 
@@ -322,8 +329,7 @@ fn approvals_leader_that_skips_the_policy_gets_no_shares() {
     let (cluster, keys) = setup(Options { faults: Some("skip-policy".into()), ..Options::default() });
     request(&cluster, &keys, "sneaky", &["--environment", "prod", "--attr", "amount=1"]);
     let failed = wait_for("the request to fail", Duration::from_secs(30), || {
-        let v = show(&cluster, "sneaky");
-        (v["status"] == "failed").then_some(v)
+        try_show(&cluster, "sneaky").filter(|v| v["status"] == "failed")
     });
     assert!(failed["signature"].is_null());
     let error = failed["error"].as_str().unwrap();
@@ -339,7 +345,7 @@ fn audit_chain_is_identical_everywhere_and_tampering_is_caught() {
     request(&cluster, &keys, "a1", &["--environment", "prod", "--attr", "amount=1"]);
     approve(&cluster, &keys, "alice", "a1").unwrap();
     approve(&cluster, &keys, "bob", "a1").unwrap();
-    wait_for("the signature", Duration::from_secs(20), || (show(&cluster, "a1")["status"] == "signed").then_some(()));
+    wait_for("the signature", Duration::from_secs(20), || try_show(&cluster, "a1").filter(|v| v["status"] == "signed"));
     cluster.stop(3);
     for i in 0..5 {
         ok(&cluster.synod(1, &["kv", "put", &format!("k{i}"), "v"]));

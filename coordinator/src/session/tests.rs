@@ -26,12 +26,12 @@ struct FakeSigners {
     keys: BTreeMap<NodeId, KeyPackage>,
     behaviour: BTreeMap<NodeId, Behaviour>,
     /// Nonces by (node, ticket); taken on use, so a second use panics the test.
-    nonces: Mutex<BTreeMap<(NodeId, String), SigningNonces>>,
+    nonces: Mutex<BTreeMap<(NodeId, Ticket), SigningNonces>>,
     /// Commitments handed back as unused, per node, served again first.
-    returned: Mutex<BTreeMap<NodeId, Vec<(SigningCommitments, String)>>>,
+    returned: Mutex<BTreeMap<NodeId, Vec<(SigningCommitments, Ticket)>>>,
     tickets: Mutex<u64>,
     /// Tickets redeemed in round 2.
-    redeemed: Mutex<BTreeSet<String>>,
+    redeemed: Mutex<BTreeSet<Ticket>>,
 }
 
 impl FakeSigners {
@@ -60,7 +60,7 @@ impl FakeSigners {
 }
 
 impl Signers for FakeSigners {
-    fn commitments<'a>(&'a self, node: NodeId) -> BoxFuture<'a, Result<(SigningCommitments, String), CallError>> {
+    fn commitments<'a>(&'a self, node: NodeId) -> BoxFuture<'a, Result<(SigningCommitments, Ticket), CallError>> {
         async move {
             if self.behaviour(node) == Behaviour::Silent {
                 return Err(CallError::Unreachable("timed out".into()));
@@ -71,7 +71,7 @@ impl Signers for FakeSigners {
             let ticket = {
                 let mut n = self.tickets.lock().unwrap();
                 *n += 1;
-                format!("slot-{n}")
+                Ticket { incarnation: "fake".into(), slot: *n }
             };
             let (nonces, commitments) = frost::round1::commit(self.keys[&node].signing_share(), &mut OsRng);
             self.nonces.lock().unwrap().insert((node, ticket.clone()), nonces);
@@ -80,7 +80,7 @@ impl Signers for FakeSigners {
         .boxed()
     }
 
-    fn unused(&self, node: NodeId, commitments: SigningCommitments, ticket: String) {
+    fn unused(&self, node: NodeId, commitments: SigningCommitments, ticket: Ticket) {
         self.returned.lock().unwrap().entry(node).or_default().push((commitments, ticket));
     }
 
@@ -88,14 +88,13 @@ impl Signers for FakeSigners {
         &'a self,
         node: NodeId,
         _request_id: &'a str,
-        ticket: &'a str,
+        ticket: &'a Ticket,
         package: &'a SigningPackage,
         serialized: &'a [u8],
     ) -> BoxFuture<'a, Result<SignatureShare, CallError>> {
         async move {
-            let nonces =
-                self.nonces.lock().unwrap().remove(&(node, ticket.to_string())).expect("nonce used at most once");
-            assert!(self.redeemed.lock().unwrap().insert(ticket.to_string()));
+            let nonces = self.nonces.lock().unwrap().remove(&(node, ticket.clone())).expect("nonce used at most once");
+            assert!(self.redeemed.lock().unwrap().insert(ticket.clone()));
             assert_eq!(serialized, package.serialize().unwrap(), "the package is sent as serialised");
             let share = frost::round2::sign(package, &nonces, &self.keys[&node]).unwrap();
             if self.behaviour(node) == Behaviour::CorruptShare {

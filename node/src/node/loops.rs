@@ -1,0 +1,181 @@
+//! The node's background tasks: on the leader, membership reconciliation,
+//! signing coordination and audit checkpoints; on every node, its DKG steps,
+//! nonce clean-up and breaking election ties.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ServerState;
+use synod_proto::{NodeAddr, NodeId};
+
+use super::{Node, KEYS_TICK};
+use crate::config::RaftTuning;
+
+/// How often the leader checkpoints the audit chain (when it has grown).
+const CHECKPOINT_EVERY_MS: u64 = 60_000;
+
+/// How often the leader reconciles Raft membership with the signed registry.
+const RECONCILE_EVERY: Duration = Duration::from_millis(500);
+/// A learner is promoted to voter once it is this close to the leader's log.
+const PROMOTE_LAG_ENTRIES_MAX: u64 = 64;
+
+impl Node {
+    /// On the leader, every [`CHECKPOINT_EVERY_MS`], asks for a checkpoint of the
+    /// audit chain when it has grown beyond the last checkpoint (and its result).
+    fn maybe_checkpoint(self: &Arc<Self>) {
+        let now = self.now_ms();
+        {
+            let mut last = self.last_checkpoint_ms.lock().expect("checkpoint lock");
+            if now.saturating_sub(*last) < CHECKPOINT_EVERY_MS {
+                return;
+            }
+            *last = now;
+        }
+        let due = {
+            let applied = self.shared.read();
+            let state = &applied.state;
+            let audit_key = state.key_by_name(synod_proto::authz::AUDIT_KEY_NAME);
+            let last_seq = state
+                .requests
+                .keys()
+                .filter_map(|id| id.strip_prefix("checkpoint-").and_then(|n| n.parse::<u64>().ok()))
+                .max()
+                .unwrap_or(0);
+            // The checkpoint's own entry and its result add two records; they alone need no new checkpoint.
+            audit_key.is_some_and(|k| k.status == crate::state::KeyStatus::Active)
+                && state.audit_head.seq > last_seq + 2
+        };
+        if due {
+            let node = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = node.checkpoint().await {
+                    tracing::info!(error = %e, "audit checkpoint not committed; will retry");
+                }
+            });
+        }
+    }
+}
+
+/// How many terms in a row a node may stand as candidate before it pauses.
+const CANDIDATE_TERMS_MAX: u64 = 3;
+
+/// Breaks election ties that would otherwise repeat forever. openraft 0.9 draws
+/// a node's election timeout once per boot and checks it on a coarse tick, so
+/// two candidates with the same timeout and phase split the vote term after
+/// term (the simulator found it once in 1,000 chaos seeds, with a node that
+/// started on an empty disk withholding its vote). A node that has stood as
+/// candidate for several terms without a leader pauses its own elections for
+/// a random fraction of the election timeout (from the node's RNG seam), which
+/// shifts its phase.
+pub(super) async fn break_election_ties(node: std::sync::Weak<Node>, tuning: RaftTuning) {
+    let mut streak_start: Option<u64> = None;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(tuning.heartbeat_ms)).await;
+        let Some(node) = node.upgrade() else { return };
+        let m = node.raft.metrics().borrow().clone();
+        if m.state != ServerState::Candidate || m.current_leader.is_some() {
+            streak_start = None;
+            continue;
+        }
+        let start = *streak_start.get_or_insert(m.current_term);
+        if m.current_term.saturating_sub(start) < CANDIDATE_TERMS_MAX {
+            continue;
+        }
+        streak_start = None;
+        let pause_ms = {
+            let mut rng = node.seams.rng.lock().expect("rng lock");
+            rand_core::RngCore::next_u64(&mut *rng) % tuning.election_timeout_max_ms
+        };
+        tracing::info!(
+            term = m.current_term,
+            pause_ms,
+            "split votes for several terms; pausing elections to break the tie"
+        );
+        node.raft.runtime_config().elect(false);
+        tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+        node.raft.runtime_config().elect(true);
+    }
+}
+
+/// Drives keys and signing: this node's DKG steps, and on the leader a
+/// coordinator for every pending request, plus clean-up of finished requests'
+/// nonces. DKG steps wait for writes, so they run in their own loop.
+pub(super) async fn keys_and_signing(weak: std::sync::Weak<Node>) {
+    let dkg_weak = weak.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(KEYS_TICK).await;
+            let Some(node) = dkg_weak.upgrade() else { return };
+            node.dkg.tick(&*node).await;
+        }
+    });
+    let mut applied = match weak.upgrade() {
+        Some(node) => node.shared.subscribe(),
+        None => return,
+    };
+    loop {
+        // React to newly applied entries at once; the tick retries what is still open.
+        tokio::select! {
+            _ = applied.changed() => {}
+            _ = tokio::time::sleep(KEYS_TICK) => {}
+        }
+        let Some(node) = weak.upgrade() else { return };
+        node.signer.forget_finished();
+        if node.raft.metrics().borrow().state == ServerState::Leader {
+            node.leader.start_pending();
+            node.maybe_checkpoint();
+        }
+    }
+}
+
+/// On the leader, brings Raft's membership in line with the signed registry:
+/// registry members join as learners and are promoted once caught up; voters
+/// the registry no longer names are removed. Only the registry grants
+/// membership, so a leader cannot add a node without an admin's signature.
+pub(super) async fn reconcile_membership(node: std::sync::Weak<Node>) {
+    loop {
+        tokio::time::sleep(RECONCILE_EVERY).await;
+        let Some(node) = node.upgrade() else { return };
+        if let Err(e) = reconcile_once(&node).await {
+            tracing::warn!(error = %e, "membership change did not complete; will retry");
+        }
+    }
+}
+
+async fn reconcile_once(node: &Node) -> anyhow::Result<()> {
+    let m = node.raft.metrics().borrow().clone();
+    if m.state != ServerState::Leader {
+        return Ok(());
+    }
+    let registry: BTreeMap<NodeId, NodeAddr> = {
+        let applied = node.shared.read();
+        if applied.state.cluster_id.is_none() {
+            return Ok(());
+        }
+        applied.state.members.clone()
+    };
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let known: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+    let wanted: BTreeSet<NodeId> = registry.keys().copied().collect();
+    if voters == wanted {
+        return Ok(());
+    }
+    for id in wanted.difference(&known) {
+        tracing::info!(node = id, "adding authorised member as a learner");
+        node.raft.add_learner(*id, registry[id].clone(), false).await?;
+    }
+    let last = m.last_log_index.unwrap_or(0);
+    let caught_up = |id: &NodeId| {
+        let matched = m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map_or(0, |l| l.index);
+        last.saturating_sub(matched) <= PROMOTE_LAG_ENTRIES_MAX
+    };
+    let ready: BTreeSet<NodeId> =
+        wanted.iter().copied().filter(|id| voters.contains(id) || (known.contains(id) && caught_up(id))).collect();
+    if ready != voters && !ready.is_empty() {
+        tracing::info!(?voters, ?ready, "changing voters to match the signed registry");
+        node.raft.change_membership(ready, false).await?;
+    }
+    Ok(())
+}

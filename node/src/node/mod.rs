@@ -1,0 +1,287 @@
+//! A running node: Raft, the state machine, the peer transport and the write
+//! path, assembled from seams so the simulator can build the same thing.
+//!
+//! The rooms: this file builds the node and answers reads (health, status);
+//! `write` is the write path (checks, proposing, forwarding); `peer` answers
+//! other nodes; `vote` is the gate that keeps a node on an empty disk from
+//! voting; `loops` are the background tasks (membership, election ties, keys
+//! and signing, checkpoints); `leader` hands the coordinator crate its
+//! narrow context; `dkg_host` does the same for this node's key generation.
+
+mod dkg_host;
+mod leader;
+mod loops;
+mod peer;
+mod vote;
+mod write;
+
+use loops::{break_election_ties, keys_and_signing, reconcile_membership};
+pub use peer::NodeHandler;
+use vote::CatchUp;
+use write::RefusalBudget;
+pub use write::REFUSALS_PER_MINUTE_MAX;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ServerState;
+use synod_coordinator::Leader;
+use synod_proto::api::{Health, MemberStatus, Status};
+use synod_proto::NodeId;
+
+use crate::config::RaftTuning;
+use crate::dkg::Dkg;
+use crate::pki::NodeIdentity;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::Network;
+use crate::raft::state_machine::{SharedState, StateMachine};
+use crate::raft::Raft;
+use crate::sealed::SealedStore;
+use crate::seams::Seams;
+use crate::signer::Signer;
+use crate::store::Store;
+use crate::transport::PeerTransport;
+
+/// Everything a node is built from.
+pub struct NodeParts {
+    pub id: NodeId,
+    pub store: Arc<dyn Store>,
+    pub transport: Arc<dyn PeerTransport>,
+    /// Secrets at rest, sealed under the node's KEK.
+    pub sealed: Arc<SealedStore>,
+    /// The node's certificate and key, which sign the commands it authors.
+    pub identity: Arc<NodeIdentity>,
+    pub seams: Seams,
+    pub tuning: RaftTuning,
+}
+
+/// How long a node-authored command stays valid.
+const NODE_COMMAND_TTL_MS: u64 = 5 * 60 * 1000;
+/// How often the key and signing loop runs (DKG steps, coordination, nonce clean-up).
+const KEYS_TICK: Duration = Duration::from_millis(20);
+
+/// A running node.
+pub struct Node {
+    pub id: NodeId,
+    pub raft: Raft,
+    shared: SharedState,
+    transport: Arc<dyn PeerTransport>,
+    sealed: Arc<SealedStore>,
+    seams: Seams,
+    /// Random per boot; later issues tag nonces with it so none survive a restart.
+    pub incarnation: String,
+    /// Set while this node started on an empty disk and has not yet caught up.
+    catch_up: std::sync::Mutex<CatchUp>,
+    identity: Arc<NodeIdentity>,
+    /// The node's store (the audit records live in it).
+    store: Arc<dyn Store>,
+    /// When this node last considered an audit checkpoint (its clock, ms).
+    last_checkpoint_ms: std::sync::Mutex<u64>,
+    /// Bounds how many commands this node lets into the log knowing they will be refused.
+    refusals: RefusalBudget,
+    signer: Signer,
+    dkg: Dkg,
+    /// The leader's signing (pools, outboxes, sessions); works only while this node leads.
+    leader: Arc<Leader<leader::NodeContext>>,
+    /// When each peer last answered this node's Raft calls.
+    peer_health: Arc<crate::raft::network::PeerHealth>,
+    /// A peer silent for this long is taken to be down (several heartbeats).
+    silent_limit: std::time::Duration,
+}
+
+impl Node {
+    /// Builds the Raft instance over the given seams. Does not start serving peers.
+    pub async fn start(parts: NodeParts) -> anyhow::Result<Arc<Node>> {
+        let t = &parts.tuning;
+        let config = openraft::Config {
+            cluster_name: "synod".into(),
+            heartbeat_interval: t.heartbeat_ms,
+            election_timeout_min: t.election_timeout_min_ms,
+            election_timeout_max: t.election_timeout_max_ms,
+            max_payload_entries: synod_proto::rpc::APPEND_ENTRIES_MAX,
+            snapshot_max_chunk_size: synod_proto::rpc::SNAPSHOT_CHUNK_BYTES,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: t.logs_kept_after_snapshot,
+            purge_batch_size: 1,
+            ..Default::default()
+        };
+        let config = Arc::new(config.validate()?);
+        let (state_machine, shared) = StateMachine::open(parts.store.clone(), parts.id)?;
+        let mut log_store = LogStore::new(parts.store.clone());
+        let empty_disk = {
+            use openraft::storage::RaftLogStorage;
+            let vote = log_store.read_vote().await?;
+            let log = log_store.get_log_state().await?;
+            vote.is_none() && log.last_log_id.is_none() && shared.read().last_applied.is_none()
+        };
+        let catch_up = if empty_disk { CatchUp::AwaitingLeader } else { CatchUp::NotNeeded };
+        let peer_health = Arc::new(crate::raft::network::PeerHealth::default());
+        let network = Network::new(parts.transport.clone(), peer_health.clone());
+        let raft = Raft::new(parts.id, config, network, log_store, state_machine).await?;
+        let incarnation = parts.seams.random_id();
+        if parts.identity.id != parts.id {
+            anyhow::bail!("the node certificate names node {}, but this is node {}", parts.identity.id, parts.id);
+        }
+        let signer = Signer::new(
+            parts.id,
+            incarnation.clone(),
+            shared.clone(),
+            parts.sealed.clone(),
+            parts.store.clone(),
+            parts.seams.rng.clone(),
+        );
+        let id = parts.id;
+        let node = Arc::new_cyclic(|weak| Node {
+            id: parts.id,
+            raft,
+            shared,
+            transport: parts.transport,
+            sealed: parts.sealed,
+            seams: parts.seams,
+            incarnation,
+            catch_up: std::sync::Mutex::new(catch_up),
+            identity: parts.identity,
+            store: parts.store.clone(),
+            last_checkpoint_ms: std::sync::Mutex::new(0),
+            refusals: RefusalBudget::default(),
+            signer,
+            dkg: Dkg::default(),
+            leader: Arc::new(Leader::new(leader::NodeContext { id, node: weak.clone() })),
+            peer_health,
+            silent_limit: std::time::Duration::from_millis(parts.tuning.heartbeat_ms * SILENT_HEARTBEATS),
+        });
+        tokio::spawn(reconcile_membership(Arc::downgrade(&node)));
+        tokio::spawn(keys_and_signing(Arc::downgrade(&node)));
+        tokio::spawn(break_election_ties(Arc::downgrade(&node), parts.tuning.clone()));
+        Ok(node)
+    }
+
+    /// The applied state, for reads.
+    pub fn state(&self) -> &SharedState {
+        &self.shared
+    }
+
+    /// This node's clock (the seam), in ms since the epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.seams.clock.now_ms()
+    }
+
+    pub fn seams(&self) -> &Seams {
+        &self.seams
+    }
+
+    pub fn transport(&self) -> &Arc<dyn PeerTransport> {
+        &self.transport
+    }
+
+    pub fn sealed(&self) -> &Arc<SealedStore> {
+        &self.sealed
+    }
+
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
+    pub fn leader(&self) -> &Arc<Leader<leader::NodeContext>> {
+        &self.leader
+    }
+
+    /// Whether `peer` has left this node's Raft calls (heartbeats included)
+    /// unanswered for [`SILENT_HEARTBEATS`] heartbeat intervals.
+    pub fn likely_down(&self, peer: NodeId) -> bool {
+        peer != self.id && self.peer_health.silent_for(peer) > self.silent_limit
+    }
+
+    /// Audit records `from..` (at most `limit`) from this node's store.
+    pub async fn audit_records(&self, from: u64, limit: usize) -> std::io::Result<Vec<crate::state::AuditRecord>> {
+        let store = self.store.clone();
+        crate::seams::run_blocking(move || crate::raft::state_machine::read_audit(&*store, from, limit))
+            .await?
+            .map_err(std::io::Error::other)
+    }
+
+    /// The role name for health and status.
+    fn role(state: ServerState) -> &'static str {
+        match state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        }
+    }
+
+    /// `GET /v1/sys/health` and its HTTP status code.
+    pub fn health(&self, standby_ok: bool) -> (u16, Health) {
+        let m = self.raft.metrics().borrow().clone();
+        let applied = self.shared.read();
+        let initialized = applied.state.cluster_id.is_some();
+        let health = Health {
+            node_id: self.id,
+            initialized,
+            role: Self::role(m.state).into(),
+            leader_id: m.current_leader,
+            term: m.current_term,
+            members: m.membership_config.membership().voter_ids().collect(),
+            last_applied_index: m.last_applied.map(|l| l.index),
+            cluster_id: applied.state.cluster_id.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            kek_backend: self.sealed.kek().backend().into(),
+        };
+        let code = match (initialized, m.state, m.current_leader) {
+            (false, _, _) => 501,
+            (true, ServerState::Leader, _) => 200,
+            (true, _, Some(_)) if standby_ok => 200,
+            (true, _, Some(_)) => 429,
+            (true, _, None) => 503,
+        };
+        (code, health)
+    }
+
+    /// `GET /v1/sys/status`.
+    pub fn status(&self) -> Status {
+        let m = self.raft.metrics().borrow().clone();
+        let applied = self.shared.read();
+        let state = &applied.state;
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, addr)| MemberStatus {
+                node_id: *id,
+                addr: addr.clone(),
+                voter: voters.contains(id),
+                authorized: state.members.contains_key(id) || state.cluster_id.is_none(),
+                matched_index: m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index),
+            })
+            .collect();
+        Status {
+            node_id: self.id,
+            cluster_id: state.cluster_id.clone(),
+            role: Self::role(m.state).into(),
+            leader_id: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            members,
+            admins: state.admins.iter().copied().collect(),
+            applied_commands: state.applied_commands,
+            rejected_commands: state.rejected_commands,
+            recent_rejections: state.recent_rejections.iter().cloned().collect(),
+            unauthorized_membership_entries: state.unauthorized_membership_entries,
+            kek: self.sealed.kek().describe(),
+            incarnation: self.incarnation.clone(),
+        }
+    }
+
+    /// Stops Raft.
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+/// Heartbeat intervals without an answer after which a peer is taken to be down.
+pub const SILENT_HEARTBEATS: u64 = 5;

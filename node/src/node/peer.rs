@@ -1,0 +1,88 @@
+//! Answers other nodes' calls: Raft's RPCs (through the vote gate), pings,
+//! forwarded writes, DKG round-2 packages and the signer's preprocessing and
+//! share calls.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use synod_proto::rpc::{PeerRequest, PeerResponse};
+use synod_proto::NodeId;
+
+use super::Node;
+use crate::faults;
+use crate::transport::PeerHandler;
+
+impl Node {
+    /// Whether `peer` may speak to this node: a member of the signed registry,
+    /// or, before genesis has been applied here, of Raft's bootstrap membership.
+    pub fn is_member(&self, peer: NodeId) -> bool {
+        let applied = self.shared.read();
+        if applied.state.cluster_id.is_some() {
+            return applied.state.members.contains_key(&peer);
+        }
+        let membership = applied.last_membership.membership();
+        let bootstrap = membership.nodes().next().is_none();
+        // An uninitialised node accepts any node certified by the cluster CA, so
+        // that it can be initialised or join; it holds nothing worth protecting yet.
+        bootstrap || membership.nodes().any(|(id, _)| *id == peer)
+    }
+}
+
+/// Serves peers' calls on behalf of a node.
+pub struct NodeHandler(pub Arc<Node>);
+
+impl PeerHandler for NodeHandler {
+    fn is_authorized(&self, peer: NodeId) -> bool {
+        self.0.is_member(peer)
+    }
+
+    fn handle(&self, from: NodeId, request: PeerRequest) -> BoxFuture<'static, PeerResponse> {
+        let node = self.0.clone();
+        async move {
+            match request {
+                PeerRequest::AppendEntries(rpc) => {
+                    node.note_leader_commit(rpc.leader_commit.map(|l| l.index));
+                    PeerResponse::AppendEntries(node.raft.append_entries(rpc).await)
+                }
+                PeerRequest::Vote(rpc) => match node.refuse_vote(&rpc) {
+                    Some(refusal) => PeerResponse::Vote(Ok(refusal)),
+                    None => PeerResponse::Vote(node.raft.vote(rpc).await),
+                },
+                PeerRequest::InstallSnapshot(rpc) => {
+                    node.note_leader_commit(rpc.meta.last_log_id.map(|l| l.index));
+                    PeerResponse::InstallSnapshot(node.raft.install_snapshot(rpc).await)
+                }
+                PeerRequest::Ping => {
+                    PeerResponse::Pong { node_id: node.id, cluster_id: node.shared.read().state.cluster_id.clone() }
+                }
+                PeerRequest::Forward(command) => {
+                    tracing::debug!(from, "write forwarded by a follower");
+                    PeerResponse::Forward(node.write_inner(command, false).await)
+                }
+                PeerRequest::DkgRound2 { key_id, package } => {
+                    PeerResponse::DkgRound2(node.dkg.receive_round2(&*node, from, &key_id, &package))
+                }
+                PeerRequest::SignPreprocess { key_id, count } => {
+                    let answer = node.signer.preprocess(&key_id, count, from).await;
+                    PeerResponse::SignPreprocess(answer.map(|batch| faults::wrong_commitments(node.id, batch)))
+                }
+                PeerRequest::SignShare { asks } if asks.len() > synod_proto::rpc::SHARE_ASKS_MAX => {
+                    PeerResponse::Refused(format!(
+                        "{} share asks in one call; at most {} are accepted",
+                        asks.len(),
+                        synod_proto::rpc::SHARE_ASKS_MAX
+                    ))
+                }
+                PeerRequest::SignShare { asks } => {
+                    let answers = node.signer.share_batch(&asks, from, false).await;
+                    if answers.iter().any(Result::is_ok) {
+                        faults::crash_point(node.id, faults::SIGNER_AFTER_SHARE).await;
+                    }
+                    PeerResponse::SignShare(answers)
+                }
+            }
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,389 @@
+//! The write path: the early check a node makes before proposing (every node
+//! checks again when it applies), proposing on the leader, forwarding from a
+//! follower, and the client operations built on it (sign, create key, init).
+
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use synod_proto::api::{ApiError, LeaderHint, RequestInfo, WriteResponse};
+use synod_proto::command::Authority;
+use synod_proto::rpc::{PeerRequest, PeerResponse};
+use synod_proto::{Command, LogEntry, NodeAddr, NodeId, SignedCommand};
+
+use super::{Node, NODE_COMMAND_TTL_MS};
+use crate::faults;
+
+/// How many refused commands a node lets into the log per minute (they are
+/// audited); more are answered with 429 and not logged, so a flood of forged
+/// input cannot grow the log without bound.
+pub const REFUSALS_PER_MINUTE_MAX: u32 = 60;
+
+/// A fixed-window counter of commands admitted that will be refused.
+#[derive(Default)]
+pub(super) struct RefusalBudget(std::sync::Mutex<(u64, u32)>);
+
+impl RefusalBudget {
+    /// Whether one more may be admitted at `now_ms`.
+    fn admit(&self, now_ms: u64) -> bool {
+        let mut window = self.0.lock().expect("refusal budget lock");
+        let minute = now_ms / 60_000;
+        if window.0 != minute {
+            *window = (minute, 0);
+        }
+        window.1 += 1;
+        window.1 <= REFUSALS_PER_MINUTE_MAX
+    }
+}
+
+/// How long a participant may take to answer the ping before a key generation.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a forwarded write may take at the leader.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the leader waits for its proposal to commit and apply. openraft
+/// answers a proposal when its index is applied or its entry is truncated
+/// away, but not when a snapshot from a newer leader replaces the entry: the
+/// deposed leader's caller would wait forever (found by the simulator: a DKG
+/// confirmation proposed just before its node lost leadership held the node's
+/// key generation loop, and the key never became active). Shorter than
+/// [`FORWARD_TIMEOUT`], so a forwarding node hears the leader's answer.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Node {
+    /// Commits a command this node authors (DKG messages, signing outcomes),
+    /// signed with its certificate key.
+    pub async fn write_as_node(&self, command: Command) -> Result<WriteResponse, ApiError> {
+        let cluster_id = self.shared.read().state.cluster_id.clone();
+        let cluster_id = cluster_id.ok_or_else(|| ApiError::new(412, "the cluster is not initialised"))?;
+        let now = self.now_ms();
+        let envelope = {
+            let mut rng = self.seams.rng.lock().expect("rng lock");
+            synod_proto::Envelope::new(cluster_id, command, now, NODE_COMMAND_TTL_MS, &mut *rng)
+        };
+        let response = self.write(self.identity.sign(&envelope)).await?;
+        if let synod_proto::Outcome::Rejected { reason } = &response.outcome {
+            return Err(ApiError::new(409, reason.clone()));
+        }
+        Ok(response)
+    }
+
+    /// Commits a signed command through Raft from any node: the leader proposes
+    /// it, a follower forwards it to the leader.
+    pub async fn write(&self, command: SignedCommand) -> Result<WriteResponse, ApiError> {
+        self.write_inner(command, true).await
+    }
+
+    pub(super) async fn write_inner(
+        &self,
+        command: SignedCommand,
+        may_forward: bool,
+    ) -> Result<WriteResponse, ApiError> {
+        if !faults::enabled(faults::SKIP_AUTHOR_CHECK) {
+            self.precheck(&command)?;
+        }
+        let entry = LogEntry { time_ms: self.seams.clock.now_ms(), command: command.clone() };
+        #[cfg(feature = "fault-injection")]
+        if faults::enabled(faults::ACK_BEFORE_COMMIT) {
+            if let Some(planted) = ack_before_commit(&self.raft, entry.clone()).await {
+                return planted;
+            }
+        }
+        let Ok(written) = tokio::time::timeout(COMMIT_TIMEOUT, self.raft.client_write(entry)).await else {
+            return Err(ApiError::unavailable(format!(
+                "the write was proposed but not committed within {} s (leadership may have changed); \
+                 it may still commit: send the same signed command again, which is applied at most once",
+                COMMIT_TIMEOUT.as_secs()
+            )));
+        };
+        match written {
+            Ok(resp) => {
+                faults::crash_point(self.id, faults::WRITE_AFTER_COMMIT).await;
+                Ok(WriteResponse { index: resp.log_id.index, outcome: resp.data })
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => {
+                let (Some(leader), Some(addr)) = (fwd.leader_id, fwd.leader_node) else {
+                    return Err(ApiError::unavailable("no leader is elected right now; retry in a moment"));
+                };
+                if !may_forward {
+                    return Err(not_leader(leader, &addr));
+                }
+                let response = self.forward(leader, addr, command).await?;
+                // Read your writes: what the leader applied is visible here before the answer.
+                self.wait_applied(response.index, tokio::time::Instant::now() + FORWARD_TIMEOUT).await;
+                Ok(response)
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ApiError::new(409, e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(ApiError::unavailable(format!("this node's Raft has stopped: {e}"))),
+        }
+    }
+
+    async fn forward(&self, leader: NodeId, addr: NodeAddr, command: SignedCommand) -> Result<WriteResponse, ApiError> {
+        let response = self
+            .transport
+            .call(leader, addr.raft_addr.clone(), PeerRequest::Forward(command), FORWARD_TIMEOUT)
+            .await
+            .map_err(|e| {
+                let mut err = ApiError::unavailable(format!("could not forward the write to leader {leader}: {e}"));
+                err.leader_hint = Some(LeaderHint { node_id: leader, api_addr: addr.api_addr.clone() });
+                err
+            })?;
+        match response {
+            PeerResponse::Forward(result) => result,
+            other => Err(ApiError::unavailable(format!("leader {leader} answered the forward with {other:?}"))),
+        }
+    }
+
+    /// `POST /v1/keys`: commits a create-key or import-key command. A DKG needs
+    /// every participant up, so for a new key each one is pinged first and the
+    /// error names any that does not answer.
+    pub async fn create_key(&self, command: SignedCommand) -> Result<WriteResponse, ApiError> {
+        let envelope = command.verify().map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let participants = match &envelope.command {
+            Command::CreateKey { participants, .. } => participants.clone(),
+            Command::ImportKey { .. } => Vec::new(),
+            other => {
+                return Err(ApiError::bad_request(format!("expected create_key or import_key, got {}", other.kind())))
+            }
+        };
+        let members = self.shared.read().state.members.clone();
+        let pings = participants.iter().filter(|p| **p != self.id).map(|&p| {
+            let addr = members.get(&p).map(|a| a.raft_addr.clone());
+            async move {
+                let Some(addr) = addr else { return Some((p, "not a member".to_string())) };
+                match self.transport.call(p, addr, PeerRequest::Ping, PING_TIMEOUT).await {
+                    Ok(PeerResponse::Pong { .. }) => None,
+                    Ok(other) => Some((p, format!("answered {other:?}"))),
+                    Err(e) => Some((p, e.to_string())),
+                }
+            }
+        });
+        let down: Vec<(NodeId, String)> = futures::future::join_all(pings).await.into_iter().flatten().collect();
+        if !down.is_empty() {
+            let detail: Vec<String> = down.iter().map(|(n, why)| format!("node {n}: {why}")).collect();
+            return Err(ApiError::unavailable(format!(
+                "key generation needs all {} participants up; not reachable: {}. Start them, or name other \
+                 participants with --participants",
+                participants.len(),
+                detail.join("; ")
+            )));
+        }
+        self.write(command).await
+    }
+
+    /// `POST /v1/sign`: commits a sign request (or finds the same one already
+    /// committed) and waits up to `wait` for its outcome.
+    pub async fn sign(&self, command: SignedCommand, wait: Duration) -> Result<RequestInfo, ApiError> {
+        let envelope = command.verify().map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let Command::SignRequest { request_id, .. } = &envelope.command else {
+            return Err(ApiError::bad_request(format!("expected sign_request, got {}", envelope.command.kind())));
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        // A request is idempotent by id, so a write whose answer was lost (a leader
+        // that died after committing it) is simply sent again.
+        let response = loop {
+            match self.write(command.clone()).await {
+                Ok(response) => break response,
+                Err(e) if e.status == 503 && tokio::time::Instant::now() < deadline => {
+                    tracing::info!(request_id, error = %e, "sign request not acknowledged; sending it again");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        if let synod_proto::Outcome::Rejected { reason } = response.outcome {
+            let status = if reason.contains("one request id, one message") { 409 } else { 403 };
+            return Err(ApiError::new(status, reason));
+        }
+        // `write` answers once this node has applied the request (see `write_inner`).
+        let info = self.shared.read().state.request_info(request_id);
+        if info.as_ref().is_some_and(|i| i.status == "awaiting_approval") {
+            return info.ok_or_else(|| ApiError::new(404, "request vanished"));
+        }
+        self.wait_request(request_id, deadline.saturating_duration_since(tokio::time::Instant::now())).await
+    }
+
+    /// Commits an audit checkpoint request; returns its request id.
+    pub async fn checkpoint(&self) -> Result<String, ApiError> {
+        let response = self.write_as_node(Command::AuditCheckpoint { node_id: self.id }).await?;
+        let synod_proto::Outcome::Applied { detail } = response.outcome else {
+            return Err(ApiError::new(500, "the checkpoint was not applied"));
+        };
+        Ok(detail.split([':', ' ']).next().unwrap_or_default().to_string())
+    }
+
+    /// Waits (until `deadline`) for this node to apply the entry at `index`, so
+    /// that what a forwarded write did is visible here too.
+    async fn wait_applied(&self, index: u64, deadline: tokio::time::Instant) {
+        let mut applied = self.shared.subscribe();
+        while self.shared.read().last_applied.is_none_or(|l| l.index < index) && tokio::time::Instant::now() < deadline
+        {
+            if let Ok(Err(_)) = tokio::time::timeout_at(deadline, applied.changed()).await {
+                tokio::time::sleep(Duration::from_millis(10)).await; // The state machine is gone.
+            }
+        }
+    }
+
+    /// Waits up to `wait` for a request to leave `pending` on this node.
+    pub async fn wait_request(&self, request_id: &str, wait: Duration) -> Result<RequestInfo, ApiError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut applied = self.shared.subscribe();
+        loop {
+            let info = self.shared.read().state.request_info(request_id);
+            let info = info.ok_or_else(|| ApiError::new(404, format!("no request {request_id} on this node")))?;
+            let open = info.status == "pending" || info.status == "awaiting_approval";
+            if !open || tokio::time::Instant::now() >= deadline {
+                return Ok(info);
+            }
+            if let Ok(Err(_)) = tokio::time::timeout_at(deadline, applied.changed()).await {
+                tokio::time::sleep(Duration::from_millis(10)).await; // The state machine is gone.
+            }
+        }
+    }
+
+    /// The leader's own early check; every node checks again when applying.
+    fn precheck(&self, command: &SignedCommand) -> Result<(), ApiError> {
+        let envelope = command.verify().map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let applied = self.shared.read();
+        let state = &applied.state;
+        match (&state.cluster_id, &envelope.command) {
+            (None, Command::Genesis { admins, .. }) if admins.contains(&command.author) => Ok(()),
+            (None, Command::Genesis { .. }) => {
+                Err(ApiError::new(403, "genesis must be signed by one of the admins it names"))
+            }
+            (None, _) => Err(ApiError::new(412, "the cluster is not initialised; run `synod cluster init` first")),
+            (Some(_), Command::Genesis { .. }) => Err(ApiError::new(409, "the cluster is already initialised")),
+            (Some(id), _) if *id != envelope.cluster_id => {
+                Err(ApiError::new(400, format!("command is for cluster {}, this is cluster {id}", envelope.cluster_id)))
+            }
+            (Some(_), cmd) => match cmd.authority() {
+                Authority::Genesis => Ok(()),
+                Authority::Admin if !state.admins.contains(&command.author) => {
+                    Err(ApiError::new(403, format!("operator {} is not an admin of this cluster", command.author)))
+                }
+                Authority::Requester if !state.has_role(&command.author, synod_proto::authz::Role::Requester) => {
+                    Err(ApiError::new(
+                        403,
+                        format!("operator {} may not request signatures in this cluster", command.author),
+                    ))
+                }
+                Authority::Node(_) if command.certificate.is_none() => {
+                    Err(ApiError::bad_request("a node-authored command must carry the node's certificate"))
+                }
+                Authority::Anyone => match cmd {
+                    // An approval that every node would refuse still goes into the log, so
+                    // its refusal is audited, but only at a bounded rate.
+                    Command::Approve { request_id, approver, signature } => {
+                        match state.check_approve(&command.author, request_id, approver, signature) {
+                            Ok(()) => Ok(()),
+                            Err(reason) if self.refusals.admit(self.now_ms()) => {
+                                tracing::info!(
+                                    request_id,
+                                    approver,
+                                    reason,
+                                    "committing an approval that will be refused, for the audit log"
+                                );
+                                Ok(())
+                            }
+                            Err(reason) => Err(ApiError::new(
+                                429,
+                                format!("{reason}; too many refused approvals recently, so this one is not logged"),
+                            )),
+                        }
+                    }
+                    _ => Ok(()),
+                },
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// `synod cluster init`: initialises Raft with the genesis members (if this
+    /// node is uninitialised) and commits the genesis command.
+    pub async fn init(&self, command: SignedCommand) -> Result<WriteResponse, ApiError> {
+        let envelope = command.verify().map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let Command::Genesis { members, ca_certificate, .. } = &envelope.command else {
+            return Err(ApiError::bad_request("init takes a genesis command"));
+        };
+        let ca = hex::decode(ca_certificate).map_err(|_| ApiError::bad_request("the CA certificate is not hex"))?;
+        crate::pki::verify_node_certificate(&ca, &self.identity.cert_der, self.now_ms()).map_err(|e| {
+            ApiError::bad_request(format!(
+                "genesis names a CA that did not issue this node's certificate ({e}); pass the cluster's ca.crt"
+            ))
+        })?;
+        let members = synod_proto::command::member_map(members);
+        if let Some(id) = &self.shared.read().state.cluster_id {
+            return Err(ApiError::new(409, format!("this node already belongs to cluster {id}")));
+        }
+        if !members.contains_key(&self.id) {
+            return Err(ApiError::bad_request(format!(
+                "genesis members {:?} do not include this node ({}); send init to one of them",
+                members.keys().collect::<Vec<_>>(),
+                self.id
+            )));
+        }
+        let initialized = self.raft.is_initialized().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+        if !initialized {
+            self.raft
+                .initialize(members.clone())
+                .await
+                .map_err(|e| ApiError::new(409, format!("could not initialise Raft: {e}")))?;
+        }
+        let wait = self.raft.wait(Some(Duration::from_secs(15)));
+        wait.metrics(|m| m.current_leader.is_some(), "a leader is elected").await.map_err(|_| {
+            ApiError::unavailable("no leader was elected within 15 s; are the other genesis members running?")
+        })?;
+        // The leader may need a moment to commit its first blank entry.
+        let mut last_err = None;
+        for _ in 0..20 {
+            match self.write(command.clone()).await {
+                Ok(r) => return Ok(r),
+                Err(e) if e.status == 503 => {
+                    last_err = Some(e);
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| ApiError::unavailable("genesis was not committed")))
+    }
+}
+
+fn not_leader(leader: NodeId, addr: &NodeAddr) -> ApiError {
+    let mut err = ApiError::new(421, format!("node {leader} is the leader; send the write there"));
+    err.leader_hint = Some(LeaderHint { node_id: leader, api_addr: addr.api_addr.clone() });
+    err
+}
+
+/// The [`faults::ACK_BEFORE_COMMIT`] write path: on a leader, proposes `entry` and
+/// answers once the leader's own log holds it, without waiting for a quorum.
+/// Returns `None` on a follower, which then takes the normal path.
+#[cfg(feature = "fault-injection")]
+async fn ack_before_commit(
+    raft: &crate::raft::Raft,
+    entry: synod_proto::LogEntry,
+) -> Option<Result<synod_proto::api::WriteResponse, synod_proto::api::ApiError>> {
+    use synod_proto::api::{ApiError, WriteResponse};
+    let metrics = raft.metrics().borrow().clone();
+    if metrics.state != openraft::ServerState::Leader {
+        return None;
+    }
+    let index = metrics.last_log_index.map_or(1, |i| i + 1);
+    // The planted bug: the commit is never awaited (the receiver is dropped).
+    if let Err(e) = raft.client_write_ff(entry).await {
+        return Some(Err(ApiError::unavailable(format!("this node's Raft has stopped: {e}"))));
+    }
+    let appended = raft
+        .wait(Some(std::time::Duration::from_secs(1)))
+        .metrics(|m| m.last_log_index >= Some(index), "the leader appended the entry")
+        .await;
+    Some(match appended {
+        Ok(_) => Ok(WriteResponse {
+            index,
+            outcome: synod_proto::Outcome::Applied {
+                detail: format!("acknowledged at append ({})", faults::ACK_BEFORE_COMMIT),
+            },
+        }),
+        Err(e) => Err(ApiError::unavailable(format!("entry not appended: {e}"))),
+    })
+}
