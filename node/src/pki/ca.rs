@@ -1,0 +1,472 @@
+//! Creating and using the cluster CA: `ca_init` makes the CA's certificate and key, `issue`
+//! signs node and client certificates with it, and the helpers here encode private keys as
+//! PEM, optionally encrypted under a passphrase. The command line's operator commands
+//! (`synod ca`, `synod dev`) call it; nothing in a running node reads the CA key.
+
+use std::fs;
+use std::io;
+use std::net::IpAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rcgen::{
+    CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
+    PKCS_ED25519,
+};
+use rustls_pki_types::{CertificateDer, DnsName};
+use zeroize::Zeroizing;
+
+use super::identity::{
+    fingerprint, node_server_name, validate_client_name, CLIENT_CN_PREFIX, NODE_CN_PREFIX, NODE_SERVER_NAME_SUFFIX,
+};
+use super::{
+    ca_params, distinguished_name, read_limited, read_single_cert, set_validity, verify_chain, FileKind, PkiError,
+};
+
+/// File names inside a CA directory.
+const CA_CERT_FILE: &str = "ca.crt";
+const CA_KEY_FILE: &str = "ca.key";
+
+/// How long a new CA is valid.
+const CA_VALIDITY_DAYS: u32 = 3650;
+/// The longest validity `issue` accepts; the CA's own expiry may cap it further.
+pub(super) const VALIDITY_DAYS_MAX: u32 = CA_VALIDITY_DAYS;
+/// How far in the past `not_before` is set, to tolerate clocks that run behind.
+const CLOCK_SKEW_TOLERANCE_SECS: u64 = 3600;
+const SECS_PER_DAY: u64 = 86_400;
+
+/// The longest CA common name accepted (X.520 ub-common-name is 64).
+pub(super) const COMMON_NAME_BYTES_MAX: usize = 64;
+/// The most extra subject alternative names one node certificate may carry.
+pub(super) const SANS_EXTRA_MAX: usize = 32;
+
+const KEY_FILE_MODE: u32 = 0o600;
+const CERT_FILE_MODE: u32 = 0o644;
+const CA_DIR_MODE: u32 = 0o700;
+
+/// Where `ca_init` put the new CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaInfo {
+    /// The CA certificate, to distribute to every node and client.
+    pub cert_path: PathBuf,
+    /// The CA private key, to keep offline once certificates are issued.
+    pub key_path: PathBuf,
+    /// Hex SHA-256 of the CA certificate's DER, for operators to compare out of band.
+    pub fingerprint_sha256: String,
+}
+
+/// What a certificate is issued for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    /// A cluster node.
+    Node {
+        /// The Raft node id; it becomes the common name `synod-node-<id>`.
+        id: u64,
+        /// Extra names the node is dialled by: IP addresses, or DNS names outside `.synod`.
+        sans: Vec<String>,
+    },
+    /// An operator or application.
+    Client {
+        /// 1 to 64 of `[A-Za-z0-9._-]`; it becomes the common name `synod-client-<name>`.
+        name: String,
+    },
+}
+
+/// Where `issue` put the new certificate and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    /// The PEM certificate.
+    pub cert_path: PathBuf,
+    /// The PEM PKCS#8 private key, mode 0600.
+    pub key_path: PathBuf,
+}
+
+/// Creates a new cluster CA in `dir`: a self-signed Ed25519 certificate `ca.crt` (0644) and
+/// its key `ca.key` (0600). Refuses to touch a directory that already holds either file.
+/// With a passphrase the key is stored as an encrypted PKCS#8 document (PBES2: scrypt and
+/// AES-256-CBC), so the key file alone can mint nothing; `issue` then needs the passphrase.
+pub fn ca_init(dir: &Path, common_name: &str, passphrase: Option<&str>) -> Result<CaInfo, PkiError> {
+    validate_common_name(common_name)?;
+    create_dir(dir)?;
+    let cert_path = dir.join(CA_CERT_FILE);
+    let key_path = dir.join(CA_KEY_FILE);
+    for path in [&key_path, &cert_path] {
+        if path.symlink_metadata().is_ok() {
+            return Err(PkiError::CaExists { path: path.clone(), dir: dir.to_path_buf() });
+        }
+    }
+
+    let key = KeyPair::generate_for(&PKCS_ED25519).map_err(|source| PkiError::Generate { what: "CA key", source })?;
+    let now_secs = unix_now_secs();
+    let mut params = ca_params(common_name);
+    set_validity(
+        &mut params,
+        now_secs.saturating_sub(CLOCK_SKEW_TOLERANCE_SECS),
+        now_secs + u64::from(CA_VALIDITY_DAYS) * SECS_PER_DAY,
+    );
+    let cert = params.self_signed(&key).map_err(|source| PkiError::Generate { what: "CA certificate", source })?;
+
+    let key_pem = match passphrase {
+        None => key_pem_v1(&key)?,
+        Some(passphrase) => encrypt_key_pem(&key, passphrase)?,
+    };
+    let ca_exists = |error: PkiError| match error {
+        PkiError::FileExists { path, .. } => PkiError::CaExists { path, dir: dir.to_path_buf() },
+        other => other,
+    };
+    write_new(&key_path, FileKind::CaKey, key_pem.as_bytes(), KEY_FILE_MODE).map_err(ca_exists)?;
+    if let Err(error) = write_new(&cert_path, FileKind::CaCertificate, cert.pem().as_bytes(), CERT_FILE_MODE) {
+        // Do not leave a key without its certificate behind: it would block the next attempt.
+        let _ = fs::remove_file(&key_path);
+        return Err(ca_exists(error));
+    }
+    Ok(CaInfo { cert_path, key_path, fingerprint_sha256: fingerprint(cert.der()) })
+}
+
+/// Issues a certificate for `subject`, signed by the CA in `ca_dir`, into `out_dir`
+/// (`node-<id>.crt`/`.key` or `client-<name>.crt`/`.key`). Never overwrites a file.
+/// `ca_passphrase` opens a passphrase-protected CA key (see [`ca_key_is_protected`]).
+pub fn issue(
+    ca_dir: &Path,
+    subject: &Subject,
+    out_dir: &Path,
+    validity_days: u32,
+    ca_passphrase: Option<&str>,
+) -> Result<Issued, PkiError> {
+    if validity_days == 0 || validity_days > VALIDITY_DAYS_MAX {
+        return Err(PkiError::InvalidValidity { days: validity_days });
+    }
+    let plan = SubjectPlan::new(subject)?;
+    let ca = CaSigner::load(ca_dir, ca_passphrase)?;
+
+    let now_secs = unix_now_secs();
+    let not_after_secs = now_secs + u64::from(validity_days) * SECS_PER_DAY;
+    if not_after_secs > ca.not_after_secs {
+        return Err(PkiError::OutlivesCa {
+            days: validity_days,
+            ca_path: ca.cert_path.clone(),
+            ca_days_left: ca.not_after_secs.saturating_sub(now_secs) / SECS_PER_DAY,
+        });
+    }
+
+    let key = KeyPair::generate_for(&PKCS_ED25519)
+        .map_err(|source| PkiError::Generate { what: "certificate key", source })?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = distinguished_name(&plan.common_name);
+    params.subject_alt_names = plan.sans;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = plan.extended_key_usages;
+    params.use_authority_key_identifier_extension = true;
+    set_validity(&mut params, now_secs.saturating_sub(CLOCK_SKEW_TOLERANCE_SECS), not_after_secs);
+    let issuer = Issuer::new(ca_params(&ca.common_name), &ca.key);
+    let cert = params.signed_by(&key, &issuer).map_err(|source| PkiError::Generate { what: "certificate", source })?;
+
+    let cert_path = out_dir.join(format!("{}.crt", plan.file_stem));
+    let key_path = out_dir.join(format!("{}.key", plan.file_stem));
+    // Postcondition: what we hand out must verify exactly as peers will verify it. This also
+    // catches a CA whose subject `ca_params` cannot reproduce byte for byte (a CA not made by
+    // `ca_init`), since leaves would then name the wrong issuer.
+    verify_chain(&ca.cert_der, std::slice::from_ref(cert.der())).map_err(|detail| PkiError::Parse {
+        kind: FileKind::CaCertificate,
+        path: ca.cert_path.clone(),
+        detail: format!("a certificate signed with it does not verify ({detail}); was it made by `synod ca init`?"),
+    })?;
+
+    create_dir(out_dir)?;
+    let key_pem = key_pem_v1(&key)?;
+    write_new(&key_path, FileKind::PrivateKey, key_pem.as_bytes(), KEY_FILE_MODE)?;
+    if let Err(error) = write_new(&cert_path, FileKind::Certificate, cert.pem().as_bytes(), CERT_FILE_MODE) {
+        // The key we just wrote is useless without its certificate.
+        let _ = fs::remove_file(&key_path);
+        return Err(error);
+    }
+    Ok(Issued { cert_path, key_path })
+}
+
+/// The PEM label of an encrypted PKCS#8 key.
+const ENCRYPTED_KEY_LABEL: &str = "ENCRYPTED PRIVATE KEY";
+
+/// Whether the CA key in `ca_dir` is passphrase-protected (so `issue` needs the passphrase).
+pub fn ca_key_is_protected(ca_dir: &Path) -> Result<bool, PkiError> {
+    let key = read_limited(&ca_dir.join(CA_KEY_FILE), FileKind::CaKey)?;
+    Ok(std::str::from_utf8(&key).is_ok_and(|text| text.contains(ENCRYPTED_KEY_LABEL)))
+}
+
+/// A key as a PKCS#8 v1 PEM document (RFC 8410, private key only). ring writes
+/// v2 documents with the public key embedded, which OpenSSL 3.0 (and so curl)
+/// cannot read; v1 reads everywhere.
+fn key_pem_v1(key: &KeyPair) -> Result<Zeroizing<String>, PkiError> {
+    pkcs8_pem_v1(&Zeroizing::new(key.serialize_der()))
+}
+
+/// Re-encodes a PKCS#8 DER private key as a v1 PEM document (see [`key_pem_v1`]).
+pub fn pkcs8_pem_v1(der: &[u8]) -> Result<Zeroizing<String>, PkiError> {
+    use pkcs8::der::pem::LineEnding;
+    use pkcs8::der::EncodePem;
+    let fail = |detail: String| PkiError::KeyProtection { detail };
+    let mut info = pkcs8::PrivateKeyInfo::try_from(der).map_err(|e| fail(e.to_string()))?;
+    info.public_key = None;
+    let pem = info.to_pem(LineEnding::LF).map_err(|e| fail(e.to_string()))?;
+    Ok(Zeroizing::new(pem))
+}
+
+fn encrypt_key_pem(key: &KeyPair, passphrase: &str) -> Result<Zeroizing<String>, PkiError> {
+    use pkcs8::der::pem::LineEnding;
+    let generate = |detail: String| PkiError::KeyProtection { detail };
+    let der = Zeroizing::new(key.serialize_der());
+    let info = pkcs8::PrivateKeyInfo::try_from(der.as_slice()).map_err(|e| generate(e.to_string()))?;
+    let encrypted = info.encrypt(rand_core::OsRng, passphrase.as_bytes()).map_err(|e| generate(e.to_string()))?;
+    let pem = encrypted.to_pem(ENCRYPTED_KEY_LABEL, LineEnding::LF).map_err(|e| generate(e.to_string()))?;
+    Ok(Zeroizing::new(pem.to_string()))
+}
+
+fn decrypt_key_pem(text: &str, passphrase: &str, path: &Path) -> Result<KeyPair, PkiError> {
+    let parse = |detail: String| PkiError::Parse { kind: FileKind::CaKey, path: path.to_path_buf(), detail };
+    let (_, document) = pkcs8::Document::from_pem(text).map_err(|e| parse(e.to_string()))?;
+    let encrypted = pkcs8::EncryptedPrivateKeyInfo::try_from(document.as_bytes()).map_err(|e| parse(e.to_string()))?;
+    let plain =
+        encrypted.decrypt(passphrase.as_bytes()).map_err(|_| PkiError::CaKeyPassphrase { path: path.to_path_buf() })?;
+    let der = rustls_pki_types::PrivatePkcs8KeyDer::from(plain.as_bytes());
+    KeyPair::try_from(&der).map_err(|e| parse(e.to_string()))
+}
+
+/// What `issue` will put into a certificate for one subject, after validation.
+struct SubjectPlan {
+    common_name: String,
+    sans: Vec<SanType>,
+    extended_key_usages: Vec<ExtendedKeyUsagePurpose>,
+    file_stem: String,
+}
+
+impl SubjectPlan {
+    fn new(subject: &Subject) -> Result<Self, PkiError> {
+        match subject {
+            Subject::Node { id, sans } => {
+                if sans.len() > SANS_EXTRA_MAX {
+                    return Err(PkiError::TooManySans { count: sans.len() });
+                }
+                let own_name = node_server_name(*id);
+                let mut san_types = vec![dns_san(&own_name)?];
+                for san in sans {
+                    let san_type = extra_san(san)?;
+                    if !san_types.contains(&san_type) {
+                        san_types.push(san_type);
+                    }
+                }
+                Ok(SubjectPlan {
+                    common_name: format!("{NODE_CN_PREFIX}{id}"),
+                    sans: san_types,
+                    extended_key_usages: vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+                    file_stem: format!("node-{id}"),
+                })
+            }
+            Subject::Client { name } => {
+                validate_client_name(name).map_err(|()| PkiError::InvalidClientName { name: name.clone() })?;
+                Ok(SubjectPlan {
+                    common_name: format!("{CLIENT_CN_PREFIX}{name}"),
+                    sans: Vec::new(),
+                    extended_key_usages: vec![ExtendedKeyUsagePurpose::ClientAuth],
+                    file_stem: format!("client-{name}"),
+                })
+            }
+        }
+    }
+}
+
+/// An extra SAN for a node: an IP address if it parses as one, else a DNS name outside the
+/// reserved `.synod` zone (which would let one node answer for another).
+fn extra_san(san: &str) -> Result<SanType, PkiError> {
+    if let Ok(ip) = san.parse::<IpAddr>() {
+        return Ok(SanType::IpAddress(ip));
+    }
+    let lower = san.to_ascii_lowercase();
+    let bare = lower.trim_end_matches('.');
+    if bare == &NODE_SERVER_NAME_SUFFIX[1..] || bare.ends_with(NODE_SERVER_NAME_SUFFIX) {
+        return Err(PkiError::InvalidSan {
+            san: san.to_string(),
+            reason: "names in the .synod zone are reserved for node identities",
+        });
+    }
+    dns_san(san)
+}
+
+fn dns_san(name: &str) -> Result<SanType, PkiError> {
+    let invalid = |reason| PkiError::InvalidSan { san: name.to_string(), reason };
+    DnsName::try_from(name).map_err(|_| invalid("not an IP address or a valid DNS name"))?;
+    let ia5 = name.to_string().try_into().map_err(|_| invalid("DNS names must be ASCII"))?;
+    Ok(SanType::DnsName(ia5))
+}
+
+fn validate_common_name(name: &str) -> Result<(), PkiError> {
+    if name.is_empty() || name.len() > COMMON_NAME_BYTES_MAX || name.chars().any(char::is_control) {
+        return Err(PkiError::InvalidCommonName { name: name.to_string() });
+    }
+    Ok(())
+}
+
+/// The CA loaded for signing.
+struct CaSigner {
+    cert_path: PathBuf,
+    cert_der: CertificateDer<'static>,
+    common_name: String,
+    not_after_secs: u64,
+    key: KeyPair,
+}
+
+impl CaSigner {
+    fn load(ca_dir: &Path, passphrase: Option<&str>) -> Result<Self, PkiError> {
+        let cert_path = ca_dir.join(CA_CERT_FILE);
+        let key_path = ca_dir.join(CA_KEY_FILE);
+        let cert_der = read_single_cert(&cert_path, FileKind::CaCertificate)?;
+        let parse_error =
+            |detail: String| PkiError::Parse { kind: FileKind::CaCertificate, path: cert_path.clone(), detail };
+        let (_, x509) = x509_parser::parse_x509_certificate(cert_der.as_ref())
+            .map_err(|e| parse_error(format!("not an X.509 certificate: {e}")))?;
+        if !x509.is_ca() {
+            return Err(parse_error("it is not a CA certificate".to_string()));
+        }
+        let common_name = x509
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .ok_or_else(|| parse_error("the subject has no common name".to_string()))?
+            .to_string();
+        let not_after_secs = u64::try_from(x509.validity().not_after.timestamp()).unwrap_or(0);
+        let ca_spki = x509.public_key().raw.to_vec();
+        drop(x509);
+
+        let key_pem = read_limited(&key_path, FileKind::CaKey)?;
+        let key_text = std::str::from_utf8(&key_pem).map_err(|_| PkiError::Parse {
+            kind: FileKind::CaKey,
+            path: key_path.clone(),
+            detail: "not a PEM text file".to_string(),
+        })?;
+        let key = if key_text.contains(ENCRYPTED_KEY_LABEL) {
+            let passphrase = passphrase.ok_or_else(|| PkiError::CaKeyLocked { path: key_path.clone() })?;
+            decrypt_key_pem(key_text, passphrase, &key_path)?
+        } else {
+            KeyPair::from_pem(key_text).map_err(|e| PkiError::Parse {
+                kind: FileKind::CaKey,
+                path: key_path.clone(),
+                detail: e.to_string(),
+            })?
+        };
+        if key.subject_public_key_info() != ca_spki {
+            return Err(PkiError::CaKeyMismatch { key_path, cert_path });
+        }
+        Ok(CaSigner { cert_path, cert_der, common_name, not_after_secs, key })
+    }
+}
+
+/// Creates `dir` (and missing parents) with mode 0700; an existing directory is left as is.
+fn create_dir(dir: &Path) -> Result<(), PkiError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(CA_DIR_MODE)
+        .create(dir)
+        .map_err(|source| PkiError::CreateDir { path: dir.to_path_buf(), source })
+}
+
+/// Writes a file that must not exist yet (see [`crate::files::write_new`]).
+fn write_new(path: &Path, kind: FileKind, contents: &[u8], mode: u32) -> Result<(), PkiError> {
+    crate::files::write_new(path, contents, mode).map_err(|source| {
+        if source.kind() == io::ErrorKind::AlreadyExists {
+            PkiError::FileExists { kind, path: path.to_path_buf() }
+        } else {
+            PkiError::Write { kind, path: path.to_path_buf(), source }
+        }
+    })
+}
+
+fn unix_now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::test_support::{node, Cluster};
+    use crate::pki::{PeerIdentity, TlsMaterial};
+    use tempfile::TempDir;
+
+    #[test]
+    fn pki_passphrase_protected_ca_needs_its_passphrase() {
+        // A CA created with a passphrase stores an encrypted key: issuing needs the
+        // passphrase, a wrong one is refused, and the key file holds no plain key.
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_dir, out) = (dir.path().join("ca"), dir.path().join("certs"));
+        ca_init(&ca_dir, "Protected CA", Some("correct horse")).unwrap();
+        assert!(ca_key_is_protected(&ca_dir).unwrap());
+        let text = fs::read_to_string(ca_dir.join(CA_KEY_FILE)).unwrap();
+        assert!(text.contains("ENCRYPTED PRIVATE KEY") && !text.contains("BEGIN PRIVATE KEY"));
+        assert!(matches!(issue(&ca_dir, &node(1), &out, 30, None), Err(PkiError::CaKeyLocked { .. })));
+        assert!(matches!(issue(&ca_dir, &node(1), &out, 30, Some("wrong")), Err(PkiError::CaKeyPassphrase { .. })));
+        let issued = issue(&ca_dir, &node(1), &out, 30, Some("correct horse")).unwrap();
+        let material = TlsMaterial::load(&ca_dir.join(CA_CERT_FILE), &issued.cert_path, &issued.key_path).unwrap();
+        assert_eq!(material.identity, PeerIdentity::Node(1));
+    }
+
+    #[test]
+    fn ca_init_refuses_overwrite() {
+        // A second ca_init on the same directory fails, names the file, and changes nothing.
+        let cluster = Cluster::new();
+        let key_before = fs::read(&cluster.ca.key_path).unwrap();
+        let cert_before = fs::read(&cluster.ca.cert_path).unwrap();
+        let error = ca_init(&cluster.ca_dir, "another CA", None).unwrap_err();
+        assert!(matches!(error, PkiError::CaExists { .. }), "{error:?}");
+        let message = error.to_string();
+        assert!(message.contains("ca.key") && message.contains("already exists"), "{message}");
+        assert_eq!(fs::read(&cluster.ca.key_path).unwrap(), key_before);
+        assert_eq!(fs::read(&cluster.ca.cert_path).unwrap(), cert_before);
+    }
+
+    #[test]
+    fn issue_refuses_overwrite_and_bad_subjects() {
+        // issue never overwrites a key and rejects bad names, reserved SANs and bad validity.
+        let cluster = Cluster::new();
+        let key_path = cluster.certs_dir.join("node-1.key");
+        let key_before = fs::read(&key_path).unwrap();
+        let error = issue(&cluster.ca_dir, &node(1), &cluster.certs_dir, 30, None).unwrap_err();
+        assert!(matches!(error, PkiError::FileExists { .. }), "{error}");
+        assert_eq!(fs::read(&key_path).unwrap(), key_before);
+
+        for name in ["", "a/b", "../x", "é", &"x".repeat(65)] {
+            let subject = Subject::Client { name: name.to_string() };
+            let error = issue(&cluster.ca_dir, &subject, &cluster.certs_dir, 30, None).unwrap_err();
+            assert!(matches!(error, PkiError::InvalidClientName { .. }), "{name}: {error}");
+        }
+        for san in ["node-2.synod", "SYNOD", "not a name", "bad_.example..com"] {
+            let subject = Subject::Node { id: 9, sans: vec![san.to_string()] };
+            let error = issue(&cluster.ca_dir, &subject, &cluster.certs_dir, 30, None).unwrap_err();
+            assert!(matches!(error, PkiError::InvalidSan { .. }), "{san}: {error}");
+        }
+        for days in [0, VALIDITY_DAYS_MAX + 1] {
+            let error = issue(&cluster.ca_dir, &node(9), &cluster.certs_dir, days, None).unwrap_err();
+            assert!(matches!(error, PkiError::InvalidValidity { .. }), "{error}");
+        }
+        // None of the refused requests left files behind.
+        assert!(!cluster.certs_dir.join("node-9.key").exists());
+    }
+
+    #[test]
+    fn issue_refuses_to_outlive_the_ca() {
+        // A certificate may not be valid for longer than the CA that signs it.
+        let dir = TempDir::new().unwrap();
+        let key = KeyPair::generate_for(&PKCS_ED25519).unwrap();
+        let mut params = ca_params("short-lived CA");
+        let now_secs = unix_now_secs();
+        set_validity(&mut params, now_secs, now_secs + 10 * SECS_PER_DAY);
+        let cert = params.self_signed(&key).unwrap();
+        fs::write(dir.path().join(CA_CERT_FILE), cert.pem()).unwrap();
+        fs::write(dir.path().join(CA_KEY_FILE), key.serialize_pem()).unwrap();
+
+        let out = dir.path().join("certs");
+        let error = issue(dir.path(), &node(1), &out, 30, None).unwrap_err();
+        assert!(matches!(error, PkiError::OutlivesCa { ca_days_left: 9..=10, .. }), "{error}");
+        assert!(!out.join("node-1.key").exists());
+        issue(dir.path(), &node(1), &out, 9, None).expect("a shorter certificate fits");
+    }
+}
