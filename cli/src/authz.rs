@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use ed25519_dalek::Signer as _;
 use serde_json::Value;
-use synod_proto::api::{RequestInfo, Status, WriteResponse};
+use synod_proto::api::{RequestInfo, RequestStatus, Status, WriteResponse};
 use synod_proto::authz::{approval_bytes, ApprovalSignature, ApprovalStatement, Policy};
 use synod_proto::{Command, OperatorKey, Outcome, SignedCommand};
 
@@ -46,7 +46,7 @@ fn print_write(client: &ClientArgs, response: &WriteResponse) -> anyhow::Result<
             Outcome::Rejected { .. } | Outcome::Internal => {}
         },
     }
-    if let Outcome::Rejected { reason } = &response.outcome {
+    if let Outcome::Rejected { reason, .. } = &response.outcome {
         bail!("the cluster refused it: {reason}");
     }
     Ok(())
@@ -212,7 +212,7 @@ pub async fn request(cmd: RequestCmd) -> anyhow::Result<()> {
             let signed = sign_command(&client, &cluster_id(&status_of(&api).await?)?, command)?;
             let (_, info): (u16, RequestInfo) = api.post("/v1/sign?wait_ms=2000", &signed).await?;
             print_request(&client, &info)?;
-            if info.status == "awaiting_approval" && client.output.output == Output::Table {
+            if info.status == RequestStatus::AwaitingApproval && client.output.output == Output::Table {
                 eprintln!("approve with: synod approve {request_id}   (then: synod request wait {request_id})");
             }
             Ok(())
@@ -228,9 +228,9 @@ pub async fn request(cmd: RequestCmd) -> anyhow::Result<()> {
                     eprintln!("  {progress}");
                     last = progress;
                 }
-                match info.status.as_str() {
-                    "signed" => return print_request(&client, &info),
-                    "failed" => bail!("request {id} failed: {}", info.error.unwrap_or_default()),
+                match info.status {
+                    RequestStatus::Signed => return print_request(&client, &info),
+                    RequestStatus::Failed => bail!("request {id} failed: {}", info.error.unwrap_or_default()),
                     _ if tokio::time::Instant::now() >= deadline => {
                         bail!("request {id} is still {} after {timeout_secs} s", info.status)
                     }
@@ -412,7 +412,7 @@ pub async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
             let id = started["request_id"].as_str().ok_or_else(|| anyhow!("no request id in {started}"))?;
             eprintln!("checkpoint requested as {id}; waiting for the audit key's signature");
             let info = get_request(&api, id, 30_000).await?;
-            if info.status != "signed" {
+            if info.status != RequestStatus::Signed {
                 bail!("checkpoint {id} is {}: {}", info.status, info.error.unwrap_or_default());
             }
             print_request(&client, &info)?;

@@ -37,7 +37,7 @@ use bytes::Bytes;
 use ed25519_dalek::{Signer as _, SigningKey};
 use frost_ed25519 as frost;
 use serde::Serialize;
-use synod_proto::api::{ErrorBody, KeyInfo, RequestInfo, Status};
+use synod_proto::api::{ErrorBody, KeyInfo, KeyStatus, RequestInfo, RequestStatus, Status};
 use synod_proto::{keyfmt, Command, Envelope, NodeId, SignedCommand};
 use tokio::process::Child;
 use tokio::signal::unix::{signal, SignalKind};
@@ -386,7 +386,7 @@ async fn bench_cluster(
             super::keys::create(client_args, &name, Some(config.threshold), members).await?
         }
     };
-    if key.status != "active" {
+    if key.status != KeyStatus::Active {
         bail!("key {} is {}, not active", key.name, key.status);
     }
     let public = keyfmt::parse_public_key(key.public_key.as_deref().unwrap_or_default())
@@ -717,7 +717,7 @@ async fn run_level(
     let mut signed = Vec::new();
     for (i, latency, result) in samples {
         match result {
-            Ok(info) if info.request_id == jobs.ids[i] && info.status == "signed" => {
+            Ok(info) if info.request_id == jobs.ids[i] && info.status == RequestStatus::Signed => {
                 latencies.push(latency);
                 signed.push((i, info));
             }

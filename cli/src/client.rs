@@ -157,11 +157,11 @@ fn print_write(args: &ClientArgs, response: &WriteResponse) -> anyhow::Result<()
         Output::Json => println!("{}", serde_json::to_string_pretty(response)?),
         Output::Table => match &response.outcome {
             Outcome::Applied { detail } => println!("committed at index {}: {detail}", response.index),
-            Outcome::Rejected { reason } => println!("committed at index {} but refused: {reason}", response.index),
+            Outcome::Rejected { reason, .. } => println!("committed at index {} but refused: {reason}", response.index),
             Outcome::Internal => println!("committed at index {}", response.index),
         },
     }
-    if let Outcome::Rejected { reason } = &response.outcome {
+    if let Outcome::Rejected { reason, .. } = &response.outcome {
         bail!("the cluster refused the command: {reason}");
     }
     Ok(())

@@ -277,7 +277,9 @@ async fn demo_keys(data_dir: &Path, client_args: &ClientArgs) -> anyhow::Result<
 
 fn expect_applied(response: synod_proto::api::WriteResponse) -> anyhow::Result<()> {
     match response.outcome {
-        synod_proto::Outcome::Rejected { reason } => anyhow::bail!("the dev cluster refused a set-up step: {reason}"),
+        synod_proto::Outcome::Rejected { reason, .. } => {
+            anyhow::bail!("the dev cluster refused a set-up step: {reason}")
+        }
         _ => Ok(()),
     }
 }

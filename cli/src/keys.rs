@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use ed25519_dalek::pkcs8::DecodePrivateKey;
 use frost_ed25519 as frost;
-use synod_proto::api::{ImportShare, KeyInfo, KeyList, RequestInfo, Status, WriteResponse};
+use synod_proto::api::{ImportShare, KeyInfo, KeyList, KeyStatus, RequestInfo, RequestStatus, Status, WriteResponse};
 use synod_proto::command::MESSAGE_BYTES_MAX;
 use synod_proto::keyfmt::{self, SignatureFormat};
 use synod_proto::rpc::SecretHex;
@@ -133,7 +133,7 @@ fn key_id_of(signed: &synod_proto::SignedCommand) -> anyhow::Result<String> {
 }
 
 fn refused(response: &WriteResponse) -> anyhow::Result<()> {
-    if let Outcome::Rejected { reason } = &response.outcome {
+    if let Outcome::Rejected { reason, .. } = &response.outcome {
         bail!("the cluster refused the command: {reason}");
     }
     Ok(())
@@ -148,12 +148,12 @@ async fn wait_active(api: &ApiClient, key_id: &str) -> anyhow::Result<KeyInfo> {
         let n = key.participants.len();
         let progress =
             format!("round-1 packages {}/{n}, confirmations {}/{n}", key.round1_received.len(), key.confirmed.len());
-        match key.status.as_str() {
-            "active" => {
+        match key.status {
+            KeyStatus::Active => {
                 eprintln!("key {} is active", key.name);
                 return Ok(key);
             }
-            "aborted" => {
+            KeyStatus::Aborted => {
                 let advice = match key.culprit {
                     Some(culprit) => {
                         let others: Vec<String> =
@@ -287,7 +287,7 @@ pub async fn sign(args: SignArgs) -> anyhow::Result<()> {
     let signed = sign_command(&args.client, &cluster_id(&status)?, command)?;
     let wait_ms = args.wait_secs * 1000;
     let (code, info): (u16, RequestInfo) = api.post(&format!("/v1/sign?wait_ms={wait_ms}"), &signed).await?;
-    if info.status == "awaiting_approval" {
+    if info.status == RequestStatus::AwaitingApproval {
         bail!(
             "request {request_id} needs approvals ({}); approvers run `synod approve {request_id}`, then \
              `synod request wait {request_id}`",

@@ -18,12 +18,12 @@ use axum::{Extension, Json, Router};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
-use synod_proto::api::{ApiError, ErrorBody, ImportShare, KeyList, KvList, RequestInfo};
-use synod_proto::SignedCommand;
+use synod_proto::api::{ClientRequest, ErrorBody, ImportShare, RaftRole, RequestInfo, RequestStatus};
+use synod_proto::{NodeError, SignedCommand};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::node::Node;
+use crate::node::{ClientResponse, Node, AUDIT_PAGE_MAX};
 use crate::pki::{self, PeerIdentity};
 
 /// Request bodies larger than this are refused before parsing.
@@ -35,28 +35,55 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct Caller(pub Option<PeerIdentity>);
 
-/// An error response.
-pub struct Failure(pub ApiError);
+/// An error response: the only place a [`NodeError`] becomes an HTTP status.
+pub enum Failure {
+    /// The node's answer.
+    Node(NodeError),
+    /// The HTTP layer's own refusal, before the node saw anything (a body
+    /// too large to read: 413).
+    Http(StatusCode, String),
+}
 
-impl From<ApiError> for Failure {
-    fn from(e: ApiError) -> Self {
-        Failure(e)
+impl From<NodeError> for Failure {
+    fn from(e: NodeError) -> Self {
+        Failure::Node(e)
+    }
+}
+
+/// The HTTP status of each kind of error (Vault's conventions where it has one).
+pub fn http_status(error: &NodeError) -> StatusCode {
+    match error {
+        NodeError::Invalid { .. } => StatusCode::BAD_REQUEST,
+        NodeError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+        NodeError::Refused { .. } => StatusCode::FORBIDDEN,
+        NodeError::NotFound { .. } => StatusCode::NOT_FOUND,
+        NodeError::Conflict { .. } => StatusCode::CONFLICT,
+        NodeError::NotInitialised { .. } => StatusCode::PRECONDITION_FAILED,
+        NodeError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        NodeError::NotLeader { .. } => StatusCode::MISDIRECTED_REQUEST,
+        NodeError::MayStillCommit { .. } | NodeError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        NodeError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = ErrorBody { errors: vec![self.0.message], leader: self.0.leader_hint };
-        (status, Json(body)).into_response()
+        match self {
+            Failure::Node(e) => {
+                let body = ErrorBody { errors: vec![e.to_string()], leader: e.leader().cloned() };
+                (http_status(&e), Json(body)).into_response()
+            }
+            Failure::Http(status, message) => {
+                (status, Json(ErrorBody { errors: vec![message], leader: None })).into_response()
+            }
+        }
     }
 }
 
 fn require_client(caller: &Caller) -> Result<(), Failure> {
     match caller.0 {
         Some(_) => Ok(()),
-        None => Err(Failure(ApiError::new(
-            401,
+        None => Err(Failure::Node(NodeError::unauthenticated(
             "this endpoint needs a client certificate from the cluster CA; set SYNOD_CLIENT_CERT and SYNOD_CLIENT_KEY \
              (create one with `synod ca issue client`)",
         ))),
@@ -66,19 +93,17 @@ fn require_client(caller: &Caller) -> Result<(), Failure> {
 /// The request body, or a JSON error when it is too large or unreadable.
 type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
-fn parse_command(body: Body) -> Result<SignedCommand, Failure> {
+fn read_body<T: serde::de::DeserializeOwned>(body: Body, what: &str) -> Result<T, Failure> {
     let body = body.map_err(|e| {
-        let status = e.status().as_u16();
-        Failure(ApiError::new(
-            status,
-            format!("cannot read the request body: {e} (the limit is {REQUEST_BYTES_MAX} bytes)"),
-        ))
+        Failure::Http(e.status(), format!("cannot read the request body: {e} (the limit is {REQUEST_BYTES_MAX} bytes)"))
     })?;
     serde_json::from_slice(&body).map_err(|e| {
-        Failure(ApiError::bad_request(format!(
-            "request body is not a signed command ({e}); build it with the synod CLI"
-        )))
+        Failure::Node(NodeError::invalid(format!("request body is not {what} ({e}); build it with the synod CLI")))
     })
+}
+
+fn parse_command(body: Body) -> Result<SignedCommand, Failure> {
+    read_body(body, "a signed command")
 }
 
 /// The API's routes over a node.
@@ -102,9 +127,43 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/audit/checkpoints", get(audit_checkpoints))
         .route("/v1/kv", get(kv_list))
         .route("/v1/kv/{*key}", get(kv_get))
-        .fallback(|| async { Failure(ApiError::new(404, "no such endpoint; see `synod --help` for the API")) })
+        .fallback(|| async { Failure::Node(NodeError::not_found("no such endpoint; see `synod --help` for the API")) })
         .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
         .with_state(node)
+}
+
+/// Serves `request` for a caller with a client certificate, as a JSON response.
+async fn call(node: &Node, caller: &Caller, request: ClientRequest) -> Result<Response, Failure> {
+    require_client(caller)?;
+    Ok(respond(node.serve_client(request).await?))
+}
+
+/// A node's answer as HTTP: the payload as JSON; a refused write with 403
+/// (its outcome in the body); a request still open with 202 and a failed one
+/// with 503 naming why.
+fn respond(response: ClientResponse) -> Response {
+    use ClientResponse as R;
+    match response {
+        R::Health(h) => Json(h).into_response(),
+        R::Status(s) => Json(s).into_response(),
+        R::Written(w) if w.outcome.is_applied() => Json(w).into_response(),
+        R::Written(w) => (StatusCode::FORBIDDEN, Json(w)).into_response(),
+        R::ShareSealed { node_id } => Json(serde_json::json!({ "node_id": node_id, "sealed": true })).into_response(),
+        R::Request(info) => Json(info).into_response(),
+        R::Keys(k) => Json(k).into_response(),
+        R::Key(k) => Json(k).into_response(),
+        R::KvList(l) => Json(l).into_response(),
+        R::Kv(r) => Json(r).into_response(),
+        R::Operators { operators, admin_approvals_required } => {
+            Json(serde_json::json!({ "operators": operators, "admin_approvals_required": admin_approvals_required }))
+                .into_response()
+        }
+        R::Proposals { proposals } => Json(serde_json::json!({ "proposals": proposals })).into_response(),
+        R::Audit { head, records } => Json(serde_json::json!({ "head": head, "records": records })).into_response(),
+        R::AuditHead(h) => Json(h).into_response(),
+        R::Checkpoint { request_id } => Json(serde_json::json!({ "request_id": request_id })).into_response(),
+        R::Checkpoints(list) => Json(list).into_response(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -113,25 +172,38 @@ struct HealthQuery {
     standbyok: bool,
 }
 
-async fn health(State(node): State<Arc<Node>>, Query(q): Query<HealthQuery>) -> Response {
-    let (code, body) = node.health(q.standbyok);
-    (StatusCode::from_u16(code).unwrap_or(StatusCode::OK), Json(body)).into_response()
+/// Vault's health codes: 200 on the leader (or any node with `standbyok`),
+/// 429 on a standby, 501 before initialisation, 503 with no leader.
+async fn health(State(node): State<Arc<Node>>, Query(q): Query<HealthQuery>) -> Result<Response, Failure> {
+    let ClientResponse::Health(health) = node.serve_client(ClientRequest::Health { standby_ok: q.standbyok }).await?
+    else {
+        return Err(Failure::Node(NodeError::internal("health answered with something else")));
+    };
+    let code = match (health.initialized, health.role, health.leader_id) {
+        (false, _, _) => StatusCode::NOT_IMPLEMENTED,
+        (true, RaftRole::Leader, _) => StatusCode::OK,
+        (true, _, Some(_)) if q.standbyok => StatusCode::OK,
+        (true, _, Some(_)) => StatusCode::TOO_MANY_REQUESTS,
+        (true, _, None) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    Ok((code, Json(health)).into_response())
 }
 
 async fn status(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    Ok(Json(node.status()).into_response())
+    call(&node, &caller, ClientRequest::Status).await
 }
 
 async fn metrics(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>) -> Result<Response, Failure> {
     require_client(&caller)?;
-    let s = node.status();
+    let ClientResponse::Status(s) = node.serve_client(ClientRequest::Status).await? else {
+        return Err(Failure::Node(NodeError::internal("status answered with something else")));
+    };
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, value: u64| {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node=\"{}\"}} {value}\n", s.node_id));
     };
     gauge("synod_raft_term", "Current Raft term.", s.term);
-    gauge("synod_raft_is_leader", "1 when this node is the leader.", u64::from(s.role == "leader"));
+    gauge("synod_raft_is_leader", "1 when this node is the leader.", u64::from(s.role == RaftRole::Leader));
     gauge("synod_raft_last_log_index", "Index of the last log entry.", s.last_log_index.unwrap_or(0));
     gauge("synod_raft_last_applied_index", "Index of the last applied entry.", s.last_applied_index.unwrap_or(0));
     gauge("synod_raft_snapshot_index", "Last index covered by a snapshot.", s.snapshot_index.unwrap_or(0));
@@ -148,8 +220,11 @@ async fn init(
 ) -> Result<Response, Failure> {
     require_client(&caller)?;
     let command = parse_command(body)?;
-    let result = node.init(command).await?;
-    Ok(Json(result).into_response())
+    // The genesis answer is 200 even when refused: `synod cluster init` reads the outcome.
+    match node.serve_client(ClientRequest::Init { command }).await? {
+        ClientResponse::Written(w) => Ok(Json(w).into_response()),
+        other => Ok(respond(other)),
+    }
 }
 
 async fn write(
@@ -158,15 +233,7 @@ async fn write(
     body: Body,
 ) -> Result<Response, Failure> {
     require_client(&caller)?;
-    let command = parse_command(body)?;
-    Ok(committed(node.write(command).await?))
-}
-
-/// A committed write: 200 when applied, 403 when the state machine refused it
-/// (the caller's fault), with the outcome either way.
-fn committed(result: synod_proto::api::WriteResponse) -> Response {
-    let status = if result.outcome.is_applied() { StatusCode::OK } else { StatusCode::FORBIDDEN };
-    (status, Json(result)).into_response()
+    call(&node, &caller, ClientRequest::Write { command: parse_command(body)? }).await
 }
 
 async fn kv_get(
@@ -174,34 +241,20 @@ async fn kv_get(
     Extension(caller): Extension<Caller>,
     Path(key): Path<String>,
 ) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    let record = node.state().read().state.kv.get(&key).cloned();
-    match record {
-        Some(record) => Ok(Json(record).into_response()),
-        None => Err(Failure(ApiError::new(404, format!("no record under key {key:?} on this node")))),
-    }
+    call(&node, &caller, ClientRequest::GetKv { key }).await
 }
 
 async fn kv_list(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    let keys = node.state().read().state.kv.iter().map(|(k, r)| (k.clone(), r.version)).collect();
-    Ok(Json(KvList { keys }).into_response())
+    call(&node, &caller, ClientRequest::ListKv).await
 }
 
-/// How long `POST /v1/sign` waits for the signature by default, and at most.
+/// How long `POST /v1/sign` waits for the signature by default.
 const SIGN_WAIT_MS_DEFAULT: u64 = 30_000;
-const SIGN_WAIT_MS_MAX: u64 = 120_000;
 
 #[derive(Deserialize)]
 struct WaitQuery {
-    /// How long to wait for a pending request, in ms.
+    /// How long to wait for a pending request, in ms (at most `client::WAIT_MS_MAX`).
     wait_ms: Option<u64>,
-}
-
-impl WaitQuery {
-    fn wait(&self, default_ms: u64) -> Duration {
-        Duration::from_millis(self.wait_ms.unwrap_or(default_ms).min(SIGN_WAIT_MS_MAX))
-    }
 }
 
 async fn keys_create(
@@ -210,14 +263,11 @@ async fn keys_create(
     body: Body,
 ) -> Result<Response, Failure> {
     require_client(&caller)?;
-    let command = parse_command(body)?;
-    Ok(committed(node.create_key(command).await?))
+    call(&node, &caller, ClientRequest::CreateKey { command: parse_command(body)? }).await
 }
 
 async fn keys_list(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    let keys = node.state().read().state.keys.values().map(|k| k.info()).collect();
-    Ok(Json(KeyList { keys }).into_response())
+    call(&node, &caller, ClientRequest::ListKeys).await
 }
 
 /// A key by name (the live one), or by id (any, including aborted ones).
@@ -226,14 +276,7 @@ async fn keys_get(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    let applied = node.state().read();
-    let state = &applied.state;
-    let key = state.key_by_name(&name).or_else(|| state.keys.get(&name));
-    match key {
-        Some(key) => Ok(Json(key.info()).into_response()),
-        None => Err(Failure(ApiError::new(404, format!("no key named {name:?}; list keys with `synod key list`")))),
-    }
+    call(&node, &caller, ClientRequest::GetKey { name }).await
 }
 
 async fn keys_share(
@@ -243,11 +286,8 @@ async fn keys_share(
     body: Body,
 ) -> Result<Response, Failure> {
     require_client(&caller)?;
-    let body = body.map_err(|e| Failure(ApiError::bad_request(format!("cannot read the request body: {e}"))))?;
-    let share: ImportShare = serde_json::from_slice(&body)
-        .map_err(|_| Failure(ApiError::bad_request("request body is not an import share; use `synod key import`")))?;
-    crate::dkg::import_share(&*node, &share.key_id, &share.share).await?;
-    Ok(Json(serde_json::json!({ "node_id": node.id, "sealed": true })).into_response())
+    let share: ImportShare = read_body(body, "an import share; use `synod key import`")?;
+    call(&node, &caller, ClientRequest::ImportShare { share }).await
 }
 
 async fn sign(
@@ -258,8 +298,11 @@ async fn sign(
 ) -> Result<Response, Failure> {
     require_client(&caller)?;
     let command = parse_command(body)?;
-    let info = node.sign(command, q.wait(SIGN_WAIT_MS_DEFAULT)).await?;
-    request_response(info)
+    let wait_ms = q.wait_ms.unwrap_or(SIGN_WAIT_MS_DEFAULT);
+    match node.serve_client(ClientRequest::Sign { command, wait_ms }).await? {
+        ClientResponse::Request(info) => request_response(*info),
+        other => Ok(respond(other)),
+    }
 }
 
 async fn request_get(
@@ -268,32 +311,22 @@ async fn request_get(
     Path(id): Path<String>,
     Query(q): Query<WaitQuery>,
 ) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    let info = node.wait_request(&id, q.wait(0)).await?;
-    Ok(Json(info).into_response())
+    call(&node, &caller, ClientRequest::GetRequest { request_id: id, wait_ms: q.wait_ms.unwrap_or(0) }).await
 }
 
 async fn operators_list(
     State(node): State<Arc<Node>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    let applied = node.state().read();
-    let operators: Vec<_> = applied.state.operators.values().cloned().collect();
-    Ok(Json(serde_json::json!({ "operators": operators, "admin_approvals_required": applied.state.admin_approvals_required })).into_response())
+    call(&node, &caller, ClientRequest::ListOperators).await
 }
 
 async fn proposals_list(
     State(node): State<Arc<Node>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    let proposals: Vec<_> = node.state().read().state.proposals.values().cloned().collect();
-    Ok(Json(serde_json::json!({ "proposals": proposals })).into_response())
+    call(&node, &caller, ClientRequest::ListProposals).await
 }
-
-/// The most audit records one call returns.
-const AUDIT_PAGE_MAX: usize = 1000;
 
 #[derive(Deserialize)]
 struct AuditQuery {
@@ -307,77 +340,36 @@ async fn audit_list(
     Extension(caller): Extension<Caller>,
     Query(q): Query<AuditQuery>,
 ) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    let head = node.state().read().state.audit_head.clone();
-    // The state moves just before its records reach the store; wait for them.
-    for _ in 0..1000 {
-        if node.state().audit_written() >= head.seq {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let limit = q.limit.unwrap_or(AUDIT_PAGE_MAX).min(AUDIT_PAGE_MAX);
-    let records = node
-        .audit_records(q.from.unwrap_or(1), limit)
-        .await
-        .map_err(|e| Failure(ApiError::new(500, format!("cannot read the audit log: {e}"))))?;
-    // Only records the applied state vouches for (a crash may leave newer buffered ones).
-    let records: Vec<_> = records.into_iter().filter(|r| r.seq <= head.seq).collect();
-    Ok(Json(serde_json::json!({ "head": head, "records": records })).into_response())
+    let request = ClientRequest::AuditRecords { from: q.from.unwrap_or(1), limit: q.limit.unwrap_or(AUDIT_PAGE_MAX) };
+    call(&node, &caller, request).await
 }
 
 async fn audit_checkpoint(
     State(node): State<Arc<Node>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    let request_id = node.checkpoint().await?;
-    Ok(Json(serde_json::json!({ "request_id": request_id })).into_response())
+    call(&node, &caller, ClientRequest::AuditCheckpoint).await
 }
 
-/// Every checkpoint request: the sequence number and hash it covers, the exact
-/// message the audit key signs, and the signature once made.
 async fn audit_checkpoints(
     State(node): State<Arc<Node>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    let applied = node.state().read();
-    let state = &applied.state;
-    let cluster = state.cluster_id.clone().unwrap_or_default();
-    let public_key = state.key_by_name(synod_proto::authz::AUDIT_KEY_NAME).and_then(|k| k.group_key.clone());
-    let mut list: Vec<serde_json::Value> = state
-        .requests
-        .keys()
-        .filter_map(|id| id.strip_prefix("checkpoint-").and_then(|n| n.parse::<u64>().ok()))
-        .filter_map(|seq| state.request_info(&format!("checkpoint-{seq}")).map(|info| (seq, info)))
-        .map(|(seq, info)| {
-            serde_json::json!({
-                "seq": seq,
-                "request_id": info.request_id,
-                "status": info.status,
-                "signature": info.signature,
-                "message_sha256": info.message_sha256,
-            })
-        })
-        .collect();
-    list.sort_by_key(|v| v["seq"].as_u64());
-    Ok(Json(serde_json::json!({ "cluster_id": cluster, "public_key": public_key, "checkpoints": list }))
-        .into_response())
+    call(&node, &caller, ClientRequest::AuditCheckpoints).await
 }
 
 async fn audit_head(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    let head = node.state().read().state.audit_head.clone();
-    Ok(Json(head).into_response())
+    call(&node, &caller, ClientRequest::AuditHead).await
 }
 
-/// 200 with the signature, 202 while pending, 503 naming why it failed.
+/// 200 with the signature, 202 while open, 503 naming why it failed.
 fn request_response(info: RequestInfo) -> Result<Response, Failure> {
-    match info.status.as_str() {
-        "signed" => Ok(Json(info).into_response()),
-        "pending" | "awaiting_approval" => Ok((StatusCode::ACCEPTED, Json(info)).into_response()),
-        _ => Err(Failure(ApiError::unavailable(format!(
+    match info.status {
+        RequestStatus::Signed => Ok(Json(info).into_response()),
+        RequestStatus::Pending | RequestStatus::AwaitingApproval => {
+            Ok((StatusCode::ACCEPTED, Json(info)).into_response())
+        }
+        RequestStatus::Failed => Err(Failure::Node(NodeError::unavailable(format!(
             "request {} failed: {}",
             info.request_id,
             info.error.unwrap_or_default()

@@ -17,8 +17,9 @@ use frost::keys::dkg::{round1, round2};
 use frost::keys::{KeyPackage, SecretShare};
 use frost_ed25519 as frost;
 use futures::future::BoxFuture;
-use synod_proto::api::{ApiError, WriteResponse};
+use synod_proto::api::WriteResponse;
 use synod_proto::rpc::{PeerRequest, PeerResponse, SecretHex};
+use synod_proto::NodeError;
 use synod_proto::{Command, NodeId};
 use zeroize::Zeroizing;
 
@@ -45,7 +46,7 @@ pub trait DkgHost: Send + Sync {
     /// The new share is sealed into it before the node confirms.
     fn sealed(&self) -> &Arc<SealedStore>;
     /// Commits a command this node authors (round-1 packages, confirmations, aborts).
-    fn write_as_node(&self, command: Command) -> BoxFuture<'_, Result<WriteResponse, ApiError>>;
+    fn write_as_node(&self, command: Command) -> BoxFuture<'_, Result<WriteResponse, NodeError>>;
 }
 
 /// How long to wait before submitting a message again that has not shown up
@@ -368,34 +369,34 @@ impl Dkg {
 
 /// An imported share sent by the operator's CLI: verified against the
 /// committed public key package, sealed, then confirmed in the log.
-pub async fn import_share(node: &dyn DkgHost, key_id: &str, share: &SecretHex) -> Result<(), ApiError> {
+pub async fn import_share(node: &dyn DkgHost, key_id: &str, share: &SecretHex) -> Result<(), NodeError> {
     let key = {
         let applied = node.state().read();
-        let key = applied.state.keys.get(key_id).ok_or(ApiError::new(404, format!("no key with id {key_id}")))?;
+        let key = applied.state.keys.get(key_id).ok_or(NodeError::not_found(format!("no key with id {key_id}")))?;
         if key.origin != KeyOrigin::Imported || key.status != KeyStatus::Generating {
-            return Err(ApiError::new(409, format!("key {} is not waiting for imported shares", key.name)));
+            return Err(NodeError::conflict(format!("key {} is not waiting for imported shares", key.name)));
         }
         if !key.participants.contains(&node.id()) {
-            return Err(ApiError::new(400, format!("node {} is not a participant of key {}", node.id(), key.name)));
+            return Err(NodeError::invalid(format!("node {} is not a participant of key {}", node.id(), key.name)));
         }
         key.clone()
     };
-    let bytes = Zeroizing::new(hex::decode(share.expose()).map_err(|_| ApiError::bad_request("share is not hex"))?);
+    let bytes = Zeroizing::new(hex::decode(share.expose()).map_err(|_| NodeError::invalid("share is not hex"))?);
     let secret =
-        SecretShare::deserialize(&bytes).map_err(|e| ApiError::bad_request(format!("share does not parse: {e}")))?;
+        SecretShare::deserialize(&bytes).map_err(|e| NodeError::invalid(format!("share does not parse: {e}")))?;
     if Some(*secret.identifier()) != frost_identifier(node.id()) {
-        return Err(ApiError::bad_request(format!("this share is for another participant, not node {}", node.id())));
+        return Err(NodeError::invalid(format!("this share is for another participant, not node {}", node.id())));
     }
     let key_package = KeyPackage::try_from(secret)
-        .map_err(|e| ApiError::bad_request(format!("share does not verify against its commitment: {e}")))?;
-    let public = key.public_keys().ok_or(ApiError::new(500, "the key's public package does not parse"))?;
+        .map_err(|e| NodeError::invalid(format!("share does not verify against its commitment: {e}")))?;
+    let public = key.public_keys().ok_or(NodeError::internal("the key's public package does not parse"))?;
     let id = frost_identifier(node.id()).expect("checked above");
     if key_package.verifying_key() != public.verifying_key()
         || public.verifying_shares().get(&id) != Some(key_package.verifying_share())
     {
-        return Err(ApiError::bad_request("this share does not belong to the key's committed public key package"));
+        return Err(NodeError::invalid("this share does not belong to the key's committed public key package"));
     }
-    seal(node, &key, &key_package).await.map_err(|e| ApiError::new(500, format!("cannot seal the share: {e}")))?;
+    seal(node, &key, &key_package).await.map_err(|e| NodeError::internal(format!("cannot seal the share: {e}")))?;
     let confirm = Command::KeyConfirm {
         key_id: key.id.clone(),
         node_id: node.id(),

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::OperatorKey;
+use crate::command::{OperatorKey, SignedCommand};
 use crate::raft::{NodeAddr, Outcome};
 use crate::NodeId;
 
@@ -19,8 +19,7 @@ use crate::NodeId;
 pub struct Health {
     pub node_id: NodeId,
     pub initialized: bool,
-    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
-    pub role: String,
+    pub role: RaftRole,
     pub leader_id: Option<NodeId>,
     pub term: u64,
     pub members: Vec<NodeId>,
@@ -58,7 +57,7 @@ pub struct Rejection {
 pub struct Status {
     pub node_id: NodeId,
     pub cluster_id: Option<String>,
-    pub role: String,
+    pub role: RaftRole,
     pub leader_id: Option<NodeId>,
     pub term: u64,
     pub last_log_index: Option<u64>,
@@ -105,33 +104,50 @@ pub struct KvList {
     pub keys: BTreeMap<String, u64>,
 }
 
-/// An error the API returns, with the HTTP status it maps to.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[error("{message}")]
-pub struct ApiError {
-    pub status: u16,
-    pub message: String,
-    /// Set when the request should be retried at the leader.
-    pub leader_hint: Option<LeaderHint>,
-}
+pub use crate::error::LeaderHint;
 
-/// Where the current leader is, when known.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaderHint {
-    pub node_id: NodeId,
-    pub api_addr: String,
-}
-
-impl ApiError {
-    pub fn new(status: u16, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into(), leader_hint: None }
-    }
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(400, message)
-    }
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(503, message)
-    }
+/// Every call a client makes on a node. The node serves them in one place
+/// (`Node::serve_client`); its HTTP API and the simulator's clients are thin
+/// translators to and from it, so the simulator runs the client path too.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "call", rename_all = "snake_case")]
+pub enum ClientRequest {
+    /// `GET /v1/sys/health` (no client certificate needed).
+    Health { standby_ok: bool },
+    /// `GET /v1/sys/status` and `/v1/sys/metrics`.
+    Status,
+    /// `POST /v1/sys/init`: a genesis command.
+    Init { command: SignedCommand },
+    /// `POST /v1/commands`: any signed command.
+    Write { command: SignedCommand },
+    /// `POST /v1/keys`: create_key or import_key, after pinging the participants.
+    CreateKey { command: SignedCommand },
+    /// `POST /v1/keys/{name}/share`: an imported share for this node.
+    ImportShare { share: ImportShare },
+    /// `POST /v1/sign`: a sign request, waiting up to `wait_ms` for its outcome.
+    Sign { command: SignedCommand, wait_ms: u64 },
+    /// `GET /v1/requests/{id}`, waiting up to `wait_ms` while it is open.
+    GetRequest { request_id: String, wait_ms: u64 },
+    /// `GET /v1/keys`.
+    ListKeys,
+    /// `GET /v1/keys/{name}`: the live key of that name, else the key with that id.
+    GetKey { name: String },
+    /// `GET /v1/kv`.
+    ListKv,
+    /// `GET /v1/kv/{key}`.
+    GetKv { key: String },
+    /// `GET /v1/operators`.
+    ListOperators,
+    /// `GET /v1/admin/proposals`.
+    ListProposals,
+    /// `GET /v1/audit`: records from `from` (1 is the first), at most `limit`.
+    AuditRecords { from: u64, limit: usize },
+    /// `GET /v1/audit/head`.
+    AuditHead,
+    /// `POST /v1/audit/checkpoint`.
+    AuditCheckpoint,
+    /// `GET /v1/audit/checkpoints`.
+    AuditCheckpoints,
 }
 
 /// The JSON body of every error response: `{"errors": ["..."]}`.
@@ -141,6 +157,61 @@ pub struct ErrorBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<LeaderHint>,
 }
+
+/// A node's part in Raft right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RaftRole {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Shutdown,
+}
+
+/// Where a key stands, as the API and the CLI name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStatus {
+    /// Waiting for round-1 packages or confirmations.
+    Generating,
+    /// Every participant confirmed the same key; it signs.
+    Active,
+    /// Generation failed; the name is free again.
+    Aborted,
+}
+
+/// Where a signing request stands, as the API and the CLI name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestStatus {
+    /// Committed; its policy still needs approvals.
+    AwaitingApproval,
+    /// Committed with its policy met; being signed.
+    Pending,
+    Signed,
+    Failed,
+}
+
+impl RequestStatus {
+    /// Whether the request may still change (wait for it).
+    pub fn is_open(self) -> bool {
+        matches!(self, RequestStatus::AwaitingApproval | RequestStatus::Pending)
+    }
+}
+
+macro_rules! snake_case_display {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            /// The same word as in JSON.
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let word = serde_json::to_value(self).map_err(|_| std::fmt::Error)?;
+                f.write_str(word.as_str().unwrap_or_default())
+            }
+        }
+    )*};
+}
+snake_case_display!(RaftRole, KeyStatus, RequestStatus);
 
 /// `GET /v1/keys/{name}`: a signing key as every node's state records it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,8 +225,7 @@ pub struct KeyInfo {
     pub threshold: u16,
     /// Nodes holding a share; FROST identifier = node id.
     pub participants: Vec<NodeId>,
-    /// `generating`, `active` or `aborted`.
-    pub status: String,
+    pub status: KeyStatus,
     /// `dkg` (generated by the nodes) or `imported` (split by a dealer on an operator's machine).
     pub origin: String,
     /// The Ed25519 public key (hex), once known.
@@ -193,8 +263,7 @@ pub struct RequestInfo {
     pub message_bytes: usize,
     pub purpose: String,
     pub requester: OperatorKey,
-    /// `awaiting_approval`, `pending` (being signed), `signed` or `failed`.
-    pub status: String,
+    pub status: RequestStatus,
     /// The 64-byte RFC 8032 signature (hex), once signed.
     pub signature: Option<String>,
     /// The nodes whose shares made the signature.

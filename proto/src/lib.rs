@@ -2,8 +2,9 @@
 //!
 //! Everything that crosses a process boundary is defined here: the signed
 //! commands that operators author ([`command`]), the Raft type configuration
-//! and log entry ([`raft`]), the node-to-node RPC frames ([`rpc`]) and the
-//! HTTP/JSON API bodies ([`api`]). Other crates convert at the edge and never
+//! and log entry ([`raft`]), the node-to-node RPC frames ([`rpc`]), the
+//! HTTP/JSON API bodies ([`api`]) and the typed error a node answers with
+//! ([`error`]). Other crates convert at the edge and never
 //! derive wire serialization themselves.
 
 #![forbid(unsafe_code)]
@@ -11,6 +12,7 @@
 pub mod api;
 pub mod authz;
 pub mod command;
+pub mod error;
 pub mod keyfmt;
 pub mod raft;
 pub mod rpc;
@@ -21,4 +23,5 @@ pub mod sshsig;
 pub type NodeId = u64;
 
 pub use command::{Command, Envelope, Member, OperatorKey, SignedCommand};
+pub use error::{LeaderHint, NodeError};
 pub use raft::{LogEntry, NodeAddr, Outcome, TypeConfig};

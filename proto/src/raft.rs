@@ -49,12 +49,38 @@ pub enum Outcome {
     Rejected {
         /// Why, in words an operator can act on.
         reason: String,
+        /// What kind of refusal: most are the author's lack of authority or a
+        /// bad command; a conflict contradicts what the log already holds.
+        #[serde(default, skip_serializing_if = "Refusal::is_refused")]
+        refusal: Refusal,
     },
     /// A Raft-internal entry (blank or membership) with no application effect.
     Internal,
 }
 
+/// What kind of refusal an [`Outcome::Rejected`] is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// Not authorised, expired, replayed, malformed or otherwise not allowed.
+    #[default]
+    Refused,
+    /// It contradicts what the log holds (one request id, one message).
+    Conflict,
+}
+
+impl Refusal {
+    fn is_refused(&self) -> bool {
+        *self == Refusal::Refused
+    }
+}
+
 impl Outcome {
+    /// A refusal of the common kind.
+    pub fn rejected(reason: impl Into<String>) -> Outcome {
+        Outcome::Rejected { reason: reason.into(), refusal: Refusal::Refused }
+    }
+
     /// True when the command changed the state.
     pub fn is_applied(&self) -> bool {
         matches!(self, Outcome::Applied { .. })

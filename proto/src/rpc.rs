@@ -12,8 +12,9 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{ApiError, WriteResponse};
+use crate::api::WriteResponse;
 use crate::command::SignedCommand;
+use crate::error::NodeError;
 use crate::{NodeId, TypeConfig};
 
 /// Version byte of the frame format.
@@ -132,7 +133,7 @@ pub enum PeerResponse {
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
-    Forward(Result<WriteResponse, ApiError>),
+    Forward(Result<WriteResponse, NodeError>),
     Pong {
         node_id: NodeId,
         cluster_id: Option<String>,

@@ -28,11 +28,11 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use synod_node::node::{Node, NodeHandler};
+use synod_node::node::{ClientResponse, Node, NodeHandler};
 use synod_node::transport::{PeerHandler, PeerTransport, TransportError};
-use synod_proto::api::{ApiError, LeaderHint, WriteResponse};
+use synod_proto::api::{ClientRequest, WriteResponse};
 use synod_proto::rpc::{self, PeerRequest, PeerResponse};
-use synod_proto::{LogEntry, NodeId, SignedCommand};
+use synod_proto::{LeaderHint, LogEntry, NodeError, NodeId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use turmoil::net::{TcpListener, TcpStream};
 
@@ -60,39 +60,17 @@ pub fn node_addr(id: NodeId) -> String {
 pub enum Kind {
     /// Node to node: a [`PeerRequest`], answered with a [`PeerResponse`].
     Peer = 0,
-    /// Client to node: a [`SignedCommand`] for `Node::write`.
-    Write = 1,
-    /// Client to node: a genesis [`SignedCommand`] for `Node::init`.
-    Init = 2,
+    /// Client to node: a [`ClientRequest`], served by `Node::serve_client`
+    /// exactly as the HTTP API serves it; answered with a [`ClientResponse`]
+    /// or a [`NodeError`].
+    Client = 1,
     /// Adversary to leader: a [`LogEntry`] proposed straight to Raft, skipping
     /// `Node::write`'s checks. This is the byzantine leader; it exists only here.
-    ProposeRaw = 3,
-    /// Client to node: a create-key [`SignedCommand`] for `Node::create_key`.
-    CreateKey = 4,
-    /// Client to node: a sign-request [`SignedCommand`] for `Node::sign`, which
-    /// waits up to [`SIGN_WAIT`] for the signature; answered with a `RequestInfo`.
-    Sign = 5,
-    /// Client to node: a key name; answered with the node's `KeyInfo` (or 404).
-    GetKey = 6,
-    /// Client to node: a request id; answered with `Node::wait_request` after
-    /// at most [`SIGN_WAIT`] (a read: nothing is written to the log).
-    GetRequest = 7,
-    /// Client to node: a request id; answered at once with the node's `RequestInfo` (or 404).
-    PeekRequest = 8,
+    ProposeRaw = 2,
 }
 
 impl Kind {
-    const ALL: [Kind; 9] = [
-        Kind::Peer,
-        Kind::Write,
-        Kind::Init,
-        Kind::ProposeRaw,
-        Kind::CreateKey,
-        Kind::Sign,
-        Kind::GetKey,
-        Kind::GetRequest,
-        Kind::PeekRequest,
-    ];
+    const ALL: [Kind; 3] = [Kind::Peer, Kind::Client, Kind::ProposeRaw];
 
     fn from_byte(b: u8) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| *k as u8 == b)
@@ -362,15 +340,24 @@ fn alter_put(entry: &mut openraft::Entry<synod_proto::TypeConfig>) -> Option<Str
     Some(key)
 }
 
-/// A client's call to node `to`: a write (a [`WriteResponse`]), a sign request, a key or request read.
-pub async fn client_call<Req: Serialize, Resp: DeserializeOwned>(
+/// A client's call to node `to`.
+pub async fn client_call(
     net: &SharedNet,
     to: NodeId,
-    kind: Kind,
-    body: &Req,
+    request: &ClientRequest,
     timeout: Duration,
-) -> Result<Result<Resp, ApiError>, CallError> {
-    call(net, 0, to, kind, body, timeout, false).await
+) -> Result<Result<ClientResponse, NodeError>, CallError> {
+    call(net, 0, to, Kind::Client, request, timeout, false).await
+}
+
+/// The byzantine leader's call: `entry` proposed straight to Raft on `to`.
+pub async fn propose_raw_call(
+    net: &SharedNet,
+    to: NodeId,
+    entry: &LogEntry,
+    timeout: Duration,
+) -> Result<Result<WriteResponse, NodeError>, CallError> {
+    call(net, 0, to, Kind::ProposeRaw, entry, timeout, false).await
 }
 
 /// Serves peers and clients until the host is crashed.
@@ -398,43 +385,13 @@ async fn serve_connection(mut stream: TcpStream, peer: IpAddr, node: Arc<Node>) 
             let response = serve_peer(&node, peer, from, request).await;
             rpc::encode(&response)
         }
-        Kind::Write => {
-            let command: SignedCommand = rpc::decode_body(&body).map_err(decode_err)?;
-            rpc::encode(&node.write(command).await)
-        }
-        Kind::Init => {
-            let command: SignedCommand = rpc::decode_body(&body).map_err(decode_err)?;
-            rpc::encode(&node.init(command).await)
+        Kind::Client => {
+            let request: ClientRequest = rpc::decode_body(&body).map_err(decode_err)?;
+            rpc::encode(&node.serve_client(request).await)
         }
         Kind::ProposeRaw => {
             let entry: LogEntry = rpc::decode_body(&body).map_err(decode_err)?;
             rpc::encode(&propose_raw(&node, entry).await)
-        }
-        Kind::CreateKey => {
-            let command: SignedCommand = rpc::decode_body(&body).map_err(decode_err)?;
-            rpc::encode(&node.create_key(command).await)
-        }
-        Kind::Sign => {
-            let command: SignedCommand = rpc::decode_body(&body).map_err(decode_err)?;
-            rpc::encode(&node.sign(command, SIGN_WAIT).await)
-        }
-        Kind::GetKey => {
-            let name: String = rpc::decode_body(&body).map_err(decode_err)?;
-            // As `GET /v1/keys/{name}`: the live key of that name, else the key with that id.
-            let info = {
-                let applied = node.state().read();
-                applied.state.key_by_name(&name).or_else(|| applied.state.keys.get(&name)).map(|k| k.info())
-            };
-            rpc::encode(&info.ok_or_else(|| ApiError::new(404, format!("no key named {name} on this node"))))
-        }
-        Kind::GetRequest => {
-            let request_id: String = rpc::decode_body(&body).map_err(decode_err)?;
-            rpc::encode(&node.wait_request(&request_id, SIGN_WAIT).await)
-        }
-        Kind::PeekRequest => {
-            let request_id: String = rpc::decode_body(&body).map_err(decode_err)?;
-            let info = node.state().read().state.request_info(&request_id);
-            rpc::encode(&info.ok_or_else(|| ApiError::new(404, format!("no request {request_id} on this node"))))
         }
     };
     stream.write_all(&answer.map_err(decode_err)?).await
@@ -454,15 +411,14 @@ async fn serve_peer(node: &Arc<Node>, peer: IpAddr, from: NodeId, request: PeerR
 }
 
 /// The byzantine leader: appends an entry without `Node::write`'s checks.
-async fn propose_raw(node: &Node, entry: LogEntry) -> Result<WriteResponse, ApiError> {
+async fn propose_raw(node: &Node, entry: LogEntry) -> Result<WriteResponse, NodeError> {
     use openraft::error::{ClientWriteError, RaftError};
     match node.raft.client_write(entry).await {
         Ok(resp) => Ok(WriteResponse { index: resp.log_id.index, outcome: resp.data }),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => {
-            let mut err = ApiError::new(421, "not the leader");
-            err.leader_hint = fwd.leader_id.map(|id| LeaderHint { node_id: id, api_addr: node_addr(id) });
-            Err(err)
-        }
-        Err(e) => Err(ApiError::unavailable(e.to_string())),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => Err(match fwd.leader_id {
+            Some(id) => NodeError::NotLeader { leader: LeaderHint { node_id: id, api_addr: node_addr(id) } },
+            None => NodeError::unavailable("no leader"),
+        }),
+        Err(e) => Err(NodeError::unavailable(e.to_string())),
     }
 }

@@ -18,12 +18,14 @@ use ed25519_dalek::{Signer as _, SigningKey};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use sha2::Digest;
-use synod_proto::api::{ApiError, KeyInfo, RequestInfo, WriteResponse};
+use synod_node::node::ClientResponse;
+use synod_proto::api::{ClientRequest, KeyInfo, KeyStatus, RequestInfo, RequestStatus, WriteResponse};
 use synod_proto::authz::{approval_bytes, ApprovalSignature, ApprovalStatement, Policy, Role, Tier};
+use synod_proto::NodeError;
 use synod_proto::{Command, Envelope, LogEntry, Member, NodeAddr, NodeId, OperatorKey, Outcome, SignedCommand};
 
 use crate::cluster::{SimNow, EPOCH_MS};
-use crate::net::{self, Kind, SharedNet};
+use crate::net::{self, SharedNet};
 use crate::schedule::Forgery;
 use crate::trace::SharedTrace;
 
@@ -287,21 +289,29 @@ impl ClientCtx {
         SignedCommand::sign(&envelope, key)
     }
 
-    /// Sends `body` to `first`, following leader hints and retrying elsewhere
-    /// on errors, for at most `attempts` tries.
-    async fn submit<B: serde::Serialize>(
+    /// Sends `submission` to `first`, following leader hints and retrying
+    /// elsewhere on errors, for at most `attempts` tries.
+    async fn submit(
         &self,
-        kind: Kind,
-        body: &B,
+        submission: Submission<'_>,
         first: NodeId,
         rng: &mut ChaCha8Rng,
         attempts: u32,
     ) -> Option<WriteResponse> {
         let mut target = first;
         for _ in 0..attempts {
-            match net::client_call::<_, WriteResponse>(&self.net, target, kind, body, CALL_TIMEOUT).await {
+            let answer = match submission {
+                Submission::Command(command) => {
+                    let request = ClientRequest::Write { command: command.clone() };
+                    call_node(&self.net, target, &request, CALL_TIMEOUT, written).await
+                }
+                Submission::Raw(entry) => net::propose_raw_call(&self.net, target, entry, CALL_TIMEOUT).await,
+            };
+            match answer {
                 Ok(Ok(response)) => return Some(response),
-                Ok(Err(ApiError { leader_hint: Some(hint), .. })) if hint.node_id != target => target = hint.node_id,
+                Ok(Err(e)) if e.leader().is_some_and(|hint| hint.node_id != target) => {
+                    target = e.leader().map_or(target, |hint| hint.node_id)
+                }
                 _ => {
                     target = 1 + rng.next_u64() % self.nodes;
                     tokio::time::sleep(Duration::from_millis(20 + rng.next_u64() % 80)).await;
@@ -310,6 +320,58 @@ impl ClientCtx {
         }
         None
     }
+}
+
+/// What [`ClientCtx::submit`] sends: a client's signed command, or the
+/// byzantine leader's raw log entry.
+#[derive(Clone, Copy)]
+enum Submission<'a> {
+    Command(&'a SignedCommand),
+    Raw(&'a LogEntry),
+}
+
+/// A client call through `Node::serve_client`, taking the answer of the
+/// expected shape (`written`, `request_info`, `key_info`).
+async fn call_node<T>(
+    net: &net::SharedNet,
+    to: NodeId,
+    request: &ClientRequest,
+    timeout: Duration,
+    shape: fn(ClientResponse) -> Option<T>,
+) -> Result<Result<T, NodeError>, net::CallError> {
+    let answer = net::client_call(net, to, request, timeout).await?;
+    Ok(answer.and_then(|r| shape(r).ok_or_else(|| NodeError::internal("the node answered another call"))))
+}
+
+fn written(response: ClientResponse) -> Option<WriteResponse> {
+    match response {
+        ClientResponse::Written(w) => Some(w),
+        _ => None,
+    }
+}
+
+fn request_info(response: ClientResponse) -> Option<RequestInfo> {
+    match response {
+        ClientResponse::Request(info) => Some(*info),
+        _ => None,
+    }
+}
+
+fn key_info(response: ClientResponse) -> Option<KeyInfo> {
+    match response {
+        ClientResponse::Key(info) => Some(*info),
+        _ => None,
+    }
+}
+
+/// A sign request, waiting up to [`net::SIGN_WAIT`] for its outcome.
+fn sign_call(command: &SignedCommand) -> ClientRequest {
+    ClientRequest::Sign { command: command.clone(), wait_ms: net::SIGN_WAIT.as_millis() as u64 }
+}
+
+/// A request read, waiting up to `wait` while it is open.
+fn get_request(request_id: &str, wait: Duration) -> ClientRequest {
+    ClientRequest::GetRequest { request_id: request_id.to_string(), wait_ms: wait.as_millis() as u64 }
 }
 
 /// The genesis command: one admin, every simulated node a member.
@@ -333,10 +395,11 @@ pub async fn boot_client(ctx: ClientCtx) -> turmoil::Result {
     let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0xb007);
     let command = genesis(&ctx, &mut rng);
     loop {
-        match net::client_call::<_, WriteResponse>(&ctx.net, 1, Kind::Init, &command, Duration::from_secs(20)).await {
+        let init = ClientRequest::Init { command: command.clone() };
+        match call_node(&ctx.net, 1, &init, Duration::from_secs(20), written).await {
             Ok(Ok(response)) if response.outcome.is_applied() => break,
             // An earlier attempt committed it and only the answer was lost.
-            Ok(Err(e)) if e.status == 409 => break,
+            Ok(Err(NodeError::Conflict { .. })) => break,
             other => {
                 ctx.event(format!("boot: init not done yet: {other:?}"));
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -371,7 +434,7 @@ pub async fn workload_client(ctx: ClientCtx, client: usize, mut workload: Box<dy
         ctx.history.borrow_mut().pending.insert((client, seq), key.clone());
         let first = 1 + rng.next_u64() % ctx.nodes;
         let response = ctx
-            .submit(Kind::Write, &signed, first, &mut rng, u32::MAX)
+            .submit(Submission::Command(&signed), first, &mut rng, u32::MAX)
             .await
             .expect("unbounded attempts always end in a response");
         let event = {
@@ -383,7 +446,7 @@ pub async fn workload_client(ctx: ClientCtx, client: usize, mut workload: Box<dy
                     history.acks.push(ack(Some(response.index)));
                     format!("c{client}: ack {key} at index {}", response.index)
                 }
-                Outcome::Rejected { reason } if reason.contains("replay") => {
+                Outcome::Rejected { reason, .. } if reason.contains("replay") => {
                     // A retry of a write whose first attempt applied without an answer.
                     history.acks.push(ack(None));
                     format!("c{client}: ack {key} (a retry; applied earlier)")
@@ -416,7 +479,7 @@ pub async fn adversary(ctx: ClientCtx) -> turmoil::Result {
             continue;
         };
         let (entry, replayed_key) = forge(&ctx, &mut rng, fault_id, forgery);
-        let response = ctx.submit(Kind::ProposeRaw, &entry, leader, &mut rng, 10).await;
+        let response = ctx.submit(Submission::Raw(&entry), leader, &mut rng, 10).await;
         let outcome = response.map(|r| r.outcome);
         ctx.event(format!("adversary: forgery #{fault_id} {forgery:?} -> {outcome:?}"));
         ctx.history.borrow_mut().forged.push(ForgedResult { fault_id, forgery, replayed_key, outcome });
@@ -523,14 +586,14 @@ async fn set_up_approvals(ctx: &ClientCtx, rng: &mut ChaCha8Rng) {
         loop {
             let signed = ctx.sign(&ctx.admin, rng, command.clone());
             let first = ctx.random_node(rng);
-            let response = ctx.submit(Kind::Write, &signed, first, rng, 20).await;
+            let response = ctx.submit(Submission::Command(&signed), first, rng, 20).await;
             match response.map(|r| r.outcome) {
                 Some(Outcome::Applied { detail }) => {
                     ctx.event(format!("admin: {kind}: {detail}"));
                     break;
                 }
                 // An earlier attempt applied without an answer.
-                Some(Outcome::Rejected { reason }) if reason.contains("already exists") => break,
+                Some(Outcome::Rejected { reason, .. }) if reason.contains("already exists") => break,
                 other => ctx.event(format!("admin: {kind} not applied yet: {other:?}")),
             }
         }
@@ -545,22 +608,23 @@ async fn create_key(ctx: &ClientCtx, rng: &mut ChaCha8Rng, name: &str, participa
     let mut target = ctx.random_node(rng);
     loop {
         let info =
-            net::client_call::<_, KeyInfo>(&ctx.net, target, Kind::GetKey, &name.to_string(), CALL_TIMEOUT).await;
+            call_node(&ctx.net, target, &ClientRequest::GetKey { name: name.to_string() }, CALL_TIMEOUT, key_info)
+                .await;
         target = ctx.random_node(rng);
         match info {
-            Ok(Ok(info)) if info.status == "active" => {
+            Ok(Ok(info)) if info.status == KeyStatus::Active => {
                 let group_key = info.public_key.unwrap_or_default();
                 ctx.event(format!("admin: key {name} ({}) active, group key {}", info.id, short(&group_key)));
                 return KeyAck { id: info.id, name: name.to_string(), group_key, at_ms: ctx.now_ms() };
             }
-            Ok(Ok(info)) if info.status == "generating" => {
+            Ok(Ok(info)) if info.status == KeyStatus::Generating => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
             // Aborted, or unknown to that node: create it (again). A node that lags
             // behind a generation in progress makes this a second create_key, which
             // the state machine refuses because the name is taken.
-            Ok(Ok(_)) | Ok(Err(ApiError { status: 404, .. })) => {}
+            Ok(Ok(_)) | Ok(Err(NodeError::NotFound { .. })) => {}
             _ => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
@@ -568,7 +632,8 @@ async fn create_key(ctx: &ClientCtx, rng: &mut ChaCha8Rng, name: &str, participa
         }
         // Why the last attempt ended (the name is free again): leave out a culprit.
         if let Some(id) = &last_attempt {
-            let previous = net::client_call::<_, KeyInfo>(&ctx.net, target, Kind::GetKey, id, CALL_TIMEOUT).await;
+            let previous =
+                call_node(&ctx.net, target, &ClientRequest::GetKey { name: id.clone() }, CALL_TIMEOUT, key_info).await;
             if let Ok(Ok(KeyInfo { culprit: Some(culprit), abort_reason, .. })) = previous {
                 if participants.contains(&culprit) {
                     participants.retain(|p| *p != culprit);
@@ -584,11 +649,11 @@ async fn create_key(ctx: &ClientCtx, rng: &mut ChaCha8Rng, name: &str, participa
         let signed = ctx.sign(&ctx.admin, rng, command);
         last_attempt = signed.verify().ok().map(|envelope| envelope.command_id);
         *ctx.history.borrow_mut().key_attempts.entry(name.to_string()).or_default() += 1;
-        let answer =
-            net::client_call::<_, WriteResponse>(&ctx.net, target, Kind::CreateKey, &signed, CREATE_KEY_TIMEOUT).await;
+        let create = ClientRequest::CreateKey { command: signed.clone() };
+        let answer = call_node(&ctx.net, target, &create, CREATE_KEY_TIMEOUT, written).await;
         let what = match answer {
             Ok(Ok(response)) => format!("{:?} at index {}", response.outcome, response.index),
-            Ok(Err(e)) => format!("error {}: {}", e.status, e.message),
+            Ok(Err(e)) => format!("error: {e}"),
             Err(e) => format!("no answer ({e:?})"),
         };
         ctx.event(format!("admin: create key {name} ({threshold} of {participants:?}) via n{target}: {what}"));
@@ -725,23 +790,23 @@ async fn follow_withheld(ctx: &ClientCtx, rng: &mut ChaCha8Rng, ask: &Ask<'_>) {
     let mut last = String::new();
     while committed_at.is_none_or(|at| ctx.now_ms() < at + WITHHELD_FOLLOW_MS) {
         let target = ctx.random_node(rng);
-        let answer: Result<Result<RequestInfo, ApiError>, net::CallError> = if committed_at.is_none() {
-            net::client_call(&ctx.net, target, Kind::Sign, &signed, SIGN_CALL_TIMEOUT).await
+        let answer = if committed_at.is_none() {
+            call_node(&ctx.net, target, &sign_call(&signed), SIGN_CALL_TIMEOUT, request_info).await
         } else {
-            net::client_call(&ctx.net, target, Kind::PeekRequest, &ask.request_id.to_string(), CALL_TIMEOUT).await
+            call_node(&ctx.net, target, &get_request(ask.request_id, Duration::ZERO), CALL_TIMEOUT, request_info).await
         };
         match answer {
             Ok(Ok(info)) => {
                 committed_at.get_or_insert(ctx.now_ms());
-                if info.status != last {
+                if info.status.to_string() != last {
                     ctx.event(format!(
                         "s{}: {} (withheld) is {} on n{target}",
                         ask.client, ask.request_id, info.status
                     ));
-                    last = info.status;
+                    last = info.status.to_string();
                 }
             }
-            Ok(Err(e)) if e.status == 403 && e.message.contains("replay") => {
+            Ok(Err(NodeError::Refused { message })) if message.contains("replay") => {
                 committed_at.get_or_insert(ctx.now_ms());
             }
             _ => {}
@@ -767,10 +832,10 @@ async fn sign_until_signed(ctx: &ClientCtx, rng: &mut ChaCha8Rng, ask: &Ask<'_>)
     let mut conflict_tried = false;
     let mut target = ctx.random_node(rng);
     loop {
-        let answer: Result<Result<RequestInfo, ApiError>, net::CallError> = if submit {
-            net::client_call(&ctx.net, target, Kind::Sign, &signed, SIGN_CALL_TIMEOUT).await
+        let answer = if submit {
+            call_node(&ctx.net, target, &sign_call(&signed), SIGN_CALL_TIMEOUT, request_info).await
         } else {
-            net::client_call(&ctx.net, target, Kind::GetRequest, &request_id.to_string(), SIGN_CALL_TIMEOUT).await
+            call_node(&ctx.net, target, &get_request(request_id, net::SIGN_WAIT), SIGN_CALL_TIMEOUT, request_info).await
         };
         match answer {
             Ok(Ok(info)) => {
@@ -786,8 +851,8 @@ async fn sign_until_signed(ctx: &ClientCtx, rng: &mut ChaCha8Rng, ask: &Ask<'_>)
                     conflict_tried = true;
                     send_conflict(ctx, rng, ask).await;
                 }
-                match (info.status.as_str(), info.signature) {
-                    ("signed", Some(signature)) => {
+                match (info.status, info.signature) {
+                    (RequestStatus::Signed, Some(signature)) => {
                         let mut history = ctx.history.borrow_mut();
                         history.sign_pending.remove(request_id);
                         let ack = SignAck {
@@ -806,10 +871,10 @@ async fn sign_until_signed(ctx: &ClientCtx, rng: &mut ChaCha8Rng, ask: &Ask<'_>)
                         ));
                         return signature;
                     }
-                    ("signed", None) => {
+                    (RequestStatus::Signed, None) => {
                         ctx.anomaly(format!("{request_id}: n{target} answered signed without a signature"));
                     }
-                    ("failed", _) => {
+                    (RequestStatus::Failed, _) => {
                         ctx.event(format!(
                             "s{client}: {request_id} failed: {}; sending it again",
                             info.error.unwrap_or_default()
@@ -825,16 +890,16 @@ async fn sign_until_signed(ctx: &ClientCtx, rng: &mut ChaCha8Rng, ask: &Ask<'_>)
                     }
                 }
             }
-            Ok(Err(e)) if e.status == 409 && e.message.contains("one request id, one message") => {
-                ctx.anomaly(format!("{request_id}: its own first message was refused as a second one: {}", e.message));
+            Ok(Err(NodeError::Conflict { message })) => {
+                ctx.anomaly(format!("{request_id}: its own first message was refused as a second one: {message}"));
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Ok(Err(e)) if e.status == 403 && e.message.contains("replay") => {
+            Ok(Err(NodeError::Refused { message })) if message.contains("replay") => {
                 // This command was applied before (the request has failed since): a new one.
                 signed = ask.command(ctx, rng, &message_hex);
                 target = ctx.random_node(rng);
             }
-            Ok(Err(ApiError { status: 404, .. })) if !submit => {
+            Ok(Err(NodeError::NotFound { .. })) if !submit => {
                 // That node has not applied the request (yet); after a few misses, submit again.
                 not_found += 1;
                 submit = not_found >= 3;
@@ -842,7 +907,7 @@ async fn sign_until_signed(ctx: &ClientCtx, rng: &mut ChaCha8Rng, ask: &Ask<'_>)
                 tokio::time::sleep(Duration::from_millis(50 + rng.next_u64() % 100)).await;
             }
             Ok(Err(e)) => {
-                target = match e.leader_hint {
+                target = match e.leader() {
                     Some(hint) if hint.node_id != target => hint.node_id,
                     _ => ctx.random_node(rng),
                 };
@@ -870,8 +935,7 @@ async fn send_conflict(ctx: &ClientCtx, rng: &mut ChaCha8Rng, ask: &Ask<'_>) {
     let signed = ask.command(ctx, rng, &other_hex);
     for _ in 0..5 {
         let target = ctx.random_node(rng);
-        let answer: Result<Result<RequestInfo, ApiError>, net::CallError> =
-            net::client_call(&ctx.net, target, Kind::Sign, &signed, SIGN_CALL_TIMEOUT).await;
+        let answer = call_node(&ctx.net, target, &sign_call(&signed), SIGN_CALL_TIMEOUT, request_info).await;
         match answer {
             // Answered with the request under that id: accepted only if it now names the second message.
             Ok(Ok(info)) => {
@@ -890,11 +954,11 @@ async fn send_conflict(ctx: &ClientCtx, rng: &mut ChaCha8Rng, ask: &Ask<'_>) {
                 }
                 return;
             }
-            // 409: refused as a second message; 403: an earlier attempt of this very
-            // command was refused already and this one is a replay of it.
-            Ok(Err(e)) if e.status == 409 || e.status == 403 => {
+            // A conflict: refused as a second message; refused: an earlier attempt of
+            // this very command was refused already and this one is a replay of it.
+            Ok(Err(e @ (NodeError::Conflict { .. } | NodeError::Refused { .. }))) => {
                 ctx.history.borrow_mut().conflicts_refused += 1;
-                ctx.event(format!("s{client}: second message under {request_id} refused ({})", e.status));
+                ctx.event(format!("s{client}: second message under {request_id} refused ({e})"));
                 return;
             }
             _ => tokio::time::sleep(Duration::from_millis(50 + rng.next_u64() % 100)).await,
@@ -911,10 +975,9 @@ async fn resend_signed(ctx: &ClientCtx, rng: &mut ChaCha8Rng, ask: &Ask<'_>, sig
     let signed = ask.command(ctx, rng, &hex::encode(ask.message));
     for _ in 0..5 {
         let target = ctx.random_node(rng);
-        let answer: Result<Result<RequestInfo, ApiError>, net::CallError> =
-            net::client_call(&ctx.net, target, Kind::Sign, &signed, SIGN_CALL_TIMEOUT).await;
+        let answer = call_node(&ctx.net, target, &sign_call(&signed), SIGN_CALL_TIMEOUT, request_info).await;
         match answer {
-            Ok(Ok(RequestInfo { status, signature: Some(again), .. })) if status == "signed" => {
+            Ok(Ok(RequestInfo { status: RequestStatus::Signed, signature: Some(again), .. })) => {
                 let same = if again == signature { "the same signature" } else { "ANOTHER signature" };
                 ctx.event(format!("s{client}: {request_id} re-sent via n{target}: {same}"));
                 let ack =
@@ -922,8 +985,8 @@ async fn resend_signed(ctx: &ClientCtx, rng: &mut ChaCha8Rng, ask: &Ask<'_>, sig
                 ctx.history.borrow_mut().sign_acks.push(ack);
                 return;
             }
-            Ok(Err(e)) if e.status == 409 => {
-                ctx.anomaly(format!("{request_id}: re-sending the same message was refused: {}", e.message));
+            Ok(Err(NodeError::Conflict { message })) => {
+                ctx.anomaly(format!("{request_id}: re-sending the same message was refused: {message}"));
                 return;
             }
             _ => tokio::time::sleep(Duration::from_millis(50 + rng.next_u64() % 100)).await,
@@ -966,12 +1029,11 @@ pub async fn approver_client(ctx: ClientCtx, signing_clients: usize) -> turmoil:
 async fn approve(ctx: &ClientCtx, rng: &mut ChaCha8Rng, request_id: &str) {
     let target = ctx.random_node(rng);
     let answer =
-        net::client_call::<_, RequestInfo>(&ctx.net, target, Kind::PeekRequest, &request_id.to_string(), CALL_TIMEOUT)
-            .await;
+        call_node(&ctx.net, target, &get_request(request_id, Duration::ZERO), CALL_TIMEOUT, request_info).await;
     let Ok(Ok(info)) = answer else { return };
     let sent_sha256 = ctx.history.borrow().sent.get(request_id).map(|s| s.message_sha256.clone());
     // An approver checks what it approves: the message the client sent, nothing else.
-    if info.status != "awaiting_approval" || sent_sha256.as_deref() != Some(info.message_sha256.as_str()) {
+    if info.status != RequestStatus::AwaitingApproval || sent_sha256.as_deref() != Some(info.message_sha256.as_str()) {
         return;
     }
     let statement = ApprovalStatement {
@@ -1005,7 +1067,7 @@ async fn approve(ctx: &ClientCtx, rng: &mut ChaCha8Rng, request_id: &str) {
         let command = Command::Approve { request_id: request_id.to_string(), approver: name.to_string(), signature };
         // The approval signature is the authority; the approver signs the envelope too.
         let signed = ctx.sign(key, rng, command);
-        let outcome = ctx.submit(Kind::Write, &signed, target, rng, 5).await.map(|r| r.outcome);
+        let outcome = ctx.submit(Submission::Command(&signed), target, rng, 5).await.map(|r| r.outcome);
         if let Some(Outcome::Applied { detail }) = &outcome {
             ctx.history.borrow_mut().approvals_applied += 1;
             ctx.event(format!("approvers: {detail}"));

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use synod_proto::api::{ApiError, WriteResponse};
+use synod_proto::api::WriteResponse;
+use synod_proto::NodeError;
 use synod_proto::{Command, NodeId};
 
 use super::Node;
@@ -39,7 +40,7 @@ impl DkgHost for Node {
         Node::sealed(self)
     }
 
-    fn write_as_node(&self, command: Command) -> BoxFuture<'_, Result<WriteResponse, ApiError>> {
+    fn write_as_node(&self, command: Command) -> BoxFuture<'_, Result<WriteResponse, NodeError>> {
         Node::write_as_node(self, command).boxed()
     }
 }

@@ -36,12 +36,7 @@ impl Node {
             let applied = self.shared.read();
             let state = &applied.state;
             let audit_key = state.key_by_name(synod_proto::authz::AUDIT_KEY_NAME);
-            let last_seq = state
-                .requests
-                .keys()
-                .filter_map(|id| id.strip_prefix("checkpoint-").and_then(|n| n.parse::<u64>().ok()))
-                .max()
-                .unwrap_or(0);
+            let last_seq = state.requests.keys().filter_map(|id| crate::state::checkpoint_seq(id)).max().unwrap_or(0);
             // The checkpoint's own entry and its result add two records; they alone need no new checkpoint.
             audit_key.is_some_and(|k| k.status == crate::state::KeyStatus::Active)
                 && state.audit_head.seq > last_seq + 2

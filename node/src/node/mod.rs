@@ -2,12 +2,14 @@
 //! path, assembled from seams so the simulator can build the same thing.
 //!
 //! The rooms: this file builds the node and answers reads (health, status);
+//! `client` serves every client call (the API and the simulator translate to it);
 //! `write` is the write path (checks, proposing, forwarding); `peer` answers
 //! other nodes; `vote` is the gate that keeps a node on an empty disk from
 //! voting; `loops` are the background tasks (membership, election ties, keys
 //! and signing, checkpoints); `leader` hands the coordinator crate its
 //! narrow context; `dkg_host` does the same for this node's key generation.
 
+mod client;
 mod dkg_host;
 mod leader;
 mod loops;
@@ -15,6 +17,7 @@ mod peer;
 mod vote;
 mod write;
 
+pub use client::{CheckpointInfo, CheckpointList, ClientResponse, AUDIT_PAGE_MAX};
 use loops::{break_election_ties, keys_and_signing, reconcile_membership};
 pub use peer::NodeHandler;
 use vote::CatchUp;
@@ -27,7 +30,7 @@ use std::time::Duration;
 
 use openraft::ServerState;
 use synod_coordinator::Leader;
-use synod_proto::api::{Health, MemberStatus, Status};
+use synod_proto::api::{Health, MemberStatus, RaftRole, Status};
 use synod_proto::NodeId;
 
 use crate::config::RaftTuning;
@@ -201,26 +204,25 @@ impl Node {
             .map_err(std::io::Error::other)
     }
 
-    /// The role name for health and status.
-    fn role(state: ServerState) -> &'static str {
+    /// The role for health and status.
+    fn role(state: ServerState) -> RaftRole {
         match state {
-            ServerState::Leader => "leader",
-            ServerState::Follower => "follower",
-            ServerState::Candidate => "candidate",
-            ServerState::Learner => "learner",
-            ServerState::Shutdown => "shutdown",
+            ServerState::Leader => RaftRole::Leader,
+            ServerState::Follower => RaftRole::Follower,
+            ServerState::Candidate => RaftRole::Candidate,
+            ServerState::Learner => RaftRole::Learner,
+            ServerState::Shutdown => RaftRole::Shutdown,
         }
     }
 
     /// `GET /v1/sys/health` and its HTTP status code.
-    pub fn health(&self, standby_ok: bool) -> (u16, Health) {
+    pub fn health(&self) -> Health {
         let m = self.raft.metrics().borrow().clone();
         let applied = self.shared.read();
-        let initialized = applied.state.cluster_id.is_some();
-        let health = Health {
+        Health {
             node_id: self.id,
-            initialized,
-            role: Self::role(m.state).into(),
+            initialized: applied.state.cluster_id.is_some(),
+            role: Self::role(m.state),
             leader_id: m.current_leader,
             term: m.current_term,
             members: m.membership_config.membership().voter_ids().collect(),
@@ -228,15 +230,7 @@ impl Node {
             cluster_id: applied.state.cluster_id.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             kek_backend: self.sealed.kek().backend().into(),
-        };
-        let code = match (initialized, m.state, m.current_leader) {
-            (false, _, _) => 501,
-            (true, ServerState::Leader, _) => 200,
-            (true, _, Some(_)) if standby_ok => 200,
-            (true, _, Some(_)) => 429,
-            (true, _, None) => 503,
-        };
-        (code, health)
+        }
     }
 
     /// `GET /v1/sys/status`.
@@ -259,7 +253,7 @@ impl Node {
         Status {
             node_id: self.id,
             cluster_id: state.cluster_id.clone(),
-            role: Self::role(m.state).into(),
+            role: Self::role(m.state),
             leader_id: m.current_leader,
             term: m.current_term,
             last_log_index: m.last_log_index,

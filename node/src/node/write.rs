@@ -5,10 +5,11 @@
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
-use synod_proto::api::{ApiError, LeaderHint, RequestInfo, WriteResponse};
+use synod_proto::api::{RequestInfo, RequestStatus, WriteResponse};
 use synod_proto::command::Authority;
+use synod_proto::raft::Refusal;
 use synod_proto::rpc::{PeerRequest, PeerResponse};
-use synod_proto::{Command, LogEntry, NodeAddr, NodeId, SignedCommand};
+use synod_proto::{Command, LeaderHint, LogEntry, NodeAddr, NodeError, NodeId, Outcome, SignedCommand};
 
 use super::{Node, NODE_COMMAND_TTL_MS};
 use crate::faults;
@@ -51,24 +52,22 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 impl Node {
     /// Commits a command this node authors (DKG messages, signing outcomes),
     /// signed with its certificate key.
-    pub async fn write_as_node(&self, command: Command) -> Result<WriteResponse, ApiError> {
+    pub async fn write_as_node(&self, command: Command) -> Result<WriteResponse, NodeError> {
         let cluster_id = self.shared.read().state.cluster_id.clone();
-        let cluster_id = cluster_id.ok_or_else(|| ApiError::new(412, "the cluster is not initialised"))?;
+        let cluster_id = cluster_id.ok_or_else(|| NodeError::not_initialised("the cluster is not initialised"))?;
         let now = self.now_ms();
         let envelope = {
             let mut rng = self.seams.rng.lock().expect("rng lock");
             synod_proto::Envelope::new(cluster_id, command, now, NODE_COMMAND_TTL_MS, &mut *rng)
         };
         let response = self.write(self.identity.sign(&envelope)).await?;
-        if let synod_proto::Outcome::Rejected { reason } = &response.outcome {
-            return Err(ApiError::new(409, reason.clone()));
-        }
+        refused_as_error(&response.outcome)?;
         Ok(response)
     }
 
     /// Commits a signed command through Raft from any node: the leader proposes
     /// it, a follower forwards it to the leader.
-    pub async fn write(&self, command: SignedCommand) -> Result<WriteResponse, ApiError> {
+    pub async fn write(&self, command: SignedCommand) -> Result<WriteResponse, NodeError> {
         self.write_inner(command, true).await
     }
 
@@ -76,7 +75,7 @@ impl Node {
         &self,
         command: SignedCommand,
         may_forward: bool,
-    ) -> Result<WriteResponse, ApiError> {
+    ) -> Result<WriteResponse, NodeError> {
         if !faults::enabled(faults::SKIP_AUTHOR_CHECK) {
             self.precheck(&command)?;
         }
@@ -88,11 +87,13 @@ impl Node {
             }
         }
         let Ok(written) = tokio::time::timeout(COMMIT_TIMEOUT, self.raft.client_write(entry)).await else {
-            return Err(ApiError::unavailable(format!(
-                "the write was proposed but not committed within {} s (leadership may have changed); \
-                 it may still commit: send the same signed command again, which is applied at most once",
-                COMMIT_TIMEOUT.as_secs()
-            )));
+            return Err(NodeError::MayStillCommit {
+                message: format!(
+                    "the write was proposed but not committed within {} s (leadership may have changed); \
+                     it may still commit: send the same signed command again, which is applied at most once",
+                    COMMIT_TIMEOUT.as_secs()
+                ),
+            });
         };
         match written {
             Ok(resp) => {
@@ -101,7 +102,7 @@ impl Node {
             }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => {
                 let (Some(leader), Some(addr)) = (fwd.leader_id, fwd.leader_node) else {
-                    return Err(ApiError::unavailable("no leader is elected right now; retry in a moment"));
+                    return Err(NodeError::unavailable("no leader is elected right now; retry in a moment"));
                 };
                 if !may_forward {
                     return Err(not_leader(leader, &addr));
@@ -112,38 +113,42 @@ impl Node {
                 Ok(response)
             }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(ApiError::new(409, e.to_string()))
+                Err(NodeError::conflict(e.to_string()))
             }
-            Err(RaftError::Fatal(e)) => Err(ApiError::unavailable(format!("this node's Raft has stopped: {e}"))),
+            Err(RaftError::Fatal(e)) => Err(NodeError::unavailable(format!("this node's Raft has stopped: {e}"))),
         }
     }
 
-    async fn forward(&self, leader: NodeId, addr: NodeAddr, command: SignedCommand) -> Result<WriteResponse, ApiError> {
+    async fn forward(
+        &self,
+        leader: NodeId,
+        addr: NodeAddr,
+        command: SignedCommand,
+    ) -> Result<WriteResponse, NodeError> {
         let response = self
             .transport
             .call(leader, addr.raft_addr.clone(), PeerRequest::Forward(command), FORWARD_TIMEOUT)
             .await
-            .map_err(|e| {
-                let mut err = ApiError::unavailable(format!("could not forward the write to leader {leader}: {e}"));
-                err.leader_hint = Some(LeaderHint { node_id: leader, api_addr: addr.api_addr.clone() });
-                err
+            .map_err(|e| NodeError::Unavailable {
+                message: format!("could not forward the write to leader {leader}: {e}"),
+                leader: Some(LeaderHint { node_id: leader, api_addr: addr.api_addr.clone() }),
             })?;
         match response {
             PeerResponse::Forward(result) => result,
-            other => Err(ApiError::unavailable(format!("leader {leader} answered the forward with {other:?}"))),
+            other => Err(NodeError::unavailable(format!("leader {leader} answered the forward with {other:?}"))),
         }
     }
 
     /// `POST /v1/keys`: commits a create-key or import-key command. A DKG needs
     /// every participant up, so for a new key each one is pinged first and the
     /// error names any that does not answer.
-    pub async fn create_key(&self, command: SignedCommand) -> Result<WriteResponse, ApiError> {
-        let envelope = command.verify().map_err(|e| ApiError::bad_request(e.to_string()))?;
+    pub async fn create_key(&self, command: SignedCommand) -> Result<WriteResponse, NodeError> {
+        let envelope = command.verify().map_err(|e| NodeError::invalid(e.to_string()))?;
         let participants = match &envelope.command {
             Command::CreateKey { participants, .. } => participants.clone(),
             Command::ImportKey { .. } => Vec::new(),
             other => {
-                return Err(ApiError::bad_request(format!("expected create_key or import_key, got {}", other.kind())))
+                return Err(NodeError::invalid(format!("expected create_key or import_key, got {}", other.kind())))
             }
         };
         let members = self.shared.read().state.members.clone();
@@ -161,7 +166,7 @@ impl Node {
         let down: Vec<(NodeId, String)> = futures::future::join_all(pings).await.into_iter().flatten().collect();
         if !down.is_empty() {
             let detail: Vec<String> = down.iter().map(|(n, why)| format!("node {n}: {why}")).collect();
-            return Err(ApiError::unavailable(format!(
+            return Err(NodeError::unavailable(format!(
                 "key generation needs all {} participants up; not reachable: {}. Start them, or name other \
                  participants with --participants",
                 participants.len(),
@@ -173,10 +178,10 @@ impl Node {
 
     /// `POST /v1/sign`: commits a sign request (or finds the same one already
     /// committed) and waits up to `wait` for its outcome.
-    pub async fn sign(&self, command: SignedCommand, wait: Duration) -> Result<RequestInfo, ApiError> {
-        let envelope = command.verify().map_err(|e| ApiError::bad_request(e.to_string()))?;
+    pub async fn sign(&self, command: SignedCommand, wait: Duration) -> Result<RequestInfo, NodeError> {
+        let envelope = command.verify().map_err(|e| NodeError::invalid(e.to_string()))?;
         let Command::SignRequest { request_id, .. } = &envelope.command else {
-            return Err(ApiError::bad_request(format!("expected sign_request, got {}", envelope.command.kind())));
+            return Err(NodeError::invalid(format!("expected sign_request, got {}", envelope.command.kind())));
         };
         let deadline = tokio::time::Instant::now() + wait;
         // A request is idempotent by id, so a write whose answer was lost (a leader
@@ -184,30 +189,27 @@ impl Node {
         let response = loop {
             match self.write(command.clone()).await {
                 Ok(response) => break response,
-                Err(e) if e.status == 503 && tokio::time::Instant::now() < deadline => {
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
                     tracing::info!(request_id, error = %e, "sign request not acknowledged; sending it again");
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 Err(e) => return Err(e),
             }
         };
-        if let synod_proto::Outcome::Rejected { reason } = response.outcome {
-            let status = if reason.contains("one request id, one message") { 409 } else { 403 };
-            return Err(ApiError::new(status, reason));
-        }
+        refused_as_error(&response.outcome)?;
         // `write` answers once this node has applied the request (see `write_inner`).
         let info = self.shared.read().state.request_info(request_id);
-        if info.as_ref().is_some_and(|i| i.status == "awaiting_approval") {
-            return info.ok_or_else(|| ApiError::new(404, "request vanished"));
+        if info.as_ref().is_some_and(|i| i.status == RequestStatus::AwaitingApproval) {
+            return info.ok_or_else(|| NodeError::not_found("request vanished"));
         }
         self.wait_request(request_id, deadline.saturating_duration_since(tokio::time::Instant::now())).await
     }
 
     /// Commits an audit checkpoint request; returns its request id.
-    pub async fn checkpoint(&self) -> Result<String, ApiError> {
+    pub async fn checkpoint(&self) -> Result<String, NodeError> {
         let response = self.write_as_node(Command::AuditCheckpoint { node_id: self.id }).await?;
         let synod_proto::Outcome::Applied { detail } = response.outcome else {
-            return Err(ApiError::new(500, "the checkpoint was not applied"));
+            return Err(NodeError::internal("the checkpoint was not applied"));
         };
         Ok(detail.split([':', ' ']).next().unwrap_or_default().to_string())
     }
@@ -225,14 +227,13 @@ impl Node {
     }
 
     /// Waits up to `wait` for a request to leave `pending` on this node.
-    pub async fn wait_request(&self, request_id: &str, wait: Duration) -> Result<RequestInfo, ApiError> {
+    pub async fn wait_request(&self, request_id: &str, wait: Duration) -> Result<RequestInfo, NodeError> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut applied = self.shared.subscribe();
         loop {
             let info = self.shared.read().state.request_info(request_id);
-            let info = info.ok_or_else(|| ApiError::new(404, format!("no request {request_id} on this node")))?;
-            let open = info.status == "pending" || info.status == "awaiting_approval";
-            if !open || tokio::time::Instant::now() >= deadline {
+            let info = info.ok_or_else(|| NodeError::not_found(format!("no request {request_id} on this node")))?;
+            if !info.status.is_open() || tokio::time::Instant::now() >= deadline {
                 return Ok(info);
             }
             if let Ok(Err(_)) = tokio::time::timeout_at(deadline, applied.changed()).await {
@@ -242,33 +243,35 @@ impl Node {
     }
 
     /// The leader's own early check; every node checks again when applying.
-    fn precheck(&self, command: &SignedCommand) -> Result<(), ApiError> {
-        let envelope = command.verify().map_err(|e| ApiError::bad_request(e.to_string()))?;
+    fn precheck(&self, command: &SignedCommand) -> Result<(), NodeError> {
+        let envelope = command.verify().map_err(|e| NodeError::invalid(e.to_string()))?;
         let applied = self.shared.read();
         let state = &applied.state;
         match (&state.cluster_id, &envelope.command) {
             (None, Command::Genesis { admins, .. }) if admins.contains(&command.author) => Ok(()),
             (None, Command::Genesis { .. }) => {
-                Err(ApiError::new(403, "genesis must be signed by one of the admins it names"))
+                Err(NodeError::refused("genesis must be signed by one of the admins it names"))
             }
-            (None, _) => Err(ApiError::new(412, "the cluster is not initialised; run `synod cluster init` first")),
-            (Some(_), Command::Genesis { .. }) => Err(ApiError::new(409, "the cluster is already initialised")),
+            (None, _) => {
+                Err(NodeError::not_initialised("the cluster is not initialised; run `synod cluster init` first"))
+            }
+            (Some(_), Command::Genesis { .. }) => Err(NodeError::conflict("the cluster is already initialised")),
             (Some(id), _) if *id != envelope.cluster_id => {
-                Err(ApiError::new(400, format!("command is for cluster {}, this is cluster {id}", envelope.cluster_id)))
+                Err(NodeError::invalid(format!("command is for cluster {}, this is cluster {id}", envelope.cluster_id)))
             }
             (Some(_), cmd) => match cmd.authority() {
                 Authority::Genesis => Ok(()),
                 Authority::Admin if !state.admins.contains(&command.author) => {
-                    Err(ApiError::new(403, format!("operator {} is not an admin of this cluster", command.author)))
+                    Err(NodeError::refused(format!("operator {} is not an admin of this cluster", command.author)))
                 }
                 Authority::Requester if !state.has_role(&command.author, synod_proto::authz::Role::Requester) => {
-                    Err(ApiError::new(
-                        403,
-                        format!("operator {} may not request signatures in this cluster", command.author),
-                    ))
+                    Err(NodeError::refused(format!(
+                        "operator {} may not request signatures in this cluster",
+                        command.author
+                    )))
                 }
                 Authority::Node(_) if command.certificate.is_none() => {
-                    Err(ApiError::bad_request("a node-authored command must carry the node's certificate"))
+                    Err(NodeError::invalid("a node-authored command must carry the node's certificate"))
                 }
                 Authority::Anyone => match cmd {
                     // An approval that every node would refuse still goes into the log, so
@@ -285,10 +288,9 @@ impl Node {
                                 );
                                 Ok(())
                             }
-                            Err(reason) => Err(ApiError::new(
-                                429,
-                                format!("{reason}; too many refused approvals recently, so this one is not logged"),
-                            )),
+                            Err(reason) => Err(NodeError::rate_limited(format!(
+                                "{reason}; too many refused approvals recently, so this one is not logged"
+                            ))),
                         }
                     }
                     _ => Ok(()),
@@ -300,59 +302,66 @@ impl Node {
 
     /// `synod cluster init`: initialises Raft with the genesis members (if this
     /// node is uninitialised) and commits the genesis command.
-    pub async fn init(&self, command: SignedCommand) -> Result<WriteResponse, ApiError> {
-        let envelope = command.verify().map_err(|e| ApiError::bad_request(e.to_string()))?;
+    pub async fn init(&self, command: SignedCommand) -> Result<WriteResponse, NodeError> {
+        let envelope = command.verify().map_err(|e| NodeError::invalid(e.to_string()))?;
         let Command::Genesis { members, ca_certificate, .. } = &envelope.command else {
-            return Err(ApiError::bad_request("init takes a genesis command"));
+            return Err(NodeError::invalid("init takes a genesis command"));
         };
-        let ca = hex::decode(ca_certificate).map_err(|_| ApiError::bad_request("the CA certificate is not hex"))?;
+        let ca = hex::decode(ca_certificate).map_err(|_| NodeError::invalid("the CA certificate is not hex"))?;
         crate::pki::verify_node_certificate(&ca, &self.identity.cert_der, self.now_ms()).map_err(|e| {
-            ApiError::bad_request(format!(
+            NodeError::invalid(format!(
                 "genesis names a CA that did not issue this node's certificate ({e}); pass the cluster's ca.crt"
             ))
         })?;
         let members = synod_proto::command::member_map(members);
         if let Some(id) = &self.shared.read().state.cluster_id {
-            return Err(ApiError::new(409, format!("this node already belongs to cluster {id}")));
+            return Err(NodeError::conflict(format!("this node already belongs to cluster {id}")));
         }
         if !members.contains_key(&self.id) {
-            return Err(ApiError::bad_request(format!(
+            return Err(NodeError::invalid(format!(
                 "genesis members {:?} do not include this node ({}); send init to one of them",
                 members.keys().collect::<Vec<_>>(),
                 self.id
             )));
         }
-        let initialized = self.raft.is_initialized().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let initialized = self.raft.is_initialized().await.map_err(|e| NodeError::unavailable(e.to_string()))?;
         if !initialized {
             self.raft
                 .initialize(members.clone())
                 .await
-                .map_err(|e| ApiError::new(409, format!("could not initialise Raft: {e}")))?;
+                .map_err(|e| NodeError::conflict(format!("could not initialise Raft: {e}")))?;
         }
         let wait = self.raft.wait(Some(Duration::from_secs(15)));
         wait.metrics(|m| m.current_leader.is_some(), "a leader is elected").await.map_err(|_| {
-            ApiError::unavailable("no leader was elected within 15 s; are the other genesis members running?")
+            NodeError::unavailable("no leader was elected within 15 s; are the other genesis members running?")
         })?;
         // The leader may need a moment to commit its first blank entry.
         let mut last_err = None;
         for _ in 0..20 {
             match self.write(command.clone()).await {
                 Ok(r) => return Ok(r),
-                Err(e) if e.status == 503 => {
+                Err(e) if e.is_retryable() => {
                     last_err = Some(e);
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 Err(e) => return Err(e),
             }
         }
-        Err(last_err.unwrap_or_else(|| ApiError::unavailable("genesis was not committed")))
+        Err(last_err.unwrap_or_else(|| NodeError::unavailable("genesis was not committed")))
     }
 }
 
-fn not_leader(leader: NodeId, addr: &NodeAddr) -> ApiError {
-    let mut err = ApiError::new(421, format!("node {leader} is the leader; send the write there"));
-    err.leader_hint = Some(LeaderHint { node_id: leader, api_addr: addr.api_addr.clone() });
-    err
+fn not_leader(leader: NodeId, addr: &NodeAddr) -> NodeError {
+    NodeError::NotLeader { leader: LeaderHint { node_id: leader, api_addr: addr.api_addr.clone() } }
+}
+
+/// A committed command the state machine refused, as the error its author gets.
+fn refused_as_error(outcome: &Outcome) -> Result<(), NodeError> {
+    match outcome {
+        Outcome::Rejected { reason, refusal: Refusal::Conflict } => Err(NodeError::conflict(reason.clone())),
+        Outcome::Rejected { reason, .. } => Err(NodeError::refused(reason.clone())),
+        _ => Ok(()),
+    }
 }
 
 /// The [`faults::ACK_BEFORE_COMMIT`] write path: on a leader, proposes `entry` and
@@ -362,8 +371,7 @@ fn not_leader(leader: NodeId, addr: &NodeAddr) -> ApiError {
 async fn ack_before_commit(
     raft: &crate::raft::Raft,
     entry: synod_proto::LogEntry,
-) -> Option<Result<synod_proto::api::WriteResponse, synod_proto::api::ApiError>> {
-    use synod_proto::api::{ApiError, WriteResponse};
+) -> Option<Result<WriteResponse, NodeError>> {
     let metrics = raft.metrics().borrow().clone();
     if metrics.state != openraft::ServerState::Leader {
         return None;
@@ -371,7 +379,7 @@ async fn ack_before_commit(
     let index = metrics.last_log_index.map_or(1, |i| i + 1);
     // The planted bug: the commit is never awaited (the receiver is dropped).
     if let Err(e) = raft.client_write_ff(entry).await {
-        return Some(Err(ApiError::unavailable(format!("this node's Raft has stopped: {e}"))));
+        return Some(Err(NodeError::unavailable(format!("this node's Raft has stopped: {e}"))));
     }
     let appended = raft
         .wait(Some(std::time::Duration::from_secs(1)))
@@ -384,6 +392,6 @@ async fn ack_before_commit(
                 detail: format!("acknowledged at append ({})", faults::ACK_BEFORE_COMMIT),
             },
         }),
-        Err(e) => Err(ApiError::unavailable(format!("entry not appended: {e}"))),
+        Err(e) => Err(NodeError::unavailable(format!("entry not appended: {e}"))),
     })
 }

@@ -108,7 +108,7 @@ impl ClusterState {
         let command = envelope.map(|e| &e.command);
         let (result, detail) = match outcome {
             Outcome::Applied { detail } => ("applied", detail.clone()),
-            Outcome::Rejected { reason } => ("refused", reason.clone()),
+            Outcome::Rejected { reason, .. } => ("refused", reason.clone()),
             Outcome::Internal => ("internal", String::new()),
         };
         let request_id = command.and_then(request_id_of);

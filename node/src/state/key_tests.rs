@@ -82,7 +82,9 @@ fn id(n: u64) -> frost::Identifier {
 
 fn refused(outcome: &Outcome, needle: &str) {
     match outcome {
-        Outcome::Rejected { reason } => assert!(reason.contains(needle), "refused for {reason:?}, expected {needle:?}"),
+        Outcome::Rejected { reason, .. } => {
+            assert!(reason.contains(needle), "refused for {reason:?}, expected {needle:?}")
+        }
         other => panic!("expected a refusal containing {needle:?}, got {other:?}"),
     }
 }

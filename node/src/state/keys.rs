@@ -89,11 +89,10 @@ impl KeyRecord {
             threshold: self.threshold,
             participants: self.participants.clone(),
             status: match self.status {
-                KeyStatus::Generating => "generating",
-                KeyStatus::Active => "active",
-                KeyStatus::Aborted { .. } => "aborted",
-            }
-            .into(),
+                KeyStatus::Generating => synod_proto::api::KeyStatus::Generating,
+                KeyStatus::Active => synod_proto::api::KeyStatus::Active,
+                KeyStatus::Aborted { .. } => synod_proto::api::KeyStatus::Aborted,
+            },
             origin: match self.origin {
                 KeyOrigin::Dkg => "dkg",
                 KeyOrigin::Imported => "imported",

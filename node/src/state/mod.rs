@@ -22,7 +22,7 @@ use synod_proto::{Command, Envelope, LogEntry, NodeAddr, NodeId, OperatorKey, Ou
 pub use audit::{verify_chain, AuditHead, AuditRecord, GENESIS_HASH};
 pub use authz::{ApprovalRecord, Operator, Progress, Proposal};
 pub use keys::{frost_identifier, package_hash, KeyOrigin, KeyRecord, KeyStatus, DKG_TIMEOUT_MS};
-pub use signing::{RequestRecord, RequestStatus, PENDING_REQUESTS_MAX};
+pub use signing::{checkpoint_request_id, checkpoint_seq, RequestRecord, RequestStatus, PENDING_REQUESTS_MAX};
 
 /// How many recent refusals the state keeps for `status`.
 pub const REJECTIONS_KEPT_MAX: usize = 32;
@@ -79,11 +79,21 @@ pub struct ClusterState {
 }
 
 /// Why a command was refused; becomes [`Outcome::Rejected`].
-pub(crate) struct Refusal(String);
+pub(crate) struct Refusal {
+    reason: String,
+    kind: synod_proto::raft::Refusal,
+}
+
+impl Refusal {
+    /// A refusal because the command contradicts what the log holds.
+    pub(crate) fn conflict(reason: impl Into<String>) -> Refusal {
+        Refusal { reason: reason.into(), kind: synod_proto::raft::Refusal::Conflict }
+    }
+}
 
 impl<T: Into<String>> From<T> for Refusal {
     fn from(text: T) -> Self {
-        Refusal(text.into())
+        Refusal { reason: text.into(), kind: synod_proto::raft::Refusal::Refused }
     }
 }
 
@@ -106,7 +116,7 @@ impl ClusterState {
                     let single = Envelope { command, ..batch.clone() };
                     let judged = match result {
                         Ok(detail) => Outcome::Applied { detail },
-                        Err(reason) => Outcome::Rejected { reason },
+                        Err(reason) => Outcome::rejected(reason),
                     };
                     self.audit(index, entry, Some(&single), &judged);
                 }
@@ -122,7 +132,7 @@ impl ClusterState {
                 self.applied_commands += 1;
                 Outcome::Applied { detail }
             }
-            Err(Refusal(reason)) => {
+            Err(Refusal { reason, kind: refusal }) => {
                 let kind = serde_json::from_str::<synod_proto::Envelope>(&entry.command.envelope)
                     .map(|e| e.command.kind().to_string())
                     .unwrap_or_else(|_| "unparseable".into());
@@ -137,7 +147,7 @@ impl ClusterState {
                     kind,
                     reason: reason.clone(),
                 });
-                Outcome::Rejected { reason }
+                Outcome::Rejected { reason, refusal }
             }
         }
     }
@@ -367,7 +377,7 @@ impl ClusterState {
                         other => Err(format!("{} cannot be a signing outcome", other.kind()).into()),
                     };
                     stored += usize::from(judged.is_ok());
-                    self.batch_judged.push((outcome.clone(), judged.map_err(|Refusal(reason)| reason)));
+                    self.batch_judged.push((outcome.clone(), judged.map_err(|refusal| refusal.reason)));
                 }
                 Ok(format!("{stored} of {} signing outcomes stored", outcomes.len()))
             }
@@ -456,7 +466,7 @@ mod tests {
         let stranger = SigningKey::from_bytes(&[9; 32]);
         let add = Command::AddMember { node_id: 9, addr: addr(2000) };
         let outcome = state.apply(2, &entry(&stranger, 2, 11, "c", add));
-        assert!(matches!(outcome, Outcome::Rejected { ref reason } if reason.contains("not an admin")));
+        assert!(matches!(outcome, Outcome::Rejected { ref reason, .. } if reason.contains("not an admin")));
         assert_eq!(state.members.len(), 1);
         assert_eq!(state.rejected_commands, 1);
     }
@@ -468,12 +478,12 @@ mod tests {
         let put = || Command::Put { key: "a".into(), value: "1".into() };
         let e = entry(&admin(), 2, 11, "c", put());
         assert!(state.apply(2, &e).is_applied());
-        assert!(matches!(state.apply(3, &e), Outcome::Rejected { ref reason } if reason.contains("replay")));
+        assert!(matches!(state.apply(3, &e), Outcome::Rejected { ref reason, .. } if reason.contains("replay")));
         let mut late = entry(&admin(), 3, 11, "c", put());
         late.time_ms = 11 + 60_001;
-        assert!(matches!(state.apply(4, &late), Outcome::Rejected { ref reason } if reason.contains("expired")));
+        assert!(matches!(state.apply(4, &late), Outcome::Rejected { ref reason, .. } if reason.contains("expired")));
         let foreign = entry(&admin(), 4, 200_000, "other", put());
-        assert!(matches!(state.apply(5, &foreign), Outcome::Rejected { ref reason } if reason.contains("cluster")));
+        assert!(matches!(state.apply(5, &foreign), Outcome::Rejected { ref reason, .. } if reason.contains("cluster")));
     }
 
     #[test]

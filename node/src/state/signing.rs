@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use synod_proto::api::RequestInfo;
+use synod_proto::api::{self, RequestInfo};
 use synod_proto::{Envelope, NodeId, OperatorKey};
 
 use super::{ClusterState, KeyStatus, Refusal};
@@ -129,6 +129,18 @@ impl RequestRecord {
     }
 }
 
+/// The request id of the audit checkpoint of record `seq`: the one place it is built.
+pub fn checkpoint_request_id(seq: u64) -> String {
+    format!("{CHECKPOINT_PREFIX}{seq}")
+}
+
+/// The record a checkpoint request id covers, or `None` for any other request id.
+pub fn checkpoint_seq(request_id: &str) -> Option<u64> {
+    request_id.strip_prefix(CHECKPOINT_PREFIX)?.parse().ok()
+}
+
+const CHECKPOINT_PREFIX: &str = "checkpoint-";
+
 impl ClusterState {
     /// The API view of a request.
     pub fn request_info(&self, request_id: &str) -> Option<RequestInfo> {
@@ -136,10 +148,12 @@ impl ClusterState {
         let key = self.keys.get(&r.key_id);
         let progress = self.policy_progress(r, false).ok();
         let (status, signature, error) = match &r.status {
-            RequestStatus::Pending if progress.as_ref().is_some_and(|p| !p.met) => ("awaiting_approval", None, None),
-            RequestStatus::Pending => ("pending", None, None),
-            RequestStatus::Signed { signature } => ("signed", Some(signature.clone()), None),
-            RequestStatus::Failed { reason } => ("failed", None, Some(reason.clone())),
+            RequestStatus::Pending if progress.as_ref().is_some_and(|p| !p.met) => {
+                (api::RequestStatus::AwaitingApproval, None, None)
+            }
+            RequestStatus::Pending => (api::RequestStatus::Pending, None, None),
+            RequestStatus::Signed { signature } => (api::RequestStatus::Signed, Some(signature.clone()), None),
+            RequestStatus::Failed { reason } => (api::RequestStatus::Failed, None, Some(reason.clone())),
         };
         Some(RequestInfo {
             request_id: r.request_id.clone(),
@@ -150,7 +164,7 @@ impl ClusterState {
             message_bytes: r.message_bytes,
             purpose: r.purpose.clone(),
             requester: r.requester,
-            status: status.into(),
+            status,
             signature,
             signers: r.signers.clone(),
             culprits: r.culprits.clone(),
@@ -207,10 +221,9 @@ impl ClusterState {
                 r.attempt + 1
             }
             Some(_) => {
-                return Err(format!(
+                return Err(Refusal::conflict(format!(
                     "request id {request_id} already names another message (or requester); one request id, one message"
-                )
-                .into())
+                )))
             }
         };
         if key_name == synod_proto::authz::AUDIT_KEY_NAME {
@@ -283,7 +296,7 @@ impl ClusterState {
         if head.seq == 0 {
             return Err("the audit chain is empty".into());
         }
-        let request_id = format!("checkpoint-{}", head.seq);
+        let request_id = checkpoint_request_id(head.seq);
         if self.requests.contains_key(&request_id) {
             return Ok(format!("{request_id} already exists"));
         }
