@@ -1,0 +1,176 @@
+//! Invariant checkers, run after every simulation step.
+//!
+//! The [`Observer`] looks at every running node after each step and reports
+//! what changed: its Raft role and term, the entries it applied since the last
+//! step (read back from its disk and hashed), and a hash of its state when
+//! the applied index moved. Each [`Checker`] judges one invariant from that
+//! [`Step`] and the clients' [`History`]. The observer also collects, from
+//! every running signer, the shares it released (public facts: commitment and
+//! package hash), for the nonce checker. Later issues add checkers (audit
+//! chains prefix-identical) by implementing the trait and adding them to [`all`].
+//!
+//! One file per concern; [`all`] runs them in this order after every step:
+//! - `raft.rs`: log and leader safety ([`RaftSafety`]).
+//! - `state.rs`: the replicated state: agreement, acknowledged writes kept,
+//!   forged and altered commands refused.
+//! - `signing.rs`: nonce single use, one message and one signature per
+//!   request, signatures verify, no share without a met policy.
+//! - `blame.rs`: only the byzantine signer is ever named a culprit.
+//! - `liveness.rs`: key generation and signing are live after the heal.
+//!
+//! `observer.rs` holds the [`Observer`], which builds each [`Step`]. This file
+//! holds what they share: the [`Step`] and its views, [`Violation`], the
+//! [`Checker`] trait and the list of checkers, and the state hash.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use openraft::ServerState;
+use synod_node::node::Node;
+use synod_node::signer::Released;
+use synod_node::state::ClusterState;
+use synod_proto::{NodeId, OperatorKey};
+
+use crate::config::SimConfig;
+use crate::net::Equivocation;
+use crate::workload::{History, KEY_NAME, KEY_NAME_FAULTS};
+
+mod blame;
+mod liveness;
+mod observer;
+mod raft;
+mod signing;
+mod state;
+
+pub use blame::HonestNotBlamed;
+pub use liveness::SigningLiveness;
+pub use observer::{Observer, HARVEST_EVERY_MS, STATE_HASH_EVERY_MS};
+pub use raft::{one_leader_per_term, RaftSafety};
+pub use signing::{NonceSingleUse, OneMessagePerRequest, PolicyBeforeShares, SignaturesVerify};
+pub use state::{signing_hash, AckedWritesKept, AlteredCommandsRefused, ForgeriesRefused, StateAgreement};
+
+/// A broken invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The invariant's name, e.g. `raft-election-safety`.
+    pub invariant: &'static str,
+    /// What was seen, naming nodes, indices and terms.
+    pub detail: String,
+}
+
+impl Violation {
+    fn new(invariant: &'static str, detail: impl Into<String>) -> Violation {
+        Violation { invariant, detail: detail.into() }
+    }
+}
+
+/// One applied log entry as seen on one node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryRecord {
+    pub index: u64,
+    pub term: u64,
+    /// SHA-256 of the whole entry (log id and payload), hex.
+    pub hash: String,
+    /// The command's signature for application entries: identifies the command.
+    pub signature: Option<String>,
+    /// Which node it was first seen on.
+    pub node: NodeId,
+}
+
+/// What one running node looks like after a step.
+pub struct NodeView {
+    pub id: NodeId,
+    pub node: Arc<Node>,
+    pub role: ServerState,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    /// The last applied log index.
+    pub applied: Option<u64>,
+    /// Whether this is a new boot since the last step.
+    pub restarted: bool,
+    /// Entries applied since the last step that are still on the node's disk.
+    pub new_entries: Vec<EntryRecord>,
+    /// Whether the applied index moved in this step (the state may have changed).
+    pub moved: bool,
+    /// The state's hash, when the applied index moved in this step to an index
+    /// whose state is to be compared (see [`STATE_HASH_EVERY_MS`]).
+    pub state_hash: Option<String>,
+}
+
+/// Everything the checkers see after one step.
+pub struct Step<'a> {
+    pub now_ms: u64,
+    pub nodes: &'a [NodeView],
+    /// Applied entries by index, as first seen on any node.
+    pub committed: &'a BTreeMap<u64, EntryRecord>,
+    pub history: &'a History,
+    /// The genesis admins: the only operators there may ever be.
+    pub admins: &'a BTreeSet<OperatorKey>,
+    /// Signature shares released since the last step (see [`HARVEST_EVERY_MS`]).
+    pub releases: &'a [Release],
+    /// Entries an equivocating leader sent altered to some followers, by index.
+    pub equivocations: &'a BTreeMap<u64, Equivocation>,
+}
+
+/// A share a signer released, with the node that released it (whose state is
+/// still readable after it crashed: it is the signer's state at the crash).
+pub struct Release {
+    pub node: NodeId,
+    pub handle: Arc<Node>,
+    pub released: Released,
+}
+
+/// One invariant.
+pub trait Checker {
+    fn name(&self) -> &'static str;
+    /// Judges the state after one step.
+    fn check_step(&mut self, step: &Step) -> Result<(), Violation>;
+    /// Judges the end state, after the heal, once every node has caught up.
+    fn check_final(&mut self, _step: &Step) -> Result<(), Violation> {
+        Ok(())
+    }
+}
+
+/// Every checker, in the order they run.
+pub fn all(cfg: &SimConfig) -> Vec<Box<dyn Checker>> {
+    vec![
+        Box::new(RaftSafety::default()),
+        Box::new(StateAgreement::default()),
+        Box::new(AckedWritesKept::default()),
+        Box::new(ForgeriesRefused::default()),
+        Box::new(AlteredCommandsRefused),
+        Box::new(NonceSingleUse::default()),
+        Box::new(OneMessagePerRequest::default()),
+        Box::new(SignaturesVerify::default()),
+        Box::new(PolicyBeforeShares::default()),
+        Box::new(HonestNotBlamed {
+            byzantine: crate::schedule::draw_byzantine_signer(cfg.seed, &cfg.plan, cfg.nodes).map(|(node, _)| node),
+        }),
+        Box::new(SigningLiveness { bound_ms: cfg.sign_liveness_bound_ms, keys: expected_keys(cfg) }),
+    ]
+}
+
+/// The keys a run generates.
+pub fn expected_keys(cfg: &SimConfig) -> Vec<&'static str> {
+    match (signing_enabled(cfg), cfg.plan.keygen_during_faults) {
+        (false, _) => Vec::new(),
+        (true, false) => vec![KEY_NAME],
+        (true, true) => vec![KEY_NAME, KEY_NAME_FAULTS],
+    }
+}
+
+/// Whether a run creates a key and signs: it needs clients and at least two
+/// nodes (FROST's smallest threshold is 2).
+pub fn signing_enabled(cfg: &SimConfig) -> bool {
+    cfg.signing_clients > 0 && cfg.nodes >= 2
+}
+
+/// SHA-256 of a value, hex (of its canonical binary encoding; see [`crate::digest`]).
+fn hash_value<T: serde::Serialize>(value: &T) -> String {
+    crate::digest::digest_hex(value)
+}
+
+/// The hash of a state.
+pub fn state_hash(state: &ClusterState) -> String {
+    hash_value(state)
+}
