@@ -202,10 +202,63 @@ impl StateMachine {
     }
 }
 
+/// How long a snapshot waits for the audit records of what it covers. `apply`
+/// writes them right after it releases the state lock, with no wait in between,
+/// so this is a scheduler turn; past it the store is broken.
+const SNAPSHOT_AUDIT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl SharedState {
+    /// The applied state, read once every audit record it vouches for is in
+    /// the store: `apply` moves the state (and the chain's head) under the lock
+    /// and writes the records just after, so a snapshot built in between would
+    /// carry head N with fewer than N records, and a follower installing it
+    /// would have a permanent gap in its chain.
+    async fn read_with_audit(&self) -> Result<RwLockReadGuard<'_, Applied>, StorageError<NodeId>> {
+        let deadline = tokio::time::Instant::now() + SNAPSHOT_AUDIT_WAIT;
+        loop {
+            {
+                let applied = self.read();
+                if self.audit_written() >= applied.state.audit_head.seq {
+                    return Ok(applied);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let e = std::io::Error::other("the audit records of the applied state never reached the store");
+                return Err(StorageIOError::read_snapshot(None, &e).into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+}
+
+impl StateMachine {
+    /// Writes the audit records `apply_entries` produced (buffered: they are a
+    /// function of the committed log, and entries after the last snapshot are
+    /// applied again, rewriting them, after a crash), then says so.
+    fn write_audit(&self, audit: &[AuditRecord]) -> Result<(), StorageError<NodeId>> {
+        let Some(last) = audit.last().map(|r| r.seq) else { return Ok(()) };
+        let ops = audit
+            .iter()
+            .map(|r| Op::Put {
+                tree: Tree::Meta,
+                key: audit_key(r.seq),
+                value: serde_json::to_vec(r).expect("record serialises"),
+            })
+            .collect();
+        // Inline, not on the blocking pool: a buffered write only stages the records in
+        // memory (the engine's own threads write them out), and a hand-off per applied
+        // batch would cost more than the write.
+        self.store.write(ops, Durability::Buffered).map_err(|e| StorageIOError::write_state_machine(&io_error(e)))?;
+        self.shared.set_audit_written(last);
+        Ok(())
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let (data, meta) = {
-            let applied = self.shared.read();
+            let shared = self.shared.clone();
+            let applied = shared.read_with_audit().await?;
             let audit = read_audit(&*self.store, 1, usize::MAX)
                 .map_err(|e| StorageIOError::read_snapshot(None, &io_error(e)))?
                 .into_iter()
@@ -248,26 +301,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let (outcomes, audit) = self.apply_entries(entries);
         crate::faults::crash_point(self.node_id, crate::faults::APPLY_BEFORE_AUDIT).await;
-        if !audit.is_empty() {
-            // Buffered: the records are a function of the committed log, and entries
-            // after the last snapshot are applied again (rewriting them) after a crash.
-            let ops = audit
-                .iter()
-                .map(|r| Op::Put {
-                    tree: Tree::Meta,
-                    key: audit_key(r.seq),
-                    value: serde_json::to_vec(r).expect("record serialises"),
-                })
-                .collect();
-            // Inline, not on the blocking pool: a buffered write only stages the records in
-            // memory (the engine's own threads write them out), and a hand-off per applied
-            // batch would cost more than the write.
-            self.store
-                .write(ops, Durability::Buffered)
-                .map_err(|e| StorageIOError::write_state_machine(&io_error(e)))?;
-            let last = audit.last().map_or(0, |r| r.seq);
-            self.shared.set_audit_written(last);
-        }
+        self.write_audit(&audit)?;
         Ok(outcomes)
     }
 
@@ -320,5 +354,68 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         self.load_snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::SigningKey;
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+    use synod_proto::{Command, Envelope, LogEntry, Member, OperatorKey, SignedCommand};
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn entry(index: u64, command: Command) -> openraft::Entry<TypeConfig> {
+        let admin = SigningKey::from_bytes(&[7; 32]);
+        let time_ms = 1_000 + index;
+        let envelope = Envelope {
+            cluster_id: "c".into(),
+            command_id: format!("{index:032x}"),
+            issued_at_ms: time_ms,
+            expires_at_ms: time_ms + 60_000,
+            command,
+        };
+        openraft::Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(LogEntry { time_ms, command: SignedCommand::sign(&envelope, &admin) }),
+        }
+    }
+
+    fn genesis() -> Command {
+        let addr = NodeAddr { raft_addr: "127.0.0.1:1".into(), api_addr: "127.0.0.1:2".into() };
+        Command::Genesis {
+            admins: vec![OperatorKey::of(&SigningKey::from_bytes(&[7; 32]))],
+            members: vec![Member { node_id: 1, addr }],
+            ca_certificate: "00".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn snapshot_built_between_apply_and_the_audit_write_carries_every_record() {
+        // `apply` moves the state under the lock and writes the entries' audit records
+        // just after. A snapshot built in that gap waits for the records, so it never
+        // carries a head of N records with fewer than N of them.
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let (mut sm, shared) = StateMachine::open(store, 1).expect("open");
+        let put = |i: u64| entry(i, Command::Put { key: format!("k{i}"), value: "v".into() });
+        let (_, audit) = sm.apply_entries([entry(1, genesis()), put(2), put(3)]);
+        assert_eq!(audit.len(), 3);
+        assert_eq!(shared.read().state.audit_head.seq, 3);
+        assert_eq!(shared.audit_written(), 0, "the records are not in the store yet");
+
+        let mut builder = sm.get_snapshot_builder().await;
+        let build = tokio::spawn(async move { builder.build_snapshot().await });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!build.is_finished(), "the snapshot must wait for the audit records");
+
+        sm.write_audit(&audit).expect("audit write");
+        let snapshot = build.await.expect("builder task").expect("snapshot");
+        let data: SnapshotData = serde_json::from_slice(snapshot.snapshot.get_ref()).expect("snapshot data");
+        assert_eq!(data.applied.state.audit_head.seq, 3);
+        assert_eq!(data.audit.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        let head =
+            crate::state::verify_chain(&crate::state::AuditHead::default(), &data.audit).expect("chain verifies");
+        assert_eq!(head, data.applied.state.audit_head);
     }
 }
