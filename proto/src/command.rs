@@ -600,6 +600,57 @@ impl SignedCommand {
     }
 }
 
+impl SignedCommand {
+    /// [`SignedCommand::verify`], and the envelope carries no field that no
+    /// command has. A node checks this before it proposes a command: unknown
+    /// fields are signed and would be replicated to every log for nothing.
+    /// (Applying ignores them, so entries already committed judge as before.)
+    pub fn verify_for_admission(&self) -> Result<Envelope, CommandError> {
+        let envelope = self.verify()?;
+        let sent: serde_json::Value = serde_json::from_str(&self.envelope)
+            .map_err(|e| CommandError::Malformed(format!("envelope is not JSON: {e}")))?;
+        let known = serde_json::to_value(&envelope).expect("envelope serialises");
+        if let Some(path) = first_unknown_field(&sent, &known, "envelope") {
+            return Err(CommandError::Malformed(format!(
+                "{path} is not a field of this command; build commands with the synod CLI"
+            )));
+        }
+        Ok(envelope)
+    }
+}
+
+/// The path of the first field of `sent` that `known` (the same value as the
+/// types read it) does not have, looking into nested objects.
+fn first_unknown_field(sent: &serde_json::Value, known: &serde_json::Value, path: &str) -> Option<String> {
+    let (serde_json::Value::Object(sent), serde_json::Value::Object(known)) = (sent, known) else { return None };
+    for (name, value) in sent {
+        let here = format!("{path}.{}", name.chars().take(64).collect::<String>());
+        match known.get(name) {
+            // A field sent with its default value that the types skip when writing is known.
+            None if !is_empty(value) => return Some(here),
+            None => {}
+            Some(inner) => {
+                if let Some(found) = first_unknown_field(value, inner, &here) {
+                    return Some(found);
+                }
+            }
+        }
+    }
+    None
+}
+
+fn is_empty(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+    }
+}
+
 fn signing_bytes(envelope: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(COMMAND_DOMAIN.len() + envelope.len());
     out.extend_from_slice(COMMAND_DOMAIN);
@@ -632,6 +683,39 @@ pub enum CommandError {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn command_admission_names_a_field_no_command_has() {
+        // A command made by the types passes; one with an extra field, however deep, is
+        // refused naming it; a default value written out that the types would skip passes.
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let envelope = Envelope {
+            cluster_id: "c".into(),
+            command_id: format!("{:032x}", 1),
+            issued_at_ms: 1,
+            expires_at_ms: 2,
+            command: Command::Put { key: "k".into(), value: "v".into() },
+        };
+        let signed = SignedCommand::sign(&envelope, &key);
+        assert_eq!(signed.verify_for_admission().unwrap(), envelope);
+        let resign = |text: String| SignedCommand {
+            signature: hex::encode(key.sign(&signing_bytes(text.as_bytes())).to_bytes()),
+            envelope: text,
+            ..signed.clone()
+        };
+        let mut value = serde_json::to_value(&envelope).unwrap();
+        value["command"]["padding"] = serde_json::json!("x");
+        let err = resign(value.to_string()).verify_for_admission().unwrap_err().to_string();
+        assert!(err.contains("envelope.command.padding"), "{err}");
+        let mut value = serde_json::to_value(&envelope).unwrap();
+        value["extra"] = serde_json::json!([]);
+        assert!(resign(value.to_string()).verify_for_admission().is_ok());
+        // It is not an admission rule at apply: `verify` still accepts it.
+        let mut value = serde_json::to_value(&envelope).unwrap();
+        value["extra"] = serde_json::json!(1);
+        let padded = resign(value.to_string());
+        assert!(padded.verify().is_ok() && padded.verify_for_admission().is_err());
+    }
+
     use super::*;
 
     fn key(seed: u8) -> SigningKey {

@@ -144,20 +144,7 @@ fn api_malformed_and_oversized_requests_get_json_errors() {
     // Garbage, a forged signature and an oversized body each get a JSON error
     // saying what was wrong, and nothing is committed.
     let cluster = Cluster::start(1);
-    let env: std::collections::BTreeMap<&str, String> = cluster.env(1).into_iter().collect();
-    let curl = |body_file: &std::path::Path| {
-        let out = std::process::Command::new("curl")
-            .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "--cacert", &env["SYNOD_CACERT"]])
-            .args(["--cert", &env["SYNOD_CLIENT_CERT"], "--key", &env["SYNOD_CLIENT_KEY"]])
-            .args(["-H", "content-type: application/json", "--data-binary"])
-            .arg(format!("@{}", body_file.display()))
-            .arg(format!("{}/v1/commands", env["SYNOD_ADDR"]))
-            .output()
-            .expect("curl is installed by scripts/test");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap();
-        (code.to_string(), serde_json::from_str::<serde_json::Value>(body).unwrap_or_default())
-    };
+    let curl = |body_file: &std::path::Path| post_commands(&cluster, body_file);
     let body = cluster.path("body.json");
     std::fs::write(&body, "{not json").unwrap();
     let (code, json) = curl(&body);
@@ -175,4 +162,90 @@ fn api_malformed_and_oversized_requests_get_json_errors() {
     assert_eq!(code, "413", "{json}");
     assert!(json["errors"][0].as_str().unwrap().contains("limit"), "{json}");
     assert_eq!(cluster.status(1).unwrap()["rejected_commands"], 0);
+}
+
+/// POSTs the file `body_file` to node 1's `/v1/commands` with curl, as any
+/// client-certificate holder could; returns the HTTP code and the JSON body.
+fn post_commands(cluster: &Cluster, body_file: &std::path::Path) -> (String, serde_json::Value) {
+    let env: std::collections::BTreeMap<&str, String> = cluster.env(1).into_iter().collect();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "--cacert", &env["SYNOD_CACERT"]])
+        .args(["--cert", &env["SYNOD_CLIENT_CERT"], "--key", &env["SYNOD_CLIENT_KEY"]])
+        .args(["-H", "content-type: application/json", "--data-binary"])
+        .arg(format!("@{}", body_file.display()))
+        .arg(format!("{}/v1/commands", env["SYNOD_ADDR"]))
+        .output()
+        .expect("curl is installed by scripts/test");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.to_string(), serde_json::from_str::<serde_json::Value>(body).unwrap_or_default())
+}
+
+#[test]
+fn admission_node_authored_commands_without_their_node_never_reach_the_log() {
+    // A client-certificate holder posts `sign_failed` "from node 1" three ways: signed by a
+    // throwaway key with certificate bytes "00", with node 1's real certificate but the
+    // throwaway key, and padded with 100 KB of fields no command has. The receiving node
+    // refuses each before proposing it, saying what was wrong, and the log does not grow.
+    let cluster = Cluster::start(1);
+    let status = cluster.status(1).unwrap();
+    let cluster_id = status["cluster_id"].as_str().unwrap().to_string();
+    let index_before = status["last_log_index"].as_u64().unwrap();
+    let throwaway = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let envelope = |n: u64| synod_proto::Envelope {
+        cluster_id: cluster_id.clone(),
+        command_id: format!("{:032x}", now * 10 + n),
+        issued_at_ms: now,
+        expires_at_ms: now + 60_000,
+        command: synod_proto::Command::SignFailed {
+            request_id: "someone-elses".into(),
+            node_id: 1,
+            reason: "forged".into(),
+            culprits: vec![],
+            attempt: 0,
+        },
+    };
+    let body = cluster.path("forged.json");
+    let post = |signed: &serde_json::Value| {
+        std::fs::write(&body, signed.to_string()).unwrap();
+        post_commands(&cluster, &body)
+    };
+
+    let bogus = synod_proto::SignedCommand {
+        certificate: Some("00".into()),
+        ..synod_proto::SignedCommand::sign(&envelope(1), &throwaway)
+    };
+    let (code, json) = post(&serde_json::to_value(&bogus).unwrap());
+    assert_eq!(code, "403", "{json}");
+    assert!(json["errors"][0].as_str().unwrap().contains("certificate"), "{json}");
+
+    let node_cert = synod_node::pki::certificate_der(&cluster.path("certs/node-1.crt")).unwrap();
+    let stolen = synod_proto::SignedCommand::sign_as_node(&envelope(2), &throwaway, &node_cert);
+    let (code, json) = post(&serde_json::to_value(&stolen).unwrap());
+    assert_eq!(code, "403", "{json}");
+    assert!(json["errors"][0].as_str().unwrap().contains("not signed by its certificate key"), "{json}");
+
+    let mut padded: serde_json::Value = serde_json::to_value(envelope(3)).unwrap();
+    padded["padding"] = serde_json::Value::String("x".repeat(100 * 1024));
+    let text = padded.to_string();
+    let signature = {
+        use ed25519_dalek::Signer;
+        let mut bytes = synod_proto::command::COMMAND_DOMAIN.to_vec();
+        bytes.extend_from_slice(text.as_bytes());
+        hex::encode(throwaway.sign(&bytes).to_bytes())
+    };
+    let signed = serde_json::json!({
+        "envelope": text,
+        "author": hex::encode(throwaway.verifying_key().to_bytes()),
+        "signature": signature,
+        "certificate": "00",
+    });
+    let (code, json) = post(&signed);
+    assert_eq!(code, "400", "{json}");
+    assert!(json["errors"][0].as_str().unwrap().contains("padding"), "{json}");
+
+    let status = cluster.status(1).unwrap();
+    assert_eq!(status["last_log_index"].as_u64().unwrap(), index_before, "nothing was proposed");
+    assert_eq!(status["rejected_commands"], 0);
 }

@@ -244,7 +244,14 @@ impl Node {
 
     /// The leader's own early check; every node checks again when applying.
     fn precheck(&self, command: &SignedCommand) -> Result<(), NodeError> {
-        let envelope = command.verify().map_err(|e| NodeError::invalid(e.to_string()))?;
+        let envelope = command.verify_for_admission().map_err(|e| NodeError::invalid(e.to_string()))?;
+        let now = self.now_ms();
+        if envelope.expires_at_ms < now {
+            return Err(NodeError::refused(format!(
+                "command expired at {} ms, this node's clock says {now} ms; sign a fresh one",
+                envelope.expires_at_ms
+            )));
+        }
         let applied = self.shared.read();
         let state = &applied.state;
         match (&state.cluster_id, &envelope.command) {
@@ -260,19 +267,6 @@ impl Node {
                 Err(NodeError::invalid(format!("command is for cluster {}, this is cluster {id}", envelope.cluster_id)))
             }
             (Some(_), cmd) => match cmd.authority() {
-                Authority::Genesis => Ok(()),
-                Authority::Admin if !state.admins.contains(&command.author) => {
-                    Err(NodeError::refused(format!("operator {} is not an admin of this cluster", command.author)))
-                }
-                Authority::Requester if !state.has_role(&command.author, synod_proto::authz::Role::Requester) => {
-                    Err(NodeError::refused(format!(
-                        "operator {} may not request signatures in this cluster",
-                        command.author
-                    )))
-                }
-                Authority::Node(_) if command.certificate.is_none() => {
-                    Err(NodeError::invalid("a node-authored command must carry the node's certificate"))
-                }
                 Authority::Anyone => match cmd {
                     // An approval that every node would refuse still goes into the log, so
                     // its refusal is audited, but only at a bounded rate.
@@ -295,7 +289,9 @@ impl Node {
                     }
                     _ => Ok(()),
                 },
-                _ => Ok(()),
+                // The same rule every node applies: a node-authored command needs its
+                // node's certificate and key, so forged ones never reach the log.
+                _ => state.authorise(cmd, command).map_err(NodeError::refused),
             },
         }
     }

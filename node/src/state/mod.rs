@@ -232,6 +232,15 @@ impl ClusterState {
         Ok(detail)
     }
 
+    /// Whether `signed`'s author may issue `command` in this state: the one
+    /// authority rule, used by the node that receives a command (before it
+    /// proposes it) and by every node that applies it. For a node-authored
+    /// command that means the node's certificate from the cluster CA, its key
+    /// as the signer, and membership.
+    pub fn authorise(&self, command: &Command, signed: &SignedCommand) -> Result<(), String> {
+        self.check_authority(command.authority(), signed).map_err(|refusal| refusal.reason)
+    }
+
     /// Checks that the command's author may issue it.
     fn check_authority(&self, authority: Authority, signed: &SignedCommand) -> Result<(), Refusal> {
         match authority {
