@@ -1,0 +1,71 @@
+//! The byzantine leader's accomplice: takes the forgeries the driver queues in
+//! `History::forgery_queue` (the schedule's byzantine-leader faults), builds
+//! each forged entry (a `put` or a membership change signed by a stranger, an
+//! admin `put` altered after signing, or a replay of the latest acknowledged
+//! write) and proposes it straight to Raft on the leader, skipping
+//! `Node::write`'s checks. Each outcome goes into `History::forged`:
+//! `ForgeriesRefused` requires that none was applied (a replay of a write an
+//! equivocating leader altered excepted) and that no node ever holds a
+//! [`FORGED_PREFIX`] key or member [`FORGED_NODE`].
+
+use std::time::Duration;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
+use synod_proto::{Command, LogEntry, NodeAddr};
+
+use super::{ClientCtx, ForgedResult, Phase, Submission, FORGED_NODE, FORGED_PREFIX};
+use crate::cluster::EPOCH_MS;
+use crate::net;
+use crate::schedule::Forgery;
+
+/// The byzantine leader's accomplice: proposes the forgeries the driver
+/// schedules straight to Raft on the leader, then records their outcomes.
+pub async fn adversary(ctx: ClientCtx) -> turmoil::Result {
+    let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0xbad);
+    loop {
+        let job = ctx.history.borrow_mut().forgery_queue.pop_front();
+        let Some((fault_id, forgery, leader)) = job else {
+            if matches!(ctx.history.borrow().phase, Phase::Healed { .. }) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let (entry, replayed_key) = forge(&ctx, &mut rng, fault_id, forgery);
+        let response = ctx.submit(Submission::Raw(&entry), leader, &mut rng, 10).await;
+        let outcome = response.map(|r| r.outcome);
+        ctx.event(format!("adversary: forgery #{fault_id} {forgery:?} -> {outcome:?}"));
+        ctx.history.borrow_mut().forged.push(ForgedResult { fault_id, forgery, replayed_key, outcome });
+    }
+    ctx.history.borrow_mut().clients_done += 1;
+    Ok(())
+}
+
+/// A forged entry, and for a replay the key of the write it proposes again.
+fn forge(ctx: &ClientCtx, rng: &mut ChaCha8Rng, fault_id: usize, forgery: Forgery) -> (LogEntry, Option<String>) {
+    let put = Command::Put { key: format!("{FORGED_PREFIX}{fault_id}"), value: "x".into() };
+    let replayable =
+        ctx.history.borrow().acks.iter().rev().find(|a| a.index.is_some()).map(|a| (a.command.clone(), a.key.clone()));
+    let mut replayed_key = None;
+    let command = match forgery {
+        Forgery::NonAdminWrite => ctx.sign(&ctx.stranger, rng, put),
+        Forgery::NonAdminMember => {
+            let addr = NodeAddr { raft_addr: net::node_addr(FORGED_NODE), api_addr: "n99:8000".into() };
+            ctx.sign(&ctx.stranger, rng, Command::AddMember { node_id: FORGED_NODE, addr })
+        }
+        Forgery::Tampered => {
+            let mut signed = ctx.sign(&ctx.admin, rng, put);
+            signed.envelope = signed.envelope.replace("\"value\":\"x\"", "\"value\":\"y\"");
+            signed
+        }
+        Forgery::Replay => match replayable {
+            Some((command, key)) => {
+                replayed_key = Some(key);
+                command
+            }
+            None => ctx.sign(&ctx.stranger, rng, put),
+        },
+    };
+    (LogEntry { time_ms: EPOCH_MS + ctx.now_ms(), command }, replayed_key)
+}

@@ -1,0 +1,60 @@
+//! The boot client: `synod cluster init` against node 1 with the genesis
+//! command (one admin, every simulated node a member, the simulation's CA),
+//! retried until genesis is committed; an earlier attempt that committed with
+//! its answer lost comes back as a conflict, which also ends it. It moves the
+//! run from [`Phase::Boot`] to [`Phase::Setup`]: the driver steps until then
+//! before anything else (and fails the run if genesis is not committed in
+//! time), and the writers and the admin wait for it. `ForgeriesRefused` holds
+//! every node to the admins this genesis names (the driver builds that set
+//! from the same admin key).
+
+use std::time::Duration;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
+use synod_proto::api::ClientRequest;
+use synod_proto::NodeError;
+use synod_proto::{Command, Member, NodeAddr, OperatorKey, SignedCommand};
+
+use super::{call_node, written, ClientCtx, Phase};
+use crate::net;
+
+/// The genesis command: one admin, every simulated node a member.
+pub fn genesis(ctx: &ClientCtx, rng: &mut ChaCha8Rng) -> SignedCommand {
+    let members = (1..=ctx.nodes)
+        .map(|id| Member {
+            node_id: id,
+            addr: NodeAddr { raft_addr: net::node_addr(id), api_addr: format!("{}:8000", net::node_name(id)) },
+        })
+        .collect();
+    let command = Command::Genesis {
+        admins: vec![OperatorKey::of(&ctx.admin)],
+        members,
+        ca_certificate: ctx.ca_certificate.clone(),
+    };
+    ctx.sign(&ctx.admin, rng, command)
+}
+
+/// `synod cluster init` against node 1, retried until genesis is committed.
+pub async fn boot_client(ctx: ClientCtx) -> turmoil::Result {
+    let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0xb007);
+    let command = genesis(&ctx, &mut rng);
+    loop {
+        let init = ClientRequest::Init { command: command.clone() };
+        match call_node(&ctx.net, 1, &init, Duration::from_secs(20), written).await {
+            Ok(Ok(response)) if response.outcome.is_applied() => break,
+            // An earlier attempt committed it and only the answer was lost.
+            Ok(Err(NodeError::Conflict { .. })) => break,
+            other => {
+                ctx.event(format!("boot: init not done yet: {other:?}"));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let mut history = ctx.history.borrow_mut();
+    history.phase = Phase::Setup;
+    history.genesis_at_ms = ctx.now_ms();
+    drop(history);
+    ctx.event("boot: genesis committed".into());
+    Ok(())
+}
