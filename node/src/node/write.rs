@@ -244,14 +244,10 @@ impl Node {
 
     /// The leader's own early check; every node checks again when applying.
     fn precheck(&self, command: &SignedCommand) -> Result<(), NodeError> {
+        // No expiry check by this node's clock: a leader whose clock runs ahead would
+        // refuse every command and stall the cluster while it keeps office. The log's
+        // time decides expiry, at apply.
         let envelope = command.verify_for_admission().map_err(|e| NodeError::invalid(e.to_string()))?;
-        let now = self.now_ms();
-        if envelope.expires_at_ms < now {
-            return Err(NodeError::refused(format!(
-                "command expired at {} ms, this node's clock says {now} ms; sign a fresh one",
-                envelope.expires_at_ms
-            )));
-        }
         let applied = self.shared.read();
         let state = &applied.state;
         match (&state.cluster_id, &envelope.command) {
