@@ -60,6 +60,11 @@ pub const WRONG_COMMITMENTS: &str = "wrong-commitments";
 /// aborts with it as the culprit, and the operator creates the key without it.
 pub const CORRUPT_DKG_SHARES: &str = "corrupt-dkg-shares";
 
+/// A node that takes a node-authored command (a DKG message, a signing
+/// outcome) without checking that its node's certificate and key made it: any
+/// key and any certificate bytes pass, at admission and at apply.
+pub const SKIP_NODE_AUTHOR_CHECK: &str = "skip-node-author-check";
+
 /// Every fault this crate knows, for validating names.
 pub const KNOWN: &[&str] = &[
     SKIP_AUTHOR_CHECK,
@@ -70,6 +75,7 @@ pub const KNOWN: &[&str] = &[
     SKIP_POLICY,
     WRONG_COMMITMENTS,
     CORRUPT_DKG_SHARES,
+    SKIP_NODE_AUTHOR_CHECK,
 ];
 
 /// The byzantine signer behaviours one node can have ([`set_for_node`]).

@@ -19,8 +19,12 @@ use synod_sim::run::{run_seed, SeedReport};
 
 /// Plants the simulator can provoke. (`corrupt-shares` process-wide would make
 /// every signer lie; the chaos profile makes one signer per seed lie instead.)
-const PLANTS: &[&str] =
-    &[synod_node::faults::ACK_BEFORE_COMMIT, synod_node::faults::NONCE_REUSE, synod_node::faults::SKIP_POLICY];
+const PLANTS: &[&str] = &[
+    synod_node::faults::ACK_BEFORE_COMMIT,
+    synod_node::faults::NONCE_REUSE,
+    synod_node::faults::SKIP_POLICY,
+    synod_node::faults::SKIP_NODE_AUTHOR_CHECK,
+];
 
 #[derive(Parser, Debug)]
 #[command(

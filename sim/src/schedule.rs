@@ -40,10 +40,15 @@ pub enum Forgery {
     Tampered,
     /// An admin's write that was already applied, proposed again.
     Replay,
+    /// A signing outcome "from node 1" (a `sign_failed` for a request the
+    /// approvers withhold) signed by a key that is not node 1's, with
+    /// certificate bytes that are no certificate.
+    NodeOutcome,
 }
 
 impl Forgery {
-    pub const ALL: [Forgery; 4] = [Forgery::NonAdminWrite, Forgery::NonAdminMember, Forgery::Tampered, Forgery::Replay];
+    pub const ALL: [Forgery; 5] =
+        [Forgery::NonAdminWrite, Forgery::NonAdminMember, Forgery::Tampered, Forgery::Replay, Forgery::NodeOutcome];
 }
 
 /// One kind of scheduled fault, with its parameters.
@@ -158,7 +163,7 @@ pub fn draw(seed: u64, plan: &FaultPlan, nodes: u64) -> Vec<Fault> {
         kinds.push(FaultKind::Slow { node, extra_ms: 20 + r(300), for_ms: 1_000 + r(4_000) });
     }
     for _ in 0..plan.byzantine_proposals {
-        kinds.push(FaultKind::Byzantine { forgery: Forgery::ALL[r(4) as usize] });
+        kinds.push(FaultKind::Byzantine { forgery: Forgery::ALL[r(Forgery::ALL.len() as u64) as usize] });
     }
     for _ in 0..plan.equivocations {
         // At least one follower gets the altered entries and at least one the originals.

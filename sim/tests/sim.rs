@@ -81,6 +81,20 @@ fn sim_skip_policy_is_caught_with_a_replay_command() {
 }
 
 #[test]
+fn sim_skip_node_author_check_is_caught_with_a_replay_command() {
+    // The planted node that takes node-authored commands without checking their node's
+    // certificate and key lets the adversary's forged signing outcome ("node 1" failing a
+    // request the approvers withhold, signed by a stranger with certificate bytes "00") change
+    // the state, which breaks "forged commands never change state" within 8 chaos seeds.
+    let out =
+        sim(&["--seeds", "0..8", "--plant", "skip-node-author-check", "--fail-fast", "--no-shrink", "--jobs", "2"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("violated forged-command-applied"), "{text}");
+    assert!(text.contains("--plant skip-node-author-check"), "{text}");
+}
+
+#[test]
 fn sim_unknown_plant_is_refused_with_the_known_ones() {
     // A misspelt plant is an error that lists the plants the simulator knows.
     let out = sim(&["--seed", "1", "--plant", "ack-befor-commit"]);

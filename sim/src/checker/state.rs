@@ -21,7 +21,7 @@ use synod_proto::{NodeId, OperatorKey, Outcome};
 
 use super::{hash_value, state_hash, Checker, Step, Violation};
 use crate::net::EQUIVOCATED_VALUE;
-use crate::workload::{FORGED_NODE, FORGED_PREFIX};
+use crate::workload::{FORGED_NODE, FORGED_PREFIX, FORGED_REASON};
 
 /// The parts of a state that an equivocating leader's altered `put`s cannot
 /// change: authority, membership, keys and signing requests.
@@ -191,6 +191,16 @@ impl ForgeriesRefused {
         }
         if state.members.contains_key(&FORGED_NODE) {
             return Err(Violation::new("forged-command-applied", format!("n{id} lists forged member {FORGED_NODE}")));
+        }
+        let forged_outcome = state.requests.values().find(|r| match &r.status {
+            synod_node::state::RequestStatus::Failed { reason } => reason.contains(FORGED_REASON),
+            _ => false,
+        });
+        if let Some(request) = forged_outcome {
+            return Err(Violation::new(
+                "forged-command-applied",
+                format!("n{id} failed request {} on a forged node-authored outcome", request.request_id),
+            ));
         }
         if state.cluster_id.is_some() && &state.admins != admins {
             return Err(Violation::new("forged-command-applied", format!("n{id}'s admins differ from genesis")));

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
-use synod_proto::{Command, LogEntry, NodeAddr};
+use synod_proto::{Command, LogEntry, NodeAddr, SignedCommand};
 
-use super::{ClientCtx, ForgedResult, Phase, Submission, FORGED_NODE, FORGED_PREFIX};
+use super::{Approval, ClientCtx, ForgedResult, Phase, Submission, FORGED_NODE, FORGED_PREFIX, FORGED_REASON};
 use crate::cluster::EPOCH_MS;
 use crate::net;
 use crate::schedule::Forgery;
@@ -58,6 +58,27 @@ fn forge(ctx: &ClientCtx, rng: &mut ChaCha8Rng, fault_id: usize, forgery: Forger
             let mut signed = ctx.sign(&ctx.admin, rng, put);
             signed.envelope = signed.envelope.replace("\"value\":\"x\"", "\"value\":\"y\"");
             signed
+        }
+        Forgery::NodeOutcome => {
+            // A request that stays pending (its approvals are withheld), so a wrongly
+            // accepted outcome would change it.
+            let request_id = ctx
+                .history
+                .borrow()
+                .sent
+                .iter()
+                .rev()
+                .find(|(_, s)| s.approval == Approval::Withheld)
+                .map(|(id, _)| id.clone())
+                .unwrap_or_else(|| "no-request-yet".into());
+            let command = Command::SignFailed {
+                request_id,
+                node_id: 1,
+                reason: FORGED_REASON.into(),
+                culprits: Vec::new(),
+                attempt: 0,
+            };
+            SignedCommand { certificate: Some("00".into()), ..ctx.sign(&ctx.stranger, rng, command) }
         }
         Forgery::Replay => match replayable {
             Some((command, key)) => {

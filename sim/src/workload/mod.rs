@@ -69,6 +69,8 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 pub const FORGED_NODE: NodeId = 99;
 /// The key prefix of forged writes; no node may ever hold such a key.
 pub const FORGED_PREFIX: &str = "forged/";
+/// The reason a forged signing outcome gives; no request may ever fail with it.
+pub const FORGED_REASON: &str = "forged by the adversary";
 /// The name of the threshold key the admin creates before the fault window.
 pub const KEY_NAME: &str = "sim-key";
 /// The name of the key the admin generates while the faults are on.
