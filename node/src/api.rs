@@ -132,9 +132,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-/// Serves `request` for a caller with a client certificate, as a JSON response.
-async fn call(node: &Node, caller: &Caller, request: ClientRequest) -> Result<Response, Failure> {
-    require_client(caller)?;
+/// The node's answer to `request` as a JSON response. Every handler but health first checks
+/// the caller's client certificate ([`require_client`]), before it reads a body.
+async fn answer(node: &Node, request: ClientRequest) -> Result<Response, Failure> {
     Ok(respond(node.serve_client(request).await?))
 }
 
@@ -175,8 +175,7 @@ struct HealthQuery {
 /// Vault's health codes: 200 on the leader (or any node with `standbyok`),
 /// 429 on a standby, 501 before initialisation, 503 with no leader.
 async fn health(State(node): State<Arc<Node>>, Query(q): Query<HealthQuery>) -> Result<Response, Failure> {
-    let ClientResponse::Health(health) = node.serve_client(ClientRequest::Health { standby_ok: q.standbyok }).await?
-    else {
+    let ClientResponse::Health(health) = node.serve_client(ClientRequest::Health).await? else {
         return Err(Failure::Node(NodeError::internal("health answered with something else")));
     };
     let code = match (health.initialized, health.role, health.leader_id) {
@@ -190,7 +189,8 @@ async fn health(State(node): State<Arc<Node>>, Query(q): Query<HealthQuery>) -> 
 }
 
 async fn status(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>) -> Result<Response, Failure> {
-    call(&node, &caller, ClientRequest::Status).await
+    require_client(&caller)?;
+    answer(&node, ClientRequest::Status).await
 }
 
 async fn metrics(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>) -> Result<Response, Failure> {
@@ -233,7 +233,7 @@ async fn write(
     body: Body,
 ) -> Result<Response, Failure> {
     require_client(&caller)?;
-    call(&node, &caller, ClientRequest::Write { command: parse_command(body)? }).await
+    answer(&node, ClientRequest::Write { command: parse_command(body)? }).await
 }
 
 async fn kv_get(
@@ -241,11 +241,13 @@ async fn kv_get(
     Extension(caller): Extension<Caller>,
     Path(key): Path<String>,
 ) -> Result<Response, Failure> {
-    call(&node, &caller, ClientRequest::GetKv { key }).await
+    require_client(&caller)?;
+    answer(&node, ClientRequest::GetKv { key }).await
 }
 
 async fn kv_list(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>) -> Result<Response, Failure> {
-    call(&node, &caller, ClientRequest::ListKv).await
+    require_client(&caller)?;
+    answer(&node, ClientRequest::ListKv).await
 }
 
 /// How long `POST /v1/sign` waits for the signature by default.
@@ -263,11 +265,12 @@ async fn keys_create(
     body: Body,
 ) -> Result<Response, Failure> {
     require_client(&caller)?;
-    call(&node, &caller, ClientRequest::CreateKey { command: parse_command(body)? }).await
+    answer(&node, ClientRequest::CreateKey { command: parse_command(body)? }).await
 }
 
 async fn keys_list(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>) -> Result<Response, Failure> {
-    call(&node, &caller, ClientRequest::ListKeys).await
+    require_client(&caller)?;
+    answer(&node, ClientRequest::ListKeys).await
 }
 
 /// A key by name (the live one), or by id (any, including aborted ones).
@@ -276,7 +279,8 @@ async fn keys_get(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Response, Failure> {
-    call(&node, &caller, ClientRequest::GetKey { name }).await
+    require_client(&caller)?;
+    answer(&node, ClientRequest::GetKey { name }).await
 }
 
 async fn keys_share(
@@ -287,7 +291,7 @@ async fn keys_share(
 ) -> Result<Response, Failure> {
     require_client(&caller)?;
     let share: ImportShare = read_body(body, "an import share; use `synod key import`")?;
-    call(&node, &caller, ClientRequest::ImportShare { share }).await
+    answer(&node, ClientRequest::ImportShare { share }).await
 }
 
 async fn sign(
@@ -311,21 +315,24 @@ async fn request_get(
     Path(id): Path<String>,
     Query(q): Query<WaitQuery>,
 ) -> Result<Response, Failure> {
-    call(&node, &caller, ClientRequest::GetRequest { request_id: id, wait_ms: q.wait_ms.unwrap_or(0) }).await
+    require_client(&caller)?;
+    answer(&node, ClientRequest::GetRequest { request_id: id, wait_ms: q.wait_ms.unwrap_or(0) }).await
 }
 
 async fn operators_list(
     State(node): State<Arc<Node>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, Failure> {
-    call(&node, &caller, ClientRequest::ListOperators).await
+    require_client(&caller)?;
+    answer(&node, ClientRequest::ListOperators).await
 }
 
 async fn proposals_list(
     State(node): State<Arc<Node>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, Failure> {
-    call(&node, &caller, ClientRequest::ListProposals).await
+    require_client(&caller)?;
+    answer(&node, ClientRequest::ListProposals).await
 }
 
 #[derive(Deserialize)]
@@ -340,26 +347,30 @@ async fn audit_list(
     Extension(caller): Extension<Caller>,
     Query(q): Query<AuditQuery>,
 ) -> Result<Response, Failure> {
+    require_client(&caller)?;
     let request = ClientRequest::AuditRecords { from: q.from.unwrap_or(1), limit: q.limit.unwrap_or(AUDIT_PAGE_MAX) };
-    call(&node, &caller, request).await
+    answer(&node, request).await
 }
 
 async fn audit_checkpoint(
     State(node): State<Arc<Node>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, Failure> {
-    call(&node, &caller, ClientRequest::AuditCheckpoint).await
+    require_client(&caller)?;
+    answer(&node, ClientRequest::AuditCheckpoint).await
 }
 
 async fn audit_checkpoints(
     State(node): State<Arc<Node>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, Failure> {
-    call(&node, &caller, ClientRequest::AuditCheckpoints).await
+    require_client(&caller)?;
+    answer(&node, ClientRequest::AuditCheckpoints).await
 }
 
 async fn audit_head(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>) -> Result<Response, Failure> {
-    call(&node, &caller, ClientRequest::AuditHead).await
+    require_client(&caller)?;
+    answer(&node, ClientRequest::AuditHead).await
 }
 
 /// 200 with the signature, 202 while open, 503 naming why it failed.

@@ -112,8 +112,9 @@ pub use crate::error::LeaderHint;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "call", rename_all = "snake_case")]
 pub enum ClientRequest {
-    /// `GET /v1/sys/health` (no client certificate needed).
-    Health { standby_ok: bool },
+    /// `GET /v1/sys/health` (no client certificate needed). The HTTP code,
+    /// which depends on `?standbyok`, is the API's business.
+    Health,
     /// `GET /v1/sys/status` and `/v1/sys/metrics`.
     Status,
     /// `POST /v1/sys/init`: a genesis command.

@@ -87,7 +87,7 @@ impl Node {
     pub async fn serve_client(&self, request: ClientRequest) -> Result<ClientResponse, NodeError> {
         use ClientResponse as R;
         Ok(match request {
-            ClientRequest::Health { standby_ok: _ } => R::Health(self.health()),
+            ClientRequest::Health => R::Health(self.health()),
             ClientRequest::Status => R::Status(Box::new(self.status())),
             ClientRequest::Init { command } => R::Written(self.init(command).await?),
             ClientRequest::Write { command } => R::Written(self.write(command).await?),
