@@ -160,7 +160,7 @@ pub async fn create(data_dir: &Path, nodes: u64, hsm: DevHsm) -> anyhow::Result<
     pki::ca_init(&ca_dir, "synod dev CA", None)?;
     let certs = data_dir.join("certs");
     pki::issue(&ca_dir, &Subject::Client { name: "dev".into() }, &certs, 365, None)?;
-    keygen(&data_dir.join("admin.pem"))?;
+    let admin = OperatorKey::of(&keygen(&data_dir.join("admin.pem"))?);
     let mut id_bytes = [0u8; 8];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id_bytes);
     let cluster_id = format!("synod-dev-{}", hex::encode(id_bytes));
@@ -180,6 +180,7 @@ pub async fn create(data_dir: &Path, nodes: u64, hsm: DevHsm) -> anyhow::Result<
             kek: create_kek(data_dir, &node_dir, id, hsm).await?,
             raft: RaftTuning::default(),
             cluster_id: Some(cluster_id.clone()),
+            genesis_admins: vec![admin],
             log_format: LogFormat::Text,
         };
         let config_path = node_dir.join("node.toml");

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use synod_proto::NodeId;
+use synod_proto::{NodeId, OperatorKey};
 
 /// `node.toml`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -29,6 +29,13 @@ pub struct NodeConfig {
     /// When set, the node refuses a data directory of another cluster.
     #[serde(default)]
     pub cluster_id: Option<String>,
+    /// The operator keys (hex) that may initialise the cluster this node
+    /// joins: its genesis must be signed by one of them. A client certificate
+    /// is not enough to make a node's cluster; the node's operator decides
+    /// whose genesis it takes (`synod operator show --key admin.pem` prints a
+    /// key). Required.
+    #[serde(default)]
+    pub genesis_admins: Vec<OperatorKey>,
     /// `text` (default) or `json` log lines on stderr.
     #[serde(default)]
     pub log_format: LogFormat,
@@ -176,6 +183,14 @@ impl NodeConfig {
         if r.snapshot_every_entries == 0 {
             return Err(invalid("raft.snapshot_every_entries", "must be 1 or more".into()));
         }
+        if self.genesis_admins.is_empty() {
+            return Err(invalid(
+                "genesis_admins",
+                "must name at least one operator key (hex) allowed to initialise the cluster; \
+                 print one with `synod operator show --key admin.pem`"
+                    .into(),
+            ));
+        }
         if self.raft_listen == self.api_listen {
             return Err(invalid("api_listen", "must differ from raft_listen".into()));
         }
@@ -203,6 +218,7 @@ node_id = 1
 data_dir = "data"
 raft_listen = "127.0.0.1:7001"
 api_listen = "127.0.0.1:8201"
+genesis_admins = ["d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"]
 [tls]
 ca_cert = "ca.crt"
 cert = "node-1.crt"
@@ -248,5 +264,17 @@ path = "kek.bin"
         assert!(err.contains("raft.heartbeat_ms"), "{err}");
         let err = NodeConfig::load(&dir.path().join("missing.toml")).unwrap_err().to_string();
         assert!(err.contains("missing.toml"), "{err}");
+    }
+
+    #[test]
+    fn config_without_genesis_admins_is_refused() {
+        // A node must be told whose genesis it may take; a config without any says how to get a key.
+        let dir = tempfile::tempdir().unwrap();
+        let text = GOOD.lines().filter(|l| !l.starts_with("genesis_admins")).collect::<Vec<_>>().join("\n");
+        let err = NodeConfig::load(&write(dir.path(), &text)).unwrap_err().to_string();
+        assert!(err.contains("genesis_admins") && err.contains("synod operator show"), "{err}");
+        let text = GOOD.replace("d75a98", "zz5a98");
+        let err = NodeConfig::load(&write(dir.path(), &text)).unwrap_err().to_string();
+        assert!(err.contains("genesis_admins") || err.contains("hex"), "{err}");
     }
 }

@@ -106,6 +106,7 @@ pub async fn run(config_path: &Path, prompt: PassphrasePrompt) -> anyhow::Result
         identity: Arc::new(crate::pki::NodeIdentity::from_tls(&tls)?),
         seams: Seams::production(),
         tuning: config.raft.clone(),
+        genesis_admins: config.genesis_admins.iter().copied().collect(),
     })
     .await?;
     let actual = node.state().read().state.cluster_id.clone();

@@ -85,6 +85,8 @@ pub struct Boot {
     pub tuning: RaftTuning,
     /// The node's certificate and key (from the simulation's in-memory CA).
     pub identity: Arc<synod_node::pki::NodeIdentity>,
+    /// The admin whose genesis the node takes, as its node.toml would pin it.
+    pub genesis_admin: synod_proto::OperatorKey,
 }
 
 /// The host's software: start the production node, then serve it.
@@ -110,6 +112,7 @@ pub async fn run_node(boot: Boot) -> turmoil::Result {
         identity: boot.identity.clone(),
         seams,
         tuning: boot.tuning.clone(),
+        genesis_admins: [boot.genesis_admin].into_iter().collect(),
     };
     let node = Node::start(parts).await.map_err(|e| format!("node {} failed to start: {e:#}", m.id))?;
     *m.node.lock().expect("node slot") = Some(node.clone());

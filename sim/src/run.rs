@@ -550,18 +550,6 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
     let ids: Vec<u64> = machines.iter().map(|m| m.id).collect();
     let (ca_der, identities) =
         synod_node::pki::in_memory_pki(&ids, &mut ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x7061_6b69)).expect("sim PKI");
-    for (m, identity) in machines.iter().zip(identities) {
-        let boot = Boot {
-            machine: m.clone(),
-            seed: cfg.seed,
-            now: now.clone(),
-            net: net.clone(),
-            tuning: cfg.tuning.clone(),
-            identity: Arc::new(identity),
-        };
-        sim.host(net::node_name(m.id), move || cluster::run_node(boot.clone()));
-    }
-
     let mut key_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6b65_7973);
     let mut key = || {
         let mut bytes = [0u8; 32];
@@ -570,6 +558,19 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
     };
     let (admin, stranger) = (key(), key());
     let approvers = workload::APPROVERS.iter().map(|_| key()).collect();
+    for (m, identity) in machines.iter().zip(identities) {
+        let boot = Boot {
+            machine: m.clone(),
+            seed: cfg.seed,
+            now: now.clone(),
+            net: net.clone(),
+            tuning: cfg.tuning.clone(),
+            identity: Arc::new(identity),
+            genesis_admin: OperatorKey::of(&admin),
+        };
+        sim.host(net::node_name(m.id), move || cluster::run_node(boot.clone()));
+    }
+
     let ctx = ClientCtx {
         seed: cfg.seed,
         nodes: cfg.nodes,

@@ -203,6 +203,15 @@ impl Cluster {
         self.dir.path().join(rel)
     }
 
+    /// The test admin's public key (hex), which every node's config pins as
+    /// the one allowed to initialise the cluster.
+    pub fn admin_key_hex(&self) -> String {
+        use ed25519_dalek::pkcs8::DecodePrivateKey;
+        let pem = std::fs::read_to_string(self.path("admin.pem")).expect("admin key");
+        let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).expect("admin key PEM");
+        hex::encode(key.verifying_key().to_bytes())
+    }
+
     /// Issues a certificate for node `id` and writes its config (not started).
     pub fn add_node_files(&mut self, id: u64) -> &NodeProc {
         let ca = self.path("ca").display().to_string();
@@ -215,11 +224,13 @@ impl Cluster {
         std::fs::create_dir_all(&node_dir).unwrap();
         ok(&run_synod(&["kek", "generate-file", "--out", &node_dir.join("kek.bin").display().to_string()], &[]));
         let (raft_addr, api_addr) = free_ports();
+        let admin = self.admin_key_hex();
         let config = node_dir.join("node.toml");
         std::fs::write(
             &config,
             format!(
                 "node_id = {id}\ndata_dir = \"data\"\nraft_listen = \"{raft_addr}\"\napi_listen = \"{api_addr}\"\n\
+                 genesis_admins = [\"{admin}\"]\n\
                  [tls]\nca_cert = \"{ca}/ca.crt\"\ncert = \"{certs}/node-{id}.crt\"\nkey = \"{certs}/node-{id}.key\"\n\
                  [kek]\nbackend = \"file\"\npath = \"kek.bin\"\n\
                  [raft]\nheartbeat_ms = 150\nelection_timeout_min_ms = 800\nelection_timeout_max_ms = 1600\n\

@@ -23,7 +23,9 @@ fn transport_node_from_another_ca_is_refused_and_logged() {
         &config,
         format!(
             "node_id = 4\ndata_dir = \"data\"\nraft_listen = \"127.0.0.1:0\"\napi_listen = \"127.0.0.1:1\"\n\
+             genesis_admins = [\"{}\"]\n\
              [tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[kek]\nbackend = \"file\"\npath = \"kek.bin\"\n",
+            cluster.admin_key_hex(),
             p("ca/ca.crt"),
             p("certs/node-4.crt"),
             p("certs/node-4.key")
@@ -248,4 +250,36 @@ fn admission_node_authored_commands_without_their_node_never_reach_the_log() {
     let status = cluster.status(1).unwrap();
     assert_eq!(status["last_log_index"].as_u64().unwrap(), index_before, "nothing was proposed");
     assert_eq!(status["rejected_commands"], 0);
+}
+
+#[test]
+fn bootstrap_init_by_an_operator_the_nodes_did_not_pin_is_refused() {
+    // Any client-certificate holder can reach an uninitialised node's API. Its genesis,
+    // signed by a key of its own, is refused before Raft is touched, naming the setting
+    // that decides (genesis_admins); the pinned admin then initialises the same nodes.
+    let mut cluster = Cluster::prepare(Options::default());
+    for id in 1..=2 {
+        cluster.add_node_files(id);
+    }
+    cluster.start_new_nodes(&[1, 2]);
+    ok(&run_synod(&["operator", "keygen", "--out", &cluster.path("intruder.pem").display().to_string()], &[]));
+    let members: Vec<String> = cluster
+        .nodes
+        .values()
+        .map(|node| format!("--member={}={},{}", node.id, node.raft_addr, node.api_addr))
+        .collect();
+    let mut args = vec!["cluster", "init"];
+    args.extend(members.iter().map(String::as_str));
+    let mut intruder = cluster.env(1);
+    intruder.retain(|(k, _)| *k != "SYNOD_OPERATOR_KEY");
+    intruder.push(("SYNOD_OPERATOR_KEY", cluster.path("intruder.pem").display().to_string()));
+    let err = fails(&run_synod(&args, &intruder));
+    assert!(err.contains("genesis_admins"), "{err}");
+    let health = cluster.synod(1, &["health", "-o", "json"]);
+    let health: serde_json::Value = serde_json::from_slice(&health.stdout).expect("health JSON");
+    assert_eq!(health["initialized"], false, "{health}");
+
+    ok(&cluster.synod(1, &args));
+    cluster.wait_leader();
+    cluster.put(2, "after", "init").unwrap();
 }

@@ -57,6 +57,8 @@ pub struct NodeParts {
     pub identity: Arc<NodeIdentity>,
     pub seams: Seams,
     pub tuning: RaftTuning,
+    /// The operator keys whose genesis this node takes (`genesis_admins` in node.toml).
+    pub genesis_admins: BTreeSet<synod_proto::OperatorKey>,
 }
 
 /// How long a node-authored command stays valid.
@@ -91,6 +93,8 @@ pub struct Node {
     peer_health: Arc<crate::raft::network::PeerHealth>,
     /// A peer silent for this long is taken to be down (several heartbeats).
     silent_limit: std::time::Duration,
+    /// The operator keys whose genesis this node takes.
+    genesis_admins: BTreeSet<synod_proto::OperatorKey>,
 }
 
 impl Node {
@@ -153,6 +157,7 @@ impl Node {
             leader: Arc::new(Leader::new(leader::NodeContext { id, node: weak.clone() })),
             peer_health,
             silent_limit: std::time::Duration::from_millis(parts.tuning.heartbeat_ms * SILENT_HEARTBEATS),
+            genesis_admins: parts.genesis_admins,
         });
         tokio::spawn(reconcile_membership(Arc::downgrade(&node)));
         tokio::spawn(keys_and_signing(Arc::downgrade(&node)));

@@ -42,6 +42,10 @@ impl PeerHandler for NodeHandler {
         async move {
             match request {
                 PeerRequest::AppendEntries(rpc) => {
+                    if let Some(why) = node.refuse_foreign_genesis(&rpc.entries) {
+                        tracing::warn!(from, why, "refusing a genesis this node's operator did not pin");
+                        return PeerResponse::Refused(why);
+                    }
                     node.note_leader_commit(rpc.leader_commit.map(|l| l.index));
                     PeerResponse::AppendEntries(node.raft.append_entries(rpc).await)
                 }

@@ -251,6 +251,9 @@ impl Node {
         let applied = self.shared.read();
         let state = &applied.state;
         match (&state.cluster_id, &envelope.command) {
+            (None, Command::Genesis { .. }) if !self.genesis_admins.contains(&command.author) => {
+                Err(NodeError::refused(self.not_pinned(&command.author)))
+            }
             (None, Command::Genesis { admins, .. }) if admins.contains(&command.author) => Ok(()),
             (None, Command::Genesis { .. }) => {
                 Err(NodeError::refused("genesis must be signed by one of the admins it names"))
@@ -299,6 +302,10 @@ impl Node {
         let Command::Genesis { members, ca_certificate, .. } = &envelope.command else {
             return Err(NodeError::invalid("init takes a genesis command"));
         };
+        // Before Raft is initialised with these members: a refused genesis leaves nothing behind.
+        if !self.genesis_admins.contains(&command.author) {
+            return Err(NodeError::refused(self.not_pinned(&command.author)));
+        }
         let ca = hex::decode(ca_certificate).map_err(|_| NodeError::invalid("the CA certificate is not hex"))?;
         crate::pki::verify_node_certificate(&ca, &self.identity.cert_der, self.now_ms()).map_err(|e| {
             NodeError::invalid(format!(
@@ -340,6 +347,34 @@ impl Node {
             }
         }
         Err(last_err.unwrap_or_else(|| NodeError::unavailable("genesis was not committed")))
+    }
+}
+
+impl Node {
+    /// Why a genesis signed by `author` is not taken here.
+    pub(super) fn not_pinned(&self, author: &synod_proto::OperatorKey) -> String {
+        format!(
+            "genesis is signed by operator {author}, whom this node's genesis_admins (node.toml) do not name; \
+             only the admins its operator pinned may initialise the cluster it joins"
+        )
+    }
+
+    /// Whether an uninitialised node may take these entries: any genesis among
+    /// them must be signed by an admin its operator pinned. A refusal names it.
+    pub(super) fn refuse_foreign_genesis(
+        &self,
+        entries: &[openraft::Entry<synod_proto::TypeConfig>],
+    ) -> Option<String> {
+        if self.shared.read().state.cluster_id.is_some() {
+            return None;
+        }
+        entries.iter().find_map(|entry| {
+            let openraft::EntryPayload::Normal(data) = &entry.payload else { return None };
+            let envelope: synod_proto::Envelope = serde_json::from_str(&data.command.envelope).ok()?;
+            let is_genesis = matches!(envelope.command, Command::Genesis { .. });
+            (is_genesis && !self.genesis_admins.contains(&data.command.author))
+                .then(|| self.not_pinned(&data.command.author))
+        })
     }
 }
 
