@@ -65,6 +65,10 @@ pub const CORRUPT_DKG_SHARES: &str = "corrupt-dkg-shares";
 /// key and any certificate bytes pass, at admission and at apply.
 pub const SKIP_NODE_AUTHOR_CHECK: &str = "skip-node-author-check";
 
+/// A node that takes a genesis from any operator, whatever its node.toml's
+/// `genesis_admins` pin: any client-certificate holder can make its cluster.
+pub const SKIP_GENESIS_PIN: &str = "skip-genesis-pin";
+
 /// Every fault this crate knows, for validating names.
 pub const KNOWN: &[&str] = &[
     SKIP_AUTHOR_CHECK,
@@ -76,6 +80,7 @@ pub const KNOWN: &[&str] = &[
     WRONG_COMMITMENTS,
     CORRUPT_DKG_SHARES,
     SKIP_NODE_AUTHOR_CHECK,
+    SKIP_GENESIS_PIN,
 ];
 
 /// The byzantine signer behaviours one node can have ([`set_for_node`]).

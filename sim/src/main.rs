@@ -24,6 +24,7 @@ const PLANTS: &[&str] = &[
     synod_node::faults::NONCE_REUSE,
     synod_node::faults::SKIP_POLICY,
     synod_node::faults::SKIP_NODE_AUTHOR_CHECK,
+    synod_node::faults::SKIP_GENESIS_PIN,
 ];
 
 #[derive(Parser, Debug)]

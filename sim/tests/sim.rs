@@ -95,6 +95,18 @@ fn sim_skip_node_author_check_is_caught_with_a_replay_command() {
 }
 
 #[test]
+fn sim_skip_genesis_pin_is_caught_with_a_replay_command() {
+    // At boot an intruder sends the last node a genesis naming itself the admin. The planted
+    // node that ignores its genesis_admins pin takes it, and the cluster's admins are not the
+    // ones the real genesis names, which breaks "forged commands never change state" at once.
+    let out = sim(&["--seeds", "0..2", "--plant", "skip-genesis-pin", "--fail-fast", "--no-shrink", "--jobs", "2"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("violated forged-command-applied") && text.contains("admins differ"), "{text}");
+    assert!(text.contains("--plant skip-genesis-pin"), "{text}");
+}
+
+#[test]
 fn sim_unknown_plant_is_refused_with_the_known_ones() {
     // A misspelt plant is an error that lists the plants the simulator knows.
     let out = sim(&["--seed", "1", "--plant", "ack-befor-commit"]);

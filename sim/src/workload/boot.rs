@@ -7,9 +7,16 @@
 //! time), and the writers and the admin wait for it. `ForgeriesRefused` holds
 //! every node to the admins this genesis names (the driver builds that set
 //! from the same admin key).
+//!
+//! First, an intruder (a client-certificate holder with a key of its own)
+//! sends the last node a genesis naming itself the admin. Every node's
+//! operator pinned only the simulation's admin (`genesis_admins`), so it must
+//! be refused; with the planted `skip-genesis-pin` it initialises the cluster
+//! and `ForgeriesRefused` sees admins genesis did not name.
 
 use std::time::Duration;
 
+use ed25519_dalek::SigningKey;
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 use synod_proto::api::ClientRequest;
@@ -21,22 +28,29 @@ use crate::net;
 
 /// The genesis command: one admin, every simulated node a member.
 pub fn genesis(ctx: &ClientCtx, rng: &mut ChaCha8Rng) -> SignedCommand {
+    genesis_by(ctx, &ctx.admin, rng)
+}
+
+/// A genesis naming, and signed by, `admin`.
+fn genesis_by(ctx: &ClientCtx, admin: &SigningKey, rng: &mut ChaCha8Rng) -> SignedCommand {
     let members = (1..=ctx.nodes)
         .map(|id| Member {
             node_id: id,
             addr: NodeAddr { raft_addr: net::node_addr(id), api_addr: format!("{}:8000", net::node_name(id)) },
         })
         .collect();
-    let command = Command::Genesis {
-        admins: vec![OperatorKey::of(&ctx.admin)],
-        members,
-        ca_certificate: ctx.ca_certificate.clone(),
-    };
-    ctx.sign(&ctx.admin, rng, command)
+    let command =
+        Command::Genesis { admins: vec![OperatorKey::of(admin)], members, ca_certificate: ctx.ca_certificate.clone() };
+    ctx.sign(admin, rng, command)
 }
 
-/// `synod cluster init` against node 1, retried until genesis is committed.
+/// `synod cluster init` against node 1, retried until genesis is committed,
+/// after the intruder's attempt on the last node.
 pub async fn boot_client(ctx: ClientCtx) -> turmoil::Result {
+    let mut intruder_rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0x1a7d);
+    let foreign = ClientRequest::Init { command: genesis_by(&ctx, &ctx.stranger, &mut intruder_rng) };
+    let answer = call_node(&ctx.net, ctx.nodes, &foreign, Duration::from_secs(20), written).await;
+    ctx.event(format!("boot: an intruder's genesis at n{}: {answer:?}", ctx.nodes));
     let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0xb007);
     let command = genesis(&ctx, &mut rng);
     loop {
