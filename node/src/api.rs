@@ -255,7 +255,7 @@ const SIGN_WAIT_MS_DEFAULT: u64 = 30_000;
 
 #[derive(Deserialize)]
 struct WaitQuery {
-    /// How long to wait for a pending request, in ms (at most `client::WAIT_MS_MAX`).
+    /// How long to wait for a pending request, in ms (at most `node::client::WAIT_MS_MAX`).
     wait_ms: Option<u64>,
 }
 
