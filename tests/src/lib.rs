@@ -177,16 +177,17 @@ impl Cluster {
             cluster.add_node_files(id);
         }
         cluster.start_new_nodes(&(1..=n).collect::<Vec<_>>());
-        let members: Vec<String> = cluster
-            .nodes
-            .values()
-            .map(|node| format!("--member={}={},{}", node.id, node.raft_addr, node.api_addr))
-            .collect();
-        let mut args = vec!["cluster", "init"];
-        args.extend(members.iter().map(String::as_str));
-        ok(&cluster.synod(1, &args));
+        let args = cluster.init_args();
+        ok(&cluster.synod(1, &args.iter().map(String::as_str).collect::<Vec<_>>()));
         cluster.wait_leader();
         cluster
+    }
+
+    /// `synod cluster init` with every node of the cluster a member.
+    pub fn init_args(&self) -> Vec<String> {
+        let members =
+            self.nodes.values().map(|node| format!("--member={}={},{}", node.id, node.raft_addr, node.api_addr));
+        ["cluster".to_string(), "init".to_string()].into_iter().chain(members).collect()
     }
 
     /// Makes the CA, the client certificate and the admin key; no nodes yet.

@@ -263,13 +263,8 @@ fn bootstrap_init_by_an_operator_the_nodes_did_not_pin_is_refused() {
     }
     cluster.start_new_nodes(&[1, 2]);
     ok(&run_synod(&["operator", "keygen", "--out", &cluster.path("intruder.pem").display().to_string()], &[]));
-    let members: Vec<String> = cluster
-        .nodes
-        .values()
-        .map(|node| format!("--member={}={},{}", node.id, node.raft_addr, node.api_addr))
-        .collect();
-    let mut args = vec!["cluster", "init"];
-    args.extend(members.iter().map(String::as_str));
+    let args = cluster.init_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut intruder = cluster.env(1);
     intruder.retain(|(k, _)| *k != "SYNOD_OPERATOR_KEY");
     intruder.push(("SYNOD_OPERATOR_KEY", cluster.path("intruder.pem").display().to_string()));
