@@ -452,7 +452,8 @@ fn parse_batch(batch: NonceBatch) -> Result<(String, Vec<Ticketed>), CallError> 
 /// Runs CPU-heavy parsing off the async workers. On a current-thread runtime
 /// (each host of the deterministic simulator is one) it runs inline: a
 /// blocking-pool thread would finish at a wall-clock moment and make the
-/// simulation depend on it.
+/// simulation depend on it. (The node's `seams::run_blocking` does the same;
+/// the coordinator may not depend on the node, so it keeps this twin.)
 async fn run_blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, CallError> + Send + 'static,
 ) -> Result<T, CallError> {

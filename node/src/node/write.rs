@@ -251,10 +251,9 @@ impl Node {
         let applied = self.shared.read();
         let state = &applied.state;
         match (&state.cluster_id, &envelope.command) {
-            (None, Command::Genesis { .. }) if !self.genesis_pinned(&command.author) => {
-                Err(NodeError::refused(self.not_pinned(&command.author)))
+            (None, Command::Genesis { admins, .. }) if admins.contains(&command.author) => {
+                self.genesis_author_pinned(&command.author).map_err(NodeError::refused)
             }
-            (None, Command::Genesis { admins, .. }) if admins.contains(&command.author) => Ok(()),
             (None, Command::Genesis { .. }) => {
                 Err(NodeError::refused("genesis must be signed by one of the admins it names"))
             }
@@ -303,9 +302,7 @@ impl Node {
             return Err(NodeError::invalid("init takes a genesis command"));
         };
         // Before Raft is initialised with these members: a refused genesis leaves nothing behind.
-        if !self.genesis_pinned(&command.author) {
-            return Err(NodeError::refused(self.not_pinned(&command.author)));
-        }
+        self.genesis_author_pinned(&command.author).map_err(NodeError::refused)?;
         let ca = hex::decode(ca_certificate).map_err(|_| NodeError::invalid("the CA certificate is not hex"))?;
         crate::pki::verify_node_certificate(&ca, &self.identity.cert_der, self.now_ms()).map_err(|e| {
             NodeError::invalid(format!(
@@ -348,20 +345,17 @@ impl Node {
         }
         Err(last_err.unwrap_or_else(|| NodeError::unavailable("genesis was not committed")))
     }
-}
 
-impl Node {
-    /// Whether this node takes a genesis signed by `author`.
-    fn genesis_pinned(&self, author: &synod_proto::OperatorKey) -> bool {
-        self.genesis_admins.contains(author) || faults::enabled(faults::SKIP_GENESIS_PIN)
-    }
-
-    /// Why a genesis signed by `author` is not taken here.
-    pub(super) fn not_pinned(&self, author: &synod_proto::OperatorKey) -> String {
-        format!(
+    /// Whether this node takes a genesis signed by `author`: one of the
+    /// `genesis_admins` its operator pinned in node.toml. The refusal says why not.
+    fn genesis_author_pinned(&self, author: &synod_proto::OperatorKey) -> Result<(), String> {
+        if self.genesis_admins.contains(author) || faults::enabled(faults::SKIP_GENESIS_PIN) {
+            return Ok(());
+        }
+        Err(format!(
             "genesis is signed by operator {author}, whom this node's genesis_admins (node.toml) do not name; \
              only the admins its operator pinned may initialise the cluster it joins"
-        )
+        ))
     }
 
     /// Whether an uninitialised node may take these entries: any genesis among
@@ -376,8 +370,8 @@ impl Node {
         entries.iter().find_map(|entry| {
             let openraft::EntryPayload::Normal(data) = &entry.payload else { return None };
             let envelope: synod_proto::Envelope = serde_json::from_str(&data.command.envelope).ok()?;
-            let is_genesis = matches!(envelope.command, Command::Genesis { .. });
-            (is_genesis && !self.genesis_pinned(&data.command.author)).then(|| self.not_pinned(&data.command.author))
+            let Command::Genesis { .. } = envelope.command else { return None };
+            self.genesis_author_pinned(&data.command.author).err()
         })
     }
 }
