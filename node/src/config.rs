@@ -100,6 +100,11 @@ pub struct RaftTuning {
     pub snapshot_every_entries: u64,
     /// Entries kept in the log behind the latest snapshot (for slow followers).
     pub logs_kept_after_snapshot: u64,
+    /// The fewest members that must vouch for a snapshot this node installs.
+    /// A node with state requires a majority of its members and the largest
+    /// key threshold, or this, whichever is more; a node with no state yet
+    /// (empty, joining) has only this. Set it to the largest key threshold.
+    pub snapshot_endorsements_min: usize,
 }
 
 impl Default for RaftTuning {
@@ -113,6 +118,7 @@ impl Default for RaftTuning {
             election_timeout_max_ms: 2500,
             snapshot_every_entries: 2000,
             logs_kept_after_snapshot: 500,
+            snapshot_endorsements_min: 2,
         }
     }
 }
@@ -182,6 +188,12 @@ impl NodeConfig {
         }
         if r.snapshot_every_entries == 0 {
             return Err(invalid("raft.snapshot_every_entries", "must be 1 or more".into()));
+        }
+        if r.snapshot_endorsements_min < 2 {
+            return Err(invalid(
+                "raft.snapshot_endorsements_min",
+                "must be 2 or more: one node alone must not be able to vouch for a snapshot".into(),
+            ));
         }
         if self.genesis_admins.is_empty() {
             return Err(invalid(

@@ -69,6 +69,10 @@ pub const SKIP_NODE_AUTHOR_CHECK: &str = "skip-node-author-check";
 /// `genesis_admins` pin: any client-certificate holder can make its cluster.
 pub const SKIP_GENESIS_PIN: &str = "skip-genesis-pin";
 
+/// A node that installs any snapshot a peer sends, without checking its
+/// endorsements, its audit chain or that Raft is told the state it carries.
+pub const TRUST_SNAPSHOT: &str = "trust-snapshot";
+
 /// Every fault this crate knows, for validating names.
 pub const KNOWN: &[&str] = &[
     SKIP_AUTHOR_CHECK,
@@ -81,6 +85,7 @@ pub const KNOWN: &[&str] = &[
     CORRUPT_DKG_SHARES,
     SKIP_NODE_AUTHOR_CHECK,
     SKIP_GENESIS_PIN,
+    TRUST_SNAPSHOT,
 ];
 
 /// The byzantine signer behaviours one node can have ([`set_for_node`]).

@@ -161,7 +161,7 @@ pub async fn ping(config_path: &Path, peer: NodeId, addr: &str) -> anyhow::Resul
         .await;
     transport.close().await;
     match response? {
-        PeerResponse::Pong { node_id, cluster_id } => Ok((node_id, cluster_id)),
+        PeerResponse::Pong { node_id, cluster_id, .. } => Ok((node_id, cluster_id)),
         PeerResponse::Refused(reason) => bail!("node {peer} at {addr} refused the call: {reason}"),
         other => bail!("node {peer} at {addr} answered with {other:?}"),
     }

@@ -38,6 +38,8 @@ pub const PARTICIPANTS_MAX: usize = 16;
 pub const CERTIFICATE_HEX_BYTES_MAX: usize = 8 * 1024;
 /// The longest key name, request id or purpose.
 pub const NAME_BYTES_MAX: usize = 64;
+/// The longest cluster id a command may name.
+pub const CLUSTER_ID_BYTES_MAX: usize = 256;
 /// The longest free-text reason a node gives when it aborts or fails something.
 pub const REASON_BYTES_MAX: usize = 1024;
 /// The largest hex-encoded FROST package in a command (a 16-participant public
@@ -165,6 +167,10 @@ pub enum Command {
     /// A node asks for a checkpoint: the state machine turns the audit chain's
     /// current head into a request on the audit key, which signs nothing else.
     AuditCheckpoint { node_id: NodeId },
+    /// A node vouches that applying the committed log up to `point` gave it
+    /// exactly the state whose digest the point names. A snapshot is installed
+    /// only with enough of these from distinct members (see `raft/snapshot.rs`).
+    Endorse { node_id: NodeId, point: SnapshotPoint },
     /// The coordinating node's result: a signature that every node verifies
     /// against the key and its own copy of the message before storing it.
     SignResult {
@@ -195,6 +201,36 @@ pub enum Command {
     /// one envelope check per node for the lot. Every node judges and audits
     /// each outcome on its own; one refused outcome does not refuse the others.
     SignOutcomes { node_id: NodeId, outcomes: Vec<Command> },
+}
+
+/// A snapshot point: the state a node derived from the committed log up to
+/// and including entry (`term`, `index`), named by the SHA-256 of its
+/// serialized form, which covers the Raft membership, everything a signer or
+/// policy check reads, and the audit chain's head.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotPoint {
+    /// The cluster the state belongs to, so a point cannot be carried to another.
+    pub cluster_id: String,
+    pub index: u64,
+    pub term: u64,
+    /// SHA-256 (hex) of the serialized applied state at that point.
+    pub state_sha256: String,
+}
+
+impl SnapshotPoint {
+    fn validate(&self) -> Result<(), CommandError> {
+        if self.cluster_id.len() > CLUSTER_ID_BYTES_MAX {
+            return Err(CommandError::Malformed(format!(
+                "snapshot point's cluster id is {} bytes; at most {CLUSTER_ID_BYTES_MAX}",
+                self.cluster_id.len()
+            )));
+        }
+        let digest_ok = self.state_sha256.len() == 64 && self.state_sha256.bytes().all(|b| b.is_ascii_hexdigit());
+        if !digest_ok {
+            return Err(CommandError::Malformed("snapshot point's state_sha256 must be 64 hex digits".into()));
+        }
+        Ok(())
+    }
 }
 
 /// The most outcomes one [`Command::SignOutcomes`] carries.
@@ -239,6 +275,7 @@ impl Command {
             Command::SetAdminPolicy { .. } => "set_admin_policy",
             Command::ApproveProposal { .. } => "approve_proposal",
             Command::AuditCheckpoint { .. } => "audit_checkpoint",
+            Command::Endorse { .. } => "endorse",
         }
     }
 
@@ -264,7 +301,8 @@ impl Command {
             | Command::SignResult { node_id, .. }
             | Command::SignFailed { node_id, .. }
             | Command::SignOutcomes { node_id, .. }
-            | Command::AuditCheckpoint { node_id } => Authority::Node(*node_id),
+            | Command::AuditCheckpoint { node_id }
+            | Command::Endorse { node_id, .. } => Authority::Node(*node_id),
         }
     }
 
@@ -384,6 +422,7 @@ impl Command {
             }
             Command::ApproveProposal { proposal_id } => validate_id("proposal id", proposal_id),
             Command::AuditCheckpoint { .. } => Ok(()),
+            Command::Endorse { point, .. } => point.validate(),
             Command::SignFailed { request_id, reason, culprits, .. } => {
                 validate_name("request id", request_id)?;
                 validate_reason(reason)?;

@@ -137,6 +137,10 @@ pub enum PeerResponse {
     Pong {
         node_id: NodeId,
         cluster_id: Option<String>,
+        /// The last log index the answering node has applied (a node that
+        /// installed a snapshot asks its peers before it signs again).
+        #[serde(default)]
+        last_applied: Option<u64>,
     },
     /// The receiver refused the call (unknown peer, malformed frame, ...).
     Refused(String),

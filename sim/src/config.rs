@@ -232,6 +232,7 @@ impl SimConfig {
                 // Small, so that snapshots, purges and snapshot installs happen in every run.
                 snapshot_every_entries: 100,
                 logs_kept_after_snapshot: 20,
+                snapshot_endorsements_min: 2,
             },
         }
     }

@@ -72,6 +72,10 @@ fn replication_leader_killed_during_writes_loses_nothing_and_catches_up_from_sna
         cluster.nodes[&leader].log_text().contains("installed snapshot from the leader"),
         "the restarted node caught up from a snapshot"
     );
+    assert!(
+        cluster.nodes[&leader].log_text().contains("installing a verified snapshot"),
+        "the snapshot it installed was endorsed by enough members"
+    );
 }
 
 #[test]

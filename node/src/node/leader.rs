@@ -102,6 +102,9 @@ impl Context for NodeContext {
             let count = asks.len();
             let Some(node) = node else { return vec![Err(gone()); count] };
             if signer == node.id {
+                if let Some(why) = node.share_gate_refusal() {
+                    return vec![Err(CallError::Refused(why)); count];
+                }
                 let answers = node.signer().share_batch(&asks, node.id, true).await;
                 return answers.into_iter().map(|a| a.map_err(CallError::Refused)).collect();
             }

@@ -14,6 +14,7 @@ mod dkg_host;
 mod leader;
 mod loops;
 mod peer;
+mod snapshot;
 mod vote;
 mod write;
 
@@ -95,6 +96,16 @@ pub struct Node {
     silent_limit: std::time::Duration,
     /// The operator keys whose genesis this node takes.
     genesis_admins: BTreeSet<synod_proto::OperatorKey>,
+    /// The node itself, for the tasks it starts.
+    weak_self: std::sync::Weak<Node>,
+    /// A snapshot a peer is sending, collected chunk by chunk before it is checked.
+    incoming: std::sync::Mutex<Option<snapshot::Incoming>>,
+    /// The snapshot points this node serialised and endorsed, newest last.
+    points_built: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<crate::raft::snapshot::Point>>>,
+    /// Whether this node may release signature shares (closed while it catches up).
+    share_gate: std::sync::Mutex<snapshot::ShareGate>,
+    /// The fewest members that must vouch for a snapshot (`raft.snapshot_endorsements_min`).
+    endorsements_floor: usize,
 }
 
 impl Node {
@@ -108,13 +119,14 @@ impl Node {
             election_timeout_max: t.election_timeout_max_ms,
             max_payload_entries: synod_proto::rpc::APPEND_ENTRIES_MAX,
             snapshot_max_chunk_size: synod_proto::rpc::SNAPSHOT_CHUNK_BYTES,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_every_entries),
+            // Snapshots are built only at endorsed points, when the node asks (`snapshot`).
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: t.logs_kept_after_snapshot,
             purge_batch_size: 1,
             ..Default::default()
         };
         let config = Arc::new(config.validate()?);
-        let (state_machine, shared) = StateMachine::open(parts.store.clone(), parts.id)?;
+        let (state_machine, shared) = StateMachine::open(parts.store.clone(), parts.id, t.snapshot_every_entries)?;
         let mut log_store = LogStore::new(parts.store.clone());
         let empty_disk = {
             use openraft::storage::RaftLogStorage;
@@ -158,7 +170,16 @@ impl Node {
             peer_health,
             silent_limit: std::time::Duration::from_millis(parts.tuning.heartbeat_ms * SILENT_HEARTBEATS),
             genesis_admins: parts.genesis_admins,
+            weak_self: weak.clone(),
+            incoming: std::sync::Mutex::new(None),
+            points_built: std::sync::Mutex::default(),
+            share_gate: std::sync::Mutex::new(snapshot::ShareGate::Open),
+            endorsements_floor: parts.tuning.snapshot_endorsements_min,
         });
+        if empty_disk {
+            node.close_share_gate("started on an empty disk");
+        }
+        tokio::spawn(snapshot::endorse_points(Arc::downgrade(&node)));
         tokio::spawn(reconcile_membership(Arc::downgrade(&node)));
         tokio::spawn(keys_and_signing(Arc::downgrade(&node)));
         tokio::spawn(break_election_ties(Arc::downgrade(&node), parts.tuning.clone()));

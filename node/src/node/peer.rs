@@ -55,10 +55,15 @@ impl PeerHandler for NodeHandler {
                 },
                 PeerRequest::InstallSnapshot(rpc) => {
                     node.note_leader_commit(rpc.meta.last_log_id.map(|l| l.index));
-                    PeerResponse::InstallSnapshot(node.raft.install_snapshot(rpc).await)
+                    node.receive_snapshot_chunk(from, rpc).await
                 }
                 PeerRequest::Ping => {
-                    PeerResponse::Pong { node_id: node.id, cluster_id: node.shared.read().state.cluster_id.clone() }
+                    let applied = node.shared.read();
+                    PeerResponse::Pong {
+                        node_id: node.id,
+                        cluster_id: applied.state.cluster_id.clone(),
+                        last_applied: applied.last_applied.map(|l| l.index),
+                    }
                 }
                 PeerRequest::Forward(command) => {
                     tracing::debug!(from, "write forwarded by a follower");
@@ -79,6 +84,9 @@ impl PeerHandler for NodeHandler {
                     ))
                 }
                 PeerRequest::SignShare { asks } => {
+                    if let Some(why) = node.share_gate_refusal() {
+                        return PeerResponse::SignShare(asks.iter().map(|_| Err(why.clone())).collect());
+                    }
                     let answers = node.signer.share_batch(&asks, from, false).await;
                     if answers.iter().any(Result::is_ok) {
                         faults::crash_point(node.id, faults::SIGNER_AFTER_SHARE).await;

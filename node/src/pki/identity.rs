@@ -112,6 +112,9 @@ pub struct NodeIdentity {
     pub id: u64,
     /// The certificate (DER), attached to every command the node signs.
     pub cert_der: Vec<u8>,
+    /// The cluster CA (DER) the certificate chains to: the trust anchor for a
+    /// snapshot sent to this node while it holds no verified state of its own.
+    pub ca_der: Vec<u8>,
     /// The certificate's private key.
     key: ed25519_dalek::SigningKey,
 }
@@ -127,6 +130,7 @@ impl NodeIdentity {
     /// as `TlsMaterial` holds them (the key must be Ed25519 PKCS#8, as `synod ca issue`
     /// makes them). `NodeIdentity::from_tls` is the public way in.
     pub(super) fn from_certified_key(
+        ca: &CertificateDer<'_>,
         identity: &PeerIdentity,
         cert: &CertificateDer<'_>,
         key: &PrivateKeyDer<'_>,
@@ -141,7 +145,7 @@ impl NodeIdentity {
         };
         let PrivateKeyDer::Pkcs8(der) = key else { return Err(not_ed25519()) };
         let key = ed25519_dalek::SigningKey::from_pkcs8_der(der.secret_pkcs8_der()).map_err(|_| not_ed25519())?;
-        Ok(NodeIdentity { id, cert_der: cert.to_vec(), key })
+        Ok(NodeIdentity { id, cert_der: cert.to_vec(), ca_der: ca.to_vec(), key })
     }
 
     /// Signs an envelope as this node, attaching the certificate.
@@ -266,7 +270,7 @@ pub fn in_memory_pki(ids: &[u64], rng: &mut dyn rand_core::RngCore) -> Result<(V
         set_validity(&mut params, 0, 4_000_000_000);
         let cert =
             params.signed_by(&key, &issuer).map_err(|source| PkiError::Generate { what: "certificate", source })?;
-        identities.push(NodeIdentity { id, cert_der: cert.der().to_vec(), key: signing });
+        identities.push(NodeIdentity { id, cert_der: cert.der().to_vec(), ca_der: ca_cert.der().to_vec(), key: signing });
     }
     Ok((ca_cert.der().to_vec(), identities))
 }

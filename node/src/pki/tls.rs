@@ -211,7 +211,7 @@ impl NodeIdentity {
     /// `synod ca issue` makes them). Defined here, not in `identity`, so that the identity
     /// room (and the state machine that uses it) does not depend on TLS.
     pub fn from_tls(material: &TlsMaterial) -> Result<Self, PkiError> {
-        NodeIdentity::from_certified_key(&material.identity, &material.chain[0], &material.key)
+        NodeIdentity::from_certified_key(&material.ca, &material.identity, &material.chain[0], &material.key)
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod log_store;
 pub mod network;
+pub mod snapshot;
 pub mod state_machine;
 
 use synod_proto::TypeConfig;
@@ -37,7 +38,7 @@ mod tests {
     impl StoreBuilder<TypeConfig, LogStore, StateMachine, ()> for MemoryBuilder {
         async fn build(&self) -> Result<((), LogStore, StateMachine), StorageError<NodeId>> {
             let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-            let (sm, _) = StateMachine::open(store.clone(), 1)?;
+            let sm = StateMachine::open_building_current(store.clone())?;
             Ok(((), LogStore::new(store), sm))
         }
     }
@@ -48,7 +49,7 @@ mod tests {
         async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<NodeId>> {
             let dir = tempfile::tempdir().expect("tempdir");
             let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("store")).expect("open sled"));
-            let (sm, _) = StateMachine::open(store.clone(), 1)?;
+            let sm = StateMachine::open_building_current(store.clone())?;
             Ok((dir, LogStore::new(store), sm))
         }
     }

@@ -5,18 +5,25 @@
 //! [`SharedState`]. On start it is restored from the last stored snapshot;
 //! openraft then re-applies the committed log after it. Snapshots are stored in
 //! [`Tree::Meta`] in chunks (the store caps value sizes) and replaced atomically.
+//!
+//! Snapshots are built only at endorsed points (see [`super::snapshot`]): at
+//! every point index, `apply` hands a copy of the state to the node
+//! ([`Points`]), which serialises and endorses it off the state lock; once
+//! enough members vouch for a point, the node asks Raft for a snapshot and the
+//! builder returns that point, not whatever happens to be applied by then.
 
 use std::io::Cursor;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
-use synod_proto::{NodeAddr, NodeId, Outcome, TypeConfig};
+use synod_proto::{NodeAddr, NodeId, Outcome, SignedCommand, TypeConfig};
 
 use super::io_error;
+use super::snapshot::{self, Point};
 use crate::state::{AuditRecord, ClusterState};
 use crate::store::{Durability, Op, Store, Tree, VALUE_BYTES_MAX};
 
@@ -35,13 +42,43 @@ pub struct Applied {
     pub state: ClusterState,
 }
 
-/// A snapshot's contents: the applied state and the whole audit chain (which
-/// lives in the store, not in the state).
-#[derive(Serialize, Deserialize)]
-struct SnapshotData {
+/// A snapshot stored by a node before snapshots carried endorsements: the
+/// applied state and the whole audit chain. Read only from the node's own store.
+#[derive(Deserialize)]
+struct LegacySnapshot {
     applied: Applied,
-    #[serde(default)]
-    audit: Vec<AuditRecord>,
+}
+
+/// Where snapshot points pass between the state machine and the node.
+pub struct Points {
+    /// Log indexes that are points are the multiples of this.
+    every: u64,
+    /// The state right after the newest point, as `apply` copied it.
+    captured: tokio::sync::watch::Sender<Option<Arc<Applied>>>,
+    /// The newest point enough members vouch for, with their endorsements:
+    /// what the next snapshot is built from.
+    ready: Mutex<Option<(Arc<Point>, Vec<SignedCommand>)>>,
+}
+
+impl Points {
+    fn new(every: u64) -> Points {
+        Points { every: every.max(1), captured: tokio::sync::watch::channel(None).0, ready: Mutex::default() }
+    }
+
+    /// Wakes with each newly captured point.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<Arc<Applied>>> {
+        self.captured.subscribe()
+    }
+
+    /// Makes `point` the next snapshot, carrying `endorsements`.
+    pub fn set_ready(&self, point: Arc<Point>, endorsements: Vec<SignedCommand>) {
+        *self.ready.lock().expect("points lock") = Some((point, endorsements));
+    }
+
+    /// The index of the point the next snapshot is built from.
+    pub fn ready_index(&self) -> Option<u64> {
+        self.ready.lock().expect("points lock").as_ref().and_then(|(p, _)| p.meta.last_log_id.map(|l| l.index))
+    }
 }
 
 /// The key of audit record `seq`.
@@ -61,16 +98,30 @@ pub fn read_audit(store: &dyn Store, from: u64, limit: usize) -> Result<Vec<Audi
 /// sequence number of the last audit record written to the store (records are
 /// written just after the state changes, so readers wait for this to catch up).
 #[derive(Clone)]
-pub struct SharedState(Arc<RwLock<Applied>>, Arc<std::sync::atomic::AtomicU64>, Arc<tokio::sync::watch::Sender<u64>>);
+pub struct SharedState(
+    Arc<RwLock<Applied>>,
+    Arc<std::sync::atomic::AtomicU64>,
+    Arc<tokio::sync::watch::Sender<u64>>,
+    Arc<Points>,
+);
 
 impl Default for SharedState {
     fn default() -> Self {
-        let (applied, _) = tokio::sync::watch::channel(0);
-        SharedState(Arc::default(), Arc::default(), Arc::new(applied))
+        SharedState::new(1)
     }
 }
 
 impl SharedState {
+    fn new(points_every: u64) -> Self {
+        let (applied, _) = tokio::sync::watch::channel(0);
+        SharedState(Arc::default(), Arc::default(), Arc::new(applied), Arc::new(Points::new(points_every)))
+    }
+
+    /// Snapshot points: captured by `apply`, endorsed by the node.
+    pub fn points(&self) -> &Arc<Points> {
+        &self.3
+    }
+
     /// Wakes whenever entries are applied (the value is the last applied index),
     /// so waiters react at once instead of polling.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -108,22 +159,44 @@ pub struct StateMachine {
     shared: SharedState,
     /// This node's id, for named fault points.
     node_id: NodeId,
-    /// Distinguishes snapshots built at the same log position.
-    snapshot_seq: u64,
+    /// Builds snapshots of whatever is applied, unendorsed: only openraft's
+    /// storage conformance suite, which expects that.
+    #[cfg(test)]
+    build_current: bool,
 }
 
 impl StateMachine {
-    /// Restores node `node_id`'s applied state from the last stored snapshot, if any.
-    pub fn open(store: Arc<dyn Store>, node_id: NodeId) -> Result<(Self, SharedState), StorageError<NodeId>> {
-        let shared = SharedState::default();
-        let sm = StateMachine { store, shared: shared.clone(), node_id, snapshot_seq: 0 };
+    /// Restores node `node_id`'s applied state from the last stored snapshot, if
+    /// any; snapshot points fall on multiples of `points_every` log indexes.
+    pub fn open(
+        store: Arc<dyn Store>,
+        node_id: NodeId,
+        points_every: u64,
+    ) -> Result<(Self, SharedState), StorageError<NodeId>> {
+        let shared = SharedState::new(points_every);
+        let sm = StateMachine {
+            store,
+            shared: shared.clone(),
+            node_id,
+            #[cfg(test)]
+            build_current: false,
+        };
         if let Some(snapshot) = sm.load_snapshot()? {
-            let data: SnapshotData = serde_json::from_slice(snapshot.snapshot.get_ref())
+            let applied = read_stored(snapshot.snapshot.get_ref())
                 .map_err(|e| StorageIOError::read_snapshot(Some(snapshot.meta.signature()), &io_error(e)))?;
-            sm.shared.set_audit_written(data.applied.state.audit_head.seq);
-            *sm.shared.0.write().expect("state lock") = data.applied;
+            sm.shared.set_audit_written(applied.state.audit_head.seq);
+            *sm.shared.0.write().expect("state lock") = applied;
         }
         Ok((sm, shared))
+    }
+
+    /// As [`StateMachine::open`], building snapshots of whatever is applied
+    /// (openraft's storage conformance suite expects that).
+    #[cfg(test)]
+    pub fn open_building_current(store: Arc<dyn Store>) -> Result<Self, StorageError<NodeId>> {
+        let (mut sm, _) = StateMachine::open(store, 1, 1)?;
+        sm.build_current = true;
+        Ok(sm)
     }
 
     fn load_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
@@ -164,6 +237,10 @@ impl StateMachine {
             };
             outcomes.push(outcome);
             audit.extend(applied.state.take_audit());
+            if index % self.shared.3.every == 0 && applied.state.cluster_id.is_some() {
+                // A copy, not a serialisation: the node serialises it off this lock.
+                self.shared.3.captured.send_replace(Some(Arc::new(applied.clone())));
+            }
         }
         if let Some(last) = applied.last_applied {
             self.shared.2.send_replace(last.index);
@@ -202,33 +279,48 @@ impl StateMachine {
     }
 }
 
-/// How long a snapshot waits for the audit records of what it covers. `apply`
+/// How long a point waits for the audit records of what it covers. `apply`
 /// writes them right after it releases the state lock, with no wait in between,
 /// so this is a scheduler turn; past it the store is broken.
-const SNAPSHOT_AUDIT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+const POINT_AUDIT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-impl SharedState {
-    /// The applied state, read once every audit record it vouches for is in
-    /// the store: `apply` moves the state (and the chain's head) under the lock
-    /// and writes the records just after, so a snapshot built in between would
-    /// carry head N with fewer than N records, and a follower installing it
-    /// would have a permanent gap in its chain.
-    async fn read_with_audit(&self) -> Result<RwLockReadGuard<'_, Applied>, StorageError<NodeId>> {
-        let deadline = tokio::time::Instant::now() + SNAPSHOT_AUDIT_WAIT;
-        loop {
-            {
-                let applied = self.read();
-                if self.audit_written() >= applied.state.audit_head.seq {
-                    return Ok(applied);
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let e = std::io::Error::other("the audit records of the applied state never reached the store");
-                return Err(StorageIOError::read_snapshot(None, &e).into());
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+/// Serialises `applied` (a state `apply` captured) into a snapshot point, with
+/// the audit chain up to its head, read from `store` once every record it
+/// vouches for is there: `apply` moves the state (and the chain's head) under
+/// the lock and writes the records just after, so a point serialised in
+/// between would carry head N with fewer than N records, and a node installing
+/// it would have a permanent gap in its chain. `None` if the store's chain no
+/// longer reaches that head (a snapshot was installed meanwhile) or before genesis.
+pub async fn build_point(
+    shared: &SharedState,
+    store: Arc<dyn Store>,
+    applied: Arc<Applied>,
+) -> std::io::Result<Option<Point>> {
+    let head = applied.state.audit_head.seq;
+    let deadline = tokio::time::Instant::now() + POINT_AUDIT_WAIT;
+    while shared.audit_written() < head {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(std::io::Error::other("the audit records of the applied state never reached the store"));
         }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
+    crate::seams::run_blocking(move || {
+        let audit: Vec<AuditRecord> =
+            read_audit(&*store, 1, usize::MAX).map_err(io_error)?.into_iter().take_while(|r| r.seq <= head).collect();
+        if audit.last().map_or(0, |r| r.seq) != head || audit.len() as u64 != head {
+            return Ok(None);
+        }
+        Ok(Point::capture(&applied, audit))
+    })
+    .await?
+}
+
+/// The applied state in a snapshot this node stored (this format or the one before).
+fn read_stored(bytes: &[u8]) -> Result<Applied, String> {
+    if bytes.starts_with(snapshot::MAGIC) {
+        return snapshot::decode(bytes).map(|d| d.applied);
+    }
+    serde_json::from_slice::<LegacySnapshot>(bytes).map(|l| l.applied).map_err(|e| e.to_string())
 }
 
 impl StateMachine {
@@ -255,31 +347,44 @@ impl StateMachine {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// The newest endorsed point, if it is newer than the stored snapshot;
+    /// else the stored snapshot as it is (an error here would stop the node).
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let (data, meta) = {
-            let shared = self.shared.clone();
-            let applied = shared.read_with_audit().await?;
-            let audit = read_audit(&*self.store, 1, usize::MAX)
-                .map_err(|e| StorageIOError::read_snapshot(None, &io_error(e)))?
-                .into_iter()
-                .take_while(|r| r.seq <= applied.state.audit_head.seq)
-                .collect();
-            let data = serde_json::to_vec(&SnapshotData { applied: applied.clone(), audit }).expect("state serialises");
-            self.snapshot_seq += 1;
-            let snapshot_id = match applied.last_applied {
-                Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, self.snapshot_seq),
-                None => format!("none-{}", self.snapshot_seq),
-            };
-            let meta = SnapshotMeta {
-                last_log_id: applied.last_applied,
-                last_membership: applied.last_membership.clone(),
-                snapshot_id,
-            };
-            (data, meta)
+        #[cfg(test)]
+        if self.build_current {
+            return self.build_current_snapshot().await;
+        }
+        let stored = self.load_snapshot()?;
+        let stored_last = stored.as_ref().and_then(|s| s.meta.last_log_id);
+        let ready = self.shared.3.ready.lock().expect("points lock").clone();
+        let Some((point, endorsements)) = ready.filter(|(p, _)| p.meta.last_log_id > stored_last) else {
+            return Ok(stored.unwrap_or_else(|| Snapshot {
+                meta: SnapshotMeta { last_log_id: None, last_membership: Default::default(), snapshot_id: "none".into() },
+                snapshot: Box::new(Cursor::new(Vec::new())),
+            }));
         };
+        let data = point.encode(endorsements);
         crate::faults::crash_point(self.node_id, crate::faults::SNAPSHOT_BEFORE_SAVE).await;
+        self.save_snapshot(&point.meta, &data).await?;
+        tracing::info!(snapshot_id = %point.meta.snapshot_id, bytes = data.len(), "built snapshot at an endorsed point");
+        Ok(Snapshot { meta: point.meta.clone(), snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+#[cfg(test)]
+impl StateMachine {
+    /// A snapshot of whatever is applied, carrying no endorsements.
+    async fn build_current_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let applied = self.shared.read().clone();
+        let audit = read_audit(&*self.store, 1, usize::MAX).map_err(|e| StorageIOError::read_snapshot(None, &io_error(e)))?;
+        let applied_json = serde_json::to_vec(&applied).expect("state serialises");
+        let data = snapshot::encode(&applied_json, &snapshot::Tail { audit, endorsements: Vec::new() });
+        let meta = SnapshotMeta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.last_membership.clone(),
+            snapshot_id: format!("current-{}", applied.last_applied.map_or(0, |l| l.index)),
+        };
         self.save_snapshot(&meta, &data).await?;
-        tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), "built snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -310,7 +415,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             store: self.store.clone(),
             shared: self.shared.clone(),
             node_id: self.node_id,
-            snapshot_seq: self.snapshot_seq + 1,
+            #[cfg(test)]
+            build_current: self.build_current,
         }
     }
 
@@ -323,17 +429,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, NodeAddr>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
+        // Verified before it reached Raft (`node::snapshot`); here it is only stored.
         let data = snapshot.into_inner();
-        let parsed: SnapshotData = serde_json::from_slice(&data)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &io_error(e)))?;
+        let parsed = snapshot::decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &io_error(e)))?;
         let applied = parsed.applied;
+        let audit = parsed.tail.audit;
         // The snapshot's audit chain replaces ours (ours may hold records of a log the leader overrode).
         let mut ops = vec![Op::RemoveRange {
             tree: Tree::Meta,
             from: AUDIT_PREFIX.to_vec(),
             to_exclusive: Some(AUDIT_END.to_vec()),
         }];
-        ops.extend(parsed.audit.iter().map(|r| Op::Put {
+        ops.extend(audit.iter().map(|r| Op::Put {
             tree: Tree::Meta,
             key: audit_key(r.seq),
             value: serde_json::to_vec(r).expect("record serialises"),
@@ -392,30 +499,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn snapshot_built_between_apply_and_the_audit_write_carries_every_record() {
+    async fn snapshot_point_built_between_apply_and_the_audit_write_carries_every_record() {
         // `apply` moves the state under the lock and writes the entries' audit records
-        // just after. A snapshot built in that gap waits for the records, so it never
+        // just after. A point serialised in that gap waits for the records, so it never
         // carries a head of N records with fewer than N of them.
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let (mut sm, shared) = StateMachine::open(store, 1).expect("open");
+        let (sm, shared) = StateMachine::open(store.clone(), 1, 3).expect("open");
+        let mut captured = shared.points().subscribe();
         let put = |i: u64| entry(i, Command::Put { key: format!("k{i}"), value: "v".into() });
         let (_, audit) = sm.apply_entries([entry(1, genesis()), put(2), put(3)]);
         assert_eq!(audit.len(), 3);
-        assert_eq!(shared.read().state.audit_head.seq, 3);
         assert_eq!(shared.audit_written(), 0, "the records are not in the store yet");
+        let applied = captured.borrow_and_update().clone().expect("index 3 is a point");
+        assert_eq!(applied.last_applied.map(|l| l.index), Some(3));
 
-        let mut builder = sm.get_snapshot_builder().await;
-        let build = tokio::spawn(async move { builder.build_snapshot().await });
+        let (waiting, store2) = (shared.clone(), store.clone());
+        let build = tokio::spawn(async move { build_point(&waiting, store2, applied).await });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert!(!build.is_finished(), "the snapshot must wait for the audit records");
+        assert!(!build.is_finished(), "the point must wait for the audit records");
 
         sm.write_audit(&audit).expect("audit write");
-        let snapshot = build.await.expect("builder task").expect("snapshot");
-        let data: SnapshotData = serde_json::from_slice(snapshot.snapshot.get_ref()).expect("snapshot data");
-        assert_eq!(data.applied.state.audit_head.seq, 3);
-        assert_eq!(data.audit.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        let point = build.await.expect("builder task").expect("point").expect("a point after genesis");
+        let bytes = point.encode(Vec::new());
+        let decoded = snapshot::decode(&bytes).expect("decodes");
+        assert_eq!(decoded.applied.state.audit_head.seq, 3);
+        assert_eq!(decoded.tail.audit.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
         let head =
-            crate::state::verify_chain(&crate::state::AuditHead::default(), &data.audit).expect("chain verifies");
-        assert_eq!(head, data.applied.state.audit_head);
+            crate::state::verify_chain(&crate::state::AuditHead::default(), &decoded.tail.audit).expect("chain verifies");
+        assert_eq!(head, decoded.applied.state.audit_head);
     }
 }

@@ -9,6 +9,7 @@
 
 mod audit;
 mod authz;
+mod endorse;
 mod keys;
 mod signing;
 
@@ -20,6 +21,7 @@ use synod_proto::command::{Authority, COMMAND_TTL_MS_MAX};
 use synod_proto::{Command, Envelope, LogEntry, NodeAddr, NodeId, OperatorKey, Outcome, SignedCommand};
 
 pub use audit::{verify_chain, AuditHead, AuditRecord, GENESIS_HASH};
+pub use endorse::{Endorsement, ENDORSED_POINTS_KEPT};
 pub use authz::{ApprovalRecord, Operator, Progress, Proposal};
 pub use keys::{frost_identifier, package_hash, KeyOrigin, KeyRecord, KeyStatus, DKG_TIMEOUT_MS};
 pub use signing::{checkpoint_request_id, checkpoint_seq, RequestRecord, RequestStatus, PENDING_REQUESTS_MAX};
@@ -76,6 +78,26 @@ pub struct ClusterState {
     pub requests: BTreeMap<String, RequestRecord>,
     /// Ids of requests still waiting for a signature.
     pub pending_requests: BTreeSet<String>,
+    /// Signed endorsements of the newest snapshot points, by point index and node.
+    #[serde(default)]
+    pub endorsements: BTreeMap<u64, BTreeMap<NodeId, Endorsement>>,
+}
+
+/// Whether `signed` is node `node_id`'s: it carries a certificate that chains
+/// to `ca_der` and is valid at `time_ms`, names `node_id`, and whose key made
+/// the signature. (Membership is the caller's to check, against the state it
+/// trusts.) The signature itself is checked by [`SignedCommand::verify`].
+pub fn verify_node_author(ca_der: &[u8], node_id: NodeId, signed: &SignedCommand, time_ms: u64) -> Result<(), String> {
+    let cert = signed.certificate.as_deref().and_then(|c| hex::decode(c).ok());
+    let cert = cert.ok_or(format!("a command from node {node_id} must carry that node's certificate"))?;
+    let (cert_node, key) = crate::pki::verify_node_certificate(ca_der, &cert, time_ms)?;
+    if cert_node != node_id {
+        return Err(format!("command claims node {node_id} but carries the certificate of node {cert_node}"));
+    }
+    if key != signed.author.0 {
+        return Err(format!("command from node {node_id} is not signed by its certificate key"));
+    }
+    Ok(())
 }
 
 /// Why a command was refused; becomes [`Outcome::Rejected`].
@@ -210,6 +232,7 @@ impl ClusterState {
                 let authority = command.authority();
                 self.check_authority(authority, signed)?;
                 match command {
+                    Command::Endorse { node_id, point } => self.endorse(index, *node_id, point, signed)?,
                     Command::ApproveProposal { proposal_id } => match self
                         .approve_proposal(&signed.author, proposal_id)?
                     {
@@ -273,15 +296,7 @@ impl ClusterState {
         }
         let ca = self.ca_certificate.as_deref().and_then(|c| hex::decode(c).ok());
         let ca = ca.ok_or("this cluster has no CA certificate in its state")?;
-        let cert = signed.certificate.as_deref().and_then(|c| hex::decode(c).ok());
-        let cert = cert.ok_or(format!("a command from node {node_id} must carry that node's certificate"))?;
-        let (cert_node, key) = crate::pki::verify_node_certificate(&ca, &cert, self.time_ms)?;
-        if cert_node != node_id {
-            return Err(format!("command claims node {node_id} but carries the certificate of node {cert_node}").into());
-        }
-        if key != signed.author.0 {
-            return Err(format!("command from node {node_id} is not signed by its certificate key").into());
-        }
+        verify_node_author(&ca, node_id, signed, self.time_ms)?;
         if !self.members.contains_key(&node_id) {
             return Err(format!("node {node_id} is not a member").into());
         }
@@ -369,6 +384,7 @@ impl ClusterState {
             }
             Command::ApproveProposal { .. } => Err("a proposal cannot approve a proposal".into()),
             Command::AuditCheckpoint { .. } => self.audit_checkpoint(index, author),
+            Command::Endorse { .. } => Err("an endorsement is applied as its node signed it, never carried".into()),
             Command::SignResult { request_id, node_id, signature, signers, culprits, sessions, attempt } => {
                 let by = signing::Coordinated { node: *node_id, attempt: *attempt };
                 self.sign_result(request_id, by, signature, signers, culprits, *sessions)
