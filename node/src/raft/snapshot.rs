@@ -239,3 +239,170 @@ fn endorser(
     crate::state::verify_node_author(trust.ca_der, node_id, signed, trust.now_ms).map_err(|why| (named(), why))?;
     Ok(node_id)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    use ed25519_dalek::SigningKey;
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+    use synod_proto::{Command, Envelope, LogEntry, Member, NodeAddr, OperatorKey, SignedCommand, TypeConfig};
+
+    use super::*;
+    use crate::pki::{in_memory_pki, NodeIdentity};
+    use crate::raft::state_machine::{build_point, StateMachine};
+    use crate::store::{MemoryStore, Store};
+
+    const NOW_MS: u64 = 1_000_000;
+
+    /// A state machine that applied genesis (members 1 to 3, the test CA) and
+    /// a few writes, the point at its last entry, and the nodes' identities.
+    struct Fixture {
+        point: Point,
+        identities: Vec<NodeIdentity>,
+        ca_der: Vec<u8>,
+        members: BTreeSet<NodeId>,
+    }
+
+    async fn fixture() -> Fixture {
+        let mut rng = rand_core::OsRng;
+        let (ca_der, identities) = in_memory_pki(&[1, 2, 3, 9], &mut rng).expect("pki");
+        let admin = SigningKey::from_bytes(&[7; 32]);
+        let addr = NodeAddr { raft_addr: "127.0.0.1:1".into(), api_addr: "127.0.0.1:2".into() };
+        let genesis = Command::Genesis {
+            admins: vec![OperatorKey::of(&admin)],
+            members: (1..=3).map(|node_id| Member { node_id, addr: addr.clone() }).collect(),
+            ca_certificate: hex::encode(&ca_der),
+        };
+        let mut entry = |index: u64, command: Command| {
+            let envelope = Envelope::new("c", command, NOW_MS, 60_000, &mut rng);
+            openraft::Entry::<TypeConfig> {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                payload: EntryPayload::Normal(LogEntry { time_ms: NOW_MS, command: SignedCommand::sign(&envelope, &admin) }),
+            }
+        };
+        let put = |i: u64| Command::Put { key: format!("k{i}"), value: "v".into() };
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let (mut sm, shared) = StateMachine::open(store.clone(), 1, 1000).expect("open");
+        let outcomes = sm.apply([entry(1, genesis), entry(2, put(2)), entry(3, put(3))]).await.expect("apply");
+        assert!(outcomes.iter().all(|o| matches!(o, synod_proto::Outcome::Applied { .. })), "{outcomes:?}");
+        let applied = Arc::new(shared.read().clone());
+        let point = build_point(&shared, store, applied).await.expect("point").expect("after genesis");
+        Fixture { point, identities, ca_der, members: (1..=3).collect() }
+    }
+
+    impl Fixture {
+        fn endorsement(&self, node: usize, point: &SnapshotPoint) -> SignedCommand {
+            let identity = &self.identities[node];
+            let command = Command::Endorse { node_id: identity.id, point: point.clone() };
+            identity.sign(&Envelope::new("c", command, NOW_MS, 60_000, &mut rand_core::OsRng))
+        }
+
+        fn trust(&self, required: usize) -> Trust<'_> {
+            Trust {
+                ca_der: &self.ca_der,
+                cluster_id: Some("c"),
+                members: Some(&self.members),
+                required,
+                now_ms: NOW_MS,
+            }
+        }
+
+        /// The point's snapshot endorsed by identities `by` (indexes into `identities`).
+        fn endorsed(&self, by: &[usize]) -> Vec<u8> {
+            self.point.encode(by.iter().map(|&i| self.endorsement(i, &self.point.point)).collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn snapshot_endorsed_by_enough_members_verifies() {
+        // Two of three members vouch for exactly these bytes: a receiver requiring two installs it.
+        let f = fixture().await;
+        let verified = verify(&f.trust(2), &f.point.meta, &f.endorsed(&[0, 1])).expect("verifies");
+        assert_eq!(verified.endorsers, vec![1, 2]);
+    }
+
+    #[tokio::test]
+    async fn snapshot_with_too_few_endorsements_is_refused() {
+        // One member alone, the same member twice, or a certified node outside the members
+        // is not enough.
+        let f = fixture().await;
+        let err = verify(&f.trust(2), &f.point.meta, &f.endorsed(&[0])).unwrap_err();
+        assert!(err.contains("1 of the 2 members"), "{err}");
+        let err = verify(&f.trust(2), &f.point.meta, &f.endorsed(&[0, 0])).unwrap_err();
+        assert!(err.contains("1 of the 2 members"), "{err}");
+        let err = verify(&f.trust(2), &f.point.meta, &f.endorsed(&[0, 3])).unwrap_err();
+        assert!(err.contains("node 9: not a member this node knows"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn snapshot_with_forged_state_is_refused() {
+        // A sender that edits the state keeps endorsements of the honest state: the digest
+        // no longer matches, so none of them counts.
+        let f = fixture().await;
+        let endorsements = vec![f.endorsement(0, &f.point.point), f.endorsement(1, &f.point.point)];
+        let forged_json = String::from_utf8(f.point.applied_json.clone()).unwrap().replace("\"k2\"", "\"kX\"");
+        assert_ne!(forged_json.as_bytes(), f.point.applied_json.as_slice());
+        let bytes = encode(forged_json.as_bytes(), &Tail { audit: f.point.audit.clone(), endorsements });
+        let err = verify(&f.trust(2), &f.point.meta, &bytes).unwrap_err();
+        assert!(err.contains("0 of the 2 members"), "{err}");
+        assert!(err.contains("node 1: it endorses point 3 with state"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn snapshot_whose_raft_metadata_differs_from_its_state_is_refused() {
+        // openraft takes the position and membership from the request, not the blob: they
+        // must be the endorsed state's.
+        let f = fixture().await;
+        let bytes = f.endorsed(&[0, 1]);
+        let mut meta = f.point.meta.clone();
+        meta.last_log_id = Some(LogId::new(CommittedLeaderId::new(9, 1), 3_000));
+        let err = verify(&f.trust(2), &meta, &bytes).unwrap_err();
+        assert!(err.contains("Raft is told it ends at"), "{err}");
+        let mut meta = f.point.meta.clone();
+        let one = openraft::Membership::new(vec![BTreeSet::from([1])], None);
+        meta.last_membership = openraft::StoredMembership::new(Some(LogId::new(CommittedLeaderId::new(1, 1), 1)), one);
+        let err = verify(&f.trust(2), &meta, &bytes).unwrap_err();
+        assert!(err.contains("another membership"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn snapshot_with_a_broken_audit_chain_is_refused() {
+        // Records that do not chain to the state's head are refused before Raft sees them.
+        let f = fixture().await;
+        let endorsements = vec![f.endorsement(0, &f.point.point), f.endorsement(1, &f.point.point)];
+        let mut audit = f.point.audit.clone();
+        audit.pop();
+        let bytes = encode(&f.point.applied_json, &Tail { audit, endorsements });
+        let err = verify(&f.trust(2), &f.point.meta, &bytes).unwrap_err();
+        assert!(err.contains("audit chain ends at record 2"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn snapshot_from_another_ca_or_cluster_or_format_is_refused() {
+        // The receiver's own CA and cluster are the anchors; garbage bytes are an error, not a panic.
+        let f = fixture().await;
+        let bytes = f.endorsed(&[0, 1]);
+        let (other_ca, _) = in_memory_pki(&[1], &mut rand_core::OsRng).expect("pki");
+        let trust = Trust { ca_der: &other_ca, ..f.trust(2) };
+        assert!(verify(&trust, &f.point.meta, &bytes).unwrap_err().contains("another cluster CA"));
+        let trust = Trust { cluster_id: Some("other"), ..f.trust(2) };
+        assert!(verify(&trust, &f.point.meta, &bytes).unwrap_err().contains("not of this node's cluster"));
+        assert!(verify(&f.trust(2), &f.point.meta, b"{}").unwrap_err().contains("not a Synod snapshot"));
+        let mut truncated = bytes.clone();
+        truncated.truncate(MAGIC.len() + 4);
+        assert!(verify(&f.trust(2), &f.point.meta, &truncated).is_err());
+    }
+
+    #[tokio::test]
+    async fn snapshot_for_a_node_without_state_counts_any_certified_node() {
+        // An empty node trusts its own CA and its configured floor: node 9 is certified by
+        // the CA, so it counts there, but the floor still needs two distinct nodes.
+        let f = fixture().await;
+        let trust = Trust { members: None, cluster_id: None, ..f.trust(2) };
+        verify(&trust, &f.point.meta, &f.endorsed(&[0, 3])).expect("two certified nodes");
+        assert!(verify(&trust, &f.point.meta, &f.endorsed(&[3])).is_err());
+    }
+}
