@@ -62,7 +62,11 @@ pub(super) enum ShareGate {
 
 impl Node {
     /// Answers one `InstallSnapshot` chunk from `from`.
-    pub(super) async fn receive_snapshot_chunk(&self, from: NodeId, rpc: InstallSnapshotRequest<TypeConfig>) -> PeerResponse {
+    pub(super) async fn receive_snapshot_chunk(
+        &self,
+        from: NodeId,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+    ) -> PeerResponse {
         let my_vote = self.raft.metrics().borrow().vote;
         if !(rpc.vote >= my_vote) {
             // As openraft does: a sender from an older term learns the newer vote.

@@ -270,7 +270,12 @@ pub fn in_memory_pki(ids: &[u64], rng: &mut dyn rand_core::RngCore) -> Result<(V
         set_validity(&mut params, 0, 4_000_000_000);
         let cert =
             params.signed_by(&key, &issuer).map_err(|source| PkiError::Generate { what: "certificate", source })?;
-        identities.push(NodeIdentity { id, cert_der: cert.der().to_vec(), ca_der: ca_cert.der().to_vec(), key: signing });
+        identities.push(NodeIdentity {
+            id,
+            cert_der: cert.der().to_vec(),
+            ca_der: ca_cert.der().to_vec(),
+            key: signing,
+        });
     }
     Ok((ca_cert.der().to_vec(), identities))
 }

@@ -114,7 +114,8 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, String> {
     }
     let (applied_json, tail) = rest.split_at(len);
     let applied = serde_json::from_slice(applied_json).map_err(|e| format!("its state does not parse: {e}"))?;
-    let tail = serde_json::from_slice(tail).map_err(|e| format!("its audit chain and endorsements do not parse: {e}"))?;
+    let tail =
+        serde_json::from_slice(tail).map_err(|e| format!("its audit chain and endorsements do not parse: {e}"))?;
     Ok(Decoded { applied, applied_json, tail })
 }
 
@@ -217,11 +218,7 @@ pub fn verify(trust: &Trust<'_>, meta: &SnapshotMeta<NodeId, NodeAddr>, bytes: &
 
 /// The member who signed `signed`, if it is a valid endorsement of exactly
 /// `expected` by a member the receiver trusts; else who it claims and why not.
-fn endorser(
-    trust: &Trust<'_>,
-    expected: &SnapshotPoint,
-    signed: &SignedCommand,
-) -> Result<NodeId, (String, String)> {
+fn endorser(trust: &Trust<'_>, expected: &SnapshotPoint, signed: &SignedCommand) -> Result<NodeId, (String, String)> {
     let envelope = signed.verify().map_err(|e| ("?".to_string(), e.to_string()))?;
     let Command::Endorse { node_id, point } = envelope.command else {
         return Err(("?".into(), format!("a {} command is not an endorsement", envelope.command.kind())));
@@ -280,7 +277,10 @@ mod tests {
             let envelope = Envelope::new("c", command, NOW_MS, 60_000, &mut rng);
             openraft::Entry::<TypeConfig> {
                 log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-                payload: EntryPayload::Normal(LogEntry { time_ms: NOW_MS, command: SignedCommand::sign(&envelope, &admin) }),
+                payload: EntryPayload::Normal(LogEntry {
+                    time_ms: NOW_MS,
+                    command: SignedCommand::sign(&envelope, &admin),
+                }),
             }
         };
         let put = |i: u64| Command::Put { key: format!("k{i}"), value: "v".into() };

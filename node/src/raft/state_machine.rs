@@ -359,7 +359,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let ready = self.shared.3.ready.lock().expect("points lock").clone();
         let Some((point, endorsements)) = ready.filter(|(p, _)| p.meta.last_log_id > stored_last) else {
             return Ok(stored.unwrap_or_else(|| Snapshot {
-                meta: SnapshotMeta { last_log_id: None, last_membership: Default::default(), snapshot_id: "none".into() },
+                meta: SnapshotMeta {
+                    last_log_id: None,
+                    last_membership: Default::default(),
+                    snapshot_id: "none".into(),
+                },
                 snapshot: Box::new(Cursor::new(Vec::new())),
             }));
         };
@@ -376,7 +380,8 @@ impl StateMachine {
     /// A snapshot of whatever is applied, carrying no endorsements.
     async fn build_current_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let applied = self.shared.read().clone();
-        let audit = read_audit(&*self.store, 1, usize::MAX).map_err(|e| StorageIOError::read_snapshot(None, &io_error(e)))?;
+        let audit =
+            read_audit(&*self.store, 1, usize::MAX).map_err(|e| StorageIOError::read_snapshot(None, &io_error(e)))?;
         let applied_json = serde_json::to_vec(&applied).expect("state serialises");
         let data = snapshot::encode(&applied_json, &snapshot::Tail { audit, endorsements: Vec::new() });
         let meta = SnapshotMeta {
@@ -431,7 +436,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError<NodeId>> {
         // Verified before it reached Raft (`node::snapshot`); here it is only stored.
         let data = snapshot.into_inner();
-        let parsed = snapshot::decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &io_error(e)))?;
+        let parsed =
+            snapshot::decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &io_error(e)))?;
         let applied = parsed.applied;
         let audit = parsed.tail.audit;
         // The snapshot's audit chain replaces ours (ours may hold records of a log the leader overrode).
@@ -524,8 +530,8 @@ mod tests {
         let decoded = snapshot::decode(&bytes).expect("decodes");
         assert_eq!(decoded.applied.state.audit_head.seq, 3);
         assert_eq!(decoded.tail.audit.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
-        let head =
-            crate::state::verify_chain(&crate::state::AuditHead::default(), &decoded.tail.audit).expect("chain verifies");
+        let head = crate::state::verify_chain(&crate::state::AuditHead::default(), &decoded.tail.audit)
+            .expect("chain verifies");
         assert_eq!(head, decoded.applied.state.audit_head);
     }
 }

@@ -33,16 +33,22 @@ impl ClusterState {
         signed: &SignedCommand,
     ) -> Result<String, Refusal> {
         if point.index >= index {
-            return Err(format!("node {node} endorses point {} from entry {index}; a point must precede it", point.index)
-                .into());
+            return Err(format!(
+                "node {node} endorses point {} from entry {index}; a point must precede it",
+                point.index
+            )
+            .into());
         }
         if Some(&point.cluster_id) != self.cluster_id.as_ref() {
             return Err(format!("endorsement names cluster {}, not this cluster", point.cluster_id).into());
         }
         let newest_kept = self.endorsements.keys().rev().nth(ENDORSED_POINTS_KEPT - 1).copied();
         if newest_kept.is_some_and(|oldest| point.index < oldest) {
-            return Err(format!("point {} is older than every point this cluster still keeps endorsements of", point.index)
-                .into());
+            return Err(format!(
+                "point {} is older than every point this cluster still keeps endorsements of",
+                point.index
+            )
+            .into());
         }
         let by_node = self.endorsements.entry(point.index).or_default();
         if by_node.contains_key(&node) {

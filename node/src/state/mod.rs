@@ -21,8 +21,8 @@ use synod_proto::command::{Authority, COMMAND_TTL_MS_MAX};
 use synod_proto::{Command, Envelope, LogEntry, NodeAddr, NodeId, OperatorKey, Outcome, SignedCommand};
 
 pub use audit::{verify_chain, AuditHead, AuditRecord, GENESIS_HASH};
-pub use endorse::{Endorsement, ENDORSED_POINTS_KEPT};
 pub use authz::{ApprovalRecord, Operator, Progress, Proposal};
+pub use endorse::{Endorsement, ENDORSED_POINTS_KEPT};
 pub use keys::{frost_identifier, package_hash, KeyOrigin, KeyRecord, KeyStatus, DKG_TIMEOUT_MS};
 pub use signing::{checkpoint_request_id, checkpoint_seq, RequestRecord, RequestStatus, PENDING_REQUESTS_MAX};
 
