@@ -87,6 +87,8 @@ pub struct Boot {
     pub identity: Arc<synod_node::pki::NodeIdentity>,
     /// The admin whose genesis the node takes, as its node.toml would pin it.
     pub genesis_admin: synod_proto::OperatorKey,
+    /// Whether this node sends forged and stale snapshots (a byzantine member).
+    pub forges_snapshots: bool,
 }
 
 /// The host's software: start the production node, then serve it.
@@ -116,5 +118,9 @@ pub async fn run_node(boot: Boot) -> turmoil::Result {
     };
     let node = Node::start(parts).await.map_err(|e| format!("node {} failed to start: {e:#}", m.id))?;
     *m.node.lock().expect("node slot") = Some(node.clone());
+    if boot.forges_snapshots {
+        let rng = ChaCha20Rng::seed_from_u64(boot.seed ^ 0x666f_7267 ^ boot_no);
+        tokio::spawn(crate::forger::forge_snapshots(node.clone(), boot.net.clone(), boot.identity.clone(), rng));
+    }
     net::serve(node).await
 }

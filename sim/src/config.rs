@@ -104,6 +104,11 @@ pub struct FaultPlan {
     /// commitments it holds no nonces for) are drawn from the seed; it lies for
     /// the whole run, heal included.
     pub byzantine_signers: u32,
+    /// Nodes that send forged and stale snapshots (0 or 1, drawn from the seed):
+    /// while the window is open, every 1 to 3 s it sends every other member a
+    /// state of its own making under a much higher term, endorsed by itself
+    /// only, and the newest genuinely endorsed snapshot it holds.
+    pub snapshot_forgers: u32,
     /// Crashes at named fault points (`synod_node::faults::POINTS`): at most
     /// this many per run, each point at most once.
     pub crash_points: u32,
@@ -137,6 +142,7 @@ impl FaultPlan {
             keygen_during_faults: false,
             equivocations: 0,
             byzantine_signers: 0,
+            snapshot_forgers: 0,
             crash_points: 0,
             crash_point_p: 0.0,
         }
@@ -166,6 +172,7 @@ impl FaultPlan {
             keygen_during_faults: true,
             equivocations: 1,
             byzantine_signers: 1,
+            snapshot_forgers: 1,
             crash_points: 6,
             crash_point_p: 0.05,
         }

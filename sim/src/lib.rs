@@ -9,6 +9,7 @@
 //!   outlive crashes, with a seeded clock and RNG per node.
 //! - [`net`]: the [`synod_node::transport::PeerTransport`] over turmoil TCP,
 //!   with per-message faults.
+//! - [`forger`]: a byzantine member that sends forged and stale snapshots.
 //! - [`workload`]: simulated clients (writes, key generation, signing) and the
 //!   byzantine adversary.
 //! - [`checker`]: invariants checked after every simulation step ([`digest`]
@@ -31,6 +32,7 @@ pub mod checker;
 pub mod cluster;
 pub mod config;
 pub mod digest;
+pub mod forger;
 pub mod net;
 pub mod run;
 pub mod schedule;

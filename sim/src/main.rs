@@ -25,6 +25,7 @@ const PLANTS: &[&str] = &[
     synod_node::faults::SKIP_POLICY,
     synod_node::faults::SKIP_NODE_AUTHOR_CHECK,
     synod_node::faults::SKIP_GENESIS_PIN,
+    synod_node::faults::TRUST_SNAPSHOT,
 ];
 
 #[derive(Parser, Debug)]

@@ -151,6 +151,16 @@ impl NetFaults {
         self.active = true;
     }
 
+    /// Whether the fault window is open.
+    pub fn window_open(&self) -> bool {
+        self.active
+    }
+
+    /// Counts one fault of `kind` for the report.
+    pub fn counted(&self, kind: &'static str) {
+        count(&self.counts, kind);
+    }
+
     /// Stops every per-message fault (the heal).
     pub fn heal(&mut self) {
         self.active = false;

@@ -530,6 +530,7 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
         synod_node::faults::set_for_node(node, &[lie]).expect("byzantine behaviours are known faults");
     }
     let points = install_point_hook(cfg.seed, &cfg.plan, cfg.skip_points.clone());
+    let forger = schedule::draw_snapshot_forger(cfg.seed, &cfg.plan, cfg.nodes);
 
     let mut sim = turmoil::Builder::new()
         .rng_seed(cfg.seed)
@@ -567,6 +568,7 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
             tuning: cfg.tuning.clone(),
             identity: Arc::new(identity),
             genesis_admin: OperatorKey::of(&admin),
+            forges_snapshots: forger == Some(m.id),
         };
         sim.host(net::node_name(m.id), move || cluster::run_node(boot.clone()));
     }
@@ -615,6 +617,9 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
             net::count(&counts, "byzantine_signer");
         } else if cfg.honest_signers {
             t.event(0, "no byzantine signer (--honest-signers)");
+        }
+        if let Some(node) = forger {
+            t.event(0, format!("snapshot forger n{node}: sends forged and stale snapshots while the window is open"));
         }
         for f in &schedule {
             let skipped = if cfg.skip_faults.contains(&f.id) { " (skipped)" } else { "" };

@@ -201,6 +201,15 @@ pub fn draw_byzantine_signer(seed: u64, plan: &FaultPlan, nodes: u64) -> Option<
     Some((node, lies[(rng.next_u64() % lies.len() as u64) as usize]))
 }
 
+/// The node that sends forged and stale snapshots, if the plan has one.
+pub fn draw_snapshot_forger(seed: u64, plan: &FaultPlan, nodes: u64) -> Option<NodeId> {
+    if plan.snapshot_forgers == 0 || nodes < 3 {
+        return None;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x736e_6170_666f_7267);
+    Some(1 + rng.next_u64() % nodes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

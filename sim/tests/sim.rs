@@ -107,6 +107,19 @@ fn sim_skip_genesis_pin_is_caught_with_a_replay_command() {
 }
 
 #[test]
+fn sim_trust_snapshot_is_caught_with_a_replay_command() {
+    // A byzantine member sends its peers a snapshot of its own making (its state plus a
+    // forged key, 50 terms ahead), endorsed by itself alone. The planted node installs
+    // snapshots without checking their endorsements, so it takes the forged key, which
+    // breaks "forged commands never change state".
+    let out = sim(&["--seeds", "0..2", "--plant", "trust-snapshot", "--fail-fast", "--no-shrink", "--jobs", "2"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("violated forged-command-applied") && text.contains("forged/snapshot-n"), "{text}");
+    assert!(text.contains("--plant trust-snapshot"), "{text}");
+}
+
+#[test]
 fn sim_unknown_plant_is_refused_with_the_known_ones() {
     // A misspelt plant is an error that lists the plants the simulator knows.
     let out = sim(&["--seed", "1", "--plant", "ack-befor-commit"]);

@@ -29,6 +29,20 @@ impl Node {
     }
 }
 
+/// Entries and snapshots come only from the leader their vote names. A member
+/// sending them under another node's vote (this node's own, say) would make
+/// this node follow a leader that never spoke; openraft 0.9 even asserts, on a
+/// leader handed its own vote, that it is not leading (the simulator found it).
+fn refuse_borrowed_vote(from: NodeId, vote: &openraft::Vote<NodeId>) -> Option<String> {
+    let leader = vote.leader_id().voted_for();
+    (leader != Some(from)).then(|| {
+        format!(
+            "node {from} sent entries or a snapshot under the vote of {}; only that leader may",
+            leader.map_or("no node".to_string(), |l| format!("node {l}"))
+        )
+    })
+}
+
 /// Serves peers' calls on behalf of a node.
 pub struct NodeHandler(pub Arc<Node>);
 
@@ -42,6 +56,10 @@ impl PeerHandler for NodeHandler {
         async move {
             match request {
                 PeerRequest::AppendEntries(rpc) => {
+                    if let Some(why) = refuse_borrowed_vote(from, &rpc.vote) {
+                        tracing::warn!(from, why, "refusing entries");
+                        return PeerResponse::Refused(why);
+                    }
                     if let Some(why) = node.refuse_foreign_genesis(&rpc.entries) {
                         tracing::warn!(from, why, "refusing a genesis this node's operator did not pin");
                         return PeerResponse::Refused(why);
@@ -54,7 +72,10 @@ impl PeerHandler for NodeHandler {
                     None => PeerResponse::Vote(node.raft.vote(rpc).await),
                 },
                 PeerRequest::InstallSnapshot(rpc) => {
-                    node.note_leader_commit(rpc.meta.last_log_id.map(|l| l.index));
+                    if let Some(why) = refuse_borrowed_vote(from, &rpc.vote) {
+                        tracing::warn!(from, why, "refusing a snapshot");
+                        return PeerResponse::Refused(why);
+                    }
                     node.receive_snapshot_chunk(from, rpc).await
                 }
                 PeerRequest::Ping => {

@@ -68,7 +68,9 @@ impl Node {
         rpc: InstallSnapshotRequest<TypeConfig>,
     ) -> PeerResponse {
         let my_vote = self.raft.metrics().borrow().vote;
-        if !(rpc.vote >= my_vote) {
+        let newer_or_same =
+            matches!(rpc.vote.partial_cmp(&my_vote), Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal));
+        if !newer_or_same {
             // As openraft does: a sender from an older term learns the newer vote.
             return PeerResponse::InstallSnapshot(Ok(InstallSnapshotResponse { vote: my_vote }));
         }
@@ -117,6 +119,8 @@ impl Node {
             }
         };
         tracing::info!(from, snapshot_id = %meta.snapshot_id, endorsers = ?verified.endorsers, "installing a verified snapshot");
+        // Only now: a forged position would hold an empty-disk node's vote back forever.
+        self.note_leader_commit(meta.last_log_id.map(|l| l.index));
         self.close_share_gate("installed a snapshot");
         let snapshot = Snapshot { meta, snapshot: Box::new(Cursor::new(data)) };
         match self.raft.install_full_snapshot(vote, snapshot).await {

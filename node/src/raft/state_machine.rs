@@ -75,6 +75,12 @@ impl Points {
         *self.ready.lock().expect("points lock") = Some((point, endorsements));
     }
 
+    /// The snapshot of the newest endorsed point: its metadata and bytes.
+    pub fn ready_snapshot(&self) -> Option<(SnapshotMeta<NodeId, NodeAddr>, Vec<u8>)> {
+        let (point, endorsements) = self.ready.lock().expect("points lock").clone()?;
+        Some((point.meta.clone(), point.encode(endorsements)))
+    }
+
     /// The index of the point the next snapshot is built from.
     pub fn ready_index(&self) -> Option<u64> {
         self.ready.lock().expect("points lock").as_ref().and_then(|(p, _)| p.meta.last_log_id.map(|l| l.index))
