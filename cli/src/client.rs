@@ -242,6 +242,16 @@ pub async fn status(args: &ClientArgs) -> anyhow::Result<()> {
     println!("last index   {}", status.last_log_index.unwrap_or(0));
     println!("applied      {}", status.last_applied_index.unwrap_or(0));
     println!("refused      {}", status.rejected_commands);
+    let point = |i: Option<u64>| i.map_or("-".to_string(), |i| i.to_string());
+    println!(
+        "snapshot     {} (newest point {}, endorsed {})",
+        point(status.snapshot_index),
+        point(status.newest_point_index),
+        point(status.endorsed_point_index)
+    );
+    if let Some(why) = &status.signing_paused {
+        println!("signing      paused: {why}");
+    }
     println!();
     println!("NODE   VOTER    AUTHORIZED RAFT                   API                    MATCHED");
     for m in &status.members {

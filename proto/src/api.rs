@@ -64,6 +64,17 @@ pub struct Status {
     pub last_applied_index: Option<u64>,
     pub snapshot_index: Option<u64>,
     pub purged_index: Option<u64>,
+    /// Snapshot endorsement: the newest point this node serialised, and the
+    /// newest one enough members vouch for (a growing gap means some member
+    /// is down or disagrees, and the log is not purged past the endorsed one).
+    #[serde(default)]
+    pub newest_point_index: Option<u64>,
+    #[serde(default)]
+    pub endorsed_point_index: Option<u64>,
+    /// Why this node releases no signature shares now (catching up after a
+    /// snapshot or an empty disk), if it does not.
+    #[serde(default)]
+    pub signing_paused: Option<String>,
     pub members: Vec<MemberStatus>,
     pub admins: Vec<OperatorKey>,
     pub applied_commands: u64,

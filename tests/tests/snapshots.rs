@@ -130,3 +130,45 @@ fn snapshot_forged_by_a_member_is_refused_and_no_share_released() {
     cluster.put(2, "after", "yes").unwrap();
     cluster.wait_value(1, "after", "yes");
 }
+
+#[test]
+fn snapshot_installed_by_a_lagging_signer_pauses_its_shares_until_it_caught_up() {
+    // Node 3 is stopped while the cluster moves on and purges its log, then restarted: it
+    // catches up from an endorsed snapshot, pauses its signature shares until it has applied
+    // an index a majority confirms, and then signs again: with node 2 down, the 2-of-3 key
+    // signs only with node 3's share.
+    let mut cluster = Cluster::start_with(
+        3,
+        Options { snapshot_every_entries: 10, logs_kept_after_snapshot: 2, ..Options::default() },
+    );
+    let out = synod_tests::ok(&cluster.synod(1, &["key", "create", "vault", "-t", "2", "-o", "json"]));
+    assert!(out.contains("active"), "{out}");
+    cluster.stop(3);
+    for i in 0..40 {
+        cluster.put(1, &format!("k{i}"), "v").unwrap();
+    }
+    let status = cluster.status(1).unwrap();
+    assert!(status["endorsed_point_index"].as_u64().unwrap_or(0) >= 30, "points are endorsed: {status}");
+    assert!(status["purged_index"].as_u64().unwrap_or(0) > 10, "the log was purged: {status}");
+
+    cluster.start_node(3);
+    cluster.wait_value(3, "k39", "v");
+    let log_file = cluster.nodes[&3].log.clone();
+    let log = || std::fs::read_to_string(&log_file).unwrap_or_default();
+    synod_tests::wait_for("node 3 to hear a majority", Duration::from_secs(30), || {
+        log().contains("a majority confirmed a commit index").then_some(())
+    });
+    let text = log();
+    let installed = text.find("installing a verified snapshot").expect("node 3 installed a snapshot");
+    let paused = text[installed..].find("no signature shares until").expect("and paused its shares");
+    assert!(text[installed + paused..].contains("a majority confirmed a commit index"));
+
+    cluster.stop(2);
+    let message = cluster.path("pay.msg");
+    std::fs::write(&message, b"pay 1").unwrap();
+    let out = synod_tests::ok(&cluster.synod(1, &["sign", "vault", "--in", message.to_str().unwrap(), "-o", "json"]));
+    let request: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(request["status"], "signed", "{request}");
+    assert!(log().contains("caught up to a majority-confirmed commit index; signing again"));
+    assert!(cluster.status(3).unwrap()["signing_paused"].is_null());
+}

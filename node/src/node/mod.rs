@@ -176,9 +176,6 @@ impl Node {
             share_gate: std::sync::Mutex::new(snapshot::ShareGate::Open),
             endorsements_floor: parts.tuning.snapshot_endorsements_min,
         });
-        if empty_disk {
-            node.close_share_gate("started on an empty disk");
-        }
         tokio::spawn(snapshot::endorse_points(Arc::downgrade(&node)));
         tokio::spawn(reconcile_membership(Arc::downgrade(&node)));
         tokio::spawn(keys_and_signing(Arc::downgrade(&node)));
@@ -261,6 +258,11 @@ impl Node {
 
     /// `GET /v1/sys/status`.
     pub fn status(&self) -> Status {
+        let signing_paused = self.share_gate_refusal();
+        Status { signing_paused, ..self.status_of_state() }
+    }
+
+    fn status_of_state(&self) -> Status {
         let m = self.raft.metrics().borrow().clone();
         let applied = self.shared.read();
         let state = &applied.state;
@@ -286,6 +288,9 @@ impl Node {
             last_applied_index: m.last_applied.map(|l| l.index),
             snapshot_index: m.snapshot.map(|l| l.index),
             purged_index: m.purged.map(|l| l.index),
+            newest_point_index: self.points_built.lock().expect("points lock").keys().next_back().copied(),
+            endorsed_point_index: self.shared.points().ready_index(),
+            signing_paused: None,
             members,
             admins: state.admins.iter().copied().collect(),
             applied_commands: state.applied_commands,

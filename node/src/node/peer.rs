@@ -43,6 +43,31 @@ fn refuse_borrowed_vote(from: NodeId, vote: &openraft::Vote<NodeId>) -> Option<S
     })
 }
 
+impl Node {
+    /// A refusal when `vote` is committed for one leader in a term this node
+    /// holds committed for another. Two leaders of one term cannot both be
+    /// elected, so the sender lies; and openraft 0.9 panics when it compares
+    /// two such votes (`Vote::partial_cmp`), which would stop this node's Raft
+    /// (found by the simulator's snapshot forger).
+    pub(super) fn refuse_rival_leader(&self, vote: &openraft::Vote<NodeId>) -> Option<String> {
+        let mine = self.raft.metrics().borrow().vote;
+        rival_leaders(vote, &mine).then(|| {
+            format!(
+                "a committed vote for {} in term {}, which this node knows is led by {}",
+                vote.leader_id().voted_for().map_or("no node".into(), |n| format!("node {n}")),
+                vote.leader_id().term,
+                mine.leader_id().voted_for().map_or("no node".into(), |n| format!("node {n}")),
+            )
+        })
+    }
+}
+
+/// Whether two votes name different leaders, both committed, in one term
+/// (openraft cannot order them, and panics if asked to).
+pub(super) fn rival_leaders(a: &openraft::Vote<NodeId>, b: &openraft::Vote<NodeId>) -> bool {
+    a.is_committed() && b.is_committed() && a.leader_id().partial_cmp(b.leader_id()).is_none()
+}
+
 /// Serves peers' calls on behalf of a node.
 pub struct NodeHandler(pub Arc<Node>);
 
@@ -56,7 +81,9 @@ impl PeerHandler for NodeHandler {
         async move {
             match request {
                 PeerRequest::AppendEntries(rpc) => {
-                    if let Some(why) = refuse_borrowed_vote(from, &rpc.vote) {
+                    if let Some(why) =
+                        refuse_borrowed_vote(from, &rpc.vote).or_else(|| node.refuse_rival_leader(&rpc.vote))
+                    {
                         tracing::warn!(from, why, "refusing entries");
                         return PeerResponse::Refused(why);
                     }
@@ -67,12 +94,20 @@ impl PeerHandler for NodeHandler {
                     node.note_leader_commit(rpc.leader_commit.map(|l| l.index));
                     PeerResponse::AppendEntries(node.raft.append_entries(rpc).await)
                 }
-                PeerRequest::Vote(rpc) => match node.refuse_vote(&rpc) {
-                    Some(refusal) => PeerResponse::Vote(Ok(refusal)),
-                    None => PeerResponse::Vote(node.raft.vote(rpc).await),
-                },
+                PeerRequest::Vote(rpc) => {
+                    if let Some(why) = node.refuse_rival_leader(&rpc.vote) {
+                        tracing::warn!(from, why, "refusing a vote request");
+                        return PeerResponse::Refused(why);
+                    }
+                    match node.refuse_vote(&rpc) {
+                        Some(refusal) => PeerResponse::Vote(Ok(refusal)),
+                        None => PeerResponse::Vote(node.raft.vote(rpc).await),
+                    }
+                }
                 PeerRequest::InstallSnapshot(rpc) => {
-                    if let Some(why) = refuse_borrowed_vote(from, &rpc.vote) {
+                    if let Some(why) =
+                        refuse_borrowed_vote(from, &rpc.vote).or_else(|| node.refuse_rival_leader(&rpc.vote))
+                    {
                         tracing::warn!(from, why, "refusing a snapshot");
                         return PeerResponse::Refused(why);
                     }

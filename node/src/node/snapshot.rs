@@ -11,9 +11,11 @@
 //!   errors are fatal and which adopts the sender's vote), and the refusal
 //!   names the sender.
 //! - **The share gate.** Endorsements prove how a state was derived, not that
-//!   it is fresh. After installing a snapshot, and after starting on an empty
-//!   disk, the node releases no signature share until it has applied a commit
-//!   index that a majority of members confirm.
+//!   it is fresh. After installing a snapshot the node releases no signature
+//!   share until it has applied a commit index that a majority of members
+//!   confirm. (A node that starts on an empty disk holds no share to release;
+//!   it gets one only through key generation or an import, in entries it
+//!   applies itself.)
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -181,12 +183,12 @@ impl Node {
                 None
             }
             ShareGate::Until(index) => Some(format!(
-                "node {} is catching up after a snapshot or an empty disk: it signs again once it has applied \
+                "node {} is catching up after installing a snapshot: it signs again once it has applied \
                  index {index}, which a majority confirmed",
                 self.id
             )),
             ShareGate::AwaitingMajority => Some(format!(
-                "node {} is catching up after a snapshot or an empty disk and has not yet heard from a majority",
+                "node {} is catching up after installing a snapshot and has not yet heard from a majority",
                 self.id
             )),
         }
