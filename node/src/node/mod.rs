@@ -288,7 +288,14 @@ impl Node {
             last_applied_index: m.last_applied.map(|l| l.index),
             snapshot_index: m.snapshot.map(|l| l.index),
             purged_index: m.purged.map(|l| l.index),
-            newest_point_index: self.points_built.lock().expect("points lock").keys().next_back().copied(),
+            newest_point_index: self
+                .points_built
+                .lock()
+                .expect("points lock")
+                .keys()
+                .next_back()
+                .copied()
+                .max(self.shared.points().ready_index()),
             endorsed_point_index: self.shared.points().ready_index(),
             signing_paused: None,
             members,

@@ -253,6 +253,8 @@ impl Node {
         let SnapshotPoint { index, .. } = point.point;
         tracing::info!(index, endorsers = endorsements.len(), "snapshot point endorsed; building the snapshot");
         self.shared.points().set_ready(point, endorsements);
+        // Older points will never be built; the ready one is held by `Points` until a newer replaces it.
+        self.points_built.lock().expect("points lock").retain(|i, _| *i > index);
         if let Err(e) = self.raft.trigger().snapshot().await {
             tracing::warn!(error = %e, "could not ask Raft for a snapshot");
         }
