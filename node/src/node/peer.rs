@@ -1,4 +1,5 @@
-//! Answers other nodes' calls: Raft's RPCs (through the vote gate), pings,
+//! Answers other nodes' calls: Raft's RPCs (through the vote gate, and never
+//! under a vote the sender cannot hold), snapshots (verified first), pings,
 //! forwarded writes, DKG round-2 packages and the signer's preprocessing and
 //! share calls.
 
@@ -27,23 +28,12 @@ impl Node {
         // that it can be initialised or join; it holds nothing worth protecting yet.
         bootstrap || membership.nodes().any(|(id, _)| *id == peer)
     }
-}
 
-/// Entries and snapshots come only from the leader their vote names. A member
-/// sending them under another node's vote (this node's own, say) would make
-/// this node follow a leader that never spoke; openraft 0.9 even asserts, on a
-/// leader handed its own vote, that it is not leading (the simulator found it).
-fn refuse_borrowed_vote(from: NodeId, vote: &openraft::Vote<NodeId>) -> Option<String> {
-    let leader = vote.leader_id().voted_for();
-    (leader != Some(from)).then(|| {
-        format!(
-            "node {from} sent entries or a snapshot under the vote of {}; only that leader may",
-            leader.map_or("no node".to_string(), |l| format!("node {l}"))
-        )
-    })
-}
+    /// Why a call only a leader makes (entries, a snapshot) must be refused, if it must.
+    fn refuse_leader_call(&self, from: NodeId, vote: &openraft::Vote<NodeId>) -> Option<String> {
+        refuse_borrowed_vote(from, vote).or_else(|| self.refuse_rival_leader(vote))
+    }
 
-impl Node {
     /// A refusal when `vote` is committed for one leader in a term this node
     /// holds committed for another. Two leaders of one term cannot both be
     /// elected, so the sender lies; and openraft 0.9 panics when it compares
@@ -60,6 +50,20 @@ impl Node {
             )
         })
     }
+}
+
+/// Entries and snapshots come only from the leader their vote names. A member
+/// sending them under another node's vote (this node's own, say) would make
+/// this node follow a leader that never spoke; openraft 0.9 even asserts, on a
+/// leader handed its own vote, that it is not leading (the simulator found it).
+fn refuse_borrowed_vote(from: NodeId, vote: &openraft::Vote<NodeId>) -> Option<String> {
+    let leader = vote.leader_id().voted_for();
+    (leader != Some(from)).then(|| {
+        format!(
+            "node {from} sent entries or a snapshot under the vote of {}; only that leader may",
+            leader.map_or("no node".to_string(), |l| format!("node {l}"))
+        )
+    })
 }
 
 /// Whether two votes name different leaders, both committed, in one term
@@ -81,9 +85,7 @@ impl PeerHandler for NodeHandler {
         async move {
             match request {
                 PeerRequest::AppendEntries(rpc) => {
-                    if let Some(why) =
-                        refuse_borrowed_vote(from, &rpc.vote).or_else(|| node.refuse_rival_leader(&rpc.vote))
-                    {
+                    if let Some(why) = node.refuse_leader_call(from, &rpc.vote) {
                         tracing::warn!(from, why, "refusing entries");
                         return PeerResponse::Refused(why);
                     }
@@ -105,9 +107,7 @@ impl PeerHandler for NodeHandler {
                     }
                 }
                 PeerRequest::InstallSnapshot(rpc) => {
-                    if let Some(why) =
-                        refuse_borrowed_vote(from, &rpc.vote).or_else(|| node.refuse_rival_leader(&rpc.vote))
-                    {
+                    if let Some(why) = node.refuse_leader_call(from, &rpc.vote) {
                         tracing::warn!(from, why, "refusing a snapshot");
                         return PeerResponse::Refused(why);
                     }
@@ -152,5 +152,25 @@ impl PeerHandler for NodeHandler {
             }
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::Vote;
+
+    use super::*;
+
+    #[test]
+    fn peer_votes_a_sender_cannot_hold_are_refused() {
+        // Entries under another node's vote are refused; a rival committed leader of the
+        // same term is recognised without asking openraft to compare (which panics).
+        assert!(refuse_borrowed_vote(2, &Vote::new_committed(5, 2)).is_none());
+        let why = refuse_borrowed_vote(3, &Vote::new_committed(5, 2)).unwrap();
+        assert!(why.contains("node 3") && why.contains("vote of node 2"), "{why}");
+        assert!(rival_leaders(&Vote::new_committed(5, 2), &Vote::new_committed(5, 3)));
+        assert!(!rival_leaders(&Vote::new_committed(5, 2), &Vote::new_committed(5, 2)));
+        assert!(!rival_leaders(&Vote::new_committed(6, 2), &Vote::new_committed(5, 3)));
+        assert!(!rival_leaders(&Vote::new(5, 2), &Vote::new_committed(5, 3)));
     }
 }
