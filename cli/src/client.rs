@@ -253,19 +253,28 @@ pub async fn status(args: &ClientArgs) -> anyhow::Result<()> {
         println!("signing      paused: {why}");
     }
     println!();
-    println!("NODE   VOTER    AUTHORIZED RAFT                   API                    MATCHED");
+    // CLOCK: the member's clock minus the leader's, as the leader estimates it (leader only).
+    println!("NODE   VOTER    AUTHORIZED RAFT                   API                    MATCHED  CLOCK");
     for m in &status.members {
         println!(
-            "{:<6} {:<8} {:<10} {:<22} {:<22} {}",
+            "{:<6} {:<8} {:<10} {:<22} {:<22} {:<8} {}",
             m.node_id,
             m.voter,
             m.authorized,
             m.addr.raft_addr,
             m.addr.api_addr,
-            m.matched_index.map_or("-".into(), |i| i.to_string())
+            m.matched_index.map_or("-".into(), |i| i.to_string()),
+            m.clock_offset_ms.map_or("-".into(), clock_offset)
         );
     }
     Ok(())
+}
+
+/// A clock offset for people: `+0.012s`, `-3.400s`, `+17280000.000s`.
+fn clock_offset(ms: i64) -> String {
+    let sign = if ms < 0 { '-' } else { '+' };
+    let ms = ms.unsigned_abs();
+    format!("{sign}{}.{:03}s", ms / 1000, ms % 1000)
 }
 
 /// `synod health`: exits non-zero unless the node is initialised and knows a leader.

@@ -7,7 +7,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use synod_proto::command::COMMAND_TTL_MS_MAX;
 use synod_proto::{NodeId, OperatorKey};
+
+/// The smallest `raft.clock_skew_ms_max` a node accepts: below it, honest
+/// clock error and network delay alone would make followers refuse entries.
+pub const CLOCK_SKEW_MS_MIN: u64 = 1_000;
 
 /// `node.toml`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -105,6 +110,11 @@ pub struct RaftTuning {
     /// key threshold, or this, whichever is more; a node with no state yet
     /// (empty, joining) has only this. Set it to the largest key threshold.
     pub snapshot_endorsements_min: usize,
+    /// How far ahead of this node's clock an entry may be stamped: a follower
+    /// refuses AppendEntries carrying an entry stamped further ahead, and a
+    /// signer allows this much when it judges expiry by its own clock. Above
+    /// the honest clock error, below a command's longest validity.
+    pub clock_skew_ms_max: u64,
 }
 
 impl Default for RaftTuning {
@@ -119,6 +129,7 @@ impl Default for RaftTuning {
             snapshot_every_entries: 2000,
             logs_kept_after_snapshot: 500,
             snapshot_endorsements_min: 2,
+            clock_skew_ms_max: crate::time::CLOCK_SKEW_MS_MAX_DEFAULT,
         }
     }
 }
@@ -186,6 +197,15 @@ impl NodeConfig {
                 "must be greater than raft.election_timeout_min_ms".into(),
             ));
         }
+        if r.clock_skew_ms_max < CLOCK_SKEW_MS_MIN || r.clock_skew_ms_max >= COMMAND_TTL_MS_MAX {
+            return Err(invalid(
+                "raft.clock_skew_ms_max",
+                format!(
+                    "must be at least {CLOCK_SKEW_MS_MIN} ms (above honest clock error) and below a command's \
+                     longest validity ({COMMAND_TTL_MS_MAX} ms), or a leader's clock could outlive every command"
+                ),
+            ));
+        }
         if r.snapshot_every_entries == 0 {
             return Err(invalid("raft.snapshot_every_entries", "must be 1 or more".into()));
         }
@@ -247,6 +267,7 @@ path = "kek.bin"
         let config = NodeConfig::load(&write(dir.path(), GOOD)).unwrap();
         assert_eq!(config.data_dir, dir.path().join("data"));
         assert_eq!(config.raft.heartbeat_ms, 100);
+        assert_eq!(config.raft.clock_skew_ms_max, crate::time::CLOCK_SKEW_MS_MAX_DEFAULT);
         assert!(matches!(config.kek, KekConfig::File { ref path } if *path == dir.path().join("kek.bin")));
     }
 
@@ -274,6 +295,9 @@ path = "kek.bin"
         let text = GOOD.replace("[kek]", "[raft]\nheartbeat_ms = 900\n[kek]");
         let err = NodeConfig::load(&write(dir.path(), &text)).unwrap_err().to_string();
         assert!(err.contains("raft.heartbeat_ms"), "{err}");
+        let text = GOOD.replace("[kek]", "[raft]\nclock_skew_ms_max = 86400000\n[kek]");
+        let err = NodeConfig::load(&write(dir.path(), &text)).unwrap_err().to_string();
+        assert!(err.contains("raft.clock_skew_ms_max"), "{err}");
         let err = NodeConfig::load(&dir.path().join("missing.toml")).unwrap_err().to_string();
         assert!(err.contains("missing.toml"), "{err}");
     }

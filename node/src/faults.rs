@@ -72,6 +72,22 @@ pub const SKIP_GENESIS_PIN: &str = "skip-genesis-pin";
 /// A node that installs any snapshot a peer sends, without checking its
 /// endorsements, its audit chain or that Raft is told the state it carries.
 pub const TRUST_SNAPSHOT: &str = "trust-snapshot";
+/// Followers that take every entry's time as stamped, without checking it
+/// against their own clock: a leader stamping far ahead moves the cluster's
+/// time. The simulator's time checker must catch it.
+pub const TRUST_ENTRY_TIME: &str = "trust-entry-time";
+
+/// A byzantine leader that stamps the entries it proposes with its own clock
+/// plus [`FAR_AHEAD_MS`], instead of the time of a majority of clocks. The
+/// simulator switches it on for one node for a bounded time.
+pub const STAMP_FAR_AHEAD: &str = "stamp-far-ahead";
+
+/// A node whose system clock runs [`FAR_AHEAD_MS`] ahead (an honest node with
+/// a wrong clock; real processes only, through `SYNOD_FAULTS`).
+pub const CLOCK_AHEAD_200D: &str = "clock-ahead-200d";
+
+/// How far ahead [`STAMP_FAR_AHEAD`] and [`CLOCK_AHEAD_200D`] put a clock: 200 days.
+pub const FAR_AHEAD_MS: u64 = 200 * 24 * 60 * 60 * 1000;
 
 /// Every fault this crate knows, for validating names.
 pub const KNOWN: &[&str] = &[
@@ -86,6 +102,9 @@ pub const KNOWN: &[&str] = &[
     SKIP_NODE_AUTHOR_CHECK,
     SKIP_GENESIS_PIN,
     TRUST_SNAPSHOT,
+    TRUST_ENTRY_TIME,
+    STAMP_FAR_AHEAD,
+    CLOCK_AHEAD_200D,
 ];
 
 /// The byzantine signer behaviours one node can have ([`set_for_node`]).
@@ -194,6 +213,25 @@ pub fn set_for_node(node: NodeId, names: &[&str]) -> Result<(), String> {
         faults.remove(&node);
     } else {
         faults.insert(node, names.iter().map(|n| n.to_string()).collect());
+    }
+    Ok(())
+}
+
+/// Switches one named fault on or off for `node`, keeping its other faults
+/// (a byzantine signer may also become a byzantine leader for a while).
+#[cfg(feature = "fault-injection")]
+pub fn switch_for_node(node: NodeId, name: &str, on: bool) -> Result<(), String> {
+    if !KNOWN.contains(&name) {
+        return Err(format!("unknown fault {name:?}; known faults: {}", KNOWN.join(", ")));
+    }
+    let mut faults = NODE_FAULTS.write().unwrap_or_else(|e| e.into_inner());
+    let set = faults.entry(node).or_default();
+    set.retain(|f| f != name);
+    if on {
+        set.push(name.to_string());
+    }
+    if set.is_empty() {
+        faults.remove(&node);
     }
     Ok(())
 }

@@ -20,4 +20,5 @@ pub mod server;
 pub mod signer;
 pub mod state;
 pub mod store;
+pub mod time;
 pub mod transport;

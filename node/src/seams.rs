@@ -18,11 +18,17 @@ pub trait Clock: Send + Sync + 'static {
 }
 
 /// The operating system's clock.
-pub struct SystemClock;
+pub struct SystemClock {
+    /// Added to the system time: zero, except under the test-only fault
+    /// [`crate::faults::CLOCK_AHEAD_200D`] (a node whose clock is wrong).
+    ahead_ms: u64,
+}
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        now.saturating_add(self.ahead_ms)
     }
 }
 
@@ -48,7 +54,13 @@ pub struct Seams {
 impl Seams {
     /// The real clock and the OS RNG.
     pub fn production() -> Self {
-        Seams { clock: Arc::new(SystemClock), rng: os_rng() }
+        let ahead_ms = if crate::faults::enabled(crate::faults::CLOCK_AHEAD_200D) {
+            tracing::warn!("fault clock-ahead-200d: this node's clock runs 200 days ahead");
+            crate::faults::FAR_AHEAD_MS
+        } else {
+            0
+        };
+        Seams { clock: Arc::new(SystemClock { ahead_ms }), rng: os_rng() }
     }
 
     /// 16 random bytes as hex (incarnation ids, command ids).

@@ -130,6 +130,17 @@ pub struct Signer {
     slots: Mutex<Slots>,
     /// The most recent shares released, oldest first.
     released: Mutex<std::collections::VecDeque<Released>>,
+    /// This node's clock and its allowance (`raft.clock_skew_ms_max`): a
+    /// signer also refuses a request that has expired by its own clock, so a
+    /// leader that holds the log's time back cannot keep an expired request
+    /// (and its approvals) signable.
+    clock: LocalClock,
+}
+
+/// A signer's own clock, with the skew it allows other clocks.
+pub struct LocalClock {
+    pub clock: Arc<dyn crate::seams::Clock>,
+    pub skew_ms_max: u64,
 }
 
 impl Signer {
@@ -140,6 +151,7 @@ impl Signer {
         sealed: Arc<SealedStore>,
         store: Arc<dyn crate::store::Store>,
         rng: SharedRng,
+        clock: LocalClock,
     ) -> Self {
         Signer {
             node_id,
@@ -151,6 +163,7 @@ impl Signer {
             key_packages: Mutex::default(),
             slots: Mutex::default(),
             released: Mutex::default(),
+            clock,
         }
     }
 
@@ -179,6 +192,18 @@ impl Signer {
         ))?;
         if request.status != RequestStatus::Pending {
             return Err(format!("request {request_id} is no longer pending"));
+        }
+        let own_ms = self.clock.clock.now_ms();
+        if request.expires_at_ms.saturating_add(self.clock.skew_ms_max) < own_ms {
+            tracing::warn!(request_id, expires_at_ms = request.expires_at_ms, own_ms, "refusing a request expired by this node's clock");
+            return Err(format!(
+                "request {request_id} expired at {} ms, {} ms ago by node {}'s clock (more than the {} ms allowed \
+                 for clock skew), though the log's time still counts it pending; check the leader's clock",
+                request.expires_at_ms,
+                own_ms - request.expires_at_ms,
+                self.node_id,
+                self.clock.skew_ms_max
+            ));
         }
         // The policy, with every approval's signature verified again, in this node's own state.
         if !(local && crate::faults::enabled(crate::faults::SKIP_POLICY)) {

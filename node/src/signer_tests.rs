@@ -19,8 +19,24 @@ use crate::store::MemoryStore;
 const BOOT: &str = "boot-1";
 const MESSAGE: &[u8] = b"pay 1";
 
+/// A clock the test sets (ms since the epoch).
+struct TestClock(std::sync::atomic::AtomicU64);
+
+impl crate::seams::Clock for TestClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The allowance the fixture's signer gives clocks.
+const SKEW_MS_MAX: u64 = 300_000;
+
 struct Fixture {
     signer: Signer,
+    /// The signer's own clock, at the state's time to start with.
+    clock: Arc<TestClock>,
+    /// When request "r1" expires (the log's time).
+    expires_at_ms: u64,
     key_id: String,
     packages: BTreeMap<u64, frost::keys::KeyPackage>,
 }
@@ -46,8 +62,11 @@ fn fixture() -> Fixture {
     let ctx = key_package_context(cluster_id, 1, &world.state.keys[&key_id]);
     sealed.put(&ctx, &packages[&1].serialize().unwrap()).unwrap();
     let shared = SharedState::holding(world.state.clone(), world.index);
-    let signer = Signer::new(1, BOOT.into(), shared, sealed, store, crate::seams::os_rng());
-    Fixture { signer, key_id, packages }
+    let clock = Arc::new(TestClock(world.state.time_ms.into()));
+    let local = LocalClock { clock: clock.clone(), skew_ms_max: SKEW_MS_MAX };
+    let signer = Signer::new(1, BOOT.into(), shared, sealed, store, crate::seams::os_rng(), local);
+    let expires_at_ms = world.state.requests["r1"].expires_at_ms;
+    Fixture { signer, clock, expires_at_ms, key_id, packages }
 }
 
 fn commitments_of(batch: &NonceBatch, i: usize) -> SigningCommitments {
@@ -82,6 +101,20 @@ fn refused(result: Result<String, String>, needle: &str) {
         Err(why) => assert!(why.contains(needle), "refused for {why:?}, expected {needle:?}"),
         Ok(_) => panic!("expected a refusal containing {needle:?}, got a share"),
     }
+}
+
+#[tokio::test]
+async fn signer_refuses_a_request_expired_by_its_own_clock() {
+    // A leader holding the log's time back keeps an expired request pending in the state; the
+    // signer still refuses it once its own clock is past the expiry by more than the skew
+    // allowance, and signs it within the allowance.
+    let f = fixture();
+    let batch = f.signer.preprocess(&f.key_id, 2, 1).await.unwrap();
+    f.clock.0.store(f.expires_at_ms + SKEW_MS_MAX + 1, std::sync::atomic::Ordering::Relaxed);
+    refused(share(&f, ask(&batch, 0, &package(&f, &batch, 0, MESSAGE)), 1).await, "expired");
+    assert!(f.signer.released().is_empty());
+    f.clock.0.store(f.expires_at_ms + SKEW_MS_MAX, std::sync::atomic::Ordering::Relaxed);
+    assert!(share(&f, ask(&batch, 1, &package(&f, &batch, 1, MESSAGE)), 1).await.is_ok());
 }
 
 #[tokio::test]

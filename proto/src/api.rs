@@ -41,6 +41,11 @@ pub struct MemberStatus {
     pub authorized: bool,
     /// The highest log index the leader knows this member holds (leader only).
     pub matched_index: Option<u64>,
+    /// This member's clock minus the leader's, in ms, as the leader estimates
+    /// it from the member's latest AppendEntries answer (leader only; absent
+    /// when the answer is not fresh).
+    #[serde(default)]
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// A command the state machine refused.

@@ -130,7 +130,14 @@ impl<'de> Deserialize<'de> for SecretHex {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PeerResponse {
-    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// Raft's answer, with the follower's clock when it answered, so that the
+    /// leader can stamp entries with the time of a majority of clocks rather
+    /// than its own (ARCHITECTURE.md, "Time").
+    AppendEntries {
+        result: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>,
+        /// The answering node's clock, ms since the Unix epoch.
+        clock_ms: u64,
+    },
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     Forward(Result<WriteResponse, NodeError>),

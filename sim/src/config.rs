@@ -99,6 +99,10 @@ pub struct FaultPlan {
     /// entries altered after the admin signed them, with the original's index
     /// and term, and the others the original.
     pub equivocations: u32,
+    /// Periods in which the current leader stamps the entries it proposes 200
+    /// days ahead of its clock (a byzantine leader moving the cluster's time),
+    /// each lasting 1 to 5 s.
+    pub time_leaders: u32,
     /// Byzantine signers (0 or 1: keys are a majority threshold, and a lying
     /// signer must not stop signing). The node and its lie (invalid shares, or
     /// commitments it holds no nonces for) are drawn from the seed; it lies for
@@ -141,6 +145,7 @@ impl FaultPlan {
             share_answer_loss: 0.0,
             keygen_during_faults: false,
             equivocations: 0,
+            time_leaders: 0,
             byzantine_signers: 0,
             snapshot_forgers: 0,
             crash_points: 0,
@@ -171,6 +176,7 @@ impl FaultPlan {
             share_answer_loss: 0.2,
             keygen_during_faults: true,
             equivocations: 1,
+            time_leaders: 1,
             byzantine_signers: 1,
             snapshot_forgers: 1,
             crash_points: 6,
@@ -240,6 +246,8 @@ impl SimConfig {
                 snapshot_every_entries: 100,
                 logs_kept_after_snapshot: 20,
                 snapshot_endorsements_min: 2,
+                // The production default: well above the honest skews and jumps (70 s at most).
+                clock_skew_ms_max: synod_node::time::CLOCK_SKEW_MS_MAX_DEFAULT,
             },
         }
     }

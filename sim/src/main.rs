@@ -26,6 +26,7 @@ const PLANTS: &[&str] = &[
     synod_node::faults::SKIP_NODE_AUTHOR_CHECK,
     synod_node::faults::SKIP_GENESIS_PIN,
     synod_node::faults::TRUST_SNAPSHOT,
+    synod_node::faults::TRUST_ENTRY_TIME,
 ];
 
 #[derive(Parser, Debug)]
@@ -397,6 +398,7 @@ fn invariant_name(name: &str) -> &'static str {
         "liveness-after-heal",
         "node-software-failed",
         "process-crashed",
+        "state-time-ahead",
     ];
     NAMES.iter().find(|n| **n == name).copied().unwrap_or("unknown-invariant")
 }

@@ -112,6 +112,7 @@ enum Repair {
     OneWay(NodeId, NodeId),
     Slow(NodeId),
     Equivocation(NodeId),
+    StampAhead(NodeId),
 }
 
 /// The driver's view of the world between steps.
@@ -264,6 +265,13 @@ impl Driver<'_> {
                 self.net.lock().expect("net").set_equivocating(Some((leader, victims)));
                 self.repairs.push((now + for_ms, Repair::Equivocation(leader)));
             }
+            FaultKind::StampAhead { for_ms } => {
+                let Some(leader) = self.leader else { return false };
+                self.event(format!("n{leader} stamps its entries 200 days ahead for {for_ms} ms"));
+                synod_node::faults::switch_for_node(leader, synod_node::faults::STAMP_FAR_AHEAD, true)
+                    .expect("a known fault");
+                self.repairs.push((now + for_ms, Repair::StampAhead(leader)));
+            }
             FaultKind::Byzantine { forgery } => {
                 let leader = self.leader.unwrap_or(1);
                 self.history.borrow_mut().forgery_queue.push_back((fault.id, *forgery, leader));
@@ -338,6 +346,11 @@ impl Driver<'_> {
                 Repair::Equivocation(id) => {
                     self.net.lock().expect("net").set_equivocating(None);
                     self.event(format!("n{id} no longer equivocates"));
+                }
+                Repair::StampAhead(id) => {
+                    synod_node::faults::switch_for_node(id, synod_node::faults::STAMP_FAR_AHEAD, false)
+                        .expect("a known fault");
+                    self.event(format!("n{id} stamps honestly again"));
                 }
             }
         }

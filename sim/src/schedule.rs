@@ -69,6 +69,8 @@ pub enum FaultKind {
     Slow { node: Target, extra_ms: u64, for_ms: u64 },
     /// The current leader proposes a forged entry.
     Byzantine { forgery: Forgery },
+    /// The current leader stamps its entries 200 days ahead for `for_ms`.
+    StampAhead { for_ms: u64 },
     /// The current leader equivocates for `for_ms`: `victims` of its followers
     /// (from the `rotation`-th on, in id order) get `put` entries altered.
     Equivocate { victims: u64, rotation: u64, for_ms: u64 },
@@ -87,6 +89,7 @@ impl FaultKind {
             FaultKind::Slow { .. } => "slow_node",
             FaultKind::Byzantine { .. } => "byzantine_proposal",
             FaultKind::Equivocate { .. } => "equivocating_leader",
+            FaultKind::StampAhead { .. } => "time_leader",
         }
     }
 }
@@ -169,6 +172,9 @@ pub fn draw(seed: u64, plan: &FaultPlan, nodes: u64) -> Vec<Fault> {
         // At least one follower gets the altered entries and at least one the originals.
         let victims = 1 + r(nodes.saturating_sub(2).max(1));
         kinds.push(FaultKind::Equivocate { victims, rotation: r(nodes), for_ms: 500 + r(2_500) });
+    }
+    for _ in 0..plan.time_leaders {
+        kinds.push(FaultKind::StampAhead { for_ms: 1_000 + r(4_000) });
     }
     let mut faults: Vec<Fault> = kinds
         .into_iter()

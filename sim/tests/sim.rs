@@ -120,6 +120,20 @@ fn sim_trust_snapshot_is_caught_with_a_replay_command() {
 }
 
 #[test]
+fn sim_trust_entry_time_is_caught_with_a_replay_command() {
+    // A leader that stamps its entries 200 days ahead for a while (every chaos seed has one) moves
+    // the cluster's time once followers take every entry's time as stamped (the planted
+    // trust-entry-time), which breaks "state time never runs far ahead of true time" within 200
+    // chaos seeds, and the failure names the command that replays it.
+    let out =
+        sim(&["--seeds", "0..200", "--plant", "trust-entry-time", "--fail-fast", "--no-shrink", "--jobs", "2"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("violated state-time-ahead"), "{text}");
+    assert!(text.contains("--plant trust-entry-time"), "{text}");
+}
+
+#[test]
 fn sim_unknown_plant_is_refused_with_the_known_ones() {
     // A misspelt plant is an error that lists the plants the simulator knows.
     let out = sim(&["--seed", "1", "--plant", "ack-befor-commit"]);

@@ -15,6 +15,7 @@ mod leader;
 mod loops;
 mod peer;
 mod snapshot;
+mod time;
 mod vote;
 mod write;
 
@@ -106,6 +107,10 @@ pub struct Node {
     share_gate: std::sync::Mutex<snapshot::ShareGate>,
     /// The fewest members that must vouch for a snapshot (`raft.snapshot_endorsements_min`).
     endorsements_floor: usize,
+    /// How far ahead of this node's clock an entry may be stamped (`raft.clock_skew_ms_max`).
+    clock_skew_ms_max: u64,
+    /// The leader (term, node) whose entries this node last refused as stamped too far ahead.
+    time_refused: time::TimeRefused,
 }
 
 impl Node {
@@ -149,6 +154,10 @@ impl Node {
             parts.sealed.clone(),
             parts.store.clone(),
             parts.seams.rng.clone(),
+            crate::signer::LocalClock {
+                clock: parts.seams.clock.clone(),
+                skew_ms_max: parts.tuning.clock_skew_ms_max,
+            },
         );
         let id = parts.id;
         let node = Arc::new_cyclic(|weak| Node {
@@ -175,6 +184,8 @@ impl Node {
             points_built: std::sync::Mutex::default(),
             share_gate: std::sync::Mutex::new(snapshot::ShareGate::Open),
             endorsements_floor: parts.tuning.snapshot_endorsements_min,
+            clock_skew_ms_max: parts.tuning.clock_skew_ms_max,
+            time_refused: Default::default(),
         });
         tokio::spawn(snapshot::endorse_points(Arc::downgrade(&node)));
         tokio::spawn(reconcile_membership(Arc::downgrade(&node)));
@@ -268,6 +279,7 @@ impl Node {
         let state = &applied.state;
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let offsets = if m.state == ServerState::Leader { self.clock_offsets_ms() } else { Default::default() };
         let members = membership
             .nodes()
             .map(|(id, addr)| MemberStatus {
@@ -276,6 +288,7 @@ impl Node {
                 voter: voters.contains(id),
                 authorized: state.members.contains_key(id) || state.cluster_id.is_none(),
                 matched_index: m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index),
+                clock_offset_ms: offsets.get(id).copied(),
             })
             .collect();
         Status {

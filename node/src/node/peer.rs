@@ -93,8 +93,12 @@ impl PeerHandler for NodeHandler {
                         tracing::warn!(from, why, "refusing a genesis this node's operator did not pin");
                         return PeerResponse::Refused(why);
                     }
+                    if let Some(why) = node.refuse_time_ahead(from, &rpc) {
+                        return PeerResponse::Refused(why);
+                    }
                     node.note_leader_commit(rpc.leader_commit.map(|l| l.index));
-                    PeerResponse::AppendEntries(node.raft.append_entries(rpc).await)
+                    let result = node.raft.append_entries(rpc).await;
+                    PeerResponse::AppendEntries { result, clock_ms: node.now_ms() }
                 }
                 PeerRequest::Vote(rpc) => {
                     if let Some(why) = node.refuse_rival_leader(&rpc.vote) {

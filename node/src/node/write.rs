@@ -79,7 +79,7 @@ impl Node {
         if !faults::enabled(faults::SKIP_AUTHOR_CHECK) {
             self.precheck(&command)?;
         }
-        let entry = LogEntry { time_ms: self.seams.clock.now_ms(), command: command.clone() };
+        let entry = LogEntry { time_ms: self.stamp_time_ms(), command: command.clone() };
         #[cfg(feature = "fault-injection")]
         if faults::enabled(faults::ACK_BEFORE_COMMIT) {
             if let Some(planted) = ack_before_commit(&self.raft, entry.clone()).await {

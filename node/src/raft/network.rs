@@ -19,24 +19,52 @@ use crate::transport::{PeerTransport, TransportError};
 /// every follower a heartbeat at least every `raft.heartbeat_ms`, so a peer
 /// that has not answered for several heartbeats is likely down: the signing
 /// coordinator prefers other signers, at no cost in messages.
+///
+/// Also the clock each peer last reported in an AppendEntries answer, and when
+/// (this node's monotonic time, simulated in the simulator): the leader
+/// estimates each voter's clock from it to stamp entries with the time of a
+/// majority of clocks (`crate::time`).
 #[derive(Default)]
-pub struct PeerHealth(Mutex<BTreeMap<NodeId, (tokio::time::Instant, Option<tokio::time::Instant>)>>);
+pub struct PeerHealth {
+    answers: Mutex<BTreeMap<NodeId, (tokio::time::Instant, Option<tokio::time::Instant>)>>,
+    /// Per peer: its clock (ms since the epoch) and the instant its answer arrived.
+    clocks: Mutex<BTreeMap<NodeId, (u64, tokio::time::Instant)>>,
+}
 
 impl PeerHealth {
     fn tried(&self, peer: NodeId) {
         let now = tokio::time::Instant::now();
-        self.0.lock().expect("peer health lock").entry(peer).or_insert((now, None));
+        self.answers.lock().expect("peer health lock").entry(peer).or_insert((now, None));
     }
 
     fn answered(&self, peer: NodeId) {
         let now = tokio::time::Instant::now();
-        self.0.lock().expect("peer health lock").entry(peer).or_insert((now, None)).1 = Some(now);
+        self.answers.lock().expect("peer health lock").entry(peer).or_insert((now, None)).1 = Some(now);
+    }
+
+    /// Records the clock `peer` reported just now.
+    pub fn clock_reported(&self, peer: NodeId, clock_ms: u64) {
+        self.clocks.lock().expect("peer clocks lock").insert(peer, (clock_ms, tokio::time::Instant::now()));
+    }
+
+    /// Each peer's clock now, estimated from its latest report no older than
+    /// `fresh` (the report plus the time elapsed here since it arrived).
+    pub fn clock_estimates(&self, fresh: Duration) -> BTreeMap<NodeId, u64> {
+        let now = tokio::time::Instant::now();
+        let clocks = self.clocks.lock().expect("peer clocks lock");
+        clocks
+            .iter()
+            .filter_map(|(peer, (clock_ms, at))| {
+                let age = now.saturating_duration_since(*at);
+                (age <= fresh).then(|| (*peer, clock_ms.saturating_add(age.as_millis() as u64)))
+            })
+            .collect()
     }
 
     /// How long `peer` has left this node's Raft calls unanswered (zero if it
     /// was never called, or answered the latest).
     pub fn silent_for(&self, peer: NodeId) -> Duration {
-        let health = self.0.lock().expect("peer health lock");
+        let health = self.answers.lock().expect("peer health lock");
         let Some((first_tried, answered)) = health.get(&peer) else { return Duration::ZERO };
         tokio::time::Instant::now().saturating_duration_since(answered.unwrap_or(*first_tried))
     }
@@ -111,8 +139,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        let (health, target) = (self.health.clone(), self.target);
         self.call(PeerRequest::AppendEntries(rpc), &option, |r| match r {
-            PeerResponse::AppendEntries(r) => Some(r),
+            PeerResponse::AppendEntries { result, clock_ms } => {
+                health.clock_reported(target, clock_ms);
+                Some(result)
+            }
             _ => None,
         })
         .await

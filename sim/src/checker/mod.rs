@@ -17,6 +17,7 @@
 //!   request, signatures verify, no share without a met policy.
 //! - `blame.rs`: only the byzantine signer is ever named a culprit.
 //! - `liveness.rs`: key generation and signing are live after the heal.
+//! - `time.rs`: state time never runs far ahead of true time.
 //!
 //! `observer.rs` holds the [`Observer`], which builds each [`Step`]. This file
 //! holds what they share: the [`Step`] and its views, [`Violation`], the
@@ -41,12 +42,14 @@ mod observer;
 mod raft;
 mod signing;
 mod state;
+mod time;
 
 pub use blame::HonestNotBlamed;
 pub use liveness::SigningLiveness;
 pub use observer::{Observer, HARVEST_EVERY_MS, STATE_HASH_EVERY_MS};
 pub use raft::{one_leader_per_term, RaftSafety};
 pub use signing::{NonceSingleUse, OneMessagePerRequest, PolicyBeforeShares, SignaturesVerify};
+pub use time::BoundedTime;
 pub use state::{signing_hash, AckedWritesKept, AlteredCommandsRefused, ForgeriesRefused, StateAgreement};
 
 /// A broken invariant.
@@ -147,6 +150,9 @@ pub fn all(cfg: &SimConfig) -> Vec<Box<dyn Checker>> {
             byzantine: crate::schedule::draw_byzantine_signer(cfg.seed, &cfg.plan, cfg.nodes).map(|(node, _)| node),
         }),
         Box::new(SigningLiveness { bound_ms: cfg.sign_liveness_bound_ms, keys: expected_keys(cfg) }),
+        Box::new(BoundedTime {
+            bound_ms: (cfg.plan.clock_skew_ms_max + cfg.plan.clock_jump_ms_max) as u64 + cfg.tuning.clock_skew_ms_max,
+        }),
     ]
 }
 
