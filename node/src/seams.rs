@@ -26,8 +26,10 @@ pub struct SystemClock {
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         now.saturating_add(self.ahead_ms)
     }
 }

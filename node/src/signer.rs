@@ -195,7 +195,12 @@ impl Signer {
         }
         let own_ms = self.clock.clock.now_ms();
         if request.expires_at_ms.saturating_add(self.clock.skew_ms_max) < own_ms {
-            tracing::warn!(request_id, expires_at_ms = request.expires_at_ms, own_ms, "refusing a request expired by this node's clock");
+            tracing::warn!(
+                request_id,
+                expires_at_ms = request.expires_at_ms,
+                own_ms,
+                "refusing a request expired by this node's clock"
+            );
             return Err(format!(
                 "request {request_id} expired at {} ms, {} ms ago by node {}'s clock (more than the {} ms allowed \
                  for clock skew), though the log's time still counts it pending; check the leader's clock",

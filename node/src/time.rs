@@ -61,11 +61,7 @@ pub fn stamp_ms(majority_ms: u64, state_ms: u64, skew_ms_max: u64) -> u64 {
 /// The first entry stamped more than `skew_ms_max` ahead of `own_ms`, as its
 /// index and how far ahead of `own_ms` it is. Entries without a time (blank,
 /// membership) never count.
-pub fn first_entry_ahead(
-    entries: &[openraft::Entry<TypeConfig>],
-    own_ms: u64,
-    skew_ms_max: u64,
-) -> Option<(u64, u64)> {
+pub fn first_entry_ahead(entries: &[openraft::Entry<TypeConfig>], own_ms: u64, skew_ms_max: u64) -> Option<(u64, u64)> {
     entries.iter().find_map(|entry| match &entry.payload {
         EntryPayload::Normal(e) if e.time_ms > own_ms.saturating_add(skew_ms_max) => {
             Some((entry.log_id.index, e.time_ms - own_ms))

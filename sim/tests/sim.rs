@@ -125,8 +125,7 @@ fn sim_trust_entry_time_is_caught_with_a_replay_command() {
     // the cluster's time once followers take every entry's time as stamped (the planted
     // trust-entry-time), which breaks "state time never runs far ahead of true time" within 200
     // chaos seeds, and the failure names the command that replays it.
-    let out =
-        sim(&["--seeds", "0..200", "--plant", "trust-entry-time", "--fail-fast", "--no-shrink", "--jobs", "2"]);
+    let out = sim(&["--seeds", "0..200", "--plant", "trust-entry-time", "--fail-fast", "--no-shrink", "--jobs", "2"]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("violated state-time-ahead"), "{text}");

@@ -154,10 +154,7 @@ impl Node {
             parts.sealed.clone(),
             parts.store.clone(),
             parts.seams.rng.clone(),
-            crate::signer::LocalClock {
-                clock: parts.seams.clock.clone(),
-                skew_ms_max: parts.tuning.clock_skew_ms_max,
-            },
+            crate::signer::LocalClock { clock: parts.seams.clock.clone(), skew_ms_max: parts.tuning.clock_skew_ms_max },
         );
         let id = parts.id;
         let node = Arc::new_cyclic(|weak| Node {

@@ -26,7 +26,8 @@ impl Node {
             tracing::warn!(node = self.id, "fault stamp-far-ahead: stamping this entry 200 days ahead");
             return own_ms.saturating_add(faults::FAR_AHEAD_MS);
         }
-        let voters: BTreeSet<NodeId> = self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        let voters: BTreeSet<NodeId> =
+            self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
         let estimates = self.peer_health.clock_estimates(self.silent_limit);
         let majority_ms = time::majority_clock_ms(self.id, own_ms, &voters, &estimates).unwrap_or(own_ms);
         let state_ms = self.shared.read().state.time_ms;

@@ -49,8 +49,8 @@ pub use liveness::SigningLiveness;
 pub use observer::{Observer, HARVEST_EVERY_MS, STATE_HASH_EVERY_MS};
 pub use raft::{one_leader_per_term, RaftSafety};
 pub use signing::{NonceSingleUse, OneMessagePerRequest, PolicyBeforeShares, SignaturesVerify};
-pub use time::BoundedTime;
 pub use state::{signing_hash, AckedWritesKept, AlteredCommandsRefused, ForgeriesRefused, StateAgreement};
+pub use time::BoundedTime;
 
 /// A broken invariant.
 #[derive(Clone, Debug, PartialEq, Eq)]
