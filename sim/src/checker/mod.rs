@@ -11,13 +11,13 @@
 //!
 //! One file per concern; [`all`] runs them in this order after every step:
 //! - `raft.rs`: log and leader safety ([`RaftSafety`]).
+//! - `time.rs`: state time never runs far ahead of true time ([`BoundedTime`]).
 //! - `state.rs`: the replicated state: agreement, acknowledged writes kept,
 //!   forged and altered commands refused.
 //! - `signing.rs`: nonce single use, one message and one signature per
 //!   request, signatures verify, no share without a met policy.
 //! - `blame.rs`: only the byzantine signer is ever named a culprit.
 //! - `liveness.rs`: key generation and signing are live after the heal.
-//! - `time.rs`: state time never runs far ahead of true time.
 //!
 //! `observer.rs` holds the [`Observer`], which builds each [`Step`]. This file
 //! holds what they share: the [`Step`] and its views, [`Violation`], the
@@ -138,6 +138,11 @@ pub trait Checker {
 pub fn all(cfg: &SimConfig) -> Vec<Box<dyn Checker>> {
     vec![
         Box::new(RaftSafety::default()),
+        // Before the signing checkers: time moved far ahead expires pending requests at once,
+        // which they would report first as a request failed before its policy was met.
+        Box::new(BoundedTime {
+            bound_ms: (cfg.plan.clock_skew_ms_max + cfg.plan.clock_jump_ms_max) as u64 + cfg.tuning.clock_skew_ms_max,
+        }),
         Box::new(StateAgreement::default()),
         Box::new(AckedWritesKept::default()),
         Box::new(ForgeriesRefused::default()),
@@ -150,9 +155,6 @@ pub fn all(cfg: &SimConfig) -> Vec<Box<dyn Checker>> {
             byzantine: crate::schedule::draw_byzantine_signer(cfg.seed, &cfg.plan, cfg.nodes).map(|(node, _)| node),
         }),
         Box::new(SigningLiveness { bound_ms: cfg.sign_liveness_bound_ms, keys: expected_keys(cfg) }),
-        Box::new(BoundedTime {
-            bound_ms: (cfg.plan.clock_skew_ms_max + cfg.plan.clock_jump_ms_max) as u64 + cfg.tuning.clock_skew_ms_max,
-        }),
     ]
 }
 
