@@ -26,6 +26,7 @@ use crate::transport::{PeerTransport, TransportError};
 /// majority of clocks (`crate::time`).
 #[derive(Default)]
 pub struct PeerHealth {
+    /// Per peer: when this node first called it, and when it last answered.
     answers: Mutex<BTreeMap<NodeId, (tokio::time::Instant, Option<tokio::time::Instant>)>>,
     /// Per peer: its clock (ms since the epoch) and the instant its answer arrived.
     clocks: Mutex<BTreeMap<NodeId, (u64, tokio::time::Instant)>>,
