@@ -17,8 +17,9 @@ use crate::command::SignedCommand;
 use crate::error::NodeError;
 use crate::{NodeId, TypeConfig};
 
-/// Version byte of the frame format.
-pub const FRAME_VERSION: u8 = 1;
+/// Version byte of the frame format. 2: AppendEntries answers carry the
+/// follower's clock, so a node of version 1 cannot read them.
+pub const FRAME_VERSION: u8 = 2;
 /// Largest frame either side accepts (header excluded).
 pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Raft sends at most this many entries per AppendEntries; with
