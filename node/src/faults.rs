@@ -65,6 +65,10 @@ pub const CORRUPT_DKG_SHARES: &str = "corrupt-dkg-shares";
 /// key and any certificate bytes pass, at admission and at apply.
 pub const SKIP_NODE_AUTHOR_CHECK: &str = "skip-node-author-check";
 
+/// A node that takes a signing outcome from any member, whether or not it took
+/// up signing in the entry's term (at admission and at apply).
+pub const SKIP_COORDINATOR_CHECK: &str = "skip-coordinator-check";
+
 /// A node that takes a genesis from any operator, whatever its node.toml's
 /// `genesis_admins` pin: any client-certificate holder can make its cluster.
 pub const SKIP_GENESIS_PIN: &str = "skip-genesis-pin";
@@ -105,6 +109,7 @@ pub const KNOWN: &[&str] = &[
     TRUST_ENTRY_TIME,
     STAMP_FAR_AHEAD,
     CLOCK_AHEAD_200D,
+    SKIP_COORDINATOR_CHECK,
 ];
 
 /// The byzantine signer behaviours one node can have ([`set_for_node`]).

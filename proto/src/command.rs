@@ -201,6 +201,12 @@ pub enum Command {
     /// one envelope check per node for the lot. Every node judges and audits
     /// each outcome on its own; one refused outcome does not refuse the others.
     SignOutcomes { node_id: NodeId, outcomes: Vec<Command> },
+    /// A new leader takes up signing for its term: committed before it
+    /// coordinates anything, in an entry of the term it names. From then on
+    /// only this node's signing outcomes are accepted in entries of that term
+    /// (`openraft`'s single-term-leader log ids hold only the term, not the
+    /// node, so the log has to say who coordinates).
+    Coordinate { node_id: NodeId, term: u64 },
 }
 
 /// A snapshot point: the state a node derived from the committed log up to
@@ -268,6 +274,7 @@ impl Command {
             Command::SignResult { .. } => "sign_result",
             Command::SignFailed { .. } => "sign_failed",
             Command::SignOutcomes { .. } => "sign_outcomes",
+            Command::Coordinate { .. } => "coordinate",
             Command::Approve { .. } => "approve",
             Command::AddOperator { .. } => "add_operator",
             Command::RemoveOperator { .. } => "remove_operator",
@@ -301,6 +308,7 @@ impl Command {
             | Command::SignResult { node_id, .. }
             | Command::SignFailed { node_id, .. }
             | Command::SignOutcomes { node_id, .. }
+            | Command::Coordinate { node_id, .. }
             | Command::AuditCheckpoint { node_id }
             | Command::Endorse { node_id, .. } => Authority::Node(*node_id),
         }
@@ -421,7 +429,7 @@ impl Command {
                 Ok(())
             }
             Command::ApproveProposal { proposal_id } => validate_id("proposal id", proposal_id),
-            Command::AuditCheckpoint { .. } => Ok(()),
+            Command::AuditCheckpoint { .. } | Command::Coordinate { .. } => Ok(()),
             Command::Endorse { point, .. } => point.validate(),
             Command::SignFailed { request_id, reason, culprits, .. } => {
                 validate_name("request id", request_id)?;

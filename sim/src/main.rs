@@ -27,6 +27,7 @@ const PLANTS: &[&str] = &[
     synod_node::faults::SKIP_GENESIS_PIN,
     synod_node::faults::TRUST_SNAPSHOT,
     synod_node::faults::TRUST_ENTRY_TIME,
+    synod_node::faults::SKIP_COORDINATOR_CHECK,
 ];
 
 #[derive(Parser, Debug)]

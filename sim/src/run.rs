@@ -572,14 +572,15 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
     };
     let (admin, stranger) = (key(), key());
     let approvers = workload::APPROVERS.iter().map(|_| key()).collect();
-    for (m, identity) in machines.iter().zip(identities) {
+    let identities: Vec<Arc<synod_node::pki::NodeIdentity>> = identities.into_iter().map(Arc::new).collect();
+    for (m, identity) in machines.iter().zip(identities.iter().cloned()) {
         let boot = Boot {
             machine: m.clone(),
             seed: cfg.seed,
             now: now.clone(),
             net: net.clone(),
             tuning: cfg.tuning.clone(),
-            identity: Arc::new(identity),
+            identity,
             genesis_admin: OperatorKey::of(&admin),
             forges_snapshots: forger == Some(m.id),
         };
@@ -593,6 +594,7 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
         ca_certificate: hex::encode(&ca_der),
         admin: admin.clone(),
         stranger,
+        identities,
         approvers,
         net: net.clone(),
         now: now.clone(),

@@ -40,15 +40,26 @@ pub enum Forgery {
     Tampered,
     /// An admin's write that was already applied, proposed again.
     Replay,
-    /// A signing outcome "from node 1" (a `sign_failed` for a request the
-    /// approvers withhold) signed by a key that is not node 1's, with
-    /// certificate bytes that are no certificate.
+    /// A signing outcome "from" the leader that proposes it (a `sign_failed`
+    /// for a request the approvers withhold) signed by a key that is not that
+    /// node's, with certificate bytes that are no certificate.
     NodeOutcome,
+    /// A compromised member's signing outcome: a `sign_failed` for a request
+    /// the approvers withhold, signed with a follower's real certificate and
+    /// key, for a request that follower does not coordinate (the leader took
+    /// up signing in its term).
+    MemberOutcome,
 }
 
 impl Forgery {
-    pub const ALL: [Forgery; 5] =
-        [Forgery::NonAdminWrite, Forgery::NonAdminMember, Forgery::Tampered, Forgery::Replay, Forgery::NodeOutcome];
+    pub const ALL: [Forgery; 6] = [
+        Forgery::NonAdminWrite,
+        Forgery::NonAdminMember,
+        Forgery::Tampered,
+        Forgery::Replay,
+        Forgery::NodeOutcome,
+        Forgery::MemberOutcome,
+    ];
 }
 
 /// One kind of scheduled fault, with its parameters.

@@ -83,8 +83,8 @@ fn sim_skip_policy_is_caught_with_a_replay_command() {
 #[test]
 fn sim_skip_node_author_check_is_caught_with_a_replay_command() {
     // The planted node that takes node-authored commands without checking their node's
-    // certificate and key lets the adversary's forged signing outcome ("node 1" failing a
-    // request the approvers withhold, signed by a stranger with certificate bytes "00") change
+    // certificate and key lets the adversary's forged signing outcome (the proposing leader
+    // failing a request the approvers withhold, signed by a stranger with certificate bytes "00") change
     // the state, which breaks "forged commands never change state" within 8 chaos seeds.
     let out =
         sim(&["--seeds", "0..8", "--plant", "skip-node-author-check", "--fail-fast", "--no-shrink", "--jobs", "2"]);
@@ -92,6 +92,20 @@ fn sim_skip_node_author_check_is_caught_with_a_replay_command() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("violated forged-command-applied"), "{text}");
     assert!(text.contains("--plant skip-node-author-check"), "{text}");
+}
+
+#[test]
+fn sim_skip_coordinator_check_is_caught_with_a_replay_command() {
+    // The planted node that takes a signing outcome from any member, whether or not it took
+    // up signing in the entry's term, lets the adversary's `sign_failed` signed with a
+    // follower's real certificate and key fail a request the approvers withhold, which breaks
+    // "forged commands never change state" within 8 chaos seeds.
+    let out =
+        sim(&["--seeds", "0..8", "--plant", "skip-coordinator-check", "--fail-fast", "--no-shrink", "--jobs", "2"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("violated forged-command-applied"), "{text}");
+    assert!(text.contains("--plant skip-coordinator-check"), "{text}");
 }
 
 #[test]

@@ -169,7 +169,12 @@ fn api_malformed_and_oversized_requests_get_json_errors() {
 /// POSTs the file `body_file` to node 1's `/v1/commands` with curl, as any
 /// client-certificate holder could; returns the HTTP code and the JSON body.
 fn post_commands(cluster: &Cluster, body_file: &std::path::Path) -> (String, serde_json::Value) {
-    let env: std::collections::BTreeMap<&str, String> = cluster.env(1).into_iter().collect();
+    post_commands_to(cluster, 1, body_file)
+}
+
+/// [`post_commands`] to node `id`.
+fn post_commands_to(cluster: &Cluster, id: u64, body_file: &std::path::Path) -> (String, serde_json::Value) {
+    let env: std::collections::BTreeMap<&str, String> = cluster.env(id).into_iter().collect();
     let out = std::process::Command::new("curl")
         .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "--cacert", &env["SYNOD_CACERT"]])
         .args(["--cert", &env["SYNOD_CLIENT_CERT"], "--key", &env["SYNOD_CLIENT_KEY"]])
@@ -277,4 +282,85 @@ fn bootstrap_init_by_an_operator_the_nodes_did_not_pin_is_refused() {
     ok(&cluster.synod(1, &args));
     cluster.wait_leader();
     cluster.put(2, "after", "init").unwrap();
+}
+
+#[test]
+fn admission_outcome_from_a_member_that_does_not_coordinate_never_reaches_the_log() {
+    // A member's own node certificate and key are not enough to report a signing outcome:
+    // in each term only the leader that took up signing may. A follower's `sign_failed`,
+    // signed with its real node key, is refused by the leader and by the follower itself
+    // before it is proposed, naming the coordinator; so is a take-up of signing in the
+    // follower's name. The log does not grow.
+    let cluster = Cluster::start(3);
+    let leader = cluster.wait_leader();
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let identity = {
+        let path = |s: String| cluster.path(&s);
+        let tls = synod_node::pki::TlsMaterial::load(
+            &path("ca/ca.crt".into()),
+            &path(format!("certs/node-{follower}.crt")),
+            &path(format!("certs/node-{follower}.key")),
+        )
+        .unwrap();
+        synod_node::pki::NodeIdentity::from_tls(&tls).unwrap()
+    };
+    let status = cluster.status(leader).unwrap();
+    let cluster_id = status["cluster_id"].as_str().unwrap().to_string();
+    let term = status["term"].as_u64().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let signed = |command: synod_proto::Command| {
+        let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let envelope = synod_proto::Envelope {
+            cluster_id: cluster_id.clone(),
+            command_id: format!("{:032x}", now * 100 + n),
+            issued_at_ms: now,
+            expires_at_ms: now + 60_000,
+            command,
+        };
+        serde_json::to_value(identity.sign(&envelope)).unwrap()
+    };
+    let failed = || synod_proto::Command::SignFailed {
+        request_id: "coordinated-by-the-leader".into(),
+        node_id: follower,
+        reason: "forged by a compromised member".into(),
+        culprits: vec![],
+        attempt: 0,
+    };
+    let body = cluster.path("outcome.json");
+    let post = |to: u64, signed: &serde_json::Value| {
+        std::fs::write(&body, signed.to_string()).unwrap();
+        post_commands_to(&cluster, to, &body)
+    };
+    // The leader takes up signing right after it is elected; until then no outcome is taken either.
+    let named = format!("which node {leader} coordinates");
+    for to in [leader, follower] {
+        wait_for("the leader's take-up to be applied", Duration::from_secs(20), || {
+            let (code, json) = post(to, &signed(failed()));
+            assert_eq!(code, "403", "to node {to}: {json}");
+            json["errors"][0].as_str().unwrap().contains(&named).then_some(())
+        });
+    }
+    let index_before = cluster.status(leader).unwrap()["last_log_index"].as_u64().unwrap();
+
+    for to in [leader, follower] {
+        let (code, json) = post(to, &signed(failed()));
+        assert_eq!(code, "403", "to node {to}: {json}");
+        let error = json["errors"][0].as_str().unwrap();
+        assert!(error.contains(&named) && error.contains(&format!("node {follower}")), "to node {to}: {error}");
+    }
+    let batch = synod_proto::Command::SignOutcomes { node_id: follower, outcomes: vec![failed()] };
+    let (code, json) = post(leader, &signed(batch));
+    assert_eq!(code, "403", "{json}");
+    assert!(json["errors"][0].as_str().unwrap().contains(&named), "{json}");
+    for to in [leader, follower] {
+        let take_up = synod_proto::Command::Coordinate { node_id: follower, term };
+        let (code, json) = post(to, &signed(take_up));
+        assert_eq!(code, "403", "to node {to}: {json}");
+        assert!(json["errors"][0].as_str().unwrap().contains("only by the leader, for itself"), "{json}");
+    }
+
+    let status = cluster.status(leader).unwrap();
+    assert_eq!(status["last_log_index"].as_u64().unwrap(), index_before, "nothing was proposed");
+    assert_eq!(status["rejected_commands"], 0);
 }

@@ -2,6 +2,11 @@
 //! what is pending and what to sign from this node's applied state, calls to
 //! signers over the transport or to this node's own signer, and commits
 //! through the write path. The coordinator crate does the rest.
+//!
+//! Before it coordinates anything in a term, the leader commits its take-up
+//! of signing for that term ([`Command::Coordinate`]); every node accepts
+//! signing outcomes in a term only from the node that took it up, so the
+//! context offers no request and sends no outcome until the take-up is applied.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -43,6 +48,10 @@ impl Context for NodeContext {
 
     fn ready_requests(&self) -> Vec<String> {
         let Some(node) = self.node.upgrade() else { return Vec::new() };
+        if !node.coordinates_signing() {
+            node.take_up_signing();
+            return Vec::new();
+        }
         let applied = node.state().read();
         let state = &applied.state;
         let skip_policy = faults::enabled(faults::SKIP_POLICY);
@@ -124,6 +133,12 @@ impl Context for NodeContext {
         let node = self.node.upgrade();
         async move {
             let node = node.ok_or("this node is shutting down")?;
+            if !node.coordinates_signing() {
+                return Err(format!(
+                    "node {} has not taken up signing in its current term, so its outcome would be refused",
+                    node.id
+                ));
+            }
             node.write_as_node(command).await.map(drop).map_err(|e| e.to_string())
         }
         .boxed()
@@ -135,6 +150,44 @@ impl Context for NodeContext {
 
     fn between_rounds(&self) -> BoxFuture<'static, ()> {
         pause_between_rounds().boxed()
+    }
+}
+
+impl Node {
+    /// Whether this node's signing outcomes would be accepted in its current
+    /// term: its take-up for the term is applied here (or the cluster's rules
+    /// predate take-ups).
+    fn coordinates_signing(&self) -> bool {
+        let term = self.raft.metrics().borrow().current_term;
+        let applied = self.state().read();
+        let state = &applied.state;
+        state.rules < crate::state::RULES_COORDINATOR || state.coordinators.get(&term) == Some(&self.id)
+    }
+
+    /// Commits this node's take-up of signing for its current term in the
+    /// background, unless one is already on its way; a failed one is sent again
+    /// at the next call (the signing loop's tick).
+    fn take_up_signing(self: &Arc<Self>) {
+        let term = self.raft.metrics().borrow().current_term;
+        {
+            let mut taking_up = self.taking_up.lock().expect("take-up lock");
+            if *taking_up == Some(term) {
+                return;
+            }
+            *taking_up = Some(term);
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            let take_up = Command::Coordinate { node_id: node.id, term };
+            match node.write_as_node(take_up).await {
+                Ok(_) => tracing::info!(term, "took up signing for this term"),
+                Err(e) => tracing::info!(term, error = %e, "signing take-up not committed; will retry"),
+            }
+            let mut taking_up = node.taking_up.lock().expect("take-up lock");
+            if *taking_up == Some(term) {
+                *taking_up = None;
+            }
+        });
     }
 }
 

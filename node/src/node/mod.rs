@@ -111,6 +111,9 @@ pub struct Node {
     clock_skew_ms_max: u64,
     /// The leader (term, node) whose entries this node last refused as stamped too far ahead.
     time_refused: time::TimeRefused,
+    /// The term whose signing take-up this node is committing, if any, so a
+    /// new leader sends one take-up at a time (see `leader.rs`).
+    taking_up: std::sync::Mutex<Option<u64>>,
 }
 
 impl Node {
@@ -183,6 +186,7 @@ impl Node {
             endorsements_floor: parts.tuning.snapshot_endorsements_min,
             clock_skew_ms_max: parts.tuning.clock_skew_ms_max,
             time_refused: Default::default(),
+            taking_up: std::sync::Mutex::new(None),
         });
         tokio::spawn(snapshot::endorse_points(Arc::downgrade(&node)));
         tokio::spawn(reconcile_membership(Arc::downgrade(&node)));

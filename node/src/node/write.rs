@@ -248,6 +248,24 @@ impl Node {
         // refuse every command and stall the cluster while it keeps office. The log's
         // time decides expiry, at apply.
         let envelope = command.verify_for_admission().map_err(|e| NodeError::invalid(e.to_string()))?;
+        // The term the entry would be proposed in (a follower forwards to the leader of
+        // this term, which checks again); it decides who may report signing outcomes.
+        let (term, leading) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (m.current_term, m.state == openraft::ServerState::Leader && m.current_leader == Some(self.id))
+        };
+        if let Command::Coordinate { node_id, term: claimed } = &envelope.command {
+            // Only the leader takes up signing, for itself, in its own term: a follower's
+            // take-up (or one for a term still to come) must not get in through it.
+            if *node_id != self.id || !leading || *claimed != term {
+                return Err(NodeError::refused(format!(
+                    "node {node_id} cannot take up signing for term {claimed} through node {}: a take-up is \
+                     proposed only by the leader, for itself, in its current term",
+                    self.id
+                )));
+            }
+        }
         let applied = self.shared.read();
         let state = &applied.state;
         match (&state.cluster_id, &envelope.command) {
@@ -289,7 +307,7 @@ impl Node {
                 },
                 // The same rule every node applies: a node-authored command needs its
                 // node's certificate and key, so forged ones never reach the log.
-                _ => state.authorise(cmd, command).map_err(NodeError::refused),
+                _ => state.authorise(cmd, command, term).map_err(NodeError::refused),
             },
         }
     }

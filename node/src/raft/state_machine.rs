@@ -234,7 +234,7 @@ impl StateMachine {
             applied.last_applied = Some(entry.log_id);
             let outcome = match entry.payload {
                 EntryPayload::Blank => Outcome::Internal,
-                EntryPayload::Normal(ref data) => applied.state.apply(index, data),
+                EntryPayload::Normal(ref data) => applied.state.apply(index, entry.log_id.leader_id.term, data),
                 EntryPayload::Membership(ref membership) => {
                     applied.state.observe_membership(index, membership.nodes().map(|(id, _)| *id));
                     applied.last_membership = StoredMembership::new(Some(entry.log_id), membership.clone());

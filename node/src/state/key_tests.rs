@@ -21,6 +21,8 @@ pub(crate) struct World {
     next_id: u32,
     pub(crate) index: u64,
     time_ms: u64,
+    /// The Raft term the next entries are in.
+    term: u64,
 }
 
 impl World {
@@ -34,12 +36,27 @@ impl World {
                 addr: NodeAddr { raft_addr: format!("n{id}:1"), api_addr: format!("n{id}:2") },
             })
             .collect();
-        let mut world =
-            World { state: ClusterState::default(), admin, nodes, next_id: 0, index: 0, time_ms: 1_800_000_000_000 };
+        let mut world = World {
+            state: ClusterState::default(),
+            admin,
+            nodes,
+            next_id: 0,
+            index: 0,
+            time_ms: 1_800_000_000_000,
+            term: 1,
+        };
         let genesis =
             Command::Genesis { admins: vec![OperatorKey::of(&world.admin)], members, ca_certificate: hex::encode(ca) };
         assert!(world.by_admin(genesis).is_applied());
+        world.take_up(1);
         world
+    }
+
+    /// A new term in which `node` leads and takes up signing, as a new leader does.
+    pub(crate) fn take_up(&mut self, node: u64) {
+        self.term += 1;
+        let outcome = self.by_node(node, Command::Coordinate { node_id: node, term: self.term });
+        assert!(outcome.is_applied(), "{outcome:?}");
     }
 
     fn envelope(&mut self, command: Command) -> Envelope {
@@ -56,7 +73,7 @@ impl World {
     fn apply(&mut self, command: SignedCommand) -> Outcome {
         self.index += 1;
         self.time_ms += 1;
-        self.state.apply(self.index, &LogEntry { time_ms: self.time_ms, command })
+        self.state.apply(self.index, self.term, &LogEntry { time_ms: self.time_ms, command })
     }
 
     pub(crate) fn by_admin(&mut self, command: Command) -> Outcome {
@@ -479,10 +496,88 @@ fn state_late_outcome_of_a_failed_attempt_does_not_end_a_fresh_one() {
     assert!(world.by_node(1, fail(1, "first attempt", 0)).is_applied());
     assert!(request_by(&mut world, &keys["dave"], "r1").is_applied());
     assert_eq!(world.state.requests["r1"].attempt, 1);
+    world.take_up(2);
     refused(&world.by_node(2, fail(2, "late, from the first attempt", 0)), "is for attempt 1");
     assert_eq!(world.state.requests["r1"].status, RequestStatus::Pending);
     assert!(approve(&mut world, "r1", "alice", &keys["alice"]).is_applied());
     refused(&world.by_node(2, fail(2, "late, after the approvals", 0)), "is for attempt 1");
     assert_eq!(world.state.requests["r1"].status, RequestStatus::Pending);
+    world.take_up(1);
     assert!(world.by_node(1, fail(1, "second attempt", 1)).is_applied());
+}
+
+/// A pending request `r1` on a fresh key `k`.
+fn pending_request(world: &mut World) {
+    dkg(world, "k");
+    let request = Command::SignRequest {
+        request_id: "r1".into(),
+        key: "k".into(),
+        message: hex::encode(b"pay 1"),
+        purpose: String::new(),
+        environment: String::new(),
+        attributes: Default::default(),
+    };
+    assert!(world.by_admin(request).is_applied());
+}
+
+fn failed_by(node: u64) -> Command {
+    Command::SignFailed {
+        request_id: "r1".into(),
+        node_id: node,
+        reason: "forged".into(),
+        culprits: vec![],
+        attempt: 0,
+    }
+}
+
+#[test]
+fn state_outcome_from_a_node_that_did_not_take_up_the_term_is_refused() {
+    // Node 1 took up signing in this term; member node 2, with its own valid certificate,
+    // reports a failure (alone or batched) for the request node 1 coordinates: refused, the
+    // request stays pending. In a term nobody took up, even node 1's outcome is refused.
+    let mut world = World::new();
+    pending_request(&mut world);
+    refused(&world.by_node(2, failed_by(2)), "which node 1 coordinates");
+    let batch = Command::SignOutcomes { node_id: 2, outcomes: vec![failed_by(2)] };
+    refused(&world.by_node(2, batch), "which node 1 coordinates");
+    assert_eq!(world.state.requests["r1"].status, RequestStatus::Pending);
+    world.term += 1;
+    refused(&world.by_node(1, failed_by(1)), "no node has taken up signing");
+    assert_eq!(world.state.requests["r1"].status, RequestStatus::Pending);
+    world.take_up(1);
+    assert!(world.by_node(1, failed_by(1)).is_applied());
+}
+
+#[test]
+fn state_take_up_counts_only_in_its_own_term_and_once() {
+    // A take-up naming another term than its entry's is refused (a follower cannot save one
+    // for a term it may lead later), and a term's coordinator cannot be replaced; the same
+    // node taking up its term again changes nothing. Only the last terms are remembered.
+    let mut world = World::new();
+    let term = world.term;
+    refused(&world.by_node(2, Command::Coordinate { node_id: 2, term: term + 1 }), "counts only in the term");
+    refused(&world.by_node(2, Command::Coordinate { node_id: 2, term }), "already coordinated by node 1");
+    assert!(world.by_node(1, Command::Coordinate { node_id: 1, term }).is_applied());
+    assert_eq!(world.state.coordinators.get(&term), Some(&1));
+    for _ in 0..2 * super::COORDINATOR_TERMS_KEPT_MAX {
+        world.take_up(3);
+    }
+    assert_eq!(world.state.coordinators.len(), super::COORDINATOR_TERMS_KEPT_MAX);
+}
+
+#[test]
+fn state_rules_before_coordinators_replay_as_they_applied() {
+    // A state whose genesis predates the rules version (no `rules` field in its snapshot)
+    // judges as it always did: any member's outcome applies, and a take-up is refused.
+    let mut world = World::new();
+    pending_request(&mut world);
+    let mut old = serde_json::to_value(&world.state).unwrap();
+    let fields = old.as_object_mut().unwrap();
+    fields.remove("rules");
+    fields.remove("coordinators");
+    world.state = serde_json::from_value(old).unwrap();
+    assert_eq!(world.state.rules, 0);
+    let term = world.term;
+    refused(&world.by_node(2, Command::Coordinate { node_id: 2, term }), "rules (version 0) do not know");
+    assert!(world.by_node(2, failed_by(2)).is_applied());
 }

@@ -29,11 +29,37 @@ pub use signing::{checkpoint_request_id, checkpoint_seq, RequestRecord, RequestS
 /// How many recent refusals the state keeps for `status`.
 pub const REJECTIONS_KEPT_MAX: usize = 32;
 
+/// The rules a state set up by genesis today judges entries by. A rule that
+/// changes how an entry is judged gets a new version, and a state keeps the
+/// version its genesis set, so entries committed under older rules replay
+/// exactly as they applied. Versions:
+/// - 0: the rules before versioning (a state from before has no `rules`
+///   field): any member may report a signing outcome.
+/// - 1: signing outcomes are accepted only from the node that took up signing
+///   in the entry's term ([`Command::Coordinate`]).
+pub const RULES_CURRENT: u32 = 1;
+/// The first rules version that needs a take-up before signing outcomes.
+pub const RULES_COORDINATOR: u32 = 1;
+/// How many terms' coordinators the state remembers. Entries apply in term
+/// order, so only the newest is ever consulted; a few more cost nothing and
+/// help `status` readers.
+pub const COORDINATOR_TERMS_KEPT_MAX: usize = 8;
+
 /// Everything the log has decided so far. Serialised whole into snapshots.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     /// Set by the genesis command; every later command must name it.
     pub cluster_id: Option<String>,
+    /// Which rules this state judges entries by ([`RULES_CURRENT`] from
+    /// genesis on; 0, the default, for a state whose genesis predates them).
+    #[serde(default)]
+    pub rules: u32,
+    /// Which node took up signing in each recent term (term → node), from
+    /// committed [`Command::Coordinate`] entries; only that node's signing
+    /// outcomes are accepted in entries of that term. At most
+    /// [`COORDINATOR_TERMS_KEPT_MAX`] terms.
+    #[serde(default)]
+    pub coordinators: BTreeMap<u64, NodeId>,
     /// The Ed25519 keys of operators with the admin role (derived from `operators`).
     pub admins: BTreeSet<OperatorKey>,
     /// Operators by name: genesis admins first, then those admins add.
@@ -120,8 +146,9 @@ impl<T: Into<String>> From<T> for Refusal {
 }
 
 impl ClusterState {
-    /// Applies one committed application entry at `index`.
-    pub fn apply(&mut self, index: u64, entry: &LogEntry) -> Outcome {
+    /// Applies one committed application entry at `index`, proposed in `term`
+    /// (the entry's own log id: who may report signing outcomes depends on it).
+    pub fn apply(&mut self, index: u64, term: u64, entry: &LogEntry) -> Outcome {
         // State-machine time: the entry's, clamped so it never goes backwards.
         self.time_ms = self.time_ms.max(entry.time_ms);
         self.expire_seen();
@@ -129,7 +156,7 @@ impl ClusterState {
         self.expire_requests();
         self.expire_proposals();
         let envelope: Option<Envelope> = serde_json::from_str(&entry.command.envelope).ok();
-        let outcome = self.apply_outcome(index, entry);
+        let outcome = self.apply_outcome(index, term, entry);
         let judged = std::mem::take(&mut self.batch_judged);
         match (&envelope, judged.is_empty()) {
             (Some(batch), false) => {
@@ -148,8 +175,8 @@ impl ClusterState {
         outcome
     }
 
-    fn apply_outcome(&mut self, index: u64, entry: &LogEntry) -> Outcome {
-        match self.try_apply(index, entry) {
+    fn apply_outcome(&mut self, index: u64, term: u64, entry: &LogEntry) -> Outcome {
+        match self.try_apply(index, term, entry) {
             Ok(detail) => {
                 self.applied_commands += 1;
                 Outcome::Applied { detail }
@@ -174,7 +201,7 @@ impl ClusterState {
         }
     }
 
-    fn try_apply(&mut self, index: u64, entry: &LogEntry) -> Result<String, Refusal> {
+    fn try_apply(&mut self, index: u64, term: u64, entry: &LogEntry) -> Result<String, Refusal> {
         let signed = &entry.command;
         let envelope = signed.verify().map_err(|e| e.to_string())?;
         let now = self.time_ms;
@@ -207,6 +234,7 @@ impl ClusterState {
                     return Err("genesis must be signed by one of the admins it names".into());
                 }
                 self.cluster_id = Some(envelope.cluster_id.clone());
+                self.rules = RULES_CURRENT;
                 self.ca_certificate = Some(ca_certificate.clone());
                 self.genesis_operators(admins);
                 self.admin_approvals_required = 1;
@@ -231,6 +259,7 @@ impl ClusterState {
                 }
                 let authority = command.authority();
                 self.check_authority(authority, signed)?;
+                self.check_coordination(command, term)?;
                 match command {
                     Command::Endorse { node_id, point } => self.endorse(index, *node_id, point, signed)?,
                     Command::ApproveProposal { proposal_id } => match self
@@ -260,8 +289,59 @@ impl ClusterState {
     /// proposes it) and by every node that applies it. For a node-authored
     /// command that means the node's certificate from the cluster CA, its key
     /// as the signer, and membership.
-    pub fn authorise(&self, command: &Command, signed: &SignedCommand) -> Result<(), String> {
-        self.check_authority(command.authority(), signed).map_err(|refusal| refusal.reason)
+    /// `term` is the term of the entry that carries (or, at admission, would
+    /// carry) the command: it decides who may report signing outcomes.
+    pub fn authorise(&self, command: &Command, signed: &SignedCommand, term: u64) -> Result<(), String> {
+        self.check_authority(command.authority(), signed)
+            .and_then(|()| self.check_coordination(command, term))
+            .map_err(|refusal| refusal.reason)
+    }
+
+    /// Under [`RULES_COORDINATOR`]: a take-up counts only in an entry of the
+    /// term it names, once per term, and a signing outcome only from the node
+    /// that took up signing in its entry's term, so one compromised member
+    /// cannot fail (or answer) requests that another node coordinates.
+    fn check_coordination(&self, command: &Command, term: u64) -> Result<(), Refusal> {
+        let coordinator = self.coordinators.get(&term);
+        match command {
+            Command::Coordinate { node_id, .. } if self.rules < RULES_COORDINATOR => Err(format!(
+                "node {node_id} sent a signing take-up, which this cluster's rules (version {}) do not know",
+                self.rules
+            )
+            .into()),
+            Command::Coordinate { node_id, term: claimed } if *claimed != term => Err(format!(
+                "node {node_id} takes up signing for term {claimed}, but its entry is in term {term}; a take-up \
+                 counts only in the term it names"
+            )
+            .into()),
+            Command::Coordinate { node_id, .. } => match coordinator {
+                Some(holder) if holder != node_id => {
+                    Err(format!("term {term} is already coordinated by node {holder}, not node {node_id}").into())
+                }
+                _ => Ok(()),
+            },
+            Command::SignResult { node_id, .. }
+            | Command::SignFailed { node_id, .. }
+            | Command::SignOutcomes { node_id, .. }
+                if self.rules >= RULES_COORDINATOR
+                    && !crate::faults::enabled(crate::faults::SKIP_COORDINATOR_CHECK) =>
+            {
+                match coordinator {
+                    Some(holder) if holder == node_id => Ok(()),
+                    Some(holder) => Err(format!(
+                        "node {node_id} reports a signing outcome in term {term}, which node {holder} coordinates; \
+                         only the node that took up signing in a term may report outcomes in it"
+                    )
+                    .into()),
+                    None => Err(format!(
+                        "node {node_id} reports a signing outcome in term {term}, in which no node has taken up \
+                         signing; a leader commits its take-up before it coordinates"
+                    )
+                    .into()),
+                }
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Checks that the command's author may issue it.
@@ -385,6 +465,15 @@ impl ClusterState {
             Command::ApproveProposal { .. } => Err("a proposal cannot approve a proposal".into()),
             Command::AuditCheckpoint { .. } => self.audit_checkpoint(index, author),
             Command::Endorse { .. } => Err("an endorsement is applied as its node signed it, never carried".into()),
+            Command::Coordinate { node_id, term } => {
+                if self.coordinators.insert(*term, *node_id).is_some() {
+                    return Ok(format!("node {node_id} already coordinates signing in term {term}"));
+                }
+                while self.coordinators.len() > COORDINATOR_TERMS_KEPT_MAX {
+                    self.coordinators.pop_first();
+                }
+                Ok(format!("node {node_id} coordinates signing in term {term}"))
+            }
             Command::SignResult { request_id, node_id, signature, signers, culprits, sessions, attempt } => {
                 let by = signing::Coordinated { node: *node_id, attempt: *attempt };
                 self.sign_result(request_id, by, signature, signers, culprits, *sessions)
@@ -474,7 +563,7 @@ mod tests {
         let mut state = ClusterState::default();
         let members = vec![synod_proto::Member { node_id: 1, addr: addr(1000) }];
         let cmd = Command::Genesis { admins: vec![OperatorKey::of(&admin())], members, ca_certificate: "00".into() };
-        assert!(state.apply(1, &entry(&admin(), 1, 10, "c", cmd)).is_applied());
+        assert!(state.apply(1, 1, &entry(&admin(), 1, 10, "c", cmd)).is_applied());
         state
     }
 
@@ -483,7 +572,7 @@ mod tests {
         // Genesis fixes the admins; an admin's write applies and is versioned.
         let mut state = genesis();
         let put = Command::Put { key: "a".into(), value: "1".into() };
-        assert!(state.apply(2, &entry(&admin(), 2, 11, "c", put)).is_applied());
+        assert!(state.apply(2, 1, &entry(&admin(), 2, 11, "c", put)).is_applied());
         assert_eq!(state.kv["a"].version, 1);
     }
 
@@ -493,7 +582,7 @@ mod tests {
         let mut state = genesis();
         let stranger = SigningKey::from_bytes(&[9; 32]);
         let add = Command::AddMember { node_id: 9, addr: addr(2000) };
-        let outcome = state.apply(2, &entry(&stranger, 2, 11, "c", add));
+        let outcome = state.apply(2, 1, &entry(&stranger, 2, 11, "c", add));
         assert!(matches!(outcome, Outcome::Rejected { ref reason, .. } if reason.contains("not an admin")));
         assert_eq!(state.members.len(), 1);
         assert_eq!(state.rejected_commands, 1);
@@ -505,13 +594,15 @@ mod tests {
         let mut state = genesis();
         let put = || Command::Put { key: "a".into(), value: "1".into() };
         let e = entry(&admin(), 2, 11, "c", put());
-        assert!(state.apply(2, &e).is_applied());
-        assert!(matches!(state.apply(3, &e), Outcome::Rejected { ref reason, .. } if reason.contains("replay")));
+        assert!(state.apply(2, 1, &e).is_applied());
+        assert!(matches!(state.apply(3, 1, &e), Outcome::Rejected { ref reason, .. } if reason.contains("replay")));
         let mut late = entry(&admin(), 3, 11, "c", put());
         late.time_ms = 11 + 60_001;
-        assert!(matches!(state.apply(4, &late), Outcome::Rejected { ref reason, .. } if reason.contains("expired")));
+        assert!(matches!(state.apply(4, 1, &late), Outcome::Rejected { ref reason, .. } if reason.contains("expired")));
         let foreign = entry(&admin(), 4, 200_000, "other", put());
-        assert!(matches!(state.apply(5, &foreign), Outcome::Rejected { ref reason, .. } if reason.contains("cluster")));
+        assert!(
+            matches!(state.apply(5, 1, &foreign), Outcome::Rejected { ref reason, .. } if reason.contains("cluster"))
+        );
     }
 
     #[test]
@@ -519,7 +610,7 @@ mod tests {
         // An entry stamped earlier than the state's time does not rewind it.
         let mut state = genesis();
         let put = Command::Put { key: "a".into(), value: "1".into() };
-        state.apply(2, &entry(&admin(), 2, 5, "c", put));
+        state.apply(2, 1, &entry(&admin(), 2, 5, "c", put));
         assert_eq!(state.time_ms, 10);
     }
 }

@@ -2,7 +2,8 @@
 //! `History::forgery_queue` (the schedule's byzantine-leader faults), builds
 //! each forged entry (a `put` or a membership change signed by a stranger, an
 //! admin `put` altered after signing, or a replay of the latest acknowledged
-//! write) and proposes it straight to Raft on the leader, skipping
+//! write, or a follower's signing outcome signed with its real node key) and
+//! proposes it straight to Raft on the leader, skipping
 //! `Node::write`'s checks. Each outcome goes into `History::forged`:
 //! `ForgeriesRefused` requires that none was applied (a replay of a write an
 //! equivocating leader altered excepted) and that no node ever holds a
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
-use synod_proto::{Command, LogEntry, NodeAddr, SignedCommand};
+use synod_proto::{Command, Envelope, LogEntry, NodeAddr, NodeId, SignedCommand};
 
 use super::{Approval, ClientCtx, ForgedResult, Phase, Submission, FORGED_NODE, FORGED_PREFIX, FORGED_REASON};
 use crate::cluster::EPOCH_MS;
@@ -32,8 +33,13 @@ pub async fn adversary(ctx: ClientCtx) -> turmoil::Result {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let (entry, replayed_key) = forge(&ctx, &mut rng, fault_id, forgery);
-        let response = ctx.submit(Submission::Raw(&entry), leader, &mut rng, 10).await;
+        let (response, replayed_key) = if matches!(forgery, Forgery::NodeOutcome | Forgery::MemberOutcome) {
+            let build = outcome_forgery(&ctx, &mut rng, forgery);
+            (ctx.submit(Submission::RawBy(&build), leader, &mut rng, 10).await, None)
+        } else {
+            let (entry, replayed_key) = forge(&ctx, &mut rng, fault_id, forgery);
+            (ctx.submit(Submission::Raw(&entry), leader, &mut rng, 10).await, replayed_key)
+        };
         let outcome = response.map(|r| r.outcome);
         ctx.event(format!("adversary: forgery #{fault_id} {forgery:?} -> {outcome:?}"));
         ctx.history.borrow_mut().forged.push(ForgedResult { fault_id, forgery, replayed_key, outcome });
@@ -59,27 +65,7 @@ fn forge(ctx: &ClientCtx, rng: &mut ChaCha8Rng, fault_id: usize, forgery: Forger
             signed.envelope = signed.envelope.replace("\"value\":\"x\"", "\"value\":\"y\"");
             signed
         }
-        Forgery::NodeOutcome => {
-            // A request that stays pending (its approvals are withheld), so a wrongly
-            // accepted outcome would change it.
-            let request_id = ctx
-                .history
-                .borrow()
-                .sent
-                .iter()
-                .rev()
-                .find(|(_, s)| s.approval == Approval::Withheld)
-                .map(|(id, _)| id.clone())
-                .unwrap_or_else(|| "no-request-yet".into());
-            let command = Command::SignFailed {
-                request_id,
-                node_id: 1,
-                reason: FORGED_REASON.into(),
-                culprits: Vec::new(),
-                attempt: 0,
-            };
-            SignedCommand { certificate: Some("00".into()), ..ctx.sign(&ctx.stranger, rng, command) }
-        }
+        Forgery::NodeOutcome | Forgery::MemberOutcome => unreachable!("built per proposing node by outcome_forgery"),
         Forgery::Replay => match replayable {
             Some((command, key)) => {
                 replayed_key = Some(key);
@@ -89,4 +75,48 @@ fn forge(ctx: &ClientCtx, rng: &mut ChaCha8Rng, fault_id: usize, forgery: Forger
         },
     };
     (LogEntry { time_ms: EPOCH_MS + ctx.now_ms(), command }, replayed_key)
+}
+
+/// A forged `sign_failed`, built for the node that proposes it (the leader
+/// that took up signing in the entry's term). [`Forgery::NodeOutcome`] names
+/// that node but is signed by a stranger with certificate bytes `00`, so only
+/// the certificate check refuses it; [`Forgery::MemberOutcome`] is signed with
+/// the real certificate and key of another member (the next node id), so only
+/// the coordinator check refuses it.
+fn outcome_forgery<'a>(ctx: &'a ClientCtx, rng: &mut ChaCha8Rng, forgery: Forgery) -> impl Fn(NodeId) -> LogEntry + 'a {
+    let command = Command::SignFailed {
+        request_id: withheld_request(ctx),
+        node_id: 0,
+        reason: FORGED_REASON.into(),
+        culprits: Vec::new(),
+        attempt: 0,
+    };
+    let time_ms = EPOCH_MS + ctx.now_ms();
+    let envelope = Envelope::new(ctx.cluster_id.clone(), command, time_ms, 60_000, rng);
+    move |proposer| {
+        let member = if forgery == Forgery::MemberOutcome { proposer % ctx.nodes + 1 } else { proposer };
+        let mut envelope = envelope.clone();
+        if let Command::SignFailed { node_id, .. } = &mut envelope.command {
+            *node_id = member;
+        }
+        let command = if forgery == Forgery::MemberOutcome {
+            ctx.identities[(member - 1) as usize].sign(&envelope)
+        } else {
+            SignedCommand { certificate: Some("00".into()), ..SignedCommand::sign(&envelope, &ctx.stranger) }
+        };
+        LogEntry { time_ms, command }
+    }
+}
+
+/// A request that stays pending (its approvals are withheld), so a wrongly
+/// accepted outcome would change it.
+fn withheld_request(ctx: &ClientCtx) -> String {
+    ctx.history
+        .borrow()
+        .sent
+        .iter()
+        .rev()
+        .find(|(_, s)| s.approval == Approval::Withheld)
+        .map(|(id, _)| id.clone())
+        .unwrap_or_else(|| "no-request-yet".into())
 }

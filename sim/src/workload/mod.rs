@@ -253,6 +253,9 @@ pub struct ClientCtx {
     pub ca_certificate: String,
     pub admin: SigningKey,
     pub stranger: SigningKey,
+    /// Every node's certificate and key, by node id − 1: the adversary signs
+    /// with a compromised member's (a [`Forgery::MemberOutcome`]).
+    pub identities: Vec<std::sync::Arc<synod_node::pki::NodeIdentity>>,
     /// The keys of [`APPROVERS`], in order.
     pub approvers: Vec<SigningKey>,
     pub net: SharedNet,
@@ -309,6 +312,9 @@ impl ClientCtx {
                     call_node(&self.net, target, &request, CALL_TIMEOUT, written).await
                 }
                 Submission::Raw(entry) => net::propose_raw_call(&self.net, target, entry, CALL_TIMEOUT).await,
+                Submission::RawBy(build) => {
+                    net::propose_raw_call(&self.net, target, &build(target), CALL_TIMEOUT).await
+                }
             };
             match answer {
                 Ok(Ok(response)) => return Some(response),
@@ -331,6 +337,8 @@ impl ClientCtx {
 enum Submission<'a> {
     Command(&'a SignedCommand),
     Raw(&'a LogEntry),
+    /// A raw log entry built for the node it is proposed on.
+    RawBy(&'a dyn Fn(NodeId) -> LogEntry),
 }
 
 /// A client call through `Node::serve_client`, taking the answer of the
