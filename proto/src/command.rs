@@ -648,12 +648,15 @@ impl SignedCommand {
 }
 
 impl SignedCommand {
-    /// [`SignedCommand::verify`], and the envelope carries no field that no
+    /// [`SignedCommand::verify`], every field within its limit
+    /// ([`crate::limits::check_envelope`], which apply checks too under the
+    /// rules that brought it), and the envelope carries no field that no
     /// command has. A node checks this before it proposes a command: unknown
     /// fields are signed and would be replicated to every log for nothing.
     /// (Applying ignores them, so entries already committed judge as before.)
     pub fn verify_for_admission(&self) -> Result<Envelope, CommandError> {
         let envelope = self.verify()?;
+        crate::limits::check_envelope(&envelope)?;
         let sent: serde_json::Value = serde_json::from_str(&self.envelope)
             .map_err(|e| CommandError::Malformed(format!("envelope is not JSON: {e}")))?;
         let known = serde_json::to_value(&envelope).expect("envelope serialises");
@@ -724,6 +727,10 @@ pub enum CommandError {
     Malformed(String),
     #[error("command is {len} bytes; the limit is {max}")]
     TooLarge { len: usize, max: usize },
+    /// A field over its limit ([`crate::limits`]): which field (by path), its
+    /// size, the limit and the limit's name.
+    #[error("field {field} is {size} {unit}; the limit is {limit} ({name})")]
+    FieldTooLarge { field: String, size: usize, unit: &'static str, limit: usize, name: &'static str },
     #[error("signature by {author} does not verify over this command; re-sign it with the operator key")]
     BadSignature { author: OperatorKey },
 }

@@ -3,8 +3,8 @@
 //! Everything that crosses a process boundary is defined here: the signed
 //! commands that operators author ([`command`]), the Raft type configuration
 //! and log entry ([`raft`]), the node-to-node RPC frames ([`rpc`]), the
-//! HTTP/JSON API bodies ([`api`]) and the typed error a node answers with
-//! ([`error`]). Other crates convert at the edge and never
+//! HTTP/JSON API bodies ([`api`]), the typed error a node answers with
+//! ([`error`]) and the size limit of every command field ([`limits`]). Other crates convert at the edge and never
 //! derive wire serialization themselves.
 
 #![forbid(unsafe_code)]
@@ -14,6 +14,7 @@ pub mod authz;
 pub mod command;
 pub mod error;
 pub mod keyfmt;
+pub mod limits;
 pub mod raft;
 pub mod rpc;
 pub mod runtime;

@@ -364,3 +364,42 @@ fn admission_outcome_from_a_member_that_does_not_coordinate_never_reaches_the_lo
     assert_eq!(status["last_log_index"].as_u64().unwrap(), index_before, "nothing was proposed");
     assert_eq!(status["rejected_commands"], 0);
 }
+
+#[test]
+fn admission_oversized_field_is_refused_naming_it_and_its_limit() {
+    // An admin-signed membership change whose address is longer than any address can be is
+    // refused by the receiving node before it is proposed, naming the field, its size and the
+    // limit; the log does not grow.
+    let cluster = Cluster::start(1);
+    let status = cluster.status(1).unwrap();
+    let cluster_id = status["cluster_id"].as_str().unwrap().to_string();
+    let index_before = status["last_log_index"].as_u64().unwrap();
+    let admin = synod_cli::operator::load_operator_key(&cluster.path("admin.pem")).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let raft_addr = format!("{}.example:7000", "h".repeat(1000));
+    let envelope = synod_proto::Envelope {
+        cluster_id,
+        command_id: format!("{:032x}", now),
+        issued_at_ms: now,
+        expires_at_ms: now + 60_000,
+        command: synod_proto::Command::AddMember {
+            node_id: 9,
+            addr: synod_proto::NodeAddr { raft_addr: raft_addr.clone(), api_addr: "127.0.0.1:9".into() },
+        },
+    };
+    let body = cluster.path("oversized.json");
+    std::fs::write(&body, serde_json::to_string(&synod_proto::SignedCommand::sign(&envelope, &admin)).unwrap())
+        .unwrap();
+    let (code, json) = post_commands(&cluster, &body);
+    assert_eq!(code, "400", "{json}");
+    let error = json["errors"][0].as_str().unwrap();
+    let expected = format!(
+        "field add_member.addr.raft_addr is {} bytes; the limit is {} (addr_bytes_max)",
+        raft_addr.len(),
+        synod_proto::limits::ADDR_BYTES_MAX
+    );
+    assert!(error.contains(&expected), "{error}");
+    let status = cluster.status(1).unwrap();
+    assert_eq!(status["last_log_index"].as_u64().unwrap(), index_before, "nothing was proposed");
+    assert_eq!(status["rejected_commands"], 0);
+}

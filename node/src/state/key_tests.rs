@@ -581,3 +581,21 @@ fn state_rules_before_coordinators_replay_as_they_applied() {
     refused(&world.by_node(2, Command::Coordinate { node_id: 2, term }), "rules (version 0) do not know");
     assert!(world.by_node(2, failed_by(2)).is_applied());
 }
+
+#[test]
+fn state_oversized_field_is_refused_at_apply_naming_it() {
+    // A command that skipped admission (a byzantine leader) with a field over its limit is
+    // refused at apply with the same message admission gives; a state under the rules before
+    // field limits applies it as it always did.
+    let mut world = World::new();
+    let oversized = world.envelope(Command::AddMember {
+        node_id: 9,
+        addr: NodeAddr { raft_addr: format!("n9:{}", "9".repeat(300)), api_addr: "n9:2".into() },
+    });
+    let signed = SignedCommand::sign(&oversized, &world.admin);
+    refused(&world.apply(signed.clone()), "field add_member.addr.raft_addr is 303 bytes; the limit is 256");
+    assert!(!world.state.members.contains_key(&9));
+    world.state.rules = super::RULES_FIELD_LIMITS - 1;
+    assert!(world.apply(signed).is_applied());
+    assert!(world.state.members.contains_key(&9));
+}

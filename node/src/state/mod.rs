@@ -37,9 +37,13 @@ pub const REJECTIONS_KEPT_MAX: usize = 32;
 ///   field): any member may report a signing outcome.
 /// - 1: signing outcomes are accepted only from the node that took up signing
 ///   in the entry's term ([`Command::Coordinate`]).
-pub const RULES_CURRENT: u32 = 1;
+/// - 2: every field of a command is within its limit
+///   ([`synod_proto::limits::check_envelope`], as at admission).
+pub const RULES_CURRENT: u32 = 2;
 /// The first rules version that needs a take-up before signing outcomes.
 pub const RULES_COORDINATOR: u32 = 1;
+/// The first rules version that checks every field's limit at apply.
+pub const RULES_FIELD_LIMITS: u32 = 2;
 /// How many terms' coordinators the state remembers. Entries apply in term
 /// order, so only the newest is ever consulted; a few more cost nothing and
 /// help `status` readers.
@@ -204,6 +208,9 @@ impl ClusterState {
     fn try_apply(&mut self, index: u64, term: u64, entry: &LogEntry) -> Result<String, Refusal> {
         let signed = &entry.command;
         let envelope = signed.verify().map_err(|e| e.to_string())?;
+        if self.rules >= RULES_FIELD_LIMITS {
+            synod_proto::limits::check_envelope(&envelope).map_err(|e| e.to_string())?;
+        }
         let now = self.time_ms;
         if envelope.expires_at_ms < now {
             return Err(format!(
