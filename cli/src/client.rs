@@ -220,7 +220,11 @@ pub async fn init(
     let members = members.into_iter().map(|(node_id, addr)| synod_proto::Member { node_id, addr }).collect();
     let cacert = client_args.cacert.as_ref().ok_or_else(|| anyhow!("set SYNOD_CACERT to the cluster's ca.crt"))?;
     let ca_certificate = hex::encode(pki::certificate_der(cacert)?);
-    let signed = sign(client_args, cluster_id, Command::Genesis { admins, members, ca_certificate })?;
+    let signed = sign(
+        client_args,
+        cluster_id,
+        Command::VersionedGenesis { rules: synod_proto::command::RULES_CURRENT, admins, members, ca_certificate },
+    )?;
     let client = ApiClient::new(client_args)?;
     let (_, response): (u16, WriteResponse) =
         client.post("/v1/sys/init", &signed).await.context("cluster init failed")?;

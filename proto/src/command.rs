@@ -38,8 +38,6 @@ pub const PARTICIPANTS_MAX: usize = 16;
 pub const CERTIFICATE_HEX_BYTES_MAX: usize = 8 * 1024;
 /// The longest key name, request id or purpose.
 pub const NAME_BYTES_MAX: usize = 64;
-/// The longest cluster id a command may name.
-pub const CLUSTER_ID_BYTES_MAX: usize = 256;
 /// The longest free-text reason a node gives when it aborts or fails something.
 pub const REASON_BYTES_MAX: usize = 1024;
 /// The largest hex-encoded FROST package in a command (a 16-participant public
@@ -111,7 +109,15 @@ pub enum Command {
     /// Accepted once, as the first command of a cluster, signed by one of `admins`.
     /// `ca_certificate` (hex DER) is the cluster CA: commands that nodes author
     /// (DKG messages, signing results) must carry a certificate it issued.
+    /// A genesis without a rules version: a cluster it starts judges by rules
+    /// version 0. Kept so that logs committed before rules were versioned
+    /// replay as they applied; a node refuses to admit it for a new cluster.
     Genesis { admins: Vec<OperatorKey>, members: Vec<Member>, ca_certificate: String },
+    /// The genesis `synod cluster init` sends: as [`Command::Genesis`], and
+    /// the rules version ([`RULES_CURRENT`] when it was made) by which the
+    /// cluster judges every entry, so a log replays by its own rules
+    /// whatever binary replays it.
+    VersionedGenesis { rules: u32, admins: Vec<OperatorKey>, members: Vec<Member>, ca_certificate: String },
     /// Authorises a node to join the cluster (first as a learner, then as a voter).
     AddMember { node_id: NodeId, addr: NodeAddr },
     /// Removes a node from the cluster.
@@ -225,18 +231,28 @@ pub struct SnapshotPoint {
 
 impl SnapshotPoint {
     fn validate(&self) -> Result<(), CommandError> {
-        if self.cluster_id.len() > CLUSTER_ID_BYTES_MAX {
-            return Err(CommandError::Malformed(format!(
-                "snapshot point's cluster id is {} bytes; at most {CLUSTER_ID_BYTES_MAX}",
-                self.cluster_id.len()
-            )));
-        }
+        // Sizes are checked with every other field's (`limits`); this is the shape.
         let digest_ok = self.state_sha256.len() == 64 && self.state_sha256.bytes().all(|b| b.is_ascii_hexdigit());
         if !digest_ok {
             return Err(CommandError::Malformed("snapshot point's state_sha256 must be 64 hex digits".into()));
         }
         Ok(())
     }
+}
+
+/// The rules version a genesis made today names (see `ClusterState::rules`
+/// in the node): how entries are judged. A change to how an entry is judged
+/// raises it, so that a cluster keeps the rules its genesis named.
+pub const RULES_CURRENT: u32 = 2;
+
+/// What a genesis fixes, from either genesis command.
+#[derive(Clone, Copy, Debug)]
+pub struct GenesisParts<'a> {
+    /// The rules version (0 for [`Command::Genesis`]).
+    pub rules: u32,
+    pub admins: &'a [OperatorKey],
+    pub members: &'a [Member],
+    pub ca_certificate: &'a str,
 }
 
 /// The most outcomes one [`Command::SignOutcomes`] carries.
@@ -262,6 +278,7 @@ impl Command {
     pub fn kind(&self) -> &'static str {
         match self {
             Command::Genesis { .. } => "genesis",
+            Command::VersionedGenesis { .. } => "versioned_genesis",
             Command::AddMember { .. } => "add_member",
             Command::RemoveMember { .. } => "remove_member",
             Command::Put { .. } => "put",
@@ -289,7 +306,7 @@ impl Command {
     /// Whose signature this command needs.
     pub fn authority(&self) -> Authority {
         match self {
-            Command::Genesis { .. } => Authority::Genesis,
+            Command::Genesis { .. } | Command::VersionedGenesis { .. } => Authority::Genesis,
             Command::AddMember { .. }
             | Command::RemoveMember { .. }
             | Command::Put { .. }
@@ -314,10 +331,24 @@ impl Command {
         }
     }
 
+    /// What a genesis command fixes; `None` for any other command.
+    pub fn genesis(&self) -> Option<GenesisParts<'_>> {
+        match self {
+            Command::Genesis { admins, members, ca_certificate } => {
+                Some(GenesisParts { rules: 0, admins, members, ca_certificate })
+            }
+            Command::VersionedGenesis { rules, admins, members, ca_certificate } => {
+                Some(GenesisParts { rules: *rules, admins, members, ca_certificate })
+            }
+            _ => None,
+        }
+    }
+
     /// Checks sizes and shapes that do not depend on state.
     pub fn validate(&self) -> Result<(), CommandError> {
         match self {
-            Command::Genesis { admins, members, ca_certificate } => {
+            Command::Genesis { .. } | Command::VersionedGenesis { .. } => {
+                let GenesisParts { admins, members, ca_certificate, .. } = self.genesis().expect("a genesis");
                 validate_hex("CA certificate", ca_certificate, CERTIFICATE_HEX_BYTES_MAX)?;
                 if admins.is_empty() {
                     return Err(CommandError::Malformed("genesis needs at least one admin key".into()));
@@ -821,6 +852,14 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&env).unwrap(),
             r#"{"cluster_id":"c1","command_id":"00000000000000000000000000000000","issued_at_ms":1,"expires_at_ms":2,"command":{"type":"add_member","node_id":4,"addr":{"raft_addr":"127.0.0.1:1","api_addr":"127.0.0.1:2"}}}"#
+        );
+        let take_up = serde_json::to_string(&Command::Coordinate { node_id: 2, term: 7 }).unwrap();
+        assert_eq!(take_up, r#"{"type":"coordinate","node_id":2,"term":7}"#);
+        let genesis =
+            Command::VersionedGenesis { rules: 2, admins: vec![], members: vec![], ca_certificate: "00".into() };
+        assert_eq!(
+            serde_json::to_string(&genesis).unwrap(),
+            r#"{"type":"versioned_genesis","rules":2,"admins":[],"members":[],"ca_certificate":"00"}"#
         );
     }
 }

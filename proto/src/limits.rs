@@ -51,7 +51,9 @@ pub fn check_envelope(envelope: &Envelope) -> Result<(), CommandError> {
 fn check_command(command: &Command, at: &str) -> Result<(), CommandError> {
     let f = |field: &str| format!("{at}.{field}");
     match command {
-        Command::Genesis { admins, members, ca_certificate } => {
+        Command::Genesis { .. } | Command::VersionedGenesis { .. } => {
+            let crate::command::GenesisParts { admins, members, ca_certificate, .. } =
+                command.genesis().expect("a genesis");
             items(&f("admins"), admins.len(), GENESIS_ADMINS_MAX, "genesis_admins_max")?;
             items(&f("members"), members.len(), MEMBERS_MAX, "members_max")?;
             for (i, Member { addr, .. }) in members.iter().enumerate() {
@@ -62,6 +64,10 @@ fn check_command(command: &Command, at: &str) -> Result<(), CommandError> {
         Command::AddMember { addr, .. } => check_addr(&f("addr"), addr),
         Command::RemoveMember { .. } | Command::SetAdminPolicy { .. } => Ok(()),
         Command::AuditCheckpoint { .. } | Command::Coordinate { .. } => Ok(()),
+        Command::Endorse { point, .. } => {
+            bytes(&f("point.cluster_id"), &point.cluster_id, CLUSTER_ID_BYTES_MAX, "cluster_id_bytes_max")?;
+            bytes(&f("point.state_sha256"), &point.state_sha256, DIGEST_HEX_BYTES_MAX, "digest_hex_bytes_max")
+        }
         Command::Put { key, value } => {
             bytes(&f("key"), key, KV_KEY_BYTES_MAX, "kv_key_bytes_max")?;
             bytes(&f("value"), value, KV_VALUE_BYTES_MAX, "kv_value_bytes_max")

@@ -269,16 +269,20 @@ impl Node {
         let applied = self.shared.read();
         let state = &applied.state;
         match (&state.cluster_id, &envelope.command) {
-            (None, Command::Genesis { admins, .. }) if admins.contains(&command.author) => {
+            (None, Command::Genesis { .. }) => Err(NodeError::invalid(
+                "a genesis without a rules version would start a cluster under the rules before versioning; \
+                 initialise it with this version's `synod cluster init`",
+            )),
+            (None, Command::VersionedGenesis { admins, .. }) if admins.contains(&command.author) => {
                 self.genesis_author_pinned(&command.author).map_err(NodeError::refused)
             }
-            (None, Command::Genesis { .. }) => {
+            (None, Command::VersionedGenesis { .. }) => {
                 Err(NodeError::refused("genesis must be signed by one of the admins it names"))
             }
             (None, _) => {
                 Err(NodeError::not_initialised("the cluster is not initialised; run `synod cluster init` first"))
             }
-            (Some(_), Command::Genesis { .. }) => Err(NodeError::conflict("the cluster is already initialised")),
+            (Some(_), cmd) if cmd.genesis().is_some() => Err(NodeError::conflict("the cluster is already initialised")),
             (Some(id), _) if *id != envelope.cluster_id => {
                 Err(NodeError::invalid(format!("command is for cluster {}, this is cluster {id}", envelope.cluster_id)))
             }
@@ -316,7 +320,8 @@ impl Node {
     /// node is uninitialised) and commits the genesis command.
     pub async fn init(&self, command: SignedCommand) -> Result<WriteResponse, NodeError> {
         let envelope = command.verify().map_err(|e| NodeError::invalid(e.to_string()))?;
-        let Command::Genesis { members, ca_certificate, .. } = &envelope.command else {
+        let Some(synod_proto::command::GenesisParts { members, ca_certificate, .. }) = envelope.command.genesis()
+        else {
             return Err(NodeError::invalid("init takes a genesis command"));
         };
         // Before Raft is initialised with these members: a refused genesis leaves nothing behind.
@@ -388,7 +393,7 @@ impl Node {
         entries.iter().find_map(|entry| {
             let openraft::EntryPayload::Normal(data) = &entry.payload else { return None };
             let envelope: synod_proto::Envelope = serde_json::from_str(&data.command.envelope).ok()?;
-            let Command::Genesis { .. } = envelope.command else { return None };
+            envelope.command.genesis()?;
             self.genesis_author_pinned(&data.command.author).err()
         })
     }

@@ -26,8 +26,15 @@ pub(crate) struct World {
 }
 
 impl World {
-    /// Genesis with three members and the in-memory CA.
+    /// Genesis (under the current rules) with three members and the in-memory
+    /// CA; node 1 takes up signing.
     pub(crate) fn new() -> World {
+        World::under(Some(super::RULES_CURRENT))
+    }
+
+    /// As [`World::new`], with a genesis naming `rules` (`None`: a plain
+    /// genesis from before rules were versioned, and no take-up).
+    fn under(rules: Option<u32>) -> World {
         let (ca, nodes) = in_memory_pki(&[1, 2, 3], &mut OsRng).unwrap();
         let admin = SigningKey::from_bytes(&[7; 32]);
         let members = (1..=3)
@@ -45,10 +52,16 @@ impl World {
             time_ms: 1_800_000_000_000,
             term: 1,
         };
-        let genesis =
-            Command::Genesis { admins: vec![OperatorKey::of(&world.admin)], members, ca_certificate: hex::encode(ca) };
-        assert!(world.by_admin(genesis).is_applied());
-        world.take_up(1);
+        let (admins, ca_certificate) = (vec![OperatorKey::of(&world.admin)], hex::encode(ca));
+        let genesis = match rules {
+            Some(rules) => Command::VersionedGenesis { rules, admins, members, ca_certificate },
+            None => Command::Genesis { admins, members, ca_certificate },
+        };
+        let outcome = world.by_admin(genesis);
+        assert!(outcome.is_applied(), "{outcome:?}");
+        if rules.is_some_and(|r| r >= super::RULES_COORDINATOR) {
+            world.take_up(1);
+        }
         world
     }
 
@@ -598,4 +611,30 @@ fn state_oversized_field_is_refused_at_apply_naming_it() {
     world.state.rules = super::RULES_FIELD_LIMITS - 1;
     assert!(world.apply(signed).is_applied());
     assert!(world.state.members.contains_key(&9));
+}
+
+#[test]
+fn state_genesis_names_the_rules_a_replay_judges_by() {
+    // A plain genesis (a log from before rules were versioned) starts a state under rules 0
+    // whatever rules this binary knows, so replaying that log judges its outcomes as they
+    // applied; a genesis naming rules newer than this binary knows is refused, saying so.
+    let mut world = World::under(None);
+    assert_eq!(world.state.rules, 0);
+    pending_request(&mut world);
+    assert!(world.by_node(2, failed_by(2)).is_applied());
+    let mut world = World::under(Some(super::RULES_CURRENT));
+    assert_eq!(world.state.rules, super::RULES_CURRENT);
+    pending_request(&mut world);
+    refused(&world.by_node(2, failed_by(2)), "which node 1 coordinates");
+
+    let mut fresh = World::new();
+    fresh.state = ClusterState::default();
+    let genesis = Command::VersionedGenesis {
+        rules: super::RULES_CURRENT + 1,
+        admins: vec![OperatorKey::of(&fresh.admin)],
+        members: vec![Member { node_id: 1, addr: NodeAddr { raft_addr: "n1:1".into(), api_addr: "n1:2".into() } }],
+        ca_certificate: "00".into(),
+    };
+    refused(&fresh.by_admin(genesis), "upgrade synod on every node");
+    assert!(fresh.state.cluster_id.is_none());
 }

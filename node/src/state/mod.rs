@@ -29,17 +29,18 @@ pub use signing::{checkpoint_request_id, checkpoint_seq, RequestRecord, RequestS
 /// How many recent refusals the state keeps for `status`.
 pub const REJECTIONS_KEPT_MAX: usize = 32;
 
-/// The rules a state set up by genesis today judges entries by. A rule that
-/// changes how an entry is judged gets a new version, and a state keeps the
-/// version its genesis set, so entries committed under older rules replay
-/// exactly as they applied. Versions:
-/// - 0: the rules before versioning (a state from before has no `rules`
-///   field): any member may report a signing outcome.
+/// The rules a genesis made today names ([`Command::VersionedGenesis`]). A
+/// rule that changes how an entry is judged gets a new version, and a state
+/// keeps the version its genesis named, so a log replays exactly as it
+/// applied, whatever binary replays it. Versions:
+/// - 0: the rules before versioning (a plain [`Command::Genesis`], or a state
+///   from before, with no `rules` field): any member may report a signing
+///   outcome.
 /// - 1: signing outcomes are accepted only from the node that took up signing
 ///   in the entry's term ([`Command::Coordinate`]).
 /// - 2: every field of a command is within its limit
 ///   ([`synod_proto::limits::check_envelope`], as at admission).
-pub const RULES_CURRENT: u32 = 2;
+pub use synod_proto::command::RULES_CURRENT;
 /// The first rules version that needs a take-up before signing outcomes.
 pub const RULES_COORDINATOR: u32 = 1;
 /// The first rules version that checks every field's limit at apply.
@@ -236,13 +237,22 @@ impl ClusterState {
         }
 
         let detail = match (&self.cluster_id, &envelope.command) {
-            (None, Command::Genesis { admins, members, ca_certificate }) => {
+            (None, command) if command.genesis().is_some() => {
+                let synod_proto::command::GenesisParts { rules, admins, members, ca_certificate } =
+                    command.genesis().expect("a genesis");
                 if !admins.contains(&signed.author) {
                     return Err("genesis must be signed by one of the admins it names".into());
                 }
+                if rules > RULES_CURRENT {
+                    return Err(format!(
+                        "genesis names rules version {rules}, but this node knows versions up to {RULES_CURRENT}; \
+                         upgrade synod on every node"
+                    )
+                    .into());
+                }
                 self.cluster_id = Some(envelope.cluster_id.clone());
-                self.rules = RULES_CURRENT;
-                self.ca_certificate = Some(ca_certificate.clone());
+                self.rules = rules;
+                self.ca_certificate = Some(ca_certificate.to_string());
                 self.genesis_operators(admins);
                 self.admin_approvals_required = 1;
                 self.members = synod_proto::command::member_map(members);
@@ -398,7 +408,9 @@ impl ClusterState {
         command: &Command,
     ) -> Result<String, Refusal> {
         match command {
-            Command::Genesis { .. } => Err("the cluster is already initialised; genesis happens once".into()),
+            Command::Genesis { .. } | Command::VersionedGenesis { .. } => {
+                Err("the cluster is already initialised; genesis happens once".into())
+            }
             Command::AddMember { node_id, addr } => {
                 if let Some(existing) = self.members.get(node_id) {
                     if existing != addr {
@@ -569,7 +581,12 @@ mod tests {
     fn genesis() -> ClusterState {
         let mut state = ClusterState::default();
         let members = vec![synod_proto::Member { node_id: 1, addr: addr(1000) }];
-        let cmd = Command::Genesis { admins: vec![OperatorKey::of(&admin())], members, ca_certificate: "00".into() };
+        let cmd = Command::VersionedGenesis {
+            rules: RULES_CURRENT,
+            admins: vec![OperatorKey::of(&admin())],
+            members,
+            ca_certificate: "00".into(),
+        };
         assert!(state.apply(1, 1, &entry(&admin(), 1, 10, "c", cmd)).is_applied());
         state
     }

@@ -39,8 +39,12 @@ fn genesis_by(ctx: &ClientCtx, admin: &SigningKey, rng: &mut ChaCha8Rng) -> Sign
             addr: NodeAddr { raft_addr: net::node_addr(id), api_addr: format!("{}:8000", net::node_name(id)) },
         })
         .collect();
-    let command =
-        Command::Genesis { admins: vec![OperatorKey::of(admin)], members, ca_certificate: ctx.ca_certificate.clone() };
+    let command = Command::VersionedGenesis {
+        rules: synod_proto::command::RULES_CURRENT,
+        admins: vec![OperatorKey::of(admin)],
+        members,
+        ca_certificate: ctx.ca_certificate.clone(),
+    };
     ctx.sign(admin, rng, command)
 }
 
