@@ -240,6 +240,9 @@ pub async fn status(args: &ClientArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("cluster      {}", status.cluster_id.as_deref().unwrap_or("(not initialised)"));
+    if let Some(name) = &status.cluster_name {
+        println!("name         {name}");
+    }
     println!("this node    {} ({})", status.node_id, status.role);
     println!("leader       {}", status.leader_id.map_or("(none)".into(), |l| l.to_string()));
     println!("term         {}", status.term);

@@ -243,7 +243,9 @@ pub enum ClusterCmd {
         /// A genesis admin's public key (hex); repeat. Defaults to the signing operator's key.
         #[arg(long = "admin")]
         admins: Vec<String>,
-        /// The cluster's id; random when omitted.
+        /// The cluster's name, a readable label (random when omitted). The id every
+        /// command names is derived from the genesis, so two clusters with the same
+        /// name and admins still refuse each other's commands.
         #[arg(long)]
         cluster_id: Option<String>,
         #[command(flatten)]

@@ -109,9 +109,14 @@ pub async fn run(config_path: &Path, prompt: PassphrasePrompt) -> anyhow::Result
         genesis_admins: config.genesis_admins.iter().copied().collect(),
     })
     .await?;
-    let actual = node.state().read().state.cluster_id.clone();
+    let (actual, name) = {
+        let applied = node.state().read();
+        (applied.state.cluster_id.clone(), applied.state.cluster_name.clone())
+    };
     if let (Some(pinned), Some(actual)) = (&config.cluster_id, actual) {
-        if *pinned != actual {
+        // The pin may name the derived id or the name chosen at init (which the
+        // operator knows before the id exists).
+        if *pinned != actual && name.as_ref() != Some(pinned) {
             node.shutdown().await;
             bail!(
                 "data directory {} belongs to cluster {actual}, but {} pins cluster_id = {pinned}; refusing to start",

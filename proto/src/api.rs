@@ -61,7 +61,12 @@ pub struct Rejection {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Status {
     pub node_id: NodeId,
+    /// The id every command and approval names (derived from the genesis).
     pub cluster_id: Option<String>,
+    /// The name the operator chose at `cluster init`, a readable label (none
+    /// for a cluster whose id is that name, from before ids were derived).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_name: Option<String>,
     pub role: RaftRole,
     pub leader_id: Option<NodeId>,
     pub term: u64,

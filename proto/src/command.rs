@@ -243,7 +243,24 @@ impl SnapshotPoint {
 /// The rules version a genesis made today names (see `ClusterState::rules`
 /// in the node): how entries are judged. A change to how an entry is judged
 /// raises it, so that a cluster keeps the rules its genesis named.
-pub const RULES_CURRENT: u32 = 2;
+pub const RULES_CURRENT: u32 = 3;
+
+/// Domain-separation tag of a cluster id derived from its genesis.
+pub const CLUSTER_ID_DOMAIN: &[u8] = b"synod/cluster-id/v1\0";
+
+/// The id of the cluster a genesis makes (rules version 3 on): SHA-256 over
+/// [`CLUSTER_ID_DOMAIN`] and the genesis envelope's exact signed text, as hex.
+/// Two clusters made with the same name and admin keys still get different
+/// ids (each genesis has its own random command id and times), so a command
+/// or an approval made for one is refused by the other. The name the operator
+/// chose stays a readable label.
+pub fn cluster_id_of_genesis(envelope_text: &str) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(CLUSTER_ID_DOMAIN);
+    hash.update(envelope_text.as_bytes());
+    hex::encode(hash.finalize())
+}
 
 /// What a genesis fixes, from either genesis command.
 #[derive(Clone, Copy, Debug)]

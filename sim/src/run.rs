@@ -587,11 +587,19 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
         sim.host(net::node_name(m.id), move || cluster::run_node(boot.clone()));
     }
 
+    let cluster_name = format!("sim-{}", cfg.seed);
+    let ca_certificate = hex::encode(&ca_der);
+    let genesis = {
+        let of = workload::GenesisOf { nodes: cfg.nodes, ca_certificate: &ca_certificate, cluster_name: &cluster_name };
+        workload::genesis_by(&of, &admin, &mut ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xb007))
+    };
     let ctx = ClientCtx {
         seed: cfg.seed,
         nodes: cfg.nodes,
-        cluster_id: format!("sim-{}", cfg.seed),
-        ca_certificate: hex::encode(&ca_der),
+        cluster_id: synod_proto::command::cluster_id_of_genesis(&genesis.envelope),
+        cluster_name,
+        genesis,
+        ca_certificate,
         admin: admin.clone(),
         stranger,
         identities,

@@ -403,3 +403,60 @@ fn admission_oversized_field_is_refused_naming_it_and_its_limit() {
     assert_eq!(status["last_log_index"].as_u64().unwrap(), index_before, "nothing was proposed");
     assert_eq!(status["rejected_commands"], 0);
 }
+
+/// A one-node cluster named `name` at init; with `admin_of`, signed for by that
+/// cluster's admin key (copied before the node's config pins it).
+fn start_named(name: &str, admin_of: Option<&Cluster>) -> Cluster {
+    let mut cluster = Cluster::prepare(Options::default());
+    if let Some(other) = admin_of {
+        std::fs::copy(other.path("admin.pem"), cluster.path("admin.pem")).unwrap();
+    }
+    cluster.add_node_files(1);
+    cluster.start_new_nodes(&[1]);
+    let mut args = cluster.init_args();
+    args.push(format!("--cluster-id={name}"));
+    ok(&cluster.synod(1, &args.iter().map(String::as_str).collect::<Vec<_>>()));
+    cluster.wait_leader();
+    cluster
+}
+
+#[test]
+fn cluster_id_command_for_a_twin_cluster_with_the_same_name_and_admin_is_refused() {
+    // Two clusters started with the same admin key and the same name get different ids,
+    // derived from their genesis, and show the name as a label. A command the admin signed
+    // for one is refused by the other, naming both ids, and commits nothing there; the CLI,
+    // which learns the id from the node, keeps working on both.
+    let a = start_named("twins", None);
+    let b = start_named("twins", Some(&a));
+    assert_eq!(a.admin_key_hex(), b.admin_key_hex());
+    let (status_a, status_b) = (a.status(1).unwrap(), b.status(1).unwrap());
+    assert_eq!(status_a["cluster_name"], "twins");
+    assert_eq!(status_b["cluster_name"], "twins");
+    let (id_a, id_b) = (status_a["cluster_id"].as_str().unwrap(), status_b["cluster_id"].as_str().unwrap());
+    assert_ne!(id_a, id_b);
+    assert_eq!(id_a.len(), 64, "{id_a}");
+
+    let admin = synod_cli::operator::load_operator_key(&a.path("admin.pem")).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let envelope = synod_proto::Envelope {
+        cluster_id: id_a.to_string(),
+        command_id: format!("{:032x}", now),
+        issued_at_ms: now,
+        expires_at_ms: now + 60_000,
+        command: synod_proto::Command::Put { key: "from".into(), value: "cluster a".into() },
+    };
+    let body = b.path("for-a.json");
+    std::fs::write(&body, serde_json::to_string(&synod_proto::SignedCommand::sign(&envelope, &admin)).unwrap())
+        .unwrap();
+    let index_before = status_b["last_log_index"].as_u64().unwrap();
+    let (code, json) = post_commands(&b, &body);
+    assert_eq!(code, "400", "{json}");
+    let error = json["errors"][0].as_str().unwrap();
+    assert!(error.contains(&format!("command is for cluster {id_a}, this is cluster {id_b}")), "{error}");
+    assert_eq!(b.status(1).unwrap()["last_log_index"].as_u64().unwrap(), index_before, "nothing was proposed");
+    let (code, json) = post_commands(&a, &body);
+    assert_eq!(code, "200", "the command is good for the cluster it was signed for: {json}");
+
+    b.put(1, "from", "cluster b").unwrap();
+    assert!(ok(&b.synod(1, &["status"])).contains("name         twins"));
+}

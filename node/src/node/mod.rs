@@ -295,6 +295,7 @@ impl Node {
         Status {
             node_id: self.id,
             cluster_id: state.cluster_id.clone(),
+            cluster_name: state.cluster_name.clone(),
             role: Self::role(m.state),
             leader_id: m.current_leader,
             term: m.current_term,

@@ -75,7 +75,8 @@ impl World {
     fn envelope(&mut self, command: Command) -> Envelope {
         self.next_id += 1;
         Envelope {
-            cluster_id: CLUSTER.into(),
+            // The genesis names the cluster; every later command its (derived) id.
+            cluster_id: self.state.cluster_id.clone().unwrap_or_else(|| CLUSTER.into()),
             command_id: format!("{:032x}", self.next_id),
             issued_at_ms: self.time_ms,
             expires_at_ms: self.time_ms + 60_000,

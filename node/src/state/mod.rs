@@ -40,11 +40,16 @@ pub const REJECTIONS_KEPT_MAX: usize = 32;
 ///   in the entry's term ([`Command::Coordinate`]).
 /// - 2: every field of a command is within its limit
 ///   ([`synod_proto::limits::check_envelope`], as at admission).
+/// - 3: the cluster id is derived from the genesis
+///   ([`synod_proto::command::cluster_id_of_genesis`]); the name the genesis
+///   envelope carries becomes `cluster_name`.
 pub use synod_proto::command::RULES_CURRENT;
 /// The first rules version that needs a take-up before signing outcomes.
 pub const RULES_COORDINATOR: u32 = 1;
 /// The first rules version that checks every field's limit at apply.
 pub const RULES_FIELD_LIMITS: u32 = 2;
+/// The first rules version whose cluster id is derived from the genesis.
+pub const RULES_DERIVED_CLUSTER_ID: u32 = 3;
 /// How many terms' coordinators the state remembers. Entries apply in term
 /// order, so only the newest is ever consulted; a few more cost nothing and
 /// help `status` readers.
@@ -53,8 +58,14 @@ pub const COORDINATOR_TERMS_KEPT_MAX: usize = 8;
 /// Everything the log has decided so far. Serialised whole into snapshots.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
-    /// Set by the genesis command; every later command must name it.
+    /// Set by the genesis command; every later command and approval must name
+    /// it. Under [`RULES_DERIVED_CLUSTER_ID`] it is derived from the genesis
+    /// envelope; before, it is the name the genesis envelope carried.
     pub cluster_id: Option<String>,
+    /// The name the operator chose at `cluster init` (the genesis envelope's
+    /// `cluster_id`), kept as a readable label when the id is derived.
+    #[serde(default)]
+    pub cluster_name: Option<String>,
     /// Which rules this state judges entries by ([`RULES_CURRENT`] from
     /// genesis on; 0, the default, for a state whose genesis predates them).
     #[serde(default)]
@@ -250,18 +261,20 @@ impl ClusterState {
                     )
                     .into());
                 }
-                self.cluster_id = Some(envelope.cluster_id.clone());
+                let name = envelope.cluster_id.clone();
+                let id = if rules >= RULES_DERIVED_CLUSTER_ID {
+                    self.cluster_name = Some(name.clone());
+                    synod_proto::command::cluster_id_of_genesis(&signed.envelope)
+                } else {
+                    name.clone()
+                };
+                self.cluster_id = Some(id.clone());
                 self.rules = rules;
                 self.ca_certificate = Some(ca_certificate.to_string());
                 self.genesis_operators(admins);
                 self.admin_approvals_required = 1;
                 self.members = synod_proto::command::member_map(members);
-                format!(
-                    "cluster {} initialised with {} admins and {} members",
-                    envelope.cluster_id,
-                    admins.len(),
-                    members.len()
-                )
+                format!("cluster {name} initialised as {id} with {} admins and {} members", admins.len(), members.len())
             }
             (None, other) => {
                 return Err(format!("{} before genesis; run `synod cluster init` first", other.kind()).into())
@@ -591,12 +604,44 @@ mod tests {
         state
     }
 
+    /// The id later commands must name: derived from the genesis.
+    fn id(state: &ClusterState) -> String {
+        state.cluster_id.clone().expect("initialised")
+    }
+
+    #[test]
+    fn state_cluster_id_is_derived_from_the_genesis_and_the_name_kept() {
+        // Under the current rules the id is a hash of the genesis envelope, not the name it
+        // carries: a command naming only the name is refused, and so is one for another
+        // cluster made with the same name and admin (its genesis differs in id and time).
+        let mut state = genesis();
+        assert_eq!(state.cluster_name.as_deref(), Some("c"));
+        assert_eq!(id(&state).len(), 64);
+        assert_ne!(id(&state), "c");
+        let put = || Command::Put { key: "a".into(), value: "1".into() };
+        let named = state.apply(2, 1, &entry(&admin(), 2, 11, "c", put()));
+        assert!(matches!(named, Outcome::Rejected { ref reason, .. } if reason.contains("this is cluster")));
+        let mut twin = ClusterState::default();
+        let members = vec![synod_proto::Member { node_id: 1, addr: addr(1000) }];
+        let cmd = Command::VersionedGenesis {
+            rules: RULES_CURRENT,
+            admins: vec![OperatorKey::of(&admin())],
+            members,
+            ca_certificate: "00".into(),
+        };
+        assert!(twin.apply(1, 1, &entry(&admin(), 9, 10, "c", cmd)).is_applied());
+        assert_ne!(id(&twin), id(&state));
+        let for_twin = state.apply(3, 1, &entry(&admin(), 3, 11, &id(&twin), put()));
+        assert!(matches!(for_twin, Outcome::Rejected { ref reason, .. } if reason.contains("this is cluster")));
+        assert!(state.apply(4, 1, &entry(&admin(), 4, 11, &id(&state), put())).is_applied());
+    }
+
     #[test]
     fn state_genesis_then_admin_writes() {
         // Genesis fixes the admins; an admin's write applies and is versioned.
         let mut state = genesis();
         let put = Command::Put { key: "a".into(), value: "1".into() };
-        assert!(state.apply(2, 1, &entry(&admin(), 2, 11, "c", put)).is_applied());
+        assert!(state.apply(2, 1, &entry(&admin(), 2, 11, &id(&state), put)).is_applied());
         assert_eq!(state.kv["a"].version, 1);
     }
 
@@ -606,7 +651,7 @@ mod tests {
         let mut state = genesis();
         let stranger = SigningKey::from_bytes(&[9; 32]);
         let add = Command::AddMember { node_id: 9, addr: addr(2000) };
-        let outcome = state.apply(2, 1, &entry(&stranger, 2, 11, "c", add));
+        let outcome = state.apply(2, 1, &entry(&stranger, 2, 11, &id(&state), add));
         assert!(matches!(outcome, Outcome::Rejected { ref reason, .. } if reason.contains("not an admin")));
         assert_eq!(state.members.len(), 1);
         assert_eq!(state.rejected_commands, 1);
@@ -617,10 +662,10 @@ mod tests {
         // A replayed, expired or foreign-cluster command is refused with its reason.
         let mut state = genesis();
         let put = || Command::Put { key: "a".into(), value: "1".into() };
-        let e = entry(&admin(), 2, 11, "c", put());
+        let e = entry(&admin(), 2, 11, &id(&state), put());
         assert!(state.apply(2, 1, &e).is_applied());
         assert!(matches!(state.apply(3, 1, &e), Outcome::Rejected { ref reason, .. } if reason.contains("replay")));
-        let mut late = entry(&admin(), 3, 11, "c", put());
+        let mut late = entry(&admin(), 3, 11, &id(&state), put());
         late.time_ms = 11 + 60_001;
         assert!(matches!(state.apply(4, 1, &late), Outcome::Rejected { ref reason, .. } if reason.contains("expired")));
         let foreign = entry(&admin(), 4, 200_000, "other", put());
@@ -634,7 +679,7 @@ mod tests {
         // An entry stamped earlier than the state's time does not rewind it.
         let mut state = genesis();
         let put = Command::Put { key: "a".into(), value: "1".into() };
-        state.apply(2, 1, &entry(&admin(), 2, 5, "c", put));
+        state.apply(2, 1, &entry(&admin(), 2, 5, &id(&state), put));
         assert_eq!(state.time_ms, 10);
     }
 }

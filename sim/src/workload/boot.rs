@@ -21,19 +21,27 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 use synod_proto::api::ClientRequest;
 use synod_proto::NodeError;
-use synod_proto::{Command, Member, NodeAddr, OperatorKey, SignedCommand};
+use synod_proto::{Command, Envelope, Member, NodeAddr, OperatorKey, SignedCommand};
 
-use super::{call_node, written, ClientCtx, Phase};
+use super::{call_node, written, ClientCtx, Phase, COMMAND_TTL_MS};
+use crate::cluster::EPOCH_MS;
 use crate::net;
 
-/// The genesis command: one admin, every simulated node a member.
-pub fn genesis(ctx: &ClientCtx, rng: &mut ChaCha8Rng) -> SignedCommand {
-    genesis_by(ctx, &ctx.admin, rng)
+/// What a simulated genesis names besides its admin.
+pub struct GenesisOf<'a> {
+    /// How many nodes there are; every one is a member.
+    pub nodes: u64,
+    /// The cluster CA (hex DER).
+    pub ca_certificate: &'a str,
+    /// The name the genesis envelope carries (the cluster id derives from the whole envelope).
+    pub cluster_name: &'a str,
 }
 
-/// A genesis naming, and signed by, `admin`.
-fn genesis_by(ctx: &ClientCtx, admin: &SigningKey, rng: &mut ChaCha8Rng) -> SignedCommand {
-    let members = (1..=ctx.nodes)
+/// A genesis naming, and signed by, `admin`, issued at the simulation's
+/// epoch. The run builds the real one before any client starts, so every
+/// client signs for the cluster id derived from it.
+pub fn genesis_by(of: &GenesisOf<'_>, admin: &SigningKey, rng: &mut ChaCha8Rng) -> SignedCommand {
+    let members = (1..=of.nodes)
         .map(|id| Member {
             node_id: id,
             addr: NodeAddr { raft_addr: net::node_addr(id), api_addr: format!("{}:8000", net::node_name(id)) },
@@ -43,20 +51,21 @@ fn genesis_by(ctx: &ClientCtx, admin: &SigningKey, rng: &mut ChaCha8Rng) -> Sign
         rules: synod_proto::command::RULES_CURRENT,
         admins: vec![OperatorKey::of(admin)],
         members,
-        ca_certificate: ctx.ca_certificate.clone(),
+        ca_certificate: of.ca_certificate.to_string(),
     };
-    ctx.sign(admin, rng, command)
+    let envelope = Envelope::new(of.cluster_name, command, EPOCH_MS, COMMAND_TTL_MS, rng);
+    SignedCommand::sign(&envelope, admin)
 }
 
 /// `synod cluster init` against node 1, retried until genesis is committed,
 /// after the intruder's attempt on the last node.
 pub async fn boot_client(ctx: ClientCtx) -> turmoil::Result {
     let mut intruder_rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0x1a7d);
-    let foreign = ClientRequest::Init { command: genesis_by(&ctx, &ctx.stranger, &mut intruder_rng) };
+    let of = GenesisOf { nodes: ctx.nodes, ca_certificate: &ctx.ca_certificate, cluster_name: &ctx.cluster_name };
+    let foreign = ClientRequest::Init { command: genesis_by(&of, &ctx.stranger, &mut intruder_rng) };
     let answer = call_node(&ctx.net, ctx.nodes, &foreign, Duration::from_secs(20), written).await;
     ctx.event(format!("boot: an intruder's genesis at n{}: {answer:?}", ctx.nodes));
-    let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0xb007);
-    let command = genesis(&ctx, &mut rng);
+    let command = ctx.genesis.clone();
     loop {
         let init = ClientRequest::Init { command: command.clone() };
         match call_node(&ctx.net, 1, &init, Duration::from_secs(20), written).await {

@@ -53,7 +53,7 @@ mod signing;
 
 pub use adversary::adversary;
 pub use approvers::approver_client;
-pub use boot::{boot_client, genesis};
+pub use boot::{boot_client, genesis_by, GenesisOf};
 pub use keys::{key_threshold, keygen_client, sim_policy, CREATE_KEY_TIMEOUT};
 pub use kv::{workload_client, KvWorkload};
 pub use signing::{
@@ -248,7 +248,13 @@ impl History {
 pub struct ClientCtx {
     pub seed: u64,
     pub nodes: u64,
+    /// The cluster id every envelope and approval names: derived from
+    /// [`ClientCtx::genesis`].
     pub cluster_id: String,
+    /// The name the genesis envelope carries.
+    pub cluster_name: String,
+    /// The genesis the boot client commits (built before any client starts).
+    pub genesis: SignedCommand,
     /// The simulation's cluster CA (hex DER), named in genesis.
     pub ca_certificate: String,
     pub admin: SigningKey,
