@@ -31,7 +31,8 @@ pub struct NodeConfig {
     pub kek: KekConfig,
     #[serde(default)]
     pub raft: RaftTuning,
-    /// When set, the node refuses a data directory of another cluster.
+    /// When set, the node refuses a data directory of another cluster (the pin
+    /// may name the cluster's id or the name given at `cluster init`).
     #[serde(default)]
     pub cluster_id: Option<String>,
     /// The operator keys (hex) that may initialise the cluster this node

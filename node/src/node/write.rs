@@ -320,10 +320,18 @@ impl Node {
     /// node is uninitialised) and commits the genesis command.
     pub async fn init(&self, command: SignedCommand) -> Result<WriteResponse, NodeError> {
         let envelope = command.verify().map_err(|e| NodeError::invalid(e.to_string()))?;
-        let Some(synod_proto::command::GenesisParts { members, ca_certificate, .. }) = envelope.command.genesis()
+        let Some(synod_proto::command::GenesisParts { members, ca_certificate, rules, .. }) =
+            envelope.command.genesis()
         else {
             return Err(NodeError::invalid("init takes a genesis command"));
         };
+        if rules == 0 {
+            // Refused before Raft is initialised, as the write path would refuse it.
+            return Err(NodeError::invalid(
+                "a genesis without a rules version would start a cluster under the rules before versioning; \
+                 initialise it with this version's `synod cluster init`",
+            ));
+        }
         // Before Raft is initialised with these members: a refused genesis leaves nothing behind.
         self.genesis_author_pinned(&command.author).map_err(NodeError::refused)?;
         let ca = hex::decode(ca_certificate).map_err(|_| NodeError::invalid("the CA certificate is not hex"))?;
