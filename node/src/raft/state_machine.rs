@@ -55,6 +55,8 @@ pub struct Points {
     every: u64,
     /// The state right after the newest point, as `apply` copied it.
     captured: tokio::sync::watch::Sender<Option<Arc<Applied>>>,
+    /// Whether an entry other than an endorsement was applied since the last point.
+    content_since_point: std::sync::atomic::AtomicBool,
     /// The newest point enough members vouch for, with their endorsements:
     /// what the next snapshot is built from.
     ready: Mutex<Option<(Arc<Point>, Vec<SignedCommand>)>>,
@@ -62,7 +64,12 @@ pub struct Points {
 
 impl Points {
     fn new(every: u64) -> Points {
-        Points { every: every.max(1), captured: tokio::sync::watch::channel(None).0, ready: Mutex::default() }
+        Points {
+            every: every.max(1),
+            captured: tokio::sync::watch::channel(None).0,
+            content_since_point: std::sync::atomic::AtomicBool::new(true),
+            ready: Mutex::default(),
+        }
     }
 
     /// Wakes with each newly captured point.
@@ -243,9 +250,19 @@ impl StateMachine {
             };
             outcomes.push(outcome);
             audit.extend(applied.state.take_audit());
-            if index % self.shared.3.every == 0 && applied.state.cluster_id.is_some() {
-                // A copy, not a serialisation: the node serialises it off this lock.
-                self.shared.3.captured.send_replace(Some(Arc::new(applied.clone())));
+            let endorsement = matches!(entry.payload, EntryPayload::Normal(_)) && applied.state.last_was_endorsement;
+            if !endorsement {
+                self.shared.3.content_since_point.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            let points = &self.shared.3;
+            if index % points.every == 0 && applied.state.cluster_id.is_some() {
+                // Only a stretch holding more than endorsements makes a point: else, with
+                // points closer together than the members, endorsements would make
+                // points of their own for ever.
+                if points.content_since_point.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    // A copy, not a serialisation: the node serialises it off this lock.
+                    points.captured.send_replace(Some(Arc::new(applied.clone())));
+                }
             }
         }
         if let Some(last) = applied.last_applied {
@@ -539,5 +556,31 @@ mod tests {
         let head = crate::state::verify_chain(&crate::state::AuditHead::default(), &decoded.tail.audit)
             .expect("chain verifies");
         assert_eq!(head, decoded.applied.state.audit_head);
+    }
+
+    #[test]
+    fn snapshot_points_are_not_made_of_endorsements_alone() {
+        // Every second index is a point here, closer than the endorsements one point draws:
+        // a stretch holding only endorsements makes no point, so they do not feed themselves.
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let (sm, shared) = StateMachine::open(store, 1, 2).expect("open");
+        let mut captured = shared.points().subscribe();
+        let put = |i: u64| entry(i, Command::Put { key: format!("k{i}"), value: "v".into() });
+        let endorse = |i: u64| {
+            let point = synod_proto::command::SnapshotPoint {
+                cluster_id: "c".into(),
+                index: 2,
+                term: 1,
+                state_sha256: "0".repeat(64),
+            };
+            entry(i, Command::Endorse { node_id: 1, point })
+        };
+        sm.apply_entries([entry(1, genesis()), put(2)]);
+        assert!(captured.has_changed().unwrap(), "index 2 follows a put");
+        captured.borrow_and_update();
+        sm.apply_entries([endorse(3), endorse(4)]);
+        assert!(!captured.has_changed().unwrap(), "index 4 follows only endorsements");
+        sm.apply_entries([put(5), endorse(6)]);
+        assert!(captured.has_changed().unwrap(), "index 6 follows a put");
     }
 }

@@ -93,6 +93,11 @@ pub struct ClusterState {
     /// for the audit (one record per outcome).
     #[serde(skip)]
     batch_judged: Vec<(Command, Result<String, String>)>,
+    /// Whether the entry applied last was an endorsement (so the state
+    /// machine does not make a snapshot point of a stretch holding nothing
+    /// else, which would make endorsements of endorsements for ever).
+    #[serde(skip)]
+    pub last_was_endorsement: bool,
     /// The signed member registry: who may be part of the cluster.
     pub members: BTreeMap<NodeId, NodeAddr>,
     /// Replicated metadata records.
@@ -172,6 +177,7 @@ impl ClusterState {
         self.expire_requests();
         self.expire_proposals();
         let envelope: Option<Envelope> = serde_json::from_str(&entry.command.envelope).ok();
+        self.last_was_endorsement = matches!(&envelope, Some(e) if matches!(e.command, Command::Endorse { .. }));
         let outcome = self.apply_outcome(index, term, entry);
         let judged = std::mem::take(&mut self.batch_judged);
         match (&envelope, judged.is_empty()) {
