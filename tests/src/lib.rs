@@ -367,6 +367,20 @@ impl Cluster {
         }
     }
 
+    /// Signs `message` with key `key` through node `via` (`synod sign`); the
+    /// request as JSON, or the CLI's error text.
+    pub fn sign(&self, via: u64, key: &str, message: &[u8], request_id: &str) -> Result<Value, String> {
+        let file = self.path(&format!("msg-{request_id}"));
+        std::fs::write(&file, message).unwrap();
+        let out =
+            self.synod(via, &["sign", key, "--in", file.to_str().unwrap(), "--request-id", request_id, "-o", "json"]);
+        if out.status.success() {
+            Ok(serde_json::from_slice(&out.stdout).expect("request JSON"))
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
     /// Reads key at node `id` from its applied state.
     pub fn get(&self, id: u64, key: &str) -> Option<String> {
         let out = self.synod(id, &["kv", "get", key, "-o", "json"]);

@@ -18,19 +18,6 @@ fn create_key(cluster: &Cluster, via: u64, name: &str, threshold: u16) -> Value 
     key
 }
 
-/// Signs `message` with `key` via node `via`; returns the request as JSON.
-fn sign(cluster: &Cluster, via: u64, key: &str, message: &[u8], request_id: &str) -> Result<Value, String> {
-    let file = cluster.path(&format!("msg-{request_id}"));
-    std::fs::write(&file, message).unwrap();
-    let out =
-        cluster.synod(via, &["sign", key, "--in", file.to_str().unwrap(), "--request-id", request_id, "-o", "json"]);
-    if out.status.success() {
-        Ok(serde_json::from_slice(&out.stdout).expect("request JSON"))
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
@@ -112,7 +99,7 @@ fn signs_and_verifies(n: u64, t: u16) {
     assert_eq!(key["participants"].as_array().unwrap().len() as u64, n);
     for (i, via) in (1..=n).take(3).enumerate() {
         let message = format!("release artifact {i} of a {t}-of-{n} key").into_bytes();
-        let request = sign(&cluster, via, "release", &message, &format!("rel-{i}")).expect("signed");
+        let request = cluster.sign(via, "release", &message, &format!("rel-{i}")).expect("signed");
         assert_eq!(request["signers"].as_array().unwrap().len(), usize::from(t));
         verify_everywhere(&cluster, "release", &message, &request);
     }
@@ -143,10 +130,10 @@ fn signing_request_id_is_idempotent_and_bound_to_one_message() {
     // a message over 64 KiB is refused with advice; key formats print for every standard.
     let cluster = Cluster::start(3);
     create_key(&cluster, 1, "tokens", 2);
-    let first = sign(&cluster, 2, "tokens", b"mint 5", "mint-1").unwrap();
-    let again = sign(&cluster, 3, "tokens", b"mint 5", "mint-1").unwrap();
+    let first = cluster.sign(2, "tokens", b"mint 5", "mint-1").unwrap();
+    let again = cluster.sign(3, "tokens", b"mint 5", "mint-1").unwrap();
     assert_eq!(first["signature"], again["signature"]);
-    let err = sign(&cluster, 1, "tokens", b"mint 500", "mint-1").unwrap_err();
+    let err = cluster.sign(1, "tokens", b"mint 500", "mint-1").unwrap_err();
     assert!(err.contains("one request id, one message"), "{err}");
     let big = cluster.path("big");
     std::fs::write(&big, vec![0u8; 64 * 1024 + 1]).unwrap();
@@ -158,7 +145,7 @@ fn signing_request_id_is_idempotent_and_bound_to_one_message() {
         let out = ok(&cluster.synod(1, &["key", "show", "tokens", "--format", format]));
         assert!(!out.trim().is_empty());
     }
-    let err = sign(&cluster, 1, "missing-key", b"x", "m-2").unwrap_err();
+    let err = cluster.sign(1, "missing-key", b"x", "m-2").unwrap_err();
     assert!(err.contains("no key named"), "{err}");
     let err = fails(&cluster.synod(1, &["key", "create", "tokens"]));
     assert!(err.contains("already exists"), "{err}");
@@ -175,11 +162,11 @@ fn signing_survives_n_minus_t_down_and_fails_cleanly_below_t() {
     let mut others = (1..=5).filter(|id| *id != leader);
     let (first, second) = (others.next().unwrap(), others.next().unwrap());
     cluster.kill(first);
-    let request = sign(&cluster, leader, "treasury", b"pay 1", "pay-1").expect("signs with n - t down");
+    let request = cluster.sign(leader, "treasury", b"pay 1", "pay-1").expect("signs with n - t down");
     verify_everywhere(&cluster, "treasury", b"pay 1", &request);
     cluster.kill(second);
     let started = Instant::now();
-    let err = sign(&cluster, leader, "treasury", b"pay 2", "pay-2").unwrap_err();
+    let err = cluster.sign(leader, "treasury", b"pay 2", "pay-2").unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(20), "failing took {:?}", started.elapsed());
     assert!(err.contains("only 3 of the 4 signers needed"), "{err}");
     let show = ok(&cluster.synod(leader, &["request", "show", "pay-2", "-o", "json"]));
@@ -198,7 +185,7 @@ fn signing_corrupt_share_names_the_culprit_and_still_signs() {
     let mut caught = None;
     for i in 0..30 {
         let message = format!("event {i}").into_bytes();
-        let request = sign(&cluster, 1, "webhooks", &message, &format!("ev-{i}")).expect("signed despite a liar");
+        let request = cluster.sign(1, "webhooks", &message, &format!("ev-{i}")).expect("signed despite a liar");
         verify_everywhere(&cluster, "webhooks", &message, &request);
         if request["culprits"].as_array().is_some_and(|c| !c.is_empty()) {
             caught = Some(request);
@@ -228,7 +215,7 @@ fn signing_dkg_liar_is_named_and_the_key_is_made_without_it() {
     let key: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(key["status"], "active", "{key}");
     assert_eq!(key["participants"], serde_json::json!([1, 3]));
-    let request = sign(&cluster, 2, "payments", b"after the liar", "pay-1").expect("signed without node 2");
+    let request = cluster.sign(2, "payments", b"after the liar", "pay-1").expect("signed without node 2");
     verify_everywhere(&cluster, "payments", b"after the liar", &request);
 }
 
@@ -273,13 +260,13 @@ fn signing_leader_killed_mid_signature_completes_exactly_once() {
         });
         assert_eq!(signature, request["signature"], "node {id} holds another signature");
     }
-    let retry = sign(&cluster, leader, "releases", b"release 1.0", "rel-1.0").unwrap();
+    let retry = cluster.sign(leader, "releases", b"release 1.0", "rel-1.0").unwrap();
     assert_eq!(retry["signature"], request["signature"]);
     // More signing after the leader change, with retries of the same ids: still no nonce reuse.
     for i in 0..10 {
         let message = format!("patch {i}").into_bytes();
-        sign(&cluster, 1 + i % 3, "releases", &message, &format!("patch-{i}")).unwrap();
-        sign(&cluster, 1 + (i + 1) % 3, "releases", &message, &format!("patch-{i}")).unwrap();
+        cluster.sign(1 + i % 3, "releases", &message, &format!("patch-{i}")).unwrap();
+        cluster.sign(1 + (i + 1) % 3, "releases", &message, &format!("patch-{i}")).unwrap();
     }
     assert!(assert_nonces_single_use(&cluster, 1..=3) >= 20);
 }
@@ -323,7 +310,7 @@ fn signing_imported_key_keeps_its_public_key() {
     let key: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(key["origin"], "imported");
     assert_eq!(key["status"], "active");
-    let request = sign(&cluster, 2, "legacy", b"migrated", "mig-1").unwrap();
+    let request = cluster.sign(2, "legacy", b"migrated", "mig-1").unwrap();
     let sig = cluster.path("mig.sig");
     std::fs::write(&sig, hex_decode(request["signature"].as_str().unwrap())).unwrap();
     let msg = cluster.path("mig.msg");

@@ -164,10 +164,7 @@ fn snapshot_installed_by_a_lagging_signer_pauses_its_shares_until_it_caught_up()
     assert!(text[installed + paused..].contains("a majority confirmed a commit index"));
 
     cluster.stop(2);
-    let message = cluster.path("pay.msg");
-    std::fs::write(&message, b"pay 1").unwrap();
-    let out = synod_tests::ok(&cluster.synod(1, &["sign", "vault", "--in", message.to_str().unwrap(), "-o", "json"]));
-    let request: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let request = cluster.sign(1, "vault", b"pay 1", "pay-1").expect("signed with node 3's share");
     assert_eq!(request["status"], "signed", "{request}");
     assert!(log().contains("caught up to a majority-confirmed commit index; signing again"));
     assert!(cluster.status(3).unwrap()["signing_paused"].is_null());

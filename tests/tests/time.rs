@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use synod_tests::{ok, wait_for, Cluster};
 
 /// How far the fault puts the clock ahead (`synod_node::faults::FAR_AHEAD_MS`).
@@ -21,19 +20,6 @@ fn restart(cluster: &mut Cluster, id: u64, faults: Option<&str>) {
         None => cluster.options.node_faults.remove(&id),
     };
     cluster.start_node(id);
-}
-
-/// Signs `message` with key `key` through node `via`; the request as JSON, or the CLI's error.
-fn sign(cluster: &Cluster, via: u64, key: &str, message: &[u8], request_id: &str) -> Result<Value, String> {
-    let file = cluster.path(&format!("msg-{request_id}"));
-    std::fs::write(&file, message).unwrap();
-    let out =
-        cluster.synod(via, &["sign", key, "--in", file.to_str().unwrap(), "--request-id", request_id, "-o", "json"]);
-    if out.status.success() {
-        Ok(serde_json::from_slice(&out.stdout).expect("request JSON"))
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
 }
 
 #[test]
@@ -77,6 +63,6 @@ fn time_leader_clock_200_days_ahead_neither_stalls_writes_nor_moves_time() {
     restart(&mut cluster, skewed, None);
     let leader = cluster.wait_leader();
     cluster.put(leader, "after-restart", "2").expect("a write at once once every clock is correct");
-    let request = sign(&cluster, leader, "deploy", b"release 1", "rel-1").expect("signing at once");
+    let request = cluster.sign(leader, "deploy", b"release 1", "rel-1").expect("signing at once");
     assert_eq!(request["status"], "signed", "{request}");
 }

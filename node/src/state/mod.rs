@@ -597,16 +597,19 @@ mod tests {
         LogEntry { time_ms, command: SignedCommand::sign(&env, key) }
     }
 
-    fn genesis() -> ClusterState {
-        let mut state = ClusterState::default();
-        let members = vec![synod_proto::Member { node_id: 1, addr: addr(1000) }];
-        let cmd = Command::VersionedGenesis {
+    /// The genesis of the tests' one-node cluster under the current rules.
+    fn genesis_command() -> Command {
+        Command::VersionedGenesis {
             rules: RULES_CURRENT,
             admins: vec![OperatorKey::of(&admin())],
-            members,
+            members: vec![synod_proto::Member { node_id: 1, addr: addr(1000) }],
             ca_certificate: "00".into(),
-        };
-        assert!(state.apply(1, 1, &entry(&admin(), 1, 10, "c", cmd)).is_applied());
+        }
+    }
+
+    fn genesis() -> ClusterState {
+        let mut state = ClusterState::default();
+        assert!(state.apply(1, 1, &entry(&admin(), 1, 10, "c", genesis_command())).is_applied());
         state
     }
 
@@ -628,14 +631,7 @@ mod tests {
         let named = state.apply(2, 1, &entry(&admin(), 2, 11, "c", put()));
         assert!(matches!(named, Outcome::Rejected { ref reason, .. } if reason.contains("this is cluster")));
         let mut twin = ClusterState::default();
-        let members = vec![synod_proto::Member { node_id: 1, addr: addr(1000) }];
-        let cmd = Command::VersionedGenesis {
-            rules: RULES_CURRENT,
-            admins: vec![OperatorKey::of(&admin())],
-            members,
-            ca_certificate: "00".into(),
-        };
-        assert!(twin.apply(1, 1, &entry(&admin(), 9, 10, "c", cmd)).is_applied());
+        assert!(twin.apply(1, 1, &entry(&admin(), 9, 10, "c", genesis_command())).is_applied());
         assert_ne!(id(&twin), id(&state));
         let for_twin = state.apply(3, 1, &entry(&admin(), 3, 11, &id(&twin), put()));
         assert!(matches!(for_twin, Outcome::Rejected { ref reason, .. } if reason.contains("this is cluster")));
