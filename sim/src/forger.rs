@@ -6,8 +6,8 @@
 //! - a **forged** snapshot: its own state plus a key under
 //!   [`crate::workload::FORGED_PREFIX`], claimed 1,000 entries and 50 terms
 //!   ahead, endorsed by itself alone, under a vote for itself in that term; and
-//! - a **stale** one: the newest snapshot its node would send, genuinely
-//!   endorsed, under a vote for itself one term on (installed only by a receiver that is
+//! - while it leads, a **stale** one: the newest snapshot its node would send,
+//!   genuinely endorsed, under its own vote (installed only by a receiver that is
 //!   behind it, such as a wiped node, which must then sign nothing until it has
 //!   caught up to a majority-confirmed index).
 //!
@@ -51,13 +51,15 @@ pub async fn forge_snapshots(node: Arc<Node>, net: SharedNet, identity: Arc<Node
         let Some((vote, meta, data)) = forged(&node, &identity, audit, &mut rng) else { continue };
         net.lock().expect("net").counted("forged_snapshot");
         send_to_peers(&node, vote, &meta, &data).await;
-        let stale = node.state().points().ready_snapshot();
-        if let Some((meta, data)) = stale {
+        // The stale one only while this node leads, under its own vote: a vote for itself
+        // that it did not win would let it collect a second vote in a term from a node that
+        // had voted for another (any byzantine voter can split a term that way; Raft is not
+        // byzantine tolerant, and the Raft checkers assume honest votes).
+        let vote = node.raft.metrics().borrow().vote;
+        let leading = vote.is_committed() && vote.leader_id().voted_for() == Some(node.id);
+        if let Some((meta, data)) = node.state().points().ready_snapshot().filter(|_| leading) {
             net.lock().expect("net").counted("stale_snapshot");
-            // Under a vote for itself one term on: entries and snapshots come only from
-            // the leader their vote names.
-            let term = node.raft.metrics().borrow().current_term + 1;
-            send_to_peers(&node, Vote::new_committed(term, node.id), &meta, &data).await;
+            send_to_peers(&node, vote, &meta, &data).await;
         }
     }
 }
