@@ -152,6 +152,10 @@ pub enum PeerResponse {
     },
     /// The receiver refused the call (unknown peer, malformed frame, ...).
     Refused(String),
+    /// A follower refused entries stamped too far ahead of its clock (or a
+    /// later call of the leader that stamped them, in that term): the leader
+    /// learns that its time is refused, and stops standing for election.
+    TimeRefused(String),
     DkgRound2(Result<(), String>),
     SignPreprocess(Result<NonceBatch, String>),
     /// Per ask, in order: a hex FROST `SignatureShare`, or why the signer refused.

@@ -59,12 +59,19 @@ const CANDIDATE_TERMS_MAX: u64 = 3;
 /// a node's election timeout once per boot and checks it on a coarse tick, so
 /// two candidates with the same timeout and phase split the vote term after
 /// term (the simulator found it once in 1,000 chaos seeds, with a node that
-/// started on an empty disk withholding its vote). A node that has stood as
-/// candidate for several terms without a leader pauses its own elections for
-/// a random fraction of the election timeout (from the node's RNG seam), which
-/// shifts its phase.
+/// started on an empty disk withholding its vote). Two rules, each pausing this
+/// node's own elections (from the node's RNG seam, which shifts its phase):
+/// - a node that has stood as candidate for several terms without a leader
+///   pauses for a random fraction of the election timeout;
+/// - a candidate whose vote a peer refused holding a longer log cannot win
+///   while that peer can, and standing first every term it would take the
+///   votes that peer needs (openraft 0.9 has no pre-vote): it pauses for one
+///   to two election timeouts so the peer stands first. A peer whose entries
+///   this node refused as stamped too far ahead does not count: its log is
+///   longer only by those entries.
 pub(super) async fn break_election_ties(node: std::sync::Weak<Node>, tuning: RaftTuning) {
     let mut streak_start: Option<u64> = None;
+    let recent = std::time::Duration::from_millis(tuning.election_timeout_max_ms);
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(tuning.heartbeat_ms)).await;
         let Some(node) = node.upgrade() else { return };
@@ -73,23 +80,38 @@ pub(super) async fn break_election_ties(node: std::sync::Weak<Node>, tuning: Raf
             streak_start = None;
             continue;
         }
-        let start = *streak_start.get_or_insert(m.current_term);
-        if m.current_term.saturating_sub(start) < CANDIDATE_TERMS_MAX {
-            continue;
-        }
-        streak_start = None;
-        let pause_ms = {
-            let mut rng = node.seams.rng.lock().expect("rng lock");
-            rand_core::RngCore::next_u64(&mut *rng) % tuning.election_timeout_max_ms
+        let refused_leader = node.time_refused.lock().expect("time refusal lock").map(|(_, leader)| leader);
+        let ahead: Vec<NodeId> =
+            node.peer_health.take_logs_ahead(recent).into_iter().filter(|p| Some(*p) != refused_leader).collect();
+        let pause_ms = if !ahead.is_empty() {
+            let jitter = {
+                let mut rng = node.seams.rng.lock().expect("rng lock");
+                rand_core::RngCore::next_u64(&mut *rng) % tuning.election_timeout_max_ms
+            };
+            tracing::info!(term = m.current_term, ?ahead, "peers hold longer logs; letting them stand first");
+            tuning.election_timeout_max_ms + jitter
+        } else {
+            let start = *streak_start.get_or_insert(m.current_term);
+            if m.current_term.saturating_sub(start) < CANDIDATE_TERMS_MAX {
+                continue;
+            }
+            let pause_ms = {
+                let mut rng = node.seams.rng.lock().expect("rng lock");
+                rand_core::RngCore::next_u64(&mut *rng) % tuning.election_timeout_max_ms
+            };
+            tracing::info!(
+                term = m.current_term,
+                pause_ms,
+                "split votes for several terms; pausing elections to break the tie"
+            );
+            pause_ms
         };
-        tracing::info!(
-            term = m.current_term,
-            pause_ms,
-            "split votes for several terms; pausing elections to break the tie"
-        );
+        streak_start = None;
         node.raft.runtime_config().elect(false);
         tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
-        node.raft.runtime_config().elect(true);
+        if !node.time_standing_down.load(std::sync::atomic::Ordering::Relaxed) {
+            node.raft.runtime_config().elect(true);
+        }
     }
 }
 

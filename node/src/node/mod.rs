@@ -111,6 +111,9 @@ pub struct Node {
     clock_skew_ms_max: u64,
     /// The leader (term, node) whose entries this node last refused as stamped too far ahead.
     time_refused: time::TimeRefused,
+    /// Set while this node stays out of elections because a majority refuses
+    /// its stamped time (the election tie-breaker must not switch them back on).
+    time_standing_down: std::sync::atomic::AtomicBool,
     /// The term whose signing take-up this node is committing, if any, so a
     /// new leader sends one take-up at a time (see `leader.rs`).
     taking_up: std::sync::Mutex<Option<u64>>,
@@ -186,12 +189,14 @@ impl Node {
             endorsements_floor: parts.tuning.snapshot_endorsements_min,
             clock_skew_ms_max: parts.tuning.clock_skew_ms_max,
             time_refused: Default::default(),
+            time_standing_down: Default::default(),
             taking_up: std::sync::Mutex::new(None),
         });
         tokio::spawn(snapshot::endorse_points(Arc::downgrade(&node)));
         tokio::spawn(reconcile_membership(Arc::downgrade(&node)));
         tokio::spawn(keys_and_signing(Arc::downgrade(&node)));
         tokio::spawn(break_election_ties(Arc::downgrade(&node), parts.tuning.clone()));
+        tokio::spawn(time::stand_down_when_time_refused(Arc::downgrade(&node), parts.tuning.clone()));
         Ok(node)
     }
 

@@ -94,7 +94,7 @@ impl PeerHandler for NodeHandler {
                         return PeerResponse::Refused(why);
                     }
                     if let Some(why) = node.refuse_time_ahead(from, &rpc) {
-                        return PeerResponse::Refused(why);
+                        return PeerResponse::TimeRefused(why);
                     }
                     node.note_leader_commit(rpc.leader_commit.map(|l| l.index));
                     let result = node.raft.append_entries(rpc).await;

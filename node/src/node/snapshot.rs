@@ -121,8 +121,11 @@ impl Node {
             }
         };
         tracing::info!(from, snapshot_id = %meta.snapshot_id, endorsers = ?verified.endorsers, "installing a verified snapshot");
-        // Only now: a forged position would hold an empty-disk node's vote back forever.
-        self.note_leader_commit(meta.last_log_id.map(|l| l.index));
+        // No `note_leader_commit` here: a snapshot is an endorsed point, older than the
+        // commit index (a forged one could claim any), and a node on an empty disk that
+        // took it for the commit index would vote again before it holds every committed
+        // entry (the simulator lost a committed entry that way). The leader's next
+        // AppendEntries carries the commit index.
         self.close_share_gate("installed a snapshot");
         let snapshot = Snapshot { meta, snapshot: Box::new(Cursor::new(data)) };
         match self.raft.install_full_snapshot(vote, snapshot).await {

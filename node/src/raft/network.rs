@@ -30,6 +30,11 @@ pub struct PeerHealth {
     answers: Mutex<BTreeMap<NodeId, (tokio::time::Instant, Option<tokio::time::Instant>)>>,
     /// Per peer: its clock (ms since the epoch) and the instant its answer arrived.
     clocks: Mutex<BTreeMap<NodeId, (u64, tokio::time::Instant)>>,
+    /// Per peer: when it last refused entries this node stamped too far ahead.
+    time_refusals: Mutex<BTreeMap<NodeId, tokio::time::Instant>>,
+    /// Per peer: when it last refused this node's vote request holding a
+    /// longer log than this node's (so this node cannot win while it can).
+    logs_ahead: Mutex<BTreeMap<NodeId, tokio::time::Instant>>,
 }
 
 impl PeerHealth {
@@ -41,6 +46,38 @@ impl PeerHealth {
     fn answered(&self, peer: NodeId) {
         let now = tokio::time::Instant::now();
         self.answers.lock().expect("peer health lock").entry(peer).or_insert((now, None)).1 = Some(now);
+    }
+
+    /// Records that `peer` refused this node's entries as stamped too far ahead.
+    fn time_refused(&self, peer: NodeId) {
+        self.time_refusals.lock().expect("time refusals lock").insert(peer, tokio::time::Instant::now());
+    }
+
+    /// The peers that refused this node's stamped time within `recent`.
+    pub fn time_refusers(&self, recent: Duration) -> Vec<NodeId> {
+        let now = tokio::time::Instant::now();
+        let refusals = self.time_refusals.lock().expect("time refusals lock");
+        refusals.iter().filter(|(_, at)| now.saturating_duration_since(**at) <= recent).map(|(p, _)| *p).collect()
+    }
+
+    /// Forgets every time refusal (another leader has taken over).
+    pub fn forget_time_refusals(&self) {
+        self.time_refusals.lock().expect("time refusals lock").clear();
+    }
+
+    fn log_ahead(&self, peer: NodeId) {
+        self.logs_ahead.lock().expect("logs ahead lock").insert(peer, tokio::time::Instant::now());
+    }
+
+    /// The peers that refused this node's vote with a longer log within
+    /// `recent`, forgetting them (each refusal pauses this node's elections once).
+    pub fn take_logs_ahead(&self, recent: Duration) -> Vec<NodeId> {
+        let now = tokio::time::Instant::now();
+        let mut ahead = self.logs_ahead.lock().expect("logs ahead lock");
+        let peers = ahead.iter().filter(|(_, at)| now.saturating_duration_since(**at) <= recent).map(|(p, _)| *p);
+        let peers = peers.collect();
+        ahead.clear();
+        peers
     }
 
     /// Records the clock `peer` reported just now.
@@ -125,6 +162,10 @@ impl PeerClient {
         let refused = |what: String| RPCError::Network(NetworkError::new(&std::io::Error::other(what)));
         match response {
             PeerResponse::Refused(reason) => Err(refused(format!("node {} refused: {reason}", self.target))),
+            PeerResponse::TimeRefused(reason) => {
+                self.health.time_refused(self.target);
+                Err(refused(format!("node {} refused: {reason}", self.target)))
+            }
             other => match pick(other) {
                 Some(Ok(value)) => Ok(value),
                 Some(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
@@ -168,10 +209,18 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
-        self.call(PeerRequest::Vote(rpc), &option, |r| match r {
-            PeerResponse::Vote(r) => Some(r),
-            _ => None,
-        })
-        .await
+        let mine = rpc.last_log_id;
+        let response = self
+            .call(PeerRequest::Vote(rpc), &option, |r| match r {
+                PeerResponse::Vote(r) => Some(r),
+                _ => None,
+            })
+            .await;
+        if let Ok(answer) = &response {
+            if !answer.vote_granted && answer.last_log_id > mine {
+                self.health.log_ahead(self.target);
+            }
+        }
+        response
     }
 }
