@@ -71,10 +71,21 @@ const CANDIDATE_TERMS_MAX: u64 = 3;
 ///   longer only by those entries.
 pub(super) async fn break_election_ties(node: std::sync::Weak<Node>, tuning: RaftTuning) {
     let mut streak_start: Option<u64> = None;
+    let mut paused_until: Option<tokio::time::Instant> = None;
     let recent = std::time::Duration::from_millis(tuning.election_timeout_max_ms);
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(tuning.heartbeat_ms)).await;
         let Some(node) = node.upgrade() else { return };
+        let now = tokio::time::Instant::now();
+        // The one place that switches this node's elections: off while it catches up
+        // after an empty disk, while a majority refuses its stamped time, or while it
+        // pauses to break a tie.
+        let pausing = paused_until.is_some_and(|until| now < until);
+        let off = pausing || node.catching_up() || node.time_standing_down.load(std::sync::atomic::Ordering::Relaxed);
+        node.raft.runtime_config().elect(!off);
+        if pausing {
+            continue;
+        }
         let m = node.raft.metrics().borrow().clone();
         if m.state != ServerState::Candidate || m.current_leader.is_some() {
             streak_start = None;
@@ -108,10 +119,7 @@ pub(super) async fn break_election_ties(node: std::sync::Weak<Node>, tuning: Raf
         };
         streak_start = None;
         node.raft.runtime_config().elect(false);
-        tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
-        if !node.time_standing_down.load(std::sync::atomic::Ordering::Relaxed) {
-            node.raft.runtime_config().elect(true);
-        }
+        paused_until = Some(now + std::time::Duration::from_millis(pause_ms));
     }
 }
 

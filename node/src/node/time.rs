@@ -116,8 +116,8 @@ pub(super) async fn stand_down_when_time_refused(node: std::sync::Weak<Node>, tu
             if replaced || tokio::time::Instant::now() >= deadline {
                 tracing::info!(replaced, "standing for election again");
                 node.peer_health.forget_time_refusals();
+                // `break_election_ties` switches elections back on.
                 node.time_standing_down.store(false, std::sync::atomic::Ordering::Relaxed);
-                node.raft.runtime_config().elect(true);
                 until = None;
             }
             continue;
@@ -135,6 +135,7 @@ pub(super) async fn stand_down_when_time_refused(node: std::sync::Weak<Node>, tu
             );
             node.time_standing_down.store(true, std::sync::atomic::Ordering::Relaxed);
             node.raft.runtime_config().elect(false);
+            // (`break_election_ties` keeps them off while the flag is set.)
             until = Some(tokio::time::Instant::now() + stand_down);
         }
     }

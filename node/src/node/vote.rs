@@ -35,6 +35,26 @@ impl Node {
         }
     }
 
+    /// Whether this node started on an empty disk and has not caught up yet,
+    /// past a new cluster's bootstrap: then it must not stand for election
+    /// either. Its own vote counts like any other, so a wiped node that stood
+    /// with the log it had rebuilt so far could be elected by voters that lack
+    /// committed entries it had held before the wipe (the simulator lost a
+    /// committed entry that way: chaos seed 403, where time refusals had held
+    /// two followers back).
+    pub(super) fn catching_up(&self) -> bool {
+        let mut catch_up = self.catch_up.lock().expect("catch-up lock");
+        let metrics = self.raft.metrics().borrow().clone();
+        if let CatchUp::Until(target) = *catch_up {
+            if metrics.last_applied.is_some_and(|l| l.index >= target) {
+                tracing::info!(target, "caught up after starting on an empty disk; voting again");
+                *catch_up = CatchUp::Done;
+            }
+        }
+        let bootstrap = metrics.last_log_index.is_none_or(|i| i == 0);
+        matches!(*catch_up, CatchUp::AwaitingLeader | CatchUp::Until(_)) && !bootstrap
+    }
+
     /// A refusal when this node started on an empty disk and has not caught up
     /// (see [`CatchUp`]); `None` when Raft may decide the vote.
     pub(super) fn refuse_vote(
