@@ -18,6 +18,17 @@ fn trace_hash(out: &Output) -> String {
     line.rsplit("hash ").next().expect("a hash").trim().to_string()
 }
 
+/// Runs chaos `seeds` with `plant` (fail-fast, no shrinking) and asserts that a
+/// seed failed and printed the command that replays it; the output, for the
+/// test to check which invariant broke.
+fn plant_caught(plant: &str, seeds: &str, jobs: &str) -> String {
+    let out = sim(&["--seeds", seeds, "--plant", plant, "--fail-fast", "--no-shrink", "--jobs", jobs]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains(&format!("--plant {plant}")), "{text}");
+    text
+}
+
 #[test]
 fn sim_same_seed_gives_the_same_trace_hash() {
     // One seed replays byte for byte: two processes print the same trace hash; another seed differs.
@@ -49,22 +60,16 @@ fn sim_chaos_sweep_passes() {
 #[test]
 fn sim_ack_before_commit_is_caught_with_a_replay_command() {
     // The planted ack-before-commit bug breaks "no acknowledged write lost" within 5 seeds, and the failure names the command that replays it.
-    let out = sim(&["--seeds", "0..5", "--plant", "ack-before-commit", "--fail-fast", "--no-shrink", "--jobs", "1"]);
-    let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let text = plant_caught("ack-before-commit", "0..5", "1");
     assert!(text.contains("violated acknowledged-write-lost"), "{text}");
     assert!(text.contains("replay: cargo run -p synod-sim --release -- --seed "), "{text}");
-    assert!(text.contains("--plant ack-before-commit"), "{text}");
 }
 
 #[test]
 fn sim_nonce_reuse_is_caught_with_a_replay_command() {
     // The planted nonce-reuse signer (a new session of a request reuses the nonces of another unused session) breaks "a nonce serves one signing package" within 8 chaos seeds, and the failure names the command that replays it.
-    let out = sim(&["--seeds", "0..8", "--plant", "nonce-reuse", "--fail-fast", "--no-shrink", "--jobs", "2"]);
-    let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let text = plant_caught("nonce-reuse", "0..8", "2");
     assert!(text.contains("violated nonce-single-use"), "{text}");
-    assert!(text.contains("--plant nonce-reuse"), "{text}");
 }
 
 #[test]
@@ -73,11 +78,8 @@ fn sim_skip_policy_is_caught_with_a_replay_command() {
     // its own signer releases shares for them) breaks "no request is taken up before its policy is
     // met" or "no share without a met policy", whichever a step sees first, within 4 chaos seeds,
     // and the failure names the command that replays it.
-    let out = sim(&["--seeds", "0..4", "--plant", "skip-policy", "--fail-fast", "--no-shrink", "--jobs", "1"]);
-    let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let text = plant_caught("skip-policy", "0..4", "1");
     assert!(text.contains("violated policy-bypassed") || text.contains("violated share-without-policy"), "{text}");
-    assert!(text.contains("--plant skip-policy"), "{text}");
 }
 
 #[test]
@@ -86,12 +88,8 @@ fn sim_skip_node_author_check_is_caught_with_a_replay_command() {
     // certificate and key lets the adversary's forged signing outcome (the proposing leader
     // failing a request the approvers withhold, signed by a stranger with certificate bytes "00") change
     // the state, which breaks "forged commands never change state" within 8 chaos seeds.
-    let out =
-        sim(&["--seeds", "0..8", "--plant", "skip-node-author-check", "--fail-fast", "--no-shrink", "--jobs", "2"]);
-    let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let text = plant_caught("skip-node-author-check", "0..8", "2");
     assert!(text.contains("violated forged-command-applied"), "{text}");
-    assert!(text.contains("--plant skip-node-author-check"), "{text}");
 }
 
 #[test]
@@ -101,12 +99,8 @@ fn sim_skip_coordinator_check_is_caught_with_a_replay_command() {
     // follower's real certificate and key fail a request the approvers withhold, which breaks
     // "forged commands never change state" (caught on chaos seeds 27, 31 and 34 of 27..35; the
     // forgery is one of six kinds drawn per scheduled byzantine fault).
-    let out =
-        sim(&["--seeds", "27..35", "--plant", "skip-coordinator-check", "--fail-fast", "--no-shrink", "--jobs", "2"]);
-    let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let text = plant_caught("skip-coordinator-check", "27..35", "2");
     assert!(text.contains("violated forged-command-applied"), "{text}");
-    assert!(text.contains("--plant skip-coordinator-check"), "{text}");
 }
 
 #[test]
@@ -114,11 +108,8 @@ fn sim_skip_genesis_pin_is_caught_with_a_replay_command() {
     // At boot an intruder sends the last node a genesis naming itself the admin. The planted
     // node that ignores its genesis_admins pin takes it, and the cluster's admins are not the
     // ones the real genesis names, which breaks "forged commands never change state" at once.
-    let out = sim(&["--seeds", "0..2", "--plant", "skip-genesis-pin", "--fail-fast", "--no-shrink", "--jobs", "2"]);
-    let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let text = plant_caught("skip-genesis-pin", "0..2", "2");
     assert!(text.contains("violated forged-command-applied") && text.contains("admins differ"), "{text}");
-    assert!(text.contains("--plant skip-genesis-pin"), "{text}");
 }
 
 #[test]
@@ -127,11 +118,8 @@ fn sim_trust_snapshot_is_caught_with_a_replay_command() {
     // forged key, 50 terms ahead), endorsed by itself alone. The planted node installs
     // snapshots without checking their endorsements, so it takes the forged key, which
     // breaks "forged commands never change state".
-    let out = sim(&["--seeds", "0..2", "--plant", "trust-snapshot", "--fail-fast", "--no-shrink", "--jobs", "2"]);
-    let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let text = plant_caught("trust-snapshot", "0..2", "2");
     assert!(text.contains("violated forged-command-applied") && text.contains("forged/snapshot-n"), "{text}");
-    assert!(text.contains("--plant trust-snapshot"), "{text}");
 }
 
 #[test]
@@ -140,11 +128,8 @@ fn sim_trust_entry_time_is_caught_with_a_replay_command() {
     // the cluster's time once followers take every entry's time as stamped (the planted
     // trust-entry-time), which breaks "state time never runs far ahead of true time" within 200
     // chaos seeds, and the failure names the command that replays it.
-    let out = sim(&["--seeds", "0..200", "--plant", "trust-entry-time", "--fail-fast", "--no-shrink", "--jobs", "2"]);
-    let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let text = plant_caught("trust-entry-time", "0..200", "2");
     assert!(text.contains("violated state-time-ahead"), "{text}");
-    assert!(text.contains("--plant trust-entry-time"), "{text}");
 }
 
 #[test]

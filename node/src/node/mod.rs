@@ -275,11 +275,8 @@ impl Node {
 
     /// `GET /v1/sys/status`.
     pub fn status(&self) -> Status {
+        // Before the state lock below: the gate reads the state itself.
         let signing_paused = self.share_gate_refusal();
-        Status { signing_paused, ..self.status_of_state() }
-    }
-
-    fn status_of_state(&self) -> Status {
         let m = self.raft.metrics().borrow().clone();
         let applied = self.shared.read();
         let state = &applied.state;
@@ -317,7 +314,7 @@ impl Node {
                 .copied()
                 .max(self.shared.points().ready_index()),
             endorsed_point_index: self.shared.points().ready_index(),
-            signing_paused: None,
+            signing_paused,
             members,
             admins: state.admins.iter().copied().collect(),
             applied_commands: state.applied_commands,

@@ -133,9 +133,8 @@ pub(super) async fn stand_down_when_time_refused(node: std::sync::Weak<Node>, tu
                 "a majority refuses the time this node stamped on its entries; it stops standing for election \
                  until another leader has taken over; check this node's clock"
             );
+            // `break_election_ties` switches elections off while the flag is set.
             node.time_standing_down.store(true, std::sync::atomic::Ordering::Relaxed);
-            node.raft.runtime_config().elect(false);
-            // (`break_election_ties` keeps them off while the flag is set.)
             until = Some(tokio::time::Instant::now() + stand_down);
         }
     }

@@ -35,6 +35,20 @@ impl Node {
         }
     }
 
+    /// Where this node stands after an empty disk, moving `Until` to `Done`
+    /// once it has applied the target; with the Raft metrics it judged by.
+    fn catch_up_now(&self) -> (CatchUp, openraft::RaftMetrics<NodeId, synod_proto::NodeAddr>) {
+        let mut catch_up = self.catch_up.lock().expect("catch-up lock");
+        let metrics = self.raft.metrics().borrow().clone();
+        if let CatchUp::Until(target) = *catch_up {
+            if metrics.last_applied.is_some_and(|l| l.index >= target) {
+                tracing::info!(target, "caught up after starting on an empty disk; voting again");
+                *catch_up = CatchUp::Done;
+            }
+        }
+        (*catch_up, metrics)
+    }
+
     /// Whether this node started on an empty disk and has not caught up yet,
     /// past a new cluster's bootstrap: then it must not stand for election
     /// either. Its own vote counts like any other, so a wiped node that stood
@@ -43,16 +57,9 @@ impl Node {
     /// committed entry that way: chaos seed 403, where time refusals had held
     /// two followers back).
     pub(super) fn catching_up(&self) -> bool {
-        let mut catch_up = self.catch_up.lock().expect("catch-up lock");
-        let metrics = self.raft.metrics().borrow().clone();
-        if let CatchUp::Until(target) = *catch_up {
-            if metrics.last_applied.is_some_and(|l| l.index >= target) {
-                tracing::info!(target, "caught up after starting on an empty disk; voting again");
-                *catch_up = CatchUp::Done;
-            }
-        }
+        let (catch_up, metrics) = self.catch_up_now();
         let bootstrap = metrics.last_log_index.is_none_or(|i| i == 0);
-        matches!(*catch_up, CatchUp::AwaitingLeader | CatchUp::Until(_)) && !bootstrap
+        matches!(catch_up, CatchUp::AwaitingLeader | CatchUp::Until(_)) && !bootstrap
     }
 
     /// A refusal when this node started on an empty disk and has not caught up
@@ -61,19 +68,12 @@ impl Node {
         &self,
         request: &openraft::raft::VoteRequest<NodeId>,
     ) -> Option<openraft::raft::VoteResponse<NodeId>> {
-        let mut catch_up = self.catch_up.lock().expect("catch-up lock");
-        let metrics = self.raft.metrics().borrow().clone();
-        if let CatchUp::Until(target) = *catch_up {
-            if metrics.last_applied.is_some_and(|l| l.index >= target) {
-                tracing::info!(target, "caught up after starting on an empty disk; voting again");
-                *catch_up = CatchUp::Done;
-            }
-        }
+        let (catch_up, metrics) = self.catch_up_now();
         let bootstrap = request.last_log_id.is_none_or(|l| l.index == 0);
-        if matches!(*catch_up, CatchUp::NotNeeded | CatchUp::Done) || bootstrap {
+        if matches!(catch_up, CatchUp::NotNeeded | CatchUp::Done) || bootstrap {
             return None;
         }
-        tracing::info!(candidate = %request.vote, state = ?*catch_up, "refusing a vote: started on an empty disk and not caught up yet");
+        tracing::info!(candidate = %request.vote, state = ?catch_up, "refusing a vote: started on an empty disk and not caught up yet");
         Some(openraft::raft::VoteResponse { vote: metrics.vote, vote_granted: false, last_log_id: None })
     }
 }
