@@ -55,6 +55,16 @@ impl Node {
 /// How many terms in a row a node may stand as candidate before it pauses.
 const CANDIDATE_TERMS_MAX: u64 = 3;
 
+/// How long a candidate refused by a peer with a longer log stays out of
+/// elections, in maximum election timeouts (plus up to one more of jitter).
+/// The peer ahead waits up to three between candidacies (its own timeout plus
+/// openraft's `smaller_log_timeout`, two more, which it pays once any node
+/// refused it holding a still longer log), and it only wins a term no one has
+/// voted in: every node behind it must be out at the same time, long enough for
+/// it to climb past the terms they used. With three, two nodes behind took
+/// turns standing first forever (the 1,000-seed sweep, two seeds of it).
+const LOG_BEHIND_PAUSE_TIMEOUTS: u64 = 8;
+
 /// Breaks election ties that would otherwise repeat forever. openraft 0.9 draws
 /// a node's election timeout once per boot and checks it on a coarse tick, so
 /// two candidates with the same timeout and phase split the vote term after
@@ -65,8 +75,8 @@ const CANDIDATE_TERMS_MAX: u64 = 3;
 ///   pauses for a random fraction of the election timeout;
 /// - a candidate whose vote a peer refused holding a longer log cannot win
 ///   while that peer can, and standing first every term it would take the
-///   votes that peer needs (openraft 0.9 has no pre-vote): it pauses for one
-///   to two election timeouts so the peer stands first. A peer whose entries
+///   votes that peer needs (openraft 0.9 has no pre-vote): it stays out for
+///   [`LOG_BEHIND_PAUSE_TIMEOUTS`] so the peer stands first. A peer whose entries
 ///   this node refused as stamped too far ahead does not count: its log is
 ///   longer only by those entries.
 pub(super) async fn break_election_ties(node: std::sync::Weak<Node>, tuning: RaftTuning) {
@@ -100,7 +110,7 @@ pub(super) async fn break_election_ties(node: std::sync::Weak<Node>, tuning: Raf
                 rand_core::RngCore::next_u64(&mut *rng) % tuning.election_timeout_max_ms
             };
             tracing::info!(term = m.current_term, ?ahead, "peers hold longer logs; letting them stand first");
-            tuning.election_timeout_max_ms + jitter
+            LOG_BEHIND_PAUSE_TIMEOUTS * tuning.election_timeout_max_ms + jitter
         } else {
             let start = *streak_start.get_or_insert(m.current_term);
             if m.current_term.saturating_sub(start) < CANDIDATE_TERMS_MAX {
