@@ -14,6 +14,7 @@ use synod_proto::authz::{approval_bytes, ApprovalSignature, ApprovalStatement, P
 use synod_proto::{Command, OperatorKey, Outcome, SignedCommand};
 
 use super::client::{cluster_id, sign as sign_command, ApiClient};
+use super::display::shown;
 use super::operator::load_operator_key;
 use super::{AdminCmd, ApproveArgs, AuditCmd, ClientArgs, Output, PolicyCmd, RequestCmd};
 use synod_node::state::{verify_chain, AuditHead, AuditRecord};
@@ -42,7 +43,7 @@ fn print_write(client: &ClientArgs, response: &WriteResponse) -> anyhow::Result<
     match client.output.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(response)?),
         Output::Table => match &response.outcome {
-            Outcome::Applied { detail } => println!("{detail}"),
+            Outcome::Applied { detail } => println!("{}", shown(detail)),
             Outcome::Rejected { .. } | Outcome::Internal => {}
         },
     }
@@ -70,7 +71,7 @@ fn read_operator_key(text: &str) -> anyhow::Result<OperatorKey> {
 /// `synod operator add|remove|list`.
 pub async fn operator(cmd: super::OperatorCmd) -> anyhow::Result<()> {
     match cmd {
-        super::OperatorCmd::Add { name, key, ssh_key, roles, client } => {
+        super::OperatorCmd::Add { name, key, ssh_key, roles, pending_max, client } => {
             let key = key.as_deref().map(read_operator_key).transpose()?;
             let ssh_key = match ssh_key {
                 Some(text) if Path::new(&text).exists() => Some(
@@ -81,7 +82,7 @@ pub async fn operator(cmd: super::OperatorCmd) -> anyhow::Result<()> {
             if let Some(line) = &ssh_key {
                 synod_proto::sshsig::SshPublicKey::parse(line).map_err(|e| anyhow!("--ssh-key: {e}"))?;
             }
-            submit(&client, "/v1/commands", Command::AddOperator { name, key, ssh_key, roles }).await?;
+            submit(&client, "/v1/commands", Command::AddOperator { name, key, ssh_key, roles, pending_max }).await?;
         }
         super::OperatorCmd::Remove { name, client } => {
             submit(&client, "/v1/commands", Command::RemoveOperator { name }).await?;
@@ -97,10 +98,10 @@ pub async fn operator(cmd: super::OperatorCmd) -> anyhow::Result<()> {
                             op["roles"].as_array().into_iter().flatten().filter_map(|r| r.as_str()).collect();
                         println!(
                             "{:<24} {:<36} {:<10} {}",
-                            op["name"].as_str().unwrap_or("-"),
-                            roles.join(","),
+                            shown(op["name"].as_str().unwrap_or("-")),
+                            shown(&roles.join(",")),
                             if op["ssh_key"].is_null() { "-" } else { "yes" },
-                            op["key"].as_str().unwrap_or("-")
+                            shown(op["key"].as_str().unwrap_or("-"))
                         );
                     }
                     println!("admin operations need {} admin(s)", list["admin_approvals_required"]);
@@ -116,10 +117,7 @@ pub async fn operator(cmd: super::OperatorCmd) -> anyhow::Result<()> {
 pub async fn policy(cmd: PolicyCmd) -> anyhow::Result<()> {
     match cmd {
         PolicyCmd::Set { name, file, client } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let policy: Policy = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not a policy (JSON; see `synod key policy --help`)", file.display()))?;
-            policy.validate().map_err(|e| anyhow!("{e}"))?;
+            let policy = read_policy(&file)?;
             submit(&client, "/v1/commands", Command::SetPolicy { key: name, policy }).await?;
         }
         PolicyCmd::Show { name, client } => {
@@ -152,20 +150,20 @@ fn print_request(client: &ClientArgs, info: &RequestInfo) -> anyhow::Result<()> 
     match client.output.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(info)?),
         Output::Table => {
-            println!("request:    {}", info.request_id);
-            println!("key:        {} ({}, version {})", info.key_name, info.key_id, info.key_version);
+            println!("request:    {}", shown(&info.request_id));
+            println!("key:        {} ({}, version {})", shown(&info.key_name), shown(&info.key_id), info.key_version);
             println!("status:     {}", info.status);
-            println!("message:    {} bytes, sha256 {}", info.message_bytes, info.message_sha256);
-            println!("purpose:    {}", info.purpose);
-            println!("env:        {}", info.environment);
+            println!("message:    {} bytes, sha256 {}", info.message_bytes, shown(&info.message_sha256));
+            println!("purpose:    {}", shown(&info.purpose));
+            println!("env:        {}", shown(&info.environment));
             for (k, v) in &info.attributes {
-                println!("declared:   {k} = {v} (the requester's claim)");
+                println!("declared:   {} = {} (the requester's claim)", shown(k), shown(v));
             }
             println!("requester:  {}", info.requester);
             if !info.approval_progress.is_empty() {
-                println!("approvals:  {} (by {:?})", info.approval_progress.join("; "), info.approvals);
+                println!("approvals:  {} (by {})", progress(info), approvers(info));
             }
-            println!("signature:  {}", info.signature.as_deref().unwrap_or("-"));
+            println!("signature:  {}", shown(info.signature.as_deref().unwrap_or("-")));
             if !info.signers.is_empty() {
                 println!("signers:    {:?} in {} session(s)", info.signers, info.sessions);
             }
@@ -173,11 +171,26 @@ fn print_request(client: &ClientArgs, info: &RequestInfo) -> anyhow::Result<()> 
                 println!("culprits:   {:?}", info.culprits);
             }
             if let Some(error) = &info.error {
-                println!("error:      {error}");
+                println!("error:      {}", shown(error));
             }
         }
     }
     Ok(())
+}
+
+/// The request's policy progress, escaped for a terminal.
+fn progress(info: &RequestInfo) -> String {
+    info.approval_progress.iter().map(|p| shown(p).to_string()).collect::<Vec<_>>().join("; ")
+}
+
+/// Who approved the request so far, escaped for a terminal.
+fn approvers(info: &RequestInfo) -> String {
+    let names: Vec<String> = info.approvals.iter().map(|a| shown(a).to_string()).collect();
+    if names.is_empty() {
+        "nobody yet".into()
+    } else {
+        names.join(", ")
+    }
 }
 
 async fn get_request(api: &ApiClient, id: &str, wait_ms: u64) -> anyhow::Result<RequestInfo> {
@@ -213,7 +226,8 @@ pub async fn request(cmd: RequestCmd) -> anyhow::Result<()> {
             let (_, info): (u16, RequestInfo) = api.post("/v1/sign?wait_ms=2000", &signed).await?;
             print_request(&client, &info)?;
             if info.status == RequestStatus::AwaitingApproval && client.output.output == Output::Table {
-                eprintln!("approve with: synod approve {request_id}   (then: synod request wait {request_id})");
+                let id = shown(&request_id);
+                eprintln!("approve with: synod approve {id}   (then: synod request wait {id})");
             }
             Ok(())
         }
@@ -223,7 +237,7 @@ pub async fn request(cmd: RequestCmd) -> anyhow::Result<()> {
             let mut last = String::new();
             loop {
                 let info = get_request(&api, &id, 0).await?;
-                let progress = format!("{} {}", info.status, info.approval_progress.join("; "));
+                let progress = format!("{} {}", info.status, progress(&info));
                 if progress != last {
                     eprintln!("  {progress}");
                     last = progress;
@@ -257,21 +271,88 @@ pub async fn request(cmd: RequestCmd) -> anyhow::Result<()> {
 
 /// The statement approvers of request `id` sign, from what the node reports.
 async fn statement(api: &ApiClient, id: &str) -> anyhow::Result<ApprovalStatement> {
+    Ok(statement_and_request(api, id).await?.0)
+}
+
+/// [`statement`], with the request it was built from (for the approver's summary).
+async fn statement_and_request(api: &ApiClient, id: &str) -> anyhow::Result<(ApprovalStatement, RequestInfo)> {
     let info = get_request(api, id, 0).await?;
     let cluster = cluster_id(&status_of(api).await?)?;
-    Ok(ApprovalStatement {
-        cluster_id: cluster,
-        request_id: info.request_id,
-        requester: info.requester,
-        key_id: info.key_id,
-        key_version: info.key_version,
-        message_sha256: info.message_sha256,
-        purpose: info.purpose,
-        environment: info.environment,
-        attributes: info.attributes,
-        policy_version: info.policy_version,
-        expires_at_ms: info.expires_at_ms,
-    })
+    let request = info.clone();
+    Ok((
+        ApprovalStatement {
+            cluster_id: cluster,
+            request_id: info.request_id,
+            requester: info.requester,
+            key_id: info.key_id,
+            key_version: info.key_version,
+            message_sha256: info.message_sha256,
+            purpose: info.purpose,
+            environment: info.environment,
+            attributes: info.attributes,
+            policy_version: info.policy_version,
+            expires_at_ms: info.expires_at_ms,
+        },
+        request,
+    ))
+}
+
+/// What an approver is about to approve, every field escaped ([`shown`]):
+/// the lines `synod approve` prints (on stderr) before it asks.
+pub fn approval_summary(statement: &ApprovalStatement, info: &RequestInfo) -> Vec<String> {
+    let mut lines = vec![
+        format!("request:     {}", shown(&statement.request_id)),
+        format!(
+            "key:         {} ({}, version {})",
+            shown(&info.key_name),
+            shown(&statement.key_id),
+            statement.key_version
+        ),
+        format!("message:     {} bytes, sha256 {}", info.message_bytes, shown(&statement.message_sha256)),
+        format!("purpose:     {}", shown(&statement.purpose)),
+        format!("environment: {}", shown(&statement.environment)),
+    ];
+    if statement.attributes.is_empty() {
+        lines.push("declared:    (nothing)".into());
+    }
+    for (k, v) in &statement.attributes {
+        lines.push(format!("declared:    {} = {} (the requester's claim)", shown(k), shown(v)));
+    }
+    lines.push(format!("requester:   {}", statement.requester));
+    let progress = if info.approval_progress.is_empty() { "-".to_string() } else { progress(info) };
+    lines.push(format!(
+        "policy:      version {}: {progress} (approved by {})",
+        statement.policy_version,
+        approvers(info)
+    ));
+    lines
+}
+
+/// Shows what is being approved and, unless `--yes`, asks on the terminal.
+fn confirm_approval(args: &ApproveArgs, statement: &ApprovalStatement, info: &RequestInfo) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    eprintln!("You are approving:");
+    for line in approval_summary(statement, info) {
+        eprintln!("  {line}");
+    }
+    if args.yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "synod approve asks for confirmation on a terminal, and stdin is not one; pass --yes to approve \
+             request {} without asking (scripts)",
+            shown(&statement.request_id)
+        );
+    }
+    eprint!("Approve this request? [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+        bail!("not approved: the answer was not yes");
+    }
+    Ok(())
 }
 
 /// `synod approve ID`: signs the request's approval statement with the operator
@@ -279,7 +360,8 @@ async fn statement(api: &ApiClient, id: &str) -> anyhow::Result<ApprovalStatemen
 pub async fn approve(args: ApproveArgs) -> anyhow::Result<()> {
     let client = &args.client;
     let api = ApiClient::new(client)?;
-    let statement = statement(&api, &args.id).await?;
+    let (statement, info) = statement_and_request(&api, &args.id).await?;
+    confirm_approval(&args, &statement, &info)?;
     let (_, operators): (u16, Value) = api.get("/v1/operators").await?;
     let operators = operators["operators"].as_array().cloned().unwrap_or_default();
     let (approver, signature) = match &args.ssh_signature {
@@ -386,8 +468,8 @@ pub async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
                             r.index,
                             r.kind,
                             r.result,
-                            r.actor.as_deref().unwrap_or("-"),
-                            r.detail
+                            shown(r.actor.as_deref().unwrap_or("-")),
+                            shown(&r.detail)
                         );
                     }
                 }
@@ -494,4 +576,23 @@ async fn write_checkpoints(api: &ApiClient, list: &Value, dir: &Path) -> anyhow:
         dir.display()
     );
     Ok(())
+}
+
+/// A policy from a JSON file, checked before it is sent.
+pub fn read_policy(file: &std::path::Path) -> anyhow::Result<Policy> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let policy: Policy = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a policy (JSON; see `synod key policy set --help`)", file.display()))?;
+    policy.validate().map_err(|e| anyhow!("{} is not a valid policy: {e}", file.display()))?;
+    Ok(policy)
+}
+
+/// The policy a new key starts with, from `--policy` or `--open-policy`; `None`
+/// when neither is given (the key then signs nothing until one is set).
+pub fn key_policy(args: &super::KeyPolicyArgs) -> anyhow::Result<Option<Policy>> {
+    match (&args.policy, args.open_policy) {
+        (Some(file), _) => read_policy(file).map(Some),
+        (None, true) => Ok(Some(Policy::default())),
+        (None, false) => Ok(None),
+    }
 }

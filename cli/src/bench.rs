@@ -383,7 +383,8 @@ async fn bench_cluster(
             members.truncate(usize::from(config.nodes));
             let name = format!("bench-{}of{}-{}", config.threshold, config.nodes, random_hex(4));
             eprintln!("{config}: creating key {name} by DKG...");
-            super::keys::create(client_args, &name, Some(config.threshold), members).await?
+            let open = Some(synod_proto::authz::Policy::default());
+            super::keys::create(client_args, &name, Some(config.threshold), members, open).await?
         }
     };
     if key.status != KeyStatus::Active {
@@ -618,7 +619,8 @@ impl Target {
         let mut builder = reqwest::Client::builder()
             .use_preconfigured_tls(self.tls.clone())
             .timeout(Duration::from_millis(SIGN_WAIT_MS + 30_000))
-            .connect_timeout(Duration::from_secs(5));
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(crate::client::POOL_IDLE_TIMEOUT);
         for (id, socket) in &self.nodes {
             builder = builder.resolve(&pki::node_server_name(*id), *socket);
         }

@@ -9,14 +9,27 @@ use serde::de::DeserializeOwned;
 use synod_proto::api::{ErrorBody, Health, KvList, KvRecord, Status, WriteResponse};
 use synod_proto::{Command, Envelope, NodeAddr, NodeId, OperatorKey, Outcome, SignedCommand};
 
+use super::display::shown;
 use super::operator::load_operator_key;
 use super::{ClientArgs, ClusterCmd, KvCmd, Output};
 use synod_node::pki;
 
-/// An HTTPS client for one node's API.
+/// How long an idle pooled connection is reused: well under the node's
+/// `api::HEADER_READ_TIMEOUT`, after which the node closes it, so a request never races
+/// the node's close on a connection it is about to drop.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+const _: () = assert!(POOL_IDLE_TIMEOUT.as_millis() * 2 <= synod_node::api::HEADER_READ_TIMEOUT.as_millis());
+
+/// An HTTPS client for one node's API. Every read but health is signed with
+/// the operator key when one is configured ([`synod_proto::readsig`]): what a
+/// node returns depends on which operator reads.
 pub struct ApiClient {
     http: reqwest::Client,
     base: String,
+    /// The operator key file (`SYNOD_OPERATOR_KEY`), read at the first signed read.
+    operator_key: Option<std::path::PathBuf>,
+    /// The key and the cluster id reads are signed for, once known.
+    reader: std::sync::OnceLock<(ed25519_dalek::SigningKey, String)>,
 }
 
 impl ApiClient {
@@ -35,21 +48,26 @@ impl ApiClient {
             .use_preconfigured_tls(tls)
             .timeout(Duration::from_secs(60))
             .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()?;
         let base = args.addr.trim_end_matches('/').to_string();
         if !base.starts_with("https://") {
             bail!("SYNOD_ADDR {base:?} must start with https://");
         }
-        Ok(ApiClient { http, base })
+        Ok(ApiClient { http, base, operator_key: args.operator_key.clone(), reader: Default::default() })
     }
 
     async fn decode<T: DeserializeOwned>(&self, response: reqwest::Response) -> anyhow::Result<(u16, T)> {
         let status = response.status().as_u16();
         let bytes = response.bytes().await?;
-        if let Ok(value) = serde_json::from_slice::<T>(&bytes) {
-            return Ok((status, value));
+        // An error body is an error even when the caller asked for any JSON value.
+        let error = (status >= 400).then(|| serde_json::from_slice::<ErrorBody>(&bytes).ok()).flatten();
+        if error.is_none() {
+            if let Ok(value) = serde_json::from_slice::<T>(&bytes) {
+                return Ok((status, value));
+            }
         }
-        if let Ok(err) = serde_json::from_slice::<ErrorBody>(&bytes) {
+        if let Some(err) = error.or_else(|| serde_json::from_slice::<ErrorBody>(&bytes).ok()) {
             let mut text = err.errors.join("; ");
             if let Some(leader) = err.leader {
                 text.push_str(&format!(" (leader: node {} at {})", leader.node_id, leader.api_addr));
@@ -79,8 +97,14 @@ impl ApiClient {
             .resolve(&name, socket)
             .timeout(Duration::from_secs(60))
             .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()?;
-        Ok(ApiClient { http, base: format!("https://{name}:{}", socket.port()) })
+        Ok(ApiClient {
+            http,
+            base: format!("https://{name}:{}", socket.port()),
+            operator_key: args.operator_key.clone(),
+            reader: Default::default(),
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -99,9 +123,40 @@ impl ApiClient {
         })
     }
 
+    /// A GET of `path` (with its query), signed as a read when an operator key is set.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<(u16, T)> {
-        let response = self.send(self.http.get(self.url(path))).await?;
+        let url = reqwest::Url::parse(&self.url(path)).with_context(|| format!("{path:?} is not a valid API path"))?;
+        // Sign the target exactly as it goes on the wire (the URL parser may escape it).
+        let target = match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_string(),
+        };
+        let mut request = self.http.get(url);
+        if let Some(header) = self.read_signature("GET", &target).await? {
+            request = request.header(synod_proto::readsig::READ_SIGNATURE_HEADER, header);
+        }
+        let response = self.send(request).await?;
         self.decode(response).await
+    }
+
+    /// The read-signature header for `method path`, or `None` for health and
+    /// when no operator key is configured (the node then answers health only).
+    async fn read_signature(&self, method: &str, path: &str) -> anyhow::Result<Option<String>> {
+        let Some(key_path) = &self.operator_key else { return Ok(None) };
+        if path.starts_with("/v1/sys/health") {
+            return Ok(None);
+        }
+        if self.reader.get().is_none() {
+            let key = load_operator_key(key_path)?;
+            let response = self.send(self.http.get(self.url("/v1/sys/health?standbyok=true"))).await?;
+            let (_, health): (u16, Health) = self.decode(response).await?;
+            // A node without a cluster has no operators to sign for; it answers what it can.
+            let Some(cluster_id) = health.cluster_id else { return Ok(None) };
+            let _ = self.reader.set((key, cluster_id));
+        }
+        let (key, cluster_id) = self.reader.get().expect("set above");
+        let signature = synod_proto::readsig::ReadSignature::sign(key, cluster_id, method, path, now_ms());
+        Ok(Some(signature.to_header()))
     }
 
     pub async fn post<T: DeserializeOwned, B: serde::Serialize>(
@@ -156,8 +211,10 @@ fn print_write(args: &ClientArgs, response: &WriteResponse) -> anyhow::Result<()
     match args.output.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(response)?),
         Output::Table => match &response.outcome {
-            Outcome::Applied { detail } => println!("committed at index {}: {detail}", response.index),
-            Outcome::Rejected { reason, .. } => println!("committed at index {} but refused: {reason}", response.index),
+            Outcome::Applied { detail } => println!("committed at index {}: {}", response.index, shown(detail)),
+            Outcome::Rejected { reason, .. } => {
+                println!("committed at index {} but refused: {}", response.index, shown(reason))
+            }
             Outcome::Internal => println!("committed at index {}", response.index),
         },
     }
@@ -239,9 +296,9 @@ pub async fn status(args: &ClientArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
     }
-    println!("cluster      {}", status.cluster_id.as_deref().unwrap_or("(not initialised)"));
+    println!("cluster      {}", shown(status.cluster_id.as_deref().unwrap_or("(not initialised)")));
     if let Some(name) = &status.cluster_name {
-        println!("name         {name}");
+        println!("name         {}", shown(name));
     }
     println!("this node    {} ({})", status.node_id, status.role);
     println!("leader       {}", status.leader_id.map_or("(none)".into(), |l| l.to_string()));
@@ -257,8 +314,14 @@ pub async fn status(args: &ClientArgs) -> anyhow::Result<()> {
         point(status.endorsed_point_index)
     );
     if let Some(why) = &status.signing_paused {
-        println!("signing      paused: {why}");
+        println!("signing      paused: {}", shown(why));
     }
+    match &status.memory_lock_refused {
+        None if status.memory_locked => println!("memory       locked"),
+        None => println!("memory       not locked"),
+        Some(why) => println!("memory       not locked: {why}"),
+    }
+    println!("core dumps   {}", if status.core_dumps_off { "off" } else { "POSSIBLE (not hardened)" });
     println!();
     // CLOCK: the member's clock minus the leader's, as the leader estimates it (leader only).
     println!("NODE   VOTER    AUTHORIZED RAFT                   API                    MATCHED  CLOCK");
@@ -268,8 +331,8 @@ pub async fn status(args: &ClientArgs) -> anyhow::Result<()> {
             m.node_id,
             m.voter,
             m.authorized,
-            m.addr.raft_addr,
-            m.addr.api_addr,
+            shown(&m.addr.raft_addr),
+            shown(&m.addr.api_addr),
             m.matched_index.map_or("-".into(), |i| i.to_string()),
             m.clock_offset_ms.map_or("-".into(), clock_offset)
         );
@@ -316,7 +379,7 @@ pub async fn kv(cmd: KvCmd) -> anyhow::Result<()> {
             let (_, record): (u16, KvRecord) = api.get(&format!("/v1/kv/{key}")).await?;
             match client.output.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&record)?),
-                Output::Table => println!("{}", record.value),
+                Output::Table => println!("{}", shown(&record.value)),
             }
             Ok(())
         }
@@ -325,7 +388,7 @@ pub async fn kv(cmd: KvCmd) -> anyhow::Result<()> {
             let (_, list): (u16, KvList) = api.get("/v1/kv").await?;
             match client.output.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
-                Output::Table => list.keys.iter().for_each(|(k, v)| println!("{k}\t(version {v})")),
+                Output::Table => list.keys.iter().for_each(|(k, v)| println!("{}\t(version {v})", shown(k))),
             }
             Ok(())
         }

@@ -159,7 +159,7 @@ pub async fn create(data_dir: &Path, nodes: u64, hsm: DevHsm) -> anyhow::Result<
     let ca_dir = data_dir.join("ca");
     pki::ca_init(&ca_dir, "synod dev CA", None)?;
     let certs = data_dir.join("certs");
-    pki::issue(&ca_dir, &Subject::Client { name: "dev".into() }, &certs, 365, None)?;
+    pki::issue(&ca_dir, &Subject::Client { name: "dev".into() }, &certs, pki::CLIENT_VALIDITY_DAYS_DEFAULT, None)?;
     let admin = OperatorKey::of(&keygen(&data_dir.join("admin.pem"))?);
     let mut id_bytes = [0u8; 8];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id_bytes);
@@ -168,7 +168,7 @@ pub async fn create(data_dir: &Path, nodes: u64, hsm: DevHsm) -> anyhow::Result<
     let mut list = Vec::new();
     for (id, (raft, api)) in (1..=nodes).zip(addrs) {
         let node_subject = Subject::Node { id, sans: vec!["127.0.0.1".into()] };
-        let issued = pki::issue(&ca_dir, &node_subject, &certs, 365, None)?;
+        let issued = pki::issue(&ca_dir, &node_subject, &certs, pki::NODE_VALIDITY_DAYS_DEFAULT, None)?;
         let node_dir = data_dir.join(format!("node-{id}"));
         std::fs::create_dir_all(&node_dir)?;
         let config = NodeConfig {
@@ -176,6 +176,7 @@ pub async fn create(data_dir: &Path, nodes: u64, hsm: DevHsm) -> anyhow::Result<
             data_dir: node_dir.join("data"),
             raft_listen: raft,
             api_listen: api,
+            metrics_listen: None,
             tls: TlsFiles { ca_cert: ca_dir.join("ca.crt"), cert: issued.cert_path, key: issued.key_path },
             kek: create_kek(data_dir, &node_dir, id, hsm).await?,
             raft: RaftTuning::default(),
@@ -242,7 +243,7 @@ const DEMO_APPROVERS: [&str; 2] = ["alice", "bob"];
 /// Creates the tour's keys and operators: `demo` signs on request; `treasury`
 /// needs approvals from alice and bob, whose keys are written next to admin.pem.
 async fn demo_keys(data_dir: &Path, client_args: &ClientArgs) -> anyhow::Result<()> {
-    let key = super::keys::create(client_args, DEMO_KEY, None, Vec::new()).await?;
+    let key = super::keys::create(client_args, DEMO_KEY, None, Vec::new(), Some(Policy::default())).await?;
     println!(
         "Created signing key {DEMO_KEY} ({} of {}) by distributed key generation; public key {}.",
         key.threshold,
@@ -256,18 +257,16 @@ async fn demo_keys(data_dir: &Path, client_args: &ClientArgs) -> anyhow::Result<
             key: Some(OperatorKey::of(&signing)),
             ssh_key: None,
             roles: vec![Role::Approver],
+            pending_max: None,
         };
         expect_applied(client::submit(client_args, command).await?)?;
     }
-    super::keys::create(client_args, TREASURY_KEY, None, Vec::new()).await?;
     let policy = Policy {
         approvers: DEMO_APPROVERS.iter().map(|n| n.to_string()).collect(),
         approvals_required: 2,
         ..Policy::default()
     };
-    expect_applied(
-        client::submit(client_args, synod_proto::Command::SetPolicy { key: TREASURY_KEY.into(), policy }).await?,
-    )?;
+    super::keys::create(client_args, TREASURY_KEY, None, Vec::new(), Some(policy)).await?;
     println!(
         "Created key {TREASURY_KEY}; its policy needs 2 approvals from {} (keys in {}).",
         DEMO_APPROVERS.join(" and "),

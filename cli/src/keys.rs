@@ -16,6 +16,7 @@ use synod_proto::{Command, NodeId, Outcome};
 use zeroize::Zeroizing;
 
 use super::client::{cluster_id, sign as sign_command, ApiClient};
+use super::display::shown;
 use super::{ClientArgs, KeyCmd, Output, SignArgs, VerifyArgs};
 
 /// How often progress is polled while waiting for a key.
@@ -26,12 +27,23 @@ const KEY_WAIT: Duration = Duration::from_secs(150);
 /// `synod key ...`.
 pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
     match cmd {
-        KeyCmd::Create { name, threshold, participants, client } => {
-            let key = create(&client, &name, threshold, participants).await?;
-            print_key(&client, &key)
+        KeyCmd::Create { name, threshold, participants, policy, client } => {
+            let policy = super::authz::key_policy(&policy)?;
+            let unset = policy.is_none();
+            let key = create(&client, &name, threshold, participants, policy).await?;
+            print_key(&client, &key)?;
+            if unset {
+                eprintln!(
+                    "Key {name} has no signing policy, so it signs nothing yet. Set one with \
+                     `synod key policy set {name} --file policy.json` (or create keys with --policy FILE or \
+                     --open-policy)."
+                );
+            }
+            Ok(())
         }
-        KeyCmd::Import { name, key_file, threshold, participants, client } => {
-            import(&client, &name, &key_file, threshold, participants).await
+        KeyCmd::Import { name, key_file, threshold, participants, policy, client } => {
+            let policy = super::authz::key_policy(&policy)?;
+            import(&client, &name, &key_file, threshold, participants, policy).await
         }
         KeyCmd::List(client) => {
             let (_, list): (u16, KeyList) = ApiClient::new(&client)?.get("/v1/keys").await?;
@@ -42,7 +54,7 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
                     for k in &list.keys {
                         let tn = format!("{}-of-{}", k.threshold, k.participants.len());
                         let public = k.public_key.as_deref().unwrap_or("-");
-                        println!("{:<24} {:<10} {:<10} {:<9} {public}", k.name, k.status, k.origin, tn);
+                        println!("{:<24} {:<10} {:<10} {:<9} {public}", shown(&k.name), k.status, k.origin, tn);
                     }
                 }
             }
@@ -75,8 +87,8 @@ fn print_key(client: &ClientArgs, key: &KeyInfo) -> anyhow::Result<()> {
     match client.output.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(key)?),
         Output::Table => {
-            println!("name:          {}", key.name);
-            println!("id:            {}", key.id);
+            println!("name:          {}", shown(&key.name));
+            println!("id:            {}", shown(&key.id));
             println!("version:       {}", key.version);
             println!("status:        {}", key.status);
             println!("origin:        {}", key.origin);
@@ -87,8 +99,17 @@ fn print_key(client: &ClientArgs, key: &KeyInfo) -> anyhow::Result<()> {
                 key.participants
             );
             println!("public key:    {}", key.public_key.as_deref().unwrap_or("-"));
+            if key.policy_unset {
+                println!("policy:        none yet: signs nothing until `synod key policy set`");
+            } else {
+                println!(
+                    "policy:        version {} (`synod key policy show {}`)",
+                    key.policy_version,
+                    shown(&key.name)
+                );
+            }
             if let Some(reason) = &key.abort_reason {
-                println!("aborted:       {reason}");
+                println!("aborted:       {}", shown(reason));
             }
         }
     }
@@ -111,6 +132,7 @@ pub async fn create(
     name: &str,
     threshold: Option<u16>,
     participants: Vec<NodeId>,
+    policy: Option<synod_proto::authz::Policy>,
 ) -> anyhow::Result<KeyInfo> {
     let api = ApiClient::new(client)?;
     let status = members(&api).await?;
@@ -118,10 +140,11 @@ pub async fn create(
         if participants.is_empty() { status.members.iter().map(|m| m.node_id).collect() } else { participants };
     let threshold = threshold.unwrap_or_else(|| default_threshold(participants.len()));
     let cluster = cluster_id(&status)?;
-    let command = Command::CreateKey { name: name.to_string(), threshold, participants };
+    let command = Command::CreateKey { name: name.to_string(), threshold, participants, policy };
     let signed = sign_command(client, &cluster, command)?;
     let (_, response): (u16, WriteResponse) = api.post("/v1/keys", &signed).await?;
     refused(&response)?;
+    proposed(&response, name)?;
     let key_id = key_id_of(&signed)?;
     eprintln!("generating key {name} ({threshold} of {}): distributed key generation started", status.members.len());
     wait_active(&api, &key_id).await
@@ -130,6 +153,17 @@ pub async fn create(
 fn key_id_of(signed: &synod_proto::SignedCommand) -> anyhow::Result<String> {
     let envelope: synod_proto::Envelope = serde_json::from_str(&signed.envelope)?;
     Ok(envelope.command_id)
+}
+
+/// Under an admin quorum the command is only proposed: nothing to wait for
+/// until the other admins agree.
+fn proposed(response: &WriteResponse, name: &str) -> anyhow::Result<()> {
+    if let Outcome::Applied { detail } = &response.outcome {
+        if detail.starts_with("proposal ") && detail.contains("admin approvals") {
+            bail!("{detail}. Key {name} is made once enough admins agree; then watch it with `synod key show {name}`");
+        }
+    }
+    Ok(())
 }
 
 fn refused(response: &WriteResponse) -> anyhow::Result<()> {
@@ -150,7 +184,7 @@ async fn wait_active(api: &ApiClient, key_id: &str) -> anyhow::Result<KeyInfo> {
             format!("round-1 packages {}/{n}, confirmations {}/{n}", key.round1_received.len(), key.confirmed.len());
         match key.status {
             KeyStatus::Active => {
-                eprintln!("key {} is active", key.name);
+                eprintln!("key {} is active", shown(&key.name));
                 return Ok(key);
             }
             KeyStatus::Aborted => {
@@ -189,6 +223,7 @@ async fn import(
     key_file: &Path,
     threshold: Option<u16>,
     participants: Vec<NodeId>,
+    policy: Option<synod_proto::authz::Policy>,
 ) -> anyhow::Result<()> {
     let api = ApiClient::new(client)?;
     let status = members(&api).await?;
@@ -203,6 +238,7 @@ async fn import(
         threshold,
         participants: participants.clone(),
         public_key_package: package,
+        policy,
     };
     let signed = sign_command(client, &cluster, command)?;
     let (_, response): (u16, WriteResponse) = api.post("/v1/keys", &signed).await?;
@@ -310,7 +346,7 @@ pub async fn sign(args: SignArgs) -> anyhow::Result<()> {
     match &args.out {
         Some(path) => {
             std::fs::write(path, &encoded).with_context(|| format!("cannot write {}", path.display()))?;
-            eprintln!("signature for request {request_id} written to {}", path.display());
+            eprintln!("signature for request {} written to {}", shown(&request_id), path.display());
         }
         None if args.client.output.output == Output::Table => {
             use std::io::Write;

@@ -9,6 +9,7 @@ pub mod authz;
 pub mod bench;
 pub mod client;
 pub mod dev;
+pub mod display;
 pub mod keys;
 pub mod local;
 pub mod operator;
@@ -133,9 +134,30 @@ pub enum CaCmd {
         #[arg(long)]
         protect: bool,
     },
-    /// Issue a certificate signed by the CA.
+    /// Issue a certificate signed by the CA, or renew one (--renew).
+    Issue(IssueArgs),
+}
+
+/// `synod ca issue node|client ...` issues a new certificate and key;
+/// `synod ca issue --renew FILE --ca-dir DIR` renews an existing one in place.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct IssueArgs {
     #[command(subcommand)]
-    Issue(IssueCmd),
+    pub kind: Option<IssueCmd>,
+    /// Renew this certificate file (node-<id>.crt or client-<name>.crt): same subject, SANs
+    /// and key, a new serial and validity. The old file is kept as <file>.prev and the key
+    /// file is not touched, so a node picks the new certificate up on SIGHUP without a
+    /// restart. To change the key, issue a new certificate instead.
+    #[arg(long, value_name = "CERT_FILE")]
+    pub renew: Option<PathBuf>,
+    /// Directory holding ca.crt and ca.key (with --renew).
+    #[arg(long)]
+    pub ca_dir: Option<PathBuf>,
+    /// Validity of the renewed certificate in days (default: 365 for a node, 90 for a client;
+    /// at most 398).
+    #[arg(long)]
+    pub days: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -153,7 +175,8 @@ pub enum IssueCmd {
         /// Where to write node-<id>.crt and node-<id>.key.
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value_t = 365)]
+        /// Validity in days (at most 398); renew with `synod ca issue --renew`.
+        #[arg(long, default_value_t = synod_node::pki::NODE_VALIDITY_DAYS_DEFAULT)]
         days: u32,
     },
     /// A client certificate (CN synod-client-<name>) for the CLI or an application.
@@ -164,7 +187,8 @@ pub enum IssueCmd {
         ca_dir: PathBuf,
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value_t = 365)]
+        /// Validity in days (at most 398); renew with `synod ca issue --renew`.
+        #[arg(long, default_value_t = synod_node::pki::CLIENT_VALIDITY_DAYS_DEFAULT)]
         days: u32,
     },
 }
@@ -220,6 +244,10 @@ pub enum OperatorCmd {
         /// Roles, comma-separated: requester, approver, admin, auditor.
         #[arg(long, value_delimiter = ',', required = true)]
         roles: Vec<synod_proto::authz::Role>,
+        /// How many of this operator's requests may wait at once (default 64;
+        /// at most the cluster's 1024): raise it for a CI requester that bursts.
+        #[arg(long)]
+        pending_max: Option<u32>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -304,6 +332,8 @@ pub enum KeyCmd {
         #[arg(long, value_delimiter = ',')]
         participants: Vec<NodeId>,
         #[command(flatten)]
+        policy: KeyPolicyArgs,
+        #[command(flatten)]
         client: ClientArgs,
     },
     /// Import an existing Ed25519 key (migration): split on this machine, each share sent
@@ -318,6 +348,8 @@ pub enum KeyCmd {
         threshold: Option<u16>,
         #[arg(long, value_delimiter = ',')]
         participants: Vec<NodeId>,
+        #[command(flatten)]
+        policy: KeyPolicyArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -390,6 +422,21 @@ pub struct VerifyArgs {
     pub client: ClientArgs,
 }
 
+/// The policy a new key starts with. Without one the key signs nothing until
+/// an admin sets a policy (`synod key policy set`): a key never starts open by
+/// accident. The policy travels in the create command, so under an admin
+/// quorum the other admins see it when they agree.
+#[derive(Args, Debug, Default, Clone)]
+pub struct KeyPolicyArgs {
+    /// The key's signing policy, a JSON file as for `synod key policy set`.
+    #[arg(long, value_name = "FILE", conflicts_with = "open_policy")]
+    pub policy: Option<PathBuf>,
+    /// Start with the open policy: any operator with the requester role signs,
+    /// no approvals.
+    #[arg(long)]
+    pub open_policy: bool,
+}
+
 /// `synod key policy ...`.
 #[derive(Subcommand, Debug)]
 pub enum PolicyCmd {
@@ -424,6 +471,11 @@ pub struct ApproveArgs {
     /// The approver's operator name (found from the key when omitted).
     #[arg(long = "as")]
     pub approver: Option<String>,
+    /// Approve without asking: for scripts. Without it, `synod approve` shows
+    /// what is being approved and asks on the terminal, and refuses when stdin
+    /// is not a terminal.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -613,6 +665,26 @@ pub struct ClientArgs {
     pub ttl_secs: u64,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// The environment variables that may hold secrets for this command line:
+/// the default KEK passphrase and PIN variables, and those a node's config
+/// names. `main` takes them out of the environment before any thread starts.
+pub fn secret_env_names(cli: &Cli) -> Vec<String> {
+    let mut names = vec![synod_node::config::PASSPHRASE_ENV_DEFAULT.into(), synod_node::config::PIN_ENV_DEFAULT.into()];
+    if let Top::Node(NodeCmd::Start { config }) = &cli.command {
+        names.extend(synod_node::server::secret_env_names(config));
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// What this command hardens: every command drops core dumps and ptrace by
+/// other users (an operator key or a CA key may be in memory); a node, which
+/// holds unsealed shares for as long as it runs, also locks its memory.
+pub fn hardening_steps(cli: &Cli) -> synod_node::hygiene::HardeningSteps {
+    synod_node::hygiene::HardeningSteps { lock_memory: matches!(cli.command, Top::Node(NodeCmd::Start { .. })) }
 }
 
 /// Runs the parsed command line.

@@ -7,6 +7,11 @@ fn main() -> std::process::ExitCode {
     // One rustls crypto provider for the whole process (ring), before any TLS use.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = synod_cli::Cli::parse();
+    // Before any thread exists: move secret variables out of the environment
+    // (and out of /proc/<pid>/environ), then drop core dumps and ptrace by
+    // other users; a node also locks its memory. See synod_node::hygiene.
+    synod_node::hygiene::take_env_secrets(&synod_cli::secret_env_names(&cli));
+    synod_node::hygiene::harden(synod_cli::hardening_steps(&cli));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -17,7 +22,8 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(synod_cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("Error: {e:#}");
+            // Errors quote the cluster's refusals, which quote what users typed.
+            eprintln!("Error: {}", synod_cli::display::shown_lines(&format!("{e:#}")));
             std::process::ExitCode::FAILURE
         }
     }

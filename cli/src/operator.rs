@@ -9,7 +9,7 @@ use ed25519_dalek::SigningKey;
 use synod_proto::OperatorKey;
 use zeroize::Zeroizing;
 
-use super::{CaCmd, IssueCmd, KekCmd, OperatorCmd, Output};
+use super::{CaCmd, IssueArgs, IssueCmd, KekCmd, OperatorCmd, Output};
 use synod_node::pki::{self, Subject};
 
 /// Runs `synod ca ...`.
@@ -22,7 +22,23 @@ pub fn ca(cmd: CaCmd) -> anyhow::Result<()> {
             println!("CA key:         {} (keep it offline; it can mint node certificates)", info.key_path.display());
             println!("fingerprint:    {}", info.fingerprint_sha256);
         }
-        CaCmd::Issue(IssueCmd::Node { id, sans, ca_dir, out, days }) => {
+        CaCmd::Issue(IssueArgs { kind: None, renew: Some(cert), ca_dir, days }) => {
+            let ca_dir = ca_dir.context("--renew needs --ca-dir, the directory holding ca.crt and ca.key")?;
+            let passphrase = passphrase_if_protected(&ca_dir)?;
+            let renewed = pki::renew(&ca_dir, &cert, days, passphrase.as_deref().map(String::as_str))?;
+            println!(
+                "renewed {:?} for {} days\ncertificate: {} (the key file is unchanged)\nprevious:    {}\n\
+                 send SIGHUP to a running node to use it",
+                renewed.subject,
+                renewed.validity_days,
+                renewed.cert_path.display(),
+                renewed.previous_path.display()
+            );
+        }
+        CaCmd::Issue(IssueArgs { kind: None, .. }) => {
+            anyhow::bail!("say what to issue: `synod ca issue node ...`, `synod ca issue client ...`, or `synod ca issue --renew CERT_FILE --ca-dir DIR`")
+        }
+        CaCmd::Issue(IssueArgs { kind: Some(IssueCmd::Node { id, sans, ca_dir, out, days }), .. }) => {
             let passphrase = passphrase_if_protected(&ca_dir)?;
             let issued = pki::issue(
                 &ca_dir,
@@ -33,7 +49,7 @@ pub fn ca(cmd: CaCmd) -> anyhow::Result<()> {
             )?;
             println!("certificate: {}\nkey:         {}", issued.cert_path.display(), issued.key_path.display());
         }
-        CaCmd::Issue(IssueCmd::Client { name, ca_dir, out, days }) => {
+        CaCmd::Issue(IssueArgs { kind: Some(IssueCmd::Client { name, ca_dir, out, days }), .. }) => {
             let passphrase = passphrase_if_protected(&ca_dir)?;
             let issued =
                 pki::issue(&ca_dir, &Subject::Client { name }, &out, days, passphrase.as_deref().map(String::as_str))?;
@@ -102,8 +118,13 @@ pub fn kek(cmd: KekCmd) -> anyhow::Result<()> {
                     );
                     text.trim().to_string()
                 }
-                None => std::env::var("SYNOD_PKCS11_PIN")
-                    .map_err(|_| anyhow::anyhow!("set SYNOD_PKCS11_PIN or --pin-file to the token's user PIN"))?,
+                None => synod_node::hygiene::secret(synod_node::config::PIN_ENV_DEFAULT, "the token PIN")?
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "set --pin-file, SYNOD_PKCS11_PIN_FILE or SYNOD_PKCS11_PIN to the token's user PIN"
+                        )
+                    })?
+                    .to_string(),
             };
             let cfg = synod_node::kek::pkcs11::Pkcs11Config {
                 module,

@@ -3,37 +3,143 @@
 //! Every route but `GET /v1/sys/health` needs a client certificate issued by
 //! the cluster CA. The certificate authenticates the connection only: writes
 //! carry their own operator signature, which every node verifies when it
-//! applies them. Errors use Vault's shape, `{"errors": ["..."]}`.
+//! applies them, and reads carry a read signature
+//! ([`synod_proto::readsig`]) that names the operator reading. Each handler
+//! turns the connection's certificate and that header into a
+//! [`Caller`] and the node judges what it may read (`crate::caller`).
+//! Errors use Vault's shape, `{"errors": ["..."]}`.
+//!
+//! The server holds under hostile connections: a connection over the global or per-address
+//! cap is closed as soon as it is accepted; the TLS handshake, the request head (which also
+//! bounds an idle keep-alive connection) and the whole request each have a deadline; a
+//! request without a client certificate is answered 401 before its body is read; and every
+//! route reads at most the body it needs. The limits are the constants below, and
+//! ARCHITECTURE.md's limits table lists them. The HTTPS configuration comes through a
+//! `watch` channel so that `SIGHUP` can replace the certificate for new connections.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use synod_proto::api::{ClientRequest, ErrorBody, ImportShare, RaftRole, RequestInfo, RequestStatus};
+use synod_proto::command::ENVELOPE_BYTES_MAX;
 use synod_proto::{NodeError, SignedCommand};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::node::{ClientResponse, Node, AUDIT_PAGE_MAX};
+use crate::caller::Caller;
+use crate::node::{ClientResponse, Node, AUDIT_PAGE_MAX, WAIT_MS_MAX};
 use crate::pki::{self, PeerIdentity};
 
-/// Request bodies larger than this are refused before parsing.
-pub const REQUEST_BYTES_MAX: usize = 256 * 1024;
+/// The body of a route that takes none (every GET, and POSTs without a payload): a client
+/// that sends one anyway is refused past this size.
+pub const READ_BODY_BYTES_MAX: usize = 4 * 1024;
+/// The body of a route that takes a signed command (`/v1/commands`, `/v1/sign`, `/v1/keys`,
+/// `/v1/sys/init`): the envelope is a JSON string inside the body, so escaping can at most
+/// double it, plus the signature, author and a node certificate.
+pub const COMMAND_BODY_BYTES_MAX: usize = 2 * ENVELOPE_BYTES_MAX + 16 * 1024;
+/// The body of `/v1/keys/{name}/share`: one FROST secret share with its commitment (at most
+/// 16 participants of 32-byte points, as hex) fits with room to spare.
+pub const SHARE_BODY_BYTES_MAX: usize = 16 * 1024;
 /// A client must finish its TLS handshake within this time.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client must send a whole request head within this time; hyper starts the timer when it
+/// waits for a request, so it also closes a keep-alive connection idle for this long.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A whole request, body and answer included, must be done within this time. The longest
+/// legitimate request waits `WAIT_MS_MAX` for a signature.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(WAIT_MS_MAX + 15_000);
+/// API connections open at once, from everyone; more are closed when accepted. Well under a
+/// node's usual 1024 open files, with room for the store and the peer transport.
+pub const CONNECTIONS_MAX: usize = 512;
+/// API connections open at once from one IP address; more are closed when accepted, so one
+/// client cannot take the whole of [`CONNECTIONS_MAX`].
+pub const CONNECTIONS_PER_IP_MAX: usize = 64;
+const _: () = assert!(CONNECTIONS_PER_IP_MAX * 4 <= CONNECTIONS_MAX);
+const _: () = assert!(READ_BODY_BYTES_MAX < SHARE_BODY_BYTES_MAX && SHARE_BODY_BYTES_MAX < COMMAND_BODY_BYTES_MAX);
+const _: () = assert!(REQUEST_TIMEOUT.as_millis() > WAIT_MS_MAX as u128);
 
-/// Who is on the other end of the connection, from its client certificate.
+/// The one route that needs no client certificate (load balancers probe it).
+const HEALTH_PATH: &str = "/v1/sys/health";
+
+/// Counters of the API's defences and of TLS reloads, for `/v1/sys/metrics`. One node runs
+/// per process, so they are process-wide.
+pub struct ApiCounters {
+    /// Connections closed at accept because [`CONNECTIONS_MAX`] were open.
+    pub refused_connections_max: AtomicU64,
+    /// Connections closed at accept because [`CONNECTIONS_PER_IP_MAX`] were open from that address.
+    pub refused_connections_per_ip: AtomicU64,
+    /// TLS handshakes that failed or ran past [`HANDSHAKE_TIMEOUT`].
+    pub failed_handshakes: AtomicU64,
+    /// Connections closed because a request head did not arrive within [`HEADER_READ_TIMEOUT`]
+    /// (a slow head, or a kept-alive connection left idle).
+    pub header_timeouts: AtomicU64,
+    /// Requests refused with 401 before their body was read.
+    pub unauthenticated_requests: AtomicU64,
+    /// Requests cut off at [`REQUEST_TIMEOUT`].
+    pub timed_out_requests: AtomicU64,
+    /// `SIGHUP` reloads of the TLS material that took effect.
+    pub tls_reloads: AtomicU64,
+    /// `SIGHUP` reloads refused (the old material stays in use).
+    pub tls_reload_failures: AtomicU64,
+}
+
+/// The process's API counters.
+pub static COUNTERS: ApiCounters = ApiCounters {
+    refused_connections_max: AtomicU64::new(0),
+    refused_connections_per_ip: AtomicU64::new(0),
+    failed_handshakes: AtomicU64::new(0),
+    header_timeouts: AtomicU64::new(0),
+    unauthenticated_requests: AtomicU64::new(0),
+    timed_out_requests: AtomicU64::new(0),
+    tls_reloads: AtomicU64::new(0),
+    tls_reload_failures: AtomicU64::new(0),
+};
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Who is on the other end of the connection, from its client certificate;
+/// each call adds its read signature to make a [`Caller`].
 #[derive(Clone, Debug)]
-pub struct Caller(pub Option<PeerIdentity>);
+pub struct Connection(pub Option<PeerIdentity>);
+
+/// The call's [`Caller`], identified before any body is read: a call without
+/// a client certificate, or with a read signature that does not verify, is
+/// refused here with why.
+pub struct Identified(pub Caller);
+
+impl FromRequestParts<Arc<Node>> for Identified {
+    type Rejection = Failure;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, Failure> {
+        let certificate = parts.extensions.get::<Connection>().and_then(|c| c.0.clone());
+        // No certificate, no further work: a signature is checked only for a CA-issued client.
+        Caller { certificate: certificate.clone(), operator: None }.require_certificate()?;
+        let header = match parts.headers.get(synod_proto::readsig::READ_SIGNATURE_HEADER) {
+            None => None,
+            Some(value) => Some(value.to_str().map_err(|_| {
+                Failure::Node(NodeError::unauthenticated("read signature refused: the header is not ASCII"))
+            })?),
+        };
+        let target = parts.uri.path_and_query().map_or_else(|| parts.uri.path(), |p| p.as_str());
+        Ok(Identified(node.identify(certificate, header, parts.method.as_str(), target)?))
+    }
+}
 
 /// An error response: the only place a [`NodeError`] becomes an HTTP status.
 pub enum Failure {
@@ -80,13 +186,47 @@ impl IntoResponse for Failure {
     }
 }
 
-fn require_client(caller: &Caller) -> Result<(), Failure> {
-    match caller.0 {
-        Some(_) => Ok(()),
-        None => Err(Failure::Node(NodeError::unauthenticated(
-            "this endpoint needs a client certificate from the cluster CA; set SYNOD_CLIENT_CERT and SYNOD_CLIENT_KEY \
-             (create one with `synod ca issue client`)",
-        ))),
+/// Checks a request before any handler runs, and so before any body is read: every route but
+/// health needs a client certificate (401), and a body declared larger than any route takes
+/// is refused from its `Content-Length` (413). Smaller per-route limits apply as the body is
+/// read.
+async fn admit_request(request: Request, next: Next) -> Response {
+    let certificate = request.extensions().get::<Connection>().and_then(|c| c.0.clone());
+    if request.uri().path() != HEALTH_PATH {
+        if let Err(refusal) = (Caller { certificate, operator: None }).require_certificate() {
+            count(&COUNTERS.unauthenticated_requests);
+            return Failure::Node(refusal).into_response();
+        }
+    }
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > COMMAND_BODY_BYTES_MAX as u64) {
+        return Failure::Http(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is over the limit of {COMMAND_BODY_BYTES_MAX} bytes that any route takes"),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Cuts a request off at [`REQUEST_TIMEOUT`] (a slow body, or a handler that hangs).
+async fn request_deadline(request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_string();
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            count(&COUNTERS.timed_out_requests);
+            tracing::warn!(%path, "API request cut off after {REQUEST_TIMEOUT:?}");
+            Failure::Http(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request took longer than {} s; send it again", REQUEST_TIMEOUT.as_secs()),
+            )
+            .into_response()
+        }
     }
 }
 
@@ -94,10 +234,25 @@ fn require_client(caller: &Caller) -> Result<(), Failure> {
 type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
 fn read_body<T: serde::de::DeserializeOwned>(body: Body, what: &str) -> Result<T, Failure> {
-    let body = body.map_err(|e| {
-        Failure::Http(e.status(), format!("cannot read the request body: {e} (the limit is {REQUEST_BYTES_MAX} bytes)"))
-    })?;
-    serde_json::from_slice(&body).map_err(|e| {
+    let body = body.map_err(|e| unreadable(e, "a command", COMMAND_BODY_BYTES_MAX))?;
+    parse_body(&body, what)
+}
+
+/// [`read_body`] for a body that holds a secret, already moved into a wiped buffer.
+fn read_secret_body<T: serde::de::DeserializeOwned>(
+    body: Result<zeroize::Zeroizing<Vec<u8>>, axum::extract::rejection::BytesRejection>,
+    what: &str,
+) -> Result<T, Failure> {
+    let body = body.map_err(|e| unreadable(e, "a share", SHARE_BODY_BYTES_MAX))?;
+    parse_body(&body, what)
+}
+
+fn unreadable(e: axum::extract::rejection::BytesRejection, what: &str, limit: usize) -> Failure {
+    Failure::Http(e.status(), format!("cannot read the request body: {e} ({what} is at most {limit} bytes)"))
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Failure> {
+    serde_json::from_slice(body).map_err(|e| {
         Failure::Node(NodeError::invalid(format!("request body is not {what} ({e}); build it with the synod CLI")))
     })
 }
@@ -108,16 +263,17 @@ fn parse_command(body: Body) -> Result<SignedCommand, Failure> {
 
 /// The API's routes over a node.
 pub fn router(node: Arc<Node>) -> Router {
+    let command_body = || DefaultBodyLimit::max(COMMAND_BODY_BYTES_MAX);
     Router::new()
-        .route("/v1/sys/health", get(health))
+        .route(HEALTH_PATH, get(health))
         .route("/v1/sys/status", get(status))
         .route("/v1/sys/metrics", get(metrics))
-        .route("/v1/sys/init", post(init))
-        .route("/v1/commands", post(write))
-        .route("/v1/keys", get(keys_list).post(keys_create))
+        .route("/v1/sys/init", post(init).layer(command_body()))
+        .route("/v1/commands", post(write).layer(command_body()))
+        .route("/v1/keys", get(keys_list).post(keys_create).layer(command_body()))
         .route("/v1/keys/{name}", get(keys_get))
-        .route("/v1/keys/{name}/share", post(keys_share))
-        .route("/v1/sign", post(sign))
+        .route("/v1/keys/{name}/share", post(keys_share).layer(DefaultBodyLimit::max(SHARE_BODY_BYTES_MAX)))
+        .route("/v1/sign", post(sign).layer(command_body()))
         .route("/v1/requests/{id}", get(request_get))
         .route("/v1/operators", get(operators_list))
         .route("/v1/admin/proposals", get(proposals_list))
@@ -128,14 +284,16 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/kv", get(kv_list))
         .route("/v1/kv/{*key}", get(kv_get))
         .fallback(|| async { Failure::Node(NodeError::not_found("no such endpoint; see `synod --help` for the API")) })
-        .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
+        .layer(DefaultBodyLimit::max(READ_BODY_BYTES_MAX))
+        .layer(middleware::from_fn(admit_request))
+        .layer(middleware::from_fn(request_deadline))
         .with_state(node)
 }
 
-/// The node's answer to `request` as a JSON response. Every handler but health first checks
-/// the caller's client certificate ([`require_client`]), before it reads a body.
-async fn answer(node: &Node, request: ClientRequest) -> Result<Response, Failure> {
-    Ok(respond(node.serve_client(request).await?))
+/// The node's answer to `request` for `caller` as a JSON response. Every handler but health
+/// first identifies the caller ([`Identified`]), before it reads a body.
+async fn answer(node: &Node, caller: &Caller, request: ClientRequest) -> Result<Response, Failure> {
+    Ok(respond(node.serve_client(caller, request).await?))
 }
 
 /// A node's answer as HTTP: the payload as JSON; a refused write with 403
@@ -175,7 +333,8 @@ struct HealthQuery {
 /// Vault's health codes: 200 on the leader (or any node with `standbyok`),
 /// 429 on a standby, 501 before initialisation, 503 with no leader.
 async fn health(State(node): State<Arc<Node>>, Query(q): Query<HealthQuery>) -> Result<Response, Failure> {
-    let ClientResponse::Health(health) = node.serve_client(ClientRequest::Health).await? else {
+    let anyone = Caller { certificate: None, operator: None };
+    let ClientResponse::Health(health) = node.serve_client(&anyone, ClientRequest::Health).await? else {
         return Err(Failure::Node(NodeError::internal("health answered with something else")));
     };
     let code = match (health.initialized, health.role, health.leader_id) {
@@ -188,16 +347,20 @@ async fn health(State(node): State<Arc<Node>>, Query(q): Query<HealthQuery>) -> 
     Ok((code, Json(health)).into_response())
 }
 
-async fn status(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    answer(&node, ClientRequest::Status).await
+async fn status(State(node): State<Arc<Node>>, Identified(caller): Identified) -> Result<Response, Failure> {
+    answer(&node, &caller, ClientRequest::Status).await
 }
 
-async fn metrics(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    let ClientResponse::Status(s) = node.serve_client(ClientRequest::Status).await? else {
-        return Err(Failure::Node(NodeError::internal("status answered with something else")));
-    };
+async fn metrics(State(node): State<Arc<Node>>, Identified(caller): Identified) -> Result<Response, Failure> {
+    // Any operator, as for status: these are its figures (see `crate::caller`).
+    caller.require_operator_of(&node.state().read().state, "the node's metrics")?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics_text(&node)).into_response())
+}
+
+/// The node's figures in Prometheus's text format: what `/v1/sys/metrics` and
+/// the metrics listener serve.
+pub fn metrics_text(node: &Node) -> String {
+    let s = node.status();
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, value: u64| {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node=\"{}\"}} {value}\n", s.node_id));
@@ -210,44 +373,47 @@ async fn metrics(State(node): State<Arc<Node>>, Extension(caller): Extension<Cal
     gauge("synod_members", "Members in Raft's configuration.", s.members.len() as u64);
     gauge("synod_commands_applied_total", "Commands applied.", s.applied_commands);
     gauge("synod_commands_rejected_total", "Committed commands refused when applied.", s.rejected_commands);
-    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+    api_counters(&mut out, s.node_id);
+    out
 }
 
-async fn init(
-    State(node): State<Arc<Node>>,
-    Extension(caller): Extension<Caller>,
-    body: Body,
-) -> Result<Response, Failure> {
-    require_client(&caller)?;
+/// The metrics listener's routes (`metrics_addr`): `GET /metrics` only, no
+/// TLS and no identity, for a Prometheus on the same host or network.
+pub fn metrics_router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(node): State<Arc<Node>>| async move {
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics_text(&node))
+            }),
+        )
+        .layer(DefaultBodyLimit::max(READ_BODY_BYTES_MAX))
+        .with_state(node)
+}
+
+async fn init(State(node): State<Arc<Node>>, Identified(caller): Identified, body: Body) -> Result<Response, Failure> {
     let command = parse_command(body)?;
     // The genesis answer is 200 even when refused: `synod cluster init` reads the outcome.
-    match node.serve_client(ClientRequest::Init { command }).await? {
+    match node.serve_client(&caller, ClientRequest::Init { command }).await? {
         ClientResponse::Written(w) => Ok(Json(w).into_response()),
         other => Ok(respond(other)),
     }
 }
 
-async fn write(
-    State(node): State<Arc<Node>>,
-    Extension(caller): Extension<Caller>,
-    body: Body,
-) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    answer(&node, ClientRequest::Write { command: parse_command(body)? }).await
+async fn write(State(node): State<Arc<Node>>, Identified(caller): Identified, body: Body) -> Result<Response, Failure> {
+    answer(&node, &caller, ClientRequest::Write { command: parse_command(body)? }).await
 }
 
 async fn kv_get(
     State(node): State<Arc<Node>>,
-    Extension(caller): Extension<Caller>,
+    Identified(caller): Identified,
     Path(key): Path<String>,
 ) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    answer(&node, ClientRequest::GetKv { key }).await
+    answer(&node, &caller, ClientRequest::GetKv { key }).await
 }
 
-async fn kv_list(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    answer(&node, ClientRequest::ListKv).await
+async fn kv_list(State(node): State<Arc<Node>>, Identified(caller): Identified) -> Result<Response, Failure> {
+    answer(&node, &caller, ClientRequest::ListKv).await
 }
 
 /// How long `POST /v1/sign` waits for the signature by default.
@@ -261,49 +427,46 @@ struct WaitQuery {
 
 async fn keys_create(
     State(node): State<Arc<Node>>,
-    Extension(caller): Extension<Caller>,
+    Identified(caller): Identified,
     body: Body,
 ) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    answer(&node, ClientRequest::CreateKey { command: parse_command(body)? }).await
+    answer(&node, &caller, ClientRequest::CreateKey { command: parse_command(body)? }).await
 }
 
-async fn keys_list(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    answer(&node, ClientRequest::ListKeys).await
+async fn keys_list(State(node): State<Arc<Node>>, Identified(caller): Identified) -> Result<Response, Failure> {
+    answer(&node, &caller, ClientRequest::ListKeys).await
 }
 
 /// A key by name (the live one), or by id (any, including aborted ones).
 async fn keys_get(
     State(node): State<Arc<Node>>,
-    Extension(caller): Extension<Caller>,
+    Identified(caller): Identified,
     Path(name): Path<String>,
 ) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    answer(&node, ClientRequest::GetKey { name }).await
+    answer(&node, &caller, ClientRequest::GetKey { name }).await
 }
 
 async fn keys_share(
     State(node): State<Arc<Node>>,
-    Extension(caller): Extension<Caller>,
+    Identified(caller): Identified,
     Path(_name): Path<String>,
     body: Body,
 ) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    let share: ImportShare = read_body(body, "an import share; use `synod key import`")?;
-    answer(&node, ClientRequest::ImportShare { share }).await
+    // The body holds a secret share: parse it from a buffer wiped when dropped.
+    let body = body.map(|bytes| zeroize::Zeroizing::new(Vec::from(bytes)));
+    let share: ImportShare = read_secret_body(body, "an import share; use `synod key import`")?;
+    answer(&node, &caller, ClientRequest::ImportShare { share }).await
 }
 
 async fn sign(
     State(node): State<Arc<Node>>,
-    Extension(caller): Extension<Caller>,
+    Identified(caller): Identified,
     Query(q): Query<WaitQuery>,
     body: Body,
 ) -> Result<Response, Failure> {
-    require_client(&caller)?;
     let command = parse_command(body)?;
     let wait_ms = q.wait_ms.unwrap_or(SIGN_WAIT_MS_DEFAULT);
-    match node.serve_client(ClientRequest::Sign { command, wait_ms }).await? {
+    match node.serve_client(&caller, ClientRequest::Sign { command, wait_ms }).await? {
         ClientResponse::Request(info) => request_response(*info),
         other => Ok(respond(other)),
     }
@@ -311,28 +474,19 @@ async fn sign(
 
 async fn request_get(
     State(node): State<Arc<Node>>,
-    Extension(caller): Extension<Caller>,
+    Identified(caller): Identified,
     Path(id): Path<String>,
     Query(q): Query<WaitQuery>,
 ) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    answer(&node, ClientRequest::GetRequest { request_id: id, wait_ms: q.wait_ms.unwrap_or(0) }).await
+    answer(&node, &caller, ClientRequest::GetRequest { request_id: id, wait_ms: q.wait_ms.unwrap_or(0) }).await
 }
 
-async fn operators_list(
-    State(node): State<Arc<Node>>,
-    Extension(caller): Extension<Caller>,
-) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    answer(&node, ClientRequest::ListOperators).await
+async fn operators_list(State(node): State<Arc<Node>>, Identified(caller): Identified) -> Result<Response, Failure> {
+    answer(&node, &caller, ClientRequest::ListOperators).await
 }
 
-async fn proposals_list(
-    State(node): State<Arc<Node>>,
-    Extension(caller): Extension<Caller>,
-) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    answer(&node, ClientRequest::ListProposals).await
+async fn proposals_list(State(node): State<Arc<Node>>, Identified(caller): Identified) -> Result<Response, Failure> {
+    answer(&node, &caller, ClientRequest::ListProposals).await
 }
 
 #[derive(Deserialize)]
@@ -344,33 +498,23 @@ struct AuditQuery {
 
 async fn audit_list(
     State(node): State<Arc<Node>>,
-    Extension(caller): Extension<Caller>,
+    Identified(caller): Identified,
     Query(q): Query<AuditQuery>,
 ) -> Result<Response, Failure> {
-    require_client(&caller)?;
     let request = ClientRequest::AuditRecords { from: q.from.unwrap_or(1), limit: q.limit.unwrap_or(AUDIT_PAGE_MAX) };
-    answer(&node, request).await
+    answer(&node, &caller, request).await
 }
 
-async fn audit_checkpoint(
-    State(node): State<Arc<Node>>,
-    Extension(caller): Extension<Caller>,
-) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    answer(&node, ClientRequest::AuditCheckpoint).await
+async fn audit_checkpoint(State(node): State<Arc<Node>>, Identified(caller): Identified) -> Result<Response, Failure> {
+    answer(&node, &caller, ClientRequest::AuditCheckpoint).await
 }
 
-async fn audit_checkpoints(
-    State(node): State<Arc<Node>>,
-    Extension(caller): Extension<Caller>,
-) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    answer(&node, ClientRequest::AuditCheckpoints).await
+async fn audit_checkpoints(State(node): State<Arc<Node>>, Identified(caller): Identified) -> Result<Response, Failure> {
+    answer(&node, &caller, ClientRequest::AuditCheckpoints).await
 }
 
-async fn audit_head(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>) -> Result<Response, Failure> {
-    require_client(&caller)?;
-    answer(&node, ClientRequest::AuditHead).await
+async fn audit_head(State(node): State<Arc<Node>>, Identified(caller): Identified) -> Result<Response, Failure> {
+    answer(&node, &caller, ClientRequest::AuditHead).await
 }
 
 /// 200 with the signature, 202 while open, 503 naming why it failed.
@@ -388,14 +532,125 @@ fn request_response(info: RequestInfo) -> Result<Response, Failure> {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` turns true.
+/// The API counters in Prometheus text format.
+fn api_counters(out: &mut String, node_id: u64) {
+    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    let c = &COUNTERS;
+    let refused = [("total", load(&c.refused_connections_max)), ("per_ip", load(&c.refused_connections_per_ip))];
+    out.push_str(
+        "# HELP synod_api_connections_refused_total API connections closed at accept, by which cap was full.\n",
+    );
+    out.push_str("# TYPE synod_api_connections_refused_total counter\n");
+    for (cap, value) in refused {
+        out.push_str(&format!("synod_api_connections_refused_total{{node=\"{node_id}\",cap=\"{cap}\"}} {value}\n"));
+    }
+    let counters = [
+        (
+            "synod_api_handshakes_failed_total",
+            "API TLS handshakes that failed or timed out.",
+            load(&c.failed_handshakes),
+        ),
+        (
+            "synod_api_header_timeouts_total",
+            "API connections closed for want of a request head (slow or idle).",
+            load(&c.header_timeouts),
+        ),
+        (
+            "synod_api_unauthenticated_requests_total",
+            "Requests refused for want of a client certificate, body unread.",
+            load(&c.unauthenticated_requests),
+        ),
+        ("synod_api_requests_timed_out_total", "Requests cut off at the request timeout.", load(&c.timed_out_requests)),
+        ("synod_tls_reloads_total", "SIGHUP reloads of the TLS material that took effect.", load(&c.tls_reloads)),
+        (
+            "synod_tls_reload_failures_total",
+            "SIGHUP reloads refused; the old material stays.",
+            load(&c.tls_reload_failures),
+        ),
+    ];
+    for (name, help, value) in counters {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name}{{node=\"{node_id}\"}} {value}\n"));
+    }
+}
+
+/// Open API connections, overall and per client address: the caps [`CONNECTIONS_MAX`] and
+/// [`CONNECTIONS_PER_IP_MAX`].
+#[derive(Default)]
+pub struct ConnectionGate {
+    /// Open connections in total and per address; an address leaves the map at zero.
+    open: Mutex<OpenConnections>,
+}
+
+#[derive(Default)]
+struct OpenConnections {
+    /// Connections admitted and not yet closed.
+    total: usize,
+    /// The same, per client IP address.
+    by_ip: HashMap<IpAddr, usize>,
+}
+
+/// Which cap refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// [`CONNECTIONS_MAX`] connections were open.
+    Total,
+    /// [`CONNECTIONS_PER_IP_MAX`] connections were open from this address.
+    PerIp,
+}
+
+/// One admitted connection; dropping it gives its place back.
+pub struct Admission {
+    /// The gate to give the place back to.
+    gate: Arc<ConnectionGate>,
+    /// The address the place was counted under.
+    ip: IpAddr,
+}
+
+impl ConnectionGate {
+    /// Admits a connection from `ip`, or says which cap is full.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, Refusal> {
+        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if open.total >= CONNECTIONS_MAX {
+            return Err(Refusal::Total);
+        }
+        let from_ip = open.by_ip.entry(ip).or_insert(0);
+        if *from_ip >= CONNECTIONS_PER_IP_MAX {
+            return Err(Refusal::PerIp);
+        }
+        *from_ip += 1;
+        open.total += 1;
+        Ok(Admission { gate: self.clone(), ip })
+    }
+
+    /// Connections open now (from `ip`).
+    pub fn open(&self, ip: IpAddr) -> (usize, usize) {
+        let open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        (open.total, open.by_ip.get(&ip).copied().unwrap_or(0))
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut open = self.gate.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        open.total = open.total.saturating_sub(1);
+        if let Some(from_ip) = open.by_ip.get_mut(&self.ip) {
+            *from_ip = from_ip.saturating_sub(1);
+            if *from_ip == 0 {
+                open.by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` turns true. Each new connection uses the
+/// HTTPS configuration `tls` holds at that moment, so a reload reaches new connections only.
 pub async fn serve(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: watch::Receiver<Arc<rustls::ServerConfig>>,
     app: Router,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let gate = Arc::new(ConnectionGate::default());
     loop {
         let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -408,9 +663,28 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
-        let acceptor = acceptor.clone();
+        let admission = match gate.admit(remote.ip()) {
+            Ok(admission) => admission,
+            Err(refusal) => {
+                // Closed at once: no handshake, no buffers, no task.
+                drop(tcp);
+                let counter = match refusal {
+                    Refusal::Total => &COUNTERS.refused_connections_max,
+                    Refusal::PerIp => &COUNTERS.refused_connections_per_ip,
+                };
+                // Log the first refusal of a burst and then every 1000th, not each one.
+                if counter.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+                    tracing::warn!(%remote, ?refusal, "refused API connection: too many open (limits {CONNECTIONS_MAX} in all, {CONNECTIONS_PER_IP_MAX} per address)");
+                }
+                continue;
+            }
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.borrow().clone());
         let app = app.clone();
-        tokio::spawn(async move { serve_connection(acceptor, tcp, remote, app).await });
+        tokio::spawn(async move {
+            serve_connection(acceptor, tcp, remote, app).await;
+            drop(admission);
+        });
     }
 }
 
@@ -423,10 +697,12 @@ async fn serve_connection(
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
+            count(&COUNTERS.failed_handshakes);
             tracing::warn!(%remote, error = %e, "refused API client: TLS handshake failed");
             return;
         }
         Err(_) => {
+            count(&COUNTERS.failed_handshakes);
             tracing::warn!(%remote, "refused API client: TLS handshake timed out");
             return;
         }
@@ -437,9 +713,43 @@ async fn serve_connection(
         .peer_certificates()
         .and_then(|certs| certs.first())
         .and_then(|cert| pki::identity_of(cert).ok());
-    let service = TowerToHyperService::new(app.layer(Extension(Caller(identity))));
-    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service);
+    let service = TowerToHyperService::new(app.layer(Extension(Connection(identity))));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(tls), service);
     if let Err(e) = conn.await {
+        if e.is_timeout() {
+            count(&COUNTERS.header_timeouts);
+        }
         tracing::debug!(%remote, error = %e, "API connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_gate_caps_per_address_and_in_all() {
+        // The gate admits CONNECTIONS_PER_IP_MAX from one address and refuses the next, admits
+        // other addresses up to CONNECTIONS_MAX in all, and gives places back on drop.
+        let gate = Arc::new(ConnectionGate::default());
+        let attacker: IpAddr = "127.0.0.2".parse().unwrap();
+        let mut held: Vec<Admission> =
+            (0..CONNECTIONS_PER_IP_MAX).map(|_| gate.admit(attacker).expect("under the cap")).collect();
+        assert_eq!(gate.admit(attacker).err(), Some(Refusal::PerIp));
+        let mut n = 0u32;
+        while held.len() < CONNECTIONS_MAX {
+            n += 1;
+            let ip = IpAddr::from([10, 0, (n >> 8) as u8, n as u8]);
+            while held.len() < CONNECTIONS_MAX && gate.admit(ip).map(|a| held.push(a)).is_ok() {}
+        }
+        assert_eq!(gate.admit("10.9.9.9".parse().unwrap()).err(), Some(Refusal::Total));
+        held.truncate(CONNECTIONS_MAX - 1);
+        assert!(gate.admit("10.9.9.9".parse().unwrap()).is_ok(), "a freed place is reusable");
+        drop(held);
+        assert_eq!(gate.open(attacker), (0, 0), "every place came back");
+        assert!(gate.open.lock().unwrap().by_ip.is_empty(), "addresses leave the map at zero");
     }
 }

@@ -26,6 +26,13 @@ pub struct NodeConfig {
     pub raft_listen: SocketAddr,
     /// TCP address for the HTTPS client API.
     pub api_listen: SocketAddr,
+    /// When set, a plain-HTTP listener serving only `GET /metrics` (Prometheus's
+    /// text format) with no TLS and no identity, for a scraper that cannot sign
+    /// reads. Bind it to loopback or a monitoring network: anyone who reaches it
+    /// reads the node's figures (never a secret). Unset: no such listener, and
+    /// `/v1/sys/metrics` on the API needs an operator's read signature.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     pub tls: TlsFiles,
     /// Where the key-encryption key that seals this node's secrets comes from.
     pub kek: KekConfig,
@@ -64,8 +71,10 @@ pub enum KekConfig {
     /// A 256-bit KEK in a file of mode 0600. A development setting: the node
     /// says so loudly unless it runs under `synod dev`.
     File { path: PathBuf },
-    /// A KEK derived with Argon2id from a passphrase read from the environment
-    /// variable `env` (default `SYNOD_KEK_PASSPHRASE`) or, on a terminal, a prompt.
+    /// A KEK derived with Argon2id from a passphrase: from the file named by
+    /// `<env>_FILE`, the systemd credential `<env>`, the environment variable
+    /// `env` (default `SYNOD_KEK_PASSPHRASE`; scrubbed from the process's
+    /// environment at start) or, on a terminal, a prompt.
     Passphrase {
         #[serde(default = "default_passphrase_env")]
         env: String,
@@ -78,7 +87,8 @@ pub enum KekConfig {
         module: PathBuf,
         token_label: String,
         key_label: String,
-        /// Environment variable holding the user PIN (default `SYNOD_PKCS11_PIN`).
+        /// Environment variable holding the user PIN (default `SYNOD_PKCS11_PIN`;
+        /// also `<pin_env>_FILE` and the systemd credential `<pin_env>`).
         #[serde(default = "default_pin_env")]
         pin_env: String,
         /// A file holding the PIN (mode 0600); used when set, instead of `pin_env`.
@@ -87,12 +97,17 @@ pub enum KekConfig {
     },
 }
 
+/// The variable that holds the KEK passphrase unless the config names another.
+pub const PASSPHRASE_ENV_DEFAULT: &str = "SYNOD_KEK_PASSPHRASE";
+/// The variable that holds the token PIN unless the config names another.
+pub const PIN_ENV_DEFAULT: &str = "SYNOD_PKCS11_PIN";
+
 fn default_passphrase_env() -> String {
-    "SYNOD_KEK_PASSPHRASE".into()
+    PASSPHRASE_ENV_DEFAULT.into()
 }
 
 fn default_pin_env() -> String {
-    "SYNOD_PKCS11_PIN".into()
+    PIN_ENV_DEFAULT.into()
 }
 
 /// Raft timing and log compaction.

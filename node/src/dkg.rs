@@ -471,6 +471,7 @@ mod tests {
             activated_at_ms: None,
             policy: Default::default(),
             policy_version: 0,
+            policy_unset: false,
         }
     }
 

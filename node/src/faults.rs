@@ -14,10 +14,14 @@
 //! decides, from its seed, whether the node crashes there: the point's future
 //! then never completes and the simulator crashes that node's host.
 //!
-//! All of it exists only in builds with the `fault-injection` cargo feature,
-//! which the test command and the simulator enable and release builds do not:
-//! without the feature [`enabled`] and [`enabled_for`] are a constant `false`,
-//! [`crash_point`] returns at once, and the faulty branches compile away.
+//! All of it exists only in builds made with `SYNOD_BUILD_FAULTS=1`, which
+//! sets `--cfg synod_faults` for this crate alone (`node/build.rs`): the test
+//! command sets it, release builds do not, and no cargo feature can switch it
+//! on (feature unification would carry a feature into the release binary).
+//! Without it [`enabled`] and [`enabled_for`] are a constant `false`,
+//! [`crash_point`] returns at once, the faulty branches compile away, and the
+//! switches ([`set_for_process`], [`set_for_node`], [`switch_for_node`])
+//! refuse with [`NOT_BUILT`].
 
 use synod_proto::NodeId;
 
@@ -47,6 +51,11 @@ pub const NONCE_REUSE: &str = "nonce-reuse";
 /// requests that lack approvals and its own signer releases shares for them.
 /// Followers (asked over the network) must still refuse, so no signature results.
 pub const SKIP_POLICY: &str = "skip-policy";
+
+/// A state machine that leaves out the rules-4 bounds on requests (their life
+/// by log time, per-operator quotas, reserved ids): a request signed with an
+/// `issued_at` ten years ahead then stays pending for ten years.
+pub const SKIP_CLIENT_BOUNDS: &str = "skip-client-bounds";
 
 /// A signer that answers round 1 with commitments other than those of the
 /// nonces it holds (its hiding and binding commitments swapped) when it
@@ -93,6 +102,15 @@ pub const CLOCK_AHEAD_200D: &str = "clock-ahead-200d";
 /// How far ahead [`STAMP_FAR_AHEAD`] and [`CLOCK_AHEAD_200D`] put a clock: 200 days.
 pub const FAR_AHEAD_MS: u64 = 200 * 24 * 60 * 60 * 1000;
 
+/// Whether this build has the fault switches (`SYNOD_BUILD_FAULTS=1`).
+pub fn built() -> bool {
+    cfg!(synod_faults)
+}
+
+/// What a switch says in a build without faults, and how to get one.
+pub const NOT_BUILT: &str = "this build has no fault injection (test-only switches); rebuild with \
+     SYNOD_BUILD_FAULTS=1, e.g. `SYNOD_BUILD_FAULTS=1 cargo build --workspace --bins`";
+
 /// Every fault this crate knows, for validating names.
 pub const KNOWN: &[&str] = &[
     SKIP_AUTHOR_CHECK,
@@ -101,6 +119,7 @@ pub const KNOWN: &[&str] = &[
     PAUSE_BETWEEN_ROUNDS,
     NONCE_REUSE,
     SKIP_POLICY,
+    SKIP_CLIENT_BOUNDS,
     WRONG_COMMITMENTS,
     CORRUPT_DKG_SHARES,
     SKIP_NODE_AUTHOR_CHECK,
@@ -172,13 +191,13 @@ fn change_trailing_scalar(bytes: &mut [u8]) {
     bytes[low..high].iter_mut().for_each(|b| *b ^= 0x5a);
 }
 
-#[cfg(feature = "fault-injection")]
+#[cfg(synod_faults)]
 static PROCESS_FAULTS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
 
 /// Switches the named faults on for this whole process, in addition to any in
 /// `SYNOD_FAULTS`; replaces the set given by an earlier call. Refuses a name
 /// this crate does not know, listing the known ones.
-#[cfg(feature = "fault-injection")]
+#[cfg(synod_faults)]
 pub fn set_for_process(names: &[&str]) -> Result<(), String> {
     if let Some(unknown) = names.iter().find(|n| !KNOWN.contains(n)) {
         return Err(format!("unknown fault {unknown:?}; known faults: {}", KNOWN.join(", ")));
@@ -188,27 +207,33 @@ pub fn set_for_process(names: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
+/// Refuses: this build has no faults ([`NOT_BUILT`]).
+#[cfg(not(synod_faults))]
+pub fn set_for_process(_names: &[&str]) -> Result<(), String> {
+    Err(NOT_BUILT.to_string())
+}
+
 /// Whether the named fault is switched on for this process.
-#[cfg(feature = "fault-injection")]
+#[cfg(synod_faults)]
 pub fn enabled(name: &str) -> bool {
     let set = PROCESS_FAULTS.read().unwrap_or_else(|e| e.into_inner()).iter().any(|f| f == name);
     set || std::env::var("SYNOD_FAULTS").map(|v| v.split(',').any(|f| f.trim() == name)).unwrap_or(false)
 }
 
 /// Whether the named fault is switched on for this process (never, in this build).
-#[cfg(not(feature = "fault-injection"))]
+#[cfg(not(synod_faults))]
 pub fn enabled(_name: &str) -> bool {
     false
 }
 
-#[cfg(feature = "fault-injection")]
+#[cfg(synod_faults)]
 static NODE_FAULTS: std::sync::RwLock<std::collections::BTreeMap<NodeId, Vec<String>>> =
     std::sync::RwLock::new(std::collections::BTreeMap::new());
 
 /// Switches the named faults on for `node` only (the faults of other nodes are
 /// kept); replaces that node's set given by an earlier call, and an empty list
 /// clears it. Refuses a name this crate does not know, listing the known ones.
-#[cfg(feature = "fault-injection")]
+#[cfg(synod_faults)]
 pub fn set_for_node(node: NodeId, names: &[&str]) -> Result<(), String> {
     if let Some(unknown) = names.iter().find(|n| !KNOWN.contains(n)) {
         return Err(format!("unknown fault {unknown:?}; known faults: {}", KNOWN.join(", ")));
@@ -224,7 +249,7 @@ pub fn set_for_node(node: NodeId, names: &[&str]) -> Result<(), String> {
 
 /// Switches one named fault on or off for `node`, keeping its other faults
 /// (a byzantine signer may also become a byzantine leader for a while).
-#[cfg(feature = "fault-injection")]
+#[cfg(synod_faults)]
 pub fn switch_for_node(node: NodeId, name: &str, on: bool) -> Result<(), String> {
     if !KNOWN.contains(&name) {
         return Err(format!("unknown fault {name:?}; known faults: {}", KNOWN.join(", ")));
@@ -241,8 +266,20 @@ pub fn switch_for_node(node: NodeId, name: &str, on: bool) -> Result<(), String>
     Ok(())
 }
 
+/// Refuses: this build has no faults ([`NOT_BUILT`]).
+#[cfg(not(synod_faults))]
+pub fn set_for_node(_node: NodeId, _names: &[&str]) -> Result<(), String> {
+    Err(NOT_BUILT.to_string())
+}
+
+/// Refuses: this build has no faults ([`NOT_BUILT`]).
+#[cfg(not(synod_faults))]
+pub fn switch_for_node(_node: NodeId, _name: &str, _on: bool) -> Result<(), String> {
+    Err(NOT_BUILT.to_string())
+}
+
 /// Whether the named fault is on for `node`: for this whole process, or for that node.
-#[cfg(feature = "fault-injection")]
+#[cfg(synod_faults)]
 pub fn enabled_for(node: NodeId, name: &str) -> bool {
     let mine =
         NODE_FAULTS.read().unwrap_or_else(|e| e.into_inner()).get(&node).is_some_and(|f| f.iter().any(|f| f == name));
@@ -250,7 +287,7 @@ pub fn enabled_for(node: NodeId, name: &str) -> bool {
 }
 
 /// Whether the named fault is on for `node` (never, in this build).
-#[cfg(not(feature = "fault-injection"))]
+#[cfg(not(synod_faults))]
 pub fn enabled_for(_node: NodeId, _name: &str) -> bool {
     false
 }
@@ -287,21 +324,25 @@ pub const POINTS: &[&str] = &[
 /// RNG is deterministic under the simulator.
 pub type PointHook = dyn Fn(NodeId, &'static str) -> bool + Send + Sync;
 
-#[cfg(feature = "fault-injection")]
+#[cfg(synod_faults)]
 static POINT_HOOK: std::sync::RwLock<Option<std::sync::Arc<PointHook>>> = std::sync::RwLock::new(None);
 
 /// Installs (or, with `None`, removes) the hook that decides crashes at named points.
-#[cfg(feature = "fault-injection")]
+#[cfg(synod_faults)]
 pub fn set_point_hook(hook: Option<std::sync::Arc<PointHook>>) {
     *POINT_HOOK.write().unwrap_or_else(|e| e.into_inner()) = hook;
 }
 
+/// Does nothing: a build without faults has no crash points.
+#[cfg(not(synod_faults))]
+pub fn set_point_hook(_hook: Option<std::sync::Arc<PointHook>>) {}
+
 /// A named fault point (one of [`POINTS`]). When the installed hook says that
 /// `node` crashes here, the returned future never completes (the node is
 /// crashed from outside, by the simulator); otherwise, and always in builds
-/// without `fault-injection`, it completes at once.
+/// without `synod_faults`, it completes at once.
 pub async fn crash_point(node: NodeId, name: &'static str) {
-    #[cfg(feature = "fault-injection")]
+    #[cfg(synod_faults)]
     {
         let hook = POINT_HOOK.read().unwrap_or_else(|e| e.into_inner()).clone();
         if hook.is_some_and(|decide| decide(node, name)) {
@@ -309,20 +350,20 @@ pub async fn crash_point(node: NodeId, name: &'static str) {
             std::future::pending::<()>().await;
         }
     }
-    #[cfg(not(feature = "fault-injection"))]
+    #[cfg(not(synod_faults))]
     let _ = (node, name);
 }
 
 /// The faults this build can inject, for `synod version`.
 pub fn available() -> &'static [&'static str] {
-    if cfg!(feature = "fault-injection") {
+    if cfg!(synod_faults) {
         KNOWN
     } else {
         &[]
     }
 }
 
-#[cfg(all(test, feature = "fault-injection"))]
+#[cfg(all(test, synod_faults))]
 mod tests {
     use super::*;
 

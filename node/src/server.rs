@@ -1,9 +1,11 @@
 //! `synod node start`: a production node from its config file, with real
 //! seams (sled, QUIC with mutual TLS, the system clock, the OS RNG), served
-//! until SIGINT or SIGTERM, then shut down cleanly.
+//! until SIGINT or SIGTERM, then shut down cleanly. SIGHUP re-reads the TLS
+//! material (CA certificate, node certificate and key) for new API and peer
+//! connections; a reload that fails keeps the old material and says why.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -12,7 +14,7 @@ use synod_proto::NodeId;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{KekConfig, LogFormat, NodeConfig};
+use crate::config::{KekConfig, LogFormat, NodeConfig, TlsFiles};
 use crate::kek::pkcs11::{Pkcs11Config, Pkcs11Kek};
 use crate::kek::soft::SoftKek;
 use crate::kek::Kek;
@@ -23,7 +25,7 @@ use crate::seams::Seams;
 use crate::store::sled_store::SledStore;
 use crate::store::{Durability, Op, Store, Tree};
 use crate::transport::quic::QuicTransport;
-use crate::{api, faults};
+use crate::{api, faults, hygiene};
 
 const IDENTITY_KEY: &[u8] = b"node/identity";
 
@@ -50,11 +52,27 @@ pub fn init_logging(format: LogFormat, default_filter: &str) {
 /// reads no terminal itself; the `synod` binary passes its prompt in.
 pub type PassphrasePrompt = fn() -> std::io::Result<zeroize::Zeroizing<String>>;
 
+/// The environment variables that may hold this config's secrets (the KEK
+/// passphrase, the token PIN), for [`hygiene::take_env_secrets`] before the
+/// runtime starts. Empty when the config does not load (`run` then says why).
+pub fn secret_env_names(config_path: &Path) -> Vec<String> {
+    match NodeConfig::load(config_path).map(|c| c.kek) {
+        Ok(KekConfig::Passphrase { env }) => vec![env],
+        Ok(KekConfig::Pkcs11 { pin_env, .. }) => vec![pin_env],
+        Ok(KekConfig::File { .. }) | Err(_) => Vec::new(),
+    }
+}
+
 /// Runs a node until it is told to stop. `prompt` is used only for a
 /// `passphrase` KEK whose variable is unset, when stdin is a terminal.
 pub async fn run(config_path: &Path, prompt: PassphrasePrompt) -> anyhow::Result<()> {
+    // Handlers first: a SIGHUP during start-up must not kill the node (its default action).
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let config = NodeConfig::load(config_path)?;
     init_logging(config.log_format, "info,openraft=warn,quinn=warn,sled=warn");
+    hygiene::log_hardening();
     if !faults::available().is_empty() {
         tracing::warn!(faults = ?faults::available(), "this build can inject faults (SYNOD_FAULTS); never run it in production");
     }
@@ -97,6 +115,12 @@ pub async fn run(config_path: &Path, prompt: PassphrasePrompt) -> anyhow::Result
     let api_listener = TcpListener::bind(config.api_listen)
         .await
         .with_context(|| listen_error("api_listen", config.api_listen, config_path))?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => {
+            Some(TcpListener::bind(addr).await.with_context(|| listen_error("metrics_listen", addr, config_path))?)
+        }
+        None => None,
+    };
 
     let node = Node::start(NodeParts {
         id: config.node_id,
@@ -128,8 +152,25 @@ pub async fn run(config_path: &Path, prompt: PassphrasePrompt) -> anyhow::Result
 
     tokio::spawn(transport.clone().serve(Arc::new(NodeHandler(node.clone()))));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let api_task =
-        tokio::spawn(api::serve(api_listener, tls.https_server_config()?, api::router(node.clone()), stop_rx));
+    let (https_tx, https_rx) = tokio::sync::watch::channel(tls.https_server_config()?);
+    let api_task = tokio::spawn(api::serve(api_listener, https_rx, api::router(node.clone()), stop_rx));
+    if let Some(listener) = metrics_listener {
+        tracing::info!(metrics = %listener.local_addr()?, "metrics listener ready (plain HTTP, GET /metrics)");
+        let app = api::metrics_router(node.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
+    let reloader = TlsReloader {
+        config_path: config_path.to_path_buf(),
+        node_id: config.node_id,
+        ca_fingerprint: tls.ca_fingerprint(),
+        paths: config.tls.clone(),
+        https: https_tx,
+        transport: transport.clone(),
+    };
     tracing::info!(
         node_id = config.node_id,
         raft = %transport.local_addr()?,
@@ -138,11 +179,18 @@ pub async fn run(config_path: &Path, prompt: PassphrasePrompt) -> anyhow::Result
         "node ready"
     );
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM received; shutting down");
+                break;
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT received; shutting down");
+                break;
+            }
+            _ = hup.recv() => reloader.reload_and_log(),
+        }
     }
     let _ = stop_tx.send(true);
     let _ = api_task.await;
@@ -151,6 +199,69 @@ pub async fn run(config_path: &Path, prompt: PassphrasePrompt) -> anyhow::Result
     store.write(Vec::new(), Durability::Sync)?;
     tracing::info!("node stopped cleanly");
     Ok(())
+}
+
+/// What `SIGHUP` re-reads and where the result goes.
+struct TlsReloader {
+    /// The config file, to name in errors.
+    config_path: PathBuf,
+    /// The node's id: a reloaded certificate must still name it.
+    node_id: NodeId,
+    /// The CA fingerprint the data directory is bound to: a reloaded CA certificate must be
+    /// the same CA (a new CA is a new cluster; see ARCHITECTURE.md, open risks).
+    ca_fingerprint: String,
+    /// The files to re-read, from the config's `[tls]` section.
+    paths: TlsFiles,
+    /// The HTTPS configuration new API connections use.
+    https: tokio::sync::watch::Sender<Arc<rustls::ServerConfig>>,
+    /// The peer transport, whose QUIC configurations are replaced too.
+    transport: Arc<QuicTransport>,
+}
+
+impl TlsReloader {
+    /// Reloads, logs the outcome and counts it; never stops the node.
+    fn reload_and_log(&self) {
+        match self.reload() {
+            Ok(certificate) => {
+                api::COUNTERS.tls_reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(cert = %self.paths.cert.display(), %certificate, "SIGHUP: TLS material reloaded; new API and peer connections use it");
+            }
+            Err(e) => {
+                api::COUNTERS.tls_reload_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!("SIGHUP: TLS reload refused, the node keeps its current certificate: {e:#}");
+            }
+        }
+    }
+
+    /// Loads and checks the files, builds every configuration, and only then swaps them in,
+    /// so a failure anywhere leaves the old material in use. Returns a summary of the new
+    /// certificate.
+    fn reload(&self) -> anyhow::Result<String> {
+        let tls = TlsMaterial::load(&self.paths.ca_cert, &self.paths.cert, &self.paths.key)?;
+        if tls.identity != PeerIdentity::Node(self.node_id) {
+            bail!(
+                "certificate {} is for {:?}, but {} says node_id = {}; renew this node's own certificate with `synod ca issue --renew`",
+                self.paths.cert.display(),
+                tls.identity,
+                self.config_path.display(),
+                self.node_id
+            );
+        }
+        if tls.ca_fingerprint() != self.ca_fingerprint {
+            bail!(
+                "CA certificate {} is not the CA this node started with (fingerprint {}, now {}); a node cannot change CA while running",
+                self.paths.ca_cert.display(),
+                self.ca_fingerprint,
+                tls.ca_fingerprint()
+            );
+        }
+        let https = tls.https_server_config()?;
+        let quic_server = tls.quic_server_config()?;
+        let quic_client = tls.quic_client_config()?;
+        self.transport.set_tls(quic_server, quic_client);
+        self.https.send_replace(https);
+        Ok(tls.certificate_summary())
+    }
 }
 
 /// `synod node ping`: calls a peer over QUIC with this node's certificate, the
@@ -190,10 +301,13 @@ async fn open_kek(
             Ok(Arc::new(SoftKek::from_file(path)?))
         }
         KekConfig::Passphrase { env } => {
-            let passphrase = match std::env::var(env) {
-                Ok(p) if !p.is_empty() => zeroize::Zeroizing::new(p),
+            let passphrase = match hygiene::secret(env, "the KEK passphrase")? {
+                Some(p) if !p.is_empty() => p,
                 _ if std::io::IsTerminal::is_terminal(&std::io::stdin()) => prompt()?,
-                _ => bail!("the KEK passphrase is missing: set {env} (or run the node on a terminal to be prompted)"),
+                _ => bail!(
+                    "the KEK passphrase is missing: set {env}_FILE to a file of mode 0600 holding it, pass it as \
+                     the systemd credential {env}, set {env}, or run the node on a terminal to be prompted"
+                ),
             };
             let salt = crate::sealed::passphrase_salt(store.as_ref())?;
             let kek = tokio::task::spawn_blocking(move || SoftKek::from_passphrase(&passphrase, &salt)).await??;
@@ -202,12 +316,15 @@ async fn open_kek(
         KekConfig::Pkcs11 { module, token_label, key_label, pin_env, pin_file } => {
             let pin = match pin_file {
                 Some(path) => {
-                    let text = read_private_file(path)?;
+                    let text = hygiene::read_secret_file(path, "the token PIN", "pin_file in the [kek] section")?;
                     zeroize::Zeroizing::new(text.trim().to_string())
                 }
-                None => zeroize::Zeroizing::new(std::env::var(pin_env).map_err(|_| {
-                    anyhow::anyhow!("the token PIN is missing: set {pin_env}, or pin_file in the [kek] section")
-                })?),
+                None => hygiene::secret(pin_env, "the token PIN")?.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "the token PIN is missing: set pin_file in the [kek] section, {pin_env}_FILE, the systemd \
+                         credential {pin_env}, or {pin_env}"
+                    )
+                })?,
             };
             let cfg = Pkcs11Config {
                 module: module.clone(),
@@ -219,16 +336,6 @@ async fn open_kek(
             Ok(Arc::new(kek))
         }
     }
-}
-
-/// Reads a small secret file, refusing one that others can read.
-fn read_private_file(path: &Path) -> anyhow::Result<zeroize::Zeroizing<String>> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        bail!("{} is readable by other users; run chmod 600 {}", path.display(), path.display());
-    }
-    Ok(zeroize::Zeroizing::new(std::fs::read_to_string(path)?))
 }
 
 /// What a node says when it cannot bind a configured address; `synod dev`

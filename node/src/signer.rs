@@ -213,6 +213,9 @@ impl Signer {
         // The policy, with every approval's signature verified again, in this node's own state.
         if !(local && crate::faults::enabled(crate::faults::SKIP_POLICY)) {
             state.ready_to_sign(request, true)?;
+            // The policy's expiry by this node's own clock too (less the skew
+            // it allows), as for the request's.
+            state.still_authorised(request, own_ms.saturating_sub(self.clock.skew_ms_max))?;
         }
         let key = self.check_key(state, &request.key_id)?;
         let message = request.message_bytes().ok_or("the request has no message")?;

@@ -95,6 +95,18 @@ pub struct Status {
     pub unauthorized_membership_entries: u64,
     /// The KEK backend, described without secrets.
     pub kek: String,
+    /// Whether this node's memory is locked (unsealed shares and nonces never
+    /// reach swap); when not, [`Status::memory_lock_refused`] says why.
+    #[serde(default)]
+    pub memory_locked: bool,
+    /// Why the OS refused to lock memory, and how to allow it (or why it was
+    /// not attempted); none when locked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_lock_refused: Option<String>,
+    /// Whether the process is not dumpable (no core dump; no ptrace or
+    /// `/proc/<pid>/mem` for other users) and its core file limit is 0.
+    #[serde(default)]
+    pub core_dumps_off: bool,
     /// This boot's random incarnation id.
     pub incarnation: String,
 }
@@ -264,6 +276,10 @@ pub struct KeyInfo {
     /// The key's signing policy and its version.
     pub policy: crate::authz::Policy,
     pub policy_version: u64,
+    /// The key was made without a policy and signs nothing until an admin
+    /// sets one (`policy` is then not in force).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub policy_unset: bool,
 }
 
 /// `GET /v1/keys`.

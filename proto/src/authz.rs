@@ -110,6 +110,12 @@ pub struct Policy {
     /// Stricter requirements for requests whose declared attribute exceeds a limit.
     #[serde(default)]
     pub tiers: Vec<Tier>,
+    /// How long (log time, ms) a request that waits for approvals may stay
+    /// pending; unset: the node's default of 4 hours. Never more than the 24 h
+    /// a command may be valid for. A request that needs no approval waits at
+    /// most 10 minutes whatever this says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_window_ms: Option<u64>,
 }
 
 /// "A request whose `attribute` is above `above` needs `approvals_required`
@@ -151,6 +157,14 @@ impl Policy {
                     tier.attribute,
                     tier.approvals_required,
                     group.len()
+                )));
+            }
+        }
+        if let Some(window) = self.approval_window_ms {
+            if window == 0 || window > crate::command::COMMAND_TTL_MS_MAX {
+                return Err(CommandError::Malformed(format!(
+                    "approval_window_ms is {window}; it must be between 1 and {} (24 h, the longest a command is valid)",
+                    crate::command::COMMAND_TTL_MS_MAX
                 )));
             }
         }

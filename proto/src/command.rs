@@ -125,12 +125,28 @@ pub enum Command {
     /// Writes a small replicated key-value record (cluster metadata).
     Put { key: String, value: String },
     /// Creates a signing key by distributed key generation among `participants`
-    /// (admin). The key id is the command id.
-    CreateKey { name: String, threshold: u16, participants: Vec<NodeId> },
+    /// (admin). The key id is the command id. Under rules 4 and later a key
+    /// signs nothing until it has a policy: `policy` here (the command is under
+    /// the admin quorum like any admin command), or a later [`Command::SetPolicy`].
+    CreateKey {
+        name: String,
+        threshold: u16,
+        participants: Vec<NodeId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        policy: Option<Policy>,
+    },
     /// Registers a key that a dealer split on the operator's machine (admin; for
     /// migrating an existing Ed25519 key). `public_key_package` is the hex FROST
     /// public key package; each share reaches its node encrypted, outside the log.
-    ImportKey { name: String, threshold: u16, participants: Vec<NodeId>, public_key_package: String },
+    /// `policy` as for [`Command::CreateKey`].
+    ImportKey {
+        name: String,
+        threshold: u16,
+        participants: Vec<NodeId>,
+        public_key_package: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        policy: Option<Policy>,
+    },
     /// A participant's DKG round-1 package (hex), signed with its node key.
     DkgRound1 { key_id: String, node_id: NodeId, package: String },
     /// A participant confirms the key it now holds a share of: the group key and
@@ -160,7 +176,18 @@ pub enum Command {
     Approve { request_id: String, approver: String, signature: ApprovalSignature },
     /// Registers an operator (admin): an Ed25519 key that signs commands and
     /// approvals, and/or an OpenSSH public key for `ssh-keygen -Y sign` approvals.
-    AddOperator { name: String, key: Option<OperatorKey>, ssh_key: Option<String>, roles: Vec<Role> },
+    /// `pending_max` raises or lowers how many of its requests may wait at once
+    /// (rules 4 and later; the default is `PENDING_PER_OPERATOR_DEFAULT` in
+    /// the node's state), so a CI requester can burst without one requester
+    /// filling the shared cap.
+    AddOperator {
+        name: String,
+        key: Option<OperatorKey>,
+        ssh_key: Option<String>,
+        roles: Vec<Role>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pending_max: Option<u32>,
+    },
     /// Removes an operator (admin); approvals it gave stop counting.
     RemoveOperator { name: String },
     /// Replaces a key's signing policy (admin); the policy version increments and
@@ -243,7 +270,7 @@ impl SnapshotPoint {
 /// The rules version a genesis made today names (see `ClusterState::rules`
 /// in the node): how entries are judged. A change to how an entry is judged
 /// raises it, so that a cluster keeps the rules its genesis named.
-pub const RULES_CURRENT: u32 = 3;
+pub const RULES_CURRENT: u32 = 4;
 
 /// Domain-separation tag of a cluster id derived from its genesis.
 pub const CLUSTER_ID_DOMAIN: &[u8] = b"synod/cluster-id/v1\0";
@@ -395,14 +422,16 @@ impl Command {
                 }
                 Ok(())
             }
-            Command::CreateKey { name, threshold, participants } => {
-                validate_name("key name", name)?;
-                validate_participants(*threshold, participants)
-            }
-            Command::ImportKey { name, threshold, participants, public_key_package } => {
+            Command::CreateKey { name, threshold, participants, policy } => {
                 validate_name("key name", name)?;
                 validate_participants(*threshold, participants)?;
-                validate_hex("public key package", public_key_package, PACKAGE_HEX_BYTES_MAX)
+                policy.as_ref().map_or(Ok(()), Policy::validate)
+            }
+            Command::ImportKey { name, threshold, participants, public_key_package, policy } => {
+                validate_name("key name", name)?;
+                validate_participants(*threshold, participants)?;
+                validate_hex("public key package", public_key_package, PACKAGE_HEX_BYTES_MAX)?;
+                policy.as_ref().map_or(Ok(()), Policy::validate)
             }
             Command::DkgRound1 { key_id, package, .. } => {
                 validate_id("key id", key_id)?;
@@ -450,7 +479,7 @@ impl Command {
                 validate_name("approver", approver)?;
                 signature.validate()
             }
-            Command::AddOperator { name, key, ssh_key, roles } => {
+            Command::AddOperator { name, key, ssh_key, roles, .. } => {
                 validate_name("operator name", name)?;
                 if key.is_none() && ssh_key.is_none() {
                     return Err(CommandError::Malformed(format!(

@@ -16,6 +16,7 @@ pub mod error;
 pub mod keyfmt;
 pub mod limits;
 pub mod raft;
+pub mod readsig;
 pub mod rpc;
 pub mod runtime;
 pub mod sshsig;

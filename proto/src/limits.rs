@@ -72,14 +72,16 @@ fn check_command(command: &Command, at: &str) -> Result<(), CommandError> {
             bytes(&f("key"), key, KV_KEY_BYTES_MAX, "kv_key_bytes_max")?;
             bytes(&f("value"), value, KV_VALUE_BYTES_MAX, "kv_value_bytes_max")
         }
-        Command::CreateKey { name, participants, .. } => {
-            name_bytes(&f("name"), name)?;
-            items(&f("participants"), participants.len(), PARTICIPANTS_MAX, "participants_max")
-        }
-        Command::ImportKey { name, participants, public_key_package, .. } => {
+        Command::CreateKey { name, participants, policy, .. } => {
             name_bytes(&f("name"), name)?;
             items(&f("participants"), participants.len(), PARTICIPANTS_MAX, "participants_max")?;
-            package_bytes(&f("public_key_package"), public_key_package)
+            policy.as_ref().map_or(Ok(()), |p| policy_bytes(&f, p))
+        }
+        Command::ImportKey { name, participants, public_key_package, policy, .. } => {
+            name_bytes(&f("name"), name)?;
+            items(&f("participants"), participants.len(), PARTICIPANTS_MAX, "participants_max")?;
+            package_bytes(&f("public_key_package"), public_key_package)?;
+            policy.as_ref().map_or(Ok(()), |p| policy_bytes(&f, p))
         }
         Command::DkgRound1 { key_id, package, .. } => {
             id_bytes(&f("key_id"), key_id)?;
@@ -135,29 +137,7 @@ fn check_command(command: &Command, at: &str) -> Result<(), CommandError> {
         Command::RemoveOperator { name } => name_bytes(&f("name"), name),
         Command::SetPolicy { key, policy } => {
             name_bytes(&f("key"), key)?;
-            let lists = [
-                ("requesters", &policy.requesters),
-                ("approvers", &policy.approvers),
-                ("environments", &policy.environments),
-                ("purposes", &policy.purposes),
-            ];
-            for (list, names) in lists {
-                let at = f(&format!("policy.{list}"));
-                items(&at, names.len(), POLICY_LIST_MAX, "policy_list_max")?;
-                for (i, name) in names.iter().enumerate() {
-                    name_bytes(&format!("{at}[{i}]"), name)?;
-                }
-            }
-            items(&f("policy.tiers"), policy.tiers.len(), POLICY_LIST_MAX, "policy_list_max")?;
-            for (i, tier) in policy.tiers.iter().enumerate() {
-                let at = f(&format!("policy.tiers[{i}]"));
-                name_bytes(&format!("{at}.attribute"), &tier.attribute)?;
-                items(&format!("{at}.approvers"), tier.approvers.len(), POLICY_LIST_MAX, "policy_list_max")?;
-                for (j, name) in tier.approvers.iter().enumerate() {
-                    name_bytes(&format!("{at}.approvers[{j}]"), name)?;
-                }
-            }
-            Ok(())
+            policy_bytes(&f, policy)
         }
         Command::ApproveProposal { proposal_id } => id_bytes(&f("proposal_id"), proposal_id),
         Command::SignResult { request_id, signature, signers, culprits, .. } => {
@@ -184,6 +164,33 @@ fn check_command(command: &Command, at: &str) -> Result<(), CommandError> {
 fn check_addr(at: &str, addr: &NodeAddr) -> Result<(), CommandError> {
     bytes(&format!("{at}.raft_addr"), &addr.raft_addr, ADDR_BYTES_MAX, "addr_bytes_max")?;
     bytes(&format!("{at}.api_addr"), &addr.api_addr, ADDR_BYTES_MAX, "addr_bytes_max")
+}
+
+/// A policy's lists and names, where the command carries one.
+fn policy_bytes(f: &impl Fn(&str) -> String, policy: &crate::authz::Policy) -> Result<(), CommandError> {
+    let lists = [
+        ("requesters", &policy.requesters),
+        ("approvers", &policy.approvers),
+        ("environments", &policy.environments),
+        ("purposes", &policy.purposes),
+    ];
+    for (list, names) in lists {
+        let at = f(&format!("policy.{list}"));
+        items(&at, names.len(), POLICY_LIST_MAX, "policy_list_max")?;
+        for (i, name) in names.iter().enumerate() {
+            name_bytes(&format!("{at}[{i}]"), name)?;
+        }
+    }
+    items(&f("policy.tiers"), policy.tiers.len(), POLICY_LIST_MAX, "policy_list_max")?;
+    for (i, tier) in policy.tiers.iter().enumerate() {
+        let at = f(&format!("policy.tiers[{i}]"));
+        name_bytes(&format!("{at}.attribute"), &tier.attribute)?;
+        items(&format!("{at}.approvers"), tier.approvers.len(), POLICY_LIST_MAX, "policy_list_max")?;
+        for (j, name) in tier.approvers.iter().enumerate() {
+            name_bytes(&format!("{at}.approvers[{j}]"), name)?;
+        }
+    }
+    Ok(())
 }
 
 fn name_bytes(field: &str, text: &str) -> Result<(), CommandError> {

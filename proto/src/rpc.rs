@@ -62,6 +62,14 @@ pub enum PeerRequest {
     },
 }
 
+impl PeerRequest {
+    /// Whether the request carries a secret (a DKG round-2 package), so that
+    /// its frame is built and dropped in wiped buffers.
+    pub fn carries_secret(&self) -> bool {
+        matches!(self, PeerRequest::DkgRound2 { .. })
+    }
+}
+
 /// Most nonce commitments one [`PeerRequest::SignPreprocess`] may ask for.
 pub const PREPROCESS_COUNT_MAX: u32 = 256;
 /// Most asks in one [`PeerRequest::SignShare`].
@@ -186,6 +194,34 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
     Ok(body)
 }
 
+/// Encodes a frame that carries a secret (a DKG round-2 package) into a buffer
+/// of exactly its size that is wiped when dropped: the value is measured
+/// first, so no grown-and-abandoned copy of the secret is left on the heap.
+pub fn encode_secret<T: Serialize>(value: &T) -> Result<zeroize::Zeroizing<Vec<u8>>, FrameError> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let len = count.0;
+    if len > FRAME_BYTES_MAX {
+        return Err(FrameError::TooLarge { len, max: FRAME_BYTES_MAX });
+    }
+    let mut frame = zeroize::Zeroizing::new(Vec::with_capacity(5 + len));
+    frame.extend_from_slice(&(len as u32).to_be_bytes());
+    frame.push(FRAME_VERSION);
+    serde_json::to_writer(&mut *frame, value).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    debug_assert_eq!(frame.len(), 5 + len, "a value serialises to the same length twice");
+    Ok(frame)
+}
+
 /// Reads the header: returns the body length after checking version and limit.
 pub fn decode_header(header: [u8; 5]) -> Result<usize, FrameError> {
     let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
@@ -206,6 +242,16 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rpc_secret_frame_is_the_plain_frame_in_an_exact_buffer() {
+        // Proves that a secret frame has the same bytes as the ordinary encoding, in a buffer of exactly its size.
+        let request = PeerRequest::DkgRound2 { key_id: "k".into(), package: SecretHex::new("ab".repeat(100)) };
+        let secret = encode_secret(&request).unwrap();
+        assert_eq!(*secret, encode(&request).unwrap());
+        assert_eq!(secret.capacity(), secret.len());
+        assert!(request.carries_secret());
+    }
 
     #[test]
     fn frame_round_trip() {

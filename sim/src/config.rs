@@ -254,7 +254,7 @@ impl SimConfig {
 
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
-        format!("cargo run -p synod-sim --release -- {}", self.args().join(" "))
+        format!("SYNOD_BUILD_FAULTS=1 cargo run -p synod-sim --release -- {}", self.args().join(" "))
     }
 
     /// The `synod-sim` arguments that run this configuration (the nodes

@@ -28,6 +28,7 @@ const PLANTS: &[&str] = &[
     synod_node::faults::TRUST_SNAPSHOT,
     synod_node::faults::TRUST_ENTRY_TIME,
     synod_node::faults::SKIP_COORDINATOR_CHECK,
+    synod_node::faults::SKIP_CLIENT_BOUNDS,
 ];
 
 #[derive(Parser, Debug)]
@@ -82,7 +83,15 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
+    let args = Args::parse();
+    if !synod_node::faults::built() {
+        eprintln!(
+            "Error: this synod-sim was built without fault injection, so it can plant no bug and crash no node. \
+             Build it with SYNOD_BUILD_FAULTS=1, e.g. `SYNOD_BUILD_FAULTS=1 cargo build --release -p synod-sim`"
+        );
+        return ExitCode::from(2);
+    }
+    match run(args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
@@ -400,6 +409,8 @@ fn invariant_name(name: &str) -> &'static str {
         "node-software-failed",
         "process-crashed",
         "state-time-ahead",
+        "request-outlives-its-bound",
+        "requester-over-quota",
     ];
     NAMES.iter().find(|n| **n == name).copied().unwrap_or("unknown-invariant")
 }

@@ -397,7 +397,7 @@ async fn serve_connection(mut stream: TcpStream, peer: IpAddr, node: Arc<Node>) 
         }
         Kind::Client => {
             let request: ClientRequest = rpc::decode_body(&body).map_err(decode_err)?;
-            rpc::encode(&node.serve_client(request).await)
+            rpc::encode(&node.serve_client(&synod_node::caller::Caller::in_process(), request).await)
         }
         Kind::ProposeRaw => {
             let entry: LogEntry = rpc::decode_body(&body).map_err(decode_err)?;

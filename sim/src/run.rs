@@ -534,6 +534,7 @@ async fn run_clients(clients: Vec<(String, ClientTask)>) -> turmoil::Result {
 /// Runs one seed. Call it once per process: some libraries keep thread-local
 /// RNG state that a second run in the same process would continue.
 pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
+    assert!(synod_node::faults::built(), "the simulator needs fault injection: {}", synod_node::faults::NOT_BUILT);
     let wall = Instant::now();
     synod_proto::runtime::seed_thread_rng(cfg.seed);
     let plants: Vec<&str> = cfg.plants.iter().map(String::as_str).collect();

@@ -5,6 +5,7 @@
 use std::process::{Command, Output};
 
 fn sim(args: &[&str]) -> Output {
+    assert!(synod_node::faults::built(), "the simulator's tests need a fault build: {}", synod_node::faults::NOT_BUILT);
     Command::new(env!("CARGO_BIN_EXE_synod-sim")).args(args).output().expect("run synod-sim")
 }
 
@@ -62,7 +63,7 @@ fn sim_ack_before_commit_is_caught_with_a_replay_command() {
     // The planted ack-before-commit bug breaks "no acknowledged write lost" within 5 seeds, and the failure names the command that replays it.
     let text = plant_caught("ack-before-commit", "0..5", "1");
     assert!(text.contains("violated acknowledged-write-lost"), "{text}");
-    assert!(text.contains("replay: cargo run -p synod-sim --release -- --seed "), "{text}");
+    assert!(text.contains("replay: SYNOD_BUILD_FAULTS=1 cargo run -p synod-sim --release -- --seed "), "{text}");
 }
 
 #[test]
@@ -158,4 +159,12 @@ fn sim_shrinking_leaves_out_crash_points_and_the_byzantine_signer() {
     assert_eq!(again.status.code(), Some(1), "{again_text}");
     assert!(again_text.contains("violated nonce-single-use"), "{again_text}");
     assert!(again_text.contains(&format!("replay: {replay}")), "{again_text}");
+}
+
+#[test]
+fn sim_planted_skip_client_bounds_is_caught() {
+    // A state machine without the rules-4 bounds keeps a request signed as if issued ten years
+    // ahead pending for ten years; `requests-bounded` names it.
+    let text = plant_caught("skip-client-bounds", "0..4", "2");
+    assert!(text.contains("request-outlives-its-bound"), "{text}");
 }

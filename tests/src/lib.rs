@@ -16,6 +16,8 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use synod_cli::local;
 
+pub mod tls;
+
 /// The `synod` binary next to the test binary (target/<profile>/synod).
 pub fn synod_bin() -> PathBuf {
     if let Ok(path) = std::env::var("SYNOD_BIN") {
@@ -26,7 +28,7 @@ pub fn synod_bin() -> PathBuf {
     let bin = dir.join("synod");
     assert!(
         bin.exists(),
-        "{} is missing; build it first: cargo build --workspace --bins --features synod-node/fault-injection",
+        "{} is missing; build it first: SYNOD_BUILD_FAULTS=1 cargo build --workspace --bins",
         bin.display()
     );
     bin
@@ -334,6 +336,24 @@ impl Cluster {
     /// Runs the CLI against node `id`.
     pub fn synod(&self, id: u64, args: &[&str]) -> Output {
         run_synod(args, &self.env(id))
+    }
+
+    /// Runs the CLI against node `id` as the operator whose key file is `key`.
+    pub fn synod_as(&self, id: u64, key: &Path, args: &[&str]) -> Output {
+        let mut env = self.env(id);
+        env.retain(|(k, _)| *k != "SYNOD_OPERATOR_KEY");
+        env.push(("SYNOD_OPERATOR_KEY", key.display().to_string()));
+        run_synod(args, &env)
+    }
+
+    /// Makes an operator key file `<name>.pem` in the cluster's directory;
+    /// returns its path and public key (hex).
+    pub fn keygen(&self, name: &str) -> (PathBuf, String) {
+        let path = self.path(&format!("{name}.pem"));
+        let out =
+            ok(&self.synod(1, &["operator", "keygen", "--out", path.to_str().expect("utf-8 path"), "-o", "json"]));
+        let v: Value = serde_json::from_str(&out).expect("keygen JSON");
+        (path, v["public_key"].as_str().expect("a public key").to_string())
     }
 
     /// `synod status -o json` at node `id`, or None when it does not answer.

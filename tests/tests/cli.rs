@@ -95,6 +95,65 @@ fn dev_runs_a_cluster_that_survives_a_killed_node_and_stops_cleanly() {
 }
 
 #[test]
+fn dev_readme_tour_works_for_each_role() {
+    // The README's tour, each command run as the operator the README runs it as (reads are
+    // signed by that operator's key, and scoped to it): the admin, then the approvers alice and bob.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let dev = start_dev(&data, &["--nodes", "3"]);
+    let admin = dev.env();
+    let as_op = |name: &str| {
+        let mut env = dev.env();
+        env.retain(|(k, _)| *k != "SYNOD_OPERATOR_KEY");
+        env.push(("SYNOD_OPERATOR_KEY", data.join(format!("{name}.pem")).display().to_string()));
+        env
+    };
+    let msg = dir.path().join("m.txt");
+    std::fs::write(&msg, "release 1.0\n").unwrap();
+    let m = msg.to_str().unwrap();
+    let sig = dir.path().join("m.sig").display().to_string();
+    for args in [
+        vec!["status"],
+        vec!["status", "--output", "json"],
+        vec!["health"],
+        vec!["key", "list"],
+        vec!["sign", "demo", "--in", m, "--out", &sig],
+        vec!["verify", "--key", "demo", "--in", m, "--signature", &sig],
+        vec!["key", "show", "demo", "--format", "pem"],
+        vec!["sign", "demo", "--in", m, "--request-id", "rel-1.0"],
+        vec!["request", "show", "rel-1.0"],
+        vec!["kv", "put", "greeting", "hello"],
+        vec!["key", "policy", "show", "treasury"],
+        vec![
+            "request",
+            "sign",
+            "treasury",
+            "--in",
+            m,
+            "--request-id",
+            "t1",
+            "--purpose",
+            "payout",
+            "--attr",
+            "amount=250",
+        ],
+    ] {
+        ok(&run_synod(&args, &admin));
+    }
+    ok(&run_synod(&["approve", "t1", "--yes"], &as_op("alice")));
+    let shown = ok(&run_synod(&["request", "show", "t1"], &admin));
+    assert!(shown.contains("1/2"), "{shown}");
+    ok(&run_synod(&["approve", "t1", "--yes"], &as_op("bob")));
+    let waited = ok(&run_synod(&["request", "wait", "t1", "-o", "json"], &admin));
+    assert!(waited.contains("\"signed\""), "{waited}");
+    let err = fails(&run_synod(&["approve", "t1", "--yes"], &as_op("alice")));
+    assert!(err.contains("already approved") || err.contains("no longer pending"), "{err}");
+    ok(&run_synod(&["audit", "list"], &admin));
+    ok(&run_synod(&["audit", "verify"], &admin));
+    dev.stop();
+}
+
+#[test]
 fn dev_with_softhsm_seals_under_a_token_per_node() {
     // `synod dev --hsm softhsm` gives each node its own SoftHSM2 token, and the
     // nodes report the pkcs11 KEK backend.

@@ -115,7 +115,10 @@ fn authority_unsigned_membership_change_committed_by_faulty_leader_is_refused_ev
     // the registry and Raft's voters stay as they were.
     let cluster = Cluster::start_with(3, Options { faults: Some("skip-author-check".into()), ..Options::default() });
     let version = ok(&run_synod(&["version", "-o", "json"], &[]));
-    assert!(version.contains("skip-author-check"), "the test binary must be built with fault-injection: {version}");
+    assert!(
+        version.contains("skip-author-check"),
+        "the test binary must be built with SYNOD_BUILD_FAULTS=1: {version}"
+    );
     let key = cluster.path("stranger.pem").display().to_string();
     ok(&run_synod(&["operator", "keygen", "--out", &key], &[]));
     let mut env = cluster.env(1);
@@ -159,7 +162,7 @@ fn api_malformed_and_oversized_requests_get_json_errors() {
     assert_eq!(code, "400", "{json}");
     assert!(!json["errors"][0].as_str().unwrap().is_empty());
 
-    std::fs::write(&body, vec![b' '; 300 * 1024]).unwrap();
+    std::fs::write(&body, vec![b' '; 400 * 1024]).unwrap();
     let (code, json) = curl(&body);
     assert_eq!(code, "413", "{json}");
     assert!(json["errors"][0].as_str().unwrap().contains("limit"), "{json}");

@@ -12,7 +12,8 @@ use synod_tests::{fails, ok, wait_for, Cluster, Options};
 
 /// Creates a key and returns its JSON description.
 fn create_key(cluster: &Cluster, via: u64, name: &str, threshold: u16) -> Value {
-    let out = ok(&cluster.synod(via, &["key", "create", name, "-t", &threshold.to_string(), "-o", "json"]));
+    let out =
+        ok(&cluster.synod(via, &["key", "create", name, "-t", &threshold.to_string(), "--open-policy", "-o", "json"]));
     let key: Value = serde_json::from_str(&out).expect("key JSON");
     assert_eq!(key["status"], "active", "{key}");
     key
@@ -211,7 +212,8 @@ fn signing_dkg_liar_is_named_and_the_key_is_made_without_it() {
     assert!(err.contains("--participants 1,3"), "the error says how to go on: {err}");
     let aborted: Value = serde_json::from_str(&ok(&cluster.synod(3, &["key", "list", "-o", "json"]))).unwrap();
     assert!(aborted.to_string().contains("aborted"), "{aborted}");
-    let out = ok(&cluster.synod(1, &["key", "create", "payments", "-t", "2", "--participants", "1,3", "-o", "json"]));
+    let out = ok(&cluster
+        .synod(1, &["key", "create", "payments", "-t", "2", "--participants", "1,3", "--open-policy", "-o", "json"]));
     let key: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(key["status"], "active", "{key}");
     assert_eq!(key["participants"], serde_json::json!([1, 3]));
@@ -305,8 +307,9 @@ fn signing_imported_key_keeps_its_public_key() {
         .output()
         .unwrap();
     assert!(export.status.success());
+    let key_file = key_file.to_str().unwrap();
     let out = ok(&cluster
-        .synod(1, &["key", "import", "legacy", "--key-file", key_file.to_str().unwrap(), "-t", "2", "-o", "json"]));
+        .synod(1, &["key", "import", "legacy", "--key-file", key_file, "-t", "2", "--open-policy", "-o", "json"]));
     let key: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(key["origin"], "imported");
     assert_eq!(key["status"], "active");

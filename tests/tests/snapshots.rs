@@ -141,7 +141,7 @@ fn snapshot_installed_by_a_lagging_signer_pauses_its_shares_until_it_caught_up()
         3,
         Options { snapshot_every_entries: 10, logs_kept_after_snapshot: 2, ..Options::default() },
     );
-    let out = synod_tests::ok(&cluster.synod(1, &["key", "create", "vault", "-t", "2", "-o", "json"]));
+    let out = synod_tests::ok(&cluster.synod(1, &["key", "create", "vault", "-t", "2", "--open-policy", "-o", "json"]));
     assert!(out.contains("active"), "{out}");
     cluster.stop(3);
     for i in 0..40 {

@@ -29,7 +29,7 @@ fn time_leader_clock_200_days_ahead_neither_stalls_writes_nor_moves_time() {
     // clock, `kv put` and `sign` work at once (before, the log's time stayed 200 days ahead and
     // every command was refused as expired until real time caught up).
     let mut cluster = Cluster::start(3);
-    ok(&cluster.synod(1, &["key", "create", "deploy", "-t", "2", "-o", "json"]));
+    ok(&cluster.synod(1, &["key", "create", "deploy", "-t", "2", "--open-policy", "-o", "json"]));
     let skewed = cluster.wait_leader();
     restart(&mut cluster, skewed, Some("clock-ahead-200d"));
     // Hand leadership to the skewed node: restart whichever other node leads until it does.

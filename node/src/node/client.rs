@@ -1,7 +1,9 @@
 //! Every client call, served in one place: [`Node::serve_client`] takes a
 //! [`ClientRequest`] and answers a [`ClientResponse`] or a typed
 //! [`NodeError`]. The HTTP API (`crate::api`) and the simulator's clients
-//! only translate to and from these; neither reads the state itself.
+//! only translate to and from these; neither reads the state itself. Every
+//! call names its [`Caller`], and what it may read is judged here, by the
+//! rules of `crate::caller`, for every surface alike.
 
 use std::time::Duration;
 
@@ -10,10 +12,13 @@ use synod_proto::api::{ClientRequest, Health, KeyInfo, KeyList, KvList, KvRecord
 use synod_proto::{NodeError, NodeId};
 
 use super::Node;
+use crate::caller::{Access, Caller};
 use crate::state::{AuditHead, AuditRecord, Operator, Proposal};
 
 /// The most audit records one call returns.
 pub const AUDIT_PAGE_MAX: usize = 1000;
+/// The most audit records one call scans for a caller who sees only some.
+pub const AUDIT_SCAN_MAX: usize = 100 * AUDIT_PAGE_MAX;
 /// How long a call may wait for a request's outcome, at most.
 pub const WAIT_MS_MAX: u64 = 120_000;
 
@@ -82,13 +87,51 @@ fn wait(wait_ms: u64) -> Duration {
 }
 
 impl Node {
-    /// Serves one client call. Whether the caller may make it (a client
-    /// certificate) is the transport's business and is checked before.
-    pub async fn serve_client(&self, request: ClientRequest) -> Result<ClientResponse, NodeError> {
+    /// The caller of an HTTP call, judged against this node's applied state
+    /// and clocks: see [`Caller::identify`]. A read signature is fresh by this
+    /// node's own clock or by the log's clock (the newest entry time applied
+    /// here plus the time elapsed since, on the monotonic clock), so a node
+    /// whose wall clock is wrong still serves signed reads, status included,
+    /// and shows what is wrong.
+    pub fn identify(
+        &self,
+        certificate: Option<crate::pki::PeerIdentity>,
+        read_signature: Option<&str>,
+        method: &str,
+        path_and_query: &str,
+    ) -> Result<Caller, NodeError> {
+        let applied = self.shared.read();
+        let clocks = [self.now_ms(), self.log_clock_ms(applied.state.time_ms)];
+        Caller::identify(&applied.state, certificate, read_signature, method, path_and_query, &clocks)
+    }
+
+    /// The log's clock now: `log_time_ms` (the applied state's time) plus the
+    /// time elapsed since this node first saw it. Behind true time by how long
+    /// the entry took to reach this node, and after a restart by how old the
+    /// newest replayed entry was, until the next entry.
+    fn log_clock_ms(&self, log_time_ms: u64) -> u64 {
+        let now = tokio::time::Instant::now();
+        let mut seen = self.log_clock.lock().expect("log clock lock");
+        if seen.0 != log_time_ms {
+            *seen = (log_time_ms, now);
+        }
+        log_time_ms.saturating_add(now.saturating_duration_since(seen.1).as_millis() as u64)
+    }
+
+    /// Serves one client call for `caller`, which decides what it may read
+    /// ([`crate::caller`]): refused calls name who may make them, and lists
+    /// hold only what the caller may see.
+    pub async fn serve_client(&self, caller: &Caller, request: ClientRequest) -> Result<ClientResponse, NodeError> {
         use ClientResponse as R;
+        if !matches!(request, ClientRequest::Health) {
+            caller.require_certificate()?;
+        }
         Ok(match request {
             ClientRequest::Health => R::Health(self.health()),
-            ClientRequest::Status => R::Status(Box::new(self.status())),
+            ClientRequest::Status => {
+                caller.require_operator_of(&self.shared.read().state, "the node's status")?;
+                R::Status(Box::new(self.status()))
+            }
             ClientRequest::Init { command } => R::Written(self.init(command).await?),
             ClientRequest::Write { command } => R::Written(self.write(command).await?),
             ClientRequest::CreateKey { command } => R::Written(self.create_key(command).await?),
@@ -98,12 +141,20 @@ impl Node {
             }
             ClientRequest::Sign { command, wait_ms } => R::Request(Box::new(self.sign(command, wait(wait_ms)).await?)),
             ClientRequest::GetRequest { request_id, wait_ms } => {
-                R::Request(Box::new(self.wait_request(&request_id, wait(wait_ms)).await?))
+                // Refuse before waiting, and judge again what the wait returns.
+                self.request_access(caller, &request_id)?;
+                let mut info = self.wait_request(&request_id, wait(wait_ms)).await?;
+                if self.request_access(caller, &request_id)? == Some(Access::WithoutSignature) {
+                    info.signature = None;
+                }
+                R::Request(Box::new(info))
             }
             ClientRequest::ListKeys => {
+                caller.require_operator("the keys")?;
                 R::Keys(KeyList { keys: self.shared.read().state.keys.values().map(|k| k.info()).collect() })
             }
             ClientRequest::GetKey { name } => {
+                caller.require_operator(&format!("key {name:?}"))?;
                 let applied = self.shared.read();
                 let state = &applied.state;
                 let key = state.key_by_name(&name).or_else(|| state.keys.get(&name));
@@ -112,14 +163,19 @@ impl Node {
                 })?;
                 R::Key(Box::new(key.info()))
             }
-            ClientRequest::ListKv => R::KvList(KvList {
-                keys: self.shared.read().state.kv.iter().map(|(k, r)| (k.clone(), r.version)).collect(),
-            }),
+            ClientRequest::ListKv => {
+                caller.require_operator("the key-value records")?;
+                R::KvList(KvList {
+                    keys: self.shared.read().state.kv.iter().map(|(k, r)| (k.clone(), r.version)).collect(),
+                })
+            }
             ClientRequest::GetKv { key } => {
+                caller.require_operator(&format!("record {key:?}"))?;
                 let record = self.shared.read().state.kv.get(&key).cloned();
                 R::Kv(record.ok_or_else(|| NodeError::not_found(format!("no record under key {key:?} on this node")))?)
             }
             ClientRequest::ListOperators => {
+                caller.require_operator("the operators")?;
                 let applied = self.shared.read();
                 R::Operators {
                     operators: applied.state.operators.values().cloned().collect(),
@@ -127,16 +183,58 @@ impl Node {
                 }
             }
             ClientRequest::ListProposals => {
+                caller.require_overseer("the admin proposals")?;
                 R::Proposals { proposals: self.shared.read().state.proposals.values().cloned().collect() }
             }
             ClientRequest::AuditRecords { from, limit } => {
-                let (head, records) = self.audit_page(from, limit).await?;
+                let operator = caller.require_operator("the audit log")?;
+                let (head, mut records) = self.audit_page(from, limit).await?;
+                if operator.oversees() {
+                    return Ok(R::Audit { head, records });
+                }
+                // Others see the records of the requests they may read; scan on, page by
+                // page, until some are found or the head is reached, so that an empty
+                // page still means the end (as `synod audit export` reads it).
+                let mut next = from.max(1);
+                let mut scanned = 0;
+                loop {
+                    next = records.last().map_or(next, |r| r.seq + 1);
+                    scanned += records.len();
+                    {
+                        let applied = self.shared.read();
+                        records.retain(|r| operator.may_read_audit_record(&applied.state, r));
+                    }
+                    if !records.is_empty() || next > head.seq || scanned >= AUDIT_SCAN_MAX {
+                        break;
+                    }
+                    records = self.audit_page(next, limit).await?.1;
+                    if records.is_empty() {
+                        break;
+                    }
+                }
                 R::Audit { head, records }
             }
-            ClientRequest::AuditHead => R::AuditHead(self.shared.read().state.audit_head.clone()),
+            ClientRequest::AuditHead => {
+                caller.require_operator("the audit head")?;
+                R::AuditHead(self.shared.read().state.audit_head.clone())
+            }
             ClientRequest::AuditCheckpoint => R::Checkpoint { request_id: self.checkpoint().await? },
-            ClientRequest::AuditCheckpoints => R::Checkpoints(self.checkpoints()),
+            ClientRequest::AuditCheckpoints => {
+                caller.require_overseer("the audit checkpoints")?;
+                R::Checkpoints(self.checkpoints())
+            }
         })
+    }
+
+    /// What `caller` may see of request `request_id`: `None` when there is no
+    /// such request yet (the wait says so), a refusal when it may see nothing.
+    fn request_access(&self, caller: &Caller, request_id: &str) -> Result<Option<Access>, NodeError> {
+        caller.require_operator(&format!("request {request_id}"))?;
+        let applied = self.shared.read();
+        match applied.state.requests.get(request_id) {
+            Some(request) => caller.request_access(&applied.state, request).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Audit records from `from`, at most `limit` (and [`AUDIT_PAGE_MAX`]),

@@ -36,7 +36,18 @@ impl Node {
             let applied = self.shared.read();
             let state = &applied.state;
             let audit_key = state.key_by_name(synod_proto::authz::AUDIT_KEY_NAME);
-            let last_seq = state.requests.keys().filter_map(|id| crate::state::checkpoint_seq(id)).max().unwrap_or(0);
+            // Only the audit key's requests are checkpoints (a client's request
+            // id never starts with the reserved prefix under rules 4, and under
+            // older rules such a request names another key).
+            let last_seq = audit_key.map_or(0, |audit| {
+                state
+                    .requests
+                    .values()
+                    .filter(|r| r.key_id == audit.id)
+                    .filter_map(|r| crate::state::checkpoint_seq(&r.request_id))
+                    .max()
+                    .unwrap_or(0)
+            });
             // The checkpoint's own entry and its result add two records; they alone need no new checkpoint.
             audit_key.is_some_and(|k| k.status == crate::state::KeyStatus::Active)
                 && state.audit_head.seq > last_seq + 2

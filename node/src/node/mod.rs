@@ -19,7 +19,7 @@ mod time;
 mod vote;
 mod write;
 
-pub use client::{CheckpointInfo, CheckpointList, ClientResponse, AUDIT_PAGE_MAX};
+pub use client::{CheckpointInfo, CheckpointList, ClientResponse, AUDIT_PAGE_MAX, WAIT_MS_MAX};
 use loops::{break_election_ties, keys_and_signing, reconcile_membership};
 pub use peer::NodeHandler;
 use vote::CatchUp;
@@ -85,6 +85,9 @@ pub struct Node {
     store: Arc<dyn Store>,
     /// When this node last considered an audit checkpoint (its clock, ms).
     last_checkpoint_ms: std::sync::Mutex<u64>,
+    /// The newest log time this node has seen applied, and when (monotonic):
+    /// the log's clock, which read signatures may also be judged by.
+    log_clock: std::sync::Mutex<(u64, tokio::time::Instant)>,
     /// Bounds how many commands this node lets into the log knowing they will be refused.
     refusals: RefusalBudget,
     signer: Signer,
@@ -175,6 +178,7 @@ impl Node {
             identity: parts.identity,
             store: parts.store.clone(),
             last_checkpoint_ms: std::sync::Mutex::new(0),
+            log_clock: std::sync::Mutex::new((0, tokio::time::Instant::now())),
             refusals: RefusalBudget::default(),
             signer,
             dkg: Dkg::default(),
@@ -277,6 +281,7 @@ impl Node {
     pub fn status(&self) -> Status {
         // Before the state lock below: the gate reads the state itself.
         let signing_paused = self.share_gate_refusal();
+        let hardening = crate::hygiene::hardening();
         let m = self.raft.metrics().borrow().clone();
         let applied = self.shared.read();
         let state = &applied.state;
@@ -322,6 +327,12 @@ impl Node {
             recent_rejections: state.recent_rejections.iter().cloned().collect(),
             unauthorized_membership_entries: state.unauthorized_membership_entries,
             kek: self.sealed.kek().describe(),
+            memory_locked: hardening.is_some_and(|h| h.memory_locked.is_ok()),
+            memory_lock_refused: match hardening {
+                None => Some("process hardening was not applied (a node inside another process)".into()),
+                Some(h) => h.memory_locked.clone().err(),
+            },
+            core_dumps_off: hardening.is_some_and(|h| h.not_dumpable.is_ok() && h.core_limit_zero.is_ok()),
             incarnation: self.incarnation.clone(),
         }
     }

@@ -80,7 +80,7 @@ impl Node {
             self.precheck(&command)?;
         }
         let entry = LogEntry { time_ms: self.stamp_time_ms(), command: command.clone() };
-        #[cfg(feature = "fault-injection")]
+        #[cfg(synod_faults)]
         if faults::enabled(faults::ACK_BEFORE_COMMIT) {
             if let Some(planted) = ack_before_commit(&self.raft, entry.clone()).await {
                 return planted;
@@ -423,7 +423,7 @@ fn refused_as_error(outcome: &Outcome) -> Result<(), NodeError> {
 /// The [`faults::ACK_BEFORE_COMMIT`] write path: on a leader, proposes `entry` and
 /// answers once the leader's own log holds it, without waiting for a quorum.
 /// Returns `None` on a follower, which then takes the normal path.
-#[cfg(feature = "fault-injection")]
+#[cfg(synod_faults)]
 async fn ack_before_commit(
     raft: &crate::raft::Raft,
     entry: synod_proto::LogEntry,

@@ -8,20 +8,22 @@ use std::io;
 use std::net::IpAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
     CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
     PKCS_ED25519,
 };
-use rustls_pki_types::{CertificateDer, DnsName};
+use rustls_pki_types::{CertificateDer, DnsName, UnixTime};
 use zeroize::Zeroizing;
 
 use super::identity::{
-    fingerprint, node_server_name, validate_client_name, CLIENT_CN_PREFIX, NODE_CN_PREFIX, NODE_SERVER_NAME_SUFFIX,
+    fingerprint, identity_of, node_server_name, validate_client_name, PeerIdentity, CLIENT_CN_PREFIX, NODE_CN_PREFIX,
+    NODE_SERVER_NAME_SUFFIX,
 };
 use super::{
-    ca_params, distinguished_name, read_limited, read_single_cert, set_validity, verify_chain, FileKind, PkiError,
+    ca_params, distinguished_name, read_limited, read_single_cert, set_validity, verify_chain, verify_chain_at,
+    FileKind, PkiError,
 };
 
 /// File names inside a CA directory.
@@ -30,8 +32,19 @@ const CA_KEY_FILE: &str = "ca.key";
 
 /// How long a new CA is valid.
 const CA_VALIDITY_DAYS: u32 = 3650;
-/// The longest validity `issue` accepts; the CA's own expiry may cap it further.
-pub(super) const VALIDITY_DAYS_MAX: u32 = CA_VALIDITY_DAYS;
+/// The longest validity `issue` and `renew` accept (the CA/Browser Forum's limit for server
+/// certificates); the CA's own expiry may cap it further. Certificates cannot be revoked, so
+/// a short life is what bounds a lost one; renew them with `synod ca issue --renew`.
+pub const VALIDITY_DAYS_MAX: u32 = 398;
+/// The default validity of a node certificate: a node is renewed in place on `SIGHUP`.
+pub const NODE_VALIDITY_DAYS_DEFAULT: u32 = 365;
+/// The default validity of a client certificate: clients are many and easy to lose.
+pub const CLIENT_VALIDITY_DAYS_DEFAULT: u32 = 90;
+const _: () =
+    assert!(NODE_VALIDITY_DAYS_DEFAULT <= VALIDITY_DAYS_MAX && CLIENT_VALIDITY_DAYS_DEFAULT <= VALIDITY_DAYS_MAX);
+const _: () = assert!(VALIDITY_DAYS_MAX < CA_VALIDITY_DAYS);
+/// Bytes of random serial number (RFC 5280 allows up to 20).
+const SERIAL_BYTES: usize = 16;
 /// How far in the past `not_before` is set, to tolerate clocks that run behind.
 const CLOCK_SKEW_TOLERANCE_SECS: u64 = 3600;
 const SECS_PER_DAY: u64 = 86_400;
@@ -140,39 +153,11 @@ pub fn issue(
     let plan = SubjectPlan::new(subject)?;
     let ca = CaSigner::load(ca_dir, ca_passphrase)?;
 
-    let now_secs = unix_now_secs();
-    let not_after_secs = now_secs + u64::from(validity_days) * SECS_PER_DAY;
-    if not_after_secs > ca.not_after_secs {
-        return Err(PkiError::OutlivesCa {
-            days: validity_days,
-            ca_path: ca.cert_path.clone(),
-            ca_days_left: ca.not_after_secs.saturating_sub(now_secs) / SECS_PER_DAY,
-        });
-    }
-
     let key = KeyPair::generate_for(&PKCS_ED25519)
         .map_err(|source| PkiError::Generate { what: "certificate key", source })?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = distinguished_name(&plan.common_name);
-    params.subject_alt_names = plan.sans;
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = plan.extended_key_usages;
-    params.use_authority_key_identifier_extension = true;
-    set_validity(&mut params, now_secs.saturating_sub(CLOCK_SKEW_TOLERANCE_SECS), not_after_secs);
-    let issuer = Issuer::new(ca_params(&ca.common_name), &ca.key);
-    let cert = params.signed_by(&key, &issuer).map_err(|source| PkiError::Generate { what: "certificate", source })?;
-
+    let cert = sign_leaf(&ca, &plan, validity_days, &key)?;
     let cert_path = out_dir.join(format!("{}.crt", plan.file_stem));
     let key_path = out_dir.join(format!("{}.key", plan.file_stem));
-    // Postcondition: what we hand out must verify exactly as peers will verify it. This also
-    // catches a CA whose subject `ca_params` cannot reproduce byte for byte (a CA not made by
-    // `ca_init`), since leaves would then name the wrong issuer.
-    verify_chain(&ca.cert_der, std::slice::from_ref(cert.der())).map_err(|detail| PkiError::Parse {
-        kind: FileKind::CaCertificate,
-        path: ca.cert_path.clone(),
-        detail: format!("a certificate signed with it does not verify ({detail}); was it made by `synod ca init`?"),
-    })?;
 
     create_dir(out_dir)?;
     let key_pem = key_pem_v1(&key)?;
@@ -183,6 +168,180 @@ pub fn issue(
         return Err(error);
     }
     Ok(Issued { cert_path, key_path })
+}
+
+/// Signs a leaf certificate for `plan` over `public_key`, valid from a little before now for
+/// `validity_days`, with a fresh random serial; checks it verifies against the CA.
+fn sign_leaf(
+    ca: &CaSigner,
+    plan: &SubjectPlan,
+    validity_days: u32,
+    public_key: &impl PublicKeyData,
+) -> Result<rcgen::Certificate, PkiError> {
+    if validity_days == 0 || validity_days > VALIDITY_DAYS_MAX {
+        return Err(PkiError::InvalidValidity { days: validity_days });
+    }
+    let now_secs = unix_now_secs();
+    let not_after_secs = now_secs + u64::from(validity_days) * SECS_PER_DAY;
+    if not_after_secs > ca.not_after_secs {
+        return Err(PkiError::OutlivesCa {
+            days: validity_days,
+            ca_path: ca.cert_path.clone(),
+            ca_days_left: ca.not_after_secs.saturating_sub(now_secs) / SECS_PER_DAY,
+        });
+    }
+    let mut params = CertificateParams::default();
+    params.distinguished_name = distinguished_name(&plan.common_name);
+    params.subject_alt_names = plan.sans.clone();
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = plan.extended_key_usages.clone();
+    params.use_authority_key_identifier_extension = true;
+    // A random serial: rcgen's default is derived from the public key, so a renewal that
+    // keeps the key would repeat its predecessor's serial.
+    let mut serial = [0u8; SERIAL_BYTES];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut serial);
+    serial[0] &= 0x7f;
+    serial[0] |= 0x01;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    set_validity(&mut params, now_secs.saturating_sub(CLOCK_SKEW_TOLERANCE_SECS), not_after_secs);
+    let issuer = Issuer::new(ca_params(&ca.common_name), &ca.key);
+    let cert =
+        params.signed_by(public_key, &issuer).map_err(|source| PkiError::Generate { what: "certificate", source })?;
+    // Postcondition: what we hand out must verify exactly as peers will verify it. This also
+    // catches a CA whose subject `ca_params` cannot reproduce byte for byte (a CA not made by
+    // `ca_init`), since leaves would then name the wrong issuer.
+    verify_chain(&ca.cert_der, std::slice::from_ref(cert.der())).map_err(|detail| PkiError::Parse {
+        kind: FileKind::CaCertificate,
+        path: ca.cert_path.clone(),
+        detail: format!("a certificate signed with it does not verify ({detail}); was it made by `synod ca init`?"),
+    })?;
+    Ok(cert)
+}
+
+/// What `renew` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renewed {
+    /// The certificate file, now holding the new certificate.
+    pub cert_path: PathBuf,
+    /// The previous certificate, kept beside it (`<file>.prev`).
+    pub previous_path: PathBuf,
+    /// Who the certificate is for (unchanged).
+    pub subject: Subject,
+    /// The new certificate's validity in days.
+    pub validity_days: u32,
+}
+
+/// Renews the certificate in `cert_path` with the CA in `ca_dir`: the same subject, SANs and
+/// public key, a new serial and a new validity of `validity_days` (by default
+/// [`NODE_VALIDITY_DAYS_DEFAULT`] or [`CLIENT_VALIDITY_DAYS_DEFAULT`]). The old certificate
+/// may have expired, but it must have been issued by this CA.
+///
+/// The key is kept on purpose: the key file is never rewritten (a node reading its files on
+/// `SIGHUP` can never see a certificate and a key that do not match), the CA needs no access
+/// to the holder's key, and the file is replaced by one atomic rename. To change a key, issue a
+/// new certificate instead. The previous certificate is kept as `<file>.prev`.
+pub fn renew(
+    ca_dir: &Path,
+    cert_path: &Path,
+    validity_days: Option<u32>,
+    ca_passphrase: Option<&str>,
+) -> Result<Renewed, PkiError> {
+    let ca = CaSigner::load(ca_dir, ca_passphrase)?;
+    let old = read_single_cert(cert_path, FileKind::Certificate)?;
+    let parse_error =
+        |detail: String| PkiError::Parse { kind: FileKind::Certificate, path: cert_path.to_path_buf(), detail };
+    let (_, x509) = x509_parser::parse_x509_certificate(old.as_ref())
+        .map_err(|e| parse_error(format!("not an X.509 certificate: {e}")))?;
+    // Issued by this CA: verify the chain as of the middle of the old validity window, so an
+    // expired certificate can still be renewed.
+    let not_before = u64::try_from(x509.validity().not_before.timestamp()).unwrap_or(0);
+    let not_after = u64::try_from(x509.validity().not_after.timestamp()).unwrap_or(0);
+    let midpoint = UnixTime::since_unix_epoch(Duration::from_secs(not_before / 2 + not_after / 2));
+    verify_chain_at(&ca.cert_der, std::slice::from_ref(&old), midpoint).map_err(|detail| PkiError::Untrusted {
+        cert_path: cert_path.to_path_buf(),
+        ca_path: ca.cert_path.clone(),
+        detail,
+    })?;
+    let public_key = Ed25519PublicKey::from_spki(&x509).map_err(parse_error)?;
+    let subject = match identity_of(&old)? {
+        PeerIdentity::Node(id) => {
+            let own = node_server_name(id);
+            let sans = subject_alt_names(&x509).into_iter().filter(|san| *san != own).collect();
+            Subject::Node { id, sans }
+        }
+        PeerIdentity::Client(name) => Subject::Client { name },
+    };
+    drop(x509);
+    let validity_days = validity_days.unwrap_or(match subject {
+        Subject::Node { .. } => NODE_VALIDITY_DAYS_DEFAULT,
+        Subject::Client { .. } => CLIENT_VALIDITY_DAYS_DEFAULT,
+    });
+    let plan = SubjectPlan::new(&subject)?;
+    let cert = sign_leaf(&ca, &plan, validity_days, &public_key)?;
+
+    let with_suffix = |suffix: &str| {
+        let mut name = cert_path.as_os_str().to_os_string();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    let (next_path, previous_path) = (with_suffix(".next"), with_suffix(".prev"));
+    let write_error = |source| PkiError::Write { kind: FileKind::Certificate, path: cert_path.to_path_buf(), source };
+    // A `.next` file can only be left over from an interrupted renewal of this same file.
+    let _ = fs::remove_file(&next_path);
+    write_new(&next_path, FileKind::Certificate, cert.pem().as_bytes(), CERT_FILE_MODE)?;
+    fs::copy(cert_path, &previous_path).map_err(write_error)?;
+    fs::rename(&next_path, cert_path).map_err(write_error)?;
+    if let Some(dir) = cert_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(write_error)?;
+    }
+    Ok(Renewed { cert_path: cert_path.to_path_buf(), previous_path, subject, validity_days })
+}
+
+/// The subject alternative names of a certificate as `issue` takes them: DNS names and IP
+/// addresses as text.
+fn subject_alt_names(x509: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok(Some(sans)) = x509.subject_alternative_name() else { return Vec::new() };
+    sans.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => Some(dns.to_string()),
+            GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => Some(IpAddr::from(<[u8; 4]>::try_from(*bytes).ok()?).to_string()),
+                16 => Some(IpAddr::from(<[u8; 16]>::try_from(*bytes).ok()?).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// An Ed25519 public key taken from an existing certificate, to sign a renewal over.
+struct Ed25519PublicKey(Vec<u8>);
+
+impl Ed25519PublicKey {
+    /// The Ed25519 OID (RFC 8410).
+    const OID: &'static str = "1.3.101.112";
+
+    fn from_spki(x509: &x509_parser::certificate::X509Certificate<'_>) -> Result<Self, String> {
+        let spki = x509.public_key();
+        if spki.algorithm.algorithm.to_id_string() != Self::OID {
+            return Err("its key is not Ed25519; issue a new certificate instead of renewing".to_string());
+        }
+        Ok(Ed25519PublicKey(spki.subject_public_key.data.to_vec()))
+    }
+}
+
+impl PublicKeyData for Ed25519PublicKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &PKCS_ED25519
+    }
 }
 
 /// The PEM label of an encrypted PKCS#8 key.
@@ -407,6 +566,39 @@ mod tests {
         let issued = issue(&ca_dir, &node(1), &out, 30, Some("correct horse")).unwrap();
         let material = TlsMaterial::load(&ca_dir.join(CA_CERT_FILE), &issued.cert_path, &issued.key_path).unwrap();
         assert_eq!(material.identity, PeerIdentity::Node(1));
+    }
+
+    #[test]
+    fn pki_renew_keeps_subject_sans_and_key_with_a_new_serial() {
+        // Renewing a node certificate keeps its identity, SANs and key (the old key file still
+        // matches), takes a new serial and validity, keeps the old file as .prev, and is
+        // refused for a certificate from another CA.
+        let cluster = Cluster::new();
+        let cert_path = cluster.certs_dir.join("node-1.crt");
+        let before = fs::read(&cert_path).unwrap();
+        let renewed = renew(&cluster.ca_dir, &cert_path, Some(7), None).expect("renew");
+        assert_eq!(renewed.subject, node(1));
+        assert_eq!(renewed.validity_days, 7);
+        assert_eq!(fs::read(&renewed.previous_path).unwrap(), before);
+        let material = cluster.material("node-1");
+        assert_eq!(material.identity, PeerIdentity::Node(1));
+        let old = read_single_cert(&renewed.previous_path, FileKind::Certificate).unwrap();
+        let summary = |der: &CertificateDer<'_>| {
+            let (_, x509) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+            (x509.raw_serial_as_string(), x509.validity().not_after.timestamp(), x509.public_key().raw.to_vec())
+        };
+        let (old_serial, old_expiry, old_key) = summary(&old);
+        let (new_serial, new_expiry, new_key) = summary(&material.chain[0]);
+        assert_ne!(old_serial, new_serial);
+        assert!(new_expiry < old_expiry);
+        assert_eq!(old_key, new_key);
+        // A client certificate renews for the client default.
+        let client = renew(&cluster.ca_dir, &cluster.certs_dir.join("client-alice.crt"), None, None).unwrap();
+        assert_eq!(client.validity_days, CLIENT_VALIDITY_DAYS_DEFAULT);
+
+        let other = Cluster::new();
+        let error = renew(&cluster.ca_dir, &other.certs_dir.join("node-1.crt"), None, None).unwrap_err();
+        assert!(matches!(error, PkiError::Untrusted { .. }), "{error}");
     }
 
     #[test]

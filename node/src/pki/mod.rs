@@ -52,14 +52,17 @@ mod ca;
 mod identity;
 mod tls;
 
-pub use ca::{ca_init, ca_key_is_protected, issue, pkcs8_pem_v1, CaInfo, Issued, Subject};
+pub use ca::{
+    ca_init, ca_key_is_protected, issue, pkcs8_pem_v1, renew, CaInfo, Issued, Renewed, Subject,
+    CLIENT_VALIDITY_DAYS_DEFAULT, NODE_VALIDITY_DAYS_DEFAULT, VALIDITY_DAYS_MAX,
+};
 pub use identity::{
     certificate_der, fingerprint, identity_of, in_memory_pki, node_server_name, verify_node_certificate, NodeIdentity,
     PeerIdentity,
 };
 pub use tls::{https_client_config_anonymous, peer_identity_from_quic, TlsMaterial, ALPN_RAFT};
 
-use ca::{COMMON_NAME_BYTES_MAX, SANS_EXTRA_MAX, VALIDITY_DAYS_MAX};
+use ca::{COMMON_NAME_BYTES_MAX, SANS_EXTRA_MAX};
 use identity::CLIENT_NAME_BYTES_MAX;
 
 /// The largest PEM file read; certificates and Ed25519 keys are a few hundred bytes.
@@ -210,6 +213,11 @@ fn set_validity(params: &mut CertificateParams, not_before_secs: u64, not_after_
 /// Verifies `chain` against `ca` as a client certificate, the check every certificate we
 /// issue passes (node certificates also carry serverAuth). Errors are message details.
 fn verify_chain(ca: &CertificateDer<'_>, chain: &[CertificateDer<'_>]) -> Result<(), String> {
+    verify_chain_at(ca, chain, UnixTime::now())
+}
+
+/// [`verify_chain`] as of `time` (a renewal checks an expired certificate's issuer this way).
+fn verify_chain_at(ca: &CertificateDer<'_>, chain: &[CertificateDer<'_>], time: UnixTime) -> Result<(), String> {
     let Some((end_entity, intermediates)) = chain.split_first() else {
         return Err("the file holds no certificate".to_string());
     };
@@ -217,7 +225,7 @@ fn verify_chain(ca: &CertificateDer<'_>, chain: &[CertificateDer<'_>]) -> Result
     let verifier = WebPkiClientVerifier::builder_with_provider(roots, ring_provider())
         .build()
         .map_err(|e| format!("cannot build a verifier: {e}"))?;
-    verifier.verify_client_cert(end_entity, intermediates, UnixTime::now()).map(|_| ()).map_err(describe_verify_error)
+    verifier.verify_client_cert(end_entity, intermediates, time).map(|_| ()).map_err(describe_verify_error)
 }
 
 fn describe_verify_error(error: rustls::Error) -> String {

@@ -82,6 +82,17 @@ impl TlsMaterial {
         Ok(TlsMaterial { ca, chain, key: private_key, identity })
     }
 
+    /// The node or client certificate's serial number and expiry, for logs:
+    /// `serial <hex>, valid until <RFC 2822 time>`.
+    pub fn certificate_summary(&self) -> String {
+        match x509_parser::parse_x509_certificate(self.chain[0].as_ref()) {
+            Ok((_, x509)) => {
+                format!("serial {}, valid until {}", x509.raw_serial_as_string(), x509.validity().not_after)
+            }
+            Err(e) => format!("unparsable certificate ({e})"),
+        }
+    }
+
     /// Hex SHA-256 of the CA certificate.
     pub fn ca_fingerprint(&self) -> String {
         fingerprint(&self.ca)

@@ -24,6 +24,10 @@ pub struct Operator {
     /// An OpenSSH public key line for `ssh-keygen -Y sign` approvals.
     pub ssh_key: Option<String>,
     pub roles: BTreeSet<Role>,
+    /// How many of its requests may wait at once, when an admin set it
+    /// (otherwise [`super::PENDING_PER_OPERATOR_DEFAULT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_max: Option<u32>,
 }
 
 /// One approval of a request, as committed.
@@ -78,7 +82,8 @@ impl ClusterState {
         for key in admins {
             let name = format!("admin-{}", &key.to_hex()[..8]);
             let roles = [Role::Admin, Role::Requester].into();
-            self.operators.insert(name.clone(), Operator { name, key: Some(*key), ssh_key: None, roles });
+            self.operators
+                .insert(name.clone(), Operator { name, key: Some(*key), ssh_key: None, roles, pending_max: None });
         }
         self.refresh_admins();
     }
@@ -94,7 +99,15 @@ impl ClusterState {
         key: Option<OperatorKey>,
         ssh_key: Option<&str>,
         roles: &[Role],
+        pending_max: Option<u32>,
     ) -> Result<String, Refusal> {
+        if pending_max.is_some_and(|n| n == 0 || n as usize > super::PENDING_REQUESTS_MAX) {
+            return Err(format!(
+                "pending_max for {name} must be between 1 and {}, the cluster's whole pending cap",
+                super::PENDING_REQUESTS_MAX
+            )
+            .into());
+        }
         if self.operators.contains_key(name) {
             return Err(format!("operator {name} already exists; remove it first to change it").into());
         }
@@ -112,7 +125,8 @@ impl ClusterState {
         }
         let roles: BTreeSet<Role> = roles.iter().copied().collect();
         let detail = format!("operator {name} added with roles {roles:?}");
-        self.operators.insert(name.to_string(), Operator { name: name.to_string(), key, ssh_key, roles });
+        let operator = Operator { name: name.to_string(), key, ssh_key, roles, pending_max };
+        self.operators.insert(name.to_string(), operator);
         self.refresh_admins();
         Ok(detail)
     }
@@ -129,16 +143,54 @@ impl ClusterState {
             )
             .into());
         }
+        if self.rules < super::RULES_BOUNDED_CLIENTS {
+            self.operators.remove(name);
+            self.refresh_admins();
+            return Ok(format!("operator {name} removed; its approvals no longer count"));
+        }
+        // Revocation bites at once: their pending requests fail, and the
+        // approvals they gave are dropped (an operator added later under the
+        // same name does not inherit them).
+        let theirs: Vec<String> = self
+            .pending_requests
+            .iter()
+            .filter(|id| {
+                self.requests
+                    .get(*id)
+                    .is_some_and(|r| self.operator_by_key(&r.requester).is_some_and(|op| op.name == name))
+            })
+            .cloned()
+            .collect();
+        for id in &theirs {
+            self.fail_request(id, format!("its requester {name} was removed"), &[]);
+        }
+        let mut dropped = 0;
+        for id in self.pending_requests.clone() {
+            if let Some(request) = self.requests.get_mut(&id) {
+                let before = request.approvals.len();
+                request.approvals.retain(|a| a.approver != name);
+                dropped += before - request.approvals.len();
+            }
+        }
+        let proposals_before = self.proposals.len();
+        if let Some(key) = self.operators.get(name).and_then(|op| op.key) {
+            self.proposals.retain(|_, p| p.proposer != key);
+        }
+        for proposal in self.proposals.values_mut() {
+            proposal.approvals.retain(|a| a != name);
+        }
+        let proposals_dropped = proposals_before - self.proposals.len();
         self.operators.remove(name);
         self.refresh_admins();
-        Ok(format!("operator {name} removed; its approvals no longer count"))
+        Ok(format!(
+            "operator {name} removed: {} of their pending requests failed, {dropped} of their approvals and \
+             {proposals_dropped} of their proposals dropped",
+            theirs.len()
+        ))
     }
 
-    pub(super) fn set_policy(&mut self, key_name: &str, policy: &Policy) -> Result<String, Refusal> {
-        if key_name == synod_proto::authz::AUDIT_KEY_NAME {
-            return Err("the audit key's policy is fixed: it signs audit checkpoints only".into());
-        }
-        let key_id = self.key_names.get(key_name).cloned().ok_or(format!("no key named {key_name:?}"))?;
+    /// Every operator a policy names must exist.
+    pub(super) fn check_policy_names(&self, policy: &Policy) -> Result<(), Refusal> {
         for name in
             policy.requesters.iter().chain(&policy.approvers).chain(policy.tiers.iter().flat_map(|t| &t.approvers))
         {
@@ -146,9 +198,19 @@ impl ClusterState {
                 return Err(format!("the policy names {name}, who is not an operator; add them first").into());
             }
         }
+        Ok(())
+    }
+
+    pub(super) fn set_policy(&mut self, key_name: &str, policy: &Policy) -> Result<String, Refusal> {
+        if key_name == synod_proto::authz::AUDIT_KEY_NAME {
+            return Err("the audit key's policy is fixed: it signs audit checkpoints only".into());
+        }
+        let key_id = self.key_names.get(key_name).cloned().ok_or(format!("no key named {key_name:?}"))?;
+        self.check_policy_names(policy)?;
         let key = self.keys.get_mut(&key_id).expect("named keys exist");
         key.policy = policy.clone();
         key.policy_version += 1;
+        key.policy_unset = false;
         let version = key.policy_version;
         // Requests approved under the old policy must be approved again.
         let stale: Vec<String> = self
@@ -251,9 +313,44 @@ impl ClusterState {
         if request.expires_at_ms < self.time_ms {
             return Err(format!("request {} expired", request.request_id));
         }
+        self.still_authorised(request, self.time_ms)?;
         let progress = self.policy_progress(request, reverify)?;
         if !progress.met {
             return Err(format!("request {} lacks approvals: {}", request.request_id, progress.summary.join("; ")));
+        }
+        Ok(())
+    }
+
+    /// Whether the request's requester and its key's policy still allow it at
+    /// `now_ms`: checked before every share, not only when it was made, so a
+    /// requester removed (or dropped from the policy) and a policy that
+    /// expired mid-request release nothing. Checkpoints are the nodes' own.
+    pub fn still_authorised(&self, request: &RequestRecord, now_ms: u64) -> Result<(), String> {
+        let key = self.keys.get(&request.key_id).ok_or("the request's key is gone")?;
+        if key.name == synod_proto::authz::AUDIT_KEY_NAME {
+            return Ok(());
+        }
+        let id = &request.request_id;
+        if key.policy_unset {
+            return Err(format!("key {} has no signing policy; request {id} cannot be signed", key.name));
+        }
+        if let Some(at) = key.policy.expires_at_ms.filter(|at| *at < now_ms) {
+            return Err(format!(
+                "the policy of key {} expired at {at} ms; request {id} is not signed (an admin must renew the policy)",
+                key.name
+            ));
+        }
+        let requester = self
+            .operator_by_key(&request.requester)
+            .ok_or(format!("the requester of {id} is no longer an operator; their requests are not signed"))?;
+        if !requester.roles.contains(&Role::Requester) {
+            return Err(format!("{} no longer has the requester role; request {id} is not signed", requester.name));
+        }
+        if !key.policy.requesters.is_empty() && !key.policy.requesters.contains(&requester.name) {
+            return Err(format!(
+                "{} is no longer among the requesters of key {}; request {id} is not signed",
+                requester.name, key.name
+            ));
         }
         Ok(())
     }
@@ -311,7 +408,23 @@ impl ClusterState {
 
     /// An admin command under the admin policy: applied at once when one admin
     /// suffices, otherwise held as a proposal until enough admins agree.
-    pub(super) fn propose(&mut self, id: &str, author: OperatorKey, command: &Command, expires_at_ms: u64) -> String {
+    pub(super) fn propose(
+        &mut self,
+        id: &str,
+        author: OperatorKey,
+        command: &Command,
+        expires_at_ms: u64,
+    ) -> Result<String, Refusal> {
+        if self.rules >= super::RULES_BOUNDED_CLIENTS {
+            let waiting = self.proposals.values().filter(|p| p.proposer == author).count();
+            if waiting >= super::PROPOSALS_PER_ADMIN_MAX {
+                return Err(format!(
+                    "{waiting} of your proposals are already waiting (at most {}); let them be carried or expire first",
+                    super::PROPOSALS_PER_ADMIN_MAX
+                )
+                .into());
+            }
+        }
         let name = self.operator_by_key(&author).map(|op| op.name.clone()).unwrap_or_else(|| author.to_hex());
         self.proposals.insert(
             id.to_string(),
@@ -323,12 +436,12 @@ impl ClusterState {
                 expires_at_ms,
             },
         );
-        format!(
+        Ok(format!(
             "proposal {id} ({}) needs {} admin approvals (1/{}); approve with `synod admin approve {id}`",
             command.kind(),
             self.admin_approvals_required,
             self.admin_approvals_required
-        )
+        ))
     }
 
     /// Records an admin's agreement; returns the proposal when it is now carried.

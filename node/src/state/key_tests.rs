@@ -124,7 +124,12 @@ fn refused(outcome: &Outcome, needle: &str) {
 /// as node-signed commands. Returns the key packages.
 pub(crate) fn dkg(world: &mut World, name: &str) -> BTreeMap<u64, frost::keys::KeyPackage> {
     assert!(world
-        .by_admin(Command::CreateKey { name: name.into(), threshold: 2, participants: vec![1, 2, 3] })
+        .by_admin(Command::CreateKey {
+            name: name.into(),
+            threshold: 2,
+            participants: vec![1, 2, 3],
+            policy: Some(Default::default())
+        })
         .is_applied());
     let key_id = world.key_id(name);
     let mut secrets = BTreeMap::new();
@@ -181,7 +186,12 @@ fn state_node_messages_need_the_nodes_own_certificate() {
     // A round-1 package is refused when it claims another node, comes from an operator key
     // without a certificate, from a non-participant, or twice from one node.
     let mut world = World::new();
-    world.by_admin(Command::CreateKey { name: "k".into(), threshold: 2, participants: vec![1, 2] });
+    world.by_admin(Command::CreateKey {
+        name: "k".into(),
+        threshold: 2,
+        participants: vec![1, 2],
+        policy: Some(Default::default()),
+    });
     let key_id = world.key_id("k");
     let (_, package) = frost::keys::dkg::part1(id(1), 2, 2, OsRng).unwrap();
     let package = hex::encode(package.serialize().unwrap());
@@ -203,7 +213,12 @@ fn state_node_messages_need_the_nodes_own_certificate() {
 fn state_disagreeing_confirmation_aborts_and_frees_the_name() {
     // A participant that derived another key aborts the generation; the name can be used again.
     let mut world = World::new();
-    world.by_admin(Command::CreateKey { name: "k".into(), threshold: 2, participants: vec![1, 2] });
+    world.by_admin(Command::CreateKey {
+        name: "k".into(),
+        threshold: 2,
+        participants: vec![1, 2],
+        policy: Some(Default::default()),
+    });
     let key_id = world.key_id("k");
     for n in 1..=2 {
         let (_, package) = frost::keys::dkg::part1(id(n), 2, 2, OsRng).unwrap();
@@ -220,7 +235,12 @@ fn state_disagreeing_confirmation_aborts_and_frees_the_name() {
     assert!(matches!(world.state.keys[&key_id].status, KeyStatus::Aborted { .. }));
     assert!(world.state.key_by_name("k").is_none());
     assert!(world
-        .by_admin(Command::CreateKey { name: "k".into(), threshold: 2, participants: vec![1, 2] })
+        .by_admin(Command::CreateKey {
+            name: "k".into(),
+            threshold: 2,
+            participants: vec![1, 2],
+            policy: Some(Default::default())
+        })
         .is_applied());
 }
 
@@ -330,6 +350,7 @@ fn with_policy(world: &mut World, m: u32) -> BTreeMap<&'static str, SigningKey> 
             key: Some(OperatorKey::of(&key)),
             ssh_key: None,
             roles: vec![*role],
+            pending_max: None,
         };
         assert!(world.by_admin(add).is_applied());
         keys.insert(*name, key);
@@ -400,6 +421,7 @@ fn state_admin_quorum_turns_admin_commands_into_proposals() {
         key: Some(OperatorKey::of(&admin2)),
         ssh_key: None,
         roles: vec![synod_proto::authz::Role::Admin],
+        pending_max: None,
     };
     assert!(world.by_admin(add).is_applied());
     assert!(world.by_admin(Command::SetAdminPolicy { approvals_required: 2 }).is_applied());
@@ -638,4 +660,92 @@ fn state_genesis_names_the_rules_a_replay_judges_by() {
     };
     refused(&fresh.by_admin(genesis), "upgrade synod on every node");
     assert!(fresh.state.cluster_id.is_none());
+}
+
+#[test]
+fn state_removed_approver_approval_is_dropped_and_not_inherited_by_a_namesake() {
+    // Removing alice drops her approval from the pending request itself; an operator added
+    // later under the same name does not inherit it.
+    let mut world = World::new();
+    dkg(&mut world, "k");
+    let keys = with_policy(&mut world, 1);
+    assert!(request_by(&mut world, &keys["dave"], "r1").is_applied());
+    assert!(approve(&mut world, "r1", "alice", &keys["alice"]).is_applied());
+    let removed = world.by_admin(Command::RemoveOperator { name: "alice".into() });
+    assert!(matches!(&removed, Outcome::Applied { detail } if detail.contains("1 of their approvals")), "{removed:?}");
+    assert!(world.state.requests["r1"].approvals.is_empty());
+    let again = Command::AddOperator {
+        name: "alice".into(),
+        key: Some(OperatorKey::of(&keys["alice"])),
+        ssh_key: None,
+        roles: vec![synod_proto::authz::Role::Approver],
+        pending_max: None,
+    };
+    assert!(world.by_admin(again).is_applied());
+    let err = world.state.ready_to_sign(&world.state.requests["r1"].clone(), true).unwrap_err();
+    assert!(err.contains("lacks approvals"), "{err}");
+}
+
+#[test]
+fn state_requester_quota_is_per_operator_and_the_default_holds() {
+    // dave may hold PENDING_PER_OPERATOR_DEFAULT requests open; the next is refused naming
+    // the quota; a request needing no approval lives at most REQUEST_PENDING_MS_MAX.
+    let mut world = World::new();
+    dkg(&mut world, "k");
+    let keys = with_policy(&mut world, 1);
+    for i in 0..super::PENDING_PER_OPERATOR_DEFAULT {
+        assert!(request_by(&mut world, &keys["dave"], &format!("q{i}")).is_applied());
+    }
+    refused(&request_by(&mut world, &keys["dave"], "one-more"), "already has 64 requests pending (at most 64)");
+    let open = synod_proto::authz::Policy::default();
+    assert!(world.by_admin(Command::SetPolicy { key: "k".into(), policy: open }).is_applied());
+    assert!(request_by(&mut world, &keys["dave"], "quick").is_applied());
+    let r = &world.state.requests["quick"];
+    assert!(r.expires_at_ms <= r.created_at_ms + super::REQUEST_PENDING_MS_MAX, "{}", r.expires_at_ms);
+}
+
+#[test]
+fn state_signer_rechecks_the_requester_and_the_policy_expiry() {
+    // A request ready to sign stops being signable when its requester loses the role or the
+    // policy expires: `still_authorised` runs before every share.
+    let mut world = World::new();
+    dkg(&mut world, "k");
+    let keys = with_policy(&mut world, 0);
+    assert!(request_by(&mut world, &keys["dave"], "r1").is_applied());
+    let request = world.state.requests["r1"].clone();
+    let now = world.state.time_ms;
+    assert!(world.state.ready_to_sign(&request, true).is_ok());
+    let mut expiring = world.state.keys[&request.key_id].policy.clone();
+    expiring.expires_at_ms = Some(now + 1_000);
+    let mut state = world.state.clone();
+    state.keys.get_mut(&request.key_id).unwrap().policy = expiring;
+    let err = state.still_authorised(&request, now + 2_000).unwrap_err();
+    assert!(err.contains("expired"), "{err}");
+    state.operators.get_mut("dave").unwrap().roles.clear();
+    let err = state.still_authorised(&request, now).unwrap_err();
+    assert!(err.contains("no longer has the requester role"), "{err}");
+}
+
+#[test]
+fn state_key_without_policy_signs_nothing_until_one_is_set() {
+    // Under rules 4 a key created without a policy refuses requests until an admin sets one.
+    let mut world = World::new();
+    let create = Command::CreateKey { name: "bare".into(), threshold: 2, participants: vec![1, 2, 3], policy: None };
+    assert!(world.by_admin(create).is_applied());
+    let id = world.key_id("bare");
+    assert!(world.state.keys[&id].policy_unset);
+    world.state.keys.get_mut(&id).unwrap().status = super::KeyStatus::Active;
+    let env = world.envelope(Command::SignRequest {
+        request_id: "b1".into(),
+        key: "bare".into(),
+        message: "00".into(),
+        purpose: String::new(),
+        environment: String::new(),
+        attributes: Default::default(),
+    });
+    let admin = world.admin.clone();
+    refused(&world.apply(SignedCommand::sign(&env, &admin)), "has no signing policy yet");
+    let open = synod_proto::authz::Policy::default();
+    assert!(world.by_admin(Command::SetPolicy { key: "bare".into(), policy: open }).is_applied());
+    assert!(!world.state.keys[&id].policy_unset);
 }

@@ -73,6 +73,11 @@ pub struct KeyRecord {
     /// Increments with every policy change; approvals name the version they approve under.
     #[serde(default)]
     pub policy_version: u64,
+    /// The key was made without a policy (rules 4 and later): it signs nothing
+    /// until an admin sets one under the admin quorum. A default policy lets
+    /// any requester sign without approvals, so it is never assumed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub policy_unset: bool,
 }
 
 impl KeyRecord {
@@ -107,6 +112,7 @@ impl KeyRecord {
             activated_at_ms: self.activated_at_ms,
             policy: self.policy.clone(),
             policy_version: self.policy_version,
+            policy_unset: self.policy_unset,
         }
     }
 
@@ -136,21 +142,31 @@ pub fn package_hash(package_hex: &str) -> String {
     hex::encode(Sha256::digest(hex::decode(package_hex).unwrap_or_default()))
 }
 
+/// What a `create_key` or `import_key` command asks for.
+pub(super) struct NewKey<'a> {
+    /// The command id, which becomes the key id.
+    pub id: &'a str,
+    pub name: &'a str,
+    pub threshold: u16,
+    pub participants: &'a [NodeId],
+    /// The policy the key starts with; `None` leaves it unset (rules 4 and later).
+    pub policy: Option<&'a synod_proto::authz::Policy>,
+}
+
 impl ClusterState {
     /// The live key (generating or active) with this name.
     pub fn key_by_name(&self, name: &str) -> Option<&KeyRecord> {
         self.key_names.get(name).and_then(|id| self.keys.get(id))
     }
 
-    fn new_key(
-        &mut self,
-        index: u64,
-        id: &str,
-        name: &str,
-        threshold: u16,
-        participants: &[NodeId],
-        origin: KeyOrigin,
-    ) -> Result<KeyRecord, Refusal> {
+    fn new_key(&mut self, index: u64, new: &NewKey<'_>, origin: KeyOrigin) -> Result<KeyRecord, Refusal> {
+        let NewKey { id, name, threshold, participants, policy } = *new;
+        if let Some(policy) = policy {
+            self.check_policy_names(policy)?;
+        }
+        let policy_unset = policy.is_none()
+            && self.rules >= super::RULES_BOUNDED_CLIENTS
+            && name != synod_proto::authz::AUDIT_KEY_NAME;
         if let Some(existing) = self.key_by_name(name) {
             return Err(format!("a key named {name:?} already exists (id {}); pick another name", existing.id).into());
         }
@@ -177,8 +193,9 @@ impl ClusterState {
             created_index: index,
             created_at_ms: self.time_ms,
             activated_at_ms: None,
-            policy: synod_proto::authz::Policy::default(),
+            policy: policy.cloned().unwrap_or_default(),
             policy_version: 1,
+            policy_unset,
         })
     }
 
@@ -187,15 +204,9 @@ impl ClusterState {
         self.keys.insert(key.id.clone(), key);
     }
 
-    pub(super) fn create_key(
-        &mut self,
-        index: u64,
-        id: &str,
-        name: &str,
-        threshold: u16,
-        participants: &[NodeId],
-    ) -> Result<String, Refusal> {
-        let key = self.new_key(index, id, name, threshold, participants, KeyOrigin::Dkg)?;
+    pub(super) fn create_key(&mut self, index: u64, new: NewKey<'_>) -> Result<String, Refusal> {
+        let key = self.new_key(index, &new, KeyOrigin::Dkg)?;
+        let NewKey { id, name, threshold, .. } = new;
         let detail = format!(
             "key {name} ({id}) generating: {threshold} of {} participants {:?}",
             key.participants.len(),
@@ -205,16 +216,9 @@ impl ClusterState {
         Ok(detail)
     }
 
-    pub(super) fn import_key(
-        &mut self,
-        index: u64,
-        id: &str,
-        name: &str,
-        threshold: u16,
-        participants: &[NodeId],
-        package_hex: &str,
-    ) -> Result<String, Refusal> {
-        let mut key = self.new_key(index, id, name, threshold, participants, KeyOrigin::Imported)?;
+    pub(super) fn import_key(&mut self, index: u64, new: NewKey<'_>, package_hex: &str) -> Result<String, Refusal> {
+        let mut key = self.new_key(index, &new, KeyOrigin::Imported)?;
+        let NewKey { id, name, threshold, .. } = new;
         let bytes = hex::decode(package_hex).map_err(|_| "public key package is not hex")?;
         let package = frost::keys::PublicKeyPackage::deserialize(&bytes)
             .map_err(|e| format!("public key package does not parse: {e}"))?;

@@ -24,7 +24,10 @@ pub use audit::{verify_chain, AuditHead, AuditRecord, GENESIS_HASH};
 pub use authz::{ApprovalRecord, Operator, Progress, Proposal};
 pub use endorse::{Endorsement, ENDORSED_POINTS_KEPT};
 pub use keys::{frost_identifier, package_hash, KeyOrigin, KeyRecord, KeyStatus, DKG_TIMEOUT_MS};
-pub use signing::{checkpoint_request_id, checkpoint_seq, RequestRecord, RequestStatus, PENDING_REQUESTS_MAX};
+pub use signing::{
+    checkpoint_request_id, checkpoint_seq, RequestRecord, RequestStatus, PENDING_PER_OPERATOR_DEFAULT,
+    PENDING_REQUESTS_MAX, REQUEST_APPROVAL_MS_DEFAULT, REQUEST_PENDING_MS_MAX, RESERVED_REQUEST_ID_PREFIXES,
+};
 
 /// How many recent refusals the state keeps for `status`.
 pub const REJECTIONS_KEPT_MAX: usize = 32;
@@ -43,6 +46,7 @@ pub const REJECTIONS_KEPT_MAX: usize = 32;
 /// - 3: the cluster id is derived from the genesis
 ///   ([`synod_proto::command::cluster_id_of_genesis`]); the name the genesis
 ///   envelope carries becomes `cluster_name`.
+/// - 4: what one client can hold open is bounded ([`RULES_BOUNDED_CLIENTS`]).
 pub use synod_proto::command::RULES_CURRENT;
 /// The first rules version that needs a take-up before signing outcomes.
 pub const RULES_COORDINATOR: u32 = 1;
@@ -50,6 +54,20 @@ pub const RULES_COORDINATOR: u32 = 1;
 pub const RULES_FIELD_LIMITS: u32 = 2;
 /// The first rules version whose cluster id is derived from the genesis.
 pub const RULES_DERIVED_CLUSTER_ID: u32 = 3;
+/// The first rules version that bounds what one client can hold open: an
+/// operator command issued at most [`ISSUED_AHEAD_MS_MAX`] ahead of the log's
+/// time; requests pending at most [`signing::REQUEST_PENDING_MS_MAX`] (or their
+/// policy's approval window) and [`signing::PENDING_PER_OPERATOR_DEFAULT`] per
+/// requester; reserved request ids refused; one checkpoint pending at a time;
+/// removing an operator fails their requests and drops their approvals; a new
+/// key signs nothing until it has a policy; proposals per admin bounded.
+pub const RULES_BOUNDED_CLIENTS: u32 = 4;
+/// How far ahead of the log's time an operator's command may say it was
+/// issued (ms). Beyond it the command is refused: its validity window would
+/// reach past what the log's time can check.
+pub const ISSUED_AHEAD_MS_MAX: u64 = 5 * 60 * 1000;
+/// How many proposals one admin may have waiting at once.
+pub const PROPOSALS_PER_ADMIN_MAX: usize = 16;
 /// How many terms' coordinators the state remembers. Entries apply in term
 /// order, so only the newest is ever consulted; a few more cost nothing and
 /// help `status` readers.
@@ -240,6 +258,23 @@ impl ClusterState {
         if envelope.expires_at_ms.saturating_sub(envelope.issued_at_ms) > COMMAND_TTL_MS_MAX {
             return Err(format!("command is valid for longer than the {COMMAND_TTL_MS_MAX} ms maximum").into());
         }
+        // Node-authored commands carry their node's certificate and clock, which
+        // the time rules bound; an operator's clock is bounded here.
+        let by_operator = !matches!(envelope.command.authority(), Authority::Node(_) | Authority::Genesis);
+        if self.rules >= RULES_BOUNDED_CLIENTS
+            && by_operator
+            && envelope.issued_at_ms > now.saturating_add(ISSUED_AHEAD_MS_MAX)
+            && !crate::faults::enabled(crate::faults::SKIP_CLIENT_BOUNDS)
+        {
+            return Err(format!(
+                "command says it was issued at {} ms, {} ms ahead of the log's time {now} ms (at most {} ms \
+                 allowed); check the clock of the machine that signed it and sign a fresh one",
+                envelope.issued_at_ms,
+                envelope.issued_at_ms - now,
+                ISSUED_AHEAD_MS_MAX
+            )
+            .into());
+        }
         if let Command::SignRequest { .. } = &envelope.command {
             // A byte-identical request again (a client retry) is answered, not refused as a replay.
             if let Some(detail) = self.existing_request(&envelope, signed.author) {
@@ -309,7 +344,7 @@ impl ClusterState {
                         None => format!("agreed to proposal {proposal_id}"),
                     },
                     _ if authority == Authority::Admin && self.admin_approvals_required > 1 => {
-                        self.propose(&envelope.command_id, signed.author, command, envelope.expires_at_ms)
+                        self.propose(&envelope.command_id, signed.author, command, envelope.expires_at_ms)?
                     }
                     _ => self.apply_command(index, &envelope, signed.author, command)?,
                 }
@@ -463,11 +498,15 @@ impl ClusterState {
                 );
                 Ok(format!("{key} = version {version}"))
             }
-            Command::CreateKey { name, threshold, participants } => {
-                self.create_key(index, &envelope.command_id, name, *threshold, participants)
+            Command::CreateKey { name, threshold, participants, policy } => {
+                let id = &envelope.command_id;
+                let new = keys::NewKey { id, name, threshold: *threshold, participants, policy: policy.as_ref() };
+                self.create_key(index, new)
             }
-            Command::ImportKey { name, threshold, participants, public_key_package } => {
-                self.import_key(index, &envelope.command_id, name, *threshold, participants, public_key_package)
+            Command::ImportKey { name, threshold, participants, public_key_package, policy } => {
+                let id = &envelope.command_id;
+                let new = keys::NewKey { id, name, threshold: *threshold, participants, policy: policy.as_ref() };
+                self.import_key(index, new, public_key_package)
             }
             Command::DkgRound1 { key_id, node_id, package } => self.dkg_round1(key_id, *node_id, package),
             Command::KeyConfirm { key_id, node_id, group_key, public_key_package_sha256 } => {
@@ -484,8 +523,8 @@ impl ClusterState {
             Command::Approve { request_id, approver, signature } => {
                 self.approve(index, &author, request_id, approver, signature)
             }
-            Command::AddOperator { name, key, ssh_key, roles } => {
-                self.add_operator(name, *key, ssh_key.as_deref(), roles)
+            Command::AddOperator { name, key, ssh_key, roles, pending_max } => {
+                self.add_operator(name, *key, ssh_key.as_deref(), roles, *pending_max)
             }
             Command::RemoveOperator { name } => self.remove_operator(name),
             Command::SetPolicy { key, policy } => self.set_policy(key, policy),

@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use synod_proto::api::{self, RequestInfo};
+use synod_proto::command::COMMAND_TTL_MS_MAX;
 use synod_proto::{Envelope, NodeId, OperatorKey};
 
 use super::{ClusterState, KeyStatus, Refusal};
@@ -20,6 +21,25 @@ pub const PENDING_REQUESTS_MAX: usize = 1024;
 
 /// How long an audit checkpoint request may wait for its signature.
 const CHECKPOINT_TTL_MS: u64 = 10 * 60 * 1000;
+
+/// How long (log time) a request that needs no approval may wait for its
+/// signature (rules 4 and later), whatever its command's validity says.
+pub const REQUEST_PENDING_MS_MAX: u64 = 10 * 60 * 1000;
+
+/// How long a request that waits for approvals may stay pending when its
+/// policy names no `approval_window_ms` (rules 4 and later). Never more than
+/// the 24 h a command may be valid for.
+pub const REQUEST_APPROVAL_MS_DEFAULT: u64 = 4 * 60 * 60 * 1000;
+
+/// How many requests one operator may have pending at once unless an admin
+/// set the operator's own `pending_max` (rules 4 and later): sixteen
+/// requesters at the default cannot fill [`PENDING_REQUESTS_MAX`].
+pub const PENDING_PER_OPERATOR_DEFAULT: u32 = 64;
+
+/// Request id prefixes the cluster keeps for itself (rules 4 and later): a
+/// client's `checkpoint-<n>` once passed for the newest audit checkpoint and
+/// switched automatic checkpoints off.
+pub const RESERVED_REQUEST_ID_PREFIXES: &[&str] = &[CHECKPOINT_PREFIX, "synod-"];
 
 /// Who sent a signing outcome, and for which attempt of the request.
 #[derive(Clone, Copy, Debug)]
@@ -208,8 +228,18 @@ impl ClusterState {
         request_id: &str,
         key_name: &str,
         message_hex: &str,
-        declared: Declared<'_>,
+        mut declared: Declared<'_>,
     ) -> Result<String, Refusal> {
+        let bounded =
+            self.rules >= super::RULES_BOUNDED_CLIENTS && !crate::faults::enabled(crate::faults::SKIP_CLIENT_BOUNDS);
+        if let Some(prefix) = RESERVED_REQUEST_ID_PREFIXES.iter().find(|p| request_id.starts_with(**p)) {
+            if bounded {
+                return Err(format!(
+                    "request ids starting with {prefix:?} are reserved for the cluster's own requests; pick another id"
+                )
+                .into());
+            }
+        }
         // A failed request sent again (same message, same requester) is a fresh attempt.
         let attempt = match self.requests.get(request_id) {
             None => 0,
@@ -233,11 +263,35 @@ impl ClusterState {
         if key.status != KeyStatus::Active {
             return Err(format!("key {key_name} is not active yet").into());
         }
+        if bounded && key.policy_unset {
+            return Err(format!(
+                "key {key_name} has no signing policy yet, so it signs nothing; an admin sets one with \
+                 `synod key policy set {key_name} --file policy.json` (under the admin quorum)"
+            )
+            .into());
+        }
         if self.pending_requests.len() >= PENDING_REQUESTS_MAX {
             return Err(format!("{PENDING_REQUESTS_MAX} requests are already pending; retry later").into());
         }
         let policy = &key.policy;
         let requester_name = self.operator_by_key(&requester).map(|op| op.name.clone()).unwrap_or_default();
+        if bounded {
+            let quota =
+                self.operator_by_key(&requester).and_then(|op| op.pending_max).unwrap_or(PENDING_PER_OPERATOR_DEFAULT)
+                    as usize;
+            let theirs = self
+                .pending_requests
+                .iter()
+                .filter(|id| self.requests.get(*id).is_some_and(|r| r.requester == requester))
+                .count();
+            if theirs >= quota {
+                return Err(format!(
+                    "{requester_name} already has {theirs} requests pending (at most {quota}); wait for some to \
+                     finish, or ask an admin to raise this operator's pending_max"
+                )
+                .into());
+            }
+        }
         if !policy.requesters.is_empty() && !policy.requesters.contains(&requester_name) {
             return Err(
                 format!("{requester_name} is not among the requesters the policy of key {key_name} allows").into()
@@ -260,11 +314,22 @@ impl ClusterState {
         if policy.expires_at_ms.is_some_and(|at| at < self.time_ms) {
             return Err(format!("the policy of key {key_name} has expired; an admin must renew it").into());
         }
+        let needs = key.policy.requirements(declared.attributes);
+        if bounded {
+            // A request's life is the log's, not its command's: at most
+            // REQUEST_PENDING_MS_MAX, or the policy's approval window when
+            // people must approve it.
+            let life = if needs.is_empty() {
+                REQUEST_PENDING_MS_MAX
+            } else {
+                policy.approval_window_ms.unwrap_or(REQUEST_APPROVAL_MS_DEFAULT).min(COMMAND_TTL_MS_MAX)
+            };
+            declared.expires_at_ms = declared.expires_at_ms.min(self.time_ms.saturating_add(life));
+        }
         let record = RequestRecord {
             attempt,
             ..RequestRecord::new(request_id, key, message_hex, requester, &declared, index, self.time_ms)
         };
-        let needs = key.policy.requirements(declared.attributes);
         let detail = if needs.is_empty() {
             format!("request {request_id} pending: {} bytes with key {key_name}", record.message_bytes)
         } else {
@@ -299,6 +364,18 @@ impl ClusterState {
         let request_id = checkpoint_request_id(head.seq);
         if self.requests.contains_key(&request_id) {
             return Ok(format!("{request_id} already exists"));
+        }
+        if self.rules >= super::RULES_BOUNDED_CLIENTS {
+            // One checkpoint waits at a time, inside the shared pending cap.
+            let audit_key = key.id.clone();
+            if let Some(waiting) =
+                self.pending_requests.iter().find(|id| self.requests.get(*id).is_some_and(|r| r.key_id == audit_key))
+            {
+                return Ok(format!("{waiting} is still pending; the next checkpoint waits for it"));
+            }
+            if self.pending_requests.len() >= PENDING_REQUESTS_MAX {
+                return Err(format!("{PENDING_REQUESTS_MAX} requests are already pending; retry later").into());
+            }
         }
         let hash: [u8; 32] = hex::decode(&head.hash).ok().and_then(|b| b.try_into().ok()).ok_or("bad head hash")?;
         let cluster = self.cluster_id.clone().unwrap_or_default();
@@ -396,17 +473,30 @@ impl ClusterState {
         self.pending_requests.remove(request_id);
     }
 
-    /// Fails pending requests whose expiry (entry time) has passed.
+    /// Fails pending requests whose expiry (entry time) has passed, and
+    /// (rules 4 and later) those whose key's policy has expired.
     pub(super) fn expire_requests(&mut self) {
         let now = self.time_ms;
-        let stale: Vec<String> = self
+        let policy_expired = |r: &RequestRecord| {
+            self.rules >= super::RULES_BOUNDED_CLIENTS
+                && self.keys.get(&r.key_id).is_some_and(|k| k.policy.expires_at_ms.is_some_and(|at| at < now))
+        };
+        let stale: Vec<(String, &str)> = self
             .pending_requests
             .iter()
-            .filter(|id| self.requests.get(*id).is_some_and(|r| r.expires_at_ms < now))
-            .cloned()
+            .filter_map(|id| {
+                let r = self.requests.get(id)?;
+                if r.expires_at_ms < now {
+                    Some((id.clone(), "expired before it was signed"))
+                } else if policy_expired(r) {
+                    Some((id.clone(), "its key's policy expired before it was signed; an admin must renew the policy"))
+                } else {
+                    None
+                }
+            })
             .collect();
-        for id in stale {
-            self.fail_request(&id, "expired before it was signed".to_string(), &[]);
+        for (id, reason) in stale {
+            self.fail_request(&id, reason.to_string(), &[]);
         }
     }
 }

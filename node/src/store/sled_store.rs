@@ -404,13 +404,19 @@ mod tests {
     /// after the last handle is gone, so an immediate reopen can race it. (A new
     /// process, as in a node restart, never sees this.)
     fn open(path: &Path) -> SledStore {
+        reopen(path).expect("open the sled store")
+    }
+
+    /// [`SledStore::open`] once a just-dropped store in this process has let go
+    /// of the directory lock (see [`open`]): what a fresh process would get.
+    fn reopen(path: &Path) -> Result<SledStore, StoreError> {
         for _ in 0..100 {
             match SledStore::open(path) {
                 Err(StoreError::Locked { .. }) => std::thread::sleep(std::time::Duration::from_millis(20)),
-                other => return other.expect("open the sled store"),
+                other => return other,
             }
         }
-        SledStore::open(path).expect("open the sled store")
+        SledStore::open(path)
     }
 
     fn put_log(store: &SledStore, index: u64, value: &[u8], durability: Durability) {
@@ -499,7 +505,7 @@ mod tests {
         let path = closed_store_with_data(root.path());
         let len = std::fs::metadata(path.join("db")).unwrap().len() as usize;
         std::fs::write(path.join("db"), vec![0xA5; len]).unwrap();
-        let error = SledStore::open(&path).err().expect("open must fail");
+        let error = reopen(&path).err().expect("open must fail");
         let StoreError::Corrupt { path: reported, .. } = &error else { panic!("{error}") };
         assert_eq!(reported.canonicalize().unwrap(), path.canonicalize().unwrap());
         let message = error.to_string();
@@ -512,7 +518,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let path = closed_store_with_data(root.path());
         std::fs::write(path.join("db"), b"").unwrap();
-        let error = SledStore::open(&path).err().expect("open must fail");
+        let error = reopen(&path).err().expect("open must fail");
         assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
     }
 
@@ -522,7 +528,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let path = closed_store_with_data(root.path());
         std::fs::write(path.join("conf"), vec![0xA5; 64]).unwrap();
-        let error = SledStore::open(&path).err().expect("open must fail");
+        let error = reopen(&path).err().expect("open must fail");
         assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
     }
 
@@ -532,7 +538,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let path = closed_store_with_data(root.path());
         std::fs::remove_file(path.join("db")).unwrap();
-        let error = SledStore::open(&path).err().expect("open must fail");
+        let error = reopen(&path).err().expect("open must fail");
         assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
         assert!(!path.join("db").exists(), "nothing was recreated");
     }
@@ -543,7 +549,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let path = closed_store_with_data(root.path());
         std::fs::write(path.join("blobs").join("123"), b"blob").unwrap();
-        let error = SledStore::open(&path).err().expect("open must fail");
+        let error = reopen(&path).err().expect("open must fail");
         assert!(matches!(error, StoreError::BlobFilesPresent { count: 1, .. }), "{error}");
     }
 

@@ -15,6 +15,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use synod_proto::rpc::{self, PeerRequest, PeerResponse};
 use synod_proto::NodeId;
+use zeroize::Zeroizing;
 
 use super::{PeerHandler, PeerTransport, TransportError};
 use crate::pki::{self, PeerIdentity, TlsMaterial};
@@ -31,6 +32,9 @@ type ConnSlot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
 /// A node's QUIC endpoint: the server for its peers and the client for its calls.
 pub struct QuicTransport {
     endpoint: quinn::Endpoint,
+    /// The TLS configuration new outgoing connections use; `set_tls` replaces it when the
+    /// node reloads its certificate (connections already open keep theirs).
+    client_config: Mutex<quinn::ClientConfig>,
     /// One cached connection per peer, reused across calls.
     conns: Mutex<BTreeMap<NodeId, ConnSlot>>,
 }
@@ -39,9 +43,16 @@ impl QuicTransport {
     /// Binds the endpoint. Fails with the OS error when the port is taken.
     pub fn bind(addr: SocketAddr, tls: &TlsMaterial) -> anyhow::Result<Arc<Self>> {
         let server_config = tls.quic_server_config()?;
-        let mut endpoint = quinn::Endpoint::server(server_config, addr)?;
-        endpoint.set_default_client_config(tls.quic_client_config()?);
-        Ok(Arc::new(QuicTransport { endpoint, conns: Mutex::new(BTreeMap::new()) }))
+        let endpoint = quinn::Endpoint::server(server_config, addr)?;
+        let client_config = Mutex::new(tls.quic_client_config()?);
+        Ok(Arc::new(QuicTransport { endpoint, client_config, conns: Mutex::new(BTreeMap::new()) }))
+    }
+
+    /// Uses new TLS material for connections made or accepted from now on (a certificate
+    /// reload); connections already open keep the certificate they were made with.
+    pub fn set_tls(&self, server: quinn::ServerConfig, client: quinn::ClientConfig) {
+        self.endpoint.set_server_config(Some(server));
+        *self.client_config.lock().expect("client config lock") = client;
     }
 
     /// The bound address.
@@ -83,9 +94,10 @@ impl QuicTransport {
             .map_err(|e| unreachable(e.to_string()))?
             .next()
             .ok_or_else(|| unreachable("address resolves to nothing".into()))?;
+        let client_config = self.client_config.lock().expect("client config lock").clone();
         let connecting = self
             .endpoint
-            .connect(socket_addr, &pki::node_server_name(target))
+            .connect_with(client_config, socket_addr, &pki::node_server_name(target))
             .map_err(|e| unreachable(e.to_string()))?;
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
@@ -115,8 +127,12 @@ impl PeerTransport for Arc<QuicTransport> {
     ) -> BoxFuture<'static, Result<PeerResponse, TransportError>> {
         let this = self.clone();
         async move {
-            let frame =
-                rpc::encode(&request).map_err(|e| TransportError::Failed { node: target, reason: e.to_string() })?;
+            let encoded = if request.carries_secret() {
+                rpc::encode_secret(&request)
+            } else {
+                rpc::encode(&request).map(Zeroizing::new)
+            };
+            let frame = encoded.map_err(|e| TransportError::Failed { node: target, reason: e.to_string() })?;
             let result = tokio::time::timeout(timeout, this.call_once(target, &addr, &frame)).await;
             let result =
                 result.unwrap_or(Err(TransportError::Timeout { node: target, timeout_ms: timeout.as_millis() as u64 }));
@@ -139,7 +155,8 @@ async fn read_frame<T: serde::de::DeserializeOwned>(recv: &mut quinn::RecvStream
     let mut header = [0u8; 5];
     recv.read_exact(&mut header).await.map_err(|e| e.to_string())?;
     let len = rpc::decode_header(header).map_err(|e| e.to_string())?;
-    let mut body = vec![0u8; len];
+    // Wiped when dropped: a frame may carry a DKG round-2 package (a secret share).
+    let mut body = Zeroizing::new(vec![0u8; len]);
     recv.read_exact(&mut body).await.map_err(|e| e.to_string())?;
     rpc::decode_body(&body).map_err(|e| e.to_string())
 }

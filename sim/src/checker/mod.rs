@@ -49,7 +49,9 @@ pub use liveness::SigningLiveness;
 pub use observer::{Observer, HARVEST_EVERY_MS, STATE_HASH_EVERY_MS};
 pub use raft::{one_leader_per_term, RaftSafety};
 pub use signing::{NonceSingleUse, OneMessagePerRequest, PolicyBeforeShares, SignaturesVerify};
-pub use state::{signing_hash, AckedWritesKept, AlteredCommandsRefused, ForgeriesRefused, StateAgreement};
+pub use state::{
+    signing_hash, AckedWritesKept, AlteredCommandsRefused, ForgeriesRefused, RequestsBounded, StateAgreement,
+};
 pub use time::BoundedTime;
 
 /// A broken invariant.
@@ -146,6 +148,7 @@ pub fn all(cfg: &SimConfig) -> Vec<Box<dyn Checker>> {
         Box::new(StateAgreement::default()),
         Box::new(AckedWritesKept::default()),
         Box::new(ForgeriesRefused::default()),
+        Box::new(RequestsBounded),
         Box::new(AlteredCommandsRefused),
         Box::new(NonceSingleUse::default()),
         Box::new(OneMessagePerRequest::default()),

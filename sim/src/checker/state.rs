@@ -290,3 +290,62 @@ impl Checker for AlteredCommandsRefused {
         Ok(())
     }
 }
+
+/// Under rules 4 no pending request outlives its bound by log time: 10 min
+/// when it needs no approval, the policy's approval window (at most 24 h)
+/// when it does; and no requester holds more than its quota. The signing
+/// clients' hostile requests (issued ten years ahead) are what would break it;
+/// the planted `skip-client-bounds` leaves the bounds out.
+pub struct RequestsBounded;
+
+impl RequestsBounded {
+    fn check_state(id: NodeId, state: &ClusterState) -> Result<(), Violation> {
+        use synod_node::state::{PENDING_PER_OPERATOR_DEFAULT, REQUEST_PENDING_MS_MAX};
+        if state.rules < synod_node::state::RULES_BOUNDED_CLIENTS {
+            return Ok(());
+        }
+        let mut per_requester: BTreeMap<OperatorKey, u32> = BTreeMap::new();
+        for request in state.pending_requests.iter().filter_map(|r| state.requests.get(r)) {
+            let Some(key) = state.keys.get(&request.key_id) else { continue };
+            let life = if key.policy.requirements(&request.attributes).is_empty() {
+                REQUEST_PENDING_MS_MAX
+            } else {
+                synod_proto::command::COMMAND_TTL_MS_MAX
+            };
+            if request.expires_at_ms > request.created_at_ms.saturating_add(life) {
+                return Err(Violation::new(
+                    "request-outlives-its-bound",
+                    format!(
+                        "n{id}: request {} made at {} ms stays pending until {} ms, more than {life} ms",
+                        request.request_id, request.created_at_ms, request.expires_at_ms
+                    ),
+                ));
+            }
+            *per_requester.entry(request.requester).or_default() += 1;
+        }
+        for (requester, count) in per_requester {
+            let quota =
+                state.operator_by_key(&requester).and_then(|op| op.pending_max).unwrap_or(PENDING_PER_OPERATOR_DEFAULT);
+            if count > quota {
+                return Err(Violation::new(
+                    "requester-over-quota",
+                    format!("n{id}: requester {requester} holds {count} pending requests, more than {quota}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Checker for RequestsBounded {
+    fn name(&self) -> &'static str {
+        "requests-bounded"
+    }
+
+    fn check_step(&mut self, step: &Step) -> Result<(), Violation> {
+        for v in step.nodes.iter().filter(|v| v.moved) {
+            Self::check_state(v.id, &v.node.state().read().state)?;
+        }
+        Ok(())
+    }
+}

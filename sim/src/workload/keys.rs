@@ -92,6 +92,7 @@ async fn set_up_approvals(ctx: &ClientCtx, rng: &mut ChaCha8Rng) {
             key: Some(OperatorKey::of(key)),
             ssh_key: None,
             roles: vec![Role::Approver],
+            pending_max: None,
         })
         .collect();
     commands.push(Command::SetPolicy { key: KEY_NAME.into(), policy: sim_policy() });
@@ -159,7 +160,11 @@ async fn create_key(ctx: &ClientCtx, rng: &mut ChaCha8Rng, name: &str, participa
             }
         }
         let threshold = key_threshold(participants.len() as u64);
-        let command = Command::CreateKey { name: name.to_string(), threshold, participants: participants.clone() };
+        // The open policy, as before keys could start without one; the
+        // workload's key gets its approval policy right after.
+        let policy = Some(Policy::default());
+        let command =
+            Command::CreateKey { name: name.to_string(), threshold, participants: participants.clone(), policy };
         let signed = ctx.sign(&ctx.admin, rng, command);
         last_attempt = signed.verify().ok().map(|envelope| envelope.command_id);
         *ctx.history.borrow_mut().key_attempts.entry(name.to_string()).or_default() += 1;

@@ -55,6 +55,13 @@ pub const LARGE_REQUEST_P: u64 = 30;
 pub const WITHHELD_P: u64 = 40;
 /// How long a client follows a request the approvers leave unapproved, in ms.
 pub const WITHHELD_FOLLOW_MS: u64 = 1_500;
+/// Percent of requests after which the client also sends a hostile one (and
+/// always after its second request): signed
+/// with an `issued_at` ten years ahead, so without the rules-4 bounds it would
+/// hold a pending slot for ten years ([`crate::checker`]'s `requests-bounded`).
+pub const HOSTILE_P: u64 = 5;
+/// How far ahead the hostile request says it was issued.
+const HOSTILE_AHEAD_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
 
 /// A `sign_request` command declaring `amount` (see [`sim_policy`](super::sim_policy)). Built
 /// from JSON rather than a struct literal so that it builds against every
@@ -140,6 +147,9 @@ pub async fn signing_client(ctx: ClientCtx, client: usize) -> turmoil::Result {
             if rng.next_u64() % 100 < SIGN_RETRY_P {
                 resend_signed(&ctx, &mut rng, &ask, &signature).await;
             }
+        }
+        if seq == 1 || rng.next_u64() % 100 < HOSTILE_P {
+            send_far_ahead(&ctx, &mut rng, &request_id).await;
         }
         tokio::time::sleep(Duration::from_millis(rng.next_u64() % SIGN_PAUSE_MS_MAX)).await;
     }
@@ -382,4 +392,17 @@ async fn resend_signed(ctx: &ClientCtx, rng: &mut ChaCha8Rng, ask: &Ask<'_>, sig
             _ => tokio::time::sleep(Duration::from_millis(50 + rng.next_u64() % 100)).await,
         }
     }
+}
+
+/// Sends a request signed as if issued ten years from now; the cluster must
+/// refuse it (its outcome goes to the trace).
+async fn send_far_ahead(ctx: &ClientCtx, rng: &mut ChaCha8Rng, after: &str) {
+    let request_id = format!("{after}-far");
+    let command = sign_request_command(&request_id, KEY_NAME, "00", 1);
+    let issued = crate::cluster::EPOCH_MS + ctx.now_ms() + HOSTILE_AHEAD_MS;
+    let envelope = synod_proto::Envelope::new(ctx.cluster_id.clone(), command, issued, 60_000, rng);
+    let signed = SignedCommand::sign(&envelope, &ctx.admin);
+    let target = (rng.next_u64() % ctx.nodes) + 1;
+    let outcome = ctx.submit(super::Submission::Command(&signed), target, rng, 3).await.map(|r| r.outcome);
+    ctx.event(format!("hostile: {request_id} issued ten years ahead -> {outcome:?}"));
 }
