@@ -30,7 +30,7 @@ async fn status_of(api: &ApiClient) -> anyhow::Result<Status> {
 }
 
 /// Signs `command` and posts it to `path`; fails with the reason when the cluster refused it.
-async fn submit(client: &ClientArgs, path: &str, command: Command) -> anyhow::Result<WriteResponse> {
+pub(crate) async fn submit(client: &ClientArgs, path: &str, command: Command) -> anyhow::Result<WriteResponse> {
     let api = ApiClient::new(client)?;
     let cluster = cluster_id(&status_of(&api).await?)?;
     let signed = sign_command(client, &cluster, command)?;

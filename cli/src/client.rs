@@ -235,7 +235,7 @@ fn parse_member(text: &str) -> anyhow::Result<(NodeId, NodeAddr)> {
 /// `synod cluster ...`.
 pub async fn cluster(cmd: ClusterCmd) -> anyhow::Result<()> {
     match cmd {
-        ClusterCmd::Init { members, admins, cluster_id, client } => {
+        ClusterCmd::Init { members, admins, cluster_id, key_destroy_wait_min, client } => {
             let members: BTreeMap<NodeId, NodeAddr> =
                 members.iter().map(|m| parse_member(m)).collect::<anyhow::Result<_>>()?;
             let signer_path = client
@@ -252,7 +252,14 @@ pub async fn cluster(cmd: ClusterCmd) -> anyhow::Result<()> {
                 rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
                 format!("synod-{}", hex::encode(id))
             });
-            let response = init(&client, &cluster_id, admin_keys, members).await?;
+            let wait_min_ms = key_destroy_wait_min.map(|d| d.as_millis() as u64);
+            if wait_min_ms.is_some_and(|ms| ms < synod_proto::command::KEY_DESTROY_WAIT_MIN_MS_DEFAULT) {
+                eprintln!(
+                    "warning: keys of this cluster can be destroyed after less than 7 days; that suits \
+                     development and test clusters, not production (fixed for the cluster's life)"
+                );
+            }
+            let response = init(&client, &cluster_id, admin_keys, members, wait_min_ms).await?;
             print_write(&client, &response)
         }
         ClusterCmd::AddMember { id, raft_addr, api_addr, client } => {
@@ -273,6 +280,7 @@ pub async fn init(
     cluster_id: &str,
     admins: Vec<OperatorKey>,
     members: BTreeMap<NodeId, NodeAddr>,
+    key_destroy_wait_min_ms: Option<u64>,
 ) -> anyhow::Result<WriteResponse> {
     let members = members.into_iter().map(|(node_id, addr)| synod_proto::Member { node_id, addr }).collect();
     let cacert = client_args.cacert.as_ref().ok_or_else(|| anyhow!("set SYNOD_CACERT to the cluster's ca.crt"))?;
@@ -280,7 +288,13 @@ pub async fn init(
     let signed = sign(
         client_args,
         cluster_id,
-        Command::VersionedGenesis { rules: synod_proto::command::RULES_CURRENT, admins, members, ca_certificate },
+        Command::VersionedGenesis {
+            rules: synod_proto::command::RULES_CURRENT,
+            admins,
+            members,
+            ca_certificate,
+            key_destroy_wait_min_ms,
+        },
     )?;
     let client = ApiClient::new(client_args)?;
     let (_, response): (u16, WriteResponse) =

@@ -33,6 +33,9 @@ use synod_node::pki::{self, Subject};
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long nodes get to stop after SIGTERM before they are killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+/// The shortest key destruction waiting period of a `synod dev` cluster:
+/// a minute, so destruction can be tried out (production clusters keep 7 days).
+const DEV_KEY_DESTROY_WAIT_MIN_MS: u64 = 60_000;
 
 /// The PKCS#11 module of Debian's softhsm2 package.
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -356,7 +359,7 @@ pub async fn init_cluster(
         .map(|n| (n.id, NodeAddr { raft_addr: n.raft_addr.clone(), api_addr: n.api_addr.clone() }))
         .collect();
     let admin = OperatorKey::of(&load_operator_key(&data_dir.join("admin.pem"))?);
-    client::init(client_args, &cluster.cluster_id, vec![admin], members).await
+    client::init(client_args, &cluster.cluster_id, vec![admin], members, Some(DEV_KEY_DESTROY_WAIT_MIN_MS)).await
 }
 
 /// Initialises the cluster if needed, writes env and cluster.json.

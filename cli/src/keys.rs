@@ -70,6 +70,30 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
             }
             print_key(&client, &key)
         }
+        KeyCmd::Disable { name, client } => {
+            super::authz::submit(&client, "/v1/commands", Command::DisableKey { key: name }).await.map(drop)
+        }
+        KeyCmd::Enable { name, client } => {
+            super::authz::submit(&client, "/v1/commands", Command::EnableKey { key: name }).await.map(drop)
+        }
+        KeyCmd::Destroy { name, cancel: true, client, .. } => {
+            super::authz::submit(&client, "/v1/commands", Command::CancelKeyDestroy { key: name }).await.map(drop)
+        }
+        KeyCmd::Destroy { name, after, client, .. } => {
+            let wait_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+            let command = Command::ScheduleKeyDestroy { key: name.clone(), wait_ms };
+            super::authz::submit(&client, "/v1/commands", command).await?;
+            if client.output.output == Output::Table {
+                eprintln!(
+                    "Until the deadline, `synod key destroy {} --cancel` stops it. What deletion cannot reach: \
+                     earlier blocks of each node's store and any backup or copy of a data directory may still \
+                     hold the sealed shares until each node's KEK is rotated (`synod kek rotate`) and the old \
+                     KEK destroyed.",
+                    shown(&name)
+                );
+            }
+            Ok(())
+        }
     }
 }
 
@@ -110,6 +134,14 @@ fn print_key(client: &ClientArgs, key: &KeyInfo) -> anyhow::Result<()> {
             }
             if let Some(reason) = &key.abort_reason {
                 println!("aborted:       {}", shown(reason));
+            }
+            if let Some(at) = key.destroy_at_ms {
+                let when = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(at));
+                let verb = if key.status == KeyStatus::Destroyed { "destroyed" } else { "destroy at" };
+                println!("{verb:<14} {when} (log time)");
+            }
+            if key.status == KeyStatus::Destroyed {
+                println!("shares gone:   {:?} of {:?}", key.shares_destroyed, key.participants);
             }
         }
     }

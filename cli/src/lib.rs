@@ -276,6 +276,11 @@ pub enum ClusterCmd {
         /// name and admins still refuse each other's commands.
         #[arg(long)]
         cluster_id: Option<String>,
+        /// The shortest waiting period `synod key destroy` may be given in this cluster,
+        /// fixed for its life (e.g. 7d, 10m). Defaults to 7 days; shorter is for development
+        /// and test clusters.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        key_destroy_wait_min: Option<std::time::Duration>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -364,6 +369,35 @@ pub enum KeyCmd {
         /// Public key format: hex, pem (SPKI, RFC 8410), jwk (RFC 8037) or openssh.
         #[arg(long)]
         format: Option<synod_proto::keyfmt::PublicKeyFormat>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop a key from signing (admin quorum): new requests are refused and its pending
+    /// requests fail at once. `synod key enable` puts it back in service.
+    Disable {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Let a disabled key sign again (admin quorum).
+    Enable {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Schedule a key's destruction after a waiting period (admin quorum). From now on it
+    /// signs nothing; until the deadline `--cancel` stops the destruction (the key then
+    /// stays disabled). At the deadline every node deletes its shares; the public key,
+    /// requests and audit records stay, and the name is never used again.
+    Destroy {
+        name: String,
+        /// The waiting period, e.g. 30d, 7d 12h (at least the minimum fixed at the cluster's
+        /// genesis, 7 days unless `cluster init --key-destroy-wait-min` chose another; at most 365d).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30d", conflicts_with = "cancel")]
+        after: std::time::Duration,
+        /// Cancel the scheduled destruction instead.
+        #[arg(long)]
+        cancel: bool,
         #[command(flatten)]
         client: ClientArgs,
     },

@@ -283,6 +283,18 @@ impl<C: Context> Leader<C> {
         }
     }
 
+    /// Forgets the commitments of every key `signs` says no longer signs (a
+    /// key disabled or destroyed): its signers drop those nonces when they
+    /// apply the change, so tickets kept here would name empty slots after
+    /// the key is enabled again. Call it whenever applied state changes.
+    pub fn forget_keys(&self, signs: impl Fn(&str) -> bool) {
+        for ((_, key_id), pool) in lock(&self.pools).iter_mut() {
+            if !signs(key_id) {
+                pool.ready.clear();
+            }
+        }
+    }
+
     /// One preprocessed commitment of `signer` for `key_id`: from the pool, or
     /// after a refill (at most [`SIGNER_CALL_TIMEOUT`]).
     async fn take_commitments(self: &Arc<Self>, signer: NodeId, key_id: &str) -> Result<Ticketed, CallError> {

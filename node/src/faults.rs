@@ -57,6 +57,12 @@ pub const SKIP_POLICY: &str = "skip-policy";
 /// `issued_at` ten years ahead then stays pending for ten years.
 pub const SKIP_CLIENT_BOUNDS: &str = "skip-client-bounds";
 
+/// A cluster that never consults a key's service status: a disabled key, or
+/// one whose destruction is scheduled or done, still takes requests, keeps
+/// its pending ones and its signers release shares for them. The simulator's
+/// lifecycle checker must catch it.
+pub const SKIP_KEY_STATUS: &str = "skip-key-status";
+
 /// A signer that answers round 1 with commitments other than those of the
 /// nonces it holds (its hiding and binding commitments swapped) when it
 /// preprocesses. A package built from them does not carry its commitments, so
@@ -120,6 +126,7 @@ pub const KNOWN: &[&str] = &[
     NONCE_REUSE,
     SKIP_POLICY,
     SKIP_CLIENT_BOUNDS,
+    SKIP_KEY_STATUS,
     WRONG_COMMITMENTS,
     CORRUPT_DKG_SHARES,
     SKIP_NODE_AUTHOR_CHECK,

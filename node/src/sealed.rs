@@ -279,6 +279,38 @@ impl SealedStore {
         Ok(())
     }
 
+    /// Removes durably every secret bound to `key_id` of this node in
+    /// `cluster_id`, of every purpose, version and generation (a destroyed
+    /// key), in one write; returns how many there were. Blocking.
+    ///
+    /// What this cannot reach: the store appends, so earlier blocks on the
+    /// disk and every backup or copy of the data directory may still hold
+    /// the sealed blobs until the KEK that sealed them is destroyed
+    /// (`synod kek rotate`, then delete the old KEK).
+    pub fn remove_key(&self, cluster_id: &str, node_id: u64, key_id: &str) -> Result<usize, SealError> {
+        let mut ops = Vec::new();
+        let mut count = 0;
+        for purpose in [Purpose::KeyPackage, Purpose::DkgSecret] {
+            let ctx = SealContext {
+                cluster_id: cluster_id.to_string(),
+                node_id,
+                key_id: key_id.to_string(),
+                key_version: 0,
+                generation: 0,
+                purpose,
+            };
+            ctx.validate()?;
+            // Every version and generation follows this prefix (the key id is length-prefixed).
+            let mut from = ctx.store_key();
+            from.truncate(from.len() - 8);
+            let to = prefix_end(&from);
+            count += self.store.scan(Tree::Sealed, &from, to.as_deref(), usize::MAX)?.len();
+            ops.push(Op::RemoveRange { tree: Tree::Sealed, from, to_exclusive: to });
+        }
+        self.store.write(ops, Durability::Sync)?;
+        Ok(count)
+    }
+
     /// Checks that this KEK is the one that sealed the data directory. The
     /// first call on a data directory seals a random canary bound to `label`
     /// and stores it ([`KekCheck::Created`]); later calls must unseal it
@@ -335,6 +367,18 @@ fn check_context(label: &str) -> SealContext {
         generation: 0,
         purpose: Purpose::KekCheck,
     }
+}
+
+/// The first key after every key that starts with `prefix` (`None`: no such key).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
 }
 
 /// `version ‖ len16 label ‖ label ‖ blob` → (label, blob bytes).
@@ -495,6 +539,36 @@ mod tests {
         assert_eq!(sealed.get(&ctx()).unwrap().as_deref(), Some(&secret()));
         sealed.remove(&ctx()).unwrap();
         assert_eq!(sealed.get(&ctx()).unwrap(), None);
+    }
+
+    #[test]
+    fn sealed_remove_key_removes_every_version_generation_and_purpose_of_that_key_only() {
+        // Proves that destroying a key's shares reaches all its secrets and none of another key,
+        // node or cluster, including a key whose id extends this one's.
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, sealed) = memory_sealed(file_kek(dir.path(), "kek"));
+        let mut doomed = Vec::new();
+        for (version, generation, purpose) in
+            [(1, 0, Purpose::KeyPackage), (2, 3, Purpose::KeyPackage), (1, 0, Purpose::DkgSecret)]
+        {
+            doomed.push(SealContext { key_version: version, generation, purpose, ..ctx() });
+        }
+        let kept = [
+            SealContext { key_id: "payments-2".into(), ..ctx() },
+            SealContext { node_id: 4, ..ctx() },
+            SealContext { cluster_id: "c-other".into(), ..ctx() },
+        ];
+        for c in doomed.iter().chain(&kept) {
+            sealed.put(c, &secret()).unwrap();
+        }
+        assert_eq!(sealed.remove_key("c-1f2e", 3, "payments").unwrap(), 3);
+        for c in &doomed {
+            assert_eq!(sealed.get(c).unwrap(), None, "{c:?}");
+        }
+        for c in &kept {
+            assert!(sealed.get(c).unwrap().is_some(), "{c:?}");
+        }
+        assert_eq!(sealed.remove_key("c-1f2e", 3, "payments").unwrap(), 0, "removing again is not an error");
     }
 
     #[test]

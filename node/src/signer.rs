@@ -58,6 +58,10 @@ pub struct Released {
     pub commitment: String,
     /// SHA-256 of the signing package it signed.
     pub package_sha256: [u8; 32],
+    /// The log index this signer had applied when it checked the request: the
+    /// state it decided by (the simulator's lifecycle checker reads the key's
+    /// status at that point).
+    pub checked_at_index: u64,
 }
 
 /// One preprocessed nonce pair, before and after use. Unboxed on purpose:
@@ -170,8 +174,9 @@ impl Signer {
     /// The key, if it is active and this node holds a share of it.
     fn check_key<'a>(&self, state: &'a ClusterState, key_id: &str) -> Result<&'a KeyRecord, String> {
         let key = state.keys.get(key_id).ok_or(format!("key {key_id} is not in this node's committed state"))?;
-        if key.status != KeyStatus::Active {
-            return Err(format!("key {} is not active", key.name));
+        let ignore_status = key.status.is_out_of_service() && crate::faults::enabled(crate::faults::SKIP_KEY_STATUS);
+        if key.status != KeyStatus::Active && !ignore_status {
+            return Err(key.not_signing());
         }
         if !key.participants.contains(&self.node_id) {
             return Err(format!("node {} holds no share of key {}", self.node_id, key.name));
@@ -319,9 +324,10 @@ impl Signer {
         let package_sha256: [u8; 32] = Sha256::digest(&package_bytes).into();
         let package =
             SigningPackage::deserialize(&package_bytes).map_err(|e| format!("signing package does not parse: {e}"))?;
-        let (message, key) = {
+        let (message, key, checked_at_index) = {
             let applied = self.state.read();
-            self.check_request(&applied.state, request_id, local)?
+            let (message, key) = self.check_request(&applied.state, request_id, local)?;
+            (message, key, applied.last_applied.map_or(0, |l| l.index))
         };
         let key_package = self.key_package(&key, applied_cluster_id(&self.state)).await?;
         if package.message() != message.as_slice() {
@@ -389,6 +395,7 @@ impl Signer {
             slot,
             commitment: commitment_hex.clone(),
             package_sha256,
+            checked_at_index,
         });
         drop(released);
         tracing::info!(
@@ -400,6 +407,12 @@ impl Signer {
             "released signature share"
         );
         Ok(hex::encode(share.serialize()))
+    }
+
+    /// Whether `key_id` is active in this node's applied state: the keys
+    /// whose fresh slots [`Signer::forget_finished`] keeps.
+    pub fn signs_with(&self, key_id: &str) -> bool {
+        self.state.read().state.keys.get(key_id).is_some_and(|k| k.status == KeyStatus::Active)
     }
 
     /// Drops used slots of requests that are no longer pending, and fresh

@@ -213,6 +213,14 @@ pub enum KeyStatus {
     Active,
     /// Generation failed; the name is free again.
     Aborted,
+    /// An admin stopped it; `synod key enable` lets it sign again.
+    Disabled,
+    /// Its destruction is scheduled (`destroy_at_ms`); it signs nothing, and
+    /// until the deadline `synod key destroy --cancel` can still stop it.
+    DestroyScheduled,
+    /// Destroyed: every participant deletes its shares; the public key and
+    /// the audit trail remain, and the name is never used again.
+    Destroyed,
 }
 
 /// Where a signing request stands, as the API and the CLI name it.
@@ -280,6 +288,12 @@ pub struct KeyInfo {
     /// sets one (`policy` is then not in force).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub policy_unset: bool,
+    /// When the key is (or was) destroyed, by the log's time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroy_at_ms: Option<u64>,
+    /// Participants that confirmed they deleted their shares of a destroyed key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares_destroyed: Vec<NodeId>,
 }
 
 /// `GET /v1/keys`.

@@ -117,7 +117,19 @@ pub enum Command {
     /// the rules version ([`RULES_CURRENT`] when it was made) by which the
     /// cluster judges every entry, so a log replays by its own rules
     /// whatever binary replays it.
-    VersionedGenesis { rules: u32, admins: Vec<OperatorKey>, members: Vec<Member>, ca_certificate: String },
+    /// `key_destroy_wait_min_ms` (rules 5 and later) is the shortest waiting
+    /// period an admin may give [`Command::ScheduleKeyDestroy`]; absent, it is
+    /// [`KEY_DESTROY_WAIT_MIN_MS_DEFAULT`]. It is fixed here, never read from a
+    /// node's configuration at apply, so every node judges a schedule alike and
+    /// a node's operator cannot shorten it.
+    VersionedGenesis {
+        rules: u32,
+        admins: Vec<OperatorKey>,
+        members: Vec<Member>,
+        ca_certificate: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_destroy_wait_min_ms: Option<u64>,
+    },
     /// Authorises a node to join the cluster (first as a learner, then as a voter).
     AddMember { node_id: NodeId, addr: NodeAddr },
     /// Removes a node from the cluster.
@@ -234,6 +246,27 @@ pub enum Command {
     /// one envelope check per node for the lot. Every node judges and audits
     /// each outcome on its own; one refused outcome does not refuse the others.
     SignOutcomes { node_id: NodeId, outcomes: Vec<Command> },
+    /// Stops a key from signing (admin): new requests are refused and its
+    /// pending requests fail; it can be enabled again (rules 5 and later).
+    DisableKey { key: String },
+    /// Lets a disabled key sign again (admin). A key whose destruction is
+    /// scheduled must have the schedule cancelled first.
+    EnableKey { key: String },
+    /// Schedules a key's destruction `wait_ms` after this entry's time (admin;
+    /// at least the genesis's minimum, at most [`KEY_DESTROY_WAIT_MAX_MS`]).
+    /// From now on the key signs nothing; until the deadline the schedule can
+    /// be cancelled.
+    ScheduleKeyDestroy { key: String, wait_ms: u64 },
+    /// Cancels a scheduled destruction (admin); the key is left disabled.
+    CancelKeyDestroy { key: String },
+    /// A node reports that a key's destruction deadline has passed: entries
+    /// move the log's time, so some node must write one. Refused before the
+    /// deadline by the log's time.
+    KeyDestroyDue { node_id: NodeId, key_id: String },
+    /// A participant of a destroyed key reports that it zeroized and deleted
+    /// every sealed share of it. These track clean-up; the key is destroyed
+    /// without them.
+    KeySharesDestroyed { node_id: NodeId, key_id: String },
     /// A new leader takes up signing for its term: committed before it
     /// coordinates anything, in an entry of the term it names. From then on
     /// only this node's signing outcomes are accepted in entries of that term
@@ -270,7 +303,15 @@ impl SnapshotPoint {
 /// The rules version a genesis made today names (see `ClusterState::rules`
 /// in the node): how entries are judged. A change to how an entry is judged
 /// raises it, so that a cluster keeps the rules its genesis named.
-pub const RULES_CURRENT: u32 = 4;
+pub const RULES_CURRENT: u32 = 5;
+
+/// The shortest waiting period before a key's destruction when the genesis
+/// names none: seven days, as production key managers require.
+pub const KEY_DESTROY_WAIT_MIN_MS_DEFAULT: u64 = 7 * 24 * 60 * 60 * 1000;
+/// The waiting period `synod key destroy` asks for unless told otherwise.
+pub const KEY_DESTROY_WAIT_DEFAULT_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+/// The longest waiting period before a key's destruction.
+pub const KEY_DESTROY_WAIT_MAX_MS: u64 = 365 * 24 * 60 * 60 * 1000;
 
 /// Domain-separation tag of a cluster id derived from its genesis.
 pub const CLUSTER_ID_DOMAIN: &[u8] = b"synod/cluster-id/v1\0";
@@ -297,6 +338,8 @@ pub struct GenesisParts<'a> {
     pub admins: &'a [OperatorKey],
     pub members: &'a [Member],
     pub ca_certificate: &'a str,
+    /// The shortest destruction waiting period (rules 5 and later).
+    pub key_destroy_wait_min_ms: Option<u64>,
 }
 
 /// The most outcomes one [`Command::SignOutcomes`] carries.
@@ -336,6 +379,12 @@ impl Command {
             Command::SignFailed { .. } => "sign_failed",
             Command::SignOutcomes { .. } => "sign_outcomes",
             Command::Coordinate { .. } => "coordinate",
+            Command::DisableKey { .. } => "disable_key",
+            Command::EnableKey { .. } => "enable_key",
+            Command::ScheduleKeyDestroy { .. } => "schedule_key_destroy",
+            Command::CancelKeyDestroy { .. } => "cancel_key_destroy",
+            Command::KeyDestroyDue { .. } => "key_destroy_due",
+            Command::KeySharesDestroyed { .. } => "key_shares_destroyed",
             Command::Approve { .. } => "approve",
             Command::AddOperator { .. } => "add_operator",
             Command::RemoveOperator { .. } => "remove_operator",
@@ -360,6 +409,10 @@ impl Command {
             | Command::RemoveOperator { .. }
             | Command::SetPolicy { .. }
             | Command::SetAdminPolicy { .. }
+            | Command::DisableKey { .. }
+            | Command::EnableKey { .. }
+            | Command::ScheduleKeyDestroy { .. }
+            | Command::CancelKeyDestroy { .. }
             | Command::ApproveProposal { .. } => Authority::Admin,
             Command::SignRequest { .. } => Authority::Requester,
             Command::Approve { .. } => Authority::Anyone,
@@ -371,6 +424,8 @@ impl Command {
             | Command::SignOutcomes { node_id, .. }
             | Command::Coordinate { node_id, .. }
             | Command::AuditCheckpoint { node_id }
+            | Command::KeyDestroyDue { node_id, .. }
+            | Command::KeySharesDestroyed { node_id, .. }
             | Command::Endorse { node_id, .. } => Authority::Node(*node_id),
         }
     }
@@ -379,10 +434,16 @@ impl Command {
     pub fn genesis(&self) -> Option<GenesisParts<'_>> {
         match self {
             Command::Genesis { admins, members, ca_certificate } => {
-                Some(GenesisParts { rules: 0, admins, members, ca_certificate })
+                Some(GenesisParts { rules: 0, admins, members, ca_certificate, key_destroy_wait_min_ms: None })
             }
-            Command::VersionedGenesis { rules, admins, members, ca_certificate } => {
-                Some(GenesisParts { rules: *rules, admins, members, ca_certificate })
+            Command::VersionedGenesis { rules, admins, members, ca_certificate, key_destroy_wait_min_ms } => {
+                Some(GenesisParts {
+                    rules: *rules,
+                    admins,
+                    members,
+                    ca_certificate,
+                    key_destroy_wait_min_ms: *key_destroy_wait_min_ms,
+                })
             }
             _ => None,
         }
@@ -506,6 +567,23 @@ impl Command {
                 Ok(())
             }
             Command::ApproveProposal { proposal_id } => validate_id("proposal id", proposal_id),
+            Command::DisableKey { key } | Command::EnableKey { key } | Command::CancelKeyDestroy { key } => {
+                validate_name("key name", key)
+            }
+            Command::ScheduleKeyDestroy { key, wait_ms } => {
+                validate_name("key name", key)?;
+                if *wait_ms > KEY_DESTROY_WAIT_MAX_MS {
+                    return Err(CommandError::Malformed(format!(
+                        "a destruction may be scheduled at most {} days ahead, not {} days",
+                        KEY_DESTROY_WAIT_MAX_MS / DAY_MS,
+                        wait_ms / DAY_MS
+                    )));
+                }
+                Ok(())
+            }
+            Command::KeyDestroyDue { key_id, .. } | Command::KeySharesDestroyed { key_id, .. } => {
+                validate_id("key id", key_id)
+            }
             Command::AuditCheckpoint { .. } | Command::Coordinate { .. } => Ok(()),
             Command::Endorse { point, .. } => point.validate(),
             Command::SignFailed { request_id, reason, culprits, .. } => {
@@ -545,6 +623,8 @@ impl Command {
         }
     }
 }
+
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// Names (keys, request ids): 1 to [`NAME_BYTES_MAX`] of `[A-Za-z0-9._-]`, not starting with `.` or `-`.
 pub fn validate_name(what: &str, name: &str) -> Result<(), CommandError> {
@@ -901,8 +981,13 @@ mod tests {
         );
         let take_up = serde_json::to_string(&Command::Coordinate { node_id: 2, term: 7 }).unwrap();
         assert_eq!(take_up, r#"{"type":"coordinate","node_id":2,"term":7}"#);
-        let genesis =
-            Command::VersionedGenesis { rules: 2, admins: vec![], members: vec![], ca_certificate: "00".into() };
+        let genesis = Command::VersionedGenesis {
+            rules: 2,
+            admins: vec![],
+            members: vec![],
+            ca_certificate: "00".into(),
+            key_destroy_wait_min_ms: None,
+        };
         assert_eq!(
             serde_json::to_string(&genesis).unwrap(),
             r#"{"type":"versioned_genesis","rules":2,"admins":[],"members":[],"ca_certificate":"00"}"#

@@ -29,6 +29,7 @@ const PLANTS: &[&str] = &[
     synod_node::faults::TRUST_ENTRY_TIME,
     synod_node::faults::SKIP_COORDINATOR_CHECK,
     synod_node::faults::SKIP_CLIENT_BOUNDS,
+    synod_node::faults::SKIP_KEY_STATUS,
 ];
 
 #[derive(Parser, Debug)]

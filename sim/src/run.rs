@@ -628,6 +628,9 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
             clients.push((format!("s{s}"), Box::pin(workload::signing_client(ctx.clone(), s))));
         }
         clients.push(("approvers".into(), Box::pin(workload::approver_client(ctx.clone(), cfg.signing_clients))));
+        if cfg.plan.keygen_during_faults {
+            clients.push(("life".into(), Box::pin(workload::lifecycle_client(ctx.clone()))));
+        }
     }
     clients.push(("adversary".into(), Box::pin(workload::adversary(ctx))));
     sim.client(net::CLIENTS_HOST, run_clients(clients));

@@ -168,3 +168,12 @@ fn sim_planted_skip_client_bounds_is_caught() {
     let text = plant_caught("skip-client-bounds", "0..4", "2");
     assert!(text.contains("request-outlives-its-bound"), "{text}");
 }
+
+#[test]
+fn sim_planted_skip_key_status_is_caught() {
+    // A cluster that never consults a key's service status keeps signing on the lifecycle
+    // client's key after it was disabled or scheduled for destruction;
+    // `out-of-service-releases-nothing` names the share released by the signer's own state.
+    let text = plant_caught("skip-key-status", "0..8", "2");
+    assert!(text.contains("out-of-service-releases-nothing"), "{text}");
+}

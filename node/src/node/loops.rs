@@ -1,6 +1,7 @@
 //! The node's background tasks: on the leader, membership reconciliation,
 //! signing coordination and audit checkpoints; on every node, its DKG steps,
-//! nonce clean-up and breaking election ties.
+//! nonce clean-up, a key's end of life (`lifecycle.rs`) and breaking election
+//! ties.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -168,10 +169,13 @@ pub(super) async fn keys_and_signing(weak: std::sync::Weak<Node>) {
         }
         let Some(node) = weak.upgrade() else { return };
         node.signer.forget_finished();
-        if node.raft.metrics().borrow().state == ServerState::Leader {
+        node.leader.forget_keys(|key_id| node.signer.signs_with(key_id));
+        let leader = node.raft.metrics().borrow().state == ServerState::Leader;
+        if leader {
             node.leader.start_pending();
             node.maybe_checkpoint();
         }
+        node.tend_key_lifecycle(leader);
     }
 }
 

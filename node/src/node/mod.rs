@@ -12,6 +12,7 @@
 mod client;
 mod dkg_host;
 mod leader;
+mod lifecycle;
 mod loops;
 mod peer;
 mod snapshot;
@@ -85,6 +86,10 @@ pub struct Node {
     store: Arc<dyn Store>,
     /// When this node last considered an audit checkpoint (its clock, ms).
     last_checkpoint_ms: std::sync::Mutex<u64>,
+    /// When this node last started key lifecycle work, and whether that work
+    /// is still running (`lifecycle.rs`).
+    lifecycle_last: std::sync::Mutex<Option<tokio::time::Instant>>,
+    lifecycle_busy: std::sync::atomic::AtomicBool,
     /// The newest log time this node has seen applied, and when (monotonic):
     /// the log's clock, which read signatures may also be judged by.
     log_clock: std::sync::Mutex<(u64, tokio::time::Instant)>,
@@ -178,6 +183,8 @@ impl Node {
             identity: parts.identity,
             store: parts.store.clone(),
             last_checkpoint_ms: std::sync::Mutex::new(0),
+            lifecycle_last: std::sync::Mutex::new(None),
+            lifecycle_busy: Default::default(),
             log_clock: std::sync::Mutex::new((0, tokio::time::Instant::now())),
             refusals: RefusalBudget::default(),
             signer,

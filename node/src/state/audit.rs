@@ -148,12 +148,18 @@ impl ClusterState {
         match &envelope.command {
             Command::DkgRound1 { key_id, .. }
             | Command::KeyConfirm { key_id, .. }
-            | Command::KeyAbort { key_id, .. } => Some(key_id.clone()),
+            | Command::KeyAbort { key_id, .. }
+            | Command::KeyDestroyDue { key_id, .. }
+            | Command::KeySharesDestroyed { key_id, .. } => Some(key_id.clone()),
             // A created key's id is its command id (present only if it was created).
             Command::CreateKey { .. } | Command::ImportKey { .. } => {
                 self.keys.contains_key(&envelope.command_id).then(|| envelope.command_id.clone())
             }
-            Command::SetPolicy { key: name, .. } => self.key_names.get(name).cloned(),
+            Command::SetPolicy { key: name, .. }
+            | Command::DisableKey { key: name }
+            | Command::EnableKey { key: name }
+            | Command::ScheduleKeyDestroy { key: name, .. }
+            | Command::CancelKeyDestroy { key: name } => self.key_names.get(name).cloned(),
             _ => None,
         }
     }

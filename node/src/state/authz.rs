@@ -327,6 +327,9 @@ impl ClusterState {
     /// expired mid-request release nothing. Checkpoints are the nodes' own.
     pub fn still_authorised(&self, request: &RequestRecord, now_ms: u64) -> Result<(), String> {
         let key = self.keys.get(&request.key_id).ok_or("the request's key is gone")?;
+        if key.status != super::KeyStatus::Active && !crate::faults::enabled(crate::faults::SKIP_KEY_STATUS) {
+            return Err(format!("{}; request {} is not signed", key.not_signing(), request.request_id));
+        }
         if key.name == synod_proto::authz::AUDIT_KEY_NAME {
             return Ok(());
         }

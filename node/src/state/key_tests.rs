@@ -13,6 +13,8 @@ use super::{ClusterState, KeyStatus, RequestStatus};
 use crate::pki::{in_memory_pki, NodeIdentity};
 
 const CLUSTER: &str = "c";
+/// The destruction waiting period the test genesis allows.
+const TEST_DESTROY_WAIT_MIN_MS: u64 = 60_000;
 
 pub(crate) struct World {
     pub(crate) state: ClusterState,
@@ -54,7 +56,14 @@ impl World {
         };
         let (admins, ca_certificate) = (vec![OperatorKey::of(&world.admin)], hex::encode(ca));
         let genesis = match rules {
-            Some(rules) => Command::VersionedGenesis { rules, admins, members, ca_certificate },
+            Some(rules) => Command::VersionedGenesis {
+                rules,
+                admins,
+                members,
+                ca_certificate,
+                // A test cluster may choose a short waiting period at genesis.
+                key_destroy_wait_min_ms: (rules >= super::RULES_KEY_LIFECYCLE).then_some(TEST_DESTROY_WAIT_MIN_MS),
+            },
             None => Command::Genesis { admins, members, ca_certificate },
         };
         let outcome = world.by_admin(genesis);
@@ -657,6 +666,7 @@ fn state_genesis_names_the_rules_a_replay_judges_by() {
         admins: vec![OperatorKey::of(&fresh.admin)],
         members: vec![Member { node_id: 1, addr: NodeAddr { raft_addr: "n1:1".into(), api_addr: "n1:2".into() } }],
         ca_certificate: "00".into(),
+        key_destroy_wait_min_ms: None,
     };
     refused(&fresh.by_admin(genesis), "upgrade synod on every node");
     assert!(fresh.state.cluster_id.is_none());
@@ -748,4 +758,96 @@ fn state_key_without_policy_signs_nothing_until_one_is_set() {
     let open = synod_proto::authz::Policy::default();
     assert!(world.by_admin(Command::SetPolicy { key: "bare".into(), policy: open }).is_applied());
     assert!(!world.state.keys[&id].policy_unset);
+}
+
+fn disable(name: &str) -> Command {
+    Command::DisableKey { key: name.into() }
+}
+
+fn schedule(name: &str, wait_ms: u64) -> Command {
+    Command::ScheduleKeyDestroy { key: name.into(), wait_ms }
+}
+
+#[test]
+fn state_disabled_key_fails_its_pending_requests_and_takes_no_new_ones_until_enabled() {
+    // Disabling fails what is pending (so nothing is signed for it) and refuses new
+    // requests naming the way back; enabling lets requests in again.
+    let mut world = World::new();
+    pending_request(&mut world);
+    assert!(world.by_admin(disable("k")).is_applied());
+    assert!(
+        matches!(world.state.requests["r1"].status, RequestStatus::Failed { ref reason } if reason.contains("disabled"))
+    );
+    let key = world.state.key_by_name("k").unwrap();
+    assert_eq!(key.status, KeyStatus::Disabled);
+    assert_eq!(key.status_index, world.index);
+    let again = |world: &mut World, id: &str| {
+        world.by_admin(Command::SignRequest {
+            request_id: id.into(),
+            key: "k".into(),
+            message: hex::encode(b"pay 2"),
+            purpose: String::new(),
+            environment: String::new(),
+            attributes: Default::default(),
+        })
+    };
+    refused(&again(&mut world, "r2"), "synod key enable k");
+    assert!(world.by_admin(Command::EnableKey { key: "k".into() }).is_applied());
+    assert!(again(&mut world, "r3").is_applied());
+    // The audit key is the nodes' own and cannot be taken out of service.
+    refused(&world.by_admin(disable(synod_proto::authz::AUDIT_KEY_NAME)), "audit");
+}
+
+#[test]
+fn state_destruction_waits_at_least_the_genesis_minimum_and_can_be_cancelled_until_due() {
+    let mut world = World::new();
+    pending_request(&mut world);
+    refused(
+        &world.by_admin(schedule("k", TEST_DESTROY_WAIT_MIN_MS - 1)),
+        "at least 1 minute (fixed at this cluster's genesis), not 59999 ms",
+    );
+    assert!(world.by_admin(schedule("k", TEST_DESTROY_WAIT_MIN_MS)).is_applied());
+    let key = world.state.key_by_name("k").unwrap().clone();
+    assert_eq!(key.status, KeyStatus::DestroyScheduled);
+    assert!(matches!(world.state.requests["r1"].status, RequestStatus::Failed { .. }), "scheduling stops use at once");
+    refused(&world.by_admin(Command::EnableKey { key: "k".into() }), "--cancel");
+    // The deadline by the log's time: early is refused, from any node.
+    refused(&world.by_node(2, Command::KeyDestroyDue { node_id: 2, key_id: key.id.clone() }), "is due at");
+    assert!(world.by_admin(Command::CancelKeyDestroy { key: "k".into() }).is_applied());
+    assert_eq!(world.state.key_by_name("k").unwrap().status, KeyStatus::Disabled, "cancel leaves it disabled");
+    assert_eq!(world.state.key_by_name("k").unwrap().destroy_at_ms, None);
+    refused(&world.by_node(2, Command::KeyDestroyDue { node_id: 2, key_id: key.id.clone() }), "not scheduled");
+}
+
+#[test]
+fn state_destroyed_key_signs_nothing_keeps_its_name_and_counts_share_deletions() {
+    let mut world = World::new();
+    dkg(&mut world, "k");
+    let key_id = world.key_id("k");
+    assert!(world.by_admin(schedule("k", TEST_DESTROY_WAIT_MIN_MS)).is_applied());
+    assert_eq!(world.state.keys_due_for_destruction(world.time_ms), Vec::<String>::new());
+    world.time_ms += TEST_DESTROY_WAIT_MIN_MS;
+    assert_eq!(world.state.keys_due_for_destruction(world.time_ms), vec![key_id.clone()]);
+    assert!(world.by_node(3, Command::KeyDestroyDue { node_id: 3, key_id: key_id.clone() }).is_applied());
+    assert_eq!(world.state.keys[&key_id].status, KeyStatus::Destroyed);
+    assert_eq!(world.state.shares_to_destroy(1), vec![key_id.clone()]);
+    refused(&world.by_admin(schedule("k", TEST_DESTROY_WAIT_MIN_MS)), "destroyed");
+    refused(&world.by_admin(Command::CancelKeyDestroy { key: "k".into() }), "no destruction to cancel");
+    // The name is never used again.
+    let create = Command::CreateKey { name: "k".into(), threshold: 2, participants: vec![1, 2, 3], policy: None };
+    refused(&world.by_admin(create), "already exists");
+    // Each participant reports its deletion once; a stranger's report is refused.
+    assert!(world.by_node(1, Command::KeySharesDestroyed { node_id: 1, key_id: key_id.clone() }).is_applied());
+    refused(&world.by_node(1, Command::KeySharesDestroyed { node_id: 1, key_id: key_id.clone() }), "already");
+    assert_eq!(world.state.shares_to_destroy(1), Vec::<String>::new());
+    assert_eq!(world.state.keys[&key_id].shares_destroyed, vec![1]);
+    assert_eq!(world.state.keys[&key_id].info().status, synod_proto::api::KeyStatus::Destroyed);
+    assert!(world.state.keys[&key_id].group_key.is_some(), "the public key is kept");
+}
+
+#[test]
+fn state_lifecycle_commands_need_rules_five() {
+    let mut world = World::under(Some(super::RULES_BOUNDED_CLIENTS));
+    dkg(&mut world, "k");
+    refused(&world.by_admin(disable("k")), "needs rules version 5");
 }

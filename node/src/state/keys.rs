@@ -43,6 +43,33 @@ pub enum KeyStatus {
     Active,
     /// Generation failed; the name is free again.
     Aborted { reason: String, culprit: Option<NodeId> },
+    /// An admin stopped it (rules 5 and later); enabling it makes it active again.
+    Disabled,
+    /// Its destruction is scheduled at `destroy_at_ms`; it signs nothing meanwhile.
+    DestroyScheduled,
+    /// Destroyed: it signs nothing, ever; its participants delete their shares.
+    Destroyed,
+}
+
+impl KeyStatus {
+    /// Whether an admin has taken the key out of service (disabled, or its
+    /// destruction scheduled or done): such a key releases nothing.
+    pub fn is_out_of_service(&self) -> bool {
+        matches!(self, KeyStatus::Disabled | KeyStatus::DestroyScheduled | KeyStatus::Destroyed)
+    }
+
+    /// The status as the API and the CLI name it.
+    pub fn api(&self) -> synod_proto::api::KeyStatus {
+        use synod_proto::api::KeyStatus as Api;
+        match self {
+            KeyStatus::Generating => Api::Generating,
+            KeyStatus::Active => Api::Active,
+            KeyStatus::Aborted { .. } => Api::Aborted,
+            KeyStatus::Disabled => Api::Disabled,
+            KeyStatus::DestroyScheduled => Api::DestroyScheduled,
+            KeyStatus::Destroyed => Api::Destroyed,
+        }
+    }
 }
 
 /// A signing key as the log decided it.
@@ -78,6 +105,22 @@ pub struct KeyRecord {
     /// any requester sign without approvals, so it is never assumed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub policy_unset: bool,
+    /// The log index of the entry that last changed the key's service status
+    /// (activation, disable, enable, a destruction's schedule, cancel or
+    /// deadline): a share released by a node whose applied index had reached
+    /// it was released under that status.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub status_index: u64,
+    /// When the key is (or was) destroyed, by the log's time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroy_at_ms: Option<u64>,
+    /// Participants that confirmed they deleted every share of the destroyed key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares_destroyed: Vec<NodeId>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl KeyRecord {
@@ -93,11 +136,7 @@ impl KeyRecord {
             version: self.version,
             threshold: self.threshold,
             participants: self.participants.clone(),
-            status: match self.status {
-                KeyStatus::Generating => synod_proto::api::KeyStatus::Generating,
-                KeyStatus::Active => synod_proto::api::KeyStatus::Active,
-                KeyStatus::Aborted { .. } => synod_proto::api::KeyStatus::Aborted,
-            },
+            status: self.status.api(),
             origin: match self.origin {
                 KeyOrigin::Dkg => "dkg",
                 KeyOrigin::Imported => "imported",
@@ -113,6 +152,8 @@ impl KeyRecord {
             policy: self.policy.clone(),
             policy_version: self.policy_version,
             policy_unset: self.policy_unset,
+            destroy_at_ms: self.destroy_at_ms,
+            shares_destroyed: self.shares_destroyed.clone(),
         }
     }
 
@@ -127,7 +168,26 @@ impl KeyRecord {
         hex::decode(self.group_key.as_deref()?).ok()?.try_into().ok()
     }
 
-    fn is_participant(&self, node: NodeId) -> bool {
+    /// Why this key signs nothing now (for a key that is not active).
+    pub fn not_signing(&self) -> String {
+        let name = &self.name;
+        match &self.status {
+            KeyStatus::Generating => format!("key {name} is not active yet (still generating)"),
+            KeyStatus::Active => format!("key {name} is active"),
+            KeyStatus::Aborted { .. } => format!("key {name}'s generation was aborted"),
+            KeyStatus::Disabled => {
+                format!("key {name} is disabled; an admin enables it again with `synod key enable {name}`")
+            }
+            KeyStatus::DestroyScheduled => format!(
+                "key {name} is scheduled for destruction at {} ms and signs nothing; an admin can still cancel with \
+                 `synod key destroy {name} --cancel`",
+                self.destroy_at_ms.unwrap_or_default()
+            ),
+            KeyStatus::Destroyed => format!("key {name} is destroyed; it signs nothing and its name is not reused"),
+        }
+    }
+
+    pub(super) fn is_participant(&self, node: NodeId) -> bool {
         self.participants.contains(&node)
     }
 }
@@ -196,6 +256,9 @@ impl ClusterState {
             policy: policy.cloned().unwrap_or_default(),
             policy_version: 1,
             policy_unset,
+            status_index: 0,
+            destroy_at_ms: None,
+            shares_destroyed: Vec::new(),
         })
     }
 
@@ -288,6 +351,7 @@ impl ClusterState {
 
     pub(super) fn key_confirm(
         &mut self,
+        index: u64,
         key_id: &str,
         node: NodeId,
         group_key: &str,
@@ -316,6 +380,7 @@ impl ClusterState {
             return Ok(format!("key {}: confirmation {}/{}", key.name, key.confirmed.len(), key.participants.len()));
         }
         key.status = KeyStatus::Active;
+        key.status_index = index;
         key.activated_at_ms = Some(now);
         Ok(format!("key {} active; public key {ours}", key.name))
     }

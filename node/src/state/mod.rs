@@ -11,6 +11,7 @@ mod audit;
 mod authz;
 mod endorse;
 mod keys;
+mod lifecycle;
 mod signing;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -24,6 +25,7 @@ pub use audit::{verify_chain, AuditHead, AuditRecord, GENESIS_HASH};
 pub use authz::{ApprovalRecord, Operator, Progress, Proposal};
 pub use endorse::{Endorsement, ENDORSED_POINTS_KEPT};
 pub use keys::{frost_identifier, package_hash, KeyOrigin, KeyRecord, KeyStatus, DKG_TIMEOUT_MS};
+pub use lifecycle::{duration_words, RULES_KEY_LIFECYCLE};
 pub use signing::{
     checkpoint_request_id, checkpoint_seq, RequestRecord, RequestStatus, PENDING_PER_OPERATOR_DEFAULT,
     PENDING_REQUESTS_MAX, REQUEST_APPROVAL_MS_DEFAULT, REQUEST_PENDING_MS_MAX, RESERVED_REQUEST_ID_PREFIXES,
@@ -47,6 +49,8 @@ pub const REJECTIONS_KEPT_MAX: usize = 32;
 ///   ([`synod_proto::command::cluster_id_of_genesis`]); the name the genesis
 ///   envelope carries becomes `cluster_name`.
 /// - 4: what one client can hold open is bounded ([`RULES_BOUNDED_CLIENTS`]).
+/// - 5: keys can be disabled, enabled and destroyed after a waiting period
+///   fixed at genesis ([`RULES_KEY_LIFECYCLE`]).
 pub use synod_proto::command::RULES_CURRENT;
 /// The first rules version that needs a take-up before signing outcomes.
 pub const RULES_COORDINATOR: u32 = 1;
@@ -137,8 +141,13 @@ pub struct ClusterState {
     pub ca_certificate: Option<String>,
     /// Signing keys by id.
     pub keys: BTreeMap<String, KeyRecord>,
-    /// Names of keys that are generating or active, to their ids.
+    /// Names of keys that are generating, active, out of service or
+    /// destroyed, to their ids (a destroyed key's name is never reused).
     pub key_names: BTreeMap<String, String>,
+    /// The shortest waiting period before a key's destruction, from the
+    /// genesis (rules 5 and later; `None`: the default of seven days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_destroy_wait_min_ms: Option<u64>,
     /// Signing requests by request id.
     pub requests: BTreeMap<String, RequestRecord>,
     /// Ids of requests still waiting for a signature.
@@ -290,8 +299,13 @@ impl ClusterState {
 
         let detail = match (&self.cluster_id, &envelope.command) {
             (None, command) if command.genesis().is_some() => {
-                let synod_proto::command::GenesisParts { rules, admins, members, ca_certificate } =
-                    command.genesis().expect("a genesis");
+                let synod_proto::command::GenesisParts {
+                    rules,
+                    admins,
+                    members,
+                    ca_certificate,
+                    key_destroy_wait_min_ms,
+                } = command.genesis().expect("a genesis");
                 if !admins.contains(&signed.author) {
                     return Err("genesis must be signed by one of the admins it names".into());
                 }
@@ -312,6 +326,15 @@ impl ClusterState {
                 self.cluster_id = Some(id.clone());
                 self.rules = rules;
                 self.ca_certificate = Some(ca_certificate.to_string());
+                if rules >= RULES_KEY_LIFECYCLE {
+                    self.key_destroy_wait_min_ms = key_destroy_wait_min_ms;
+                } else if key_destroy_wait_min_ms.is_some() {
+                    return Err(format!(
+                        "genesis sets a key destruction waiting period, which needs rules version \
+                         {RULES_KEY_LIFECYCLE}, but names version {rules}"
+                    )
+                    .into());
+                }
                 self.genesis_operators(admins);
                 self.admin_approvals_required = 1;
                 self.members = synod_proto::command::member_map(members);
@@ -510,7 +533,7 @@ impl ClusterState {
             }
             Command::DkgRound1 { key_id, node_id, package } => self.dkg_round1(key_id, *node_id, package),
             Command::KeyConfirm { key_id, node_id, group_key, public_key_package_sha256 } => {
-                self.key_confirm(key_id, *node_id, group_key, public_key_package_sha256)
+                self.key_confirm(index, key_id, *node_id, group_key, public_key_package_sha256)
             }
             Command::KeyAbort { key_id, node_id, reason, culprit } => {
                 self.key_abort(key_id, *node_id, reason, *culprit)
@@ -541,6 +564,12 @@ impl ClusterState {
             }
             Command::ApproveProposal { .. } => Err("a proposal cannot approve a proposal".into()),
             Command::AuditCheckpoint { .. } => self.audit_checkpoint(index, author),
+            Command::DisableKey { key } => self.disable_key(index, key),
+            Command::EnableKey { key } => self.enable_key(index, key),
+            Command::ScheduleKeyDestroy { key, wait_ms } => self.schedule_key_destroy(index, key, *wait_ms),
+            Command::CancelKeyDestroy { key } => self.cancel_key_destroy(index, key),
+            Command::KeyDestroyDue { key_id, .. } => self.key_destroy_due(index, key_id),
+            Command::KeySharesDestroyed { key_id, node_id } => self.key_shares_destroyed(key_id, *node_id),
             Command::Endorse { .. } => Err("an endorsement is applied as its node signed it, never carried".into()),
             Command::Coordinate { node_id, term } => {
                 if self.coordinators.insert(*term, *node_id).is_some() {
@@ -643,6 +672,7 @@ mod tests {
             admins: vec![OperatorKey::of(&admin())],
             members: vec![synod_proto::Member { node_id: 1, addr: addr(1000) }],
             ca_certificate: "00".into(),
+            key_destroy_wait_min_ms: None,
         }
     }
 

@@ -260,8 +260,9 @@ impl ClusterState {
             return Err("the audit key signs audit checkpoints only".into());
         }
         let key = self.key_by_name(key_name).ok_or(format!("no key named {key_name:?}"))?;
-        if key.status != KeyStatus::Active {
-            return Err(format!("key {key_name} is not active yet").into());
+        let ignore_status = key.status.is_out_of_service() && crate::faults::enabled(crate::faults::SKIP_KEY_STATUS);
+        if key.status != KeyStatus::Active && !ignore_status {
+            return Err(key.not_signing().into());
         }
         if bounded && key.policy_unset {
             return Err(format!(

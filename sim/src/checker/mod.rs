@@ -16,6 +16,8 @@
 //!   forged and altered commands refused.
 //! - `signing.rs`: nonce single use, one message and one signature per
 //!   request, signatures verify, no share without a met policy.
+//! - `lifecycle.rs`: a key disabled, scheduled for destruction or destroyed
+//!   in a signer's own state releases nothing.
 //! - `blame.rs`: only the byzantine signer is ever named a culprit.
 //! - `liveness.rs`: key generation and signing are live after the heal.
 //!
@@ -37,6 +39,7 @@ use crate::net::Equivocation;
 use crate::workload::{History, KEY_NAME, KEY_NAME_FAULTS};
 
 mod blame;
+mod lifecycle;
 mod liveness;
 mod observer;
 mod raft;
@@ -45,6 +48,7 @@ mod state;
 mod time;
 
 pub use blame::HonestNotBlamed;
+pub use lifecycle::OutOfServiceReleasesNothing;
 pub use liveness::SigningLiveness;
 pub use observer::{Observer, HARVEST_EVERY_MS, STATE_HASH_EVERY_MS};
 pub use raft::{one_leader_per_term, RaftSafety};
@@ -154,6 +158,7 @@ pub fn all(cfg: &SimConfig) -> Vec<Box<dyn Checker>> {
         Box::new(OneMessagePerRequest::default()),
         Box::new(SignaturesVerify::default()),
         Box::new(PolicyBeforeShares::default()),
+        Box::new(OutOfServiceReleasesNothing::default()),
         Box::new(HonestNotBlamed {
             byzantine: crate::schedule::draw_byzantine_signer(cfg.seed, &cfg.plan, cfg.nodes).map(|(node, _)| node),
         }),

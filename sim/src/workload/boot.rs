@@ -52,6 +52,7 @@ pub fn genesis_by(of: &GenesisOf<'_>, admin: &SigningKey, rng: &mut ChaCha8Rng) 
         admins: vec![OperatorKey::of(admin)],
         members,
         ca_certificate: of.ca_certificate.to_string(),
+        key_destroy_wait_min_ms: Some(super::lifecycle::DESTROY_WAIT_MS),
     };
     let envelope = Envelope::new(of.cluster_name, command, EPOCH_MS, COMMAND_TTL_MS, rng);
     SignedCommand::sign(&envelope, admin)

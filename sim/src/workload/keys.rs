@@ -116,7 +116,7 @@ async fn set_up_approvals(ctx: &ClientCtx, rng: &mut ChaCha8Rng) {
 }
 
 /// Creates the key `name` (again, when a generation aborts) until a node reports it active.
-async fn create_key(ctx: &ClientCtx, rng: &mut ChaCha8Rng, name: &str, participants: &[NodeId]) -> KeyAck {
+pub(super) async fn create_key(ctx: &ClientCtx, rng: &mut ChaCha8Rng, name: &str, participants: &[NodeId]) -> KeyAck {
     let mut participants = participants.to_vec();
     // The id of the last generation this client started (a key's id is its create command's id).
     let mut last_attempt: Option<String> = None;

@@ -19,6 +19,8 @@
 //! - `signing.rs`: the signing clients: sign until signed, re-sends, second
 //!   messages under one id, withheld requests ([`signing_client`]).
 //! - `approvers.rs`: the approvers ([`approver_client`]).
+//! - `lifecycle.rs`: a key created, disabled, enabled and destroyed inside
+//!   the fault window while requests keep coming ([`lifecycle_client`]).
 //!
 //! This file holds what they share: the [`History`] and its records, the
 //! [`ClientCtx`] every client gets (signing commands, submitting writes with
@@ -49,6 +51,7 @@ mod approvers;
 mod boot;
 mod keys;
 mod kv;
+pub mod lifecycle;
 mod signing;
 
 pub use adversary::adversary;
@@ -56,6 +59,7 @@ pub use approvers::approver_client;
 pub use boot::{boot_client, genesis_by, GenesisOf};
 pub use keys::{key_threshold, keygen_client, sim_policy, CREATE_KEY_TIMEOUT};
 pub use kv::{workload_client, KvWorkload};
+pub use lifecycle::{lifecycle_client, LIFE_KEY};
 pub use signing::{
     sign_request_command, signing_client, Ask, LARGE_REQUEST_P, SIGN_CALL_TIMEOUT, SIGN_CONFLICT_P, SIGN_PAUSE_MS_MAX,
     SIGN_RETRY_P, WITHHELD_FOLLOW_MS, WITHHELD_P,
