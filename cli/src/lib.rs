@@ -37,7 +37,7 @@ pub enum Top {
     /// Manage the cluster's certificate authority and node/client certificates.
     #[command(subcommand)]
     Ca(CaCmd),
-    /// Create key-encryption keys: a KEK file, or a key inside a PKCS#11 token.
+    /// Key-encryption keys: create a KEK file or a key inside a PKCS#11 token; rotate a node's KEK.
     #[command(subcommand)]
     Kek(KekCmd),
     /// Operators: make and show operator keys; add, remove and list them in the cluster with roles.
@@ -212,6 +212,31 @@ pub enum KekCmd {
         /// A file holding the user PIN (mode 0600); otherwise SYNOD_PKCS11_PIN.
         #[arg(long)]
         pin_file: Option<PathBuf>,
+    },
+    /// Re-seal every secret of a stopped node's data directory under a new KEK, so the old KEK
+    /// can be destroyed, which makes every earlier copy of the data directory unreadable.
+    /// Opens the current KEK as `synod node start` does and writes everything in one atomic,
+    /// synced batch. Then point node.toml's [kek] at the new KEK, start the node, and destroy
+    /// the old KEK.
+    Rotate {
+        /// The stopped node's node.toml; its [kek] is the current KEK.
+        #[arg(long, env = "SYNOD_CONFIG")]
+        config: PathBuf,
+        /// Move to this KEK file, made first with `synod kek generate-file`.
+        #[arg(
+            long,
+            value_name = "PATH",
+            conflicts_with = "new_kek_config",
+            required_unless_present = "new_kek_config"
+        )]
+        new_kek_file: Option<PathBuf>,
+        /// Move to the KEK of this file's [kek] table, written as in node.toml (file, passphrase
+        /// or pkcs11; a copy of node.toml with another [kek] works too). A new passphrase is read
+        /// from the variable its `env` names (use another than the current one's) or asked for.
+        #[arg(long, value_name = "FILE")]
+        new_kek_config: Option<PathBuf>,
+        #[command(flatten)]
+        output: OutputArgs,
     },
 }
 
@@ -709,6 +734,9 @@ pub fn secret_env_names(cli: &Cli) -> Vec<String> {
     if let Top::Node(NodeCmd::Start { config }) = &cli.command {
         names.extend(synod_node::server::secret_env_names(config));
     }
+    if let Top::Kek(KekCmd::Rotate { config, new_kek_config, .. }) = &cli.command {
+        names.extend(operator::rotate_secret_env_names(config, new_kek_config.as_deref()));
+    }
     names.sort();
     names.dedup();
     names
@@ -716,9 +744,11 @@ pub fn secret_env_names(cli: &Cli) -> Vec<String> {
 
 /// What this command hardens: every command drops core dumps and ptrace by
 /// other users (an operator key or a CA key may be in memory); a node, which
-/// holds unsealed shares for as long as it runs, also locks its memory.
+/// holds unsealed shares for as long as it runs, and `kek rotate`, which
+/// unseals every share of one, also lock their memory.
 pub fn hardening_steps(cli: &Cli) -> synod_node::hygiene::HardeningSteps {
-    synod_node::hygiene::HardeningSteps { lock_memory: matches!(cli.command, Top::Node(NodeCmd::Start { .. })) }
+    let lock_memory = matches!(cli.command, Top::Node(NodeCmd::Start { .. }) | Top::Kek(KekCmd::Rotate { .. }));
+    synod_node::hygiene::HardeningSteps { lock_memory }
 }
 
 /// Runs the parsed command line.
@@ -747,7 +777,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Top::Dev(args) => dev::run(args).await,
         Top::Ca(cmd) => operator::ca(cmd),
         Top::Operator(cmd) => authz::operator(cmd).await,
-        Top::Kek(cmd) => operator::kek(cmd),
+        Top::Kek(cmd) => operator::kek(cmd).await,
         Top::Cluster(cmd) => client::cluster(cmd).await,
         Top::Status(args) => client::status(&args).await,
         Top::Health(args) => client::health(&args).await,

@@ -1,9 +1,11 @@
-//! Offline commands: the CA (`synod ca ...`) and operator keys (`synod operator ...`).
-//! They touch only local files and never talk to a node.
+//! Offline commands: the CA (`synod ca ...`), operator keys (`synod operator ...`)
+//! and KEKs (`synod kek ...`). They touch only local files (and a PKCS#11
+//! token) and never talk to a node.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::SigningKey;
 use synod_proto::OperatorKey;
@@ -103,8 +105,16 @@ pub fn operator(cmd: OperatorCmd) -> anyhow::Result<()> {
 }
 
 /// Runs `synod kek ...`.
-pub fn kek(cmd: KekCmd) -> anyhow::Result<()> {
+pub async fn kek(cmd: KekCmd) -> anyhow::Result<()> {
     match cmd {
+        KekCmd::Rotate { config, new_kek_file, new_kek_config, output } => {
+            let new = match (new_kek_file, new_kek_config) {
+                (Some(path), None) => NewKekArg::File(path),
+                (None, Some(path)) => NewKekArg::Config(path),
+                _ => bail!("name the new KEK with exactly one of --new-kek-file and --new-kek-config"),
+            };
+            rotate(&config, new, output.output).await?;
+        }
         KekCmd::GenerateFile { out } => {
             synod_node::kek::soft::SoftKek::generate_file(&out)?;
             println!("wrote a new KEK to {} (mode 0600); a development setting", out.display());
@@ -137,6 +147,327 @@ pub fn kek(cmd: KekCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where `synod kek rotate` finds the KEK to move to.
+enum NewKekArg {
+    /// `--new-kek-file`: a key file made by `synod kek generate-file`.
+    File(PathBuf),
+    /// `--new-kek-config`: a file whose `[kek]` table names it, in node.toml's format.
+    Config(PathBuf),
+}
+
+/// The secret variables `synod kek rotate` may read: those of node.toml's
+/// `[kek]` and of the new KEK's table, for `main` to take out of the
+/// environment before any thread starts (invariant 25).
+pub fn rotate_secret_env_names(config: &Path, new_kek_config: Option<&Path>) -> Vec<String> {
+    let mut names = synod_node::server::secret_env_names(config);
+    if let Some(kek) = new_kek_config.and_then(|path| synod_node::server::load_kek_table(path).ok()) {
+        names.extend(synod_node::server::kek_secret_env_names(&kek));
+    }
+    names
+}
+
+/// `synod kek rotate`: moves a stopped node's data directory to a new KEK.
+///
+/// Decisions:
+/// - Offline only. The node holds sled's lock on its data directory while it
+///   runs, so opening the store is the check: a locked directory is refused
+///   with "stop the node first". Nothing in a running node has to change.
+/// - The current KEK is opened from node.toml as `synod node start` opens it
+///   (`server::kek_secret`, `server::open_kek`: the same `*_FILE`, credential,
+///   variable and prompt rules) and must open the KEK check with the node's
+///   label; rotation never creates a check or a salt.
+/// - The new KEK comes from `--new-kek-file` (which must exist: rotation
+///   makes no key material, as no other command that uses a KEK does) or
+///   from `--new-kek-config`, a `[kek]` table in node.toml's format, so every
+///   backend is named one way and the table can be pasted into node.toml.
+/// - The same KEK is refused before anything is written: by its config (the
+///   same key file, the same key label on the same token, the same
+///   passphrase), and by its key (`SealedStore::reseal_all` checks that the
+///   old KEK cannot open what the new one seals: a copied key file).
+/// - A new passphrase KEK gets a fresh salt, stored in the same write as the
+///   re-sealed secrets; moving away from a passphrase removes the salt. So a
+///   passphrase can move to another passphrase, and the old one opens nothing.
+/// - node.toml is not edited: the operator points it at the new KEK, starts
+///   the node and then destroys the old KEK. What to do is printed.
+async fn rotate(config_path: &Path, new: NewKekArg, output: Output) -> anyhow::Result<()> {
+    use synod_node::config::{KekConfig, NodeConfig};
+    use synod_node::sealed::{NewKek, SealedStore};
+    use synod_node::server;
+
+    let config = NodeConfig::load(config_path)?;
+    let new_config = match new {
+        NewKekArg::File(path) => KekConfig::File { path: std::path::absolute(&path)? },
+        NewKekArg::Config(path) => server::load_kek_table(&path)?,
+    };
+    refuse_same_kek_config(&config.kek, &new_config, config_path)?;
+    let store = open_stopped_store(&config, config_path)?;
+    let keks = open_keks(&config, config_path, &new_config, store.as_ref()).await?;
+
+    let label = server::kek_check_label(config.node_id);
+    let old_kek = keks.old.describe();
+    let new_kek = keks.new.describe();
+    let sealed = SealedStore::new(store, keks.old);
+    let report = tokio::task::spawn_blocking(move || {
+        let target = NewKek { kek: keks.new.as_ref(), passphrase_salt: keks.new_salt };
+        sealed.reseal_all(&label, &target, &mut |p| {
+            eprintln!("re-sealed and checked {} of {} secrets", p.done, p.total);
+        })
+    })
+    .await?
+    .map_err(|e| explain_reseal_error(e, &config, config_path))?;
+    print_rotated(&RotateSummary {
+        config_path,
+        config: &config,
+        old_kek: &old_kek,
+        new_kek: &new_kek,
+        new_config: &new_config,
+        report,
+        output,
+    })
+}
+
+/// The two KEKs of a rotation, opened.
+struct RotationKeks {
+    /// The KEK node.toml names, which sealed the data directory.
+    old: Arc<dyn synod_node::kek::Kek>,
+    /// The KEK to move to.
+    new: Arc<dyn synod_node::kek::Kek>,
+    /// The fresh salt `new` was derived with, when it is a passphrase KEK.
+    new_salt: Option<[u8; synod_node::kek::soft::SALT_BYTES]>,
+}
+
+/// Reads both KEKs' secrets (refusing the current passphrase as the new one)
+/// and opens both KEKs as `synod node start` would. Writes nothing: the
+/// current passphrase KEK's salt must already be in the data directory.
+async fn open_keks(
+    config: &synod_node::config::NodeConfig,
+    config_path: &Path,
+    new_config: &synod_node::config::KekConfig,
+    store: &dyn synod_node::store::Store,
+) -> anyhow::Result<RotationKeks> {
+    use synod_node::config::KekConfig;
+    use synod_node::server::{self, KekSecret};
+    let old_secret = server::kek_secret(&config.kek, current_passphrase_prompt)?;
+    let new_secret = server::kek_secret(new_config, new_passphrase_prompt)?;
+    if let (KekSecret::Passphrase(old), KekSecret::Passphrase(new)) = (&old_secret, &new_secret) {
+        if old == new {
+            bail!(
+                "the new KEK's passphrase is the current one, so the old KEK could not be destroyed; choose \
+                 another passphrase (give it in another variable: env = \"SYNOD_NEW_KEK_PASSPHRASE\" in the new \
+                 [kek] table, or leave both unset to be asked)"
+            );
+        }
+    }
+    let old_salt = match config.kek {
+        KekConfig::Passphrase { .. } => {
+            Some(synod_node::sealed::stored_passphrase_salt(store)?.with_context(|| {
+                format!(
+                    "{} says the KEK is a passphrase, but the data directory {} holds no passphrase salt, so no \
+                 passphrase KEK sealed it; set [kek] to the KEK that did",
+                    config_path.display(),
+                    config.data_dir.display()
+                )
+            })?)
+        }
+        _ => None,
+    };
+    let new_salt = match new_config {
+        KekConfig::Passphrase { .. } => Some(synod_node::sealed::new_passphrase_salt()?),
+        _ => None,
+    };
+    let old = server::open_kek(&config.kek, old_secret, old_salt)
+        .await
+        .with_context(|| format!("cannot open the current KEK ([kek] in {})", config_path.display()))?;
+    let new = server::open_kek(new_config, new_secret, new_salt).await.context("cannot open the new KEK")?;
+    Ok(RotationKeks { old, new, new_salt })
+}
+
+/// Says whether anything was written when re-sealing failed, and what to do.
+fn explain_reseal_error(
+    error: synod_node::sealed::SealError,
+    config: &synod_node::config::NodeConfig,
+    config_path: &Path,
+) -> anyhow::Error {
+    use synod_node::sealed::SealError;
+    let data_dir = config.data_dir.display();
+    match error {
+        SealError::ResealUnverified { .. } => anyhow::Error::new(error),
+        SealError::WrongKek { .. } => anyhow::Error::new(error).context(format!(
+            "nothing was written: [kek] in {} does not name the KEK that sealed {data_dir} (if it was rotated \
+             already, name the KEK it was rotated to)",
+            config_path.display()
+        )),
+        error => anyhow::Error::new(error)
+            .context(format!("nothing was written: the data directory {data_dir} is unchanged")),
+    }
+}
+
+/// Refuses a new KEK config that names the current KEK: the same key file,
+/// or the same key label on the same token of the same module. (The same
+/// passphrase is found once both are read; a copied key file by
+/// `reseal_all`.) A new key file must exist.
+fn refuse_same_kek_config(
+    old: &synod_node::config::KekConfig,
+    new: &synod_node::config::KekConfig,
+    config_path: &Path,
+) -> anyhow::Result<()> {
+    use synod_node::config::KekConfig;
+    let canonical = |path: &Path| std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    if let KekConfig::File { path } = new {
+        if !path.exists() {
+            bail!(
+                "the new KEK file {} does not exist; create it first with `synod kek generate-file --out {}`",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+    let same = match (old, new) {
+        (KekConfig::File { path: a }, KekConfig::File { path: b }) => canonical(a) == canonical(b),
+        (
+            KekConfig::Pkcs11 { module: m1, token_label: t1, key_label: k1, .. },
+            KekConfig::Pkcs11 { module: m2, token_label: t2, key_label: k2, .. },
+        ) => canonical(m1) == canonical(m2) && t1 == t2 && k1 == k2,
+        _ => false,
+    };
+    if same {
+        bail!(
+            "the new KEK is the one [kek] in {} already names; re-sealing under it would not let the old KEK be \
+             destroyed. Make a new KEK (`synod kek generate-file --out NEW`, or `synod kek pkcs11-keygen` with \
+             another --key-label) and name that one",
+            config_path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Opens the node's store, which must exist and must not be open in a running node.
+fn open_stopped_store(
+    config: &synod_node::config::NodeConfig,
+    config_path: &Path,
+) -> anyhow::Result<Arc<dyn synod_node::store::Store>> {
+    use synod_node::store::{SledStore, StoreError};
+    let dir = config.data_dir.join("store");
+    if !dir.join("db").exists() {
+        bail!(
+            "{} holds no node store: the node has never started, so nothing is sealed and there is nothing to \
+             re-seal; point [kek] in {} at the new KEK and start the node",
+            config.data_dir.display(),
+            config_path.display()
+        );
+    }
+    match SledStore::open(&dir) {
+        Ok(store) => Ok(Arc::new(store)),
+        Err(StoreError::Locked { path, .. }) => bail!(
+            "the data directory {} is in use, most likely by the running node: stop the node first (`synod kek \
+             rotate` works on a stopped node only), then run this again",
+            path.display()
+        ),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Asks for the current KEK passphrase.
+fn current_passphrase_prompt() -> std::io::Result<Zeroizing<String>> {
+    rpassword::prompt_password("Current KEK passphrase: ").map(Zeroizing::new)
+}
+
+/// Asks twice for the new KEK passphrase; answers that differ are refused.
+fn new_passphrase_prompt() -> std::io::Result<Zeroizing<String>> {
+    let first = Zeroizing::new(rpassword::prompt_password("New KEK passphrase: ")?);
+    let second = Zeroizing::new(rpassword::prompt_password("Repeat the new KEK passphrase: ")?);
+    if first != second {
+        return Err(std::io::Error::other("the new passphrases differ; nothing was written"));
+    }
+    Ok(first)
+}
+
+/// What `synod kek rotate` did, for [`print_rotated`].
+struct RotateSummary<'a> {
+    /// node.toml, named in the next steps.
+    config_path: &'a Path,
+    /// Its contents: the node, the data directory and the old KEK.
+    config: &'a synod_node::config::NodeConfig,
+    /// The old KEK as `Kek::describe` names it.
+    old_kek: &'a str,
+    /// The new KEK as `Kek::describe` names it.
+    new_kek: &'a str,
+    /// The `[kek]` table that names the new KEK, to paste into node.toml.
+    new_config: &'a synod_node::config::KekConfig,
+    /// What was re-sealed.
+    report: synod_node::sealed::ResealReport,
+    /// Table or JSON.
+    output: Output,
+}
+
+/// Prints what was done and what the operator does next.
+fn print_rotated(summary: &RotateSummary<'_>) -> anyhow::Result<()> {
+    use synod_node::sealed::SaltChange;
+    let RotateSummary { config_path, config, old_kek, new_kek, new_config, report, output } = summary;
+    let table = synod_node::server::kek_table_toml(new_config);
+    let steps = [
+        format!("point [kek] in {} at the new KEK:\n{table}", config_path.display()),
+        format!("start the node: synod node start --config {}", config_path.display()),
+        format!("then destroy the old KEK: {}", destroy_advice(&config.kek)),
+    ];
+    let warning = "until the old KEK is destroyed, every earlier copy of this data directory (backups, copied \
+                   disks, old blocks sled's log may still hold) still opens with it";
+    let salt = match report.salt {
+        SaltChange::Unchanged => "unchanged",
+        SaltChange::Written => "written",
+        SaltChange::Removed => "removed",
+    };
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "node_id": config.node_id,
+                "data_dir": config.data_dir,
+                "secrets": report.secrets,
+                "passphrase_salt": salt,
+                "old_kek": old_kek,
+                "new_kek": new_kek,
+                "new_kek_config": new_config,
+                "next_steps": steps,
+                "warning": warning,
+            }))?
+        ),
+        Output::Table => {
+            println!(
+                "re-sealed {} secret(s) and the KEK check of node {} in {} under {new_kek}, in one synced write",
+                report.secrets,
+                config.node_id,
+                config.data_dir.display()
+            );
+            println!("the data directory no longer opens with {old_kek} (passphrase salt: {salt})\n\nnext:");
+            for (i, step) in steps.iter().enumerate() {
+                let step = step.trim_end().replace('\n', "\n       ");
+                println!("  {}. {step}", i + 1);
+            }
+            println!("\n{}{}", &warning[..1].to_uppercase(), &warning[1..]);
+        }
+    }
+    Ok(())
+}
+
+/// How to destroy a KEK of this kind for good.
+fn destroy_advice(kek: &synod_node::config::KekConfig) -> String {
+    use synod_node::config::KekConfig;
+    match kek {
+        KekConfig::File { path } => {
+            format!("shred -u {} (and delete every copy of that file, backups included)", path.display())
+        }
+        KekConfig::Passphrase { .. } => "forget the old passphrase: remove it from every file, secret store and \
+                                          credential that holds it"
+            .to_string(),
+        KekConfig::Pkcs11 { module, token_label, key_label, .. } => format!(
+            "delete the key {key_label:?} from token {token_label:?}, e.g. `pkcs11-tool --module {} --login \
+             --token-label {token_label} --delete-object --type secrkey --label {key_label}`",
+            module.display()
+        ),
+    }
 }
 
 /// Writes a new operator key to `path` (never overwriting) and returns it.

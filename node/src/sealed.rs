@@ -16,6 +16,15 @@
 //!
 //! Records in [`Tree::Sealed`]: prefix 0 holds this module's own records (the
 //! KEK check canary, the passphrase salt), prefix 1 the sealed secrets.
+//!
+//! [`SealedStore::reseal_all`] moves a stopped node's data directory to a new
+//! KEK (`synod kek rotate`): every secret and the canary are unsealed under
+//! the old KEK, sealed under the new one with the same AAD, checked to open
+//! again, and written back in one atomic, synced store write, so a crash
+//! leaves either the old data directory or the new one, never a mix. Once the
+//! old KEK is destroyed, every earlier copy of the blobs (sled's log may keep
+//! old blocks; backups; copied disks) stays sealed for good.
+//!
 //! Every call blocks (store fsync, HSM round trip); async callers use
 //! `seams::run_blocking`. Signing nonces are never stored here: they live in
 //! memory only.
@@ -27,14 +36,24 @@ use rand_core::RngCore;
 use zeroize::Zeroizing;
 
 use crate::kek::soft::SALT_BYTES;
-use crate::kek::{Kek, KekError, SealedBlob, BLOB_OVERHEAD_BYTES};
-use crate::store::{Durability, Op, Store, StoreError, Tree, VALUE_BYTES_MAX};
+use crate::kek::{Backend, Kek, KekError, SealedBlob, BLOB_OVERHEAD_BYTES};
+use crate::store::{Durability, Op, Pair, Store, StoreError, Tree, VALUE_BYTES_MAX};
 
 /// The domain tag that opens every AAD, so a seal for another use of the KEK can never collide.
 pub const AAD_DOMAIN: &[u8] = b"synod/seal/v1\0";
 
 /// The largest secret that can be sealed: its blob must fit in one store value.
 pub const PLAINTEXT_BYTES_MAX: usize = VALUE_BYTES_MAX - BLOB_OVERHEAD_BYTES;
+
+/// The most records of [`Tree::Sealed`] that [`SealedStore::reseal_all`] moves
+/// to a new KEK. Every re-sealed blob waits in memory for the one write that
+/// stores them all (a key package's blob and key are about 250 bytes, so about
+/// 16 MiB at the limit); a node keeps one secret per key version it holds,
+/// orders of magnitude fewer.
+pub const RESEAL_RECORDS_MAX: usize = 1 << 16;
+
+/// How many secrets [`SealedStore::reseal_all`] re-seals between two progress reports.
+pub const RESEAL_PROGRESS_EVERY: usize = 1_000;
 
 /// The longest cluster id or key id in a context; keeps store keys far below `KEY_BYTES_MAX`.
 pub const CONTEXT_ID_BYTES_MAX: usize = 256;
@@ -80,6 +99,10 @@ impl Purpose {
             Purpose::DkgSecret => 2,
             Purpose::KekCheck => 3,
         }
+    }
+
+    fn from_code(code: u8) -> Option<Purpose> {
+        [Purpose::KeyPackage, Purpose::DkgSecret, Purpose::KekCheck].into_iter().find(|p| p.code() == code)
     }
 }
 
@@ -136,6 +159,28 @@ impl SealContext {
         out
     }
 
+    /// The context whose [`SealContext::store_key`] is `key`, or `None` when
+    /// `key` is not one (another prefix, an unknown purpose, a bad length, a
+    /// non-UTF-8 id, trailing bytes). Re-sealing reads a secret's AAD back from
+    /// its store key this way; the round trip is checked, so a key that parses
+    /// is exactly the key of the context it gives.
+    fn from_store_key(key: &[u8]) -> Option<SealContext> {
+        let mut reader = KeyReader(key);
+        if reader.bytes::<1>()? != [PREFIX_SECRET] {
+            return None;
+        }
+        let [code] = reader.bytes::<1>()?;
+        let ctx = SealContext {
+            purpose: Purpose::from_code(code)?,
+            cluster_id: reader.string16()?,
+            node_id: u64::from_be_bytes(reader.bytes()?),
+            key_id: reader.string16()?,
+            key_version: u32::from_be_bytes(reader.bytes()?),
+            generation: u32::from_be_bytes(reader.bytes()?),
+        };
+        (reader.0.is_empty() && ctx.store_key() == key).then_some(ctx)
+    }
+
     /// Names the secret in errors and logs (no secret in it).
     fn describe(&self) -> String {
         format!(
@@ -156,6 +201,26 @@ impl SealContext {
             }
         }
         Ok(())
+    }
+}
+
+/// Reads a store key front to back for [`SealContext::from_store_key`].
+struct KeyReader<'a>(&'a [u8]);
+
+impl KeyReader<'_> {
+    /// The next `N` bytes, or `None` when fewer are left.
+    fn bytes<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, tail) = self.0.split_first_chunk::<N>()?;
+        self.0 = tail;
+        Some(*head)
+    }
+
+    /// A 2-byte big-endian length, then that many bytes of UTF-8.
+    fn string16(&mut self) -> Option<String> {
+        let len = u16::from_be_bytes(self.bytes()?) as usize;
+        let (head, tail) = self.0.split_at_checked(len)?;
+        self.0 = tail;
+        String::from_utf8(head.to_vec()).ok()
     }
 }
 
@@ -218,6 +283,92 @@ pub enum SealError {
 
     #[error("the data directory's {record} record is malformed ({detail}); restore the data directory from a backup")]
     Record { record: &'static str, detail: String },
+
+    #[error(
+        "the data directory holds no KEK check record and no sealed secret: no node has started on it, so \
+         nothing is sealed yet and there is nothing to re-seal; point the config at the new KEK and start the node"
+    )]
+    NothingSealed,
+
+    #[error(
+        "the new KEK ({new}) opens what the current KEK ({old}) seals: they are the same key, so re-sealing \
+         would not let the old one be destroyed; make a new KEK (`synod kek generate-file`, or \
+         `synod kek pkcs11-keygen` with another key label) and name that one"
+    )]
+    SameKek { old: String, new: String },
+
+    #[error(
+        "the new KEK ({kek}) sealed the {what} but did not open it again to the same bytes ({detail}); \
+         check the new KEK's token or file and try again"
+    )]
+    ResealCheck { kek: String, what: String, detail: String },
+
+    #[error(
+        "the data directory holds a sealed-tree record this synod does not know (key {key}); a newer synod \
+         may have written it, and re-sealing without it would leave it under the old KEK; re-seal with \
+         the synod version that wrote the data directory"
+    )]
+    UnknownRecord { key: String },
+
+    #[error(
+        "the data directory holds more than {max} sealed records, more than one re-seal holds in memory; \
+         report this as a Synod bug"
+    )]
+    TooManyRecords { max: usize },
+
+    #[error(
+        "the re-sealed records were written, but the KEK check read back does not open under the new KEK \
+         ({kek}): {source}; keep both KEKs, do not start the node, and report this as a Synod bug"
+    )]
+    ResealUnverified {
+        kek: String,
+        #[source]
+        source: Box<SealError>,
+    },
+
+    #[error("the new KEK is a {backend} KEK but {salt} passphrase salt came with it; report this as a Synod bug")]
+    NewKekSalt { backend: &'static str, salt: &'static str },
+}
+
+/// The KEK that [`SealedStore::reseal_all`] moves a data directory to.
+pub struct NewKek<'a> {
+    /// Seals every secret and the KEK check from now on.
+    pub kek: &'a dyn Kek,
+    /// The Argon2id salt `kek` was derived with when it is a passphrase KEK (a
+    /// fresh one from [`new_passphrase_salt`]), stored in the same write as the
+    /// re-sealed secrets. `None` for the other backends; the old salt record,
+    /// if any, is then removed.
+    pub passphrase_salt: Option<[u8; SALT_BYTES]>,
+}
+
+/// What [`SealedStore::reseal_all`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResealReport {
+    /// Secrets re-sealed (prefix 1 records), not counting the KEK check.
+    pub secrets: usize,
+    /// What became of the passphrase salt record.
+    pub salt: SaltChange,
+}
+
+/// What [`SealedStore::reseal_all`] did to the passphrase salt record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaltChange {
+    /// Neither KEK is a passphrase KEK: there was no salt record and there is none.
+    Unchanged,
+    /// The new passphrase KEK's salt was stored, replacing the old one if there was one.
+    Written,
+    /// The old passphrase KEK's salt was removed: the new KEK needs none.
+    Removed,
+}
+
+/// How far [`SealedStore::reseal_all`] has got: `done` of `total` secrets
+/// re-sealed and checked in memory (nothing is written until all are).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResealProgress {
+    /// Secrets re-sealed so far.
+    pub done: usize,
+    /// Secrets in the data directory.
+    pub total: usize,
 }
 
 /// Secrets sealed under a KEK, kept in a [`Store`].
@@ -324,16 +475,7 @@ impl SealedStore {
         let Some(record) = self.store.get(Tree::Sealed, KEK_CHECK_KEY)? else {
             return self.create_check(&ctx, label);
         };
-        let (stored, blob) = parse_check_record(&record)?;
-        if stored != label {
-            return Err(SealError::CheckLabel { stored, given: label.to_string() });
-        }
-        let wrong = |source| SealError::WrongKek { kek: self.kek.describe(), source };
-        let blob = SealedBlob::from_bytes(blob).map_err(wrong)?;
-        let canary = self.kek.unseal(&ctx.aad(), &blob).map_err(wrong)?;
-        if canary.len() != CANARY_BYTES {
-            return Err(SealError::Record { record: "KEK check", detail: format!("canary of {} bytes", canary.len()) });
-        }
+        open_check(self.kek.as_ref(), &record, label)?;
         Ok(KekCheck::Verified)
     }
 
@@ -345,16 +487,171 @@ impl SealedStore {
         let mut canary = Zeroizing::new([0u8; CANARY_BYTES]);
         rand_core::OsRng.try_fill_bytes(&mut *canary).map_err(|e| KekError::Random { detail: e.to_string() })?;
         let blob = self.kek.seal(&ctx.aad(), &*canary)?;
-        let mut record = vec![RECORD_VERSION];
-        record.extend_from_slice(&(label.len() as u16).to_be_bytes());
-        record.extend_from_slice(label.as_bytes());
-        record.extend_from_slice(&blob.to_bytes());
         self.store.write(
-            vec![Op::Put { tree: Tree::Sealed, key: KEK_CHECK_KEY.to_vec(), value: record }],
+            vec![Op::Put { tree: Tree::Sealed, key: KEK_CHECK_KEY.to_vec(), value: check_record(label, &blob) }],
             Durability::Sync,
         )?;
         Ok(KekCheck::Created)
     }
+
+    /// Moves this data directory from this store's KEK to `new` (`synod kek
+    /// rotate`, on a stopped node). Blocking. In order:
+    ///
+    /// 1. The KEK check must open under the current KEK with `label` (as
+    ///    [`SealedStore::check_kek`], but never creating one): a wrong current
+    ///    KEK stops here, with [`SealError::WrongKek`], before anything else.
+    /// 2. The canary is sealed under `new`; if the current KEK opens that
+    ///    blob, the two are one key ([`SealError::SameKek`]).
+    /// 3. Every secret (prefix 1) is unsealed under the current KEK with the
+    ///    AAD its store key names, sealed under `new` with the same AAD, and
+    ///    opened again under `new` to the same bytes. A secret that does not
+    ///    open stops everything ([`SealError::Open`]): none is left behind
+    ///    under the old KEK, and none is dropped. A record this code does not
+    ///    know stops it too ([`SealError::UnknownRecord`]).
+    /// 4. One write with [`Durability::Sync`] replaces every blob and the
+    ///    KEK check, and stores the new passphrase salt or removes the old
+    ///    one, so a crash leaves all of the old records or all of the new.
+    /// 5. The stored KEK check must then open under `new`.
+    ///
+    /// Plaintext lives in zeroizing buffers, one secret at a time; only the
+    /// new blobs wait for the write ([`RESEAL_RECORDS_MAX`] bounds them).
+    /// `progress` hears every [`RESEAL_PROGRESS_EVERY`] secrets and at the end.
+    pub fn reseal_all(
+        &self,
+        label: &str,
+        new: &NewKek<'_>,
+        progress: &mut dyn FnMut(ResealProgress),
+    ) -> Result<ResealReport, SealError> {
+        check_new_salt(new)?;
+        let records = self.store.scan(Tree::Sealed, &[], None, RESEAL_RECORDS_MAX + 1)?;
+        if records.len() > RESEAL_RECORDS_MAX {
+            return Err(SealError::TooManyRecords { max: RESEAL_RECORDS_MAX });
+        }
+        let mut ops = vec![self.reseal_check(&records, label, new.kek)?];
+        let (secrets, had_salt) = self.reseal_secrets(&records, new.kek, &mut ops, progress)?;
+        let salt = match (new.passphrase_salt, had_salt) {
+            (Some(salt), _) => {
+                ops.push(Op::Put { tree: Tree::Sealed, key: SALT_KEY.to_vec(), value: salt_record(&salt) });
+                SaltChange::Written
+            }
+            (None, true) => {
+                ops.push(Op::Remove { tree: Tree::Sealed, key: SALT_KEY.to_vec() });
+                SaltChange::Removed
+            }
+            (None, false) => SaltChange::Unchanged,
+        };
+        self.store.write(ops, Durability::Sync)?;
+        let unverified = |source| SealError::ResealUnverified { kek: new.kek.describe(), source: Box::new(source) };
+        let stored = self.store.get(Tree::Sealed, KEK_CHECK_KEY).map_err(|e| unverified(e.into()))?;
+        let stored = stored.ok_or_else(|| unverified(SealError::CheckMissing { kek: new.kek.describe() }))?;
+        open_check(new.kek, &stored, label).map_err(unverified)?;
+        Ok(ResealReport { secrets, salt })
+    }
+
+    /// Steps 1 and 2 of [`SealedStore::reseal_all`]: opens the KEK check of
+    /// `records` under the current KEK and seals its canary under `new`, which
+    /// must be another key. Returns the op that stores the new KEK check.
+    fn reseal_check(&self, records: &[Pair], label: &str, new: &dyn Kek) -> Result<Op, SealError> {
+        let ctx = check_context(label);
+        ctx.validate()?;
+        let Some((_, check)) = records.iter().find(|(key, _)| key == KEK_CHECK_KEY) else {
+            if records.iter().any(|(key, _)| key.first() == Some(&PREFIX_SECRET)) {
+                return Err(SealError::CheckMissing { kek: self.kek.describe() });
+            }
+            return Err(SealError::NothingSealed);
+        };
+        let canary = open_check(self.kek.as_ref(), check, label)?;
+        let blob = seal_checked(new, &ctx, &canary)?;
+        if self.kek.unseal(&ctx.aad(), &blob).is_ok() {
+            return Err(SealError::SameKek { old: self.kek.describe(), new: new.describe() });
+        }
+        Ok(Op::Put { tree: Tree::Sealed, key: KEK_CHECK_KEY.to_vec(), value: check_record(label, &blob) })
+    }
+
+    /// Step 3 of [`SealedStore::reseal_all`]: adds to `ops` a put of every
+    /// secret of `records` sealed anew under `new`. Returns how many secrets
+    /// there were and whether `records` held a passphrase salt.
+    fn reseal_secrets(
+        &self,
+        records: &[Pair],
+        new: &dyn Kek,
+        ops: &mut Vec<Op>,
+        progress: &mut dyn FnMut(ResealProgress),
+    ) -> Result<(usize, bool), SealError> {
+        let total = records.iter().filter(|(key, _)| key.first() == Some(&PREFIX_SECRET)).count();
+        let (mut done, mut had_salt) = (0, false);
+        for (key, value) in records {
+            if key == KEK_CHECK_KEY {
+                continue;
+            }
+            if key == SALT_KEY {
+                had_salt = true;
+                continue;
+            }
+            let Some(ctx) = SealContext::from_store_key(key) else {
+                return Err(SealError::UnknownRecord { key: hex::encode(key) });
+            };
+            let open = |source| SealError::Open { what: ctx.describe(), source };
+            let plaintext = self.kek.unseal(&ctx.aad(), &SealedBlob::from_bytes(value).map_err(open)?).map_err(open)?;
+            let blob = seal_checked(new, &ctx, &plaintext)?;
+            ops.push(Op::Put { tree: Tree::Sealed, key: key.clone(), value: blob.to_bytes() });
+            done += 1;
+            if done % RESEAL_PROGRESS_EVERY == 0 {
+                progress(ResealProgress { done, total });
+            }
+        }
+        assert_eq!(done, total, "every record with the secret prefix parsed as a secret and was re-sealed");
+        progress(ResealProgress { done, total });
+        Ok((done, had_salt))
+    }
+}
+
+/// Refuses a [`NewKek`] whose salt does not fit its backend: a passphrase KEK
+/// needs the salt it was derived with, any other KEK none.
+fn check_new_salt(new: &NewKek<'_>) -> Result<(), SealError> {
+    let passphrase = new.kek.backend() == Backend::Passphrase.name();
+    match (passphrase, new.passphrase_salt.is_some()) {
+        (true, false) => Err(SealError::NewKekSalt { backend: new.kek.backend(), salt: "no" }),
+        (false, true) => Err(SealError::NewKekSalt { backend: new.kek.backend(), salt: "a" }),
+        _ => Ok(()),
+    }
+}
+
+/// Seals `plaintext` for `ctx` under `kek` and opens the blob again: a blob
+/// that does not give the same bytes back is refused before it is stored.
+fn seal_checked(kek: &dyn Kek, ctx: &SealContext, plaintext: &[u8]) -> Result<SealedBlob, SealError> {
+    let blob = kek.seal(&ctx.aad(), plaintext)?;
+    let refused = |detail: String| SealError::ResealCheck { kek: kek.describe(), what: ctx.describe(), detail };
+    match kek.unseal(&ctx.aad(), &blob) {
+        Ok(back) if back.as_slice() == plaintext => Ok(blob),
+        Ok(back) => Err(refused(format!("{} bytes came back for {}", back.len(), plaintext.len()))),
+        Err(e) => Err(refused(e.to_string())),
+    }
+}
+
+/// Opens the KEK check `record` under `kek`, which must have been made for
+/// `label`; returns the canary. [`SealError::WrongKek`] when it does not open.
+fn open_check(kek: &dyn Kek, record: &[u8], label: &str) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    let (stored, blob) = parse_check_record(record)?;
+    if stored != label {
+        return Err(SealError::CheckLabel { stored, given: label.to_string() });
+    }
+    let wrong = |source| SealError::WrongKek { kek: kek.describe(), source };
+    let blob = SealedBlob::from_bytes(blob).map_err(wrong)?;
+    let canary = kek.unseal(&check_context(label).aad(), &blob).map_err(wrong)?;
+    if canary.len() != CANARY_BYTES {
+        return Err(SealError::Record { record: "KEK check", detail: format!("canary of {} bytes", canary.len()) });
+    }
+    Ok(canary)
+}
+
+/// `version ‖ len16 label ‖ label ‖ blob`, the KEK check record.
+fn check_record(label: &str, blob: &SealedBlob) -> Vec<u8> {
+    let mut record = vec![RECORD_VERSION];
+    record.extend_from_slice(&(label.len() as u16).to_be_bytes());
+    record.extend_from_slice(label.as_bytes());
+    record.extend_from_slice(&blob.to_bytes());
+    record
 }
 
 /// The canary's context: bound to the label, purpose `KekCheck`.
@@ -404,25 +701,50 @@ fn parse_check_record(record: &[u8]) -> Result<(String, &[u8]), SealError> {
 /// different for one passphrase. Call it before building the passphrase KEK
 /// (and so before [`SealedStore::new`]). Blocking.
 pub fn passphrase_salt(store: &dyn Store) -> Result<[u8; SALT_BYTES], SealError> {
-    if let Some(record) = store.get(Tree::Sealed, SALT_KEY)? {
-        return match record.as_slice() {
-            [RECORD_VERSION, salt @ ..] if salt.len() == SALT_BYTES => {
-                let mut out = [0u8; SALT_BYTES];
-                out.copy_from_slice(salt);
-                Ok(out)
-            }
-            _ => Err(SealError::Record {
-                record: "passphrase salt",
-                detail: format!("{} bytes, version {:?}", record.len(), record.first()),
-            }),
-        };
+    if let Some(salt) = stored_passphrase_salt(store)? {
+        return Ok(salt);
     }
+    let salt = new_passphrase_salt()?;
+    store.write(
+        vec![Op::Put { tree: Tree::Sealed, key: SALT_KEY.to_vec(), value: salt_record(&salt) }],
+        Durability::Sync,
+    )?;
+    Ok(salt)
+}
+
+/// The data directory's passphrase salt, or `None` when it has none; never
+/// writes (`synod kek rotate` must not change a data directory before the
+/// current KEK is proven). Blocking.
+pub fn stored_passphrase_salt(store: &dyn Store) -> Result<Option<[u8; SALT_BYTES]>, SealError> {
+    let Some(record) = store.get(Tree::Sealed, SALT_KEY)? else {
+        return Ok(None);
+    };
+    match record.as_slice() {
+        [RECORD_VERSION, salt @ ..] if salt.len() == SALT_BYTES => {
+            let mut out = [0u8; SALT_BYTES];
+            out.copy_from_slice(salt);
+            Ok(Some(out))
+        }
+        _ => Err(SealError::Record {
+            record: "passphrase salt",
+            detail: format!("{} bytes, version {:?}", record.len(), record.first()),
+        }),
+    }
+}
+
+/// A fresh passphrase salt from the OS RNG, for a data directory's first
+/// passphrase KEK or for one it is moving to ([`NewKek::passphrase_salt`]).
+pub fn new_passphrase_salt() -> Result<[u8; SALT_BYTES], SealError> {
     let mut salt = [0u8; SALT_BYTES];
     rand_core::OsRng.try_fill_bytes(&mut salt).map_err(|e| KekError::Random { detail: e.to_string() })?;
-    let mut record = vec![RECORD_VERSION];
-    record.extend_from_slice(&salt);
-    store.write(vec![Op::Put { tree: Tree::Sealed, key: SALT_KEY.to_vec(), value: record }], Durability::Sync)?;
     Ok(salt)
+}
+
+/// `version ‖ salt`, the passphrase salt record.
+fn salt_record(salt: &[u8; SALT_BYTES]) -> Vec<u8> {
+    let mut record = vec![RECORD_VERSION];
+    record.extend_from_slice(salt);
+    record
 }
 
 #[cfg(test)]
@@ -431,7 +753,7 @@ mod tests {
 
     use super::*;
     use crate::kek::pkcs11::test_hsm;
-    use crate::kek::SoftKek;
+    use crate::kek::{Pkcs11Config, Pkcs11Kek, SoftKek};
     use crate::store::{MemoryStore, SledStore};
 
     /// A recognisable 134-byte secret, the size of a FROST Ed25519 key package.
@@ -756,5 +1078,316 @@ mod tests {
         let with_token = SealedStore::new(copied, kek);
         assert_eq!(with_token.check_kek("node 3").unwrap(), KekCheck::Verified);
         assert_eq!(with_token.get(&ctx()).unwrap().as_deref(), Some(&secret()), "the right token opens the copy");
+    }
+
+    /// A store that refuses every write while `fail` is set, counting the writes it was asked for.
+    #[derive(Clone, Default)]
+    struct FailingStore {
+        inner: MemoryStore,
+        fail: Arc<std::sync::atomic::AtomicBool>,
+        writes: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Store for FailingStore {
+        fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(tree, key)
+        }
+        fn scan(&self, tree: Tree, from: &[u8], to: Option<&[u8]>, limit: usize) -> Result<Vec<Pair>, StoreError> {
+            self.inner.scan(tree, from, to, limit)
+        }
+        fn first(&self, tree: Tree) -> Result<Option<Pair>, StoreError> {
+            self.inner.first(tree)
+        }
+        fn last(&self, tree: Tree) -> Result<Option<Pair>, StoreError> {
+            self.inner.last(tree)
+        }
+        fn write(&self, ops: Vec<Op>, durability: Durability) -> Result<(), StoreError> {
+            self.writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                let source = std::io::Error::other("the disk went away mid-write (test)");
+                return Err(StoreError::Io { action: "write", path: "memory".into(), source });
+            }
+            self.inner.write(ops, durability)
+        }
+    }
+
+    /// The secrets a node might hold: two key packages of two keys and a DKG secret in flight.
+    fn contexts() -> Vec<SealContext> {
+        vec![
+            ctx(),
+            SealContext { key_id: "payroll".into(), key_version: 1, generation: 0, ..ctx() },
+            SealContext { key_id: "audit".into(), purpose: Purpose::DkgSecret, ..ctx() },
+        ]
+    }
+
+    /// A distinct secret per context, so a blob moved between slots would be caught.
+    fn secret_of(ctx: &SealContext) -> Vec<u8> {
+        let mut bytes = secret();
+        bytes.extend_from_slice(ctx.key_id.as_bytes());
+        bytes
+    }
+
+    /// A data directory's sealed tree under `kek`: the KEK check of "node 3" and every secret of [`contexts`].
+    fn sealed_node(store: Arc<dyn Store>, kek: Arc<dyn Kek>) -> SealedStore {
+        let sealed = SealedStore::new(store, kek);
+        assert_eq!(sealed.check_kek("node 3").unwrap(), KekCheck::Created);
+        for ctx in contexts() {
+            sealed.put(&ctx, &secret_of(&ctx)).unwrap();
+        }
+        sealed
+    }
+
+    fn sealed_tree(store: &dyn Store) -> Vec<Pair> {
+        store.scan(Tree::Sealed, &[], None, usize::MAX).unwrap()
+    }
+
+    /// Asserts that `sealed`'s KEK opens the KEK check and every secret of [`contexts`].
+    fn assert_opens_all(sealed: &SealedStore) {
+        assert_eq!(sealed.check_kek("node 3").unwrap(), KekCheck::Verified);
+        for ctx in contexts() {
+            assert_eq!(sealed.get(&ctx).unwrap().as_deref(), Some(&secret_of(&ctx)), "{}", ctx.describe());
+        }
+    }
+
+    /// Asserts that `sealed`'s KEK opens neither the KEK check nor any secret.
+    fn assert_opens_none(sealed: &SealedStore) {
+        assert!(matches!(sealed.check_kek("node 3"), Err(SealError::WrongKek { .. })));
+        for ctx in contexts() {
+            assert!(matches!(sealed.get(&ctx), Err(SealError::Open { .. })), "{}", ctx.describe());
+        }
+    }
+
+    /// Opens the sled store at `path` again. sled's background flusher may hold the
+    /// file lock for a moment after the last handle is dropped, so `Locked` is retried for up to 5 s.
+    fn reopen(path: &Path) -> Arc<dyn Store> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match SledStore::open(path) {
+                Ok(store) => return Arc::new(store),
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => panic!("reopen the sled store: {e}"),
+            }
+        }
+    }
+
+    fn reseal(sealed: &SealedStore, new: &dyn Kek) -> Result<ResealReport, SealError> {
+        sealed.reseal_all("node 3", &NewKek { kek: new, passphrase_salt: None }, &mut |_| {})
+    }
+
+    #[test]
+    fn sealed_store_key_parses_back_to_its_context() {
+        // Proves that every context's store key parses back to that context, and that no other bytes parse.
+        for ctx in contexts().into_iter().chain([SealContext { cluster_id: String::new(), ..ctx() }]) {
+            assert_eq!(SealContext::from_store_key(&ctx.store_key()), Some(ctx));
+        }
+        let key = ctx().store_key();
+        for bad in [&[][..], &key[..key.len() - 1], &[key.as_slice(), &[0]].concat(), KEK_CHECK_KEY, SALT_KEY] {
+            assert_eq!(SealContext::from_store_key(bad), None, "{bad:?}");
+        }
+        let mut unknown_purpose = key.clone();
+        unknown_purpose[1] = 9;
+        assert_eq!(SealContext::from_store_key(&unknown_purpose), None);
+        let mut not_utf8 = key.clone();
+        not_utf8[4] = 0xFF;
+        assert_eq!(SealContext::from_store_key(&not_utf8), None);
+    }
+
+    #[test]
+    fn sealed_reseal_moves_every_secret_and_the_canary_to_the_new_kek() {
+        // Proves that after re-sealing, the new KEK opens every secret and the KEK check, the old KEK opens
+        // none of them, every blob changed, and progress ends with every secret counted.
+        let dir = tempfile::tempdir().unwrap();
+        let store = MemoryStore::new();
+        let old = sealed_node(Arc::new(store.clone()), file_kek(dir.path(), "old"));
+        let before = sealed_tree(&store);
+        let new_kek = file_kek(dir.path(), "new");
+        let mut reports = Vec::new();
+        let report = old
+            .reseal_all("node 3", &NewKek { kek: new_kek.as_ref(), passphrase_salt: None }, &mut |p| reports.push(p))
+            .unwrap();
+        assert_eq!(report, ResealReport { secrets: 3, salt: SaltChange::Unchanged });
+        assert_eq!(reports.last(), Some(&ResealProgress { done: 3, total: 3 }));
+        let after = sealed_tree(&store);
+        assert_eq!(after.len(), before.len(), "the same records, nothing added or dropped");
+        for ((key_before, blob_before), (key_after, blob_after)) in before.iter().zip(&after) {
+            assert_eq!(key_before, key_after);
+            assert_ne!(blob_before, blob_after, "every blob is sealed anew");
+        }
+        assert_opens_all(&SealedStore::new(Arc::new(store.clone()), new_kek));
+        assert_opens_none(&old);
+        store.crash();
+        assert_eq!(sealed_tree(&store), after, "the re-sealed records were synced");
+    }
+
+    #[test]
+    fn sealed_reseal_refuses_a_wrong_current_kek_the_same_key_or_nothing_to_move_and_writes_nothing() {
+        // Proves that a current KEK that does not open the KEK check, another label, a new KEK that is the
+        // current key (the same file read twice), and an empty data directory are each refused with nothing written.
+        let dir = tempfile::tempdir().unwrap();
+        let store = FailingStore::default();
+        sealed_node(Arc::new(store.clone()), file_kek(dir.path(), "old"));
+        let before = sealed_tree(&store);
+        let writes = store.writes.load(std::sync::atomic::Ordering::SeqCst);
+        let stranger = file_kek(dir.path(), "stranger");
+        let wrong = SealedStore::new(Arc::new(store.clone()), stranger.clone());
+        let error = reseal(&wrong, file_kek(dir.path(), "new").as_ref()).unwrap_err();
+        assert!(matches!(error, SealError::WrongKek { .. }), "{error}");
+
+        let old: Arc<dyn Kek> = Arc::new(SoftKek::from_file(&dir.path().join("old")).unwrap());
+        let current = SealedStore::new(Arc::new(store.clone()), old);
+        let again = SoftKek::from_file(&dir.path().join("old")).unwrap();
+        let error = reseal(&current, &again).unwrap_err();
+        assert!(matches!(error, SealError::SameKek { .. }), "{error}");
+        assert!(error.to_string().contains("they are the same key"), "{error}");
+        let error = current
+            .reseal_all("node 4", &NewKek { kek: stranger.as_ref(), passphrase_salt: None }, &mut |_| {})
+            .unwrap_err();
+        assert!(matches!(error, SealError::CheckLabel { .. }), "{error}");
+        assert_eq!(sealed_tree(&store), before);
+        assert_eq!(store.writes.load(std::sync::atomic::Ordering::SeqCst), writes, "no write was even tried");
+        assert_opens_all(&current);
+
+        let empty = SealedStore::new(Arc::new(MemoryStore::new()), file_kek(dir.path(), "fresh"));
+        let error = reseal(&empty, stranger.as_ref()).unwrap_err();
+        assert!(matches!(error, SealError::NothingSealed), "{error}");
+    }
+
+    #[test]
+    fn sealed_reseal_interrupted_write_leaves_the_old_kek_in_charge() {
+        // Proves that re-sealing stores everything in exactly one write, and that when that write fails
+        // the data directory is as it was: the old KEK opens everything and the new one nothing.
+        let dir = tempfile::tempdir().unwrap();
+        let store = FailingStore::default();
+        let old = sealed_node(Arc::new(store.clone()), file_kek(dir.path(), "old"));
+        let before = sealed_tree(&store);
+        let writes = store.writes.load(std::sync::atomic::Ordering::SeqCst);
+        store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        let new_kek = file_kek(dir.path(), "new");
+        let error = reseal(&old, new_kek.as_ref()).unwrap_err();
+        assert!(matches!(error, SealError::Store(StoreError::Io { .. })), "{error}");
+        assert_eq!(store.writes.load(std::sync::atomic::Ordering::SeqCst), writes + 1, "one write for everything");
+        store.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        store.inner.crash();
+        assert_eq!(sealed_tree(&store), before);
+        assert_opens_all(&old);
+        assert_opens_none(&SealedStore::new(Arc::new(store.clone()), new_kek.clone()));
+
+        reseal(&old, new_kek.as_ref()).unwrap();
+        assert_eq!(store.writes.load(std::sync::atomic::Ordering::SeqCst), writes + 2, "one write for everything");
+        assert_opens_all(&SealedStore::new(Arc::new(store), new_kek));
+    }
+
+    #[test]
+    fn sealed_reseal_refuses_a_secret_that_does_not_open_or_a_record_it_does_not_know() {
+        // Proves that one secret the current KEK cannot open, or an unknown record in the sealed tree, stops
+        // re-sealing before anything is written, naming the secret or the record.
+        let dir = tempfile::tempdir().unwrap();
+        let store = MemoryStore::new();
+        let old = sealed_node(Arc::new(store.clone()), file_kek(dir.path(), "old"));
+        let new_kek = file_kek(dir.path(), "new");
+        let victim = contexts()[1].clone();
+        let mut blob = store.get(Tree::Sealed, &victim.store_key()).unwrap().unwrap();
+        blob[20] ^= 1;
+        store
+            .write(vec![Op::Put { tree: Tree::Sealed, key: victim.store_key(), value: blob }], Durability::Sync)
+            .unwrap();
+        let before = sealed_tree(&store);
+        let error = reseal(&old, new_kek.as_ref()).unwrap_err();
+        assert!(matches!(error, SealError::Open { source: KekError::Unseal, .. }), "{error}");
+        assert!(error.to_string().contains("key \"payroll\" v1"), "{error}");
+        assert_eq!(sealed_tree(&store), before);
+
+        store.write(vec![Op::Remove { tree: Tree::Sealed, key: victim.store_key() }], Durability::Sync).unwrap();
+        let unknown = Op::Put { tree: Tree::Sealed, key: vec![2, 1, 2, 3], value: vec![0; 40] };
+        store.write(vec![unknown], Durability::Sync).unwrap();
+        let before = sealed_tree(&store);
+        let error = reseal(&old, new_kek.as_ref()).unwrap_err();
+        assert!(matches!(error, SealError::UnknownRecord { ref key } if key == "02010203"), "{error}");
+        assert_eq!(sealed_tree(&store), before);
+    }
+
+    #[test]
+    fn sealed_reseal_to_and_from_passphrases_moves_the_salt() {
+        // Proves that moving to a passphrase KEK stores its fresh salt in the same write, that a second
+        // passphrase replaces the salt (the old passphrase then opens nothing), that moving to a file KEK
+        // removes the salt, and that a salt that does not fit the new KEK's backend is refused.
+        let dir = tempfile::tempdir().unwrap();
+        let store = MemoryStore::new();
+        let file = sealed_node(Arc::new(store.clone()), file_kek(dir.path(), "old"));
+        assert_eq!(stored_passphrase_salt(&store).unwrap(), None);
+
+        let first_salt = new_passphrase_salt().unwrap();
+        let first: Arc<dyn Kek> = Arc::new(SoftKek::from_passphrase("first passphrase", &first_salt).unwrap());
+        let missing = file.reseal_all("node 3", &NewKek { kek: first.as_ref(), passphrase_salt: None }, &mut |_| {});
+        assert!(matches!(missing, Err(SealError::NewKekSalt { .. })), "{missing:?}");
+        let new = NewKek { kek: first.as_ref(), passphrase_salt: Some(first_salt) };
+        assert_eq!(file.reseal_all("node 3", &new, &mut |_| {}).unwrap().salt, SaltChange::Written);
+        assert_eq!(stored_passphrase_salt(&store).unwrap(), Some(first_salt));
+        let derived = SoftKek::from_passphrase("first passphrase", &passphrase_salt(&store).unwrap()).unwrap();
+        let first_store = SealedStore::new(Arc::new(store.clone()), Arc::new(derived));
+        assert_opens_all(&first_store);
+
+        let second_salt = new_passphrase_salt().unwrap();
+        let second: Arc<dyn Kek> = Arc::new(SoftKek::from_passphrase("second passphrase", &second_salt).unwrap());
+        let new = NewKek { kek: second.as_ref(), passphrase_salt: Some(second_salt) };
+        assert_eq!(first_store.reseal_all("node 3", &new, &mut |_| {}).unwrap().salt, SaltChange::Written);
+        assert_eq!(stored_passphrase_salt(&store).unwrap(), Some(second_salt));
+        assert_opens_none(&first_store);
+        let derived = SoftKek::from_passphrase("second passphrase", &passphrase_salt(&store).unwrap()).unwrap();
+        let second_store = SealedStore::new(Arc::new(store.clone()), Arc::new(derived));
+        assert_opens_all(&second_store);
+
+        let last = file_kek(dir.path(), "last");
+        let stray = second_store.reseal_all(
+            "node 3",
+            &NewKek { kek: last.as_ref(), passphrase_salt: Some(second_salt) },
+            &mut |_| {},
+        );
+        assert!(matches!(stray, Err(SealError::NewKekSalt { .. })), "{stray:?}");
+        assert_eq!(reseal(&second_store, last.as_ref()).unwrap().salt, SaltChange::Removed);
+        assert_eq!(stored_passphrase_salt(&store).unwrap(), None);
+        assert_opens_all(&SealedStore::new(Arc::new(store), last));
+    }
+
+    #[test]
+    fn sealed_reseal_moves_a_sled_data_dir_into_a_token_and_an_earlier_copy_needs_the_old_kek() {
+        // Proves re-sealing on sled with a real SoftHSM2 token: a file-KEK data directory moves to a token
+        // key and then to a second key on the same token; after each move only the newest key opens the
+        // reopened store, a copy taken before the first move opens only with the old file KEK (so destroying
+        // that KEK is what makes the copy unreadable), and re-sealing to the key already in use is refused.
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let file = file_kek(dir.path(), "old");
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&data).unwrap());
+        let sealed = sealed_node(store.clone(), file.clone());
+        drop((sealed, store));
+        let copy = dir.path().join("copy");
+        copy_dir(&data, &copy);
+
+        let (cfg, token) = test_hsm::kek("reseal-target");
+        let token: Arc<dyn Kek> = Arc::new(token);
+        let store = reopen(&data);
+        let report = reseal(&SealedStore::new(store.clone(), file.clone()), token.as_ref()).unwrap();
+        assert_eq!(report.secrets, 3);
+        let next_cfg = Pkcs11Config { key_label: "synod-kek-next".into(), ..cfg.clone() };
+        Pkcs11Kek::generate_key(&next_cfg).unwrap();
+        let next: Arc<dyn Kek> = Arc::new(Pkcs11Kek::open(&next_cfg).unwrap());
+        let on_token = SealedStore::new(store.clone(), token.clone());
+        let same = Pkcs11Kek::open(&cfg).unwrap();
+        assert!(matches!(reseal(&on_token, &same), Err(SealError::SameKek { .. })));
+        reseal(&on_token, next.as_ref()).unwrap();
+        drop((on_token, store));
+
+        let store = reopen(&data);
+        assert_opens_all(&SealedStore::new(store.clone(), next));
+        assert_opens_none(&SealedStore::new(store.clone(), token.clone()));
+        assert!(matches!(SealedStore::new(store, file.clone()).check_kek("node 3"), Err(SealError::WrongKek { .. })));
+        assert_eq!(files_containing(&data, &secret()[..16]), Vec::<std::path::PathBuf>::new());
+
+        let copied: Arc<dyn Store> = Arc::new(SledStore::open(&copy).unwrap());
+        assert_opens_none(&SealedStore::new(copied.clone(), token));
+        assert_opens_all(&SealedStore::new(copied, file));
     }
 }

@@ -13,10 +13,11 @@ use serde::{Deserialize, Serialize};
 use synod_proto::NodeId;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
+use zeroize::Zeroizing;
 
 use crate::config::{KekConfig, LogFormat, NodeConfig, TlsFiles};
 use crate::kek::pkcs11::{Pkcs11Config, Pkcs11Kek};
-use crate::kek::soft::SoftKek;
+use crate::kek::soft::{SoftKek, SALT_BYTES};
 use crate::kek::Kek;
 use crate::node::{Node, NodeHandler, NodeParts};
 use crate::pki::{PeerIdentity, TlsMaterial};
@@ -56,11 +57,23 @@ pub type PassphrasePrompt = fn() -> std::io::Result<zeroize::Zeroizing<String>>;
 /// passphrase, the token PIN), for [`hygiene::take_env_secrets`] before the
 /// runtime starts. Empty when the config does not load (`run` then says why).
 pub fn secret_env_names(config_path: &Path) -> Vec<String> {
-    match NodeConfig::load(config_path).map(|c| c.kek) {
-        Ok(KekConfig::Passphrase { env }) => vec![env],
-        Ok(KekConfig::Pkcs11 { pin_env, .. }) => vec![pin_env],
-        Ok(KekConfig::File { .. }) | Err(_) => Vec::new(),
+    NodeConfig::load(config_path).map(|c| kek_secret_env_names(&c.kek)).unwrap_or_default()
+}
+
+/// The environment variable that may hold the secret of a `[kek]` table: its
+/// passphrase or its token PIN. None for a key file.
+pub fn kek_secret_env_names(kek: &KekConfig) -> Vec<String> {
+    match kek {
+        KekConfig::Passphrase { env } => vec![env.clone()],
+        KekConfig::Pkcs11 { pin_env, .. } => vec![pin_env.clone()],
+        KekConfig::File { .. } => Vec::new(),
     }
+}
+
+/// The label of a node's KEK check ([`SealedStore::check_kek`]): the same at
+/// every start and in `synod kek rotate`.
+pub fn kek_check_label(node_id: NodeId) -> String {
+    format!("node {node_id}")
 }
 
 /// Runs a node until it is told to stop. `prompt` is used only for a
@@ -91,11 +104,16 @@ pub async fn run(config_path: &Path, prompt: PassphrasePrompt) -> anyhow::Result
     create_private_dir(&config.data_dir)?;
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir.join("store"))?);
     check_data_dir(&*store, &config, &tls.ca_fingerprint())?;
-    let kek = open_kek(&config, &store, prompt).await?;
+    let secret = kek_secret(&config.kek, prompt)?;
+    let salt = match config.kek {
+        KekConfig::Passphrase { .. } => Some(crate::sealed::passphrase_salt(store.as_ref())?),
+        KekConfig::File { .. } | KekConfig::Pkcs11 { .. } => None,
+    };
+    let kek = open_kek(&config.kek, secret, salt).await?;
     let sealed = Arc::new(SealedStore::new(store.clone(), kek.clone()));
     let check = {
         let sealed = sealed.clone();
-        let label = format!("node {}", config.node_id);
+        let label = kek_check_label(config.node_id);
         tokio::task::spawn_blocking(move || sealed.check_kek(&label)).await?
     };
     match check {
@@ -283,14 +301,64 @@ pub async fn ping(config_path: &Path, peer: NodeId, addr: &str) -> anyhow::Resul
     }
 }
 
-/// Opens the configured KEK backend. Never falls back to another backend.
-async fn open_kek(
-    config: &NodeConfig,
-    store: &Arc<dyn Store>,
-    prompt: PassphrasePrompt,
+/// The secret a `[kek]` table needs to open, read by [`kek_secret`]. No
+/// `Debug`: it would print the secret.
+pub enum KekSecret {
+    /// A key file needs none.
+    None,
+    /// The passphrase of a `passphrase` KEK.
+    Passphrase(Zeroizing<String>),
+    /// The user PIN of a `pkcs11` KEK's token.
+    Pin(Zeroizing<String>),
+}
+
+/// Reads the secret `kek` needs: a passphrase from `<env>_FILE`, the systemd
+/// credential, the variable or (on a terminal, when none is set) `prompt`; a
+/// PIN from `pin_file`, `<pin_env>_FILE`, the credential or the variable.
+pub fn kek_secret(kek: &KekConfig, prompt: PassphrasePrompt) -> anyhow::Result<KekSecret> {
+    match kek {
+        KekConfig::File { .. } => Ok(KekSecret::None),
+        KekConfig::Passphrase { env } => {
+            let passphrase = match hygiene::secret(env, "the KEK passphrase")? {
+                Some(p) if !p.is_empty() => p,
+                _ if std::io::IsTerminal::is_terminal(&std::io::stdin()) => prompt()?,
+                _ => bail!(
+                    "the KEK passphrase is missing: set {env}_FILE to a file of mode 0600 holding it, pass it as \
+                     the systemd credential {env}, set {env}, or run on a terminal to be prompted"
+                ),
+            };
+            Ok(KekSecret::Passphrase(passphrase))
+        }
+        KekConfig::Pkcs11 { pin_env, pin_file, .. } => {
+            let pin = match pin_file {
+                Some(path) => {
+                    let text = hygiene::read_secret_file(path, "the token PIN", "pin_file in the [kek] section")?;
+                    Zeroizing::new(text.trim().to_string())
+                }
+                None => hygiene::secret(pin_env, "the token PIN")?.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "the token PIN is missing: set pin_file in the [kek] section, {pin_env}_FILE, the systemd \
+                         credential {pin_env}, or {pin_env}"
+                    )
+                })?,
+            };
+            Ok(KekSecret::Pin(pin))
+        }
+    }
+}
+
+/// Opens the KEK a `[kek]` table names with the secret [`kek_secret`] read
+/// for it; a `passphrase` KEK also needs its Argon2id `salt` (the data
+/// directory's, from `sealed::passphrase_salt`, or a fresh one for a KEK that
+/// `synod kek rotate` moves to). Never falls back to another backend. Used by
+/// `synod node start` and `synod kek rotate`, so both open KEKs alike.
+pub async fn open_kek(
+    kek: &KekConfig,
+    secret: KekSecret,
+    salt: Option<[u8; SALT_BYTES]>,
 ) -> anyhow::Result<Arc<dyn Kek>> {
-    match &config.kek {
-        KekConfig::File { path } => {
+    match (kek, secret) {
+        (KekConfig::File { path }, KekSecret::None) => {
             if std::env::var_os("SYNOD_DEV").is_none() {
                 tracing::warn!(
                     path = %path.display(),
@@ -300,32 +368,12 @@ async fn open_kek(
             }
             Ok(Arc::new(SoftKek::from_file(path)?))
         }
-        KekConfig::Passphrase { env } => {
-            let passphrase = match hygiene::secret(env, "the KEK passphrase")? {
-                Some(p) if !p.is_empty() => p,
-                _ if std::io::IsTerminal::is_terminal(&std::io::stdin()) => prompt()?,
-                _ => bail!(
-                    "the KEK passphrase is missing: set {env}_FILE to a file of mode 0600 holding it, pass it as \
-                     the systemd credential {env}, set {env}, or run the node on a terminal to be prompted"
-                ),
-            };
-            let salt = crate::sealed::passphrase_salt(store.as_ref())?;
+        (KekConfig::Passphrase { .. }, KekSecret::Passphrase(passphrase)) => {
+            let salt = salt.context("a passphrase KEK needs its salt; report this as a Synod bug")?;
             let kek = tokio::task::spawn_blocking(move || SoftKek::from_passphrase(&passphrase, &salt)).await??;
             Ok(Arc::new(kek))
         }
-        KekConfig::Pkcs11 { module, token_label, key_label, pin_env, pin_file } => {
-            let pin = match pin_file {
-                Some(path) => {
-                    let text = hygiene::read_secret_file(path, "the token PIN", "pin_file in the [kek] section")?;
-                    zeroize::Zeroizing::new(text.trim().to_string())
-                }
-                None => hygiene::secret(pin_env, "the token PIN")?.ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "the token PIN is missing: set pin_file in the [kek] section, {pin_env}_FILE, the systemd \
-                         credential {pin_env}, or {pin_env}"
-                    )
-                })?,
-            };
+        (KekConfig::Pkcs11 { module, token_label, key_label, .. }, KekSecret::Pin(pin)) => {
             let cfg = Pkcs11Config {
                 module: module.clone(),
                 token_label: token_label.clone(),
@@ -335,7 +383,43 @@ async fn open_kek(
             let kek = tokio::task::spawn_blocking(move || Pkcs11Kek::open(&cfg)).await??;
             Ok(Arc::new(kek))
         }
+        _ => bail!("the KEK secret read does not fit the [kek] backend; report this as a Synod bug"),
     }
+}
+
+/// Reads the `[kek]` table of a TOML file (a whole node.toml or a file with
+/// only that table; other tables are ignored), in node.toml's format, with
+/// relative paths resolved against the file's directory as node.toml's are.
+/// `synod kek rotate --new-kek-config` reads the KEK to move to this way.
+pub fn load_kek_table(path: &Path) -> anyhow::Result<KekConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+    let kek = table.remove("kek").with_context(|| {
+        format!(
+            "{} has no [kek] table; write one as in node.toml (backend = \"file\", \"passphrase\" or \"pkcs11\")",
+            path.display()
+        )
+    })?;
+    let mut kek: KekConfig =
+        kek.try_into().map_err(|e| anyhow::anyhow!("the [kek] table of {} is not valid: {e}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    match &mut kek {
+        KekConfig::File { path } | KekConfig::Pkcs11 { pin_file: Some(path), .. } if path.is_relative() => {
+            *path = base.join(&*path);
+        }
+        _ => {}
+    }
+    Ok(kek)
+}
+
+/// A `[kek]` table as node.toml holds it, to print for the operator to paste.
+pub fn kek_table_toml(kek: &KekConfig) -> String {
+    #[derive(Serialize)]
+    struct Table<'a> {
+        kek: &'a KekConfig,
+    }
+    toml::to_string_pretty(&Table { kek }).expect("a [kek] table serialises")
 }
 
 /// What a node says when it cannot bind a configured address; `synod dev`

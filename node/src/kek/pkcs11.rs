@@ -483,6 +483,7 @@ pub(crate) mod test_hsm {
         "sealed-round-trip",
         "copy-origin",
         "copy-thief",
+        "reseal-target",
     ];
 
     struct Hsm {
