@@ -338,6 +338,13 @@ pub async fn status(args: &ClientArgs) -> anyhow::Result<()> {
     println!("core dumps   {}", if status.core_dumps_off { "off" } else { "POSSIBLE (not hardened)" });
     println!();
     // CLOCK: the member's clock minus the leader's, as the leader estimates it (leader only).
+    if !status.shares_missing.is_empty() {
+        println!(
+            "shares missing: this node holds no share of {} (its data directory lost them; the other \
+             participants still sign while enough of them hold theirs)",
+            status.shares_missing.iter().map(|n| shown(n).to_string()).collect::<Vec<_>>().join(", ")
+        );
+    }
     println!("NODE   VOTER    AUTHORIZED RAFT                   API                    MATCHED  CLOCK");
     for m in &status.members {
         println!(
@@ -374,6 +381,12 @@ pub async fn health(args: &ClientArgs) -> anyhow::Result<()> {
             health.term,
             health.leader_id.map_or("(none)".into(), |l| l.to_string())
         ),
+    }
+    if health.shares_missing > 0 && args.output.output == Output::Table {
+        eprintln!(
+            "warning: node {} holds no share of {} active keys it is a participant of (`synod status` names them)",
+            health.node_id, health.shares_missing
+        );
     }
     if code != 200 {
         bail!("node {} is not healthy (HTTP {code})", health.node_id);

@@ -140,6 +140,9 @@ fn print_key(client: &ClientArgs, key: &KeyInfo) -> anyhow::Result<()> {
                 let verb = if key.status == KeyStatus::Destroyed { "destroyed" } else { "destroy at" };
                 println!("{verb:<14} {when} (log time)");
             }
+            if !key.shares_missing.is_empty() {
+                println!("shares missing: nodes {:?} (their data directories lost them)", key.shares_missing);
+            }
             if key.status == KeyStatus::Destroyed {
                 println!("shares gone:   {:?} of {:?}", key.shares_destroyed, key.participants);
             }

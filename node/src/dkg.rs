@@ -471,6 +471,7 @@ mod tests {
             status_index: 0,
             destroy_at_ms: None,
             shares_destroyed: Vec::new(),
+            shares_missing: Vec::new(),
             activated_at_ms: None,
             policy: Default::default(),
             policy_version: 0,

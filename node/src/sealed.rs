@@ -422,6 +422,12 @@ impl SealedStore {
         Ok(Some(self.kek.unseal(&ctx.aad(), &blob).map_err(open)?))
     }
 
+    /// Whether a secret is stored for `ctx`, without unsealing it. Blocking.
+    pub fn contains(&self, ctx: &SealContext) -> Result<bool, SealError> {
+        ctx.validate()?;
+        Ok(self.store.get(Tree::Sealed, &ctx.store_key())?.is_some())
+    }
+
     /// Removes the secret of `ctx` durably (an old generation after a
     /// refresh); removing a missing secret is not an error. Blocking.
     pub fn remove(&self, ctx: &SealContext) -> Result<(), SealError> {

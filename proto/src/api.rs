@@ -28,6 +28,10 @@ pub struct Health {
     pub version: String,
     /// The KEK backend sealing this node's secrets: `file`, `passphrase` or `pkcs11`.
     pub kek_backend: String,
+    /// How many active keys this node is a participant of but holds no share
+    /// of (its disk was lost or wiped); `synod status` names them.
+    #[serde(default)]
+    pub shares_missing: u32,
 }
 
 /// One member as this node sees it.
@@ -108,6 +112,9 @@ pub struct Status {
     #[serde(default)]
     pub core_dumps_off: bool,
     /// This boot's random incarnation id.
+    /// Names of active keys this node is a participant of but holds no share of.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares_missing: Vec<String>,
     pub incarnation: String,
 }
 
@@ -294,6 +301,9 @@ pub struct KeyInfo {
     /// Participants that confirmed they deleted their shares of a destroyed key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shares_destroyed: Vec<NodeId>,
+    /// Participants that reported holding no share of this key (a lost disk).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares_missing: Vec<NodeId>,
 }
 
 /// `GET /v1/keys`.

@@ -267,6 +267,10 @@ pub enum Command {
     /// every sealed share of it. These track clean-up; the key is destroyed
     /// without them.
     KeySharesDestroyed { node_id: NodeId, key_id: String },
+    /// A participant reports that it holds no share of an active key it
+    /// confirmed (its disk was lost or wiped): audited, and shown with the
+    /// key until the share is back.
+    ShareMissing { node_id: NodeId, key_id: String },
     /// A new leader takes up signing for its term: committed before it
     /// coordinates anything, in an entry of the term it names. From then on
     /// only this node's signing outcomes are accepted in entries of that term
@@ -385,6 +389,7 @@ impl Command {
             Command::CancelKeyDestroy { .. } => "cancel_key_destroy",
             Command::KeyDestroyDue { .. } => "key_destroy_due",
             Command::KeySharesDestroyed { .. } => "key_shares_destroyed",
+            Command::ShareMissing { .. } => "share_missing",
             Command::Approve { .. } => "approve",
             Command::AddOperator { .. } => "add_operator",
             Command::RemoveOperator { .. } => "remove_operator",
@@ -426,6 +431,7 @@ impl Command {
             | Command::AuditCheckpoint { node_id }
             | Command::KeyDestroyDue { node_id, .. }
             | Command::KeySharesDestroyed { node_id, .. }
+            | Command::ShareMissing { node_id, .. }
             | Command::Endorse { node_id, .. } => Authority::Node(*node_id),
         }
     }
@@ -581,9 +587,9 @@ impl Command {
                 }
                 Ok(())
             }
-            Command::KeyDestroyDue { key_id, .. } | Command::KeySharesDestroyed { key_id, .. } => {
-                validate_id("key id", key_id)
-            }
+            Command::KeyDestroyDue { key_id, .. }
+            | Command::KeySharesDestroyed { key_id, .. }
+            | Command::ShareMissing { key_id, .. } => validate_id("key id", key_id),
             Command::AuditCheckpoint { .. } | Command::Coordinate { .. } => Ok(()),
             Command::Endorse { point, .. } => point.validate(),
             Command::SignFailed { request_id, reason, culprits, .. } => {

@@ -412,6 +412,7 @@ fn invariant_name(name: &str) -> &'static str {
         "state-time-ahead",
         "request-outlives-its-bound",
         "requester-over-quota",
+        "out-of-service-releases-nothing",
     ];
     NAMES.iter().find(|n| **n == name).copied().unwrap_or("unknown-invariant")
 }

@@ -9,18 +9,19 @@ use serde_json::Value;
 use synod_node::store::{SledStore, Store, Tree};
 use synod_tests::{fails, ok, wait_for, Cluster, Options};
 
-/// Three nodes whose genesis allows destruction after `wait_min`.
-fn cluster_with_destroy_wait(wait_min: &str) -> Cluster {
+/// Three nodes whose genesis allows destruction after `wait_min` (the default, 7 days, when `None`).
+fn cluster_with_destroy_wait(wait_min: Option<&str>) -> Cluster {
     let mut cluster = Cluster::prepare(Options::default());
     for id in 1..=3 {
         cluster.add_node_files(id);
     }
     cluster.start_new_nodes(&[1, 2, 3]);
     let mut args = cluster.init_args();
-    args.push(format!("--key-destroy-wait-min={wait_min}"));
+    args.extend(wait_min.map(|w| format!("--key-destroy-wait-min={w}")));
     let init = cluster.synod(1, &args.iter().map(String::as_str).collect::<Vec<_>>());
     ok(&init);
-    assert!(String::from_utf8_lossy(&init.stderr).contains("not production"), "a short minimum is flagged");
+    let warned = String::from_utf8_lossy(&init.stderr).contains("not production");
+    assert_eq!(warned, wait_min.is_some(), "a minimum below 7 days is flagged, the default is not");
     cluster.wait_leader();
     cluster
 }
@@ -31,7 +32,7 @@ fn key(cluster: &Cluster, name: &str) -> Value {
 
 #[test]
 fn lifecycle_disable_enable_and_destroy_leave_no_share_on_any_node() {
-    let mut cluster = cluster_with_destroy_wait("3s");
+    let mut cluster = cluster_with_destroy_wait(Some("3s"));
     let created = ok(&cluster.synod(1, &["key", "create", "life", "-t", "2", "--open-policy", "-o", "json"]));
     let key_id = serde_json::from_str::<Value>(&created).unwrap()["id"].as_str().unwrap().to_string();
     let pem = ok(&cluster.synod(1, &["key", "show", "life", "--format", "pem"]));
@@ -81,4 +82,31 @@ fn lifecycle_disable_enable_and_destroy_leave_no_share_on_any_node() {
         let left = sealed.iter().filter(|(k, _)| k.windows(key_id.len()).any(|w| w == key_id.as_bytes())).count();
         assert_eq!(left, 0, "node {id} still holds {left} sealed secrets of the destroyed key");
     }
+}
+
+#[test]
+fn lifecycle_wiped_node_reports_its_lost_share_and_the_others_still_sign() {
+    // A participant whose data directory is wiped comes back without its share: it says so in
+    // health and status, the log records it with the key, and the two others still sign.
+    let mut cluster = cluster_with_destroy_wait(None);
+    ok(&cluster.synod(1, &["key", "create", "kept", "-t", "2", "--open-policy"]));
+    cluster.sign(1, "kept", b"before", "w-before").expect("signs with every share");
+    cluster.kill(3);
+    std::fs::remove_dir_all(cluster.nodes[&3].dir.join("data")).unwrap();
+    cluster.start_node(3);
+    let status = wait_for("node 3 to report its lost share", Duration::from_secs(60), || {
+        let status = cluster.status(3)?;
+        (status["shares_missing"] == serde_json::json!(["kept"])).then_some(status)
+    });
+    assert_eq!(status["node_id"], 3);
+    let health: Value = serde_json::from_str(&ok(&cluster.synod(3, &["health", "-o", "json"]))).unwrap();
+    assert_eq!(health["shares_missing"], 1, "{health}");
+    let recorded = wait_for("the log to record the lost share", Duration::from_secs(30), || {
+        let k = key(&cluster, "kept");
+        (k["shares_missing"] == serde_json::json!([3])).then_some(k)
+    });
+    assert_eq!(recorded["status"], "active");
+    let table = ok(&cluster.synod(1, &["key", "show", "kept"]));
+    assert!(table.contains("shares missing: nodes [3]"), "{table}");
+    cluster.sign(1, "kept", b"after the wipe", "w-after").expect("the two others still sign");
 }

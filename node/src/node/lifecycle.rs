@@ -11,6 +11,13 @@ use std::sync::Arc;
 use synod_proto::Command;
 
 use super::Node;
+use crate::state::{KeyRecord, KeyStatus};
+
+/// Whether a participant of `key` should hold its share now: the key is
+/// generated and not destroyed.
+fn holds_a_share(key: &KeyRecord) -> bool {
+    matches!(key.status, KeyStatus::Active | KeyStatus::Disabled | KeyStatus::DestroyScheduled)
+}
 
 /// The least time between two rounds of lifecycle work.
 const LIFECYCLE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -27,8 +34,19 @@ impl Node {
         } else {
             Vec::new()
         };
-        let mine = self.shared.read().state.shares_to_destroy(self.id);
-        if due.is_empty() && mine.is_empty() {
+        let (mine, unchecked) = {
+            let applied = self.shared.read();
+            let checked = self.shares_checked.lock().expect("shares lock");
+            let unchecked: Vec<KeyRecord> = applied
+                .state
+                .keys
+                .values()
+                .filter(|k| holds_a_share(k) && k.participants.contains(&self.id) && !checked.contains(&k.id))
+                .cloned()
+                .collect();
+            (applied.state.shares_to_destroy(self.id), unchecked)
+        };
+        if due.is_empty() && mine.is_empty() && unchecked.is_empty() {
             return;
         }
         {
@@ -43,12 +61,17 @@ impl Node {
         if self.lifecycle_busy.swap(true, Ordering::AcqRel) {
             return;
         }
-        tracing::info!(?due, ?mine, "key lifecycle work: destructions due, own shares to delete");
+        tracing::debug!(?due, ?mine, unchecked = unchecked.len(), "key lifecycle work");
         let node = self.clone();
         tokio::spawn(async move {
             for key_id in due {
                 if let Err(e) = node.write_as_node(Command::KeyDestroyDue { node_id: node.id, key_id }).await {
                     tracing::info!(error = %e, "key destruction not yet marked; will retry");
+                }
+            }
+            for key in unchecked {
+                if let Err(e) = node.check_own_share(&key).await {
+                    tracing::warn!(key = %key.name, error = %e, "could not check or report this node's share; will retry");
                 }
             }
             for key_id in mine {
@@ -58,6 +81,49 @@ impl Node {
             }
             node.lifecycle_busy.store(false, Ordering::Release);
         });
+    }
+
+    /// Whether this node holds its sealed share of `key` (once per key per
+    /// boot, without unsealing it). A missing share is reported through the
+    /// log (audited, shown with the key) and in health and status.
+    async fn check_own_share(&self, key: &KeyRecord) -> Result<(), String> {
+        let cluster_id = self.shared.read().state.cluster_id.clone().ok_or("the cluster is not initialised")?;
+        let ctx = crate::signer::key_package_context(cluster_id, self.id, key);
+        let sealed = self.sealed.clone();
+        let present = crate::seams::run_blocking(move || sealed.contains(&ctx))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if !present {
+            if self.shares_missing.lock().expect("shares lock").insert(key.id.clone()) {
+                tracing::error!(
+                    key = %key.name,
+                    key_id = %key.id,
+                    "this node holds no share of a key it is a participant of (its data directory lost it); the \
+                     others still sign while enough of them hold theirs"
+                );
+            }
+            let reported =
+                self.shared.read().state.keys.get(&key.id).is_some_and(|k| k.shares_missing.contains(&self.id));
+            if !reported {
+                let report = Command::ShareMissing { node_id: self.id, key_id: key.id.clone() };
+                self.write_as_node(report).await.map_err(|e| e.to_string())?;
+            }
+        }
+        self.shares_checked.lock().expect("shares lock").insert(key.id.clone());
+        Ok(())
+    }
+
+    /// Names of the keys this node found its share of missing (this boot).
+    pub(super) fn missing_share_names(&self) -> Vec<String> {
+        let missing = self.shares_missing.lock().expect("shares lock").clone();
+        let applied = self.shared.read();
+        missing
+            .iter()
+            .filter_map(|id| applied.state.keys.get(id))
+            .filter(|k| holds_a_share(k))
+            .map(|k| k.name.clone())
+            .collect()
     }
 
     /// Deletes every sealed secret of the destroyed key `key_id` on this node,

@@ -90,6 +90,10 @@ pub struct Node {
     /// is still running (`lifecycle.rs`).
     lifecycle_last: std::sync::Mutex<Option<tokio::time::Instant>>,
     lifecycle_busy: std::sync::atomic::AtomicBool,
+    /// Keys whose share this node has looked for in its sealed store this
+    /// boot, and those it found missing (by key id).
+    shares_checked: std::sync::Mutex<BTreeSet<String>>,
+    shares_missing: std::sync::Mutex<BTreeSet<String>>,
     /// The newest log time this node has seen applied, and when (monotonic):
     /// the log's clock, which read signatures may also be judged by.
     log_clock: std::sync::Mutex<(u64, tokio::time::Instant)>,
@@ -185,6 +189,8 @@ impl Node {
             last_checkpoint_ms: std::sync::Mutex::new(0),
             lifecycle_last: std::sync::Mutex::new(None),
             lifecycle_busy: Default::default(),
+            shares_checked: Default::default(),
+            shares_missing: Default::default(),
             log_clock: std::sync::Mutex::new((0, tokio::time::Instant::now())),
             refusals: RefusalBudget::default(),
             signer,
@@ -268,6 +274,8 @@ impl Node {
 
     /// `GET /v1/sys/health` and its HTTP status code.
     pub fn health(&self) -> Health {
+        // Before the state lock below: it reads the state itself.
+        let shares_missing = self.missing_share_names().len() as u32;
         let m = self.raft.metrics().borrow().clone();
         let applied = self.shared.read();
         Health {
@@ -281,6 +289,7 @@ impl Node {
             cluster_id: applied.state.cluster_id.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             kek_backend: self.sealed.kek().backend().into(),
+            shares_missing,
         }
     }
 
@@ -288,6 +297,7 @@ impl Node {
     pub fn status(&self) -> Status {
         // Before the state lock below: the gate reads the state itself.
         let signing_paused = self.share_gate_refusal();
+        let shares_missing = self.missing_share_names();
         let hardening = crate::hygiene::hardening();
         let m = self.raft.metrics().borrow().clone();
         let applied = self.shared.read();
@@ -341,6 +351,7 @@ impl Node {
             },
             core_dumps_off: hardening.is_some_and(|h| h.not_dumpable.is_ok() && h.core_limit_zero.is_ok()),
             incarnation: self.incarnation.clone(),
+            shares_missing,
         }
     }
 

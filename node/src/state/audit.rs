@@ -150,7 +150,8 @@ impl ClusterState {
             | Command::KeyConfirm { key_id, .. }
             | Command::KeyAbort { key_id, .. }
             | Command::KeyDestroyDue { key_id, .. }
-            | Command::KeySharesDestroyed { key_id, .. } => Some(key_id.clone()),
+            | Command::KeySharesDestroyed { key_id, .. }
+            | Command::ShareMissing { key_id, .. } => Some(key_id.clone()),
             // A created key's id is its command id (present only if it was created).
             Command::CreateKey { .. } | Command::ImportKey { .. } => {
                 self.keys.contains_key(&envelope.command_id).then(|| envelope.command_id.clone())

@@ -851,3 +851,16 @@ fn state_lifecycle_commands_need_rules_five() {
     dkg(&mut world, "k");
     refused(&world.by_admin(disable("k")), "needs rules version 5");
 }
+
+#[test]
+fn state_lost_share_is_recorded_once_per_participant_and_only_for_participants() {
+    let mut world = World::new();
+    dkg(&mut world, "k");
+    let key_id = world.key_id("k");
+    let report = |node| Command::ShareMissing { node_id: node, key_id: key_id.clone() };
+    assert!(world.by_node(3, report(3)).is_applied());
+    assert!(world.by_node(3, report(3)).is_applied(), "a second report says it is still missing");
+    assert_eq!(world.state.keys[&key_id].shares_missing, vec![3]);
+    // A node can report only its own share (the envelope is checked against the certificate).
+    refused(&world.by_node(2, report(3)), "certificate");
+}

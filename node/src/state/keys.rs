@@ -117,6 +117,9 @@ pub struct KeyRecord {
     /// Participants that confirmed they deleted every share of the destroyed key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shares_destroyed: Vec<NodeId>,
+    /// Participants that reported holding no share of the key (a lost disk).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares_missing: Vec<NodeId>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -154,6 +157,7 @@ impl KeyRecord {
             policy_unset: self.policy_unset,
             destroy_at_ms: self.destroy_at_ms,
             shares_destroyed: self.shares_destroyed.clone(),
+            shares_missing: self.shares_missing.clone(),
         }
     }
 
@@ -259,6 +263,7 @@ impl ClusterState {
             status_index: 0,
             destroy_at_ms: None,
             shares_destroyed: Vec::new(),
+            shares_missing: Vec::new(),
         })
     }
 

@@ -99,10 +99,12 @@ impl ClusterState {
         match key.status {
             KeyStatus::Disabled => {}
             KeyStatus::Active => return Ok(format!("key {name} is already active")),
-            KeyStatus::DestroyScheduled => return Err(format!(
+            KeyStatus::DestroyScheduled => {
+                return Err(format!(
                 "key {name} is scheduled for destruction; cancel that first with `synod key destroy {name} --cancel`"
             )
-            .into()),
+                .into())
+            }
             ref other => {
                 return Err(format!("key {name} is {}; only a disabled key can be enabled", word(other)).into())
             }
@@ -198,6 +200,24 @@ impl ClusterState {
         ))
     }
 
+    pub(super) fn share_missing(&mut self, key_id: &str, node: NodeId) -> Result<String, Refusal> {
+        let key = self.keys.get_mut(key_id).ok_or(format!("no key with id {key_id}"))?;
+        if !key.is_participant(node) {
+            return Err(format!("node {node} is not a participant of key {}", key.name).into());
+        }
+        if key.shares_missing.contains(&node) {
+            return Ok(format!("node {node} still holds no share of key {}", key.name));
+        }
+        key.shares_missing.push(node);
+        key.shares_missing.sort_unstable();
+        let (have, t) = (key.participants.len() - key.shares_missing.len(), key.threshold);
+        Ok(format!(
+            "node {node} holds no share of key {} (its disk lost it); {have} participants still hold shares and {t} \
+             are needed to sign",
+            key.name
+        ))
+    }
+
     /// Keys whose destruction deadline has passed by `now_ms` and which the
     /// log has not yet marked destroyed: what a leader writes
     /// [`synod_proto::Command::KeyDestroyDue`] for.
@@ -230,7 +250,7 @@ fn word(status: &KeyStatus) -> String {
 pub fn duration_words(ms: u64) -> String {
     const UNITS: [(u64, &str); 4] = [(86_400_000, "day"), (3_600_000, "hour"), (60_000, "minute"), (1_000, "second")];
     for (unit, name) in UNITS {
-        if ms >= unit && ms % unit == 0 {
+        if ms >= unit && ms.is_multiple_of(unit) {
             let n = ms / unit;
             return format!("{n} {name}{}", if n == 1 { "" } else { "s" });
         }

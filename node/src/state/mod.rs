@@ -570,6 +570,7 @@ impl ClusterState {
             Command::CancelKeyDestroy { key } => self.cancel_key_destroy(index, key),
             Command::KeyDestroyDue { key_id, .. } => self.key_destroy_due(index, key_id),
             Command::KeySharesDestroyed { key_id, node_id } => self.key_shares_destroyed(key_id, *node_id),
+            Command::ShareMissing { key_id, node_id } => self.share_missing(key_id, *node_id),
             Command::Endorse { .. } => Err("an endorsement is applied as its node signed it, never carried".into()),
             Command::Coordinate { node_id, term } => {
                 if self.coordinators.insert(*term, *node_id).is_some() {

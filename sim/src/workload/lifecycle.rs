@@ -22,6 +22,7 @@ use synod_proto::{Command, Outcome};
 
 use super::keys::create_key;
 use super::{call_node, key_info, sign_call, Approval, ClientCtx, Phase, SentRequest, Submission, CALL_TIMEOUT};
+use crate::cluster::EPOCH_MS;
 
 /// The key the lifecycle client creates, takes out of service and destroys.
 pub const LIFE_KEY: &str = "sim-life";
@@ -70,11 +71,32 @@ pub async fn lifecycle_client(ctx: ClientCtx) -> turmoil::Result {
                 ctx.event(format!("life: key {LIFE_KEY} ({}) destroyed and its shares deleted on n{target}", ack.id));
                 break;
             }
+            if let Some(late) = due_after_the_run(&ctx, info.destroy_at_ms) {
+                ctx.event(format!(
+                    "life: key {LIFE_KEY}'s destruction is due {late} ms after the heal by true time (the log's \
+                     time ran ahead within its bound when it was scheduled); not followed further"
+                ));
+                break;
+            }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     ctx.history.borrow_mut().clients_done += 1;
     Ok(())
+}
+
+/// How long after the heal a destruction may fall due by true time and still
+/// be followed to its end (the driver's liveness bound is longer by the time
+/// the deletions take).
+const DUE_AFTER_HEAL_FOLLOWED_MS: u64 = 15_000;
+
+/// When the log's time ran ahead (within the bound a time leader and jumped
+/// clocks allow) as the destruction was scheduled, its deadline by true time
+/// may fall after the run: then how long after the heal, once healed.
+fn due_after_the_run(ctx: &ClientCtx, destroy_at_ms: Option<u64>) -> Option<u64> {
+    let Phase::Healed { at_ms } = ctx.history.borrow().phase else { return None };
+    let due = destroy_at_ms?.checked_sub(EPOCH_MS)?;
+    (due > at_ms + DUE_AFTER_HEAL_FOLLOWED_MS).then(|| due - at_ms)
 }
 
 /// One lifecycle command, submitted until the cluster applies it (or says
@@ -89,8 +111,13 @@ async fn admin_step(ctx: &ClientCtx, rng: &mut ChaCha8Rng, command: Command) {
                 ctx.event(format!("life: {kind}: {detail}"));
                 return;
             }
-            // An earlier attempt applied without an answer.
-            Some(Outcome::Rejected { reason, .. }) if reason.contains("already scheduled") => return,
+            // An earlier attempt applied without an answer (and the deadline may have passed since).
+            Some(Outcome::Rejected { reason, .. })
+                if reason.contains("already scheduled") || reason.contains("is destroyed") =>
+            {
+                ctx.event(format!("life: {kind}: an earlier attempt applied ({reason})"));
+                return;
+            }
             other => {
                 ctx.event(format!("life: {kind} not applied yet: {other:?}"));
                 tokio::time::sleep(Duration::from_millis(100)).await;
