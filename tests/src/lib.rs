@@ -454,3 +454,28 @@ impl Drop for Cluster {
         self.teardown();
     }
 }
+
+/// Where Debian's softhsm2 package puts its PKCS#11 module.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// A SoftHSM2 configuration under `dir` with one token `label`: the
+/// configuration file's path and the user PIN.
+pub fn softhsm_token(dir: &Path, label: &str) -> (String, String) {
+    assert!(
+        Path::new(SOFTHSM_MODULE).exists(),
+        "SoftHSM2 is required for this test: apt-get install softhsm2 (scripts/test installs it)"
+    );
+    let conf_dir = dir.join("softhsm");
+    let tokens = conf_dir.join("tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    let conf = conf_dir.join("softhsm2.conf");
+    let text = format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", tokens.display());
+    std::fs::write(&conf, text).unwrap();
+    let out = Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", label, "--so-pin", "12345678", "--pin", "4321"])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (conf.display().to_string(), "4321".to_string())
+}

@@ -9,9 +9,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
-use synod_tests::{fails, node_start_fails, ok, run_synod, wait_for, Cluster};
-
-const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+use synod_tests::{fails, node_start_fails, ok, run_synod, softhsm_token, wait_for, Cluster, SOFTHSM_MODULE};
 
 /// Creates a key that every node of the three must sign with (3 of 3), so a
 /// signature proves that the rotated node's share still opens.
@@ -114,27 +112,6 @@ fn kek_rotate_to_a_new_file_keeps_signing_and_refuses_the_old_kek_and_old_copies
     std::fs::write(&copy_config, text.replace("path = \"kek-new.bin\"", &format!("path = {new_kek:?}"))).unwrap();
     let err = node_start_fails(&copy_config, &[]);
     assert!(err.contains("does not open"), "{err}");
-}
-
-/// A SoftHSM2 configuration under `dir` with one token `label` (user PIN 4321).
-fn softhsm_token(dir: &Path, label: &str) -> (String, String) {
-    assert!(
-        Path::new(SOFTHSM_MODULE).exists(),
-        "SoftHSM2 is required for this test: apt-get install softhsm2 (scripts/test installs it)"
-    );
-    let conf_dir = dir.join("softhsm");
-    std::fs::create_dir_all(conf_dir.join("tokens")).unwrap();
-    let conf = conf_dir.join("softhsm2.conf");
-    let tokens = conf_dir.join("tokens");
-    let text = format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", tokens.display());
-    std::fs::write(&conf, text).unwrap();
-    let out = Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", label, "--so-pin", "12345678", "--pin", "4321"])
-        .env("SOFTHSM2_CONF", &conf)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    (conf.display().to_string(), "4321".to_string())
 }
 
 fn pkcs11_table(token: &str, key: &str) -> String {

@@ -5,9 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use synod_tests::{fails, node_start_fails, ok, run_synod, Cluster, Options};
-
-const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+use synod_tests::{fails, node_start_fails, ok, run_synod, softhsm_token, Cluster, Options, SOFTHSM_MODULE};
 
 fn kek_backend(cluster: &Cluster, id: u64) -> String {
     let out = ok(&cluster.synod(id, &["health", "-o", "json"]));
@@ -45,31 +43,6 @@ fn kek_file_readable_by_others_is_refused() {
     std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o644)).unwrap();
     let err = node_start_fails(&node.config, &[]);
     assert!(err.contains("chmod 600") || err.contains("600"), "{err}");
-}
-
-fn softhsm_token(dir: &Path, label: &str) -> (String, String) {
-    assert!(
-        Path::new(SOFTHSM_MODULE).exists(),
-        "SoftHSM2 is required for this test: apt-get install softhsm2 (scripts/test installs it)"
-    );
-    let conf_dir = dir.join("softhsm");
-    std::fs::create_dir_all(conf_dir.join("tokens")).unwrap();
-    let conf = conf_dir.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            conf_dir.join("tokens").display()
-        ),
-    )
-    .unwrap();
-    let status = Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", label, "--so-pin", "12345678", "--pin", "4321"])
-        .env("SOFTHSM2_CONF", &conf)
-        .output()
-        .unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-    (conf.display().to_string(), "4321".to_string())
 }
 
 #[test]

@@ -213,16 +213,9 @@ impl ClusterState {
         key.policy_unset = false;
         let version = key.policy_version;
         // Requests approved under the old policy must be approved again.
-        let stale: Vec<String> = self
-            .pending_requests
-            .iter()
-            .filter(|id| self.requests.get(*id).is_some_and(|r| r.key_id == key_id))
-            .cloned()
-            .collect();
-        for id in &stale {
-            self.fail_request(id, format!("the key's policy changed (now version {version}); request again"), &[]);
-        }
-        Ok(format!("policy of key {key_name} is now version {version}; {} pending requests failed", stale.len()))
+        let reason = format!("the key's policy changed (now version {version}); request again");
+        let failed = self.fail_requests_of_key(&key_id, &reason);
+        Ok(format!("policy of key {key_name} is now version {version}; {failed} pending requests failed"))
     }
 
     /// The statement approvers of `request` sign.

@@ -61,21 +61,12 @@ impl ClusterState {
         self.keys.get_mut(&id).ok_or_else(|| format!("no key named {name:?}").into())
     }
 
-    /// Fails every pending request of `key_id`, saying why.
-    fn fail_requests_of_key(&mut self, key_id: &str, reason: &str) -> usize {
+    /// Fails every pending request of a key taken out of service, saying why.
+    fn fail_requests_out_of_service(&mut self, key_id: &str, reason: &str) -> usize {
         if crate::faults::enabled(crate::faults::SKIP_KEY_STATUS) {
             return 0;
         }
-        let theirs: Vec<String> = self
-            .pending_requests
-            .iter()
-            .filter(|id| self.requests.get(*id).is_some_and(|r| r.key_id == key_id))
-            .cloned()
-            .collect();
-        for id in &theirs {
-            self.fail_request(id, reason.to_string(), &[]);
-        }
-        theirs.len()
+        self.fail_requests_of_key(key_id, reason)
     }
 
     pub(super) fn disable_key(&mut self, index: u64, name: &str) -> Result<String, Refusal> {
@@ -90,7 +81,7 @@ impl ClusterState {
         key.status = KeyStatus::Disabled;
         key.status_index = index;
         let id = key.id.clone();
-        let failed = self.fail_requests_of_key(&id, &format!("its key {name} was disabled by an admin"));
+        let failed = self.fail_requests_out_of_service(&id, &format!("its key {name} was disabled by an admin"));
         Ok(format!("key {name} disabled; {failed} pending requests failed"))
     }
 
@@ -144,7 +135,7 @@ impl ClusterState {
         key.status_index = index;
         key.destroy_at_ms = Some(at);
         let id = key.id.clone();
-        let failed = self.fail_requests_of_key(&id, &format!("its key {name} is scheduled for destruction"));
+        let failed = self.fail_requests_out_of_service(&id, &format!("its key {name} is scheduled for destruction"));
         Ok(format!(
             "key {name} scheduled for destruction at {at} ms (in {}); it signs nothing from now on; {failed} pending \
              requests failed",

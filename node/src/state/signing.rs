@@ -474,6 +474,20 @@ impl ClusterState {
         self.pending_requests.remove(request_id);
     }
 
+    /// Fails every pending request of `key_id`, saying why; returns how many.
+    pub(super) fn fail_requests_of_key(&mut self, key_id: &str, reason: &str) -> usize {
+        let theirs: Vec<String> = self
+            .pending_requests
+            .iter()
+            .filter(|id| self.requests.get(*id).is_some_and(|r| r.key_id == key_id))
+            .cloned()
+            .collect();
+        for id in &theirs {
+            self.fail_request(id, reason.to_string(), &[]);
+        }
+        theirs.len()
+    }
+
     /// Fails pending requests whose expiry (entry time) has passed, and
     /// (rules 4 and later) those whose key's policy has expired.
     pub(super) fn expire_requests(&mut self) {
