@@ -80,7 +80,9 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
             super::authz::submit(&client, "/v1/commands", Command::CancelKeyDestroy { key: name }).await.map(drop)
         }
         KeyCmd::Destroy { name, after, client, .. } => {
-            let wait_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+            let wait_ms = after.map_or(synod_proto::command::KEY_DESTROY_WAIT_DEFAULT_MS, |after| {
+                u64::try_from(after.as_millis()).unwrap_or(u64::MAX)
+            });
             let command = Command::ScheduleKeyDestroy { key: name.clone(), wait_ms };
             super::authz::submit(&client, "/v1/commands", command).await?;
             if client.output.output == Output::Table {

@@ -391,7 +391,8 @@ pub enum KeyCmd {
     /// Show a key (by name or id); with --format, print only its public key in that format.
     Show {
         name: String,
-        /// Public key format: hex, pem (SPKI, RFC 8410), jwk (RFC 8037) or openssh.
+        /// Public key format: hex, pem (SPKI, RFC 8410), jwk (RFC 8037), openssh, or jwks (a JWK Set,
+        /// RFC 7517, with RFC 7638 thumbprints as kid, for EdDSA JWT and webhook verifiers).
         #[arg(long)]
         format: Option<synod_proto::keyfmt::PublicKeyFormat>,
         #[command(flatten)]
@@ -416,10 +417,11 @@ pub enum KeyCmd {
     /// requests and audit records stay, and the name is never used again.
     Destroy {
         name: String,
-        /// The waiting period, e.g. 30d, 7d 12h (at least the minimum fixed at the cluster's
-        /// genesis, 7 days unless `cluster init --key-destroy-wait-min` chose another; at most 365d).
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "30d", conflicts_with = "cancel")]
-        after: std::time::Duration,
+        /// The waiting period, e.g. 30d, 7d 12h; 30 days when omitted (at least the minimum fixed
+        /// at the cluster's genesis, 7 days unless `cluster init --key-destroy-wait-min` chose
+        /// another; at most 365d).
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "cancel")]
+        after: Option<std::time::Duration>,
         /// Cancel the scheduled destruction instead.
         #[arg(long)]
         cancel: bool,

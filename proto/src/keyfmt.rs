@@ -63,12 +63,20 @@ pub enum PublicKeyFormat {
     Jwk,
     /// An OpenSSH `authorized_keys` line starting `ssh-ed25519`.
     Openssh,
+    /// An RFC 7517 JWK Set of the key's public keys, each with its RFC 7638
+    /// thumbprint as `kid` (what a verifier of EdDSA JWTs or webhooks fetches).
+    Jwks,
 }
 
 impl PublicKeyFormat {
     /// Every public key format, in the order the CLI lists them.
-    pub const ALL: [PublicKeyFormat; 4] =
-        [PublicKeyFormat::Hex, PublicKeyFormat::Pem, PublicKeyFormat::Jwk, PublicKeyFormat::Openssh];
+    pub const ALL: [PublicKeyFormat; 5] = [
+        PublicKeyFormat::Hex,
+        PublicKeyFormat::Pem,
+        PublicKeyFormat::Jwk,
+        PublicKeyFormat::Openssh,
+        PublicKeyFormat::Jwks,
+    ];
 
     /// Returns the lowercase name that [`FromStr`] and serde accept for this format.
     pub fn as_str(self) -> &'static str {
@@ -77,6 +85,7 @@ impl PublicKeyFormat {
             PublicKeyFormat::Pem => "pem",
             PublicKeyFormat::Jwk => "jwk",
             PublicKeyFormat::Openssh => "openssh",
+            PublicKeyFormat::Jwks => "jwks",
         }
     }
 }
@@ -91,7 +100,7 @@ impl fmt::Display for PublicKeyFormat {
 impl FromStr for PublicKeyFormat {
     type Err = FormatError;
 
-    /// Parses `hex`, `pem`, `jwk` or `openssh`, ignoring ASCII case and surrounding whitespace.
+    /// Parses `hex`, `pem`, `jwk`, `openssh` or `jwks`, ignoring ASCII case and surrounding whitespace.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let wanted = s.trim();
         PublicKeyFormat::ALL
@@ -153,7 +162,7 @@ impl FromStr for SignatureFormat {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
     /// The public key format name is not one of the supported names.
-    #[error("unknown public key format \"{0}\"; choose one of: hex, pem, jwk, openssh")]
+    #[error("unknown public key format \"{0}\"; choose one of: hex, pem, jwk, openssh, jwks")]
     UnknownPublicKeyFormat(String),
     /// The signature format name is not one of the supported names.
     #[error("unknown signature format \"{0}\"; choose one of: raw, hex, base64")]
@@ -236,6 +245,20 @@ pub fn public_key_jwk(key: &[u8; 32], kid: Option<&str>) -> serde_json::Value {
     serde_json::Value::Object(jwk)
 }
 
+/// The RFC 7638 thumbprint of the key's JWK: SHA-256 over the required members
+/// in lexicographic order without whitespace, base64url without padding.
+pub fn jwk_thumbprint(key: &[u8; 32]) -> String {
+    use sha2::Digest;
+    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, URL_SAFE_NO_PAD.encode(key));
+    URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(canonical.as_bytes()))
+}
+
+/// An RFC 7517 JWK Set of `keys`, each with its [`jwk_thumbprint`] as `kid`.
+pub fn public_keys_jwks(keys: &[[u8; 32]]) -> serde_json::Value {
+    let keys: Vec<serde_json::Value> = keys.iter().map(|k| public_key_jwk(k, Some(&jwk_thumbprint(k)))).collect();
+    serde_json::json!({ "keys": keys })
+}
+
 /// Returns the public key as one OpenSSH `authorized_keys` line without a trailing newline.
 ///
 /// The line is `ssh-ed25519 <base64 blob> <comment>`; the comment is left out when it is empty.
@@ -256,6 +279,7 @@ pub fn format_public_key(key: &[u8; 32], format: PublicKeyFormat, name: &str) ->
         // The alternate Display of a JSON value is its pretty-printed form and cannot fail.
         PublicKeyFormat::Jwk => format!("{:#}", public_key_jwk(key, Some(name))),
         PublicKeyFormat::Openssh => public_key_openssh(key, name),
+        PublicKeyFormat::Jwks => format!("{:#}", public_keys_jwks(&[*key])),
     }
 }
 
@@ -367,7 +391,15 @@ fn parse_pem(text: &str) -> Result<[u8; 32], FormatError> {
 fn parse_jwk(text: &str) -> Result<[u8; 32], FormatError> {
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|err| FormatError::Jwk(format!("it is not valid JSON ({err})")))?;
-    let object = value.as_object().ok_or_else(|| FormatError::Jwk("it is not a JSON object".into()))?;
+    let mut object = value.as_object().ok_or_else(|| FormatError::Jwk("it is not a JSON object".into()))?;
+    // A JWK Set with exactly one key reads as that key.
+    if let Some(set) = object.get("keys") {
+        let keys = set.as_array().ok_or_else(|| FormatError::Jwk("\"keys\" is not an array".into()))?;
+        let [only] = keys.as_slice() else {
+            return Err(FormatError::Jwk(format!("the JWK Set holds {} keys; give one JWK", keys.len())));
+        };
+        object = only.as_object().ok_or_else(|| FormatError::Jwk("the JWK Set's key is not an object".into()))?;
+    }
     let member = |name: &str| -> Result<&str, FormatError> {
         match object.get(name) {
             Some(serde_json::Value::String(value)) => Ok(value),
@@ -721,5 +753,18 @@ mod tests {
             carry = sum >> 8;
         }
         assert_eq!(verify(&key, message, &malleated), Err(FormatError::BadSignature));
+    }
+
+    #[test]
+    fn keyfmt_jwks_kid_is_the_rfc_7638_thumbprint_of_the_rfc_8037_example() {
+        // RFC 8037 appendix A.2/A.3: the example Ed25519 key's JWK thumbprint.
+        let x = URL_SAFE_NO_PAD.decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo").unwrap();
+        let key: [u8; 32] = x.try_into().unwrap();
+        assert_eq!(jwk_thumbprint(&key), "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
+        let set = public_keys_jwks(&[key]);
+        assert_eq!(set["keys"][0]["kid"], "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
+        assert_eq!(set["keys"][0]["x"], "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo");
+        assert_eq!(set["keys"][0]["alg"], "EdDSA");
+        assert_eq!("JWKS".parse::<PublicKeyFormat>().unwrap(), PublicKeyFormat::Jwks);
     }
 }
