@@ -28,7 +28,9 @@ impl Node {
     pub(super) fn tend_key_lifecycle(self: &Arc<Self>, leader: bool) {
         // The leader judges a deadline by the time it would stamp on the entry
         // (a majority of clocks), not its own clock, which may be far off.
-        let due = if leader {
+        let scheduled =
+            leader && self.shared.read().state.keys.values().any(|k| k.status == KeyStatus::DestroyScheduled);
+        let due = if scheduled {
             let stamp = self.stamp_time_ms();
             self.shared.read().state.keys_due_for_destruction(stamp)
         } else {

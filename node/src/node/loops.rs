@@ -88,17 +88,33 @@ const LOG_BEHIND_PAUSE_TIMEOUTS: u64 = 8;
 /// - a candidate whose vote a peer refused holding a longer log cannot win
 ///   while that peer can, and standing first every term it would take the
 ///   votes that peer needs (openraft 0.9 has no pre-vote): it stays out for
-///   [`LOG_BEHIND_PAUSE_TIMEOUTS`] so the peer stands first. A peer whose entries
+///   [`LOG_BEHIND_PAUSE_TIMEOUTS`] so the peer stands first (or until any node
+///   leads a newer term: then the pause has served). A peer whose entries
 ///   this node refused as stamped too far ahead does not count: its log is
 ///   longer only by those entries.
 pub(super) async fn break_election_ties(node: std::sync::Weak<Node>, tuning: RaftTuning) {
     let mut streak_start: Option<u64> = None;
     let mut paused_until: Option<tokio::time::Instant> = None;
+    // The term in which the current pause began.
+    let mut paused_in_term = 0;
     let recent = std::time::Duration::from_millis(tuning.election_timeout_max_ms);
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(tuning.heartbeat_ms)).await;
         let Some(node) = node.upgrade() else { return };
         let now = tokio::time::Instant::now();
+        // A pause lets a peer ahead win; once any node has led a newer term, it
+        // has served, and a leader that then fails (one whose entries a
+        // majority refuses as stamped ahead, say) must not find the others
+        // still out of elections (chaos seed 104: 9 s without a leader).
+        if paused_until.is_some() {
+            let (leader, term) = {
+                let m = node.raft.metrics().borrow().clone();
+                (m.current_leader, m.current_term)
+            };
+            if leader.is_some() && term > paused_in_term {
+                paused_until = None;
+            }
+        }
         // The one place that switches this node's elections: off while it catches up
         // after an empty disk, while a majority refuses its stamped time, or while it
         // pauses to break a tie.
@@ -142,6 +158,7 @@ pub(super) async fn break_election_ties(node: std::sync::Weak<Node>, tuning: Raf
         streak_start = None;
         node.raft.runtime_config().elect(false);
         paused_until = Some(now + std::time::Duration::from_millis(pause_ms));
+        paused_in_term = m.current_term;
     }
 }
 
