@@ -205,7 +205,7 @@ pub async fn request(cmd: RequestCmd) -> anyhow::Result<()> {
             let info = get_request(&ApiClient::new(&client)?, &id, wait_secs * 1000).await?;
             print_request(&client, &info)
         }
-        RequestCmd::Sign { key, input, request_id, purpose, environment, attrs, client } => {
+        RequestCmd::Sign { key, input, request_id, purpose, environment, attrs, key_version, client } => {
             let mut client = client;
             if client.ttl_secs == super::TTL_SECS_DEFAULT {
                 client.ttl_secs = REQUEST_TTL_SECS_DEFAULT;
@@ -221,6 +221,7 @@ pub async fn request(cmd: RequestCmd) -> anyhow::Result<()> {
                 purpose: purpose.unwrap_or_default(),
                 environment: environment.unwrap_or_default(),
                 attributes: attributes(&attrs)?,
+                version: key_version,
             };
             let signed = sign_command(&client, &cluster_id(&status_of(&api).await?)?, command)?;
             let (_, info): (u16, RequestInfo) = api.post("/v1/sign?wait_ms=2000", &signed).await?;

@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use ed25519_dalek::pkcs8::DecodePrivateKey;
 use frost_ed25519 as frost;
-use synod_proto::api::{ImportShare, KeyInfo, KeyList, KeyStatus, RequestInfo, RequestStatus, Status, WriteResponse};
+use synod_proto::api::{
+    ImportShare, KeyInfo, KeyList, KeyStatus, KeyVersionInfo, RequestInfo, RequestStatus, Status, WriteResponse,
+};
 use synod_proto::command::MESSAGE_BYTES_MAX;
 use synod_proto::keyfmt::{self, SignatureFormat};
 use synod_proto::rpc::SecretHex;
@@ -45,16 +47,31 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
             let policy = super::authz::key_policy(&policy)?;
             import(&client, &name, &key_file, threshold, participants, policy).await
         }
+        KeyCmd::Rotate { name, threshold, participants, overlap, client } => {
+            let overlap_ms = u64::try_from(overlap.as_millis()).unwrap_or(u64::MAX);
+            rotate(&client, &name, threshold, participants, overlap_ms).await?;
+            let key = get_key(&ApiClient::new(&client)?, &name).await?;
+            print_key(&client, &key)
+        }
         KeyCmd::List(client) => {
             let (_, list): (u16, KeyList) = ApiClient::new(&client)?.get("/v1/keys").await?;
             match client.output.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
                 Output::Table => {
-                    println!("{:<24} {:<10} {:<10} {:<9} PUBLIC KEY", "NAME", "STATUS", "ORIGIN", "T-OF-N");
-                    for k in &list.keys {
+                    println!("{:<24} {:>3} {:<17} {:<10} {:<9} PUBLIC KEY", "NAME", "V", "STATUS", "ORIGIN", "T-OF-N");
+                    let mut keys: Vec<&KeyInfo> = list.keys.iter().collect();
+                    keys.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
+                    for k in keys {
                         let tn = format!("{}-of-{}", k.threshold, k.participants.len());
                         let public = k.public_key.as_deref().unwrap_or("-");
-                        println!("{:<24} {:<10} {:<10} {:<9} {public}", shown(&k.name), k.status, k.origin, tn);
+                        println!(
+                            "{:<24} {:>3} {:<17} {:<10} {:<9} {public}",
+                            shown(&k.name),
+                            k.version,
+                            k.status,
+                            k.origin,
+                            tn
+                        );
                     }
                 }
             }
@@ -63,6 +80,10 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
         KeyCmd::Policy(cmd) => super::authz::policy(cmd).await,
         KeyCmd::Show { name, format, client } => {
             let key = get_key(&ApiClient::new(&client)?, &name).await?;
+            if format == Some(keyfmt::PublicKeyFormat::Jwks) {
+                println!("{:#}", keyfmt::public_keys_jwks(&signing_public_keys(&key)?));
+                return Ok(());
+            }
             if let Some(format) = format {
                 let public = public_key_of(&key)?;
                 println!("{}", keyfmt::format_public_key(&public, format, &key.name).trim_end());
@@ -102,6 +123,27 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
 async fn get_key(api: &ApiClient, name: &str) -> anyhow::Result<KeyInfo> {
     let (_, key): (u16, KeyInfo) = api.get(&format!("/v1/keys/{name}")).await?;
     Ok(key)
+}
+
+/// The public keys of a key's versions that still sign (active or retiring),
+/// the primary first: what a JWKS publishes during a rotation's overlap.
+fn signing_public_keys(key: &KeyInfo) -> anyhow::Result<Vec<[u8; 32]>> {
+    if key.versions.is_empty() {
+        return Ok(vec![public_key_of(key)?]);
+    }
+    let mut versions: Vec<&KeyVersionInfo> = key
+        .versions
+        .iter()
+        .filter(|v| matches!(v.status, KeyStatus::Active | KeyStatus::Retiring) && v.public_key.is_some())
+        .collect();
+    versions.sort_by_key(|v| (!v.primary, std::cmp::Reverse(v.version)));
+    if versions.is_empty() {
+        bail!("key {} has no version that signs (status {})", shown(&key.name), key.status);
+    }
+    versions
+        .iter()
+        .map(|v| keyfmt::parse_public_key(v.public_key.as_deref().unwrap_or_default()).map_err(|e| anyhow!("{e}")))
+        .collect()
 }
 
 fn public_key_of(key: &KeyInfo) -> anyhow::Result<[u8; 32]> {
@@ -148,6 +190,25 @@ fn print_key(client: &ClientArgs, key: &KeyInfo) -> anyhow::Result<()> {
             if key.status == KeyStatus::Destroyed {
                 println!("shares gone:   {:?} of {:?}", key.shares_destroyed, key.participants);
             }
+            if key.versions.len() > 1 {
+                println!("versions:");
+                for v in &key.versions {
+                    let primary = if v.primary { " (primary)" } else { "" };
+                    let until = v.retire_at_ms.filter(|_| v.status == KeyStatus::Retiring).map(|at| {
+                        let when = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(at));
+                        format!(" until {when}")
+                    });
+                    println!(
+                        "  v{:<4} {:<17} {}-of-{} {}{primary}{}",
+                        v.version,
+                        v.status.to_string(),
+                        v.threshold,
+                        v.participants.len(),
+                        v.public_key.as_deref().unwrap_or("-"),
+                        until.unwrap_or_default()
+                    );
+                }
+            }
         }
     }
     Ok(())
@@ -187,6 +248,34 @@ pub async fn create(
     wait_active(&api, &key_id).await
 }
 
+/// Starts a new version of `name` by DKG and waits, with progress on stderr,
+/// until it is active (and so the primary).
+async fn rotate(
+    client: &ClientArgs,
+    name: &str,
+    threshold: Option<u16>,
+    participants: Vec<NodeId>,
+    overlap_ms: u64,
+) -> anyhow::Result<KeyInfo> {
+    let api = ApiClient::new(client)?;
+    let current = get_key(&api, name).await?;
+    let status = members(&api).await?;
+    let participants = if participants.is_empty() { current.participants.clone() } else { participants };
+    let threshold = threshold.unwrap_or(current.threshold);
+    let n = participants.len();
+    let command = Command::RotateKey { name: name.to_string(), threshold, participants, overlap_ms };
+    let signed = sign_command(client, &cluster_id(&status)?, command)?;
+    let (_, response): (u16, WriteResponse) = api.post("/v1/keys", &signed).await?;
+    refused(&response)?;
+    proposed(&response, name)?;
+    let key_id = key_id_of(&signed)?;
+    eprintln!(
+        "rotating key {name}: version {} stays primary while the new version is generated ({threshold} of {n})",
+        current.version
+    );
+    wait_active(&api, &key_id).await
+}
+
 fn key_id_of(signed: &synod_proto::SignedCommand) -> anyhow::Result<String> {
     let envelope: synod_proto::Envelope = serde_json::from_str(&signed.envelope)?;
     Ok(envelope.command_id)
@@ -220,9 +309,22 @@ async fn wait_active(api: &ApiClient, key_id: &str) -> anyhow::Result<KeyInfo> {
         let progress =
             format!("round-1 packages {}/{n}, confirmations {}/{n}", key.round1_received.len(), key.confirmed.len());
         match key.status {
+            KeyStatus::Active if key.version > 1 => {
+                eprintln!("key {} version {} is active and is now the primary", shown(&key.name), key.version);
+                return Ok(key);
+            }
             KeyStatus::Active => {
                 eprintln!("key {} is active", shown(&key.name));
                 return Ok(key);
+            }
+            KeyStatus::Aborted if key.version > 1 => {
+                let culprit = key.culprit.map(|c| format!(" (culprit: node {c})")).unwrap_or_default();
+                bail!(
+                    "rotation aborted: {}{culprit}. The previous version stays primary; run `synod key rotate {}` \
+                     again (without a culprit among --participants)",
+                    key.abort_reason.unwrap_or_default(),
+                    shown(&key.name)
+                )
             }
             KeyStatus::Aborted => {
                 let advice = match key.culprit {
@@ -356,6 +458,7 @@ pub async fn sign(args: SignArgs) -> anyhow::Result<()> {
             .map(|p| p.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
             .collect::<Option<_>>()
             .ok_or_else(|| anyhow!("--attr takes NAME=VALUE"))?,
+        version: args.key_version,
     };
     let signed = sign_command(&args.client, &cluster_id(&status)?, command)?;
     let wait_ms = args.wait_secs * 1000;
@@ -413,27 +516,62 @@ pub fn read_message(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-/// `synod verify`: offline with `--public-key`, or with the public key of a cluster key.
+/// `synod verify`: offline with `--public-key`, or with the public keys of a
+/// cluster key's versions, naming the version that verifies.
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
-    let public = match (&args.public_key, &args.key) {
+    // (version, public key): the version is known only for a cluster key.
+    let candidates: Vec<(Option<u32>, [u8; 32])> = match (&args.public_key, &args.key) {
         (Some(text_or_file), _) => {
             let text = match std::fs::read_to_string(text_or_file) {
                 Ok(text) => text,
                 Err(_) => text_or_file.clone(),
             };
-            keyfmt::parse_public_key(&text).map_err(|e| anyhow!("{e}"))?
+            vec![(None, keyfmt::parse_public_key(&text).map_err(|e| anyhow!("{e}"))?)]
         }
-        (None, Some(name)) => public_key_of(&get_key(&ApiClient::new(&args.client)?, name).await?)?,
+        (None, Some(name)) => {
+            let key = get_key(&ApiClient::new(&args.client)?, name).await?;
+            let versions: Vec<(Option<u32>, [u8; 32])> = key
+                .versions
+                .iter()
+                .rev()
+                .filter_map(|v| Some((Some(v.version), keyfmt::parse_public_key(v.public_key.as_deref()?).ok()?)))
+                .collect();
+            if versions.is_empty() {
+                vec![(Some(key.version), public_key_of(&key)?)]
+            } else {
+                versions
+            }
+        }
         (None, None) => bail!("name the key with --key NAME (asks the cluster) or --public-key FILE|HEX (offline)"),
     };
     let message = std::fs::read(&args.input).with_context(|| format!("cannot read {}", args.input.display()))?;
     let sig_bytes =
         std::fs::read(&args.signature).with_context(|| format!("cannot read {}", args.signature.display()))?;
     let signature = keyfmt::decode_signature(&sig_bytes).map_err(|e| anyhow!("{e}"))?;
-    keyfmt::verify(&public, &message, &signature).map_err(|e| anyhow!("{e}"))?;
+    let mut last_error = None;
+    let matched = candidates.iter().find(|(_, public)| match keyfmt::verify(public, &message, &signature) {
+        Ok(()) => true,
+        Err(e) => {
+            last_error = Some(e);
+            false
+        }
+    });
+    let Some((version, public)) = matched else {
+        let error = last_error.map(|e| e.to_string()).unwrap_or_default();
+        if candidates.len() > 1 {
+            bail!("{error} (tried all {} versions of the key)", candidates.len());
+        }
+        bail!("{error}");
+    };
     match args.client.output.output {
-        Output::Json => println!("{}", serde_json::json!({ "valid": true, "public_key": hex::encode(public) })),
-        Output::Table => println!("signature is valid (Ed25519, public key {})", hex::encode(public)),
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({ "valid": true, "public_key": hex::encode(public), "key_version": version })
+        ),
+        Output::Table => match version {
+            Some(v) => println!("signature is valid (Ed25519, key version {v}, public key {})", hex::encode(public)),
+            None => println!("signature is valid (Ed25519, public key {})", hex::encode(public)),
+        },
     }
     Ok(())
 }

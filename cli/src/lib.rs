@@ -383,12 +383,34 @@ pub enum KeyCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// List keys with their status and public keys.
+    /// Make a new version of a key by a fresh distributed key generation (admin quorum).
+    /// When it is active it becomes the primary: requests naming only the key use it,
+    /// and the version it replaces keeps signing requests that name it (`synod sign
+    /// --key-version`) until the overlap ends, then it is retired and only verifies.
+    /// Rotation is how a key's threshold or participants change.
+    Rotate {
+        name: String,
+        /// Signers needed for a signature; the current version's when omitted.
+        #[arg(long, short = 't')]
+        threshold: Option<u16>,
+        /// Nodes that hold a share of the new version, comma-separated; the current
+        /// version's when omitted.
+        #[arg(long, value_delimiter = ',')]
+        participants: Vec<NodeId>,
+        /// How long the replaced version still signs requests that name it, e.g. 24h, 0s
+        /// (at once, after a suspected leak); at most 30d.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
+        overlap: std::time::Duration,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List keys with their status and public keys (each version of a key on its own line).
     List(ClientArgs),
     /// A key's signing policy: who may request, how many approvals, tiers.
     #[command(subcommand)]
     Policy(PolicyCmd),
-    /// Show a key (by name or id); with --format, print only its public key in that format.
+    /// Show a key (by name or id) and its versions; with --format, print only its public
+    /// key in that format (jwks: every version that still signs, the primary first).
     Show {
         name: String,
         /// Public key format: hex, pem (SPKI, RFC 8410), jwk (RFC 8037), openssh, or jwks (a JWK Set,
@@ -451,6 +473,10 @@ pub struct SignArgs {
     /// A declared attribute the policy may tier on, NAME=VALUE (repeat).
     #[arg(long = "attr")]
     pub attrs: Vec<String>,
+    /// Sign with this version of the key instead of its primary: allowed while a
+    /// rotation's overlap lets the older version finish (see `synod key show`).
+    #[arg(long)]
+    pub key_version: Option<u32>,
     /// Write the signature here (raw 64 bytes unless --signature-format says otherwise).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -467,7 +493,8 @@ pub struct SignArgs {
 /// `synod verify`.
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// A cluster key's name: its public key is fetched from the cluster.
+    /// A cluster key's name: the public keys of its versions are fetched from the cluster,
+    /// and the one that verifies is named.
     #[arg(long, conflicts_with = "public_key")]
     pub key: Option<String>,
     /// A public key file or text: hex, SPKI PEM, JWK or an OpenSSH ssh-ed25519 line (offline).
@@ -616,6 +643,10 @@ pub enum RequestCmd {
         /// A declared attribute the policy may tier on, NAME=VALUE (repeat). Approvers see and sign it.
         #[arg(long = "attr")]
         attrs: Vec<String>,
+        /// Sign with this version of the key instead of its primary (while a rotation's
+        /// overlap lets it finish).
+        #[arg(long)]
+        key_version: Option<u32>,
         #[command(flatten)]
         client: ClientArgs,
     },

@@ -83,6 +83,7 @@ fn main() {
             purpose: String::new(),
             environment: String::new(),
             attributes: Default::default(),
+            version: None,
         },
     };
     let signed = SignedCommand::sign(&envelope, &operator);

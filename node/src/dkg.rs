@@ -472,6 +472,8 @@ mod tests {
             destroy_at_ms: None,
             shares_destroyed: Vec::new(),
             shares_missing: Vec::new(),
+            retire_at_ms: None,
+            rotation: None,
             activated_at_ms: None,
             policy: Default::default(),
             policy_version: 0,

@@ -52,6 +52,7 @@ fn fixture() -> Fixture {
         purpose: String::new(),
         environment: String::new(),
         attributes: Default::default(),
+        version: None,
     };
     assert!(world.by_admin(request).is_applied());
     let key_id = world.key_id("k");

@@ -161,7 +161,7 @@ pub enum ClientRequest {
     Init { command: SignedCommand },
     /// `POST /v1/commands`: any signed command.
     Write { command: SignedCommand },
-    /// `POST /v1/keys`: create_key or import_key, after pinging the participants.
+    /// `POST /v1/keys`: create_key, import_key or rotate_key, after pinging the participants.
     CreateKey { command: SignedCommand },
     /// `POST /v1/keys/{name}/share`: an imported share for this node.
     ImportShare { share: ImportShare },
@@ -228,6 +228,13 @@ pub enum KeyStatus {
     /// Destroyed: every participant deletes its shares; the public key and
     /// the audit trail remain, and the name is never used again.
     Destroyed,
+    /// A version a rotation replaced, within its overlap (`retire_at_ms`):
+    /// requests already committed on it finish, and a request may still
+    /// name it; requests naming only the key go to the primary.
+    Retiring,
+    /// A version past its overlap: it signs nothing; its public key still
+    /// verifies what it signed.
+    Retired,
 }
 
 /// Where a signing request stands, as the API and the CLI name it.
@@ -268,7 +275,8 @@ pub struct KeyInfo {
     /// The key id (the id of the command that created it).
     pub id: String,
     pub name: String,
-    /// 1 until rotation exists.
+    /// The version's number under its name: 1 for a new key, one more for
+    /// each rotation (numbers are never reused).
     pub version: u32,
     /// Signers needed for a signature.
     pub threshold: u16,
@@ -304,6 +312,29 @@ pub struct KeyInfo {
     /// Participants that reported holding no share of this key (a lost disk).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shares_missing: Vec<NodeId>,
+    /// When a replaced version stops signing, by the log's time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_at_ms: Option<u64>,
+    /// Every version under this key's name, oldest first (in `GET
+    /// /v1/keys/{name}`; a version generating for a rotation included).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<KeyVersionInfo>,
+}
+
+/// One version of a key, as `synod key show` lists them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyVersionInfo {
+    pub version: u32,
+    pub id: String,
+    pub status: KeyStatus,
+    /// Whether requests naming only the key go to this version.
+    pub primary: bool,
+    pub threshold: u16,
+    pub participants: Vec<NodeId>,
+    pub public_key: Option<String>,
+    pub activated_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_at_ms: Option<u64>,
 }
 
 /// `GET /v1/keys`.

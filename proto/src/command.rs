@@ -159,6 +159,14 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         policy: Option<Policy>,
     },
+    /// Makes a new version of the key named `name` by a fresh DKG (admin;
+    /// rules 6 and later). The version's key id is the command id. When every
+    /// participant has confirmed it, it becomes the primary: new requests
+    /// naming only the key go to it, and the version it replaces is retiring
+    /// for `overlap_ms` of log time (requests already committed on it finish,
+    /// and a request may still name it), then retired (it verifies only).
+    /// Rotation is how a key's threshold or participants change.
+    RotateKey { name: String, threshold: u16, participants: Vec<NodeId>, overlap_ms: u64 },
     /// A participant's DKG round-1 package (hex), signed with its node key.
     DkgRound1 { key_id: String, node_id: NodeId, package: String },
     /// A participant confirms the key it now holds a share of: the group key and
@@ -182,6 +190,10 @@ pub enum Command {
         environment: String,
         #[serde(default)]
         attributes: BTreeMap<String, String>,
+        /// The key version to sign with (rules 6 and later): the primary when
+        /// absent; an older version only while it is retiring.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<u32>,
     },
     /// An approver's signed approval of a pending request (anyone may submit it:
     /// the approval signature itself carries the authority).
@@ -307,7 +319,7 @@ impl SnapshotPoint {
 /// The rules version a genesis made today names (see `ClusterState::rules`
 /// in the node): how entries are judged. A change to how an entry is judged
 /// raises it, so that a cluster keeps the rules its genesis named.
-pub const RULES_CURRENT: u32 = 5;
+pub const RULES_CURRENT: u32 = 6;
 
 /// The shortest waiting period before a key's destruction when the genesis
 /// names none: seven days, as production key managers require.
@@ -316,6 +328,12 @@ pub const KEY_DESTROY_WAIT_MIN_MS_DEFAULT: u64 = 7 * 24 * 60 * 60 * 1000;
 pub const KEY_DESTROY_WAIT_DEFAULT_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// The longest waiting period before a key's destruction.
 pub const KEY_DESTROY_WAIT_MAX_MS: u64 = 365 * 24 * 60 * 60 * 1000;
+
+/// How long the version a rotation replaces keeps signing requests that
+/// name it, unless `synod key rotate --overlap` says otherwise.
+pub const KEY_ROTATE_OVERLAP_DEFAULT_MS: u64 = 24 * 60 * 60 * 1000;
+/// The longest overlap a rotation may give the version it replaces.
+pub const KEY_ROTATE_OVERLAP_MAX_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 
 /// Domain-separation tag of a cluster id derived from its genesis.
 pub const CLUSTER_ID_DOMAIN: &[u8] = b"synod/cluster-id/v1\0";
@@ -375,6 +393,7 @@ impl Command {
             Command::Put { .. } => "put",
             Command::CreateKey { .. } => "create_key",
             Command::ImportKey { .. } => "import_key",
+            Command::RotateKey { .. } => "rotate_key",
             Command::DkgRound1 { .. } => "dkg_round1",
             Command::KeyConfirm { .. } => "key_confirm",
             Command::KeyAbort { .. } => "key_abort",
@@ -410,6 +429,7 @@ impl Command {
             | Command::Put { .. }
             | Command::CreateKey { .. }
             | Command::ImportKey { .. }
+            | Command::RotateKey { .. }
             | Command::AddOperator { .. }
             | Command::RemoveOperator { .. }
             | Command::SetPolicy { .. }
@@ -500,6 +520,18 @@ impl Command {
                 validate_hex("public key package", public_key_package, PACKAGE_HEX_BYTES_MAX)?;
                 policy.as_ref().map_or(Ok(()), Policy::validate)
             }
+            Command::RotateKey { name, threshold, participants, overlap_ms } => {
+                validate_name("key name", name)?;
+                validate_participants(*threshold, participants)?;
+                if *overlap_ms > KEY_ROTATE_OVERLAP_MAX_MS {
+                    return Err(CommandError::Malformed(format!(
+                        "a rotation's overlap is at most {} days, not {} days",
+                        KEY_ROTATE_OVERLAP_MAX_MS / DAY_MS,
+                        overlap_ms / DAY_MS
+                    )));
+                }
+                Ok(())
+            }
             Command::DkgRound1 { key_id, package, .. } => {
                 validate_id("key id", key_id)?;
                 validate_hex("round-1 package", package, PACKAGE_HEX_BYTES_MAX)
@@ -513,7 +545,7 @@ impl Command {
                 validate_id("key id", key_id)?;
                 validate_reason(reason)
             }
-            Command::SignRequest { request_id, key, message, purpose, environment, attributes } => {
+            Command::SignRequest { request_id, key, message, purpose, environment, attributes, .. } => {
                 crate::authz::validate_label("environment", environment)?;
                 crate::authz::validate_attributes(attributes)?;
                 validate_name("request id", request_id)?;

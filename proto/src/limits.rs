@@ -77,6 +77,10 @@ fn check_command(command: &Command, at: &str) -> Result<(), CommandError> {
             items(&f("participants"), participants.len(), PARTICIPANTS_MAX, "participants_max")?;
             policy.as_ref().map_or(Ok(()), |p| policy_bytes(&f, p))
         }
+        Command::RotateKey { name, participants, .. } => {
+            name_bytes(&f("name"), name)?;
+            items(&f("participants"), participants.len(), PARTICIPANTS_MAX, "participants_max")
+        }
         Command::ImportKey { name, participants, public_key_package, policy, .. } => {
             name_bytes(&f("name"), name)?;
             items(&f("participants"), participants.len(), PARTICIPANTS_MAX, "participants_max")?;
@@ -101,7 +105,7 @@ fn check_command(command: &Command, at: &str) -> Result<(), CommandError> {
             id_bytes(&f("key_id"), key_id)?;
             reason_bytes(&f("reason"), reason)
         }
-        Command::SignRequest { request_id, key, message, purpose, environment, attributes } => {
+        Command::SignRequest { request_id, key, message, purpose, environment, attributes, .. } => {
             name_bytes(&f("request_id"), request_id)?;
             name_bytes(&f("key"), key)?;
             bytes(&f("message"), message, MESSAGE_HEX_BYTES_MAX, "message_hex_bytes_max")?;

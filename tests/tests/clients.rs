@@ -79,6 +79,7 @@ fn sign_request(request_id: &str) -> Command {
         purpose: String::new(),
         environment: String::new(),
         attributes: BTreeMap::new(),
+        version: None,
     }
 }
 

@@ -161,7 +161,7 @@ impl Node {
                 let key = key.ok_or_else(|| {
                     NodeError::not_found(format!("no key named {name:?}; list keys with `synod key list`"))
                 })?;
-                R::Key(Box::new(key.info()))
+                R::Key(Box::new(state.key_info_with_versions(key)))
             }
             ClientRequest::ListKv => {
                 caller.require_operator("the key-value records")?;

@@ -14,9 +14,10 @@ use super::Node;
 use crate::state::{KeyRecord, KeyStatus};
 
 /// Whether a participant of `key` should hold its share now: the key is
-/// generated and not destroyed.
+/// generated and not destroyed (a retired version keeps its shares until
+/// it is destroyed).
 fn holds_a_share(key: &KeyRecord) -> bool {
-    matches!(key.status, KeyStatus::Active | KeyStatus::Disabled | KeyStatus::DestroyScheduled)
+    matches!(key.status, KeyStatus::Active | KeyStatus::Disabled | KeyStatus::DestroyScheduled | KeyStatus::Retired)
 }
 
 /// The least time between two rounds of lifecycle work.

@@ -139,16 +139,19 @@ impl Node {
         }
     }
 
-    /// `POST /v1/keys`: commits a create-key or import-key command. A DKG needs
+    /// `POST /v1/keys`: commits a create-key, import-key or rotate-key command. A DKG needs
     /// every participant up, so for a new key each one is pinged first and the
     /// error names any that does not answer.
     pub async fn create_key(&self, command: SignedCommand) -> Result<WriteResponse, NodeError> {
         let envelope = command.verify().map_err(|e| NodeError::invalid(e.to_string()))?;
         let participants = match &envelope.command {
-            Command::CreateKey { participants, .. } => participants.clone(),
+            Command::CreateKey { participants, .. } | Command::RotateKey { participants, .. } => participants.clone(),
             Command::ImportKey { .. } => Vec::new(),
             other => {
-                return Err(NodeError::invalid(format!("expected create_key or import_key, got {}", other.kind())))
+                return Err(NodeError::invalid(format!(
+                    "expected create_key, import_key or rotate_key, got {}",
+                    other.kind()
+                )))
             }
         };
         let members = self.shared.read().state.members.clone();

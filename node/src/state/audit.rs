@@ -153,7 +153,7 @@ impl ClusterState {
             | Command::KeySharesDestroyed { key_id, .. }
             | Command::ShareMissing { key_id, .. } => Some(key_id.clone()),
             // A created key's id is its command id (present only if it was created).
-            Command::CreateKey { .. } | Command::ImportKey { .. } => {
+            Command::CreateKey { .. } | Command::ImportKey { .. } | Command::RotateKey { .. } => {
                 self.keys.contains_key(&envelope.command_id).then(|| envelope.command_id.clone())
             }
             Command::SetPolicy { key: name, .. }

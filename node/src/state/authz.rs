@@ -212,9 +212,19 @@ impl ClusterState {
         key.policy_version += 1;
         key.policy_unset = false;
         let version = key.policy_version;
+        // A policy is the key's: every version of it follows (rules 6 and later).
+        let mut ids = self.other_versions(key_name);
+        for id in &ids {
+            if let Some(other) = self.keys.get_mut(id) {
+                other.policy = policy.clone();
+                other.policy_version = version;
+                other.policy_unset = false;
+            }
+        }
+        ids.push(key_id);
         // Requests approved under the old policy must be approved again.
         let reason = format!("the key's policy changed (now version {version}); request again");
-        let failed = self.fail_requests_of_key(&key_id, &reason);
+        let failed: usize = ids.iter().map(|id| self.fail_requests_of_key(id, &reason)).sum();
         Ok(format!("policy of key {key_name} is now version {version}; {failed} pending requests failed"))
     }
 
@@ -322,6 +332,12 @@ impl ClusterState {
         let key = self.keys.get(&request.key_id).ok_or("the request's key is gone")?;
         if key.status != super::KeyStatus::Active && !crate::faults::enabled(crate::faults::SKIP_KEY_STATUS) {
             return Err(format!("{}; request {} is not signed", key.not_signing(), request.request_id));
+        }
+        if let Some(at) = key.retire_at_ms.filter(|at| *at <= now_ms) {
+            return Err(format!(
+                "version {} of key {} retired at {at} ms (its overlap ended); request {} is not signed",
+                key.version, key.name, request.request_id
+            ));
         }
         if key.name == synod_proto::authz::AUDIT_KEY_NAME {
             return Ok(());

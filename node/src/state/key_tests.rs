@@ -22,7 +22,7 @@ pub(crate) struct World {
     nodes: Vec<NodeIdentity>,
     next_id: u32,
     pub(crate) index: u64,
-    time_ms: u64,
+    pub(crate) time_ms: u64,
     /// The Raft term the next entries are in.
     term: u64,
 }
@@ -36,7 +36,7 @@ impl World {
 
     /// As [`World::new`], with a genesis naming `rules` (`None`: a plain
     /// genesis from before rules were versioned, and no take-up).
-    fn under(rules: Option<u32>) -> World {
+    pub(crate) fn under(rules: Option<u32>) -> World {
         let (ca, nodes) = in_memory_pki(&[1, 2, 3], &mut OsRng).unwrap();
         let admin = SigningKey::from_bytes(&[7; 32]);
         let members = (1..=3)
@@ -105,7 +105,7 @@ impl World {
         self.apply(signed)
     }
 
-    fn by_node(&mut self, node: u64, command: Command) -> Outcome {
+    pub(crate) fn by_node(&mut self, node: u64, command: Command) -> Outcome {
         let env = self.envelope(command);
         let signed = self.nodes[(node - 1) as usize].sign(&env);
         self.apply(signed)
@@ -120,7 +120,7 @@ fn id(n: u64) -> frost::Identifier {
     frost::Identifier::try_from(n as u16).unwrap()
 }
 
-fn refused(outcome: &Outcome, needle: &str) {
+pub(crate) fn refused(outcome: &Outcome, needle: &str) {
     match outcome {
         Outcome::Rejected { reason, .. } => {
             assert!(reason.contains(needle), "refused for {reason:?}, expected {needle:?}")
@@ -141,10 +141,23 @@ pub(crate) fn dkg(world: &mut World, name: &str) -> BTreeMap<u64, frost::keys::K
         })
         .is_applied());
     let key_id = world.key_id(name);
+    dkg_rounds(world, &key_id, &[1, 2, 3], 2)
+}
+
+/// Runs the DKG rounds of the generating key `key_id` among `participants`
+/// (node ids) with `threshold`, through the state. Returns the key packages.
+pub(crate) fn dkg_rounds(
+    world: &mut World,
+    key_id: &str,
+    participants: &[u64],
+    threshold: u16,
+) -> BTreeMap<u64, frost::keys::KeyPackage> {
+    let key_id = key_id.to_string();
+    let n_of = participants.len() as u16;
     let mut secrets = BTreeMap::new();
     let mut round1 = BTreeMap::new();
-    for n in 1..=3u64 {
-        let (secret, package) = frost::keys::dkg::part1(id(n), 3, 2, OsRng).unwrap();
+    for &n in participants {
+        let (secret, package) = frost::keys::dkg::part1(id(n), n_of, threshold, OsRng).unwrap();
         let hex_package = hex::encode(package.serialize().unwrap());
         let outcome = world.by_node(n, Command::DkgRound1 { key_id: key_id.clone(), node_id: n, package: hex_package });
         assert!(outcome.is_applied(), "{outcome:?}");
@@ -171,7 +184,8 @@ pub(crate) fn dkg(world: &mut World, name: &str) -> BTreeMap<u64, frost::keys::K
             group_key: hex::encode(public.verifying_key().serialize().unwrap()),
             public_key_package_sha256: super::package_hash(&package_hex),
         };
-        assert!(world.by_node(n, confirm).is_applied());
+        let outcome = world.by_node(n, confirm);
+        assert!(outcome.is_applied(), "{outcome:?}");
         key_packages.insert(n, key_package);
     }
     key_packages
@@ -254,21 +268,26 @@ fn state_disagreeing_confirmation_aborts_and_frees_the_name() {
 }
 
 /// A signature over `message` by signers 1 and 2.
-fn threshold_sign(packages: &BTreeMap<u64, frost::keys::KeyPackage>, message: &[u8]) -> String {
+/// A signature of `message` by the first threshold of `packages`' holders.
+pub(crate) fn threshold_sign(packages: &BTreeMap<u64, frost::keys::KeyPackage>, message: &[u8]) -> String {
+    let t = usize::from(*packages.values().next().expect("a package").min_signers());
+    let signers: Vec<u64> = packages.keys().copied().take(t).collect();
     let mut nonces = BTreeMap::new();
     let mut commitments = BTreeMap::new();
-    for n in [1u64, 2] {
+    for &n in &signers {
         let (nonce, commitment) = frost::round1::commit(packages[&n].signing_share(), &mut OsRng);
         nonces.insert(n, nonce);
         commitments.insert(id(n), commitment);
     }
     let signing_package = frost::SigningPackage::new(commitments, message);
-    let shares = [1u64, 2]
+    let shares = signers
         .iter()
         .map(|n| (id(*n), frost::round2::sign(&signing_package, &nonces[n], &packages[n]).unwrap()))
         .collect();
     let verifying_shares = packages.iter().map(|(n, p)| (id(*n), *p.verifying_share())).collect();
-    let public = frost::keys::PublicKeyPackage::new(verifying_shares, *packages[&1].verifying_key(), Some(2));
+    let first = packages.values().next().expect("a package");
+    let public =
+        frost::keys::PublicKeyPackage::new(verifying_shares, *first.verifying_key(), Some(*first.min_signers()));
     hex::encode(frost::aggregate(&signing_package, &shares, &public).unwrap().serialize().unwrap())
 }
 
@@ -286,6 +305,7 @@ fn state_requests_keep_one_message_and_only_verified_signatures() {
         purpose: String::new(),
         environment: String::new(),
         attributes: Default::default(),
+        version: None,
     };
     assert!(world.by_admin(request(b"pay 1")).is_applied());
     let forged = threshold_sign(&packages, b"pay 1000");
@@ -320,6 +340,7 @@ fn state_requests_need_an_active_key_and_a_requester() {
         purpose: String::new(),
         environment: String::new(),
         attributes: Default::default(),
+        version: None,
     };
     refused(&world.by_admin(request.clone()), "no key named");
     let stranger = SigningKey::from_bytes(&[9; 32]);
@@ -339,6 +360,7 @@ fn state_pending_request_fails_after_its_deadline() {
         purpose: String::new(),
         environment: String::new(),
         attributes: Default::default(),
+        version: None,
     };
     assert!(world.by_admin(request).is_applied());
     world.time_ms += 60_001; // past the request command's expiry
@@ -377,6 +399,7 @@ fn request_by(world: &mut World, key: &SigningKey, id: &str) -> Outcome {
         purpose: String::new(),
         environment: String::new(),
         attributes: Default::default(),
+        version: None,
     });
     world.apply(SignedCommand::sign(&env, key))
 }
@@ -475,6 +498,7 @@ fn state_batched_outcomes_are_judged_and_audited_one_by_one() {
             purpose: String::new(),
             environment: String::new(),
             attributes: Default::default(),
+            version: None,
         };
         assert!(world.by_admin(request).is_applied());
     }
@@ -552,7 +576,7 @@ fn state_late_outcome_of_a_failed_attempt_does_not_end_a_fresh_one() {
 }
 
 /// A pending request `r1` on a fresh key `k`.
-fn pending_request(world: &mut World) {
+pub(crate) fn pending_request(world: &mut World) {
     dkg(world, "k");
     let request = Command::SignRequest {
         request_id: "r1".into(),
@@ -561,6 +585,7 @@ fn pending_request(world: &mut World) {
         purpose: String::new(),
         environment: String::new(),
         attributes: Default::default(),
+        version: None,
     };
     assert!(world.by_admin(request).is_applied());
 }
@@ -752,6 +777,7 @@ fn state_key_without_policy_signs_nothing_until_one_is_set() {
         purpose: String::new(),
         environment: String::new(),
         attributes: Default::default(),
+        version: None,
     });
     let admin = world.admin.clone();
     refused(&world.apply(SignedCommand::sign(&env, &admin)), "has no signing policy yet");
@@ -789,6 +815,7 @@ fn state_disabled_key_fails_its_pending_requests_and_takes_no_new_ones_until_ena
             purpose: String::new(),
             environment: String::new(),
             attributes: Default::default(),
+            version: None,
         })
     };
     refused(&again(&mut world, "r2"), "synod key enable k");

@@ -20,8 +20,8 @@ use super::{ClusterState, Refusal};
 /// creation (by entry time) is aborted by the state machine itself.
 pub const DKG_TIMEOUT_MS: u64 = 120_000;
 
-/// The key version; rotation will add more.
-const FIRST_VERSION: u32 = 1;
+/// A new key's version; each rotation adds one ([`super::versions`]).
+pub(super) const FIRST_VERSION: u32 = 1;
 
 /// How a key came to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,13 +49,16 @@ pub enum KeyStatus {
     DestroyScheduled,
     /// Destroyed: it signs nothing, ever; its participants delete their shares.
     Destroyed,
+    /// A version a rotation replaced, past its overlap (rules 6 and later):
+    /// it signs nothing; its public key still verifies.
+    Retired,
 }
 
 impl KeyStatus {
     /// Whether an admin has taken the key out of service (disabled, or its
     /// destruction scheduled or done): such a key releases nothing.
     pub fn is_out_of_service(&self) -> bool {
-        matches!(self, KeyStatus::Disabled | KeyStatus::DestroyScheduled | KeyStatus::Destroyed)
+        matches!(self, KeyStatus::Disabled | KeyStatus::DestroyScheduled | KeyStatus::Destroyed | KeyStatus::Retired)
     }
 
     /// The status as the API and the CLI name it.
@@ -68,6 +71,7 @@ impl KeyStatus {
             KeyStatus::Disabled => Api::Disabled,
             KeyStatus::DestroyScheduled => Api::DestroyScheduled,
             KeyStatus::Destroyed => Api::Destroyed,
+            KeyStatus::Retired => Api::Retired,
         }
     }
 }
@@ -120,6 +124,21 @@ pub struct KeyRecord {
     /// Participants that reported holding no share of the key (a lost disk).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shares_missing: Vec<NodeId>,
+    /// For a version a rotation replaced: when it retires, by the log's time.
+    /// Until then it is "retiring" (its status stays active).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_at_ms: Option<u64>,
+    /// For a version made by a rotation: the id of the version it replaces
+    /// once active, and how long that one keeps signing (its overlap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<Rotation>,
+}
+
+/// What a version made by `rotate_key` replaces.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rotation {
+    pub replaces: String,
+    pub overlap_ms: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -133,13 +152,17 @@ impl KeyRecord {
             KeyStatus::Aborted { reason, culprit } => (Some(reason.clone()), *culprit),
             _ => (None, None),
         };
+        let status = match self.status {
+            KeyStatus::Active if self.retire_at_ms.is_some() => synod_proto::api::KeyStatus::Retiring,
+            ref other => other.api(),
+        };
         KeyInfo {
             id: self.id.clone(),
             name: self.name.clone(),
             version: self.version,
             threshold: self.threshold,
             participants: self.participants.clone(),
-            status: self.status.api(),
+            status,
             origin: match self.origin {
                 KeyOrigin::Dkg => "dkg",
                 KeyOrigin::Imported => "imported",
@@ -158,6 +181,8 @@ impl KeyRecord {
             destroy_at_ms: self.destroy_at_ms,
             shares_destroyed: self.shares_destroyed.clone(),
             shares_missing: self.shares_missing.clone(),
+            retire_at_ms: self.retire_at_ms,
+            versions: Vec::new(),
         }
     }
 
@@ -188,6 +213,12 @@ impl KeyRecord {
                 self.destroy_at_ms.unwrap_or_default()
             ),
             KeyStatus::Destroyed => format!("key {name} is destroyed; it signs nothing and its name is not reused"),
+            KeyStatus::Retired => format!(
+                "version {} of key {name} is retired (a rotation replaced it, and its overlap ended at {} ms); it \
+                 verifies only. Request without --version to sign with the primary",
+                self.version,
+                self.retire_at_ms.unwrap_or_default()
+            ),
         }
     }
 
@@ -224,6 +255,19 @@ impl ClusterState {
     }
 
     fn new_key(&mut self, index: u64, new: &NewKey<'_>, origin: KeyOrigin) -> Result<KeyRecord, Refusal> {
+        if let Some(existing) = self.key_by_name(new.name) {
+            return Err(format!(
+                "a key named {:?} already exists (id {}); pick another name, or make a new version with \
+                 `synod key rotate {}`",
+                new.name, existing.id, new.name
+            )
+            .into());
+        }
+        self.key_record(index, new, origin)
+    }
+
+    /// A generating key record for `new`, once its policy, id and participants check out.
+    pub(super) fn key_record(&self, index: u64, new: &NewKey<'_>, origin: KeyOrigin) -> Result<KeyRecord, Refusal> {
         let NewKey { id, name, threshold, participants, policy } = *new;
         if let Some(policy) = policy {
             self.check_policy_names(policy)?;
@@ -231,9 +275,6 @@ impl ClusterState {
         let policy_unset = policy.is_none()
             && self.rules >= super::RULES_BOUNDED_CLIENTS
             && name != synod_proto::authz::AUDIT_KEY_NAME;
-        if let Some(existing) = self.key_by_name(name) {
-            return Err(format!("a key named {name:?} already exists (id {}); pick another name", existing.id).into());
-        }
         if self.keys.contains_key(id) {
             return Err(format!("key id {id} is taken").into());
         }
@@ -264,6 +305,8 @@ impl ClusterState {
             destroy_at_ms: None,
             shares_destroyed: Vec::new(),
             shares_missing: Vec::new(),
+            retire_at_ms: None,
+            rotation: None,
         })
     }
 
@@ -387,7 +430,11 @@ impl ClusterState {
         key.status = KeyStatus::Active;
         key.status_index = index;
         key.activated_at_ms = Some(now);
-        Ok(format!("key {} active; public key {ours}", key.name))
+        let detail = format!("key {} version {} active; public key {ours}", key.name, key.version);
+        match key.rotation.clone() {
+            Some(rotation) => Ok(format!("{detail}; {}", self.promote(index, key_id, &rotation))),
+            None => Ok(detail),
+        }
     }
 
     pub(super) fn key_abort(
@@ -403,7 +450,7 @@ impl ClusterState {
         Ok(format!("key {name} aborted by node {node}"))
     }
 
-    fn abort(&mut self, key_id: &str, reason: String, culprit: Option<NodeId>) {
+    pub(super) fn abort(&mut self, key_id: &str, reason: String, culprit: Option<NodeId>) {
         if let Some(key) = self.keys.get_mut(key_id) {
             tracing::warn!(key = %key.name, key_id, reason, ?culprit, "key generation aborted");
             key.status = KeyStatus::Aborted { reason, culprit };

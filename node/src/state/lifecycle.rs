@@ -10,6 +10,11 @@
 //!        enable            destroy --cancel (stays disabled)
 //! ```
 //!
+//! Each command names the key and acts on all its versions (rules 6 and
+//! later): a version a rotation replaced follows the primary (a retired one
+//! is destroyed with it), and a rotation still generating is aborted by a
+//! disable or a destruction.
+//!
 //! An active key can also be scheduled directly. Taking a key out of service
 //! fails its pending requests at once (so they release no share and hold no
 //! requester's quota), and every signer refuses a key that is not active in
@@ -61,6 +66,38 @@ impl ClusterState {
         self.keys.get_mut(&id).ok_or_else(|| format!("no key named {name:?}").into())
     }
 
+    /// Carries a service change of `name`'s primary to its other versions
+    /// (rules 6 and later): `change` updates one version's record and says
+    /// whether it changed. With `out_of_service` (why), each changed version's
+    /// pending requests fail and a rotation still generating is aborted.
+    /// Returns how many requests failed.
+    fn carry_to_versions(
+        &mut self,
+        index: u64,
+        name: &str,
+        out_of_service: Option<&str>,
+        mut change: impl FnMut(&mut KeyRecord) -> bool,
+    ) -> usize {
+        let mut failed = 0;
+        for id in self.other_versions(name) {
+            let Some(key) = self.keys.get_mut(&id) else { continue };
+            if key.status == KeyStatus::Generating {
+                if let Some(why) = out_of_service {
+                    self.abort(&id, format!("rotation stopped: {why}"), None);
+                }
+                continue;
+            }
+            if !change(key) {
+                continue;
+            }
+            key.status_index = index;
+            if let Some(why) = out_of_service {
+                failed += self.fail_requests_out_of_service(&id, why);
+            }
+        }
+        failed
+    }
+
     /// Fails every pending request of a key taken out of service, saying why.
     fn fail_requests_out_of_service(&mut self, key_id: &str, reason: &str) -> usize {
         if crate::faults::enabled(crate::faults::SKIP_KEY_STATUS) {
@@ -81,7 +118,11 @@ impl ClusterState {
         key.status = KeyStatus::Disabled;
         key.status_index = index;
         let id = key.id.clone();
-        let failed = self.fail_requests_out_of_service(&id, &format!("its key {name} was disabled by an admin"));
+        let why = format!("its key {name} was disabled by an admin");
+        let mut failed = self.fail_requests_out_of_service(&id, &why);
+        failed += self.carry_to_versions(index, name, Some(&why), |key| {
+            (key.status == KeyStatus::Active).then(|| key.status = KeyStatus::Disabled).is_some()
+        });
         Ok(format!("key {name} disabled; {failed} pending requests failed"))
     }
 
@@ -102,6 +143,11 @@ impl ClusterState {
         }
         key.status = KeyStatus::Active;
         key.status_index = index;
+        self.carry_to_versions(index, name, None, |key| {
+            (key.status == KeyStatus::Disabled).then(|| key.status = KeyStatus::Active).is_some()
+        });
+        // A version whose overlap ended while it was disabled stays retired.
+        self.retire_versions(index);
         Ok(format!("key {name} enabled"))
     }
 
@@ -135,7 +181,16 @@ impl ClusterState {
         key.status_index = index;
         key.destroy_at_ms = Some(at);
         let id = key.id.clone();
-        let failed = self.fail_requests_out_of_service(&id, &format!("its key {name} is scheduled for destruction"));
+        let why = format!("its key {name} is scheduled for destruction");
+        let mut failed = self.fail_requests_out_of_service(&id, &why);
+        failed += self.carry_to_versions(index, name, Some(&why), |key| {
+            let scheduled = matches!(key.status, KeyStatus::Active | KeyStatus::Disabled | KeyStatus::Retired);
+            if scheduled {
+                key.status = KeyStatus::DestroyScheduled;
+                key.destroy_at_ms = Some(at);
+            }
+            scheduled
+        });
         Ok(format!(
             "key {name} scheduled for destruction at {at} ms (in {}); it signs nothing from now on; {failed} pending \
              requests failed",
@@ -151,6 +206,16 @@ impl ClusterState {
         key.status = KeyStatus::Disabled;
         key.status_index = index;
         key.destroy_at_ms = None;
+        self.carry_to_versions(index, name, None, |key| {
+            let cancelled = key.status == KeyStatus::DestroyScheduled;
+            if cancelled {
+                key.status = KeyStatus::Disabled;
+                key.destroy_at_ms = None;
+            }
+            cancelled
+        });
+        // A version whose overlap ended meanwhile is retired again, not disabled.
+        self.retire_versions(index);
         Ok(format!("destruction of key {name} cancelled; it stays disabled until `synod key enable {name}`"))
     }
 

@@ -13,6 +13,7 @@ mod endorse;
 mod keys;
 mod lifecycle;
 mod signing;
+mod versions;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -30,6 +31,7 @@ pub use signing::{
     checkpoint_request_id, checkpoint_seq, RequestRecord, RequestStatus, PENDING_PER_OPERATOR_DEFAULT,
     PENDING_REQUESTS_MAX, REQUEST_APPROVAL_MS_DEFAULT, REQUEST_PENDING_MS_MAX, RESERVED_REQUEST_ID_PREFIXES,
 };
+pub use versions::RULES_KEY_VERSIONS;
 
 /// How many recent refusals the state keeps for `status`.
 pub const REJECTIONS_KEPT_MAX: usize = 32;
@@ -51,6 +53,8 @@ pub const REJECTIONS_KEPT_MAX: usize = 32;
 /// - 4: what one client can hold open is bounded ([`RULES_BOUNDED_CLIENTS`]).
 /// - 5: keys can be disabled, enabled and destroyed after a waiting period
 ///   fixed at genesis ([`RULES_KEY_LIFECYCLE`]).
+/// - 6: keys have versions; a rotation makes a new one, and the version it
+///   replaces retires after an overlap ([`RULES_KEY_VERSIONS`]).
 pub use synod_proto::command::RULES_CURRENT;
 /// The first rules version that needs a take-up before signing outcomes.
 pub const RULES_COORDINATOR: u32 = 1;
@@ -201,6 +205,7 @@ impl ClusterState {
         self.time_ms = self.time_ms.max(entry.time_ms);
         self.expire_seen();
         self.expire_keys();
+        self.retire_versions(index);
         self.expire_requests();
         self.expire_proposals();
         let envelope: Option<Envelope> = serde_json::from_str(&entry.command.envelope).ok();
@@ -531,6 +536,12 @@ impl ClusterState {
                 let new = keys::NewKey { id, name, threshold: *threshold, participants, policy: policy.as_ref() };
                 self.import_key(index, new, public_key_package)
             }
+            Command::RotateKey { name, threshold, participants, overlap_ms } => {
+                let id = &envelope.command_id;
+                let new =
+                    versions::NewVersion { id, name, threshold: *threshold, participants, overlap_ms: *overlap_ms };
+                self.rotate_key(index, new)
+            }
             Command::DkgRound1 { key_id, node_id, package } => self.dkg_round1(key_id, *node_id, package),
             Command::KeyConfirm { key_id, node_id, group_key, public_key_package_sha256 } => {
                 self.key_confirm(index, key_id, *node_id, group_key, public_key_package_sha256)
@@ -538,9 +549,14 @@ impl ClusterState {
             Command::KeyAbort { key_id, node_id, reason, culprit } => {
                 self.key_abort(key_id, *node_id, reason, *culprit)
             }
-            Command::SignRequest { request_id, key, message, purpose, environment, attributes } => {
-                let declared =
-                    signing::Declared { purpose, environment, attributes, expires_at_ms: envelope.expires_at_ms };
+            Command::SignRequest { request_id, key, message, purpose, environment, attributes, version } => {
+                let declared = signing::Declared {
+                    purpose,
+                    environment,
+                    attributes,
+                    expires_at_ms: envelope.expires_at_ms,
+                    version: *version,
+                };
                 self.sign_request(index, author, request_id, key, message, declared)
             }
             Command::Approve { request_id, approver, signature } => {
@@ -639,6 +655,8 @@ impl ClusterState {
 
 #[cfg(test)]
 pub(crate) mod key_tests;
+#[cfg(test)]
+mod version_tests;
 
 #[cfg(test)]
 mod tests {

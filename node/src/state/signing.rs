@@ -55,6 +55,8 @@ pub(super) struct Declared<'a> {
     pub attributes: &'a std::collections::BTreeMap<String, String>,
     /// The request command's expiry: approvals and signing must happen before it.
     pub expires_at_ms: u64,
+    /// The key version asked for; the primary when `None`.
+    pub version: Option<u32>,
 }
 
 /// Where a request stands.
@@ -259,7 +261,7 @@ impl ClusterState {
         if key_name == synod_proto::authz::AUDIT_KEY_NAME {
             return Err("the audit key signs audit checkpoints only".into());
         }
-        let key = self.key_by_name(key_name).ok_or(format!("no key named {key_name:?}"))?;
+        let key = self.requested_version(key_name, declared.version)?;
         let ignore_status = key.status.is_out_of_service() && crate::faults::enabled(crate::faults::SKIP_KEY_STATUS);
         if key.status != KeyStatus::Active && !ignore_status {
             return Err(key.not_signing().into());
@@ -386,6 +388,7 @@ impl ClusterState {
             environment: "",
             attributes: &Default::default(),
             expires_at_ms: self.time_ms + CHECKPOINT_TTL_MS,
+            version: None,
         };
         let record = RequestRecord::new(&request_id, key, &message, author, &declared, index, self.time_ms);
         self.requests.insert(request_id.clone(), record);
