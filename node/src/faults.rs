@@ -63,6 +63,11 @@ pub const SKIP_CLIENT_BOUNDS: &str = "skip-client-bounds";
 /// lifecycle checker must catch it.
 pub const SKIP_KEY_STATUS: &str = "skip-key-status";
 
+/// A cluster that never retires a key version a rotation replaced: its
+/// overlap never ends, so requests naming it are still taken and signed. The
+/// simulator's versions checker must catch it.
+pub const SKIP_RETIREMENT: &str = "skip-retirement";
+
 /// A signer that answers round 1 with commitments other than those of the
 /// nonces it holds (its hiding and binding commitments swapped) when it
 /// preprocesses. A package built from them does not carry its commitments, so
@@ -127,6 +132,7 @@ pub const KNOWN: &[&str] = &[
     SKIP_POLICY,
     SKIP_CLIENT_BOUNDS,
     SKIP_KEY_STATUS,
+    SKIP_RETIREMENT,
     WRONG_COMMITMENTS,
     CORRUPT_DKG_SHARES,
     SKIP_NODE_AUTHOR_CHECK,

@@ -30,6 +30,7 @@ const PLANTS: &[&str] = &[
     synod_node::faults::SKIP_COORDINATOR_CHECK,
     synod_node::faults::SKIP_CLIENT_BOUNDS,
     synod_node::faults::SKIP_KEY_STATUS,
+    synod_node::faults::SKIP_RETIREMENT,
 ];
 
 #[derive(Parser, Debug)]
@@ -413,6 +414,8 @@ fn invariant_name(name: &str) -> &'static str {
         "request-outlives-its-bound",
         "requester-over-quota",
         "out-of-service-releases-nothing",
+        "one-primary-per-key",
+        "retired-version-takes-requests",
     ];
     NAMES.iter().find(|n| **n == name).copied().unwrap_or("unknown-invariant")
 }

@@ -170,6 +170,14 @@ fn sim_planted_skip_client_bounds_is_caught() {
 }
 
 #[test]
+fn sim_planted_skip_retirement_is_caught() {
+    // A cluster whose rotated-out key version never retires keeps taking requests that name
+    // it after its overlap; `retired-version-takes-requests` names the request and the deadline.
+    let text = plant_caught("skip-retirement", "0..8", "2");
+    assert!(text.contains("retired-version-takes-requests"), "{text}");
+}
+
+#[test]
 fn sim_planted_skip_key_status_is_caught() {
     // A cluster that never consults a key's service status keeps signing on the lifecycle
     // client's key after it was disabled or scheduled for destruction;

@@ -333,7 +333,8 @@ impl ClusterState {
         if key.status != super::KeyStatus::Active && !crate::faults::enabled(crate::faults::SKIP_KEY_STATUS) {
             return Err(format!("{}; request {} is not signed", key.not_signing(), request.request_id));
         }
-        if let Some(at) = key.retire_at_ms.filter(|at| *at <= now_ms) {
+        let retired = key.retire_at_ms.filter(|at| *at <= now_ms);
+        if let Some(at) = retired.filter(|_| !crate::faults::enabled(crate::faults::SKIP_RETIREMENT)) {
             return Err(format!(
                 "version {} of key {} retired at {at} ms (its overlap ended); request {} is not signed",
                 key.version, key.name, request.request_id

@@ -144,6 +144,7 @@ impl ClusterState {
         let version = versions.iter().map(|k| k.version).max().unwrap_or_default() + 1;
         let (replaces, policy, policy_version, policy_unset) =
             (primary.id.clone(), primary.policy.clone(), primary.policy_version, primary.policy_unset);
+        let primary_version = primary.version;
         let request = NewKey { id, name, threshold, participants, policy: Some(&policy) };
         let mut key = self.key_record(index, &request, KeyOrigin::Dkg)?;
         key.version = version;
@@ -155,7 +156,7 @@ impl ClusterState {
              primary until it is active",
             key.participants.len(),
             key.participants,
-            version - 1,
+            primary_version,
         );
         self.keys.insert(key.id.clone(), key);
         Ok(detail)
@@ -182,6 +183,9 @@ impl ClusterState {
     /// Retires every version whose overlap has ended by the log's time,
     /// failing its pending requests. Returns how many it retired.
     pub(super) fn retire_versions(&mut self, index: u64) -> usize {
+        if crate::faults::enabled(crate::faults::SKIP_RETIREMENT) {
+            return 0;
+        }
         let now = self.time_ms;
         let due: Vec<String> = self
             .keys

@@ -1,6 +1,7 @@
 //! A key out of service releases nothing ([`OutOfServiceReleasesNothing`]):
 //! no signer releases a share for a request whose key its own state held
 //! disabled, scheduled for destruction or destroyed when it decided. The
+//! (A version a rotation retired counts as out of service.) The
 //! releasing signer's state is read at the index it had applied when it
 //! checked the request (`Released::checked_at_index`, a fact of the signer's
 //! state machine, not a tag of the share): a share released after the status

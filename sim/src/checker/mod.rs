@@ -16,8 +16,10 @@
 //!   forged and altered commands refused.
 //! - `signing.rs`: nonce single use, one message and one signature per
 //!   request, signatures verify, no share without a met policy.
-//! - `lifecycle.rs`: a key disabled, scheduled for destruction or destroyed
-//!   in a signer's own state releases nothing.
+//! - `lifecycle.rs`: a key disabled, scheduled for destruction, destroyed or
+//!   retired in a signer's own state releases nothing.
+//! - `versions.rs`: one primary per key, the newest active version; no
+//!   request taken on a version past its retirement.
 //! - `blame.rs`: only the byzantine signer is ever named a culprit.
 //! - `liveness.rs`: key generation and signing are live after the heal.
 //!
@@ -46,6 +48,7 @@ mod raft;
 mod signing;
 mod state;
 mod time;
+mod versions;
 
 pub use blame::HonestNotBlamed;
 pub use lifecycle::OutOfServiceReleasesNothing;
@@ -57,6 +60,7 @@ pub use state::{
     signing_hash, AckedWritesKept, AlteredCommandsRefused, ForgeriesRefused, RequestsBounded, StateAgreement,
 };
 pub use time::BoundedTime;
+pub use versions::VersionsConsistent;
 
 /// A broken invariant.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,6 +163,7 @@ pub fn all(cfg: &SimConfig) -> Vec<Box<dyn Checker>> {
         Box::new(SignaturesVerify::default()),
         Box::new(PolicyBeforeShares::default()),
         Box::new(OutOfServiceReleasesNothing::default()),
+        Box::new(VersionsConsistent),
         Box::new(HonestNotBlamed {
             byzantine: crate::schedule::draw_byzantine_signer(cfg.seed, &cfg.plan, cfg.nodes).map(|(node, _)| node),
         }),

@@ -1,8 +1,12 @@
 //! The admin's key lifecycle inside the fault window: at a random moment it
-//! creates [`LIFE_KEY`] (open policy), then takes it through `disable`,
-//! `enable` and `destroy` (with the genesis's short [`DESTROY_WAIT_MS`]),
-//! while it keeps sending sign requests on it, and follows the key until a
-//! node shows it destroyed with every participant's shares deleted.
+//! creates [`LIFE_KEY`] (open policy), rotates it to a version 2 with a
+//! random threshold (a short [`OVERLAP_MS`], during which some requests name
+//! version 1), then takes it through `disable`, `enable` and `destroy` (with
+//! the genesis's short [`DESTROY_WAIT_MS`]), while it keeps sending sign
+//! requests on it, and follows the key until a node shows it destroyed with
+//! every participant's shares deleted. A rotation that does not finish
+//! before [`ROTATION_GIVE_UP_AFTER_HEAL_MS`] after the heal is left to the
+//! disable, which aborts it.
 //!
 //! Its requests go into `History::sent` (so the signing checkers judge every
 //! share and signature for them) but not into `History::sign_pending`: a
@@ -31,6 +35,13 @@ pub const LIFE_KEY: &str = "sim-life";
 pub const DESTROY_WAIT_MS: u64 = 2_000;
 /// The client pauses up to this long between two steps of the key's life, in ms.
 const STEP_PAUSE_MS_MAX: u64 = 2_000;
+/// How long the version a rotation replaces keeps signing requests that name it.
+pub const OVERLAP_MS: u64 = 1_500;
+/// How many times the client starts a rotation that aborted.
+const ROTATIONS_TRIED_MAX: u32 = 4;
+/// The client stops waiting for a rotation this long after the heal (or after
+/// it started the rotation, if that was later).
+const ROTATION_GIVE_UP_AFTER_HEAL_MS: u64 = 8_000;
 
 /// The admin's lifecycle client (see the module comment). Runs only with
 /// `keygen_during_faults` (the chaos profile).
@@ -43,6 +54,20 @@ pub async fn lifecycle_client(ctx: ClientCtx) -> turmoil::Result {
     let participants: Vec<u64> = (1..=ctx.nodes).collect();
     let ack = create_key(&ctx, &mut rng, LIFE_KEY, &participants).await;
     let mut seq = 0;
+    for _ in 0..1 + rng.next_u64() % 3 {
+        send_request(&ctx, &mut rng, seq, None).await;
+        seq += 1;
+    }
+    if rotate(&ctx, &mut rng).await {
+        // Some requests name version 1 during its overlap, some after it: either may be
+        // signed while the old version is retiring in the signer's own state, never after.
+        let until = ctx.now_ms() + OVERLAP_MS + 500;
+        while ctx.now_ms() < until {
+            let version = (rng.next_u64() % 2 == 0).then_some(1);
+            send_request(&ctx, &mut rng, seq, version).await;
+            seq += 1;
+        }
+    }
     let steps = [
         Command::DisableKey { key: LIFE_KEY.into() },
         Command::EnableKey { key: LIFE_KEY.into() },
@@ -52,14 +77,15 @@ pub async fn lifecycle_client(ctx: ClientCtx) -> turmoil::Result {
         let pause = rng.next_u64() % STEP_PAUSE_MS_MAX;
         let until = ctx.now_ms() + pause;
         while ctx.now_ms() < until {
-            send_request(&ctx, &mut rng, seq).await;
+            send_request(&ctx, &mut rng, seq, None).await;
             seq += 1;
         }
         admin_step(&ctx, &mut rng, command).await;
     }
     // A few more requests: every one must be refused or fail, none signed.
     for _ in 0..3 {
-        send_request(&ctx, &mut rng, seq).await;
+        let version = (rng.next_u64() % 3 == 0).then_some(1);
+        send_request(&ctx, &mut rng, seq, version).await;
         seq += 1;
     }
     // Follow the key until its destruction is done and cleaned up everywhere.
@@ -99,9 +125,61 @@ fn due_after_the_run(ctx: &ClientCtx, destroy_at_ms: Option<u64>) -> Option<u64>
     (due > at_ms + DUE_AFTER_HEAL_FOLLOWED_MS).then(|| due - at_ms)
 }
 
+/// Rotates [`LIFE_KEY`] to a new version with a random threshold among the
+/// current version's participants, following it until a node shows the new
+/// version as the primary; starts it again when it aborted (without the
+/// culprit it named, as `synod key rotate` advises), at most
+/// [`ROTATIONS_TRIED_MAX`] times. Whether it did.
+async fn rotate(ctx: &ClientCtx, rng: &mut ChaCha8Rng) -> bool {
+    let started_ms = ctx.now_ms();
+    let mut tried = 0;
+    let mut culprits: Vec<u64> = Vec::new();
+    let mut last_attempt: Option<String> = None;
+    loop {
+        let target = ctx.random_node(rng);
+        let read = ClientRequest::GetKey { name: LIFE_KEY.to_string() };
+        let info = call_node(&ctx.net, target, &read, CALL_TIMEOUT, key_info).await;
+        if let Ok(Ok(info)) = &info {
+            if info.version > 1 {
+                ctx.event(format!("life: key {LIFE_KEY} version {} ({}) is the primary", info.version, info.id));
+                return true;
+            }
+            let generating = info.versions.iter().any(|v| v.status == KeyStatus::Generating);
+            if !generating {
+                if tried == ROTATIONS_TRIED_MAX {
+                    ctx.event(format!("life: rotation of {LIFE_KEY} not done after {tried} tries; going on"));
+                    return false;
+                }
+                if let Some(id) = &last_attempt {
+                    let read = ClientRequest::GetKey { name: id.clone() };
+                    if let Ok(Ok(aborted)) = call_node(&ctx.net, target, &read, CALL_TIMEOUT, key_info).await {
+                        culprits.extend(aborted.culprit);
+                    }
+                }
+                tried += 1;
+                let participants: Vec<u64> =
+                    info.participants.iter().copied().filter(|p| !culprits.contains(p)).collect();
+                let n = participants.len() as u64;
+                let threshold = (2 + rng.next_u64() % n.saturating_sub(1).max(1)) as u16;
+                let overlap_ms = OVERLAP_MS;
+                let command = Command::RotateKey { name: LIFE_KEY.into(), threshold, participants, overlap_ms };
+                last_attempt = admin_step(ctx, rng, command).await;
+            }
+        }
+        if let Phase::Healed { at_ms } = ctx.history.borrow().phase {
+            if ctx.now_ms() > at_ms.max(started_ms) + ROTATION_GIVE_UP_AFTER_HEAL_MS {
+                ctx.event(format!("life: rotation of {LIFE_KEY} still not done after the heal; going on"));
+                return false;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// One lifecycle command, submitted until the cluster applies it (or says
-/// an earlier attempt already did).
-async fn admin_step(ctx: &ClientCtx, rng: &mut ChaCha8Rng, command: Command) {
+/// an earlier attempt already did). The id of the command that applied, when
+/// this call saw it apply.
+async fn admin_step(ctx: &ClientCtx, rng: &mut ChaCha8Rng, command: Command) -> Option<String> {
     let kind = command.kind();
     loop {
         let signed = ctx.sign(&ctx.admin, rng, command.clone());
@@ -109,14 +187,16 @@ async fn admin_step(ctx: &ClientCtx, rng: &mut ChaCha8Rng, command: Command) {
         match ctx.submit(Submission::Command(&signed), first, rng, 20).await.map(|r| r.outcome) {
             Some(Outcome::Applied { detail }) => {
                 ctx.event(format!("life: {kind}: {detail}"));
-                return;
+                return signed.verify().ok().map(|envelope| envelope.command_id);
             }
             // An earlier attempt applied without an answer (and the deadline may have passed since).
             Some(Outcome::Rejected { reason, .. })
-                if reason.contains("already scheduled") || reason.contains("is destroyed") =>
+                if reason.contains("already scheduled")
+                    || reason.contains("is destroyed")
+                    || reason.contains("still generating") =>
             {
                 ctx.event(format!("life: {kind}: an earlier attempt applied ({reason})"));
-                return;
+                return None;
             }
             other => {
                 ctx.event(format!("life: {kind} not applied yet: {other:?}"));
@@ -126,9 +206,9 @@ async fn admin_step(ctx: &ClientCtx, rng: &mut ChaCha8Rng, command: Command) {
     }
 }
 
-/// One sign request on [`LIFE_KEY`], sent once; whatever happens to it is the
-/// checkers' to judge.
-async fn send_request(ctx: &ClientCtx, rng: &mut ChaCha8Rng, seq: u64) {
+/// One sign request on [`LIFE_KEY`] (naming `version`, or the primary), sent
+/// once; whatever happens to it is the checkers' to judge.
+async fn send_request(ctx: &ClientCtx, rng: &mut ChaCha8Rng, seq: u64, version: Option<u32>) {
     let request_id = format!("life-{seq:04}");
     let mut message = vec![0u8; 16];
     rng.fill_bytes(&mut message);
@@ -143,7 +223,10 @@ async fn send_request(ctx: &ClientCtx, rng: &mut ChaCha8Rng, seq: u64) {
             approval: Approval::NotNeeded,
         },
     );
-    let command = super::sign_request_command(&request_id, LIFE_KEY, &hex::encode(&message), 1);
+    let mut command = super::sign_request_command(&request_id, LIFE_KEY, &hex::encode(&message), 1);
+    if let Command::SignRequest { version: named, .. } = &mut command {
+        *named = version;
+    }
     let signed = ctx.sign(&ctx.admin, rng, command);
     let target = ctx.random_node(rng);
     let answer = call_node(&ctx.net, target, &sign_call(&signed), Duration::from_secs(3), super::request_info).await;
@@ -152,6 +235,7 @@ async fn send_request(ctx: &ClientCtx, rng: &mut ChaCha8Rng, seq: u64) {
         Ok(Err(e)) => format!("refused: {e}"),
         Err(e) => format!("no answer ({e:?})"),
     };
-    ctx.event(format!("life: {request_id} via n{target}: {what}"));
+    let named = version.map(|v| format!(" (version {v})")).unwrap_or_default();
+    ctx.event(format!("life: {request_id}{named} via n{target}: {what}"));
     tokio::time::sleep(Duration::from_millis(50 + rng.next_u64() % 150)).await;
 }
