@@ -144,3 +144,58 @@ fn rotation_new_version_signs_old_finishes_its_requests_then_retires() {
     let err = fails(&cluster.synod(1, &["key", "rotate", "rel", "--overlap", "31d"]));
     assert!(err.contains("at most 30 days"), "{err}");
 }
+
+#[test]
+fn rotation_moves_a_key_off_a_leaving_member_and_onto_a_new_one_while_it_signs() {
+    // A 3-of-5 key loses node 5 and gains node 6 by two rotations; the cluster refuses to drop
+    // node 5 while it holds a share in service, and a signer keeps signing throughout.
+    let mut cluster = Cluster::start(5);
+    ok(&cluster.synod(1, &["key", "create", "rel", "-t", "3", "--open-policy"]));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (signed, failures) = std::thread::scope(|scope| {
+        let background = scope.spawn(|| {
+            // One request at a time through node 1, until told to stop.
+            let (mut signed, mut failures) = (0, Vec::new());
+            for i in 0.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                match sign(&cluster, 1, &format!("steady {i}"), &format!("steady-{i}"), &[]) {
+                    Ok(_) => signed += 1,
+                    Err(e) => failures.push(e),
+                }
+            }
+            (signed, failures)
+        });
+        let err = fails(&cluster.synod(2, &["cluster", "remove-member", "--id", "5"]));
+        assert!(
+            err.contains("holds shares of keys in service (rel v1)") && err.contains("--participants 1,2,3,4"),
+            "{err}"
+        );
+        let moved =
+            ok(&cluster
+                .synod(2, &["key", "rotate", "rel", "--participants", "1,2,3,4", "--overlap", "0s", "-o", "json"]));
+        assert_eq!(serde_json::from_str::<Value>(&moved).unwrap()["participants"], serde_json::json!([1, 2, 3, 4]));
+        ok(&cluster.synod(2, &["cluster", "remove-member", "--id", "5"]));
+        wait_for("node 5 to leave the voters", Duration::from_secs(60), || {
+            (!cluster.voters(1).contains(&5)).then_some(())
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        background.join().unwrap()
+    });
+    assert!(signed > 0, "nothing was signed while node 5 left");
+    // A request in flight across the switch may fail once with the retirement; none other does.
+    assert!(failures.iter().all(|e| e.contains("retired")) && failures.len() <= 1, "{failures:?}");
+
+    cluster.kill(5);
+    cluster.add_node_files(6);
+    cluster.start_new_nodes(&[6]);
+    let (raft_addr, api_addr) = (cluster.nodes[&6].raft_addr.clone(), cluster.nodes[&6].api_addr.clone());
+    ok(&cluster.synod(1, &["cluster", "add-member", "--id", "6", "--raft-addr", &raft_addr, "--api-addr", &api_addr]));
+    wait_for("node 6 to become a voter", Duration::from_secs(60), || cluster.voters(1).contains(&6).then_some(()));
+    let joined = ok(&cluster.synod(3, &["key", "rotate", "rel", "--participants", "1,2,3,4,6", "-o", "json"]));
+    let joined: Value = serde_json::from_str(&joined).unwrap();
+    assert_eq!((&joined["version"], &joined["threshold"]), (&3.into(), &3.into()), "{joined}");
+    let last = sign(&cluster, 6, "signed with node 6 a participant", "joined", &[]).expect("version 3 signs");
+    assert_eq!(last["key_version"], 3);
+}

@@ -506,6 +506,7 @@ impl ClusterState {
                 if self.members.len() == 1 && self.members.contains_key(node_id) {
                     return Err("cannot remove the last member".into());
                 }
+                self.check_no_shares_in_service(*node_id)?;
                 if self.members.remove(node_id).is_none() {
                     return Err(format!("node {node_id} is not a member").into());
                 }

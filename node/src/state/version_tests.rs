@@ -194,3 +194,26 @@ fn state_rotation_refusals_name_the_reason() {
     };
     refused(&world.by_admin(audit), "audit key is not rotated");
 }
+
+#[test]
+fn state_member_holding_a_share_in_service_is_removed_only_after_a_rotation_moves_the_key_off_it() {
+    let mut world = World::new();
+    dkg(&mut world, "k");
+    let remove = || Command::RemoveMember { node_id: 3 };
+    refused(&world.by_admin(remove()), "synod key rotate k --participants 1,2");
+    let outcome = world.by_admin(Command::RotateKey {
+        name: "k".into(),
+        threshold: 2,
+        participants: vec![1, 2],
+        overlap_ms: OVERLAP_MS,
+    });
+    assert!(outcome.is_applied(), "{outcome:?}");
+    // The version generating without node 3 and the retiring one with it still hold it.
+    refused(&world.by_admin(remove()), "holds shares of keys in service (k v1)");
+    let v2 = generating(&world);
+    dkg_rounds(&mut world, &v2, &[1, 2], 2);
+    refused(&world.by_admin(remove()), "k v1");
+    world.time_ms += OVERLAP_MS;
+    assert!(world.by_admin(remove()).is_applied(), "a retired version does not hold the removal up");
+    assert!(!world.state.members.contains_key(&3));
+}

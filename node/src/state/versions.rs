@@ -117,6 +117,42 @@ impl ClusterState {
         info
     }
 
+    /// Under rules 6, a member that holds a share of a key in service (or of a
+    /// version still generating) cannot be removed: the key would lose a
+    /// signer without anyone deciding it. Rotating the key to participants
+    /// without the member moves it off first; a retired or destroyed version
+    /// does not hold the removal up. Nor does the audit key, which is not
+    /// rotated: it loses the member's share and signs on while its threshold
+    /// of participants remain.
+    pub(super) fn check_no_shares_in_service(&self, node: NodeId) -> Result<(), Refusal> {
+        if self.rules < RULES_KEY_VERSIONS {
+            return Ok(());
+        }
+        let held: Vec<&KeyRecord> = self
+            .keys
+            .values()
+            .filter(|k| {
+                k.is_participant(node)
+                    && k.name != synod_proto::authz::AUDIT_KEY_NAME
+                    && matches!(
+                        k.status,
+                        KeyStatus::Generating | KeyStatus::Active | KeyStatus::Disabled | KeyStatus::DestroyScheduled
+                    )
+            })
+            .collect();
+        let Some(first) = held.first() else { return Ok(()) };
+        let names: Vec<String> = held.iter().map(|k| format!("{} v{}", k.name, k.version)).collect();
+        let others: Vec<String> = first.participants.iter().filter(|p| **p != node).map(|p| p.to_string()).collect();
+        Err(format!(
+            "node {node} holds shares of keys in service ({}); move each key off it first with a rotation, e.g. \
+             `synod key rotate {} --participants {}` (or destroy the key), then remove the node",
+            names.join(", "),
+            first.name,
+            others.join(",")
+        )
+        .into())
+    }
+
     pub(super) fn rotate_key(&mut self, index: u64, new: NewVersion<'_>) -> Result<String, Refusal> {
         let NewVersion { id, name, threshold, participants, overlap_ms } = new;
         if self.rules < RULES_KEY_VERSIONS {
