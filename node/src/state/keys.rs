@@ -55,8 +55,8 @@ pub enum KeyStatus {
 }
 
 impl KeyStatus {
-    /// Whether an admin has taken the key out of service (disabled, or its
-    /// destruction scheduled or done): such a key releases nothing.
+    /// Whether the key is out of service (disabled, its destruction scheduled
+    /// or done, or a version retired by a rotation): such a key releases nothing.
     pub fn is_out_of_service(&self) -> bool {
         matches!(self, KeyStatus::Disabled | KeyStatus::DestroyScheduled | KeyStatus::Destroyed | KeyStatus::Retired)
     }
@@ -215,7 +215,7 @@ impl KeyRecord {
             KeyStatus::Destroyed => format!("key {name} is destroyed; it signs nothing and its name is not reused"),
             KeyStatus::Retired => format!(
                 "version {} of key {name} is retired (a rotation replaced it, and its overlap ended at {} ms); it \
-                 verifies only. Request without --version to sign with the primary",
+                 verifies only. Request without --key-version to sign with the primary",
                 self.version,
                 self.retire_at_ms.unwrap_or_default()
             ),
