@@ -52,13 +52,7 @@ impl ClusterState {
 
     /// The key named `name` for a lifecycle command, if these rules have them.
     fn lifecycle_key(&mut self, name: &str, what: &str) -> Result<&mut KeyRecord, Refusal> {
-        if self.rules < RULES_KEY_LIFECYCLE {
-            return Err(format!(
-                "{what} needs rules version {RULES_KEY_LIFECYCLE}; this cluster's genesis named version {}",
-                self.rules
-            )
-            .into());
-        }
+        self.needs_rules(RULES_KEY_LIFECYCLE, what)?;
         if name == synod_proto::authz::AUDIT_KEY_NAME {
             return Err(format!("the audit key signs the audit chain's checkpoints; it cannot be {what}d").into());
         }

@@ -625,6 +625,18 @@ impl ClusterState {
         }
     }
 
+    /// Refuses `what` unless this state's rules are at least `version`.
+    fn needs_rules(&self, version: u32, what: &str) -> Result<(), Refusal> {
+        if self.rules < version {
+            return Err(format!(
+                "{what} needs rules version {version}; this cluster's genesis named version {}",
+                self.rules
+            )
+            .into());
+        }
+        Ok(())
+    }
+
     /// Records a Raft membership entry; counts it when it names a node the
     /// signed registry does not authorise (a leader acting without authority).
     pub fn observe_membership(&mut self, index: u64, nodes: impl Iterator<Item = NodeId>) {

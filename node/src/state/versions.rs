@@ -70,14 +70,7 @@ impl ClusterState {
     pub(super) fn requested_version(&self, name: &str, version: Option<u32>) -> Result<&KeyRecord, Refusal> {
         let primary = self.key_by_name(name).ok_or(format!("no key named {name:?}"))?;
         let Some(version) = version else { return Ok(primary) };
-        if self.rules < RULES_KEY_VERSIONS {
-            return Err(format!(
-                "naming a key version needs rules version {RULES_KEY_VERSIONS}; this cluster's genesis named \
-                 version {}",
-                self.rules
-            )
-            .into());
-        }
+        self.needs_rules(RULES_KEY_VERSIONS, "naming a key version")?;
         self.versions_of(name)
             .into_iter()
             .rev()
@@ -155,13 +148,7 @@ impl ClusterState {
 
     pub(super) fn rotate_key(&mut self, index: u64, new: NewVersion<'_>) -> Result<String, Refusal> {
         let NewVersion { id, name, threshold, participants, overlap_ms } = new;
-        if self.rules < RULES_KEY_VERSIONS {
-            return Err(format!(
-                "rotation needs rules version {RULES_KEY_VERSIONS}; this cluster's genesis named version {}",
-                self.rules
-            )
-            .into());
-        }
+        self.needs_rules(RULES_KEY_VERSIONS, "rotation")?;
         if name == synod_proto::authz::AUDIT_KEY_NAME {
             return Err("the audit key is not rotated: its checkpoints name one public key".into());
         }
