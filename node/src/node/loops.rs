@@ -67,6 +67,18 @@ impl Node {
 /// How many terms in a row a node may stand as candidate before it pauses.
 const CANDIDATE_TERMS_MAX: u64 = 3;
 
+/// How long a node that split the vote for [`CANDIDATE_TERMS_MAX`] terms stays
+/// out of elections, in maximum election timeouts, before a random fraction of
+/// one more. openraft times the next candidacy from the node's own last vote
+/// (its election timeout, plus its `smaller_log_timeout` of two more once a
+/// peer refused it holding a longer log), so two candidates that voted for
+/// themselves at one tick come back at one tick. A pause that ends before that
+/// deadline changes nothing; one that covers it and ends at a random point
+/// gives the two different phases (chaos seed 715: a pause of a fraction of a
+/// timeout left two candidates colliding for 15 s while the only longer log
+/// stood down for its stamped time).
+const SPLIT_VOTE_PAUSE_TIMEOUTS: u64 = 3;
+
 /// How long a candidate refused by a peer with a longer log stays out of
 /// elections, in maximum election timeouts (plus up to one more of jitter).
 /// The peer ahead waits up to three between candidacies (its own timeout plus
@@ -84,7 +96,10 @@ const LOG_BEHIND_PAUSE_TIMEOUTS: u64 = 8;
 /// started on an empty disk withholding its vote). Two rules, each pausing this
 /// node's own elections (from the node's RNG seam, which shifts its phase):
 /// - a node that has stood as candidate for several terms without a leader
-///   pauses for a random fraction of the election timeout;
+///   pauses past its next candidacy, for [`SPLIT_VOTE_PAUSE_TIMEOUTS`] and a
+///   random fraction of one more, then stands at once: its own random phase,
+///   not openraft's timer, which a vote it granted the other candidate would
+///   have set to the same tick;
 /// - a candidate whose vote a peer refused holding a longer log cannot win
 ///   while that peer can, and standing first every term it would take the
 ///   votes that peer needs (openraft 0.9 has no pre-vote): it stays out for
@@ -97,6 +112,8 @@ pub(super) async fn break_election_ties(node: std::sync::Weak<Node>, tuning: Raf
     let mut paused_until: Option<tokio::time::Instant> = None;
     // The term in which the current pause began.
     let mut paused_in_term = 0;
+    // Whether the pause ends with this node standing at once (a split-vote pause).
+    let mut stand_after_pause = false;
     let recent = std::time::Duration::from_millis(tuning.election_timeout_max_ms);
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(tuning.heartbeat_ms)).await;
@@ -125,6 +142,15 @@ pub(super) async fn break_election_ties(node: std::sync::Weak<Node>, tuning: Raf
             continue;
         }
         let m = node.raft.metrics().borrow().clone();
+        if std::mem::take(&mut stand_after_pause) && !off && paused_until.is_some() && m.current_leader.is_none() {
+            // The pause ended at a random moment of this node's own: stand now, rather
+            // than when openraft's timer, which the other candidate may share, says.
+            tracing::info!(term = m.current_term, "standing for election after a split-vote pause");
+            if let Err(e) = node.raft.trigger().elect().await {
+                tracing::warn!(error = %e, "could not stand for election");
+            }
+            continue;
+        }
         if m.state != ServerState::Candidate || m.current_leader.is_some() {
             streak_start = None;
             continue;
@@ -144,7 +170,7 @@ pub(super) async fn break_election_ties(node: std::sync::Weak<Node>, tuning: Raf
             if m.current_term.saturating_sub(start) < CANDIDATE_TERMS_MAX {
                 continue;
             }
-            let pause_ms = {
+            let pause_ms = SPLIT_VOTE_PAUSE_TIMEOUTS * tuning.election_timeout_max_ms + {
                 let mut rng = node.seams.rng.lock().expect("rng lock");
                 rand_core::RngCore::next_u64(&mut *rng) % tuning.election_timeout_max_ms
             };
@@ -153,6 +179,7 @@ pub(super) async fn break_election_ties(node: std::sync::Weak<Node>, tuning: Raf
                 pause_ms,
                 "split votes for several terms; pausing elections to break the tie"
             );
+            stand_after_pause = true;
             pause_ms
         };
         streak_start = None;
