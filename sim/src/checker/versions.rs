@@ -3,10 +3,12 @@
 //!   ever turned active, and every older version that turned active has its
 //!   retirement deadline set (a rotation finished), with version numbers never
 //!   reused among a name's rotations;
-//! - `retired-version-takes-requests`: no request was taken on a version at or
+//! - `retired-version-takes-requests`: no request was taken on a version
 //!   after its retirement deadline by the log's time (requests committed
-//!   before it may still finish during the overlap). Request records are kept
-//!   for good, so this is judged once, on every node's final state.
+//!   before it may still finish during the overlap; with no overlap, one
+//!   committed in the same millisecond as the promotion ends at the deadline
+//!   itself). Request records are kept for good, so this is judged once, on
+//!   every node's final state.
 //!
 //! Shares released for a retired version are judged by
 //! `out-of-service-releases-nothing`, which counts `retired` as out of
@@ -58,7 +60,7 @@ impl VersionsConsistent {
         for request in state.requests.values() {
             let Some(key) = state.keys.get(&request.key_id) else { continue };
             let Some(retire_at) = key.retire_at_ms else { continue };
-            if request.created_at_ms >= retire_at {
+            if request.created_at_ms > retire_at {
                 return Err(Violation::new(
                     "retired-version-takes-requests",
                     format!(
