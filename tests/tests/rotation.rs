@@ -12,7 +12,7 @@ use serde_json::Value;
 use synod_tests::{fails, ok, wait_for, Cluster};
 
 /// How long version 1 keeps signing requests that name it after the rotation.
-const OVERLAP: &str = "20s";
+const OVERLAP: &str = "30s";
 
 fn key(cluster: &Cluster, name: &str) -> Value {
     serde_json::from_str(&ok(&cluster.synod(1, &["key", "show", name, "-o", "json"]))).expect("key JSON")
