@@ -87,7 +87,8 @@ fn lifecycle_disable_enable_and_destroy_leave_no_share_on_any_node() {
 #[test]
 fn lifecycle_wiped_node_reports_its_lost_share_and_the_others_still_sign() {
     // A participant whose data directory is wiped comes back without its share: it says so in
-    // health and status, the log records it with the key, and the two others still sign.
+    // health and status, the log records it with the key, and the two others still sign; a
+    // rotation brings it back into the key.
     let mut cluster = cluster_with_destroy_wait(None);
     ok(&cluster.synod(1, &["key", "create", "kept", "-t", "2", "--open-policy"]));
     cluster.sign(1, "kept", b"before", "w-before").expect("signs with every share");
@@ -109,4 +110,10 @@ fn lifecycle_wiped_node_reports_its_lost_share_and_the_others_still_sign() {
     let table = ok(&cluster.synod(1, &["key", "show", "kept"]));
     assert!(table.contains("shares missing: nodes [3]"), "{table}");
     cluster.sign(1, "kept", b"after the wipe", "w-after").expect("the two others still sign");
+    // Until repair exists, a rotation gives node 3 a share again (of a new version, with a new
+    // public key): 3 of 3 signs only with it.
+    ok(&cluster.synod(1, &["key", "rotate", "kept", "-t", "3", "--overlap", "0s"]));
+    let signed = cluster.sign(2, "kept", b"after the rotation", "w-rotated").expect("version 2 signs");
+    assert_eq!(signed["signers"], serde_json::json!([1, 2, 3]), "{signed}");
+    assert_eq!(signed["key_version"], 2);
 }
