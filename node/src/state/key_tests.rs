@@ -369,7 +369,7 @@ fn state_pending_request_fails_after_its_deadline() {
 }
 
 /// Adds operators and a policy needing `m` approvals from alice and bob to key `k`.
-fn with_policy(world: &mut World, m: u32) -> BTreeMap<&'static str, SigningKey> {
+pub(crate) fn with_policy(world: &mut World, m: u32) -> BTreeMap<&'static str, SigningKey> {
     use synod_proto::authz::{Policy, Role};
     let mut keys = BTreeMap::new();
     for (i, (name, role)) in

@@ -6,7 +6,7 @@
 use synod_proto::api::KeyStatus as Api;
 use synod_proto::{Command, Outcome};
 
-use super::key_tests::{dkg, dkg_rounds, pending_request, refused, threshold_sign, World};
+use super::key_tests::{dkg, dkg_rounds, pending_request, refused, threshold_sign, with_policy, World};
 use super::{KeyStatus, RequestStatus};
 
 const OVERLAP_MS: u64 = 60_000;
@@ -216,4 +216,19 @@ fn state_member_holding_a_share_in_service_is_removed_only_after_a_rotation_move
     world.time_ms += OVERLAP_MS;
     assert!(world.by_admin(remove()).is_applied(), "a retired version does not hold the removal up");
     assert!(!world.state.members.contains_key(&3));
+}
+
+#[test]
+fn state_rotation_takes_the_policy_as_it_stands_even_naming_a_removed_operator() {
+    // Removing an operator leaves the policies that name it; a rotation must not be refused
+    // for that (it would be, were the policy judged again as a new key's).
+    let mut world = World::new();
+    dkg(&mut world, "k");
+    with_policy(&mut world, 1);
+    assert!(world.by_admin(Command::RemoveOperator { name: "bob".into() }).is_applied());
+    let outcome = world.by_admin(rotate(2, OVERLAP_MS));
+    assert!(outcome.is_applied(), "{outcome:?}");
+    let v2 = generating(&world);
+    let (old, new) = (world.state.key_by_name("k").unwrap(), &world.state.keys[&v2]);
+    assert_eq!((&new.policy, new.policy_version), (&old.policy, old.policy_version));
 }

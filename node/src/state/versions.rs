@@ -168,9 +168,11 @@ impl ClusterState {
         let (replaces, policy, policy_version, policy_unset) =
             (primary.id.clone(), primary.policy.clone(), primary.policy_version, primary.policy_unset);
         let primary_version = primary.version;
-        let request = NewKey { id, name, threshold, participants, policy: Some(&policy) };
+        // The policy is the key's, taken as it stands (not judged again as a new key's would be).
+        let request = NewKey { id, name, threshold, participants, policy: None };
         let mut key = self.key_record(index, &request, KeyOrigin::Dkg)?;
         key.version = version;
+        key.policy = policy;
         key.policy_version = policy_version;
         key.policy_unset = policy_unset;
         key.rotation = Some(Rotation { replaces, overlap_ms });
