@@ -389,6 +389,7 @@ pub enum KeyCmd {
     /// --key-version`) until the overlap ends, then it is retired and only verifies.
     /// Rotation is how a key's threshold or participants change.
     Rotate {
+        /// The key's name.
         name: String,
         /// Signers needed for a signature; the current version's when omitted.
         #[arg(long, short = 't')]
