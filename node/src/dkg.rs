@@ -454,31 +454,7 @@ mod tests {
     use super::*;
 
     fn generating(participants: Vec<NodeId>) -> KeyRecord {
-        KeyRecord {
-            id: "k1".into(),
-            name: "payments".into(),
-            version: 1,
-            threshold: 2,
-            participants,
-            origin: KeyOrigin::Dkg,
-            status: KeyStatus::Generating,
-            round1: BTreeMap::new(),
-            public_key_package: None,
-            group_key: None,
-            confirmed: Vec::new(),
-            created_index: 1,
-            created_at_ms: 1_000,
-            status_index: 0,
-            destroy_at_ms: None,
-            shares_destroyed: Vec::new(),
-            shares_missing: Vec::new(),
-            retire_at_ms: None,
-            rotation: None,
-            activated_at_ms: None,
-            policy: Default::default(),
-            policy_version: 0,
-            policy_unset: false,
-        }
+        KeyRecord::generating("k1", "payments", 2, &participants, KeyOrigin::Dkg, 1, 1_000)
     }
 
     fn submitted(steps: Vec<Step>) -> Vec<Command> {

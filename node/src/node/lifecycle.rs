@@ -27,27 +27,26 @@ impl Node {
     /// Called from the key loop on every node: starts one round of due
     /// lifecycle work unless one is running or started within [`LIFECYCLE_RETRY`].
     pub(super) fn tend_key_lifecycle(self: &Arc<Self>, leader: bool) {
-        // The leader judges a deadline by the time it would stamp on the entry
-        // (a majority of clocks), not its own clock, which may be far off.
-        let scheduled =
-            leader && self.shared.read().state.keys.values().any(|k| k.status == KeyStatus::DestroyScheduled);
-        let due = if scheduled {
-            let stamp = self.stamp_time_ms();
-            self.shared.read().state.keys_due_for_destruction(stamp)
-        } else {
-            Vec::new()
-        };
-        let (mine, unchecked) = {
+        let (scheduled, mine, unchecked) = {
             let applied = self.shared.read();
+            let state = &applied.state;
             let checked = self.shares_checked.lock().expect("shares lock");
-            let unchecked: Vec<KeyRecord> = applied
-                .state
+            let unchecked: Vec<KeyRecord> = state
                 .keys
                 .values()
                 .filter(|k| holds_a_share(k) && k.participants.contains(&self.id) && !checked.contains(&k.id))
                 .cloned()
                 .collect();
-            (applied.state.shares_to_destroy(self.id), unchecked)
+            let scheduled = leader && state.keys.values().any(|k| k.status == KeyStatus::DestroyScheduled);
+            (scheduled, state.shares_to_destroy(self.id), unchecked)
+        };
+        // The leader judges a deadline by the time it would stamp on the entry
+        // (a majority of clocks), not its own clock, which may be far off.
+        let due = if scheduled {
+            let stamp = self.stamp_time_ms();
+            self.shared.read().state.keys_due_for_destruction(stamp)
+        } else {
+            Vec::new()
         };
         if due.is_empty() && mine.is_empty() && unchecked.is_empty() {
             return;

@@ -146,15 +146,61 @@ fn is_zero(n: &u64) -> bool {
 }
 
 impl KeyRecord {
+    /// A key version just created at log `index` and time `now_ms`, waiting
+    /// for its round-1 packages (or its imported shares), with the default
+    /// policy at version 1. Participants are kept in ascending order.
+    pub fn generating(
+        id: &str,
+        name: &str,
+        threshold: u16,
+        participants: &[NodeId],
+        origin: KeyOrigin,
+        index: u64,
+        now_ms: u64,
+    ) -> KeyRecord {
+        let mut participants = participants.to_vec();
+        participants.sort_unstable();
+        KeyRecord {
+            id: id.to_string(),
+            name: name.to_string(),
+            version: FIRST_VERSION,
+            threshold,
+            participants,
+            origin,
+            status: KeyStatus::Generating,
+            round1: BTreeMap::new(),
+            public_key_package: None,
+            group_key: None,
+            confirmed: Vec::new(),
+            created_index: index,
+            created_at_ms: now_ms,
+            activated_at_ms: None,
+            policy: Default::default(),
+            policy_version: 1,
+            policy_unset: false,
+            status_index: 0,
+            destroy_at_ms: None,
+            shares_destroyed: Vec::new(),
+            shares_missing: Vec::new(),
+            retire_at_ms: None,
+            rotation: None,
+        }
+    }
+
+    /// The status as the API names it: an active version with a retirement
+    /// deadline is `retiring`.
+    pub fn api_status(&self) -> synod_proto::api::KeyStatus {
+        match self.status {
+            KeyStatus::Active if self.retire_at_ms.is_some() => synod_proto::api::KeyStatus::Retiring,
+            ref other => other.api(),
+        }
+    }
+
     /// The API view.
     pub fn info(&self) -> KeyInfo {
         let (abort_reason, culprit) = match &self.status {
             KeyStatus::Aborted { reason, culprit } => (Some(reason.clone()), *culprit),
             _ => (None, None),
-        };
-        let status = match self.status {
-            KeyStatus::Active if self.retire_at_ms.is_some() => synod_proto::api::KeyStatus::Retiring,
-            ref other => other.api(),
         };
         KeyInfo {
             id: self.id.clone(),
@@ -162,7 +208,7 @@ impl KeyRecord {
             version: self.version,
             threshold: self.threshold,
             participants: self.participants.clone(),
-            status,
+            status: self.api_status(),
             origin: match self.origin {
                 KeyOrigin::Dkg => "dkg",
                 KeyOrigin::Imported => "imported",
@@ -281,33 +327,10 @@ impl ClusterState {
         if let Some(stranger) = participants.iter().find(|p| !self.members.contains_key(p)) {
             return Err(format!("participant {stranger} is not a member of the cluster").into());
         }
-        let mut participants = participants.to_vec();
-        participants.sort_unstable();
-        Ok(KeyRecord {
-            id: id.to_string(),
-            name: name.to_string(),
-            version: FIRST_VERSION,
-            threshold,
-            participants,
-            origin,
-            status: KeyStatus::Generating,
-            round1: BTreeMap::new(),
-            public_key_package: None,
-            group_key: None,
-            confirmed: Vec::new(),
-            created_index: index,
-            created_at_ms: self.time_ms,
-            activated_at_ms: None,
-            policy: policy.cloned().unwrap_or_default(),
-            policy_version: 1,
-            policy_unset,
-            status_index: 0,
-            destroy_at_ms: None,
-            shares_destroyed: Vec::new(),
-            shares_missing: Vec::new(),
-            retire_at_ms: None,
-            rotation: None,
-        })
+        let mut key = KeyRecord::generating(id, name, threshold, participants, origin, index, self.time_ms);
+        key.policy = policy.cloned().unwrap_or_default();
+        key.policy_unset = policy_unset;
+        Ok(key)
     }
 
     fn insert_key(&mut self, key: KeyRecord) {

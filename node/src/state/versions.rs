@@ -92,19 +92,16 @@ impl ClusterState {
             .versions_of(&key.name)
             .into_iter()
             .filter(|k| !matches!(k.status, KeyStatus::Aborted { .. }) || k.id == key.id)
-            .map(|k| {
-                let view = k.info();
-                KeyVersionInfo {
-                    version: k.version,
-                    id: k.id.clone(),
-                    status: view.status,
-                    primary: Some(&k.id) == primary,
-                    threshold: k.threshold,
-                    participants: k.participants.clone(),
-                    public_key: k.group_key.clone(),
-                    activated_at_ms: k.activated_at_ms,
-                    retire_at_ms: k.retire_at_ms,
-                }
+            .map(|k| KeyVersionInfo {
+                version: k.version,
+                id: k.id.clone(),
+                status: k.api_status(),
+                primary: Some(&k.id) == primary,
+                threshold: k.threshold,
+                participants: k.participants.clone(),
+                public_key: k.group_key.clone(),
+                activated_at_ms: k.activated_at_ms,
+                retire_at_ms: k.retire_at_ms,
             })
             .collect();
         info
