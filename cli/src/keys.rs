@@ -53,6 +53,10 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
             let key = get_key(&ApiClient::new(&client)?, &name).await?;
             print_key(&client, &key)
         }
+        KeyCmd::Refresh { name, client } => {
+            let key = refresh(&client, &name).await?;
+            print_key(&client, &key)
+        }
         KeyCmd::List(client) => {
             let (_, list): (u16, KeyList) = ApiClient::new(&client)?.get("/v1/keys").await?;
             match client.output.output {
@@ -167,6 +171,25 @@ fn print_key(client: &ClientArgs, key: &KeyInfo) -> anyhow::Result<()> {
                 key.participants
             );
             println!("public key:    {}", key.public_key.as_deref().unwrap_or("-"));
+            if key.generation > 0 || key.refresh.is_some() {
+                let when = key.refreshed_at_ms.map(|at| {
+                    let at = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(at));
+                    format!(" (refreshed {at}, log time)")
+                });
+                println!("generation:    {}{}", key.generation, when.unwrap_or_default());
+            }
+            if let Some(refresh) = &key.refresh {
+                let n = key.participants.len();
+                println!(
+                    "refreshing:    to generation {}: round-1 packages {}/{n}, confirmed {}/{n}",
+                    refresh.generation,
+                    refresh.round1_received.len(),
+                    refresh.confirmed.len()
+                );
+            }
+            if let Some(failed) = &key.refresh_failed {
+                println!("last refresh:  {}", shown(failed));
+            }
             if key.policy_unset {
                 println!("policy:        none yet: signs nothing until `synod key policy set`");
             } else {
@@ -274,6 +297,64 @@ async fn rotate(
         current.version
     );
     wait_active(&api, &key_id).await
+}
+
+/// Refreshes the shares of `name`'s primary version and waits, with
+/// progress on stderr, until the new generation is current or the refresh
+/// was aborted.
+async fn refresh(client: &ClientArgs, name: &str) -> anyhow::Result<KeyInfo> {
+    let api = ApiClient::new(client)?;
+    let before = get_key(&api, name).await?;
+    let status = members(&api).await?;
+    let command = Command::RefreshKey { key: name.to_string() };
+    let signed = sign_command(client, &cluster_id(&status)?, command)?;
+    let (_, response): (u16, WriteResponse) = api.post("/v1/keys", &signed).await?;
+    refused(&response)?;
+    proposed(&response, name)?;
+    let n = before.participants.len();
+    eprintln!(
+        "refreshing key {name} version {}: generation {} signs until every participant holds generation {}",
+        before.version,
+        before.generation,
+        before.generation + 1
+    );
+    let deadline = tokio::time::Instant::now() + KEY_WAIT;
+    let mut last = String::new();
+    loop {
+        let key = get_key(&api, &before.id).await?;
+        match &key.refresh {
+            None if key.generation > before.generation => {
+                eprintln!(
+                    "key {} version {}: generation {} is current; every node deletes its share of generation {}",
+                    shown(&key.name),
+                    key.version,
+                    key.generation,
+                    before.generation
+                );
+                return Ok(key);
+            }
+            None => bail!(
+                "{}. Run `synod key refresh {}` again once every participant is up",
+                shown(key.refresh_failed.as_deref().unwrap_or("the refresh was aborted")),
+                shown(name)
+            ),
+            Some(refresh) => {
+                let progress = format!(
+                    "round-1 packages {}/{n}, new shares sealed and confirmed {}/{n}",
+                    refresh.round1_received.len(),
+                    refresh.confirmed.len()
+                );
+                if progress != last {
+                    eprintln!("  {progress}");
+                    last = progress;
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("key {} is still refreshing after {} s ({last})", shown(name), KEY_WAIT.as_secs());
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 fn key_id_of(signed: &synod_proto::SignedCommand) -> anyhow::Result<String> {

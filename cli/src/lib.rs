@@ -405,6 +405,18 @@ pub enum KeyCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Refresh a key's shares (admin quorum): every participant gets a new share of the
+    /// same key, so the public key and every signature stay valid while shares that
+    /// leaked before the refresh stop combining with the new ones. Needs every
+    /// participant up; signing continues meanwhile; shows progress. Each node deletes
+    /// its old share once the new generation is current (copies in backups or old
+    /// disks are not reached: rotate the KEK that sealed them, `synod kek rotate`).
+    Refresh {
+        /// The key's name (its primary version is refreshed).
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List keys with their status and public keys (each version of a key on its own line).
     List(ClientArgs),
     /// A key's signing policy: who may request, how many approvals, tiers.

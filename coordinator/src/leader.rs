@@ -66,6 +66,10 @@ pub const SHARE_BATCHES_IN_FLIGHT: usize = 2;
 /// commitments are offered: the others answer first and are chosen, so a dead
 /// signer's pool does not make a session wait for its round-2 timeout.
 pub const SILENT_SIGNER_HANDICAP: Duration = Duration::from_millis(500);
+/// How many times a request is run again after its key's shares moved to a
+/// new generation under it (a refresh completes once per generation, so one
+/// retry is the rule; two leave room for a second refresh).
+pub const GENERATION_RETRIES_MAX: u32 = 2;
 /// Outcomes that finished while a batch was being committed, by JSON size, at most.
 pub const OUTCOME_BATCH_BYTES_MAX: usize = 96 * 1024;
 
@@ -84,6 +88,9 @@ pub struct RequestToSign {
     pub min_index: u64,
     /// The attempt this leader coordinates; its outcome names it.
     pub attempt: u32,
+    /// The generation of the key's shares current in the node's state (a
+    /// refresh makes a new one): every ask of the job names it.
+    pub generation: u32,
 }
 
 /// What the leader's signing needs from its node. Every call that reaches a
@@ -100,8 +107,10 @@ pub trait Context: Send + Sync + 'static {
     fn ready_requests(&self) -> Vec<String>;
     /// What to sign for `request_id`, or `None` when it is gone or not signable.
     fn request(&self, request_id: &str) -> Option<RequestToSign>;
-    /// The public key package of `key_id` (parsed on a cache miss only).
-    fn public_keys(&self, key_id: &str) -> Option<PublicKeyPackage>;
+    /// The public key package of generation `generation` of `key_id`, or
+    /// `None` when that is not the key's current generation (parsed on a
+    /// cache miss only).
+    fn public_keys(&self, key_id: &str, generation: u32) -> Option<PublicKeyPackage>;
     /// Asks `signer` for `count` preprocessed commitments for `key_id`.
     fn preprocess(&self, signer: NodeId, key_id: &str, count: u32)
         -> BoxFuture<'static, Result<NonceBatch, CallError>>;
@@ -152,9 +161,10 @@ pub struct Leader<C: Context> {
     in_flight: Mutex<BTreeSet<String>>,
     /// Signers caught cheating, until when (node clock, ms).
     culprits: Mutex<BTreeMap<NodeId, u64>>,
-    /// Parsed public key packages by key id: parsing checks every point, which
-    /// costs more than the coordinator's share of the signing itself.
-    public_keys: Mutex<BTreeMap<String, Arc<PublicKeyPackage>>>,
+    /// Parsed public key packages by key id and generation: parsing checks
+    /// every point, which costs more than the coordinator's share of the
+    /// signing itself.
+    public_keys: Mutex<BTreeMap<(String, u32), Arc<PublicKeyPackage>>>,
     /// Preprocessed commitments by (signer, key id).
     pools: Mutex<BTreeMap<(NodeId, String), Pool>>,
     /// Round-2 outboxes by signer (other nodes only).
@@ -200,21 +210,45 @@ impl<C: Context> Leader<C> {
     }
 
     /// Runs one request's sessions and commits the signature or the failure.
+    ///
+    /// A refresh that completes while a job runs makes the signers refuse its
+    /// asks (each signs only with the generation current in its own state, so
+    /// no session mixes generations and no honest signer is blamed). A job
+    /// that failed while the node's own state moved to another generation of
+    /// the key is run again on that generation, at most
+    /// [`GENERATION_RETRIES_MAX`] times, and its failure is not committed.
+    /// Only the node's own state decides that, so a signer that claims a
+    /// switch that did not happen gains nothing.
     async fn coordinate(self: &Arc<Self>, request_id: &str) {
-        let Some(request) = self.ctx.request(request_id) else { return };
-        let Some(public_keys) = self.public_keys_of(&request.key_id) else { return };
-        let job = Job {
-            request_id,
-            message: &request.message,
-            public_keys: &public_keys,
-            threshold: request.threshold,
-            participants: &request.participants,
-            excluded: self.excluded(self.ctx.now_ms()),
+        let mut retries = 0;
+        let (request, outcome) = loop {
+            let Some(request) = self.ctx.request(request_id) else { return };
+            let Some(public_keys) = self.public_keys_of(&request.key_id, request.generation) else { return };
+            let job = Job {
+                request_id,
+                message: &request.message,
+                public_keys: &public_keys,
+                threshold: request.threshold,
+                participants: &request.participants,
+                excluded: self.excluded(self.ctx.now_ms()),
+            };
+            let signers = RequestSigners {
+                leader: self.clone(),
+                key_id: request.key_id.clone(),
+                min_index: request.min_index,
+                generation: request.generation,
+            };
+            let span = tracing::info_span!("coordinate", request_id, key = %request.key_name);
+            let outcome = crate::run(job, &signers).instrument(span).await;
+            let switched = outcome.is_err()
+                && self.ctx.request(request_id).is_some_and(|now| now.generation != request.generation);
+            if switched && retries < GENERATION_RETRIES_MAX {
+                retries += 1;
+                tracing::info!(request_id, generation = request.generation, "key refreshed during signing; retrying");
+                continue;
+            }
+            break (request, outcome);
         };
-        let signers =
-            RequestSigners { leader: self.clone(), key_id: request.key_id.clone(), min_index: request.min_index };
-        let span = tracing::info_span!("coordinate", request_id, key = %request.key_name);
-        let outcome = crate::run(job, &signers).instrument(span).await;
         let node_id = self.ctx.node_id();
         let command = match outcome {
             Ok(signed) => {
@@ -247,16 +281,17 @@ impl<C: Context> Leader<C> {
         }
     }
 
-    fn public_keys_of(&self, key_id: &str) -> Option<Arc<PublicKeyPackage>> {
-        if let Some(found) = lock(&self.public_keys).get(key_id) {
+    fn public_keys_of(&self, key_id: &str, generation: u32) -> Option<Arc<PublicKeyPackage>> {
+        let id = (key_id.to_string(), generation);
+        if let Some(found) = lock(&self.public_keys).get(&id) {
             return Some(found.clone());
         }
-        let parsed = Arc::new(self.ctx.public_keys(key_id)?);
+        let parsed = Arc::new(self.ctx.public_keys(key_id, generation)?);
         let mut cache = lock(&self.public_keys);
         if cache.len() >= COORDINATIONS_MAX {
             cache.clear();
         }
-        cache.insert(key_id.to_string(), parsed.clone());
+        cache.insert(id, parsed.clone());
         Some(parsed)
     }
 
@@ -412,6 +447,8 @@ struct RequestSigners<C: Context> {
     key_id: String,
     /// The leader's applied index when it took the request up.
     min_index: u64,
+    /// The generation of the key's shares the job verifies against.
+    generation: u32,
 }
 
 impl<C: Context> Signers for RequestSigners<C> {
@@ -440,6 +477,7 @@ impl<C: Context> Signers for RequestSigners<C> {
                 incarnation: ticket.incarnation.clone(),
                 signing_package: hex::encode(serialized),
                 min_index: self.min_index,
+                generation: self.generation,
             };
             let answer = self.leader.share(signer, ask).await?;
             let bytes = hex::decode(answer).map_err(|_| CallError::Malformed("share not hex".into()))?;

@@ -51,18 +51,18 @@ pub trait DkgHost: Send + Sync {
 
 /// How long to wait before submitting a message again that has not shown up
 /// in the committed state (the write may have been lost with a leader).
-const RESUBMIT_MS: u64 = 3_000;
+pub(crate) const RESUBMIT_MS: u64 = 3_000;
 /// Whether a message submitted at `last_ms` (this node's clock) is due again
 /// at `now_ms`. Either way round: a clock stepped back (an NTP step) must not
 /// hold a resubmission back by the size of the step (found by the simulator:
 /// a participant whose clock jumped back 28 s sent its lost round-1 package
 /// again only after the generation had stalled for longer than that).
-fn resubmit_due(now_ms: u64, last_ms: u64) -> bool {
+pub(crate) fn resubmit_due(now_ms: u64, last_ms: u64) -> bool {
     now_ms.abs_diff(last_ms) >= RESUBMIT_MS
 }
 
 /// How long one round-2 delivery may take.
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const DELIVERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// The most generations this node takes part in at once.
 pub const GENERATIONS_MAX: usize = 16;
 
@@ -124,7 +124,7 @@ impl Dkg {
                     }
                     Step::Deliver(packages) => self.deliver(node, &key, &members, packages).await,
                     Step::Seal { key_package, group, hash } => {
-                        if let Err(e) = seal(node, &key, &key_package).await {
+                        if let Err(e) = seal(node, &key, 0, &key_package).await {
                             tracing::error!(key = %key.name, error = %e, "cannot seal the new key share");
                             let reason = format!("cannot seal its key share: {e}");
                             let _ = node.write_as_node(abort(&key, node.id(), reason, None)).await;
@@ -396,7 +396,7 @@ pub async fn import_share(node: &dyn DkgHost, key_id: &str, share: &SecretHex) -
     {
         return Err(NodeError::invalid("this share does not belong to the key's committed public key package"));
     }
-    seal(node, &key, &key_package).await.map_err(|e| NodeError::internal(format!("cannot seal the share: {e}")))?;
+    seal(node, &key, 0, &key_package).await.map_err(|e| NodeError::internal(format!("cannot seal the share: {e}")))?;
     let confirm = Command::KeyConfirm {
         key_id: key.id.clone(),
         node_id: node.id(),
@@ -406,9 +406,16 @@ pub async fn import_share(node: &dyn DkgHost, key_id: &str, share: &SecretHex) -
     node.write_as_node(confirm).await.map(|_| ())
 }
 
-async fn seal(node: &dyn DkgHost, key: &KeyRecord, key_package: &KeyPackage) -> Result<(), String> {
+/// Seals `key_package` as this node's share of generation `generation` of `key`.
+pub(crate) async fn seal(
+    node: &dyn DkgHost,
+    key: &KeyRecord,
+    generation: u32,
+    key_package: &KeyPackage,
+) -> Result<(), String> {
     let cluster_id = node.state().read().state.cluster_id.clone().unwrap_or_default();
-    let ctx = key_package_context(cluster_id, node.id(), key);
+    let mut ctx = key_package_context(cluster_id, node.id(), key);
+    ctx.generation = generation;
     let bytes = Zeroizing::new(key_package.serialize().map_err(|e| e.to_string())?);
     let sealed = node.sealed().clone();
     crate::seams::run_blocking(move || sealed.put(&ctx, &bytes))

@@ -68,6 +68,12 @@ pub const SKIP_KEY_STATUS: &str = "skip-key-status";
 /// simulator's versions checker must catch it.
 pub const SKIP_RETIREMENT: &str = "skip-retirement";
 
+/// A signer that keeps signing with the previous generation of a key's
+/// shares after a refresh made a new one current (it never reloads its
+/// share). The simulator's generations checker must catch it by checking
+/// each released share against its generation's verifying share.
+pub const KEEP_OLD_GENERATION: &str = "keep-old-generation";
+
 /// A signer that answers round 1 with commitments other than those of the
 /// nonces it holds (its hiding and binding commitments swapped) when it
 /// preprocesses. A package built from them does not carry its commitments, so
@@ -133,6 +139,7 @@ pub const KNOWN: &[&str] = &[
     SKIP_CLIENT_BOUNDS,
     SKIP_KEY_STATUS,
     SKIP_RETIREMENT,
+    KEEP_OLD_GENERATION,
     WRONG_COMMITMENTS,
     CORRUPT_DKG_SHARES,
     SKIP_NODE_AUTHOR_CHECK,
@@ -182,7 +189,7 @@ pub fn wrong_commitments(node: NodeId, mut batch: synod_proto::rpc::NonceBatch) 
 }
 
 /// The [`CORRUPT_DKG_SHARES`] participant: changes the secret share in a
-/// round-2 package when that fault is on for this process or for `node`.
+/// round-2 package (of a key generation or a refresh) when that fault is on for this process or for `node`.
 pub fn corrupt_dkg_package(
     node: NodeId,
     package: frost_ed25519::keys::dkg::round2::Package,
@@ -308,6 +315,9 @@ pub fn enabled_for(_node: NodeId, _name: &str) -> bool {
 /// Named fault point: a DKG participant has sealed its key package and has not
 /// yet committed its confirmation (`dkg.rs`).
 pub const DKG_AFTER_SEAL: &str = "dkg-after-seal-before-confirm";
+/// Named fault point: a refresh participant has sealed its new generation
+/// and has not yet committed its confirmation (`refresh.rs`).
+pub const REFRESH_AFTER_SEAL: &str = "refresh-after-seal-before-confirm";
 /// Named fault point: a write is committed and its client not yet answered (`node.rs`).
 pub const WRITE_AFTER_COMMIT: &str = "write-after-commit-before-answer";
 /// Named fault point: entries are applied to the in-memory state and their
@@ -325,6 +335,7 @@ pub const LEADER_AFTER_SHARES: &str = "leader-after-shares-before-commit";
 /// Every named fault point.
 pub const POINTS: &[&str] = &[
     DKG_AFTER_SEAL,
+    REFRESH_AFTER_SEAL,
     WRITE_AFTER_COMMIT,
     APPLY_BEFORE_AUDIT,
     SNAPSHOT_BEFORE_SAVE,

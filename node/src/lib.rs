@@ -19,6 +19,7 @@ pub mod kek;
 pub mod node;
 pub mod pki;
 pub mod raft;
+pub mod refresh;
 pub mod sealed;
 pub mod seams;
 pub mod server;

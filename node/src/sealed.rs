@@ -436,6 +436,31 @@ impl SealedStore {
         Ok(())
     }
 
+    /// Removes durably every generation of `ctx`'s key version (same cluster,
+    /// node, key, version and purpose) but `keep`, in one write; returns the
+    /// generations removed. After a refresh this deletes the old generation
+    /// (and the new one of a refresh that was aborted). Blocking.
+    pub fn remove_other_generations(&self, ctx: &SealContext, keep: &[u32]) -> Result<Vec<u32>, SealError> {
+        ctx.validate()?;
+        let mut from = ctx.store_key();
+        from.truncate(from.len() - 4);
+        let to = prefix_end(&from);
+        let mut ops = Vec::new();
+        let mut removed = Vec::new();
+        for (key, _) in self.store.scan(Tree::Sealed, &from, to.as_deref(), usize::MAX)? {
+            let Some(tail) = key.get(from.len()..).and_then(|t| <[u8; 4]>::try_from(t).ok()) else { continue };
+            let generation = u32::from_be_bytes(tail);
+            if !keep.contains(&generation) {
+                removed.push(generation);
+                ops.push(Op::Remove { tree: Tree::Sealed, key });
+            }
+        }
+        if !ops.is_empty() {
+            self.store.write(ops, Durability::Sync)?;
+        }
+        Ok(removed)
+    }
+
     /// Removes durably every secret bound to `key_id` of this node in
     /// `cluster_id`, of every purpose, version and generation (a destroyed
     /// key), in one write; returns how many there were. Blocking.

@@ -62,6 +62,15 @@ pub struct Released {
     /// state it decided by (the simulator's lifecycle checker reads the key's
     /// status at that point).
     pub checked_at_index: u64,
+    /// The generation of the key's shares current in this signer's state
+    /// when it checked the request.
+    pub generation: u32,
+    /// The share (hex FROST `SignatureShare`).
+    pub share: String,
+    /// The signing package it signed, kept only in builds with faults (the
+    /// simulator's checker verifies each share against its generation's
+    /// verifying share); a package holds the message, up to 64 KiB.
+    pub signing_package: Option<Arc<Vec<u8>>>,
 }
 
 /// One preprocessed nonce pair, before and after use. Unboxed on purpose:
@@ -130,7 +139,8 @@ pub struct Signer {
     state: SharedState,
     sealed: Arc<SealedStore>,
     rng: SharedRng,
-    key_packages: Mutex<BTreeMap<String, Arc<KeyPackage>>>,
+    /// Unsealed shares by key id, with their generation.
+    key_packages: Mutex<BTreeMap<String, (u32, Arc<KeyPackage>)>>,
     slots: Mutex<Slots>,
     /// The most recent shares released, oldest first.
     released: Mutex<std::collections::VecDeque<Released>>,
@@ -329,6 +339,12 @@ impl Signer {
             let (message, key) = self.check_request(&applied.state, request_id, local)?;
             (message, key, applied.last_applied.map_or(0, |l| l.index))
         };
+        if ask.generation != key.generation {
+            return Err(format!(
+                "node {} signs with generation {} of key {}'s shares, not generation {} (a refresh completed in                  between); the coordinator retries on the current generation",
+                self.node_id, key.generation, key.name, ask.generation
+            ));
+        }
         let key_package = self.key_package(&key, applied_cluster_id(&self.state)).await?;
         if package.message() != message.as_slice() {
             tracing::warn!(request_id, slot, "signing package carries another message than the committed request");
@@ -383,6 +399,7 @@ impl Signer {
         // The nonces left the map above and are dropped (zeroized) at the end of this scope.
         let share = frost::round2::sign(&package, &nonces, &key_package).map_err(|e| format!("signing failed: {e}"))?;
         let share = crate::faults::corrupt_share(self.node_id, share);
+        let share_hex = hex::encode(share.serialize());
         slots.by_number.insert(slot, Slot::Used { request_id: request_id.to_string(), package_sha256, share });
         *slots.shares.entry(request_id.to_string()).or_default() += 1;
         drop(slots);
@@ -396,6 +413,9 @@ impl Signer {
             commitment: commitment_hex.clone(),
             package_sha256,
             checked_at_index,
+            generation: key.generation,
+            share: share_hex.clone(),
+            signing_package: cfg!(synod_faults).then(|| Arc::new(package_bytes.clone())),
         });
         drop(released);
         tracing::info!(
@@ -406,7 +426,7 @@ impl Signer {
             package_sha256 = %hex::encode(package_sha256),
             "released signature share"
         );
-        Ok(hex::encode(share.serialize()))
+        Ok(share_hex)
     }
 
     /// Whether `key_id` is active in this node's applied state: the keys
@@ -429,7 +449,12 @@ impl Signer {
         });
         slots.shares.retain(|request_id, _| pending.contains(request_id));
         drop(slots);
-        self.key_packages.lock().expect("key packages lock").retain(|id, _| active(id));
+        let current = |id: &str, generation: u32| keys.get(id).is_some_and(|k| k.generation == generation);
+        let keep_old = crate::faults::enabled_for(self.node_id, crate::faults::KEEP_OLD_GENERATION);
+        self.key_packages
+            .lock()
+            .expect("key packages lock")
+            .retain(|id, (generation, _)| active(id) && (keep_old || current(id, *generation)));
     }
 
     /// The most recent shares this signer released (at most [`RELEASED_KEPT_MAX`]).
@@ -444,8 +469,13 @@ impl Signer {
 
     /// The key package for `key`, unsealed on first use.
     async fn key_package(&self, key: &KeyRecord, cluster_id: String) -> Result<Arc<KeyPackage>, String> {
-        if let Some(found) = self.key_packages.lock().expect("key packages lock").get(&key.id) {
-            return Ok(found.clone());
+        if let Some((generation, found)) = self.key_packages.lock().expect("key packages lock").get(&key.id) {
+            // The planted bug keeps signing with whatever generation it unsealed first.
+            if *generation == key.generation
+                || crate::faults::enabled_for(self.node_id, crate::faults::KEEP_OLD_GENERATION)
+            {
+                return Ok(found.clone());
+            }
         }
         let ctx = key_package_context(cluster_id, self.node_id, key);
         let sealed = self.sealed.clone();
@@ -458,7 +488,7 @@ impl Signer {
         let package =
             KeyPackage::deserialize(&plain).map_err(|e| format!("the sealed key package does not parse: {e}"))?;
         let package = Arc::new(package);
-        self.key_packages.lock().expect("key packages lock").insert(key.id.clone(), package.clone());
+        self.key_packages.lock().expect("key packages lock").insert(key.id.clone(), (key.generation, package.clone()));
         Ok(package)
     }
 }
@@ -479,14 +509,14 @@ fn applied_cluster_id(state: &SharedState) -> String {
     state.read().state.cluster_id.clone().unwrap_or_default()
 }
 
-/// Where a node's share of a key is sealed.
+/// Where a node's share of the current generation of a key is sealed.
 pub fn key_package_context(cluster_id: String, node_id: NodeId, key: &KeyRecord) -> SealContext {
     SealContext {
         cluster_id,
         node_id,
         key_id: key.id.clone(),
         key_version: key.version,
-        generation: 0,
+        generation: key.generation,
         purpose: Purpose::KeyPackage,
     }
 }

@@ -90,6 +90,7 @@ fn ask(batch: &NonceBatch, i: usize, signing_package: &str) -> ShareAsk {
         incarnation: batch.incarnation.clone(),
         signing_package: signing_package.into(),
         min_index: 0,
+        generation: 0,
     }
 }
 

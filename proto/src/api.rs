@@ -319,6 +319,31 @@ pub struct KeyInfo {
     /// /v1/keys/{name}`; a version generating for a rotation included).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub versions: Vec<KeyVersionInfo>,
+    /// The generation of the shares that sign: 0 from the key's generation,
+    /// one more for each completed refresh (the public key never changes).
+    #[serde(default)]
+    pub generation: u32,
+    /// When the last refresh completed, by the log's time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refreshed_at_ms: Option<u64>,
+    /// A refresh in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<RefreshInfo>,
+    /// Why the last refresh was aborted (cleared when another starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_failed: Option<String>,
+}
+
+/// A refresh of a key's shares in progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshInfo {
+    /// The generation it makes.
+    pub generation: u32,
+    pub started_at_ms: u64,
+    /// Participants whose round-1 package is committed.
+    pub round1_received: Vec<NodeId>,
+    /// Participants that sealed the new generation and confirmed its package.
+    pub confirmed: Vec<NodeId>,
 }
 
 /// One version of a key, as `synod key show` lists them.

@@ -167,6 +167,24 @@ pub enum Command {
     /// and a request may still name it), then retired (it verifies only).
     /// Rotation is how a key's threshold or participants change.
     RotateKey { name: String, threshold: u16, participants: Vec<NodeId>, overlap_ms: u64 },
+    /// Refreshes the shares of the key named `key` (its primary version) by a
+    /// new generation of shares of the same secret (admin; rules 7 and later):
+    /// the public key stays, every share changes, and each participant deletes
+    /// its old share once the new generation is active. A refresh that cannot
+    /// complete leaves the current generation signing.
+    RefreshKey { key: String },
+    /// A participant's refresh round-1 package (hex) for generation
+    /// `generation` of key `key_id`: commitments to a polynomial with a zero
+    /// constant term, `t − 1` coefficients.
+    RefreshRound1 { key_id: String, node_id: NodeId, generation: u32, package: String },
+    /// A participant sealed its share of generation `generation` and confirms
+    /// the public key package it derived (SHA-256, hex). The generation turns
+    /// current only when every participant has confirmed the package the state
+    /// machine computed from the round-1 commitments.
+    RefreshConfirm { key_id: String, node_id: NodeId, generation: u32, public_key_package_sha256: String },
+    /// A participant gives up on a refresh, naming the culprit when it knows one;
+    /// the current generation keeps signing.
+    RefreshAbort { key_id: String, node_id: NodeId, generation: u32, reason: String, culprit: Option<NodeId> },
     /// A participant's DKG round-1 package (hex), signed with its node key.
     DkgRound1 { key_id: String, node_id: NodeId, package: String },
     /// A participant confirms the key it now holds a share of: the group key and
@@ -319,7 +337,7 @@ impl SnapshotPoint {
 /// The rules version a genesis made today names (see `ClusterState::rules`
 /// in the node): how entries are judged. A change to how an entry is judged
 /// raises it, so that a cluster keeps the rules its genesis named.
-pub const RULES_CURRENT: u32 = 6;
+pub const RULES_CURRENT: u32 = 7;
 
 /// The shortest waiting period before a key's destruction when the genesis
 /// names none: seven days, as production key managers require.
@@ -394,6 +412,10 @@ impl Command {
             Command::CreateKey { .. } => "create_key",
             Command::ImportKey { .. } => "import_key",
             Command::RotateKey { .. } => "rotate_key",
+            Command::RefreshKey { .. } => "refresh_key",
+            Command::RefreshRound1 { .. } => "refresh_round1",
+            Command::RefreshConfirm { .. } => "refresh_confirm",
+            Command::RefreshAbort { .. } => "refresh_abort",
             Command::DkgRound1 { .. } => "dkg_round1",
             Command::KeyConfirm { .. } => "key_confirm",
             Command::KeyAbort { .. } => "key_abort",
@@ -430,6 +452,7 @@ impl Command {
             | Command::CreateKey { .. }
             | Command::ImportKey { .. }
             | Command::RotateKey { .. }
+            | Command::RefreshKey { .. }
             | Command::AddOperator { .. }
             | Command::RemoveOperator { .. }
             | Command::SetPolicy { .. }
@@ -442,6 +465,9 @@ impl Command {
             Command::SignRequest { .. } => Authority::Requester,
             Command::Approve { .. } => Authority::Anyone,
             Command::DkgRound1 { node_id, .. }
+            | Command::RefreshRound1 { node_id, .. }
+            | Command::RefreshConfirm { node_id, .. }
+            | Command::RefreshAbort { node_id, .. }
             | Command::KeyConfirm { node_id, .. }
             | Command::KeyAbort { node_id, .. }
             | Command::SignResult { node_id, .. }
@@ -531,6 +557,19 @@ impl Command {
                     )));
                 }
                 Ok(())
+            }
+            Command::RefreshKey { key } => validate_name("key name", key),
+            Command::RefreshRound1 { key_id, package, .. } => {
+                validate_id("key id", key_id)?;
+                validate_hex("refresh round-1 package", package, PACKAGE_HEX_BYTES_MAX)
+            }
+            Command::RefreshConfirm { key_id, public_key_package_sha256, .. } => {
+                validate_id("key id", key_id)?;
+                validate_hex("public key package hash", public_key_package_sha256, 64)
+            }
+            Command::RefreshAbort { key_id, reason, .. } => {
+                validate_id("key id", key_id)?;
+                validate_reason(reason)
             }
             Command::DkgRound1 { key_id, package, .. } => {
                 validate_id("key id", key_id)?;

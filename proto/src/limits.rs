@@ -87,9 +87,18 @@ fn check_command(command: &Command, at: &str) -> Result<(), CommandError> {
             package_bytes(&f("public_key_package"), public_key_package)?;
             policy.as_ref().map_or(Ok(()), |p| policy_bytes(&f, p))
         }
-        Command::DkgRound1 { key_id, package, .. } => {
+        Command::DkgRound1 { key_id, package, .. } | Command::RefreshRound1 { key_id, package, .. } => {
             id_bytes(&f("key_id"), key_id)?;
             package_bytes(&f("package"), package)
+        }
+        Command::RefreshConfirm { key_id, public_key_package_sha256, .. } => {
+            id_bytes(&f("key_id"), key_id)?;
+            bytes(
+                &f("public_key_package_sha256"),
+                public_key_package_sha256,
+                DIGEST_HEX_BYTES_MAX,
+                "digest_hex_bytes_max",
+            )
         }
         Command::KeyConfirm { key_id, group_key, public_key_package_sha256, .. } => {
             id_bytes(&f("key_id"), key_id)?;
@@ -101,7 +110,7 @@ fn check_command(command: &Command, at: &str) -> Result<(), CommandError> {
                 "digest_hex_bytes_max",
             )
         }
-        Command::KeyAbort { key_id, reason, .. } => {
+        Command::KeyAbort { key_id, reason, .. } | Command::RefreshAbort { key_id, reason, .. } => {
             id_bytes(&f("key_id"), key_id)?;
             reason_bytes(&f("reason"), reason)
         }
@@ -145,6 +154,7 @@ fn check_command(command: &Command, at: &str) -> Result<(), CommandError> {
         }
         Command::ApproveProposal { proposal_id } => id_bytes(&f("proposal_id"), proposal_id),
         Command::DisableKey { key }
+        | Command::RefreshKey { key }
         | Command::EnableKey { key }
         | Command::CancelKeyDestroy { key }
         | Command::ScheduleKeyDestroy { key, .. } => name_bytes(&f("key"), key),

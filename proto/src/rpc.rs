@@ -46,6 +46,14 @@ pub enum PeerRequest {
         key_id: String,
         package: SecretHex,
     },
+    /// A refresh round-2 package: the sender's share of its zero-constant
+    /// polynomial for the receiver, for generation `generation` of the key.
+    /// Point to point over mutual TLS, never through the log.
+    RefreshRound2 {
+        key_id: String,
+        generation: u32,
+        package: SecretHex,
+    },
     /// FROST preprocessing: the coordinator asks a signer for `count` fresh
     /// nonce commitments for a key, ahead of any request. The signer keeps the
     /// nonces in memory only, each in its own numbered slot, bound to this key
@@ -66,7 +74,7 @@ impl PeerRequest {
     /// Whether the request carries a secret (a DKG round-2 package), so that
     /// its frame is built and dropped in wiped buffers.
     pub fn carries_secret(&self) -> bool {
-        matches!(self, PeerRequest::DkgRound2 { .. })
+        matches!(self, PeerRequest::DkgRound2 { .. } | PeerRequest::RefreshRound2 { .. })
     }
 }
 
@@ -99,6 +107,11 @@ pub struct ShareAsk {
     /// The coordinator's applied index when it took the request up: the signer
     /// first catches up to it, so it judges the request on at least that state.
     pub min_index: u64,
+    /// The generation of the key's shares the coordinator verifies the share
+    /// against (a refresh makes a new one). A signer whose own state holds
+    /// another generation refuses, so no session mixes generations.
+    #[serde(default)]
+    pub generation: u32,
 }
 
 /// Hex text that is secret (a DKG share): zeroized on drop, never printed.
@@ -165,6 +178,7 @@ pub enum PeerResponse {
     /// learns that its time is refused, and stops standing for election.
     TimeRefused(String),
     DkgRound2(Result<(), String>),
+    RefreshRound2(Result<(), String>),
     SignPreprocess(Result<NonceBatch, String>),
     /// Per ask, in order: a hex FROST `SignatureShare`, or why the signer refused.
     SignShare(Vec<Result<String, String>>),

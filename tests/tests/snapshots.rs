@@ -109,6 +109,7 @@ fn snapshot_forged_by_a_member_is_refused_and_no_share_released() {
                 incarnation: String::new(),
                 signing_package: String::new(),
                 min_index: 0,
+                generation: 0,
             };
             let answer = transport
                 .call(target, addr, PeerRequest::SignShare { asks: vec![ask] }, Duration::from_secs(10))

@@ -77,11 +77,15 @@ impl Context for NodeContext {
             participants: key.participants.clone(),
             min_index: applied.last_applied.map_or(0, |l| l.index),
             attempt: request.attempt,
+            generation: key.generation,
         })
     }
 
-    fn public_keys(&self, key_id: &str) -> Option<PublicKeyPackage> {
-        self.node.upgrade()?.state().read().state.keys.get(key_id)?.public_keys()
+    fn public_keys(&self, key_id: &str, generation: u32) -> Option<PublicKeyPackage> {
+        let node = self.node.upgrade()?;
+        let applied = node.state().read();
+        let key = applied.state.keys.get(key_id).filter(|k| k.generation == generation)?;
+        key.public_keys()
     }
 
     fn preprocess(

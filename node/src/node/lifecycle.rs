@@ -27,18 +27,19 @@ impl Node {
     /// Called from the key loop on every node: starts one round of due
     /// lifecycle work unless one is running or started within [`LIFECYCLE_RETRY`].
     pub(super) fn tend_key_lifecycle(self: &Arc<Self>, leader: bool) {
-        let (scheduled, mine, unchecked) = {
+        let (scheduled, mine, unchecked, stale) = {
             let applied = self.shared.read();
             let state = &applied.state;
             let checked = self.shares_checked.lock().expect("shares lock");
-            let unchecked: Vec<KeyRecord> = state
-                .keys
-                .values()
-                .filter(|k| holds_a_share(k) && k.participants.contains(&self.id) && !checked.contains(&k.id))
+            let held = || state.keys.values().filter(|k| holds_a_share(k) && k.participants.contains(&self.id));
+            let unchecked: Vec<KeyRecord> = held().filter(|k| !checked.contains(&k.id)).cloned().collect();
+            let cleaned = self.generations_cleaned.lock().expect("generations lock");
+            let stale: Vec<KeyRecord> = held()
+                .filter(|k| k.refresh.is_none() && !cleaned.contains(&(k.id.clone(), k.generation)))
                 .cloned()
                 .collect();
             let scheduled = leader && state.keys.values().any(|k| k.status == KeyStatus::DestroyScheduled);
-            (scheduled, state.shares_to_destroy(self.id), unchecked)
+            (scheduled, state.shares_to_destroy(self.id), unchecked, stale)
         };
         // The leader judges a deadline by the time it would stamp on the entry
         // (a majority of clocks), not its own clock, which may be far off.
@@ -48,7 +49,7 @@ impl Node {
         } else {
             Vec::new()
         };
-        if due.is_empty() && mine.is_empty() && unchecked.is_empty() {
+        if due.is_empty() && mine.is_empty() && unchecked.is_empty() && stale.is_empty() {
             return;
         }
         {
@@ -69,6 +70,11 @@ impl Node {
             for key_id in due {
                 if let Err(e) = node.write_as_node(Command::KeyDestroyDue { node_id: node.id, key_id }).await {
                     tracing::info!(error = %e, "key destruction not yet marked; will retry");
+                }
+            }
+            for key in stale {
+                if let Err(e) = node.delete_other_generations(&key).await {
+                    tracing::warn!(key = %key.name, error = %e, "could not delete old generations of this node's share; will retry");
                 }
             }
             for key in unchecked {
@@ -113,6 +119,28 @@ impl Node {
             }
         }
         self.shares_checked.lock().expect("shares lock").insert(key.id.clone());
+        Ok(())
+    }
+
+    /// Deletes this node's sealed shares of every generation of `key` but the
+    /// current one (once per key and generation per boot): after a refresh
+    /// the old generation, after an aborted one the new generation it sealed.
+    /// Old shares still combine with each other, so a refresh revokes only
+    /// what is deleted.
+    async fn delete_other_generations(&self, key: &KeyRecord) -> Result<(), String> {
+        let cluster_id = self.shared.read().state.cluster_id.clone().ok_or("the cluster is not initialised")?;
+        let ctx = crate::signer::key_package_context(cluster_id, self.id, key);
+        let sealed = self.sealed.clone();
+        let keep = key.generation;
+        let removed = crate::seams::run_blocking(move || sealed.remove_other_generations(&ctx, &[keep]))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if !removed.is_empty() {
+            self.signer.forget_finished();
+            tracing::info!(key = %key.name, generation = key.generation, ?removed, "deleted this node's shares of other generations");
+        }
+        self.generations_cleaned.lock().expect("generations lock").insert((key.id.clone(), key.generation));
         Ok(())
     }
 

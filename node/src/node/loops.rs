@@ -189,7 +189,7 @@ pub(super) async fn break_election_ties(node: std::sync::Weak<Node>, tuning: Raf
     }
 }
 
-/// Drives keys and signing: this node's DKG steps, and on the leader a
+/// Drives keys and signing: this node's DKG and refresh steps, and on the leader a
 /// coordinator for every pending request, plus clean-up of finished requests'
 /// nonces. DKG steps wait for writes, so they run in their own loop.
 pub(super) async fn keys_and_signing(weak: std::sync::Weak<Node>) {
@@ -199,6 +199,7 @@ pub(super) async fn keys_and_signing(weak: std::sync::Weak<Node>) {
             tokio::time::sleep(KEYS_TICK).await;
             let Some(node) = dkg_weak.upgrade() else { return };
             node.dkg.tick(&*node).await;
+            node.refreshes.tick(&*node).await;
         }
     });
     let mut applied = match weak.upgrade() {

@@ -94,6 +94,8 @@ pub struct Node {
     /// boot, and those it found missing (by key id).
     shares_checked: std::sync::Mutex<BTreeSet<String>>,
     shares_missing: std::sync::Mutex<BTreeSet<String>>,
+    /// (key id, generation) whose other generations this node deleted this boot.
+    generations_cleaned: std::sync::Mutex<BTreeSet<(String, u32)>>,
     /// The newest log time this node has seen applied, and when (monotonic):
     /// the log's clock, which read signatures may also be judged by.
     log_clock: std::sync::Mutex<(u64, tokio::time::Instant)>,
@@ -101,6 +103,7 @@ pub struct Node {
     refusals: RefusalBudget,
     signer: Signer,
     dkg: Dkg,
+    refreshes: crate::refresh::Refreshes,
     /// The leader's signing (pools, outboxes, sessions); works only while this node leads.
     leader: Arc<Leader<leader::NodeContext>>,
     /// When each peer last answered this node's Raft calls.
@@ -191,10 +194,12 @@ impl Node {
             lifecycle_busy: Default::default(),
             shares_checked: Default::default(),
             shares_missing: Default::default(),
+            generations_cleaned: Default::default(),
             log_clock: std::sync::Mutex::new((0, tokio::time::Instant::now())),
             refusals: RefusalBudget::default(),
             signer,
             dkg: Dkg::default(),
+            refreshes: Default::default(),
             leader: Arc::new(Leader::new(leader::NodeContext { id, node: weak.clone() })),
             peer_health,
             silent_limit: std::time::Duration::from_millis(parts.tuning.heartbeat_ms * SILENT_HEARTBEATS),

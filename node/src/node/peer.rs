@@ -132,6 +132,9 @@ impl PeerHandler for NodeHandler {
                 PeerRequest::DkgRound2 { key_id, package } => {
                     PeerResponse::DkgRound2(node.dkg.receive_round2(&*node, from, &key_id, &package))
                 }
+                PeerRequest::RefreshRound2 { key_id, generation, package } => PeerResponse::RefreshRound2(
+                    node.refreshes.receive_round2(&*node, from, &key_id, generation, &package),
+                ),
                 PeerRequest::SignPreprocess { key_id, count } => {
                     let answer = node.signer.preprocess(&key_id, count, from).await;
                     PeerResponse::SignPreprocess(answer.map(|batch| faults::wrong_commitments(node.id, batch)))

@@ -139,21 +139,27 @@ impl Node {
         }
     }
 
-    /// `POST /v1/keys`: commits a create-key, import-key or rotate-key command. A DKG needs
-    /// every participant up, so for a new key each one is pinged first and the
-    /// error names any that does not answer.
+    /// `POST /v1/keys`: commits a create-key, import-key, rotate-key or refresh-key
+    /// command. A DKG or a refresh needs every participant up, so each one is
+    /// pinged first and the error names any that does not answer.
     pub async fn create_key(&self, command: SignedCommand) -> Result<WriteResponse, NodeError> {
         let envelope = command.verify().map_err(|e| NodeError::invalid(e.to_string()))?;
         let participants = match &envelope.command {
             Command::CreateKey { participants, .. } | Command::RotateKey { participants, .. } => participants.clone(),
+            Command::RefreshKey { key } => {
+                let applied = self.shared.read();
+                let found = applied.state.key_by_name(key);
+                found.map(|k| k.participants.clone()).ok_or(NodeError::not_found(format!("no key named {key:?}")))?
+            }
             Command::ImportKey { .. } => Vec::new(),
             other => {
                 return Err(NodeError::invalid(format!(
-                    "expected create_key, import_key or rotate_key, got {}",
+                    "expected create_key, import_key, rotate_key or refresh_key, got {}",
                     other.kind()
                 )))
             }
         };
+        let refresh = matches!(envelope.command, Command::RefreshKey { .. });
         let members = self.shared.read().state.members.clone();
         let pings = participants.iter().filter(|p| **p != self.id).map(|&p| {
             let addr = members.get(&p).map(|a| a.raft_addr.clone());
@@ -170,10 +176,11 @@ impl Node {
         if !down.is_empty() {
             let detail: Vec<String> = down.iter().map(|(n, why)| format!("node {n}: {why}")).collect();
             return Err(NodeError::unavailable(format!(
-                "key generation needs all {} participants up; not reachable: {}. Start them, or name other \
-                 participants with --participants",
+                "{} needs all {} participants up; not reachable: {}. Start them{}",
+                if refresh { "a refresh" } else { "key generation" },
                 participants.len(),
-                detail.join("; ")
+                detail.join("; "),
+                if refresh { "" } else { ", or name other participants with --participants" }
             )));
         }
         self.write(command).await

@@ -147,6 +147,9 @@ impl ClusterState {
     fn key_id_of(&self, envelope: &Envelope) -> Option<String> {
         match &envelope.command {
             Command::DkgRound1 { key_id, .. }
+            | Command::RefreshRound1 { key_id, .. }
+            | Command::RefreshConfirm { key_id, .. }
+            | Command::RefreshAbort { key_id, .. }
             | Command::KeyConfirm { key_id, .. }
             | Command::KeyAbort { key_id, .. }
             | Command::KeyDestroyDue { key_id, .. }
@@ -158,6 +161,7 @@ impl ClusterState {
             }
             Command::SetPolicy { key: name, .. }
             | Command::DisableKey { key: name }
+            | Command::RefreshKey { key: name }
             | Command::EnableKey { key: name }
             | Command::ScheduleKeyDestroy { key: name, .. }
             | Command::CancelKeyDestroy { key: name } => self.key_names.get(name).cloned(),

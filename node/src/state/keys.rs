@@ -132,6 +132,23 @@ pub struct KeyRecord {
     /// once active, and how long that one keeps signing (its overlap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<Rotation>,
+    /// The generation of the shares that sign (rules 7 and later): 0 from
+    /// the key's generation, one more per completed refresh. Every node seals
+    /// its share under its generation and signs only with the current one.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub generation: u32,
+    /// The log index of the entry that made `generation` current.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation_index: u64,
+    /// When the last refresh completed, by the log's time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refreshed_at_ms: Option<u64>,
+    /// A refresh in progress ([`super::refresh`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<super::refresh::Refresh>,
+    /// Why the last refresh was aborted; cleared when another starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_failed: Option<String>,
 }
 
 /// What a version made by `rotate_key` replaces.
@@ -142,6 +159,10 @@ pub struct Rotation {
 }
 
 fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_zero_u32(n: &u32) -> bool {
     *n == 0
 }
 
@@ -184,6 +205,11 @@ impl KeyRecord {
             shares_missing: Vec::new(),
             retire_at_ms: None,
             rotation: None,
+            generation: 0,
+            generation_index: 0,
+            refreshed_at_ms: None,
+            refresh: None,
+            refresh_failed: None,
         }
     }
 
@@ -229,6 +255,10 @@ impl KeyRecord {
             shares_missing: self.shares_missing.clone(),
             retire_at_ms: self.retire_at_ms,
             versions: Vec::new(),
+            generation: self.generation,
+            refreshed_at_ms: self.refreshed_at_ms,
+            refresh: self.refresh.as_ref().map(|r| r.info()),
+            refresh_failed: self.refresh_failed.clone(),
         }
     }
 

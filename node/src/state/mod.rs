@@ -12,6 +12,7 @@ mod authz;
 mod endorse;
 mod keys;
 mod lifecycle;
+mod refresh;
 mod signing;
 mod versions;
 
@@ -27,6 +28,7 @@ pub use authz::{ApprovalRecord, Operator, Progress, Proposal};
 pub use endorse::{Endorsement, ENDORSED_POINTS_KEPT};
 pub use keys::{frost_identifier, package_hash, KeyOrigin, KeyRecord, KeyStatus, DKG_TIMEOUT_MS};
 pub use lifecycle::{duration_words, RULES_KEY_LIFECYCLE};
+pub use refresh::{commitment_points, zero_polynomial_at, Refresh, RULES_KEY_REFRESH};
 pub use signing::{
     checkpoint_request_id, checkpoint_seq, RequestRecord, RequestStatus, PENDING_PER_OPERATOR_DEFAULT,
     PENDING_REQUESTS_MAX, REQUEST_APPROVAL_MS_DEFAULT, REQUEST_PENDING_MS_MAX, RESERVED_REQUEST_ID_PREFIXES,
@@ -55,6 +57,8 @@ pub const REJECTIONS_KEPT_MAX: usize = 32;
 ///   fixed at genesis ([`RULES_KEY_LIFECYCLE`]).
 /// - 6: keys have versions; a rotation makes a new one, and the version it
 ///   replaces retires after an overlap ([`RULES_KEY_VERSIONS`]).
+/// - 7: a key's shares can be refreshed to a new generation with the same
+///   public key ([`RULES_KEY_REFRESH`]).
 pub use synod_proto::command::RULES_CURRENT;
 /// The first rules version that needs a take-up before signing outcomes.
 pub const RULES_COORDINATOR: u32 = 1;
@@ -205,6 +209,7 @@ impl ClusterState {
         self.time_ms = self.time_ms.max(entry.time_ms);
         self.expire_seen();
         self.expire_keys();
+        self.expire_refreshes();
         self.retire_versions(index);
         self.expire_requests();
         self.expire_proposals();
@@ -543,6 +548,16 @@ impl ClusterState {
                     versions::NewVersion { id, name, threshold: *threshold, participants, overlap_ms: *overlap_ms };
                 self.rotate_key(index, new)
             }
+            Command::RefreshKey { key } => self.refresh_key(index, key),
+            Command::RefreshRound1 { key_id, node_id, generation, package } => {
+                self.refresh_round1(key_id, *node_id, *generation, package)
+            }
+            Command::RefreshConfirm { key_id, node_id, generation, public_key_package_sha256 } => {
+                self.refresh_confirm(index, key_id, *node_id, *generation, public_key_package_sha256)
+            }
+            Command::RefreshAbort { key_id, node_id, generation, reason, culprit } => {
+                self.refresh_abort(key_id, *node_id, *generation, reason, *culprit)
+            }
             Command::DkgRound1 { key_id, node_id, package } => self.dkg_round1(key_id, *node_id, package),
             Command::KeyConfirm { key_id, node_id, group_key, public_key_package_sha256 } => {
                 self.key_confirm(index, key_id, *node_id, group_key, public_key_package_sha256)
@@ -668,6 +683,8 @@ impl ClusterState {
 
 #[cfg(test)]
 pub(crate) mod key_tests;
+#[cfg(test)]
+mod refresh_tests;
 #[cfg(test)]
 mod version_tests;
 

@@ -1,0 +1,403 @@
+//! This node's part in a proactive refresh of a key's shares
+//! (`state/refresh.rs` has the rules).
+//!
+//! As in key generation ([`crate::dkg`]), what must be agreed goes through
+//! the log (each participant's round-1 commitments, its confirmation) and
+//! the secret round-2 values go point to point over mutual TLS. The
+//! differences: the polynomials have a zero constant term, so the secret does
+//! not change; each received round-2 value is checked against its sender's
+//! committed commitments before frost combines them (frost's own check names
+//! no culprit); and the new share is the old share plus the received values,
+//! so the old share is unsealed for the last step. The new generation is
+//! sealed before this node confirms; the old one is deleted only once the
+//! log makes the new one current (`node/lifecycle.rs`). Secrets live only in
+//! memory: a participant that restarts mid-refresh aborts it, and the current
+//! generation keeps signing.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
+use curve25519_dalek::Scalar;
+use frost::keys::dkg::{round1, round2};
+use frost::keys::KeyPackage;
+use frost_ed25519 as frost;
+use synod_proto::rpc::{PeerRequest, PeerResponse, SecretHex};
+use synod_proto::{Command, NodeId};
+use zeroize::Zeroizing;
+
+use crate::dkg::{resubmit_due, seal, DkgHost, DELIVERY_TIMEOUT};
+use crate::signer::key_package_context;
+use crate::state::{commitment_points, frost_identifier, package_hash, zero_polynomial_at, KeyRecord, KeyStatus};
+
+/// One refresh's secrets and progress on this node.
+#[derive(Default)]
+struct Local {
+    round1_secret: Option<round1::SecretPackage>,
+    round1_hex: String,
+    round2_secret: Option<round2::SecretPackage>,
+    outgoing: BTreeMap<NodeId, round2::Package>,
+    received: BTreeMap<NodeId, round2::Package>,
+    /// The package hash once the new share is sealed (empty while sealing).
+    confirmation: Option<String>,
+    last_submit_ms: u64,
+    abort: Option<Command>,
+}
+
+/// The refreshes this node takes part in, by (key id, generation).
+#[derive(Default)]
+pub struct Refreshes {
+    locals: Mutex<BTreeMap<(String, u32), Local>>,
+}
+
+/// What a tick decided to do outside the lock.
+enum Step {
+    Submit(Command),
+    Deliver(BTreeMap<NodeId, round2::Package>),
+    /// Every round-2 value is in and checked: derive, check, seal, confirm.
+    Finish {
+        secret: Box<round2::SecretPackage>,
+        round1: BTreeMap<frost::Identifier, round1::Package>,
+        round2: BTreeMap<frost::Identifier, round2::Package>,
+    },
+}
+
+impl Refreshes {
+    /// Advances every refresh this node takes part in by one step.
+    pub async fn tick(&self, node: &dyn DkgHost) {
+        let now = node.now_ms();
+        let keys: Vec<KeyRecord> = {
+            let applied = node.state().read();
+            applied
+                .state
+                .keys
+                .values()
+                .filter(|k| k.refresh.is_some() && k.status == KeyStatus::Active && k.participants.contains(&node.id()))
+                .cloned()
+                .collect()
+        };
+        self.locals.lock().expect("refresh lock").retain(|(id, generation), _| {
+            keys.iter().any(|k| &k.id == id && k.refresh.as_ref().is_some_and(|r| r.generation == *generation))
+        });
+        for key in keys {
+            for step in self.plan(node.id(), &key, now, &node.seams().rng) {
+                match step {
+                    Step::Submit(command) => {
+                        if let Err(e) = node.write_as_node(command).await {
+                            tracing::info!(key = %key.name, error = %e, "refresh message not committed yet; will retry");
+                        }
+                    }
+                    Step::Deliver(packages) => self.deliver(node, &key, packages).await,
+                    Step::Finish { secret, round1, round2 } => {
+                        let command = match finish(node, &key, &secret, &round1, &round2).await {
+                            Ok(hash) => {
+                                crate::faults::crash_point(node.id(), crate::faults::REFRESH_AFTER_SEAL).await;
+                                self.with_local(&key, |local| {
+                                    local.confirmation = Some(hash.clone());
+                                    local.last_submit_ms = now;
+                                });
+                                confirm(&key, node.id(), hash)
+                            }
+                            Err(reason) => {
+                                let command = abort(&key, node.id(), reason, None);
+                                self.with_local(&key, |local| {
+                                    local.abort = Some(command.clone());
+                                    local.last_submit_ms = now;
+                                });
+                                command
+                            }
+                        };
+                        if let Err(e) = node.write_as_node(command).await {
+                            tracing::info!(key = %key.name, error = %e, "refresh message not committed yet; will retry");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn with_local(&self, key: &KeyRecord, f: impl FnOnce(&mut Local)) {
+        let generation = key.refresh.as_ref().map_or(0, |r| r.generation);
+        if let Some(local) = self.locals.lock().expect("refresh lock").get_mut(&(key.id.clone(), generation)) {
+            f(local);
+        }
+    }
+
+    /// Decides the next steps for one refresh (no I/O).
+    fn plan(&self, me: NodeId, key: &KeyRecord, now: u64, rng: &crate::seams::SharedRng) -> Vec<Step> {
+        let Some(refresh) = &key.refresh else { return Vec::new() };
+        let n = key.participants.len();
+        let mut locals = self.locals.lock().expect("refresh lock");
+        let slot = (key.id.clone(), refresh.generation);
+        let fresh = !locals.contains_key(&slot);
+        if fresh && refresh.round1.contains_key(&me) && !refresh.confirmed.contains(&me) {
+            let reason = "restarted during the refresh and lost its refresh secrets; run `synod key refresh` again";
+            let local = locals.entry(slot).or_default();
+            return give_up(local, abort(key, me, reason.into(), None), now);
+        }
+        if fresh && locals.len() >= crate::dkg::GENERATIONS_MAX {
+            return Vec::new();
+        }
+        let local = locals.entry(slot).or_default();
+        if let Some(command) = &local.abort {
+            if resubmit_due(now, local.last_submit_ms) {
+                local.last_submit_ms = now;
+                return vec![Step::Submit(command.clone())];
+            }
+            return Vec::new();
+        }
+        if refresh.confirmed.contains(&me) {
+            return Vec::new(); // Waiting for the others; nothing of ours is left to do.
+        }
+
+        // Round 1.
+        if local.round1_hex.is_empty() {
+            if refresh.round1.contains_key(&me) {
+                return Vec::new(); // Handled above (restarted); unreachable in practice.
+            }
+            let Some(id) = frost_identifier(me) else { return Vec::new() };
+            let part1 = {
+                let mut guard = rng.lock().expect("rng lock");
+                let rng: &mut dyn crate::seams::SecureRng = &mut *guard;
+                frost::keys::refresh::refresh_dkg_part1(id, n as u16, key.threshold, rng)
+            };
+            match part1 {
+                Ok((secret, package)) => {
+                    local.round1_secret = Some(secret);
+                    local.round1_hex = hex::encode(package.serialize().expect("round-1 package serialises"));
+                }
+                Err(e) => return give_up(local, abort(key, me, format!("refresh part 1 failed: {e}"), None), now),
+            }
+            local.last_submit_ms = now;
+            return vec![Step::Submit(round1_command(key, me, &local.round1_hex))];
+        }
+        match refresh.round1.get(&me) {
+            None => {
+                if resubmit_due(now, local.last_submit_ms) {
+                    local.last_submit_ms = now;
+                    return vec![Step::Submit(round1_command(key, me, &local.round1_hex))];
+                }
+                return Vec::new();
+            }
+            Some(committed) if *committed != local.round1_hex => {
+                let reason = "restarted during the refresh; the round-1 package committed for it is from before the \
+                              restart and its secret is gone; run `synod key refresh` again";
+                return give_up(local, abort(key, me, reason.into(), None), now);
+            }
+            Some(_) => {}
+        }
+        if refresh.round1.len() < n || refresh.public_key_package.is_none() {
+            return Vec::new();
+        }
+        let round1 = match others_round1(key, me) {
+            Ok(round1) => round1,
+            Err(reason) => return give_up(local, abort(key, me, reason, None), now),
+        };
+
+        // Round 2: our zero-constant polynomial evaluated for each other participant.
+        if let Some(secret) = local.round1_secret.take() {
+            let by_id: BTreeMap<frost::Identifier, round1::Package> =
+                round1.iter().map(|(_, (id, p))| (*id, p.clone())).collect();
+            match frost::keys::refresh::refresh_dkg_part2(secret, &by_id) {
+                Ok((secret2, packages)) => {
+                    local.round2_secret = Some(secret2);
+                    local.outgoing =
+                        packages.into_iter().filter_map(|(id, p)| node_of(key, &id).map(|n| (n, p))).collect();
+                }
+                Err(e) => {
+                    return give_up(local, abort(key, me, format!("refresh part 2 failed: {e}"), None), now);
+                }
+            }
+        }
+        let mut steps = Vec::new();
+        if !local.outgoing.is_empty() {
+            steps.push(Step::Deliver(local.outgoing.clone()));
+        }
+
+        // Round 3: once every value for us is in, each checked against its sender's commitments.
+        if local.confirmation.is_none() && local.received.len() == n - 1 {
+            let Some(secret2) = local.round2_secret.take() else { return steps };
+            for (from, package) in &local.received {
+                let Some((_, committed)) = round1.get(from) else { continue };
+                if !matches_commitment(package, committed, me) {
+                    let reason =
+                        format!("the refresh value node {from} sent does not match its committed round-1 commitments");
+                    return give_up(local, abort(key, me, reason, Some(*from)), now);
+                }
+            }
+            let round2 =
+                local.received.iter().filter_map(|(n, p)| frost_identifier(*n).map(|id| (id, p.clone()))).collect();
+            let round1 = round1.into_values().collect();
+            local.confirmation = Some(String::new()); // In progress: the next tick does not finish twice.
+            steps.push(Step::Finish { secret: Box::new(secret2), round1, round2 });
+            return steps;
+        }
+        if let Some(hash) = &local.confirmation {
+            if !hash.is_empty() && resubmit_due(now, local.last_submit_ms) {
+                local.last_submit_ms = now;
+                steps.push(Step::Submit(confirm(key, me, hash.clone())));
+            }
+        }
+        steps
+    }
+
+    /// Sends round-2 values to their recipients; delivered ones are not sent again.
+    async fn deliver(&self, node: &dyn DkgHost, key: &KeyRecord, packages: BTreeMap<NodeId, round2::Package>) {
+        let Some(generation) = key.refresh.as_ref().map(|r| r.generation) else { return };
+        let members = node.state().read().state.members.clone();
+        let calls = packages.into_iter().filter_map(|(to, package)| {
+            let addr = members.get(&to)?.raft_addr.clone();
+            let package = crate::faults::corrupt_dkg_package(node.id(), package);
+            let bytes = Zeroizing::new(package.serialize().ok()?);
+            let request = PeerRequest::RefreshRound2 {
+                key_id: key.id.clone(),
+                generation,
+                package: SecretHex::new(hex::encode(&*bytes)),
+            };
+            Some(async move { (to, node.transport().call(to, addr, request, DELIVERY_TIMEOUT).await) })
+        });
+        for (to, result) in futures::future::join_all(calls).await {
+            match result {
+                Ok(PeerResponse::RefreshRound2(Ok(()))) => {
+                    self.with_local(key, |local| {
+                        local.outgoing.remove(&to);
+                    });
+                }
+                Ok(PeerResponse::RefreshRound2(Err(why))) => {
+                    tracing::info!(key = %key.name, to, why, "refresh value refused; will retry")
+                }
+                Ok(other) => tracing::info!(key = %key.name, to, ?other, "unexpected answer to a refresh value"),
+                Err(e) => tracing::info!(key = %key.name, to, error = %e, "refresh value not delivered; will retry"),
+            }
+        }
+    }
+
+    /// A round-2 value from participant `from` (authenticated by mutual TLS).
+    pub fn receive_round2(
+        &self,
+        node: &dyn DkgHost,
+        from: NodeId,
+        key_id: &str,
+        generation: u32,
+        package: &SecretHex,
+    ) -> Result<(), String> {
+        {
+            let applied = node.state().read();
+            let key = applied.state.keys.get(key_id).ok_or(format!("key {key_id} is not in this node's state yet"))?;
+            match &key.refresh {
+                Some(refresh) if refresh.generation == generation => {}
+                _ => return Err(format!("key {} is not refreshing to generation {generation} here", key.name)),
+            }
+            if !key.participants.contains(&from) || !key.participants.contains(&node.id()) {
+                return Err(format!("node {from} and node {} are not both participants", node.id()));
+            }
+        }
+        let bytes = Zeroizing::new(hex::decode(package.expose()).map_err(|_| "refresh value is not hex")?);
+        let package = round2::Package::deserialize(&bytes).map_err(|e| format!("refresh value does not parse: {e}"))?;
+        let mut locals = self.locals.lock().expect("refresh lock");
+        let local = locals
+            .get_mut(&(key_id.to_string(), generation))
+            .ok_or("this node holds no refresh secrets for the key (restarted?)")?;
+        local.received.entry(from).or_insert(package);
+        Ok(())
+    }
+}
+
+/// Derives the new share from the old one and the received values, checks
+/// it against the package the state computed, seals it under the new
+/// generation, and returns the package hash to confirm.
+async fn finish(
+    node: &dyn DkgHost,
+    key: &KeyRecord,
+    secret: &round2::SecretPackage,
+    round1: &BTreeMap<frost::Identifier, round1::Package>,
+    round2: &BTreeMap<frost::Identifier, round2::Package>,
+) -> Result<String, String> {
+    let refresh = key.refresh.as_ref().ok_or("no refresh")?;
+    let committed = refresh.public_key_package.clone().ok_or("no refreshed package committed yet")?;
+    let old_public = key.public_keys().ok_or("the key's public key package does not parse")?;
+    let cluster_id = node.state().read().state.cluster_id.clone().unwrap_or_default();
+    let ctx = key_package_context(cluster_id, node.id(), key);
+    let sealed = node.sealed().clone();
+    let plain = crate::seams::run_blocking(move || sealed.get(&ctx))
+        .await
+        .map_err(|e| format!("unsealing failed: {e}"))?
+        .map_err(|e| format!("cannot unseal its share of generation {}: {e}", key.generation))?
+        .ok_or(format!("holds no share of generation {} to refresh", key.generation))?;
+    let old = KeyPackage::deserialize(&plain).map_err(|e| format!("its sealed share does not parse: {e}"))?;
+    let (new, public) = frost::keys::refresh::refresh_dkg_shares(secret, round1, round2, old_public, old)
+        .map_err(|e| format!("refresh part 3 failed: {e}"))?;
+    let package_hex = hex::encode(public.serialize().map_err(|e| e.to_string())?);
+    if package_hex != committed {
+        return Err("derived another refreshed public key package than the committed one".into());
+    }
+    let id = frost_identifier(node.id()).ok_or("no FROST identifier")?;
+    if public.verifying_shares().get(&id) != Some(new.verifying_share()) {
+        return Err("its new share does not match its verifying share in the refreshed package".into());
+    }
+    seal(node, key, refresh.generation, &new).await.map_err(|e| format!("cannot seal its new share: {e}"))?;
+    Ok(package_hash(&package_hex))
+}
+
+/// Whether `package` (the value its sender's polynomial gives `me`) matches
+/// the sender's committed coefficients: g^value = Σ_k C_k · me^k.
+fn matches_commitment(package: &round2::Package, committed: &round1::Package, me: NodeId) -> bool {
+    let Some(coefficients) = commitment_points(committed) else { return false };
+    let bytes = Zeroizing::new(package.signing_share().serialize());
+    let Ok(array) = <[u8; 32]>::try_from(bytes.as_slice()) else { return false };
+    let Some(value) = Option::<Scalar>::from(Scalar::from_canonical_bytes(array)) else { return false };
+    ED25519_BASEPOINT_POINT * value == zero_polynomial_at(&coefficients, me)
+}
+
+fn give_up(local: &mut Local, command: Command, now: u64) -> Vec<Step> {
+    local.abort = Some(command.clone());
+    local.last_submit_ms = now;
+    vec![Step::Submit(command)]
+}
+
+fn generation_of(key: &KeyRecord) -> u32 {
+    key.refresh.as_ref().map_or(0, |r| r.generation)
+}
+
+fn round1_command(key: &KeyRecord, me: NodeId, package_hex: &str) -> Command {
+    Command::RefreshRound1 {
+        key_id: key.id.clone(),
+        node_id: me,
+        generation: generation_of(key),
+        package: package_hex.to_string(),
+    }
+}
+
+fn confirm(key: &KeyRecord, me: NodeId, hash: String) -> Command {
+    Command::RefreshConfirm {
+        key_id: key.id.clone(),
+        node_id: me,
+        generation: generation_of(key),
+        public_key_package_sha256: hash,
+    }
+}
+
+fn abort(key: &KeyRecord, me: NodeId, reason: String, culprit: Option<NodeId>) -> Command {
+    tracing::warn!(key = %key.name, reason, ?culprit, "aborting a refresh");
+    Command::RefreshAbort { key_id: key.id.clone(), node_id: me, generation: generation_of(key), reason, culprit }
+}
+
+fn node_of(key: &KeyRecord, id: &frost::Identifier) -> Option<NodeId> {
+    key.participants.iter().copied().find(|n| frost_identifier(*n).as_ref() == Some(id))
+}
+
+/// The committed round-1 packages of every participant but `me`, by node.
+fn others_round1(
+    key: &KeyRecord,
+    me: NodeId,
+) -> Result<BTreeMap<NodeId, (frost::Identifier, round1::Package)>, String> {
+    let refresh = key.refresh.as_ref().ok_or("no refresh")?;
+    let mut out = BTreeMap::new();
+    for (node, package_hex) in refresh.round1.iter().filter(|(n, _)| **n != me) {
+        let id = frost_identifier(*node).ok_or("participant without identifier")?;
+        let bytes = hex::decode(package_hex).map_err(|_| "round-1 package is not hex")?;
+        let package = round1::Package::deserialize(&bytes).map_err(|e| format!("round-1 package: {e}"))?;
+        out.insert(*node, (id, package));
+    }
+    Ok(out)
+}
