@@ -321,7 +321,20 @@ async fn refresh(client: &ClientArgs, name: &str) -> anyhow::Result<KeyInfo> {
     let deadline = tokio::time::Instant::now() + KEY_WAIT;
     let mut last = String::new();
     loop {
-        let key = get_key(&api, &before.id).await?;
+        let key = match get_key(&api, &before.id).await {
+            Ok(key) => key,
+            // A node may restart while its key refreshes; the refresh goes on without it.
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let unreachable = format!("  cannot read the key now ({e}); retrying");
+                if unreachable != last {
+                    eprintln!("{unreachable}");
+                    last = unreachable;
+                }
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         match &key.refresh {
             None if key.generation > before.generation => {
                 eprintln!(

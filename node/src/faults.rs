@@ -74,6 +74,10 @@ pub const SKIP_RETIREMENT: &str = "skip-retirement";
 /// each released share against its generation's verifying share.
 pub const KEEP_OLD_GENERATION: &str = "keep-old-generation";
 
+/// A refresh participant that waits 5 s after sealing its new share before
+/// it confirms, so a test can kill it mid-refresh (`tests/tests/refresh.rs`).
+pub const PAUSE_REFRESH_CONFIRM: &str = "pause-refresh-confirm";
+
 /// A signer that answers round 1 with commitments other than those of the
 /// nonces it holds (its hiding and binding commitments swapped) when it
 /// preprocesses. A package built from them does not carry its commitments, so
@@ -140,6 +144,7 @@ pub const KNOWN: &[&str] = &[
     SKIP_KEY_STATUS,
     SKIP_RETIREMENT,
     KEEP_OLD_GENERATION,
+    PAUSE_REFRESH_CONFIRM,
     WRONG_COMMITMENTS,
     CORRUPT_DKG_SHARES,
     SKIP_NODE_AUTHOR_CHECK,

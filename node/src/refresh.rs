@@ -92,6 +92,10 @@ impl Refreshes {
                         let command = match finish(node, &key, &secret, &round1, &round2).await {
                             Ok(hash) => {
                                 crate::faults::crash_point(node.id(), crate::faults::REFRESH_AFTER_SEAL).await;
+                                if crate::faults::enabled_for(node.id(), crate::faults::PAUSE_REFRESH_CONFIRM) {
+                                    tracing::warn!(key = %key.name, "fault: pausing 5 s before confirming the refresh");
+                                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                                }
                                 self.with_local(&key, |local| {
                                     local.confirmation = Some(hash.clone());
                                     local.last_submit_ms = now;

@@ -77,8 +77,10 @@ fn lifecycle_disable_enable_and_destroy_leave_no_share_on_any_node() {
     // No sealed secret of the key is left in any node's store.
     for id in 1..=3 {
         assert!(cluster.stop(id), "node {id} stops cleanly");
-        let store = SledStore::open(&cluster.nodes[&id].dir.join("data")).expect("the node's store opens");
+        let store =
+            SledStore::open(&cluster.nodes[&id].dir.join("data").join("store")).expect("the node's store opens");
         let sealed = store.scan(Tree::Sealed, &[], None, usize::MAX).expect("scan");
+        assert!(!sealed.is_empty(), "node {id}'s store holds its KEK canary: this is the node's store");
         let left = sealed.iter().filter(|(k, _)| k.windows(key_id.len()).any(|w| w == key_id.as_bytes())).count();
         assert_eq!(left, 0, "node {id} still holds {left} sealed secrets of the destroyed key");
     }

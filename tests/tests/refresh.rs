@@ -1,0 +1,192 @@
+//! Proactive refresh with real node processes: signing goes on under load
+//! while a key's shares are refreshed, the public key (checked by OpenSSL)
+//! does not change, and every node deletes its old share; a participant
+//! killed mid-refresh aborts it, and after every node restarts the old
+//! generation still signs.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use synod_node::store::{SledStore, Store, Tree};
+use synod_tests::{fails, ok, wait_for, Cluster, Options};
+
+/// Concurrent clients signing while the refresh runs.
+const LOAD_CLIENTS: u64 = 8;
+
+fn key(cluster: &Cluster, name: &str) -> Value {
+    serde_json::from_str(&ok(&cluster.synod(1, &["key", "show", name, "-o", "json"]))).expect("key JSON")
+}
+
+/// The generations of `key_id` each node holds sealed shares of, read from
+/// its store once it has stopped (a sealed secret's store key ends with its
+/// generation, 4 bytes big-endian).
+fn sealed_generations(cluster: &mut Cluster, key_id: &str, nodes: &[u64]) -> Vec<(u64, BTreeSet<u32>)> {
+    nodes
+        .iter()
+        .map(|&id| {
+            assert!(cluster.stop(id), "node {id} stops cleanly");
+            let store =
+                SledStore::open(&cluster.nodes[&id].dir.join("data").join("store")).expect("the node's store opens");
+            let sealed = store.scan(Tree::Sealed, &[], None, usize::MAX).expect("scan");
+            let generations = sealed
+                .iter()
+                .filter(|(k, _)| k.windows(key_id.len()).any(|w| w == key_id.as_bytes()))
+                .map(|(k, _)| u32::from_be_bytes(k[k.len() - 4..].try_into().unwrap()))
+                .collect();
+            (id, generations)
+        })
+        .collect()
+}
+
+fn openssl_verifies(pem: &Path, message: &Path, signature: &Path) -> bool {
+    std::process::Command::new("openssl")
+        .args(["pkeyutl", "-verify", "-pubin", "-rawin", "-inkey"])
+        .arg(pem)
+        .arg("-in")
+        .arg(message)
+        .arg("-sigfile")
+        .arg(signature)
+        .output()
+        .expect("openssl is installed by scripts/test")
+        .status
+        .success()
+}
+
+#[test]
+fn refresh_under_load_keeps_the_public_key_and_deletes_every_old_share() {
+    let mut cluster = Cluster::start(3);
+    ok(&cluster.synod(1, &["key", "create", "rel", "-t", "2", "--open-policy"]));
+    let before = key(&cluster, "rel");
+    let key_id = before["id"].as_str().unwrap().to_string();
+    let pem = cluster.path("rel.pem");
+    std::fs::write(&pem, ok(&cluster.synod(1, &["key", "show", "rel", "--format", "pem"]))).unwrap();
+    cluster.sign(1, "rel", b"before the refresh", "before").expect("generation 0 signs");
+
+    let stop = AtomicBool::new(false);
+    let (refreshed, outcomes) = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..LOAD_CLIENTS)
+            .map(|c| {
+                let (cluster, stop) = (&cluster, &stop);
+                scope.spawn(move || {
+                    // Each client signs one request after another through its own node; a
+                    // failed request is sent once more (a new attempt of the same id).
+                    let (mut signed, mut retried, mut failed) = (0, 0, Vec::new());
+                    for i in 0.. {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let (via, id) = (c % 3 + 1, format!("load-{c}-{i}"));
+                        let message = format!("client {c} request {i}");
+                        match cluster.sign(via, "rel", message.as_bytes(), &id) {
+                            Ok(_) => signed += 1,
+                            Err(_) => {
+                                retried += 1;
+                                match cluster.sign(via, "rel", message.as_bytes(), &id) {
+                                    Ok(_) => signed += 1,
+                                    Err(e) => failed.push(e),
+                                }
+                            }
+                        }
+                    }
+                    (signed, retried, failed)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let refreshed = cluster.synod(2, &["key", "refresh", "rel", "-o", "json"]);
+        // Keep the load on a moment after the switch, so requests straddle it.
+        std::thread::sleep(Duration::from_millis(1500));
+        stop.store(true, Ordering::Relaxed);
+        let outcomes: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        (refreshed, outcomes)
+    });
+    let refreshed: Value = serde_json::from_str(&ok(&refreshed)).expect("key JSON");
+    assert_eq!(refreshed["generation"], 1, "{refreshed}");
+    assert_eq!(refreshed["public_key"], before["public_key"], "the public key did not change");
+    assert!(refreshed["refresh"].is_null() && refreshed["refreshed_at_ms"].is_u64(), "{refreshed}");
+    let signed: u64 = outcomes.iter().map(|o| o.0).sum();
+    let retried: u64 = outcomes.iter().map(|o| o.1).sum();
+    let failed: Vec<&String> = outcomes.iter().flat_map(|o| &o.2).collect();
+    assert!(signed >= LOAD_CLIENTS, "only {signed} requests signed under load");
+    assert!(failed.is_empty(), "requests failed twice ({retried} retried): {failed:?}");
+    eprintln!("under load: {signed} requests signed, {retried} needed a second attempt");
+
+    // The new generation signs; OpenSSL verifies under the unchanged public key.
+    let after = cluster.sign(3, "rel", b"after the refresh", "after").expect("generation 1 signs");
+    let message = cluster.path("msg-after");
+    let signature = cluster.path("after.sig");
+    std::fs::write(&signature, hex::decode(after["signature"].as_str().unwrap()).unwrap()).unwrap();
+    assert!(openssl_verifies(&pem, &message, &signature), "OpenSSL verifies under the key's one public key");
+    assert_eq!(
+        ok(&cluster.synod(1, &["key", "show", "rel", "--format", "pem"])),
+        std::fs::read_to_string(&pem).unwrap()
+    );
+    let table = ok(&cluster.synod(1, &["key", "show", "rel"]));
+    assert!(table.contains("generation:    1"), "{table}");
+
+    // Every node deleted its share of generation 0 once generation 1 was current.
+    wait_for("every node to delete generation 0", Duration::from_secs(30), || {
+        let logs: Vec<String> = (1..=3).map(|id| cluster.nodes[&id].log_text()).collect();
+        logs.iter().all(|l| l.contains("deleted this node's shares of other generations")).then_some(())
+    });
+    for (id, generations) in sealed_generations(&mut cluster, &key_id, &[1, 2, 3]) {
+        assert_eq!(generations, BTreeSet::from([1]), "node {id} holds only its generation-1 share");
+    }
+}
+
+#[test]
+fn refresh_participant_killed_mid_refresh_aborts_and_the_old_generation_signs() {
+    // Node 3 pauses between sealing its new share and confirming; it is killed there. Every
+    // node is then restarted, so no share held in memory hides a blob deleted too early; the
+    // refresh is aborted (node 3 lost its refresh secrets) and the 3-of-3 key, which needs
+    // every share of the old generation, still signs.
+    let options = Options { node_faults: [(3, "pause-refresh-confirm".to_string())].into(), ..Options::default() };
+    let mut cluster = Cluster::start_with(3, options);
+    ok(&cluster.synod(1, &["key", "create", "rel", "-t", "3", "--open-policy"]));
+    let key_id = key(&cluster, "rel")["id"].as_str().unwrap().to_string();
+    cluster.sign(1, "rel", b"before", "before").expect("generation 0 signs");
+
+    let refresh = {
+        let env = cluster.env(1);
+        std::thread::spawn(move || synod_tests::run_synod(&["key", "refresh", "rel"], &env))
+    };
+    wait_for("nodes 1 and 2 to confirm, node 3 to have sealed", Duration::from_secs(60), || {
+        let k = key(&cluster, "rel");
+        let confirmed = k["refresh"]["confirmed"].as_array().map_or(0, Vec::len);
+        let sealed = cluster.nodes[&3].log_text().contains("pausing 5 s before confirming the refresh");
+        (confirmed == 2 && sealed).then_some(())
+    });
+    cluster.kill(3);
+    for id in [1, 2] {
+        assert!(cluster.stop(id), "node {id} stops cleanly");
+    }
+    for id in [1, 2, 3] {
+        cluster.start_node(id);
+    }
+    let aborted = wait_for("the refresh to be aborted", Duration::from_secs(60), || {
+        let out = cluster.synod(1, &["key", "show", "rel", "-o", "json"]);
+        let k: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (k["refresh"].is_null() && k["refresh_failed"].is_string()).then_some(k)
+    });
+    assert_eq!(aborted["generation"], 0, "{aborted}");
+    let reason = aborted["refresh_failed"].as_str().unwrap();
+    assert!(reason.contains("node 3") && reason.contains("restarted during the refresh"), "{reason}");
+    let err = fails(&refresh.join().unwrap());
+    assert!(err.contains("refresh to generation 1 aborted") && err.contains("synod key refresh rel"), "{err}");
+
+    let signed = cluster.sign(2, "rel", b"after the abort", "after").expect("generation 0 still signs");
+    assert_eq!(signed["signers"], serde_json::json!([1, 2, 3]), "{signed}");
+    // Nodes 1 and 2 sealed generation 1 before the abort; they delete it, keeping generation 0.
+    wait_for("nodes 1 and 2 to delete the aborted generation", Duration::from_secs(30), || {
+        [1, 2]
+            .iter()
+            .all(|id| cluster.nodes[id].log_text().contains("deleted this node's shares of other generations"))
+            .then_some(())
+    });
+    for (id, generations) in sealed_generations(&mut cluster, &key_id, &[1, 2, 3]) {
+        assert_eq!(generations, BTreeSet::from([0]), "node {id} holds only its generation-0 share");
+    }
+}
