@@ -31,6 +31,7 @@ const PLANTS: &[&str] = &[
     synod_node::faults::SKIP_CLIENT_BOUNDS,
     synod_node::faults::SKIP_KEY_STATUS,
     synod_node::faults::SKIP_RETIREMENT,
+    synod_node::faults::KEEP_OLD_GENERATION,
 ];
 
 #[derive(Parser, Debug)]
@@ -416,6 +417,8 @@ fn invariant_name(name: &str) -> &'static str {
         "out-of-service-releases-nothing",
         "one-primary-per-key",
         "retired-version-takes-requests",
+        "group-key-unchanged",
+        "share-of-current-generation",
     ];
     NAMES.iter().find(|n| **n == name).copied().unwrap_or("unknown-invariant")
 }

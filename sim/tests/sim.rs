@@ -185,3 +185,13 @@ fn sim_planted_skip_key_status_is_caught() {
     let text = plant_caught("skip-key-status", "0..8", "2");
     assert!(text.contains("out-of-service-releases-nothing"), "{text}");
 }
+
+#[test]
+fn sim_planted_keep_old_generation_is_caught() {
+    // Signers that keep signing with the share they unsealed first after a refresh made a new
+    // generation current: each share they release is checked by FROST against the verifying
+    // share of the generation current in the signer's own state, so `share-of-current-generation`
+    // names it (caught on 12 of chaos seeds 0..16).
+    let text = plant_caught("keep-old-generation", "1..3", "2");
+    assert!(text.contains("share-of-current-generation") && text.contains("does not verify"), "{text}");
+}

@@ -146,9 +146,9 @@ pub struct KeyRecord {
     /// A refresh in progress ([`super::refresh`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh: Option<super::refresh::Refresh>,
-    /// Why the last refresh was aborted; cleared when another starts.
+    /// How the last refresh was aborted; cleared when another starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refresh_failed: Option<String>,
+    pub refresh_failed: Option<super::refresh::RefreshFailure>,
 }
 
 /// What a version made by `rotate_key` replaces.
@@ -258,7 +258,7 @@ impl KeyRecord {
             generation: self.generation,
             refreshed_at_ms: self.refreshed_at_ms,
             refresh: self.refresh.as_ref().map(|r| r.info()),
-            refresh_failed: self.refresh_failed.clone(),
+            refresh_failed: self.refresh_failed.as_ref().map(|f| f.describe(self.generation)),
         }
     }
 

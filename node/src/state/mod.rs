@@ -28,7 +28,7 @@ pub use authz::{ApprovalRecord, Operator, Progress, Proposal};
 pub use endorse::{Endorsement, ENDORSED_POINTS_KEPT};
 pub use keys::{frost_identifier, package_hash, KeyOrigin, KeyRecord, KeyStatus, DKG_TIMEOUT_MS};
 pub use lifecycle::{duration_words, RULES_KEY_LIFECYCLE};
-pub use refresh::{commitment_points, zero_polynomial_at, Refresh, RULES_KEY_REFRESH};
+pub use refresh::{commitment_points, zero_polynomial_at, Refresh, RefreshFailure, RULES_KEY_REFRESH};
 pub use signing::{
     checkpoint_request_id, checkpoint_seq, RequestRecord, RequestStatus, PENDING_PER_OPERATOR_DEFAULT,
     PENDING_REQUESTS_MAX, REQUEST_APPROVAL_MS_DEFAULT, REQUEST_PENDING_MS_MAX, RESERVED_REQUEST_ID_PREFIXES,

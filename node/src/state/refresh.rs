@@ -55,6 +55,27 @@ pub struct Refresh {
     pub confirmed: Vec<NodeId>,
 }
 
+/// How a refresh was aborted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshFailure {
+    /// The generation it would have made.
+    pub generation: u32,
+    pub reason: String,
+    /// The participant whose message was wrong, when one is known.
+    pub culprit: Option<NodeId>,
+}
+
+impl RefreshFailure {
+    /// The sentence `synod key show` prints; `current` is the generation that still signs.
+    pub fn describe(&self, current: u32) -> String {
+        let blame = self.culprit.map(|c| format!(" (culprit: node {c})")).unwrap_or_default();
+        format!(
+            "refresh to generation {} aborted: {}{blame}; generation {current} still signs",
+            self.generation, self.reason
+        )
+    }
+}
+
 impl Refresh {
     pub fn info(&self) -> RefreshInfo {
         RefreshInfo {
@@ -248,11 +269,7 @@ impl ClusterState {
         if let Some(key) = self.keys.get_mut(key_id) {
             let Some(refresh) = key.refresh.take() else { return };
             tracing::warn!(key = %key.name, generation = refresh.generation, reason, ?culprit, "refresh aborted");
-            let blame = culprit.map(|c| format!(" (culprit: node {c})")).unwrap_or_default();
-            key.refresh_failed = Some(format!(
-                "refresh to generation {} aborted: {reason}{blame}; generation {} still signs",
-                refresh.generation, key.generation
-            ));
+            key.refresh_failed = Some(RefreshFailure { generation: refresh.generation, reason, culprit });
         }
     }
 

@@ -215,7 +215,7 @@ fn state_aborted_refresh_leaves_the_current_generation_signing() {
     };
     assert!(world.by_node(2, wrong).is_applied());
     assert_eq!(current(&world), (0, true, package.clone()));
-    let failed = world.state.keys[&key_id].refresh_failed.clone().unwrap();
+    let failed = world.state.keys[&key_id].info().refresh_failed.unwrap();
     assert!(failed.contains("another public key package") && failed.contains("generation 0 still signs"), "{failed}");
 
     // A participant's abort, naming a culprit.
@@ -229,21 +229,22 @@ fn state_aborted_refresh_leaves_the_current_generation_signing() {
     };
     refused(&world.by_node(3, abort(5)), "not 5");
     assert!(world.by_node(3, abort(1)).is_applied());
-    assert!(world.state.keys[&key_id].refresh_failed.as_ref().unwrap().contains("culprit: node 1"));
+    assert_eq!(world.state.keys[&key_id].refresh_failed.as_ref().unwrap().culprit, Some(1));
+    assert!(world.state.keys[&key_id].info().refresh_failed.unwrap().contains("culprit: node 1"));
     assert_eq!(current(&world), (0, true, package.clone()));
 
     // The timeout, by log time.
     assert!(world.by_admin(refresh_key()).is_applied());
     world.time_ms += DKG_TIMEOUT_MS + 1;
     assert!(world.by_admin(Command::Put { key: "tick".into(), value: String::new() }).is_applied());
-    assert!(world.state.keys[&key_id].refresh_failed.as_ref().unwrap().contains("timed out"));
+    assert!(world.state.keys[&key_id].refresh_failed.as_ref().unwrap().reason.contains("timed out"));
     assert_eq!(current(&world), (0, true, package.clone()));
 
     // The key leaving service.
     assert!(world.by_admin(refresh_key()).is_applied());
     assert!(world.by_admin(Command::DisableKey { key: "k".into() }).is_applied());
     assert!(world.by_admin(Command::Put { key: "tick".into(), value: String::new() }).is_applied());
-    assert!(world.state.keys[&key_id].refresh_failed.as_ref().unwrap().contains("left service"));
+    assert!(world.state.keys[&key_id].refresh_failed.as_ref().unwrap().reason.contains("left service"));
     refused(&world.by_admin(refresh_key()), "disabled");
     assert_eq!(current(&world), (0, true, package));
 

@@ -1,10 +1,11 @@
 //! Culprit blame ([`HonestNotBlamed`]): only the run's byzantine signer is
-//! ever named a culprit, of a sign request or of an aborted key generation.
+//! ever named a culprit, of a sign request, of an aborted key generation or
+//! of an aborted refresh.
 //! It holds because a culprit is named only on evidence an honest node cannot
 //! produce: a signature share that fails verification against the signer's
 //! commitments and public share (FROST's cheater detection), or a round-2 key
-//! generation package that does not match the sender's committed round-1
-//! commitments. A participant whose committed round-1 package is not the one
+//! generation or refresh value that does not match the sender's committed
+//! round-1 commitments. A participant whose committed round-1 package is not the one
 //! it holds the secret for (it restarted mid-generation) aborts naming nobody.
 
 use synod_node::state::ClusterState;
@@ -47,6 +48,22 @@ impl HonestNotBlamed {
                         ),
                     ));
                 }
+            }
+            if let Some(failed) =
+                key.refresh_failed.as_ref().filter(|f| f.culprit.is_some_and(|c| Some(c) != self.byzantine))
+            {
+                return Err(Violation::new(
+                    "honest-signer-blamed",
+                    format!(
+                        "n{id} holds key {}'s refresh to generation {} aborted naming n{} the culprit ({}); the \
+                         byzantine signer is {:?}",
+                        key.name,
+                        failed.generation,
+                        failed.culprit.unwrap_or_default(),
+                        failed.reason,
+                        self.byzantine
+                    ),
+                ));
             }
         }
         Ok(())

@@ -20,6 +20,9 @@
 //!   retired in a signer's own state releases nothing.
 //! - `versions.rs`: one primary per key, the newest active version; no
 //!   request taken on a version past its retirement.
+//! - `generations.rs`: a key's group key never changes across refreshes;
+//!   every share released verifies against the generation current in the
+//!   releasing signer's own state.
 //! - `blame.rs`: only the byzantine signer is ever named a culprit.
 //! - `liveness.rs`: key generation and signing are live after the heal.
 //!
@@ -41,6 +44,7 @@ use crate::net::Equivocation;
 use crate::workload::{History, KEY_NAME, KEY_NAME_FAULTS};
 
 mod blame;
+mod generations;
 mod lifecycle;
 mod liveness;
 mod observer;
@@ -51,6 +55,7 @@ mod time;
 mod versions;
 
 pub use blame::HonestNotBlamed;
+pub use generations::GenerationsConsistent;
 pub use lifecycle::OutOfServiceReleasesNothing;
 pub use liveness::SigningLiveness;
 pub use observer::{Observer, HARVEST_EVERY_MS, STATE_HASH_EVERY_MS};
@@ -146,6 +151,7 @@ pub trait Checker {
 
 /// Every checker, in the order they run.
 pub fn all(cfg: &SimConfig) -> Vec<Box<dyn Checker>> {
+    let byzantine = crate::schedule::draw_byzantine_signer(cfg.seed, &cfg.plan, cfg.nodes).map(|(node, _)| node);
     vec![
         Box::new(RaftSafety::default()),
         // Before the signing checkers: time moved far ahead expires pending requests at once,
@@ -164,9 +170,8 @@ pub fn all(cfg: &SimConfig) -> Vec<Box<dyn Checker>> {
         Box::new(PolicyBeforeShares::default()),
         Box::new(OutOfServiceReleasesNothing::default()),
         Box::new(VersionsConsistent),
-        Box::new(HonestNotBlamed {
-            byzantine: crate::schedule::draw_byzantine_signer(cfg.seed, &cfg.plan, cfg.nodes).map(|(node, _)| node),
-        }),
+        Box::new(GenerationsConsistent::new(byzantine)),
+        Box::new(HonestNotBlamed { byzantine }),
         Box::new(SigningLiveness { bound_ms: cfg.sign_liveness_bound_ms, keys: expected_keys(cfg) }),
     ]
 }

@@ -1,7 +1,8 @@
 //! The admin's key lifecycle inside the fault window: at a random moment it
 //! creates [`LIFE_KEY`] (open policy), rotates it to a version 2 with a
 //! random threshold (a short [`OVERLAP_MS`], during which some requests name
-//! version 1), then takes it through `disable`, `enable` and `destroy` (with
+//! version 1), refreshes its shares while requests keep coming, then takes
+//! it through `disable`, `enable` and `destroy` (with
 //! the genesis's short [`DESTROY_WAIT_MS`]), while it keeps sending sign
 //! requests on it, and follows the key until a node shows it destroyed with
 //! every participant's shares deleted. A rotation that does not finish
@@ -39,7 +40,9 @@ const STEP_PAUSE_MS_MAX: u64 = 2_000;
 pub const OVERLAP_MS: u64 = 1_500;
 /// How many times the client starts a rotation that aborted.
 const ROTATIONS_TRIED_MAX: u32 = 4;
-/// The client stops waiting for a rotation this long after the heal (or after
+/// How many times the client starts a refresh that aborted.
+const REFRESHES_TRIED_MAX: u32 = 3;
+/// The client stops waiting for a rotation (or a refresh) this long after the heal (or after
 /// it started the rotation, if that was later).
 const ROTATION_GIVE_UP_AFTER_HEAL_MS: u64 = 8_000;
 
@@ -68,6 +71,7 @@ pub async fn lifecycle_client(ctx: ClientCtx) -> turmoil::Result {
             seq += 1;
         }
     }
+    refresh(&ctx, &mut rng, &mut seq).await;
     let steps = [
         Command::DisableKey { key: LIFE_KEY.into() },
         Command::EnableKey { key: LIFE_KEY.into() },
@@ -173,6 +177,57 @@ async fn rotate(ctx: &ClientCtx, rng: &mut ChaCha8Rng) -> bool {
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Refreshes the shares of [`LIFE_KEY`]'s primary while sending sign
+/// requests on it, following the key until a node shows the new generation
+/// current; starts the refresh again when it aborted, at most
+/// [`REFRESHES_TRIED_MAX`] times. A refresh the cluster refuses (a
+/// participant restarted on an empty disk and reported its share missing) is
+/// not tried again. Whether it completed.
+async fn refresh(ctx: &ClientCtx, rng: &mut ChaCha8Rng, seq: &mut u64) -> bool {
+    let started_ms = ctx.now_ms();
+    let mut tried = 0;
+    let mut before: Option<u32> = None;
+    loop {
+        let target = ctx.random_node(rng);
+        let read = ClientRequest::GetKey { name: LIFE_KEY.to_string() };
+        if let Ok(Ok(info)) = call_node(&ctx.net, target, &read, CALL_TIMEOUT, key_info).await {
+            let from = *before.get_or_insert(info.generation);
+            if info.generation > from {
+                ctx.event(format!(
+                    "life: key {LIFE_KEY} version {} generation {} is current",
+                    info.version, info.generation
+                ));
+                return true;
+            }
+            if info.refresh.is_none() {
+                if tried == REFRESHES_TRIED_MAX {
+                    ctx.event(format!("life: refresh of {LIFE_KEY} not done after {tried} tries; going on"));
+                    return false;
+                }
+                tried += 1;
+                let signed = ctx.sign(&ctx.admin, rng, Command::RefreshKey { key: LIFE_KEY.into() });
+                match ctx.submit(Submission::Command(&signed), target, rng, 20).await.map(|r| r.outcome) {
+                    Some(Outcome::Applied { detail }) => ctx.event(format!("life: refresh_key: {detail}")),
+                    Some(Outcome::Rejected { reason, .. }) if !reason.contains("already refreshing") => {
+                        ctx.event(format!("life: refresh_key refused: {reason}; going on"));
+                        return false;
+                    }
+                    other => ctx.event(format!("life: refresh_key not applied yet: {other:?}")),
+                }
+            }
+        }
+        if let Phase::Healed { at_ms } = ctx.history.borrow().phase {
+            if ctx.now_ms() > at_ms.max(started_ms) + ROTATION_GIVE_UP_AFTER_HEAL_MS {
+                ctx.event(format!("life: refresh of {LIFE_KEY} still not done after the heal; going on"));
+                return false;
+            }
+        }
+        // Requests straddle the switch: each is signed on one generation, never on a mix.
+        send_request(ctx, rng, *seq, None).await;
+        *seq += 1;
     }
 }
 
