@@ -436,23 +436,31 @@ impl SealedStore {
         Ok(())
     }
 
-    /// Removes durably every generation of `ctx`'s key version (same cluster,
-    /// node, key, version and purpose) but `keep`, in one write; returns the
-    /// generations removed. After a refresh this deletes the old generation
-    /// (and the new one of a refresh that was aborted). Blocking.
-    pub fn remove_other_generations(&self, ctx: &SealContext, keep: &[u32]) -> Result<Vec<u32>, SealError> {
-        ctx.validate()?;
-        let mut from = ctx.store_key();
-        from.truncate(from.len() - 4);
-        let to = prefix_end(&from);
+    /// The generations of `ctx`'s key version (same cluster, node, key,
+    /// version and purpose) sealed here, ascending. Blocking.
+    pub fn generations(&self, ctx: &SealContext) -> Result<Vec<u32>, SealError> {
+        let (from, to) = version_range(ctx)?;
+        let found = self.store.scan(Tree::Sealed, &from, to.as_deref(), usize::MAX)?;
+        Ok(found.iter().filter_map(|(key, _)| generation_of(&from, key)).collect())
+    }
+
+    /// Removes durably every generation of `ctx`'s key version older than
+    /// `ctx.generation`, in one write; returns the generations removed. After
+    /// a refresh this deletes the old share. Only older ones: a node's state
+    /// may lag its disk (right after a restart it replays the log from its
+    /// last snapshot), and a lagging state's current generation is never
+    /// newer than the real one, so nothing current is ever deleted. Blocking.
+    pub fn remove_older_generations(&self, ctx: &SealContext) -> Result<Vec<u32>, SealError> {
+        let (from, to) = version_range(ctx)?;
         let mut ops = Vec::new();
         let mut removed = Vec::new();
         for (key, _) in self.store.scan(Tree::Sealed, &from, to.as_deref(), usize::MAX)? {
-            let Some(tail) = key.get(from.len()..).and_then(|t| <[u8; 4]>::try_from(t).ok()) else { continue };
-            let generation = u32::from_be_bytes(tail);
-            if !keep.contains(&generation) {
-                removed.push(generation);
-                ops.push(Op::Remove { tree: Tree::Sealed, key });
+            match generation_of(&from, &key) {
+                Some(generation) if generation < ctx.generation => {
+                    removed.push(generation);
+                    ops.push(Op::Remove { tree: Tree::Sealed, key });
+                }
+                _ => {}
             }
         }
         if !ops.is_empty() {
@@ -698,6 +706,21 @@ fn check_context(label: &str) -> SealContext {
 }
 
 /// The first key after every key that starts with `prefix` (`None`: no such key).
+/// The store keys of every generation of `ctx`'s key version: from the
+/// prefix without the generation to the end of that prefix.
+fn version_range(ctx: &SealContext) -> Result<(Vec<u8>, Option<Vec<u8>>), SealError> {
+    ctx.validate()?;
+    let mut from = ctx.store_key();
+    from.truncate(from.len() - 4);
+    let to = prefix_end(&from);
+    Ok((from, to))
+}
+
+/// The generation a store key under `prefix` (see [`version_range`]) names.
+fn generation_of(prefix: &[u8], key: &[u8]) -> Option<u32> {
+    key.get(prefix.len()..).and_then(|tail| <[u8; 4]>::try_from(tail).ok()).map(u32::from_be_bytes)
+}
+
 fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
@@ -922,6 +945,28 @@ mod tests {
             assert!(sealed.get(c).unwrap().is_some(), "{c:?}");
         }
         assert_eq!(sealed.remove_key("c-1f2e", 3, "payments").unwrap(), 0, "removing again is not an error");
+    }
+
+    #[test]
+    fn sealed_older_generations_go_and_newer_ones_stay() {
+        // After a refresh a node deletes the generations of the version older than its state's
+        // current one, never a newer one (its state may lag its disk after a restart), and
+        // nothing of another version or key.
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, sealed) = memory_sealed(file_kek(dir.path(), "kek"));
+        let at = |generation| SealContext { key_version: 2, generation, ..ctx() };
+        for generation in [0, 1, 2, 3] {
+            sealed.put(&at(generation), &secret()).unwrap();
+        }
+        let other_version = SealContext { key_version: 1, generation: 0, ..ctx() };
+        let other_key = SealContext { key_id: "payments-2".into(), key_version: 2, generation: 0, ..ctx() };
+        sealed.put(&other_version, &secret()).unwrap();
+        sealed.put(&other_key, &secret()).unwrap();
+        assert_eq!(sealed.generations(&at(2)).unwrap(), vec![0, 1, 2, 3]);
+        assert_eq!(sealed.remove_older_generations(&at(2)).unwrap(), vec![0, 1]);
+        assert_eq!(sealed.generations(&at(0)).unwrap(), vec![2, 3], "the current and a newer one stay");
+        assert!(sealed.get(&other_version).unwrap().is_some() && sealed.get(&other_key).unwrap().is_some());
+        assert_eq!(sealed.remove_older_generations(&at(2)).unwrap(), Vec::<u32>::new(), "again: nothing");
     }
 
     #[test]

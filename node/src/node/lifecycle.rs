@@ -35,7 +35,7 @@ impl Node {
             let unchecked: Vec<KeyRecord> = held().filter(|k| !checked.contains(&k.id)).cloned().collect();
             let cleaned = self.generations_cleaned.lock().expect("generations lock");
             let stale: Vec<KeyRecord> = held()
-                .filter(|k| k.refresh.is_none() && !cleaned.contains(&(k.id.clone(), k.generation)))
+                .filter(|k| k.generation > 0 && !cleaned.contains(&(k.id.clone(), k.generation)))
                 .cloned()
                 .collect();
             let scheduled = leader && state.keys.values().any(|k| k.status == KeyStatus::DestroyScheduled);
@@ -73,7 +73,7 @@ impl Node {
                 }
             }
             for key in stale {
-                if let Err(e) = node.delete_other_generations(&key).await {
+                if let Err(e) = node.delete_old_generations(&key).await {
                     tracing::warn!(key = %key.name, error = %e, "could not delete old generations of this node's share; will retry");
                 }
             }
@@ -98,10 +98,14 @@ impl Node {
         let cluster_id = self.shared.read().state.cluster_id.clone().ok_or("the cluster is not initialised")?;
         let ctx = crate::signer::key_package_context(cluster_id, self.id, key);
         let sealed = self.sealed.clone();
-        let present = crate::seams::run_blocking(move || sealed.contains(&ctx))
+        // A newer generation counts: right after a restart the state may lag the disk.
+        let current = key.generation;
+        let present = crate::seams::run_blocking(move || sealed.generations(&ctx))
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .iter()
+            .any(|g| *g >= current);
         if !present {
             if self.shares_missing.lock().expect("shares lock").insert(key.id.clone()) {
                 tracing::error!(
@@ -122,23 +126,25 @@ impl Node {
         Ok(())
     }
 
-    /// Deletes this node's sealed shares of every generation of `key` but the
-    /// current one (once per key and generation per boot): after a refresh
-    /// the old generation, after an aborted one the new generation it sealed.
-    /// Old shares still combine with each other, so a refresh revokes only
-    /// what is deleted.
-    async fn delete_other_generations(&self, key: &KeyRecord) -> Result<(), String> {
+    /// Deletes this node's sealed shares of every generation of `key` older
+    /// than the current one (once per key and generation per boot): after a
+    /// refresh, the old share. Old shares still combine with each other, so a
+    /// refresh revokes only what is deleted. The new share a node sealed for a
+    /// refresh that was then aborted stays until a later refresh of the same
+    /// generation number replaces it: a state that lags the disk (replaying
+    /// the log after a restart) cannot tell an aborted attempt from a later
+    /// one that completed, so newer generations are never deleted.
+    async fn delete_old_generations(&self, key: &KeyRecord) -> Result<(), String> {
         let cluster_id = self.shared.read().state.cluster_id.clone().ok_or("the cluster is not initialised")?;
         let ctx = crate::signer::key_package_context(cluster_id, self.id, key);
         let sealed = self.sealed.clone();
-        let keep = key.generation;
-        let removed = crate::seams::run_blocking(move || sealed.remove_other_generations(&ctx, &[keep]))
+        let removed = crate::seams::run_blocking(move || sealed.remove_older_generations(&ctx))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         if !removed.is_empty() {
             self.signer.forget_finished();
-            tracing::info!(key = %key.name, generation = key.generation, ?removed, "deleted this node's shares of other generations");
+            tracing::info!(key = %key.name, generation = key.generation, ?removed, "deleted this node's shares of old generations");
         }
         self.generations_cleaned.lock().expect("generations lock").insert((key.id.clone(), key.generation));
         Ok(())

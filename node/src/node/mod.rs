@@ -94,7 +94,7 @@ pub struct Node {
     /// boot, and those it found missing (by key id).
     shares_checked: std::sync::Mutex<BTreeSet<String>>,
     shares_missing: std::sync::Mutex<BTreeSet<String>>,
-    /// (key id, generation) whose other generations this node deleted this boot.
+    /// (key id, generation) whose older generations this node deleted this boot.
     generations_cleaned: std::sync::Mutex<BTreeSet<(String, u32)>>,
     /// The newest log time this node has seen applied, and when (monotonic):
     /// the log's clock, which read signatures may also be judged by.
