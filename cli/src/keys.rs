@@ -57,6 +57,10 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
             let key = refresh(&client, &name).await?;
             print_key(&client, &key)
         }
+        KeyCmd::Repair { name, node, client } => {
+            let key = repair(&client, &name, node).await?;
+            print_key(&client, &key)
+        }
         KeyCmd::List(client) => {
             let (_, list): (u16, KeyList) = ApiClient::new(&client)?.get("/v1/keys").await?;
             match client.output.output {
@@ -189,6 +193,19 @@ fn print_key(client: &ClientArgs, key: &KeyInfo) -> anyhow::Result<()> {
             }
             if let Some(failed) = &key.refresh_failed {
                 println!("last refresh:  {}", shown(failed));
+            }
+            if let Some(repair) = &key.repair {
+                let what = if repair.enrolling { "enrolling" } else { "repairing" };
+                println!(
+                    "{what:<14} node {} (helpers {:?}, committed {}/{})",
+                    repair.target,
+                    repair.helpers,
+                    repair.committed.len(),
+                    repair.helpers.len()
+                );
+            }
+            if let Some(failed) = &key.repair_failed {
+                println!("last repair:   {}", shown(failed));
             }
             if key.policy_unset {
                 println!("policy:        none yet: signs nothing until `synod key policy set`");
@@ -365,6 +382,54 @@ async fn refresh(client: &ClientArgs, name: &str) -> anyhow::Result<KeyInfo> {
         }
         if tokio::time::Instant::now() >= deadline {
             bail!("key {} is still refreshing after {} s ({last})", shown(name), KEY_WAIT.as_secs());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Gives `node` its share of `name`'s primary version and waits, with
+/// progress on stderr, until it holds it or the repair was aborted.
+async fn repair(client: &ClientArgs, name: &str, node: NodeId) -> anyhow::Result<KeyInfo> {
+    let api = ApiClient::new(client)?;
+    let before = get_key(&api, name).await?;
+    let status = members(&api).await?;
+    let command = Command::RepairShare { key: name.to_string(), target: node };
+    let signed = sign_command(client, &cluster_id(&status)?, command)?;
+    let (_, response): (u16, WriteResponse) = api.post("/v1/commands", &signed).await?;
+    refused(&response)?;
+    proposed(&response, name)?;
+    if let Outcome::Applied { detail } = &response.outcome {
+        eprintln!("{}", shown(detail));
+    }
+    let deadline = tokio::time::Instant::now() + KEY_WAIT;
+    let mut last = String::new();
+    loop {
+        let key = get_key(&api, &before.id).await?;
+        match &key.repair {
+            None if key.repair_failed.is_none() => {
+                eprintln!(
+                    "node {node} holds its share of key {} again. Run `synod key refresh {}` once every participant                      is up, so that a copy of the lost share stops combining with the others",
+                    shown(&key.name),
+                    shown(&key.name)
+                );
+                return Ok(key);
+            }
+            None => bail!(
+                "{}. Run `synod key repair {} --node {node}` again (other helpers are chosen without a named culprit)",
+                shown(key.repair_failed.as_deref().unwrap_or("the repair was aborted")),
+                shown(name)
+            ),
+            Some(repair) => {
+                let progress =
+                    format!("helpers' commitments {}/{}", repair.committed.len(), repair.helpers.len());
+                if progress != last {
+                    eprintln!("  {progress}");
+                    last = progress;
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("key {} is still repairing after {} s ({last})", shown(name), KEY_WAIT.as_secs());
         }
         tokio::time::sleep(POLL).await;
     }

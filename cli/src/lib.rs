@@ -417,6 +417,20 @@ pub enum KeyCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Give a node its share of a key (admin quorum): a participant whose data directory lost
+    /// its share gets the identical share back, and a member that is not a participant is
+    /// enrolled with a new share of the same key (the public key does not change). The
+    /// threshold of other participants help; the key is never whole anywhere. Refresh
+    /// afterwards (`synod key refresh`) so that a copy of the lost disk stops combining.
+    Repair {
+        /// The key's name (its primary version).
+        name: String,
+        /// The node that gets the share.
+        #[arg(long)]
+        node: NodeId,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List keys with their status and public keys (each version of a key on its own line).
     List(ClientArgs),
     /// A key's signing policy: who may request, how many approvals, tiers.

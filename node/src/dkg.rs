@@ -47,6 +47,8 @@ pub trait DkgHost: Send + Sync {
     fn sealed(&self) -> &Arc<SealedStore>;
     /// Commits a command this node authors (round-1 packages, confirmations, aborts).
     fn write_as_node(&self, command: Command) -> BoxFuture<'_, Result<WriteResponse, NodeError>>;
+    /// This node holds its share of `key_id` again (a repair sealed it).
+    fn share_restored(&self, _key_id: &str) {}
 }
 
 /// How long to wait before submitting a message again that has not shown up

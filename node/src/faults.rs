@@ -193,6 +193,20 @@ pub fn wrong_commitments(node: NodeId, mut batch: synod_proto::rpc::NonceBatch) 
     batch
 }
 
+/// The [`CORRUPT_DKG_SHARES`] participant as a repair helper: changes each
+/// value it sends another helper (its commitment still names the real one).
+pub fn corrupt_repair_value(
+    node: NodeId,
+    delta: frost_ed25519::keys::repairable::Delta,
+) -> frost_ed25519::keys::repairable::Delta {
+    if !enabled_for(node, CORRUPT_DKG_SHARES) {
+        return delta;
+    }
+    let mut bytes = delta.serialize();
+    change_trailing_scalar(&mut bytes);
+    frost_ed25519::keys::repairable::Delta::deserialize(&bytes).unwrap_or(delta)
+}
+
 /// The [`CORRUPT_DKG_SHARES`] participant: changes the secret share in a
 /// round-2 package (of a key generation or a refresh) when that fault is on for this process or for `node`.
 pub fn corrupt_dkg_package(

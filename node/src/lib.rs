@@ -20,6 +20,7 @@ pub mod node;
 pub mod pki;
 pub mod raft;
 pub mod refresh;
+pub mod repair;
 pub mod sealed;
 pub mod seams;
 pub mod server;

@@ -332,6 +332,26 @@ pub struct KeyInfo {
     /// Why the last refresh was aborted (cleared when another starts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_failed: Option<String>,
+    /// A repair in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<RepairInfo>,
+    /// Why the last repair was aborted (cleared when another starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair_failed: Option<String>,
+}
+
+/// A repair (or enrollment) of one node's share in progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairInfo {
+    /// The node getting its share.
+    pub target: NodeId,
+    /// Whether the target is joining the key (not a participant before).
+    pub enrolling: bool,
+    /// The participants whose shares help, in id order.
+    pub helpers: Vec<NodeId>,
+    /// Helpers whose commitments are in the log.
+    pub committed: Vec<NodeId>,
+    pub started_at_ms: u64,
 }
 
 /// A refresh of a key's shares in progress.

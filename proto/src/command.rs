@@ -185,6 +185,22 @@ pub enum Command {
     /// A participant gives up on a refresh, naming the culprit when it knows one;
     /// the current generation keeps signing.
     RefreshAbort { key_id: String, node_id: NodeId, generation: u32, reason: String, culprit: Option<NodeId> },
+    /// Gives node `target` its share of the key named `key` (its primary
+    /// version, current generation) from `t` helpers, without the key ever
+    /// being whole (admin; rules 7 and later). A participant that lost its
+    /// share gets the identical share back; a member that is not a
+    /// participant is enrolled with a new share of the same key. The repair
+    /// values travel point to point over mutual TLS, never through the log.
+    RepairShare { key: String, target: NodeId },
+    /// A repair helper commits to the values it sends the other helpers:
+    /// `g^δ` (hex compressed points), one per receiving helper in id order,
+    /// as (helper, point) pairs. The state checks that they add up to the
+    /// helper's part of the target's share.
+    RepairCommit { key_id: String, node_id: NodeId, target: NodeId, deltas: Vec<(NodeId, String)> },
+    /// The repair's target sealed a share that matches its verifying share.
+    RepairDone { key_id: String, node_id: NodeId },
+    /// A helper or the target gives up on a repair, naming the culprit when it knows one.
+    RepairAbort { key_id: String, node_id: NodeId, reason: String, culprit: Option<NodeId> },
     /// A participant's DKG round-1 package (hex), signed with its node key.
     DkgRound1 { key_id: String, node_id: NodeId, package: String },
     /// A participant confirms the key it now holds a share of: the group key and
@@ -416,6 +432,10 @@ impl Command {
             Command::RefreshRound1 { .. } => "refresh_round1",
             Command::RefreshConfirm { .. } => "refresh_confirm",
             Command::RefreshAbort { .. } => "refresh_abort",
+            Command::RepairShare { .. } => "repair_share",
+            Command::RepairCommit { .. } => "repair_commit",
+            Command::RepairDone { .. } => "repair_done",
+            Command::RepairAbort { .. } => "repair_abort",
             Command::DkgRound1 { .. } => "dkg_round1",
             Command::KeyConfirm { .. } => "key_confirm",
             Command::KeyAbort { .. } => "key_abort",
@@ -453,6 +473,7 @@ impl Command {
             | Command::ImportKey { .. }
             | Command::RotateKey { .. }
             | Command::RefreshKey { .. }
+            | Command::RepairShare { .. }
             | Command::AddOperator { .. }
             | Command::RemoveOperator { .. }
             | Command::SetPolicy { .. }
@@ -468,6 +489,9 @@ impl Command {
             | Command::RefreshRound1 { node_id, .. }
             | Command::RefreshConfirm { node_id, .. }
             | Command::RefreshAbort { node_id, .. }
+            | Command::RepairCommit { node_id, .. }
+            | Command::RepairDone { node_id, .. }
+            | Command::RepairAbort { node_id, .. }
             | Command::KeyConfirm { node_id, .. }
             | Command::KeyAbort { node_id, .. }
             | Command::SignResult { node_id, .. }
@@ -568,6 +592,25 @@ impl Command {
                 validate_hex("public key package hash", public_key_package_sha256, 64)
             }
             Command::RefreshAbort { key_id, reason, .. } => {
+                validate_id("key id", key_id)?;
+                validate_reason(reason)
+            }
+            Command::RepairShare { key, target } => {
+                validate_name("key name", key)?;
+                if *target == 0 || *target > u64::from(u16::MAX) {
+                    return Err(CommandError::Malformed(format!("repair target {target} is not a node id (1 to 65535)")));
+                }
+                Ok(())
+            }
+            Command::RepairCommit { key_id, deltas, .. } => {
+                validate_id("key id", key_id)?;
+                if deltas.len() > PARTICIPANTS_MAX {
+                    return Err(CommandError::Malformed(format!("more than {PARTICIPANTS_MAX} repair commitments")));
+                }
+                deltas.iter().try_for_each(|(_, d)| validate_hex("repair commitment", d, 64))
+            }
+            Command::RepairDone { key_id, .. } => validate_id("key id", key_id),
+            Command::RepairAbort { key_id, reason, .. } => {
                 validate_id("key id", key_id)?;
                 validate_reason(reason)
             }

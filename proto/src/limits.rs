@@ -110,7 +110,18 @@ fn check_command(command: &Command, at: &str) -> Result<(), CommandError> {
                 "digest_hex_bytes_max",
             )
         }
-        Command::KeyAbort { key_id, reason, .. } | Command::RefreshAbort { key_id, reason, .. } => {
+        Command::RepairCommit { key_id, deltas, .. } => {
+            id_bytes(&f("key_id"), key_id)?;
+            items(&f("deltas"), deltas.len(), PARTICIPANTS_MAX, "participants_max")?;
+            for (to, point) in deltas.iter() {
+                bytes(&f(&format!("deltas[{to}]")), point, DIGEST_HEX_BYTES_MAX, "digest_hex_bytes_max")?;
+            }
+            Ok(())
+        }
+        Command::RepairDone { key_id, .. } => id_bytes(&f("key_id"), key_id),
+        Command::KeyAbort { key_id, reason, .. }
+        | Command::RefreshAbort { key_id, reason, .. }
+        | Command::RepairAbort { key_id, reason, .. } => {
             id_bytes(&f("key_id"), key_id)?;
             reason_bytes(&f("reason"), reason)
         }
@@ -155,6 +166,7 @@ fn check_command(command: &Command, at: &str) -> Result<(), CommandError> {
         Command::ApproveProposal { proposal_id } => id_bytes(&f("proposal_id"), proposal_id),
         Command::DisableKey { key }
         | Command::RefreshKey { key }
+        | Command::RepairShare { key, .. }
         | Command::EnableKey { key }
         | Command::CancelKeyDestroy { key }
         | Command::ScheduleKeyDestroy { key, .. } => name_bytes(&f("key"), key),

@@ -54,6 +54,18 @@ pub enum PeerRequest {
         generation: u32,
         package: SecretHex,
     },
+    /// A repair helper's value `δ` for another helper (the sender is the
+    /// authenticated peer), for the repair of `target`'s share of the key.
+    RepairDelta {
+        key_id: String,
+        target: NodeId,
+        delta: SecretHex,
+    },
+    /// A repair helper's sum `σ` of the values it received, for the target.
+    RepairSigma {
+        key_id: String,
+        sigma: SecretHex,
+    },
     /// FROST preprocessing: the coordinator asks a signer for `count` fresh
     /// nonce commitments for a key, ahead of any request. The signer keeps the
     /// nonces in memory only, each in its own numbered slot, bound to this key
@@ -74,7 +86,13 @@ impl PeerRequest {
     /// Whether the request carries a secret (a DKG round-2 package), so that
     /// its frame is built and dropped in wiped buffers.
     pub fn carries_secret(&self) -> bool {
-        matches!(self, PeerRequest::DkgRound2 { .. } | PeerRequest::RefreshRound2 { .. })
+        matches!(
+            self,
+            PeerRequest::DkgRound2 { .. }
+                | PeerRequest::RefreshRound2 { .. }
+                | PeerRequest::RepairDelta { .. }
+                | PeerRequest::RepairSigma { .. }
+        )
     }
 }
 
@@ -179,6 +197,8 @@ pub enum PeerResponse {
     TimeRefused(String),
     DkgRound2(Result<(), String>),
     RefreshRound2(Result<(), String>),
+    RepairDelta(Result<(), String>),
+    RepairSigma(Result<(), String>),
     SignPreprocess(Result<NonceBatch, String>),
     /// Per ask, in order: a hex FROST `SignatureShare`, or why the signer refused.
     SignShare(Vec<Result<String, String>>),

@@ -43,4 +43,8 @@ impl DkgHost for Node {
     fn write_as_node(&self, command: Command) -> BoxFuture<'_, Result<WriteResponse, NodeError>> {
         Node::write_as_node(self, command).boxed()
     }
+
+    fn share_restored(&self, key_id: &str) {
+        self.shares_missing.lock().expect("shares lock").remove(key_id);
+    }
 }

@@ -200,6 +200,7 @@ pub(super) async fn keys_and_signing(weak: std::sync::Weak<Node>) {
             let Some(node) = dkg_weak.upgrade() else { return };
             node.dkg.tick(&*node).await;
             node.refreshes.tick(&*node).await;
+            node.repairs.tick(&*node).await;
         }
     });
     let mut applied = match weak.upgrade() {

@@ -104,6 +104,7 @@ pub struct Node {
     signer: Signer,
     dkg: Dkg,
     refreshes: crate::refresh::Refreshes,
+    repairs: crate::repair::Repairs,
     /// The leader's signing (pools, outboxes, sessions); works only while this node leads.
     leader: Arc<Leader<leader::NodeContext>>,
     /// When each peer last answered this node's Raft calls.
@@ -200,6 +201,7 @@ impl Node {
             signer,
             dkg: Dkg::default(),
             refreshes: Default::default(),
+            repairs: Default::default(),
             leader: Arc::new(Leader::new(leader::NodeContext { id, node: weak.clone() })),
             peer_health,
             silent_limit: std::time::Duration::from_millis(parts.tuning.heartbeat_ms * SILENT_HEARTBEATS),

@@ -135,6 +135,12 @@ impl PeerHandler for NodeHandler {
                 PeerRequest::RefreshRound2 { key_id, generation, package } => PeerResponse::RefreshRound2(
                     node.refreshes.receive_round2(&*node, from, &key_id, generation, &package),
                 ),
+                PeerRequest::RepairDelta { key_id, target, delta } => {
+                    PeerResponse::RepairDelta(node.repairs.receive_delta(&*node, from, &key_id, target, &delta))
+                }
+                PeerRequest::RepairSigma { key_id, sigma } => {
+                    PeerResponse::RepairSigma(node.repairs.receive_sigma(&*node, from, &key_id, &sigma))
+                }
                 PeerRequest::SignPreprocess { key_id, count } => {
                     let answer = node.signer.preprocess(&key_id, count, from).await;
                     PeerResponse::SignPreprocess(answer.map(|batch| faults::wrong_commitments(node.id, batch)))

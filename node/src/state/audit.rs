@@ -150,6 +150,9 @@ impl ClusterState {
             | Command::RefreshRound1 { key_id, .. }
             | Command::RefreshConfirm { key_id, .. }
             | Command::RefreshAbort { key_id, .. }
+            | Command::RepairCommit { key_id, .. }
+            | Command::RepairDone { key_id, .. }
+            | Command::RepairAbort { key_id, .. }
             | Command::KeyConfirm { key_id, .. }
             | Command::KeyAbort { key_id, .. }
             | Command::KeyDestroyDue { key_id, .. }
@@ -162,6 +165,7 @@ impl ClusterState {
             Command::SetPolicy { key: name, .. }
             | Command::DisableKey { key: name }
             | Command::RefreshKey { key: name }
+            | Command::RepairShare { key: name, .. }
             | Command::EnableKey { key: name }
             | Command::ScheduleKeyDestroy { key: name, .. }
             | Command::CancelKeyDestroy { key: name } => self.key_names.get(name).cloned(),

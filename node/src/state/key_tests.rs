@@ -37,7 +37,7 @@ impl World {
     /// As [`World::new`], with a genesis naming `rules` (`None`: a plain
     /// genesis from before rules were versioned, and no take-up).
     pub(crate) fn under(rules: Option<u32>) -> World {
-        let (ca, nodes) = in_memory_pki(&[1, 2, 3], &mut OsRng).unwrap();
+        let (ca, nodes) = in_memory_pki(&[1, 2, 3, 4], &mut OsRng).unwrap(); // Node 4 may join.
         let admin = SigningKey::from_bytes(&[7; 32]);
         let members = (1..=3)
             .map(|id| Member {

@@ -149,6 +149,12 @@ pub struct KeyRecord {
     /// How the last refresh was aborted; cleared when another starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_failed: Option<super::refresh::RefreshFailure>,
+    /// A repair (or enrollment) in progress ([`super::repair`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<super::repair::Repair>,
+    /// How the last repair was aborted; cleared when another starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair_failed: Option<super::repair::RepairFailure>,
 }
 
 /// What a version made by `rotate_key` replaces.
@@ -210,6 +216,8 @@ impl KeyRecord {
             refreshed_at_ms: None,
             refresh: None,
             refresh_failed: None,
+            repair: None,
+            repair_failed: None,
         }
     }
 
@@ -259,6 +267,8 @@ impl KeyRecord {
             refreshed_at_ms: self.refreshed_at_ms,
             refresh: self.refresh.as_ref().map(|r| r.info()),
             refresh_failed: self.refresh_failed.as_ref().map(|f| f.describe(self.generation)),
+            repair: self.repair.as_ref().map(|r| r.info()),
+            repair_failed: self.repair_failed.as_ref().map(|f| f.describe()),
         }
     }
 

@@ -13,6 +13,7 @@ mod endorse;
 mod keys;
 mod lifecycle;
 mod refresh;
+mod repair;
 mod signing;
 mod versions;
 
@@ -29,6 +30,7 @@ pub use endorse::{Endorsement, ENDORSED_POINTS_KEPT};
 pub use keys::{frost_identifier, package_hash, KeyOrigin, KeyRecord, KeyStatus, DKG_TIMEOUT_MS};
 pub use lifecycle::{duration_words, RULES_KEY_LIFECYCLE};
 pub use refresh::{commitment_points, zero_polynomial_at, Refresh, RefreshFailure, RULES_KEY_REFRESH};
+pub use repair::{lagrange, point_hex, public_of, Repair, RepairFailure};
 pub use signing::{
     checkpoint_request_id, checkpoint_seq, RequestRecord, RequestStatus, PENDING_PER_OPERATOR_DEFAULT,
     PENDING_REQUESTS_MAX, REQUEST_APPROVAL_MS_DEFAULT, REQUEST_PENDING_MS_MAX, RESERVED_REQUEST_ID_PREFIXES,
@@ -57,8 +59,9 @@ pub const REJECTIONS_KEPT_MAX: usize = 32;
 ///   fixed at genesis ([`RULES_KEY_LIFECYCLE`]).
 /// - 6: keys have versions; a rotation makes a new one, and the version it
 ///   replaces retires after an overlap ([`RULES_KEY_VERSIONS`]).
-/// - 7: a key's shares can be refreshed to a new generation with the same
-///   public key ([`RULES_KEY_REFRESH`]).
+/// - 7: a key's shares can be refreshed to a new generation, and one node's
+///   share repaired (or a new member enrolled), with the same public key
+///   ([`RULES_KEY_REFRESH`]).
 pub use synod_proto::command::RULES_CURRENT;
 /// The first rules version that needs a take-up before signing outcomes.
 pub const RULES_COORDINATOR: u32 = 1;
@@ -210,6 +213,7 @@ impl ClusterState {
         self.expire_seen();
         self.expire_keys();
         self.expire_refreshes();
+        self.expire_repairs();
         self.retire_versions(index);
         self.expire_requests();
         self.expire_proposals();
@@ -558,6 +562,14 @@ impl ClusterState {
             Command::RefreshAbort { key_id, node_id, generation, reason, culprit } => {
                 self.refresh_abort(key_id, *node_id, *generation, reason, *culprit)
             }
+            Command::RepairShare { key, target } => self.repair_share(key, *target),
+            Command::RepairCommit { key_id, node_id, target, deltas } => {
+                self.repair_commit(key_id, *node_id, *target, deltas)
+            }
+            Command::RepairDone { key_id, node_id } => self.repair_done(key_id, *node_id),
+            Command::RepairAbort { key_id, node_id, reason, culprit } => {
+                self.repair_abort(key_id, *node_id, reason, *culprit)
+            }
             Command::DkgRound1 { key_id, node_id, package } => self.dkg_round1(key_id, *node_id, package),
             Command::KeyConfirm { key_id, node_id, group_key, public_key_package_sha256 } => {
                 self.key_confirm(index, key_id, *node_id, group_key, public_key_package_sha256)
@@ -685,6 +697,8 @@ impl ClusterState {
 pub(crate) mod key_tests;
 #[cfg(test)]
 mod refresh_tests;
+#[cfg(test)]
+mod repair_tests;
 #[cfg(test)]
 mod version_tests;
 

@@ -96,6 +96,13 @@ impl ClusterState {
         if key.status != KeyStatus::Active {
             return Err(format!("cannot refresh: {}", key.not_signing()).into());
         }
+        if let Some(repair) = &key.repair {
+            return Err(format!(
+                "key {name} is repairing node {}'s share; refresh once the repair completes or aborts",
+                repair.target
+            )
+            .into());
+        }
         if let Some(refresh) = &key.refresh {
             return Err(format!(
                 "key {name} is already refreshing to generation {} (round-1 packages from {:?}, confirmations from \
