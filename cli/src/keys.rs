@@ -420,8 +420,7 @@ async fn repair(client: &ClientArgs, name: &str, node: NodeId) -> anyhow::Result
                 shown(name)
             ),
             Some(repair) => {
-                let progress =
-                    format!("helpers' commitments {}/{}", repair.committed.len(), repair.helpers.len());
+                let progress = format!("helpers' commitments {}/{}", repair.committed.len(), repair.helpers.len());
                 if progress != last {
                     eprintln!("  {progress}");
                     last = progress;

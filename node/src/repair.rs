@@ -90,7 +90,12 @@ impl Repairs {
     }
 
     /// One step of one repair; `Err` gives up, with the reason and the culprit.
-    async fn advance(&self, node: &dyn DkgHost, key: &KeyRecord, repair: &Repair) -> Result<(), (String, Option<NodeId>)> {
+    async fn advance(
+        &self,
+        node: &dyn DkgHost,
+        key: &KeyRecord,
+        repair: &Repair,
+    ) -> Result<(), (String, Option<NodeId>)> {
         let (me, now) = (node.id(), node.now_ms());
         let slot = (key.id.clone(), repair.target);
         let fresh = !self.locals.lock().expect("repair lock").contains_key(&slot);
@@ -151,8 +156,12 @@ impl Repairs {
                     .ok_or(("a repair value is not a scalar".to_string(), None))?;
                 commitments.push((*to, hex::encode(public.compress().as_bytes())));
             }
-            let commit =
-                Command::RepairCommit { key_id: key.id.clone(), node_id: me, target: repair.target, deltas: commitments };
+            let commit = Command::RepairCommit {
+                key_id: key.id.clone(),
+                node_id: me,
+                target: repair.target,
+                deltas: commitments,
+            };
             self.with_local(&key.id, repair.target, |local| {
                 local.outgoing = by_node.iter().filter(|(to, _)| **to != me).map(|(to, d)| (*to, *d)).collect();
                 local.received.insert(me, by_node[&me]);
@@ -183,9 +192,8 @@ impl Repairs {
             }
         }
         // Once every helper's values are committed and ours received: check, sum, send.
-        let (received, sigma, delivered) = self.with_local(&key.id, repair.target, |local| {
-            (local.received.clone(), local.sigma, local.sigma_delivered)
-        });
+        let (received, sigma, delivered) = self
+            .with_local(&key.id, repair.target, |local| (local.received.clone(), local.sigma, local.sigma_delivered));
         if delivered || repair.commitments.len() < repair.helpers.len() || received.len() < repair.helpers.len() {
             return Ok(());
         }
@@ -216,13 +224,20 @@ impl Repairs {
             Ok(PeerResponse::RepairSigma(Ok(()))) => {
                 self.with_local(&key.id, repair.target, |local| local.sigma_delivered = true);
             }
-            other => tracing::info!(key = %key.name, target = repair.target, ?other, "repair sum not delivered; will retry"),
+            other => {
+                tracing::info!(key = %key.name, target = repair.target, ?other, "repair sum not delivered; will retry")
+            }
         }
         Ok(())
     }
 
     /// The target's side.
-    async fn finish(&self, node: &dyn DkgHost, key: &KeyRecord, repair: &Repair) -> Result<(), (String, Option<NodeId>)> {
+    async fn finish(
+        &self,
+        node: &dyn DkgHost,
+        key: &KeyRecord,
+        repair: &Repair,
+    ) -> Result<(), (String, Option<NodeId>)> {
         let (sigmas, done) =
             self.with_local(&key.id, repair.target, |local| (local.sigmas.clone(), local.done.is_some()));
         if done || sigmas.len() < repair.helpers.len() || repair.commitments.len() < repair.helpers.len() {
@@ -235,7 +250,10 @@ impl Repairs {
                 .map(|c| c.get(from).and_then(|p| point_hex(p)))
                 .sum::<Option<curve25519_dalek::EdwardsPoint>>();
             if expected.is_none() || public_of(&Zeroizing::new(sigma.serialize())) != expected {
-                return Err((format!("the repair sum node {from} sent does not match the helpers' commitments"), Some(*from)));
+                return Err((
+                    format!("the repair sum node {from} sent does not match the helpers' commitments"),
+                    Some(*from),
+                ));
             }
         }
         let public = key.public_keys().ok_or(("the key's public key package does not parse".to_string(), None))?;
@@ -247,7 +265,9 @@ impl Repairs {
         if derived != repair.verifying_share {
             return Err(("the repaired share does not match its verifying share".into(), None));
         }
-        seal(node, key, key.generation, &package).await.map_err(|e| (format!("cannot seal the repaired share: {e}"), None))?;
+        seal(node, key, key.generation, &package)
+            .await
+            .map_err(|e| (format!("cannot seal the repaired share: {e}"), None))?;
         node.share_restored(&key.id);
         let done = Command::RepairDone { key_id: key.id.clone(), node_id: node.id() };
         self.with_local(&key.id, repair.target, |local| {
@@ -260,7 +280,14 @@ impl Repairs {
     }
 
     /// A helper's value from helper `from` (authenticated by mutual TLS).
-    pub fn receive_delta(&self, node: &dyn DkgHost, from: NodeId, key_id: &str, target: NodeId, delta: &SecretHex) -> Result<(), String> {
+    pub fn receive_delta(
+        &self,
+        node: &dyn DkgHost,
+        from: NodeId,
+        key_id: &str,
+        target: NodeId,
+        delta: &SecretHex,
+    ) -> Result<(), String> {
         let me = node.id();
         check_repair(node, key_id, |r| r.target == target && r.helpers.contains(&from) && r.helpers.contains(&me))?;
         let bytes = Zeroizing::new(hex::decode(delta.expose()).map_err(|_| "repair value is not hex")?);
@@ -272,7 +299,13 @@ impl Repairs {
     }
 
     /// A helper's sum for this node, the target (authenticated by mutual TLS).
-    pub fn receive_sigma(&self, node: &dyn DkgHost, from: NodeId, key_id: &str, sigma: &SecretHex) -> Result<(), String> {
+    pub fn receive_sigma(
+        &self,
+        node: &dyn DkgHost,
+        from: NodeId,
+        key_id: &str,
+        sigma: &SecretHex,
+    ) -> Result<(), String> {
         let me = node.id();
         check_repair(node, key_id, |r| r.target == me && r.helpers.contains(&from))?;
         let bytes = Zeroizing::new(hex::decode(sigma.expose()).map_err(|_| "repair sum is not hex")?);

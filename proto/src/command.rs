@@ -598,7 +598,9 @@ impl Command {
             Command::RepairShare { key, target } => {
                 validate_name("key name", key)?;
                 if *target == 0 || *target > u64::from(u16::MAX) {
-                    return Err(CommandError::Malformed(format!("repair target {target} is not a node id (1 to 65535)")));
+                    return Err(CommandError::Malformed(format!(
+                        "repair target {target} is not a node id (1 to 65535)"
+                    )));
                 }
                 Ok(())
             }

@@ -195,3 +195,114 @@ fn refresh_participant_killed_mid_refresh_aborts_and_the_old_generation_signs() 
         assert_eq!(generations, BTreeSet::from([1]), "node {id} holds only its generation-1 share");
     }
 }
+
+/// Node `id`'s share of generation `generation` of `key` (version 1), unsealed
+/// from the store at `data` (a node's data directory or a copy of it) with the
+/// node's KEK file.
+fn unseal_share(
+    cluster: &Cluster,
+    data: &Path,
+    id: u64,
+    key: &Value,
+    generation: u32,
+) -> frost_ed25519::keys::KeyPackage {
+    use synod_node::kek::soft::SoftKek;
+    use synod_node::sealed::{Purpose, SealContext, SealedStore};
+    let store = SledStore::open(&data.join("store")).expect("the store opens");
+    let kek = SoftKek::from_file(&cluster.nodes[&id].dir.join("kek.bin")).expect("the node's KEK");
+    let sealed = SealedStore::new(std::sync::Arc::new(store), std::sync::Arc::new(kek));
+    let cluster_id = cluster.status(1).expect("status")["cluster_id"].as_str().unwrap().to_string();
+    let ctx = SealContext {
+        cluster_id,
+        node_id: id,
+        key_id: key["id"].as_str().unwrap().to_string(),
+        key_version: 1,
+        generation,
+        purpose: Purpose::KeyPackage,
+    };
+    let plain = sealed.get(&ctx).expect("unseals").expect("a share of that generation");
+    frost_ed25519::keys::KeyPackage::deserialize(&plain).unwrap()
+}
+
+/// Whether these shares make a valid signature under `key`'s public key
+/// (FROST's own aggregation, cheater detection off, so only the group
+/// signature is judged: what a thief holding these shares would get).
+fn shares_combine(key: &Value, shares: &[&frost_ed25519::keys::KeyPackage]) -> bool {
+    use frost_ed25519 as frost;
+    let group = hex::decode(key["public_key"].as_str().unwrap()).unwrap();
+    let group = frost::VerifyingKey::deserialize(&group).unwrap();
+    let verifying_shares = shares.iter().map(|s| (*s.identifier(), *s.verifying_share())).collect();
+    let public = frost::keys::PublicKeyPackage::new(verifying_shares, group, Some(2));
+    let mut rng = rand_core::OsRng;
+    let (mut nonces, mut commitments) = (std::collections::BTreeMap::new(), std::collections::BTreeMap::new());
+    for share in shares {
+        let (nonce, commitment) = frost::round1::commit(share.signing_share(), &mut rng);
+        nonces.insert(*share.identifier(), nonce);
+        commitments.insert(*share.identifier(), commitment);
+    }
+    let signing = frost::SigningPackage::new(commitments, b"does this combine?");
+    let signature_shares = shares
+        .iter()
+        .map(|s| (*s.identifier(), frost::round2::sign(&signing, &nonces[s.identifier()], s).unwrap()))
+        .collect();
+    frost::aggregate_custom(&signing, &signature_shares, &public, frost::CheaterDetection::Disabled).is_ok()
+}
+
+#[test]
+fn refresh_repair_gives_a_wiped_node_its_share_and_a_refresh_makes_the_old_copy_useless() {
+    // Node 3's data directory is copied (the "old disk"), then wiped. It reports the lost share;
+    // `synod key repair` gives it the identical share back from the two others, and it signs
+    // again (node 1 down, so nodes 2 and 3 sign) under the unchanged public key. After a
+    // refresh, the old disk's share no longer combines with a current one.
+    let mut cluster = Cluster::start(3);
+    ok(&cluster.synod(1, &["key", "create", "kept", "-t", "2", "--open-policy"]));
+    let before = key(&cluster, "kept");
+    assert!(cluster.stop(3), "node 3 stops cleanly");
+    let old_disk = cluster.path("node-3-old-data");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(cluster.nodes[&3].dir.join("data"))
+        .arg(&old_disk)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::remove_dir_all(cluster.nodes[&3].dir.join("data")).unwrap();
+    cluster.start_node(3);
+    wait_for("the log to record node 3's lost share", Duration::from_secs(60), || {
+        (key(&cluster, "kept")["shares_missing"] == serde_json::json!([3])).then_some(())
+    });
+
+    let repaired: Value =
+        serde_json::from_str(&ok(&cluster.synod(2, &["key", "repair", "kept", "--node", "3", "-o", "json"]))).unwrap();
+    assert_eq!(repaired["shares_missing"], Value::Null, "{repaired}");
+    assert_eq!(repaired["public_key"], before["public_key"]);
+    let health: Value = serde_json::from_str(&ok(&cluster.synod(3, &["health", "-o", "json"]))).unwrap();
+    assert_eq!(health["shares_missing"], 0, "node 3 no longer warns: {health}");
+    cluster.kill(1);
+    let signed = cluster.sign(2, "kept", b"signed by the repaired node", "repaired").expect("nodes 2 and 3 sign");
+    assert_eq!(signed["signers"], serde_json::json!([2, 3]), "{signed}");
+    cluster.start_node(1);
+    wait_for("node 1 to answer again", Duration::from_secs(60), || cluster.status(1));
+
+    // Until a refresh, the old disk's share still combines (the repaired share is identical).
+    let current = key(&cluster, "kept");
+    let old_share = unseal_share(&cluster, &old_disk, 3, &current, 0);
+    let refreshed: Value =
+        serde_json::from_str(&ok(&cluster.synod(1, &["key", "refresh", "kept", "-o", "json"]))).unwrap();
+    assert_eq!((&refreshed["generation"], &refreshed["public_key"]), (&1.into(), &before["public_key"]));
+    wait_for("every node to delete generation 0", Duration::from_secs(30), || {
+        (1..=3)
+            .all(|id| cluster.nodes[&id].log_text().contains("deleted this node's shares of old generations"))
+            .then_some(())
+    });
+    let after = key(&cluster, "kept");
+    assert!(cluster.stop(2), "node 2 stops cleanly");
+    let node2 = cluster.nodes[&2].dir.join("data");
+    let new_share = unseal_share(&cluster, &node2, 2, &after, 1);
+    let old_share_2 = unseal_share(&cluster, &old_disk, 3, &after, 0);
+    assert_eq!(old_share.signing_share(), old_share_2.signing_share());
+    assert!(cluster.stop(3), "node 3 stops cleanly");
+    let new_share_3 = unseal_share(&cluster, &cluster.nodes[&3].dir.join("data"), 3, &after, 1);
+    assert!(shares_combine(&after, &[&new_share, &new_share_3]), "current shares combine");
+    assert!(!shares_combine(&after, &[&new_share, &old_share]), "the old disk's share no longer combines");
+}

@@ -166,7 +166,9 @@ impl ClusterState {
             return Err(format!("node {node} already committed its repair values for key {name}").into());
         }
         if deltas.iter().map(|(to, _)| *to).collect::<Vec<_>>() != repair.helpers {
-            return Err(format!("node {node}'s repair commitments must name exactly the helpers {:?}", repair.helpers).into());
+            return Err(
+                format!("node {node}'s repair commitments must name exactly the helpers {:?}", repair.helpers).into()
+            );
         }
         let points: Option<Vec<EdwardsPoint>> = deltas.iter().map(|(_, d)| point_hex(d)).collect();
         let Some(points) = points else {
@@ -184,7 +186,11 @@ impl ClusterState {
             return Ok(format!("key {name}: repair aborted: {reason}"));
         }
         repair.commitments.insert(node, deltas.iter().cloned().collect());
-        Ok(format!("key {name}: repair commitments {}/{} (node {node})", repair.commitments.len(), repair.helpers.len()))
+        Ok(format!(
+            "key {name}: repair commitments {}/{} (node {node})",
+            repair.commitments.len(),
+            repair.helpers.len()
+        ))
     }
 
     pub(super) fn repair_done(&mut self, key_id: &str, node: NodeId) -> Result<String, Refusal> {

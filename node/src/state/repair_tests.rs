@@ -27,7 +27,12 @@ fn repair_of(target: u64) -> Command {
 /// Runs a repair of `target` through the state with the helpers it chose;
 /// `lie` makes one helper commit to a wrong value. Returns the target's
 /// derived key package (the helpers' values as they would travel over mTLS).
-fn run_repair(world: &mut World, packages: &Packages, target: u64, lie: Option<u64>) -> Option<frost::keys::KeyPackage> {
+fn run_repair(
+    world: &mut World,
+    packages: &Packages,
+    target: u64,
+    lie: Option<u64>,
+) -> Option<frost::keys::KeyPackage> {
     let key_id = world.key_id("k");
     let repair = world.state.keys[&key_id].repair.clone().expect("a repair in progress");
     let helpers: Vec<frost::Identifier> = repair.helpers.iter().map(|h| id(*h)).collect();
