@@ -53,8 +53,8 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
             let key = get_key(&ApiClient::new(&client)?, &name).await?;
             print_key(&client, &key)
         }
-        KeyCmd::Refresh { name, client } => {
-            let key = refresh(&client, &name).await?;
+        KeyCmd::Refresh { name, remove, client } => {
+            let key = refresh(&client, &name, remove).await?;
             print_key(&client, &key)
         }
         KeyCmd::Repair { name, node, client } => {
@@ -319,16 +319,16 @@ async fn rotate(
 /// Refreshes the shares of `name`'s primary version and waits, with
 /// progress on stderr, until the new generation is current or the refresh
 /// was aborted.
-async fn refresh(client: &ClientArgs, name: &str) -> anyhow::Result<KeyInfo> {
+async fn refresh(client: &ClientArgs, name: &str, remove: Vec<NodeId>) -> anyhow::Result<KeyInfo> {
     let api = ApiClient::new(client)?;
     let before = get_key(&api, name).await?;
     let status = members(&api).await?;
-    let command = Command::RefreshKey { key: name.to_string() };
+    let command = Command::RefreshKey { key: name.to_string(), remove: remove.clone() };
     let signed = sign_command(client, &cluster_id(&status)?, command)?;
     let (_, response): (u16, WriteResponse) = api.post("/v1/keys", &signed).await?;
     refused(&response)?;
     proposed(&response, name)?;
-    let n = before.participants.len();
+    let n = before.participants.len() - before.participants.iter().filter(|p| remove.contains(p)).count();
     eprintln!(
         "refreshing key {name} version {}: generation {} signs until every participant holds generation {}",
         before.version,

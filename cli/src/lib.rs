@@ -414,6 +414,11 @@ pub enum KeyCmd {
     Refresh {
         /// The key's name (its primary version is refreshed).
         name: String,
+        /// Participants that get no share of the new generation, comma-separated: how a node
+        /// leaves a key (before `synod cluster remove-member`) with its public key unchanged.
+        /// They need not be up. At least the threshold of participants must remain.
+        #[arg(long, value_delimiter = ',')]
+        remove: Vec<NodeId>,
         #[command(flatten)]
         client: ClientArgs,
     },

@@ -72,7 +72,10 @@ impl Refreshes {
                 .state
                 .keys
                 .values()
-                .filter(|k| k.refresh.is_some() && k.status == KeyStatus::Active && k.participants.contains(&node.id()))
+                .filter(|k| {
+                    k.status == KeyStatus::Active
+                        && k.refresh.as_ref().is_some_and(|r| r.participants.contains(&node.id()))
+                })
                 .cloned()
                 .collect()
         };
@@ -130,7 +133,7 @@ impl Refreshes {
     /// Decides the next steps for one refresh (no I/O).
     fn plan(&self, me: NodeId, key: &KeyRecord, now: u64, rng: &crate::seams::SharedRng) -> Vec<Step> {
         let Some(refresh) = &key.refresh else { return Vec::new() };
-        let n = key.participants.len();
+        let n = refresh.participants.len();
         let mut locals = self.locals.lock().expect("refresh lock");
         let slot = (key.id.clone(), refresh.generation);
         let fresh = !locals.contains_key(&slot);
@@ -292,8 +295,9 @@ impl Refreshes {
                 Some(refresh) if refresh.generation == generation => {}
                 _ => return Err(format!("key {} is not refreshing to generation {generation} here", key.name)),
             }
-            if !key.participants.contains(&from) || !key.participants.contains(&node.id()) {
-                return Err(format!("node {from} and node {} are not both participants", node.id()));
+            let takes_part = |n: NodeId| key.refresh.as_ref().is_some_and(|r| r.participants.contains(&n));
+            if !takes_part(from) || !takes_part(node.id()) {
+                return Err(format!("node {from} and node {} do not both take part in the refresh", node.id()));
             }
         }
         let bytes = Zeroizing::new(hex::decode(package.expose()).map_err(|_| "refresh value is not hex")?);

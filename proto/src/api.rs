@@ -359,6 +359,8 @@ pub struct RepairInfo {
 pub struct RefreshInfo {
     /// The generation it makes.
     pub generation: u32,
+    /// Who holds a share of the new generation (those it removes do not).
+    pub participants: Vec<NodeId>,
     pub started_at_ms: u64,
     /// Participants whose round-1 package is committed.
     pub round1_received: Vec<NodeId>,

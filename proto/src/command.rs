@@ -171,8 +171,14 @@ pub enum Command {
     /// new generation of shares of the same secret (admin; rules 7 and later):
     /// the public key stays, every share changes, and each participant deletes
     /// its old share once the new generation is active. A refresh that cannot
-    /// complete leaves the current generation signing.
-    RefreshKey { key: String },
+    /// complete leaves the current generation signing. The participants in
+    /// `remove` take no part and hold no share of the new generation: that is
+    /// how a member leaves a key with its public key unchanged.
+    RefreshKey {
+        key: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        remove: Vec<NodeId>,
+    },
     /// A participant's refresh round-1 package (hex) for generation
     /// `generation` of key `key_id`: commitments to a polynomial with a zero
     /// constant term, `t − 1` coefficients.
@@ -582,7 +588,13 @@ impl Command {
                 }
                 Ok(())
             }
-            Command::RefreshKey { key } => validate_name("key name", key),
+            Command::RefreshKey { key, remove } => {
+                validate_name("key name", key)?;
+                if remove.len() > PARTICIPANTS_MAX {
+                    return Err(CommandError::Malformed(format!("more than {PARTICIPANTS_MAX} nodes to remove")));
+                }
+                Ok(())
+            }
             Command::RefreshRound1 { key_id, package, .. } => {
                 validate_id("key id", key_id)?;
                 validate_hex("refresh round-1 package", package, PACKAGE_HEX_BYTES_MAX)

@@ -119,6 +119,10 @@ fn check_command(command: &Command, at: &str) -> Result<(), CommandError> {
             Ok(())
         }
         Command::RepairDone { key_id, .. } => id_bytes(&f("key_id"), key_id),
+        Command::RefreshKey { key, remove } => {
+            name_bytes(&f("key"), key)?;
+            items(&f("remove"), remove.len(), PARTICIPANTS_MAX, "participants_max")
+        }
         Command::KeyAbort { key_id, reason, .. }
         | Command::RefreshAbort { key_id, reason, .. }
         | Command::RepairAbort { key_id, reason, .. } => {
@@ -165,7 +169,6 @@ fn check_command(command: &Command, at: &str) -> Result<(), CommandError> {
         }
         Command::ApproveProposal { proposal_id } => id_bytes(&f("proposal_id"), proposal_id),
         Command::DisableKey { key }
-        | Command::RefreshKey { key }
         | Command::RepairShare { key, .. }
         | Command::EnableKey { key }
         | Command::CancelKeyDestroy { key }

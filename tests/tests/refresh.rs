@@ -306,3 +306,75 @@ fn refresh_repair_gives_a_wiped_node_its_share_and_a_refresh_makes_the_old_copy_
     assert!(shares_combine(&after, &[&new_share, &new_share_3]), "current shares combine");
     assert!(!shares_combine(&after, &[&new_share, &old_share]), "the old disk's share no longer combines");
 }
+
+#[test]
+fn refresh_member_leaves_and_a_new_one_joins_a_key_with_its_public_key_unchanged_while_it_signs() {
+    // A 3-of-5 key: node 5 leaves it by a refresh that removes it (and then the cluster), node
+    // 6 joins the cluster and is enrolled in the key by a repair at its id, then a refresh
+    // gives every participant a fresh share. A client signs throughout; the public key never
+    // changes, and node 6 signs when two of the others are down.
+    let mut cluster = Cluster::start(5);
+    ok(&cluster.synod(1, &["key", "create", "rel", "-t", "3", "--open-policy"]));
+    let public_key = key(&cluster, "rel")["public_key"].clone();
+    let stop = AtomicBool::new(false);
+    let (signed, failed) = std::thread::scope(|scope| {
+        let background = scope.spawn(|| {
+            let (mut signed, mut failed) = (0, Vec::new());
+            for i in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let (id, message) = (format!("steady-{i}"), format!("steady {i}"));
+                let result = cluster.sign(1, "rel", message.as_bytes(), &id);
+                match result.or_else(|_| cluster.sign(1, "rel", message.as_bytes(), &id)) {
+                    Ok(_) => signed += 1,
+                    Err(e) => failed.push(e),
+                }
+            }
+            (signed, failed)
+        });
+        let left: Value =
+            serde_json::from_str(&ok(&cluster.synod(2, &["key", "refresh", "rel", "--remove", "5", "-o", "json"])))
+                .unwrap();
+        assert_eq!((&left["participants"], &left["public_key"]), (&serde_json::json!([1, 2, 3, 4]), &public_key));
+        ok(&cluster.synod(2, &["cluster", "remove-member", "--id", "5"]));
+        wait_for("node 5 to leave the voters", Duration::from_secs(60), || {
+            (!cluster.voters(1).contains(&5)).then_some(())
+        });
+        stop.store(true, Ordering::Relaxed);
+        background.join().unwrap()
+    });
+    assert!(signed > 0 && failed.is_empty(), "{signed} signed while node 5 left; failed twice: {failed:?}");
+    wait_for("node 5 to delete its share", Duration::from_secs(30), || {
+        cluster.nodes[&5].log_text().contains("deleted this node's shares of old generations").then_some(())
+    });
+
+    cluster.kill(5);
+    cluster.add_node_files(6);
+    cluster.start_new_nodes(&[6]);
+    let (raft_addr, api_addr) = (cluster.nodes[&6].raft_addr.clone(), cluster.nodes[&6].api_addr.clone());
+    ok(&cluster.synod(1, &["cluster", "add-member", "--id", "6", "--raft-addr", &raft_addr, "--api-addr", &api_addr]));
+    wait_for("node 6 to become a voter", Duration::from_secs(60), || cluster.voters(1).contains(&6).then_some(()));
+    let enrolled: Value =
+        serde_json::from_str(&ok(&cluster.synod(3, &["key", "repair", "rel", "--node", "6", "-o", "json"]))).unwrap();
+    assert_eq!(
+        (&enrolled["participants"], &enrolled["public_key"]),
+        (&serde_json::json!([1, 2, 3, 4, 6]), &public_key)
+    );
+    let refreshed: Value =
+        serde_json::from_str(&ok(&cluster.synod(3, &["key", "refresh", "rel", "-o", "json"]))).unwrap();
+    assert_eq!((&refreshed["generation"], &refreshed["public_key"]), (&2.into(), &public_key), "{refreshed}");
+
+    // Nodes 3 and 4 down: 1, 2 and the new node 6 sign.
+    cluster.kill(3);
+    cluster.kill(4);
+    let last = cluster.sign(6, "rel", b"signed with node 6", "joined").expect("nodes 1, 2 and 6 sign");
+    assert_eq!(last["signers"], serde_json::json!([1, 2, 6]), "{last}");
+    let signature = cluster.path("joined.sig");
+    std::fs::write(&signature, last["signature"].as_str().unwrap()).unwrap();
+    let message = cluster.path("msg-joined");
+    let args =
+        ["verify", "--key", "rel", "--in", message.to_str().unwrap(), "--signature", signature.to_str().unwrap()];
+    let verified = ok(&cluster.synod(1, &args));
+    assert!(verified.contains("key version 1"), "the one public key verifies it: {verified}");
+}

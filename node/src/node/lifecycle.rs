@@ -34,10 +34,17 @@ impl Node {
             let held = || state.keys.values().filter(|k| holds_a_share(k) && k.participants.contains(&self.id));
             let unchecked: Vec<KeyRecord> = held().filter(|k| !checked.contains(&k.id)).cloned().collect();
             let cleaned = self.generations_cleaned.lock().expect("generations lock");
-            let stale: Vec<KeyRecord> = held()
+            let mut stale: Vec<KeyRecord> = held()
                 .filter(|k| k.generation > 0 && !cleaned.contains(&(k.id.clone(), k.generation)))
                 .cloned()
                 .collect();
+            // A node a refresh removed deletes its shares of the generations before that refresh.
+            for key in state.keys.values().filter(|k| !k.participants.contains(&self.id)) {
+                let Some((_, at)) = key.removed_participants.iter().find(|(n, _)| *n == self.id) else { continue };
+                if !cleaned.contains(&(key.id.clone(), *at)) {
+                    stale.push(KeyRecord { generation: *at, ..key.clone() });
+                }
+            }
             let scheduled = leader && state.keys.values().any(|k| k.status == KeyStatus::DestroyScheduled);
             (scheduled, state.shares_to_destroy(self.id), unchecked, stale)
         };
@@ -127,8 +134,9 @@ impl Node {
     }
 
     /// Deletes this node's sealed shares of every generation of `key` older
-    /// than the current one (once per key and generation per boot): after a
-    /// refresh, the old share. Old shares still combine with each other, so a
+    /// than `key.generation` (once per key and generation per boot): after a
+    /// refresh, the old share; after a refresh that removed this node, every
+    /// share it held. Old shares still combine with each other, so a
     /// refresh revokes only what is deleted. The new share a node sealed for a
     /// refresh that was then aborted stays until a later refresh of the same
     /// generation number replaces it: a state that lags the disk (replaying

@@ -146,10 +146,14 @@ impl Node {
         let envelope = command.verify().map_err(|e| NodeError::invalid(e.to_string()))?;
         let participants = match &envelope.command {
             Command::CreateKey { participants, .. } | Command::RotateKey { participants, .. } => participants.clone(),
-            Command::RefreshKey { key } => {
+            // Those a refresh removes take no part: a member leaving may be down.
+            Command::RefreshKey { key, remove } => {
                 let applied = self.shared.read();
                 let found = applied.state.key_by_name(key);
-                found.map(|k| k.participants.clone()).ok_or(NodeError::not_found(format!("no key named {key:?}")))?
+                let participants = found
+                    .map(|k| k.participants.clone())
+                    .ok_or(NodeError::not_found(format!("no key named {key:?}")))?;
+                participants.into_iter().filter(|p| !remove.contains(p)).collect()
             }
             Command::ImportKey { .. } => Vec::new(),
             other => {

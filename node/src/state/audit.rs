@@ -164,7 +164,7 @@ impl ClusterState {
             }
             Command::SetPolicy { key: name, .. }
             | Command::DisableKey { key: name }
-            | Command::RefreshKey { key: name }
+            | Command::RefreshKey { key: name, .. }
             | Command::RepairShare { key: name, .. }
             | Command::EnableKey { key: name }
             | Command::ScheduleKeyDestroy { key: name, .. }

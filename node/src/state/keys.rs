@@ -149,6 +149,10 @@ pub struct KeyRecord {
     /// How the last refresh was aborted; cleared when another starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_failed: Option<super::refresh::RefreshFailure>,
+    /// Nodes a refresh removed from the key, with the generation that
+    /// refresh made: each deletes its shares of the generations before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_participants: Vec<(NodeId, u32)>,
     /// A repair (or enrollment) in progress ([`super::repair`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repair: Option<super::repair::Repair>,
@@ -216,6 +220,7 @@ impl KeyRecord {
             refreshed_at_ms: None,
             refresh: None,
             refresh_failed: None,
+            removed_participants: Vec::new(),
             repair: None,
             repair_failed: None,
         }

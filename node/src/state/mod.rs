@@ -552,7 +552,7 @@ impl ClusterState {
                     versions::NewVersion { id, name, threshold: *threshold, participants, overlap_ms: *overlap_ms };
                 self.rotate_key(index, new)
             }
-            Command::RefreshKey { key } => self.refresh_key(index, key),
+            Command::RefreshKey { key, remove } => self.refresh_key(index, key, remove),
             Command::RefreshRound1 { key_id, node_id, generation, package } => {
                 self.refresh_round1(key_id, *node_id, *generation, package)
             }

@@ -45,6 +45,9 @@ pub const RULES_KEY_REFRESH: u32 = 7;
 pub struct Refresh {
     /// The generation it makes (the key's current one plus one).
     pub generation: u32,
+    /// Who holds a share of the new generation: the key's participants but
+    /// those the refresh removes. Ascending.
+    pub participants: Vec<NodeId>,
     pub started_index: u64,
     pub started_at_ms: u64,
     /// Committed round-1 packages (hex), by participant.
@@ -80,6 +83,7 @@ impl Refresh {
     pub fn info(&self) -> RefreshInfo {
         RefreshInfo {
             generation: self.generation,
+            participants: self.participants.clone(),
             started_at_ms: self.started_at_ms,
             round1_received: self.round1.keys().copied().collect(),
             confirmed: self.confirmed.clone(),
@@ -89,7 +93,7 @@ impl Refresh {
 
 impl ClusterState {
     /// `refresh_key`: starts generation `g + 1` of the primary version of `name`.
-    pub(super) fn refresh_key(&mut self, index: u64, name: &str) -> Result<String, Refusal> {
+    pub(super) fn refresh_key(&mut self, index: u64, name: &str, remove: &[NodeId]) -> Result<String, Refusal> {
         self.needs_rules(RULES_KEY_REFRESH, "refreshing a key's shares")?;
         let now = self.time_ms;
         let key = self.key_by_name(name).ok_or(format!("no key named {name:?}"))?;
@@ -113,10 +117,25 @@ impl ClusterState {
             )
             .into());
         }
-        if !key.shares_missing.is_empty() {
+        if let Some(stranger) = remove.iter().find(|n| !key.participants.contains(n)) {
+            return Err(format!("node {stranger} holds no share of key {name}; nothing to remove").into());
+        }
+        let participants: Vec<NodeId> = key.participants.iter().copied().filter(|p| !remove.contains(p)).collect();
+        if participants.len() < usize::from(key.threshold) {
+            return Err(format!(
+                "removing nodes {remove:?} would leave {} participants for a {}-of-{} key; a refresh keeps the \
+                 threshold, so make a new version with a lower one (`synod key rotate {name} --threshold T`)",
+                participants.len(),
+                key.threshold,
+                key.participants.len()
+            )
+            .into());
+        }
+        if key.shares_missing.iter().any(|n| participants.contains(n)) {
             return Err(format!(
                 "nodes {:?} reported holding no share of key {name}, and a refresh needs every participant's share; \
-                 give them their share back first (repair), or make a new version with `synod key rotate {name}`",
+                 give them their share back first (`synod key repair {name} --node N`), or remove them from the key \
+                 with `synod key refresh {name} --remove N`",
                 key.shares_missing
             )
             .into());
@@ -129,6 +148,7 @@ impl ClusterState {
         let generation = key.generation + 1;
         key.refresh = Some(Refresh {
             generation,
+            participants: participants.clone(),
             started_index: index,
             started_at_ms: now,
             round1: BTreeMap::new(),
@@ -136,9 +156,11 @@ impl ClusterState {
             confirmed: Vec::new(),
         });
         key.refresh_failed = None;
+        let removing = if remove.is_empty() { String::new() } else { format!(", removing nodes {remove:?}") };
         Ok(format!(
-            "key {name} version {}: refreshing its shares to generation {generation} among participants {:?}",
-            key.version, key.participants
+            "key {name} version {}: refreshing its shares to generation {generation} among participants \
+             {participants:?}{removing}",
+            key.version
         ))
     }
 
@@ -157,8 +179,8 @@ impl ClusterState {
             }
             None => return Err(format!("key {} has no refresh in progress", key.name).into()),
         }
-        if !key.is_participant(node) {
-            return Err(format!("node {node} is not a participant of key {}", key.name).into());
+        if !key.refresh.as_ref().is_some_and(|r| r.participants.contains(&node)) {
+            return Err(format!("node {node} takes no part in key {}'s refresh", key.name).into());
         }
         Ok(key)
     }
@@ -193,7 +215,7 @@ impl ClusterState {
             .into());
         }
         refresh.round1.insert(node, package_hex.to_string());
-        let (name, received, n) = (key.name.clone(), refresh.round1.len(), key.participants.len());
+        let (name, received, n) = (key.name.clone(), refresh.round1.len(), refresh.participants.len());
         if received < n {
             return Ok(format!("key {name}: refresh round-1 package {received}/{n} (node {node})"));
         }
@@ -237,21 +259,28 @@ impl ClusterState {
         }
         refresh.confirmed.push(node);
         refresh.confirmed.sort_unstable();
-        if refresh.confirmed.len() < key.participants.len() {
+        if refresh.confirmed.len() < refresh.participants.len() {
             return Ok(format!(
                 "key {}: generation {generation} confirmed {}/{}",
                 key.name,
                 refresh.confirmed.len(),
-                key.participants.len()
+                refresh.participants.len()
             ));
         }
-        key.refresh = None;
+        let refresh = key.refresh.take().expect("checked");
+        let removed: Vec<NodeId> =
+            key.participants.iter().copied().filter(|p| !refresh.participants.contains(p)).collect();
+        key.participants = refresh.participants;
+        key.shares_missing.retain(|n| key.participants.contains(n));
+        key.removed_participants.retain(|(n, _)| !removed.contains(n));
+        key.removed_participants.extend(removed.iter().map(|n| (*n, generation)));
         key.public_key_package = Some(package);
         key.generation = generation;
         key.generation_index = index;
         key.refreshed_at_ms = Some(now);
+        let left = if removed.is_empty() { String::new() } else { format!("; nodes {removed:?} left the key") };
         Ok(format!(
-            "key {} version {}: generation {generation} current; every participant deletes generation {}",
+            "key {} version {}: generation {generation} current; every participant deletes generation {}{left}",
             key.name,
             key.version,
             generation - 1
@@ -294,9 +323,9 @@ impl ClusterState {
                 }
                 (now.saturating_sub(refresh.started_at_ms) > DKG_TIMEOUT_MS).then(|| {
                     let missing: Vec<NodeId> =
-                        k.participants.iter().copied().filter(|p| !refresh.round1.contains_key(p)).collect();
+                        refresh.participants.iter().copied().filter(|p| !refresh.round1.contains_key(p)).collect();
                     let unconfirmed: Vec<NodeId> =
-                        k.participants.iter().copied().filter(|p| !refresh.confirmed.contains(p)).collect();
+                        refresh.participants.iter().copied().filter(|p| !refresh.confirmed.contains(p)).collect();
                     (
                         k.id.clone(),
                         format!(
@@ -330,7 +359,7 @@ fn refreshed_package(key: &KeyRecord) -> Result<String, String> {
         );
     }
     let mut shares = BTreeMap::new();
-    for participant in &key.participants {
+    for participant in &refresh.participants {
         let id = frost_identifier(*participant).ok_or(format!("node {participant} has no FROST identifier"))?;
         let old_share = old.verifying_shares().get(&id).ok_or(format!("node {participant} has no verifying share"))?;
         let mut sum = old_share

@@ -20,7 +20,7 @@ fn id(n: u64) -> frost::Identifier {
 }
 
 fn refresh_key() -> Command {
-    Command::RefreshKey { key: "k".into() }
+    Command::RefreshKey { key: "k".into(), remove: vec![] }
 }
 
 /// Round 1 of a refresh to `generation` of `key_id` for every holder of
@@ -91,8 +91,17 @@ fn derive(
 
 /// A whole refresh of `k` through the state; returns the new key packages.
 fn refresh(world: &mut World, old: &Packages) -> Packages {
+    refresh_removing(world, old, &[])
+}
+
+/// A whole refresh of `k` through the state that removes `remove`; returns
+/// the new key packages of those that remain.
+fn refresh_removing(world: &mut World, old: &Packages, remove: &[u64]) -> Packages {
     let key_id = world.key_id("k");
-    assert!(world.by_admin(refresh_key()).is_applied());
+    let outcome = world.by_admin(Command::RefreshKey { key: "k".into(), remove: remove.to_vec() });
+    assert!(outcome.is_applied(), "{outcome:?}");
+    let old: Packages = old.iter().filter(|(n, _)| !remove.contains(n)).map(|(n, p)| (*n, p.clone())).collect();
+    let old = &old;
     let generation = world.state.keys[&key_id].refresh.as_ref().unwrap().generation;
     let public = world.state.keys[&key_id].public_keys().unwrap();
     let (secrets, packages) = round1(world, &key_id, old, generation);
@@ -158,6 +167,28 @@ fn state_refresh_keeps_the_public_key_and_makes_every_share_new() {
     assert_eq!(world.state.keys[&key_id].generation, 2);
     let public = world.state.keys[&key_id].public_keys().unwrap();
     sign_with(&[&newer[&2], &newer[&3]], &public, b"twice").expect("generation 2 signs");
+}
+
+#[test]
+fn state_refresh_can_remove_a_participant_keeping_the_public_key() {
+    // A 2-of-3 key refreshed without node 3: nodes 1 and 2 hold generation 1, node 3 holds
+    // nothing of it and is told to delete its old share, and it may then leave the cluster.
+    let mut world = World::new();
+    let old = dkg(&mut world, "k");
+    let key_id = world.key_id("k");
+    let group = world.state.keys[&key_id].group_key.clone();
+    refused(&world.by_admin(Command::RemoveMember { node_id: 3 }), "synod key refresh k --remove 3");
+    refused(&world.by_admin(Command::RefreshKey { key: "k".into(), remove: vec![2, 3] }), "would leave 1");
+    refused(&world.by_admin(Command::RefreshKey { key: "k".into(), remove: vec![4] }), "holds no share");
+    let new = refresh_removing(&mut world, &old, &[3]);
+    let key = &world.state.keys[&key_id];
+    assert_eq!((key.participants.clone(), key.group_key.clone()), (vec![1, 2], group));
+    assert_eq!(key.removed_participants, vec![(3, 1)]);
+    let public = key.public_keys().unwrap();
+    assert_eq!(public.verifying_shares().len(), 2);
+    sign_with(&[&new[&1], &new[&2]], &public, b"two").expect("the remaining shares sign");
+    assert!(sign_with(&[&new[&1], &old[&3]], &public, b"old").is_err(), "the removed node's share is useless");
+    assert!(world.by_admin(Command::RemoveMember { node_id: 3 }).is_applied());
 }
 
 #[test]
@@ -266,6 +297,6 @@ fn state_refresh_needs_every_share_and_rules_seven() {
     let mut old_rules = World::under(Some(6));
     dkg(&mut old_rules, "k");
     refused(&old_rules.by_admin(refresh_key()), "needs rules version 7");
-    let outcome: Outcome = old_rules.by_admin(Command::RefreshKey { key: "nothing".into() });
+    let outcome: Outcome = old_rules.by_admin(Command::RefreshKey { key: "nothing".into(), remove: vec![] });
     refused(&outcome, "rules version 7");
 }

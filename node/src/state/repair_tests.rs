@@ -77,7 +77,7 @@ fn state_repair_gives_a_participant_its_identical_share_back() {
     let repair = world.state.keys[&key_id].repair.clone().unwrap();
     assert_eq!((repair.helpers.clone(), repair.enrolling), (vec![1, 2], false));
     refused(&world.by_admin(repair_of(2)), "in progress");
-    refused(&world.by_admin(Command::RefreshKey { key: "k".into() }), "repairing node 3");
+    refused(&world.by_admin(Command::RefreshKey { key: "k".into(), remove: vec![] }), "repairing node 3");
     let repaired = run_repair(&mut world, &packages, 3, None).unwrap();
     assert_eq!(repaired.signing_share(), packages[&3].signing_share(), "the identical share comes back");
     assert_eq!(hex::encode(repaired.verifying_share().serialize().unwrap()), repair.verifying_share);

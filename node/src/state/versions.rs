@@ -134,9 +134,11 @@ impl ClusterState {
         let names: Vec<String> = held.iter().map(|k| format!("{} v{}", k.name, k.version)).collect();
         let others: Vec<String> = first.participants.iter().filter(|p| **p != node).map(|p| p.to_string()).collect();
         Err(format!(
-            "node {node} holds shares of keys in service ({}); move each key off it first with a rotation, e.g. \
-             `synod key rotate {} --participants {}` (or destroy the key), then remove the node",
+            "node {node} holds shares of keys in service ({}); move each key off it first: a refresh keeps the \
+             public key (`synod key refresh {} --remove {node}`), a rotation makes a new one (`synod key rotate {} \
+             --participants {}`); or destroy the key. Then remove the node",
             names.join(", "),
+            first.name,
             first.name,
             others.join(",")
         )

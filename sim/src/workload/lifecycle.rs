@@ -208,7 +208,7 @@ async fn refresh(ctx: &ClientCtx, rng: &mut ChaCha8Rng, seq: &mut u64) -> bool {
                     return false;
                 }
                 tried += 1;
-                let signed = ctx.sign(&ctx.admin, rng, Command::RefreshKey { key: LIFE_KEY.into() });
+                let signed = ctx.sign(&ctx.admin, rng, Command::RefreshKey { key: LIFE_KEY.into(), remove: vec![] });
                 match ctx.submit(Submission::Command(&signed), target, rng, 20).await.map(|r| r.outcome) {
                     Some(Outcome::Applied { detail }) => ctx.event(format!("life: refresh_key: {detail}")),
                     Some(Outcome::Rejected { reason, .. }) if !reason.contains("already refreshing") => {
