@@ -44,10 +44,20 @@ struct Local {
     abort: Option<Command>,
 }
 
-/// The refreshes this node takes part in, by (key id, generation).
+/// A refresh: its key id, the generation it makes, and its attempt (the
+/// log index of its `refresh_key`; a refresh aborted and started again makes
+/// the same generation in a new attempt, whose values must not meet the
+/// earlier one's).
+type Attempt = (String, u32, u64);
+
+/// The refreshes this node takes part in.
 #[derive(Default)]
 pub struct Refreshes {
-    locals: Mutex<BTreeMap<(String, u32), Local>>,
+    locals: Mutex<BTreeMap<Attempt, Local>>,
+}
+
+fn attempt_of(key: &KeyRecord) -> Option<Attempt> {
+    key.refresh.as_ref().map(|r| (key.id.clone(), r.generation, r.started_index))
 }
 
 /// What a tick decided to do outside the lock.
@@ -79,9 +89,10 @@ impl Refreshes {
                 .cloned()
                 .collect()
         };
-        self.locals.lock().expect("refresh lock").retain(|(id, generation), _| {
-            keys.iter().any(|k| &k.id == id && k.refresh.as_ref().is_some_and(|r| r.generation == *generation))
-        });
+        self.locals
+            .lock()
+            .expect("refresh lock")
+            .retain(|attempt, _| keys.iter().any(|k| attempt_of(k).as_ref() == Some(attempt)));
         for key in keys {
             for step in self.plan(node.id(), &key, now, &node.seams().rng) {
                 match step {
@@ -124,8 +135,8 @@ impl Refreshes {
     }
 
     fn with_local(&self, key: &KeyRecord, f: impl FnOnce(&mut Local)) {
-        let generation = key.refresh.as_ref().map_or(0, |r| r.generation);
-        if let Some(local) = self.locals.lock().expect("refresh lock").get_mut(&(key.id.clone(), generation)) {
+        let Some(attempt) = attempt_of(key) else { return };
+        if let Some(local) = self.locals.lock().expect("refresh lock").get_mut(&attempt) {
             f(local);
         }
     }
@@ -135,7 +146,7 @@ impl Refreshes {
         let Some(refresh) = &key.refresh else { return Vec::new() };
         let n = refresh.participants.len();
         let mut locals = self.locals.lock().expect("refresh lock");
-        let slot = (key.id.clone(), refresh.generation);
+        let slot = (key.id.clone(), refresh.generation, refresh.started_index);
         let fresh = !locals.contains_key(&slot);
         if fresh && refresh.round1.contains_key(&me) && !refresh.confirmed.contains(&me) {
             let reason = "restarted during the refresh and lost its refresh secrets; run `synod key refresh` again";
@@ -250,7 +261,7 @@ impl Refreshes {
 
     /// Sends round-2 values to their recipients; delivered ones are not sent again.
     async fn deliver(&self, node: &dyn DkgHost, key: &KeyRecord, packages: BTreeMap<NodeId, round2::Package>) {
-        let Some(generation) = key.refresh.as_ref().map(|r| r.generation) else { return };
+        let Some((_, generation, attempt)) = attempt_of(key) else { return };
         let members = node.state().read().state.members.clone();
         let calls = packages.into_iter().filter_map(|(to, package)| {
             let addr = members.get(&to)?.raft_addr.clone();
@@ -259,6 +270,7 @@ impl Refreshes {
             let request = PeerRequest::RefreshRound2 {
                 key_id: key.id.clone(),
                 generation,
+                attempt,
                 package: SecretHex::new(hex::encode(&*bytes)),
             };
             Some(async move { (to, node.transport().call(to, addr, request, DELIVERY_TIMEOUT).await) })
@@ -285,15 +297,20 @@ impl Refreshes {
         node: &dyn DkgHost,
         from: NodeId,
         key_id: &str,
-        generation: u32,
+        (generation, attempt): (u32, u64),
         package: &SecretHex,
     ) -> Result<(), String> {
         {
             let applied = node.state().read();
             let key = applied.state.keys.get(key_id).ok_or(format!("key {key_id} is not in this node's state yet"))?;
             match &key.refresh {
-                Some(refresh) if refresh.generation == generation => {}
-                _ => return Err(format!("key {} is not refreshing to generation {generation} here", key.name)),
+                Some(refresh) if refresh.generation == generation && refresh.started_index == attempt => {}
+                _ => {
+                    return Err(format!(
+                        "key {} is not refreshing to generation {generation} in attempt {attempt} here",
+                        key.name
+                    ))
+                }
             }
             let takes_part = |n: NodeId| key.refresh.as_ref().is_some_and(|r| r.participants.contains(&n));
             if !takes_part(from) || !takes_part(node.id()) {
@@ -304,7 +321,7 @@ impl Refreshes {
         let package = round2::Package::deserialize(&bytes).map_err(|e| format!("refresh value does not parse: {e}"))?;
         let mut locals = self.locals.lock().expect("refresh lock");
         let local = locals
-            .get_mut(&(key_id.to_string(), generation))
+            .get_mut(&(key_id.to_string(), generation, attempt))
             .ok_or("this node holds no refresh secrets for the key (restarted?)")?;
         local.received.entry(from).or_insert(package);
         Ok(())
@@ -363,31 +380,37 @@ fn give_up(local: &mut Local, command: Command, now: u64) -> Vec<Step> {
     vec![Step::Submit(command)]
 }
 
-fn generation_of(key: &KeyRecord) -> u32 {
-    key.refresh.as_ref().map_or(0, |r| r.generation)
+/// The refresh's generation and attempt, for its messages.
+fn generation_of(key: &KeyRecord) -> (u32, u64) {
+    key.refresh.as_ref().map_or((0, 0), |r| (r.generation, r.started_index))
 }
 
 fn round1_command(key: &KeyRecord, me: NodeId, package_hex: &str) -> Command {
+    let (generation, attempt) = generation_of(key);
     Command::RefreshRound1 {
         key_id: key.id.clone(),
         node_id: me,
-        generation: generation_of(key),
+        generation,
+        attempt,
         package: package_hex.to_string(),
     }
 }
 
 fn confirm(key: &KeyRecord, me: NodeId, hash: String) -> Command {
+    let (generation, attempt) = generation_of(key);
     Command::RefreshConfirm {
         key_id: key.id.clone(),
         node_id: me,
-        generation: generation_of(key),
+        generation,
+        attempt,
         public_key_package_sha256: hash,
     }
 }
 
 fn abort(key: &KeyRecord, me: NodeId, reason: String, culprit: Option<NodeId>) -> Command {
     tracing::warn!(key = %key.name, reason, ?culprit, "aborting a refresh");
-    Command::RefreshAbort { key_id: key.id.clone(), node_id: me, generation: generation_of(key), reason, culprit }
+    let (generation, attempt) = generation_of(key);
+    Command::RefreshAbort { key_id: key.id.clone(), node_id: me, generation, attempt, reason, culprit }
 }
 
 fn node_of(key: &KeyRecord, id: &frost::Identifier) -> Option<NodeId> {

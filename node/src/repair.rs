@@ -44,10 +44,19 @@ struct Local {
     abort: Option<Command>,
 }
 
-/// The repairs this node takes part in, by (key id, target).
+/// A repair: its key id, its target, and its attempt (the log index of its
+/// `repair_share`; a repair aborted and started again must not meet the
+/// earlier attempt's values).
+type Attempt = (String, NodeId, u64);
+
+/// The repairs this node takes part in.
 #[derive(Default)]
 pub struct Repairs {
-    locals: Mutex<BTreeMap<(String, NodeId), Local>>,
+    locals: Mutex<BTreeMap<Attempt, Local>>,
+}
+
+fn attempt_of(key: &KeyRecord) -> Option<Attempt> {
+    key.repair.as_ref().map(|r| (key.id.clone(), r.target, r.started_index))
 }
 
 impl Repairs {
@@ -67,15 +76,17 @@ impl Repairs {
                 .cloned()
                 .collect()
         };
-        self.locals.lock().expect("repair lock").retain(|(id, target), _| {
-            keys.iter().any(|k| &k.id == id && k.repair.as_ref().is_some_and(|r| r.target == *target))
-        });
+        self.locals
+            .lock()
+            .expect("repair lock")
+            .retain(|attempt, _| keys.iter().any(|k| attempt_of(k).as_ref() == Some(attempt)));
         for key in keys {
             let repair = key.repair.clone().expect("filtered");
             if let Err((reason, culprit)) = self.advance(node, &key, &repair).await {
-                let command = Command::RepairAbort { key_id: key.id.clone(), node_id: me, reason, culprit };
+                let attempt = repair.started_index;
+                let command = Command::RepairAbort { key_id: key.id.clone(), node_id: me, attempt, reason, culprit };
                 tracing::warn!(key = %key.name, ?command, "aborting a repair");
-                self.with_local(&key.id, repair.target, |local| {
+                self.with_local(&key.id, &repair, |local| {
                     local.abort = Some(command.clone());
                     local.last_submit_ms = node.now_ms();
                 });
@@ -84,9 +95,9 @@ impl Repairs {
         }
     }
 
-    fn with_local<T>(&self, key_id: &str, target: NodeId, f: impl FnOnce(&mut Local) -> T) -> T {
+    fn with_local<T>(&self, key_id: &str, repair: &Repair, f: impl FnOnce(&mut Local) -> T) -> T {
         let mut locals = self.locals.lock().expect("repair lock");
-        f(locals.entry((key_id.to_string(), target)).or_default())
+        f(locals.entry((key_id.to_string(), repair.target, repair.started_index)).or_default())
     }
 
     /// One step of one repair; `Err` gives up, with the reason and the culprit.
@@ -97,10 +108,10 @@ impl Repairs {
         repair: &Repair,
     ) -> Result<(), (String, Option<NodeId>)> {
         let (me, now) = (node.id(), node.now_ms());
-        let slot = (key.id.clone(), repair.target);
+        let slot = (key.id.clone(), repair.target, repair.started_index);
         let fresh = !self.locals.lock().expect("repair lock").contains_key(&slot);
         // A resend of what is still waiting for the log.
-        let pending = self.with_local(&key.id, repair.target, |local| {
+        let pending = self.with_local(&key.id, repair, |local| {
             let due = resubmit_due(now, local.last_submit_ms);
             let waiting = local.abort.clone().or_else(|| {
                 let committed = repair.commitments.contains_key(&me);
@@ -113,7 +124,7 @@ impl Repairs {
             })
             .flatten()
         });
-        if self.with_local(&key.id, repair.target, |local| local.abort.is_some()) {
+        if self.with_local(&key.id, repair, |local| local.abort.is_some()) {
             if let Some(command) = pending {
                 submit(node, key, command).await;
             }
@@ -137,7 +148,7 @@ impl Repairs {
     /// The helper's side.
     async fn help(&self, node: &dyn DkgHost, key: &KeyRecord, repair: &Repair) -> Result<(), (String, Option<NodeId>)> {
         let me = node.id();
-        let drawn = self.with_local(&key.id, repair.target, |local| local.deltas.is_some());
+        let drawn = self.with_local(&key.id, repair, |local| local.deltas.is_some());
         if !drawn {
             let own = unseal_own(node, key).await.map_err(|e| (e, None))?;
             let helpers: Vec<frost::Identifier> = repair.helpers.iter().filter_map(|h| frost_identifier(*h)).collect();
@@ -160,9 +171,10 @@ impl Repairs {
                 key_id: key.id.clone(),
                 node_id: me,
                 target: repair.target,
+                attempt: repair.started_index,
                 deltas: commitments,
             };
-            self.with_local(&key.id, repair.target, |local| {
+            self.with_local(&key.id, repair, |local| {
                 local.outgoing = by_node.iter().filter(|(to, _)| **to != me).map(|(to, d)| (*to, *d)).collect();
                 local.received.insert(me, by_node[&me]);
                 local.deltas = Some(by_node);
@@ -172,7 +184,7 @@ impl Repairs {
             submit(node, key, commit).await;
         }
         // Deliver our values to the other helpers.
-        let outgoing = self.with_local(&key.id, repair.target, |local| local.outgoing.clone());
+        let outgoing = self.with_local(&key.id, repair, |local| local.outgoing.clone());
         if !outgoing.is_empty() {
             let members = node.state().read().state.members.clone();
             for (to, delta) in outgoing {
@@ -181,19 +193,20 @@ impl Repairs {
                 let request = PeerRequest::RepairDelta {
                     key_id: key.id.clone(),
                     target: repair.target,
+                    attempt: repair.started_index,
                     delta: SecretHex::new(hex::encode(Zeroizing::new(delta.serialize()).as_slice())),
                 };
                 match node.transport().call(to, addr, request, DELIVERY_TIMEOUT).await {
                     Ok(PeerResponse::RepairDelta(Ok(()))) => {
-                        self.with_local(&key.id, repair.target, |local| local.outgoing.remove(&to));
+                        self.with_local(&key.id, repair, |local| local.outgoing.remove(&to));
                     }
                     other => tracing::info!(key = %key.name, to, ?other, "repair value not delivered; will retry"),
                 }
             }
         }
         // Once every helper's values are committed and ours received: check, sum, send.
-        let (received, sigma, delivered) = self
-            .with_local(&key.id, repair.target, |local| (local.received.clone(), local.sigma, local.sigma_delivered));
+        let (received, sigma, delivered) =
+            self.with_local(&key.id, repair, |local| (local.received.clone(), local.sigma, local.sigma_delivered));
         if delivered || repair.commitments.len() < repair.helpers.len() || received.len() < repair.helpers.len() {
             return Ok(());
         }
@@ -209,7 +222,7 @@ impl Repairs {
                 }
                 let deltas: Vec<Delta> = received.values().copied().collect();
                 let sigma = frost::keys::repairable::repair_share_part2(&deltas);
-                self.with_local(&key.id, repair.target, |local| local.sigma = Some(sigma));
+                self.with_local(&key.id, repair, |local| local.sigma = Some(sigma));
                 sigma
             }
         };
@@ -218,11 +231,12 @@ impl Repairs {
         };
         let request = PeerRequest::RepairSigma {
             key_id: key.id.clone(),
+            attempt: repair.started_index,
             sigma: SecretHex::new(hex::encode(Zeroizing::new(sigma.serialize()).as_slice())),
         };
         match node.transport().call(repair.target, addr, request, DELIVERY_TIMEOUT).await {
             Ok(PeerResponse::RepairSigma(Ok(()))) => {
-                self.with_local(&key.id, repair.target, |local| local.sigma_delivered = true);
+                self.with_local(&key.id, repair, |local| local.sigma_delivered = true);
             }
             other => {
                 tracing::info!(key = %key.name, target = repair.target, ?other, "repair sum not delivered; will retry")
@@ -238,8 +252,7 @@ impl Repairs {
         key: &KeyRecord,
         repair: &Repair,
     ) -> Result<(), (String, Option<NodeId>)> {
-        let (sigmas, done) =
-            self.with_local(&key.id, repair.target, |local| (local.sigmas.clone(), local.done.is_some()));
+        let (sigmas, done) = self.with_local(&key.id, repair, |local| (local.sigmas.clone(), local.done.is_some()));
         if done || sigmas.len() < repair.helpers.len() || repair.commitments.len() < repair.helpers.len() {
             return Ok(());
         }
@@ -269,8 +282,8 @@ impl Repairs {
             .await
             .map_err(|e| (format!("cannot seal the repaired share: {e}"), None))?;
         node.share_restored(&key.id);
-        let done = Command::RepairDone { key_id: key.id.clone(), node_id: node.id() };
-        self.with_local(&key.id, repair.target, |local| {
+        let done = Command::RepairDone { key_id: key.id.clone(), node_id: node.id(), attempt: repair.started_index };
+        self.with_local(&key.id, repair, |local| {
             local.done = Some(done.clone());
             local.last_submit_ms = node.now_ms();
         });
@@ -285,14 +298,16 @@ impl Repairs {
         node: &dyn DkgHost,
         from: NodeId,
         key_id: &str,
-        target: NodeId,
+        (target, attempt): (NodeId, u64),
         delta: &SecretHex,
     ) -> Result<(), String> {
         let me = node.id();
-        check_repair(node, key_id, |r| r.target == target && r.helpers.contains(&from) && r.helpers.contains(&me))?;
+        let repair = check_repair(node, key_id, |r| {
+            r.target == target && r.started_index == attempt && r.helpers.contains(&from) && r.helpers.contains(&me)
+        })?;
         let bytes = Zeroizing::new(hex::decode(delta.expose()).map_err(|_| "repair value is not hex")?);
         let delta = Delta::deserialize(&bytes).map_err(|e| format!("repair value does not parse: {e}"))?;
-        self.with_local(key_id, target, |local| {
+        self.with_local(key_id, &repair, |local| {
             local.received.entry(from).or_insert(delta);
         });
         Ok(())
@@ -304,24 +319,27 @@ impl Repairs {
         node: &dyn DkgHost,
         from: NodeId,
         key_id: &str,
+        attempt: u64,
         sigma: &SecretHex,
     ) -> Result<(), String> {
         let me = node.id();
-        check_repair(node, key_id, |r| r.target == me && r.helpers.contains(&from))?;
+        let repair =
+            check_repair(node, key_id, |r| r.target == me && r.started_index == attempt && r.helpers.contains(&from))?;
         let bytes = Zeroizing::new(hex::decode(sigma.expose()).map_err(|_| "repair sum is not hex")?);
         let sigma = Sigma::deserialize(&bytes).map_err(|e| format!("repair sum does not parse: {e}"))?;
-        self.with_local(key_id, me, |local| {
+        self.with_local(key_id, &repair, |local| {
             local.sigmas.entry(from).or_insert(sigma);
         });
         Ok(())
     }
 }
 
-fn check_repair(node: &dyn DkgHost, key_id: &str, fits: impl Fn(&Repair) -> bool) -> Result<(), String> {
+/// The repair of `key_id` in progress here, if this call belongs to it.
+fn check_repair(node: &dyn DkgHost, key_id: &str, fits: impl Fn(&Repair) -> bool) -> Result<Repair, String> {
     let applied = node.state().read();
     let key = applied.state.keys.get(key_id).ok_or(format!("key {key_id} is not in this node's state yet"))?;
     match &key.repair {
-        Some(repair) if fits(repair) => Ok(()),
+        Some(repair) if fits(repair) => Ok(repair.clone()),
         _ => Err(format!("key {} has no repair here that this call belongs to", key.name)),
     }
 }

@@ -181,16 +181,26 @@ pub enum Command {
     },
     /// A participant's refresh round-1 package (hex) for generation
     /// `generation` of key `key_id`: commitments to a polynomial with a zero
-    /// constant term, `t − 1` coefficients.
-    RefreshRound1 { key_id: String, node_id: NodeId, generation: u32, package: String },
+    /// constant term, `t − 1` coefficients. Every refresh and repair message
+    /// names its `attempt` (the log index of the command that started it), so
+    /// one from an earlier attempt that arrives late is refused, not taken
+    /// for the current one's.
+    RefreshRound1 { key_id: String, node_id: NodeId, generation: u32, attempt: u64, package: String },
     /// A participant sealed its share of generation `generation` and confirms
     /// the public key package it derived (SHA-256, hex). The generation turns
     /// current only when every participant has confirmed the package the state
     /// machine computed from the round-1 commitments.
-    RefreshConfirm { key_id: String, node_id: NodeId, generation: u32, public_key_package_sha256: String },
+    RefreshConfirm { key_id: String, node_id: NodeId, generation: u32, attempt: u64, public_key_package_sha256: String },
     /// A participant gives up on a refresh, naming the culprit when it knows one;
     /// the current generation keeps signing.
-    RefreshAbort { key_id: String, node_id: NodeId, generation: u32, reason: String, culprit: Option<NodeId> },
+    RefreshAbort {
+        key_id: String,
+        node_id: NodeId,
+        generation: u32,
+        attempt: u64,
+        reason: String,
+        culprit: Option<NodeId>,
+    },
     /// Gives node `target` its share of the key named `key` (its primary
     /// version, current generation) from `t` helpers, without the key ever
     /// being whole (admin; rules 7 and later). A participant that lost its
@@ -202,11 +212,11 @@ pub enum Command {
     /// `g^δ` (hex compressed points), one per receiving helper in id order,
     /// as (helper, point) pairs. The state checks that they add up to the
     /// helper's part of the target's share.
-    RepairCommit { key_id: String, node_id: NodeId, target: NodeId, deltas: Vec<(NodeId, String)> },
+    RepairCommit { key_id: String, node_id: NodeId, target: NodeId, attempt: u64, deltas: Vec<(NodeId, String)> },
     /// The repair's target sealed a share that matches its verifying share.
-    RepairDone { key_id: String, node_id: NodeId },
+    RepairDone { key_id: String, node_id: NodeId, attempt: u64 },
     /// A helper or the target gives up on a repair, naming the culprit when it knows one.
-    RepairAbort { key_id: String, node_id: NodeId, reason: String, culprit: Option<NodeId> },
+    RepairAbort { key_id: String, node_id: NodeId, attempt: u64, reason: String, culprit: Option<NodeId> },
     /// A participant's DKG round-1 package (hex), signed with its node key.
     DkgRound1 { key_id: String, node_id: NodeId, package: String },
     /// A participant confirms the key it now holds a share of: the group key and

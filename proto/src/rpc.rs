@@ -52,6 +52,8 @@ pub enum PeerRequest {
     RefreshRound2 {
         key_id: String,
         generation: u32,
+        /// The refresh attempt (the log index of its `refresh_key`).
+        attempt: u64,
         package: SecretHex,
     },
     /// A repair helper's value `δ` for another helper (the sender is the
@@ -59,11 +61,14 @@ pub enum PeerRequest {
     RepairDelta {
         key_id: String,
         target: NodeId,
+        /// The repair attempt (the log index of its `repair_share`).
+        attempt: u64,
         delta: SecretHex,
     },
     /// A repair helper's sum `σ` of the values it received, for the target.
     RepairSigma {
         key_id: String,
+        attempt: u64,
         sigma: SecretHex,
     },
     /// FROST preprocessing: the coordinator asks a signer for `count` fresh

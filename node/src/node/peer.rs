@@ -132,14 +132,14 @@ impl PeerHandler for NodeHandler {
                 PeerRequest::DkgRound2 { key_id, package } => {
                     PeerResponse::DkgRound2(node.dkg.receive_round2(&*node, from, &key_id, &package))
                 }
-                PeerRequest::RefreshRound2 { key_id, generation, package } => PeerResponse::RefreshRound2(
-                    node.refreshes.receive_round2(&*node, from, &key_id, generation, &package),
+                PeerRequest::RefreshRound2 { key_id, generation, attempt, package } => PeerResponse::RefreshRound2(
+                    node.refreshes.receive_round2(&*node, from, &key_id, (generation, attempt), &package),
                 ),
-                PeerRequest::RepairDelta { key_id, target, delta } => {
-                    PeerResponse::RepairDelta(node.repairs.receive_delta(&*node, from, &key_id, target, &delta))
-                }
-                PeerRequest::RepairSigma { key_id, sigma } => {
-                    PeerResponse::RepairSigma(node.repairs.receive_sigma(&*node, from, &key_id, &sigma))
+                PeerRequest::RepairDelta { key_id, target, attempt, delta } => PeerResponse::RepairDelta(
+                    node.repairs.receive_delta(&*node, from, &key_id, (target, attempt), &delta),
+                ),
+                PeerRequest::RepairSigma { key_id, attempt, sigma } => {
+                    PeerResponse::RepairSigma(node.repairs.receive_sigma(&*node, from, &key_id, attempt, &sigma))
                 }
                 PeerRequest::SignPreprocess { key_id, count } => {
                     let answer = node.signer.preprocess(&key_id, count, from).await;

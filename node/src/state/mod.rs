@@ -553,22 +553,22 @@ impl ClusterState {
                 self.rotate_key(index, new)
             }
             Command::RefreshKey { key, remove } => self.refresh_key(index, key, remove),
-            Command::RefreshRound1 { key_id, node_id, generation, package } => {
-                self.refresh_round1(key_id, *node_id, *generation, package)
+            Command::RefreshRound1 { key_id, node_id, generation, attempt, package } => {
+                self.refresh_round1(key_id, *node_id, (*generation, *attempt), package)
             }
-            Command::RefreshConfirm { key_id, node_id, generation, public_key_package_sha256 } => {
-                self.refresh_confirm(index, key_id, *node_id, *generation, public_key_package_sha256)
+            Command::RefreshConfirm { key_id, node_id, generation, attempt, public_key_package_sha256 } => {
+                self.refresh_confirm(index, key_id, *node_id, (*generation, *attempt), public_key_package_sha256)
             }
-            Command::RefreshAbort { key_id, node_id, generation, reason, culprit } => {
-                self.refresh_abort(key_id, *node_id, *generation, reason, *culprit)
+            Command::RefreshAbort { key_id, node_id, generation, attempt, reason, culprit } => {
+                self.refresh_abort(key_id, *node_id, (*generation, *attempt), reason, *culprit)
             }
-            Command::RepairShare { key, target } => self.repair_share(key, *target),
-            Command::RepairCommit { key_id, node_id, target, deltas } => {
-                self.repair_commit(key_id, *node_id, *target, deltas)
+            Command::RepairShare { key, target } => self.repair_share(index, key, *target),
+            Command::RepairCommit { key_id, node_id, target, attempt, deltas } => {
+                self.repair_commit(key_id, *node_id, *target, *attempt, deltas)
             }
-            Command::RepairDone { key_id, node_id } => self.repair_done(key_id, *node_id),
-            Command::RepairAbort { key_id, node_id, reason, culprit } => {
-                self.repair_abort(key_id, *node_id, reason, *culprit)
+            Command::RepairDone { key_id, node_id, attempt } => self.repair_done(key_id, *node_id, *attempt),
+            Command::RepairAbort { key_id, node_id, attempt, reason, culprit } => {
+                self.repair_abort(key_id, *node_id, *attempt, reason, *culprit)
             }
             Command::DkgRound1 { key_id, node_id, package } => self.dkg_round1(key_id, *node_id, package),
             Command::KeyConfirm { key_id, node_id, group_key, public_key_package_sha256 } => {

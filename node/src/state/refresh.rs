@@ -164,11 +164,26 @@ impl ClusterState {
         ))
     }
 
-    /// The key `key_id` with a refresh to `generation` in progress that `node` takes part in.
-    fn refreshing(&mut self, key_id: &str, node: NodeId, generation: u32) -> Result<&mut KeyRecord, Refusal> {
+    /// The key `key_id` with a refresh to `generation` in progress, started
+    /// at log index `attempt`, that `node` takes part in.
+    fn refreshing(
+        &mut self,
+        key_id: &str,
+        node: NodeId,
+        generation: u32,
+        attempt: u64,
+    ) -> Result<&mut KeyRecord, Refusal> {
         self.needs_rules(RULES_KEY_REFRESH, "refreshing a key's shares")?;
         let key = self.keys.get_mut(key_id).ok_or(format!("no key with id {key_id}"))?;
         match &key.refresh {
+            Some(refresh) if refresh.generation == generation && refresh.started_index != attempt => {
+                return Err(format!(
+                    "the message is for an earlier refresh of key {} (started at index {attempt}); the one in \
+                     progress started at index {}",
+                    key.name, refresh.started_index
+                )
+                .into())
+            }
             Some(refresh) if refresh.generation == generation => {}
             Some(refresh) => {
                 return Err(format!(
@@ -189,10 +204,10 @@ impl ClusterState {
         &mut self,
         key_id: &str,
         node: NodeId,
-        generation: u32,
+        (generation, attempt): (u32, u64),
         package_hex: &str,
     ) -> Result<String, Refusal> {
-        let key = self.refreshing(key_id, node, generation)?;
+        let key = self.refreshing(key_id, node, generation, attempt)?;
         let threshold = key.threshold;
         let refresh = key.refresh.as_mut().expect("checked by refreshing");
         if refresh.round1.contains_key(&node) {
@@ -236,11 +251,11 @@ impl ClusterState {
         index: u64,
         key_id: &str,
         node: NodeId,
-        generation: u32,
+        (generation, attempt): (u32, u64),
         package_sha256: &str,
     ) -> Result<String, Refusal> {
         let now = self.time_ms;
-        let key = self.refreshing(key_id, node, generation)?;
+        let key = self.refreshing(key_id, node, generation, attempt)?;
         let refresh = key.refresh.as_mut().expect("checked by refreshing");
         let Some(package) = refresh.public_key_package.clone() else {
             return Err(format!("key {}'s refresh has no package to confirm yet", key.name).into());
@@ -291,11 +306,11 @@ impl ClusterState {
         &mut self,
         key_id: &str,
         node: NodeId,
-        generation: u32,
+        (generation, attempt): (u32, u64),
         reason: &str,
         culprit: Option<NodeId>,
     ) -> Result<String, Refusal> {
-        let key = self.refreshing(key_id, node, generation)?;
+        let key = self.refreshing(key_id, node, generation, attempt)?;
         let name = key.name.clone();
         self.abort_refresh(key_id, format!("node {node}: {reason}"), culprit);
         Ok(format!("key {name}: refresh to generation {generation} aborted by node {node}"))

@@ -19,6 +19,11 @@ fn id(n: u64) -> frost::Identifier {
     frost::Identifier::try_from(n as u16).unwrap()
 }
 
+/// The attempt of `k`'s refresh in progress (the log index that started it).
+fn attempt(world: &World, key_id: &str) -> u64 {
+    world.state.keys[key_id].refresh.as_ref().expect("a refresh in progress").started_index
+}
+
 fn refresh_key() -> Command {
     Command::RefreshKey { key: "k".into(), remove: vec![] }
 }
@@ -37,12 +42,14 @@ fn round1(
 ) {
     let (n, t) = (old.len() as u16, *old.values().next().unwrap().min_signers());
     let (mut secrets, mut packages) = (BTreeMap::new(), BTreeMap::new());
+    let attempt = attempt(world, key_id);
     for &node in old.keys() {
         let (secret, package) = frost::keys::refresh::refresh_dkg_part1(id(node), n, t, OsRng).unwrap();
         let command = Command::RefreshRound1 {
             key_id: key_id.into(),
             node_id: node,
             generation,
+            attempt,
             package: hex::encode(package.serialize().unwrap()),
         };
         let outcome = world.by_node(node, command);
@@ -106,9 +113,15 @@ fn refresh_removing(world: &mut World, old: &Packages, remove: &[u64]) -> Packag
     let public = world.state.keys[&key_id].public_keys().unwrap();
     let (secrets, packages) = round1(world, &key_id, old, generation);
     let mut new = Packages::new();
+    let attempt = attempt(world, &key_id);
     for (n, (package, hash)) in derive(old, secrets, &packages, &public) {
-        let confirm =
-            Command::RefreshConfirm { key_id: key_id.clone(), node_id: n, generation, public_key_package_sha256: hash };
+        let confirm = Command::RefreshConfirm {
+            key_id: key_id.clone(),
+            node_id: n,
+            generation,
+            attempt,
+            public_key_package_sha256: hash,
+        };
         let outcome = world.by_node(n, confirm);
         assert!(outcome.is_applied(), "{outcome:?}");
         new.insert(n, package);
@@ -200,10 +213,12 @@ fn state_refresh_commitments_must_have_t_minus_one_coefficients() {
     let key_id = world.key_id("k");
     assert!(world.by_admin(refresh_key()).is_applied());
     let (_, dkg_package) = frost::keys::dkg::part1(id(1), 3, 2, OsRng).unwrap();
+    let started = attempt(&world, &key_id);
     let command = Command::RefreshRound1 {
         key_id: key_id.clone(),
         node_id: 1,
         generation: 1,
+        attempt: started,
         package: hex::encode(dkg_package.serialize().unwrap()),
     };
     refused(&world.by_node(1, command), "needs exactly 1");
@@ -214,6 +229,7 @@ fn state_refresh_commitments_must_have_t_minus_one_coefficients() {
         key_id: key_id.clone(),
         node_id,
         generation,
+        attempt: started,
         package: package.clone(),
     };
     refused(&world.by_node(1, at(2, 1)), "not 2");
@@ -242,6 +258,7 @@ fn state_aborted_refresh_leaves_the_current_generation_signing() {
         key_id: key_id.clone(),
         node_id: 2,
         generation: 1,
+        attempt: attempt(&world, &key_id),
         public_key_package_sha256: "00".repeat(32),
     };
     assert!(world.by_node(2, wrong).is_applied());
@@ -251,18 +268,37 @@ fn state_aborted_refresh_leaves_the_current_generation_signing() {
 
     // A participant's abort, naming a culprit.
     assert!(world.by_admin(refresh_key()).is_applied());
+    let started = attempt(&world, &key_id);
     let abort = |generation| Command::RefreshAbort {
         key_id: key_id.clone(),
         node_id: 3,
         generation,
+        attempt: started,
         reason: "a wrong value".into(),
         culprit: Some(1),
     };
     refused(&world.by_node(3, abort(5)), "not 5");
     assert!(world.by_node(3, abort(1)).is_applied());
+
     assert_eq!(world.state.keys[&key_id].refresh_failed.as_ref().unwrap().culprit, Some(1));
     assert!(world.state.keys[&key_id].info().refresh_failed.unwrap().contains("culprit: node 1"));
     assert_eq!(current(&world), (0, true, package.clone()));
+
+    // The same abort again, late, once another attempt at generation 1 has started: it is
+    // for the earlier attempt and changes nothing (found by the simulator with a late
+    // refresh value: each message names its attempt).
+    assert!(world.by_admin(refresh_key()).is_applied());
+    refused(&world.by_node(3, abort(1)), "earlier refresh");
+    assert!(world.state.keys[&key_id].refresh.is_some());
+    let current_attempt = Command::RefreshAbort {
+        key_id: key_id.clone(),
+        node_id: 3,
+        generation: 1,
+        attempt: attempt(&world, &key_id),
+        reason: "stop".into(),
+        culprit: None,
+    };
+    assert!(world.by_node(3, current_attempt).is_applied());
 
     // The timeout, by log time.
     assert!(world.by_admin(refresh_key()).is_applied());

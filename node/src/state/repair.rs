@@ -42,6 +42,8 @@ pub struct Repair {
     pub enrolling: bool,
     /// Ascending.
     pub helpers: Vec<NodeId>,
+    /// The log index of the `repair_share` that started it: every message names it.
+    pub started_index: u64,
     pub started_at_ms: u64,
     /// `g^δ_ij` (hex), by helper i, then by helper j.
     pub commitments: BTreeMap<NodeId, BTreeMap<NodeId, String>>,
@@ -78,7 +80,7 @@ impl RepairFailure {
 
 impl ClusterState {
     /// `repair_share`: starts giving `target` its share of `name`'s primary version.
-    pub(super) fn repair_share(&mut self, name: &str, target: NodeId) -> Result<String, Refusal> {
+    pub(super) fn repair_share(&mut self, index: u64, name: &str, target: NodeId) -> Result<String, Refusal> {
         self.needs_rules(RULES_KEY_REFRESH, "repairing a key's share")?;
         let now = self.time_ms;
         if !self.members.contains_key(&target) {
@@ -126,6 +128,7 @@ impl ClusterState {
             target,
             enrolling,
             helpers: helpers.clone(),
+            started_index: index,
             started_at_ms: now,
             commitments: BTreeMap::new(),
             verifying_share,
@@ -135,14 +138,20 @@ impl ClusterState {
         Ok(format!("key {name} version {}: {what} node {target}, helped by nodes {helpers:?}", key.version))
     }
 
-    /// The key `key_id` with a repair in progress.
-    fn repairing(&mut self, key_id: &str) -> Result<&mut KeyRecord, Refusal> {
+    /// The key `key_id` with a repair in progress started at log index `attempt`.
+    fn repairing(&mut self, key_id: &str, attempt: u64) -> Result<&mut KeyRecord, Refusal> {
         self.needs_rules(RULES_KEY_REFRESH, "repairing a key's share")?;
         let key = self.keys.get_mut(key_id).ok_or(format!("no key with id {key_id}"))?;
-        if key.repair.is_none() {
-            return Err(format!("key {} has no repair in progress", key.name).into());
+        match &key.repair {
+            None => Err(format!("key {} has no repair in progress", key.name).into()),
+            Some(repair) if repair.started_index != attempt => Err(format!(
+                "the message is for an earlier repair of key {} (started at index {attempt}); the one in progress \
+                 started at index {}",
+                key.name, repair.started_index
+            )
+            .into()),
+            Some(_) => Ok(key),
         }
-        Ok(key)
     }
 
     pub(super) fn repair_commit(
@@ -150,9 +159,10 @@ impl ClusterState {
         key_id: &str,
         node: NodeId,
         target: NodeId,
+        attempt: u64,
         deltas: &[(NodeId, String)],
     ) -> Result<String, Refusal> {
-        let key = self.repairing(key_id)?;
+        let key = self.repairing(key_id, attempt)?;
         let name = key.name.clone();
         let public = key.public_keys().ok_or("the key's public key package does not parse")?;
         let repair = key.repair.as_mut().expect("checked by repairing");
@@ -193,8 +203,8 @@ impl ClusterState {
         ))
     }
 
-    pub(super) fn repair_done(&mut self, key_id: &str, node: NodeId) -> Result<String, Refusal> {
-        let key = self.repairing(key_id)?;
+    pub(super) fn repair_done(&mut self, key_id: &str, node: NodeId, attempt: u64) -> Result<String, Refusal> {
+        let key = self.repairing(key_id, attempt)?;
         let repair = key.repair.as_ref().expect("checked by repairing");
         if repair.target != node {
             return Err(format!("node {node} is not the target of key {}'s repair", key.name).into());
@@ -231,10 +241,11 @@ impl ClusterState {
         &mut self,
         key_id: &str,
         node: NodeId,
+        attempt: u64,
         reason: &str,
         culprit: Option<NodeId>,
     ) -> Result<String, Refusal> {
-        let key = self.repairing(key_id)?;
+        let key = self.repairing(key_id, attempt)?;
         let repair = key.repair.as_ref().expect("checked by repairing");
         if repair.target != node && !repair.helpers.contains(&node) {
             return Err(format!("node {node} takes no part in key {}'s repair", key.name).into());

@@ -20,6 +20,11 @@ fn id(n: u64) -> frost::Identifier {
     frost::Identifier::try_from(n as u16).unwrap()
 }
 
+fn done(world: &World, key_id: &str, node_id: u64) -> Command {
+    let attempt = world.state.keys[key_id].repair.as_ref().expect("a repair in progress").started_index;
+    Command::RepairDone { key_id: key_id.into(), node_id, attempt }
+}
+
 fn repair_of(target: u64) -> Command {
     Command::RepairShare { key: "k".into(), target }
 }
@@ -55,7 +60,9 @@ fn run_repair(
             commitments.push((to, hex::encode(point.compress().as_bytes())));
             inbox.entry(to).or_default().push(*delta);
         }
-        let commit = Command::RepairCommit { key_id: key_id.clone(), node_id: helper, target, deltas: commitments };
+        let attempt = repair.started_index;
+        let commit =
+            Command::RepairCommit { key_id: key_id.clone(), node_id: helper, target, attempt, deltas: commitments };
         let outcome = world.by_node(helper, commit);
         assert!(outcome.is_applied(), "{outcome:?}");
         if world.state.keys[&key_id].repair.is_none() {
@@ -81,8 +88,9 @@ fn state_repair_gives_a_participant_its_identical_share_back() {
     let repaired = run_repair(&mut world, &packages, 3, None).unwrap();
     assert_eq!(repaired.signing_share(), packages[&3].signing_share(), "the identical share comes back");
     assert_eq!(hex::encode(repaired.verifying_share().serialize().unwrap()), repair.verifying_share);
-    refused(&world.by_node(1, Command::RepairDone { key_id: key_id.clone(), node_id: 1 }), "not the target");
-    assert!(world.by_node(3, Command::RepairDone { key_id: key_id.clone(), node_id: 3 }).is_applied());
+    let (wrong, right) = (done(&world, &key_id, 1), done(&world, &key_id, 3));
+    refused(&world.by_node(1, wrong), "not the target");
+    assert!(world.by_node(3, right).is_applied());
     let key = &world.state.keys[&key_id];
     assert!(key.repair.is_none() && key.shares_missing.is_empty() && key.repair_failed.is_none());
     assert_eq!(key.participants, vec![1, 2, 3]);
@@ -117,7 +125,8 @@ fn state_enrollment_adds_a_member_to_a_key_with_the_same_public_key() {
     assert!(world.by_admin(repair_of(4)).is_applied());
     assert!(world.state.keys[&key_id].repair.as_ref().unwrap().enrolling);
     let enrolled = run_repair(&mut world, &packages, 4, None).unwrap();
-    assert!(world.by_node(4, Command::RepairDone { key_id: key_id.clone(), node_id: 4 }).is_applied());
+    let finished = done(&world, &key_id, 4);
+    assert!(world.by_node(4, finished).is_applied());
     let key = &world.state.keys[&key_id];
     assert_eq!((key.participants.clone(), key.group_key.clone()), (vec![1, 2, 3, 4], group));
     let public = key.public_keys().unwrap();

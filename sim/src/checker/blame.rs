@@ -1,11 +1,12 @@
 //! Culprit blame ([`HonestNotBlamed`]): only the run's byzantine signer is
-//! ever named a culprit, of a sign request, of an aborted key generation or
-//! of an aborted refresh.
+//! ever named a culprit, of a sign request, of an aborted key generation, or
+//! of an aborted refresh or repair.
 //! It holds because a culprit is named only on evidence an honest node cannot
 //! produce: a signature share that fails verification against the signer's
 //! commitments and public share (FROST's cheater detection), or a round-2 key
 //! generation or refresh value that does not match the sender's committed
-//! round-1 commitments. A participant whose committed round-1 package is not the one
+//! round-1 commitments, or a repair value that does not match its sender's
+//! committed public value. A participant whose committed round-1 package is not the one
 //! it holds the secret for (it restarted mid-generation) aborts naming nobody.
 
 use synod_node::state::ClusterState;

@@ -1,7 +1,8 @@
 //! The admin's key lifecycle inside the fault window: at a random moment it
 //! creates [`LIFE_KEY`] (open policy), rotates it to a version 2 with a
 //! random threshold (a short [`OVERLAP_MS`], during which some requests name
-//! version 1), refreshes its shares while requests keep coming, then takes
+//! version 1), repairs the share of any participant that restarted on an
+//! empty disk, refreshes its shares while requests keep coming, then takes
 //! it through `disable`, `enable` and `destroy` (with
 //! the genesis's short [`DESTROY_WAIT_MS`]), while it keeps sending sign
 //! requests on it, and follows the key until a node shows it destroyed with
@@ -42,6 +43,8 @@ pub const OVERLAP_MS: u64 = 1_500;
 const ROTATIONS_TRIED_MAX: u32 = 4;
 /// How many times the client starts a refresh that aborted.
 const REFRESHES_TRIED_MAX: u32 = 3;
+/// How many repairs the client starts in all.
+const REPAIRS_TRIED_MAX: u32 = 4;
 /// The client stops waiting for a rotation (or a refresh) this long after the heal (or after
 /// it started the rotation, if that was later).
 const ROTATION_GIVE_UP_AFTER_HEAL_MS: u64 = 8_000;
@@ -71,6 +74,7 @@ pub async fn lifecycle_client(ctx: ClientCtx) -> turmoil::Result {
             seq += 1;
         }
     }
+    repair(&ctx, &mut rng, &mut seq).await;
     refresh(&ctx, &mut rng, &mut seq).await;
     let steps = [
         Command::DisableKey { key: LIFE_KEY.into() },
@@ -177,6 +181,65 @@ async fn rotate(ctx: &ClientCtx, rng: &mut ChaCha8Rng) -> bool {
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Repairs the share of one participant of [`LIFE_KEY`]'s primary while
+/// sending sign requests: one that reported its share missing (it restarted
+/// on an empty disk) if there is one, else a random one (which gets its
+/// identical share again: the whole protocol runs, helpers and checks
+/// included). A repair that aborted is run again (the cluster picks helpers
+/// without its culprit), at most [`REPAIRS_TRIED_MAX`] times in all; one
+/// that completed ends it. Gives up as a rotation does after the heal.
+async fn repair(ctx: &ClientCtx, rng: &mut ChaCha8Rng, seq: &mut u64) {
+    let started_ms = ctx.now_ms();
+    let mut tried = 0;
+    let mut chosen: Option<u64> = None;
+    // Whether a repair was seen applied (in progress, or its entry's answer).
+    let mut applied = false;
+    loop {
+        let target = ctx.random_node(rng);
+        let read = ClientRequest::GetKey { name: LIFE_KEY.to_string() };
+        if let Ok(Ok(info)) = call_node(&ctx.net, target, &read, CALL_TIMEOUT, key_info).await {
+            let missing = *chosen.get_or_insert_with(|| {
+                let pick = rng.next_u64() as usize % info.participants.len().max(1);
+                info.shares_missing.first().copied().unwrap_or(info.participants[pick])
+            });
+            applied |= info.repair.is_some();
+            let done = applied && info.repair.is_none() && info.repair_failed.is_none();
+            if done && !info.shares_missing.contains(&missing) {
+                ctx.event(format!("life: key {LIFE_KEY}: node {missing} holds its share (repaired)"));
+                return;
+            }
+            if info.repair.is_none() {
+                if tried == REPAIRS_TRIED_MAX {
+                    ctx.event(format!("life: repair of {LIFE_KEY} not done after {tried} tries; going on"));
+                    return;
+                }
+                tried += 1;
+                let command = Command::RepairShare { key: LIFE_KEY.into(), target: missing };
+                let signed = ctx.sign(&ctx.admin, rng, command);
+                match ctx.submit(Submission::Command(&signed), target, rng, 20).await.map(|r| r.outcome) {
+                    Some(Outcome::Applied { detail }) => {
+                        applied = true;
+                        ctx.event(format!("life: repair_share: {detail}"))
+                    }
+                    Some(Outcome::Rejected { reason, .. }) if !reason.contains("in progress") => {
+                        ctx.event(format!("life: repair_share refused: {reason}; going on"));
+                        return;
+                    }
+                    other => ctx.event(format!("life: repair_share not applied yet: {other:?}")),
+                }
+            }
+        }
+        if let Phase::Healed { at_ms } = ctx.history.borrow().phase {
+            if ctx.now_ms() > at_ms.max(started_ms) + ROTATION_GIVE_UP_AFTER_HEAL_MS {
+                ctx.event(format!("life: repair of {LIFE_KEY} still not done after the heal; going on"));
+                return;
+            }
+        }
+        send_request(ctx, rng, *seq, None).await;
+        *seq += 1;
     }
 }
 
