@@ -27,8 +27,10 @@ pub struct GenerationsConsistent {
     pub byzantine: Option<NodeId>,
     /// Each key's group key as first seen, by key id.
     group_keys: BTreeMap<String, String>,
-    /// Each generation's public key package (hex) as first seen, by (key id, generation).
-    packages: BTreeMap<(String, u32), String>,
+    /// Each generation's public key package (hex) as first seen, by (key id,
+    /// generation, participants): an enrollment adds a participant's
+    /// verifying share to the generation's package and changes nobody else's.
+    packages: BTreeMap<(String, u32, Vec<NodeId>), String>,
     /// Shares judged already, by (node, request id, slot).
     judged: BTreeSet<(NodeId, String, u64)>,
 }
@@ -62,13 +64,15 @@ impl GenerationsConsistent {
                 continue;
             }
             let Some(package) = &key.public_key_package else { continue };
-            let first = self.packages.entry((key.id.clone(), key.generation)).or_insert_with(|| package.clone());
+            let slot = (key.id.clone(), key.generation, key.participants.clone());
+            let first = self.packages.entry(slot).or_insert_with(|| package.clone());
             if first != package {
                 return Err(Violation::new(
                     "group-key-unchanged",
                     format!(
-                        "n{id} holds another public key package for key {} generation {} than was first seen",
-                        key.name, key.generation
+                        "n{id} holds another public key package for key {} generation {} (participants {:?}) than was \
+                         first seen",
+                        key.name, key.generation, key.participants
                     ),
                 ));
             }
@@ -84,7 +88,16 @@ impl GenerationsConsistent {
             let Some(request) = applied.state.requests.get(&r.request_id) else { return Ok(()) };
             request.key_id.clone()
         };
-        let Some(package_hex) = self.packages.get(&(key_id.clone(), r.generation)) else {
+        // A package of the generation that names the signer (an enrollment changes no other share).
+        let package_hex = self
+            .packages
+            .iter()
+            .filter(|((id, generation, participants), _)| {
+                id == &key_id && *generation == r.generation && participants.contains(&release.node)
+            })
+            .map(|(_, package)| package)
+            .next_back();
+        let Some(package_hex) = package_hex else {
             return Ok(()); // A generation no step showed active (cannot be: it signed once applied).
         };
         let public = hex::decode(package_hex)
