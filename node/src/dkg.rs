@@ -103,16 +103,15 @@ impl Dkg {
     /// Advances every generation this node takes part in by one step.
     pub async fn tick(&self, node: &dyn DkgHost) {
         let now = node.now_ms();
-        let (keys, members) = {
+        let keys: Vec<KeyRecord> = {
             let applied = node.state().read();
-            let keys: Vec<KeyRecord> = applied
+            applied
                 .state
                 .keys
                 .values()
                 .filter(|k| k.status == KeyStatus::Generating && k.participants.contains(&node.id()))
                 .cloned()
-                .collect();
-            (keys, applied.state.members.clone())
+                .collect()
         };
         self.locals.lock().expect("dkg lock").retain(|id, _| keys.iter().any(|k| &k.id == id));
         for key in keys {
@@ -124,7 +123,7 @@ impl Dkg {
                             tracing::info!(key = %key.name, error = %e, "DKG message not committed yet; will retry");
                         }
                     }
-                    Step::Deliver(packages) => self.deliver(node, &key, &members, packages).await,
+                    Step::Deliver(packages) => self.deliver(node, &key, packages).await,
                     Step::Seal { key_package, group, hash } => {
                         if let Err(e) = seal(node, &key, 0, &key_package).await {
                             tracing::error!(key = %key.name, error = %e, "cannot seal the new key share");
@@ -315,28 +314,19 @@ impl Dkg {
         &self,
         node: &dyn DkgHost,
         key: &KeyRecord,
-        members: &BTreeMap<NodeId, synod_proto::NodeAddr>,
         packages: BTreeMap<NodeId, (String, round2::Package)>,
     ) {
-        let calls = packages.into_iter().filter_map(|(to, (key_id, package))| {
-            let addr = members.get(&to)?.raft_addr.clone();
-            let package = crate::faults::corrupt_dkg_package(node.id(), package);
-            let bytes = Zeroizing::new(package.serialize().ok()?);
-            let request = PeerRequest::DkgRound2 { key_id, package: SecretHex::new(hex::encode(&*bytes)) };
-            Some(async move { (to, node.transport().call(to, addr, request, DELIVERY_TIMEOUT).await) })
-        });
-        for (to, result) in futures::future::join_all(calls).await {
-            match result {
-                Ok(PeerResponse::DkgRound2(Ok(()))) => {
-                    if let Some(local) = self.locals.lock().expect("dkg lock").get_mut(&key.id) {
-                        local.outgoing.remove(&to);
-                    }
-                }
-                Ok(PeerResponse::DkgRound2(Err(why))) => {
-                    tracing::info!(key = %key.name, to, why, "round-2 package refused; will retry")
-                }
-                Ok(other) => tracing::info!(key = %key.name, to, ?other, "unexpected answer to a round-2 package"),
-                Err(e) => tracing::info!(key = %key.name, to, error = %e, "round-2 package not delivered; will retry"),
+        let requests = packages
+            .into_iter()
+            .filter_map(|(to, (key_id, package))| {
+                let package = crate::faults::corrupt_dkg_package(node.id(), package);
+                let bytes = Zeroizing::new(package.serialize().ok()?);
+                Some((to, PeerRequest::DkgRound2 { key_id, package: SecretHex::new(hex::encode(&*bytes)) }))
+            })
+            .collect();
+        for to in deliver_secrets(node, &key.name, "round-2 package", requests).await {
+            if let Some(local) = self.locals.lock().expect("dkg lock").get_mut(&key.id) {
+                local.outgoing.remove(&to);
             }
         }
     }
@@ -367,6 +357,32 @@ impl Dkg {
         local.received.entry(from).or_insert(package);
         Ok(())
     }
+}
+
+/// Sends each secret (`requests`, by recipient) point to point over mutual
+/// TLS, all at once; returns the recipients that took theirs. The others are
+/// sent again on a later tick. `what` names the secret in logs.
+pub(crate) async fn deliver_secrets(
+    node: &dyn DkgHost,
+    key_name: &str,
+    what: &str,
+    requests: Vec<(NodeId, PeerRequest)>,
+) -> Vec<NodeId> {
+    let members = node.state().read().state.members.clone();
+    let calls = requests.into_iter().filter_map(|(to, request)| {
+        let addr = members.get(&to)?.raft_addr.clone();
+        Some(async move { (to, node.transport().call(to, addr, request, DELIVERY_TIMEOUT).await) })
+    });
+    let mut taken = Vec::new();
+    for (to, result) in futures::future::join_all(calls).await {
+        match result.as_ref().map(PeerResponse::secret_taken) {
+            Ok(Some(Ok(()))) => taken.push(to),
+            Ok(Some(Err(why))) => tracing::info!(key = %key_name, to, why, "{what} refused; will retry"),
+            Ok(None) => tracing::info!(key = %key_name, to, answer = ?result, "unexpected answer to a {what}"),
+            Err(e) => tracing::info!(key = %key_name, to, error = %e, "{what} not delivered; will retry"),
+        }
+    }
+    taken
 }
 
 /// An imported share sent by the operator's CLI: verified against the

@@ -22,11 +22,11 @@ use curve25519_dalek::Scalar;
 use frost::keys::dkg::{round1, round2};
 use frost::keys::KeyPackage;
 use frost_ed25519 as frost;
-use synod_proto::rpc::{PeerRequest, PeerResponse, SecretHex};
+use synod_proto::rpc::{PeerRequest, SecretHex};
 use synod_proto::{Command, NodeId};
 use zeroize::Zeroizing;
 
-use crate::dkg::{resubmit_due, seal, DkgHost, DELIVERY_TIMEOUT};
+use crate::dkg::{deliver_secrets, resubmit_due, seal, DkgHost};
 use crate::signer::key_package_context;
 use crate::state::{commitment_points, frost_identifier, package_hash, zero_polynomial_at, KeyRecord, KeyStatus};
 
@@ -262,32 +262,19 @@ impl Refreshes {
     /// Sends round-2 values to their recipients; delivered ones are not sent again.
     async fn deliver(&self, node: &dyn DkgHost, key: &KeyRecord, packages: BTreeMap<NodeId, round2::Package>) {
         let Some((_, generation, attempt)) = attempt_of(key) else { return };
-        let members = node.state().read().state.members.clone();
-        let calls = packages.into_iter().filter_map(|(to, package)| {
-            let addr = members.get(&to)?.raft_addr.clone();
-            let package = crate::faults::corrupt_dkg_package(node.id(), package);
-            let bytes = Zeroizing::new(package.serialize().ok()?);
-            let request = PeerRequest::RefreshRound2 {
-                key_id: key.id.clone(),
-                generation,
-                attempt,
-                package: SecretHex::new(hex::encode(&*bytes)),
-            };
-            Some(async move { (to, node.transport().call(to, addr, request, DELIVERY_TIMEOUT).await) })
-        });
-        for (to, result) in futures::future::join_all(calls).await {
-            match result {
-                Ok(PeerResponse::RefreshRound2(Ok(()))) => {
-                    self.with_local(key, |local| {
-                        local.outgoing.remove(&to);
-                    });
-                }
-                Ok(PeerResponse::RefreshRound2(Err(why))) => {
-                    tracing::info!(key = %key.name, to, why, "refresh value refused; will retry")
-                }
-                Ok(other) => tracing::info!(key = %key.name, to, ?other, "unexpected answer to a refresh value"),
-                Err(e) => tracing::info!(key = %key.name, to, error = %e, "refresh value not delivered; will retry"),
-            }
+        let requests = packages
+            .into_iter()
+            .filter_map(|(to, package)| {
+                let package = crate::faults::corrupt_dkg_package(node.id(), package);
+                let bytes = Zeroizing::new(package.serialize().ok()?);
+                let package = SecretHex::new(hex::encode(&*bytes));
+                Some((to, PeerRequest::RefreshRound2 { key_id: key.id.clone(), generation, attempt, package }))
+            })
+            .collect();
+        for to in deliver_secrets(node, &key.name, "refresh value", requests).await {
+            self.with_local(key, |local| {
+                local.outgoing.remove(&to);
+            });
         }
     }
 

@@ -14,11 +14,11 @@ use std::sync::Mutex;
 use frost::keys::repairable::{Delta, Sigma};
 use frost::keys::KeyPackage;
 use frost_ed25519 as frost;
-use synod_proto::rpc::{PeerRequest, PeerResponse, SecretHex};
+use synod_proto::rpc::{PeerRequest, SecretHex};
 use synod_proto::{Command, NodeId};
 use zeroize::Zeroizing;
 
-use crate::dkg::{resubmit_due, seal, DkgHost, DELIVERY_TIMEOUT};
+use crate::dkg::{deliver_secrets, resubmit_due, seal, DkgHost};
 use crate::signer::key_package_context;
 use crate::state::{frost_identifier, point_hex, public_of, KeyRecord, KeyStatus, Repair};
 
@@ -186,22 +186,17 @@ impl Repairs {
         // Deliver our values to the other helpers.
         let outgoing = self.with_local(&key.id, repair, |local| local.outgoing.clone());
         if !outgoing.is_empty() {
-            let members = node.state().read().state.members.clone();
-            for (to, delta) in outgoing {
-                let Some(addr) = members.get(&to).map(|m| m.raft_addr.clone()) else { continue };
-                let delta = crate::faults::corrupt_repair_value(me, delta);
-                let request = PeerRequest::RepairDelta {
-                    key_id: key.id.clone(),
-                    target: repair.target,
-                    attempt: repair.started_index,
-                    delta: SecretHex::new(hex::encode(Zeroizing::new(delta.serialize()).as_slice())),
-                };
-                match node.transport().call(to, addr, request, DELIVERY_TIMEOUT).await {
-                    Ok(PeerResponse::RepairDelta(Ok(()))) => {
-                        self.with_local(&key.id, repair, |local| local.outgoing.remove(&to));
-                    }
-                    other => tracing::info!(key = %key.name, to, ?other, "repair value not delivered; will retry"),
-                }
+            let requests = outgoing
+                .into_iter()
+                .map(|(to, delta)| {
+                    let delta = crate::faults::corrupt_repair_value(me, delta);
+                    let delta = SecretHex::new(hex::encode(Zeroizing::new(delta.serialize()).as_slice()));
+                    let (key_id, target, attempt) = (key.id.clone(), repair.target, repair.started_index);
+                    (to, PeerRequest::RepairDelta { key_id, target, attempt, delta })
+                })
+                .collect();
+            for to in deliver_secrets(node, &key.name, "repair value", requests).await {
+                self.with_local(&key.id, repair, |local| local.outgoing.remove(&to));
             }
         }
         // Once every helper's values are committed and ours received: check, sum, send.
@@ -226,21 +221,13 @@ impl Repairs {
                 sigma
             }
         };
-        let Some(addr) = node.state().read().state.members.get(&repair.target).map(|m| m.raft_addr.clone()) else {
-            return Ok(());
-        };
         let request = PeerRequest::RepairSigma {
             key_id: key.id.clone(),
             attempt: repair.started_index,
             sigma: SecretHex::new(hex::encode(Zeroizing::new(sigma.serialize()).as_slice())),
         };
-        match node.transport().call(repair.target, addr, request, DELIVERY_TIMEOUT).await {
-            Ok(PeerResponse::RepairSigma(Ok(()))) => {
-                self.with_local(&key.id, repair, |local| local.sigma_delivered = true);
-            }
-            other => {
-                tracing::info!(key = %key.name, target = repair.target, ?other, "repair sum not delivered; will retry")
-            }
+        if !deliver_secrets(node, &key.name, "repair sum", vec![(repair.target, request)]).await.is_empty() {
+            self.with_local(&key.id, repair, |local| local.sigma_delivered = true);
         }
         Ok(())
     }

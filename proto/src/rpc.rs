@@ -209,6 +209,21 @@ pub enum PeerResponse {
     SignShare(Vec<Result<String, String>>),
 }
 
+impl PeerResponse {
+    /// The receiver's answer to a secret sent point to point (a DKG or
+    /// refresh round-2 package, a repair value or sum): `None` when this is
+    /// not such an answer.
+    pub fn secret_taken(&self) -> Option<&Result<(), String>> {
+        match self {
+            PeerResponse::DkgRound2(answer)
+            | PeerResponse::RefreshRound2(answer)
+            | PeerResponse::RepairDelta(answer)
+            | PeerResponse::RepairSigma(answer) => Some(answer),
+            _ => None,
+        }
+    }
+}
+
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
