@@ -53,7 +53,12 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
             let key = get_key(&ApiClient::new(&client)?, &name).await?;
             print_key(&client, &key)
         }
-        KeyCmd::Refresh { name, remove, client } => {
+        KeyCmd::Refresh { name, every, no_schedule, client, .. } if every.is_some() || no_schedule => {
+            let every_ms = every.map(|e| u64::try_from(e.as_millis()).unwrap_or(u64::MAX));
+            let command = Command::SetRefreshSchedule { key: name, every_ms };
+            super::authz::submit(&client, "/v1/commands", command).await.map(drop)
+        }
+        KeyCmd::Refresh { name, remove, client, .. } => {
             let key = refresh(&client, &name, remove).await?;
             print_key(&client, &key)
         }
@@ -181,6 +186,11 @@ fn print_key(client: &ClientArgs, key: &KeyInfo) -> anyhow::Result<()> {
                     format!(" (refreshed {at}, log time)")
                 });
                 println!("generation:    {}{}", key.generation, when.unwrap_or_default());
+            }
+            if let (Some(every), Some(due)) = (key.refresh_every_ms, key.refresh_due_at_ms) {
+                let due = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(due));
+                let every = humantime::format_duration(Duration::from_millis(every));
+                println!("refresh every: {every} (next at {due}, log time)");
             }
             if let Some(refresh) = &key.refresh {
                 let n = key.participants.len();

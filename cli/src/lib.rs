@@ -417,8 +417,16 @@ pub enum KeyCmd {
         /// Participants that get no share of the new generation, comma-separated: how a node
         /// leaves a key (before `synod cluster remove-member`) with its public key unchanged.
         /// They need not be up. At least the threshold of participants must remain.
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', conflicts_with_all = ["every", "no_schedule"])]
         remove: Vec<NodeId>,
+        /// Instead of refreshing now, refresh the key every this long from now on (e.g. 30d,
+        /// 90d; at least 10s): at each due time the leader starts a refresh, and a refresh
+        /// that cannot complete is tried again an interval later.
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "no_schedule")]
+        every: Option<std::time::Duration>,
+        /// Stop the scheduled refreshes.
+        #[arg(long)]
+        no_schedule: bool,
         #[command(flatten)]
         client: ClientArgs,
     },

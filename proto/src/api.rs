@@ -332,6 +332,11 @@ pub struct KeyInfo {
     /// Why the last refresh was aborted (cleared when another starts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_failed: Option<String>,
+    /// The refresh schedule, and when the next scheduled refresh is due (log time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_every_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_due_at_ms: Option<u64>,
     /// A repair in progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repair: Option<RepairInfo>,

@@ -179,6 +179,16 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         remove: Vec<NodeId>,
     },
+    /// Refreshes the key named `key` (its primary version) every `every_ms` of
+    /// log time from now on, or never again with `None` (admin; rules 7 and
+    /// later; at least [`REFRESH_EVERY_MIN_MS`]). At each due time the leader
+    /// writes a node-authored [`Command::RefreshDue`], which starts a refresh
+    /// as `refresh_key` would.
+    SetRefreshSchedule { key: String, every_ms: Option<u64> },
+    /// A node reports that a key's scheduled refresh is due (entries move the
+    /// log's time, so some node must write one). Refused before the due time
+    /// by the log's time, and while a refresh or repair is in progress.
+    RefreshDue { node_id: NodeId, key_id: String },
     /// A participant's refresh round-1 package (hex) for generation
     /// `generation` of key `key_id`: commitments to a polynomial with a zero
     /// constant term, `t − 1` coefficients. Every refresh and repair message
@@ -385,6 +395,12 @@ pub const KEY_ROTATE_OVERLAP_DEFAULT_MS: u64 = 24 * 60 * 60 * 1000;
 /// The longest overlap a rotation may give the version it replaces.
 pub const KEY_ROTATE_OVERLAP_MAX_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 
+/// The shortest interval of a refresh schedule (a test cluster's; production
+/// schedules are days or months).
+pub const REFRESH_EVERY_MIN_MS: u64 = 10 * 1000;
+/// The longest interval of a refresh schedule.
+pub const REFRESH_EVERY_MAX_MS: u64 = 365 * 24 * 60 * 60 * 1000;
+
 /// Domain-separation tag of a cluster id derived from its genesis.
 pub const CLUSTER_ID_DOMAIN: &[u8] = b"synod/cluster-id/v1\0";
 
@@ -445,6 +461,8 @@ impl Command {
             Command::ImportKey { .. } => "import_key",
             Command::RotateKey { .. } => "rotate_key",
             Command::RefreshKey { .. } => "refresh_key",
+            Command::SetRefreshSchedule { .. } => "set_refresh_schedule",
+            Command::RefreshDue { .. } => "refresh_due",
             Command::RefreshRound1 { .. } => "refresh_round1",
             Command::RefreshConfirm { .. } => "refresh_confirm",
             Command::RefreshAbort { .. } => "refresh_abort",
@@ -489,6 +507,7 @@ impl Command {
             | Command::ImportKey { .. }
             | Command::RotateKey { .. }
             | Command::RefreshKey { .. }
+            | Command::SetRefreshSchedule { .. }
             | Command::RepairShare { .. }
             | Command::AddOperator { .. }
             | Command::RemoveOperator { .. }
@@ -505,6 +524,7 @@ impl Command {
             | Command::RefreshRound1 { node_id, .. }
             | Command::RefreshConfirm { node_id, .. }
             | Command::RefreshAbort { node_id, .. }
+            | Command::RefreshDue { node_id, .. }
             | Command::RepairCommit { node_id, .. }
             | Command::RepairDone { node_id, .. }
             | Command::RepairAbort { node_id, .. }
@@ -617,6 +637,21 @@ impl Command {
                 validate_id("key id", key_id)?;
                 validate_reason(reason)
             }
+            Command::SetRefreshSchedule { key, every_ms } => {
+                validate_name("key name", key)?;
+                match every_ms {
+                    Some(every) if !(REFRESH_EVERY_MIN_MS..=REFRESH_EVERY_MAX_MS).contains(every) => {
+                        Err(CommandError::Malformed(format!(
+                            "a refresh schedule's interval is {} s to {} days, not {} ms",
+                            REFRESH_EVERY_MIN_MS / 1000,
+                            REFRESH_EVERY_MAX_MS / DAY_MS,
+                            every
+                        )))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Command::RefreshDue { key_id, .. } => validate_id("key id", key_id),
             Command::RepairShare { key, target } => {
                 validate_name("key name", key)?;
                 if *target == 0 || *target > u64::from(u16::MAX) {

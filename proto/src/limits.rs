@@ -170,12 +170,14 @@ fn check_command(command: &Command, at: &str) -> Result<(), CommandError> {
         Command::ApproveProposal { proposal_id } => id_bytes(&f("proposal_id"), proposal_id),
         Command::DisableKey { key }
         | Command::RepairShare { key, .. }
+        | Command::SetRefreshSchedule { key, .. }
         | Command::EnableKey { key }
         | Command::CancelKeyDestroy { key }
         | Command::ScheduleKeyDestroy { key, .. } => name_bytes(&f("key"), key),
         Command::KeyDestroyDue { key_id, .. }
         | Command::KeySharesDestroyed { key_id, .. }
-        | Command::ShareMissing { key_id, .. } => id_bytes(&f("key_id"), key_id),
+        | Command::ShareMissing { key_id, .. }
+        | Command::RefreshDue { key_id, .. } => id_bytes(&f("key_id"), key_id),
         Command::SignResult { request_id, signature, signers, culprits, .. } => {
             name_bytes(&f("request_id"), request_id)?;
             bytes(&f("signature"), signature, SIGNATURE_HEX_BYTES_MAX, "signature_hex_bytes_max")?;

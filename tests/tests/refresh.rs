@@ -378,3 +378,26 @@ fn refresh_member_leaves_and_a_new_one_joins_a_key_with_its_public_key_unchanged
     let verified = ok(&cluster.synod(1, &args));
     assert!(verified.contains("key version 1"), "the one public key verifies it: {verified}");
 }
+
+#[test]
+fn refresh_on_a_schedule_starts_by_itself_and_stops_when_told() {
+    let cluster = Cluster::start(3);
+    ok(&cluster.synod(1, &["key", "create", "timed", "-t", "2", "--open-policy"]));
+    let public_key = key(&cluster, "timed")["public_key"].clone();
+    let err = fails(&cluster.synod(1, &["key", "refresh", "timed", "--every", "1s"]));
+    assert!(err.contains("10 s to 365 days"), "{err}");
+    let said = ok(&cluster.synod(1, &["key", "refresh", "timed", "--every", "10s"]));
+    assert!(said.contains("refreshed every 10 seconds of log time"), "{said}");
+    assert_eq!(key(&cluster, "timed")["refresh_every_ms"], 10_000);
+    let table = ok(&cluster.synod(2, &["key", "show", "timed"]));
+    assert!(table.contains("refresh every: 10s"), "{table}");
+    let refreshed = wait_for("the scheduled refresh", Duration::from_secs(60), || {
+        let k = key(&cluster, "timed");
+        (k["generation"].as_u64() >= Some(1)).then_some(k)
+    });
+    assert_eq!(refreshed["public_key"], public_key);
+    cluster.sign(2, "timed", b"after a scheduled refresh", "timed-1").expect("the new generation signs");
+    ok(&cluster.synod(1, &["key", "refresh", "timed", "--no-schedule"]));
+    let stopped = key(&cluster, "timed");
+    assert!(stopped["refresh_every_ms"].is_null() && stopped["refresh_due_at_ms"].is_null(), "{stopped}");
+}

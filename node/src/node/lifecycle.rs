@@ -1,9 +1,10 @@
 //! This node's part in a key's end of life (`state/lifecycle.rs` has the
 //! rules): on the leader, writing the entry that marks a destruction due once
-//! its deadline has passed; on every participant of a destroyed key, deleting
-//! its sealed shares and reporting that it did. Both are retried from the key
-//! loop until the log shows them done, so a node that was down or partitioned
-//! at the deadline cleans up when it is back.
+//! its deadline has passed (and the one that starts a scheduled refresh); on
+//! every participant of a destroyed key, deleting its sealed shares and
+//! reporting that it did; after a refresh, deleting the old generation. Each
+//! is retried from the key loop until the log shows it done, so a node that
+//! was down or partitioned at the deadline cleans up when it is back.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -45,18 +46,23 @@ impl Node {
                     stale.push(KeyRecord { generation: *at, ..key.clone() });
                 }
             }
-            let scheduled = leader && state.keys.values().any(|k| k.status == KeyStatus::DestroyScheduled);
+            let scheduled = leader
+                && state
+                    .keys
+                    .values()
+                    .any(|k| k.status == KeyStatus::DestroyScheduled || k.refresh_due_at_ms.is_some());
             (scheduled, state.shares_to_destroy(self.id), unchecked, stale)
         };
         // The leader judges a deadline by the time it would stamp on the entry
         // (a majority of clocks), not its own clock, which may be far off.
-        let due = if scheduled {
+        let (due, refreshes) = if scheduled {
             let stamp = self.stamp_time_ms();
-            self.shared.read().state.keys_due_for_destruction(stamp)
+            let applied = self.shared.read();
+            (applied.state.keys_due_for_destruction(stamp), applied.state.refreshes_due(stamp))
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
-        if due.is_empty() && mine.is_empty() && unchecked.is_empty() && stale.is_empty() {
+        if due.is_empty() && refreshes.is_empty() && mine.is_empty() && unchecked.is_empty() && stale.is_empty() {
             return;
         }
         {
@@ -77,6 +83,11 @@ impl Node {
             for key_id in due {
                 if let Err(e) = node.write_as_node(Command::KeyDestroyDue { node_id: node.id, key_id }).await {
                     tracing::info!(error = %e, "key destruction not yet marked; will retry");
+                }
+            }
+            for key_id in refreshes {
+                if let Err(e) = node.write_as_node(Command::RefreshDue { node_id: node.id, key_id }).await {
+                    tracing::info!(error = %e, "scheduled refresh not yet started; will retry");
                 }
             }
             for key in stale {

@@ -150,6 +150,7 @@ impl ClusterState {
             | Command::RefreshRound1 { key_id, .. }
             | Command::RefreshConfirm { key_id, .. }
             | Command::RefreshAbort { key_id, .. }
+            | Command::RefreshDue { key_id, .. }
             | Command::RepairCommit { key_id, .. }
             | Command::RepairDone { key_id, .. }
             | Command::RepairAbort { key_id, .. }
@@ -166,6 +167,7 @@ impl ClusterState {
             | Command::DisableKey { key: name }
             | Command::RefreshKey { key: name, .. }
             | Command::RepairShare { key: name, .. }
+            | Command::SetRefreshSchedule { key: name, .. }
             | Command::EnableKey { key: name }
             | Command::ScheduleKeyDestroy { key: name, .. }
             | Command::CancelKeyDestroy { key: name } => self.key_names.get(name).cloned(),

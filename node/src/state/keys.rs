@@ -149,6 +149,12 @@ pub struct KeyRecord {
     /// How the last refresh was aborted; cleared when another starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_failed: Option<super::refresh::RefreshFailure>,
+    /// The key's refresh schedule: every this many ms of log time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_every_ms: Option<u64>,
+    /// When the next scheduled refresh is due, by the log's time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_due_at_ms: Option<u64>,
     /// Nodes a refresh removed from the key, with the generation that
     /// refresh made: each deletes its shares of the generations before it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -220,6 +226,8 @@ impl KeyRecord {
             refreshed_at_ms: None,
             refresh: None,
             refresh_failed: None,
+            refresh_every_ms: None,
+            refresh_due_at_ms: None,
             removed_participants: Vec::new(),
             repair: None,
             repair_failed: None,
@@ -272,6 +280,8 @@ impl KeyRecord {
             refreshed_at_ms: self.refreshed_at_ms,
             refresh: self.refresh.as_ref().map(|r| r.info()),
             refresh_failed: self.refresh_failed.as_ref().map(|f| f.describe(self.generation)),
+            refresh_every_ms: self.refresh_every_ms,
+            refresh_due_at_ms: self.refresh_due_at_ms,
             repair: self.repair.as_ref().map(|r| r.info()),
             repair_failed: self.repair_failed.as_ref().map(|f| f.describe()),
         }

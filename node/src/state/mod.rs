@@ -553,6 +553,8 @@ impl ClusterState {
                 self.rotate_key(index, new)
             }
             Command::RefreshKey { key, remove } => self.refresh_key(index, key, remove),
+            Command::SetRefreshSchedule { key, every_ms } => self.set_refresh_schedule(key, *every_ms),
+            Command::RefreshDue { key_id, .. } => self.refresh_due(index, key_id),
             Command::RefreshRound1 { key_id, node_id, generation, attempt, package } => {
                 self.refresh_round1(key_id, *node_id, (*generation, *attempt), package)
             }

@@ -164,6 +164,69 @@ impl ClusterState {
         ))
     }
 
+    /// `set_refresh_schedule`: refresh `name`'s primary every `every_ms` of
+    /// log time from now on (the first one `every_ms` from now), or never.
+    pub(super) fn set_refresh_schedule(&mut self, name: &str, every_ms: Option<u64>) -> Result<String, Refusal> {
+        self.needs_rules(RULES_KEY_REFRESH, "a refresh schedule")?;
+        let now = self.time_ms;
+        let id = self.key_by_name(name).ok_or(format!("no key named {name:?}"))?.id.clone();
+        let key = self.keys.get_mut(&id).expect("found above");
+        if key.status != KeyStatus::Active {
+            return Err(format!("cannot schedule refreshes: {}", key.not_signing()).into());
+        }
+        key.refresh_every_ms = every_ms;
+        key.refresh_due_at_ms = every_ms.map(|every| now.saturating_add(every));
+        Ok(match (every_ms, key.refresh_due_at_ms) {
+            (Some(every), Some(due)) => {
+                format!("key {name}: refreshed every {} of log time, next at {due} ms", super::duration_words(every))
+            }
+            _ => format!("key {name}: no scheduled refreshes"),
+        })
+    }
+
+    /// `refresh_due`: a scheduled refresh of `key_id` starts, if it is due by
+    /// the log's time. The next one is due an interval later whether this one
+    /// completes or aborts, so a participant that is down costs one attempt
+    /// per interval, not one per entry.
+    pub(super) fn refresh_due(&mut self, index: u64, key_id: &str) -> Result<String, Refusal> {
+        self.needs_rules(RULES_KEY_REFRESH, "a refresh schedule")?;
+        let now = self.time_ms;
+        let key = self.keys.get(key_id).ok_or(format!("no key with id {key_id}"))?;
+        let (Some(every), Some(due)) = (key.refresh_every_ms, key.refresh_due_at_ms) else {
+            return Err(format!("key {} has no refresh schedule", key.name).into());
+        };
+        if due > now {
+            return Err(format!("key {}'s refresh is due at {due} ms; the log's time is {now} ms", key.name).into());
+        }
+        let name = key.name.clone();
+        if self.key_by_name(&name).map(|k| &k.id) != Some(&key.id) {
+            return Err(format!("key {name} version {} is no longer the primary", key.version).into());
+        }
+        let key = self.keys.get_mut(key_id).expect("found above");
+        key.refresh_due_at_ms = Some(now.saturating_add(every));
+        match self.refresh_key(index, &name, &[]) {
+            Ok(detail) => Ok(format!("scheduled: {detail}")),
+            // Still a due time consumed: say why this one did not start.
+            Err(refusal) => Ok(format!("scheduled refresh of key {name} not started: {}", refusal.reason)),
+        }
+    }
+
+    /// Keys whose scheduled refresh is due at `now_ms` (the leader's stamp
+    /// time) with nothing in progress.
+    pub fn refreshes_due(&self, now_ms: u64) -> Vec<String> {
+        self.keys
+            .values()
+            .filter(|k| {
+                k.status == KeyStatus::Active
+                    && k.refresh.is_none()
+                    && k.repair.is_none()
+                    && k.refresh_due_at_ms.is_some_and(|due| due <= now_ms)
+                    && self.key_by_name(&k.name).is_some_and(|primary| primary.id == k.id)
+            })
+            .map(|k| k.id.clone())
+            .collect()
+    }
+
     /// The key `key_id` with a refresh to `generation` in progress, started
     /// at log index `attempt`, that `node` takes part in.
     fn refreshing(

@@ -336,3 +336,43 @@ fn state_refresh_needs_every_share_and_rules_seven() {
     let outcome: Outcome = old_rules.by_admin(Command::RefreshKey { key: "nothing".into(), remove: vec![] });
     refused(&outcome, "rules version 7");
 }
+
+#[test]
+fn state_scheduled_refresh_starts_when_due_by_log_time_and_then_an_interval_later() {
+    let mut world = World::new();
+    let old = dkg(&mut world, "k");
+    let key_id = world.key_id("k");
+    let schedule = |every_ms| Command::SetRefreshSchedule { key: "k".into(), every_ms };
+    let due = |world: &mut World| world.by_node(1, Command::RefreshDue { node_id: 1, key_id: world.key_id("k") });
+    refused(&due(&mut world), "no refresh schedule");
+    refused(&world.by_admin(schedule(Some(1_000))), "10 s to 365 days");
+    assert!(world.by_admin(schedule(Some(60_000))).is_applied());
+    let first = world.state.keys[&key_id].refresh_due_at_ms.unwrap();
+    assert_eq!(world.state.refreshes_due(first - 1), Vec::<String>::new());
+    assert_eq!(world.state.refreshes_due(first), vec![key_id.clone()]);
+    refused(&due(&mut world), "is due at");
+    world.time_ms = first;
+    assert!(due(&mut world).is_applied());
+    let key = &world.state.keys[&key_id];
+    assert!(key.refresh.is_some(), "the scheduled refresh started");
+    assert_eq!(key.refresh_due_at_ms, Some(world.time_ms + 60_000), "the next one an interval later");
+    assert!(world.state.refreshes_due(u64::MAX).is_empty(), "nothing is due while one runs");
+    // It completes as any refresh does.
+    let generation = key.refresh.as_ref().unwrap().generation;
+    let public = key.public_keys().unwrap();
+    let (secrets, packages) = round1(&mut world, &key_id, &old, generation);
+    let attempt = attempt(&world, &key_id);
+    for (n, (_, hash)) in derive(&old, secrets, &packages, &public) {
+        let confirm = Command::RefreshConfirm {
+            key_id: key_id.clone(),
+            node_id: n,
+            generation,
+            attempt,
+            public_key_package_sha256: hash,
+        };
+        assert!(world.by_node(n, confirm).is_applied());
+    }
+    assert_eq!(world.state.keys[&key_id].generation, 1);
+    assert!(world.by_admin(schedule(None)).is_applied());
+    assert!(world.state.refreshes_due(u64::MAX).is_empty());
+}

@@ -65,9 +65,7 @@ fn run_repair(
             Command::RepairCommit { key_id: key_id.clone(), node_id: helper, target, attempt, deltas: commitments };
         let outcome = world.by_node(helper, commit);
         assert!(outcome.is_applied(), "{outcome:?}");
-        if world.state.keys[&key_id].repair.is_none() {
-            return None; // Aborted.
-        }
+        world.state.keys[&key_id].repair.as_ref()?; // Aborted: nothing more to do.
     }
     let sigmas: Vec<_> = inbox.values().map(|deltas| frost::keys::repairable::repair_share_part2(deltas)).collect();
     let public = world.state.keys[&key_id].public_keys().unwrap();
