@@ -90,6 +90,12 @@ pub const WRONG_COMMITMENTS: &str = "wrong-commitments";
 /// aborts with it as the culprit, and the operator creates the key without it.
 pub const CORRUPT_DKG_SHARES: &str = "corrupt-dkg-shares";
 
+/// A participant honest in key generation that, in a refresh or a repair,
+/// sends values that do not match what it committed: refresh round-2 values
+/// and repair values. Each receiver checks them against the sender's
+/// commitments and aborts naming it; the current generation keeps signing.
+pub const CORRUPT_REFRESH_VALUES: &str = "corrupt-refresh-values";
+
 /// A node that takes a node-authored command (a DKG message, a signing
 /// outcome) without checking that its node's certificate and key made it: any
 /// key and any certificate bytes pass, at admission and at apply.
@@ -147,6 +153,7 @@ pub const KNOWN: &[&str] = &[
     PAUSE_REFRESH_CONFIRM,
     WRONG_COMMITMENTS,
     CORRUPT_DKG_SHARES,
+    CORRUPT_REFRESH_VALUES,
     SKIP_NODE_AUTHOR_CHECK,
     SKIP_GENESIS_PIN,
     TRUST_SNAPSHOT,
@@ -157,7 +164,7 @@ pub const KNOWN: &[&str] = &[
 ];
 
 /// The byzantine signer behaviours one node can have ([`set_for_node`]).
-pub const BYZANTINE_SIGNER: &[&str] = &[CORRUPT_SHARES, WRONG_COMMITMENTS, CORRUPT_DKG_SHARES];
+pub const BYZANTINE_SIGNER: &[&str] = &[CORRUPT_SHARES, WRONG_COMMITMENTS, CORRUPT_DKG_SHARES, CORRUPT_REFRESH_VALUES];
 
 /// The [`CORRUPT_SHARES`] signer: changes the share's scalar when that fault is
 /// on for this process or for `node`.
@@ -193,32 +200,50 @@ pub fn wrong_commitments(node: NodeId, mut batch: synod_proto::rpc::NonceBatch) 
     batch
 }
 
-/// The [`CORRUPT_DKG_SHARES`] participant as a repair helper: changes each
-/// value it sends another helper (its commitment still names the real one).
+/// The [`CORRUPT_REFRESH_VALUES`] participant as a repair helper: changes
+/// each value it sends another helper (its commitment still names the real one).
 pub fn corrupt_repair_value(
     node: NodeId,
     delta: frost_ed25519::keys::repairable::Delta,
 ) -> frost_ed25519::keys::repairable::Delta {
-    if !enabled_for(node, CORRUPT_DKG_SHARES) {
+    if !enabled_for(node, CORRUPT_REFRESH_VALUES) {
         return delta;
     }
     let mut bytes = delta.serialize();
     change_trailing_scalar(&mut bytes);
+    tracing::warn!(node, "fault corrupt-refresh-values: sending a repair value that does not match its commitment");
     frost_ed25519::keys::repairable::Delta::deserialize(&bytes).unwrap_or(delta)
 }
 
-/// The [`CORRUPT_DKG_SHARES`] participant: changes the secret share in a
-/// round-2 package (of a key generation or a refresh) when that fault is on for this process or for `node`.
+/// The [`CORRUPT_DKG_SHARES`] participant: changes the secret share in a key
+/// generation's round-2 package when that fault is on for this process or for `node`.
 pub fn corrupt_dkg_package(
     node: NodeId,
     package: frost_ed25519::keys::dkg::round2::Package,
 ) -> frost_ed25519::keys::dkg::round2::Package {
-    if !enabled_for(node, CORRUPT_DKG_SHARES) {
+    corrupt_round2(node, CORRUPT_DKG_SHARES, package)
+}
+
+/// The [`CORRUPT_REFRESH_VALUES`] participant: changes the value in a refresh
+/// round-2 package.
+pub fn corrupt_refresh_package(
+    node: NodeId,
+    package: frost_ed25519::keys::dkg::round2::Package,
+) -> frost_ed25519::keys::dkg::round2::Package {
+    corrupt_round2(node, CORRUPT_REFRESH_VALUES, package)
+}
+
+fn corrupt_round2(
+    node: NodeId,
+    fault: &str,
+    package: frost_ed25519::keys::dkg::round2::Package,
+) -> frost_ed25519::keys::dkg::round2::Package {
+    if !enabled_for(node, fault) {
         return package;
     }
     let Ok(mut bytes) = package.serialize() else { return package };
     change_trailing_scalar(&mut bytes);
-    tracing::warn!(node, "fault corrupt-dkg-shares: sending a round-2 package that does not match round 1");
+    tracing::warn!(node, fault, "sending a round-2 package that does not match round 1");
     frost_ed25519::keys::dkg::round2::Package::deserialize(&bytes).unwrap_or(package)
 }
 

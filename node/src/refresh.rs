@@ -265,7 +265,7 @@ impl Refreshes {
         let requests = packages
             .into_iter()
             .filter_map(|(to, package)| {
-                let package = crate::faults::corrupt_dkg_package(node.id(), package);
+                let package = crate::faults::corrupt_refresh_package(node.id(), package);
                 let bytes = Zeroizing::new(package.serialize().ok()?);
                 let package = SecretHex::new(hex::encode(&*bytes));
                 Some((to, PeerRequest::RefreshRound2 { key_id: key.id.clone(), generation, attempt, package }))
