@@ -28,7 +28,9 @@ use zeroize::Zeroizing;
 
 use crate::dkg::{deliver_secrets, resubmit_due, seal, DkgHost};
 use crate::signer::key_package_context;
-use crate::state::{commitment_points, frost_identifier, package_hash, zero_polynomial_at, KeyRecord, KeyStatus};
+use crate::state::{
+    commitment_points, frost_identifier, package_hash, zero_polynomial_at, KeyRecord, KeyStatus, DKG_TIMEOUT_MS,
+};
 
 /// One refresh's secrets and progress on this node.
 #[derive(Default)]
@@ -164,8 +166,20 @@ impl Refreshes {
             }
             return Vec::new();
         }
+        if now.saturating_sub(refresh.started_at_ms) > DKG_TIMEOUT_MS {
+            // By this node's clock: on an idle cluster no entry moves the log's time to its timeout.
+            let missing: Vec<NodeId> =
+                refresh.participants.iter().copied().filter(|p| !refresh.confirmed.contains(p)).collect();
+            let reason = format!("timed out after {} s; confirmations missing from {missing:?}", DKG_TIMEOUT_MS / 1000);
+            return give_up(local, abort(key, me, reason, None), now);
+        }
         if refresh.confirmed.contains(&me) {
-            return Vec::new(); // Waiting for the others; nothing of ours is left to do.
+            // Our part is done but for values the others may still need (a delivery that failed
+            // once must be sent again, or they wait for it until the refresh times out).
+            if local.outgoing.is_empty() {
+                return Vec::new();
+            }
+            return vec![Step::Deliver(local.outgoing.clone())];
         }
 
         // Round 1.
@@ -418,4 +432,52 @@ fn others_round1(
         out.insert(*node, (id, package));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{KeyOrigin, Refresh};
+
+    #[test]
+    fn refresh_values_are_delivered_even_after_this_node_confirmed() {
+        // A participant derives, seals and confirms as soon as it holds the others' values;
+        // one of its own deliveries may have failed meanwhile (the recipient restarted). It
+        // must keep sending it, or that recipient never confirms (found by a real-process test
+        // that restarted a node just before a refresh).
+        let mut key = KeyRecord::generating("k1", "payments", 2, &[1, 2, 3], KeyOrigin::Dkg, 1, 1_000);
+        key.status = KeyStatus::Active;
+        key.refresh = Some(Refresh {
+            generation: 1,
+            participants: vec![1, 2, 3],
+            started_index: 7,
+            started_at_ms: 1_000,
+            round1: BTreeMap::new(),
+            public_key_package: None,
+            confirmed: vec![1],
+        });
+        let ids: Vec<frost::Identifier> = (1..=3u16).map(|n| frost::Identifier::try_from(n).unwrap()).collect();
+        let parts: Vec<_> = ids
+            .iter()
+            .map(|id| frost::keys::refresh::refresh_dkg_part1(*id, 3, 2, rand_core::OsRng).unwrap())
+            .collect();
+        let others = ids[1..].iter().zip(&parts[1..]).map(|(id, (_, p))| (*id, p.clone())).collect();
+        let (_, packages) = frost::keys::refresh::refresh_dkg_part2(parts[0].0.clone(), &others).unwrap();
+        let refreshes = Refreshes::default();
+        let local = Local {
+            round1_hex: "00".into(),
+            outgoing: [(2, packages[&ids[1]].clone())].into_iter().collect(),
+            confirmation: Some("ab".repeat(32)),
+            ..Local::default()
+        };
+        refreshes.locals.lock().unwrap().insert(("k1".into(), 1, 7), local);
+        let steps = refreshes.plan(1, &key, 2_000, &crate::seams::os_rng());
+        match steps.as_slice() {
+            [Step::Deliver(to)] => assert_eq!(to.keys().copied().collect::<Vec<_>>(), vec![2]),
+            _ => panic!("expected the undelivered value to be sent again, got {} steps", steps.len()),
+        }
+        // Past the timeout by this node's clock, it gives up (no entry may come to move the log's time).
+        let steps = refreshes.plan(1, &key, 1_000 + DKG_TIMEOUT_MS + 1, &crate::seams::os_rng());
+        assert!(matches!(steps.as_slice(), [Step::Submit(Command::RefreshAbort { .. })]));
+    }
 }

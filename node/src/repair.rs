@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 
 use crate::dkg::{deliver_secrets, resubmit_due, seal, DkgHost};
 use crate::signer::key_package_context;
-use crate::state::{frost_identifier, point_hex, public_of, KeyRecord, KeyStatus, Repair};
+use crate::state::{frost_identifier, point_hex, public_of, KeyRecord, KeyStatus, Repair, DKG_TIMEOUT_MS};
 
 /// One repair's values and progress on this node.
 #[derive(Default)]
@@ -132,6 +132,10 @@ impl Repairs {
         }
         if let Some(command) = pending {
             submit(node, key, command).await;
+        }
+        if now.saturating_sub(repair.started_at_ms) > DKG_TIMEOUT_MS {
+            // By this node's clock: on an idle cluster no entry moves the log's time to its timeout.
+            return Err((format!("timed out after {} s", DKG_TIMEOUT_MS / 1000), None));
         }
         if repair.helpers.contains(&me) {
             if fresh && repair.commitments.contains_key(&me) {
