@@ -156,6 +156,22 @@ pub fn node_start_fails(config: &Path, envs: &[(&str, String)]) -> String {
 }
 
 /// Polls `f` until it returns Some or `timeout` passes (then panics with `what`).
+/// Whether OpenSSL verifies an Ed25519 `signature` file over `message` under
+/// the SPKI PEM public key `pem` (an implementation independent of Synod's).
+pub fn openssl_verifies(pem: &Path, message: &Path, signature: &Path) -> bool {
+    Command::new("openssl")
+        .args(["pkeyutl", "-verify", "-pubin", "-rawin", "-inkey"])
+        .arg(pem)
+        .arg("-in")
+        .arg(message)
+        .arg("-sigfile")
+        .arg(signature)
+        .output()
+        .expect("openssl is installed by scripts/test")
+        .status
+        .success()
+}
+
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use synod_node::store::{SledStore, Store, Tree};
-use synod_tests::{fails, ok, wait_for, Cluster, Options};
+use synod_tests::{fails, ok, openssl_verifies, wait_for, Cluster, Options};
 
 /// Concurrent clients signing while the refresh runs.
 const LOAD_CLIENTS: u64 = 8;
@@ -39,20 +39,6 @@ fn sealed_generations(cluster: &mut Cluster, key_id: &str, nodes: &[u64]) -> Vec
             (id, generations)
         })
         .collect()
-}
-
-fn openssl_verifies(pem: &Path, message: &Path, signature: &Path) -> bool {
-    std::process::Command::new("openssl")
-        .args(["pkeyutl", "-verify", "-pubin", "-rawin", "-inkey"])
-        .arg(pem)
-        .arg("-in")
-        .arg(message)
-        .arg("-sigfile")
-        .arg(signature)
-        .output()
-        .expect("openssl is installed by scripts/test")
-        .status
-        .success()
 }
 
 #[test]

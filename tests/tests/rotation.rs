@@ -4,12 +4,10 @@
 //! on version 1 during the overlap, and version 1 refuses new requests once
 //! the overlap has ended.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use synod_tests::{fails, ok, wait_for, Cluster};
+use synod_tests::{fails, ok, openssl_verifies, wait_for, Cluster};
 
 /// How long version 1 keeps signing requests that name it after the rotation.
 const OVERLAP: &str = "30s";
@@ -40,20 +38,6 @@ fn signature_file(cluster: &Cluster, request: &Value) -> std::path::PathBuf {
     let path = cluster.path(&format!("{id}.sig"));
     std::fs::write(&path, hex::decode(request["signature"].as_str().expect("signed")).unwrap()).unwrap();
     path
-}
-
-fn openssl_verifies(pem: &Path, message: &Path, signature: &Path) -> bool {
-    Command::new("openssl")
-        .args(["pkeyutl", "-verify", "-pubin", "-rawin", "-inkey"])
-        .arg(pem)
-        .arg("-in")
-        .arg(message)
-        .arg("-sigfile")
-        .arg(signature)
-        .output()
-        .expect("openssl is installed by scripts/test")
-        .status
-        .success()
 }
 
 #[test]
