@@ -17,8 +17,6 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
-use curve25519_dalek::Scalar;
 use frost::keys::dkg::{round1, round2};
 use frost::keys::KeyPackage;
 use frost_ed25519 as frost;
@@ -29,7 +27,8 @@ use zeroize::Zeroizing;
 use crate::dkg::{deliver_secrets, resubmit_due, seal, DkgHost};
 use crate::signer::key_package_context;
 use crate::state::{
-    commitment_points, frost_identifier, package_hash, zero_polynomial_at, KeyRecord, KeyStatus, DKG_TIMEOUT_MS,
+    commitment_points, frost_identifier, package_hash, public_of, zero_polynomial_at, KeyRecord, KeyStatus,
+    DKG_TIMEOUT_MS,
 };
 
 /// One refresh's secrets and progress on this node.
@@ -369,10 +368,8 @@ async fn finish(
 /// the sender's committed coefficients: g^value = Σ_k C_k · me^k.
 fn matches_commitment(package: &round2::Package, committed: &round1::Package, me: NodeId) -> bool {
     let Some(coefficients) = commitment_points(committed) else { return false };
-    let bytes = Zeroizing::new(package.signing_share().serialize());
-    let Ok(array) = <[u8; 32]>::try_from(bytes.as_slice()) else { return false };
-    let Some(value) = Option::<Scalar>::from(Scalar::from_canonical_bytes(array)) else { return false };
-    ED25519_BASEPOINT_POINT * value == zero_polynomial_at(&coefficients, me)
+    let value = Zeroizing::new(package.signing_share().serialize());
+    public_of(&value) == Some(zero_polynomial_at(&coefficients, me))
 }
 
 fn give_up(local: &mut Local, command: Command, now: u64) -> Vec<Step> {

@@ -477,6 +477,7 @@ pub fn zero_polynomial_at(coefficients: &[EdwardsPoint], node: NodeId) -> Edward
     sum
 }
 
-fn point(bytes: &[u8]) -> Option<EdwardsPoint> {
+/// A curve point from its 32-byte compressed form.
+pub(super) fn point(bytes: &[u8]) -> Option<EdwardsPoint> {
     CompressedEdwardsY::from_slice(bytes).ok()?.decompress()
 }

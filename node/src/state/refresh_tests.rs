@@ -104,11 +104,16 @@ fn refresh(world: &mut World, old: &Packages) -> Packages {
 /// A whole refresh of `k` through the state that removes `remove`; returns
 /// the new key packages of those that remain.
 fn refresh_removing(world: &mut World, old: &Packages, remove: &[u64]) -> Packages {
-    let key_id = world.key_id("k");
     let outcome = world.by_admin(Command::RefreshKey { key: "k".into(), remove: remove.to_vec() });
     assert!(outcome.is_applied(), "{outcome:?}");
     let old: Packages = old.iter().filter(|(n, _)| !remove.contains(n)).map(|(n, p)| (*n, p.clone())).collect();
-    let old = &old;
+    complete(world, &old)
+}
+
+/// Runs the refresh of `k` in progress to its end with the holders of `old`;
+/// returns their new key packages.
+fn complete(world: &mut World, old: &Packages) -> Packages {
+    let key_id = world.key_id("k");
     let generation = world.state.keys[&key_id].refresh.as_ref().unwrap().generation;
     let public = world.state.keys[&key_id].public_keys().unwrap();
     let (secrets, packages) = round1(world, &key_id, old, generation);
@@ -358,20 +363,7 @@ fn state_scheduled_refresh_starts_when_due_by_log_time_and_then_an_interval_late
     assert_eq!(key.refresh_due_at_ms, Some(world.time_ms + 60_000), "the next one an interval later");
     assert!(world.state.refreshes_due(u64::MAX).is_empty(), "nothing is due while one runs");
     // It completes as any refresh does.
-    let generation = key.refresh.as_ref().unwrap().generation;
-    let public = key.public_keys().unwrap();
-    let (secrets, packages) = round1(&mut world, &key_id, &old, generation);
-    let attempt = attempt(&world, &key_id);
-    for (n, (_, hash)) in derive(&old, secrets, &packages, &public) {
-        let confirm = Command::RefreshConfirm {
-            key_id: key_id.clone(),
-            node_id: n,
-            generation,
-            attempt,
-            public_key_package_sha256: hash,
-        };
-        assert!(world.by_node(n, confirm).is_applied());
-    }
+    complete(&mut world, &old);
     assert_eq!(world.state.keys[&key_id].generation, 1);
     assert!(world.by_admin(schedule(None)).is_applied());
     assert!(world.state.refreshes_due(u64::MAX).is_empty());

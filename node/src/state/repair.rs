@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+use curve25519_dalek::edwards::EdwardsPoint;
 use curve25519_dalek::Scalar;
 use frost::keys::{PublicKeyPackage, VerifyingShare};
 use frost_ed25519 as frost;
@@ -31,7 +31,7 @@ use synod_proto::api::RepairInfo;
 use synod_proto::NodeId;
 
 use super::keys::{frost_identifier, DKG_TIMEOUT_MS};
-use super::refresh::RULES_KEY_REFRESH;
+use super::refresh::{point, RULES_KEY_REFRESH};
 use super::{ClusterState, KeyRecord, KeyStatus, Refusal};
 
 /// A repair in progress on a key version.
@@ -315,10 +315,6 @@ fn interpolate(public: &PublicKeyPackage, helpers: &[NodeId], target: NodeId) ->
     }
     let share = VerifyingShare::deserialize(sum.compress().as_bytes()).ok()?;
     Some(hex::encode(share.serialize().ok()?))
-}
-
-fn point(bytes: &[u8]) -> Option<EdwardsPoint> {
-    CompressedEdwardsY::from_slice(bytes).ok()?.decompress()
 }
 
 /// A point from its hex compressed form.
