@@ -6,6 +6,7 @@
 //! `SYNOD_CLIENT_KEY`, and `SYNOD_OPERATOR_KEY` for commands that must be signed.
 
 pub mod authz;
+pub mod backup;
 pub mod bench;
 pub mod client;
 pub mod dev;
@@ -85,6 +86,34 @@ pub enum NodeCmd {
         /// Path to node.toml.
         #[arg(long, env = "SYNOD_CONFIG")]
         config: PathBuf,
+    },
+    /// Write the node's backup (online, as an admin): its sealed secrets, still sealed under its KEK
+    /// (key shares per key, version and generation; the KEK check; the passphrase salt), and what
+    /// they are (cluster, node, KEK backend, keys, the log index it was taken at), signed by the
+    /// node. Never a nonce, a vote or plaintext. The node is the one at --addr.
+    Backup {
+        /// A new file (never overwritten), written with mode 0600.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Restore a node from its backup into an empty data directory, or with --verify run the
+    /// restore drill: unseal every share with this node's KEK and check it against the verifying
+    /// share the cluster had committed, touching nothing. A backup of another node, of another
+    /// cluster, or altered, is refused, saying which. After a restore, start the node: it votes
+    /// only once caught up, drops stale generations and reports missing shares for `key repair`.
+    Restore {
+        /// The backup file from `synod node backup`.
+        file: PathBuf,
+        /// The restored node's node.toml: its node id, CA, KEK and data directory.
+        #[arg(long, env = "SYNOD_CONFIG")]
+        config: PathBuf,
+        /// Only check the backup against this node's KEK and CA; write nothing.
+        #[arg(long)]
+        verify: bool,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Call a peer over mutual-TLS QUIC with this node's certificate: checks
     /// certificates, addresses and membership without touching Raft.
@@ -846,6 +875,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             Ok(())
+        }
+        Top::Node(NodeCmd::Backup { out, client }) => backup::node_backup(&out, &client).await,
+        Top::Node(NodeCmd::Restore { file, config, verify, output }) => {
+            backup::node_restore(&file, &config, verify, output.output).await
         }
         Top::Dev(args) => dev::run(args).await,
         Top::Ca(cmd) => operator::ca(cmd),

@@ -268,6 +268,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(HEALTH_PATH, get(health))
         .route("/v1/sys/status", get(status))
         .route("/v1/sys/metrics", get(metrics))
+        .route("/v1/sys/backup", get(backup))
         .route("/v1/sys/init", post(init).layer(command_body()))
         .route("/v1/commands", post(write).layer(command_body()))
         .route("/v1/keys", get(keys_list).post(keys_create).layer(command_body()))
@@ -349,6 +350,11 @@ async fn health(State(node): State<Arc<Node>>, Query(q): Query<HealthQuery>) -> 
 
 async fn status(State(node): State<Arc<Node>>, Identified(caller): Identified) -> Result<Response, Failure> {
     answer(&node, &caller, ClientRequest::Status).await
+}
+
+/// `GET /v1/sys/backup`: this node's signed backup, for an admin (`synod node backup`).
+async fn backup(State(node): State<Arc<Node>>, Identified(caller): Identified) -> Result<Response, Failure> {
+    Ok(Json(node.backup(&caller).await?).into_response())
 }
 
 async fn metrics(State(node): State<Arc<Node>>, Identified(caller): Identified) -> Result<Response, Failure> {

@@ -153,6 +153,18 @@ impl Caller {
         )))
     }
 
+    /// An admin, or a refusal naming who may read `what`.
+    pub fn require_admin(&self, what: &str) -> Result<&VerifiedOperator, NodeError> {
+        let operator = self.require_operator(what)?;
+        if operator.roles.contains(&Role::Admin) {
+            return Ok(operator);
+        }
+        Err(NodeError::refused(format!(
+            "reading {what} needs an admin, and operator {} is not one; ask an admin to run it",
+            operator.name
+        )))
+    }
+
     /// How much of `request` this caller may see, or a refusal saying who may read it.
     pub fn request_access(&self, state: &ClusterState, request: &RequestRecord) -> Result<Access, NodeError> {
         let what = format!("request {}", request.request_id);

@@ -78,6 +78,11 @@ pub const KEEP_OLD_GENERATION: &str = "keep-old-generation";
 /// it confirms, so a test can kill it mid-refresh (`tests/tests/refresh.rs`).
 pub const PAUSE_REFRESH_CONFIRM: &str = "pause-refresh-confirm";
 
+/// A node that trusts the vote and log on its disk after a restart, as if
+/// disks never rolled back: it skips the boot check (invariant 35). The
+/// simulator's `rollback-disk` fault must make a Raft checker catch it.
+pub const TRUST_ROLLED_BACK_VOTE: &str = "trust-rolled-back-vote";
+
 /// A signer that answers round 1 with commitments other than those of the
 /// nonces it holds (its hiding and binding commitments swapped) when it
 /// preprocesses. A package built from them does not carry its commitments, so
@@ -151,6 +156,7 @@ pub const KNOWN: &[&str] = &[
     SKIP_RETIREMENT,
     KEEP_OLD_GENERATION,
     PAUSE_REFRESH_CONFIRM,
+    TRUST_ROLLED_BACK_VOTE,
     WRONG_COMMITMENTS,
     CORRUPT_DKG_SHARES,
     CORRUPT_REFRESH_VALUES,

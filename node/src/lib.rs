@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod backup;
 pub mod caller;
 pub mod config;
 pub mod dkg;

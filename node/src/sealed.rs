@@ -501,6 +501,24 @@ impl SealedStore {
         Ok(count)
     }
 
+    /// Every record of the sealed tree, as stored: the secrets (ciphertext
+    /// only), the KEK check and the passphrase salt. What a node backup
+    /// carries (`crate::backup`); at most [`RESEAL_RECORDS_MAX`]. Blocking.
+    pub fn records(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SealError> {
+        Ok(self.store.scan(Tree::Sealed, &[], None, RESEAL_RECORDS_MAX)?)
+    }
+
+    /// The context of every secret this store holds, in store order. Blocking.
+    pub fn secret_contexts(&self) -> Result<Vec<SealContext>, SealError> {
+        let rows = self.store.scan(Tree::Sealed, &[PREFIX_SECRET], Some(&[PREFIX_SECRET + 1]), RESEAL_RECORDS_MAX)?;
+        Ok(rows.iter().filter_map(|(key, _)| SealContext::from_store_key(key)).collect())
+    }
+
+    /// Whether this store holds the KEK check record (a node started on it, or a backup carries it).
+    pub fn has_kek_check(&self) -> Result<bool, SealError> {
+        Ok(self.store.get(Tree::Sealed, KEK_CHECK_KEY)?.is_some())
+    }
+
     /// Checks that this KEK is the one that sealed the data directory. The
     /// first call on a data directory seals a random canary bound to `label`
     /// and stores it ([`KekCheck::Created`]); later calls must unseal it

@@ -440,8 +440,9 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Refuses a data directory that belongs to another node or cluster; stamps a
-/// new one. Never reinitialises anything.
-fn check_data_dir(store: &dyn Store, config: &NodeConfig, ca_fingerprint: &str) -> anyhow::Result<()> {
+/// new one (`synod node restore` stamps the directory it fills). Never
+/// reinitialises anything.
+pub fn check_data_dir(store: &dyn Store, config: &NodeConfig, ca_fingerprint: &str) -> anyhow::Result<()> {
     let mine = DataDirIdentity { node_id: config.node_id, ca_fingerprint: ca_fingerprint.to_string() };
     match store.get(Tree::Meta, IDENTITY_KEY)? {
         None => {

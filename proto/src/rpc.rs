@@ -193,6 +193,14 @@ pub enum PeerResponse {
         /// installed a snapshot asks its peers before it signs again).
         #[serde(default)]
         last_applied: Option<u64>,
+        /// The answering node's Raft vote, and the id of the last entry in its
+        /// log: a node that has just started asks a majority for them before it
+        /// votes, because its own disk may have been rolled back (ARCHITECTURE.md,
+        /// invariant 35).
+        #[serde(default)]
+        vote: Option<openraft::Vote<NodeId>>,
+        #[serde(default)]
+        last_log: Option<openraft::LogId<NodeId>>,
     },
     /// The receiver refused the call (unknown peer, malformed frame, ...).
     Refused(String),

@@ -75,6 +75,10 @@ pub struct FaultPlan {
     pub crashes: u32,
     /// Crashes followed by a restart on an empty disk.
     pub wipes: u32,
+    /// Disk rollbacks: a copy of a node's disk is taken, and 1 to 8 s later
+    /// the node is crashed and restarted on that copy, which has lost the
+    /// votes and entries written since (a restored backup or VM snapshot).
+    pub rollbacks: u32,
     /// Clock skews (a node's clock set off by up to `clock_skew_ms_max`).
     pub clock_skews: u32,
     /// Clock jumps (a node's clock moved by up to `clock_jump_ms_max` at once).
@@ -136,6 +140,7 @@ impl FaultPlan {
             one_way_partitions: 0,
             crashes: 0,
             wipes: 0,
+            rollbacks: 0,
             clock_skews: 0,
             clock_jumps: 0,
             clock_skew_ms_max: 0,
@@ -167,6 +172,7 @@ impl FaultPlan {
             one_way_partitions: 2,
             crashes: 3,
             wipes: 1,
+            rollbacks: 2,
             clock_skews: 2,
             clock_jumps: 2,
             clock_skew_ms_max: 10_000,

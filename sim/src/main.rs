@@ -32,6 +32,7 @@ const PLANTS: &[&str] = &[
     synod_node::faults::SKIP_KEY_STATUS,
     synod_node::faults::SKIP_RETIREMENT,
     synod_node::faults::KEEP_OLD_GENERATION,
+    synod_node::faults::TRUST_ROLLED_BACK_VOTE,
 ];
 
 #[derive(Parser, Debug)]

@@ -108,11 +108,28 @@ fn install_point_hook(seed: u64, plan: &crate::config::FaultPlan, skip: BTreeSet
 
 /// A network fault to undo later.
 enum Repair {
+    /// The time to crash a node and restart it on the copy of its disk taken earlier.
+    RollBack {
+        id: NodeId,
+        copy: synod_node::store::memory::DiskCopy,
+        down_ms: u64,
+    },
     Partition(Vec<(NodeId, NodeId)>),
     OneWay(NodeId, NodeId),
     Slow(NodeId),
     Equivocation(NodeId),
     StampAhead(NodeId),
+}
+
+/// The disk a crashed node restarts on.
+#[derive(Clone)]
+enum Restart {
+    /// Its own disk, minus unsynced writes.
+    SameDisk,
+    /// An empty one.
+    EmptyDisk,
+    /// A copy of its disk taken earlier.
+    RolledBack(synod_node::store::memory::DiskCopy),
 }
 
 /// The driver's view of the world between steps.
@@ -127,9 +144,9 @@ struct Driver<'a> {
     now: Arc<AtomicU64>,
     schedule: Vec<Fault>,
     fired: Vec<usize>,
-    /// Crashed nodes: restart time and whether the disk is wiped first.
-    down: BTreeMap<NodeId, (u64, bool)>,
-    /// Wiped nodes still catching up, with the index they must reach.
+    /// Crashed nodes: restart time and the disk they restart on.
+    down: BTreeMap<NodeId, (u64, Restart)>,
+    /// Wiped or rolled-back nodes still catching up, with the index they must reach.
     catching_up: BTreeMap<NodeId, u64>,
     repairs: Vec<(u64, Repair)>,
     /// Whether a partition (symmetric or one-way) is in force.
@@ -240,7 +257,16 @@ impl Driver<'_> {
                 // over, so it cannot vote twice in one (it has forgotten its vote).
                 let down_ms =
                     if *wipe { (*down_ms).max(4 * self.cfg.tuning.election_timeout_max_ms) } else { *down_ms };
-                self.crash(id, now + down_ms, *wipe);
+                self.crash(id, now + down_ms, if *wipe { Restart::EmptyDisk } else { Restart::SameDisk });
+            }
+            FaultKind::RollBack { node, copy_age_ms, down_ms } => {
+                let id = self.resolve(*node);
+                if !self.is_up(id) {
+                    return false;
+                }
+                let copy = self.machines[id as usize - 1].disk.copy();
+                self.event(format!("copy of n{id}'s disk taken; it is restored in {copy_age_ms} ms"));
+                self.repairs.push((now + copy_age_ms, Repair::RollBack { id, copy, down_ms: *down_ms }));
             }
             FaultKind::ClockSkew { node, offset_ms } => {
                 self.machines[*node as usize - 1].clock_offset_ms.store(*offset_ms, Ordering::Relaxed);
@@ -281,14 +307,14 @@ impl Driver<'_> {
     }
 
     /// Crashes node `id` (losing its unsynced writes) until `restart_at_ms`.
-    fn crash(&mut self, id: NodeId, restart_at_ms: u64, wipe: bool) {
+    fn crash(&mut self, id: NodeId, restart_at_ms: u64, restart: Restart) {
         // The signer's list of released shares lives in memory: collect it first.
         self.observer.harvest(&self.machines[id as usize - 1]);
         self.sim.crash(net::node_name(id));
         let m = &self.machines[id as usize - 1];
         *m.node.lock().expect("node slot") = None;
         m.disk.crash();
-        self.down.insert(id, (restart_at_ms, wipe));
+        self.down.insert(id, (restart_at_ms, restart));
     }
 
     /// Crashes the nodes stopped at a named fault point, then says whether
@@ -300,7 +326,7 @@ impl Driver<'_> {
             self.count("crash_point");
             self.event(format!("fault point {name} on n{id}: crash, restart in {down_ms} ms"));
             if self.is_up(id) {
-                self.crash(id, self.now_ms() + down_ms, false);
+                self.crash(id, self.now_ms() + down_ms, Restart::SameDisk);
             }
         }
         let room = self.down.len() + self.catching_up.len() < self.minority();
@@ -310,23 +336,49 @@ impl Driver<'_> {
     /// Restarts nodes whose downtime is over and undoes expired network faults.
     fn recover_due(&mut self, force: bool) {
         let now = self.now_ms();
-        let restarts: Vec<(NodeId, bool)> =
-            self.down.iter().filter(|(_, (at, _))| force || *at <= now).map(|(id, (_, wipe))| (*id, *wipe)).collect();
-        for (id, wipe) in restarts {
+        let restarts: Vec<(NodeId, Restart)> = self
+            .down
+            .iter()
+            .filter(|(_, (at, _))| force || *at <= now)
+            .map(|(id, (_, restart))| (*id, restart.clone()))
+            .collect();
+        for (id, restart) in restarts {
             self.down.remove(&id);
-            if wipe {
-                self.machines[id as usize - 1].disk.wipe();
+            let disk = &self.machines[id as usize - 1].disk;
+            let on = match &restart {
+                Restart::SameDisk => "",
+                Restart::EmptyDisk => {
+                    disk.wipe();
+                    " on an empty disk"
+                }
+                Restart::RolledBack(copy) => {
+                    disk.roll_back(copy);
+                    " on an earlier copy of its disk"
+                }
+            };
+            if !matches!(restart, Restart::SameDisk) {
                 let target = self.observer.committed.keys().next_back().copied().unwrap_or(0);
                 self.catching_up.insert(id, target);
             }
             self.sim.bounce(net::node_name(id));
-            self.event(format!("restart n{id}{}", if wipe { " on an empty disk" } else { "" }));
+            self.event(format!("restart n{id}{on}"));
         }
         let (due, later): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.repairs).into_iter().partition(|(at, _)| force || *at <= now);
         self.repairs = later;
         for (_, repair) in due {
             match repair {
+                Repair::RollBack { id, copy, down_ms } => {
+                    // Like a wipe, a rolled-back disk counts against the minority
+                    // until it has caught up; at the heal it is not rolled back.
+                    if force || !self.is_up(id) || self.down.len() + self.catching_up.len() >= self.minority() {
+                        self.event(format!("n{id}'s disk is not rolled back (down, or no room for another fault)"));
+                        continue;
+                    }
+                    self.count("disk_rollback_done");
+                    self.event(format!("n{id} crashes; it restarts on the earlier copy of its disk in {down_ms} ms"));
+                    self.crash(id, now + down_ms, Restart::RolledBack(copy));
+                }
                 Repair::Partition(pairs) => {
                     for (a, b) in pairs {
                         self.sim.repair(net::node_name(a), net::node_name(b));

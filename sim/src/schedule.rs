@@ -72,6 +72,9 @@ pub enum FaultKind {
     /// Crashes a node (losing unsynced writes) and restarts it after `down_ms`,
     /// on an empty disk if `wipe`.
     Crash { node: Target, down_ms: u64, wipe: bool },
+    /// Copies a node's disk now; `copy_age_ms` later crashes the node and
+    /// restarts it after `down_ms` on that copy.
+    RollBack { node: Target, copy_age_ms: u64, down_ms: u64 },
     /// Sets a node's clock offset.
     ClockSkew { node: NodeId, offset_ms: i64 },
     /// Moves a node's clock by `jump_ms` at once.
@@ -95,6 +98,7 @@ impl FaultKind {
             FaultKind::OneWay { .. } => "one_way_partition",
             FaultKind::Crash { wipe: false, .. } => "crash_restart",
             FaultKind::Crash { wipe: true, .. } => "crash_wipe_restart",
+            FaultKind::RollBack { .. } => "disk_rollback",
             FaultKind::ClockSkew { .. } => "clock_skew",
             FaultKind::ClockJump { .. } => "clock_jump",
             FaultKind::Slow { .. } => "slow_node",
@@ -163,6 +167,10 @@ pub fn draw(seed: u64, plan: &FaultPlan, nodes: u64) -> Vec<Fault> {
     for i in 0..plan.crashes + plan.wipes {
         let node = if r(2) == 0 { Target::Leader } else { Target::Node(1 + r(nodes)) };
         kinds.push(FaultKind::Crash { node, down_ms: 200 + r(3_000), wipe: i >= plan.crashes });
+    }
+    for _ in 0..plan.rollbacks {
+        let node = if r(2) == 0 { Target::Leader } else { Target::Node(1 + r(nodes)) };
+        kinds.push(FaultKind::RollBack { node, copy_age_ms: 1_000 + r(7_000), down_ms: 100 + r(1_500) });
     }
     for _ in 0..plan.clock_skews {
         let offset_ms = r(2 * plan.clock_skew_ms_max as u64 + 1) as i64 - plan.clock_skew_ms_max;

@@ -33,7 +33,8 @@ impl Node {
             let state = &applied.state;
             let checked = self.shares_checked.lock().expect("shares lock");
             let held = || state.keys.values().filter(|k| holds_a_share(k) && k.participants.contains(&self.id));
-            let unchecked: Vec<KeyRecord> = held().filter(|k| !checked.contains(&k.id)).cloned().collect();
+            let unchecked: Vec<KeyRecord> =
+                held().filter(|k| !checked.contains(&(k.id.clone(), k.generation))).cloned().collect();
             let cleaned = self.generations_cleaned.lock().expect("generations lock");
             let mut stale: Vec<KeyRecord> = held()
                 .filter(|k| k.generation > 0 && !cleaned.contains(&(k.id.clone(), k.generation)))
@@ -109,8 +110,8 @@ impl Node {
         });
     }
 
-    /// Whether this node holds its sealed share of `key` (once per key per
-    /// boot, without unsealing it). A missing share is reported through the
+    /// Whether this node holds its sealed share of `key` (once per key and
+    /// generation per boot, without unsealing it). A missing share is reported through the
     /// log (audited, shown with the key) and in health and status.
     async fn check_own_share(&self, key: &KeyRecord) -> Result<(), String> {
         let cluster_id = self.shared.read().state.cluster_id.clone().ok_or("the cluster is not initialised")?;
@@ -140,7 +141,7 @@ impl Node {
                 self.write_as_node(report).await.map_err(|e| e.to_string())?;
             }
         }
-        self.shares_checked.lock().expect("shares lock").insert(key.id.clone());
+        self.shares_checked.lock().expect("shares lock").insert((key.id.clone(), key.generation));
         Ok(())
     }
 

@@ -133,10 +133,12 @@ pub(super) async fn break_election_ties(node: std::sync::Weak<Node>, tuning: Raf
             }
         }
         // The one place that switches this node's elections: off while it catches up
-        // after an empty disk, while a majority refuses its stamped time, or while it
+        // after an empty disk or is below its boot floor, while a majority refuses its stamped time, or while it
         // pauses to break a tie.
         let pausing = paused_until.is_some_and(|until| now < until);
-        let off = pausing || node.catching_up() || node.time_standing_down.load(std::sync::atomic::Ordering::Relaxed);
+        let off = pausing
+            || node.standing_barred().await
+            || node.time_standing_down.load(std::sync::atomic::Ordering::Relaxed);
         node.raft.runtime_config().elect(!off);
         if pausing {
             continue;

@@ -4,11 +4,12 @@
 //! The rooms: this file builds the node and answers reads (health, status);
 //! `client` serves every client call (the API and the simulator translate to it);
 //! `write` is the write path (checks, proposing, forwarding); `peer` answers
-//! other nodes; `vote` is the gate that keeps a node on an empty disk from
-//! voting; `loops` are the background tasks (membership, election ties, keys
+//! other nodes; `vote` holds the gates that keep a node on an empty or
+//! possibly rolled-back disk from voting; `loops` are the background tasks (membership, election ties, keys
 //! and signing, checkpoints); `leader` hands the coordinator crate its
 //! narrow context; `dkg_host` does the same for this node's key generation.
 
+mod backup;
 mod client;
 mod dkg_host;
 mod leader;
@@ -23,7 +24,7 @@ mod write;
 pub use client::{CheckpointInfo, CheckpointList, ClientResponse, AUDIT_PAGE_MAX, WAIT_MS_MAX};
 use loops::{break_election_ties, keys_and_signing, reconcile_membership};
 pub use peer::NodeHandler;
-use vote::CatchUp;
+use vote::{BootCheck, CatchUp};
 use write::RefusalBudget;
 pub use write::REFUSALS_PER_MINUTE_MAX;
 
@@ -81,6 +82,8 @@ pub struct Node {
     pub incarnation: String,
     /// Set while this node started on an empty disk and has not yet caught up.
     catch_up: std::sync::Mutex<CatchUp>,
+    /// Where this node stands in the boot check every start runs (its disk may be rolled back).
+    boot: std::sync::Mutex<BootCheck>,
     identity: Arc<NodeIdentity>,
     /// The node's store (the audit records live in it).
     store: Arc<dyn Store>,
@@ -92,7 +95,9 @@ pub struct Node {
     lifecycle_busy: std::sync::atomic::AtomicBool,
     /// Keys whose share this node has looked for in its sealed store this
     /// boot, and those it found missing (by key id).
-    shares_checked: std::sync::Mutex<BTreeSet<String>>,
+    /// (key id, generation): a node restored from an old backup replays the
+    /// log and sees each generation in turn, and must check the current one.
+    shares_checked: std::sync::Mutex<BTreeSet<(String, u32)>>,
     shares_missing: std::sync::Mutex<BTreeSet<String>>,
     /// (key id, generation) whose older generations this node deleted this boot.
     generations_cleaned: std::sync::Mutex<BTreeSet<(String, u32)>>,
@@ -162,6 +167,10 @@ impl Node {
             vote.is_none() && log.last_log_id.is_none() && shared.read().last_applied.is_none()
         };
         let catch_up = if empty_disk { CatchUp::AwaitingLeader } else { CatchUp::NotNeeded };
+        let trust_disk = crate::faults::enabled_for(parts.id, crate::faults::TRUST_ROLLED_BACK_VOTE);
+        if !trust_disk {
+            vote::step_down_from_disk(&mut log_store, parts.id).await?;
+        }
         let peer_health = Arc::new(crate::raft::network::PeerHealth::default());
         let network = Network::new(parts.transport.clone(), peer_health.clone());
         let raft = Raft::new(parts.id, config, network, log_store, state_machine).await?;
@@ -188,6 +197,7 @@ impl Node {
             seams: parts.seams,
             incarnation,
             catch_up: std::sync::Mutex::new(catch_up),
+            boot: std::sync::Mutex::new(if trust_disk { BootCheck::Lifted } else { BootCheck::Waiting }),
             identity: parts.identity,
             store: parts.store.clone(),
             last_checkpoint_ms: std::sync::Mutex::new(0),
@@ -216,6 +226,19 @@ impl Node {
             time_standing_down: Default::default(),
             taking_up: std::sync::Mutex::new(None),
         });
+        tokio::spawn(vote::boot_check(
+            Arc::downgrade(&node),
+            Duration::from_millis(parts.tuning.election_timeout_max_ms),
+            Duration::from_millis(parts.tuning.heartbeat_ms * SILENT_HEARTBEATS),
+        ));
+        let restored = empty_disk && !node.sealed.secret_contexts().map(|c| c.is_empty()).unwrap_or(true);
+        if !empty_disk || restored {
+            // The applied state may be older than what this node last applied
+            // (a rolled-back disk): like a snapshot, it could show a request
+            // pending that the cluster has since finished. A restored node's
+            // shares are older than the log it will replay.
+            node.close_share_gate("started on a disk that may have been rolled back, or restored");
+        }
         tokio::spawn(snapshot::endorse_points(Arc::downgrade(&node)));
         tokio::spawn(reconcile_membership(Arc::downgrade(&node)));
         tokio::spawn(keys_and_signing(Arc::downgrade(&node)));

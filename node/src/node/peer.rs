@@ -118,11 +118,15 @@ impl PeerHandler for NodeHandler {
                     node.receive_snapshot_chunk(from, rpc).await
                 }
                 PeerRequest::Ping => {
+                    let last_log = node.last_log_id().await;
+                    let metrics = node.raft.metrics().borrow().clone();
                     let applied = node.shared.read();
                     PeerResponse::Pong {
                         node_id: node.id,
                         cluster_id: applied.state.cluster_id.clone(),
                         last_applied: applied.last_applied.map(|l| l.index),
+                        vote: Some(metrics.vote),
+                        last_log,
                     }
                 }
                 PeerRequest::Forward(command) => {

@@ -186,12 +186,13 @@ impl Node {
                 None
             }
             ShareGate::Until(index) => Some(format!(
-                "node {} is catching up after installing a snapshot: it signs again once it has applied \
-                 index {index}, which a majority confirmed",
+                "node {} is catching up after a restart or an installed snapshot: it signs again once it \
+                 has applied index {index}, which a majority confirmed",
                 self.id
             )),
             ShareGate::AwaitingMajority => Some(format!(
-                "node {} is catching up after installing a snapshot and has not yet heard from a majority",
+                "node {} is catching up after a restart or an installed snapshot and has not yet heard \
+                 from a majority",
                 self.id
             )),
         }

@@ -148,6 +148,12 @@ impl NodeIdentity {
         Ok(NodeIdentity { id, cert_der: cert.to_vec(), ca_der: ca.to_vec(), key })
     }
 
+    /// Signs `message` (already domain-separated by the caller) with the certificate's key.
+    pub fn sign_bytes(&self, message: &[u8]) -> [u8; 64] {
+        use ed25519_dalek::Signer;
+        self.key.sign(message).to_bytes()
+    }
+
     /// Signs an envelope as this node, attaching the certificate.
     pub fn sign(&self, envelope: &synod_proto::Envelope) -> synod_proto::SignedCommand {
         synod_proto::SignedCommand::sign_as_node(envelope, &self.key, &self.cert_der)

@@ -29,6 +29,10 @@ struct Disk {
     unsynced: Vec<Vec<Op>>,
 }
 
+/// A copy of a disk's durable contents ([`MemoryStore::copy`]).
+#[derive(Clone)]
+pub struct DiskCopy(Image);
+
 /// The contents of every tree.
 #[derive(Clone, Default, PartialEq, Eq)]
 struct Image {
@@ -96,6 +100,18 @@ impl MemoryStore {
     /// Simulates replacing the disk with an empty one.
     pub fn wipe(&self) {
         *self.lock() = Disk::default();
+    }
+
+    /// A copy of what is on stable storage now (a backup, a VM snapshot, a
+    /// copied directory), for [`MemoryStore::roll_back`].
+    pub fn copy(&self) -> DiskCopy {
+        DiskCopy(self.lock().durable.clone())
+    }
+
+    /// Simulates restoring the disk from an earlier copy: everything written
+    /// since is gone, the vote and acknowledged entries included.
+    pub fn roll_back(&self, copy: &DiskCopy) {
+        *self.lock() = Disk { current: copy.0.clone(), durable: copy.0.clone(), unsynced: Vec::new() };
     }
 
     fn lock(&self) -> MutexGuard<'_, Disk> {
