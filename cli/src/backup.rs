@@ -99,7 +99,8 @@ pub async fn node_restore(file: &Path, config_path: &Path, verify_only: bool, ou
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     std::fs::set_permissions(&config.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-    let store = synod_node::store::SledStore::open(&store_dir)?;
+    let store: std::sync::Arc<dyn synod_node::store::Store> =
+        std::sync::Arc::new(synod_node::store::SledStore::open(&store_dir)?);
     let ca_fingerprint = synod_node::pki::fingerprint(&ca_der.clone().into());
     if ca_fingerprint != backup.ca_fingerprint {
         bail!(
@@ -107,10 +108,34 @@ pub async fn node_restore(file: &Path, config_path: &Path, verify_only: bool, ou
             backup.ca_fingerprint
         );
     }
-    let written = backup::restore(&backup, &store, &path)?;
-    server::check_data_dir(&store, &config, &ca_fingerprint)?;
+    let written = backup::restore(&backup, &*store, &path)?;
+    server::check_data_dir(&*store, &config, &ca_fingerprint)?;
+    let mut seeded = None;
+    if let Some(copy) = &backup.raft {
+        let trust = synod_node::raft::snapshot::Trust {
+            ca_der: &ca_der,
+            cluster_id: None,
+            members: None,
+            required: config.raft.snapshot_endorsements_min,
+            now_ms: now_ms(),
+        };
+        let last = backup::seed_raft(copy, store.clone(), config.node_id, &trust, config.raft.snapshot_every_entries)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "the backup's committed state was refused ({e}); the data directory {} holds a partial restore: \
+                     remove it before trying another backup",
+                    config.data_dir.display()
+                )
+            })?;
+        seeded = Some(last);
+    }
     drop(store);
-    report(&backup, &drilled, Some(written), output)
+    report(&backup, &drilled, Some((written, seeded)), output)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn read_bounded(file: &Path) -> anyhow::Result<Vec<u8>> {
@@ -152,7 +177,12 @@ async fn open_backup_kek(
         .with_context(|| format!("cannot open the KEK of {} ([kek])", config_path.display()))
 }
 
-fn report(backup: &NodeBackup, drilled: &[ShareCheck], written: Option<usize>, output: Output) -> anyhow::Result<()> {
+fn report(
+    backup: &NodeBackup,
+    drilled: &[ShareCheck],
+    written: Option<(usize, Option<u64>)>,
+    output: Output,
+) -> anyhow::Result<()> {
     match output {
         Output::Json => println!(
             "{}",
@@ -163,7 +193,8 @@ fn report(backup: &NodeBackup, drilled: &[ShareCheck], written: Option<usize>, o
                 "taken_at_ms": backup.taken_at_ms,
                 "kek_backend": backup.kek_backend,
                 "shares": drilled,
-                "restored_records": written,
+                "restored_records": written.map(|(n, _)| n),
+                "restored_log_index": written.and_then(|(_, last)| last),
             }))?
         ),
         Output::Table => {
@@ -185,11 +216,19 @@ fn report(backup: &NodeBackup, drilled: &[ShareCheck], written: Option<usize>, o
                     c.generation
                 );
             }
-            if let Some(n) = written {
+            if let Some((n, seeded)) = written {
+                match seeded {
+                    Some(last) => println!(
+                        "{n} sealed records and the committed state up to log index {last} written (its snapshot \
+                         verified). Writes after that index are not in this backup."
+                    ),
+                    None => println!("{n} sealed records written; the node catches up its log from its peers."),
+                }
                 println!(
-                    "{n} sealed records written. Start the node: it votes only once it has caught up from its peers, \
-                     deletes shares of generations no longer current, and reports any key whose current share it \
-                     lacks (`synod status` shows shares_missing); give it back with `synod key repair NAME --node {}`.",
+                    "Start the node: it votes only once a majority of the other voters has answered (its vote is not \
+                     in the backup), catches up, deletes shares of generations no longer current, and reports any \
+                     key whose current share it lacks (`synod status` shows shares_missing); give it back with \
+                     `synod key repair NAME --node {}`.",
                     backup.node_id
                 );
             }

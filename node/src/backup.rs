@@ -76,10 +76,26 @@ pub struct NodeBackup {
     pub term: u64,
     /// The audit chain's head in the node's state.
     pub audit_head: AuditHead,
+    /// The committed state: the node's stored snapshot and the log after it,
+    /// up to `log_index`. A restore seeds the node's Raft state with it, so
+    /// that a cluster whose every data directory was lost can elect again.
+    #[serde(default)]
+    pub raft: Option<RaftCopy>,
     /// Every key share in the records.
     pub shares: Vec<BackedUpShare>,
     /// Every record of the sealed tree, as stored.
     pub records: Vec<Record>,
+}
+
+/// The committed Raft state a backup carries.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RaftCopy {
+    /// The node's stored snapshot (an endorsed point), if it had built one.
+    pub snapshot_meta: Option<openraft::SnapshotMeta<NodeId, synod_proto::NodeAddr>>,
+    /// Its bytes (hex).
+    pub snapshot: Option<String>,
+    /// Every committed entry after the snapshot (from index 0 without one), in order.
+    pub entries: Vec<openraft::Entry<synod_proto::TypeConfig>>,
 }
 
 /// One sealed key share in a backup, as the node's state saw its key.
@@ -350,4 +366,44 @@ pub fn restore(backup: &NodeBackup, store: &dyn Store, path: &str) -> Result<usi
     let count = ops.len();
     store.write(ops, Durability::Sync)?;
     Ok(count)
+}
+
+/// Seeds `store`'s Raft state from the backup's committed state: the snapshot,
+/// verified as a snapshot from a peer is by a node that holds no state yet
+/// (`trust`: this node's CA, any node it certified, the configured floor of
+/// endorsements), then the entries after it. The entries' commands are
+/// checked when they are applied, as replicated ones are. No vote is written:
+/// the node starts as a disk that may be rolled back (invariant 35) and votes
+/// only once a majority of the others has answered. Returns the last index.
+pub async fn seed_raft(
+    copy: &RaftCopy,
+    store: Arc<dyn Store>,
+    node_id: NodeId,
+    trust: &crate::raft::snapshot::Trust<'_>,
+    points_every: u64,
+) -> Result<u64, String> {
+    use openraft::storage::RaftStateMachine;
+    let mut last = None;
+    if let (Some(meta), Some(hex_data)) = (&copy.snapshot_meta, &copy.snapshot) {
+        let data = hex::decode(hex_data).map_err(|_| "its snapshot is not hex".to_string())?;
+        crate::raft::snapshot::verify(trust, meta, &data).map_err(|e| format!("its snapshot does not verify: {e}"))?;
+        let (mut sm, _) = crate::raft::state_machine::StateMachine::open(store.clone(), node_id, points_every)
+            .map_err(|e| e.to_string())?;
+        sm.install_snapshot(meta, Box::new(std::io::Cursor::new(data))).await.map_err(|e| e.to_string())?;
+        last = meta.last_log_id;
+    }
+    let mut expected = last.map_or(0, |l| l.index + 1);
+    for entry in &copy.entries {
+        if entry.log_id.index != expected {
+            return Err(format!("its log has a gap: entry {} where {expected} was expected", entry.log_id.index));
+        }
+        expected += 1;
+    }
+    let purged = last;
+    let (store_, entries) = (store.clone(), copy.entries.clone());
+    crate::seams::run_blocking(move || crate::raft::log_store::seed(&*store_, purged, &entries))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(copy.entries.last().map(|e| e.log_id).or(last).map_or(0, |l| l.index))
 }

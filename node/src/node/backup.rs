@@ -4,7 +4,7 @@
 use synod_proto::error::NodeError;
 
 use super::Node;
-use crate::backup::{BackedUpShare, BackupFile, NodeBackup, Record};
+use crate::backup::{BackedUpShare, BackupFile, NodeBackup, RaftCopy, Record};
 use crate::caller::Caller;
 use crate::sealed::Purpose;
 
@@ -58,6 +58,7 @@ impl Node {
                 }
             })
             .collect();
+        let raft = Some(self.raft_copy(log_index).await?);
         let metrics = self.raft.metrics().borrow().clone();
         let backup = NodeBackup {
             cluster_id,
@@ -70,10 +71,45 @@ impl Node {
             log_index,
             term: metrics.current_term,
             audit_head,
+            raft,
             shares,
             records: records.into_iter().map(|(k, v)| Record { key: hex::encode(k), value: hex::encode(v) }).collect(),
         };
         tracing::info!(log_index, shares = backup.shares.len(), records = backup.records.len(), "node backup taken");
         Ok(crate::backup::sign(&self.identity, &backup))
+    }
+
+    /// The stored snapshot and every committed entry after it up to `last`.
+    /// Entries up to the applied index are committed and never truncated; a
+    /// purge that ran between the two reads leaves a gap, and the backup is
+    /// refused (run it again).
+    async fn raft_copy(&self, last: u64) -> Result<RaftCopy, NodeError> {
+        use openraft::RaftLogReader;
+        let store = self.store.clone();
+        let snapshot = crate::seams::run_blocking(move || crate::raft::state_machine::stored_snapshot(&*store))
+            .await
+            .and_then(|r| r)
+            .map_err(|e| NodeError::unavailable(format!("could not read the stored snapshot: {e}")))?;
+        let from = snapshot.as_ref().and_then(|(m, _)| m.last_log_id).map_or(0, |l| l.index + 1);
+        let mut log = crate::raft::log_store::LogStore::new(self.store.clone());
+        let entries = if from <= last {
+            log.try_get_log_entries(from..=last)
+                .await
+                .map_err(|e| NodeError::unavailable(format!("could not read the log: {e}")))?
+        } else {
+            Vec::new()
+        };
+        if entries.first().is_some_and(|e| e.log_id.index != from)
+            || entries.len() as u64 != (last + 1).saturating_sub(from)
+        {
+            return Err(NodeError::unavailable(
+                "the log was compacted while the backup was read; run the backup again",
+            ));
+        }
+        Ok(RaftCopy {
+            snapshot_meta: snapshot.as_ref().map(|(m, _)| m.clone()),
+            snapshot: snapshot.map(|(_, d)| hex::encode(d)),
+            entries,
+        })
     }
 }

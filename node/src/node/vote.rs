@@ -78,7 +78,14 @@ pub(super) fn floor_of(others: usize, answers: &[(Vote<NodeId>, Option<LogId<Nod
     if answers.len() < answers_needed(others) {
         return None;
     }
-    let term = answers.iter().map(|(vote, _)| vote.leader_id.term).max().unwrap_or(0);
+    // A log entry's term counts as a vote in it: a node restored from a backup
+    // holds entries but no vote, and a leader elected in their term would be
+    // the term's second.
+    let term = answers
+        .iter()
+        .map(|(vote, log)| vote.leader_id.term.max(log.map_or(0, |l| l.leader_id.term)))
+        .max()
+        .unwrap_or(0);
     let mut logs: Vec<Option<LogId<NodeId>>> = answers.iter().map(|(_, log)| *log).collect();
     logs.sort_unstable_by(|a, b| b.cmp(a));
     let holders = ((others + 1) / 2 + answers.len()).saturating_sub(others).max(1);

@@ -119,6 +119,34 @@ async fn flush_loop(store: Arc<dyn Store>, mut queue: mpsc::UnboundedReceiver<Fl
     }
 }
 
+/// Seeds an empty store's log for `synod node restore`: the entries of a
+/// backup after its snapshot (ending at `purged`, the snapshot's last log
+/// id), all committed, so openraft applies them when the node starts. The
+/// vote is left unset: a restored node takes no vote from its backup (the boot
+/// check gives it one). One synced write. Blocking.
+pub fn seed(
+    store: &dyn Store,
+    purged: Option<LogId<NodeId>>,
+    entries: &[Entry<TypeConfig>],
+) -> Result<(), crate::store::StoreError> {
+    let mut ops = Vec::new();
+    if let Some(purged) = purged {
+        ops.push(Op::Put { tree: Tree::Meta, key: PURGED_KEY.to_vec(), value: json(&purged) });
+    }
+    for entry in entries {
+        ops.extend(put_entry(entry));
+    }
+    if let Some(committed) = entries.last().map(|e| e.log_id).or(purged) {
+        ops.push(Op::Put { tree: Tree::Meta, key: COMMITTED_KEY.to_vec(), value: json(&Some(committed)) });
+        // The term of the last entry, voting for nobody: no candidacy of this
+        // node can then be in a term that already had a leader.
+        let term = committed.leader_id.term;
+        let vote: Vote<NodeId> = Vote { leader_id: openraft::LeaderId { term, voted_for: None }, committed: false };
+        ops.push(Op::Put { tree: Tree::Meta, key: VOTE_KEY.to_vec(), value: json(&vote) });
+    }
+    store.write(ops, Durability::Sync)
+}
+
 /// The key of the first chunk of entry `index`; every chunk of entries
 /// `< index` sorts before it.
 fn index_key(index: u64) -> Vec<u8> {

@@ -166,6 +166,18 @@ impl SharedState {
     }
 }
 
+/// The snapshot stored in `store` (its meta and bytes), if any: what a node
+/// backup carries of the committed state (`crate::backup`).
+pub fn stored_snapshot(store: &dyn Store) -> std::io::Result<Option<(SnapshotMeta<NodeId, NodeAddr>, Vec<u8>)>> {
+    let Some(meta_bytes) = store.get(Tree::Meta, SNAPSHOT_META_KEY).map_err(io_error)? else {
+        return Ok(None);
+    };
+    let meta: SnapshotMeta<NodeId, NodeAddr> = serde_json::from_slice(&meta_bytes).map_err(std::io::Error::other)?;
+    let chunks =
+        store.scan(Tree::Meta, SNAPSHOT_CHUNK_PREFIX, Some(SNAPSHOT_CHUNK_END), usize::MAX).map_err(io_error)?;
+    Ok(Some((meta, chunks.into_iter().flat_map(|(_, v)| v).collect())))
+}
+
 /// The state machine over a [`Store`].
 pub struct StateMachine {
     store: Arc<dyn Store>,
@@ -213,18 +225,8 @@ impl StateMachine {
     }
 
     fn load_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let read_err = |e: crate::store::StoreError| StorageIOError::read_snapshot(None, &io_error(e));
-        let Some(meta_bytes) = self.store.get(Tree::Meta, SNAPSHOT_META_KEY).map_err(read_err)? else {
-            return Ok(None);
-        };
-        let meta: SnapshotMeta<NodeId, NodeAddr> =
-            serde_json::from_slice(&meta_bytes).map_err(|e| StorageIOError::read_snapshot(None, &io_error(e)))?;
-        let chunks = self
-            .store
-            .scan(Tree::Meta, SNAPSHOT_CHUNK_PREFIX, Some(SNAPSHOT_CHUNK_END), usize::MAX)
-            .map_err(read_err)?;
-        let data: Vec<u8> = chunks.into_iter().flat_map(|(_, v)| v).collect();
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        let stored = stored_snapshot(&*self.store).map_err(|e| StorageIOError::read_snapshot(None, &io_error(e)))?;
+        Ok(stored.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 
     /// Applies entries to the in-memory state; returns their outcomes and the
