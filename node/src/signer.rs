@@ -435,6 +435,17 @@ impl Signer {
         self.state.read().state.keys.get(key_id).is_some_and(|k| k.status == KeyStatus::Active)
     }
 
+    /// Drops every fresh slot (their nonces with them); returns how many. Called
+    /// when this process may have been suspended and resumed, or cloned: two
+    /// running images of one signer would hold the same nonces, and one
+    /// coordinator could redeem the same slot at both for two packages.
+    pub fn drop_fresh_slots(&self) -> usize {
+        let mut slots = self.slots.lock().expect("slots lock");
+        let before = slots.by_number.len();
+        slots.by_number.retain(|_, slot| matches!(slot, Slot::Used { .. }));
+        before - slots.by_number.len()
+    }
+
     /// Drops used slots of requests that are no longer pending, and fresh
     /// slots of keys that are no longer active.
     pub fn forget_finished(&self) {

@@ -181,3 +181,18 @@ async fn signer_preprocessing_is_bounded_and_checked() {
     f.signer.preprocess(&f.key_id, 4, 2).await.unwrap();
     assert_eq!(f.signer.open_slots(), FRESH_PER_COORDINATOR_MAX + 4);
 }
+
+#[tokio::test]
+async fn signer_drops_fresh_slots_on_resume_and_keeps_used_ones() {
+    // After a suspected resume (or clone) every unused slot is gone, so no image of this signer
+    // can redeem one; a used slot keeps answering its one package with the same share.
+    let f = fixture();
+    let batch = f.signer.preprocess(&f.key_id, 3, 1).await.unwrap();
+    let first = package(&f, &batch, 0, MESSAGE);
+    let share_once = share(&f, ask(&batch, 0, &first), 1).await.unwrap();
+    assert_eq!(f.signer.drop_fresh_slots(), 2, "the two unused slots go");
+    assert_eq!(share(&f, ask(&batch, 0, &first), 1).await.unwrap(), share_once);
+    let result = share(&f, ask(&batch, 1, &package(&f, &batch, 1, MESSAGE)), 1).await;
+    assert!(result.is_err(), "a dropped slot signs nothing: {result:?}");
+    assert_eq!(f.signer.released().len(), 1);
+}

@@ -243,6 +243,7 @@ impl Node {
         tokio::spawn(reconcile_membership(Arc::downgrade(&node)));
         tokio::spawn(keys_and_signing(Arc::downgrade(&node)));
         tokio::spawn(break_election_ties(Arc::downgrade(&node), parts.tuning.clone()));
+        tokio::spawn(time::drop_slots_on_resume(Arc::downgrade(&node)));
         tokio::spawn(time::stand_down_when_time_refused(Arc::downgrade(&node), parts.tuning.clone()));
         Ok(node)
     }

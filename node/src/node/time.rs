@@ -139,3 +139,40 @@ pub(super) async fn stand_down_when_time_refused(node: std::sync::Weak<Node>, tu
         }
     }
 }
+
+/// How far this node's wall clock may move apart from its monotonic clock
+/// between two looks before it takes itself for resumed (or cloned).
+pub const RESUME_GAP_MS: u64 = 5_000;
+/// How often the clocks are compared.
+const RESUME_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Drops the signer's fresh nonce slots whenever the wall clock and the
+/// monotonic clock move apart by more than [`RESUME_GAP_MS`]: a VM snapshot
+/// resumed (once or twice), a process frozen and thawed, or a clock stepped.
+/// A guest cannot reliably tell it was resumed, and two resumed images of one
+/// node would hold the same nonces; clones of a running node are unsupported
+/// (ARCHITECTURE.md, *Cloned memory*), and this is the detection that makes the
+/// common case safe. A dropped slot costs the coordinator a refill.
+pub(super) async fn drop_slots_on_resume(node: std::sync::Weak<Node>) {
+    let Some(first) = node.upgrade() else { return };
+    let mut last = (first.now_ms(), tokio::time::Instant::now());
+    drop(first);
+    loop {
+        tokio::time::sleep(RESUME_CHECK_EVERY).await;
+        let Some(node) = node.upgrade() else { return };
+        let now = (node.now_ms(), tokio::time::Instant::now());
+        let wall = now.0 as i128 - last.0 as i128;
+        let mono = now.1.duration_since(last.1).as_millis() as i128;
+        if (wall - mono).unsigned_abs() > RESUME_GAP_MS as u128 {
+            let dropped = node.signer.drop_fresh_slots();
+            tracing::warn!(
+                wall_ms = wall,
+                monotonic_ms = mono,
+                dropped,
+                "the wall clock and the monotonic clock moved apart: this process may have been suspended and \
+                 resumed, or cloned; every unused nonce slot is dropped"
+            );
+        }
+        last = now;
+    }
+}
