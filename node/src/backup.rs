@@ -152,16 +152,9 @@ pub enum BackupError {
     #[error(
         "the KEK of this node.toml ({kek}) does not open the backup, which node {node_id} sealed under its {backend} \
          KEK ({backup_kek}): wrong passphrase, key file or token? Use the KEK that sealed the backup; if it was \
-         destroyed, the backup's shares are gone ({source})"
+         destroyed, the backup's shares are gone ({detail})"
     )]
-    WrongKek {
-        kek: String,
-        node_id: NodeId,
-        backend: String,
-        backup_kek: String,
-        #[source]
-        source: SealError,
-    },
+    WrongKek { kek: String, node_id: NodeId, backend: String, backup_kek: String, detail: String },
 
     #[error("the backup holds no KEK check record, so no KEK can be checked against it; it is not a complete backup")]
     NoKekCheck,
@@ -297,7 +290,7 @@ pub fn drill(backup: &NodeBackup, kek: Arc<dyn Kek>) -> Result<Vec<ShareCheck>, 
             node_id: backup.node_id,
             backend: backup.kek_backend.clone(),
             backup_kek: backup.kek.clone(),
-            source,
+            detail: source.to_string(),
         },
         other => BackupError::Seal(other),
     })?;
@@ -358,7 +351,7 @@ pub fn drill(backup: &NodeBackup, kek: Arc<dyn Kek>) -> Result<Vec<ShareCheck>, 
 /// one synced write. The caller stamps the data directory's identity. Blocking.
 pub fn restore(backup: &NodeBackup, store: &dyn Store, path: &str) -> Result<usize, BackupError> {
     for tree in Tree::ALL {
-        if store.scan(tree, &[], None, 1)?.first().is_some() {
+        if !store.scan(tree, &[], None, 1)?.is_empty() {
             return Err(BackupError::DataDirNotEmpty { path: path.into() });
         }
     }
@@ -392,12 +385,10 @@ pub async fn seed_raft(
         sm.install_snapshot(meta, Box::new(std::io::Cursor::new(data))).await.map_err(|e| e.to_string())?;
         last = meta.last_log_id;
     }
-    let mut expected = last.map_or(0, |l| l.index + 1);
-    for entry in &copy.entries {
+    for (expected, entry) in (last.map_or(0, |l| l.index + 1)..).zip(&copy.entries) {
         if entry.log_id.index != expected {
             return Err(format!("its log has a gap: entry {} where {expected} was expected", entry.log_id.index));
         }
-        expected += 1;
     }
     let purged = last;
     let (store_, entries) = (store.clone(), copy.entries.clone());

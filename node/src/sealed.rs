@@ -504,7 +504,7 @@ impl SealedStore {
     /// Every record of the sealed tree, as stored: the secrets (ciphertext
     /// only), the KEK check and the passphrase salt. What a node backup
     /// carries (`crate::backup`); at most [`RESEAL_RECORDS_MAX`]. Blocking.
-    pub fn records(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SealError> {
+    pub fn records(&self) -> Result<Vec<crate::store::Pair>, SealError> {
         Ok(self.store.scan(Tree::Sealed, &[], None, RESEAL_RECORDS_MAX)?)
     }
 

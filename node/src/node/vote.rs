@@ -88,7 +88,8 @@ pub(super) fn floor_of(others: usize, answers: &[(Vote<NodeId>, Option<LogId<Nod
         .unwrap_or(0);
     let mut logs: Vec<Option<LogId<NodeId>>> = answers.iter().map(|(_, log)| *log).collect();
     logs.sort_unstable_by(|a, b| b.cmp(a));
-    let holders = ((others + 1) / 2 + answers.len()).saturating_sub(others).max(1);
+    // n/2 with n = others + 1 nodes is ceil(others/2).
+    let holders = (others.div_ceil(2) + answers.len()).saturating_sub(others).max(1);
     let log = logs.get(holders - 1).copied().flatten();
     Some(BootCheck::Floor { term, log })
 }

@@ -166,9 +166,12 @@ impl SharedState {
     }
 }
 
+/// A stored snapshot: its meta and its bytes.
+pub type StoredSnapshot = (SnapshotMeta<NodeId, NodeAddr>, Vec<u8>);
+
 /// The snapshot stored in `store` (its meta and bytes), if any: what a node
 /// backup carries of the committed state (`crate::backup`).
-pub fn stored_snapshot(store: &dyn Store) -> std::io::Result<Option<(SnapshotMeta<NodeId, NodeAddr>, Vec<u8>)>> {
+pub fn stored_snapshot(store: &dyn Store) -> std::io::Result<Option<StoredSnapshot>> {
     let Some(meta_bytes) = store.get(Tree::Meta, SNAPSHOT_META_KEY).map_err(io_error)? else {
         return Ok(None);
     };
