@@ -283,7 +283,7 @@ pub fn drill(backup: &NodeBackup, kek: Arc<dyn Kek>) -> Result<Vec<ShareCheck>, 
     if !sealed.has_kek_check()? {
         return Err(BackupError::NoKekCheck);
     }
-    let label = crate::server::kek_check_label(backup.node_id);
+    let label = crate::sealed::kek_check_label(backup.node_id);
     sealed.check_kek(&label).map_err(|source| match source {
         SealError::WrongKek { .. } | SealError::Kek(_) => BackupError::WrongKek {
             kek: kek.describe(),

@@ -72,6 +72,12 @@ const RECORD_VERSION: u8 = 1;
 /// Bytes of the KEK check canary.
 const CANARY_BYTES: usize = 32;
 
+/// The label of a node's KEK check ([`SealedStore::check_kek`]): the same at
+/// every start, in `synod kek rotate` and in the restore drill.
+pub fn kek_check_label(node_id: u64) -> String {
+    format!("node {node_id}")
+}
+
 /// What a sealed secret is, bound into its AAD and store key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Purpose {

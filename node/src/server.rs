@@ -70,11 +70,7 @@ pub fn kek_secret_env_names(kek: &KekConfig) -> Vec<String> {
     }
 }
 
-/// The label of a node's KEK check ([`SealedStore::check_kek`]): the same at
-/// every start and in `synod kek rotate`.
-pub fn kek_check_label(node_id: NodeId) -> String {
-    format!("node {node_id}")
-}
+pub use crate::sealed::kek_check_label;
 
 /// Runs a node until it is told to stop. `prompt` is used only for a
 /// `passphrase` KEK whose variable is unset, when stdin is a terminal.
