@@ -375,6 +375,14 @@ impl Driver<'_> {
                         self.event(format!("n{id}'s disk is not rolled back (down, or no room for another fault)"));
                         continue;
                     }
+                    // A key of threshold t over n nodes spares n − t shares, and the byzantine
+                    // signer and the run's wipe take them: a copy older than a share sealed
+                    // since would leave a key that cannot sign.
+                    if self.machines[id as usize - 1].disk.copy_lacks_secrets(&copy) {
+                        self.count("skipped");
+                        self.event(format!("n{id}'s disk is not rolled back: the copy predates a key share it holds"));
+                        continue;
+                    }
                     self.count("disk_rollback_done");
                     self.event(format!("n{id} crashes; it restarts on the earlier copy of its disk in {down_ms} ms"));
                     self.crash(id, now + down_ms, Restart::RolledBack(copy));

@@ -108,6 +108,12 @@ impl MemoryStore {
         DiskCopy(self.lock().durable.clone())
     }
 
+    /// Whether `copy` lacks a sealed record that the disk holds now: restoring
+    /// it would lose a secret (a key share sealed since the copy was taken).
+    pub fn copy_lacks_secrets(&self, copy: &DiskCopy) -> bool {
+        self.lock().durable.sealed.keys().any(|key| !copy.0.sealed.contains_key(key))
+    }
+
     /// Simulates restoring the disk from an earlier copy: everything written
     /// since is gone, the vote and acknowledged entries included.
     pub fn roll_back(&self, copy: &DiskCopy) {
