@@ -201,7 +201,7 @@ fn sim_planted_trust_rolled_back_vote_is_caught() {
     // Nodes that trust the vote and log on their disk after a restart: the `rollback-disk`
     // fault restarts one on an earlier copy of its disk, which resumes leading in its old term
     // or votes again in terms it already voted in, and entries committed before the rollback
-    // change (caught on 14 of chaos seeds 0..100, the first at seed 2).
+    // change (caught on 10 of chaos seeds 0..100, the first at seed 0).
     let text = plant_caught("trust-rolled-back-vote", "0..3", "2");
     assert!(text.contains("raft-committed-entries-never-change") || text.contains("raft-election-safety"), "{text}");
 }
