@@ -5,9 +5,10 @@
 //! `client` serves every client call (the API and the simulator translate to it);
 //! `write` is the write path (checks, proposing, forwarding); `peer` answers
 //! other nodes; `vote` holds the gates that keep a node on an empty or
-//! possibly rolled-back disk from voting; `loops` are the background tasks (membership, election ties, keys
-//! and signing, checkpoints); `leader` hands the coordinator crate its
-//! narrow context; `dkg_host` does the same for this node's key generation.
+//! possibly rolled-back disk from voting; `loops` are the background tasks
+//! (membership, election ties, keys and signing, checkpoints); `leader` hands
+//! the coordinator crate its narrow context; `dkg_host` does the same for this
+//! node's key generation; `backup` builds the node's signed backup.
 
 mod backup;
 mod client;
@@ -93,10 +94,9 @@ pub struct Node {
     /// is still running (`lifecycle.rs`).
     lifecycle_last: std::sync::Mutex<Option<tokio::time::Instant>>,
     lifecycle_busy: std::sync::atomic::AtomicBool,
-    /// Keys whose share this node has looked for in its sealed store this
-    /// boot, and those it found missing (by key id).
-    /// (key id, generation): a node restored from an old backup replays the
-    /// log and sees each generation in turn, and must check the current one.
+    /// The (key id, generation) pairs whose share this node has looked for in
+    /// its sealed store this boot (a node restored from an old backup replays
+    /// the log and sees each generation in turn), and the keys it found missing.
     shares_checked: std::sync::Mutex<BTreeSet<(String, u32)>>,
     shares_missing: std::sync::Mutex<BTreeSet<String>>,
     /// (key id, generation) whose older generations this node deleted this boot.
