@@ -833,7 +833,7 @@ pub struct ClientArgs {
 /// names. `main` takes them out of the environment before any thread starts.
 pub fn secret_env_names(cli: &Cli) -> Vec<String> {
     let mut names = vec![synod_node::config::PASSPHRASE_ENV_DEFAULT.into(), synod_node::config::PIN_ENV_DEFAULT.into()];
-    if let Top::Node(NodeCmd::Start { config }) = &cli.command {
+    if let Top::Node(NodeCmd::Start { config } | NodeCmd::Restore { config, .. }) = &cli.command {
         names.extend(synod_node::server::secret_env_names(config));
     }
     if let Top::Kek(KekCmd::Rotate { config, new_kek_config, .. }) = &cli.command {
@@ -846,10 +846,14 @@ pub fn secret_env_names(cli: &Cli) -> Vec<String> {
 
 /// What this command hardens: every command drops core dumps and ptrace by
 /// other users (an operator key or a CA key may be in memory); a node, which
-/// holds unsealed shares for as long as it runs, and `kek rotate`, which
-/// unseals every share of one, also lock their memory.
+/// holds unsealed shares for as long as it runs, and `kek rotate` and
+/// `node restore` (its drill), which unseal every share of one, also lock
+/// their memory.
 pub fn hardening_steps(cli: &Cli) -> synod_node::hygiene::HardeningSteps {
-    let lock_memory = matches!(cli.command, Top::Node(NodeCmd::Start { .. }) | Top::Kek(KekCmd::Rotate { .. }));
+    let lock_memory = matches!(
+        cli.command,
+        Top::Node(NodeCmd::Start { .. } | NodeCmd::Restore { .. }) | Top::Kek(KekCmd::Rotate { .. })
+    );
     synod_node::hygiene::HardeningSteps { lock_memory }
 }
 
