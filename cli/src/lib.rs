@@ -88,9 +88,10 @@ pub enum NodeCmd {
         config: PathBuf,
     },
     /// Write the node's backup (online, as an admin): its sealed secrets, still sealed under its KEK
-    /// (key shares per key, version and generation; the KEK check; the passphrase salt), and what
-    /// they are (cluster, node, KEK backend, keys, the log index it was taken at), signed by the
-    /// node. Never a nonce, a vote or plaintext. The node is the one at --addr.
+    /// (key shares per key, version and generation; the KEK check; the passphrase salt), the
+    /// committed state (its snapshot and the log after it), and what they are (cluster, node, KEK
+    /// backend, keys, the log index it was taken at), signed by the node. Never a nonce, a vote or
+    /// plaintext. The node is the one at --addr.
     Backup {
         /// A new file (never overwritten), written with mode 0600.
         #[arg(long)]
@@ -102,7 +103,8 @@ pub enum NodeCmd {
     /// restore drill: unseal every share with this node's KEK and check it against the verifying
     /// share the cluster had committed, touching nothing. A backup of another node, of another
     /// cluster, or altered, is refused, saying which. After a restore, start the node: it votes
-    /// only once caught up, drops stale generations and reports missing shares for `key repair`.
+    /// only once a majority of the other voters has answered, catches up, drops stale generations
+    /// and reports missing shares for `key repair`.
     Restore {
         /// The backup file from `synod node backup`.
         file: PathBuf,
