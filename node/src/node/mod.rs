@@ -197,7 +197,7 @@ impl Node {
             seams: parts.seams,
             incarnation,
             catch_up: std::sync::Mutex::new(catch_up),
-            boot: std::sync::Mutex::new(if trust_disk { BootCheck::Lifted } else { BootCheck::Waiting }),
+            boot: std::sync::Mutex::new(if trust_disk || empty_disk { BootCheck::Lifted } else { BootCheck::Waiting }),
             identity: parts.identity,
             store: parts.store.clone(),
             last_checkpoint_ms: std::sync::Mutex::new(0),

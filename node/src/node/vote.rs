@@ -9,7 +9,8 @@
 //!   it, it neither votes nor stands (invariant 12).
 //! - **Possibly rolled back** ([`BootCheck`]): a restored backup, a VM snapshot
 //!   or a copied directory holds an older vote and log than the node last had,
-//!   and nothing on the disk says so. So every start is treated as one: the
+//!   and nothing on the disk says so. So every start on a disk that holds Raft
+//!   state is treated as one (an empty disk has the gate above): the
 //!   node waits one maximum election timeout (any election it voted in before
 //!   stopping has ended by then), asks the other voters for their vote and last
 //!   log id, and once a majority of them answered it votes only in terms above
@@ -128,6 +129,11 @@ pub(super) fn below_floor(floor: BootCheck, request: &VoteRequest<NodeId>) -> Op
         }
         BootCheck::Lifted => None,
     }
+}
+
+/// The first 200 characters of `text`, for a log line.
+fn short(text: &str) -> String {
+    text.chars().take(200).collect()
 }
 
 fn show(log: Option<LogId<NodeId>>) -> String {
@@ -253,17 +259,22 @@ impl Node {
             let call = self.transport.call(*id, addr.clone(), PeerRequest::Ping, BOOT_ASK_TIMEOUT);
             async move {
                 match call.await {
-                    Ok(PeerResponse::Pong { vote: Some(vote), last_log, .. }) => Some((vote, last_log)),
-                    _ => None,
+                    Ok(PeerResponse::Pong { vote: Some(vote), last_log, .. }) => Ok((vote, last_log)),
+                    Ok(other) => Err(format!("node {id}: {}", short(&format!("{other:?}")))),
+                    Err(e) => Err(format!("node {id}: {e}")),
                 }
             }
         });
-        let answers: Vec<_> = futures::future::join_all(asks).await.into_iter().flatten().collect();
+        let (answers, silent): (Vec<_>, Vec<_>) =
+            futures::future::join_all(asks).await.into_iter().partition(|r| r.is_ok());
+        let answers: Vec<_> = answers.into_iter().flatten().collect();
         let Some(floor) = floor_of(others.len(), &answers) else {
+            let silent: Vec<String> = silent.into_iter().filter_map(Result::err).collect();
             tracing::info!(
                 node = self.id,
                 answered = answers.len(),
                 needed = answers_needed(others.len()),
+                ?silent,
                 "boot check: grants no vote until a majority of the other voters has answered"
             );
             return false;
