@@ -88,8 +88,9 @@ fn sim_skip_node_author_check_is_caught_with_a_replay_command() {
     // The planted node that takes node-authored commands without checking their node's
     // certificate and key lets the adversary's forged signing outcome (the proposing leader
     // failing a request the approvers withhold, signed by a stranger with certificate bytes "00") change
-    // the state, which breaks "forged commands never change state" within 8 chaos seeds.
-    let text = plant_caught("skip-node-author-check", "0..8", "2");
+    // the state, which breaks "forged commands never change state" (caught on chaos seeds 16 and
+    // 21 of 0..40; the forgery is one of six kinds drawn per scheduled byzantine fault).
+    let text = plant_caught("skip-node-author-check", "14..22", "2");
     assert!(text.contains("violated forged-command-applied"), "{text}");
 }
 
