@@ -520,6 +520,11 @@ impl SealedStore {
         Ok(rows.iter().filter_map(|(key, _)| SealContext::from_store_key(key)).collect())
     }
 
+    /// Whether this store holds any secret (one row read, not all). Blocking.
+    pub fn has_secrets(&self) -> Result<bool, SealError> {
+        Ok(!self.store.scan(Tree::Sealed, &[PREFIX_SECRET], Some(&[PREFIX_SECRET + 1]), 1)?.is_empty())
+    }
+
     /// Whether this store holds the KEK check record (a node started on it, or a backup carries it).
     pub fn has_kek_check(&self) -> Result<bool, SealError> {
         Ok(self.store.get(Tree::Sealed, KEK_CHECK_KEY)?.is_some())

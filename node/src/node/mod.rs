@@ -231,7 +231,7 @@ impl Node {
             Duration::from_millis(parts.tuning.election_timeout_max_ms),
             Duration::from_millis(parts.tuning.heartbeat_ms * SILENT_HEARTBEATS),
         ));
-        let restored = empty_disk && !node.sealed.secret_contexts().map(|c| c.is_empty()).unwrap_or(true);
+        let restored = empty_disk && node.sealed.has_secrets().unwrap_or(false);
         if !empty_disk || restored {
             // The applied state may be older than what this node last applied
             // (a rolled-back disk): like a snapshot, it could show a request
