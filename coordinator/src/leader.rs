@@ -123,10 +123,26 @@ pub trait Context: Send + Sync + 'static {
     fn after_shares(&self) -> BoxFuture<'static, ()> {
         futures::future::ready(()).boxed()
     }
+    /// Called once a request's sessions are over, before its outcome is committed: what the
+    /// node's metrics record of it.
+    fn coordinated(&self, _report: &Coordinated<'_>) {}
     /// Called between round 1 and round 2 (a test build pauses there once).
     fn between_rounds(&self) -> BoxFuture<'static, ()> {
         futures::future::ready(()).boxed()
     }
+}
+
+/// How one request's coordination went, for [`Context::coordinated`].
+#[derive(Debug)]
+pub struct Coordinated<'a> {
+    /// Whether a signature came out of it.
+    pub signed: bool,
+    /// From taking the request up to its outcome, retries after a refresh included.
+    pub took: Duration,
+    /// FROST sessions run (the last attempt's).
+    pub sessions: u32,
+    /// Signers whose shares failed verification.
+    pub culprits: &'a [NodeId],
 }
 
 /// A preprocessed commitment and the ticket that redeems it.
@@ -220,6 +236,7 @@ impl<C: Context> Leader<C> {
     /// Only the node's own state decides that, so a signer that claims a
     /// switch that did not happen gains nothing.
     async fn coordinate(self: &Arc<Self>, request_id: &str) {
+        let started = tokio::time::Instant::now();
         let mut retries = 0;
         let (request, outcome) = loop {
             let Some(request) = self.ctx.request(request_id) else { return };
@@ -250,6 +267,11 @@ impl<C: Context> Leader<C> {
             break (request, outcome);
         };
         let node_id = self.ctx.node_id();
+        let (signed, sessions, culprits) = match &outcome {
+            Ok(s) => (true, s.sessions, &s.culprits),
+            Err(f) => (false, f.sessions, &f.culprits),
+        };
+        self.ctx.coordinated(&Coordinated { signed, took: started.elapsed(), sessions, culprits });
         let command = match outcome {
             Ok(signed) => {
                 self.ctx.after_shares().await;

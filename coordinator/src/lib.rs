@@ -28,6 +28,6 @@ pub mod leader;
 mod session;
 mod ticket;
 
-pub use leader::{Context, Leader, RequestToSign};
+pub use leader::{Context, Coordinated, Leader, RequestToSign};
 pub use session::{run, sessions_max, CallError, Failure, Job, Signed, Signers};
 pub use ticket::Ticket;

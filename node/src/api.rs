@@ -17,6 +17,8 @@
 //! ARCHITECTURE.md's limits table lists them. The HTTPS configuration comes through a
 //! `watch` channel so that `SIGHUP` can replace the certificate for new connections.
 
+pub mod openapi;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +31,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Extension, Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -39,10 +41,16 @@ use synod_proto::command::ENVELOPE_BYTES_MAX;
 use synod_proto::{NodeError, SignedCommand};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::caller::Caller;
 use crate::node::{ClientResponse, Node, AUDIT_PAGE_MAX, WAIT_MS_MAX};
 use crate::pki::{self, PeerIdentity};
+// The types the handlers' OpenAPI annotations name.
+use openapi::{NotFound, ReadErrors, Refused, WriteErrors, WriteRefused};
+use synod_proto::api::{Health, KeyInfo, KeyList, KvList, KvRecord, Readiness, Status, WriteResponse};
 
 /// The body of a route that takes none (every GET, and POSTs without a payload): a client
 /// that sends one anyway is refused past this size.
@@ -72,8 +80,9 @@ const _: () = assert!(CONNECTIONS_PER_IP_MAX * 4 <= CONNECTIONS_MAX);
 const _: () = assert!(READ_BODY_BYTES_MAX < SHARE_BODY_BYTES_MAX && SHARE_BODY_BYTES_MAX < COMMAND_BODY_BYTES_MAX);
 const _: () = assert!(REQUEST_TIMEOUT.as_millis() > WAIT_MS_MAX as u128);
 
-/// The one route that needs no client certificate (load balancers probe it).
+/// The routes that need no client certificate (load balancers probe them).
 const HEALTH_PATH: &str = "/v1/sys/health";
+const READY_PATH: &str = "/v1/sys/ready";
 
 /// Counters of the API's defences and of TLS reloads, for `/v1/sys/metrics`. One node runs
 /// per process, so they are process-wide.
@@ -129,7 +138,7 @@ impl FromRequestParts<Arc<Node>> for Identified {
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, Failure> {
         let certificate = parts.extensions.get::<Connection>().and_then(|c| c.0.clone());
         // No certificate, no further work: a signature is checked only for a CA-issued client.
-        Caller { certificate: certificate.clone(), operator: None }.require_certificate()?;
+        Caller::anonymous(certificate.clone()).require_certificate()?;
         let header = match parts.headers.get(synod_proto::readsig::READ_SIGNATURE_HEADER) {
             None => None,
             Some(value) => Some(value.to_str().map_err(|_| {
@@ -192,8 +201,8 @@ impl IntoResponse for Failure {
 /// read.
 async fn admit_request(request: Request, next: Next) -> Response {
     let certificate = request.extensions().get::<Connection>().and_then(|c| c.0.clone());
-    if request.uri().path() != HEALTH_PATH {
-        if let Err(refusal) = (Caller { certificate, operator: None }).require_certificate() {
+    if request.uri().path() != HEALTH_PATH && request.uri().path() != READY_PATH {
+        if let Err(refusal) = Caller::anonymous(certificate).require_certificate() {
             count(&COUNTERS.unauthenticated_requests);
             return Failure::Node(refusal).into_response();
         }
@@ -211,6 +220,22 @@ async fn admit_request(request: Request, next: Next) -> Response {
         .into_response();
     }
     next.run(request).await
+}
+
+/// Counts every answered request by route template (never the path: `/v1/kv/{*key}`, not
+/// each key), method and status code, in the node's `synod_api_requests_total`.
+async fn count_requests(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
+    let method = request.method().as_str().to_string();
+    let response = next.run(request).await;
+    let code = response.status().as_u16().to_string();
+    node.metrics()
+        .counter("synod_api_requests_total", &[("route", &route), ("method", &method), ("code", &code)])
+        .increment(1);
+    response
 }
 
 /// Cuts a request off at [`REQUEST_TIMEOUT`] (a slow body, or a handler that hangs).
@@ -261,31 +286,52 @@ fn parse_command(body: Body) -> Result<SignedCommand, Failure> {
     read_body(body, "a signed command")
 }
 
+/// The message of the fallback's 404, for a path that no route serves.
+pub const NO_SUCH_ENDPOINT: &str = "no such endpoint; GET /v1/sys/openapi lists the API";
+
+/// The API's routes with their OpenAPI documentation, without a node. Every route is added
+/// here through `routes!`, which takes the path and methods from the handler's
+/// `#[utoipa::path]`: the document is the list of routes (`openapi::tests` checks it against
+/// the live router, and that nothing in this file adds a route another way).
+fn api_routes() -> OpenApiRouter<Arc<Node>> {
+    let command_body = || DefaultBodyLimit::max(COMMAND_BODY_BYTES_MAX);
+    OpenApiRouter::with_openapi(openapi::ApiFrame::openapi())
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(status))
+        .routes(routes!(metrics))
+        .routes(routes!(backup))
+        .routes(routes!(openapi_json))
+        .routes(routes!(init).layer(command_body()))
+        .routes(routes!(write).layer(command_body()))
+        .routes(routes!(keys_list, keys_create).layer(command_body()))
+        .routes(routes!(keys_get))
+        .routes(routes!(keys_share).layer(DefaultBodyLimit::max(SHARE_BODY_BYTES_MAX)))
+        .routes(routes!(sign).layer(command_body()))
+        .routes(routes!(request_get))
+        .routes(routes!(command_get))
+        .routes(routes!(operators_list))
+        .routes(routes!(proposals_list))
+        .routes(routes!(audit_list))
+        .routes(routes!(audit_head))
+        .routes(routes!(audit_checkpoint))
+        .routes(routes!(audit_checkpoints))
+        .routes(routes!(kv_list))
+        .routes(routes!(kv_get))
+        .fallback(|| async { Failure::Node(NodeError::not_found(NO_SUCH_ENDPOINT)) })
+}
+
+/// The API's OpenAPI 3.1 document: what `GET /v1/sys/openapi` serves.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    openapi::finish(api_routes().into_openapi())
+}
+
 /// The API's routes over a node.
 pub fn router(node: Arc<Node>) -> Router {
-    let command_body = || DefaultBodyLimit::max(COMMAND_BODY_BYTES_MAX);
-    Router::new()
-        .route(HEALTH_PATH, get(health))
-        .route("/v1/sys/status", get(status))
-        .route("/v1/sys/metrics", get(metrics))
-        .route("/v1/sys/backup", get(backup))
-        .route("/v1/sys/init", post(init).layer(command_body()))
-        .route("/v1/commands", post(write).layer(command_body()))
-        .route("/v1/keys", get(keys_list).post(keys_create).layer(command_body()))
-        .route("/v1/keys/{name}", get(keys_get))
-        .route("/v1/keys/{name}/share", post(keys_share).layer(DefaultBodyLimit::max(SHARE_BODY_BYTES_MAX)))
-        .route("/v1/sign", post(sign).layer(command_body()))
-        .route("/v1/requests/{id}", get(request_get))
-        .route("/v1/operators", get(operators_list))
-        .route("/v1/admin/proposals", get(proposals_list))
-        .route("/v1/audit", get(audit_list))
-        .route("/v1/audit/head", get(audit_head))
-        .route("/v1/audit/checkpoint", post(audit_checkpoint))
-        .route("/v1/audit/checkpoints", get(audit_checkpoints))
-        .route("/v1/kv", get(kv_list))
-        .route("/v1/kv/{*key}", get(kv_get))
-        .fallback(|| async { Failure::Node(NodeError::not_found("no such endpoint; see `synod --help` for the API")) })
+    let (routes, _document) = api_routes().split_for_parts();
+    routes
         .layer(DefaultBodyLimit::max(READ_BODY_BYTES_MAX))
+        .layer(middleware::from_fn_with_state(node.clone(), count_requests))
         .layer(middleware::from_fn(admit_request))
         .layer(middleware::from_fn(request_deadline))
         .with_state(node)
@@ -322,19 +368,34 @@ fn respond(response: ClientResponse) -> Response {
         R::AuditHead(h) => Json(h).into_response(),
         R::Checkpoint { request_id } => Json(serde_json::json!({ "request_id": request_id })).into_response(),
         R::Checkpoints(list) => Json(list).into_response(),
+        R::Command(outcome) if outcome.status == synod_proto::api::CommandStatus::Unknown => {
+            (StatusCode::NOT_FOUND, Json(outcome)).into_response()
+        }
+        R::Command(outcome) => Json(outcome).into_response(),
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct HealthQuery {
+    /// Answer 200 on a follower that knows a leader, as on the leader.
     #[serde(default)]
     standbyok: bool,
 }
 
 /// Vault's health codes: 200 on the leader (or any node with `standbyok`),
 /// 429 on a standby, 501 before initialisation, 503 with no leader.
+#[utoipa::path(
+    get, path = "/v1/sys/health", tag = "sys", params(HealthQuery),
+    responses(
+        (status = 200, description = "The leader, or with `standbyok` a follower that knows a leader.", body = Health),
+        (status = 429, description = "A follower that knows a leader (without `standbyok`).", body = Health),
+        (status = 501, description = "Not initialised.", body = Health),
+        (status = 503, description = "No leader known.", body = Health),
+    )
+)]
 async fn health(State(node): State<Arc<Node>>, Query(q): Query<HealthQuery>) -> Result<Response, Failure> {
-    let anyone = Caller { certificate: None, operator: None };
+    let anyone = Caller::anonymous(None);
     let ClientResponse::Health(health) = node.serve_client(&anyone, ClientRequest::Health).await? else {
         return Err(Failure::Node(NodeError::internal("health answered with something else")));
     };
@@ -348,15 +409,73 @@ async fn health(State(node): State<Arc<Node>>, Query(q): Query<HealthQuery>) -> 
     Ok((code, Json(health)).into_response())
 }
 
+/// Readiness for load balancers: 200 when this node can take part in signing now, 503 with
+/// the reasons when it cannot (no leader, catching up, a share missing, too few signers
+/// reachable). Like health, it needs no client certificate and reveals no secret.
+#[utoipa::path(
+    get, path = "/v1/sys/ready", tag = "sys",
+    responses(
+        (status = 200, description = "This node can take part in signing now.", body = Readiness),
+        (status = 503, description = "It cannot; `reasons` says why.", body = Readiness),
+    )
+)]
+async fn ready(State(node): State<Arc<Node>>) -> Response {
+    let readiness = node.readiness();
+    let code = if readiness.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(readiness)).into_response()
+}
+
+/// This OpenAPI 3.1 document, for any holder of a client certificate (built once per process).
+#[utoipa::path(
+    get, path = "/v1/sys/openapi", tag = "sys",
+    security(("client_certificate" = [])),
+    responses(
+        (status = 200, description = "The API's OpenAPI 3.1 document.", body = Object, content_type = "application/json"),
+        openapi::CertificateErrors,
+    )
+)]
+async fn openapi_json(Identified(_caller): Identified) -> Result<Response, Failure> {
+    static DOCUMENT: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    let document = DOCUMENT.get_or_init(|| openapi_document().to_json().map_err(|e| e.to_string()));
+    match document {
+        Ok(json) => Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], json.clone()).into_response()),
+        Err(e) => Err(Failure::Node(NodeError::internal(format!("the OpenAPI document does not serialise: {e}")))),
+    }
+}
+
+#[utoipa::path(
+    get, path = "/v1/sys/status", tag = "sys",
+    security(("client_certificate" = [], "read_signature" = [])),
+    responses(
+        (status = 200, description = "The node's view of the cluster. Any operator; before genesis any client certificate.", body = Status),
+        ReadErrors,
+    )
+)]
 async fn status(State(node): State<Arc<Node>>, Identified(caller): Identified) -> Result<Response, Failure> {
     answer(&node, &caller, ClientRequest::Status).await
 }
 
 /// `GET /v1/sys/backup`: this node's signed backup, for an admin (`synod node backup`).
+#[utoipa::path(
+    get, path = "/v1/sys/backup", tag = "sys",
+    security(("client_certificate" = [], "read_signature" = [])),
+    responses(
+        (status = 200, description = "This node's signed backup (sealed shares stay sealed). Admins.", body = crate::backup::BackupFile),
+        ReadErrors,
+    )
+)]
 async fn backup(State(node): State<Arc<Node>>, Identified(caller): Identified) -> Result<Response, Failure> {
     Ok(Json(node.backup(&caller).await?).into_response())
 }
 
+#[utoipa::path(
+    get, path = "/v1/sys/metrics", tag = "sys",
+    security(("client_certificate" = [], "read_signature" = [])),
+    responses(
+        (status = 200, description = "The node's figures in Prometheus's text format. Any operator.", body = String, content_type = "text/plain; version=0.0.4"),
+        ReadErrors,
+    )
+)]
 async fn metrics(State(node): State<Arc<Node>>, Identified(caller): Identified) -> Result<Response, Failure> {
     // Any operator, as for status: these are its figures (see `crate::caller`).
     caller.require_operator_of(&node.state().read().state, "the node's metrics")?;
@@ -364,23 +483,23 @@ async fn metrics(State(node): State<Arc<Node>>, Identified(caller): Identified) 
 }
 
 /// The node's figures in Prometheus's text format: what `/v1/sys/metrics` and
-/// the metrics listener serve.
+/// the metrics listener serve ([`crate::metrics`]).
 pub fn metrics_text(node: &Node) -> String {
-    let s = node.status();
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, value: u64| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node=\"{}\"}} {value}\n", s.node_id));
+    let metrics = node.metrics();
+    // The API's defences count in process-wide atomics (one node per process); copied in here.
+    let c = &COUNTERS;
+    let absolute = |name: &'static str, labels: &[(&'static str, &str)], value: &AtomicU64| {
+        metrics.counter(name, labels).absolute(value.load(Ordering::Relaxed));
     };
-    gauge("synod_raft_term", "Current Raft term.", s.term);
-    gauge("synod_raft_is_leader", "1 when this node is the leader.", u64::from(s.role == RaftRole::Leader));
-    gauge("synod_raft_last_log_index", "Index of the last log entry.", s.last_log_index.unwrap_or(0));
-    gauge("synod_raft_last_applied_index", "Index of the last applied entry.", s.last_applied_index.unwrap_or(0));
-    gauge("synod_raft_snapshot_index", "Last index covered by a snapshot.", s.snapshot_index.unwrap_or(0));
-    gauge("synod_members", "Members in Raft's configuration.", s.members.len() as u64);
-    gauge("synod_commands_applied_total", "Commands applied.", s.applied_commands);
-    gauge("synod_commands_rejected_total", "Committed commands refused when applied.", s.rejected_commands);
-    api_counters(&mut out, s.node_id);
-    out
+    absolute("synod_api_connections_refused_total", &[("cap", "total")], &c.refused_connections_max);
+    absolute("synod_api_connections_refused_total", &[("cap", "per_ip")], &c.refused_connections_per_ip);
+    absolute("synod_api_handshakes_failed_total", &[], &c.failed_handshakes);
+    absolute("synod_api_header_timeouts_total", &[], &c.header_timeouts);
+    absolute("synod_api_unauthenticated_requests_total", &[], &c.unauthenticated_requests);
+    absolute("synod_api_requests_timed_out_total", &[], &c.timed_out_requests);
+    absolute("synod_tls_reloads_total", &[], &c.tls_reloads);
+    absolute("synod_tls_reload_failures_total", &[], &c.tls_reload_failures);
+    node.render_metrics()
 }
 
 /// The metrics listener's routes (`metrics_addr`): `GET /metrics` only, no
@@ -397,6 +516,15 @@ pub fn metrics_router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
+#[utoipa::path(
+    post, path = "/v1/sys/init", tag = "sys", request_body = SignedCommand,
+    security(("client_certificate" = [])),
+    responses(
+        (status = 200, description = "The genesis committed: applied, or refused with the reason (the outcome says which).", body = WriteResponse),
+        Refused,
+        WriteErrors,
+    )
+)]
 async fn init(State(node): State<Arc<Node>>, Identified(caller): Identified, body: Body) -> Result<Response, Failure> {
     let command = parse_command(body)?;
     // The genesis answer is 200 even when refused: `synod cluster init` reads the outcome.
@@ -406,10 +534,28 @@ async fn init(State(node): State<Arc<Node>>, Identified(caller): Identified, bod
     }
 }
 
+#[utoipa::path(
+    post, path = "/v1/commands", tag = "commands", request_body = SignedCommand,
+    security(("client_certificate" = [])),
+    responses(
+        (status = 200, description = "Committed and applied.", body = WriteResponse),
+        WriteRefused,
+        WriteErrors,
+    )
+)]
 async fn write(State(node): State<Arc<Node>>, Identified(caller): Identified, body: Body) -> Result<Response, Failure> {
     answer(&node, &caller, ClientRequest::Write { command: parse_command(body)? }).await
 }
 
+#[utoipa::path(
+    get, path = "/v1/kv/{*key}", tag = "kv", params(("key" = String, Path, description = "The record's key; it may contain `/`.")),
+    security(("client_certificate" = [], "read_signature" = [])),
+    responses(
+        (status = 200, description = "The record, from this node's applied state. Any operator.", body = KvRecord),
+        ReadErrors,
+        NotFound,
+    )
+)]
 async fn kv_get(
     State(node): State<Arc<Node>>,
     Identified(caller): Identified,
@@ -418,6 +564,14 @@ async fn kv_get(
     answer(&node, &caller, ClientRequest::GetKv { key }).await
 }
 
+#[utoipa::path(
+    get, path = "/v1/kv", tag = "kv",
+    security(("client_certificate" = [], "read_signature" = [])),
+    responses(
+        (status = 200, description = "Every key with its version. Any operator.", body = KvList),
+        ReadErrors,
+    )
+)]
 async fn kv_list(State(node): State<Arc<Node>>, Identified(caller): Identified) -> Result<Response, Failure> {
     answer(&node, &caller, ClientRequest::ListKv).await
 }
@@ -425,12 +579,22 @@ async fn kv_list(State(node): State<Arc<Node>>, Identified(caller): Identified) 
 /// How long `POST /v1/sign` waits for the signature by default.
 const SIGN_WAIT_MS_DEFAULT: u64 = 30_000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct WaitQuery {
     /// How long to wait for a pending request, in ms (at most `node::client::WAIT_MS_MAX`).
     wait_ms: Option<u64>,
 }
 
+#[utoipa::path(
+    post, path = "/v1/keys", tag = "keys", request_body = SignedCommand,
+    security(("client_certificate" = [])),
+    responses(
+        (status = 200, description = "A `create_key`, `import_key`, `rotate_key` or `refresh_key` committed and applied (every participant answered a ping first).", body = WriteResponse),
+        WriteRefused,
+        WriteErrors,
+    )
+)]
 async fn keys_create(
     State(node): State<Arc<Node>>,
     Identified(caller): Identified,
@@ -439,11 +603,28 @@ async fn keys_create(
     answer(&node, &caller, ClientRequest::CreateKey { command: parse_command(body)? }).await
 }
 
+#[utoipa::path(
+    get, path = "/v1/keys", tag = "keys",
+    security(("client_certificate" = [], "read_signature" = [])),
+    responses(
+        (status = 200, description = "Every key, one entry per version. Any operator.", body = KeyList),
+        ReadErrors,
+    )
+)]
 async fn keys_list(State(node): State<Arc<Node>>, Identified(caller): Identified) -> Result<Response, Failure> {
     answer(&node, &caller, ClientRequest::ListKeys).await
 }
 
 /// A key by name (the live one), or by id (any, including aborted ones).
+#[utoipa::path(
+    get, path = "/v1/keys/{name}", tag = "keys", params(("name" = String, Path, description = "A key's name (its primary, with every version) or a key id (any, aborted ones included).")),
+    security(("client_certificate" = [], "read_signature" = [])),
+    responses(
+        (status = 200, description = "The key. Any operator.", body = KeyInfo),
+        ReadErrors,
+        NotFound,
+    )
+)]
 async fn keys_get(
     State(node): State<Arc<Node>>,
     Identified(caller): Identified,
@@ -452,6 +633,15 @@ async fn keys_get(
     answer(&node, &caller, ClientRequest::GetKey { name }).await
 }
 
+#[utoipa::path(
+    post, path = "/v1/keys/{name}/share", tag = "keys", request_body = ImportShare, params(("name" = String, Path, description = "The imported key's name.")),
+    security(("client_certificate" = [])),
+    responses(
+        (status = 200, description = "The share is sealed on this node.", body = openapi::ShareSealed),
+        Refused,
+        WriteErrors,
+    )
+)]
 async fn keys_share(
     State(node): State<Arc<Node>>,
     Identified(caller): Identified,
@@ -464,6 +654,16 @@ async fn keys_share(
     answer(&node, &caller, ClientRequest::ImportShare { share }).await
 }
 
+#[utoipa::path(
+    post, path = "/v1/sign", tag = "signing", request_body = SignedCommand, params(WaitQuery),
+    security(("client_certificate" = [])),
+    responses(
+        (status = 200, description = "Signed: `signature` is the 64-byte RFC 8032 signature (hex).", body = RequestInfo),
+        (status = 202, description = "Committed and still open (pending, or awaiting approvals) after the wait.", body = RequestInfo),
+        Refused,
+        WriteErrors,
+    )
+)]
 async fn sign(
     State(node): State<Arc<Node>>,
     Identified(caller): Identified,
@@ -478,6 +678,15 @@ async fn sign(
     }
 }
 
+#[utoipa::path(
+    get, path = "/v1/requests/{id}", tag = "signing", params(("id" = String, Path, description = "The request id."), WaitQuery),
+    security(("client_certificate" = [], "read_signature" = [])),
+    responses(
+        (status = 200, description = "The request, after waiting up to `wait_ms` while it is open. Its requester, auditors and admins; approvers its key's policy names see it without the signature.", body = RequestInfo),
+        ReadErrors,
+        NotFound,
+    )
+)]
 async fn request_get(
     State(node): State<Arc<Node>>,
     Identified(caller): Identified,
@@ -487,21 +696,47 @@ async fn request_get(
     answer(&node, &caller, ClientRequest::GetRequest { request_id: id, wait_ms: q.wait_ms.unwrap_or(0) }).await
 }
 
+#[utoipa::path(
+    get, path = "/v1/operators", tag = "operators",
+    security(("client_certificate" = [], "read_signature" = [])),
+    responses(
+        (status = 200, description = "Operators, their roles, and the admin quorum. Any operator.", body = openapi::OperatorList),
+        ReadErrors,
+    )
+)]
 async fn operators_list(State(node): State<Arc<Node>>, Identified(caller): Identified) -> Result<Response, Failure> {
     answer(&node, &caller, ClientRequest::ListOperators).await
 }
 
+#[utoipa::path(
+    get, path = "/v1/admin/proposals", tag = "operators",
+    security(("client_certificate" = [], "read_signature" = [])),
+    responses(
+        (status = 200, description = "Admin operations waiting for more admins. Auditors and admins.", body = openapi::ProposalList),
+        ReadErrors,
+    )
+)]
 async fn proposals_list(State(node): State<Arc<Node>>, Identified(caller): Identified) -> Result<Response, Failure> {
     answer(&node, &caller, ClientRequest::ListProposals).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AuditQuery {
     /// The first sequence number to return (1 is the first record).
     from: Option<u64>,
+    /// The most records to return (at most `AUDIT_PAGE_MAX`, 1000).
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/audit", tag = "audit", params(AuditQuery),
+    security(("client_certificate" = [], "read_signature" = [])),
+    responses(
+        (status = 200, description = "Audit records: auditors and admins every one, other operators those of the requests they may read.", body = openapi::AuditPage),
+        ReadErrors,
+    )
+)]
 async fn audit_list(
     State(node): State<Arc<Node>>,
     Identified(caller): Identified,
@@ -511,16 +746,67 @@ async fn audit_list(
     answer(&node, &caller, request).await
 }
 
+#[utoipa::path(
+    post, path = "/v1/audit/checkpoint", tag = "audit",
+    security(("client_certificate" = [])),
+    responses(
+        (status = 200, description = "A checkpoint request on the audit key was committed.", body = openapi::CheckpointRequested),
+        Refused,
+        WriteErrors,
+    )
+)]
 async fn audit_checkpoint(State(node): State<Arc<Node>>, Identified(caller): Identified) -> Result<Response, Failure> {
     answer(&node, &caller, ClientRequest::AuditCheckpoint).await
 }
 
+#[utoipa::path(
+    get, path = "/v1/audit/checkpoints", tag = "audit",
+    security(("client_certificate" = [], "read_signature" = [])),
+    responses(
+        (status = 200, description = "Every checkpoint, its exact signed message's hash and signature. Auditors and admins.", body = crate::node::CheckpointList),
+        ReadErrors,
+    )
+)]
 async fn audit_checkpoints(State(node): State<Arc<Node>>, Identified(caller): Identified) -> Result<Response, Failure> {
     answer(&node, &caller, ClientRequest::AuditCheckpoints).await
 }
 
+#[utoipa::path(
+    get, path = "/v1/audit/head", tag = "audit",
+    security(("client_certificate" = [], "read_signature" = [])),
+    responses(
+        (status = 200, description = "The audit chain's head. Any operator.", body = crate::state::AuditHead),
+        ReadErrors,
+    )
+)]
 async fn audit_head(State(node): State<Arc<Node>>, Identified(caller): Identified) -> Result<Response, Failure> {
     answer(&node, &caller, ClientRequest::AuditHead).await
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct CommandQuery {
+    /// The command's expiry (its envelope's `expires_at_ms`): with it, a node that does not
+    /// know the command says whether it can still commit.
+    expires_at_ms: Option<u64>,
+}
+
+#[utoipa::path(
+    get, path = "/v1/commands/{id}", tag = "commands", params(("id" = String, Path, description = "The command id (the envelope's `command_id`, 32 hex digits)."), CommandQuery),
+    security(("client_certificate" = [], "read_signature" = [])),
+    responses(
+        (status = 200, description = "What the command did: applied or refused, at which log index, with the outcome its write answered. Its author and admins.", body = synod_proto::api::CommandOutcome),
+        (status = 404, description = "Not known on this node; `final` says whether it can never commit (the log's time is past its expiry) or still may. Any operator.", body = synod_proto::api::CommandOutcome),
+        ReadErrors,
+    )
+)]
+async fn command_get(
+    State(node): State<Arc<Node>>,
+    Identified(caller): Identified,
+    Path(id): Path<String>,
+    Query(q): Query<CommandQuery>,
+) -> Result<Response, Failure> {
+    answer(&node, &caller, ClientRequest::GetCommand { command_id: id, expires_at_ms: q.expires_at_ms }).await
 }
 
 /// 200 with the signature, 202 while open, 503 naming why it failed.
@@ -535,47 +821,6 @@ fn request_response(info: RequestInfo) -> Result<Response, Failure> {
             info.request_id,
             info.error.unwrap_or_default()
         )))),
-    }
-}
-
-/// The API counters in Prometheus text format.
-fn api_counters(out: &mut String, node_id: u64) {
-    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-    let c = &COUNTERS;
-    let refused = [("total", load(&c.refused_connections_max)), ("per_ip", load(&c.refused_connections_per_ip))];
-    out.push_str(
-        "# HELP synod_api_connections_refused_total API connections closed at accept, by which cap was full.\n",
-    );
-    out.push_str("# TYPE synod_api_connections_refused_total counter\n");
-    for (cap, value) in refused {
-        out.push_str(&format!("synod_api_connections_refused_total{{node=\"{node_id}\",cap=\"{cap}\"}} {value}\n"));
-    }
-    let counters = [
-        (
-            "synod_api_handshakes_failed_total",
-            "API TLS handshakes that failed or timed out.",
-            load(&c.failed_handshakes),
-        ),
-        (
-            "synod_api_header_timeouts_total",
-            "API connections closed for want of a request head (slow or idle).",
-            load(&c.header_timeouts),
-        ),
-        (
-            "synod_api_unauthenticated_requests_total",
-            "Requests refused for want of a client certificate, body unread.",
-            load(&c.unauthenticated_requests),
-        ),
-        ("synod_api_requests_timed_out_total", "Requests cut off at the request timeout.", load(&c.timed_out_requests)),
-        ("synod_tls_reloads_total", "SIGHUP reloads of the TLS material that took effect.", load(&c.tls_reloads)),
-        (
-            "synod_tls_reload_failures_total",
-            "SIGHUP reloads refused; the old material stays.",
-            load(&c.tls_reload_failures),
-        ),
-    ];
-    for (name, help, value) in counters {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name}{{node=\"{node_id}\"}} {value}\n"));
     }
 }
 

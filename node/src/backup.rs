@@ -42,7 +42,7 @@ const SIGNATURE_DOMAIN: &[u8] = b"synod/node-backup/v1\0";
 pub const BACKUP_BYTES_MAX: usize = 256 << 20;
 
 /// A backup file: the backup as JSON text, signed by the node that wrote it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BackupFile {
     /// [`FORMAT`].
     pub format: String,

@@ -19,7 +19,13 @@
 //!   policy names (without the signature), auditors and admins;
 //! - audit records: auditors and admins all; other operators those of the
 //!   requests they may read;
-//! - proposals and checkpoints: auditors and admins.
+//! - proposals and checkpoints: auditors and admins;
+//! - a command's outcome (`GET /v1/commands/{id}`): its author and admins;
+//!   that a command is not known, any operator.
+//!
+//! A read may also say which log index its client has already seen
+//! (`min_index`, [`synod_proto::api::MIN_INDEX_PARAM`]); the caller carries it,
+//! and the node serves the read only once it has applied that far.
 
 use std::collections::BTreeSet;
 
@@ -52,6 +58,10 @@ pub struct Caller {
     pub certificate: Option<PeerIdentity>,
     /// The operator who signed the call, when it carried a read signature.
     pub operator: Option<VerifiedOperator>,
+    /// The highest log index the caller has seen (`min_index` in the read's
+    /// query): the node answers a read only once it has applied that far, so
+    /// a client reads its own writes whichever node serves it.
+    pub min_index: Option<u64>,
 }
 
 impl Caller {
@@ -67,8 +77,9 @@ impl Caller {
         path_and_query: &str,
         clocks_ms: &[u64],
     ) -> Result<Caller, NodeError> {
+        let min_index = min_index_of(path_and_query);
         let Some(header) = read_signature else {
-            return Ok(Caller { certificate, operator: None });
+            return Ok(Caller { certificate, operator: None, min_index });
         };
         let refuse = |why: String| NodeError::unauthenticated(format!("read signature refused: {why}"));
         let signature = ReadSignature::parse(header).map_err(refuse)?;
@@ -92,7 +103,13 @@ impl Caller {
         })?;
         let operator =
             VerifiedOperator { name: operator.name.clone(), key: signature.key, roles: operator.roles.clone() };
-        Ok(Caller { certificate, operator: Some(operator) })
+        Ok(Caller { certificate, operator: Some(operator), min_index })
+    }
+
+    /// A caller known only by its connection's certificate (none: anyone), with
+    /// no operator and no index to wait for.
+    pub fn anonymous(certificate: Option<PeerIdentity>) -> Caller {
+        Caller { certificate, operator: None, min_index: None }
     }
 
     /// The simulator's clients, which call the node inside one process with no
@@ -106,6 +123,7 @@ impl Caller {
                 key: OperatorKey([0; 32]),
                 roles: [Role::Admin, Role::Auditor].into(),
             }),
+            min_index: None,
         }
     }
 
@@ -178,6 +196,32 @@ impl Caller {
             ))),
         }
     }
+}
+
+impl Caller {
+    /// Whether this caller may read the outcome of command `command_id`,
+    /// signed by `author`: its author and admins may; others are refused,
+    /// saying who may.
+    pub fn may_read_command(&self, command_id: &str, author: &OperatorKey) -> Result<(), NodeError> {
+        let what = format!("the outcome of command {command_id}");
+        let operator = self.require_operator(&what)?;
+        if operator.key == *author || operator.roles.contains(&Role::Admin) {
+            return Ok(());
+        }
+        Err(NodeError::refused(format!(
+            "reading {what} needs the operator who signed it or an admin; operator {} is neither",
+            operator.name
+        )))
+    }
+}
+
+/// The `min_index` of a read's query, if it has one that parses.
+fn min_index_of(path_and_query: &str) -> Option<u64> {
+    let (_, query) = path_and_query.split_once('?')?;
+    query.split('&').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        (name == synod_proto::api::MIN_INDEX_PARAM).then(|| value.parse().ok()).flatten()
+    })
 }
 
 /// What a caller may see of one request.

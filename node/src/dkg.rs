@@ -49,6 +49,10 @@ pub trait DkgHost: Send + Sync {
     fn write_as_node(&self, command: Command) -> BoxFuture<'_, Result<WriteResponse, NodeError>>;
     /// This node holds its share of `key_id` again (a repair sealed it).
     fn share_restored(&self, _key_id: &str) {}
+    /// How long this node's part of a generation took, from the log time it started to the
+    /// sealed share (or the failure), for the node's metrics (`synod_dkg_duration_seconds`,
+    /// `synod_refresh_duration_seconds`).
+    fn record_duration(&self, _histogram: &'static str, _outcome: &str, _took: std::time::Duration) {}
 }
 
 /// How long to wait before submitting a message again that has not shown up
@@ -125,12 +129,15 @@ impl Dkg {
                     }
                     Step::Deliver(packages) => self.deliver(node, &key, packages).await,
                     Step::Seal { key_package, group, hash } => {
+                        let took = std::time::Duration::from_millis(now.saturating_sub(key.created_at_ms));
                         if let Err(e) = seal(node, &key, 0, &key_package).await {
+                            node.record_duration("synod_dkg_duration_seconds", "failed", took);
                             tracing::error!(key = %key.name, error = %e, "cannot seal the new key share");
                             let reason = format!("cannot seal its key share: {e}");
                             let _ = node.write_as_node(abort(&key, node.id(), reason, None)).await;
                             continue;
                         }
+                        node.record_duration("synod_dkg_duration_seconds", "sealed", took);
                         crate::faults::crash_point(node.id(), crate::faults::DKG_AFTER_SEAL).await;
                         let confirm = Command::KeyConfirm {
                             key_id: key.id.clone(),

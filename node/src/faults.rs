@@ -43,6 +43,11 @@ pub const CORRUPT_SHARES: &str = "corrupt-shares";
 /// process, so a test can kill the leader mid-signature.
 pub const PAUSE_BETWEEN_ROUNDS: &str = "pause-between-rounds";
 
+/// A node that waits 5 s after an operator's `put` it proposed commits, before
+/// it answers, once per process, so a test can kill it while its client waits
+/// (the client must then learn the outcome from another node).
+pub const PAUSE_AFTER_COMMIT: &str = "pause-after-commit";
+
 /// A signer whose preprocessing hands the same nonce pair out in two slots, so
 /// one nonce can sign two packages. The simulator's nonce checker must catch it.
 pub const NONCE_REUSE: &str = "nonce-reuse";
@@ -117,6 +122,13 @@ pub const SKIP_GENESIS_PIN: &str = "skip-genesis-pin";
 /// A node that installs any snapshot a peer sends, without checking its
 /// endorsements, its audit chain or that Raft is told the state it carries.
 pub const TRUST_SNAPSHOT: &str = "trust-snapshot";
+/// A state machine that lets a later outcome of a command replace its applied
+/// record (`ClusterState::record_outcome` without its guard): the refused
+/// replay of an applied command then files "refused: replay" over it, and
+/// `GET /v1/commands/{id}` tells its author the write never happened. The
+/// simulator's command-outcome checker must catch it.
+pub const OVERWRITE_APPLIED_OUTCOME: &str = "overwrite-applied-outcome";
+
 /// Followers that take every entry's time as stamped, without checking it
 /// against their own clock: a leader stamping far ahead moves the cluster's
 /// time. The simulator's time checker must catch it.
@@ -149,6 +161,7 @@ pub const KNOWN: &[&str] = &[
     ACK_BEFORE_COMMIT,
     CORRUPT_SHARES,
     PAUSE_BETWEEN_ROUNDS,
+    PAUSE_AFTER_COMMIT,
     NONCE_REUSE,
     SKIP_POLICY,
     SKIP_CLIENT_BOUNDS,
@@ -167,6 +180,7 @@ pub const KNOWN: &[&str] = &[
     STAMP_FAR_AHEAD,
     CLOCK_AHEAD_200D,
     SKIP_COORDINATOR_CHECK,
+    OVERWRITE_APPLIED_OUTCOME,
 ];
 
 /// The byzantine signer behaviours one node can have ([`set_for_node`]).

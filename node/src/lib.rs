@@ -17,7 +17,9 @@ pub mod files;
 #[allow(unsafe_code)]
 pub mod hygiene;
 pub mod kek;
+pub mod metrics;
 pub mod node;
+pub mod notify;
 pub mod pki;
 pub mod raft;
 pub mod refresh;

@@ -104,7 +104,12 @@ impl Refreshes {
                     }
                     Step::Deliver(packages) => self.deliver(node, &key, packages).await,
                     Step::Finish { secret, round1, round2 } => {
-                        let command = match finish(node, &key, &secret, &round1, &round2).await {
+                        let finished = finish(node, &key, &secret, &round1, &round2).await;
+                        let started = key.refresh.as_ref().map_or(now, |r| r.started_at_ms);
+                        let took = std::time::Duration::from_millis(now.saturating_sub(started));
+                        let outcome = if finished.is_ok() { "sealed" } else { "failed" };
+                        node.record_duration("synod_refresh_duration_seconds", outcome, took);
+                        let command = match finished {
                             Ok(hash) => {
                                 crate::faults::crash_point(node.id(), crate::faults::REFRESH_AFTER_SEAL).await;
                                 if crate::faults::enabled_for(node.id(), crate::faults::PAUSE_REFRESH_CONFIRM) {

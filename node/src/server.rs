@@ -20,6 +20,7 @@ use crate::kek::pkcs11::{Pkcs11Config, Pkcs11Kek};
 use crate::kek::soft::{SoftKek, SALT_BYTES};
 use crate::kek::Kek;
 use crate::node::{Node, NodeHandler, NodeParts};
+use crate::notify::Notifier;
 use crate::pki::{PeerIdentity, TlsMaterial};
 use crate::sealed::{KekCheck, SealedStore};
 use crate::seams::Seams;
@@ -192,6 +193,10 @@ pub async fn run(config_path: &Path, prompt: PassphrasePrompt) -> anyhow::Result
         incarnation = %node.incarnation,
         "node ready"
     );
+    // Ready once it listens with its KEK open, not once caught up (see `notify`).
+    let notifier = Notifier::from_env();
+    notifier.ready(&node);
+    let notify_tasks = notifier.start_tasks(&node);
 
     loop {
         tokio::select! {
@@ -203,9 +208,15 @@ pub async fn run(config_path: &Path, prompt: PassphrasePrompt) -> anyhow::Result
                 tracing::info!("SIGINT received; shutting down");
                 break;
             }
-            _ = hup.recv() => reloader.reload_and_log(),
+            _ = hup.recv() => {
+                notifier.reloading();
+                let accepted = reloader.reload_and_log();
+                notifier.reloaded(&node, accepted);
+            }
         }
     }
+    notifier.stopping();
+    drop(notify_tasks);
     let _ = stop_tx.send(true);
     let _ = api_task.await;
     node.shutdown().await;
@@ -233,16 +244,19 @@ struct TlsReloader {
 }
 
 impl TlsReloader {
-    /// Reloads, logs the outcome and counts it; never stops the node.
-    fn reload_and_log(&self) {
+    /// Reloads, logs the outcome and counts it; never stops the node. Returns whether the
+    /// new material was taken (for the service manager's status line).
+    fn reload_and_log(&self) -> bool {
         match self.reload() {
             Ok(certificate) => {
                 api::COUNTERS.tls_reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(cert = %self.paths.cert.display(), %certificate, "SIGHUP: TLS material reloaded; new API and peer connections use it");
+                true
             }
             Err(e) => {
                 api::COUNTERS.tls_reload_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::error!("SIGHUP: TLS reload refused, the node keeps its current certificate: {e:#}");
+                false
             }
         }
     }

@@ -15,7 +15,7 @@ use crate::NodeId;
 ///
 /// Status codes: 200 leader; 429 follower that knows a leader (200 with
 /// `?standbyok=true`); 501 not initialised; 503 no leader known.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Health {
     pub node_id: NodeId,
     pub initialized: bool,
@@ -34,8 +34,22 @@ pub struct Health {
     pub shares_missing: u32,
 }
 
+/// `GET /v1/sys/ready`: whether this node can take part in signing now (200), or why not (503).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Readiness {
+    pub node_id: NodeId,
+    pub ready: bool,
+    /// What keeps the node from signing, each in words an operator can act on; empty when ready.
+    pub reasons: Vec<String>,
+    pub leader_id: Option<NodeId>,
+    pub term: u64,
+    /// With the applied index below, how far the node has caught up with its own log.
+    pub last_log_index: Option<u64>,
+    pub last_applied_index: Option<u64>,
+}
+
 /// One member as this node sees it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MemberStatus {
     pub node_id: NodeId,
     pub addr: NodeAddr,
@@ -53,7 +67,7 @@ pub struct MemberStatus {
 }
 
 /// A command the state machine refused.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Rejection {
     pub index: u64,
     pub author: OperatorKey,
@@ -62,7 +76,7 @@ pub struct Rejection {
 }
 
 /// `GET /v1/sys/status`: the node's view of the cluster.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Status {
     pub node_id: NodeId,
     /// The id every command and approval names (derived from the genesis).
@@ -119,7 +133,7 @@ pub struct Status {
 }
 
 /// The answer to a write: where it landed and what it did.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WriteResponse {
     pub index: u64,
     #[serde(flatten)]
@@ -127,7 +141,7 @@ pub struct WriteResponse {
 }
 
 /// `GET /v1/kv/{key}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KvRecord {
     pub key: String,
     pub value: String,
@@ -139,7 +153,7 @@ pub struct KvRecord {
 }
 
 /// `GET /v1/kv`: every key with its version.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KvList {
     pub keys: BTreeMap<String, u64>,
 }
@@ -189,10 +203,14 @@ pub enum ClientRequest {
     AuditCheckpoint,
     /// `GET /v1/audit/checkpoints`.
     AuditCheckpoints,
+    /// `GET /v1/commands/{id}`: what became of the command with that
+    /// `command_id`; `expires_at_ms` (the envelope's, when the caller knows
+    /// it) lets the node say whether a command it does not know can still commit.
+    GetCommand { command_id: String, expires_at_ms: Option<u64> },
 }
 
 /// The JSON body of every error response: `{"errors": ["..."]}`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub errors: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -200,7 +218,7 @@ pub struct ErrorBody {
 }
 
 /// A node's part in Raft right now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RaftRole {
     Leader,
@@ -211,7 +229,7 @@ pub enum RaftRole {
 }
 
 /// Where a key stands, as the API and the CLI name it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyStatus {
     /// Waiting for round-1 packages or confirmations.
@@ -238,7 +256,7 @@ pub enum KeyStatus {
 }
 
 /// Where a signing request stands, as the API and the CLI name it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestStatus {
     /// Committed; its policy still needs approvals.
@@ -270,7 +288,7 @@ macro_rules! snake_case_display {
 snake_case_display!(RaftRole, KeyStatus, RequestStatus);
 
 /// `GET /v1/keys/{name}`: a signing key as every node's state records it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeyInfo {
     /// The key id (the id of the command that created it).
     pub id: String,
@@ -346,7 +364,7 @@ pub struct KeyInfo {
 }
 
 /// A repair (or enrollment) of one node's share in progress.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RepairInfo {
     /// The node getting its share.
     pub target: NodeId,
@@ -360,7 +378,7 @@ pub struct RepairInfo {
 }
 
 /// A refresh of a key's shares in progress.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RefreshInfo {
     /// The generation it makes.
     pub generation: u32,
@@ -374,7 +392,7 @@ pub struct RefreshInfo {
 }
 
 /// One version of a key, as `synod key show` lists them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeyVersionInfo {
     pub version: u32,
     pub id: String,
@@ -390,13 +408,13 @@ pub struct KeyVersionInfo {
 }
 
 /// `GET /v1/keys`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeyList {
     pub keys: Vec<KeyInfo>,
 }
 
 /// `GET /v1/requests/{id}` and the answer to `POST /v1/sign`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RequestInfo {
     pub request_id: String,
     pub key_id: String,
@@ -437,9 +455,65 @@ pub struct RequestInfo {
 
 /// `POST /v1/keys/{name}/share`: one imported share, sent by the operator's CLI
 /// straight to the node that will hold it (over TLS to that node only).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImportShare {
     pub key_id: String,
     /// Hex FROST `SecretShare` for this node.
+    #[schema(value_type = String)]
     pub share: crate::rpc::SecretHex,
 }
+
+/// `GET /v1/commands/{id}`: what became of a command, found by its envelope's
+/// `command_id`. 200 when this node knows it (applied, or refused); 404 when
+/// it does not, with [`CommandOutcome::is_final`] saying whether it may still
+/// commit. A client whose write's answer was lost asks this before it sends
+/// the same signed command again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CommandOutcome {
+    pub command_id: String,
+    pub status: CommandStatus,
+    /// The log index the command was applied (or refused) at, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+    /// What applying it did, as its write answered; absent when not known
+    /// here, and for a cluster whose rules keep no outcomes (before version 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    /// Who signed the command, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<OperatorKey>,
+    /// For a command not known here: true when it can never commit any more
+    /// (this node has applied entries past the command's expiry, and later
+    /// entries are never older), false while it still may. True for a known one.
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    /// The highest log index this node has applied.
+    pub applied_index: u64,
+    /// The log's time at that index (ms since the epoch).
+    pub log_time_ms: u64,
+    /// For a command not known here: what that means and what to do, so that
+    /// the 404's body reads as an [`ErrorBody`] too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// Whether a node knows a command, and how it ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandStatus {
+    /// Committed and applied (it changed the state, or was taken as a proposal).
+    Applied,
+    /// Committed and refused by the state machine; nothing changed.
+    Rejected,
+    /// Not in this node's applied log (or its record has expired).
+    Unknown,
+}
+
+/// The query parameter of a read that carries the highest log index its
+/// client has seen (read your writes): a node that has applied less waits up
+/// to `node::client::MIN_INDEX_WAIT_MS_MAX`, then answers 503 saying how far behind it is.
+pub const MIN_INDEX_PARAM: &str = "min_index";
+
+/// How a node's refusal begins when it has no leader and cannot reach a
+/// majority of the voters; clients stop retrying when they see it.
+pub const NO_MAJORITY_PREFIX: &str = "the cluster has no majority";

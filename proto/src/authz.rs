@@ -58,7 +58,7 @@ pub const ATTRIBUTE_VALUE_BYTES_MAX: usize = 256;
 pub const SSH_SIGNATURE_BYTES_MAX: usize = 8 * 1024;
 
 /// What an operator may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// May ask for signatures (subject to each key's policy).
@@ -86,7 +86,7 @@ impl std::str::FromStr for Role {
 
 /// A key's signing policy. Evaluated by every node, in its own state, before
 /// it releases a share.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// Operators (by name) who may request; empty: any operator with the requester role.
@@ -120,7 +120,7 @@ pub struct Policy {
 
 /// "A request whose `attribute` is above `above` needs `approvals_required`
 /// approvals from `approvers` (the policy's approvers when empty)."
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tier {
     /// The declared attribute compared, e.g. `amount` (an unsigned integer).
@@ -207,7 +207,7 @@ impl Policy {
 }
 
 /// How an approval is signed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ApprovalSignature {
     /// Ed25519 over [`approval_bytes`] with the approver's operator key (hex).

@@ -101,8 +101,21 @@ impl<'de> Deserialize<'de> for OperatorKey {
     }
 }
 
+/// In the API document, the key is what it serialises to: 64 hex characters.
+impl utoipa::PartialSchema for OperatorKey {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[0-9a-fA-F]{64}$"))
+            .description(Some("An Ed25519 public key (an operator's or a node's), 64 hex characters."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for OperatorKey {}
+
 /// What a command asks the cluster to do.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
     /// Fixes the root of authority: the genesis admins and the first members.
@@ -317,7 +330,12 @@ pub enum Command {
     /// `sign_result` or `sign_failed` naming that node: one node signature and
     /// one envelope check per node for the lot. Every node judges and audits
     /// each outcome on its own; one refused outcome does not refuse the others.
-    SignOutcomes { node_id: NodeId, outcomes: Vec<Command> },
+    SignOutcomes {
+        node_id: NodeId,
+        /// The schema refers back to `Command` rather than expanding it again.
+        #[schema(no_recursion)]
+        outcomes: Vec<Command>,
+    },
     /// Stops a key from signing (admin): new requests are refused and its
     /// pending requests fail; it can be enabled again (rules 5 and later).
     DisableKey { key: String },
@@ -355,7 +373,7 @@ pub enum Command {
 /// and including entry (`term`, `index`), named by the SHA-256 of its
 /// serialized form, which covers the Raft membership, everything a signer or
 /// policy check reads, and the audit chain's head.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SnapshotPoint {
     /// The cluster the state belongs to, so a point cannot be carried to another.
     pub cluster_id: String,
@@ -379,7 +397,7 @@ impl SnapshotPoint {
 /// The rules version a genesis made today names (see `ClusterState::rules`
 /// in the node): how entries are judged. A change to how an entry is judged
 /// raises it, so that a cluster keeps the rules its genesis named.
-pub const RULES_CURRENT: u32 = 7;
+pub const RULES_CURRENT: u32 = 8;
 
 /// The shortest waiting period before a key's destruction when the genesis
 /// names none: seven days, as production key managers require.
@@ -876,7 +894,7 @@ fn validate_member(id: NodeId, addr: &NodeAddr) -> Result<(), CommandError> {
 }
 
 /// The signed text: which cluster, which command, when, and until when.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Envelope {
     /// The cluster this command is for; a command for another cluster is refused.
     pub cluster_id: String,
@@ -921,9 +939,10 @@ pub fn random_command_id(rng: &mut (impl rand_core::RngCore + rand_core::CryptoR
 }
 
 /// An envelope, its author and the author's signature over it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SignedCommand {
     /// The exact JSON text of the [`Envelope`] that was signed.
+    #[schema(content_media_type = "application/json")]
     pub envelope: String,
     /// Who signed it.
     pub author: OperatorKey,
@@ -1045,7 +1064,7 @@ fn signing_bytes(envelope: &[u8]) -> Vec<u8> {
 }
 
 /// A node and its addresses, as named in genesis.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Member {
     pub node_id: NodeId,
     pub addr: NodeAddr,

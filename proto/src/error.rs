@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::NodeId;
 
 /// Where the current leader is, when known.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LeaderHint {
     pub node_id: NodeId,
     pub api_addr: String,

@@ -9,7 +9,7 @@ use crate::NodeId;
 
 /// Where a member can be reached. Stored in Raft's membership config and in the
 /// signed member registry.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeAddr {
     /// QUIC address for Raft and node-to-node traffic, `host:port`.
     pub raft_addr: String,
@@ -37,7 +37,7 @@ pub struct LogEntry {
 }
 
 /// What applying one log entry did. Deterministic: every node computes the same.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// The command was authorised and changed the state.
@@ -59,7 +59,7 @@ pub enum Outcome {
 }
 
 /// What kind of refusal an [`Outcome::Rejected`] is.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Refusal {
     /// Not authorised, expired, replayed, malformed or otherwise not allowed.

@@ -8,12 +8,15 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use synod_proto::api::{ClientRequest, Health, KeyInfo, KeyList, KvList, KvRecord, RequestInfo, Status, WriteResponse};
+use synod_proto::api::{
+    ClientRequest, CommandOutcome, CommandStatus, Health, KeyInfo, KeyList, KvList, KvRecord, RequestInfo, Status,
+    WriteResponse,
+};
 use synod_proto::{NodeError, NodeId};
 
 use super::Node;
 use crate::caller::{Access, Caller};
-use crate::state::{AuditHead, AuditRecord, Operator, Proposal};
+use crate::state::{AuditHead, AuditRecord, KnownCommand, Operator, Proposal};
 
 /// The most audit records one call returns.
 pub const AUDIT_PAGE_MAX: usize = 1000;
@@ -21,6 +24,9 @@ pub const AUDIT_PAGE_MAX: usize = 1000;
 pub const AUDIT_SCAN_MAX: usize = 100 * AUDIT_PAGE_MAX;
 /// How long a call may wait for a request's outcome, at most.
 pub const WAIT_MS_MAX: u64 = 120_000;
+/// How long a read waits for this node to apply the index its client has
+/// already seen (`min_index`) before it answers 503 saying how far behind it is.
+pub const MIN_INDEX_WAIT_MS_MAX: u64 = 5_000;
 
 /// A node's answer to a [`ClientRequest`]. These carry the node's own state
 /// types (operators, audit records), so they are defined here rather than in
@@ -61,10 +67,12 @@ pub enum ClientResponse {
     /// Every checkpoint: the sequence number and hash it covers, the exact
     /// message the audit key signs, and the signature once made.
     Checkpoints(CheckpointList),
+    /// What became of a command (`GET /v1/commands/{id}`); known or not.
+    Command(Box<CommandOutcome>),
 }
 
 /// `GET /v1/audit/checkpoints`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckpointList {
     pub cluster_id: String,
     /// The audit key's public key (hex), once it exists.
@@ -73,13 +81,27 @@ pub struct CheckpointList {
 }
 
 /// One audit checkpoint request.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckpointInfo {
     pub seq: u64,
     pub request_id: String,
     pub status: synod_proto::api::RequestStatus,
     pub signature: Option<String>,
     pub message_sha256: String,
+}
+
+/// Whether `request` reads the state (and so waits for the caller's `min_index`).
+fn is_read(request: &ClientRequest) -> bool {
+    !matches!(
+        request,
+        ClientRequest::Health
+            | ClientRequest::Init { .. }
+            | ClientRequest::Write { .. }
+            | ClientRequest::CreateKey { .. }
+            | ClientRequest::ImportShare { .. }
+            | ClientRequest::Sign { .. }
+            | ClientRequest::AuditCheckpoint
+    )
 }
 
 fn wait(wait_ms: u64) -> Duration {
@@ -126,6 +148,9 @@ impl Node {
         if !matches!(request, ClientRequest::Health) {
             caller.require_certificate()?;
         }
+        if let Some(index) = caller.min_index.filter(|_| is_read(&request)) {
+            self.caught_up_to(index).await?;
+        }
         Ok(match request {
             ClientRequest::Health => R::Health(self.health()),
             ClientRequest::Status => {
@@ -139,7 +164,21 @@ impl Node {
                 crate::dkg::import_share(self, &share.key_id, &share.share).await?;
                 R::ShareSealed { node_id: self.id }
             }
-            ClientRequest::Sign { command, wait_ms } => R::Request(Box::new(self.sign(command, wait(wait_ms)).await?)),
+            ClientRequest::Sign { command, wait_ms } => {
+                let arrived = tokio::time::Instant::now();
+                let answer = self.sign(command, wait(wait_ms)).await;
+                let outcome = match &answer {
+                    Ok(info) => match info.status {
+                        synod_proto::api::RequestStatus::Signed => "signed",
+                        synod_proto::api::RequestStatus::Failed => "failed",
+                        synod_proto::api::RequestStatus::AwaitingApproval => "awaiting_approval",
+                        synod_proto::api::RequestStatus::Pending => "pending",
+                    },
+                    Err(_) => "error",
+                };
+                self.metrics.duration("synod_sign_request_duration_seconds", outcome, arrived.elapsed());
+                R::Request(Box::new(answer?))
+            }
             ClientRequest::GetRequest { request_id, wait_ms } => {
                 // Refuse before waiting, and judge again what the wait returns.
                 self.request_access(caller, &request_id)?;
@@ -223,7 +262,126 @@ impl Node {
                 caller.require_overseer("the audit checkpoints")?;
                 R::Checkpoints(self.checkpoints())
             }
+            ClientRequest::GetCommand { command_id, expires_at_ms } => {
+                R::Command(Box::new(self.command_outcome(caller, &command_id, expires_at_ms)?))
+            }
         })
+    }
+
+    /// Waits up to [`MIN_INDEX_WAIT_MS_MAX`] for this node to apply `index`, or
+    /// refuses (503) saying how far behind it is.
+    async fn caught_up_to(&self, index: u64) -> Result<(), NodeError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(MIN_INDEX_WAIT_MS_MAX);
+        self.wait_applied(index, deadline).await;
+        let applied = self.shared.read().last_applied.map_or(0, |l| l.index);
+        if applied >= index {
+            return Ok(());
+        }
+        Err(NodeError::unavailable(format!(
+            "node {} has applied the log up to index {applied}, {} entries behind index {index}, which this client \
+             has already seen; it did not catch up within {} s: ask another node, or retry in a moment",
+            self.id,
+            index - applied,
+            MIN_INDEX_WAIT_MS_MAX / 1000
+        )))
+    }
+
+    /// What became of command `command_id`, for its author and admins: applied
+    /// or refused, with index and outcome; or not known here, and then whether
+    /// it can still commit, judged by `expires_at_ms` (the envelope's) when given.
+    fn command_outcome(
+        &self,
+        caller: &Caller,
+        command_id: &str,
+        expires_at_ms: Option<u64>,
+    ) -> Result<CommandOutcome, NodeError> {
+        caller.require_operator(&format!("the outcome of command {command_id}"))?;
+        if command_id.len() != 32 || hex::decode(command_id).is_err() {
+            return Err(NodeError::invalid(format!(
+                "{command_id:?} is not a command id (32 hex digits, the envelope's command_id)"
+            )));
+        }
+        let applied = self.shared.read();
+        let state = &applied.state;
+        let mut answer = CommandOutcome {
+            command_id: command_id.to_string(),
+            status: CommandStatus::Unknown,
+            index: None,
+            outcome: None,
+            author: None,
+            is_final: false,
+            applied_index: applied.last_applied.map_or(0, |l| l.index),
+            log_time_ms: state.time_ms,
+            errors: Vec::new(),
+        };
+        match state.command_outcome(command_id) {
+            Some(KnownCommand::Recorded(record)) => {
+                caller.may_read_command(command_id, &record.author)?;
+                answer.status =
+                    if record.outcome.is_applied() { CommandStatus::Applied } else { CommandStatus::Rejected };
+                answer.index = Some(record.index);
+                answer.outcome = Some(record.outcome.clone());
+                answer.author = Some(record.author);
+                answer.is_final = true;
+            }
+            Some(KnownCommand::SeenOnly) => {
+                answer.status = CommandStatus::Applied;
+                answer.is_final = true;
+            }
+            None => {
+                let (is_final, error) = self.not_known(command_id, state, answer.applied_index, expires_at_ms);
+                answer.is_final = is_final;
+                answer.errors.push(error);
+            }
+        }
+        Ok(answer)
+    }
+
+    /// Whether a command this node does not know can no longer commit, and
+    /// words saying so and what to do.
+    fn not_known(
+        &self,
+        command_id: &str,
+        state: &crate::state::ClusterState,
+        applied_index: u64,
+        expires_at_ms: Option<u64>,
+    ) -> (bool, String) {
+        let here = format!("command {command_id} is not in node {}'s log up to index {applied_index}", self.id);
+        let time = state.time_ms;
+        let Some(expires) = expires_at_ms else {
+            return (
+                false,
+                format!(
+                    "{here}; give its expiry (?expires_at_ms=, the envelope's) to learn whether it still can commit"
+                ),
+            );
+        };
+        if !state.never_commits(expires) {
+            return (
+                false,
+                format!(
+                    "{here}; it may still commit until the log's time ({time} ms) passes its expiry ({expires} ms)"
+                ),
+            );
+        }
+        let forgotten = expires.saturating_add(crate::state::OUTCOME_KEPT_AFTER_EXPIRY_MS) < time;
+        if forgotten || state.rules < crate::state::RULES_COMMAND_OUTCOMES {
+            return (
+                true,
+                format!(
+                    "{here}, and it can no longer commit (the log's time {time} ms is past its expiry {expires} ms); \
+                     whether it applied before can no longer be told here (its record would be gone by now); read \
+                     the state it would have changed"
+                ),
+            );
+        }
+        (
+            true,
+            format!(
+                "{here}, and it never will: the log's time ({time} ms) is past its expiry ({expires} ms), so it did \
+                 not commit; sign and send a new command"
+            ),
+        )
     }
 
     /// What `caller` may see of request `request_id`: `None` when there is no

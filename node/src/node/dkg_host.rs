@@ -47,4 +47,8 @@ impl DkgHost for Node {
     fn share_restored(&self, key_id: &str) {
         self.shares_missing.lock().expect("shares lock").remove(key_id);
     }
+
+    fn record_duration(&self, histogram: &'static str, outcome: &str, took: std::time::Duration) {
+        self.metrics.duration(histogram, outcome, took);
+    }
 }

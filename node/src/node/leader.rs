@@ -148,6 +148,17 @@ impl Context for NodeContext {
         .boxed()
     }
 
+    fn coordinated(&self, report: &synod_coordinator::Coordinated<'_>) {
+        let Some(node) = self.node.upgrade() else { return };
+        let metrics = node.metrics();
+        let outcome = if report.signed { "signed" } else { "failed" };
+        metrics.duration("synod_sign_coordination_duration_seconds", outcome, report.took);
+        metrics.histogram("synod_sign_sessions", &[("outcome", outcome)]).record(f64::from(report.sessions));
+        for culprit in report.culprits {
+            metrics.counter("synod_sign_culprits_total", &[("culprit", &culprit.to_string())]).increment(1);
+        }
+    }
+
     fn after_shares(&self) -> BoxFuture<'static, ()> {
         faults::crash_point(self.id, faults::LEADER_AFTER_SHARES).boxed()
     }

@@ -13,10 +13,12 @@
 mod backup;
 mod client;
 mod dkg_host;
+mod figures;
 mod leader;
 mod lifecycle;
 mod loops;
 mod peer;
+mod ready;
 mod snapshot;
 mod time;
 mod vote;
@@ -27,7 +29,7 @@ use loops::{break_election_ties, keys_and_signing, reconcile_membership};
 pub use peer::NodeHandler;
 use vote::{BootCheck, CatchUp};
 use write::RefusalBudget;
-pub use write::REFUSALS_PER_MINUTE_MAX;
+pub use write::{PeerReach, REFUSALS_PER_MINUTE_MAX};
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -118,6 +120,8 @@ pub struct Node {
     silent_limit: std::time::Duration,
     /// The operator keys whose genesis this node takes.
     genesis_admins: BTreeSet<synod_proto::OperatorKey>,
+    /// This node's recorder: what `/v1/sys/metrics` serves (`crate::metrics`).
+    metrics: Arc<crate::metrics::Metrics>,
     /// The node itself, for the tasks it starts.
     weak_self: std::sync::Weak<Node>,
     /// A snapshot a peer is sending, collected chunk by chunk before it is checked.
@@ -159,7 +163,9 @@ impl Node {
         };
         let config = Arc::new(config.validate()?);
         let (state_machine, shared) = StateMachine::open(parts.store.clone(), parts.id, t.snapshot_every_entries)?;
-        let mut log_store = LogStore::new(parts.store.clone());
+        let metrics = crate::metrics::Metrics::new(parts.id);
+        let state_machine = state_machine.observed_by(metrics.clone());
+        let mut log_store = LogStore::new(parts.store.clone()).observed_by(metrics.clone());
         let empty_disk = {
             use openraft::storage::RaftLogStorage;
             let vote = log_store.read_vote().await?;
@@ -216,6 +222,7 @@ impl Node {
             peer_health,
             silent_limit: std::time::Duration::from_millis(parts.tuning.heartbeat_ms * SILENT_HEARTBEATS),
             genesis_admins: parts.genesis_admins,
+            metrics,
             weak_self: weak.clone(),
             incoming: std::sync::Mutex::new(None),
             points_built: std::sync::Mutex::default(),
@@ -244,6 +251,7 @@ impl Node {
         tokio::spawn(keys_and_signing(Arc::downgrade(&node)));
         tokio::spawn(break_election_ties(Arc::downgrade(&node), parts.tuning.clone()));
         tokio::spawn(time::drop_slots_on_resume(Arc::downgrade(&node)));
+        tokio::spawn(figures::watch_metrics(Arc::downgrade(&node)));
         tokio::spawn(time::stand_down_when_time_refused(Arc::downgrade(&node), parts.tuning.clone()));
         Ok(node)
     }
@@ -276,6 +284,28 @@ impl Node {
 
     pub fn leader(&self) -> &Arc<Leader<leader::NodeContext>> {
         &self.leader
+    }
+
+    /// This node's metrics recorder.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// How long `peer` has left this node's Raft calls unanswered.
+    pub fn silent_for(&self, peer: NodeId) -> std::time::Duration {
+        self.peer_health.silent_for(peer)
+    }
+
+    /// Signing requests still open: (policy met, waiting for a signature; awaiting approvals).
+    pub fn open_requests(&self) -> (usize, usize) {
+        let applied = self.shared.read();
+        let state = &applied.state;
+        let ready = state
+            .pending_requests
+            .iter()
+            .filter(|id| state.requests.get(*id).is_some_and(|r| state.ready_to_sign(r, false).is_ok()))
+            .count();
+        (ready, state.pending_requests.len() - ready)
     }
 
     /// Whether `peer` has left this node's Raft calls (heartbeats included)

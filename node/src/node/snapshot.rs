@@ -129,7 +129,10 @@ impl Node {
         self.close_share_gate("installed a snapshot");
         let snapshot = Snapshot { meta, snapshot: Box::new(Cursor::new(data)) };
         match self.raft.install_full_snapshot(vote, snapshot).await {
-            Ok(response) => PeerResponse::InstallSnapshot(Ok(InstallSnapshotResponse { vote: response.vote })),
+            Ok(response) => {
+                self.metrics.snapshot_installs.increment(1);
+                PeerResponse::InstallSnapshot(Ok(InstallSnapshotResponse { vote: response.vote }))
+            }
             Err(fatal) => PeerResponse::InstallSnapshot(Err(openraft::error::RaftError::Fatal(fatal))),
         }
     }

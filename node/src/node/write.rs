@@ -1,11 +1,17 @@
 //! The write path: the early check a node makes before proposing (every node
 //! checks again when it applies), proposing on the leader, forwarding from a
 //! follower, and the client operations built on it (sign, create key, init).
+//!
+//! Two answers come at once rather than after a timeout: a command already
+//! applied is answered with its recorded outcome (a client that lost the first
+//! answer sends the same bytes again), and a node that has no leader and
+//! cannot reach a majority of the voters says so, naming those it cannot
+//! reach ([`Node::peer_reachability`]).
 
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
-use synod_proto::api::{RequestInfo, RequestStatus, WriteResponse};
+use synod_proto::api::{RequestInfo, RequestStatus, WriteResponse, NO_MAJORITY_PREFIX};
 use synod_proto::command::Authority;
 use synod_proto::raft::Refusal;
 use synod_proto::rpc::{PeerRequest, PeerResponse};
@@ -38,6 +44,10 @@ impl RefusalBudget {
 
 /// How long a participant may take to answer the ping before a key generation.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a voter may take to answer the ping that asks whether a majority
+/// is reachable: short, so that a write to a cluster without one is refused
+/// well within a client's patience (a live peer answers in milliseconds).
+const MAJORITY_PING_TIMEOUT: Duration = Duration::from_millis(1_000);
 /// How long a forwarded write may take at the leader.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the leader waits for its proposal to commit and apply. openraft
@@ -76,8 +86,17 @@ impl Node {
         command: SignedCommand,
         may_forward: bool,
     ) -> Result<WriteResponse, NodeError> {
+        if let Some(known) = self.known_write(&command) {
+            return Ok(known);
+        }
         if !faults::enabled(faults::SKIP_AUTHOR_CHECK) {
             self.precheck(&command)?;
+        }
+        if self.leads() && self.majority_silent() {
+            // A leader cut off from its voters would hold the proposal until it times out.
+            if let Some(lost) = self.majority_out_of_reach().await {
+                return Err(lost);
+            }
         }
         let entry = LogEntry { time_ms: self.stamp_time_ms(), command: command.clone() };
         #[cfg(synod_faults)]
@@ -86,7 +105,16 @@ impl Node {
                 return planted;
             }
         }
-        let Ok(written) = tokio::time::timeout(COMMIT_TIMEOUT, self.raft.client_write(entry)).await else {
+        let proposed = tokio::time::Instant::now();
+        let written = tokio::time::timeout(COMMIT_TIMEOUT, self.raft.client_write(entry)).await;
+        let outcome = match &written {
+            Ok(Ok(_)) => "committed",
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => "not_leader",
+            Ok(Err(_)) => "failed",
+            Err(_) => "timed_out",
+        };
+        self.metrics.duration("synod_raft_commit_duration_seconds", outcome, proposed.elapsed());
+        let Ok(written) = written else {
             return Err(NodeError::MayStillCommit {
                 message: format!(
                     "the write was proposed but not committed within {} s (leadership may have changed); \
@@ -98,10 +126,14 @@ impl Node {
         match written {
             Ok(resp) => {
                 faults::crash_point(self.id, faults::WRITE_AFTER_COMMIT).await;
+                pause_after_commit(&command).await;
                 Ok(WriteResponse { index: resp.log_id.index, outcome: resp.data })
             }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => {
                 let (Some(leader), Some(addr)) = (fwd.leader_id, fwd.leader_node) else {
+                    if let Some(lost) = self.majority_out_of_reach().await {
+                        return Err(lost);
+                    }
                     return Err(NodeError::unavailable("no leader is elected right now; retry in a moment"));
                 };
                 if !may_forward {
@@ -143,6 +175,10 @@ impl Node {
     /// command. A DKG or a refresh needs every participant up, so each one is
     /// pinged first and the error names any that does not answer.
     pub async fn create_key(&self, command: SignedCommand) -> Result<WriteResponse, NodeError> {
+        // Sent again after a lost answer: the key exists; its participants need no ping.
+        if let Some(known) = self.known_write(&command) {
+            return Ok(known);
+        }
         let envelope = command.verify().map_err(|e| NodeError::invalid(e.to_string()))?;
         let participants = match &envelope.command {
             Command::CreateKey { participants, .. } | Command::RotateKey { participants, .. } => participants.clone(),
@@ -203,7 +239,7 @@ impl Node {
         let response = loop {
             match self.write(command.clone()).await {
                 Ok(response) => break response,
-                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                Err(e) if e.is_retryable() && !is_no_majority(&e) && tokio::time::Instant::now() < deadline => {
                     tracing::info!(request_id, error = %e, "sign request not acknowledged; sending it again");
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
@@ -230,7 +266,7 @@ impl Node {
 
     /// Waits (until `deadline`) for this node to apply the entry at `index`, so
     /// that what a forwarded write did is visible here too.
-    async fn wait_applied(&self, index: u64, deadline: tokio::time::Instant) {
+    pub(super) async fn wait_applied(&self, index: u64, deadline: tokio::time::Instant) {
         let mut applied = self.shared.subscribe();
         while self.shared.read().last_applied.is_none_or(|l| l.index < index) && tokio::time::Instant::now() < deadline
         {
@@ -333,6 +369,10 @@ impl Node {
     /// `synod cluster init`: initialises Raft with the genesis members (if this
     /// node is uninitialised) and commits the genesis command.
     pub async fn init(&self, command: SignedCommand) -> Result<WriteResponse, NodeError> {
+        // Sent again after a lost answer: the cluster it made answers with its genesis.
+        if let Some(known) = self.known_write(&command) {
+            return Ok(known);
+        }
         let envelope = command.verify().map_err(|e| NodeError::invalid(e.to_string()))?;
         let Some(synod_proto::command::GenesisParts { members, ca_certificate, rules, .. }) =
             envelope.command.genesis()
@@ -418,6 +458,148 @@ impl Node {
             envelope.command.genesis()?;
             self.genesis_author_pinned(&data.command.author).err()
         })
+    }
+}
+
+impl Node {
+    /// The recorded answer to `command` if it was already applied (rules 8 on):
+    /// a client that lost the first answer sends the same signed command again
+    /// and gets the first outcome, with nothing proposed. Only the command's
+    /// author gets it, proven by the signature over the very envelope.
+    fn known_write(&self, command: &SignedCommand) -> Option<WriteResponse> {
+        let envelope: synod_proto::Envelope = serde_json::from_str(&command.envelope).ok()?;
+        let known = {
+            let applied = self.shared.read();
+            let record = applied.state.outcomes.get(&envelope.command_id)?;
+            let ours = record.author == command.author && record.outcome.is_applied();
+            ours.then(|| WriteResponse { index: record.index, outcome: record.outcome.clone() })?
+        };
+        command.verify().ok()?;
+        tracing::info!(command_id = envelope.command_id, index = known.index, "answering a command sent again");
+        Some(known)
+    }
+
+    /// Whether this node is the Raft leader now.
+    fn leads(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.state == openraft::ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    /// The voters of the current membership, this node included if it is one.
+    fn voters(&self) -> Vec<NodeId> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        voters
+    }
+
+    /// When this node last heard each other voter, from its own Raft calls
+    /// (heartbeats as leader, vote requests as candidate; a follower calls no
+    /// one, so its figures age). Shared with the metrics.
+    pub fn peer_reachability(&self) -> Vec<PeerReach> {
+        self.voters()
+            .into_iter()
+            .filter(|p| *p != self.id)
+            .map(|node_id| PeerReach {
+                node_id,
+                silent_for: self.peer_health.silent_for(node_id),
+                likely_down: self.likely_down(node_id),
+            })
+            .collect()
+    }
+
+    /// Whether this node's own calls say that too few voters answer for a
+    /// majority (cheap: no call is made).
+    fn majority_silent(&self) -> bool {
+        let voters = self.voters();
+        let heard = self.peer_reachability().iter().filter(|p| !p.likely_down).count();
+        let me = usize::from(voters.contains(&self.id));
+        me + heard < voters.len() / 2 + 1
+    }
+
+    /// The error to answer a write with when this node cannot reach a majority
+    /// of the voters (itself included): each other voter is pinged now, so the
+    /// answer does not rest on calls this node happened to make. `None` when a
+    /// majority answers (no leader yet, or one is being elected).
+    pub(super) async fn majority_out_of_reach(&self) -> Option<NodeError> {
+        let voters = self.voters();
+        if voters.is_empty() {
+            return None;
+        }
+        let members = self.shared.read().state.members.clone();
+        let others: Vec<NodeId> = voters.iter().copied().filter(|p| *p != self.id).collect();
+        let pings = others.iter().map(|&p| {
+            let addr = members.get(&p).map(|a| a.raft_addr.clone());
+            async move {
+                let Some(addr) = addr else { return (p, false) };
+                let answer = self.transport.call(p, addr, PeerRequest::Ping, MAJORITY_PING_TIMEOUT).await;
+                (p, matches!(answer, Ok(PeerResponse::Pong { .. })))
+            }
+        });
+        let answers = futures::future::join_all(pings).await;
+        let needed = voters.len() / 2 + 1;
+        let reachable = usize::from(voters.contains(&self.id)) + answers.iter().filter(|(_, up)| *up).count();
+        if reachable >= needed {
+            return None;
+        }
+        let silent: Vec<NodeId> = answers.iter().filter(|(_, up)| !*up).map(|(p, _)| *p).collect();
+        let heard: Vec<String> = silent
+            .iter()
+            .map(|p| match self.peer_health.silent_for(*p) {
+                d if d.is_zero() => format!("node {p} did not answer a ping"),
+                d => format!("node {p} last heard {} s ago", d.as_secs()),
+            })
+            .collect();
+        Some(NodeError::unavailable(format!(
+            "{NO_MAJORITY_PREFIX}: {} unreachable ({}); at least {needed} of {} voters must be up. Start the \
+             stopped nodes or mend the network between them; nothing was proposed",
+            node_list(&silent),
+            heard.join(", "),
+            voters.len()
+        )))
+    }
+}
+
+/// What this node knows of one other voter's reachability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerReach {
+    pub node_id: NodeId,
+    /// How long the peer has left this node's Raft calls unanswered (zero: it
+    /// answered the latest, or was never called).
+    pub silent_for: Duration,
+    /// Silent for several heartbeats (`SILENT_HEARTBEATS`): likely down.
+    pub likely_down: bool,
+}
+
+/// "node 2", "nodes 2 and 3", "nodes 2, 3 and 4".
+fn node_list(ids: &[NodeId]) -> String {
+    let names: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+    match names.as_slice() {
+        [one] => format!("node {one}"),
+        [init @ .., last] => format!("nodes {} and {last}", init.join(", ")),
+        [] => "no node".into(),
+    }
+}
+
+/// Whether `error` says the cluster has lost its majority (waiting will not help).
+pub fn is_no_majority(error: &NodeError) -> bool {
+    matches!(error, NodeError::Unavailable { message, .. } if message.starts_with(NO_MAJORITY_PREFIX))
+}
+
+/// The [`faults::PAUSE_AFTER_COMMIT`] node: once per process, after an
+/// operator's `put` commits here, waits 5 s before answering, so that a test
+/// can kill the node while its client waits for an answer that then never comes.
+async fn pause_after_commit(command: &SignedCommand) {
+    static PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !faults::enabled(faults::PAUSE_AFTER_COMMIT) || command.certificate.is_some() {
+        return;
+    }
+    let put = serde_json::from_str::<synod_proto::Envelope>(&command.envelope)
+        .is_ok_and(|e| matches!(e.command, Command::Put { .. }));
+    if put && !PAUSED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        tracing::warn!("fault pause-after-commit: the put committed; waiting 5 s before answering");
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
 

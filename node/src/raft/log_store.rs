@@ -36,6 +36,8 @@ pub struct LogStore {
     store: Arc<dyn Store>,
     /// The flusher's queue, started on the first append.
     flusher: Arc<std::sync::Mutex<Option<mpsc::UnboundedSender<Flush>>>>,
+    /// Where the flusher records how long each fsync took (none in unit tests).
+    fsync_metric: Option<metrics::Histogram>,
 }
 
 /// Work for the flusher, in call order.
@@ -48,14 +50,20 @@ enum Flush {
 
 impl LogStore {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        LogStore { store, flusher: Arc::default() }
+        LogStore { store, flusher: Arc::default(), fsync_metric: None }
+    }
+
+    /// The same store, recording each fsync's duration in `metrics`.
+    pub fn observed_by(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.fsync_metric = Some(metrics.fsync.clone());
+        self
     }
 
     fn enqueue(&self, job: Flush) {
         let mut flusher = self.flusher.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let queue = flusher.get_or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(flush_loop(self.store.clone(), rx));
+            tokio::spawn(flush_loop(self.store.clone(), rx, self.fsync_metric.clone()));
             tx
         });
         // The flusher ends only when every sender is gone, so this cannot fail while `self` lives.
@@ -93,7 +101,11 @@ impl LogStore {
 /// The flusher: one fsync for every append queued while the previous one ran,
 /// then each append's callback, in order. A failed fsync is reported to every
 /// waiting callback (openraft then stops this node: it cannot trust its log).
-async fn flush_loop(store: Arc<dyn Store>, mut queue: mpsc::UnboundedReceiver<Flush>) {
+async fn flush_loop(
+    store: Arc<dyn Store>,
+    mut queue: mpsc::UnboundedReceiver<Flush>,
+    fsync_metric: Option<metrics::Histogram>,
+) {
     while let Some(first) = queue.recv().await {
         let mut jobs = vec![first];
         while let Ok(next) = queue.try_recv() {
@@ -101,7 +113,12 @@ async fn flush_loop(store: Arc<dyn Store>, mut queue: mpsc::UnboundedReceiver<Fl
         }
         let result = if jobs.iter().any(|j| matches!(j, Flush::Appended(_))) {
             let store = store.clone();
-            match crate::seams::run_blocking(move || store.write(Vec::new(), Durability::Sync)).await {
+            let started = std::time::Instant::now();
+            let written = crate::seams::run_blocking(move || store.write(Vec::new(), Durability::Sync)).await;
+            if let Some(histogram) = &fsync_metric {
+                histogram.record(started.elapsed().as_secs_f64());
+            }
+            match written {
                 Ok(written) => written.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             }

@@ -187,6 +187,8 @@ pub struct StateMachine {
     shared: SharedState,
     /// This node's id, for named fault points.
     node_id: NodeId,
+    /// Where applied commands are counted (none in unit tests).
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Builds snapshots of whatever is applied, unendorsed: only openraft's
     /// storage conformance suite, which expects that.
     #[cfg(test)]
@@ -206,6 +208,7 @@ impl StateMachine {
             store,
             shared: shared.clone(),
             node_id,
+            metrics: None,
             #[cfg(test)]
             build_current: false,
         };
@@ -273,7 +276,24 @@ impl StateMachine {
         if let Some(last) = applied.last_applied {
             self.shared.2.send_replace(last.index);
         }
+        if let Some(metrics) = &self.metrics {
+            // One audit record per judged command, batches included: count them by kind.
+            for record in &audit {
+                metrics
+                    .counter("synod_commands_total", &[("kind", &record.kind), ("outcome", &record.result)])
+                    .increment(1);
+                if record.kind == "approve" {
+                    metrics.counter("synod_approvals_total", &[("outcome", &record.result)]).increment(1);
+                }
+            }
+        }
         (outcomes, audit)
+    }
+
+    /// The same state machine, counting what it applies in `metrics`.
+    pub fn observed_by(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     async fn save_snapshot(
@@ -448,6 +468,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             store: self.store.clone(),
             shared: self.shared.clone(),
             node_id: self.node_id,
+            metrics: self.metrics.clone(),
             #[cfg(test)]
             build_current: self.build_current,
         }

@@ -18,7 +18,7 @@ const AUDIT_DOMAIN: &[u8] = b"synod/audit/v1\0";
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The newest record's sequence number and hash.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditHead {
     pub seq: u64,
     pub hash: String,
@@ -31,7 +31,7 @@ impl Default for AuditHead {
 }
 
 /// One audited action.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     /// 1, 2, 3, ... with no gaps.
     pub seq: u64,

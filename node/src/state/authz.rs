@@ -16,7 +16,7 @@ use synod_proto::{Command, OperatorKey};
 use super::{ClusterState, Refusal, RequestRecord, RequestStatus};
 
 /// An operator: a person or system with a key and roles.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Operator {
     pub name: String,
     /// Signs commands and Ed25519 approvals.
@@ -40,7 +40,7 @@ pub struct ApprovalRecord {
 }
 
 /// An admin operation waiting for more admins to agree.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Proposal {
     pub id: String,
     pub command: Command,

@@ -62,6 +62,8 @@ pub const REJECTIONS_KEPT_MAX: usize = 32;
 /// - 7: a key's shares can be refreshed to a new generation, and one node's
 ///   share repaired (or a new member enrolled), with the same public key
 ///   ([`RULES_KEY_REFRESH`]).
+/// - 8: the state keeps what each command did, by command id, until shortly
+///   after the command expires ([`RULES_COMMAND_OUTCOMES`]).
 pub use synod_proto::command::RULES_CURRENT;
 /// The first rules version that needs a take-up before signing outcomes.
 pub const RULES_COORDINATOR: u32 = 1;
@@ -83,6 +85,18 @@ pub const RULES_BOUNDED_CLIENTS: u32 = 4;
 pub const ISSUED_AHEAD_MS_MAX: u64 = 5 * 60 * 1000;
 /// How many proposals one admin may have waiting at once.
 pub const PROPOSALS_PER_ADMIN_MAX: usize = 16;
+/// The first rules version whose state keeps each command's outcome by
+/// command id ([`ClusterState::outcomes`]), for `GET /v1/commands/{id}`: a
+/// client whose write's answer was lost learns what it did before it sends
+/// it again. The records are part of the state every node digests, so a
+/// cluster whose genesis named older rules keeps none and its state's bytes
+/// stay what older binaries compute.
+pub const RULES_COMMAND_OUTCOMES: u32 = 8;
+/// How long a command's outcome is kept after the command expires (ms): long
+/// enough for a client that lost an answer near the end of its command's life
+/// to still find it; until then, "not known and past its expiry" means it
+/// never committed.
+pub const OUTCOME_KEPT_AFTER_EXPIRY_MS: u64 = 10 * 60 * 1000;
 /// How many terms' coordinators the state remembers. Entries apply in term
 /// order, so only the newest is ever consulted; a few more cost nothing and
 /// help `status` readers.
@@ -166,6 +180,29 @@ pub struct ClusterState {
     /// Signed endorsements of the newest snapshot points, by point index and node.
     #[serde(default)]
     pub endorsements: BTreeMap<u64, BTreeMap<NodeId, Endorsement>>,
+    /// What each command did, by command id (rules 8 on: empty, and so not
+    /// serialised, under older rules). Bounded like `seen_commands`: a record
+    /// goes [`OUTCOME_KEPT_AFTER_EXPIRY_MS`] after its command expires. Refused
+    /// commands are recorded too, though they never enter `seen_commands`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outcomes: BTreeMap<String, CommandRecord>,
+    /// The same ids ordered by when their record goes, so expiring them costs
+    /// only what expires.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub outcomes_by_expiry: BTreeSet<(u64, String)>,
+}
+
+/// What one command did when it was applied (rules 8 on).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandRecord {
+    /// The log index of the entry that carried it.
+    pub index: u64,
+    /// Who signed it (its signature verified): only its author and admins read the record.
+    pub author: OperatorKey,
+    /// The command's own expiry; the record goes [`OUTCOME_KEPT_AFTER_EXPIRY_MS`] later.
+    pub expires_at_ms: u64,
+    /// Applied or refused, as the write answered.
+    pub outcome: Outcome,
 }
 
 /// Whether `signed` is node `node_id`'s: it carries a certificate that chains
@@ -220,6 +257,9 @@ impl ClusterState {
         let envelope: Option<Envelope> = serde_json::from_str(&entry.command.envelope).ok();
         self.last_was_endorsement = matches!(&envelope, Some(e) if matches!(e.command, Command::Endorse { .. }));
         let outcome = self.apply_outcome(index, term, entry);
+        if let Some(envelope) = &envelope {
+            self.record_outcome(index, entry, envelope, &outcome);
+        }
         let judged = std::mem::take(&mut self.batch_judged);
         match (&envelope, judged.is_empty()) {
             (Some(batch), false) => {
@@ -692,8 +732,77 @@ impl ClusterState {
             let (_, id) = self.seen_by_expiry.pop_first().expect("first exists");
             self.seen_commands.remove(&id);
         }
+        while let Some((forget_at, _)) = self.outcomes_by_expiry.first() {
+            if *forget_at >= now {
+                break;
+            }
+            let (_, id) = self.outcomes_by_expiry.pop_first().expect("first exists");
+            self.outcomes.remove(&id);
+        }
+    }
+
+    /// Under [`RULES_COMMAND_OUTCOMES`]: keeps what the command in `entry` did.
+    /// An applied outcome is never replaced (a replay of it is refused, and a
+    /// byte-identical sign request answered again, at later indexes); a refusal
+    /// is kept only for a command whose signature verifies, so no one can file
+    /// a refusal under another author's command id.
+    fn record_outcome(&mut self, index: u64, entry: &LogEntry, envelope: &Envelope, outcome: &Outcome) {
+        if self.rules < RULES_COMMAND_OUTCOMES || matches!(outcome, Outcome::Internal) {
+            return;
+        }
+        let id = &envelope.command_id;
+        if self.outcomes.get(id).is_some_and(|r| r.outcome.is_applied())
+            && !crate::faults::enabled(crate::faults::OVERWRITE_APPLIED_OUTCOME)
+        {
+            return;
+        }
+        if !outcome.is_applied() && entry.command.verify().is_err() {
+            return;
+        }
+        // A command claiming a longer life than any may have is kept no longer than one that may.
+        let expires_at_ms = envelope.expires_at_ms.min(self.time_ms.saturating_add(COMMAND_TTL_MS_MAX));
+        let forget_at = expires_at_ms.saturating_add(OUTCOME_KEPT_AFTER_EXPIRY_MS);
+        if forget_at < self.time_ms {
+            return;
+        }
+        if let Some(old) = self.outcomes.get(id) {
+            let old_forget_at = old.expires_at_ms.saturating_add(OUTCOME_KEPT_AFTER_EXPIRY_MS);
+            self.outcomes_by_expiry.remove(&(old_forget_at, id.clone()));
+        }
+        self.outcomes_by_expiry.insert((forget_at, id.clone()));
+        let record = CommandRecord { index, author: entry.command.author, expires_at_ms, outcome: outcome.clone() };
+        self.outcomes.insert(id.clone(), record);
+    }
+
+    /// What the command `command_id` did, if this state still knows: its
+    /// record under [`RULES_COMMAND_OUTCOMES`]; under older rules only
+    /// whether it was applied (`seen_commands`), with no index or outcome.
+    pub fn command_outcome(&self, command_id: &str) -> Option<KnownCommand<'_>> {
+        if let Some(record) = self.outcomes.get(command_id) {
+            return Some(KnownCommand::Recorded(record));
+        }
+        (self.rules < RULES_COMMAND_OUTCOMES && self.seen_commands.contains_key(command_id))
+            .then_some(KnownCommand::SeenOnly)
+    }
+
+    /// Whether a command that expires at `expires_at_ms` and is not in this
+    /// state can never be applied from here on: the log's time is past its
+    /// expiry, and it never goes backwards.
+    pub fn never_commits(&self, expires_at_ms: u64) -> bool {
+        expires_at_ms < self.time_ms
     }
 }
+
+/// What a state knows of one command ([`ClusterState::command_outcome`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KnownCommand<'a> {
+    /// Its record: index, author and outcome.
+    Recorded(&'a CommandRecord),
+    /// Applied, under rules that keep no outcomes.
+    SeenOnly,
+}
+
+impl ClusterState {}
 
 #[cfg(test)]
 pub(crate) mod key_tests;
@@ -808,6 +917,72 @@ mod tests {
         assert!(
             matches!(state.apply(5, 1, &foreign), Outcome::Rejected { ref reason, .. } if reason.contains("cluster"))
         );
+    }
+
+    #[test]
+    fn state_outcomes_are_kept_by_command_id_until_after_expiry() {
+        // An applied command's record holds its index and outcome; a replay of it leaves the
+        // record alone; a refused command is recorded though it never enters seen_commands;
+        // records go OUTCOME_KEPT_AFTER_EXPIRY_MS after their command's expiry.
+        let mut state = genesis();
+        let put = Command::Put { key: "a".into(), value: "1".into() };
+        let e = entry(&admin(), 2, 11, &id(&state), put.clone());
+        let applied = state.apply(2, 1, &e);
+        assert!(applied.is_applied());
+        let Some(KnownCommand::Recorded(record)) = state.command_outcome(&format!("{:032x}", 2)) else {
+            panic!("the applied put is recorded")
+        };
+        assert_eq!((record.index, &record.outcome, record.author), (2, &applied, OperatorKey::of(&admin())));
+        assert!(!state.apply(3, 1, &e).is_applied(), "a replay is refused");
+        let Some(KnownCommand::Recorded(record)) = state.command_outcome(&format!("{:032x}", 2)) else {
+            panic!("still recorded")
+        };
+        assert_eq!(record.index, 2, "the replay's refusal does not replace the applied outcome");
+
+        let stranger = SigningKey::from_bytes(&[9; 32]);
+        let refused = state.apply(4, 1, &entry(&stranger, 4, 12, &id(&state), put.clone()));
+        assert!(!refused.is_applied());
+        assert!(!state.seen_commands.contains_key(&format!("{:032x}", 4)));
+        let Some(KnownCommand::Recorded(record)) = state.command_outcome(&format!("{:032x}", 4)) else {
+            panic!("the refusal is recorded")
+        };
+        assert_eq!((record.index, record.author), (4, OperatorKey::of(&stranger)));
+        assert!(state.command_outcome(&format!("{:032x}", 5)).is_none());
+        assert!(!state.never_commits(11 + 60_000), "not yet past the command's expiry");
+
+        // Past the expiry (entries expire 60 s after 11 ms) but within the grace: kept.
+        let later = 11 + 60_000 + OUTCOME_KEPT_AFTER_EXPIRY_MS;
+        let e = entry(&admin(), 6, later, &id(&state), Command::Put { key: "b".into(), value: "1".into() });
+        assert!(state.apply(5, 1, &e).is_applied());
+        assert!(state.never_commits(11 + 60_000));
+        assert!(state.command_outcome(&format!("{:032x}", 2)).is_some());
+        let e = entry(&admin(), 7, later + 10, &id(&state), Command::Put { key: "c".into(), value: "1".into() });
+        assert!(state.apply(6, 1, &e).is_applied());
+        assert!(state.command_outcome(&format!("{:032x}", 2)).is_none(), "forgotten after the grace");
+        assert!(state.command_outcome(&format!("{:032x}", 4)).is_none());
+        assert_eq!(state.outcomes.len(), state.outcomes_by_expiry.len());
+    }
+
+    #[test]
+    fn state_outcomes_are_not_kept_under_older_rules_and_the_state_bytes_do_not_change() {
+        // A cluster whose genesis named rules 7 keeps no outcomes, so its state serialises as
+        // older binaries serialise it (no new field) and they agree on its digest; a command
+        // applied there is still known, without its outcome.
+        let mut state = ClusterState::default();
+        let genesis = Command::VersionedGenesis {
+            rules: RULES_COMMAND_OUTCOMES - 1,
+            admins: vec![OperatorKey::of(&admin())],
+            members: vec![synod_proto::Member { node_id: 1, addr: addr(1000) }],
+            ca_certificate: "00".into(),
+            key_destroy_wait_min_ms: None,
+        };
+        assert!(state.apply(1, 1, &entry(&admin(), 1, 10, "c", genesis)).is_applied());
+        let put = Command::Put { key: "a".into(), value: "1".into() };
+        assert!(state.apply(2, 1, &entry(&admin(), 2, 11, &id(&state), put)).is_applied());
+        assert!(state.outcomes.is_empty());
+        assert_eq!(state.command_outcome(&format!("{:032x}", 2)), Some(KnownCommand::SeenOnly));
+        let json = serde_json::to_string(&state).unwrap();
+        assert!(!json.contains("outcomes"), "no new field in an older cluster's state: {json}");
     }
 
     #[test]

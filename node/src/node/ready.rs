@@ -1,0 +1,69 @@
+//! Readiness: whether this node can take part in signing now (`GET /v1/sys/ready`), for load
+//! balancers and for `systemd`'s status line.
+//!
+//! Health (`/v1/sys/health`) says whether the node is up and knows a leader; readiness asks
+//! more: the node is initialised, knows a leader, has caught up (its share gate is open), holds
+//! the share of every active key it is a participant of, and, for each such key, sees at least
+//! the key's threshold of its signers answering. Each miss is a reason in words an operator can
+//! act on, so the same answer serves a probe (the status code) and a person (the body).
+
+use std::collections::BTreeSet;
+
+use synod_proto::api::Readiness;
+
+use super::Node;
+use crate::state::KeyStatus;
+
+impl Node {
+    /// Whether this node can take part in signing now, and why not.
+    pub fn readiness(&self) -> Readiness {
+        // Both read the state themselves: before the state lock below.
+        let catching_up = self.share_gate_refusal();
+        let missing = self.missing_share_names();
+        let m = self.raft.metrics().borrow().clone();
+        let applied = self.shared.read();
+        let state = &applied.state;
+        let mut reasons = Vec::new();
+        if state.cluster_id.is_none() {
+            reasons.push("the cluster is not initialised; run `synod cluster init`".to_string());
+        }
+        if m.current_leader.is_none() {
+            reasons.push(format!(
+                "node {} knows no leader (term {}); a majority of the voters must be up and reachable",
+                self.id, m.current_term
+            ));
+        }
+        reasons.extend(catching_up);
+        if !missing.is_empty() {
+            reasons.push(format!(
+                "node {} holds no share of {}; run `synod key repair` for each",
+                self.id,
+                missing.join(", ")
+            ));
+        }
+        let mut unreachable = BTreeSet::new();
+        for key in state.keys.values().filter(|k| k.status == KeyStatus::Active && k.participants.contains(&self.id)) {
+            let down: Vec<_> = key.participants.iter().copied().filter(|p| self.likely_down(*p)).collect();
+            let up = key.participants.len() - down.len();
+            if up < usize::from(key.threshold) {
+                unreachable.extend(down.iter().copied());
+                reasons.push(format!(
+                    "key {} needs {} of its signers and only {up} of {} answer (nodes {} do not)",
+                    key.name,
+                    key.threshold,
+                    key.participants.len(),
+                    down.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        Readiness {
+            node_id: self.id,
+            ready: reasons.is_empty(),
+            reasons,
+            leader_id: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied_index: m.last_applied.map(|l| l.index),
+        }
+    }
+}
