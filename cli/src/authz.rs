@@ -9,12 +9,12 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use ed25519_dalek::Signer as _;
 use serde_json::Value;
-use synod_proto::api::{RequestInfo, RequestStatus, Status, WriteResponse};
+use synod_proto::api::{KeyInfo, RequestInfo, RequestStatus, Status, WriteResponse};
 use synod_proto::authz::{approval_bytes, ApprovalSignature, ApprovalStatement, Policy};
 use synod_proto::{Command, OperatorKey, Outcome, SignedCommand};
 
 use super::client::{cluster_id, sign as sign_command, ApiClient};
-use super::display::shown;
+use super::display::{note, shown, time_ms, time_ms_or_dash};
 use super::operator::load_operator_key;
 use super::{AdminCmd, ApproveArgs, AuditCmd, ClientArgs, Output, PolicyCmd, RequestCmd};
 use synod_node::state::{verify_chain, AuditHead, AuditRecord};
@@ -121,17 +121,58 @@ pub async fn policy(cmd: PolicyCmd) -> anyhow::Result<()> {
             submit(&client, "/v1/commands", Command::SetPolicy { key: name, policy }).await?;
         }
         PolicyCmd::Show { name, client } => {
-            let (_, key): (u16, Value) = ApiClient::new(&client)?.get(&format!("/v1/keys/{name}")).await?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&serde_json::json!({
-                    "policy_version": key["policy_version"],
-                    "policy": key["policy"],
-                }))?
-            );
+            let (_, key): (u16, KeyInfo) = ApiClient::new(&client)?.get(&format!("/v1/keys/{name}")).await?;
+            match client.output.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "policy_version": key.policy_version,
+                        "policy": key.policy,
+                    }))?
+                ),
+                Output::Table => print_policy(&key),
+            }
         }
     }
     Ok(())
+}
+
+/// A key's policy as a `key: value` list; empty lists say what they allow.
+fn print_policy(key: &KeyInfo) {
+    let list = |names: &[String], empty: &str| {
+        if names.is_empty() {
+            empty.to_string()
+        } else {
+            names.iter().map(|n| shown(n).to_string()).collect::<Vec<_>>().join(", ")
+        }
+    };
+    let policy = &key.policy;
+    println!("key:                {}", shown(&key.name));
+    if key.policy_unset {
+        println!("policy:             none yet: signs nothing until `synod key policy set`");
+        return;
+    }
+    println!("policy version:     {}", key.policy_version);
+    println!("requesters:         {}", list(&policy.requesters, "any operator with the requester role"));
+    println!("approvers:          {}", list(&policy.approvers, "none"));
+    println!("approvals required: {}", policy.approvals_required);
+    println!("environments:       {}", list(&policy.environments, "any"));
+    println!("purposes:           {}", list(&policy.purposes, "any"));
+    println!("expires:            {}", policy.expires_at_ms.map_or_else(|| "never".to_string(), time_ms));
+    let window = policy.approval_window_ms.map_or_else(
+        || "the node's default (4h)".to_string(),
+        |ms| humantime::format_duration(Duration::from_millis(ms)).to_string(),
+    );
+    println!("approval window:    {window}");
+    for tier in &policy.tiers {
+        println!(
+            "tier:               {} above {}: {} approval(s) from {}",
+            shown(&tier.attribute),
+            tier.above,
+            tier.approvals_required,
+            list(&tier.approvers, "the policy's approvers")
+        );
+    }
 }
 
 /// Parses `k=v` declarations.
@@ -160,6 +201,11 @@ fn print_request(client: &ClientArgs, info: &RequestInfo) -> anyhow::Result<()> 
                 println!("declared:   {} = {} (the requester's claim)", shown(k), shown(v));
             }
             println!("requester:  {}", info.requester);
+            println!("created:    {} (log index {})", time_ms(info.created_at_ms), info.created_index);
+            println!("expires:    {}", time_ms(info.expires_at_ms));
+            if let Some(finished) = info.finished_at_ms {
+                println!("finished:   {}", time_ms(finished));
+            }
             if !info.approval_progress.is_empty() {
                 println!("approvals:  {} (by {})", progress(info), approvers(info));
             }
@@ -226,9 +272,9 @@ pub async fn request(cmd: RequestCmd) -> anyhow::Result<()> {
             let signed = sign_command(&client, &cluster_id(&status_of(&api).await?)?, command)?;
             let (_, info): (u16, RequestInfo) = api.post("/v1/sign?wait_ms=2000", &signed).await?;
             print_request(&client, &info)?;
-            if info.status == RequestStatus::AwaitingApproval && client.output.output == Output::Table {
+            if info.status == RequestStatus::AwaitingApproval {
                 let id = shown(&request_id);
-                eprintln!("approve with: synod approve {id}   (then: synod request wait {id})");
+                note(format_args!("approve with: synod approve {id}   (then: synod request wait {id})"));
             }
             Ok(())
         }
@@ -240,7 +286,7 @@ pub async fn request(cmd: RequestCmd) -> anyhow::Result<()> {
                 let info = get_request(&api, &id, 0).await?;
                 let progress = format!("{} {}", info.status, progress(&info));
                 if progress != last {
-                    eprintln!("  {progress}");
+                    note(format_args!("  {progress}"));
                     last = progress;
                 }
                 match info.status {
@@ -258,13 +304,18 @@ pub async fn request(cmd: RequestCmd) -> anyhow::Result<()> {
             let statement = statement(&api, &id).await?;
             std::fs::write(&out, approval_bytes(&statement))
                 .with_context(|| format!("cannot write {}", out.display()))?;
-            eprintln!(
-                "wrote the approval statement of {id} to {}; sign it with\n  ssh-keygen -Y sign -n {} -f <key> {}\nthen: synod approve {id} --ssh-signature {}.sig --as <your operator name>",
+            let namespace = synod_proto::authz::APPROVAL_SSH_NAMESPACE;
+            if client.output.output == Output::Json {
+                let written = serde_json::json!({ "request_id": id, "file": out, "ssh_namespace": namespace });
+                println!("{}", serde_json::to_string_pretty(&written)?);
+            }
+            let id = shown(&id);
+            note(format_args!(
+                "wrote the approval statement of {id} to {}; sign it with\n  ssh-keygen -Y sign -n {namespace} -f <key> {}\nthen: synod approve {id} --ssh-signature {}.sig --as <your operator name>",
                 out.display(),
-                synod_proto::authz::APPROVAL_SSH_NAMESPACE,
                 out.display(),
                 out.display()
-            );
+            ));
             Ok(())
         }
     }
@@ -332,9 +383,9 @@ pub fn approval_summary(statement: &ApprovalStatement, info: &RequestInfo) -> Ve
 /// Shows what is being approved and, unless `--yes`, asks on the terminal.
 fn confirm_approval(args: &ApproveArgs, statement: &ApprovalStatement, info: &RequestInfo) -> anyhow::Result<()> {
     use std::io::{BufRead, IsTerminal, Write};
-    eprintln!("You are approving:");
+    note("You are approving:");
     for line in approval_summary(statement, info) {
-        eprintln!("  {line}");
+        note(format_args!("  {line}"));
     }
     if args.yes {
         return Ok(());
@@ -430,10 +481,88 @@ pub async fn admin(cmd: AdminCmd) -> anyhow::Result<()> {
         }
         AdminCmd::Proposals(client) => {
             let (_, list): (u16, Value) = ApiClient::new(&client)?.get("/v1/admin/proposals").await?;
-            println!("{}", serde_json::to_string_pretty(&list)?);
+            match client.output.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+                Output::Table => print_proposals(&list),
+            }
         }
     }
     Ok(())
+}
+
+/// Pending admin proposals as a table: what each would do, who agreed, until when.
+fn print_proposals(list: &Value) {
+    let proposals = list["proposals"].as_array().cloned().unwrap_or_default();
+    if proposals.is_empty() {
+        println!("no admin proposals are pending");
+        return;
+    }
+    println!("{:<34} {:<24} {:<26} AGREED", "ID", "EXPIRES", "COMMAND");
+    for p in &proposals {
+        let agreed: Vec<String> = p["approvals"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(|a| shown(a).to_string())
+            .collect();
+        println!(
+            "{:<34} {:<24} {:<26} {}",
+            shown(p["id"].as_str().unwrap_or("-")),
+            time_ms_or_dash(p["expires_at_ms"].as_u64()),
+            shown(p["command"]["type"].as_str().unwrap_or("-")),
+            agreed.join(", ")
+        );
+    }
+    println!("agree with: synod admin approve ID");
+}
+
+/// One audit record as a `key: value` list, every field a person may read.
+fn print_audit_record(r: &AuditRecord) {
+    let opt = |v: &Option<String>| shown(v.as_deref().unwrap_or("-")).to_string();
+    println!("seq:         {}", r.seq);
+    println!("log index:   {}", r.index);
+    println!("time:        {} (log time)", time_ms(r.time_ms));
+    println!("kind:        {}", shown(&r.kind));
+    println!("result:      {}", shown(&r.result));
+    println!("detail:      {}", shown(&r.detail));
+    println!("actor:       {}", opt(&r.actor));
+    println!("author:      {}", r.author);
+    println!("command id:  {}", opt(&r.command_id));
+    let version = r.key_version.map(|v| format!(" (version {v})")).unwrap_or_default();
+    println!("key:         {}{version}", opt(&r.key_id));
+    println!("request:     {}", opt(&r.request_id));
+    println!("purpose:     {}", opt(&r.purpose));
+    println!("environment: {}", opt(&r.environment));
+    if !r.approvals.is_empty() {
+        let approvals: Vec<String> = r.approvals.iter().map(|a| shown(a).to_string()).collect();
+        println!("approvals:   {}", approvals.join(", "));
+    }
+    if !r.signers.is_empty() {
+        println!("signers:     {:?}", r.signers);
+    }
+    println!("prev hash:   {}", shown(&r.prev_hash));
+    println!("hash:        {}", shown(&r.hash));
+}
+
+/// Audit checkpoints as a table.
+fn print_checkpoints(list: &Value) {
+    println!("audit key:   {}", shown(list["public_key"].as_str().unwrap_or("none yet")));
+    let checkpoints = list["checkpoints"].as_array().cloned().unwrap_or_default();
+    if checkpoints.is_empty() {
+        println!("no checkpoints yet; ask for one with `synod audit checkpoint`");
+        return;
+    }
+    println!("{:>8} {:<10} {:<34} SIGNATURE", "SEQ", "STATUS", "REQUEST");
+    for c in &checkpoints {
+        println!(
+            "{:>8} {:<10} {:<34} {}",
+            c["seq"].as_u64().map_or("-".to_string(), |s| s.to_string()),
+            shown(c["status"].as_str().unwrap_or("-")),
+            shown(c["request_id"].as_str().unwrap_or("-")),
+            shown(c["signature"].as_str().unwrap_or("-"))
+        );
+    }
 }
 
 /// Every audit record the node has, page by page, and its head.
@@ -462,13 +591,18 @@ pub async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
             match client.output.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&records)?),
                 Output::Table => {
+                    println!(
+                        "{:>6} {:>7} {:<24} {:<18} {:<8} {:<18} DETAIL",
+                        "SEQ", "INDEX", "TIME", "KIND", "RESULT", "ACTOR"
+                    );
                     for r in &records {
                         println!(
-                            "{:>6} {:>7} {:<16} {:<8} {:<18} {}",
+                            "{:>6} {:>7} {:<24} {:<18} {:<8} {:<18} {}",
                             r.seq,
                             r.index,
-                            r.kind,
-                            r.result,
+                            time_ms(r.time_ms),
+                            shown(&r.kind),
+                            shown(&r.result),
                             shown(r.actor.as_deref().unwrap_or("-")),
                             shown(&r.detail)
                         );
@@ -481,7 +615,10 @@ pub async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
                 ApiClient::new(&client)?.get(&format!("/v1/audit?from={seq}&limit=1")).await?;
             let records: Vec<AuditRecord> = serde_json::from_value(page["records"].clone())?;
             let record = records.into_iter().find(|r| r.seq == seq).ok_or_else(|| anyhow!("no audit record {seq}"))?;
-            println!("{}", serde_json::to_string_pretty(&record)?);
+            match client.output.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&record)?),
+                Output::Table => print_audit_record(&record),
+            }
         }
         AuditCmd::Export(client) => {
             let (_, records) = fetch_audit(&ApiClient::new(&client)?).await?;
@@ -493,7 +630,7 @@ pub async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
             let api = ApiClient::new(&client)?;
             let (_, started): (u16, Value) = api.post("/v1/audit/checkpoint", &serde_json::json!({})).await?;
             let id = started["request_id"].as_str().ok_or_else(|| anyhow!("no request id in {started}"))?;
-            eprintln!("checkpoint requested as {id}; waiting for the audit key's signature");
+            note(format_args!("checkpoint requested as {}; waiting for the audit key's signature", shown(id)));
             let info = get_request(&api, id, 30_000).await?;
             if info.status != RequestStatus::Signed {
                 bail!("checkpoint {id} is {}: {}", info.status, info.error.unwrap_or_default());
@@ -504,10 +641,17 @@ pub async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
             let api = ApiClient::new(&client)?;
             let (_, list): (u16, Value) = api.get("/v1/audit/checkpoints").await?;
             let Some(dir) = out_dir else {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                match client.output.output {
+                    Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+                    Output::Table => print_checkpoints(&list),
+                }
                 return Ok(());
             };
-            write_checkpoints(&api, &list, &dir).await?;
+            let written = write_checkpoints(&api, &list, &dir).await?;
+            if client.output.output == Output::Json {
+                let files = serde_json::json!({ "dir": dir, "checkpoints": written });
+                println!("{}", serde_json::to_string_pretty(&files)?);
+            }
         }
         AuditCmd::Verify { file, client } => {
             let (head, records) = match &file {
@@ -552,16 +696,17 @@ pub async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes every signed checkpoint as files standard tools verify. The message
-/// is rebuilt here from the node's own record, so the files prove that record.
-async fn write_checkpoints(api: &ApiClient, list: &Value, dir: &Path) -> anyhow::Result<()> {
+/// Writes every signed checkpoint as files standard tools verify; returns the
+/// sequence numbers written. The message is rebuilt here from the node's own
+/// record, so the files prove that record.
+async fn write_checkpoints(api: &ApiClient, list: &Value, dir: &Path) -> anyhow::Result<Vec<u64>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let cluster = list["cluster_id"].as_str().unwrap_or_default();
     let public = list["public_key"].as_str().ok_or_else(|| anyhow!("the cluster has no audit key"))?;
     let public = synod_proto::keyfmt::parse_public_key(public).map_err(|e| anyhow!("{e}"))?;
     std::fs::write(dir.join("audit-key.pem"), synod_proto::keyfmt::public_key_pem(&public))?;
     let (_, records) = fetch_audit(api).await?;
-    let mut written = 0;
+    let mut written = Vec::new();
     for cp in list["checkpoints"].as_array().into_iter().flatten().filter(|c| c["status"] == "signed") {
         let seq = cp["seq"].as_u64().ok_or_else(|| anyhow!("bad checkpoint {cp}"))?;
         let record = records.iter().find(|r| r.seq == seq).ok_or_else(|| anyhow!("no audit record {seq}"))?;
@@ -570,13 +715,14 @@ async fn write_checkpoints(api: &ApiClient, list: &Value, dir: &Path) -> anyhow:
         let signature = hex::decode(cp["signature"].as_str().unwrap_or_default())?;
         std::fs::write(dir.join(format!("checkpoint-{seq}.msg")), &message)?;
         std::fs::write(dir.join(format!("checkpoint-{seq}.sig")), &signature)?;
-        written += 1;
+        written.push(seq);
     }
-    eprintln!(
-        "wrote {written} checkpoints and audit-key.pem to {}; check one with\n  openssl pkeyutl -verify -pubin -inkey audit-key.pem -rawin -in checkpoint-N.msg -sigfile checkpoint-N.sig",
+    note(format_args!(
+        "wrote {} checkpoints and audit-key.pem to {}; check one with\n  openssl pkeyutl -verify -pubin -inkey audit-key.pem -rawin -in checkpoint-N.msg -sigfile checkpoint-N.sig",
+        written.len(),
         dir.display()
-    );
-    Ok(())
+    ));
+    Ok(written)
 }
 
 /// A policy from a JSON file, checked before it is sent.

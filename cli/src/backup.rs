@@ -9,6 +9,7 @@ use synod_node::config::{KekConfig, NodeConfig};
 use synod_node::server;
 
 use crate::client::ApiClient;
+use crate::display::{note, time_ms};
 use crate::{ClientArgs, Output};
 
 /// `synod node backup --out FILE`: asks the node at `--addr` for its signed
@@ -18,7 +19,7 @@ pub async fn node_backup(out: &Path, client: &ClientArgs) -> anyhow::Result<()> 
         bail!("{} already exists; a backup never overwrites a file: name a new one", out.display());
     }
     let api = ApiClient::new(client)?;
-    eprintln!("asking {} for its backup", client.addr);
+    note(format_args!("asking {} for its backup", client.addr));
     let (_, file): (u16, BackupFile) = api.get("/v1/sys/backup").await?;
     let text = serde_json::to_vec_pretty(&file)?;
     let backup: NodeBackup = serde_json::from_str(&file.backup).context("the node's backup does not parse")?;
@@ -32,6 +33,7 @@ pub async fn node_backup(out: &Path, client: &ClientArgs) -> anyhow::Result<()> 
                 "node_id": backup.node_id,
                 "cluster_id": backup.cluster_id,
                 "log_index": backup.log_index,
+                "taken_at_ms": backup.taken_at_ms,
                 "kek_backend": backup.kek_backend,
                 "shares": backup.shares,
             }))?
@@ -45,6 +47,7 @@ pub async fn node_backup(out: &Path, client: &ClientArgs) -> anyhow::Result<()> 
                 out.display(),
                 text.len()
             );
+            println!("taken at:     {} (the node's clock)", time_ms(backup.taken_at_ms));
             println!("sealed under: {} ({})", backup.kek, backup.kek_backend);
             print_shares(
                 backup
@@ -200,8 +203,13 @@ fn report(
         Output::Table => {
             let verb = if written.is_some() { "restored" } else { "verified" };
             println!(
-                "backup of node {} (cluster {}, log index {}) {verb}: every share unsealed with this node's KEK ({})",
-                backup.node_id, backup.cluster_name, backup.log_index, backup.kek_backend
+                "backup of node {} (cluster {}, log index {}, taken at {}) {verb}: every share unsealed with this \
+                 node's KEK ({})",
+                backup.node_id,
+                backup.cluster_name,
+                backup.log_index,
+                time_ms(backup.taken_at_ms),
+                backup.kek_backend
             );
             for c in drilled {
                 let against = if c.checked_against_state {

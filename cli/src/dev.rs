@@ -6,6 +6,10 @@
 //! at the cluster) and `cluster.json` (ids, pids, addresses), and on SIGINT or
 //! SIGTERM stops the nodes cleanly. Run again with the same `--data-dir` and it
 //! restarts the same cluster.
+//!
+//! With `-o json` its stdout is one JSON line once the cluster is up (what
+//! `cluster.json` holds and the client settings), for a script that starts a
+//! cluster and reads where it is; its progress goes to stderr as JSON lines.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +27,7 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::client::{self, ApiClient};
+use super::display::note;
 use super::local::{exited_for_taken_port, free_addrs, log_tail, move_listen, PORT_MOVES_MAX};
 use super::operator::{keygen, load_operator_key};
 use super::{ClientArgs, DevArgs, DevHsm, Output, OutputArgs};
@@ -65,6 +70,7 @@ pub struct DevNode {
 /// Runs the dev cluster in the foreground.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     synod_node::server::init_logging(LogFormat::Text, "warn");
+    let output = args.output.output;
     let (data_dir, _temp) = match args.data_dir {
         Some(dir) => (absolute(&dir)?, None),
         None => {
@@ -77,11 +83,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Ok(bytes) => {
             let cluster: ClusterFile = serde_json::from_slice(&bytes)
                 .with_context(|| format!("{} is not a dev cluster file", data_dir.join("cluster.json").display()))?;
-            println!("Restarting the dev cluster in {}", data_dir.display());
+            say(output, format_args!("Restarting the dev cluster in {}", data_dir.display()));
             cluster
         }
         Err(_) => {
-            println!("Creating a {}-node dev cluster in {}", args.nodes, data_dir.display());
+            say(output, format_args!("Creating a {}-node dev cluster in {}", args.nodes, data_dir.display()));
             create(&data_dir, args.nodes, args.hsm).await?
         }
     };
@@ -93,19 +99,28 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let initialized = start_nodes(&data_dir, &mut cluster, &mut children, softhsm_conf.as_deref(), fresh).await?;
         // Node 1 may have moved to other ports: the client settings follow it.
         let client_args = client_args(&data_dir, &cluster);
-        bring_up(&data_dir, &mut cluster, &client_args, initialized).await
+        bring_up(&data_dir, &mut cluster, &client_args, initialized, output).await
     }
     .await;
     if let Err(e) = result {
-        eprintln!("The dev cluster did not come up: {e:#}");
+        note(format_args!("The dev cluster did not come up: {e:#}"));
         print_logs_hint(&cluster);
         stop_all(&mut children).await;
         return Err(e);
     }
-    wait_for_signal(&cluster, &mut children).await?;
+    wait_for_signal(&cluster, &mut children, output).await?;
     stop_all(&mut children).await;
-    println!("All nodes stopped.");
+    say(output, "All nodes stopped.");
     Ok(())
+}
+
+/// A line for the person watching: on stdout in a table, a JSON note on
+/// stderr under `-o json` (stdout then holds only the cluster's description).
+fn say(output: Output, text: impl std::fmt::Display) {
+    match output {
+        Output::Table => println!("{text}"),
+        Output::Json => note(text),
+    }
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
@@ -208,6 +223,7 @@ pub async fn create(data_dir: &Path, nodes: u64, hsm: DevHsm) -> anyhow::Result<
 pub fn client_args(data_dir: &Path, cluster: &ClusterFile) -> ClientArgs {
     ClientArgs {
         addr: format!("https://{}", cluster.nodes[0].api_addr),
+        addrs: Vec::new(),
         cacert: Some(data_dir.join("ca/ca.crt")),
         client_cert: Some(data_dir.join("certs/client-dev.crt")),
         client_key: Some(data_dir.join("certs/client-dev.key")),
@@ -245,13 +261,16 @@ const DEMO_APPROVERS: [&str; 2] = ["alice", "bob"];
 
 /// Creates the tour's keys and operators: `demo` signs on request; `treasury`
 /// needs approvals from alice and bob, whose keys are written next to admin.pem.
-async fn demo_keys(data_dir: &Path, client_args: &ClientArgs) -> anyhow::Result<()> {
+async fn demo_keys(data_dir: &Path, client_args: &ClientArgs, output: Output) -> anyhow::Result<()> {
     let key = super::keys::create(client_args, DEMO_KEY, None, Vec::new(), Some(Policy::default())).await?;
-    println!(
-        "Created signing key {DEMO_KEY} ({} of {}) by distributed key generation; public key {}.",
-        key.threshold,
-        key.participants.len(),
-        key.public_key.as_deref().unwrap_or("-")
+    say(
+        output,
+        format_args!(
+            "Created signing key {DEMO_KEY} ({} of {}) by distributed key generation; public key {}.",
+            key.threshold,
+            key.participants.len(),
+            key.public_key.as_deref().unwrap_or("-")
+        ),
     );
     for name in DEMO_APPROVERS {
         let signing = keygen(&data_dir.join(format!("{name}.pem")))?;
@@ -270,10 +289,13 @@ async fn demo_keys(data_dir: &Path, client_args: &ClientArgs) -> anyhow::Result<
         ..Policy::default()
     };
     super::keys::create(client_args, TREASURY_KEY, None, Vec::new(), Some(policy)).await?;
-    println!(
-        "Created key {TREASURY_KEY}; its policy needs 2 approvals from {} (keys in {}).",
-        DEMO_APPROVERS.join(" and "),
-        data_dir.display()
+    say(
+        output,
+        format_args!(
+            "Created key {TREASURY_KEY}; its policy needs 2 approvals from {} (keys in {}).",
+            DEMO_APPROVERS.join(" and "),
+            data_dir.display()
+        ),
     );
     Ok(())
 }
@@ -329,7 +351,7 @@ pub async fn start_nodes(
                 moves += 1;
                 let (raft, api) = free_addrs(1)?[0];
                 move_listen(&node.config, raft, api)?;
-                eprintln!("node {}: a port was taken meanwhile; moving it to raft {raft}, api {api}", node.id);
+                note(format_args!("node {}: a port was taken meanwhile; moving it to raft {raft}, api {api}", node.id));
                 (node.raft_addr, node.api_addr) = (raft.to_string(), api.to_string());
                 args.addr = format!("https://{api}");
                 health_client = ApiClient::new(&args)?;
@@ -368,12 +390,13 @@ async fn bring_up(
     cluster: &mut ClusterFile,
     client_args: &ClientArgs,
     initialized: bool,
+    output: Output,
 ) -> anyhow::Result<()> {
     if !initialized {
         let response = init_cluster(data_dir, cluster, client_args).await?;
-        println!("Initialised cluster {} (genesis at index {}).", cluster.cluster_id, response.index);
+        say(output, format_args!("Initialised cluster {} (genesis at index {}).", cluster.cluster_id, response.index));
         if cluster.nodes.len() >= 2 {
-            demo_keys(data_dir, client_args).await?;
+            demo_keys(data_dir, client_args, output).await?;
         }
     }
     std::fs::write(data_dir.join("cluster.json"), serde_json::to_string_pretty(&cluster)?)?;
@@ -386,6 +409,20 @@ async fn bring_up(
         data_dir.join("admin.pem").display(),
     );
     std::fs::write(data_dir.join("env"), &env)?;
+    if output == Output::Json {
+        let mut up = serde_json::to_value(&*cluster)?;
+        up["env_file"] = serde_json::json!(data_dir.join("env"));
+        up["env"] = serde_json::json!({
+            "SYNOD_ADDR": client_args.addr,
+            "SYNOD_CACERT": data_dir.join("ca/ca.crt"),
+            "SYNOD_CLIENT_CERT": data_dir.join("certs/client-dev.crt"),
+            "SYNOD_CLIENT_KEY": data_dir.join("certs/client-dev.key"),
+            "SYNOD_OPERATOR_KEY": data_dir.join("admin.pem"),
+        });
+        println!("{up}");
+        note("The cluster is up; Ctrl-C (SIGINT) or SIGTERM stops it.");
+        return Ok(());
+    }
     println!();
     println!("The cluster is up. Point the CLI at it:");
     println!();
@@ -414,11 +451,15 @@ async fn bring_up(
 
 fn print_logs_hint(cluster: &ClusterFile) {
     for node in &cluster.nodes {
-        eprintln!("  node {} log: {}", node.id, node.log.display());
+        note(format_args!("  node {} log: {}", node.id, node.log.display()));
     }
 }
 
-async fn wait_for_signal(cluster: &ClusterFile, children: &mut BTreeMap<NodeId, Child>) -> anyhow::Result<()> {
+async fn wait_for_signal(
+    cluster: &ClusterFile,
+    children: &mut BTreeMap<NodeId, Child>,
+    output: Output,
+) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -434,10 +475,13 @@ async fn wait_for_signal(cluster: &ClusterFile, children: &mut BTreeMap<NodeId, 
                 for (id, how) in exited {
                     children.remove(&id);
                     let node = cluster.nodes.iter().find(|n| n.id == id).expect("known node");
-                    println!(
-                        "node {id} exited ({how}); the others carry on. Restart it with: {} node start --config {}",
-                        std::env::current_exe()?.display(),
-                        node.config.display()
+                    say(
+                        output,
+                        format_args!(
+                            "node {id} exited ({how}); the others carry on. Restart it with: {} node start --config {}",
+                            std::env::current_exe()?.display(),
+                            node.config.display()
+                        ),
                     );
                 }
             }
@@ -455,7 +499,7 @@ pub async fn stop_all(children: &mut BTreeMap<NodeId, Child>) {
         match tokio::time::timeout(SHUTDOWN_GRACE, child.wait()).await {
             Ok(_) => {}
             Err(_) => {
-                eprintln!("node {id} did not stop within {SHUTDOWN_GRACE:?}; killing it");
+                note(format_args!("node {id} did not stop within {SHUTDOWN_GRACE:?}; killing it"));
                 let _ = child.kill().await;
             }
         }

@@ -18,7 +18,7 @@ use synod_proto::{Command, NodeId, Outcome};
 use zeroize::Zeroizing;
 
 use super::client::{cluster_id, sign as sign_command, ApiClient};
-use super::display::shown;
+use super::display::{note, shown, time_ms, time_ms_or_dash};
 use super::{ClientArgs, KeyCmd, Output, SignArgs, VerifyArgs};
 
 /// How often progress is polled while waiting for a key.
@@ -35,11 +35,11 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
             let key = create(&client, &name, threshold, participants, policy).await?;
             print_key(&client, &key)?;
             if unset {
-                eprintln!(
+                note(format_args!(
                     "Key {name} has no signing policy, so it signs nothing yet. Set one with \
                      `synod key policy set {name} --file policy.json` (or create keys with --policy FILE or \
                      --open-policy)."
-                );
+                ));
             }
             Ok(())
         }
@@ -71,19 +71,23 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
             match client.output.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
                 Output::Table => {
-                    println!("{:<24} {:>3} {:<17} {:<10} {:<9} PUBLIC KEY", "NAME", "V", "STATUS", "ORIGIN", "T-OF-N");
+                    println!(
+                        "{:<24} {:>3} {:<17} {:<10} {:<9} {:<24} PUBLIC KEY",
+                        "NAME", "V", "STATUS", "ORIGIN", "T-OF-N", "CREATED"
+                    );
                     let mut keys: Vec<&KeyInfo> = list.keys.iter().collect();
                     keys.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
                     for k in keys {
                         let tn = format!("{}-of-{}", k.threshold, k.participants.len());
                         let public = k.public_key.as_deref().unwrap_or("-");
                         println!(
-                            "{:<24} {:>3} {:<17} {:<10} {:<9} {public}",
+                            "{:<24} {:>3} {:<17} {:<10} {:<9} {:<24} {public}",
                             shown(&k.name),
                             k.version,
                             k.status,
-                            k.origin,
-                            tn
+                            shown(&k.origin),
+                            tn,
+                            time_ms(k.created_at_ms)
                         );
                     }
                 }
@@ -99,7 +103,20 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
             }
             if let Some(format) = format {
                 let public = public_key_of(&key)?;
-                println!("{}", keyfmt::format_public_key(&public, format, &key.name).trim_end());
+                let text = keyfmt::format_public_key(&public, format, &key.name);
+                match client.output.output {
+                    // The key in its format as a string field, so a program reads it like any other answer.
+                    Output::Json => println!(
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::json!({
+                            "name": key.name,
+                            "version": key.version,
+                            "format": format.to_string(),
+                            "public_key": text.trim_end(),
+                        }))?
+                    ),
+                    Output::Table => println!("{}", text.trim_end()),
+                }
                 return Ok(());
             }
             print_key(&client, &key)
@@ -120,13 +137,13 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
             let command = Command::ScheduleKeyDestroy { key: name.clone(), wait_ms };
             super::authz::submit(&client, "/v1/commands", command).await?;
             if client.output.output == Output::Table {
-                eprintln!(
+                note(format_args!(
                     "Until the deadline, `synod key destroy {} --cancel` stops it. What deletion cannot reach: \
                      earlier blocks of each node's store and any backup or copy of a data directory may still \
                      hold the sealed shares until each node's KEK is rotated (`synod kek rotate`) and the old \
                      KEK destroyed.",
                     shown(&name)
-                );
+                ));
             }
             Ok(())
         }
@@ -180,23 +197,23 @@ fn print_key(client: &ClientArgs, key: &KeyInfo) -> anyhow::Result<()> {
                 key.participants
             );
             println!("public key:    {}", key.public_key.as_deref().unwrap_or("-"));
+            println!("created:       {} (log time)", time_ms(key.created_at_ms));
+            println!("activated:     {}", time_ms_or_dash(key.activated_at_ms));
             if key.generation > 0 || key.refresh.is_some() {
-                let when = key.refreshed_at_ms.map(|at| {
-                    let at = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(at));
-                    format!(" (refreshed {at}, log time)")
-                });
+                let when = key.refreshed_at_ms.map(|at| format!(" (refreshed {}, log time)", time_ms(at)));
                 println!("generation:    {}{}", key.generation, when.unwrap_or_default());
             }
             if let (Some(every), Some(due)) = (key.refresh_every_ms, key.refresh_due_at_ms) {
-                let due = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(due));
+                let due = time_ms(due);
                 let every = humantime::format_duration(Duration::from_millis(every));
                 println!("refresh every: {every} (next at {due}, log time)");
             }
             if let Some(refresh) = &key.refresh {
                 let n = key.participants.len();
                 println!(
-                    "refreshing:    to generation {}: round-1 packages {}/{n}, confirmed {}/{n}",
+                    "refreshing:    to generation {} since {}: round-1 packages {}/{n}, confirmed {}/{n}",
                     refresh.generation,
+                    time_ms(refresh.started_at_ms),
                     refresh.round1_received.len(),
                     refresh.confirmed.len()
                 );
@@ -207,8 +224,9 @@ fn print_key(client: &ClientArgs, key: &KeyInfo) -> anyhow::Result<()> {
             if let Some(repair) = &key.repair {
                 let what = if repair.enrolling { "enrolling" } else { "repairing" };
                 println!(
-                    "{what:<14} node {} (helpers {:?}, committed {}/{})",
+                    "{what:<14} node {} since {} (helpers {:?}, committed {}/{})",
                     repair.target,
+                    time_ms(repair.started_at_ms),
                     repair.helpers,
                     repair.committed.len(),
                     repair.helpers.len()
@@ -229,8 +247,11 @@ fn print_key(client: &ClientArgs, key: &KeyInfo) -> anyhow::Result<()> {
             if let Some(reason) = &key.abort_reason {
                 println!("aborted:       {}", shown(reason));
             }
+            if let Some(at) = key.retire_at_ms {
+                println!("retires:       {} (log time; it verifies afterwards)", time_ms(at));
+            }
             if let Some(at) = key.destroy_at_ms {
-                let when = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(at));
+                let when = time_ms(at);
                 let verb = if key.status == KeyStatus::Destroyed { "destroyed" } else { "destroy at" };
                 println!("{verb:<14} {when} (log time)");
             }
@@ -244,16 +265,17 @@ fn print_key(client: &ClientArgs, key: &KeyInfo) -> anyhow::Result<()> {
                 println!("versions:");
                 for v in &key.versions {
                     let primary = if v.primary { " (primary)" } else { "" };
-                    let until = v.retire_at_ms.filter(|_| v.status == KeyStatus::Retiring).map(|at| {
-                        let when = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(at));
-                        format!(" until {when}")
-                    });
+                    let until = v
+                        .retire_at_ms
+                        .filter(|_| v.status == KeyStatus::Retiring)
+                        .map(|at| format!(" until {}", time_ms(at)));
                     println!(
-                        "  v{:<4} {:<17} {}-of-{} {}{primary}{}",
+                        "  v{:<4} {:<17} {}-of-{} activated {:<24} {}{primary}{}",
                         v.version,
                         v.status.to_string(),
                         v.threshold,
                         v.participants.len(),
+                        time_ms_or_dash(v.activated_at_ms),
                         v.public_key.as_deref().unwrap_or("-"),
                         until.unwrap_or_default()
                     );
@@ -294,7 +316,10 @@ pub async fn create(
     refused(&response)?;
     proposed(&response, name)?;
     let key_id = key_id_of(&signed)?;
-    eprintln!("generating key {name} ({threshold} of {}): distributed key generation started", status.members.len());
+    note(format_args!(
+        "generating key {name} ({threshold} of {}): distributed key generation started",
+        status.members.len()
+    ));
     wait_active(&api, &key_id).await
 }
 
@@ -319,10 +344,10 @@ async fn rotate(
     refused(&response)?;
     proposed(&response, name)?;
     let key_id = key_id_of(&signed)?;
-    eprintln!(
+    note(format_args!(
         "rotating key {name}: version {} stays primary while the new version is generated ({threshold} of {n})",
         current.version
-    );
+    ));
     wait_active(&api, &key_id).await
 }
 
@@ -339,12 +364,12 @@ async fn refresh(client: &ClientArgs, name: &str, remove: Vec<NodeId>) -> anyhow
     refused(&response)?;
     proposed(&response, name)?;
     let n = before.participants.len() - before.participants.iter().filter(|p| remove.contains(p)).count();
-    eprintln!(
+    note(format_args!(
         "refreshing key {name} version {}: generation {} signs until every participant holds generation {}",
         before.version,
         before.generation,
         before.generation + 1
-    );
+    ));
     let deadline = tokio::time::Instant::now() + KEY_WAIT;
     let mut last = String::new();
     loop {
@@ -354,7 +379,7 @@ async fn refresh(client: &ClientArgs, name: &str, remove: Vec<NodeId>) -> anyhow
             Err(e) if tokio::time::Instant::now() < deadline => {
                 let unreachable = format!("  cannot read the key now ({e}); retrying");
                 if unreachable != last {
-                    eprintln!("{unreachable}");
+                    note(format_args!("{unreachable}"));
                     last = unreachable;
                 }
                 tokio::time::sleep(POLL).await;
@@ -364,13 +389,13 @@ async fn refresh(client: &ClientArgs, name: &str, remove: Vec<NodeId>) -> anyhow
         };
         match &key.refresh {
             None if key.generation > before.generation => {
-                eprintln!(
+                note(format_args!(
                     "key {} version {}: generation {} is current; every node deletes its share of generation {}",
                     shown(&key.name),
                     key.version,
                     key.generation,
                     before.generation
-                );
+                ));
                 return Ok(key);
             }
             None => bail!(
@@ -385,7 +410,7 @@ async fn refresh(client: &ClientArgs, name: &str, remove: Vec<NodeId>) -> anyhow
                     refresh.confirmed.len()
                 );
                 if progress != last {
-                    eprintln!("  {progress}");
+                    note(format_args!("  {progress}"));
                     last = progress;
                 }
             }
@@ -409,7 +434,7 @@ async fn repair(client: &ClientArgs, name: &str, node: NodeId) -> anyhow::Result
     refused(&response)?;
     proposed(&response, name)?;
     if let Outcome::Applied { detail } = &response.outcome {
-        eprintln!("{}", shown(detail));
+        note(format_args!("{}", shown(detail)));
     }
     let deadline = tokio::time::Instant::now() + KEY_WAIT;
     let mut last = String::new();
@@ -417,11 +442,11 @@ async fn repair(client: &ClientArgs, name: &str, node: NodeId) -> anyhow::Result
         let key = get_key(&api, &before.id).await?;
         match &key.repair {
             None if key.repair_failed.is_none() => {
-                eprintln!(
+                note(format_args!(
                     "node {node} holds its share of key {} again. Run `synod key refresh {}` once every participant                      is up, so that a copy of the lost share stops combining with the others",
                     shown(&key.name),
                     shown(&key.name)
-                );
+                ));
                 return Ok(key);
             }
             None => bail!(
@@ -432,7 +457,7 @@ async fn repair(client: &ClientArgs, name: &str, node: NodeId) -> anyhow::Result
             Some(repair) => {
                 let progress = format!("helpers' commitments {}/{}", repair.committed.len(), repair.helpers.len());
                 if progress != last {
-                    eprintln!("  {progress}");
+                    note(format_args!("  {progress}"));
                     last = progress;
                 }
             }
@@ -478,11 +503,11 @@ async fn wait_active(api: &ApiClient, key_id: &str) -> anyhow::Result<KeyInfo> {
             format!("round-1 packages {}/{n}, confirmations {}/{n}", key.round1_received.len(), key.confirmed.len());
         match key.status {
             KeyStatus::Active if key.version > 1 => {
-                eprintln!("key {} version {} is active and is now the primary", shown(&key.name), key.version);
+                note(format_args!("key {} version {} is active and is now the primary", shown(&key.name), key.version));
                 return Ok(key);
             }
             KeyStatus::Active => {
-                eprintln!("key {} is active", shown(&key.name));
+                note(format_args!("key {} is active", shown(&key.name)));
                 return Ok(key);
             }
             KeyStatus::Aborted if key.version > 1 => {
@@ -510,7 +535,7 @@ async fn wait_active(api: &ApiClient, key_id: &str) -> anyhow::Result<KeyInfo> {
                 bail!("key generation aborted: {}{advice}", key.abort_reason.unwrap_or_default())
             }
             _ if progress != last => {
-                eprintln!("  {progress}");
+                note(format_args!("  {progress}"));
                 last = progress;
             }
             _ => {}
@@ -560,7 +585,7 @@ async fn import(
             .post(&format!("/v1/keys/{name}/share"), &body)
             .await
             .with_context(|| format!("sending node {node} its share"))?;
-        eprintln!("  share sealed on node {node}");
+        note(format_args!("  share sealed on node {node}"));
     }
     let key = wait_active(&api, &key_id).await?;
     print_key(client, &key)
@@ -654,7 +679,7 @@ pub async fn sign(args: SignArgs) -> anyhow::Result<()> {
     match &args.out {
         Some(path) => {
             std::fs::write(path, &encoded).with_context(|| format!("cannot write {}", path.display()))?;
-            eprintln!("signature for request {} written to {}", shown(&request_id), path.display());
+            note(format_args!("signature for request {} written to {}", shown(&request_id), path.display()));
         }
         None if args.client.output.output == Output::Table => {
             use std::io::Write;

@@ -4,6 +4,12 @@
 //! Client commands read their connection from flags or the environment, the
 //! way Vault's CLI does: `SYNOD_ADDR`, `SYNOD_CACERT`, `SYNOD_CLIENT_CERT`,
 //! `SYNOD_CLIENT_KEY`, and `SYNOD_OPERATOR_KEY` for commands that must be signed.
+//!
+//! Every command that prints a result takes `-o table|json` (`SYNOD_OUTPUT`):
+//! tables and `key: value` lists for people, one JSON document on stdout for
+//! programs, and under JSON a failure as `{"errors": [...]}` on stderr
+//! ([`requested_output`], `display`). `completion` and `man` print what a shell
+//! or `man` reads and take no `-o`.
 
 pub mod authz;
 pub mod backup;
@@ -14,10 +20,11 @@ pub mod display;
 pub mod keys;
 pub mod local;
 pub mod operator;
+pub mod surface;
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, Args, Parser, Subcommand, ValueEnum};
 use synod_proto::NodeId;
 
 /// Synod: a threshold-signing cluster. No single node and no single operator can sign alone.
@@ -77,6 +84,32 @@ pub enum Top {
     /// Measure signing: latency and throughput of local clusters (2-of-3, 3-of-5, 5-of-7),
     /// also with one signer killed, next to in-process FROST and ed25519-dalek on this machine.
     Bench(BenchArgs),
+    /// Print a shell completion script for bash, zsh or fish to stdout.
+    #[command(long_about = surface::COMPLETION_ABOUT)]
+    Completion(CompletionArgs),
+    /// Print the manual page (roff) to stdout, or write one page per subcommand to a directory.
+    #[command(long_about = surface::MAN_ABOUT)]
+    Man(ManArgs),
+}
+
+/// `synod completion SHELL`.
+#[derive(Args, Debug)]
+pub struct CompletionArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `synod man [--out-dir DIR]`.
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Write synod.1 and a page per subcommand (synod-key.1, synod-key-create.1, ...) here,
+    /// creating the directory; without it, print the top-level page to stdout.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+    /// With --out-dir: how to report the pages written.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -86,6 +119,10 @@ pub enum NodeCmd {
         /// Path to node.toml.
         #[arg(long, env = "SYNOD_CONFIG")]
         config: PathBuf,
+        /// How a failure to start is printed (the node's log has its own format, `log_format`
+        /// in node.toml).
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Write the node's backup (online, as an admin): its sealed secrets, still sealed under its KEK
     /// (key shares per key, version and generation; the KEK check; the passphrase salt), the
@@ -142,6 +179,10 @@ pub struct DevArgs {
     /// Where each node's key-encryption key lives: a 0600 file, or its own SoftHSM2 token.
     #[arg(long, value_enum, default_value_t = DevHsm::None)]
     pub hsm: DevHsm,
+    /// Table: set-up progress and the client settings for people. JSON: one line on stdout once
+    /// the cluster is up (cluster.json and the client settings), progress as JSON lines on stderr.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -164,6 +205,8 @@ pub enum CaCmd {
         /// Protect ca.key with a passphrase (from SYNOD_CA_PASSPHRASE, or asked twice on the terminal).
         #[arg(long)]
         protect: bool,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Issue a certificate signed by the CA, or renew one (--renew).
     Issue(IssueArgs),
@@ -189,6 +232,9 @@ pub struct IssueArgs {
     /// at most 398).
     #[arg(long)]
     pub days: Option<u32>,
+    /// Output format (with --renew).
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -209,6 +255,8 @@ pub enum IssueCmd {
         /// Validity in days (at most 398); renew with `synod ca issue --renew`.
         #[arg(long, default_value_t = synod_node::pki::NODE_VALIDITY_DAYS_DEFAULT)]
         days: u32,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// A client certificate (CN synod-client-<name>) for the CLI or an application.
     Client {
@@ -221,6 +269,8 @@ pub enum IssueCmd {
         /// Validity in days (at most 398); renew with `synod ca issue --renew`.
         #[arg(long, default_value_t = synod_node::pki::CLIENT_VALIDITY_DAYS_DEFAULT)]
         days: u32,
+        #[command(flatten)]
+        output: OutputArgs,
     },
 }
 
@@ -230,6 +280,8 @@ pub enum KekCmd {
     GenerateFile {
         #[arg(long)]
         out: PathBuf,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Create a non-extractable AES-256 KEK inside a PKCS#11 token.
     Pkcs11Keygen {
@@ -243,6 +295,8 @@ pub enum KekCmd {
         /// A file holding the user PIN (mode 0600); otherwise SYNOD_PKCS11_PIN.
         #[arg(long)]
         pin_file: Option<PathBuf>,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Re-seal every secret of a stopped node's data directory under a new KEK, so the old KEK
     /// can be destroyed, which makes every earlier copy of the data directory unreadable.
@@ -682,7 +736,8 @@ pub enum AuditCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Print every record as JSON lines.
+    /// Print every record as JSON lines, one record a line (the format `audit verify --file`
+    /// reads), whatever -o says; -o decides only how an error is printed.
     Export(ClientArgs),
     /// Ask for a checkpoint now: the audit key threshold-signs the chain's head.
     Checkpoint(ClientArgs),
@@ -790,9 +845,25 @@ pub struct BenchArgs {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Output {
+    /// Tables and `key: value` lists for people; times in RFC 3339 (UTC).
     #[default]
     Table,
+    /// One JSON document on stdout (times as integer milliseconds since the epoch); a failure
+    /// as {"errors": [...]} on stderr.
     Json,
+}
+
+/// The output format the parsed command line asked for: the `-o` of the
+/// innermost subcommand (every `-o` is the same `OutputArgs`, so its id is
+/// `output` everywhere), or table for a command without one. `main` reads it
+/// before running the command, to print a failure the way the command would
+/// have printed its result.
+pub fn requested_output(matches: &ArgMatches) -> Output {
+    let mut leaf = matches;
+    while let Some((_, sub)) = leaf.subcommand() {
+        leaf = sub;
+    }
+    leaf.try_get_one::<Output>("output").ok().flatten().copied().unwrap_or_default()
 }
 
 #[derive(Args, Debug, Clone)]
@@ -808,9 +879,13 @@ pub const TTL_SECS_DEFAULT: u64 = 300;
 /// How the CLI reaches and authenticates to a node.
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
-    /// The node's API address.
-    #[arg(long, env = "SYNOD_ADDR", default_value = "https://127.0.0.1:8201")]
+    /// The node's API address; tried first when `--addrs` names others too.
+    #[arg(long, env = "SYNOD_ADDR", default_value = client::ADDR_DEFAULT)]
     pub addr: String,
+    /// Node API addresses, comma-separated: the client moves to the next when one cannot
+    /// be reached (see `synod_cli::client`).
+    #[arg(long, env = "SYNOD_ADDRS", value_delimiter = ',')]
+    pub addrs: Vec<String>,
     /// The cluster CA certificate that the node's certificate must chain to.
     #[arg(long, env = "SYNOD_CACERT")]
     pub cacert: Option<PathBuf>,
@@ -835,7 +910,7 @@ pub struct ClientArgs {
 /// names. `main` takes them out of the environment before any thread starts.
 pub fn secret_env_names(cli: &Cli) -> Vec<String> {
     let mut names = vec![synod_node::config::PASSPHRASE_ENV_DEFAULT.into(), synod_node::config::PIN_ENV_DEFAULT.into()];
-    if let Top::Node(NodeCmd::Start { config } | NodeCmd::Restore { config, .. }) = &cli.command {
+    if let Top::Node(NodeCmd::Start { config, .. } | NodeCmd::Restore { config, .. }) = &cli.command {
         names.extend(synod_node::server::secret_env_names(config));
     }
     if let Top::Kek(KekCmd::Rotate { config, new_kek_config, .. }) = &cli.command {
@@ -862,7 +937,7 @@ pub fn hardening_steps(cli: &Cli) -> synod_node::hygiene::HardeningSteps {
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Top::Node(NodeCmd::Start { config }) => {
+        Top::Node(NodeCmd::Start { config, .. }) => {
             synod_node::server::run(&config, || {
                 rpassword::prompt_password("KEK passphrase: ").map(zeroize::Zeroizing::new)
             })
@@ -902,6 +977,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Top::Admin(cmd) => authz::admin(cmd).await,
         Top::Audit(cmd) => authz::audit(cmd).await,
         Top::Bench(args) => bench::run(args).await,
+        Top::Completion(args) => surface::completion(args.shell),
+        Top::Man(args) => surface::man(args.out_dir.as_deref(), args.output.output),
         Top::Version(args) => {
             let info = serde_json::json!({
                 "version": env!("CARGO_PKG_VERSION"),

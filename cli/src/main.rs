@@ -1,12 +1,17 @@
 //! The `synod` binary: one executable for nodes and clients, like `vault server`
 //! and `vault operator`.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
+use synod_cli::display;
 
 fn main() -> std::process::ExitCode {
     // One rustls crypto provider for the whole process (ring), before any TLS use.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = synod_cli::Cli::parse();
+    // A usage error (a bad flag) is clap's own message and exit code.
+    let matches = synod_cli::Cli::command().get_matches();
+    // A failure prints as the command's result would have: JSON under `-o json`.
+    display::set_json_stderr(synod_cli::requested_output(&matches) == synod_cli::Output::Json);
+    let cli = synod_cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // Before any thread exists: move secret variables out of the environment
     // (and out of /proc/<pid>/environ), then drop core dumps and ptrace by
     // other users; a node also locks its memory. See synod_node::hygiene.
@@ -15,15 +20,14 @@ fn main() -> std::process::ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("Error: cannot start the async runtime: {e}");
+            display::error(&format!("cannot start the async runtime: {e}"));
             return std::process::ExitCode::FAILURE;
         }
     };
     match runtime.block_on(synod_cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // Errors quote the cluster's refusals, which quote what users typed.
-            eprintln!("Error: {}", synod_cli::display::shown_lines(&format!("{e:#}")));
+            display::error(&format!("{e:#}"));
             std::process::ExitCode::FAILURE
         }
     }

@@ -11,53 +11,104 @@ use ed25519_dalek::SigningKey;
 use synod_proto::OperatorKey;
 use zeroize::Zeroizing;
 
+use super::display::{note, shown};
 use super::{CaCmd, IssueArgs, IssueCmd, KekCmd, OperatorCmd, Output};
 use synod_node::pki::{self, Subject};
 
 /// Runs `synod ca ...`.
 pub fn ca(cmd: CaCmd) -> anyhow::Result<()> {
     match cmd {
-        CaCmd::Init { dir, name, protect } => {
+        CaCmd::Init { dir, name, protect, output } => {
             let passphrase = if protect { Some(ca_passphrase(true)?) } else { None };
             let info = pki::ca_init(&dir, &name, passphrase.as_deref().map(String::as_str))?;
-            println!("CA certificate: {}", info.cert_path.display());
-            println!("CA key:         {} (keep it offline; it can mint node certificates)", info.key_path.display());
-            println!("fingerprint:    {}", info.fingerprint_sha256);
+            match output.output {
+                Output::Json => print_json(&serde_json::json!({
+                    "certificate": info.cert_path,
+                    "key": info.key_path,
+                    "fingerprint_sha256": info.fingerprint_sha256,
+                    "protected": protect,
+                }))?,
+                Output::Table => {
+                    println!("CA certificate: {}", info.cert_path.display());
+                    println!(
+                        "CA key:         {} (keep it offline; it can mint node certificates)",
+                        info.key_path.display()
+                    );
+                    println!("fingerprint:    {}", info.fingerprint_sha256);
+                }
+            }
         }
-        CaCmd::Issue(IssueArgs { kind: None, renew: Some(cert), ca_dir, days }) => {
+        CaCmd::Issue(IssueArgs { kind: None, renew: Some(cert), ca_dir, days, output }) => {
             let ca_dir = ca_dir.context("--renew needs --ca-dir, the directory holding ca.crt and ca.key")?;
             let passphrase = passphrase_if_protected(&ca_dir)?;
             let renewed = pki::renew(&ca_dir, &cert, days, passphrase.as_deref().map(String::as_str))?;
-            println!(
-                "renewed {:?} for {} days\ncertificate: {} (the key file is unchanged)\nprevious:    {}\n\
-                 send SIGHUP to a running node to use it",
-                renewed.subject,
-                renewed.validity_days,
-                renewed.cert_path.display(),
-                renewed.previous_path.display()
-            );
+            match output.output {
+                Output::Json => print_json(&serde_json::json!({
+                    "subject": subject_json(&renewed.subject),
+                    "certificate": renewed.cert_path,
+                    "previous": renewed.previous_path,
+                    "validity_days": renewed.validity_days,
+                }))?,
+                Output::Table => println!(
+                    "renewed {} for {} days\ncertificate: {} (the key file is unchanged)\nprevious:    {}\n\
+                     send SIGHUP to a running node to use it",
+                    subject_name(&renewed.subject),
+                    renewed.validity_days,
+                    renewed.cert_path.display(),
+                    renewed.previous_path.display()
+                ),
+            }
         }
         CaCmd::Issue(IssueArgs { kind: None, .. }) => {
             anyhow::bail!("say what to issue: `synod ca issue node ...`, `synod ca issue client ...`, or `synod ca issue --renew CERT_FILE --ca-dir DIR`")
         }
-        CaCmd::Issue(IssueArgs { kind: Some(IssueCmd::Node { id, sans, ca_dir, out, days }), .. }) => {
-            let passphrase = passphrase_if_protected(&ca_dir)?;
-            let issued = pki::issue(
-                &ca_dir,
-                &Subject::Node { id, sans },
-                &out,
-                days,
-                passphrase.as_deref().map(String::as_str),
-            )?;
-            println!("certificate: {}\nkey:         {}", issued.cert_path.display(), issued.key_path.display());
+        CaCmd::Issue(IssueArgs { kind: Some(IssueCmd::Node { id, sans, ca_dir, out, days, output }), .. }) => {
+            issue(&ca_dir, Subject::Node { id, sans }, &out, days, output.output)?;
         }
-        CaCmd::Issue(IssueArgs { kind: Some(IssueCmd::Client { name, ca_dir, out, days }), .. }) => {
-            let passphrase = passphrase_if_protected(&ca_dir)?;
-            let issued =
-                pki::issue(&ca_dir, &Subject::Client { name }, &out, days, passphrase.as_deref().map(String::as_str))?;
-            println!("certificate: {}\nkey:         {}", issued.cert_path.display(), issued.key_path.display());
+        CaCmd::Issue(IssueArgs { kind: Some(IssueCmd::Client { name, ca_dir, out, days, output }), .. }) => {
+            issue(&ca_dir, Subject::Client { name }, &out, days, output.output)?;
         }
     }
+    Ok(())
+}
+
+/// `synod ca issue node|client`: issues the certificate and says where it is.
+fn issue(ca_dir: &Path, subject: Subject, out: &Path, days: u32, output: Output) -> anyhow::Result<()> {
+    let passphrase = passphrase_if_protected(ca_dir)?;
+    let issued = pki::issue(ca_dir, &subject, out, days, passphrase.as_deref().map(String::as_str))?;
+    match output {
+        Output::Json => print_json(&serde_json::json!({
+            "subject": subject_json(&subject),
+            "certificate": issued.cert_path,
+            "key": issued.key_path,
+            "validity_days": days,
+        })),
+        Output::Table => {
+            println!("certificate: {}\nkey:         {}", issued.cert_path.display(), issued.key_path.display());
+            Ok(())
+        }
+    }
+}
+
+/// Who a certificate is for, as JSON: `{"node": 3, "sans": [...]}` or `{"client": "ci"}`.
+fn subject_json(subject: &Subject) -> serde_json::Value {
+    match subject {
+        Subject::Node { id, sans } => serde_json::json!({ "node": id, "sans": sans }),
+        Subject::Client { name } => serde_json::json!({ "client": name }),
+    }
+}
+
+/// Who a certificate is for, in words: `node 3`, `client "ci"`.
+fn subject_name(subject: &Subject) -> String {
+    match subject {
+        Subject::Node { id, .. } => format!("the certificate of node {id}"),
+        Subject::Client { name } => format!("the certificate of client {}", shown(name)),
+    }
+}
+
+/// Prints `value` as pretty JSON on stdout.
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -115,11 +166,14 @@ pub async fn kek(cmd: KekCmd) -> anyhow::Result<()> {
             };
             rotate(&config, new, output.output).await?;
         }
-        KekCmd::GenerateFile { out } => {
+        KekCmd::GenerateFile { out, output } => {
             synod_node::kek::soft::SoftKek::generate_file(&out)?;
-            println!("wrote a new KEK to {} (mode 0600); a development setting", out.display());
+            match output.output {
+                Output::Json => print_json(&serde_json::json!({ "file": out, "mode": "0600" }))?,
+                Output::Table => println!("wrote a new KEK to {} (mode 0600); a development setting", out.display()),
+            }
         }
-        KekCmd::Pkcs11Keygen { module, token_label, key_label, pin_file } => {
+        KekCmd::Pkcs11Keygen { module, token_label, key_label, pin_file, output } => {
             let pin = match pin_file {
                 Some(path) => {
                     let text = Zeroizing::new(
@@ -137,13 +191,20 @@ pub async fn kek(cmd: KekCmd) -> anyhow::Result<()> {
                     .to_string(),
             };
             let cfg = synod_node::kek::pkcs11::Pkcs11Config {
-                module,
+                module: module.clone(),
                 token_label: token_label.clone(),
                 key_label: key_label.clone(),
                 pin: zeroize::Zeroizing::new(pin),
             };
             synod_node::kek::pkcs11::Pkcs11Kek::generate_key(&cfg)?;
-            println!("created non-extractable AES-256 key {key_label:?} on token {token_label:?}");
+            match output.output {
+                Output::Json => print_json(&serde_json::json!({
+                    "module": module,
+                    "token_label": token_label,
+                    "key_label": key_label,
+                }))?,
+                Output::Table => println!("created non-extractable AES-256 key {key_label:?} on token {token_label:?}"),
+            }
         }
     }
     Ok(())
@@ -212,7 +273,7 @@ async fn rotate(config_path: &Path, new: NewKekArg, output: Output) -> anyhow::R
     let report = tokio::task::spawn_blocking(move || {
         let target = NewKek { kek: keks.new.as_ref(), passphrase_salt: keks.new_salt };
         sealed.reseal_all(&label, &target, &mut |p| {
-            eprintln!("re-sealed and checked {} of {} secrets", p.done, p.total);
+            note(format_args!("re-sealed and checked {} of {} secrets", p.done, p.total));
         })
     })
     .await?

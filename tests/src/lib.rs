@@ -127,6 +127,24 @@ pub fn fails(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// What a failed command said: under `-o json` the messages of its
+/// `{"errors": [...]}` line on stderr, joined with "; ", otherwise its stderr.
+pub fn error_text(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let errors: Vec<String> = stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|v| v["errors"].as_array().cloned())
+        .flatten()
+        .filter_map(|e| e.as_str().map(str::to_string))
+        .collect();
+    if errors.is_empty() {
+        stderr.into_owned()
+    } else {
+        errors.join("; ")
+    }
+}
+
 /// Runs `synod node start --config CONFIG`, expecting it to refuse to start;
 /// returns its stderr. A node that starts anyway is killed after 30 s and the
 /// test fails, instead of hanging.
@@ -413,7 +431,7 @@ impl Cluster {
         if out.status.success() {
             Ok(serde_json::from_slice(&out.stdout).expect("request JSON"))
         } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+            Err(error_text(&out))
         }
     }
 

@@ -152,7 +152,7 @@ fn show_as(cluster: &Cluster, key: &Path, id: &str) -> Result<Value, String> {
     if out.status.success() {
         Ok(serde_json::from_slice(&out.stdout).unwrap())
     } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        Err(synod_tests::error_text(&out))
     }
 }
 

@@ -28,7 +28,7 @@ fn sign(cluster: &Cluster, via: u64, message: &str, id: &str, extra: &[&str]) ->
     if out.status.success() {
         Ok(serde_json::from_slice(&out.stdout).expect("request JSON"))
     } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        Err(synod_tests::error_text(&out))
     }
 }
 
