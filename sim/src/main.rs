@@ -33,6 +33,7 @@ const PLANTS: &[&str] = &[
     synod_node::faults::SKIP_RETIREMENT,
     synod_node::faults::KEEP_OLD_GENERATION,
     synod_node::faults::TRUST_ROLLED_BACK_VOTE,
+    synod_node::faults::OVERWRITE_APPLIED_OUTCOME,
 ];
 
 #[derive(Parser, Debug)]
@@ -196,7 +197,7 @@ fn summary(reports: &BTreeMap<u64, SeedReport>, wall_ms: u64) {
     }
     let failed = reports.values().filter(|r| r.violation.is_some()).count();
     println!(
-        "sweep: {} seeds, {} passed, {} failed; acked {} writes, {} signatures ({} shares, {} requests naming a culprit); simulated {:.1} s in {:.1} s wall ({:.0}x); faults {faults:?}",
+        "sweep: {} seeds, {} passed, {} failed; acked {} writes, {} signatures ({} shares, {} requests naming a culprit), {} command lookups; simulated {:.1} s in {:.1} s wall ({:.0}x); faults {faults:?}",
         reports.len(),
         reports.len() - failed,
         failed,
@@ -204,6 +205,7 @@ fn summary(reports: &BTreeMap<u64, SeedReport>, wall_ms: u64) {
         reports.values().map(|r| r.signatures).sum::<usize>(),
         reports.values().map(|r| r.shares).sum::<usize>(),
         reports.values().map(|r| r.culprits).sum::<usize>(),
+        reports.values().map(|r| r.lookups).sum::<usize>(),
         sim_ms as f64 / 1000.0,
         wall_ms as f64 / 1000.0,
         sim_ms as f64 / wall_ms.max(1) as f64,
@@ -216,9 +218,10 @@ fn print_report(r: &SeedReport) {
         Some(v) => format!("FAILED {}", v.invariant),
     };
     println!(
-        "seed {} {status}: acked {} signed {} shares {} applied {} forgeries {} culprits {} faults {:?} sim {:.1}s wall {:.2}s ({:.0}x) trace {} lines hash {}",
+        "seed {} {status}: acked {} lookups {} signed {} shares {} applied {} forgeries {} culprits {} faults {:?} sim {:.1}s wall {:.2}s ({:.0}x) trace {} lines hash {}",
         r.seed,
         r.writes_acked,
+        r.lookups,
         r.signatures,
         r.shares,
         r.entries_applied,
@@ -349,6 +352,7 @@ fn crashed(seed: u64, stderr: &str) -> SeedReport {
             .collect::<Vec<_>>()
             .split_off(stderr.lines().count().saturating_sub(40)),
         writes_acked: 0,
+        lookups: 0,
         signatures: 0,
         shares: 0,
         entries_applied: 0,
@@ -374,6 +378,7 @@ fn to_json(r: &SeedReport) -> String {
         "trace_lines": r.trace_lines,
         "tail": r.tail,
         "writes_acked": r.writes_acked,
+        "lookups": r.lookups,
         "signatures": r.signatures,
         "shares": r.shares,
         "entries_applied": r.entries_applied,
@@ -399,6 +404,7 @@ fn invariant_name(name: &str) -> &'static str {
         "state-machine-agreement",
         "state-machine-convergence",
         "acknowledged-write-lost",
+        "command-outcome-contradicts-log",
         "forged-command-applied",
         "altered-command-applied",
         "nonce-single-use",
@@ -447,6 +453,7 @@ fn from_json(v: &Value) -> anyhow::Result<SeedReport> {
         trace_lines: u("trace_lines") as usize,
         tail: strings("tail"),
         writes_acked: u("writes_acked") as usize,
+        lookups: u("lookups") as usize,
         signatures: u("signatures") as usize,
         shares: u("shares") as usize,
         entries_applied: u("entries_applied"),

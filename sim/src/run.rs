@@ -35,6 +35,8 @@ pub struct SeedReport {
     pub trace_lines: usize,
     pub tail: Vec<String>,
     pub writes_acked: usize,
+    /// Answers nodes gave to command lookups (`GetCommand`).
+    pub lookups: usize,
     /// Sign requests a client saw signed (re-sends not counted).
     pub signatures: usize,
     /// Signature shares the signers released (collected from the nodes).
@@ -772,6 +774,7 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
         trace_lines: trace.len(),
         tail: trace.tail(TAIL_LINES),
         writes_acked: history.acks.len(),
+        lookups: history.lookups.len(),
         signatures: history.sign_acks.iter().filter(|a| !a.retry).count(),
         shares,
         entries_applied,

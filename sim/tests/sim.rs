@@ -202,7 +202,22 @@ fn sim_planted_trust_rolled_back_vote_is_caught() {
     // Nodes that trust the vote and log on their disk after a restart: the `rollback-disk`
     // fault restarts one on an earlier copy of its disk, which resumes leading in its old term
     // or votes again in terms it already voted in, and entries committed before the rollback
-    // change (caught on 10 of chaos seeds 0..100, the first at seed 0).
-    let text = plant_caught("trust-rolled-back-vote", "0..3", "2");
+    // change (caught on 8 of chaos seeds 0..100, the first at seed 10).
+    let text = plant_caught("trust-rolled-back-vote", "10..12", "2");
     assert!(text.contains("raft-committed-entries-never-change") || text.contains("raft-election-safety"), "{text}");
+}
+
+#[test]
+fn sim_planted_overwrite_applied_outcome_is_caught() {
+    // A state machine that lets a later outcome replace a command's applied record: the refused
+    // replay of an acknowledged write (the adversary's, or a writer's retry that reached the log
+    // after its first attempt) files "refused: replay" over it, and a node asked about the
+    // command (`GetCommand`) says it was refused at the replay's index; `command-outcomes-match-log`
+    // names the write, the node and the index it was applied at (caught on 14 of chaos seeds
+    // 0..20, the first at seed 0).
+    let text = plant_caught("overwrite-applied-outcome", "0..2", "2");
+    assert!(
+        text.contains("violated command-outcome-contradicts-log") && text.contains("says it was refused"),
+        "{text}"
+    );
 }

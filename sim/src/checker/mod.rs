@@ -14,6 +14,8 @@
 //! - `time.rs`: state time never runs far ahead of true time ([`BoundedTime`]).
 //! - `state.rs`: the replicated state: agreement, acknowledged writes kept,
 //!   forged and altered commands refused.
+//! - `outcomes.rs`: what nodes answer about a command (`GetCommand`) matches
+//!   the committed log ([`CommandOutcomesMatchLog`]).
 //! - `signing.rs`: nonce single use, one message and one signature per
 //!   request, signatures verify, no share without a met policy.
 //! - `lifecycle.rs`: a key disabled, scheduled for destruction, destroyed or
@@ -48,6 +50,7 @@ mod generations;
 mod lifecycle;
 mod liveness;
 mod observer;
+mod outcomes;
 mod raft;
 mod signing;
 mod state;
@@ -59,6 +62,7 @@ pub use generations::GenerationsConsistent;
 pub use lifecycle::OutOfServiceReleasesNothing;
 pub use liveness::SigningLiveness;
 pub use observer::{Observer, HARVEST_EVERY_MS, STATE_HASH_EVERY_MS};
+pub use outcomes::CommandOutcomesMatchLog;
 pub use raft::{one_leader_per_term, RaftSafety};
 pub use signing::{NonceSingleUse, OneMessagePerRequest, PolicyBeforeShares, SignaturesVerify};
 pub use state::{
@@ -161,6 +165,7 @@ pub fn all(cfg: &SimConfig) -> Vec<Box<dyn Checker>> {
         }),
         Box::new(StateAgreement::default()),
         Box::new(AckedWritesKept::default()),
+        Box::new(CommandOutcomesMatchLog::default()),
         Box::new(ForgeriesRefused::default()),
         Box::new(RequestsBounded),
         Box::new(AlteredCommandsRefused),

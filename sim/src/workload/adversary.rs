@@ -4,7 +4,9 @@
 //! admin `put` altered after signing, or a replay of the latest acknowledged
 //! write, or a follower's signing outcome signed with its real node key) and
 //! proposes it straight to Raft on the leader, skipping
-//! `Node::write`'s checks. Each outcome goes into `History::forged`:
+//! `Node::write`'s checks. After a replay it asks every node what it recorded
+//! of the replayed command (`GetCommand`, into `History::lookups`): the
+//! replay's refusal must not replace the applied record. Each outcome goes into `History::forged`:
 //! `ForgeriesRefused` requires that none was applied (a replay of a write an
 //! equivocating leader altered excepted) and that no node ever holds a
 //! [`FORGED_PREFIX`] key or member [`FORGED_NODE`].
@@ -15,10 +17,16 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 use synod_proto::{Command, Envelope, LogEntry, NodeAddr, NodeId, SignedCommand};
 
-use super::{Approval, ClientCtx, ForgedResult, Phase, Submission, FORGED_NODE, FORGED_PREFIX, FORGED_REASON};
+use super::{
+    Approval, ClientCtx, ForgedResult, LookupCause, Phase, Submission, FORGED_NODE, FORGED_PREFIX, FORGED_REASON,
+};
 use crate::cluster::EPOCH_MS;
 use crate::net;
 use crate::schedule::Forgery;
+
+/// How long after a replay the adversary asks the nodes for the replayed
+/// command's record: long enough for followers to apply the replay's entry.
+const REPLAY_LOOKUP_DELAY: Duration = Duration::from_millis(300);
 
 /// The byzantine leader's accomplice: proposes the forgeries the driver
 /// schedules straight to Raft on the leader, then records their outcomes.
@@ -33,19 +41,35 @@ pub async fn adversary(ctx: ClientCtx) -> turmoil::Result {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let (response, replayed_key) = if matches!(forgery, Forgery::NodeOutcome | Forgery::MemberOutcome) {
+        let (response, replayed) = if matches!(forgery, Forgery::NodeOutcome | Forgery::MemberOutcome) {
             let build = outcome_forgery(&ctx, &mut rng, forgery);
             (ctx.submit(Submission::RawBy(&build), leader, &mut rng, 10).await, None)
         } else {
             let (entry, replayed_key) = forge(&ctx, &mut rng, fault_id, forgery);
-            (ctx.submit(Submission::Raw(&entry), leader, &mut rng, 10).await, replayed_key)
+            let response = ctx.submit(Submission::Raw(&entry), leader, &mut rng, 10).await;
+            (response, replayed_key.map(|key| (key, entry.command)))
         };
         let outcome = response.map(|r| r.outcome);
         ctx.event(format!("adversary: forgery #{fault_id} {forgery:?} -> {outcome:?}"));
+        let replayed_key = replayed.as_ref().map(|(key, _)| key.clone());
         ctx.history.borrow_mut().forged.push(ForgedResult { fault_id, forgery, replayed_key, outcome });
+        if let Some((key, command)) = replayed {
+            ask_after_replay(&ctx, &key, &command, &mut rng).await;
+        }
     }
     ctx.history.borrow_mut().clients_done += 1;
     Ok(())
+}
+
+/// After a replay of an applied write: asks every node what it recorded of
+/// the command, once the followers have had time to apply the replay. Each
+/// must still say "applied" at the first index: the replay's refusal must not
+/// replace that record (`CommandOutcomesMatchLog`).
+async fn ask_after_replay(ctx: &ClientCtx, key: &str, command: &SignedCommand, rng: &mut ChaCha8Rng) {
+    tokio::time::sleep(REPLAY_LOOKUP_DELAY).await;
+    for node in 1..=ctx.nodes {
+        ctx.lookup(command, key, node, LookupCause::AfterReplay, rng).await;
+    }
 }
 
 /// A forged entry, and for a replay the key of the write it proposes again.

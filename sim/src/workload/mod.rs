@@ -37,7 +37,7 @@ use ed25519_dalek::SigningKey;
 use rand_chacha::ChaCha8Rng;
 use rand_core::RngCore;
 use synod_node::node::ClientResponse;
-use synod_proto::api::{ClientRequest, KeyInfo, RequestInfo, WriteResponse};
+use synod_proto::api::{ClientRequest, CommandOutcome, CommandStatus, KeyInfo, RequestInfo, WriteResponse};
 use synod_proto::NodeError;
 use synod_proto::{Command, Envelope, LogEntry, NodeId, Outcome, SignedCommand};
 
@@ -69,6 +69,15 @@ pub use signing::{
 pub const COMMAND_TTL_MS: u64 = 10 * 60 * 1000;
 /// How long a client waits for one attempt at a write.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many nodes one command lookup tries before it gives up.
+pub const LOOKUP_ATTEMPTS: u32 = 3;
+/// How many lookups a client makes for a write whose answer was lost before
+/// it sends the write again (the CLI asks for a while, then resends). After a
+/// refusal that may follow a proposal (a 503) it asks once, as the CLI does.
+pub const FATE_ASKS: u32 = 4;
+/// One in this many ordinary acknowledgements is followed by a lookup of the
+/// write on a random node.
+pub const LOOKUP_SAMPLE_ONE_IN: u64 = 4;
 /// The node id a forged membership change tries to add.
 pub const FORGED_NODE: NodeId = 99;
 /// The key prefix of forged writes; no node may ever hold such a key.
@@ -99,11 +108,40 @@ pub trait Workload {
 pub struct Ack {
     pub key: String,
     pub value: String,
-    /// The index the cluster named; `None` when the ack was a "replay" refusal
-    /// of a retry whose first attempt had applied unseen.
+    /// The index the cluster named: the write's answer, or, when that answer
+    /// was lost or a retry was refused as a replay, a node's record of the
+    /// command (`GetCommand`). `None` only when a retry was refused as a
+    /// replay and no node could then be asked.
     pub index: Option<u64>,
     /// The signed command, which identifies its entry in the log.
     pub command: SignedCommand,
+    pub at_ms: u64,
+}
+
+/// Why a client asked a node what became of one of its commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LookupCause {
+    /// An attempt's answer was lost (or was an error that may follow a proposal).
+    Lost,
+    /// A retry was refused as a replay: the first attempt applied unseen.
+    Replay,
+    /// A sampled check after an ordinary acknowledgement.
+    Sampled,
+    /// The adversary proposed the command again and asks each node what it kept.
+    AfterReplay,
+}
+
+/// One answer to `ClientRequest::GetCommand` about a kv write.
+#[derive(Clone, Debug)]
+pub struct Lookup {
+    /// The write's key (`c{client}/{seq}`).
+    pub key: String,
+    /// The signed command asked about: its signature identifies its entries in the log.
+    pub command: SignedCommand,
+    /// The node that answered.
+    pub node: NodeId,
+    pub cause: LookupCause,
+    pub answer: CommandOutcome,
     pub at_ms: u64,
 }
 
@@ -186,6 +224,8 @@ pub struct History {
     /// When the fault window opened (genesis, then the signing key, first).
     pub window_at_ms: u64,
     pub acks: Vec<Ack>,
+    /// Every answer a node gave to a command lookup, in order.
+    pub lookups: Vec<Lookup>,
     /// Writes submitted and not yet answered: (client, seq) -> key.
     pub pending: BTreeMap<(usize, u64), String>,
     /// Writes the state machine refused although an admin signed them.
@@ -228,6 +268,7 @@ impl History {
             genesis_at_ms: 0,
             window_at_ms: 0,
             acks: Vec::new(),
+            lookups: Vec::new(),
             pending: BTreeMap::new(),
             refused: 0,
             forged: Vec::new(),
@@ -341,6 +382,97 @@ impl ClientCtx {
     }
 }
 
+/// What a client learned of one of its commands by asking nodes ([`ClientCtx::fate`]).
+#[derive(Clone, Debug)]
+pub enum Fate {
+    /// A node recorded it: applied or refused, at an index.
+    Known(CommandOutcome),
+    /// A node says it did not commit and never can (past its expiry).
+    Never(CommandOutcome),
+    /// No node knew it (it may still commit), or none answered.
+    Unknown,
+}
+
+impl ClientCtx {
+    /// Asks one node what became of `command` (`GetCommand`), trying other
+    /// nodes when a call fails, at most [`LOOKUP_ATTEMPTS`] calls. Every
+    /// answer goes into [`History::lookups`] and the trace.
+    async fn lookup(
+        &self,
+        command: &SignedCommand,
+        key: &str,
+        first: NodeId,
+        cause: LookupCause,
+        rng: &mut ChaCha8Rng,
+    ) -> Option<CommandOutcome> {
+        let envelope: Envelope = serde_json::from_str(&command.envelope).expect("a client's own envelope parses");
+        let request = ClientRequest::GetCommand {
+            command_id: envelope.command_id.clone(),
+            expires_at_ms: Some(envelope.expires_at_ms),
+        };
+        let mut target = first;
+        for _ in 0..LOOKUP_ATTEMPTS {
+            if let Ok(Ok(answer)) = call_node(&self.net, target, &request, CALL_TIMEOUT, command_outcome).await {
+                self.record_lookup(command, key, target, cause, &answer);
+                return Some(answer);
+            }
+            target = self.random_node(rng);
+            tokio::time::sleep(Duration::from_millis(20 + rng.next_u64() % 80)).await;
+        }
+        None
+    }
+
+    fn record_lookup(
+        &self,
+        command: &SignedCommand,
+        key: &str,
+        node: NodeId,
+        cause: LookupCause,
+        answer: &CommandOutcome,
+    ) {
+        self.event(format!(
+            "lookup {key} ({cause:?}) on n{node}: {:?} index {:?} final {} applied {}",
+            answer.status, answer.index, answer.is_final, answer.applied_index
+        ));
+        self.history.borrow_mut().lookups.push(Lookup {
+            key: key.to_string(),
+            command: command.clone(),
+            node,
+            cause,
+            answer: answer.clone(),
+            at_ms: self.now_ms(),
+        });
+    }
+
+    /// What became of `command`, as the CLI learns it before it sends a write
+    /// again: asks up to `asks` times (a random node each time, a pause
+    /// between) until a node knows it or says it can never commit.
+    async fn fate(
+        &self,
+        command: &SignedCommand,
+        key: &str,
+        cause: LookupCause,
+        asks: u32,
+        rng: &mut ChaCha8Rng,
+    ) -> Fate {
+        for ask in 0..asks {
+            if ask > 0 {
+                tokio::time::sleep(Duration::from_millis(50 + rng.next_u64() % 150)).await;
+            }
+            let first = self.random_node(rng);
+            let Some(answer) = self.lookup(command, key, first, cause, rng).await else { continue };
+            // Another author's command under the same id is not this one.
+            let ours = answer.author.is_none_or(|a| a == command.author);
+            match answer.status {
+                CommandStatus::Applied | CommandStatus::Rejected if ours => return Fate::Known(answer),
+                _ if answer.is_final => return Fate::Never(answer),
+                _ => {}
+            }
+        }
+        Fate::Unknown
+    }
+}
+
 /// What [`ClientCtx::submit`] sends: a client's signed command, or the
 /// byzantine leader's raw log entry.
 #[derive(Clone, Copy)]
@@ -367,6 +499,13 @@ async fn call_node<T>(
 fn written(response: ClientResponse) -> Option<WriteResponse> {
     match response {
         ClientResponse::Written(w) => Some(w),
+        _ => None,
+    }
+}
+
+fn command_outcome(response: ClientResponse) -> Option<CommandOutcome> {
+    match response {
+        ClientResponse::Command(outcome) => Some(*outcome),
         _ => None,
     }
 }
