@@ -420,7 +420,7 @@ async fn health(State(node): State<Arc<Node>>, Query(q): Query<HealthQuery>) -> 
     )
 )]
 async fn ready(State(node): State<Arc<Node>>) -> Response {
-    let readiness = node.readiness();
+    let readiness = node.readiness().await;
     let code = if readiness.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(readiness)).into_response()
 }
@@ -479,12 +479,12 @@ async fn backup(State(node): State<Arc<Node>>, Identified(caller): Identified) -
 async fn metrics(State(node): State<Arc<Node>>, Identified(caller): Identified) -> Result<Response, Failure> {
     // Any operator, as for status: these are its figures (see `crate::caller`).
     caller.require_operator_of(&node.state().read().state, "the node's metrics")?;
-    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics_text(&node)).into_response())
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics_text(&node).await).into_response())
 }
 
 /// The node's figures in Prometheus's text format: what `/v1/sys/metrics` and
 /// the metrics listener serve ([`crate::metrics`]).
-pub fn metrics_text(node: &Node) -> String {
+pub async fn metrics_text(node: &Node) -> String {
     let metrics = node.metrics();
     // The API's defences count in process-wide atomics (one node per process); copied in here.
     let c = &COUNTERS;
@@ -499,7 +499,7 @@ pub fn metrics_text(node: &Node) -> String {
     absolute("synod_api_requests_timed_out_total", &[], &c.timed_out_requests);
     absolute("synod_tls_reloads_total", &[], &c.tls_reloads);
     absolute("synod_tls_reload_failures_total", &[], &c.tls_reload_failures);
-    node.render_metrics()
+    node.render_metrics().await
 }
 
 /// The metrics listener's routes (`metrics_addr`): `GET /metrics` only, no
@@ -509,7 +509,7 @@ pub fn metrics_router(node: Arc<Node>) -> Router {
         .route(
             "/metrics",
             get(|State(node): State<Arc<Node>>| async move {
-                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics_text(&node))
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics_text(&node).await)
             }),
         )
         .layer(DefaultBodyLimit::max(READ_BODY_BYTES_MAX))

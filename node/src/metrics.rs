@@ -125,7 +125,12 @@ pub const SERIES: &[(&str, Kind, Option<Unit>, &str)] = &[
         "One synced write of the log (every append waiting on it shares it).",
     ),
     // Peers.
-    ("synod_peer_up", Kind::Gauge, None, "1 when the peer answered this node's Raft calls within a few heartbeats."),
+    (
+        "synod_peer_up",
+        Kind::Gauge,
+        None,
+        "1 when the peer answered this node's ping (asked at most once a second, at a scrape).",
+    ),
     (
         "synod_peer_last_heard_seconds",
         Kind::Gauge,

@@ -10,7 +10,8 @@ use super::Node;
 impl Node {
     /// This node's metrics in Prometheus's text format: its state as it is now, and
     /// everything recorded since it started.
-    pub fn render_metrics(&self) -> String {
+    pub async fn render_metrics(&self) -> String {
+        let answering = self.peers_answering().await;
         let metrics = &self.metrics;
         let s = self.status();
         let set = |name: &'static str, value: f64| metrics.gauge(name, &[]).set(value);
@@ -33,7 +34,7 @@ impl Node {
         }
         for member in s.members.iter().filter(|m| m.node_id != self.id) {
             let peer = member.node_id.to_string();
-            let up = f64::from(u8::from(!self.likely_down(member.node_id)));
+            let up = f64::from(u8::from(answering.get(&member.node_id).copied().unwrap_or(false)));
             metrics.gauge("synod_peer_up", &[("peer", &peer)]).set(up);
             let silent = self.silent_for(member.node_id).as_secs_f64();
             metrics.gauge("synod_peer_last_heard_seconds", &[("peer", &peer)]).set(silent);

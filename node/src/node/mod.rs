@@ -122,6 +122,8 @@ pub struct Node {
     genesis_admins: BTreeSet<synod_proto::OperatorKey>,
     /// This node's recorder: what `/v1/sys/metrics` serves (`crate::metrics`).
     metrics: Arc<crate::metrics::Metrics>,
+    /// The last probe of which peers answer (readiness and metrics, `ready.rs`).
+    probe: ready::Probe,
     /// The node itself, for the tasks it starts.
     weak_self: std::sync::Weak<Node>,
     /// A snapshot a peer is sending, collected chunk by chunk before it is checked.
@@ -223,6 +225,7 @@ impl Node {
             silent_limit: std::time::Duration::from_millis(parts.tuning.heartbeat_ms * SILENT_HEARTBEATS),
             genesis_admins: parts.genesis_admins,
             metrics,
+            probe: Default::default(),
             weak_self: weak.clone(),
             incoming: std::sync::Mutex::new(None),
             points_built: std::sync::Mutex::default(),

@@ -6,17 +6,53 @@
 //! the share of every active key it is a participant of, and, for each such key, sees at least
 //! the key's threshold of its signers answering. Each miss is a reason in words an operator can
 //! act on, so the same answer serves a probe (the status code) and a person (the body).
+//!
+//! Which peers answer is asked afresh ([`Node::peers_answering`]): a follower makes no Raft
+//! calls of its own while a leader is up, so what its calls last saw would age. The answer is
+//! kept for [`PROBE_FRESH`], so however often readiness and metrics are asked (readiness needs no
+//! certificate), a node pings each peer at most once per [`PROBE_FRESH`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use synod_proto::api::Readiness;
+use synod_proto::rpc::{PeerRequest, PeerResponse};
+use synod_proto::NodeId;
 
 use super::Node;
 use crate::state::KeyStatus;
 
+/// How long one probe of the peers stands for all askers.
+pub const PROBE_FRESH: Duration = Duration::from_secs(1);
+/// How long a peer has to answer a probe's ping.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The last probe of the peers: when, and which answered.
+pub(super) type Probe = tokio::sync::Mutex<Option<(tokio::time::Instant, BTreeMap<NodeId, bool>)>>;
+
 impl Node {
+    /// Which other members answer a ping, as of at most [`PROBE_FRESH`] ago. Concurrent askers
+    /// wait for one probe rather than each sending their own.
+    pub async fn peers_answering(&self) -> BTreeMap<NodeId, bool> {
+        let mut last = self.probe.lock().await;
+        if let Some((at, answers)) = last.as_ref() {
+            if at.elapsed() < PROBE_FRESH {
+                return answers.clone();
+            }
+        }
+        let members = self.shared.read().state.members.clone();
+        let pings = members.iter().filter(|(id, _)| **id != self.id).map(|(id, addr)| async move {
+            let answer = self.transport.call(*id, addr.raft_addr.clone(), PeerRequest::Ping, PROBE_TIMEOUT).await;
+            (*id, matches!(answer, Ok(PeerResponse::Pong { .. })))
+        });
+        let answers: BTreeMap<NodeId, bool> = futures::future::join_all(pings).await.into_iter().collect();
+        *last = Some((tokio::time::Instant::now(), answers.clone()));
+        answers
+    }
+
     /// Whether this node can take part in signing now, and why not.
-    pub fn readiness(&self) -> Readiness {
+    pub async fn readiness(&self) -> Readiness {
+        let answering = self.peers_answering().await;
         // Both read the state themselves: before the state lock below.
         let catching_up = self.share_gate_refusal();
         let missing = self.missing_share_names();
@@ -43,7 +79,12 @@ impl Node {
         }
         let mut unreachable = BTreeSet::new();
         for key in state.keys.values().filter(|k| k.status == KeyStatus::Active && k.participants.contains(&self.id)) {
-            let down: Vec<_> = key.participants.iter().copied().filter(|p| self.likely_down(*p)).collect();
+            let down: Vec<_> = key
+                .participants
+                .iter()
+                .copied()
+                .filter(|p| *p != self.id && !answering.get(p).copied().unwrap_or(false))
+                .collect();
             let up = key.participants.len() - down.len();
             if up < usize::from(key.threshold) {
                 unreachable.extend(down.iter().copied());
