@@ -126,6 +126,9 @@ pub trait Context: Send + Sync + 'static {
     /// Called once a request's sessions are over, before its outcome is committed: what the
     /// node's metrics record of it.
     fn coordinated(&self, _report: &Coordinated<'_>) {}
+    /// Called when `signer` gave no signature share for a round-2 ask (silent, refused or
+    /// malformed): what the node's metrics count per signer.
+    fn share_missed(&self, _signer: NodeId, _why: &CallError) {}
     /// Called between round 1 and round 2 (a test build pauses there once).
     fn between_rounds(&self) -> BoxFuture<'static, ()> {
         futures::future::ready(()).boxed()
@@ -420,7 +423,10 @@ impl<C: Context> Leader<C> {
         } else {
             self.send_share(signer, ask).await
         };
-        answer.inspect_err(|_| self.drop_pools_of(signer))
+        answer.inspect_err(|why| {
+            self.ctx.share_missed(signer, why);
+            self.drop_pools_of(signer)
+        })
     }
 
     /// Puts `ask` in `signer`'s outbox and waits for its answer.

@@ -63,6 +63,12 @@ pub const SERIES: &[(&str, Kind, Option<Unit>, &str)] = &[
         "On the leader: signature shares that failed verification, by the signer that sent them.",
     ),
     (
+        "synod_sign_missed_shares_total",
+        Kind::Counter,
+        None,
+        "On the leader: round-2 asks a signer gave no share for, by signer and why (unreachable, refused, malformed).",
+    ),
+    (
         "synod_signer_nonce_slots",
         Kind::Gauge,
         None,

@@ -30,7 +30,11 @@ impl Node {
         for member in &s.members {
             // Every member's culprit count exists from the start, at zero, so a query of its
             // increase sees the first offence (Prometheus's advice for known label values).
-            metrics.counter("synod_sign_culprits_total", &[("culprit", &member.node_id.to_string())]).increment(0);
+            let id = member.node_id.to_string();
+            metrics.counter("synod_sign_culprits_total", &[("culprit", &id)]).increment(0);
+            metrics
+                .counter("synod_sign_missed_shares_total", &[("signer", &id), ("reason", "unreachable")])
+                .increment(0);
         }
         for member in s.members.iter().filter(|m| m.node_id != self.id) {
             let peer = member.node_id.to_string();

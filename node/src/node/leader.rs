@@ -159,6 +159,18 @@ impl Context for NodeContext {
         }
     }
 
+    fn share_missed(&self, signer: NodeId, why: &synod_coordinator::CallError) {
+        let Some(node) = self.node.upgrade() else { return };
+        let reason = match why {
+            synod_coordinator::CallError::Unreachable(_) => "unreachable",
+            synod_coordinator::CallError::Refused(_) => "refused",
+            synod_coordinator::CallError::Malformed(_) => "malformed",
+        };
+        node.metrics()
+            .counter("synod_sign_missed_shares_total", &[("signer", &signer.to_string()), ("reason", reason)])
+            .increment(1);
+    }
+
     fn after_shares(&self) -> BoxFuture<'static, ()> {
         faults::crash_point(self.id, faults::LEADER_AFTER_SHARES).boxed()
     }
