@@ -29,7 +29,7 @@ use loops::{break_election_ties, keys_and_signing, reconcile_membership};
 pub use peer::NodeHandler;
 use vote::{BootCheck, CatchUp};
 use write::RefusalBudget;
-pub use write::{PeerReach, REFUSALS_PER_MINUTE_MAX};
+pub use write::REFUSALS_PER_MINUTE_MAX;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

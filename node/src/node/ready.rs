@@ -7,6 +7,9 @@
 //! the key's threshold of its signers answering. Each miss is a reason in words an operator can
 //! act on, so the same answer serves a probe (the status code) and a person (the body).
 //!
+//! The write path asks the same probe whether a majority of the voters is reachable before it
+//! answers "no majority" (`write.rs`).
+//!
 //! Which peers answer is asked afresh ([`Node::peers_answering`]): a follower makes no Raft
 //! calls of its own while a leader is up, so what its calls last saw would age. The answer is
 //! kept for [`PROBE_FRESH`], so however often readiness and metrics are asked (readiness needs no
@@ -24,8 +27,9 @@ use crate::state::KeyStatus;
 
 /// How long one probe of the peers stands for all askers.
 pub const PROBE_FRESH: Duration = Duration::from_secs(1);
-/// How long a peer has to answer a probe's ping.
-pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a peer has to answer a probe's ping: short, so that a write to a cluster without a
+/// majority is refused well within a client's patience (a live peer answers in milliseconds).
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1_000);
 
 /// The last probe of the peers: when, and which answered.
 pub(super) type Probe = tokio::sync::Mutex<Option<(tokio::time::Instant, BTreeMap<NodeId, bool>)>>;
@@ -70,32 +74,38 @@ impl Node {
             ));
         }
         reasons.extend(catching_up);
+        // Readiness needs no certificate, so its reasons count keys and never name them (key
+        // names are an operator's read, `crate::caller`); `synod status` and `synod key list`
+        // name them for an operator.
         if !missing.is_empty() {
             reasons.push(format!(
-                "node {} holds no share of {}; run `synod key repair` for each",
+                "node {} holds no share of {} of its keys; `synod status` names them, and `synod key repair` \
+                 restores each",
                 self.id,
-                missing.join(", ")
+                missing.len()
             ));
         }
-        let mut unreachable = BTreeSet::new();
+        let mut short = 0;
+        let mut silent = BTreeSet::new();
         for key in state.keys.values().filter(|k| k.status == KeyStatus::Active && k.participants.contains(&self.id)) {
-            let down: Vec<_> = key
+            let down: Vec<NodeId> = key
                 .participants
                 .iter()
                 .copied()
                 .filter(|p| *p != self.id && !answering.get(p).copied().unwrap_or(false))
                 .collect();
-            let up = key.participants.len() - down.len();
-            if up < usize::from(key.threshold) {
-                unreachable.extend(down.iter().copied());
-                reasons.push(format!(
-                    "key {} needs {} of its signers and only {up} of {} answer (nodes {} do not)",
-                    key.name,
-                    key.threshold,
-                    key.participants.len(),
-                    down.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
-                ));
+            if key.participants.len() - down.len() < usize::from(key.threshold) {
+                short += 1;
+                silent.extend(down);
             }
+        }
+        if short > 0 {
+            let silent: Vec<String> = silent.iter().map(|id| id.to_string()).collect();
+            reasons.push(format!(
+                "{short} of this node's keys cannot be signed now: fewer of their signers answer than their \
+                 threshold (not answering: nodes {}); `synod key list` names the keys",
+                silent.join(", ")
+            ));
         }
         Readiness {
             node_id: self.id,

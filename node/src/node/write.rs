@@ -6,7 +6,7 @@
 //! applied is answered with its recorded outcome (a client that lost the first
 //! answer sends the same bytes again), and a node that has no leader and
 //! cannot reach a majority of the voters says so, naming those it cannot
-//! reach ([`Node::peer_reachability`]).
+//! reach ([`Node::peers_answering`], the probe readiness uses too).
 
 use std::time::Duration;
 
@@ -44,10 +44,6 @@ impl RefusalBudget {
 
 /// How long a participant may take to answer the ping before a key generation.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a voter may take to answer the ping that asks whether a majority
-/// is reachable: short, so that a write to a cluster without one is refused
-/// well within a client's patience (a live peer answers in milliseconds).
-const MAJORITY_PING_TIMEOUT: Duration = Duration::from_millis(1_000);
 /// How long a forwarded write may take at the leader.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the leader waits for its proposal to commit and apply. openraft
@@ -494,50 +490,31 @@ impl Node {
         voters
     }
 
-    /// When this node last heard each other voter, from its own Raft calls
-    /// (heartbeats as leader, vote requests as candidate; a follower calls no
-    /// one, so its figures age). Shared with the metrics.
-    pub fn peer_reachability(&self) -> Vec<PeerReach> {
-        self.voters()
-            .into_iter()
-            .filter(|p| *p != self.id)
-            .map(|node_id| PeerReach {
-                node_id,
-                silent_for: self.peer_health.silent_for(node_id),
-                likely_down: self.likely_down(node_id),
-            })
-            .collect()
-    }
-
     /// Whether this node's own calls say that too few voters answer for a
     /// majority (cheap: no call is made).
     fn majority_silent(&self) -> bool {
         let voters = self.voters();
-        let heard = self.peer_reachability().iter().filter(|p| !p.likely_down).count();
+        let heard = voters.iter().filter(|p| **p != self.id && !self.likely_down(**p)).count();
         let me = usize::from(voters.contains(&self.id));
         me + heard < voters.len() / 2 + 1
     }
 
     /// The error to answer a write with when this node cannot reach a majority
-    /// of the voters (itself included): each other voter is pinged now, so the
-    /// answer does not rest on calls this node happened to make. `None` when a
-    /// majority answers (no leader yet, or one is being elected).
+    /// of the voters (itself included): the peers are asked afresh
+    /// ([`Node::peers_answering`]), so the answer does not rest on calls this node
+    /// happened to make. `None` when a majority answers (no leader yet, or one is
+    /// being elected).
     pub(super) async fn majority_out_of_reach(&self) -> Option<NodeError> {
         let voters = self.voters();
         if voters.is_empty() {
             return None;
         }
-        let members = self.shared.read().state.members.clone();
-        let others: Vec<NodeId> = voters.iter().copied().filter(|p| *p != self.id).collect();
-        let pings = others.iter().map(|&p| {
-            let addr = members.get(&p).map(|a| a.raft_addr.clone());
-            async move {
-                let Some(addr) = addr else { return (p, false) };
-                let answer = self.transport.call(p, addr, PeerRequest::Ping, MAJORITY_PING_TIMEOUT).await;
-                (p, matches!(answer, Ok(PeerResponse::Pong { .. })))
-            }
-        });
-        let answers = futures::future::join_all(pings).await;
+        let answering = self.peers_answering().await;
+        let answers: Vec<(NodeId, bool)> = voters
+            .iter()
+            .filter(|p| **p != self.id)
+            .map(|p| (*p, answering.get(p).copied().unwrap_or(false)))
+            .collect();
         let needed = voters.len() / 2 + 1;
         let reachable = usize::from(voters.contains(&self.id)) + answers.iter().filter(|(_, up)| *up).count();
         if reachable >= needed {
@@ -559,17 +536,6 @@ impl Node {
             voters.len()
         )))
     }
-}
-
-/// What this node knows of one other voter's reachability.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PeerReach {
-    pub node_id: NodeId,
-    /// How long the peer has left this node's Raft calls unanswered (zero: it
-    /// answered the latest, or was never called).
-    pub silent_for: Duration,
-    /// Silent for several heartbeats (`SILENT_HEARTBEATS`): likely down.
-    pub likely_down: bool,
 }
 
 /// "node 2", "nodes 2 and 3", "nodes 2, 3 and 4".
