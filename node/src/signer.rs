@@ -271,6 +271,28 @@ impl Signer {
         }
     }
 
+    /// A coordinator asks for commitments only for a key its own state holds active, and this
+    /// signer's applied state may lag it by the entry that activated the key: waits (at most
+    /// [`CATCH_UP_WAIT`]) while the key is unknown here or still generating, so a lag is not
+    /// answered as a refusal that fails the request. Any other status is answered at once.
+    async fn settle_key(&self, key_id: &str) {
+        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+        let mut applied = self.state.subscribe();
+        loop {
+            let lagging = {
+                let applied = self.state.read();
+                applied.state.keys.get(key_id).is_none_or(|k| k.status == KeyStatus::Generating)
+            };
+            if !lagging {
+                return;
+            }
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+        }
+    }
+
     /// Preprocessing: `count` fresh nonce pairs for `key_id`, each in its own
     /// slot bound to the key and to `owner` (the coordinator that asked), and
     /// their commitments.
@@ -278,6 +300,7 @@ impl Signer {
         if count == 0 || count > PREPROCESS_COUNT_MAX {
             return Err(format!("ask for 1 to {PREPROCESS_COUNT_MAX} nonce commitments, not {count}"));
         }
+        self.settle_key(key_id).await;
         let key = {
             let applied = self.state.read();
             self.check_key(&applied.state, key_id)?.clone()
