@@ -261,6 +261,8 @@ pub async fn request(cmd: RequestCmd) -> anyhow::Result<()> {
             let request_id =
                 request_id.unwrap_or_else(|| synod_proto::command::random_command_id(&mut rand_core::OsRng));
             let command = Command::SignRequest {
+                format: None,
+                trusted_comment: None,
                 request_id: request_id.clone(),
                 key,
                 message: hex::encode(&message),
@@ -331,22 +333,7 @@ async fn statement_and_request(api: &ApiClient, id: &str) -> anyhow::Result<(App
     let info = get_request(api, id, 0).await?;
     let cluster = cluster_id(&status_of(api).await?)?;
     let request = info.clone();
-    Ok((
-        ApprovalStatement {
-            cluster_id: cluster,
-            request_id: info.request_id,
-            requester: info.requester,
-            key_id: info.key_id,
-            key_version: info.key_version,
-            message_sha256: info.message_sha256,
-            purpose: info.purpose,
-            environment: info.environment,
-            attributes: info.attributes,
-            policy_version: info.policy_version,
-            expires_at_ms: info.expires_at_ms,
-        },
-        request,
-    ))
+    Ok((info.approval_statement(&cluster), request))
 }
 
 /// What an approver is about to approve, every field escaped ([`shown`]):

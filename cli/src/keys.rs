@@ -95,6 +95,9 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
             Ok(())
         }
         KeyCmd::Policy(cmd) => super::authz::policy(cmd).await,
+        KeyCmd::Csr(args) => super::formats::cms::csr(args).await,
+        KeyCmd::Certificate(args) => super::formats::cms::certificate(args).await,
+        KeyCmd::Openpgp(args) => super::formats::openpgp::key(args).await,
         KeyCmd::Show { name, format, client } => {
             let key = get_key(&ApiClient::new(&client)?, &name).await?;
             if format == Some(keyfmt::PublicKeyFormat::Jwks) {
@@ -631,6 +634,10 @@ fn split_key_file(
 
 /// `synod sign`.
 pub async fn sign(args: SignArgs) -> anyhow::Result<()> {
+    let format = args.format.format;
+    if format != synod_proto::format::SignFormat::Raw {
+        return super::formats::sign(format, args).await;
+    }
     let message = read_message(&args.input)?;
     let api = ApiClient::new(&args.client)?;
     let status = members(&api).await?;
@@ -640,6 +647,8 @@ pub async fn sign(args: SignArgs) -> anyhow::Result<()> {
         hex::encode(id)
     });
     let command = Command::SignRequest {
+        format: None,
+        trusted_comment: None,
         request_id: request_id.clone(),
         key: args.key.clone(),
         message: hex::encode(&message),
@@ -737,9 +746,37 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         }
         (None, None) => bail!("name the key with --key NAME (asks the cluster) or --public-key FILE|HEX (offline)"),
     };
+    let format = args.format.format;
+    let (version, public) = if format == synod_proto::format::SignFormat::Raw {
+        verify_raw(&args, &candidates)?
+    } else {
+        super::formats::verify(format, &args, &candidates)?
+    };
+    match args.client.output.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({
+                "valid": true,
+                "format": format,
+                "public_key": hex::encode(public),
+                "key_version": version
+            })
+        ),
+        Output::Table => match version {
+            Some(v) => {
+                println!("signature is valid ({format}, Ed25519, key version {v}, public key {})", hex::encode(public))
+            }
+            None => println!("signature is valid ({format}, Ed25519, public key {})", hex::encode(public)),
+        },
+    }
+    Ok(())
+}
+
+/// A raw RFC 8032 signature of the file: the candidate that verifies it.
+fn verify_raw(args: &VerifyArgs, candidates: &super::formats::Candidates) -> anyhow::Result<(Option<u32>, [u8; 32])> {
     let message = std::fs::read(&args.input).with_context(|| format!("cannot read {}", args.input.display()))?;
-    let sig_bytes =
-        std::fs::read(&args.signature).with_context(|| format!("cannot read {}", args.signature.display()))?;
+    let path = args.signature.as_ref().ok_or_else(|| anyhow!("give the signature file with --signature FILE"))?;
+    let sig_bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let signature = keyfmt::decode_signature(&sig_bytes).map_err(|e| anyhow!("{e}"))?;
     let mut last_error = None;
     let matched = candidates.iter().find(|(_, public)| match keyfmt::verify(public, &message, &signature) {
@@ -749,22 +786,12 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
             false
         }
     });
-    let Some((version, public)) = matched else {
+    let Some(found) = matched else {
         let error = last_error.map(|e| e.to_string()).unwrap_or_default();
         if candidates.len() > 1 {
             bail!("{error} (tried all {} versions of the key)", candidates.len());
         }
         bail!("{error}");
     };
-    match args.client.output.output {
-        Output::Json => println!(
-            "{}",
-            serde_json::json!({ "valid": true, "public_key": hex::encode(public), "key_version": version })
-        ),
-        Output::Table => match version {
-            Some(v) => println!("signature is valid (Ed25519, key version {v}, public key {})", hex::encode(public)),
-            None => println!("signature is valid (Ed25519, public key {})", hex::encode(public)),
-        },
-    }
-    Ok(())
+    Ok(*found)
 }

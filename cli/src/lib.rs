@@ -17,6 +17,7 @@ pub mod bench;
 pub mod client;
 pub mod dev;
 pub mod display;
+pub mod formats;
 pub mod keys;
 pub mod local;
 pub mod operator;
@@ -66,8 +67,14 @@ pub enum Top {
     Key(KeyCmd),
     /// Sign a file with a cluster key: commits a request, waits for the signature.
     Sign(SignArgs),
-    /// Verify an Ed25519 signature (RFC 8032) offline or with a cluster key's public key.
+    /// Verify a signature offline or with a cluster key's public keys: raw Ed25519 (RFC 8032)
+    /// or any format `synod sign --format` writes.
     Verify(VerifyArgs),
+    /// Serve an ssh-agent backed by the cluster: `ssh-keygen -Y sign`, and git with
+    /// gpg.format=ssh, sign through it; each signature is a request the cluster checks.
+    Agent(formats::agent::AgentArgs),
+    /// Seal a PDF with a cluster key: a PAdES signature (incremental update, detached CMS).
+    Seal(formats::cms::SealArgs),
     /// Signing requests: make one (possibly awaiting approvals), show it, wait for it.
     #[command(subcommand)]
     Request(RequestCmd),
@@ -534,6 +541,12 @@ pub enum KeyCmd {
     /// A key's signing policy: who may request, how many approvals, tiers.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Make a PKCS#10 certificate signing request signed by the key, for an organisation's CA.
+    Csr(formats::cms::CsrArgs),
+    /// Make an X.509 certificate for the key (self-signed), for CMS signatures and PDF seals.
+    Certificate(formats::cms::CertificateArgs),
+    /// Make the key's OpenPGP public key (v4, EdDSA), self-certified by the cluster.
+    Openpgp(formats::openpgp::OpenpgpKeyArgs),
     /// Show a key (by name or id) and its versions; with --format, print only its public
     /// key in that format (jwks: every version that still signs, the primary first).
     Show {
@@ -582,9 +595,16 @@ pub enum KeyCmd {
 pub struct SignArgs {
     /// The key's name.
     pub key: String,
-    /// The file to sign (at most 64 KiB; sign a digest of larger artifacts).
+    /// The file to sign: at most 64 KiB as raw, any size as sshsig, minisign, openpgp or cms
+    /// (hashed here; only the format's small signed statement of the hash goes to the cluster).
     #[arg(long = "in")]
     pub input: PathBuf,
+    #[command(flatten)]
+    pub format: formats::args::FormatArgs,
+    /// How long to wait for approvals when the key's policy needs them, in seconds (0: fail at
+    /// once, naming the request approvers must approve).
+    #[arg(long, default_value_t = 0)]
+    pub approval_wait_secs: u64,
     /// Idempotency id: a retry with the same id and message returns the same signature;
     /// another message under the same id is refused. Random when omitted.
     #[arg(long)]
@@ -625,12 +645,15 @@ pub struct VerifyArgs {
     /// A public key file or text: hex, SPKI PEM, JWK or an OpenSSH ssh-ed25519 line (offline).
     #[arg(long)]
     pub public_key: Option<String>,
-    /// The signed file.
+    /// The signed file (for jws and jwt: the token).
     #[arg(long = "in")]
     pub input: PathBuf,
-    /// The signature file: 64 raw bytes, hex or base64.
+    /// The signature file: for raw, 64 raw bytes, hex or base64; otherwise the format's own
+    /// signature file (.sig, .minisig, .asc, .p7s).
     #[arg(long)]
-    pub signature: PathBuf,
+    pub signature: Option<PathBuf>,
+    #[command(flatten)]
+    pub format: formats::args::FormatArgs,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -972,6 +995,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Top::Key(cmd) => keys::key(cmd).await,
         Top::Sign(args) => keys::sign(args).await,
         Top::Verify(args) => keys::verify(args).await,
+        Top::Agent(args) => formats::agent::run(args).await,
+        Top::Seal(args) => formats::cms::seal(args).await,
         Top::Request(cmd) => authz::request(cmd).await,
         Top::Approve(args) => authz::approve(args).await,
         Top::Admin(cmd) => authz::admin(cmd).await,

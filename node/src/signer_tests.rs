@@ -46,6 +46,8 @@ fn fixture() -> Fixture {
     let mut world = World::new();
     let packages = dkg(&mut world, "k");
     let request = Command::SignRequest {
+        format: None,
+        trusted_comment: None,
         request_id: "r1".into(),
         key: "k".into(),
         message: hex::encode(MESSAGE),

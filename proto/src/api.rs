@@ -451,6 +451,40 @@ pub struct RequestInfo {
     pub key_version: u32,
     /// After this (log time, ms) the request fails and approvals are refused.
     pub expires_at_ms: u64,
+    /// The declared signing format and what every node read from the message
+    /// (absent for a plain message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<crate::format::FormatInfo>,
+    /// The version of the approval statement approvers sign: 2 from rules 9
+    /// on (it names the format and the artifact hash), 1 before.
+    #[serde(default = "statement_version_1")]
+    pub statement_version: u32,
+}
+
+fn statement_version_1() -> u32 {
+    1
+}
+
+impl RequestInfo {
+    /// The approval statement of this request, as approvers build it from what
+    /// a node reports (they check the message hash and the artifact hash against
+    /// what they were asked to approve).
+    pub fn approval_statement(&self, cluster_id: &str) -> crate::authz::ApprovalStatement {
+        crate::authz::ApprovalStatement {
+            cluster_id: cluster_id.to_string(),
+            request_id: self.request_id.clone(),
+            requester: self.requester,
+            key_id: self.key_id.clone(),
+            key_version: self.key_version,
+            message_sha256: self.message_sha256.clone(),
+            purpose: self.purpose.clone(),
+            environment: self.environment.clone(),
+            attributes: self.attributes.clone(),
+            policy_version: self.policy_version,
+            expires_at_ms: self.expires_at_ms,
+            format: (self.statement_version >= 2).then(|| crate::authz::StatementFormat::of(self.format.as_ref())),
+        }
+    }
 }
 
 /// `POST /v1/keys/{name}/share`: one imported share, sent by the operator's CLI

@@ -15,9 +15,14 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{validate_name, CommandError, OperatorKey, NAME_BYTES_MAX};
+use crate::format::SignFormat;
 
 /// Domain-separation tag that opens every approval statement.
 pub const APPROVAL_DOMAIN: &[u8] = b"synod/approval/v1\0";
+/// The tag of a version 2 statement (rules 9 and later), which adds the request's
+/// format, the artifact hash read from its signed bytes, whether those are an
+/// opaque digest, and minisign's trusted comment after the version 1 fields.
+pub const APPROVAL_DOMAIN_V2: &[u8] = b"synod/approval/v2\0";
 /// The namespace approvers pass to `ssh-keygen -Y sign -n`.
 pub const APPROVAL_SSH_NAMESPACE: &str = "synod-approval@v1";
 /// The name of the key that threshold-signs audit checkpoints and nothing else.
@@ -116,6 +121,15 @@ pub struct Policy {
     /// most 10 minutes whatever this says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_window_ms: Option<u64>,
+    /// The formats the key may sign (rules 9 and later), e.g. `["sshsig"]`;
+    /// empty: any. `raw` is a plain message. Nodes parse every request's bytes
+    /// as its declared format, so this holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub formats: Vec<SignFormat>,
+    /// The SSHSIG namespaces the key may sign in (rules 9 and later), e.g.
+    /// `["git"]`; empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
 }
 
 /// "A request whose `attribute` is above `above` needs `approvals_required`
@@ -135,9 +149,24 @@ pub struct Tier {
 impl Policy {
     /// Checks sizes and shapes that do not depend on state.
     pub fn validate(&self) -> Result<(), CommandError> {
-        let lists = [&self.requesters, &self.approvers, &self.environments, &self.purposes];
-        if lists.iter().any(|l| l.len() > POLICY_LIST_MAX) || self.tiers.len() > POLICY_LIST_MAX {
+        let lists = [&self.requesters, &self.approvers, &self.environments, &self.purposes, &self.namespaces];
+        if lists.iter().any(|l| l.len() > POLICY_LIST_MAX)
+            || self.tiers.len() > POLICY_LIST_MAX
+            || self.formats.len() > POLICY_LIST_MAX
+        {
             return Err(CommandError::Malformed(format!("a policy list is longer than {POLICY_LIST_MAX}")));
+        }
+        for namespace in &self.namespaces {
+            validate_label("namespace", namespace)?;
+            if namespace.is_empty() {
+                return Err(CommandError::Malformed("an SSHSIG namespace is never empty".into()));
+            }
+        }
+        if !self.namespaces.is_empty() && !self.formats.is_empty() && !self.formats.contains(&SignFormat::Sshsig) {
+            return Err(CommandError::Malformed(
+                "the policy names SSHSIG namespaces but does not allow the sshsig format; add \"sshsig\" to formats"
+                    .into(),
+            ));
         }
         for name in self.requesters.iter().chain(&self.approvers) {
             validate_name("operator name", name)?;
@@ -245,12 +274,45 @@ pub struct ApprovalStatement {
     pub attributes: BTreeMap<String, String>,
     pub policy_version: u64,
     pub expires_at_ms: u64,
+    /// What the message is (rules 9 and later, and always then): its declared
+    /// format and the artifact hash read from inside it. Present, the statement
+    /// is version 2 ([`APPROVAL_DOMAIN_V2`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<StatementFormat>,
+}
+
+/// The format part of a version 2 approval statement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementFormat {
+    pub format: SignFormat,
+    /// `ALGORITHM:HEX` as the signed bytes name it; empty when they name none.
+    pub artifact_hash: String,
+    /// True when the signed bytes are an opaque digest (OpenPGP, minisign).
+    pub opaque: bool,
+    /// minisign's trusted comment; empty for other formats.
+    pub trusted_comment: String,
+}
+
+impl StatementFormat {
+    /// The statement's format part for a request with this format (raw when none).
+    pub fn of(info: Option<&crate::format::FormatInfo>) -> Self {
+        StatementFormat {
+            format: info.map_or(SignFormat::Raw, |f| f.format),
+            artifact_hash: info.and_then(|f| f.inspection.artifact_hash.clone()).unwrap_or_default(),
+            opaque: info.is_some_and(|f| f.inspection.opaque),
+            trusted_comment: info.and_then(|f| f.trusted_comment.clone()).unwrap_or_default(),
+        }
+    }
 }
 
 /// The canonical bytes of an approval statement: [`APPROVAL_DOMAIN`], then every
 /// field as a 4-byte big-endian length and its bytes, in a fixed order (numbers
 /// as 8-byte big-endian; attributes as their count, then key and value pairs in
 /// key order). No two statements share an encoding. Pinned by a test.
+///
+/// A statement with a [`StatementFormat`] (rules 9 and later) opens with
+/// [`APPROVAL_DOMAIN_V2`] instead and appends the format's name, the artifact
+/// hash, the opaque flag (one byte) and the trusted comment, each as a field.
 pub fn approval_bytes(s: &ApprovalStatement) -> Vec<u8> {
     let mut out = APPROVAL_DOMAIN.to_vec();
     let mut field = |bytes: &[u8]| {
@@ -272,6 +334,15 @@ pub fn approval_bytes(s: &ApprovalStatement) -> Vec<u8> {
     }
     field(&s.policy_version.to_be_bytes());
     field(&s.expires_at_ms.to_be_bytes());
+    if let Some(f) = &s.format {
+        field(f.format.name().as_bytes());
+        field(f.artifact_hash.as_bytes());
+        field(&[u8::from(f.opaque)]);
+        field(f.trusted_comment.as_bytes());
+    }
+    if s.format.is_some() {
+        out.splice(..APPROVAL_DOMAIN.len(), APPROVAL_DOMAIN_V2.iter().copied());
+    }
     out
 }
 
@@ -316,6 +387,34 @@ mod tests {
             attributes: [("amount".to_string(), "5".to_string())].into(),
             policy_version: 2,
             expires_at_ms: 3,
+            format: None,
+        }
+    }
+
+    #[test]
+    fn authz_version_2_statement_binds_the_format_and_the_artifact_hash() {
+        let v1 = approval_bytes(&statement());
+        let mut with_format = statement();
+        with_format.format = Some(StatementFormat {
+            format: SignFormat::Sshsig,
+            artifact_hash: "sha512:00".into(),
+            opaque: false,
+            trusted_comment: String::new(),
+        });
+        let v2 = approval_bytes(&with_format);
+        assert!(v2.starts_with(APPROVAL_DOMAIN_V2));
+        // The version 1 fields, then the format's.
+        assert_eq!(v2[APPROVAL_DOMAIN_V2.len()..v1.len()], v1[APPROVAL_DOMAIN.len()..]);
+        assert_eq!(hex::encode(&v2[v1.len()..]), "00000006737368736967000000097368613531323a3030000000010000000000");
+        for change in [
+            |f: &mut StatementFormat| f.format = SignFormat::Raw,
+            |f: &mut StatementFormat| f.artifact_hash = "sha512:01".into(),
+            |f: &mut StatementFormat| f.opaque = true,
+            |f: &mut StatementFormat| f.trusted_comment = "x".into(),
+        ] {
+            let mut other = with_format.clone();
+            change(other.format.as_mut().unwrap());
+            assert_ne!(approval_bytes(&other), v2);
         }
     }
 

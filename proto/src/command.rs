@@ -267,6 +267,15 @@ pub enum Command {
         /// absent; an older version only while it is retiring.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         version: Option<u32>,
+        /// The format `message` is the to-be-signed bytes of (rules 9 and later;
+        /// raw when absent). Every node parses the message as this format and
+        /// refuses it if it does not parse ([`crate::format::inspect`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        format: Option<crate::format::SignFormat>,
+        /// minisign only: the trusted comment the cluster's global signature
+        /// covers together with the request's signature.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trusted_comment: Option<String>,
     },
     /// An approver's signed approval of a pending request (anyone may submit it:
     /// the approval signature itself carries the authority).
@@ -397,7 +406,7 @@ impl SnapshotPoint {
 /// The rules version a genesis made today names (see `ClusterState::rules`
 /// in the node): how entries are judged. A change to how an entry is judged
 /// raises it, so that a cluster keeps the rules its genesis named.
-pub const RULES_CURRENT: u32 = 8;
+pub const RULES_CURRENT: u32 = 9;
 
 /// The shortest waiting period before a key's destruction when the genesis
 /// names none: seven days, as production key managers require.
@@ -704,7 +713,17 @@ impl Command {
                 validate_id("key id", key_id)?;
                 validate_reason(reason)
             }
-            Command::SignRequest { request_id, key, message, purpose, environment, attributes, .. } => {
+            Command::SignRequest {
+                request_id,
+                key,
+                message,
+                purpose,
+                environment,
+                attributes,
+                format,
+                trusted_comment,
+                ..
+            } => {
                 crate::authz::validate_label("environment", environment)?;
                 crate::authz::validate_attributes(attributes)?;
                 validate_name("request id", request_id)?;
@@ -712,12 +731,32 @@ impl Command {
                 validate_hex("message", message, 2 * MESSAGE_BYTES_MAX).map_err(|_| {
                     CommandError::Malformed(format!(
                         "message must be hex of at most {MESSAGE_BYTES_MAX} bytes (got {} hex characters); \
-                         sign a hash of larger artifacts",
+                         sign larger artifacts in a format that signs their hash (`synod sign --format sshsig`, \
+                         cms, minisign, openpgp)",
                         message.len()
                     ))
                 })?;
                 if purpose.len() > NAME_BYTES_MAX {
                     return Err(CommandError::Malformed(format!("purpose is longer than {NAME_BYTES_MAX} bytes")));
+                }
+                use crate::format::SignFormat;
+                match (format, trusted_comment) {
+                    (Some(SignFormat::Minisign), Some(comment)) => crate::format::validate_trusted_comment(comment)?,
+                    (Some(SignFormat::Minisign), None) => {
+                        return Err(CommandError::Malformed(
+                            "a minisign request carries the trusted comment its global signature covers".into(),
+                        ))
+                    }
+                    (_, Some(_)) => {
+                        return Err(CommandError::Malformed("only a minisign request carries a trusted comment".into()))
+                    }
+                    _ => {}
+                }
+                if let Some(format) = format {
+                    // Every node parses the to-be-signed bytes as the declared format.
+                    let bytes =
+                        hex::decode(message).map_err(|_| CommandError::Malformed("message is not hex".into()))?;
+                    crate::format::inspect(*format, &bytes)?;
                 }
                 Ok(())
             }

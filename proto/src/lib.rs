@@ -13,6 +13,7 @@ pub mod api;
 pub mod authz;
 pub mod command;
 pub mod error;
+pub mod format;
 pub mod keyfmt;
 pub mod limits;
 pub mod raft;

@@ -129,7 +129,17 @@ fn check_command(command: &Command, at: &str) -> Result<(), CommandError> {
             id_bytes(&f("key_id"), key_id)?;
             reason_bytes(&f("reason"), reason)
         }
-        Command::SignRequest { request_id, key, message, purpose, environment, attributes, .. } => {
+        Command::SignRequest {
+            request_id, key, message, purpose, environment, attributes, trusted_comment, ..
+        } => {
+            if let Some(comment) = trusted_comment {
+                bytes(
+                    &f("trusted_comment"),
+                    comment,
+                    crate::format::TRUSTED_COMMENT_BYTES_MAX,
+                    "trusted_comment_bytes_max",
+                )?;
+            }
             name_bytes(&f("request_id"), request_id)?;
             name_bytes(&f("key"), key)?;
             bytes(&f("message"), message, MESSAGE_HEX_BYTES_MAX, "message_hex_bytes_max")?;

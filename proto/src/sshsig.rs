@@ -485,6 +485,60 @@ fn dearmor(armored: &str) -> Result<Vec<u8>, SshSigError> {
     STANDARD_LENIENT.decode(encoded.as_bytes()).map_err(|err| SshSigError::BadBase64(err.to_string()))
 }
 
+/// The fields of an SSHSIG signed-data blob (what the Ed25519 signature covers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedData {
+    pub namespace: String,
+    /// `sha256` or `sha512`.
+    pub hash_alg: String,
+    /// H(message), 32 or 64 bytes as `hash_alg` says.
+    pub hash: Vec<u8>,
+}
+
+impl SignedData {
+    /// The blob: `"SSHSIG" || string(namespace) || string("") || string(hash_alg) || string(hash)`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        for field in [self.namespace.as_bytes(), b"", self.hash_alg.as_bytes(), &self.hash] {
+            out.extend_from_slice(&u32::try_from(field.len()).unwrap_or(u32::MAX).to_be_bytes());
+            out.extend_from_slice(field);
+        }
+        out
+    }
+
+    /// Reads a signed-data blob, refusing anything `ssh-keygen -Y verify` would not
+    /// check: an empty namespace, a reserved field, another hash or a hash of the wrong length.
+    /// The error says what was wrong, for a requester.
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let mut reader = Reader::new(bytes, "SSHSIG signed data");
+        if reader.take(MAGIC.len(), "magic").map_err(|e| e.to_string())? != MAGIC {
+            return Err("it does not open with \"SSHSIG\"".into());
+        }
+        let mut field = |name| reader.string(name).map(<[u8]>::to_vec).map_err(|e| e.to_string());
+        let namespace = field("namespace")?;
+        let reserved = field("reserved")?;
+        let hash_alg = field("hash algorithm")?;
+        let hash = field("hash")?;
+        reader.finish().map_err(|e| e.to_string())?;
+        let namespace = String::from_utf8(namespace).map_err(|_| "the namespace is not UTF-8".to_string())?;
+        if namespace.is_empty() || namespace.chars().any(char::is_control) {
+            return Err("the namespace must be non-empty printable text (git, file, ...)".into());
+        }
+        if !reserved.is_empty() {
+            return Err("the reserved field is not empty".into());
+        }
+        let (hash_alg, expected) = match hash_alg.as_slice() {
+            b"sha256" => ("sha256", 32),
+            b"sha512" => ("sha512", 64),
+            other => return Err(format!("hash algorithm {} is not sha256 or sha512", quote(other))),
+        };
+        if hash.len() != expected {
+            return Err(format!("a {hash_alg} hash is {expected} bytes, not {}", hash.len()));
+        }
+        Ok(SignedData { namespace, hash_alg: hash_alg.to_string(), hash })
+    }
+}
+
 /// A bounds-checked cursor over an untrusted blob.
 struct Reader<'a> {
     /// The bytes not yet read.

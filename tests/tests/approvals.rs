@@ -209,6 +209,11 @@ fn statement_of(cluster: &Cluster, id: &str) -> ApprovalStatement {
         attributes: serde_json::from_value(info["attributes"].clone()).unwrap(),
         policy_version: info["policy_version"].as_u64().unwrap(),
         expires_at_ms: info["expires_at_ms"].as_u64().unwrap(),
+        // A cluster of current rules signs version 2 statements, which name the format.
+        format: (info["statement_version"].as_u64() == Some(2)).then(|| {
+            let format: Option<synod_proto::format::FormatInfo> = serde_json::from_value(info["format"].clone()).ok();
+            synod_proto::authz::StatementFormat::of(format.as_ref())
+        }),
     }
 }
 

@@ -73,6 +73,8 @@ fn post_signed(cluster: &Cluster, name: &str, issued_at_ms: u64, expires_at_ms: 
 
 fn sign_request(request_id: &str) -> Command {
     Command::SignRequest {
+        format: None,
+        trusted_comment: None,
         request_id: request_id.into(),
         key: "vault".into(),
         message: hex_of(request_id.as_bytes()),

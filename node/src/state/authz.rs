@@ -191,6 +191,9 @@ impl ClusterState {
 
     /// Every operator a policy names must exist.
     pub(super) fn check_policy_names(&self, policy: &Policy) -> Result<(), Refusal> {
+        if !policy.formats.is_empty() || !policy.namespaces.is_empty() {
+            self.needs_rules(super::RULES_SIGN_FORMATS, "a policy that restricts formats or namespaces")?;
+        }
         for name in
             policy.requesters.iter().chain(&policy.approvers).chain(policy.tiers.iter().flat_map(|t| &t.approvers))
         {
@@ -243,6 +246,10 @@ impl ClusterState {
             attributes: request.attributes.clone(),
             policy_version: request.policy_version,
             expires_at_ms: request.expires_at_ms,
+            // Rules 9 and later: a version 2 statement, naming the format (raw
+            // when none was declared) and what the node read from the bytes.
+            format: (self.rules >= super::RULES_SIGN_FORMATS)
+                .then(|| synod_proto::authz::StatementFormat::of(request.format.as_ref())),
         })
     }
 
@@ -290,6 +297,11 @@ impl ClusterState {
         let key = self.keys.get(&request.key_id).ok_or("the request's key is gone")?;
         if key.policy_version != request.policy_version {
             return Err(format!("the key's policy changed since request {} was made", request.request_id));
+        }
+        // minisign's global signature is authorised by its parent's, not by approvals of its own.
+        if let Some(authorised) = self.global_signature_authorised(request) {
+            authorised?;
+            return Ok(Progress { met: true, summary: Vec::new() });
         }
         let valid: BTreeSet<&str> = request
             .approvals

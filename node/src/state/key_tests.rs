@@ -299,6 +299,8 @@ fn state_requests_keep_one_message_and_only_verified_signatures() {
     let mut world = World::new();
     let packages = dkg(&mut world, "k");
     let request = |message: &[u8]| Command::SignRequest {
+        format: None,
+        trusted_comment: None,
         request_id: "r1".into(),
         key: "k".into(),
         message: hex::encode(message),
@@ -334,6 +336,8 @@ fn state_requests_need_an_active_key_and_a_requester() {
     // No request for a missing key, or from an operator who is not allowed to request.
     let mut world = World::new();
     let request = Command::SignRequest {
+        format: None,
+        trusted_comment: None,
         request_id: "r1".into(),
         key: "nope".into(),
         message: "00".into(),
@@ -354,6 +358,8 @@ fn state_pending_request_fails_after_its_deadline() {
     let mut world = World::new();
     dkg(&mut world, "k");
     let request = Command::SignRequest {
+        format: None,
+        trusted_comment: None,
         request_id: "r1".into(),
         key: "k".into(),
         message: "00".into(),
@@ -393,6 +399,8 @@ pub(crate) fn with_policy(world: &mut World, m: u32) -> BTreeMap<&'static str, S
 
 fn request_by(world: &mut World, key: &SigningKey, id: &str) -> Outcome {
     let env = world.envelope(Command::SignRequest {
+        format: None,
+        trusted_comment: None,
         request_id: id.into(),
         key: "k".into(),
         message: "00".into(),
@@ -492,6 +500,8 @@ fn state_batched_outcomes_are_judged_and_audited_one_by_one() {
     let packages = dkg(&mut world, "k");
     for (id, message) in [("r1", b"pay 1"), ("r2", b"pay 2"), ("r3", b"pay 3")] {
         let request = Command::SignRequest {
+            format: None,
+            trusted_comment: None,
             request_id: id.into(),
             key: "k".into(),
             message: hex::encode(message),
@@ -579,6 +589,8 @@ fn state_late_outcome_of_a_failed_attempt_does_not_end_a_fresh_one() {
 pub(crate) fn pending_request(world: &mut World) {
     dkg(world, "k");
     let request = Command::SignRequest {
+        format: None,
+        trusted_comment: None,
         request_id: "r1".into(),
         key: "k".into(),
         message: hex::encode(b"pay 1"),
@@ -771,6 +783,8 @@ fn state_key_without_policy_signs_nothing_until_one_is_set() {
     assert!(world.state.keys[&id].policy_unset);
     world.state.keys.get_mut(&id).unwrap().status = super::KeyStatus::Active;
     let env = world.envelope(Command::SignRequest {
+        format: None,
+        trusted_comment: None,
         request_id: "b1".into(),
         key: "bare".into(),
         message: "00".into(),
@@ -809,6 +823,8 @@ fn state_disabled_key_fails_its_pending_requests_and_takes_no_new_ones_until_ena
     assert_eq!(key.status_index, world.index);
     let again = |world: &mut World, id: &str| {
         world.by_admin(Command::SignRequest {
+            format: None,
+            trusted_comment: None,
             request_id: id.into(),
             key: "k".into(),
             message: hex::encode(b"pay 2"),

@@ -64,6 +64,11 @@ pub const REJECTIONS_KEPT_MAX: usize = 32;
 ///   ([`RULES_KEY_REFRESH`]).
 /// - 8: the state keeps what each command did, by command id, until shortly
 ///   after the command expires ([`RULES_COMMAND_OUTCOMES`]).
+/// - 9: a sign request may declare its format, which every node parses; a
+///   policy may restrict formats and SSHSIG namespaces; approvals sign a
+///   version 2 statement that names the format and the artifact hash; a
+///   minisign request's signature is followed by its global signature
+///   ([`RULES_SIGN_FORMATS`]).
 pub use synod_proto::command::RULES_CURRENT;
 /// The first rules version that needs a take-up before signing outcomes.
 pub const RULES_COORDINATOR: u32 = 1;
@@ -92,6 +97,10 @@ pub const PROPOSALS_PER_ADMIN_MAX: usize = 16;
 /// cluster whose genesis named older rules keeps none and its state's bytes
 /// stay what older binaries compute.
 pub const RULES_COMMAND_OUTCOMES: u32 = 8;
+/// The first rules version whose sign requests may declare a signing format
+/// ([`synod_proto::format`]). Every field it adds to the state is skipped when
+/// empty, so a cluster whose genesis named older rules keeps its state's bytes.
+pub const RULES_SIGN_FORMATS: u32 = 9;
 /// How long a command's outcome is kept after the command expires (ms): long
 /// enough for a client that lost an answer near the end of its command's life
 /// to still find it; until then, "not known and past its expiry" means it
@@ -619,13 +628,28 @@ impl ClusterState {
             Command::KeyAbort { key_id, node_id, reason, culprit } => {
                 self.key_abort(key_id, *node_id, reason, *culprit)
             }
-            Command::SignRequest { request_id, key, message, purpose, environment, attributes, version } => {
+            Command::SignRequest {
+                request_id,
+                key,
+                message,
+                purpose,
+                environment,
+                attributes,
+                version,
+                format,
+                trusted_comment,
+            } => {
+                if format.is_some() {
+                    self.needs_rules(RULES_SIGN_FORMATS, "a sign request that declares its format")?;
+                }
                 let declared = signing::Declared {
                     purpose,
                     environment,
                     attributes,
                     expires_at_ms: envelope.expires_at_ms,
                     version: *version,
+                    format: *format,
+                    trusted_comment: trusted_comment.as_deref(),
                 };
                 self.sign_request(index, author, request_id, key, message, declared)
             }
@@ -669,7 +693,7 @@ impl ClusterState {
             }
             Command::SignResult { request_id, node_id, signature, signers, culprits, sessions, attempt } => {
                 let by = signing::Coordinated { node: *node_id, attempt: *attempt };
-                self.sign_result(request_id, by, signature, signers, culprits, *sessions)
+                self.sign_result(index, request_id, by, signature, signers, culprits, *sessions)
             }
             Command::SignFailed { request_id, node_id, reason, culprits, attempt } => self.sign_failed(
                 request_id,

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use synod_proto::api::{self, RequestInfo};
 use synod_proto::command::COMMAND_TTL_MS_MAX;
+use synod_proto::format::{FormatInfo, SignFormat};
 use synod_proto::{Envelope, NodeId, OperatorKey};
 
 use super::{ClusterState, KeyStatus, Refusal};
@@ -57,6 +58,10 @@ pub(super) struct Declared<'a> {
     pub expires_at_ms: u64,
     /// The key version asked for; the primary when `None`.
     pub version: Option<u32>,
+    /// The format the message is in (rules 9 and later); raw when `None`.
+    pub format: Option<SignFormat>,
+    /// minisign's trusted comment.
+    pub trusted_comment: Option<&'a str>,
 }
 
 /// Where a request stands.
@@ -108,6 +113,10 @@ pub struct RequestRecord {
     pub created_index: u64,
     pub created_at_ms: u64,
     pub finished_at_ms: Option<u64>,
+    /// The declared format and what every node read from the message (rules 9
+    /// and later, when one was declared).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<FormatInfo>,
 }
 
 impl RequestRecord {
@@ -142,6 +151,7 @@ impl RequestRecord {
             created_index: index,
             created_at_ms: now_ms,
             finished_at_ms: None,
+            format: None,
         }
     }
 
@@ -162,6 +172,13 @@ pub fn checkpoint_seq(request_id: &str) -> Option<u64> {
 }
 
 const CHECKPOINT_PREFIX: &str = "checkpoint-";
+
+/// The request id of the minisign global signature that follows request
+/// `parent_id`: inside the reserved `synod-` prefix, so no client can take it,
+/// and fixed by the parent's id, so the client knows where to wait.
+pub fn minisign_global_request_id(parent_id: &str) -> String {
+    format!("synod-global-{}", &hex::encode(Sha256::digest(parent_id.as_bytes()))[..32])
+}
 
 impl ClusterState {
     /// The API view of a request.
@@ -202,6 +219,8 @@ impl ClusterState {
             policy_version: r.policy_version,
             key_version: key.map_or(0, |k| k.version),
             expires_at_ms: r.expires_at_ms,
+            format: r.format.clone(),
+            statement_version: if self.rules >= super::RULES_SIGN_FORMATS { 2 } else { 1 },
         })
     }
 
@@ -211,9 +230,14 @@ impl ClusterState {
     /// current policy version, approvals given again); a replayed command is left
     /// to the replay check. Returns `None` when the command must go on.
     pub(super) fn existing_request(&mut self, envelope: &Envelope, author: OperatorKey) -> Option<String> {
-        let synod_proto::Command::SignRequest { request_id, message, .. } = &envelope.command else { return None };
+        let synod_proto::Command::SignRequest { request_id, message, format, .. } = &envelope.command else {
+            return None;
+        };
         let record = self.requests.get(request_id)?;
-        if record.message_sha256 != sha256_hex(message) || record.requester != author {
+        if record.message_sha256 != sha256_hex(message)
+            || record.requester != author
+            || record.format.as_ref().map(|f| f.format) != *format
+        {
             return None;
         }
         match record.status {
@@ -248,7 +272,8 @@ impl ClusterState {
             Some(r)
                 if matches!(r.status, RequestStatus::Failed { .. })
                     && r.message_sha256 == sha256_hex(message_hex)
-                    && r.requester == requester =>
+                    && r.requester == requester
+                    && r.format.as_ref().map(|f| f.format) == declared.format =>
             {
                 r.attempt + 1
             }
@@ -317,6 +342,39 @@ impl ClusterState {
         if policy.expires_at_ms.is_some_and(|at| at < self.time_ms) {
             return Err(format!("the policy of key {key_name} has expired; an admin must renew it").into());
         }
+        let format = match declared.format {
+            Some(format) => {
+                // Command::validate parsed it already; read again here for what it names.
+                let bytes = hex::decode(message_hex).map_err(|_| "the message is not hex")?;
+                let inspection = synod_proto::format::inspect(format, &bytes).map_err(|e| e.to_string())?;
+                Some(FormatInfo {
+                    format,
+                    inspection,
+                    trusted_comment: declared.trusted_comment.map(str::to_string),
+                    global_of: None,
+                })
+            }
+            None => None,
+        };
+        let named = format.as_ref().map_or(SignFormat::Raw, |f| f.format);
+        if !policy.formats.is_empty() && !policy.formats.contains(&named) {
+            let allowed: Vec<&str> = policy.formats.iter().map(|f| f.name()).collect();
+            return Err(format!(
+                "key {key_name} does not sign the {named} format (its policy allows: {}); sign with `--format {}`",
+                allowed.join(", "),
+                allowed[0]
+            )
+            .into());
+        }
+        if let Some(namespace) = format.as_ref().and_then(|f| f.inspection.namespace.as_deref()) {
+            if !policy.namespaces.is_empty() && !policy.namespaces.iter().any(|n| n == namespace) {
+                return Err(format!(
+                    "key {key_name} does not sign in SSHSIG namespace {namespace:?} (its policy allows: {})",
+                    policy.namespaces.join(", ")
+                )
+                .into());
+            }
+        }
         let needs = key.policy.requirements(declared.attributes);
         if bounded {
             // A request's life is the log's, not its command's: at most
@@ -331,6 +389,7 @@ impl ClusterState {
         }
         let record = RequestRecord {
             attempt,
+            format,
             ..RequestRecord::new(request_id, key, message_hex, requester, &declared, index, self.time_ms)
         };
         let detail = if needs.is_empty() {
@@ -389,6 +448,8 @@ impl ClusterState {
             attributes: &Default::default(),
             expires_at_ms: self.time_ms + CHECKPOINT_TTL_MS,
             version: None,
+            format: None,
+            trusted_comment: None,
         };
         let record = RequestRecord::new(&request_id, key, &message, author, &declared, index, self.time_ms);
         self.requests.insert(request_id.clone(), record);
@@ -417,6 +478,7 @@ impl ClusterState {
 
     pub(super) fn sign_result(
         &mut self,
+        index: u64,
         request_id: &str,
         by: Coordinated,
         signature_hex: &str,
@@ -450,7 +512,81 @@ impl ClusterState {
         record.message = None;
         record.finished_at_ms = Some(now);
         self.pending_requests.remove(request_id);
-        Ok(format!("request {request_id} signed by nodes {signers:?} (coordinated by node {node})"))
+        let global = self.follow_with_global_signature(index, request_id, signature);
+        let then = global.map(|id| format!("; its minisign global signature is request {id}")).unwrap_or_default();
+        Ok(format!("request {request_id} signed by nodes {signers:?} (coordinated by node {node}){then}"))
+    }
+
+    /// minisign signs twice: the file's hash, then (the global signature) that
+    /// signature with the trusted comment. Once a minisign request is signed,
+    /// the state makes the second request itself, authorised by the first: its
+    /// message is the committed signature and the committed comment, so nothing
+    /// a client or leader says can change what it signs, and approvers see the
+    /// request once. Returns the new request's id.
+    fn follow_with_global_signature(&mut self, index: u64, request_id: &str, signature: [u8; 64]) -> Option<String> {
+        let parent = self.requests.get(request_id)?;
+        let info = parent.format.as_ref().filter(|f| f.format == SignFormat::Minisign && f.global_of.is_none())?;
+        let comment = info.trusted_comment.clone().unwrap_or_default();
+        let id = minisign_global_request_id(request_id);
+        let mut message = signature.to_vec();
+        message.extend_from_slice(comment.as_bytes());
+        let message_hex = hex::encode(&message);
+        let now = self.time_ms;
+        let record = RequestRecord {
+            request_id: id.clone(),
+            message_sha256: sha256_hex(&message_hex),
+            message_bytes: message.len(),
+            message: Some(message_hex),
+            approvals: Vec::new(),
+            // Its own short life: the parent may have waited long for approvals.
+            expires_at_ms: now.saturating_add(REQUEST_PENDING_MS_MAX),
+            status: RequestStatus::Pending,
+            attempt: 0,
+            signers: Vec::new(),
+            culprits: Vec::new(),
+            sessions: 0,
+            created_index: index,
+            created_at_ms: now,
+            finished_at_ms: None,
+            format: Some(FormatInfo {
+                format: SignFormat::Minisign,
+                inspection: synod_proto::format::Inspection {
+                    summary: format!("minisign global signature of request {request_id}"),
+                    ..info.inspection.clone()
+                },
+                trusted_comment: Some(comment),
+                global_of: Some(request_id.to_string()),
+            }),
+            ..parent.clone()
+        };
+        // One per minisign request, so the pending cap is not checked: the
+        // parent held a slot until this moment.
+        self.requests.insert(id.clone(), record);
+        self.pending_requests.insert(id.clone());
+        Some(id)
+    }
+
+    /// For minisign's global signature request: that its parent is signed and
+    /// its message is exactly the parent's signature and trusted comment. Every
+    /// signer checks this in its own state before it releases a share.
+    pub fn global_signature_authorised(&self, request: &RequestRecord) -> Option<Result<(), String>> {
+        let parent_id = request.format.as_ref()?.global_of.as_deref()?;
+        let check = || {
+            let parent = self.requests.get(parent_id).ok_or(format!("request {parent_id} is not in the state"))?;
+            let RequestStatus::Signed { signature } = &parent.status else {
+                return Err(format!("request {parent_id} is not signed, so its global signature is not due"));
+            };
+            let comment = parent.format.as_ref().and_then(|f| f.trusted_comment.as_deref()).unwrap_or_default();
+            let expected = format!("{signature}{}", hex::encode(comment.as_bytes()));
+            if request.message.as_deref().is_some_and(|m| m != expected) || request.requester != parent.requester {
+                return Err(format!(
+                    "request {} does not sign request {parent_id}'s signature and trusted comment",
+                    request.request_id
+                ));
+            }
+            Ok(())
+        };
+        Some(check())
     }
 
     pub(super) fn sign_failed(

@@ -17,6 +17,8 @@ fn rotate(threshold: u16, overlap_ms: u64) -> Command {
 
 fn request(id: &str, version: Option<u32>) -> Command {
     Command::SignRequest {
+        format: None,
+        trusted_comment: None,
         request_id: id.into(),
         key: "k".into(),
         message: hex::encode(id),

@@ -15,7 +15,7 @@ use ed25519_dalek::Signer as _;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use synod_proto::api::RequestStatus;
-use synod_proto::authz::{approval_bytes, ApprovalSignature, ApprovalStatement};
+use synod_proto::authz::{approval_bytes, ApprovalSignature};
 use synod_proto::{Command, Outcome};
 
 use super::{
@@ -64,19 +64,7 @@ async fn approve(ctx: &ClientCtx, rng: &mut ChaCha8Rng, request_id: &str) {
     if info.status != RequestStatus::AwaitingApproval || sent_sha256.as_deref() != Some(info.message_sha256.as_str()) {
         return;
     }
-    let statement = ApprovalStatement {
-        cluster_id: ctx.cluster_id.clone(),
-        request_id: request_id.to_string(),
-        requester: info.requester,
-        key_id: info.key_id.clone(),
-        key_version: info.key_version,
-        message_sha256: info.message_sha256.clone(),
-        purpose: info.purpose.clone(),
-        environment: info.environment.clone(),
-        attributes: info.attributes.clone(),
-        policy_version: info.policy_version,
-        expires_at_ms: info.expires_at_ms,
-    };
+    let statement = info.approval_statement(&ctx.cluster_id);
     let bytes = approval_bytes(&statement);
     let have = APPROVERS.iter().filter(|a| info.approvals.iter().any(|x| x == *a)).count();
     let mut missing = (APPROVALS_REQUIRED as usize).saturating_sub(have);

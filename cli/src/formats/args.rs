@@ -1,0 +1,54 @@
+//! The options of `synod sign` and `synod verify` that only some formats read.
+//! Each format's options sit together below; a format that does not read an
+//! option refuses it rather than ignore it.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use synod_proto::format::SignFormat;
+
+/// `--format` and the options of each format.
+#[derive(Args, Debug, Clone, Default)]
+pub struct FormatArgs {
+    /// The container the signature goes into: raw (64-byte RFC 8032 signature of the file),
+    /// sshsig, jws, jwt, minisign, openpgp, cms or http-signature. Every node parses the signed
+    /// bytes as this format, and a key's policy may restrict formats.
+    #[arg(long, default_value = "raw", value_parser = parse_format)]
+    pub format: SignFormat,
+
+    // SSHSIG.
+    /// sshsig: the namespace the signature is for (git, file, or your own); verifiers check it.
+    #[arg(long)]
+    pub namespace: Option<String>,
+
+    // minisign.
+    /// minisign: the trusted comment, signed with the signature (default: timestamp and file name).
+    #[arg(long)]
+    pub trusted_comment: Option<String>,
+
+    // JWS / JWT.
+    /// jws, jwt: the JOSE algorithm name, EdDSA (the default, what most libraries know) or
+    /// Ed25519 (RFC 9864).
+    #[arg(long)]
+    pub alg: Option<String>,
+
+    // CMS.
+    /// cms: the certificate of the key (PEM or DER), from `synod key certificate` or your CA.
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+
+    // HTTP message signatures.
+    /// http-signature: the request method, e.g. POST.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// http-signature: the request's target URI, e.g. https://hooks.example.com/deliver.
+    #[arg(long)]
+    pub target_uri: Option<String>,
+    /// http-signature: a header the signature covers, NAME:VALUE (repeat).
+    #[arg(long = "header")]
+    pub headers: Vec<String>,
+}
+
+fn parse_format(text: &str) -> Result<SignFormat, String> {
+    text.parse()
+}
