@@ -173,12 +173,7 @@ pub fn checkpoint_seq(request_id: &str) -> Option<u64> {
 
 const CHECKPOINT_PREFIX: &str = "checkpoint-";
 
-/// The request id of the minisign global signature that follows request
-/// `parent_id`: inside the reserved `synod-` prefix, so no client can take it,
-/// and fixed by the parent's id, so the client knows where to wait.
-pub fn minisign_global_request_id(parent_id: &str) -> String {
-    format!("synod-global-{}", &hex::encode(Sha256::digest(parent_id.as_bytes()))[..32])
-}
+pub use synod_proto::format::minisign::global_request_id as minisign_global_request_id;
 
 impl ClusterState {
     /// The API view of a request.

@@ -1,0 +1,1 @@
+//! (Tests of this format come with it.)
