@@ -195,6 +195,9 @@ fn print_request(client: &ClientArgs, info: &RequestInfo) -> anyhow::Result<()> 
             println!("key:        {} ({}, version {})", shown(&info.key_name), shown(&info.key_id), info.key_version);
             println!("status:     {}", info.status);
             println!("message:    {} bytes, sha256 {}", info.message_bytes, shown(&info.message_sha256));
+            for line in format_lines(info.format.as_ref()) {
+                println!("{line}");
+            }
             println!("purpose:    {}", shown(&info.purpose));
             println!("env:        {}", shown(&info.environment));
             for (k, v) in &info.attributes {
@@ -224,6 +227,40 @@ fn print_request(client: &ClientArgs, info: &RequestInfo) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// What every node read from a request's signed bytes, as `label: value` lines
+/// aligned like [`print_request`]'s, escaped for a terminal: the format, the
+/// artifact hash (or that the bytes are an opaque digest), the SSHSIG namespace,
+/// minisign's trusted comment, and a summary.
+fn format_lines(format: Option<&synod_proto::format::FormatInfo>) -> Vec<String> {
+    let Some(f) = format else {
+        return vec!["format:     raw (the message is signed as it is)".into()];
+    };
+    let mut lines = vec![format!("format:     {}", f.format)];
+    if let Some(hash) = &f.inspection.artifact_hash {
+        lines.push(format!("artifact:   {} (read from the signed bytes)", shown(hash)));
+    }
+    if f.inspection.opaque {
+        lines.push(
+            "opaque:     yes: the signed bytes are a digest nothing can be read from; trust the requester for \
+             what it is a digest of"
+                .into(),
+        );
+    }
+    if let Some(namespace) = &f.inspection.namespace {
+        lines.push(format!("namespace:  {}", shown(namespace)));
+    }
+    if let Some(comment) = &f.trusted_comment {
+        lines.push(format!("comment:    {} (minisign trusted comment, signed too)", shown(comment)));
+    }
+    if let Some(parent) = &f.global_of {
+        lines.push(format!("signs:      request {}'s signature and trusted comment", shown(parent)));
+    }
+    if !f.inspection.summary.is_empty() {
+        lines.push(format!("reads:      {}", shown(&f.inspection.summary)));
+    }
+    lines
+}
+
 /// The request's policy progress, escaped for a terminal.
 fn progress(info: &RequestInfo) -> String {
     info.approval_progress.iter().map(|p| shown(p).to_string()).collect::<Vec<_>>().join("; ")
@@ -251,7 +288,18 @@ pub async fn request(cmd: RequestCmd) -> anyhow::Result<()> {
             let info = get_request(&ApiClient::new(&client)?, &id, wait_secs * 1000).await?;
             print_request(&client, &info)
         }
-        RequestCmd::Sign { key, input, request_id, purpose, environment, attrs, key_version, client } => {
+        RequestCmd::Sign {
+            key,
+            input,
+            format,
+            trusted_comment,
+            request_id,
+            purpose,
+            environment,
+            attrs,
+            key_version,
+            client,
+        } => {
             let mut client = client;
             if client.ttl_secs == super::TTL_SECS_DEFAULT {
                 client.ttl_secs = REQUEST_TTL_SECS_DEFAULT;
@@ -261,8 +309,8 @@ pub async fn request(cmd: RequestCmd) -> anyhow::Result<()> {
             let request_id =
                 request_id.unwrap_or_else(|| synod_proto::command::random_command_id(&mut rand_core::OsRng));
             let command = Command::SignRequest {
-                format: None,
-                trusted_comment: None,
+                format: format.filter(|f| *f != synod_proto::format::SignFormat::Raw),
+                trusted_comment,
                 request_id: request_id.clone(),
                 key,
                 message: hex::encode(&message),
@@ -348,9 +396,14 @@ pub fn approval_summary(statement: &ApprovalStatement, info: &RequestInfo) -> Ve
             statement.key_version
         ),
         format!("message:     {} bytes, sha256 {}", info.message_bytes, shown(&statement.message_sha256)),
-        format!("purpose:     {}", shown(&statement.purpose)),
-        format!("environment: {}", shown(&statement.environment)),
     ];
+    // The format lines as the node read them; the statement signs the format and artifact hash too.
+    lines.extend(format_lines(info.format.as_ref()).into_iter().map(|l| match l.split_once(':') {
+        Some((label, rest)) => format!("{:<13}{}", format!("{label}:"), rest.trim_start()),
+        None => l,
+    }));
+    lines.push(format!("purpose:     {}", shown(&statement.purpose)));
+    lines.push(format!("environment: {}", shown(&statement.environment)));
     if statement.attributes.is_empty() {
         lines.push("declared:    (nothing)".into());
     }
@@ -521,6 +574,12 @@ fn print_audit_record(r: &AuditRecord) {
     println!("request:     {}", opt(&r.request_id));
     println!("purpose:     {}", opt(&r.purpose));
     println!("environment: {}", opt(&r.environment));
+    if let Some(format) = r.format {
+        println!("format:      {format}");
+    }
+    if let Some(hash) = &r.artifact_hash {
+        println!("artifact:    {}", shown(hash));
+    }
     if !r.approvals.is_empty() {
         let approvals: Vec<String> = r.approvals.iter().map(|a| shown(a).to_string()).collect();
         println!("approvals:   {}", approvals.join(", "));

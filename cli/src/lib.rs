@@ -551,8 +551,9 @@ pub enum KeyCmd {
     /// key in that format (jwks: every version that still signs, the primary first).
     Show {
         name: String,
-        /// Public key format: hex, pem (SPKI, RFC 8410), jwk (RFC 8037), openssh, or jwks (a JWK Set,
-        /// RFC 7517, with RFC 7638 thumbprints as kid, for EdDSA JWT and webhook verifiers).
+        /// Public key format: hex, pem (SPKI, RFC 8410), jwk (RFC 8037), openssh, jwks (a JWK Set,
+        /// RFC 7517, with RFC 7638 thumbprints as kid, for EdDSA JWT and webhook verifiers), or
+        /// minisign (a public key file for `minisign -V -p`, key id derived from the key).
         #[arg(long)]
         format: Option<synod_proto::keyfmt::PublicKeyFormat>,
         #[command(flatten)]
@@ -642,7 +643,8 @@ pub struct VerifyArgs {
     /// and the one that verifies is named.
     #[arg(long, conflicts_with = "public_key")]
     pub key: Option<String>,
-    /// A public key file or text: hex, SPKI PEM, JWK or an OpenSSH ssh-ed25519 line (offline).
+    /// A public key file or text: hex, SPKI PEM, JWK, an OpenSSH ssh-ed25519 line or a minisign
+    /// public key (offline).
     #[arg(long)]
     pub public_key: Option<String>,
     /// The signed file (for jws and jwt: the token).
@@ -780,9 +782,18 @@ pub enum RequestCmd {
     Sign {
         /// The key's name.
         key: String,
-        /// The file to sign (at most 64 KiB).
+        /// The file to sign (at most 64 KiB): with --format, the format's to-be-signed bytes
+        /// built by your own tooling (an SSHSIG signed-data blob, a JWS signing input, DER
+        /// signed attributes, ...), which every node parses as that format.
         #[arg(long = "in")]
         input: PathBuf,
+        /// The format the file's bytes are in (raw when omitted); `synod sign --format` builds
+        /// them for you.
+        #[arg(long, value_parser = |s: &str| s.parse::<synod_proto::format::SignFormat>())]
+        format: Option<synod_proto::format::SignFormat>,
+        /// minisign: the trusted comment its global signature covers.
+        #[arg(long)]
+        trusted_comment: Option<String>,
         #[arg(long)]
         request_id: Option<String>,
         #[arg(long)]

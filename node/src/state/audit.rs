@@ -59,6 +59,12 @@ pub struct AuditRecord {
     pub result: String,
     /// What it did, or why it was refused.
     pub detail: String,
+    /// The request's declared signing format (rules 9 and later, when one was declared).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<synod_proto::format::SignFormat>,
+    /// The artifact hash every node read from the request's signed bytes (`ALGORITHM:HEX`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_hash: Option<String>,
     /// The previous record's hash.
     pub prev_hash: String,
     /// SHA-256 over the domain tag, `prev_hash` and this record without `hash`.
@@ -136,6 +142,8 @@ impl ClusterState {
             signers: request.map(|r| r.signers.clone()).unwrap_or_default(),
             result: result.into(),
             detail,
+            format: request.and_then(|r| r.format.as_ref()).map(|f| f.format),
+            artifact_hash: request.and_then(|r| r.format.as_ref()).and_then(|f| f.inspection.artifact_hash.clone()),
             prev_hash: self.audit_head.hash.clone(),
             hash: String::new(),
         };

@@ -81,7 +81,7 @@ impl World {
         assert!(outcome.is_applied(), "{outcome:?}");
     }
 
-    fn envelope(&mut self, command: Command) -> Envelope {
+    pub(crate) fn envelope(&mut self, command: Command) -> Envelope {
         self.next_id += 1;
         Envelope {
             // The genesis names the cluster; every later command its (derived) id.
@@ -93,7 +93,7 @@ impl World {
         }
     }
 
-    fn apply(&mut self, command: SignedCommand) -> Outcome {
+    pub(crate) fn apply(&mut self, command: SignedCommand) -> Outcome {
         self.index += 1;
         self.time_ms += 1;
         self.state.apply(self.index, self.term, &LogEntry { time_ms: self.time_ms, command })
@@ -397,7 +397,7 @@ pub(crate) fn with_policy(world: &mut World, m: u32) -> BTreeMap<&'static str, S
     keys
 }
 
-fn request_by(world: &mut World, key: &SigningKey, id: &str) -> Outcome {
+pub(crate) fn request_by(world: &mut World, key: &SigningKey, id: &str) -> Outcome {
     let env = world.envelope(Command::SignRequest {
         format: None,
         trusted_comment: None,
@@ -413,7 +413,7 @@ fn request_by(world: &mut World, key: &SigningKey, id: &str) -> Outcome {
 }
 
 /// `approver` (operator `name`) approves request `id`, sent by the admin.
-fn approve(world: &mut World, id: &str, name: &str, approver: &SigningKey) -> Outcome {
+pub(crate) fn approve(world: &mut World, id: &str, name: &str, approver: &SigningKey) -> Outcome {
     use ed25519_dalek::Signer;
     let statement = world.state.approval_statement(&world.state.requests[id]).unwrap();
     let signature = approver.sign(&synod_proto::authz::approval_bytes(&statement));

@@ -829,6 +829,8 @@ pub enum KnownCommand<'a> {
 impl ClusterState {}
 
 #[cfg(test)]
+mod format_tests;
+#[cfg(test)]
 pub(crate) mod key_tests;
 #[cfg(test)]
 mod refresh_tests;
