@@ -753,15 +753,21 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         super::formats::verify(format, &args, &candidates)?
     };
     match args.client.output.output {
-        Output::Json => println!(
-            "{}",
-            serde_json::json!({
+        Output::Json => {
+            let mut shown = serde_json::json!({
                 "valid": true,
                 "format": format,
                 "public_key": hex::encode(public),
                 "key_version": version
-            })
-        ),
+            });
+            // A token's header and payload are what its verifier acts on: show them.
+            if matches!(format, synod_proto::format::SignFormat::Jws | synod_proto::format::SignFormat::Jwt) {
+                if let serde_json::Value::Object(contents) = super::formats::jws::contents(format, &args)? {
+                    shown.as_object_mut().expect("a JSON object").extend(contents);
+                }
+            }
+            println!("{shown}")
+        }
         Output::Table => match version {
             Some(v) => {
                 println!("signature is valid ({format}, Ed25519, key version {v}, public key {})", hex::encode(public))

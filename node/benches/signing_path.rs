@@ -77,6 +77,8 @@ fn main() {
         issued_at_ms: 1_800_000_000_000,
         expires_at_ms: 1_800_000_300_000,
         command: Command::SignRequest {
+            format: None,
+            trusted_comment: None,
             request_id: "bench-request-0001".into(),
             key: "bench".into(),
             message: hex::encode(MESSAGE),

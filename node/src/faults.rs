@@ -146,6 +146,17 @@ pub const CLOCK_AHEAD_200D: &str = "clock-ahead-200d";
 /// How far ahead [`STAMP_FAR_AHEAD`] and [`CLOCK_AHEAD_200D`] put a clock: 200 days.
 pub const FAR_AHEAD_MS: u64 = 200 * 24 * 60 * 60 * 1000;
 
+/// A state machine that takes a sign request without checking its SSHSIG
+/// namespace against the key's policy (`namespaces`): a key kept to `git`
+/// signs in any namespace. The simulator's formats checker must catch it.
+pub const IGNORE_NAMESPACE_POLICY: &str = "ignore-namespace-policy";
+
+/// A state machine that builds minisign's global signature request from the
+/// parent's signature alone, leaving out the trusted comment it must cover.
+/// Signers refuse it (their check wants the comment); the simulator's formats
+/// checker must catch the message itself.
+pub const GLOBAL_SIGNS_WITHOUT_COMMENT: &str = "global-signs-without-comment";
+
 /// Whether this build has the fault switches (`SYNOD_BUILD_FAULTS=1`).
 pub fn built() -> bool {
     cfg!(synod_faults)
@@ -181,6 +192,8 @@ pub const KNOWN: &[&str] = &[
     CLOCK_AHEAD_200D,
     SKIP_COORDINATOR_CHECK,
     OVERWRITE_APPLIED_OUTCOME,
+    IGNORE_NAMESPACE_POLICY,
+    GLOBAL_SIGNS_WITHOUT_COMMENT,
 ];
 
 /// The byzantine signer behaviours one node can have ([`set_for_node`]).

@@ -15,6 +15,11 @@
 //! - OpenSSH: an `authorized_keys` line `ssh-ed25519 <base64 of blob> <comment>`, where the blob
 //!   is `string("ssh-ed25519") || string(key)` and each string is a 4-byte big-endian length
 //!   followed by the bytes. Written and read with the `ssh-key` crate.
+//! - minisign: a public key file `untrusted comment: minisign public key <KEY ID>` followed by the
+//!   line `base64("Ed" || key id || key)`. minisign keys carry a random 8-byte key id that every
+//!   signature repeats; a Synod key has none, so Synod derives it from the public key
+//!   ([`minisign_key_id`]: the first 8 bytes of BLAKE2b-512(`synod-minisign-key-id` || key)).
+//!   Anyone can recompute it, and a key's id never changes across nodes or releases.
 //!
 //! None of these readers checks the point: any 32 bytes round-trip through every encoding, and
 //! [`parse_public_key`] judges the point once, whatever the encoding.
@@ -66,16 +71,19 @@ pub enum PublicKeyFormat {
     /// An RFC 7517 JWK Set of the key's public keys, each with its RFC 7638
     /// thumbprint as `kid` (what a verifier of EdDSA JWTs or webhooks fetches).
     Jwks,
+    /// A minisign public key file, with the key id derived by [`minisign_key_id`].
+    Minisign,
 }
 
 impl PublicKeyFormat {
     /// Every public key format, in the order the CLI lists them.
-    pub const ALL: [PublicKeyFormat; 5] = [
+    pub const ALL: [PublicKeyFormat; 6] = [
         PublicKeyFormat::Hex,
         PublicKeyFormat::Pem,
         PublicKeyFormat::Jwk,
         PublicKeyFormat::Openssh,
         PublicKeyFormat::Jwks,
+        PublicKeyFormat::Minisign,
     ];
 
     /// Returns the lowercase name that [`FromStr`] and serde accept for this format.
@@ -86,6 +94,7 @@ impl PublicKeyFormat {
             PublicKeyFormat::Jwk => "jwk",
             PublicKeyFormat::Openssh => "openssh",
             PublicKeyFormat::Jwks => "jwks",
+            PublicKeyFormat::Minisign => "minisign",
         }
     }
 }
@@ -100,7 +109,7 @@ impl fmt::Display for PublicKeyFormat {
 impl FromStr for PublicKeyFormat {
     type Err = FormatError;
 
-    /// Parses `hex`, `pem`, `jwk`, `openssh` or `jwks`, ignoring ASCII case and surrounding whitespace.
+    /// Parses `hex`, `pem`, `jwk`, `openssh`, `jwks` or `minisign`, ignoring ASCII case and surrounding whitespace.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let wanted = s.trim();
         PublicKeyFormat::ALL
@@ -162,13 +171,15 @@ impl FromStr for SignatureFormat {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
     /// The public key format name is not one of the supported names.
-    #[error("unknown public key format \"{0}\"; choose one of: hex, pem, jwk, openssh, jwks")]
+    #[error("unknown public key format \"{0}\"; choose one of: hex, pem, jwk, openssh, jwks, minisign")]
     UnknownPublicKeyFormat(String),
     /// The signature format name is not one of the supported names.
     #[error("unknown signature format \"{0}\"; choose one of: raw, hex, base64")]
     UnknownSignatureFormat(String),
     /// The text does not look like any supported public key encoding.
-    #[error("public key is not 64 hex characters, an SPKI PEM, a JWK or an OpenSSH ssh-ed25519 line")]
+    #[error(
+        "public key is not 64 hex characters, an SPKI PEM, a JWK, an OpenSSH ssh-ed25519 line or a minisign public key"
+    )]
     UnrecognizedPublicKey,
     /// The text is hex but not exactly 64 characters long.
     #[error("public key hex has {0} characters; an Ed25519 public key is 64 hex characters (32 bytes)")]
@@ -198,6 +209,12 @@ pub enum FormatError {
     /// The OpenSSH line or its base64 blob is not well formed.
     #[error("OpenSSH public key is malformed: {0}; expected \"ssh-ed25519 AAAA... [comment]\"")]
     OpensshMalformed(String),
+    /// The minisign public key is not `base64("Ed" || 8-byte key id || 32-byte key)`.
+    #[error(
+        "minisign public key is malformed: {0}; expected \"untrusted comment: minisign public key <KEY ID>\" \
+         and a line with base64 of \"Ed\", the 8-byte key id and the 32-byte key (as `minisign -G` writes it)"
+    )]
+    MinisignMalformed(String),
     /// The 32 bytes do not decode to a point on the Ed25519 curve.
     #[error("public key bytes are not a valid Ed25519 point; check that the whole key was copied")]
     InvalidPoint,
@@ -280,11 +297,87 @@ pub fn format_public_key(key: &[u8; 32], format: PublicKeyFormat, name: &str) ->
         PublicKeyFormat::Jwk => format!("{:#}", public_key_jwk(key, Some(name))),
         PublicKeyFormat::Openssh => public_key_openssh(key, name),
         PublicKeyFormat::Jwks => format!("{:#}", public_keys_jwks(&[*key])),
+        PublicKeyFormat::Minisign => public_key_minisign(key),
     }
 }
 
-/// Reads a public key given as 64 hex chars, an SPKI PEM (RFC 8410), a JWK JSON object, or an OpenSSH
-/// `ssh-ed25519 AAAA... [comment]` line; whitespace around is ignored.
+/// The domain of [`minisign_key_id`]'s hash, so the id is never some other hash of the key.
+const MINISIGN_KEY_ID_DOMAIN: &[u8] = b"synod-minisign-key-id";
+/// The untrusted comment line minisign writes above a public key, before the key id.
+const MINISIGN_PUBLIC_COMMENT: &str = "untrusted comment: minisign public key ";
+/// minisign's algorithm tag for Ed25519 in public keys (and legacy, not pre-hashed signatures).
+pub const MINISIGN_ALG_ED25519: [u8; 2] = *b"Ed";
+
+/// The 8-byte minisign key id of a Synod key, in the byte order minisign stores it: the first
+/// 8 bytes of BLAKE2b-512(`synod-minisign-key-id` || key). minisign picks key ids at random
+/// when it makes a key; a cluster key has no such id, so it is derived, which lets every
+/// node, client and verifier agree on it without storing it.
+pub fn minisign_key_id(key: &[u8; 32]) -> [u8; 8] {
+    use blake2::Digest;
+    let digest = blake2::Blake2b512::new().chain_update(MINISIGN_KEY_ID_DOMAIN).chain_update(key).finalize();
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest[..8]);
+    id
+}
+
+/// A minisign key id as minisign prints it: the 8 stored bytes read as a little-endian
+/// integer, in 16 uppercase hex digits.
+pub fn minisign_key_id_hex(id: &[u8; 8]) -> String {
+    format!("{:016X}", u64::from_le_bytes(*id))
+}
+
+/// Returns the public key as a minisign public key file (two lines, ending in a newline), as
+/// `minisign -p FILE` reads it; its second line alone is what `minisign -P` takes.
+pub fn public_key_minisign(key: &[u8; 32]) -> String {
+    let id = minisign_key_id(key);
+    let mut blob = Vec::with_capacity(42);
+    blob.extend_from_slice(&MINISIGN_ALG_ED25519);
+    blob.extend_from_slice(&id);
+    blob.extend_from_slice(key);
+    format!("{MINISIGN_PUBLIC_COMMENT}{}\n{}\n", minisign_key_id_hex(&id), STANDARD.encode(blob))
+}
+
+/// Tells whether the text is a minisign public key: the file (its untrusted comment first) or
+/// its base64 line alone (56 characters of base64 starting `RW`, which is how "Ed" encodes).
+fn looks_like_minisign(text: &str) -> bool {
+    text.starts_with("untrusted comment:") || (text.len() == 56 && text.starts_with("RW"))
+}
+
+/// Reads a minisign public key file or its base64 line, returning the key and its key id.
+///
+/// The key id is returned as the file states it; a key made by `minisign -G` has a random
+/// one, a Synod key the one [`minisign_key_id`] derives.
+pub fn parse_minisign_public_key(text: &str) -> Result<([u8; 32], [u8; 8]), FormatError> {
+    let malformed = |why: &str| FormatError::MinisignMalformed(why.to_owned());
+    let text = text.trim();
+    let line = if text.starts_with("untrusted comment:") {
+        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+        lines.next();
+        let line = lines.next().ok_or_else(|| malformed("the key line after the untrusted comment is missing"))?;
+        if lines.next().is_some() {
+            return Err(malformed("text follows the key line; give one key only"));
+        }
+        line
+    } else {
+        text
+    };
+    let blob = STANDARD_LENIENT.decode(line).map_err(|_| malformed("the key line is not base64"))?;
+    if blob.len() != 42 {
+        return Err(malformed(&format!("the key line holds {} bytes, not 42", blob.len())));
+    }
+    if blob[..2] != MINISIGN_ALG_ED25519 {
+        return Err(malformed("the key's algorithm is not \"Ed\""));
+    }
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&blob[2..10]);
+    let mut key = [0u8; 32];
+    key.copy_from_slice(&blob[10..]);
+    Ok((key, id))
+}
+
+/// Reads a public key given as 64 hex chars, an SPKI PEM (RFC 8410), a JWK JSON object, an OpenSSH
+/// `ssh-ed25519 AAAA... [comment]` line, or a minisign public key (the file or its base64 line);
+/// whitespace around is ignored.
 ///
 /// The encoding is detected from the text. The bytes must be a valid Ed25519 point
 /// ([`VerifyingKey::from_bytes`]); small-order keys are accepted here and refused by [`verify`].
@@ -296,6 +389,8 @@ pub fn parse_public_key(text: &str) -> Result<[u8; 32], FormatError> {
         parse_jwk(text)?
     } else if looks_like_openssh(text) {
         parse_openssh(text)?
+    } else if looks_like_minisign(text) {
+        parse_minisign_public_key(text)?.0
     } else if !text.is_empty() && text.bytes().all(|b| b.is_ascii_hexdigit()) {
         parse_hex(text)?
     } else {
@@ -766,5 +861,67 @@ mod tests {
         assert_eq!(set["keys"][0]["x"], "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo");
         assert_eq!(set["keys"][0]["alg"], "EdDSA");
         assert_eq!("JWKS".parse::<PublicKeyFormat>().unwrap(), PublicKeyFormat::Jwks);
+    }
+    #[test]
+    fn keyfmt_minisign_public_key_is_pinned_and_parses() {
+        // Proves the minisign public key of the RFC 8032 test 1 key matches values computed with Python's
+        // hashlib.blake2b and base64 (key id = first 8 bytes of BLAKE2b-512("synod-minisign-key-id" || key),
+        // printed as minisign prints it), and that the file, its base64 line and CRLF copies parse back.
+        let key = unhex::<32>(RFC8032_TEST1_PUBLIC);
+        assert_eq!(minisign_key_id(&key), unhex::<8>("909c7300be79def4"));
+        assert_eq!(minisign_key_id_hex(&minisign_key_id(&key)), "F4DE79BE00739C90");
+        let text = public_key_minisign(&key);
+        assert_eq!(
+            text,
+            "untrusted comment: minisign public key F4DE79BE00739C90\n\
+             RWSQnHMAvnne9NdamAGCsQq31Uv+08lkBzoO4XLz2qYjJa8CGmj3B1Ea\n"
+        );
+        assert_eq!(format_public_key(&key, PublicKeyFormat::Minisign, "ignored"), text);
+        assert_eq!(parse_minisign_public_key(&text), Ok((key, minisign_key_id(&key))));
+        assert_eq!(parse_public_key(&text), Ok(key));
+        assert_eq!(parse_public_key("RWSQnHMAvnne9NdamAGCsQq31Uv+08lkBzoO4XLz2qYjJa8CGmj3B1Ea"), Ok(key));
+        assert_eq!(parse_public_key(&text.replace('\n', "\r\n")), Ok(key));
+        assert_eq!("MiniSign".parse::<PublicKeyFormat>(), Ok(PublicKeyFormat::Minisign));
+    }
+
+    #[test]
+    fn keyfmt_garbage_minisign_public_keys_are_errors() {
+        // Proves malformed minisign public keys give descriptive errors instead of panics.
+        let key = fixed_key();
+        let good = public_key_minisign(&key);
+        let line = good.lines().nth(1).unwrap().to_owned();
+        let comment = "untrusted comment: minisign public key 0000000000000000";
+        let malformed = |text: &str| matches!(parse_public_key(text), Err(FormatError::MinisignMalformed(_)));
+        assert!(malformed(comment), "no key line");
+        assert!(malformed(&format!("{comment}\n@@@@")), "not base64");
+        assert!(malformed(&format!("{comment}\n{}", STANDARD.encode([b'E', b'd', 1, 2, 3]))), "short");
+        assert!(malformed(&format!("{comment}\n{line}\n{line}")), "two keys");
+        let mut blob = STANDARD.decode(&line).unwrap();
+        blob[1] = b'D';
+        assert!(malformed(&format!("{comment}\n{}", STANDARD.encode(&blob))), "secret-key or signature tag");
+        let message = parse_public_key(comment).unwrap_err().to_string();
+        assert!(message.contains("minisign -G"), "{message}");
+        // A minisign key whose point is not on the curve is refused like any other encoding.
+        let mut off_curve = [0u8; 32];
+        off_curve[0] = 2;
+        assert_eq!(parse_public_key(&public_key_minisign(&off_curve)), Err(FormatError::InvalidPoint));
+    }
+
+    #[test]
+    fn keyfmt_reads_minisign_s_own_public_keys() {
+        // Proves a public key file made by `minisign -G` (random key id) parses, with that id.
+        if Command::new("minisign").arg("-v").output().map(|o| o.status.success()).unwrap_or(false) {
+            let dir = ScratchDir::new("minisign");
+            let out = Command::new("minisign")
+                .args(["-G", "-W", "-f", "-p", "k.pub", "-s", "k.key"])
+                .current_dir(&dir.0)
+                .output()
+                .expect("run minisign");
+            assert!(out.status.success(), "minisign -G: {}", String::from_utf8_lossy(&out.stderr));
+            let text = std::fs::read_to_string(dir.path("k.pub")).expect("read minisign's public key");
+            let (key, id) = parse_minisign_public_key(&text).expect("minisign's public key parses");
+            assert!(text.contains(&minisign_key_id_hex(&id)), "{text}");
+            assert_eq!(parse_public_key(&text), Ok(key));
+        }
     }
 }

@@ -32,6 +32,13 @@ pub struct FormatArgs {
     #[arg(long)]
     pub alg: Option<String>,
 
+    // OpenPGP.
+    /// openpgp: the key creation time `synod key openpgp --created` exported the key with
+    /// (RFC 3339 or unix seconds), when not the default: the signature names the key by its
+    /// fingerprint, which covers that time.
+    #[arg(long)]
+    pub key_created: Option<String>,
+
     // CMS.
     /// cms: the certificate of the key (PEM or DER), from `synod key certificate` or your CA.
     #[arg(long)]

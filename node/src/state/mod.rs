@@ -693,7 +693,8 @@ impl ClusterState {
             }
             Command::SignResult { request_id, node_id, signature, signers, culprits, sessions, attempt } => {
                 let by = signing::Coordinated { node: *node_id, attempt: *attempt };
-                self.sign_result(index, request_id, by, signature, signers, culprits, *sessions)
+                let made = signing::Made { signature_hex: signature, signers, culprits, sessions: *sessions };
+                self.sign_result(index, request_id, by, made)
             }
             Command::SignFailed { request_id, node_id, reason, culprits, attempt } => self.sign_failed(
                 request_id,

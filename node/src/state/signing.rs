@@ -49,6 +49,15 @@ pub(super) struct Coordinated {
     pub attempt: u32,
 }
 
+/// What a coordinator says it made for a request: the signature, who signed,
+/// who was caught cheating, and in how many sessions.
+pub(super) struct Made<'a> {
+    pub signature_hex: &'a str,
+    pub signers: &'a [NodeId],
+    pub culprits: &'a [NodeId],
+    pub sessions: u32,
+}
+
 /// What a requester declares about a request, checked against the key's policy.
 pub(super) struct Declared<'a> {
     pub purpose: &'a str,
@@ -362,7 +371,8 @@ impl ClusterState {
             .into());
         }
         if let Some(namespace) = format.as_ref().and_then(|f| f.inspection.namespace.as_deref()) {
-            if !policy.namespaces.is_empty() && !policy.namespaces.iter().any(|n| n == namespace) {
+            let ignore = crate::faults::enabled(crate::faults::IGNORE_NAMESPACE_POLICY);
+            if !policy.namespaces.is_empty() && !policy.namespaces.iter().any(|n| n == namespace) && !ignore {
                 return Err(format!(
                     "key {key_name} does not sign in SSHSIG namespace {namespace:?} (its policy allows: {})",
                     policy.namespaces.join(", ")
@@ -476,11 +486,9 @@ impl ClusterState {
         index: u64,
         request_id: &str,
         by: Coordinated,
-        signature_hex: &str,
-        signers: &[NodeId],
-        culprits: &[NodeId],
-        sessions: u32,
+        made: Made<'_>,
     ) -> Result<String, Refusal> {
+        let Made { signature_hex, signers, culprits, sessions } = made;
         let record = self.pending_request(request_id)?;
         self.outcome_applies(record, by)?;
         let node = by.node;
@@ -524,7 +532,9 @@ impl ClusterState {
         let comment = info.trusted_comment.clone().unwrap_or_default();
         let id = minisign_global_request_id(request_id);
         let mut message = signature.to_vec();
-        message.extend_from_slice(comment.as_bytes());
+        if !crate::faults::enabled(crate::faults::GLOBAL_SIGNS_WITHOUT_COMMENT) {
+            message.extend_from_slice(comment.as_bytes());
+        }
         let message_hex = hex::encode(&message);
         let now = self.time_ms;
         let record = RequestRecord {

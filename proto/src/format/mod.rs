@@ -170,11 +170,12 @@ pub fn inspect(format: SignFormat, message: &[u8]) -> Result<Inspection, Command
     Ok(inspection)
 }
 
-/// Checks a minisign trusted comment: printable, one line, bounded.
+/// Checks a minisign trusted comment: printable, one line, bounded. Tabs are
+/// allowed: minisign's own comments separate their fields with them.
 pub fn validate_trusted_comment(comment: &str) -> Result<(), CommandError> {
-    if comment.len() > TRUSTED_COMMENT_BYTES_MAX || comment.chars().any(char::is_control) {
+    if comment.len() > TRUSTED_COMMENT_BYTES_MAX || comment.chars().any(|c| c.is_control() && c != '\t') {
         return Err(CommandError::Malformed(format!(
-            "the trusted comment must be one line of at most {TRUSTED_COMMENT_BYTES_MAX} printable bytes"
+            "the trusted comment must be one line of at most {TRUSTED_COMMENT_BYTES_MAX} printable bytes (tabs allowed)"
         )));
     }
     Ok(())
