@@ -539,6 +539,91 @@ impl SignedData {
     }
 }
 
+/// Writes the armored signature `ssh-keygen -Y sign` writes for an ssh-ed25519 key: the SSHSIG
+/// blob (version 1, the key blob, `namespace`, an empty reserved field, `hash_alg`, the
+/// `ssh-ed25519` signature blob) in base64 lines of 70 characters between the armor lines,
+/// ending in a line feed. `signature` is the Ed25519 signature of the signed data
+/// ([`SignedData::to_bytes`]) under `public_key`; this does not check it.
+pub fn armor_ed25519(
+    public_key: &[u8; 32],
+    namespace: &str,
+    hash_alg: HashAlg,
+    signature: &[u8; 64],
+) -> Result<String, SshSigError> {
+    if namespace.is_empty() {
+        return Err(SshSigError::EmptyNamespace);
+    }
+    let key = KeyData::Ed25519(Ed25519PublicKey(*public_key));
+    // A 64-byte Ed25519 signature and a non-empty namespace are all ssh-key checks, and
+    // encoding into a String cannot fail, so these errors cannot occur.
+    let signature = ssh_key::Signature::new(ssh_key::Algorithm::Ed25519, signature.to_vec())
+        .map_err(|e| SshSigError::InvalidKey(e.to_string()))?;
+    SshSig::new(key, namespace, hash_alg, signature)
+        .and_then(|sig| sig.to_pem(ssh_key::LineEnding::LF))
+        .map_err(|e| SshSigError::InvalidKey(e.to_string()))
+}
+
+/// An armored SSHSIG signature, read but not yet verified: which key made it, for which
+/// namespace, and with which hash, so a verifier can pick the candidate key and hash a large
+/// file itself (streaming) before [`SshSignature::verify_hash`] checks the signature.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SshSignature {
+    /// The public key embedded in the signature.
+    pub signer: SshPublicKey,
+    /// The namespace the signer chose, as written (not necessarily UTF-8).
+    pub namespace: Vec<u8>,
+    /// The message hash algorithm: sha256 or sha512.
+    pub hash_alg: HashAlg,
+    /// The inner SSH signature blob (`string(type) || string(signature)`).
+    signature: Vec<u8>,
+}
+
+impl SshSignature {
+    /// Reads an armored signature as [`verify`] does, refusing hash algorithms other than
+    /// sha256 and sha512.
+    pub fn read(armored: &str) -> Result<Self, SshSigError> {
+        let blob = dearmor(armored)?;
+        let parsed = ParsedSig::parse(&blob)?;
+        let hash_alg = std::str::from_utf8(parsed.hash_alg)
+            .ok()
+            .and_then(|name| HashAlg::new(name).ok())
+            .filter(|alg| matches!(alg, HashAlg::Sha256 | HashAlg::Sha512))
+            .ok_or_else(|| SshSigError::UnsupportedHash(quote(parsed.hash_alg)))?;
+        Ok(SshSignature {
+            signer: parsed.signer,
+            namespace: parsed.namespace.to_vec(),
+            hash_alg,
+            signature: parsed.signature.to_vec(),
+        })
+    }
+
+    /// Verifies the signature over a message whose hash (with [`SshSignature::hash_alg`]) is
+    /// `hash`, for `namespace`, made by `key`: the same checks as [`verify`], with the
+    /// message already hashed.
+    pub fn verify_hash(&self, namespace: &str, hash: &[u8], key: &SshPublicKey) -> Result<(), SshSigError> {
+        if self.signer != *key {
+            return Err(SshSigError::WrongKey { signer: self.signer.fingerprint(), expected: key.fingerprint() });
+        }
+        if self.namespace != namespace.as_bytes() {
+            return Err(SshSigError::WrongNamespace { got: quote(&self.namespace), expected: namespace.to_owned() });
+        }
+        if namespace.is_empty() {
+            return Err(SshSigError::EmptyNamespace);
+        }
+        let signed_data = SignedData {
+            namespace: namespace.to_owned(),
+            hash_alg: self.hash_alg.as_str().to_owned(),
+            hash: hash.to_vec(),
+        };
+        verify_inner(key, &self.signature, &signed_data.to_bytes())
+    }
+
+    /// The namespace quoted and shortened for a message.
+    pub fn namespace_quoted(&self) -> String {
+        quote(&self.namespace)
+    }
+}
+
 /// A bounds-checked cursor over an untrusted blob.
 struct Reader<'a> {
     /// The bytes not yet read.
@@ -1175,5 +1260,58 @@ mod tests {
         let armored = armor(&ed25519_blob(&signer, &hostile, "sha512", MESSAGE));
         let err = verify(&armored, "git", MESSAGE, &key).expect_err("namespace");
         assert!(err.to_string().len() < 300 && !err.to_string().contains('\u{1b}'), "{err}");
+    }
+
+    #[test]
+    fn sshsig_armor_matches_ssh_keygen_byte_for_byte() {
+        // Proves the armor Synod writes for a cluster signature is byte for byte what `ssh-keygen -Y sign`
+        // writes with the same key (Ed25519 is deterministic), and that it reads back and verifies by hash.
+        let Some(keygen) = ssh_keygen() else { return };
+        let dir = ScratchDir::new("armor");
+        let (ok, _) = run(&keygen, &dir.0, &["-t", "ed25519", "-N", "", "-q", "-C", "cluster", "-f", "key"], None);
+        assert!(ok, "ssh-keygen -t ed25519 failed");
+        std::fs::write(dir.path("msg"), MESSAGE).expect("write message");
+        let (ok, _) = run(&keygen, &dir.0, &["-Y", "sign", "-n", "file", "-f", "key", "msg"], None);
+        assert!(ok, "ssh-keygen -Y sign failed");
+        let private = ssh_key::PrivateKey::from_openssh(dir.read("key")).expect("ssh-key reads the private key");
+        let pair = private.key_data().ed25519().expect("an Ed25519 key");
+        let signer = SigningKey::from_bytes(&pair.private.to_bytes());
+        let public = signer.verifying_key().to_bytes();
+        let data =
+            SignedData { namespace: "file".into(), hash_alg: "sha512".into(), hash: Sha512::digest(MESSAGE).to_vec() };
+        let signature = signer.sign(&data.to_bytes()).to_bytes();
+        let armored = armor_ed25519(&public, "file", HashAlg::Sha512, &signature).expect("armor");
+        assert_eq!(armored, dir.read("msg.sig"));
+        assert!(armored.lines().all(|line| line.len() <= 70), "{armored}");
+
+        let read = SshSignature::read(&armored).expect("read");
+        let key = SshPublicKey::Ed25519(public);
+        assert_eq!(
+            (read.signer.clone(), read.namespace.as_slice(), read.hash_alg),
+            (key.clone(), &b"file"[..], HashAlg::Sha512)
+        );
+        assert_eq!(read.verify_hash("file", &data.hash, &key), Ok(()));
+        assert_eq!(verify(&armored, "file", MESSAGE, &key), Ok(()));
+        let mut other = data.hash.clone();
+        other[0] ^= 1;
+        assert_eq!(read.verify_hash("file", &other, &key), Err(SshSigError::BadSignature));
+        assert!(matches!(read.verify_hash("git", &data.hash, &key), Err(SshSigError::WrongNamespace { .. })));
+        let stranger = SshPublicKey::Ed25519(signing_key(5).verifying_key().to_bytes());
+        assert!(matches!(read.verify_hash("file", &data.hash, &stranger), Err(SshSigError::WrongKey { .. })));
+        assert_eq!(armor_ed25519(&public, "", HashAlg::Sha512, &signature), Err(SshSigError::EmptyNamespace));
+    }
+
+    #[test]
+    fn sshsig_signature_read_refuses_other_hashes_and_damage() {
+        // Proves reading a signature for verification by hash refuses unknown hash names and damaged armor.
+        let signer = signing_key(11);
+        let armored = armor(&ed25519_blob(&signer, "file", "sha1", MESSAGE));
+        assert_eq!(SshSignature::read(&armored), Err(SshSigError::UnsupportedHash("\"sha1\"".into())));
+        let armored = armor(&ed25519_blob(&signer, "file", "sha256", MESSAGE));
+        let read = SshSignature::read(&armored).expect("sha256 reads");
+        let key = SshPublicKey::Ed25519(signer.verifying_key().to_bytes());
+        assert_eq!(read.verify_hash("file", &Sha256::digest(MESSAGE), &key), Ok(()));
+        assert_eq!(SshSignature::read(&armored[..armored.len() / 2]), Err(SshSigError::MissingFooter));
+        assert_eq!(SshSignature::read("not a signature"), Err(SshSigError::NotArmored));
     }
 }

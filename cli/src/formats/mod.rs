@@ -28,6 +28,7 @@ pub mod http;
 pub mod jws;
 pub mod minisign;
 pub mod openpgp;
+pub mod pdf;
 pub mod sshsig;
 
 /// How long one poll of a request waits on the node while the client waits for approvals.
@@ -201,7 +202,14 @@ impl ClusterSigner {
                 }
                 _ => {}
             }
-            info = self.request(&info.request_id, POLL_WAIT_MS).await?;
+            // Each poll waits on the node at most until this request's own deadline.
+            let deadline = match info.status {
+                RequestStatus::AwaitingApproval => self.declared.approval_wait,
+                _ => self.declared.wait.max(self.declared.approval_wait),
+            };
+            let left = deadline.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
+            let wait_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).min(POLL_WAIT_MS);
+            info = self.request(&info.request_id, wait_ms).await?;
         }
     }
 
