@@ -56,6 +56,38 @@ pub struct FormatArgs {
     pub headers: Vec<String>,
 }
 
+impl FormatArgs {
+    /// Refuses the format options this format does not read (`reads`, e.g. `["--namespace"]`)
+    /// rather than ignoring them: an option given to the wrong format is a mistake the user
+    /// should hear about, not a silent no-op.
+    pub fn refuse_others(&self, reads: &[&str]) -> anyhow::Result<()> {
+        let given = [
+            ("--namespace", self.namespace.is_some()),
+            ("--trusted-comment", self.trusted_comment.is_some()),
+            ("--alg", self.alg.is_some()),
+            ("--key-created", self.key_created.is_some()),
+            ("--cert", self.cert.is_some()),
+            ("--method", self.method.is_some()),
+            ("--target-uri", self.target_uri.is_some()),
+            ("--header", !self.headers.is_empty()),
+        ];
+        match given.iter().find(|(name, given)| *given && !reads.contains(name)) {
+            Some((name, _)) if reads.is_empty() => {
+                anyhow::bail!(
+                    "{name} does not apply to --format {}, which reads no format options; drop {name}",
+                    self.format
+                )
+            }
+            Some((name, _)) => anyhow::bail!(
+                "{name} does not apply to --format {} (it reads {}); drop {name}",
+                self.format,
+                reads.join(", ")
+            ),
+            None => Ok(()),
+        }
+    }
+}
+
 fn parse_format(text: &str) -> Result<SignFormat, String> {
     text.parse()
 }

@@ -9,7 +9,6 @@
 //! document by its SHA-512 digest (computed here, so a document of any size
 //! costs the cluster a few hundred bytes).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
@@ -395,27 +394,14 @@ pub async fn signed_data(
     Ok((content.to_der()?, signed))
 }
 
-/// SHA-512 of a file, read in pieces.
 fn sha512_file(path: &Path) -> anyhow::Result<[u8; 64]> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut hasher = Sha512::new();
-    let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        let n = file.read(&mut buffer).with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(hasher.finalize().into())
+    Ok(super::hash_file::<Sha512>(path)?.into())
 }
 
 /// `synod sign --format cms`.
 pub async fn sign(args: &SignArgs) -> anyhow::Result<()> {
     let f = &args.format;
-    if f.namespace.is_some() || f.trusted_comment.is_some() || f.alg.is_some() || f.method.is_some() {
-        bail!("--format cms takes --cert, not --namespace, --trusted-comment, --alg or --method");
-    }
+    f.refuse_others(&["--cert"])?;
     if args.signature_format.is_some() {
         bail!("--format cms writes DER (into --out) or PEM (on stdout); drop --signature-format");
     }

@@ -13,14 +13,12 @@
 //! as one request, and every node reads it (`synod_proto::format::http`) before
 //! any share is released.
 
-use std::io::Read;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::json;
-use sha2::Digest;
 use synod_proto::format::{hash_label, http, SignFormat};
 use synod_proto::keyfmt;
 
@@ -32,8 +30,6 @@ use crate::{Output, SignArgs, VerifyArgs};
 const LABEL: &str = "sig1";
 /// The largest headers file `synod verify` reads.
 const HEADERS_FILE_BYTES_MAX: u64 = 64 * 1024;
-/// The read buffer of the streaming body hash.
-const HASH_BUFFER_BYTES: usize = 64 * 1024;
 /// Fields the signer computes itself; a `--header` naming one is refused.
 const COMPUTED_FIELDS: [&str; 3] = ["content-digest", "signature-input", "signature"];
 
@@ -92,14 +88,7 @@ pub async fn sign(args: &SignArgs) -> anyhow::Result<()> {
 /// headers file (`--signature`), and checks the signature the `keyid` names.
 pub fn verify(args: &VerifyArgs, candidates: &Candidates) -> anyhow::Result<(Option<u32>, [u8; 32])> {
     let f = &args.format;
-    if f.namespace.is_some()
-        || f.trusted_comment.is_some()
-        || f.key_created.is_some()
-        || f.alg.is_some()
-        || f.cert.is_some()
-    {
-        bail!("--format http-signature verification reads --method, --target-uri, --header, --in and --signature only");
-    }
+    f.refuse_others(&["--method", "--target-uri", "--header"])?;
     let request = Request::of(&args.format)?;
     let path = args.signature.as_ref().ok_or_else(|| {
         anyhow!("give the headers file (Content-Digest, Signature-Input, Signature lines) with --signature FILE")
@@ -294,25 +283,11 @@ fn content_digest(sha256: &[u8]) -> String {
 }
 
 fn sha256_file(path: &Path) -> anyhow::Result<Vec<u8>> {
-    hash_file::<sha2::Sha256>(path)
+    Ok(super::hash_file::<sha2::Sha256>(path)?.to_vec())
 }
 
 fn sha512_file(path: &Path) -> anyhow::Result<Vec<u8>> {
-    hash_file::<sha2::Sha512>(path)
-}
-
-/// A body of any size, hashed in bounded pieces.
-fn hash_file<D: Digest>(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read the body {}", path.display()))?;
-    let mut hasher = D::new();
-    let mut buffer = vec![0u8; HASH_BUFFER_BYTES];
-    loop {
-        let n = file.read(&mut buffer).with_context(|| format!("cannot read the body {}", path.display()))?;
-        if n == 0 {
-            return Ok(hasher.finalize().to_vec());
-        }
-        hasher.update(&buffer[..n]);
-    }
+    Ok(super::hash_file::<sha2::Sha512>(path)?.to_vec())
 }
 
 /// An RFC 9110 token character.
@@ -322,14 +297,5 @@ fn is_tchar(b: u8) -> bool {
 
 /// Options of other formats are refused rather than ignored.
 fn refuse_other_options(args: &SignArgs) -> anyhow::Result<()> {
-    let f = &args.format;
-    if f.namespace.is_some()
-        || f.trusted_comment.is_some()
-        || f.key_created.is_some()
-        || f.alg.is_some()
-        || f.cert.is_some()
-    {
-        bail!("--format http-signature takes --method, --target-uri and --header only of the format options");
-    }
-    Ok(())
+    args.format.refuse_others(&["--method", "--target-uri", "--header"])
 }

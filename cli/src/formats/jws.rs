@@ -203,36 +203,16 @@ fn read_payload(format: SignFormat, path: &Path) -> anyhow::Result<Vec<u8>> {
 
 /// Options of other formats are refused rather than ignored.
 fn refuse_other_options(format: SignFormat, args: &SignArgs) -> anyhow::Result<()> {
-    let f = &args.format;
-    if f.namespace.is_some()
-        || f.trusted_comment.is_some()
-        || f.key_created.is_some()
-        || f.cert.is_some()
-        || f.method.is_some()
-        || f.target_uri.is_some()
-        || !f.headers.is_empty()
-    {
-        bail!("--format {format} takes --alg only of the format options; drop the others");
-    }
+    args.format.refuse_others(&["--alg"])?;
     if args.signature_format.is_some() {
         bail!("--format {format} writes a compact token; drop --signature-format");
     }
     Ok(())
 }
 
+/// Verification reads the token and the key; the header names its alg.
 fn refuse_other_verify_options(format: SignFormat, args: &VerifyArgs) -> anyhow::Result<()> {
-    let f = &args.format;
-    if f.namespace.is_some()
-        || f.trusted_comment.is_some()
-        || f.key_created.is_some()
-        || f.alg.is_some()
-        || f.cert.is_some()
-        || f.method.is_some()
-        || f.target_uri.is_some()
-        || !f.headers.is_empty()
-    {
-        bail!("--format {format} verification reads the token (--in) and the key only; the header names its alg");
-    }
+    args.format.refuse_others(&[])?;
     if args.signature.is_some() {
         bail!("a compact {format} carries its signature: give the token with --in and drop --signature");
     }

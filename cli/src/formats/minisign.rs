@@ -12,14 +12,12 @@
 //! public key and the signature is derived from the cluster key
 //! (`keyfmt::minisign_key_id`).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use blake2::Digest;
 use synod_proto::api::RequestInfo;
 use synod_proto::format::minisign::global_request_id;
 use synod_proto::format::{validate_trusted_comment, SignFormat};
@@ -39,8 +37,6 @@ const TRUSTED_PREFIX: &str = "trusted comment: ";
 /// The largest `.minisig` file read: four short lines and a comment of at most
 /// `TRUSTED_COMMENT_BYTES_MAX` bytes fit many times over.
 const MINISIG_BYTES_MAX: u64 = 64 * 1024;
-/// The read buffer of the streaming hash.
-const HASH_BUFFER_BYTES: usize = 64 * 1024;
 
 /// `synod sign --format minisign`.
 pub async fn sign(args: &SignArgs) -> anyhow::Result<()> {
@@ -144,16 +140,7 @@ pub fn verify(args: &VerifyArgs, candidates: &Candidates) -> anyhow::Result<(Opt
 
 /// Options of other formats are refused rather than ignored.
 fn refuse_other_options(args: &SignArgs) -> anyhow::Result<()> {
-    let f = &args.format;
-    if f.namespace.is_some()
-        || f.alg.is_some()
-        || f.cert.is_some()
-        || f.method.is_some()
-        || f.target_uri.is_some()
-        || !f.headers.is_empty()
-    {
-        bail!("--format minisign takes --trusted-comment only of the format options; drop the others");
-    }
+    args.format.refuse_others(&["--trusted-comment"])?;
     if args.signature_format.is_some() {
         bail!("--format minisign writes a .minisig file; drop --signature-format");
     }
@@ -174,19 +161,8 @@ fn default_minisig_path(input: &Path) -> PathBuf {
     PathBuf::from(path)
 }
 
-/// BLAKE2b-512 of a file of any size, read in bounded pieces.
 fn blake2b_file(path: &Path) -> anyhow::Result<[u8; 64]> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut hasher = blake2::Blake2b512::new();
-    let mut buffer = vec![0u8; HASH_BUFFER_BYTES];
-    loop {
-        let n = file.read(&mut buffer).with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(hasher.finalize().into())
+    Ok(super::hash_file::<blake2::Blake2b512>(path)?.into())
 }
 
 /// The artifact hash as nodes label it.

@@ -241,6 +241,34 @@ fn signature_of(info: &RequestInfo) -> anyhow::Result<[u8; 64]> {
         .ok_or_else(|| anyhow!("the node returned a malformed signature"))
 }
 
+/// How much of a file is read at a time while it is hashed: artifacts of any size
+/// are hashed in bounded memory.
+const HASH_PIECE_BYTES: usize = 1024 * 1024;
+
+/// Feeds the file at `path` to `f` in bounded pieces.
+pub fn read_in_pieces(path: &std::path::Path, mut f: impl FnMut(&[u8])) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut buffer = vec![0u8; HASH_PIECE_BYTES];
+    loop {
+        let read = match file.read(&mut buffer) {
+            Ok(0) => return Ok(()),
+            Ok(read) => read,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        f(buffer.get(..read).unwrap_or_default());
+    }
+}
+
+/// The digest `D` of the file at `path`, read in bounded pieces.
+pub fn hash_file<D: sha2::Digest>(path: &std::path::Path) -> anyhow::Result<sha2::digest::Output<D>> {
+    let mut hasher = D::new();
+    read_in_pieces(path, |piece| hasher.update(piece))?;
+    Ok(hasher.finalize())
+}
+
 /// `synod sign --format F` for every format but raw.
 pub async fn sign(format: SignFormat, args: SignArgs) -> anyhow::Result<()> {
     match format {

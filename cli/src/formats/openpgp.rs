@@ -13,7 +13,6 @@
 //! libraries that write them pull in dozens of crates for ciphers, compression
 //! and algorithms a cluster key never uses.
 
-use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -56,8 +55,6 @@ const KEY_FLAGS_CERTIFY_SIGN: u8 = 0x01 | 0x02;
 const SIGNATURE_FILE_BYTES_MAX: u64 = 64 * 1024;
 /// The longest User ID `synod key openpgp` certifies.
 const USER_ID_BYTES_MAX: usize = 1024;
-/// How much of the file is hashed at a time.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// `synod key openpgp`.
 #[derive(clap::Args, Debug)]
@@ -254,19 +251,7 @@ pub fn verify(args: &VerifyArgs, candidates: &Candidates) -> anyhow::Result<(Opt
 
 /// The options of other formats mean nothing here: refused rather than ignored.
 fn refuse_other_options(format: &super::args::FormatArgs) -> anyhow::Result<()> {
-    let others = [
-        ("--namespace", format.namespace.is_some()),
-        ("--trusted-comment", format.trusted_comment.is_some()),
-        ("--alg", format.alg.is_some()),
-        ("--cert", format.cert.is_some()),
-        ("--method", format.method.is_some()),
-        ("--target-uri", format.target_uri.is_some()),
-        ("--header", !format.headers.is_empty()),
-    ];
-    match others.iter().find(|(_, given)| *given) {
-        Some((name, _)) => bail!("{name} is not an option of the openpgp format; leave it out"),
-        None => Ok(()),
-    }
+    format.refuse_others(&["--key-created"])
 }
 
 fn check_user_id(user_id: &str) -> anyhow::Result<()> {
@@ -335,15 +320,7 @@ fn read_bounded(path: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 fn hash_file(hasher: &mut Hasher, path: &Path) -> anyhow::Result<()> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
-    loop {
-        let read = file.read(&mut chunk).with_context(|| format!("cannot read {}", path.display()))?;
-        if read == 0 {
-            return Ok(());
-        }
-        hasher.update(&chunk[..read]);
-    }
+    super::read_in_pieces(path, |piece| hasher.update(piece))
 }
 
 /// The two hashes an EdDSA signature here may use.

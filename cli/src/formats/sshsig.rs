@@ -7,11 +7,10 @@
 //! that hash, under 1 KiB), which every node parses, so the namespace and the file's hash are
 //! what approvers see and the audit log records.
 
-use std::io::Read;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
-use sha2::{Digest, Sha256, Sha512};
+use sha2::{Sha256, Sha512};
 use ssh_key::HashAlg;
 use synod_proto::format::SignFormat;
 use synod_proto::sshsig::{armor_ed25519, SignedData, SshPublicKey, SshSignature, MAX_ARMORED_LEN};
@@ -20,9 +19,6 @@ use super::args::FormatArgs;
 use super::{Candidates, ClusterSigner};
 use crate::display::{note, shown};
 use crate::{Output, SignArgs, VerifyArgs};
-
-/// How much of the file is read at a time while hashing it.
-const HASH_CHUNK_BYTES: usize = 1 << 20;
 
 /// `synod sign --format sshsig`: hashes the file, has the cluster sign the SSHSIG signed data,
 /// and writes the armored signature (to `--out`, or stdout).
@@ -142,55 +138,28 @@ fn namespace(format: &FormatArgs) -> anyhow::Result<&str> {
 
 /// Refuses the options of other formats rather than ignoring them.
 fn refuse_other_options(format: &FormatArgs) -> anyhow::Result<()> {
-    let given = [
-        ("--trusted-comment", format.trusted_comment.is_some()),
-        ("--alg", format.alg.is_some()),
-        ("--cert", format.cert.is_some()),
-        ("--method", format.method.is_some()),
-        ("--target-uri", format.target_uri.is_some()),
-        ("--header", !format.headers.is_empty()),
-    ];
-    if let Some((option, _)) = given.iter().find(|(_, given)| *given) {
-        bail!("{option} does not apply to --format sshsig (it reads --namespace only); drop {option}");
-    }
-    Ok(())
+    format.refuse_others(&["--namespace"])
 }
 
-/// The file's hash with `alg` (sha256 or sha512), read in chunks so its size does not matter.
+/// The SSHSIG hash of a file of any size, read in bounded pieces.
 pub fn hash_file(path: &Path, alg: HashAlg) -> anyhow::Result<Vec<u8>> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut buffer = vec![0u8; HASH_CHUNK_BYTES];
-    let mut sha256 = Sha256::new();
-    let mut sha512 = Sha512::new();
-    loop {
-        let read = match file.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(read) => read,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-        };
-        let chunk = buffer.get(..read).unwrap_or_default();
-        match alg {
-            HashAlg::Sha256 => sha256.update(chunk),
-            _ => sha512.update(chunk),
-        }
-    }
     Ok(match alg {
-        HashAlg::Sha256 => sha256.finalize().to_vec(),
-        _ => sha512.finalize().to_vec(),
+        HashAlg::Sha256 => super::hash_file::<Sha256>(path)?.to_vec(),
+        _ => super::hash_file::<Sha512>(path)?.to_vec(),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::Digest;
 
     #[test]
     fn sshsig_hash_file_streams_in_chunks() {
         // Proves hashing in chunks gives the one-shot digest, across a chunk boundary.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        let bytes: Vec<u8> = (0..HASH_CHUNK_BYTES + 1234).map(|i| (i % 251) as u8).collect();
+        let bytes: Vec<u8> = (0..super::super::HASH_PIECE_BYTES + 1234).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(hash_file(&path, HashAlg::Sha512).unwrap(), Sha512::digest(&bytes).to_vec());
         assert_eq!(hash_file(&path, HashAlg::Sha256).unwrap(), Sha256::digest(&bytes).to_vec());
