@@ -8,9 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use ed25519_dalek::pkcs8::DecodePrivateKey;
 use frost_ed25519 as frost;
-use synod_proto::api::{
-    ImportShare, KeyInfo, KeyList, KeyStatus, KeyVersionInfo, RequestInfo, RequestStatus, Status, WriteResponse,
-};
+use synod_proto::api::{ImportShare, KeyInfo, KeyList, KeyStatus, KeyVersionInfo, Status, WriteResponse};
 use synod_proto::command::MESSAGE_BYTES_MAX;
 use synod_proto::keyfmt::{self, SignatureFormat};
 use synod_proto::rpc::SecretHex;
@@ -639,46 +637,10 @@ pub async fn sign(args: SignArgs) -> anyhow::Result<()> {
         return super::formats::sign(format, args).await;
     }
     let message = read_message(&args.input)?;
-    let api = ApiClient::new(&args.client)?;
-    let status = members(&api).await?;
-    let request_id = args.request_id.clone().unwrap_or_else(|| {
-        let mut id = [0u8; 16];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
-        hex::encode(id)
-    });
-    let command = Command::SignRequest {
-        format: None,
-        trusted_comment: None,
-        request_id: request_id.clone(),
-        key: args.key.clone(),
-        message: hex::encode(&message),
-        purpose: args.purpose.clone().unwrap_or_default(),
-        environment: args.environment.clone().unwrap_or_default(),
-        attributes: args
-            .attrs
-            .iter()
-            .map(|p| p.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-            .collect::<Option<_>>()
-            .ok_or_else(|| anyhow!("--attr takes NAME=VALUE"))?,
-        version: args.key_version,
-    };
-    let signed = sign_command(&args.client, &cluster_id(&status)?, command)?;
-    let wait_ms = args.wait_secs * 1000;
-    let (code, info): (u16, RequestInfo) = api.post(&format!("/v1/sign?wait_ms={wait_ms}"), &signed).await?;
-    if info.status == RequestStatus::AwaitingApproval {
-        bail!(
-            "request {request_id} needs approvals ({}); approvers run `synod approve {request_id}`, then \
-             `synod request wait {request_id}`",
-            info.approval_progress.join("; ")
-        );
-    }
-    if code == 202 {
-        bail!(
-            "request {request_id} is still pending after {} s; check it with `synod request show {request_id}`",
-            args.wait_secs
-        );
-    }
-    let signature = signature_of(&info)?;
+    let signer = super::formats::ClusterSigner::of(&args).await?;
+    let super::formats::Signed { signature, info } =
+        signer.sign(synod_proto::format::SignFormat::Raw, &message, None).await?;
+    let request_id = info.request_id.clone();
     if args.client.output.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&info)?);
     }
@@ -697,14 +659,6 @@ pub async fn sign(args: SignArgs) -> anyhow::Result<()> {
         None => {}
     }
     Ok(())
-}
-
-fn signature_of(info: &RequestInfo) -> anyhow::Result<[u8; 64]> {
-    let hex_sig = info.signature.as_deref().ok_or_else(|| anyhow!("request {} has no signature", info.request_id))?;
-    hex::decode(hex_sig)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| anyhow!("the node returned a malformed signature"))
 }
 
 pub fn read_message(path: &Path) -> anyhow::Result<Vec<u8>> {

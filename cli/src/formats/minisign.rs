@@ -195,7 +195,7 @@ async fn global_signature(signer: &ClusterSigner, id: &str, wait: Duration) -> a
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     };
-    let info = signer.settle(info).await?;
+    let info = signer.settle(info, started).await?;
     let hex_sig = info.signature.as_deref().ok_or_else(|| anyhow!("request {} has no signature", shown(id)))?;
     hex::decode(hex_sig)
         .ok()

@@ -151,9 +151,10 @@ impl ClusterSigner {
             trusted_comment,
         };
         let signed = sign_command(&self.client, &self.cluster_id, command)?;
+        let started = Instant::now();
         let wait_ms = u64::try_from(self.declared.wait.as_millis()).unwrap_or(u64::MAX);
         let (_, info): (u16, RequestInfo) = self.api.post(&format!("/v1/sign?wait_ms={wait_ms}"), &signed).await?;
-        let info = self.settle(info).await?;
+        let info = self.settle(info, started).await?;
         let signature = signature_of(&info)?;
         keyfmt::verify(&self.public_key, message, &signature).map_err(|e| {
             anyhow!("the cluster's signature for request {} does not verify: {e}", shown(&info.request_id))
@@ -161,9 +162,9 @@ impl ClusterSigner {
         Ok(Signed { signature, info })
     }
 
-    /// Waits for a request the cluster accepted until it is signed or failed.
-    pub async fn settle(&self, mut info: RequestInfo) -> anyhow::Result<RequestInfo> {
-        let started = Instant::now();
+    /// Waits for a request the cluster accepted (at `started`) until it is signed or
+    /// failed, or until the waits [`Declared`] allows have passed since `started`.
+    pub async fn settle(&self, mut info: RequestInfo, started: Instant) -> anyhow::Result<RequestInfo> {
         let mut told = false;
         loop {
             match info.status {
@@ -196,7 +197,8 @@ impl ClusterSigner {
                 }
                 RequestStatus::Pending if started.elapsed() >= self.declared.wait.max(self.declared.approval_wait) => {
                     bail!(
-                        "request {id} is still pending; check it with `synod request show {id}`",
+                        "request {id} is still pending after {} s; check it with `synod request show {id}`",
+                        started.elapsed().as_secs(),
                         id = shown(&info.request_id)
                     )
                 }
