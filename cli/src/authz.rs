@@ -1,6 +1,6 @@
 //! Operators, policies, requests with approvals, admin proposals and the audit
 //! log: `synod operator add|remove|list`, `synod key policy ...`, `synod request
-//! sign|show|wait|statement`, `synod approve`, `synod admin ...`, `synod audit ...`.
+//! sign|list|show|wait|statement`, `synod approve`, `synod admin ...`, `synod audit ...`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use ed25519_dalek::Signer as _;
 use serde_json::Value;
-use synod_proto::api::{KeyInfo, RequestInfo, RequestStatus, Status, WriteResponse};
+use synod_proto::api::{KeyInfo, RequestInfo, RequestList, RequestStatus, Status, WriteResponse};
 use synod_proto::authz::{approval_bytes, ApprovalSignature, ApprovalStatement, Policy};
 use synod_proto::{Command, OperatorKey, Outcome, SignedCommand};
 
@@ -284,6 +284,20 @@ async fn get_request(api: &ApiClient, id: &str, wait_ms: u64) -> anyhow::Result<
 /// `synod request ...`.
 pub async fn request(cmd: RequestCmd) -> anyhow::Result<()> {
     match cmd {
+        RequestCmd::List { status, key, mine_to_approve, mine, limit, before_index, client } => {
+            let mut query = format!("limit={limit}");
+            let params = [
+                ("status", status),
+                ("key", key),
+                ("approver", mine_to_approve.then(|| "me".to_string())),
+                ("requester", mine.then(|| "me".to_string())),
+                ("before_index", before_index.map(|i| i.to_string())),
+            ];
+            for (name, value) in params.into_iter().filter_map(|(n, v)| Some((n, v?))) {
+                query.push_str(&format!("&{name}={}", query_value(&value)));
+            }
+            list_requests(&client, &query).await
+        }
         RequestCmd::Show { id, wait_secs, client } => {
             let info = get_request(&ApiClient::new(&client)?, &id, wait_secs * 1000).await?;
             print_request(&client, &info)
@@ -368,6 +382,70 @@ pub async fn request(cmd: RequestCmd) -> anyhow::Result<()> {
             ));
             Ok(())
         }
+    }
+}
+
+/// `value` as a URL query value: every byte but the unreserved ones percent-encoded, so the
+/// path the read signature covers is the one the node receives.
+fn query_value(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `synod request list`: one page of the requests this operator may read.
+async fn list_requests(client: &ClientArgs, query: &str) -> anyhow::Result<()> {
+    let api = ApiClient::new(client)?;
+    let (_, list): (u16, RequestList) = api.get(&format!("/v1/requests?{query}")).await?;
+    if client.output.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    // Requesters are shown by name; any operator may read the operator list.
+    let (_, operators): (u16, Value) = api.get("/v1/operators").await?;
+    let names: BTreeMap<String, String> = operators["operators"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|op| Some((op["key"].as_str()?.to_string(), op["name"].as_str()?.to_string())))
+        .collect();
+    print_requests(&list, &names);
+    Ok(())
+}
+
+/// A page of requests as a table, every field others chose escaped; progress last, as it is
+/// the widest. `names` maps operator keys (hex) to names.
+fn print_requests(list: &RequestList, names: &BTreeMap<String, String>) {
+    if list.requests.is_empty() {
+        println!("no requests match");
+        return;
+    }
+    println!(
+        "{:<34} {:<16} {:<18} {:<9} {:<16} {:<16} {:<25} PROGRESS",
+        "ID", "KEY", "STATUS", "FORMAT", "PURPOSE", "REQUESTER", "EXPIRES"
+    );
+    for info in &list.requests {
+        let requester = info.requester.to_hex();
+        let requester = names.get(&requester).unwrap_or(&requester);
+        let format = info.format.as_ref().map_or_else(|| "raw".to_string(), |f| f.format.to_string());
+        let progress = if info.approval_progress.is_empty() { "-".to_string() } else { progress(info) };
+        println!(
+            "{:<34} {:<16} {:<18} {:<9} {:<16} {:<16} {:<25} {progress}",
+            shown(&info.request_id),
+            shown(&info.key_name),
+            info.status,
+            format,
+            shown(if info.purpose.is_empty() { "-" } else { &info.purpose }),
+            shown(requester),
+            time_ms(info.expires_at_ms),
+        );
+    }
+    if let Some(next) = list.next {
+        note(format_args!("more requests match: add --before-index {next} for the next page"));
     }
 }
 

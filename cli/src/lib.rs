@@ -826,6 +826,31 @@ pub enum RequestCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List the signing requests you may read, newest first: all of them for auditors and
+    /// admins, your own as a requester, those of keys whose policy names you as an approver.
+    List {
+        /// Only requests in this status.
+        #[arg(long, value_parser = ["pending", "awaiting_approval", "signed", "failed"])]
+        status: Option<String>,
+        /// Only requests on this key (its name or id).
+        #[arg(long)]
+        key: Option<String>,
+        /// Only requests awaiting your approval: the key's policy asks you for one and you
+        /// have not given it yet.
+        #[arg(long)]
+        mine_to_approve: bool,
+        /// Only the requests you made.
+        #[arg(long)]
+        mine: bool,
+        /// The most requests to show (at most 500).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=500))]
+        limit: u64,
+        /// Show the requests created below this log index: the `next` a previous page printed.
+        #[arg(long)]
+        before_index: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Show a signing request: status, signers, signature.
     Show {
         id: String,

@@ -309,6 +309,7 @@ fn api_routes() -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(keys_share).layer(DefaultBodyLimit::max(SHARE_BODY_BYTES_MAX)))
         .routes(routes!(sign).layer(command_body()))
         .routes(routes!(request_get))
+        .routes(routes!(requests_list))
         .routes(routes!(command_get))
         .routes(routes!(operators_list))
         .routes(routes!(proposals_list))
@@ -355,6 +356,7 @@ fn respond(response: ClientResponse) -> Response {
         R::Written(w) => (StatusCode::FORBIDDEN, Json(w)).into_response(),
         R::ShareSealed { node_id } => Json(serde_json::json!({ "node_id": node_id, "sealed": true })).into_response(),
         R::Request(info) => Json(info).into_response(),
+        R::Requests(list) => Json(list).into_response(),
         R::Keys(k) => Json(k).into_response(),
         R::Key(k) => Json(k).into_response(),
         R::KvList(l) => Json(l).into_response(),
@@ -694,6 +696,61 @@ async fn request_get(
     Query(q): Query<WaitQuery>,
 ) -> Result<Response, Failure> {
     answer(&node, &caller, ClientRequest::GetRequest { request_id: id, wait_ms: q.wait_ms.unwrap_or(0) }).await
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct RequestListQuery {
+    /// Only requests in this status.
+    status: Option<RequestStatus>,
+    /// Only requests on the key of this name (or id).
+    key: Option<String>,
+    /// `me`: only requests awaiting the approval of the operator who signs the read (its key's
+    /// policy asks that operator for one, and it has not given it).
+    approver: Option<String>,
+    /// `me`: only the requests of the operator who signs the read.
+    requester: Option<String>,
+    /// The most requests on the page: 50 by default, at most 500 (`REQUEST_LIST_LIMIT_MAX`).
+    limit: Option<usize>,
+    /// Only requests created below this log index: the previous page's `next`.
+    before_index: Option<u64>,
+}
+
+/// Whether a `?approver=` or `?requester=` value asks for the calling operator: `me` is the
+/// one value there is (an operator lists what others asked of it, never as someone else).
+fn is_me(param: &str, value: Option<&str>) -> Result<bool, Failure> {
+    match value {
+        None => Ok(false),
+        Some("me") => Ok(true),
+        Some(other) => Err(Failure::Node(NodeError::invalid(format!(
+            "{param}={other:?} is not understood; the one value is `me`, the operator whose key signs the read \
+             (the synod CLI signs with SYNOD_OPERATOR_KEY)"
+        )))),
+    }
+}
+
+#[utoipa::path(
+    get, path = "/v1/requests", tag = "signing", params(RequestListQuery),
+    security(("client_certificate" = [], "read_signature" = [])),
+    responses(
+        (status = 200, description = "The requests the calling operator may read (as `GET /v1/requests/{id}` shows each), newest first by `created_index`; `next`, when set, is the `before_index` of the next page. `approver=me` and `requester=me` name the operator who signs the read.", body = synod_proto::api::RequestList),
+        ReadErrors,
+    )
+)]
+async fn requests_list(
+    State(node): State<Arc<Node>>,
+    Identified(caller): Identified,
+    Query(q): Query<RequestListQuery>,
+) -> Result<Response, Failure> {
+    let filter = synod_proto::api::RequestFilter {
+        status: q.status,
+        key: q.key,
+        awaiting_my_approval: is_me("approver", q.approver.as_deref())?,
+        mine: is_me("requester", q.requester.as_deref())?,
+        limit: q.limit.unwrap_or(synod_proto::api::REQUEST_LIST_LIMIT_DEFAULT),
+        before_index: q.before_index,
+    };
+    answer(&node, &caller, ClientRequest::ListRequests { filter }).await
 }
 
 #[utoipa::path(

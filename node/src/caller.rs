@@ -262,6 +262,19 @@ impl VerifiedOperator {
         policy.approvers.iter().chain(policy.tiers.iter().flat_map(|t| t.approvers.iter())).any(|n| *n == self.name)
     }
 
+    /// Whether `request` waits for this operator's approval: the operator is an
+    /// approver (role), a requirement of its key's policy for the request's
+    /// declarations names it (`Policy::requirements`, tiers included), and its
+    /// approval is not on the request yet. Whether the request still needs
+    /// approvals at all is the caller's to check (its status).
+    pub fn is_asked_to_approve(&self, state: &ClusterState, request: &RequestRecord) -> bool {
+        if !self.roles.contains(&Role::Approver) || request.approvals.iter().any(|a| a.approver == self.name) {
+            return false;
+        }
+        let Some(key) = state.keys.get(&request.key_id) else { return false };
+        key.policy.requirements(&request.attributes).iter().any(|(group, _)| group.contains(&self.name))
+    }
+
     /// Whether this operator may see `record`: overseers all, others the
     /// records of requests they may read.
     pub fn may_read_audit_record(&self, state: &ClusterState, record: &AuditRecord) -> bool {

@@ -183,6 +183,8 @@ pub enum ClientRequest {
     Sign { command: SignedCommand, wait_ms: u64 },
     /// `GET /v1/requests/{id}`, waiting up to `wait_ms` while it is open.
     GetRequest { request_id: String, wait_ms: u64 },
+    /// `GET /v1/requests`: a page of the requests the caller may read, newest first.
+    ListRequests { filter: RequestFilter },
     /// `GET /v1/keys`.
     ListKeys,
     /// `GET /v1/keys/{name}`: the live key of that name, else the key with that id.
@@ -485,6 +487,44 @@ impl RequestInfo {
             format: (self.statement_version >= 2).then(|| crate::authz::StatementFormat::of(self.format.as_ref())),
         }
     }
+}
+
+/// How many requests a `GET /v1/requests` page holds when the client names no `limit`.
+pub const REQUEST_LIST_LIMIT_DEFAULT: usize = 50;
+/// The most requests one `GET /v1/requests` page holds; a larger `limit` is cut to it.
+pub const REQUEST_LIST_LIMIT_MAX: usize = 500;
+
+/// `GET /v1/requests`: which of the requests the caller may read to list. Every
+/// condition given must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestFilter {
+    /// Only requests in this status (`status=`).
+    pub status: Option<RequestStatus>,
+    /// Only requests on the key of this name or id (`key=`).
+    pub key: Option<String>,
+    /// Only requests awaiting the calling operator's approval (`approver=me`):
+    /// its key's policy asks the operator for one, and it has not given it.
+    pub awaiting_my_approval: bool,
+    /// Only the calling operator's own requests (`requester=me`).
+    pub mine: bool,
+    /// The most requests on the page (1 to [`REQUEST_LIST_LIMIT_MAX`]).
+    pub limit: usize,
+    /// Only requests created at a log index below this one: the previous
+    /// page's [`RequestList::next`].
+    pub before_index: Option<u64>,
+}
+
+/// `GET /v1/requests`: a page of requests, newest first (by the log index that
+/// created each, then by request id).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RequestList {
+    /// The requests, as `GET /v1/requests/{id}` shows each to the caller.
+    pub requests: Vec<RequestInfo>,
+    /// Set when more requests match: pass it as `before_index` for the next
+    /// page. It is the `created_index` of the page's oldest request; a page
+    /// never splits the requests one log entry created, so paging neither
+    /// skips nor repeats one.
+    pub next: Option<u64>,
 }
 
 /// `POST /v1/keys/{name}/share`: one imported share, sent by the operator's CLI

@@ -9,14 +9,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use synod_proto::api::{
-    ClientRequest, CommandOutcome, CommandStatus, Health, KeyInfo, KeyList, KvList, KvRecord, RequestInfo, Status,
-    WriteResponse,
+    ClientRequest, CommandOutcome, CommandStatus, Health, KeyInfo, KeyList, KvList, KvRecord, RequestInfo, RequestList,
+    Status, WriteResponse,
 };
 use synod_proto::{NodeError, NodeId};
 
 use super::Node;
 use crate::caller::{Access, Caller};
 use crate::state::{AuditHead, AuditRecord, KnownCommand, Operator, Proposal};
+
+mod request_list;
 
 /// The most audit records one call returns.
 pub const AUDIT_PAGE_MAX: usize = 1000;
@@ -44,6 +46,8 @@ pub enum ClientResponse {
         node_id: NodeId,
     },
     Request(Box<RequestInfo>),
+    /// A page of the requests the caller may read (`GET /v1/requests`).
+    Requests(RequestList),
     Keys(KeyList),
     Key(Box<KeyInfo>),
     KvList(KvList),
@@ -187,6 +191,11 @@ impl Node {
                     info.signature = None;
                 }
                 R::Request(Box::new(info))
+            }
+            ClientRequest::ListRequests { filter } => {
+                let operator = caller.require_operator("the signing requests")?;
+                let filter = request_list::checked(filter)?;
+                R::Requests(request_list::list(&self.shared.read().state, operator, &filter))
             }
             ClientRequest::ListKeys => {
                 caller.require_operator("the keys")?;
