@@ -51,7 +51,18 @@ pub async fn sign(args: &SignArgs) -> anyhow::Result<()> {
     let public = signer.public_key();
     let parent = signer.sign(SignFormat::Minisign, &digest, Some(comment.clone())).await?;
     let global_id = global_request_id(&parent.info.request_id);
-    let global = global_signature(&signer, &global_id, Duration::from_secs(args.wait_secs)).await?;
+    let wait = Duration::from_secs(args.wait_secs);
+    let global = match global_signature(&signer, &global_id, wait).await {
+        Ok(global) => global,
+        Err(first) => {
+            // A global signature that failed (signers unreachable for a moment) is asked for
+            // again by sending the signed request again; the state makes a fresh attempt.
+            note(format_args!("the global signature did not come ({first:#}); asking for it again"));
+            let parent_id = &parent.info.request_id;
+            signer.submit(parent_id, SignFormat::Minisign, &digest, Some(comment.clone())).await?;
+            global_signature(&signer, &global_id, wait).await?
+        }
+    };
     keyfmt::verify(&public, &global_message(&parent.signature, &comment), &global)
         .map_err(|e| anyhow!("the cluster's global signature (request {}) does not verify: {e}", shown(&global_id)))?;
     let key_id = keyfmt::minisign_key_id(&public);

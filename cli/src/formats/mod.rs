@@ -139,6 +139,26 @@ impl ClusterSigner {
             rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
             hex::encode(id)
         });
+        let started = Instant::now();
+        let info = self.submit(&request_id, format, message, trusted_comment).await?;
+        let info = self.settle(info, started).await?;
+        let signature = signature_of(&info)?;
+        keyfmt::verify(&self.public_key, message, &signature).map_err(|e| {
+            anyhow!("the cluster's signature for request {} does not verify: {e}", shown(&info.request_id))
+        })?;
+        Ok(Signed { signature, info })
+    }
+
+    /// Sends one sign request (`request_id` again with the same bytes is answered
+    /// with what exists) and returns the node's answer after the request's wait.
+    pub async fn submit(
+        &self,
+        request_id: &str,
+        format: SignFormat,
+        message: &[u8],
+        trusted_comment: Option<String>,
+    ) -> anyhow::Result<RequestInfo> {
+        let request_id = request_id.to_string();
         let command = Command::SignRequest {
             request_id: request_id.clone(),
             key: self.key.name.clone(),
@@ -151,15 +171,9 @@ impl ClusterSigner {
             trusted_comment,
         };
         let signed = sign_command(&self.client, &self.cluster_id, command)?;
-        let started = Instant::now();
         let wait_ms = u64::try_from(self.declared.wait.as_millis()).unwrap_or(u64::MAX);
         let (_, info): (u16, RequestInfo) = self.api.post(&format!("/v1/sign?wait_ms={wait_ms}"), &signed).await?;
-        let info = self.settle(info, started).await?;
-        let signature = signature_of(&info)?;
-        keyfmt::verify(&self.public_key, message, &signature).map_err(|e| {
-            anyhow!("the cluster's signature for request {} does not verify: {e}", shown(&info.request_id))
-        })?;
-        Ok(Signed { signature, info })
+        Ok(info)
     }
 
     /// Waits for a request the cluster accepted (at `started`) until it is signed or

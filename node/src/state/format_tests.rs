@@ -139,8 +139,36 @@ fn state_minisign_signature_is_followed_by_its_global_signature() {
     forged.message = Some(hex::encode(b"other bytes"));
     assert!(world.state.ready_to_sign(&forged, true).unwrap_err().contains("does not sign request m"));
     refused(&world.by_node(1, result(&global, threshold_sign(&packages, b"other bytes"))), "does not verify");
-    assert!(world.by_node(1, result(&global, threshold_sign(&packages, &expected))).is_applied());
+    // A global signature that failed is asked for again by sending the signed request again.
+    let failed = Command::SignFailed {
+        request_id: global.clone(),
+        node_id: 1,
+        reason: "only 1 usable signer".into(),
+        culprits: vec![],
+        attempt: 0,
+    };
+    assert!(world.by_node(1, failed).is_applied());
+    let again = world.by_admin(request("m", &digest, Some(SignFormat::Minisign), Some(comment)));
+    assert!(
+        matches!(&again, synod_proto::Outcome::Applied { detail } if detail.contains("asked for again")),
+        "{again:?}"
+    );
+    let retried = &world.state.requests[&global];
+    assert_eq!((retried.status.clone(), retried.attempt), (RequestStatus::Pending, 1));
+    let signed = Command::SignResult {
+        request_id: global.clone(),
+        node_id: 1,
+        signature: threshold_sign(&packages, &expected),
+        signers: vec![1, 2],
+        culprits: vec![],
+        sessions: 1,
+        attempt: 1,
+    };
+    assert!(world.by_node(1, signed).is_applied());
     assert!(matches!(world.state.requests[&global].status, RequestStatus::Signed { .. }));
+    // Once signed, sending the request again changes nothing.
+    let unchanged = world.by_admin(request("m", &digest, Some(SignFormat::Minisign), Some(comment)));
+    assert!(matches!(&unchanged, synod_proto::Outcome::Applied { detail } if detail.ends_with("already signed")));
     // A client cannot take the global request's id for itself.
     refused(&world.by_admin(request(&global, b"x", None, None)), "reserved");
 }

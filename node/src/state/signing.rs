@@ -107,6 +107,10 @@ pub struct RequestRecord {
     /// Approvals collected so far.
     #[serde(default)]
     pub approvals: Vec<super::ApprovalRecord>,
+    /// Denials collected so far (rules 10 and later); skipped when empty so
+    /// older states keep their bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denials: Vec<super::DenialRecord>,
     /// After this (log time) the request is failed and approvals are refused.
     #[serde(default)]
     pub expires_at_ms: u64,
@@ -151,6 +155,7 @@ impl RequestRecord {
             requester,
             policy_version: key.policy_version,
             approvals: Vec::new(),
+            denials: Vec::new(),
             expires_at_ms: declared.expires_at_ms,
             status: RequestStatus::Pending,
             attempt: 0,
@@ -219,6 +224,7 @@ impl ClusterState {
             environment: r.environment.clone(),
             attributes: r.attributes.clone(),
             approvals: r.approvals.iter().map(|a| a.approver.clone()).collect(),
+            denials: r.denials.iter().map(|d| format!("{}: {}", d.approver, d.reason)).collect(),
             approval_progress: progress.map(|p| p.summary).unwrap_or_default(),
             policy_version: r.policy_version,
             key_version: key.map_or(0, |k| k.version),
@@ -233,7 +239,11 @@ impl ClusterState {
     /// one is replaced by [`Self::sign_request`] with a fresh attempt (new expiry,
     /// current policy version, approvals given again); a replayed command is left
     /// to the replay check. Returns `None` when the command must go on.
-    pub(super) fn existing_request(&mut self, envelope: &Envelope, author: OperatorKey) -> Option<String> {
+    ///
+    /// A signed minisign request whose global signature failed (its signers
+    /// were unreachable, say) is answered by asking for the global signature
+    /// again: the client's way to finish the artifact.
+    pub(super) fn existing_request(&mut self, index: u64, envelope: &Envelope, author: OperatorKey) -> Option<String> {
         let synod_proto::Command::SignRequest { request_id, message, format, .. } = &envelope.command else {
             return None;
         };
@@ -244,9 +254,18 @@ impl ClusterState {
         {
             return None;
         }
-        match record.status {
+        match &record.status {
             RequestStatus::Pending => Some(format!("request {request_id} is already pending")),
-            RequestStatus::Signed { .. } => Some(format!("request {request_id} is already signed")),
+            RequestStatus::Signed { signature } => {
+                let signature = hex::decode(signature).ok().and_then(|b| <[u8; 64]>::try_from(b).ok());
+                let again = signature.and_then(|sig| self.follow_with_global_signature(index, request_id, sig));
+                Some(match again {
+                    Some(global) => {
+                        format!("request {request_id} is already signed; its global signature is asked for again ({global})")
+                    }
+                    None => format!("request {request_id} is already signed"),
+                })
+            }
             RequestStatus::Failed { .. } => None,
         }
     }
@@ -526,11 +545,19 @@ impl ClusterState {
     /// message is the committed signature and the committed comment, so nothing
     /// a client or leader says can change what it signs, and approvers see the
     /// request once. Returns the new request's id.
+    ///
+    /// Made again (a fresh attempt) when it failed and the parent is sent again;
+    /// a pending or signed one stays as it is.
     fn follow_with_global_signature(&mut self, index: u64, request_id: &str, signature: [u8; 64]) -> Option<String> {
         let parent = self.requests.get(request_id)?;
         let info = parent.format.as_ref().filter(|f| f.format == SignFormat::Minisign && f.global_of.is_none())?;
         let comment = info.trusted_comment.clone().unwrap_or_default();
         let id = minisign_global_request_id(request_id);
+        let attempt = match self.requests.get(&id) {
+            None => 0,
+            Some(earlier) if matches!(earlier.status, RequestStatus::Failed { .. }) => earlier.attempt + 1,
+            Some(_) => return None,
+        };
         let mut message = signature.to_vec();
         if !crate::faults::enabled(crate::faults::GLOBAL_SIGNS_WITHOUT_COMMENT) {
             message.extend_from_slice(comment.as_bytes());
@@ -543,10 +570,11 @@ impl ClusterState {
             message_bytes: message.len(),
             message: Some(message_hex),
             approvals: Vec::new(),
+            denials: Vec::new(),
             // Its own short life: the parent may have waited long for approvals.
             expires_at_ms: now.saturating_add(REQUEST_PENDING_MS_MAX),
             status: RequestStatus::Pending,
-            attempt: 0,
+            attempt,
             signers: Vec::new(),
             culprits: Vec::new(),
             sessions: 0,
