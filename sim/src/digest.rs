@@ -12,6 +12,12 @@
 //! what it encodes, so two different values cannot share an encoding. That
 //! holds for the types hashed here, which skip no field conditionally
 //! (`skip_serializing_if` would break it).
+//!
+//! Postcard cannot encode a map whose length it is not told up front, which
+//! is how serde writes a struct with a `#[serde(flatten)]` field (a sign
+//! request's format, rules 9). A value holding one is hashed as JSON instead,
+//! also written straight into the hash: equal values still give equal bytes
+//! (JSON of `BTreeMap`s and structs is canonical), and JSON is unambiguous.
 
 use sha2::{Digest, Sha256};
 
@@ -19,8 +25,32 @@ use sha2::{Digest, Sha256};
 pub fn digest_hex<T: serde::Serialize + ?Sized>(value: &T) -> String {
     match postcard::serialize_with_flavor(value, Hashing(Sha256::new())) {
         Ok(hash) => hex::encode(hash),
-        // Postcard refuses only sequences of unknown length, which no state type makes.
+        // Postcard refuses only sequences of unknown length: a flattened struct.
+        Err(postcard::Error::SerializeSeqLengthUnknown) => json_digest_hex(value),
         Err(e) => panic!("a state value has no postcard encoding: {e}"),
+    }
+}
+
+/// SHA-256 (hex) of `value`'s JSON, for values postcard cannot encode. A
+/// domain byte first, so that no JSON hashes like some postcard encoding.
+fn json_digest_hex<T: serde::Serialize + ?Sized>(value: &T) -> String {
+    let mut hashing = HashingWriter(Sha256::new());
+    hashing.0.update([0xff]);
+    serde_json::to_writer(&mut hashing, value).expect("a state value serializes as JSON");
+    hex::encode(hashing.0.finalize())
+}
+
+/// An `io::Write` that hashes what it is given.
+struct HashingWriter(Sha256);
+
+impl std::io::Write for HashingWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -75,5 +105,20 @@ mod tests {
         assert_ne!(digest_hex(&Status::Pending), digest_hex(&Status::Signed { signature: String::new() }));
         assert_ne!(digest_hex(&Some(0u64)), digest_hex(&None::<u64>));
         assert_ne!(digest_hex(&vec![vec![1u8], vec![]]), digest_hex(&vec![vec![], vec![1u8]]));
+    }
+
+    #[derive(serde::Serialize)]
+    struct Flat {
+        a: String,
+        #[serde(flatten)]
+        inner: Pair,
+    }
+
+    #[test]
+    fn digest_takes_flattened_structs() {
+        // A flattened struct (which postcard cannot encode) hashes too: equal values equal, others not.
+        let flat = |a: &str, b: &str| Flat { a: a.into(), inner: Pair { a: b.into(), b: String::new() } };
+        assert_eq!(digest_hex(&flat("x", "y")), digest_hex(&flat("x", "y")));
+        assert_ne!(digest_hex(&flat("x", "y")), digest_hex(&flat("x", "z")));
     }
 }

@@ -34,6 +34,8 @@ const PLANTS: &[&str] = &[
     synod_node::faults::KEEP_OLD_GENERATION,
     synod_node::faults::TRUST_ROLLED_BACK_VOTE,
     synod_node::faults::OVERWRITE_APPLIED_OUTCOME,
+    synod_node::faults::IGNORE_NAMESPACE_POLICY,
+    synod_node::faults::GLOBAL_SIGNS_WITHOUT_COMMENT,
 ];
 
 #[derive(Parser, Debug)]
@@ -195,9 +197,15 @@ fn summary(reports: &BTreeMap<u64, SeedReport>, wall_ms: u64) {
             *faults.entry(k).or_default() += v;
         }
     }
+    let mut formats: BTreeMap<&str, u64> = BTreeMap::new();
+    for r in reports.values() {
+        for (k, v) in &r.formats {
+            *formats.entry(k).or_default() += v;
+        }
+    }
     let failed = reports.values().filter(|r| r.violation.is_some()).count();
     println!(
-        "sweep: {} seeds, {} passed, {} failed; acked {} writes, {} signatures ({} shares, {} requests naming a culprit), {} command lookups; simulated {:.1} s in {:.1} s wall ({:.0}x); faults {faults:?}",
+        "sweep: {} seeds, {} passed, {} failed; acked {} writes, {} signatures ({} shares, {} requests naming a culprit), {} command lookups; simulated {:.1} s in {:.1} s wall ({:.0}x); faults {faults:?}; formats {formats:?}",
         reports.len(),
         reports.len() - failed,
         failed,
@@ -218,7 +226,7 @@ fn print_report(r: &SeedReport) {
         Some(v) => format!("FAILED {}", v.invariant),
     };
     println!(
-        "seed {} {status}: acked {} lookups {} signed {} shares {} applied {} forgeries {} culprits {} faults {:?} sim {:.1}s wall {:.2}s ({:.0}x) trace {} lines hash {}",
+        "seed {} {status}: acked {} lookups {} signed {} shares {} applied {} forgeries {} culprits {} faults {:?} formats {:?} sim {:.1}s wall {:.2}s ({:.0}x) trace {} lines hash {}",
         r.seed,
         r.writes_acked,
         r.lookups,
@@ -228,6 +236,7 @@ fn print_report(r: &SeedReport) {
         r.forgeries,
         r.culprits,
         r.faults,
+        r.formats,
         r.sim_ms as f64 / 1000.0,
         r.wall_ms as f64 / 1000.0,
         r.sim_ms as f64 / r.wall_ms.max(1) as f64,
@@ -359,6 +368,7 @@ fn crashed(seed: u64, stderr: &str) -> SeedReport {
         forgeries: 0,
         culprits: 0,
         faults: BTreeMap::new(),
+        formats: BTreeMap::new(),
         fired: Vec::new(),
         fired_points: Vec::new(),
         byzantine_signer: false,
@@ -385,6 +395,7 @@ fn to_json(r: &SeedReport) -> String {
         "forgeries": r.forgeries,
         "culprits": r.culprits,
         "faults": r.faults,
+        "formats": r.formats,
         "fired": r.fired,
         "fired_points": r.fired_points,
         "byzantine_signer": r.byzantine_signer,
@@ -426,6 +437,10 @@ fn invariant_name(name: &str) -> &'static str {
         "retired-version-takes-requests",
         "group-key-unchanged",
         "share-of-current-generation",
+        "format-unreadable",
+        "format-policy-bypassed",
+        "minisign-global-mismatch",
+        "malformed-format-accepted",
     ];
     NAMES.iter().find(|n| **n == name).copied().unwrap_or("unknown-invariant")
 }
@@ -439,6 +454,10 @@ fn from_json(v: &Value) -> anyhow::Result<SeedReport> {
         v[k].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or_default()
     };
     let faults = v["faults"]
+        .as_object()
+        .map(|o| o.iter().map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0))).collect())
+        .unwrap_or_default();
+    let formats = v["formats"]
         .as_object()
         .map(|o| o.iter().map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0))).collect())
         .unwrap_or_default();
@@ -460,6 +479,7 @@ fn from_json(v: &Value) -> anyhow::Result<SeedReport> {
         forgeries: u("forgeries") as usize,
         culprits: u("culprits") as usize,
         faults,
+        formats,
         fired: fired.into_iter().collect(),
         fired_points: strings("fired_points"),
         byzantine_signer: v["byzantine_signer"].as_bool().unwrap_or(false),

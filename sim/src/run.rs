@@ -47,6 +47,9 @@ pub struct SeedReport {
     /// verification), on the first running node at the end.
     pub culprits: usize,
     pub faults: BTreeMap<String, u64>,
+    /// Sign requests the clients sent, by format (`raw`, `sshsig/git`, ...),
+    /// probes the cluster refused, and minisign global signatures by outcome.
+    pub formats: BTreeMap<String, u64>,
     /// Scheduled faults that actually fired, by id (the candidates for shrinking).
     pub fired: Vec<usize>,
     /// Named fault points that crashed a node (also candidates for shrinking).
@@ -761,6 +764,13 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
         .iter()
         .find_map(|m| m.running())
         .map_or(0, |node| node.state().read().state.requests.values().filter(|r| !r.culprits.is_empty()).count());
+    // minisign global signatures as the same node ends with them (no client can send one again).
+    let globals_final: Vec<String> = driver.machines.iter().find_map(|m| m.running()).map_or(Vec::new(), |node| {
+        let applied = node.state().read();
+        let globals =
+            applied.state.requests.values().filter(|r| r.format.as_ref().is_some_and(|f| f.global_of.is_some()));
+        globals.map(|r| format!("minisign-global-final/{}", status_word(&r.status))).collect()
+    });
     let fired = driver.fired.clone();
     let fired_points = driver.points.lock().expect("fault points").fired.iter().map(|n| n.to_string()).collect();
     drop(driver);
@@ -781,6 +791,7 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
         forgeries: history.forged.len(),
         culprits,
         faults,
+        formats: format_counts(&history, globals_final),
         fired,
         fired_points,
         byzantine_signer: byzantine.is_some(),
@@ -788,6 +799,31 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
         wall_ms: wall.elapsed().as_millis() as u64,
         replay: cfg.replay_command(),
         trace: keep_trace.then(|| trace.lines().to_vec()),
+    }
+}
+
+/// What the clients sent by format, with the format probes by kind and whether they were refused.
+fn format_counts(history: &History, globals_final: Vec<String>) -> BTreeMap<String, u64> {
+    let mut counts = history.format_counts.clone();
+    for label in globals_final {
+        *counts.entry(label).or_default() += 1;
+    }
+    for probe in history.format_probes.values() {
+        let answer = match &probe.answer {
+            Some(Err(_)) => "refused",
+            Some(Ok(_)) => "applied",
+            None => "unanswered",
+        };
+        *counts.entry(format!("probe-{:?}/{answer}", probe.kind).to_lowercase()).or_default() += 1;
+    }
+    counts
+}
+
+fn status_word(status: &synod_node::state::RequestStatus) -> &'static str {
+    match status {
+        synod_node::state::RequestStatus::Pending => "pending",
+        synod_node::state::RequestStatus::Signed { .. } => "signed",
+        synod_node::state::RequestStatus::Failed { .. } => "failed",
     }
 }
 

@@ -221,3 +221,22 @@ fn sim_planted_overwrite_applied_outcome_is_caught() {
         "{text}"
     );
 }
+
+#[test]
+fn sim_planted_ignore_namespace_policy_is_caught() {
+    // A state machine that skips the SSHSIG namespace check takes the signing clients' probe
+    // in namespace `file` on the key whose policy allows only `git`; `format-policy-bypassed`
+    // names the request and the policy (caught on chaos seeds 1, 2, 4, 6 and 7 of 0..8).
+    let text = plant_caught("ignore-namespace-policy", "1..3", "2");
+    assert!(text.contains("violated format-policy-bypassed") && text.contains("namespace \"file\""), "{text}");
+}
+
+#[test]
+fn sim_planted_global_signs_without_comment_is_caught() {
+    // A state machine that builds minisign's global signature request from the parent's
+    // signature alone: `minisign-global-mismatch` names the global request and its parent as
+    // soon as a node holds it (caught on chaos seeds 1 and 3 to 7 of 0..8: every seed with a
+    // signed minisign request).
+    let text = plant_caught("global-signs-without-comment", "1..3", "2");
+    assert!(text.contains("violated minisign-global-mismatch") && text.contains("synod-global-"), "{text}");
+}

@@ -16,6 +16,10 @@
 //!   forged and altered commands refused.
 //! - `outcomes.rs`: what nodes answer about a command (`GetCommand`) matches
 //!   the committed log ([`CommandOutcomesMatchLog`]).
+//! - `formats.rs`: signing formats (rules 9): requests' bytes parse as their
+//!   declared format, which their key's policy allows; minisign's global
+//!   signature signs exactly its parent's signature and trusted comment;
+//!   malformed requests never accepted ([`FormatsHold`]).
 //! - `signing.rs`: nonce single use, one message and one signature per
 //!   request, signatures verify, no share without a met policy.
 //! - `lifecycle.rs`: a key disabled, scheduled for destruction, destroyed or
@@ -46,6 +50,7 @@ use crate::net::Equivocation;
 use crate::workload::{History, KEY_NAME, KEY_NAME_FAULTS};
 
 mod blame;
+mod formats;
 mod generations;
 mod lifecycle;
 mod liveness;
@@ -58,6 +63,7 @@ mod time;
 mod versions;
 
 pub use blame::HonestNotBlamed;
+pub use formats::FormatsHold;
 pub use generations::GenerationsConsistent;
 pub use lifecycle::OutOfServiceReleasesNothing;
 pub use liveness::SigningLiveness;
@@ -169,6 +175,9 @@ pub fn all(cfg: &SimConfig) -> Vec<Box<dyn Checker>> {
         Box::new(ForgeriesRefused::default()),
         Box::new(RequestsBounded),
         Box::new(AlteredCommandsRefused),
+        // Before the signing checkers: a request taken against its format or
+        // policy is judged here, by name, before its shares are.
+        Box::new(FormatsHold::default()),
         Box::new(NonceSingleUse::default()),
         Box::new(OneMessagePerRequest::default()),
         Box::new(SignaturesVerify::default()),

@@ -311,7 +311,10 @@ impl PolicyBeforeShares {
             state.requests.get(&r.request_id).ok_or_else(|| format!("request {} is not in its state", r.request_id))?;
         let key = state.keys.get(&request.key_id).ok_or_else(|| format!("key {} is unknown", request.key_id))?;
         let checkpoint = key.name == AUDIT_KEY_NAME;
-        if !checkpoint && !history.sent.contains_key(&r.request_id) {
+        // minisign's global signature request is the state's own, made for a request a client sent.
+        let sent_by_client = |id: &str| history.sent.contains_key(id);
+        let global_of = request.format.as_ref().and_then(|f| f.global_of.as_deref());
+        if !checkpoint && !sent_by_client(&r.request_id) && !global_of.is_some_and(sent_by_client) {
             return Err(format!("no client sent request {}", r.request_id));
         }
         if !checkpoint && !state.has_role(&request.requester, Role::Requester) {

@@ -2,7 +2,8 @@
 //! creates [`KEY_NAME`] by DKG over every node with a majority threshold, then
 //! registers the approvers and sets the key's policy ([`sim_policy`]); if the
 //! fault plan asks (`keygen_during_faults`, on in `chaos`), it also creates
-//! [`KEY_NAME_FAULTS`] at a random moment of the fault window. A key is
+//! [`KEY_NAME_FAULTS`] at a random moment of the fault window, with a policy
+//! that allows SSHSIG in one namespace only ([`super::key_faults_policy`]). A key is
 //! created again whenever its generation aborts (leaving out a participant the
 //! abort names as the culprit, as an operator would) or its create command
 //! does not take (a participant unreachable, no answer), until a node reports
@@ -161,8 +162,9 @@ pub(super) async fn create_key(ctx: &ClientCtx, rng: &mut ChaCha8Rng, name: &str
         }
         let threshold = key_threshold(participants.len() as u64);
         // The open policy, as before keys could start without one; the
-        // workload's key gets its approval policy right after.
-        let policy = Some(Policy::default());
+        // workload's key gets its approval policy right after. The key made
+        // under faults signs SSHSIG in one namespace only, from the start.
+        let policy = Some(if name == KEY_NAME_FAULTS { super::key_faults_policy() } else { Policy::default() });
         let command =
             Command::CreateKey { name: name.to_string(), threshold, participants: participants.clone(), policy };
         let signed = ctx.sign(&ctx.admin, rng, command);

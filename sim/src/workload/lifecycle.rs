@@ -339,6 +339,8 @@ async fn send_request(ctx: &ClientCtx, rng: &mut ChaCha8Rng, seq: u64, version: 
             conflicts: Vec::new(),
             submitted_at_ms: ctx.now_ms(),
             approval: Approval::NotNeeded,
+            format: None,
+            trusted_comment: None,
         },
     );
     let mut command = super::sign_request_command(&request_id, LIFE_KEY, &hex::encode(&message), 1);

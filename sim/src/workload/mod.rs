@@ -18,6 +18,9 @@
 //!   ([`keygen_client`], [`sim_policy`]).
 //! - `signing.rs`: the signing clients: sign until signed, re-sends, second
 //!   messages under one id, withheld requests ([`signing_client`]).
+//! - `formats.rs`: what the signing clients' requests are in (raw bytes,
+//!   SSHSIG blobs, minisign digests) and the format probes the cluster must
+//!   refuse ([`FormatProbe`]).
 //! - `approvers.rs`: the approvers ([`approver_client`]).
 //! - `lifecycle.rs`: a key created, disabled, enabled and destroyed inside
 //!   the fault window while requests keep coming ([`lifecycle_client`]).
@@ -49,6 +52,7 @@ use crate::trace::SharedTrace;
 mod adversary;
 mod approvers;
 mod boot;
+mod formats;
 mod keys;
 mod kv;
 pub mod lifecycle;
@@ -57,6 +61,7 @@ mod signing;
 pub use adversary::adversary;
 pub use approvers::approver_client;
 pub use boot::{boot_client, genesis_by, GenesisOf};
+pub use formats::{key_faults_policy, FormatProbe, ProbeKind, Shaped, KEY_FAULTS_NAMESPACE};
 pub use keys::{key_threshold, keygen_client, sim_policy, CREATE_KEY_TIMEOUT};
 pub use kv::{workload_client, KvWorkload};
 pub use lifecycle::{lifecycle_client, LIFE_KEY};
@@ -168,6 +173,10 @@ pub struct SentRequest {
     pub submitted_at_ms: u64,
     /// What the approvers do with it.
     pub approval: Approval,
+    /// The format it declared (rules 9); raw when `None`.
+    pub format: Option<synod_proto::format::SignFormat>,
+    /// minisign: the trusted comment its global signature must cover.
+    pub trusted_comment: Option<String>,
 }
 
 /// What the approvers do with a request.
@@ -257,6 +266,13 @@ pub struct History {
     pub approvals_applied: u64,
     /// Signing clients that have finished (the approvers stop after them).
     pub signing_clients_done: usize,
+    /// Requests the cluster must refuse for their format, by request id
+    /// (see [`FormatProbe`]).
+    pub format_probes: BTreeMap<String, FormatProbe>,
+    /// What the signing clients sent, by format label (`raw`, `sshsig/git`,
+    /// `minisign`, ...), and what became of minisign's global signatures:
+    /// the run's report prints them.
+    pub format_counts: BTreeMap<String, u64>,
 }
 
 pub type SharedHistory = Rc<RefCell<History>>;
@@ -284,6 +300,8 @@ impl History {
             withheld: BTreeSet::new(),
             approvals_applied: 0,
             signing_clients_done: 0,
+            format_probes: BTreeMap::new(),
+            format_counts: BTreeMap::new(),
         }))
     }
 }

@@ -1,6 +1,9 @@
-//! The signing clients: once [`KEY_NAME`] is active, each signs random
-//! messages (8 to 64 bytes) until the heal and then `signs_after_heal` more,
-//! every other request on [`KEY_NAME_FAULTS`] once that is active. A request
+//! The signing clients: once [`KEY_NAME`] is active, each signs messages
+//! until the heal and then `signs_after_heal` more, every other request on
+//! [`KEY_NAME_FAULTS`] once that is active. A message is raw random bytes (8
+//! to 64) or declares a format (`formats.rs`: SSHSIG blobs, minisign digests,
+//! whose global signature the client then follows); after some requests a
+//! client also sends a format probe the cluster must refuse. A request
 //! is followed until a node answers `signed` (reads to poll; a failed request
 //! is sent again as a new command, same id and message). Now and then a
 //! client re-sends a signed request (it must get the same signature) or, once
@@ -27,9 +30,11 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use sha2::Digest;
 use synod_proto::api::{RequestInfo, RequestStatus};
+use synod_proto::format::SignFormat;
 use synod_proto::NodeError;
 use synod_proto::{Command, SignedCommand};
 
+use super::formats::{send_probe, ProbeKind, Shaped, FORMAT_PROBE_P};
 use super::{
     call_node, get_request, request_info, short, sign_call, Approval, ClientCtx, SentRequest, SignAck, AMOUNT,
     AMOUNT_APPROVAL_ABOVE, CALL_TIMEOUT, KEY_NAME, KEY_NAME_FAULTS,
@@ -60,6 +65,10 @@ pub const WITHHELD_FOLLOW_MS: u64 = 1_500;
 /// with an `issued_at` ten years ahead, so without the rules-4 bounds it would
 /// hold a pending slot for ten years ([`crate::checker`]'s `requests-bounded`).
 pub const HOSTILE_P: u64 = 5;
+/// How often a client asks again for a minisign global signature that failed.
+const GLOBAL_ASKS_AGAIN_MAX: u64 = 3;
+/// How long a client follows minisign's global signature after its request is signed, in ms.
+pub const GLOBAL_FOLLOW_MS: u64 = 5_000;
 /// How far ahead the hostile request says it was issued.
 const HOSTILE_AHEAD_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
 
@@ -68,18 +77,37 @@ const HOSTILE_AHEAD_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
 /// version of `Command::SignRequest` that has these fields: later optional
 /// fields take their defaults.
 pub fn sign_request_command(request_id: &str, key: &str, message_hex: &str, amount: u64) -> Command {
-    serde_json::from_value(serde_json::json!({
+    formatted_sign_request(request_id, key, message_hex, amount, None, None)
+}
+
+/// A `sign_request` command declaring `amount` and, when given, the format of
+/// its message and minisign's trusted comment (rules 9).
+pub fn formatted_sign_request(
+    request_id: &str,
+    key: &str,
+    message_hex: &str,
+    amount: u64,
+    format: Option<SignFormat>,
+    trusted_comment: Option<&str>,
+) -> Command {
+    let mut command = serde_json::json!({
         "type": "sign_request",
         "request_id": request_id,
         "key": key,
         "message": message_hex,
         "purpose": "sim",
         "attributes": { AMOUNT: amount.to_string() },
-    }))
-    .expect("a sign_request command parses")
+    });
+    if let Some(format) = format {
+        command["format"] = serde_json::json!(format);
+    }
+    if let Some(comment) = trusted_comment {
+        command["trusted_comment"] = serde_json::json!(comment);
+    }
+    serde_json::from_value(command).expect("a sign_request command parses")
 }
 
-fn random_message(rng: &mut ChaCha8Rng) -> Vec<u8> {
+pub(super) fn random_message(rng: &mut ChaCha8Rng) -> Vec<u8> {
     let mut message = vec![0u8; 8 + (rng.next_u64() % 57) as usize];
     rng.fill_bytes(&mut message);
     message
@@ -94,12 +122,24 @@ pub struct Ask<'a> {
     /// The declared amount (see [`sim_policy`](super::sim_policy)).
     pub amount: u64,
     pub approval: Approval,
+    /// The format `message` declares (rules 9); raw when `None`.
+    pub format: Option<SignFormat>,
+    /// minisign only.
+    pub trusted_comment: Option<&'a str>,
 }
 
 impl Ask<'_> {
     /// A new command asking for `message_hex` under this request's id.
     fn command(&self, ctx: &ClientCtx, rng: &mut ChaCha8Rng, message_hex: &str) -> SignedCommand {
-        ctx.sign(&ctx.admin, rng, sign_request_command(self.request_id, self.key, message_hex, self.amount))
+        let command = formatted_sign_request(
+            self.request_id,
+            self.key,
+            message_hex,
+            self.amount,
+            self.format,
+            self.trusted_comment,
+        );
+        ctx.sign(&ctx.admin, rng, command)
     }
 }
 
@@ -116,6 +156,9 @@ pub async fn signing_client(ctx: ClientCtx, client: usize) -> turmoil::Result {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut after_heal = 0;
+    // Whether this client has sent a namespace probe yet (it sends one after its
+    // first request on the restricted key, so that every run with that key has one).
+    let mut namespace_probed = false;
     for seq in 0.. {
         if ctx.healed() {
             if after_heal == ctx.signs_after_heal {
@@ -130,7 +173,8 @@ pub async fn signing_client(ctx: ClientCtx, client: usize) -> turmoil::Result {
             KEY_NAME
         };
         let request_id = format!("s{client}-{seq:04}");
-        let message = random_message(&mut rng);
+        let shaped = Shaped::draw(key, &request_id, &mut rng);
+        let message = shaped.message.clone();
         let large = key == KEY_NAME && rng.next_u64() % 100 < LARGE_REQUEST_P;
         let (amount, approval) = match (large, rng.next_u64() % 100 < WITHHELD_P) {
             (false, _) => (1 + rng.next_u64() % AMOUNT_APPROVAL_ABOVE, Approval::NotNeeded),
@@ -139,17 +183,41 @@ pub async fn signing_client(ctx: ClientCtx, client: usize) -> turmoil::Result {
                 if withheld { Approval::Withheld } else { Approval::Given },
             ),
         };
-        let ask = Ask { client, key, request_id: &request_id, message: &message, amount, approval };
+        let ask = Ask {
+            client,
+            key,
+            request_id: &request_id,
+            message: &message,
+            amount,
+            approval,
+            format: shaped.format,
+            trusted_comment: shaped.trusted_comment.as_deref(),
+        };
+        *ctx.history.borrow_mut().format_counts.entry(shaped.label()).or_default() += 1;
         if approval == Approval::Withheld {
             follow_withheld(&ctx, &mut rng, &ask).await;
         } else {
             let signature = sign_until_signed(&ctx, &mut rng, &ask).await;
+            if shaped.format == Some(SignFormat::Minisign) {
+                follow_global(&ctx, &mut rng, &ask).await;
+            }
             if rng.next_u64() % 100 < SIGN_RETRY_P {
                 resend_signed(&ctx, &mut rng, &ask, &signature).await;
             }
         }
         if seq == 1 || rng.next_u64() % 100 < HOSTILE_P {
             send_far_ahead(&ctx, &mut rng, &request_id).await;
+        }
+        let first_on_faults_key = key == KEY_NAME_FAULTS && !namespace_probed;
+        if seq == 3 || first_on_faults_key || rng.next_u64() % 100 < FORMAT_PROBE_P {
+            let faults_key = ctx.history.borrow().keys.contains_key(KEY_NAME_FAULTS);
+            let kind = if first_on_faults_key || (faults_key && rng.next_u64() % 2 == 0) {
+                namespace_probed = true;
+                ProbeKind::ForbiddenNamespace
+            } else {
+                ProbeKind::Malformed
+            };
+            send_probe(&ctx, &mut rng, &request_id, kind).await;
         }
         tokio::time::sleep(Duration::from_millis(rng.next_u64() % SIGN_PAUSE_MS_MAX)).await;
     }
@@ -171,6 +239,8 @@ fn record_sent(ctx: &ClientCtx, ask: &Ask) {
         conflicts: Vec::new(),
         submitted_at_ms: ctx.now_ms(),
         approval: ask.approval,
+        format: ask.format,
+        trusted_comment: ask.trusted_comment.map(str::to_string),
     };
     history.sent.insert(ask.request_id.to_string(), sent);
     match ask.approval {
@@ -321,13 +391,61 @@ async fn sign_until_signed(ctx: &ClientCtx, rng: &mut ChaCha8Rng, ask: &Ask<'_>)
     }
 }
 
+/// Follows the global signature the state makes once a minisign request is
+/// signed (request [`global_request_id`](synod_proto::format::minisign::global_request_id)
+/// of the parent) for at most [`GLOBAL_FOLLOW_MS`]. A signed one is recorded as
+/// acknowledged (`OneMessagePerRequest` then holds every node to it); every
+/// outcome is counted (`minisign-global/signed`, `/failed`, `/unfinished`) for
+/// the run's report. No client can send it again, so it is not held to the
+/// signing liveness bound.
+async fn follow_global(ctx: &ClientCtx, rng: &mut ChaCha8Rng, ask: &Ask<'_>) {
+    let id = synod_proto::format::minisign::global_request_id(ask.request_id);
+    let mut until = ctx.now_ms() + GLOBAL_FOLLOW_MS;
+    let mut outcome = "unfinished";
+    let mut asked_again = 0;
+    while ctx.now_ms() < until {
+        let target = ctx.random_node(rng);
+        let read = get_request(&id, net::SIGN_WAIT);
+        match call_node(&ctx.net, target, &read, SIGN_CALL_TIMEOUT, request_info).await {
+            Ok(Ok(RequestInfo { status: RequestStatus::Signed, signature: Some(signature), .. })) => {
+                let ack = SignAck { request_id: id.clone(), signature, at_ms: ctx.now_ms(), retry: false };
+                ctx.history.borrow_mut().sign_acks.push(ack);
+                outcome = "signed";
+                break;
+            }
+            Ok(Ok(RequestInfo { status: RequestStatus::Failed, error, .. })) => {
+                ctx.event(format!("s{}: {id} failed: {}", ask.client, error.unwrap_or_default()));
+                outcome = "failed";
+                if asked_again == GLOBAL_ASKS_AGAIN_MAX {
+                    break;
+                }
+                // As the CLI does: send the signed request again, and the state makes a
+                // fresh attempt at its global signature.
+                asked_again += 1;
+                let again = ask.command(ctx, rng, &hex::encode(ask.message));
+                let target = ctx.random_node(rng);
+                let _ = call_node(&ctx.net, target, &sign_call(&again), SIGN_CALL_TIMEOUT, request_info).await;
+                until = ctx.now_ms() + GLOBAL_FOLLOW_MS;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50 + rng.next_u64() % 100)).await,
+        }
+    }
+    if asked_again > 0 {
+        *ctx.history.borrow_mut().format_counts.entry("minisign-global/asked-again".into()).or_default() += asked_again;
+    }
+    ctx.event(format!("s{}: {id}, the global signature of {}, is {outcome}", ask.client, ask.request_id));
+    *ctx.history.borrow_mut().format_counts.entry(format!("minisign-global/{outcome}")).or_default() += 1;
+}
+
 /// Sends another message under a committed request id; it must be refused.
 async fn send_conflict(ctx: &ClientCtx, rng: &mut ChaCha8Rng, ask: &Ask<'_>) {
-    let (client, request_id, message) = (ask.client, ask.request_id, ask.message);
-    let mut other = random_message(rng);
-    if other == message {
-        other.push(0);
-    }
+    let (client, request_id) = (ask.client, ask.request_id);
+    let shaped = Shaped {
+        format: ask.format,
+        message: ask.message.to_vec(),
+        trusted_comment: ask.trusted_comment.map(str::to_string),
+    };
+    let other = shaped.another(rng).message;
     let other_hex = hex::encode(&other);
     if let Some(sent) = ctx.history.borrow_mut().sent.get_mut(request_id) {
         sent.conflicts.push(other_hex.clone());
