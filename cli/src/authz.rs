@@ -1,6 +1,6 @@
 //! Operators, policies, requests with approvals, admin proposals and the audit
 //! log: `synod operator add|remove|list`, `synod key policy ...`, `synod request
-//! sign|list|show|wait|statement`, `synod approve`, `synod admin ...`, `synod audit ...`.
+//! sign|list|show|wait|statement|deny|cancel`, `synod approve`, `synod admin ...`, `synod audit ...`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context};
 use ed25519_dalek::Signer as _;
 use serde_json::Value;
 use synod_proto::api::{KeyInfo, RequestInfo, RequestList, RequestStatus, Status, WriteResponse};
-use synod_proto::authz::{approval_bytes, ApprovalSignature, ApprovalStatement, Policy};
+use synod_proto::authz::{approval_bytes, denial_bytes, ApprovalSignature, ApprovalStatement, Policy};
 use synod_proto::{Command, OperatorKey, Outcome, SignedCommand};
 
 use super::client::{cluster_id, sign as sign_command, ApiClient};
@@ -212,6 +212,9 @@ fn print_request(client: &ClientArgs, info: &RequestInfo) -> anyhow::Result<()> 
             if !info.approval_progress.is_empty() {
                 println!("approvals:  {} (by {})", progress(info), approvers(info));
             }
+            for denial in &info.denials {
+                println!("denied:     {}", shown(denial));
+            }
             println!("signature:  {}", shown(info.signature.as_deref().unwrap_or("-")));
             if !info.signers.is_empty() {
                 println!("signers:    {:?} in {} session(s)", info.signers, info.sessions);
@@ -363,19 +366,31 @@ pub async fn request(cmd: RequestCmd) -> anyhow::Result<()> {
                 }
             }
         }
-        RequestCmd::Statement { id, out, client } => {
+        RequestCmd::Deny { id, reason, ssh_signature, approver, yes, client } => {
+            deny(id, reason, ssh_signature.as_deref(), approver.as_deref(), yes, &client).await
+        }
+        RequestCmd::Cancel { id, client } => {
+            submit(&client, "/v1/commands", Command::CancelRequest { request_id: id }).await?;
+            Ok(())
+        }
+        RequestCmd::Statement { id, out, denial, client } => {
             let api = ApiClient::new(&client)?;
             let statement = statement(&api, &id).await?;
-            std::fs::write(&out, approval_bytes(&statement))
-                .with_context(|| format!("cannot write {}", out.display()))?;
+            let bytes = if denial { denial_bytes(&statement) } else { approval_bytes(&statement) };
+            std::fs::write(&out, bytes).with_context(|| format!("cannot write {}", out.display()))?;
             let namespace = synod_proto::authz::APPROVAL_SSH_NAMESPACE;
             if client.output.output == Output::Json {
                 let written = serde_json::json!({ "request_id": id, "file": out, "ssh_namespace": namespace });
                 println!("{}", serde_json::to_string_pretty(&written)?);
             }
             let id = shown(&id);
+            let (what, then) = if denial {
+                ("denial", format!("synod request deny {id} --reason <why>"))
+            } else {
+                ("approval", format!("synod approve {id}"))
+            };
             note(format_args!(
-                "wrote the approval statement of {id} to {}; sign it with\n  ssh-keygen -Y sign -n {namespace} -f <key> {}\nthen: synod approve {id} --ssh-signature {}.sig --as <your operator name>",
+                "wrote the {what} statement of {id} to {}; sign it with\n  ssh-keygen -Y sign -n {namespace} -f <key> {}\nthen: {then} --ssh-signature {}.sig --as <your operator name>",
                 out.display(),
                 out.display(),
                 out.display()
@@ -495,51 +510,74 @@ pub fn approval_summary(statement: &ApprovalStatement, info: &RequestInfo) -> Ve
         statement.policy_version,
         approvers(info)
     ));
+    for denial in &info.denials {
+        lines.push(format!("denied:      {}", shown(denial)));
+    }
     lines
 }
 
 /// Shows what is being approved and, unless `--yes`, asks on the terminal.
 fn confirm_approval(args: &ApproveArgs, statement: &ApprovalStatement, info: &RequestInfo) -> anyhow::Result<()> {
+    confirm(Verdict::Approve, args.yes, statement, info)
+}
+
+/// What an approver says of a request: the statement's name and the prompt differ.
+#[derive(Clone, Copy)]
+enum Verdict {
+    Approve,
+    Deny,
+}
+
+/// Shows the request an approver is about to approve or deny and, unless
+/// `yes`, asks on the terminal.
+fn confirm(verdict: Verdict, yes: bool, statement: &ApprovalStatement, info: &RequestInfo) -> anyhow::Result<()> {
     use std::io::{BufRead, IsTerminal, Write};
-    note("You are approving:");
+    let (doing, command, question, refused) = match verdict {
+        Verdict::Approve => ("approving", "synod approve", "Approve this request?", "not approved"),
+        Verdict::Deny => ("denying", "synod request deny", "Deny this request?", "not denied"),
+    };
+    note(format_args!("You are {doing}:"));
     for line in approval_summary(statement, info) {
         note(format_args!("  {line}"));
     }
-    if args.yes {
+    if yes {
         return Ok(());
     }
     if !std::io::stdin().is_terminal() {
         bail!(
-            "synod approve asks for confirmation on a terminal, and stdin is not one; pass --yes to approve \
+            "{command} asks for confirmation on a terminal, and stdin is not one; pass --yes to go on with \
              request {} without asking (scripts)",
             shown(&statement.request_id)
         );
     }
-    eprint!("Approve this request? [y/N] ");
+    eprint!("{question} [y/N] ");
     std::io::stderr().flush()?;
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
     if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
-        bail!("not approved: the answer was not yes");
+        bail!("{refused}: the answer was not yes");
     }
     Ok(())
 }
 
-/// `synod approve ID`: signs the request's approval statement with the operator
-/// key, or submits an `ssh-keygen -Y sign` signature of it.
-pub async fn approve(args: ApproveArgs) -> anyhow::Result<()> {
-    let client = &args.client;
-    let api = ApiClient::new(client)?;
-    let (statement, info) = statement_and_request(&api, &args.id).await?;
-    confirm_approval(&args, &statement, &info)?;
+/// The approver's name and signature over `bytes` (an approval or denial
+/// statement): the `ssh-keygen -Y sign` signature in `ssh_signature`, or one
+/// made with the operator key. The name is found from the key unless given.
+async fn approver_signature(
+    api: &ApiClient,
+    client: &ClientArgs,
+    ssh_signature: Option<&Path>,
+    approver: Option<&str>,
+    bytes: &[u8],
+) -> anyhow::Result<(String, ApprovalSignature)> {
     let (_, operators): (u16, Value) = api.get("/v1/operators").await?;
     let operators = operators["operators"].as_array().cloned().unwrap_or_default();
-    let (approver, signature) = match &args.ssh_signature {
+    match ssh_signature {
         Some(path) => {
             let armored = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
             let signer = synod_proto::sshsig::signer_of(&armored).map_err(|e| anyhow!("{e}"))?;
-            let name = match &args.approver {
-                Some(name) => name.clone(),
+            let name = match approver {
+                Some(name) => name.to_string(),
                 None => operators
                     .iter()
                     .find(|op| {
@@ -551,7 +589,7 @@ pub async fn approve(args: ApproveArgs) -> anyhow::Result<()> {
                     .and_then(|op| op["name"].as_str().map(String::from))
                     .ok_or_else(|| anyhow!("no operator has the SSH key {}; pass --as NAME", signer.fingerprint()))?,
             };
-            (name, ApprovalSignature::Ssh { armored })
+            Ok((name, ApprovalSignature::Ssh { armored }))
         }
         None => {
             let path = client
@@ -560,27 +598,61 @@ pub async fn approve(args: ApproveArgs) -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow!("set SYNOD_OPERATOR_KEY to your operator key, or pass --ssh-signature FILE"))?;
             let key = load_operator_key(path)?;
             let public = OperatorKey::of(&key).to_hex();
-            let name = match &args.approver {
-                Some(name) => name.clone(),
+            let name = match approver {
+                Some(name) => name.to_string(),
                 None => operators
                     .iter()
                     .find(|op| op["key"].as_str() == Some(public.as_str()))
                     .and_then(|op| op["name"].as_str().map(String::from))
                     .ok_or_else(|| anyhow!("no operator has the key {public}; pass --as NAME"))?,
             };
-            let signature = key.sign(&approval_bytes(&statement));
-            (name, ApprovalSignature::Ed25519 { signature: hex::encode(signature.to_bytes()) })
+            let signature = key.sign(bytes);
+            Ok((name, ApprovalSignature::Ed25519 { signature: hex::encode(signature.to_bytes()) }))
         }
-    };
-    let command = Command::Approve { request_id: args.id.clone(), approver, signature };
-    let cluster = statement.cluster_id.clone();
+    }
+}
+
+/// Submits an approval or denial: the signature inside carries the authority,
+/// so without an operator key the envelope is signed by a throwaway key.
+async fn submit_verdict(api: &ApiClient, client: &ClientArgs, cluster: &str, command: Command) -> anyhow::Result<()> {
     let signed = match &client.operator_key {
-        Some(_) => sign_command(client, &cluster, command)?,
-        // The approval signature carries the authority; the envelope key can be anyone's.
-        None => sign_ephemeral(client, &cluster, command),
+        Some(_) => sign_command(client, cluster, command)?,
+        None => sign_ephemeral(client, cluster, command),
     };
     let (_, response): (u16, WriteResponse) = api.post("/v1/commands", &signed).await?;
     print_write(client, &response)
+}
+
+/// `synod approve ID`: signs the request's approval statement with the operator
+/// key, or submits an `ssh-keygen -Y sign` signature of it.
+pub async fn approve(args: ApproveArgs) -> anyhow::Result<()> {
+    let client = &args.client;
+    let api = ApiClient::new(client)?;
+    let (statement, info) = statement_and_request(&api, &args.id).await?;
+    confirm_approval(&args, &statement, &info)?;
+    let bytes = approval_bytes(&statement);
+    let (approver, signature) =
+        approver_signature(&api, client, args.ssh_signature.as_deref(), args.approver.as_deref(), &bytes).await?;
+    let command = Command::Approve { request_id: args.id.clone(), approver, signature };
+    submit_verdict(&api, client, &statement.cluster_id, command).await
+}
+
+/// `synod request deny ID --reason TEXT`: signs the request's denial statement.
+async fn deny(
+    id: String,
+    reason: String,
+    ssh_signature: Option<&Path>,
+    approver: Option<&str>,
+    yes: bool,
+    client: &ClientArgs,
+) -> anyhow::Result<()> {
+    let api = ApiClient::new(client)?;
+    let (statement, info) = statement_and_request(&api, &id).await?;
+    confirm(Verdict::Deny, yes, &statement, &info)?;
+    let bytes = denial_bytes(&statement);
+    let (approver, signature) = approver_signature(&api, client, ssh_signature, approver, &bytes).await?;
+    let command = Command::Deny { request_id: id, approver, reason, signature };
+    submit_verdict(&api, client, &statement.cluster_id, command).await
 }
 
 fn sign_ephemeral(client: &ClientArgs, cluster: &str, command: Command) -> SignedCommand {

@@ -823,6 +823,37 @@ pub enum RequestCmd {
         id: String,
         #[arg(long)]
         out: PathBuf,
+        /// Write the denial statement instead (for `synod request deny --ssh-signature`).
+        #[arg(long)]
+        denial: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Deny a pending request as one of its approvers: signs its denial statement (with
+    /// your operator key, or submits an `ssh-keygen -Y sign` signature of it). Once the
+    /// policy's denials_required approvers deny (1 unless set), the request fails.
+    Deny {
+        id: String,
+        /// Why, for the requester and the audit log (at most 1024 printable bytes).
+        #[arg(long)]
+        reason: String,
+        /// An armored signature of the request's denial statement made with
+        /// `ssh-keygen -Y sign -n synod-approval@v1` (see `synod request statement --denial`).
+        #[arg(long)]
+        ssh_signature: Option<PathBuf>,
+        /// The approver's operator name (found from the key when omitted).
+        #[arg(long = "as")]
+        approver: Option<String>,
+        /// Deny without asking: for scripts. Without it, the request is shown and the
+        /// answer asked on the terminal.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel your own pending request: it fails and is never signed.
+    Cancel {
+        id: String,
         #[command(flatten)]
         client: ClientArgs,
     },

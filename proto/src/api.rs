@@ -447,6 +447,9 @@ pub struct RequestInfo {
     pub attributes: BTreeMap<String, String>,
     /// Approvers who approved so far.
     pub approvals: Vec<String>,
+    /// Denials so far, each "approver: reason" (rules 10 and later).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denials: Vec<String>,
     /// "1/2 from [alice, bob]" per requirement of the key's policy.
     pub approval_progress: Vec<String>,
     pub policy_version: u64,

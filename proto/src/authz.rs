@@ -25,6 +25,9 @@ pub const APPROVAL_DOMAIN: &[u8] = b"synod/approval/v1\0";
 pub const APPROVAL_DOMAIN_V2: &[u8] = b"synod/approval/v2\0";
 /// The namespace approvers pass to `ssh-keygen -Y sign -n`.
 pub const APPROVAL_SSH_NAMESPACE: &str = "synod-approval@v1";
+/// The domain tag that opens a denial statement ([`denial_bytes`]) in place
+/// of the approval's, so no signature counts as both.
+pub const DENIAL_DOMAIN: &[u8] = b"synod/denial/v1\0";
 /// The name of the key that threshold-signs audit checkpoints and nothing else.
 pub const AUDIT_KEY_NAME: &str = "audit";
 /// Domain-separation tag of an audit checkpoint message.
@@ -130,6 +133,10 @@ pub struct Policy {
     /// `["git"]`; empty: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
+    /// How many of the approvers must deny a request before it fails (rules 10
+    /// and later); unset: 1. At most the number of approvers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denials_required: Option<u32>,
 }
 
 /// "A request whose `attribute` is above `above` needs `approvals_required`
@@ -197,6 +204,16 @@ impl Policy {
                 )));
             }
         }
+        if let Some(denials) = self.denials_required {
+            let approvers = self.approver_names().len();
+            if denials == 0 || denials as usize > approvers.max(1) {
+                return Err(CommandError::Malformed(format!(
+                    "the policy needs {denials} denials to fail a request but names {approvers} approvers; \
+                     denials_required must be 1 to {}",
+                    approvers.max(1)
+                )));
+            }
+        }
         if self.approvals_required as usize > self.approvers.len() {
             return Err(CommandError::Malformed(format!(
                 "the policy needs {} approvals but names {} approvers; it could never be met",
@@ -205,6 +222,18 @@ impl Policy {
             )));
         }
         Ok(())
+    }
+
+    /// Everyone whose approval or denial counts: the policy's approvers and
+    /// every tier's own group, each named once.
+    pub fn approver_names(&self) -> std::collections::BTreeSet<&str> {
+        let tiers = self.tiers.iter().flat_map(|t| t.approvers.iter());
+        self.approvers.iter().chain(tiers).map(String::as_str).collect()
+    }
+
+    /// How many denials fail a request (rules 10 and later).
+    pub fn denials_needed(&self) -> u32 {
+        self.denials_required.unwrap_or(1)
     }
 
     /// The approvals a request with these attributes needs: (approver group, count)
@@ -346,6 +375,18 @@ pub fn approval_bytes(s: &ApprovalStatement) -> Vec<u8> {
     out
 }
 
+/// The canonical bytes of a denial statement: exactly [`approval_bytes`] with
+/// [`DENIAL_DOMAIN`] in place of the approval's domain tag (version 1 or 2),
+/// so a denial names the same request, message and policy version as an
+/// approval would, yet neither can be replayed as the other. Pinned by a test.
+pub fn denial_bytes(s: &ApprovalStatement) -> Vec<u8> {
+    let approval = approval_bytes(s);
+    let tag = if s.format.is_some() { APPROVAL_DOMAIN_V2.len() } else { APPROVAL_DOMAIN.len() };
+    let mut out = DENIAL_DOMAIN.to_vec();
+    out.extend_from_slice(&approval[tag..]);
+    out
+}
+
 /// Checks a request's declared attributes.
 pub fn validate_attributes(attributes: &BTreeMap<String, String>) -> Result<(), CommandError> {
     if attributes.len() > POLICY_LIST_MAX {
@@ -416,6 +457,22 @@ mod tests {
             change(other.format.as_mut().unwrap());
             assert_ne!(approval_bytes(&other), v2);
         }
+    }
+
+    #[test]
+    fn authz_denial_bytes_differ_from_approval_bytes_only_in_the_domain() {
+        // A denial signs the approval's fields under its own tag; an approval signature never verifies as a denial.
+        for format in [None, Some(StatementFormat::of(None))] {
+            let mut s = statement();
+            s.format = format;
+            let approval = approval_bytes(&s);
+            let denial = denial_bytes(&s);
+            assert!(denial.starts_with(b"synod/denial/v1\0"));
+            assert_ne!(denial, approval);
+            let tag = if s.format.is_some() { APPROVAL_DOMAIN_V2.len() } else { APPROVAL_DOMAIN.len() };
+            assert_eq!(denial[DENIAL_DOMAIN.len()..], approval[tag..]);
+        }
+        assert_eq!(hex::encode(&denial_bytes(&statement())[..DENIAL_DOMAIN.len()]), "73796e6f642f64656e69616c2f763100");
     }
 
     #[test]

@@ -280,6 +280,14 @@ pub enum Command {
     /// An approver's signed approval of a pending request (anyone may submit it:
     /// the approval signature itself carries the authority).
     Approve { request_id: String, approver: String, signature: ApprovalSignature },
+    /// An approver's signed denial of a pending request (rules 10 and later):
+    /// the signature is over [`crate::authz::denial_bytes`], so an approval
+    /// cannot stand in for a denial. Anyone may submit it, like an approval.
+    /// Once the policy's `denials_required` approvers deny, the request fails.
+    Deny { request_id: String, approver: String, reason: String, signature: ApprovalSignature },
+    /// The requester withdraws their own pending request (rules 10 and later);
+    /// it fails and releases nothing.
+    CancelRequest { request_id: String },
     /// Registers an operator (admin): an Ed25519 key that signs commands and
     /// approvals, and/or an OpenSSH public key for `ssh-keygen -Y sign` approvals.
     /// `pending_max` raises or lowers how many of its requests may wait at once
@@ -406,7 +414,7 @@ impl SnapshotPoint {
 /// The rules version a genesis made today names (see `ClusterState::rules`
 /// in the node): how entries are judged. A change to how an entry is judged
 /// raises it, so that a cluster keeps the rules its genesis named.
-pub const RULES_CURRENT: u32 = 9;
+pub const RULES_CURRENT: u32 = 10;
 
 /// The shortest waiting period before a key's destruction when the genesis
 /// names none: seven days, as production key managers require.
@@ -513,6 +521,8 @@ impl Command {
             Command::KeySharesDestroyed { .. } => "key_shares_destroyed",
             Command::ShareMissing { .. } => "share_missing",
             Command::Approve { .. } => "approve",
+            Command::Deny { .. } => "deny",
+            Command::CancelRequest { .. } => "cancel_request",
             Command::AddOperator { .. } => "add_operator",
             Command::RemoveOperator { .. } => "remove_operator",
             Command::SetPolicy { .. } => "set_policy",
@@ -545,8 +555,8 @@ impl Command {
             | Command::ScheduleKeyDestroy { .. }
             | Command::CancelKeyDestroy { .. }
             | Command::ApproveProposal { .. } => Authority::Admin,
-            Command::SignRequest { .. } => Authority::Requester,
-            Command::Approve { .. } => Authority::Anyone,
+            Command::SignRequest { .. } | Command::CancelRequest { .. } => Authority::Requester,
+            Command::Approve { .. } | Command::Deny { .. } => Authority::Anyone,
             Command::DkgRound1 { node_id, .. }
             | Command::RefreshRound1 { node_id, .. }
             | Command::RefreshConfirm { node_id, .. }
@@ -776,6 +786,18 @@ impl Command {
                 validate_name("approver", approver)?;
                 signature.validate()
             }
+            Command::Deny { request_id, approver, reason, signature } => {
+                validate_name("request id", request_id)?;
+                validate_name("approver", approver)?;
+                validate_reason(reason)?;
+                if reason.chars().any(|c| c.is_control()) {
+                    return Err(CommandError::Malformed(
+                        "the denial reason must be printable (no control characters)".into(),
+                    ));
+                }
+                signature.validate()
+            }
+            Command::CancelRequest { request_id } => validate_name("request id", request_id),
             Command::AddOperator { name, key, ssh_key, roles, .. } => {
                 validate_name("operator name", name)?;
                 if key.is_none() && ssh_key.is_none() {

@@ -165,6 +165,20 @@ fn check_command(command: &Command, at: &str) -> Result<(), CommandError> {
                 }
             }
         }
+        Command::Deny { request_id, approver, reason, signature } => {
+            name_bytes(&f("request_id"), request_id)?;
+            name_bytes(&f("approver"), approver)?;
+            reason_bytes(&f("reason"), reason)?;
+            match signature {
+                ApprovalSignature::Ed25519 { signature } => {
+                    bytes(&f("signature.signature"), signature, SIGNATURE_HEX_BYTES_MAX, "signature_hex_bytes_max")
+                }
+                ApprovalSignature::Ssh { armored } => {
+                    bytes(&f("signature.armored"), armored, SSH_SIGNATURE_BYTES_MAX, "ssh_signature_bytes_max")
+                }
+            }
+        }
+        Command::CancelRequest { request_id } => name_bytes(&f("request_id"), request_id),
         Command::AddOperator { name, ssh_key, roles, .. } => {
             name_bytes(&f("name"), name)?;
             if let Some(line) = ssh_key {

@@ -194,7 +194,9 @@ fn request_id_of(command: &Command) -> Option<String> {
         Command::SignRequest { request_id, .. }
         | Command::SignResult { request_id, .. }
         | Command::SignFailed { request_id, .. }
-        | Command::Approve { request_id, .. } => Some(request_id.clone()),
+        | Command::Approve { request_id, .. }
+        | Command::Deny { request_id, .. }
+        | Command::CancelRequest { request_id } => Some(request_id.clone()),
         _ => None,
     }
 }

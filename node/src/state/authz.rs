@@ -9,7 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use synod_proto::authz::{approval_bytes, ApprovalSignature, ApprovalStatement, Policy, Role, APPROVAL_SSH_NAMESPACE};
+use synod_proto::authz::{
+    approval_bytes, denial_bytes, ApprovalSignature, ApprovalStatement, Policy, Role, APPROVAL_SSH_NAMESPACE,
+};
 use synod_proto::sshsig::SshPublicKey;
 use synod_proto::{Command, OperatorKey};
 
@@ -34,6 +36,18 @@ pub struct Operator {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApprovalRecord {
     pub approver: String,
+    pub signature: ApprovalSignature,
+    pub index: u64,
+    pub at_ms: u64,
+}
+
+/// One denial of a request, as committed (rules 10 and later).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DenialRecord {
+    pub approver: String,
+    /// Why, in the approver's words; the failed request's reason quotes it.
+    pub reason: String,
+    /// Over [`denial_bytes`]: what makes the denial the approver's.
     pub signature: ApprovalSignature,
     pub index: u64,
     pub at_ms: u64,
@@ -194,6 +208,9 @@ impl ClusterState {
         if !policy.formats.is_empty() || !policy.namespaces.is_empty() {
             self.needs_rules(super::RULES_SIGN_FORMATS, "a policy that restricts formats or namespaces")?;
         }
+        if policy.denials_required.is_some() {
+            self.needs_rules(super::RULES_REQUEST_DENY_CANCEL, "a policy that sets denials_required")?;
+        }
         for name in
             policy.requesters.iter().chain(&policy.approvers).chain(policy.tiers.iter().flat_map(|t| &t.approvers))
         {
@@ -260,23 +277,46 @@ impl ClusterState {
         approver: &str,
         signature: &ApprovalSignature,
     ) -> Result<(), String> {
+        let statement = self.approval_statement(request).ok_or("the request's key is gone")?;
+        self.verify_statement(request, approver, signature, &approval_bytes(&statement), "approval")
+    }
+
+    /// Checks one denial's signature: over [`denial_bytes`], never the approval's.
+    pub fn verify_denial(
+        &self,
+        request: &RequestRecord,
+        approver: &str,
+        signature: &ApprovalSignature,
+    ) -> Result<(), String> {
+        let statement = self.approval_statement(request).ok_or("the request's key is gone")?;
+        self.verify_statement(request, approver, signature, &denial_bytes(&statement), "denial")
+    }
+
+    /// Checks `signature` over `bytes` (an approval or denial statement, named
+    /// `what` in refusals) against `approver`'s registered keys.
+    fn verify_statement(
+        &self,
+        request: &RequestRecord,
+        approver: &str,
+        signature: &ApprovalSignature,
+        bytes: &[u8],
+        what: &str,
+    ) -> Result<(), String> {
         let op = self.operators.get(approver).ok_or(format!("{approver} is not an operator"))?;
         if !op.roles.contains(&Role::Approver) {
             return Err(format!("{approver} does not have the approver role"));
         }
-        let statement = self.approval_statement(request).ok_or("the request's key is gone")?;
-        let bytes = approval_bytes(&statement);
         match signature {
             ApprovalSignature::Ed25519 { signature } => {
-                let key = op.key.ok_or(format!("{approver} has no Ed25519 key; approve with an SSH signature"))?;
+                let key = op.key.ok_or(format!("{approver} has no Ed25519 key; sign the {what} with SSH"))?;
                 let sig: [u8; 64] = hex::decode(signature)
                     .ok()
                     .and_then(|b| b.try_into().ok())
-                    .ok_or("the approval signature is not 64 bytes of hex")?;
+                    .ok_or(format!("the {what} signature is not 64 bytes of hex"))?;
                 let verifying = ed25519_dalek::VerifyingKey::from_bytes(&key.0).map_err(|_| "bad approver key")?;
-                verifying.verify_strict(&bytes, &ed25519_dalek::Signature::from_bytes(&sig)).map_err(|_| {
+                verifying.verify_strict(bytes, &ed25519_dalek::Signature::from_bytes(&sig)).map_err(|_| {
                     format!(
-                        "approval by {approver} does not verify for request {} (forged, or made for another request, \
+                        "{what} by {approver} does not verify for request {} (forged, or made for another request, \
                          message, purpose or policy version)",
                         request.request_id
                     )
@@ -285,8 +325,8 @@ impl ClusterState {
             ApprovalSignature::Ssh { armored } => {
                 let line = op.ssh_key.as_deref().ok_or(format!("{approver} has no SSH key registered"))?;
                 let ssh = SshPublicKey::parse(line).map_err(|e| e.to_string())?;
-                synod_proto::sshsig::verify(armored, APPROVAL_SSH_NAMESPACE, &bytes, &ssh)
-                    .map_err(|e| format!("SSH approval by {approver} refused: {e}"))
+                synod_proto::sshsig::verify(armored, APPROVAL_SSH_NAMESPACE, bytes, &ssh)
+                    .map_err(|e| format!("SSH {what} by {approver} refused: {e}"))
             }
         }
     }
@@ -429,6 +469,74 @@ impl ClusterState {
         let request = self.requests.get(request_id).expect("present");
         let progress = self.policy_progress(request, false)?;
         Ok(format!("{approver} approved {request_id}: {}", progress.summary.join("; ")))
+    }
+
+    /// Records an approver's signed denial of a pending request; once the
+    /// policy's `denials_required` approvers have denied, the request fails
+    /// and, like any failed request, no signer releases a share for it.
+    pub(super) fn deny(
+        &mut self,
+        index: u64,
+        request_id: &str,
+        approver: &str,
+        reason: &str,
+        signature: &ApprovalSignature,
+    ) -> Result<String, Refusal> {
+        let request = self.requests.get(request_id).ok_or(format!("no request {request_id}"))?;
+        if request.status != RequestStatus::Pending {
+            return Err(format!("request {request_id} is no longer pending; there is nothing to deny").into());
+        }
+        let key = self.keys.get(&request.key_id).ok_or("the request's key is gone")?;
+        let policy = &key.policy;
+        if !policy.approver_names().contains(approver) {
+            return Err(format!(
+                "{approver} is not an approver of key {}'s policy and cannot deny request {request_id}",
+                key.name
+            )
+            .into());
+        }
+        let needed = policy.denials_needed();
+        let requester = self.operator_by_key(&request.requester).map(|op| op.name.as_str());
+        if requester == Some(approver) {
+            return Err(format!("{approver} requested {request_id}; cancel it instead of denying it").into());
+        }
+        if request.denials.iter().any(|d| d.approver == approver) {
+            return Err(format!("{approver} already denied request {request_id}; a duplicate counts once").into());
+        }
+        if request.approvals.iter().any(|a| a.approver == approver) {
+            return Err(format!("{approver} already approved request {request_id} and cannot also deny it").into());
+        }
+        self.verify_denial(request, approver, signature)?;
+        let now = self.time_ms;
+        let request = self.requests.get_mut(request_id).expect("checked above");
+        request.denials.push(DenialRecord {
+            approver: approver.to_string(),
+            reason: reason.to_string(),
+            signature: signature.clone(),
+            index,
+            at_ms: now,
+        });
+        let have = request.denials.len() as u32;
+        if have < needed {
+            return Ok(format!("{approver} denied {request_id}: {have}/{needed} denials"));
+        }
+        let why: Vec<String> =
+            request.denials.iter().map(|d| format!("denied by {}: {}", d.approver, d.reason)).collect();
+        self.fail_request(request_id, why.join("; "), &[]);
+        Ok(format!("{approver} denied {request_id}; it failed"))
+    }
+
+    /// The requester withdraws their own pending request: it fails.
+    pub(super) fn cancel_request(&mut self, author: &OperatorKey, request_id: &str) -> Result<String, Refusal> {
+        let request = self.requests.get(request_id).ok_or(format!("no request {request_id}"))?;
+        if request.requester != *author {
+            return Err(format!("only the requester of {request_id} may cancel it").into());
+        }
+        if request.status != RequestStatus::Pending {
+            return Err(format!("request {request_id} is no longer pending; there is nothing to cancel").into());
+        }
+        self.fail_request(request_id, "cancelled by its requester".into(), &[]);
+        Ok(format!("request {request_id} cancelled"))
     }
 
     /// An admin command under the admin policy: applied at once when one admin

@@ -25,7 +25,7 @@ use synod_proto::command::{Authority, COMMAND_TTL_MS_MAX};
 use synod_proto::{Command, Envelope, LogEntry, NodeAddr, NodeId, OperatorKey, Outcome, SignedCommand};
 
 pub use audit::{verify_chain, AuditHead, AuditRecord, GENESIS_HASH};
-pub use authz::{ApprovalRecord, Operator, Progress, Proposal};
+pub use authz::{ApprovalRecord, DenialRecord, Operator, Progress, Proposal};
 pub use endorse::{Endorsement, ENDORSED_POINTS_KEPT};
 pub use keys::{frost_identifier, package_hash, KeyOrigin, KeyRecord, KeyStatus, DKG_TIMEOUT_MS};
 pub use lifecycle::{duration_words, RULES_KEY_LIFECYCLE};
@@ -69,6 +69,8 @@ pub const REJECTIONS_KEPT_MAX: usize = 32;
 ///   version 2 statement that names the format and the artifact hash; a
 ///   minisign request's signature is followed by its global signature
 ///   ([`RULES_SIGN_FORMATS`]).
+/// - 10: an approver may deny a pending request with a signed reason, and a
+///   requester may cancel their own; either fails it ([`RULES_REQUEST_DENY_CANCEL`]).
 pub use synod_proto::command::RULES_CURRENT;
 /// The first rules version that needs a take-up before signing outcomes.
 pub const RULES_COORDINATOR: u32 = 1;
@@ -101,6 +103,10 @@ pub const RULES_COMMAND_OUTCOMES: u32 = 8;
 /// ([`synod_proto::format`]). Every field it adds to the state is skipped when
 /// empty, so a cluster whose genesis named older rules keeps its state's bytes.
 pub const RULES_SIGN_FORMATS: u32 = 9;
+/// The first rules version with signed denials and requester cancellations
+/// of a pending request. The denials it records are skipped when empty, so a
+/// cluster whose genesis named older rules keeps its state's bytes.
+pub const RULES_REQUEST_DENY_CANCEL: u32 = 10;
 /// How long a command's outcome is kept after the command expires (ms): long
 /// enough for a client that lost an answer near the end of its command's life
 /// to still find it; until then, "not known and past its expiry" means it
@@ -349,7 +355,7 @@ impl ClusterState {
         }
         if let Command::SignRequest { .. } = &envelope.command {
             // A byte-identical request again (a client retry) is answered, not refused as a replay.
-            if let Some(detail) = self.existing_request(&envelope, signed.author) {
+            if let Some(detail) = self.existing_request(index, &envelope, signed.author) {
                 return Ok(detail);
             }
         }
@@ -656,6 +662,14 @@ impl ClusterState {
             Command::Approve { request_id, approver, signature } => {
                 self.approve(index, &author, request_id, approver, signature)
             }
+            Command::Deny { request_id, approver, reason, signature } => {
+                self.needs_rules(RULES_REQUEST_DENY_CANCEL, "denying a request")?;
+                self.deny(index, request_id, approver, reason, signature)
+            }
+            Command::CancelRequest { request_id } => {
+                self.needs_rules(RULES_REQUEST_DENY_CANCEL, "cancelling a request")?;
+                self.cancel_request(&author, request_id)
+            }
             Command::AddOperator { name, key, ssh_key, roles, pending_max } => {
                 self.add_operator(name, *key, ssh_key.as_deref(), roles, *pending_max)
             }
@@ -829,6 +843,8 @@ pub enum KnownCommand<'a> {
 
 impl ClusterState {}
 
+#[cfg(test)]
+mod deny_tests;
 #[cfg(test)]
 mod format_tests;
 #[cfg(test)]

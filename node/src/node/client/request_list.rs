@@ -262,6 +262,7 @@ mod tests {
             requester: requester.key,
             policy_version: 0,
             approvals: Vec::new(),
+            denials: Vec::new(),
             expires_at_ms: u64::MAX,
             status: state::RequestStatus::Pending,
             attempt: 0,
