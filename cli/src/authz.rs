@@ -288,7 +288,9 @@ async fn get_request(api: &ApiClient, id: &str, wait_ms: u64) -> anyhow::Result<
 pub async fn request(cmd: RequestCmd) -> anyhow::Result<()> {
     match cmd {
         RequestCmd::List { status, key, mine_to_approve, mine, limit, before_index, client } => {
-            let mut query = format!("limit={limit}");
+            // reqwest's URL type encodes the query, and the client signs the path and query it parses.
+            let mut url = reqwest::Url::parse("https://node.invalid/v1/requests").expect("a constant URL");
+            url.query_pairs_mut().append_pair("limit", &limit.to_string());
             let params = [
                 ("status", status),
                 ("key", key),
@@ -297,8 +299,9 @@ pub async fn request(cmd: RequestCmd) -> anyhow::Result<()> {
                 ("before_index", before_index.map(|i| i.to_string())),
             ];
             for (name, value) in params.into_iter().filter_map(|(n, v)| Some((n, v?))) {
-                query.push_str(&format!("&{name}={}", query_value(&value)));
+                url.query_pairs_mut().append_pair(name, &value);
             }
+            let query = url.query().unwrap_or_default().to_string();
             list_requests(&client, &query).await
         }
         RequestCmd::Show { id, wait_secs, client } => {
@@ -398,18 +401,6 @@ pub async fn request(cmd: RequestCmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// `value` as a URL query value: every byte but the unreserved ones percent-encoded, so the
-/// path the read signature covers is the one the node receives.
-fn query_value(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// `synod request list`: one page of the requests this operator may read.
