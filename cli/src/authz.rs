@@ -108,6 +108,7 @@ pub async fn operator(cmd: super::OperatorCmd) -> anyhow::Result<()> {
                 }
             }
         }
+        super::OperatorCmd::Passkey(cmd) => return super::passkey::passkey(cmd).await,
         other => return super::operator::operator(other),
     }
     Ok(())

@@ -695,6 +695,7 @@ fn parse_member(text: &str) -> anyhow::Result<(NodeId, NodeAddr)> {
 /// `synod cluster ...`.
 pub async fn cluster(cmd: ClusterCmd) -> anyhow::Result<()> {
     match cmd {
+        ClusterCmd::Webauthn(cmd) => crate::passkey::webauthn(cmd).await,
         ClusterCmd::Init { members, admins, cluster_id, key_destroy_wait_min, client } => {
             let members: BTreeMap<NodeId, NodeAddr> =
                 members.iter().map(|m| parse_member(m)).collect::<anyhow::Result<_>>()?;

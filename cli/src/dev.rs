@@ -31,7 +31,7 @@ use super::display::note;
 use super::local::{exited_for_taken_port, free_addrs, log_tail, move_listen, PORT_MOVES_MAX};
 use super::operator::{keygen, load_operator_key};
 use super::{ClientArgs, DevArgs, DevHsm, Output, OutputArgs};
-use synod_node::config::{KekConfig, LogFormat, NodeConfig, RaftTuning, TlsFiles};
+use synod_node::config::{ConsoleConfig, KekConfig, LogFormat, NodeConfig, RaftTuning, TlsFiles};
 use synod_node::pki::{self, Subject};
 
 /// How long to wait for the nodes to come up and elect a leader.
@@ -65,6 +65,10 @@ pub struct DevNode {
     pub api_addr: String,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// The approver console's address (HTTPS, opened as `https://localhost:<port>/console`);
+    /// absent in clusters made before the console existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_addr: Option<String>,
 }
 
 /// Runs the dev cluster in the foreground.
@@ -183,10 +187,22 @@ pub async fn create(data_dir: &Path, nodes: u64, hsm: DevHsm) -> anyhow::Result<
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id_bytes);
     let cluster_id = format!("synod-dev-{}", hex::encode(id_bytes));
     let addrs = free_addrs(nodes)?;
+    // Each node's console listens on a TCP port of its own (the UDP half of the pair is unused).
+    let console_addrs = free_addrs(nodes)?;
     let mut list = Vec::new();
-    for (id, (raft, api)) in (1..=nodes).zip(addrs) {
+    for ((id, (raft, api)), (_, console_addr)) in (1..=nodes).zip(addrs).zip(console_addrs) {
         let node_subject = Subject::Node { id, sans: vec!["127.0.0.1".into()] };
         let issued = pki::issue(&ca_dir, &node_subject, &certs, pki::NODE_VALIDITY_DAYS_DEFAULT, None)?;
+        // A P-256 certificate for localhost from the web CA (ca/web-ca.pem, made on first use):
+        // browsers verify neither Ed25519 nor certificates for 127.0.0.1 with passkeys.
+        let console = pki::issue_console(
+            &ca_dir,
+            &format!("node-{id}"),
+            &[CONSOLE_HOST.to_string()],
+            &certs,
+            pki::CONSOLE_VALIDITY_DAYS_DEFAULT,
+            None,
+        )?;
         let node_dir = data_dir.join(format!("node-{id}"));
         std::fs::create_dir_all(&node_dir)?;
         let config = NodeConfig {
@@ -201,6 +217,11 @@ pub async fn create(data_dir: &Path, nodes: u64, hsm: DevHsm) -> anyhow::Result<
             cluster_id: Some(cluster_id.clone()),
             genesis_admins: vec![admin],
             log_format: LogFormat::Text,
+            console: Some(ConsoleConfig {
+                listen: console_addr,
+                certificate: console.cert_path,
+                key: console.key_path,
+            }),
         };
         let config_path = node_dir.join("node.toml");
         std::fs::write(&config_path, config.to_toml())?;
@@ -211,6 +232,7 @@ pub async fn create(data_dir: &Path, nodes: u64, hsm: DevHsm) -> anyhow::Result<
             api_addr: api.to_string(),
             config: config_path,
             log: node_dir.join("node.log"),
+            console_addr: Some(console_addr.to_string()),
         });
     }
     let hsm = match hsm {
@@ -250,6 +272,30 @@ pub fn spawn_node(node: &DevNode, softhsm_conf: Option<&Path>) -> anyhow::Result
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start node {}", node.id))
+}
+
+/// The name browsers open a dev node's console by: the passkeys' RP ID (never an IP address).
+const CONSOLE_HOST: &str = "localhost";
+
+/// The console's origin for a node whose console listens on `addr`.
+fn console_origin(addr: &str) -> Option<String> {
+    let port = addr.rsplit_once(':')?.1;
+    Some(format!("https://{CONSOLE_HOST}:{port}"))
+}
+
+/// Sets the cluster's passkey relying party: RP ID localhost, each node's console an origin.
+async fn console_webauthn(cluster: &ClusterFile, client_args: &ClientArgs) -> anyhow::Result<()> {
+    let origins: Vec<String> =
+        cluster.nodes.iter().filter_map(|n| n.console_addr.as_deref().and_then(console_origin)).collect();
+    if origins.is_empty() {
+        return Ok(());
+    }
+    let config = synod_proto::webauthn::WebAuthnConfig {
+        rp_id: CONSOLE_HOST.into(),
+        rp_name: "Synod dev cluster".into(),
+        origins,
+    };
+    expect_applied(client::submit(client_args, synod_proto::Command::SetWebAuthn { config }).await?)
 }
 
 /// The signing key a new dev cluster creates for the tour (no approvals needed).
@@ -395,6 +441,7 @@ async fn bring_up(
     if !initialized {
         let response = init_cluster(data_dir, cluster, client_args).await?;
         say(output, format_args!("Initialised cluster {} (genesis at index {}).", cluster.cluster_id, response.index));
+        console_webauthn(cluster, client_args).await?;
         if cluster.nodes.len() >= 2 {
             demo_keys(data_dir, client_args, output).await?;
         }
@@ -438,6 +485,20 @@ async fn bring_up(
             node.raft_addr,
             node.api_addr,
             node.log.display()
+        );
+    }
+    let consoles: Vec<String> =
+        cluster.nodes.iter().filter_map(|n| n.console_addr.as_deref().and_then(console_origin)).collect();
+    if !consoles.is_empty() {
+        println!();
+        println!("Approver console (passkeys): {}/console", consoles[0]);
+        if consoles.len() > 1 {
+            let others: Vec<String> = consoles[1..].iter().map(|c| format!("{c}/console")).collect();
+            println!("  the other nodes': {}", others.join(", "));
+        }
+        println!(
+            "  browsers must trust {} (the web CA) first",
+            data_dir.join("ca").join(pki::WEB_CA_CERT_FILE).display()
         );
     }
     println!();

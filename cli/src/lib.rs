@@ -21,7 +21,9 @@ pub mod formats;
 pub mod keys;
 pub mod local;
 pub mod operator;
+pub mod passkey;
 pub mod surface;
+pub mod webhook;
 
 use std::path::PathBuf;
 
@@ -86,6 +88,10 @@ pub enum Top {
     /// The hash-chained audit log: list, show, verify, export (JSON lines).
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Webhooks: where the leader sends signed notifications of requests awaiting approval,
+    /// approved, denied, signed, failed or expired; and this node's deliveries.
+    #[command(subcommand)]
+    Webhook(webhook::WebhookCmd),
     /// Print version and build information.
     Version(OutputArgs),
     /// Measure signing: latency and throughput of local clusters (2-of-3, 3-of-5, 5-of-7),
@@ -279,6 +285,38 @@ pub enum IssueCmd {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// A P-256 HTTPS certificate for a node's approver console (`[console]` in node.toml).
+    ///
+    /// Browsers do not verify Ed25519 certificates, and the cluster CA is Ed25519, so console
+    /// certificates come from a separate P-256 "web CA": web-ca.pem and web-ca.key, made in
+    /// --ca-dir beside ca.crt the first time (its key protected by the CA passphrase when
+    /// ca.key has one). Nodes never trust the web CA; browsers must: import web-ca.pem into
+    /// their trust store (or issue the console certificate from your organisation's PKI
+    /// instead). Writes console-NAME.crt and console-NAME.key (mode 0600) into --out.
+    ///
+    /// Example: synod ca issue console node-1 --dns localhost --ca-dir ca --out certs
+    Console {
+        /// A name for the certificate's files and common name (synod-console-NAME),
+        /// e.g. the node's name; 1 to 64 of A-Z a-z 0-9 . _ -
+        name: String,
+        /// A DNS name browsers open the console by (repeat for several). Passkeys work
+        /// for domains only, so an IP address is refused: the name must be the cluster's
+        /// WebAuthn RP ID or a subdomain of it (`synod cluster webauthn set`), and
+        /// https://NAME:PORT one of its origins. Use localhost in development.
+        #[arg(long = "dns", required = true)]
+        dns: Vec<String>,
+        /// Directory holding ca.crt and ca.key; web-ca.pem and web-ca.key live there too.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// Where to write console-NAME.crt and console-NAME.key.
+        #[arg(long, visible_alias = "out-dir")]
+        out: PathBuf,
+        /// Validity in days (at most 398, which browsers require).
+        #[arg(long, default_value_t = synod_node::pki::CONSOLE_VALIDITY_DAYS_DEFAULT)]
+        days: u32,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -376,6 +414,10 @@ pub enum OperatorCmd {
     },
     /// List operators and their roles.
     List(ClientArgs),
+    /// Passkeys for the approver console: list them, approve one an operator
+    /// registered, or remove one (admin operations).
+    #[command(subcommand)]
+    Passkey(passkey::PasskeyCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -419,6 +461,9 @@ pub enum ClusterCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The relying party (RP ID and origins) every node judges passkeys by.
+    #[command(subcommand)]
+    Webauthn(passkey::WebAuthnCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -1068,6 +1113,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Top::Approve(args) => authz::approve(args).await,
         Top::Admin(cmd) => authz::admin(cmd).await,
         Top::Audit(cmd) => authz::audit(cmd).await,
+        Top::Webhook(cmd) => webhook::webhook(cmd).await,
         Top::Bench(args) => bench::run(args).await,
         Top::Completion(args) => surface::completion(args.shell),
         Top::Man(args) => surface::man(args.out_dir.as_deref(), args.output.output),

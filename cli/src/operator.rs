@@ -68,6 +68,9 @@ pub fn ca(cmd: CaCmd) -> anyhow::Result<()> {
         CaCmd::Issue(IssueArgs { kind: Some(IssueCmd::Client { name, ca_dir, out, days, output }), .. }) => {
             issue(&ca_dir, Subject::Client { name }, &out, days, output.output)?;
         }
+        CaCmd::Issue(IssueArgs { kind: Some(IssueCmd::Console { name, dns, ca_dir, out, days, output }), .. }) => {
+            issue_console(&ca_dir, &name, &dns, &out, days, output.output)?;
+        }
     }
     Ok(())
 }
@@ -85,6 +88,48 @@ fn issue(ca_dir: &Path, subject: Subject, out: &Path, days: u32, output: Output)
         })),
         Output::Table => {
             println!("certificate: {}\nkey:         {}", issued.cert_path.display(), issued.key_path.display());
+            Ok(())
+        }
+    }
+}
+
+/// `synod ca issue console`: issues the console's P-256 certificate and says which web CA
+/// browsers must trust.
+fn issue_console(
+    ca_dir: &Path,
+    name: &str,
+    dns: &[String],
+    out: &Path,
+    days: u32,
+    output: Output,
+) -> anyhow::Result<()> {
+    let passphrase = passphrase_if_protected(ca_dir)?;
+    let issued = pki::issue_console(ca_dir, name, dns, out, days, passphrase.as_deref().map(String::as_str))?;
+    match output {
+        Output::Json => print_json(&serde_json::json!({
+            "certificate": issued.cert_path,
+            "key": issued.key_path,
+            "dns": dns,
+            "validity_days": days,
+            "web_ca": issued.web_ca_path,
+            "web_ca_created": issued.web_ca_created,
+            "web_ca_fingerprint_sha256": issued.web_ca_fingerprint_sha256,
+        })),
+        Output::Table => {
+            println!("certificate: {}\nkey:         {}", issued.cert_path.display(), issued.key_path.display());
+            let made = if issued.web_ca_created { ", made now" } else { "" };
+            println!(
+                "web CA:      {} (fingerprint {}{made})",
+                issued.web_ca_path.display(),
+                issued.web_ca_fingerprint_sha256
+            );
+            println!(
+                "Browsers must trust the web CA: import {} into their trust store. Then set [console] in node.toml:\n  \
+                 listen = \"0.0.0.0:8443\"\n  certificate = \"{}\"\n  key = \"{}\"",
+                issued.web_ca_path.display(),
+                issued.cert_path.display(),
+                issued.key_path.display()
+            );
             Ok(())
         }
     }

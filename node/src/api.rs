@@ -300,6 +300,7 @@ fn api_routes() -> OpenApiRouter<Arc<Node>> {
         .routes(routes!(ready))
         .routes(routes!(status))
         .routes(routes!(metrics))
+        .routes(routes!(webhooks))
         .routes(routes!(backup))
         .routes(routes!(openapi_json))
         .routes(routes!(init).layer(command_body()))
@@ -361,10 +362,13 @@ fn respond(response: ClientResponse) -> Response {
         R::Key(k) => Json(k).into_response(),
         R::KvList(l) => Json(l).into_response(),
         R::Kv(r) => Json(r).into_response(),
-        R::Operators { operators, admin_approvals_required } => {
-            Json(serde_json::json!({ "operators": operators, "admin_approvals_required": admin_approvals_required }))
-                .into_response()
-        }
+        R::Operators { operators, admin_approvals_required, webauthn, pending_passkeys } => Json(serde_json::json!({
+            "operators": operators,
+            "admin_approvals_required": admin_approvals_required,
+            "webauthn": webauthn,
+            "pending_passkeys": pending_passkeys,
+        }))
+        .into_response(),
         R::Proposals { proposals } => Json(serde_json::json!({ "proposals": proposals })).into_response(),
         R::Audit { head, records } => Json(serde_json::json!({ "head": head, "records": records })).into_response(),
         R::AuditHead(h) => Json(h).into_response(),
@@ -482,6 +486,20 @@ async fn metrics(State(node): State<Arc<Node>>, Identified(caller): Identified) 
     // Any operator, as for status: these are its figures (see `crate::caller`).
     caller.require_operator_of(&node.state().read().state, "the node's metrics")?;
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics_text(&node).await).into_response())
+}
+
+#[utoipa::path(
+    get, path = "/v1/sys/webhooks", tag = "sys",
+    security(("client_certificate" = [], "read_signature" = [])),
+    responses(
+        (status = 200, description = "The cluster's webhooks and this node's deliveries to them (the leader sends). Auditors and admins.", body = crate::webhooks::WebhookList),
+        ReadErrors,
+    )
+)]
+async fn webhooks(State(node): State<Arc<Node>>, Identified(caller): Identified) -> Result<Response, Failure> {
+    caller.require_overseer("the webhooks and their deliveries")?;
+    let configured = node.state().read().state.webhooks.clone();
+    Ok(Json(node.webhooks().list(&configured)).into_response())
 }
 
 /// The node's figures in Prometheus's text format: what `/v1/sys/metrics` and

@@ -127,6 +127,14 @@ impl Caller {
         }
     }
 
+    /// A console session's caller ([`crate::console`]): `operator` logged in with an approved
+    /// passkey on this node's console. Browsers present no client certificate; the passkey
+    /// login stands in for it and for the read signature, so the session reads exactly what
+    /// this operator may read through the API.
+    pub fn console_session(operator: VerifiedOperator) -> Caller {
+        Caller { certificate: Some(PeerIdentity::Client("console".into())), operator: Some(operator), min_index: None }
+    }
+
     /// Refuses a caller without a client certificate from the cluster CA.
     pub fn require_certificate(&self) -> Result<(), NodeError> {
         match self.certificate {

@@ -52,6 +52,22 @@ pub struct NodeConfig {
     /// `text` (default) or `json` log lines on stderr.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// The approver console's own HTTPS listener (`[console]`); absent, no console.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<ConsoleConfig>,
+}
+
+/// `[console]`: where the approver console listens and the certificate it shows browsers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// TCP address of the console's HTTPS listener (browsers open `https://<dns name>:<port>/console`).
+    pub listen: SocketAddr,
+    /// A P-256 (or RSA) server certificate chain in PEM for the name browsers use: browsers do
+    /// not verify the cluster CA's Ed25519 certificates. `synod ca issue console` makes one.
+    pub certificate: PathBuf,
+    /// Its private key (PKCS#8 PEM, mode 0600).
+    pub key: PathBuf,
 }
 
 /// Certificate files issued by `synod ca issue node`.
@@ -178,6 +194,10 @@ impl NodeConfig {
             .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let mut paths = vec![&mut config.data_dir, &mut config.tls.ca_cert, &mut config.tls.cert, &mut config.tls.key];
+        if let Some(console) = &mut config.console {
+            paths.push(&mut console.certificate);
+            paths.push(&mut console.key);
+        }
         match &mut config.kek {
             KekConfig::File { path } => paths.push(path),
             KekConfig::Pkcs11 { pin_file: Some(pin_file), .. } => paths.push(pin_file),
@@ -241,6 +261,11 @@ impl NodeConfig {
         }
         if self.raft_listen == self.api_listen {
             return Err(invalid("api_listen", "must differ from raft_listen".into()));
+        }
+        if let Some(console) = &self.console {
+            if console.listen == self.api_listen || Some(console.listen) == self.metrics_listen {
+                return Err(invalid("console.listen", "must differ from api_listen and metrics_listen".into()));
+            }
         }
         Ok(())
     }
@@ -316,6 +341,21 @@ path = "kek.bin"
         assert!(err.contains("raft.clock_skew_ms_max"), "{err}");
         let err = NodeConfig::load(&dir.path().join("missing.toml")).unwrap_err().to_string();
         assert!(err.contains("missing.toml"), "{err}");
+    }
+
+    #[test]
+    fn config_console_section_is_optional_and_resolved() {
+        // Without [console] there is no console; with it, its files resolve against the config's
+        // directory, and a console on the API's address is refused.
+        let dir = tempfile::tempdir().unwrap();
+        assert!(NodeConfig::load(&write(dir.path(), GOOD)).unwrap().console.is_none());
+        let text = format!("{GOOD}[console]\nlisten = \"127.0.0.1:8443\"\ncertificate = \"c.crt\"\nkey = \"c.key\"\n");
+        let console = NodeConfig::load(&write(dir.path(), &text)).unwrap().console.expect("a console");
+        assert_eq!(console.certificate, dir.path().join("c.crt"));
+        assert_eq!(console.key, dir.path().join("c.key"));
+        let text = text.replace("127.0.0.1:8443", "127.0.0.1:8201");
+        let err = NodeConfig::load(&write(dir.path(), &text)).unwrap_err().to_string();
+        assert!(err.contains("console.listen"), "{err}");
     }
 
     #[test]

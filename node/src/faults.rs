@@ -157,6 +157,12 @@ pub const IGNORE_NAMESPACE_POLICY: &str = "ignore-namespace-policy";
 /// checker must catch the message itself.
 pub const GLOBAL_SIGNS_WITHOUT_COMMENT: &str = "global-signs-without-comment";
 
+/// A state machine that takes a passkey approval without comparing its
+/// signature counter with the one it keeps: a cloned authenticator, or an
+/// assertion replayed with a counter set back, counts. The simulator's
+/// passkeys checker must catch it.
+pub const PASSKEY_IGNORES_COUNTER: &str = "passkey-ignores-counter";
+
 /// Whether this build has the fault switches (`SYNOD_BUILD_FAULTS=1`).
 pub fn built() -> bool {
     cfg!(synod_faults)
@@ -193,6 +199,7 @@ pub const KNOWN: &[&str] = &[
     SKIP_COORDINATOR_CHECK,
     OVERWRITE_APPLIED_OUTCOME,
     IGNORE_NAMESPACE_POLICY,
+    PASSKEY_IGNORES_COUNTER,
     GLOBAL_SIGNS_WITHOUT_COMMENT,
 ];
 

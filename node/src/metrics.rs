@@ -97,6 +97,14 @@ pub const SERIES: &[(&str, Kind, Option<Unit>, &str)] = &[
         "Commands this node applied from the log, by kind and outcome (applied, refused, conflict).",
     ),
     ("synod_approvals_total", Kind::Counter, None, "Approvals this node applied from the log, by outcome."),
+    // Webhooks.
+    (
+        "synod_webhook_deliveries_total",
+        Kind::Counter,
+        None,
+        "Webhook notifications this node sent, by webhook and result (delivered, failed, given_up, dropped).",
+    ),
+    ("synod_webhook_queued", Kind::Gauge, None, "Webhook notifications waiting on this node, by webhook."),
     // Raft.
     ("synod_raft_term", Kind::Gauge, None, "The current Raft term."),
     ("synod_raft_is_leader", Kind::Gauge, None, "1 when this node is the leader."),
@@ -165,6 +173,12 @@ pub const SERIES: &[(&str, Kind, Option<Unit>, &str)] = &[
         "API requests refused for want of a client certificate.",
     ),
     ("synod_api_requests_timed_out_total", Kind::Counter, None, "API requests cut off at the request deadline."),
+    (
+        "synod_console_requests_total",
+        Kind::Counter,
+        None,
+        "Approver console requests answered, by route template and status code.",
+    ),
     ("synod_tls_reloads_total", Kind::Counter, None, "SIGHUP reloads of the TLS material that took effect."),
     ("synod_tls_reload_failures_total", Kind::Counter, None, "SIGHUP reloads refused (the old material stays in use)."),
 ];

@@ -130,6 +130,18 @@ pub async fn run(config_path: &Path, prompt: PassphrasePrompt) -> anyhow::Result
     let api_listener = TcpListener::bind(config.api_listen)
         .await
         .with_context(|| listen_error("api_listen", config.api_listen, config_path))?;
+    // The approver console's listener and certificate, checked before the node starts so a
+    // bad `[console]` stops start-up with why.
+    let console_listener = match &config.console {
+        Some(console) => {
+            let tls = crate::console::tls_config(&console.certificate, &console.key)?;
+            let listener = TcpListener::bind(console.listen)
+                .await
+                .with_context(|| listen_error("console.listen", console.listen, config_path))?;
+            Some((listener, tls))
+        }
+        None => None,
+    };
     let metrics_listener = match config.metrics_listen {
         Some(addr) => {
             Some(TcpListener::bind(addr).await.with_context(|| listen_error("metrics_listen", addr, config_path))?)
@@ -168,7 +180,18 @@ pub async fn run(config_path: &Path, prompt: PassphrasePrompt) -> anyhow::Result
     tokio::spawn(transport.clone().serve(Arc::new(NodeHandler(node.clone()))));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (https_tx, https_rx) = tokio::sync::watch::channel(tls.https_server_config()?);
-    let api_task = tokio::spawn(api::serve(api_listener, https_rx, api::router(node.clone()), stop_rx));
+    let api_task = tokio::spawn(api::serve(api_listener, https_rx, api::router(node.clone()), stop_rx.clone()));
+    // The console is served like the API (its gate, handshake and header deadlines) with its
+    // own certificate, which SIGHUP re-reads too.
+    let (console_task, console_tls) = match console_listener {
+        Some((listener, tls)) => {
+            tracing::info!(console = %listener.local_addr()?, "approver console listening (HTTPS, /console)");
+            let (tx, rx) = tokio::sync::watch::channel(tls);
+            let app = crate::console::routes::router(node.clone());
+            (Some(tokio::spawn(api::serve(listener, rx, app, stop_rx))), Some(tx))
+        }
+        None => (None, None),
+    };
     if let Some(listener) = metrics_listener {
         tracing::info!(metrics = %listener.local_addr()?, "metrics listener ready (plain HTTP, GET /metrics)");
         let app = api::metrics_router(node.clone());
@@ -210,7 +233,10 @@ pub async fn run(config_path: &Path, prompt: PassphrasePrompt) -> anyhow::Result
             }
             _ = hup.recv() => {
                 notifier.reloading();
-                let accepted = reloader.reload_and_log();
+                let mut accepted = reloader.reload_and_log();
+                if let (Some(tx), Some(console)) = (&console_tls, &config.console) {
+                    accepted &= reload_console_tls(tx, console);
+                }
                 notifier.reloaded(&node, accepted);
             }
         }
@@ -219,11 +245,34 @@ pub async fn run(config_path: &Path, prompt: PassphrasePrompt) -> anyhow::Result
     drop(notify_tasks);
     let _ = stop_tx.send(true);
     let _ = api_task.await;
+    if let Some(task) = console_task {
+        let _ = task.await;
+    }
     node.shutdown().await;
     transport.close().await;
     store.write(Vec::new(), Durability::Sync)?;
     tracing::info!("node stopped cleanly");
     Ok(())
+}
+
+/// Re-reads the console's certificate and key on `SIGHUP` for new console connections; a
+/// failure keeps the old ones and says why. Returns whether the new ones were taken.
+fn reload_console_tls(
+    tx: &tokio::sync::watch::Sender<Arc<rustls::ServerConfig>>,
+    console: &crate::config::ConsoleConfig,
+) -> bool {
+    match crate::console::tls_config(&console.certificate, &console.key) {
+        Ok(tls) => {
+            tx.send_replace(tls);
+            tracing::info!(cert = %console.certificate.display(), "SIGHUP: console certificate reloaded");
+            true
+        }
+        Err(e) => {
+            api::COUNTERS.tls_reload_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!("SIGHUP: console certificate reload refused, the console keeps its current one: {e:#}");
+            false
+        }
+    }
 }
 
 /// What `SIGHUP` re-reads and where the result goes.

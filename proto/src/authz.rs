@@ -272,6 +272,12 @@ pub enum ApprovalSignature {
     Ed25519 { signature: String },
     /// An armored `ssh-keygen -Y sign -n synod-approval@v1` signature of [`approval_bytes`].
     Ssh { armored: String },
+    /// A passkey's WebAuthn assertion whose challenge is SHA-256 of
+    /// [`approval_bytes`] (rules 11 and later), every field base64url as the
+    /// browser returns it: the credential id, the authenticator data, the
+    /// client data JSON and the signature over `authenticatorData ||
+    /// SHA-256(clientDataJSON)`. See `crate::webauthn`.
+    WebAuthn { credential_id: String, authenticator_data: String, client_data_json: String, signature: String },
 }
 
 impl ApprovalSignature {
@@ -283,7 +289,35 @@ impl ApprovalSignature {
             ApprovalSignature::Ssh { armored } if armored.len() > SSH_SIGNATURE_BYTES_MAX => Err(
                 CommandError::Malformed(format!("the SSH signature is longer than {SSH_SIGNATURE_BYTES_MAX} bytes")),
             ),
+            ApprovalSignature::WebAuthn { .. } => {
+                self.assertion().expect("a passkey approval").validate().map_err(|e| CommandError::Malformed(e.0))
+            }
             _ => Ok(()),
+        }
+    }
+
+    /// A passkey approval's assertion; `None` for other kinds.
+    pub fn assertion(&self) -> Option<crate::webauthn::Assertion> {
+        match self {
+            ApprovalSignature::WebAuthn { credential_id, authenticator_data, client_data_json, signature } => {
+                Some(crate::webauthn::Assertion {
+                    credential_id: credential_id.clone(),
+                    authenticator_data: authenticator_data.clone(),
+                    client_data_json: client_data_json.clone(),
+                    signature: signature.clone(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The approval a passkey assertion makes.
+    pub fn web_authn(assertion: crate::webauthn::Assertion) -> Self {
+        ApprovalSignature::WebAuthn {
+            credential_id: assertion.credential_id,
+            authenticator_data: assertion.authenticator_data,
+            client_data_json: assertion.client_data_json,
+            signature: assertion.signature,
         }
     }
 }

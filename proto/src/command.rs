@@ -384,6 +384,30 @@ pub enum Command {
     /// (`openraft`'s single-term-leader log ids hold only the term, not the
     /// node, so the log has to say who coordinates).
     Coordinate { node_id: NodeId, term: u64 },
+    /// Sets the relying party every node judges passkeys by (admin, rules 11
+    /// and later): the RP ID (a domain) and the console's exact origins. Kept
+    /// in the replicated state, never in a node's config, so that no node can
+    /// accept an assertion made for another site.
+    SetWebAuthn { config: crate::webauthn::WebAuthnConfig },
+    /// A passkey an operator created in the console of node `node_id`
+    /// (node-authored, rules 11 and later). Every node reads the registration
+    /// itself; the credential waits until the admins approve it.
+    RegisterPasskey {
+        node_id: NodeId,
+        operator: String,
+        #[serde(default)]
+        label: String,
+        registration: crate::webauthn::Registration,
+    },
+    /// An admin approves a pending passkey: from now on it logs the operator
+    /// into the console and signs their approvals and denials.
+    ApprovePasskey { operator: String, credential_id: String },
+    /// An admin removes an operator's passkey, approved or pending.
+    RemovePasskey { operator: String, credential_id: String },
+    /// Adds or replaces a webhook (admin, rules 11 and later).
+    SetWebhook { webhook: crate::webhook::Webhook },
+    /// Removes a webhook (admin).
+    RemoveWebhook { name: String },
 }
 
 /// A snapshot point: the state a node derived from the committed log up to
@@ -414,7 +438,7 @@ impl SnapshotPoint {
 /// The rules version a genesis made today names (see `ClusterState::rules`
 /// in the node): how entries are judged. A change to how an entry is judged
 /// raises it, so that a cluster keeps the rules its genesis named.
-pub const RULES_CURRENT: u32 = 10;
+pub const RULES_CURRENT: u32 = 11;
 
 /// The shortest waiting period before a key's destruction when the genesis
 /// names none: seven days, as production key managers require.
@@ -513,6 +537,12 @@ impl Command {
             Command::SignFailed { .. } => "sign_failed",
             Command::SignOutcomes { .. } => "sign_outcomes",
             Command::Coordinate { .. } => "coordinate",
+            Command::SetWebAuthn { .. } => "set_web_authn",
+            Command::RegisterPasskey { .. } => "register_passkey",
+            Command::ApprovePasskey { .. } => "approve_passkey",
+            Command::RemovePasskey { .. } => "remove_passkey",
+            Command::SetWebhook { .. } => "set_webhook",
+            Command::RemoveWebhook { .. } => "remove_webhook",
             Command::DisableKey { .. } => "disable_key",
             Command::EnableKey { .. } => "enable_key",
             Command::ScheduleKeyDestroy { .. } => "schedule_key_destroy",
@@ -554,6 +584,11 @@ impl Command {
             | Command::EnableKey { .. }
             | Command::ScheduleKeyDestroy { .. }
             | Command::CancelKeyDestroy { .. }
+            | Command::SetWebAuthn { .. }
+            | Command::ApprovePasskey { .. }
+            | Command::RemovePasskey { .. }
+            | Command::SetWebhook { .. }
+            | Command::RemoveWebhook { .. }
             | Command::ApproveProposal { .. } => Authority::Admin,
             Command::SignRequest { .. } | Command::CancelRequest { .. } => Authority::Requester,
             Command::Approve { .. } | Command::Deny { .. } => Authority::Anyone,
@@ -575,6 +610,7 @@ impl Command {
             | Command::KeyDestroyDue { node_id, .. }
             | Command::KeySharesDestroyed { node_id, .. }
             | Command::ShareMissing { node_id, .. }
+            | Command::RegisterPasskey { node_id, .. }
             | Command::Endorse { node_id, .. } => Authority::Node(*node_id),
         }
     }
@@ -798,6 +834,28 @@ impl Command {
                 signature.validate()
             }
             Command::CancelRequest { request_id } => validate_name("request id", request_id),
+            Command::SetWebAuthn { config } => config.validate().map_err(|e| CommandError::Malformed(e.0)),
+            Command::RegisterPasskey { operator, label, registration, .. } => {
+                validate_name("operator", operator)?;
+                if label.len() > crate::webauthn::LABEL_BYTES_MAX || label.chars().any(char::is_control) {
+                    return Err(CommandError::Malformed(format!(
+                        "a passkey label is at most {} printable characters",
+                        crate::webauthn::LABEL_BYTES_MAX
+                    )));
+                }
+                registration.validate().map_err(|e| CommandError::Malformed(e.0))
+            }
+            Command::ApprovePasskey { operator, credential_id }
+            | Command::RemovePasskey { operator, credential_id } => {
+                validate_name("operator", operator)?;
+                crate::webauthn::from_b64url(credential_id)
+                    .ok()
+                    .filter(|b| !b.is_empty() && b.len() <= crate::webauthn::CREDENTIAL_ID_BYTES_MAX)
+                    .map(|_| ())
+                    .ok_or_else(|| CommandError::Malformed("a credential id is 1 to 256 bytes of base64url".into()))
+            }
+            Command::SetWebhook { webhook } => webhook.validate(),
+            Command::RemoveWebhook { name } => validate_name("webhook name", name),
             Command::AddOperator { name, key, ssh_key, roles, .. } => {
                 validate_name("operator name", name)?;
                 if key.is_none() && ssh_key.is_none() {

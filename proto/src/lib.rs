@@ -21,6 +21,8 @@ pub mod readsig;
 pub mod rpc;
 pub mod runtime;
 pub mod sshsig;
+pub mod webauthn;
+pub mod webhook;
 
 /// A Raft member's identifier. Node ids are never reused for another machine.
 pub type NodeId = u64;

@@ -163,6 +163,8 @@ fn check_command(command: &Command, at: &str) -> Result<(), CommandError> {
                 ApprovalSignature::Ssh { armored } => {
                     bytes(&f("signature.armored"), armored, SSH_SIGNATURE_BYTES_MAX, "ssh_signature_bytes_max")
                 }
+                // Bounded field by field by its own validation (`webauthn::Assertion::validate`).
+                ApprovalSignature::WebAuthn { .. } => Ok(()),
             }
         }
         Command::Deny { request_id, approver, reason, signature } => {
@@ -176,9 +178,17 @@ fn check_command(command: &Command, at: &str) -> Result<(), CommandError> {
                 ApprovalSignature::Ssh { armored } => {
                     bytes(&f("signature.armored"), armored, SSH_SIGNATURE_BYTES_MAX, "ssh_signature_bytes_max")
                 }
+                // Bounded field by field by its own validation (`webauthn::Assertion::validate`).
+                ApprovalSignature::WebAuthn { .. } => Ok(()),
             }
         }
         Command::CancelRequest { request_id } => name_bytes(&f("request_id"), request_id),
+        // Their sizes are bounded by their own validation (proto/src/webauthn, proto/src/webhook).
+        Command::SetWebAuthn { .. } | Command::RegisterPasskey { .. } | Command::SetWebhook { .. } => Ok(()),
+        Command::ApprovePasskey { operator, .. } | Command::RemovePasskey { operator, .. } => {
+            name_bytes(&f("operator"), operator)
+        }
+        Command::RemoveWebhook { name } => name_bytes(&f("name"), name),
         Command::AddOperator { name, ssh_key, roles, .. } => {
             name_bytes(&f("name"), name)?;
             if let Some(line) = ssh_key {

@@ -46,8 +46,7 @@ pub async fn sign(args: &SignArgs) -> anyhow::Result<()> {
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let mut names = vec!["@method", "@target-uri", "content-digest"];
     names.extend(request.headers.iter().map(|(name, _)| name.as_str()));
-    let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
-    let params = format!("({});created={created};keyid=\"{keyid}\";alg=\"{}\"", quoted.join(" "), http::ALG);
+    let params = http::signature_params(&names, created, &keyid);
     let base = request.base(&params, Some(&content_digest))?;
     let signed = signer.sign(SignFormat::HttpSignature, base.as_bytes(), None).await?;
     let signature_input = format!("{LABEL}={params}");
@@ -193,7 +192,7 @@ impl Request {
 
     /// The RFC 9421 signature base of the components `params` lists, checked as every node checks it.
     fn base(&self, params: &str, content_digest: Option<&str>) -> anyhow::Result<String> {
-        let mut base = String::new();
+        let mut components: Vec<(&str, String)> = Vec::new();
         for name in listed(params)? {
             let value = match name {
                 "@method" => self.method.clone(),
@@ -210,11 +209,10 @@ impl Request {
                     anyhow!("the signature covers header {field}; give it with --header {field}:VALUE")
                 })?,
             };
-            base.push_str(&format!("\"{name}\": {value}\n"));
+            components.push((name, value));
         }
-        base.push_str(&format!("\"@signature-params\": {params}"));
-        http::read(base.as_bytes()).map_err(|why| anyhow!("the signature base does not parse: {why}"))?;
-        Ok(base)
+        let components: Vec<(&str, &str)> = components.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        http::signature_base(&components, params).map_err(|why| anyhow!("the signature base does not parse: {why}"))
     }
 }
 

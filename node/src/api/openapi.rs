@@ -214,6 +214,10 @@ pub struct OperatorList {
     operators: Vec<Operator>,
     /// How many admins must agree to an admin operation.
     admin_approvals_required: u32,
+    /// The relying party passkeys are judged by; null until an admin sets it.
+    webauthn: Option<synod_proto::webauthn::WebAuthnConfig>,
+    /// Passkey registrations waiting for the admins (`synod operator passkey approve`).
+    pending_passkeys: Vec<crate::state::PendingPasskey>,
 }
 
 /// `GET /v1/admin/proposals`.
@@ -391,7 +395,15 @@ mod tests {
         use crate::node::ClientResponse as R;
         let cases = [
             ("ShareSealed", R::ShareSealed { node_id: 1 }),
-            ("OperatorList", R::Operators { operators: vec![], admin_approvals_required: 1 }),
+            (
+                "OperatorList",
+                R::Operators {
+                    operators: vec![],
+                    admin_approvals_required: 1,
+                    webauthn: None,
+                    pending_passkeys: vec![],
+                },
+            ),
             ("ProposalList", R::Proposals { proposals: vec![] }),
             ("AuditPage", R::Audit { head: AuditHead::default(), records: vec![] }),
             ("CheckpointRequested", R::Checkpoint { request_id: "r1".into() }),

@@ -55,6 +55,10 @@ pub enum ClientResponse {
     Operators {
         operators: Vec<Operator>,
         admin_approvals_required: u32,
+        /// The relying party passkeys are judged by, when set (rules 11).
+        webauthn: Option<synod_proto::webauthn::WebAuthnConfig>,
+        /// Passkey registrations waiting for the admins.
+        pending_passkeys: Vec<crate::state::PendingPasskey>,
     },
     Proposals {
         proposals: Vec<Proposal>,
@@ -225,9 +229,18 @@ impl Node {
             ClientRequest::ListOperators => {
                 caller.require_operator("the operators")?;
                 let applied = self.shared.read();
+                let now = applied.state.time_ms;
                 R::Operators {
                     operators: applied.state.operators.values().cloned().collect(),
                     admin_approvals_required: applied.state.admin_approvals_required,
+                    webauthn: applied.state.webauthn.clone(),
+                    pending_passkeys: applied
+                        .state
+                        .pending_passkeys
+                        .values()
+                        .filter(|p| p.expires_at_ms >= now)
+                        .cloned()
+                        .collect(),
                 }
             }
             ClientRequest::ListProposals => {

@@ -144,6 +144,8 @@ pub struct Node {
     /// The term whose signing take-up this node is committing, if any, so a
     /// new leader sends one take-up at a time (see `leader.rs`).
     taking_up: std::sync::Mutex<Option<u64>>,
+    /// The webhook sender (`crate::webhooks`): sends while this node leads.
+    webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl Node {
@@ -196,6 +198,12 @@ impl Node {
             crate::signer::LocalClock { clock: parts.seams.clock.clone(), skew_ms_max: parts.tuning.clock_skew_ms_max },
         );
         let id = parts.id;
+        let webhooks = Arc::new(crate::webhooks::Webhooks::new(
+            parts.store.clone(),
+            parts.identity.clone(),
+            metrics.clone(),
+            parts.seams.clone(),
+        ));
         let node = Arc::new_cyclic(|weak| Node {
             id: parts.id,
             raft,
@@ -235,6 +243,7 @@ impl Node {
             time_refused: Default::default(),
             time_standing_down: Default::default(),
             taking_up: std::sync::Mutex::new(None),
+            webhooks,
         });
         tokio::spawn(vote::boot_check(
             Arc::downgrade(&node),
@@ -256,6 +265,10 @@ impl Node {
         tokio::spawn(time::drop_slots_on_resume(Arc::downgrade(&node)));
         tokio::spawn(figures::watch_metrics(Arc::downgrade(&node)));
         tokio::spawn(time::stand_down_when_time_refused(Arc::downgrade(&node), parts.tuning.clone()));
+        tokio::spawn(crate::webhooks::run(Arc::downgrade(&node.webhooks), node.shared.clone(), {
+            let weak = Arc::downgrade(&node);
+            move || weak.upgrade().is_some_and(|n| n.raft.metrics().borrow().state == ServerState::Leader)
+        }));
         Ok(node)
     }
 
@@ -287,6 +300,11 @@ impl Node {
 
     pub fn leader(&self) -> &Arc<Leader<leader::NodeContext>> {
         &self.leader
+    }
+
+    /// The webhook sender: its queue and this node's delivery records.
+    pub fn webhooks(&self) -> &Arc<crate::webhooks::Webhooks> {
+        &self.webhooks
     }
 
     /// This node's metrics recorder.

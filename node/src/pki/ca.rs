@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
     CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
-    PKCS_ED25519,
+    PKCS_ECDSA_P256_SHA256, PKCS_ED25519,
 };
 use rustls_pki_types::{CertificateDer, DnsName, UnixTime};
 use zeroize::Zeroizing;
@@ -344,6 +344,262 @@ impl PublicKeyData for Ed25519PublicKey {
     }
 }
 
+/// File names of the web CA, kept next to the cluster CA in its directory.
+pub const WEB_CA_CERT_FILE: &str = "web-ca.pem";
+pub const WEB_CA_KEY_FILE: &str = "web-ca.key";
+/// The default validity of a console certificate (browsers refuse server certificates that
+/// live longer than [`VALIDITY_DAYS_MAX`]).
+pub const CONSOLE_VALIDITY_DAYS_DEFAULT: u32 = 365;
+const _: () = assert!(CONSOLE_VALIDITY_DAYS_DEFAULT <= VALIDITY_DAYS_MAX);
+
+/// Where `issue_console` put the console's certificate, and the web CA a browser must trust.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleIssued {
+    /// The PEM P-256 server certificate (`console-<name>.crt`).
+    pub cert_path: PathBuf,
+    /// Its PEM PKCS#8 key, mode 0600.
+    pub key_path: PathBuf,
+    /// The web CA's certificate, to add to the browsers' trust stores.
+    pub web_ca_path: PathBuf,
+    /// Whether this call created the web CA (the browsers must learn to trust it).
+    pub web_ca_created: bool,
+    /// Hex SHA-256 of the web CA certificate's DER, to compare out of band.
+    pub web_ca_fingerprint_sha256: String,
+}
+
+/// Issues a P-256 server certificate for the approver console (`[console]` in node.toml),
+/// named `synod-console-<name>` with the DNS names `dns_names` (at least one; never an IP
+/// address, since a WebAuthn RP ID is a domain), signed by the web CA in `ca_dir`, into
+/// `out_dir` as `console-<name>.crt`/`.key`. Never overwrites a file.
+///
+/// Browsers do not verify Ed25519 certificate chains, and the cluster CA is Ed25519, so the
+/// console has a CA of its own: a P-256 "web CA" (`web-ca.pem`, `web-ca.key`) made next to the
+/// cluster CA on first use, its key protected by `ca_passphrase` exactly when the cluster CA's
+/// is. Nothing in the cluster trusts the web CA: it vouches for console pages to browsers only.
+pub fn issue_console(
+    ca_dir: &Path,
+    name: &str,
+    dns_names: &[String],
+    out_dir: &Path,
+    validity_days: u32,
+    ca_passphrase: Option<&str>,
+) -> Result<ConsoleIssued, PkiError> {
+    if validity_days == 0 || validity_days > VALIDITY_DAYS_MAX {
+        return Err(PkiError::InvalidValidity { days: validity_days });
+    }
+    validate_client_name(name).map_err(|()| PkiError::InvalidClientName { name: name.to_string() })?;
+    if dns_names.is_empty() {
+        return Err(PkiError::InvalidSan {
+            san: String::new(),
+            reason: "a console certificate needs at least one DNS name (--dns), the name browsers open it by",
+        });
+    }
+    if dns_names.len() > SANS_EXTRA_MAX {
+        return Err(PkiError::TooManySans { count: dns_names.len() });
+    }
+    let mut sans = Vec::new();
+    for dns in dns_names {
+        if dns.parse::<IpAddr>().is_ok() {
+            return Err(PkiError::InvalidSan {
+                san: dns.clone(),
+                reason: "the console is opened by a DNS name (a WebAuthn RP ID is a domain, never an IP address); \
+                         use localhost in development",
+            });
+        }
+        let san = dns_san(dns)?;
+        if !sans.contains(&san) {
+            sans.push(san);
+        }
+    }
+    let (ca, web_ca_created) = WebCa::load_or_create(ca_dir, ca_passphrase)?;
+    let now_secs = unix_now_secs();
+    let not_after_secs = now_secs + u64::from(validity_days) * SECS_PER_DAY;
+    if not_after_secs > ca.not_after_secs {
+        return Err(PkiError::OutlivesCa {
+            days: validity_days,
+            ca_path: ca.cert_path.clone(),
+            ca_days_left: ca.not_after_secs.saturating_sub(now_secs) / SECS_PER_DAY,
+        });
+    }
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+        .map_err(|source| PkiError::Generate { what: "console key", source })?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = distinguished_name(&format!("{CONSOLE_CN_PREFIX}{name}"));
+    params.subject_alt_names = sans;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(random_serial());
+    set_validity(&mut params, now_secs.saturating_sub(CLOCK_SKEW_TOLERANCE_SECS), not_after_secs);
+    let issuer = Issuer::new(ca_params(&ca.common_name), &ca.key);
+    let cert =
+        params.signed_by(&key, &issuer).map_err(|source| PkiError::Generate { what: "console certificate", source })?;
+    // Postcondition: the certificate verifies as a browser will check it, for every name.
+    for dns in dns_names {
+        verify_server_chain(&ca.cert_der, cert.der(), dns).map_err(|detail| PkiError::Parse {
+            kind: FileKind::CaCertificate,
+            path: ca.cert_path.clone(),
+            detail: format!("a console certificate signed with it does not verify for {dns} ({detail})"),
+        })?;
+    }
+
+    create_dir(out_dir)?;
+    let cert_path = out_dir.join(format!("console-{name}.crt"));
+    let key_path = out_dir.join(format!("console-{name}.key"));
+    write_new(&key_path, FileKind::PrivateKey, key_pem_v1(&key)?.as_bytes(), KEY_FILE_MODE)?;
+    if let Err(error) = write_new(&cert_path, FileKind::Certificate, cert.pem().as_bytes(), CERT_FILE_MODE) {
+        let _ = fs::remove_file(&key_path);
+        return Err(error);
+    }
+    Ok(ConsoleIssued {
+        cert_path,
+        key_path,
+        web_ca_path: ca.cert_path,
+        web_ca_created,
+        web_ca_fingerprint_sha256: fingerprint(&ca.cert_der),
+    })
+}
+
+/// The common name prefix of console certificates.
+const CONSOLE_CN_PREFIX: &str = "synod-console-";
+
+/// A random serial: rcgen's default is derived from the public key.
+fn random_serial() -> rcgen::SerialNumber {
+    let mut serial = [0u8; SERIAL_BYTES];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut serial);
+    serial[0] &= 0x7f;
+    serial[0] |= 0x01;
+    rcgen::SerialNumber::from_slice(&serial)
+}
+
+/// Verifies `leaf` as a TLS server certificate for `dns` under `ca`, as a browser would.
+fn verify_server_chain(ca: &CertificateDer<'_>, leaf: &CertificateDer<'_>, dns: &str) -> Result<(), String> {
+    let roots = super::root_store(ca).map_err(|e| format!("the web CA certificate is unusable: {e}"))?;
+    use rustls::client::danger::ServerCertVerifier;
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, super::ring_provider())
+        .build()
+        .map_err(|e| format!("cannot build a verifier: {e}"))?;
+    let server_name = rustls_pki_types::ServerName::try_from(dns.to_string()).map_err(|e| e.to_string())?;
+    verifier
+        .verify_server_cert(leaf, &[], &server_name, &[], UnixTime::now())
+        .map(|_| ())
+        .map_err(super::describe_verify_error)
+}
+
+/// The P-256 web CA, loaded (or made) for signing console certificates.
+struct WebCa {
+    cert_path: PathBuf,
+    cert_der: CertificateDer<'static>,
+    common_name: String,
+    not_after_secs: u64,
+    key: KeyPair,
+}
+
+impl WebCa {
+    /// Loads the web CA in `ca_dir`, or makes it when neither of its files exists yet. The
+    /// cluster CA must be there: the web CA lives beside it, is named after it, and its key
+    /// is protected exactly when the cluster CA's is. Returns whether it was made now.
+    fn load_or_create(ca_dir: &Path, passphrase: Option<&str>) -> Result<(WebCa, bool), PkiError> {
+        let cluster_cert = read_single_cert(&ca_dir.join(CA_CERT_FILE), FileKind::CaCertificate)?;
+        let protected = ca_key_is_protected(ca_dir)?;
+        if protected && passphrase.is_none() {
+            return Err(PkiError::CaKeyLocked { path: ca_dir.join(CA_KEY_FILE) });
+        }
+        let passphrase = passphrase.filter(|_| protected);
+        let cert_path = ca_dir.join(WEB_CA_CERT_FILE);
+        let key_path = ca_dir.join(WEB_CA_KEY_FILE);
+        if cert_path.symlink_metadata().is_err() && key_path.symlink_metadata().is_err() {
+            Self::create(&cluster_cert, &cert_path, &key_path, passphrase)?;
+            return Ok((Self::load(cert_path, &key_path, passphrase)?, true));
+        }
+        Ok((Self::load(cert_path, &key_path, passphrase)?, false))
+    }
+
+    fn create(
+        cluster_cert: &CertificateDer<'_>,
+        cert_path: &Path,
+        key_path: &Path,
+        passphrase: Option<&str>,
+    ) -> Result<(), PkiError> {
+        let cluster_name = x509_parser::parse_x509_certificate(cluster_cert.as_ref())
+            .ok()
+            .and_then(|(_, x509)| {
+                x509.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_string)
+            })
+            .unwrap_or_else(|| "synod".to_string());
+        // Named after the cluster CA, so a browser's trust store tells clusters apart.
+        let suffix = " web CA";
+        let mut common_name = cluster_name;
+        while common_name.len() + suffix.len() > COMMON_NAME_BYTES_MAX {
+            common_name.pop();
+        }
+        common_name.push_str(suffix);
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+            .map_err(|source| PkiError::Generate { what: "web CA key", source })?;
+        let now_secs = unix_now_secs();
+        let mut params = ca_params(&common_name);
+        set_validity(
+            &mut params,
+            now_secs.saturating_sub(CLOCK_SKEW_TOLERANCE_SECS),
+            now_secs + u64::from(CA_VALIDITY_DAYS) * SECS_PER_DAY,
+        );
+        let cert =
+            params.self_signed(&key).map_err(|source| PkiError::Generate { what: "web CA certificate", source })?;
+        let key_pem = match passphrase {
+            None => key_pem_v1(&key)?,
+            Some(passphrase) => encrypt_key_pem(&key, passphrase)?,
+        };
+        write_new(key_path, FileKind::CaKey, key_pem.as_bytes(), KEY_FILE_MODE)?;
+        if let Err(error) = write_new(cert_path, FileKind::CaCertificate, cert.pem().as_bytes(), CERT_FILE_MODE) {
+            let _ = fs::remove_file(key_path);
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    fn load(cert_path: PathBuf, key_path: &Path, passphrase: Option<&str>) -> Result<WebCa, PkiError> {
+        let cert_der = read_single_cert(&cert_path, FileKind::CaCertificate)?;
+        let parse_error =
+            |detail: String| PkiError::Parse { kind: FileKind::CaCertificate, path: cert_path.clone(), detail };
+        let (_, x509) = x509_parser::parse_x509_certificate(cert_der.as_ref())
+            .map_err(|e| parse_error(format!("not an X.509 certificate: {e}")))?;
+        if !x509.is_ca() {
+            return Err(parse_error("it is not a CA certificate".to_string()));
+        }
+        let common_name = x509
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .ok_or_else(|| parse_error("the subject has no common name".to_string()))?
+            .to_string();
+        let not_after_secs = u64::try_from(x509.validity().not_after.timestamp()).unwrap_or(0);
+        let spki = x509.public_key().raw.to_vec();
+        drop(x509);
+        let key_pem = read_limited(key_path, FileKind::CaKey)?;
+        let key_text = std::str::from_utf8(&key_pem).map_err(|_| PkiError::Parse {
+            kind: FileKind::CaKey,
+            path: key_path.to_path_buf(),
+            detail: "not a PEM text file".to_string(),
+        })?;
+        let key = if key_text.contains(ENCRYPTED_KEY_LABEL) {
+            let passphrase = passphrase.ok_or_else(|| PkiError::CaKeyLocked { path: key_path.to_path_buf() })?;
+            decrypt_key_pem(key_text, passphrase, key_path)?
+        } else {
+            KeyPair::from_pem(key_text).map_err(|e| PkiError::Parse {
+                kind: FileKind::CaKey,
+                path: key_path.to_path_buf(),
+                detail: e.to_string(),
+            })?
+        };
+        if key.subject_public_key_info() != spki {
+            return Err(PkiError::CaKeyMismatch { key_path: key_path.to_path_buf(), cert_path });
+        }
+        Ok(WebCa { cert_path, cert_der, common_name, not_after_secs, key })
+    }
+}
+
 /// The PEM label of an encrypted PKCS#8 key.
 const ENCRYPTED_KEY_LABEL: &str = "ENCRYPTED PRIVATE KEY";
 
@@ -599,6 +855,35 @@ mod tests {
         let other = Cluster::new();
         let error = renew(&cluster.ca_dir, &other.certs_dir.join("node-1.crt"), None, None).unwrap_err();
         assert!(matches!(error, PkiError::Untrusted { .. }), "{error}");
+    }
+
+    #[test]
+    fn pki_console_certificate_is_p256_from_a_web_ca_made_once() {
+        // The first console certificate makes the P-256 web CA beside the cluster CA (key 0600);
+        // the next one reuses it; the certificate verifies for its DNS name under the web CA,
+        // and IP addresses or no name at all are refused.
+        use std::os::unix::fs::PermissionsExt;
+        let cluster = Cluster::new();
+        let out = cluster.certs_dir.join("console");
+        let first = issue_console(&cluster.ca_dir, "n1", &["localhost".into()], &out, 30, None).unwrap();
+        assert!(first.web_ca_created);
+        let web_key = cluster.ca_dir.join(WEB_CA_KEY_FILE);
+        assert_eq!(fs::metadata(&web_key).unwrap().permissions().mode() & 0o777, 0o600);
+        let second = issue_console(&cluster.ca_dir, "n2", &["localhost".into()], &out, 30, None).unwrap();
+        assert!(!second.web_ca_created);
+        assert_eq!(first.web_ca_fingerprint_sha256, second.web_ca_fingerprint_sha256);
+        let web_ca = read_single_cert(&first.web_ca_path, FileKind::CaCertificate).unwrap();
+        let leaf = read_single_cert(&first.cert_path, FileKind::Certificate).unwrap();
+        verify_server_chain(&web_ca, &leaf, "localhost").expect("verifies for localhost");
+        assert!(verify_server_chain(&web_ca, &leaf, "example.org").is_err(), "not for another name");
+        let (_, x509) = x509_parser::parse_x509_certificate(leaf.as_ref()).unwrap();
+        assert_eq!(x509.public_key().algorithm.algorithm.to_id_string(), "1.2.840.10045.2.1", "an EC key");
+        for names in [vec!["127.0.0.1".to_string()], Vec::new()] {
+            let error = issue_console(&cluster.ca_dir, "n3", &names, &out, 30, None).unwrap_err();
+            assert!(matches!(error, PkiError::InvalidSan { .. }), "{error}");
+        }
+        let error = issue_console(&cluster.ca_dir, "n1", &["localhost".into()], &out, 30, None).unwrap_err();
+        assert!(matches!(error, PkiError::FileExists { .. }), "{error}");
     }
 
     #[test]

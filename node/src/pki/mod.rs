@@ -53,8 +53,9 @@ mod identity;
 mod tls;
 
 pub use ca::{
-    ca_init, ca_key_is_protected, issue, pkcs8_pem_v1, renew, CaInfo, Issued, Renewed, Subject,
-    CLIENT_VALIDITY_DAYS_DEFAULT, NODE_VALIDITY_DAYS_DEFAULT, VALIDITY_DAYS_MAX,
+    ca_init, ca_key_is_protected, issue, issue_console, pkcs8_pem_v1, renew, CaInfo, ConsoleIssued, Issued, Renewed,
+    Subject, CLIENT_VALIDITY_DAYS_DEFAULT, CONSOLE_VALIDITY_DAYS_DEFAULT, NODE_VALIDITY_DAYS_DEFAULT,
+    VALIDITY_DAYS_MAX, WEB_CA_CERT_FILE, WEB_CA_KEY_FILE,
 };
 pub use identity::{
     certificate_der, fingerprint, identity_of, in_memory_pki, node_server_name, verify_node_certificate, NodeIdentity,

@@ -30,6 +30,9 @@ pub struct Operator {
     /// (otherwise [`super::PENDING_PER_OPERATOR_DEFAULT`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_max: Option<u32>,
+    /// Approved passkeys (rules 11 and later): console logins, approvals and denials.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passkeys: Vec<super::Passkey>,
 }
 
 /// One approval of a request, as committed.
@@ -96,8 +99,10 @@ impl ClusterState {
         for key in admins {
             let name = format!("admin-{}", &key.to_hex()[..8]);
             let roles = [Role::Admin, Role::Requester].into();
-            self.operators
-                .insert(name.clone(), Operator { name, key: Some(*key), ssh_key: None, roles, pending_max: None });
+            self.operators.insert(
+                name.clone(),
+                Operator { name, key: Some(*key), ssh_key: None, roles, pending_max: None, passkeys: Vec::new() },
+            );
         }
         self.refresh_admins();
     }
@@ -139,7 +144,7 @@ impl ClusterState {
         }
         let roles: BTreeSet<Role> = roles.iter().copied().collect();
         let detail = format!("operator {name} added with roles {roles:?}");
-        let operator = Operator { name: name.to_string(), key, ssh_key, roles, pending_max };
+        let operator = Operator { name: name.to_string(), key, ssh_key, roles, pending_max, passkeys: Vec::new() };
         self.operators.insert(name.to_string(), operator);
         self.refresh_admins();
         Ok(detail)
@@ -157,6 +162,7 @@ impl ClusterState {
             )
             .into());
         }
+        self.pending_passkeys.retain(|_, p| p.operator != name);
         if self.rules < super::RULES_BOUNDED_CLIENTS {
             self.operators.remove(name);
             self.refresh_admins();
@@ -270,13 +276,14 @@ impl ClusterState {
         })
     }
 
-    /// Checks one approval's signature against the approver's registered keys.
+    /// Checks one approval's signature against the approver's registered keys;
+    /// for a passkey approval, returns the assertion's signature counter.
     pub fn verify_approval(
         &self,
         request: &RequestRecord,
         approver: &str,
         signature: &ApprovalSignature,
-    ) -> Result<(), String> {
+    ) -> Result<Option<u32>, String> {
         let statement = self.approval_statement(request).ok_or("the request's key is gone")?;
         self.verify_statement(request, approver, signature, &approval_bytes(&statement), "approval")
     }
@@ -287,7 +294,7 @@ impl ClusterState {
         request: &RequestRecord,
         approver: &str,
         signature: &ApprovalSignature,
-    ) -> Result<(), String> {
+    ) -> Result<Option<u32>, String> {
         let statement = self.approval_statement(request).ok_or("the request's key is gone")?;
         self.verify_statement(request, approver, signature, &denial_bytes(&statement), "denial")
     }
@@ -301,7 +308,7 @@ impl ClusterState {
         signature: &ApprovalSignature,
         bytes: &[u8],
         what: &str,
-    ) -> Result<(), String> {
+    ) -> Result<Option<u32>, String> {
         let op = self.operators.get(approver).ok_or(format!("{approver} is not an operator"))?;
         if !op.roles.contains(&Role::Approver) {
             return Err(format!("{approver} does not have the approver role"));
@@ -320,13 +327,21 @@ impl ClusterState {
                          message, purpose or policy version)",
                         request.request_id
                     )
-                })
+                })?;
+                Ok(None)
             }
             ApprovalSignature::Ssh { armored } => {
                 let line = op.ssh_key.as_deref().ok_or(format!("{approver} has no SSH key registered"))?;
                 let ssh = SshPublicKey::parse(line).map_err(|e| e.to_string())?;
                 synod_proto::sshsig::verify(armored, APPROVAL_SSH_NAMESPACE, bytes, &ssh)
-                    .map_err(|e| format!("SSH {what} by {approver} refused: {e}"))
+                    .map_err(|e| format!("SSH {what} by {approver} refused: {e}"))?;
+                Ok(None)
+            }
+            ApprovalSignature::WebAuthn { .. } => {
+                let assertion = signature.assertion().expect("a passkey approval");
+                self.verify_passkey_statement(approver, &assertion, bytes)
+                    .map(Some)
+                    .map_err(|e| format!("{what} for request {}: {e}", request.request_id))
             }
         }
     }
@@ -446,7 +461,29 @@ impl ClusterState {
             return Err(format!("{approver} already approved request {request_id}; a duplicate counts once"));
         }
         let _ = author; // The approval signature, not the submitter, carries the authority.
-        self.verify_approval(request, approver, signature)
+        let counter = self.verify_approval(request, approver, signature)?;
+        self.check_counter(approver, signature, counter)
+    }
+
+    /// A passkey's counter must grow (judged at apply, in log order; a
+    /// signer's later re-verification checks only the signature).
+    fn check_counter(&self, approver: &str, signature: &ApprovalSignature, counter: Option<u32>) -> Result<(), String> {
+        match (counter, signature.assertion()) {
+            (Some(counter), Some(a)) => self.check_passkey_counter(approver, &a.credential_id, counter),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records the counter of an applied passkey approval or denial.
+    fn note_counter(&mut self, approver: &str, signature: &ApprovalSignature) {
+        if let Some(a) = signature.assertion() {
+            let counter = synod_proto::webauthn::from_b64url(&a.authenticator_data)
+                .ok()
+                .and_then(|d| d.get(33..37).map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes"))));
+            if let Some(counter) = counter {
+                self.advance_passkey_counter(approver, &a.credential_id, counter);
+            }
+        }
     }
 
     pub(super) fn approve(
@@ -458,6 +495,7 @@ impl ClusterState {
         signature: &ApprovalSignature,
     ) -> Result<String, Refusal> {
         self.check_approve(author, request_id, approver, signature)?;
+        self.note_counter(approver, signature);
         let now = self.time_ms;
         let request = self.requests.get_mut(request_id).expect("checked above");
         request.approvals.push(ApprovalRecord {
@@ -506,7 +544,9 @@ impl ClusterState {
         if request.approvals.iter().any(|a| a.approver == approver) {
             return Err(format!("{approver} already approved request {request_id} and cannot also deny it").into());
         }
-        self.verify_denial(request, approver, signature)?;
+        let counter = self.verify_denial(request, approver, signature)?;
+        self.check_counter(approver, signature, counter)?;
+        self.note_counter(approver, signature);
         let now = self.time_ms;
         let request = self.requests.get_mut(request_id).expect("checked above");
         request.denials.push(DenialRecord {

@@ -12,6 +12,7 @@ mod authz;
 mod endorse;
 mod keys;
 mod lifecycle;
+mod passkeys;
 mod refresh;
 mod repair;
 mod signing;
@@ -29,6 +30,7 @@ pub use authz::{ApprovalRecord, DenialRecord, Operator, Progress, Proposal};
 pub use endorse::{Endorsement, ENDORSED_POINTS_KEPT};
 pub use keys::{frost_identifier, package_hash, KeyOrigin, KeyRecord, KeyStatus, DKG_TIMEOUT_MS};
 pub use lifecycle::{duration_words, RULES_KEY_LIFECYCLE};
+pub use passkeys::{algorithm_name, Passkey, PendingPasskey};
 pub use refresh::{commitment_points, zero_polynomial_at, Refresh, RefreshFailure, RULES_KEY_REFRESH};
 pub use repair::{lagrange, point_hex, public_of, Repair, RepairFailure};
 pub use signing::{
@@ -107,6 +109,10 @@ pub const RULES_SIGN_FORMATS: u32 = 9;
 /// of a pending request. The denials it records are skipped when empty, so a
 /// cluster whose genesis named older rules keeps its state's bytes.
 pub const RULES_REQUEST_DENY_CANCEL: u32 = 10;
+/// The first rules version with passkeys (WebAuthn approvals and denials, the
+/// replicated relying party, registrations the admins approve) and webhooks.
+/// What it adds to the state is skipped when empty.
+pub const RULES_PASSKEYS: u32 = 11;
 /// How long a command's outcome is kept after the command expires (ms): long
 /// enough for a client that lost an answer near the end of its command's life
 /// to still find it; until then, "not known and past its expiry" means it
@@ -205,6 +211,15 @@ pub struct ClusterState {
     /// only what expires.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub outcomes_by_expiry: BTreeSet<(u64, String)>,
+    /// The relying party passkeys are judged by (rules 11 and later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webauthn: Option<synod_proto::webauthn::WebAuthnConfig>,
+    /// Passkey registrations waiting for the admins, by credential id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pending_passkeys: BTreeMap<String, PendingPasskey>,
+    /// Webhooks by name (rules 11 and later).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub webhooks: BTreeMap<String, synod_proto::webhook::Webhook>,
 }
 
 /// What one command did when it was applied (rules 8 on).
@@ -696,6 +711,14 @@ impl ClusterState {
             Command::KeySharesDestroyed { key_id, node_id } => self.key_shares_destroyed(key_id, *node_id),
             Command::ShareMissing { key_id, node_id } => self.share_missing(key_id, *node_id),
             Command::Endorse { .. } => Err("an endorsement is applied as its node signed it, never carried".into()),
+            Command::SetWebAuthn { config } => self.set_webauthn(config),
+            Command::RegisterPasskey { node_id, operator, label, registration } => {
+                self.register_passkey(*node_id, operator, label, registration)
+            }
+            Command::ApprovePasskey { operator, credential_id } => self.approve_passkey(operator, credential_id),
+            Command::RemovePasskey { operator, credential_id } => self.remove_passkey(operator, credential_id),
+            Command::SetWebhook { webhook } => self.set_webhook(webhook),
+            Command::RemoveWebhook { name } => self.remove_webhook(name),
             Command::Coordinate { node_id, term } => {
                 if self.coordinators.insert(*term, *node_id).is_some() {
                     return Ok(format!("node {node_id} already coordinates signing in term {term}"));
@@ -849,6 +872,8 @@ mod deny_tests;
 mod format_tests;
 #[cfg(test)]
 pub(crate) mod key_tests;
+#[cfg(test)]
+mod passkey_tests;
 #[cfg(test)]
 mod refresh_tests;
 #[cfg(test)]

@@ -49,6 +49,26 @@ impl SignatureBase {
     }
 }
 
+/// The signature parameters `("name" ...);created=…;keyid="…";alg="ed25519"`: the value of
+/// a `Signature-Input` member and of the base's last line.
+pub fn signature_params(names: &[&str], created_s: u64, keyid: &str) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+    format!("({});created={created_s};keyid=\"{keyid}\";alg=\"{ALG}\"", quoted.join(" "))
+}
+
+/// The signature base (section 2.5) of `components` (identifier, value), in order, under
+/// `params`, checked by [`read`] as every verifier rebuilds it: what a signer signs, the one
+/// builder both the CLI and a node's webhook sender use.
+pub fn signature_base(components: &[(&str, &str)], params: &str) -> Result<String, String> {
+    let mut base = String::new();
+    for (name, value) in components {
+        base.push_str(&format!("\"{name}\": {value}\n"));
+    }
+    base.push_str(&format!("\"@signature-params\": {params}"));
+    read(base.as_bytes())?;
+    Ok(base)
+}
+
 /// Reads the format's to-be-signed bytes.
 pub fn inspect(message: &[u8]) -> Result<Inspection, String> {
     let base = read(message)?;
@@ -263,6 +283,17 @@ mod tests {
         assert_eq!(inspect(base(&sha512).as_bytes()).unwrap().artifact_hash, Some(hash_label("sha512", &[7u8; 64])));
         // No components at all is a base too (it signs only the parameters).
         assert!(inspect(b"\"@signature-params\": ();created=1").is_ok());
+    }
+
+    #[test]
+    fn http_signature_base_builder_makes_what_the_reader_reads() {
+        let names = ["@method", "@target-uri", "content-digest", "x-delivery"];
+        let params = signature_params(&names, 1618884473, "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
+        let values = ["POST", "https://example.com/foo?param=Value&Pet=dog", DIGEST, "42"];
+        let components: Vec<(&str, &str)> = names.into_iter().zip(values).collect();
+        assert_eq!(signature_base(&components, &params).unwrap(), base(DIGEST));
+        assert!(signature_base(&[("x-a", "1\t")], "(\"x-a\")").is_err());
+        assert!(signature_base(&[("x-a", "1")], "(\"x-b\")").unwrap_err().contains("same components"));
     }
 
     fn read_base(text: &str) -> SignatureBase {

@@ -227,6 +227,7 @@ mod tests {
                 ssh_key: None,
                 roles: op.roles,
                 pending_max: None,
+                passkeys: Vec::new(),
             };
             state.operators.insert(op.name.clone(), record);
         }
