@@ -35,6 +35,7 @@ const PLANTS: &[&str] = &[
     synod_node::faults::TRUST_ROLLED_BACK_VOTE,
     synod_node::faults::OVERWRITE_APPLIED_OUTCOME,
     synod_node::faults::IGNORE_NAMESPACE_POLICY,
+    synod_node::faults::PASSKEY_IGNORES_COUNTER,
     synod_node::faults::GLOBAL_SIGNS_WITHOUT_COMMENT,
 ];
 
@@ -441,6 +442,8 @@ fn invariant_name(name: &str) -> &'static str {
         "format-policy-bypassed",
         "minisign-global-mismatch",
         "malformed-format-accepted",
+        "passkey-approval-unverified",
+        "passkey-counter-not-growing",
     ];
     NAMES.iter().find(|n| **n == name).copied().unwrap_or("unknown-invariant")
 }

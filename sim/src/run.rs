@@ -638,6 +638,12 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
     };
     let (admin, stranger) = (key(), key());
     let approvers = workload::APPROVERS.iter().map(|_| key()).collect();
+    let mut passkey = synod_proto::webauthn::soft::SoftAuthenticator::new(
+        synod_proto::webauthn::soft::SoftAlgorithm::Es256,
+        &mut ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x7061_7373),
+    );
+    // A counter that starts above 0, so every assertion's counter is one the state must see grow.
+    passkey.set_counter(1);
     let identities: Vec<Arc<synod_node::pki::NodeIdentity>> = identities.into_iter().map(Arc::new).collect();
     for (m, identity) in machines.iter().zip(identities.iter().cloned()) {
         let boot = Boot {
@@ -670,6 +676,7 @@ pub fn run_seed(cfg: &SimConfig, keep_trace: bool) -> SeedReport {
         stranger,
         identities,
         approvers,
+        passkey: std::rc::Rc::new(std::cell::RefCell::new(passkey)),
         net: net.clone(),
         now: now.clone(),
         history: history.clone(),

@@ -232,6 +232,16 @@ fn sim_planted_ignore_namespace_policy_is_caught() {
 }
 
 #[test]
+fn sim_planted_passkey_ignores_counter_is_caught() {
+    // A state machine that takes a passkey approval without comparing its signature counter
+    // counts the approvers' cloned-authenticator probe (the counter set back to the last one
+    // used); `passkey-counter-not-growing` names the credential and both approvals (caught on
+    // chaos seeds 0, 5 and 7 of 0..8).
+    let text = plant_caught("passkey-ignores-counter", "0..1", "1");
+    assert!(text.contains("violated passkey-counter-not-growing") && text.contains("not above the"), "{text}");
+}
+
+#[test]
 fn sim_planted_global_signs_without_comment_is_caught() {
     // A state machine that builds minisign's global signature request from the parent's
     // signature alone: `minisign-global-mismatch` names the global request and its parent as

@@ -20,6 +20,8 @@
 //!   declared format, which their key's policy allows; minisign's global
 //!   signature signs exactly its parent's signature and trusted comment;
 //!   malformed requests never accepted ([`FormatsHold`]).
+//! - `passkeys.rs`: passkey approvals verify as WebAuthn assertions over the statement's
+//!   hash, and a credential's counters grow in log order ([`PasskeysHold`]).
 //! - `signing.rs`: nonce single use, one message and one signature per
 //!   request, signatures verify, no share without a met policy.
 //! - `lifecycle.rs`: a key disabled, scheduled for destruction, destroyed or
@@ -56,6 +58,7 @@ mod lifecycle;
 mod liveness;
 mod observer;
 mod outcomes;
+mod passkeys;
 mod raft;
 mod signing;
 mod state;
@@ -69,6 +72,7 @@ pub use lifecycle::OutOfServiceReleasesNothing;
 pub use liveness::SigningLiveness;
 pub use observer::{Observer, HARVEST_EVERY_MS, STATE_HASH_EVERY_MS};
 pub use outcomes::CommandOutcomesMatchLog;
+pub use passkeys::PasskeysHold;
 pub use raft::{one_leader_per_term, RaftSafety};
 pub use signing::{NonceSingleUse, OneMessagePerRequest, PolicyBeforeShares, SignaturesVerify};
 pub use state::{
@@ -178,6 +182,7 @@ pub fn all(cfg: &SimConfig) -> Vec<Box<dyn Checker>> {
         // Before the signing checkers: a request taken against its format or
         // policy is judged here, by name, before its shares are.
         Box::new(FormatsHold::default()),
+        Box::new(PasskeysHold::default()),
         Box::new(NonceSingleUse::default()),
         Box::new(OneMessagePerRequest::default()),
         Box::new(SignaturesVerify::default()),

@@ -16,10 +16,12 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use synod_proto::api::RequestStatus;
 use synod_proto::authz::{approval_bytes, ApprovalSignature};
+use synod_proto::webauthn::statement_challenge;
 use synod_proto::{Command, Outcome};
 
 use super::{
     call_node, get_request, request_info, Approval, ClientCtx, Submission, APPROVALS_REQUIRED, APPROVERS, CALL_TIMEOUT,
+    PASSKEY_APPROVER, PASSKEY_ORIGIN, PASSKEY_RP_ID,
 };
 
 /// The approvers: for every request they are to approve that is still
@@ -66,6 +68,10 @@ async fn approve(ctx: &ClientCtx, rng: &mut ChaCha8Rng, request_id: &str) {
     }
     let statement = info.approval_statement(&ctx.cluster_id);
     let bytes = approval_bytes(&statement);
+    if !info.approvals.iter().any(|x| x == PASSKEY_APPROVER) {
+        let challenge = statement_challenge(&bytes);
+        probe_cloned_passkey(ctx, rng, request_id, PASSKEY_APPROVER, target, &challenge).await;
+    }
     let have = APPROVERS.iter().filter(|a| info.approvals.iter().any(|x| x == *a)).count();
     let mut missing = (APPROVALS_REQUIRED as usize).saturating_sub(have);
     let first = rng.next_u64() as usize % APPROVERS.len();
@@ -79,7 +85,13 @@ async fn approve(ctx: &ClientCtx, rng: &mut ChaCha8Rng, request_id: &str) {
         }
         missing -= 1;
         let key = &ctx.approvers[i];
-        let signature = ApprovalSignature::Ed25519 { signature: hex::encode(key.sign(&bytes).to_bytes()) };
+        let signature = if name == PASSKEY_APPROVER {
+            let challenge = statement_challenge(&bytes);
+            let assertion = ctx.passkey.borrow_mut().assert(PASSKEY_RP_ID, PASSKEY_ORIGIN, &challenge);
+            ApprovalSignature::web_authn(assertion)
+        } else {
+            ApprovalSignature::Ed25519 { signature: hex::encode(key.sign(&bytes).to_bytes()) }
+        };
         let command = Command::Approve { request_id: request_id.to_string(), approver: name.to_string(), signature };
         // The approval signature is the authority; the approver signs the envelope too.
         let signed = ctx.sign(key, rng, command);
@@ -91,4 +103,44 @@ async fn approve(ctx: &ClientCtx, rng: &mut ChaCha8Rng, request_id: &str) {
             ctx.event(format!("approvers: {name} on {request_id}: {outcome:?}"));
         }
     }
+}
+
+/// Sends, for every request the passkey approver has not approved, an approval
+/// made by a clone of its authenticator: the counter set back to the last one
+/// it used. Every
+/// node must refuse it (the counter does not grow); the passkeys checker
+/// catches a state that counts it (`passkey-counter-not-growing`).
+async fn probe_cloned_passkey(
+    ctx: &ClientCtx,
+    rng: &mut ChaCha8Rng,
+    request_id: &str,
+    name: &str,
+    target: synod_proto::NodeId,
+    challenge: &[u8],
+) {
+    let assertion = {
+        let mut passkey = ctx.passkey.borrow_mut();
+        let next = passkey.next_counter();
+        if next <= 1 {
+            return; // Nothing used yet (the workload starts the counter at 1): nothing to go back to.
+        }
+        passkey.set_counter(next - 1);
+        let cloned = passkey.assert(PASSKEY_RP_ID, PASSKEY_ORIGIN, challenge);
+        passkey.set_counter(next);
+        cloned
+    };
+    let command = Command::Approve {
+        request_id: request_id.to_string(),
+        approver: name.to_string(),
+        signature: ApprovalSignature::web_authn(assertion),
+    };
+    let signed = ctx.sign(&ctx.stranger, rng, command);
+    let outcome = ctx.submit(Submission::Command(&signed), target, rng, 3).await.map(|r| r.outcome);
+    let applied = matches!(outcome, Some(Outcome::Applied { .. }));
+    let mut history = ctx.history.borrow_mut();
+    // Shown with the run's format counts.
+    let label = if applied { "passkey-clone/applied" } else { "passkey-clone/refused" };
+    *history.format_counts.entry(label.into()).or_default() += 1;
+    drop(history);
+    ctx.event(format!("approvers: cloned passkey of {name} on {request_id}: {outcome:?}"));
 }

@@ -20,12 +20,14 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use synod_proto::api::{ClientRequest, KeyInfo, KeyStatus};
 use synod_proto::authz::{Policy, Role, Tier};
+use synod_proto::webauthn::WebAuthnConfig;
 use synod_proto::NodeError;
 use synod_proto::{Command, NodeId, OperatorKey, Outcome};
 
 use super::{
     call_node, key_info, short, written, ClientCtx, KeyAck, Phase, Submission, AMOUNT, AMOUNT_APPROVAL_ABOVE,
-    APPROVALS_REQUIRED, APPROVERS, CALL_TIMEOUT, KEY_NAME, KEY_NAME_FAULTS,
+    APPROVALS_REQUIRED, APPROVERS, CALL_TIMEOUT, KEY_NAME, KEY_NAME_FAULTS, PASSKEY_APPROVER, PASSKEY_ORIGIN,
+    PASSKEY_RP_ID,
 };
 
 /// How long a client waits for one create-key call (pings of every participant, then the write).
@@ -83,7 +85,9 @@ pub fn sim_policy() -> Policy {
     }
 }
 
-/// Registers the approvers and sets [`KEY_NAME`]'s policy (before any fault).
+/// Registers the approvers and sets [`KEY_NAME`]'s policy (before any fault);
+/// then sets the relying party, registers [`PASSKEY_APPROVER`]'s passkey
+/// through node 1's console (a node-authored command) and approves it.
 async fn set_up_approvals(ctx: &ClientCtx, rng: &mut ChaCha8Rng) {
     let mut commands: Vec<Command> = APPROVERS
         .iter()
@@ -97,21 +101,47 @@ async fn set_up_approvals(ctx: &ClientCtx, rng: &mut ChaCha8Rng) {
         })
         .collect();
     commands.push(Command::SetPolicy { key: KEY_NAME.into(), policy: sim_policy() });
+    let config =
+        WebAuthnConfig { rp_id: PASSKEY_RP_ID.into(), rp_name: "Synod".into(), origins: vec![PASSKEY_ORIGIN.into()] };
+    commands.push(Command::SetWebAuthn { config });
     for command in commands {
-        let kind = command.kind();
-        loop {
-            let signed = ctx.sign(&ctx.admin, rng, command.clone());
-            let first = ctx.random_node(rng);
-            let response = ctx.submit(Submission::Command(&signed), first, rng, 20).await;
-            match response.map(|r| r.outcome) {
-                Some(Outcome::Applied { detail }) => {
-                    ctx.event(format!("admin: {kind}: {detail}"));
-                    break;
-                }
-                // An earlier attempt applied without an answer.
-                Some(Outcome::Rejected { reason, .. }) if reason.contains("already exists") => break,
-                other => ctx.event(format!("admin: {kind} not applied yet: {other:?}")),
+        // An earlier attempt applied without an answer.
+        commit(ctx, rng, command, None, "already exists").await;
+    }
+    let (registration, credential_id, public_key) = {
+        let passkey = ctx.passkey.borrow();
+        (
+            passkey.register(PASSKEY_RP_ID, PASSKEY_ORIGIN, b"console challenge"),
+            passkey.credential_id(),
+            passkey.public_key(),
+        )
+    };
+    ctx.history.borrow_mut().passkeys.insert(credential_id.clone(), public_key);
+    let register =
+        Command::RegisterPasskey { node_id: 1, operator: PASSKEY_APPROVER.into(), label: "sim".into(), registration };
+    commit(ctx, rng, register, Some(0), "already registered").await;
+    let approve = Command::ApprovePasskey { operator: PASSKEY_APPROVER.into(), credential_id };
+    commit(ctx, rng, approve, None, "waits for approval").await;
+}
+
+/// Commits `command` signed by the admin (or as node `as_node` + 1), until it
+/// is applied or refused with `done_if` (an earlier attempt took).
+async fn commit(ctx: &ClientCtx, rng: &mut ChaCha8Rng, command: Command, as_node: Option<usize>, done_if: &str) {
+    let kind = command.kind();
+    loop {
+        let signed = match as_node {
+            Some(i) => ctx.identities[i].sign(&ctx.envelope(rng, command.clone())),
+            None => ctx.sign(&ctx.admin, rng, command.clone()),
+        };
+        let first = ctx.random_node(rng);
+        let response = ctx.submit(Submission::Command(&signed), first, rng, 20).await;
+        match response.map(|r| r.outcome) {
+            Some(Outcome::Applied { detail }) => {
+                ctx.event(format!("admin: {kind}: {detail}"));
+                break;
             }
+            Some(Outcome::Rejected { reason, .. }) if reason.contains(done_if) => break,
+            other => ctx.event(format!("admin: {kind} not applied yet: {other:?}")),
         }
     }
 }

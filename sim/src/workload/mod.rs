@@ -273,9 +273,19 @@ pub struct History {
     /// `minisign`, ...), and what became of minisign's global signatures:
     /// the run's report prints them.
     pub format_counts: BTreeMap<String, u64>,
+    /// The passkey approvers' credentials as the workload made them (credential
+    /// id → public key), which the passkeys checker verifies approvals with,
+    /// independently of any node's registry.
+    pub passkeys: BTreeMap<String, synod_proto::webauthn::CoseKey>,
 }
 
 pub type SharedHistory = Rc<RefCell<History>>;
+
+/// The approver who approves with a passkey (registered through node 1's
+/// console, approved by the admin), and the relying party of the simulation.
+pub const PASSKEY_APPROVER: &str = "approver-3";
+pub const PASSKEY_RP_ID: &str = "synod.sim";
+pub const PASSKEY_ORIGIN: &str = "https://synod.sim";
 
 impl History {
     pub fn new() -> SharedHistory {
@@ -302,6 +312,7 @@ impl History {
             signing_clients_done: 0,
             format_probes: BTreeMap::new(),
             format_counts: BTreeMap::new(),
+            passkeys: BTreeMap::new(),
         }))
     }
 }
@@ -327,6 +338,9 @@ pub struct ClientCtx {
     pub identities: Vec<std::sync::Arc<synod_node::pki::NodeIdentity>>,
     /// The keys of [`APPROVERS`], in order.
     pub approvers: Vec<SigningKey>,
+    /// The passkey of [`PASSKEY_APPROVER`], who approves with WebAuthn
+    /// assertions instead of the key above.
+    pub passkey: Rc<RefCell<synod_proto::webauthn::soft::SoftAuthenticator>>,
     pub net: SharedNet,
     pub now: SimNow,
     pub history: SharedHistory,
@@ -360,8 +374,11 @@ impl ClientCtx {
     }
 
     fn sign(&self, key: &SigningKey, rng: &mut ChaCha8Rng, command: Command) -> SignedCommand {
-        let envelope = Envelope::new(self.cluster_id.clone(), command, EPOCH_MS + self.now_ms(), COMMAND_TTL_MS, rng);
-        SignedCommand::sign(&envelope, key)
+        SignedCommand::sign(&self.envelope(rng, command), key)
+    }
+
+    fn envelope(&self, rng: &mut ChaCha8Rng, command: Command) -> Envelope {
+        Envelope::new(self.cluster_id.clone(), command, EPOCH_MS + self.now_ms(), COMMAND_TTL_MS, rng)
     }
 
     /// Sends `submission` to `first`, following leader hints and retrying
