@@ -30,13 +30,13 @@ pub enum PasskeyCmd {
     Approve {
         /// The operator it was registered for.
         operator: String,
-        /// Its fingerprint as the console showed it (SHA256:…) or its credential id.
-        passkey: String,
+        /// Its fingerprint as the console showed its owner (SHA256:…), checked with them.
+        fingerprint: String,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Remove a passkey, approved or pending (an admin operation). Approvals it
-    /// made stop counting for requests not yet signed.
+    /// Remove a passkey, approved or pending (an admin operation). The approvals it
+    /// made leave the requests not yet signed, which wait for new ones.
     Remove {
         operator: String,
         /// Its fingerprint (SHA256:…) or credential id.
@@ -91,10 +91,16 @@ pub async fn passkey(cmd: PasskeyCmd) -> anyhow::Result<()> {
                 }
             }
         }
-        PasskeyCmd::Approve { operator, passkey, client } => {
+        PasskeyCmd::Approve { operator, fingerprint, client } => {
+            if !fingerprint.starts_with("SHA256:") {
+                bail!("approve a passkey by the fingerprint its owner read off the console (SHA256:…), not by its id");
+            }
             let list = operators(&client).await?;
-            let credential_id = find(&list, &operator, &passkey, Some("pending"))?;
-            submit(&client, "/v1/commands", Command::ApprovePasskey { operator, credential_id }).await?;
+            let credential_id = find(&list, &operator, &fingerprint, Some("pending"))?;
+            // The fingerprint is recomputed from the key the node answered with, and the
+            // command names it: every node refuses the approval if another key waits there.
+            let fingerprint = fingerprint.trim_end_matches('=').to_string();
+            submit(&client, "/v1/commands", Command::ApprovePasskey { operator, credential_id, fingerprint }).await?;
         }
         PasskeyCmd::Remove { operator, passkey, client } => {
             let list = operators(&client).await?;
@@ -149,7 +155,7 @@ fn rows(list: &Value, only: Option<&str>) -> Vec<Value> {
             out.push(serde_json::json!({
                 "operator": name, "state": "approved", "algorithm": alg(&p["algorithm"]),
                 "fingerprint": p["fingerprint"], "label": p["label"], "credential_id": p["credential_id"],
-                "counter": p["counter"],
+                "public_key": p["public_key"], "counter": p["counter"],
             }));
         }
     }
@@ -157,7 +163,7 @@ fn rows(list: &Value, only: Option<&str>) -> Vec<Value> {
         out.push(serde_json::json!({
             "operator": p["operator"], "state": "pending", "algorithm": alg(&p["algorithm"]),
             "fingerprint": p["fingerprint"], "label": p["label"], "credential_id": p["credential_id"],
-            "registered_at_ms": p["registered_at_ms"], "node_id": p["node_id"],
+            "public_key": p["public_key"], "registered_at_ms": p["registered_at_ms"], "node_id": p["node_id"],
         }));
     }
     out.retain(|row| only.is_none_or(|name| row["operator"].as_str() == Some(name)));
@@ -174,7 +180,25 @@ fn find(list: &Value, operator: &str, passkey: &str, state: Option<&str>) -> any
                 || row["credential_id"].as_str() == Some(wanted))
     });
     match found {
-        Some(row) => Ok(row["credential_id"].as_str().unwrap_or_default().to_string()),
+        Some(row) => {
+            let key = row["public_key"].as_str().unwrap_or_default();
+            let cose = synod_proto::webauthn::from_b64url(key).map_err(|e| anyhow!("passkey {passkey}: {e}"))?;
+            let computed = {
+                use base64::Engine;
+                use sha2::Digest;
+                format!(
+                    "SHA256:{}",
+                    base64::engine::general_purpose::STANDARD_NO_PAD.encode(sha2::Sha256::digest(&cose))
+                )
+            };
+            if row["fingerprint"].as_str().is_some_and(|f| f != computed) {
+                bail!(
+                    "the node listed passkey {passkey} with a key whose fingerprint is {computed}; ask another node \
+                     (--addr) and tell the other admins"
+                );
+            }
+            Ok(row["credential_id"].as_str().unwrap_or_default().to_string())
+        }
         None if all.is_empty() => bail!(
             "{operator} has no passkeys{}; they register one in the approver console first",
             if state.is_some() { " waiting for approval" } else { "" }

@@ -400,8 +400,10 @@ pub enum Command {
         registration: crate::webauthn::Registration,
     },
     /// An admin approves a pending passkey: from now on it logs the operator
-    /// into the console and signs their approvals and denials.
-    ApprovePasskey { operator: String, credential_id: String },
+    /// into the console and signs their approvals and denials. `fingerprint`
+    /// is the one the admins checked with its owner: the state refuses the
+    /// approval when the key waiting under `credential_id` has another.
+    ApprovePasskey { operator: String, credential_id: String, fingerprint: String },
     /// An admin removes an operator's passkey, approved or pending.
     RemovePasskey { operator: String, credential_id: String },
     /// Adds or replaces a webhook (admin, rules 11 and later).
@@ -845,7 +847,12 @@ impl Command {
                 }
                 registration.validate().map_err(|e| CommandError::Malformed(e.0))
             }
-            Command::ApprovePasskey { operator, credential_id }
+            Command::ApprovePasskey { fingerprint, .. }
+                if !fingerprint.starts_with("SHA256:") || fingerprint.len() > 64 =>
+            {
+                Err(CommandError::Malformed("a passkey fingerprint is SHA256: and 43 base64 characters".into()))
+            }
+            Command::ApprovePasskey { operator, credential_id, .. }
             | Command::RemovePasskey { operator, credential_id } => {
                 validate_name("operator", operator)?;
                 crate::webauthn::from_b64url(credential_id)

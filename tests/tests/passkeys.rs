@@ -4,7 +4,11 @@
 //! ID and origins) and the credential the admins approved. Each bad assertion
 //! (replayed from another request, for another origin or RP ID, without user
 //! verification, with a counter that went backwards, signed by another
-//! credential) is refused by every node and audited; a good one counts.
+//! credential) is refused by every node and audited; a good one counts. A
+//! counted approval whose passkey the admins then remove, or whose origin they
+//! drop, counts no more when the signers verify it again before their shares.
+//! The console's login holds passkeys to the same rules, and the admin's CLI
+//! approves a passkey by its fingerprint only.
 //!
 //! A browser's authenticator makes only good assertions, so these are made by
 //! the software authenticator in `synod_proto::webauthn::soft`.
@@ -20,7 +24,7 @@ use synod_proto::authz::ApprovalSignature;
 use synod_proto::webauthn::soft::{SoftAlgorithm, SoftAuthenticator};
 use synod_proto::webauthn::{from_b64url, statement_challenge, Assertion};
 use synod_proto::{Command, Envelope, SignedCommand};
-use synod_tests::{ok, run_synod, wait_for, Cluster, Options};
+use synod_tests::{fails, ok, run_synod, wait_for, Cluster, Options};
 
 /// The relying party the admins set: the console of a development cluster.
 const RP_ID: &str = "localhost";
@@ -56,12 +60,7 @@ fn setup(options: Options) -> Setup {
     cluster.wait_leader();
 
     ok(&cluster.synod(1, &["key", "create", "treasury", "-t", "2"]));
-    let mut keys = BTreeMap::new();
-    for (name, roles) in [("alice", "approver"), ("bob", "approver"), ("dave", "requester")] {
-        let (path, public) = cluster.keygen(name);
-        ok(&cluster.synod(1, &["operator", "add", name, "--key", &public, "--roles", roles]));
-        keys.insert(name, path);
-    }
+    let keys = cluster.add_operators(&[("alice", "approver"), ("bob", "approver"), ("dave", "requester")]);
     let policy = cluster.path("policy.json");
     std::fs::write(&policy, r#"{"requesters": ["dave"], "approvers": ["alice", "bob"], "approvals_required": 1}"#)
         .unwrap();
@@ -137,6 +136,24 @@ fn start_with_console(cluster: &mut Cluster, id: u64) -> String {
     panic!("node {id} found no free ports for its console:\n{}", cluster.nodes[&id].log_text());
 }
 
+/// What the console answered a POST.
+struct ConsoleAnswer {
+    code: u16,
+    body: Value,
+    /// The `Set-Cookie` header, if the answer has one.
+    set_cookie: Option<String>,
+}
+
+impl ConsoleAnswer {
+    /// Asserts a refused login: 4xx, an error saying `needle`, and no session cookie.
+    fn refused_login(&self, needle: &str) {
+        assert!((400..500).contains(&self.code), "a login answered {} {}", self.code, self.body);
+        let error = self.body["error"].as_str().unwrap_or_else(|| panic!("no error in {}", self.body));
+        assert!(error.contains(needle), "the refusal {error:?} does not say {needle:?}");
+        assert_eq!(self.set_cookie, None, "a refused login set a cookie: {error}");
+    }
+}
+
 /// Asserts that a write was applied (not refused).
 fn applied(answer: &Value) {
     assert_eq!(answer["outcome"], "applied", "{answer}");
@@ -178,9 +195,18 @@ impl Setup {
     /// POSTs `body` to the console's `path` with curl, trusting the web CA; the JSON answer,
     /// which must be a success.
     fn console_post(&self, path: &str, body: &Value) -> Value {
+        let answer = self.console_call(path, body);
+        assert_eq!(answer.code, 200, "console {path} answered {}", answer.body);
+        answer.body
+    }
+
+    /// POSTs `body` to the console's `path` with curl, trusting the web CA, as the console's
+    /// own pages do (with the CSRF header); whatever it answers.
+    fn console_call(&self, path: &str, body: &Value) -> ConsoleAnswer {
         let port = self.origin.rsplit(':').next().unwrap();
         let out = Process::new("curl")
-            .args(["-sS", "-w", "\n%{http_code}", "--cacert", self.cluster.path("ca/web-ca.pem").to_str().unwrap()])
+            .args(["-sS", "--cacert", self.cluster.path("ca/web-ca.pem").to_str().unwrap()])
+            .args(["-w", "\n%header{set-cookie}\n%{http_code}"])
             .args(["--resolve", &format!("{RP_ID}:{port}:127.0.0.1")])
             .args(["-H", "content-type: application/json", "-H", "x-synod-console: 1"])
             .args(["--data-binary", &body.to_string()])
@@ -188,11 +214,43 @@ impl Setup {
             .output()
             .expect("curl is installed by scripts/test");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (answer, code) = text
-            .rsplit_once('\n')
-            .unwrap_or_else(|| panic!("no answer from the console: {text} {}", String::from_utf8_lossy(&out.stderr)));
-        assert_eq!(code, "200", "console {path} answered {answer}");
-        serde_json::from_str(answer).unwrap()
+        let mut parts = text.rsplitn(3, '\n');
+        let (Some(code), Some(cookie), Some(answer)) = (parts.next(), parts.next(), parts.next()) else {
+            panic!("no answer from the console: {text} {}", String::from_utf8_lossy(&out.stderr));
+        };
+        ConsoleAnswer {
+            code: code.parse().unwrap_or_else(|_| panic!("no status from the console: {text}")),
+            body: serde_json::from_str(answer).unwrap_or_else(|_| panic!("console {path} answered no JSON: {answer}")),
+            set_cookie: (!cookie.is_empty()).then(|| cookie.to_string()),
+        }
+    }
+
+    /// GETs the console's `path` with the session `cookie` (a `Set-Cookie` value); the status.
+    fn console_get(&self, path: &str, cookie: &str) -> u16 {
+        let port = self.origin.rsplit(':').next().unwrap();
+        let pair = cookie.split(';').next().unwrap();
+        let out = Process::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(["--cacert", self.cluster.path("ca/web-ca.pem").to_str().unwrap()])
+            .args(["--resolve", &format!("{RP_ID}:{port}:127.0.0.1")])
+            .args(["-H", &format!("cookie: {pair}")])
+            .arg(format!("{}{path}", self.origin))
+            .output()
+            .expect("curl is installed by scripts/test");
+        let code = String::from_utf8_lossy(&out.stdout).into_owned();
+        code.parse().unwrap_or_else(|_| panic!("no status from the console: {code}"))
+    }
+
+    /// `operator` logs in to the console with `passkey` as the login page does: begin, then
+    /// finish with an assertion over the challenge. The refusal of `begin` when it refuses.
+    fn login(&self, operator: &str, passkey: &mut SoftAuthenticator) -> ConsoleAnswer {
+        let begun = self.console_call("/console/login/begin", &serde_json::json!({ "operator": operator }));
+        if begun.code != 200 {
+            return begun;
+        }
+        let challenge = from_b64url(begun.body["challenge"].as_str().expect("a challenge")).unwrap();
+        let assertion = passkey.assert(RP_ID, &self.origin, &challenge);
+        self.console_call("/console/login/finish", &serde_json::json!({ "operator": operator, "assertion": assertion }))
     }
 
     /// `approver`'s passkey approval of `request_id`, posted to node `via`. Anyone may
@@ -297,6 +355,69 @@ impl Setup {
             assert_eq!(info["approvals"], serde_json::json!([]), "node {node}: {info}");
             assert!(info["signature"].is_null(), "node {node}: {info}");
         }
+    }
+
+    /// Sets `treasury`'s policy to need both alice and bob. One passkey approval then leaves a
+    /// request awaiting approval, so no honest leader coordinates it (and signs it) before a
+    /// test changes what that approval is judged by; and a signer's refusal tells the approvals
+    /// it counts itself (0/2) from those the log counted (1/2).
+    fn needs_two_approvals(&self) {
+        let policy = self.cluster.path("policy-two.json");
+        let text = r#"{"requesters": ["dave"], "approvers": ["alice", "bob"], "approvals_required": 2}"#;
+        std::fs::write(&policy, text).unwrap();
+        ok(&self.cluster.synod(1, &["key", "policy", "set", "treasury", "--file", policy.to_str().unwrap()]));
+    }
+
+    /// alice approves each of `ids` with her passkey, validly; waits until every node counts
+    /// her approval and the request still awaits the second.
+    fn approved_by_alice_everywhere(&mut self, ids: &[&str]) {
+        for id in ids {
+            let challenge = self.challenge(id);
+            let approval = self.alice.assert(RP_ID, &self.origin, &challenge);
+            applied(&self.approve(2, id, "alice", approval));
+            for node in 1..=3 {
+                let info = wait_for(&format!("node {node} to count alice's approval of {id}"), CONVERGE, || {
+                    let info = self.show(node, id);
+                    (info["approvals"] == serde_json::json!(["alice"])).then_some(info)
+                });
+                assert_eq!(info["status"], "awaiting_approval", "node {node}: {info}");
+            }
+        }
+    }
+
+    /// Restarts every node built to skip the policy when it leads (a test-build fault): its
+    /// coordinator takes up requests that lack approvals and its own signer releases shares
+    /// for them, so only the followers' checks stand between it and a signature.
+    fn restart_skipping_the_policy(&mut self) {
+        self.cluster.options.faults = Some("skip-policy".into());
+        for id in 1..=3 {
+            assert!(self.cluster.stop(id), "node {id} did not stop cleanly");
+            self.cluster.start_node(id);
+        }
+        self.cluster.wait_leader();
+    }
+
+    /// Waits until every node holds request `id` failed and unsigned, with `approvals` in its
+    /// record; the coordinator the failure names and the failure (as every node holds it).
+    fn failed_everywhere(&self, id: &str, approvals: &[&str]) -> (u64, String) {
+        let mut errors = Vec::new();
+        for node in 1..=3 {
+            let failed = wait_for(&format!("node {node} to hold {id} failed"), CONVERGE, || {
+                let info = self.show(node, id);
+                (info["status"] == "failed").then_some(info)
+            });
+            assert!(failed["signature"].is_null(), "node {node}: {failed}");
+            assert_eq!(failed["approvals"], serde_json::json!(approvals), "node {node}: {failed}");
+            errors.push(failed["error"].as_str().unwrap().to_string());
+        }
+        assert!(errors.iter().all(|e| *e == errors[0]), "the nodes hold different failures: {errors:?}");
+        let error = errors.swap_remove(0);
+        let coordinator = error
+            .strip_prefix("node ")
+            .and_then(|rest| rest.split(':').next())
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_else(|| panic!("the failure names no coordinator: {error}"));
+        (coordinator, error)
     }
 
     /// Waits until every node holds request `id` signed, approved by `approvers`.
@@ -410,4 +531,214 @@ fn passkeys_leader_that_skips_the_policy_gets_no_shares_for_a_forged_assertion()
             assert!(error.contains(&refusal), "node {node}: {error}");
         }
     }
+}
+
+#[test]
+fn passkeys_followers_verify_approvals_again_and_refuse_once_the_passkey_is_removed() {
+    // alice approves two requests with her passkey, validly: every node counts her approvals.
+    // The admin then removes that passkey, and every node drops the approvals it made, so what
+    // a request shows, what the leader coordinates and what signers count stay one: bob's
+    // approval leaves the first request waiting for a second (it does not fail at the
+    // signers). Every node is then restarted built to skip the policy when it leads (a
+    // test-build fault): the leader coordinates the second request and offers its own share,
+    // and each follower, counting no approval, releases none.
+    let mut s = setup(Options::default());
+    s.needs_two_approvals();
+    s.request("ready");
+    s.request("orphan");
+    s.approved_by_alice_everywhere(&["ready", "orphan"]);
+
+    let fingerprint = s.passkeys(1, "alice")[0]["fingerprint"].as_str().unwrap().to_string();
+    ok(&s.cluster.synod(1, &["operator", "passkey", "remove", "alice", &fingerprint]));
+    for node in 1..=3 {
+        wait_for(&format!("node {node} to drop alice's passkey and its approvals"), CONVERGE, || {
+            let dropped = ["ready", "orphan"].iter().all(|id| s.show(node, id)["approvals"] == serde_json::json!([]));
+            (s.passkeys(node, "alice").is_empty() && dropped).then_some(())
+        });
+    }
+
+    let challenge = s.challenge("ready");
+    let approval = s.bob.assert(RP_ID, &s.origin, &challenge);
+    applied(&s.approve(3, "ready", "bob", approval));
+    for node in 1..=3 {
+        let info = wait_for(&format!("node {node} to count bob's approval of ready"), CONVERGE, || {
+            let info = s.show(node, "ready");
+            (info["approvals"] == serde_json::json!(["bob"])).then_some(info)
+        });
+        assert_eq!(info["status"], "awaiting_approval", "node {node}: {info}");
+        assert_eq!(info["approval_progress"], serde_json::json!(["1/2 from [alice, bob]"]), "node {node}: {info}");
+    }
+
+    s.restart_skipping_the_policy();
+    let (coordinator, error) = s.failed_everywhere("orphan", &[]);
+    for follower in (1..=3).filter(|id| *id != coordinator) {
+        let refusal = format!("node {follower}: refused: request orphan lacks approvals: 0/2");
+        assert!(error.contains(&refusal), "node {follower} did not refuse so: {error}");
+    }
+}
+
+#[test]
+fn passkeys_followers_refuse_an_approval_made_on_an_origin_the_admins_dropped() {
+    // alice approves a request with her passkey on the console's origin, validly. The admins
+    // then set the relying party's origins to another console only (same RP ID, so the passkey
+    // stays, but every node drops the approval made on the old origin), and every node is
+    // restarted built to skip the policy when it leads: the leader coordinates the request,
+    // and each follower, counting no approval, releases no share.
+    let mut s = setup(Options::default());
+    s.needs_two_approvals();
+    s.request("moved");
+    s.approved_by_alice_everywhere(&["moved"]);
+
+    let elsewhere = format!("https://console.{RP_ID}:8443");
+    ok(&s.cluster.synod(1, &["cluster", "webauthn", "set", "--rp-id", RP_ID, "--origin", &elsewhere]));
+    for node in 1..=3 {
+        wait_for(&format!("node {node} to hold the new origin"), CONVERGE, || {
+            let out = ok(&s.cluster.synod(node, &["cluster", "webauthn", "show", "-o", "json"]));
+            let config: Value = serde_json::from_str(&out).unwrap();
+            (config["origins"] == serde_json::json!([elsewhere])).then_some(())
+        });
+        assert_eq!(s.passkeys(node, "alice").len(), 1, "node {node} dropped alice's passkey with the origin");
+    }
+
+    s.restart_skipping_the_policy();
+    let (coordinator, error) = s.failed_everywhere("moved", &[]);
+    for follower in (1..=3).filter(|id| *id != coordinator) {
+        let refusal = format!("node {follower}: refused: request moved lacks approvals: 0/2");
+        assert!(error.contains(&refusal), "node {follower} did not refuse so: {error}");
+    }
+}
+
+#[test]
+fn passkeys_console_login_refuses_pending_removed_unverified_and_cloned_passkeys_without_a_cookie() {
+    // alice's passkey approves a request with counter 10, and a login with it sets a session
+    // cookie. A login with a passkey still waiting for the admins, with one they removed,
+    // without user verification, or with a counter not above the 10 the cluster took is
+    // refused with a message saying why, and sets no cookie; a session opened with a passkey
+    // the admins then remove ends.
+    let mut s = setup(Options::default());
+    s.request("pay-c");
+    let challenge = s.challenge("pay-c");
+    s.alice.set_counter(10);
+    let approval = s.alice.assert(RP_ID, &s.origin, &challenge);
+    applied(&s.approve(2, "pay-c", "alice", approval));
+    s.signed_everywhere("pay-c", &["alice"]);
+
+    // The authenticators move out of the setup, which the logins borrow.
+    let placeholder = || SoftAuthenticator::new(SoftAlgorithm::Es256, &mut rand_core::OsRng);
+    let (mut alice, mut bob) =
+        (std::mem::replace(&mut s.alice, placeholder()), std::mem::replace(&mut s.bob, placeholder()));
+    let good = s.login("alice", &mut alice);
+    assert_eq!(good.code, 200, "{}", good.body);
+    assert_eq!(good.body["operator"], "alice", "{}", good.body);
+    let cookie = good.set_cookie.expect("a login sets the session cookie");
+    assert!(cookie.starts_with("synod_console=") && cookie.contains("HttpOnly"), "{cookie}");
+
+    // Registered in the console, not yet approved by the admins.
+    let mut phone = SoftAuthenticator::new(SoftAlgorithm::Es256, &mut rand_core::OsRng);
+    let fingerprint = s.register("alice", &phone);
+    wait_for("the console node to list alice's pending passkey", CONVERGE, || {
+        let list = s.passkeys(CONSOLE_NODE, "alice");
+        list.iter().any(|p| p["state"] == "pending" && p["fingerprint"] == fingerprint.as_str()).then_some(())
+    });
+    s.login("alice", &mut phone).refused_login("not an approved passkey of an operator named alice");
+
+    // Removed by the admins (bob has no passkey left): the session bob opened with it ends
+    // (its pages send him to the login page), and he cannot log in again.
+    let session = s.login("bob", &mut bob).set_cookie.expect("bob logs in while his passkey is approved");
+    assert_eq!(s.console_get("/console/requests", &session), 200, "bob's session reads no page");
+    let bobs = s.passkeys(1, "bob")[0]["fingerprint"].as_str().unwrap().to_string();
+    ok(&s.cluster.synod(1, &["operator", "passkey", "remove", "bob", &bobs]));
+    wait_for("the console node to drop bob's passkey", CONVERGE, || {
+        s.passkeys(CONSOLE_NODE, "bob").is_empty().then_some(())
+    });
+    assert_eq!(s.console_get("/console/requests", &session), 303, "bob's session outlived his passkey");
+    s.login("bob", &mut bob).refused_login("not an approved passkey of an operator named bob");
+
+    // Touched but not verified (no PIN, no biometric).
+    alice.user_verified = false;
+    s.login("alice", &mut alice).refused_login("UV flag unset");
+    alice.user_verified = true;
+
+    // A counter not above the 10 the cluster took: a cloned authenticator.
+    alice.set_counter(5);
+    s.login("alice", &mut alice).refused_login("signature counter 5 is not above the 10 the cluster holds");
+    alice.set_counter(10);
+    s.login("alice", &mut alice).refused_login("signature counter 10 is not above the 10 the cluster holds");
+
+    // The real authenticator, moving on, still logs in.
+    alice.set_counter(20);
+    let again = s.login("alice", &mut alice);
+    assert_eq!(again.code, 200, "{}", again.body);
+    assert!(again.set_cookie.is_some(), "{}", again.body);
+}
+
+#[test]
+fn passkeys_cli_approves_by_fingerprint_only_removes_and_shows_the_relying_party() {
+    // Approving takes the fingerprint (SHA256:…) the owner read off the console: a credential
+    // id, a wrong fingerprint or another operator's name is refused by the CLI, a command
+    // naming a wrong fingerprint by every node, and the passkey stays pending; the right one
+    // approves it. `operator passkey remove` drops it, and `cluster
+    // webauthn show` prints the relying party as a table and as JSON.
+    let s = setup(Options::default());
+    let phone = SoftAuthenticator::new(SoftAlgorithm::Ed25519, &mut rand_core::OsRng);
+    let fingerprint = s.register("alice", &phone);
+    wait_for("node 1 to list alice's pending passkey", CONVERGE, || {
+        let list = s.passkeys(1, "alice");
+        list.iter().any(|p| p["state"] == "pending" && p["fingerprint"] == fingerprint.as_str()).then_some(())
+    });
+    let refused = |args: &[&str], needle: &str| {
+        let err = fails(&s.cluster.synod(1, args));
+        assert!(err.contains(needle), "`synod {}` said {err:?}, not {needle:?}", args.join(" "));
+    };
+    let by_id = phone.credential_id();
+    refused(&["operator", "passkey", "approve", "alice", &by_id], "by the fingerprint");
+    let wrong = format!("SHA256:{}", "A".repeat(43));
+    refused(&["operator", "passkey", "approve", "alice", &wrong], "alice has no pending passkey SHA256:AAAA");
+    refused(&["operator", "passkey", "approve", "bob", &fingerprint], "bob has no pending passkey");
+    // A client that skips the CLI's check: the command names the fingerprint the admins checked,
+    // and every node refuses it when another key waits under that credential id.
+    let admin = {
+        use ed25519_dalek::pkcs8::DecodePrivateKey;
+        let pem = std::fs::read_to_string(s.cluster.path("admin.pem")).unwrap();
+        ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).unwrap()
+    };
+    let command = Command::ApprovePasskey {
+        operator: "alice".into(),
+        credential_id: phone.credential_id(),
+        fingerprint: wrong.clone(),
+    };
+    let answer = s.post(2, &SignedCommand::sign(&s.envelope(command), &admin));
+    assert_eq!(answer["outcome"], "rejected", "{answer}");
+    let reason = answer["reason"].as_str().unwrap();
+    assert!(reason.contains(&format!("has fingerprint {fingerprint}, not the {wrong}")), "{reason}");
+    let pending = |node| s.passkeys(node, "alice").into_iter().filter(|p| p["state"] == "pending").count();
+    assert_eq!(pending(1), 1, "a refused approval approved something");
+
+    ok(&s.cluster.synod(1, &["operator", "passkey", "approve", "alice", &fingerprint]));
+    for node in 1..=3 {
+        wait_for(&format!("node {node} to hold alice's two passkeys approved"), CONVERGE, || {
+            let list = s.passkeys(node, "alice");
+            (list.len() == 2 && list.iter().all(|p| p["state"] == "approved")).then_some(())
+        });
+    }
+    refused(&["operator", "passkey", "approve", "alice", &fingerprint], "alice has no pending passkey");
+
+    ok(&s.cluster.synod(1, &["operator", "passkey", "remove", "alice", &fingerprint]));
+    for node in 1..=3 {
+        wait_for(&format!("node {node} to hold alice's first passkey only"), CONVERGE, || {
+            let list = s.passkeys(node, "alice");
+            (list.len() == 1 && list[0]["credential_id"] == s.alice.credential_id()).then_some(())
+        });
+    }
+    refused(&["operator", "passkey", "remove", "alice", &fingerprint], "alice has no passkey");
+
+    let table = ok(&s.cluster.synod(1, &["cluster", "webauthn", "show"]));
+    assert!(table.contains(&format!("RP ID:   {RP_ID}\n")), "{table}");
+    assert!(table.contains("RP name: Synod\n"), "{table}");
+    assert!(table.contains(&format!("origin:  {}\n", s.origin)), "{table}");
+    let json: Value = serde_json::from_str(&ok(&s.cluster.synod(3, &["cluster", "webauthn", "show", "-o", "json"])))
+        .expect("webauthn show JSON");
+    assert_eq!(json["rp_id"], RP_ID, "{json}");
+    assert_eq!(json["rp_name"], "Synod", "{json}");
+    assert_eq!(json["origins"], serde_json::json!([s.origin]), "{json}");
 }

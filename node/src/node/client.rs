@@ -245,7 +245,14 @@ impl Node {
             }
             ClientRequest::ListProposals => {
                 caller.require_overseer("the admin proposals")?;
-                R::Proposals { proposals: self.shared.read().state.proposals.values().cloned().collect() }
+                let mut proposals: Vec<Proposal> = self.shared.read().state.proposals.values().cloned().collect();
+                // A chat webhook's URL carries its token: auditors see where it points, not the token.
+                for p in &mut proposals {
+                    if let synod_proto::Command::SetWebhook { webhook } = &mut p.command {
+                        webhook.url = webhook.redacted_url();
+                    }
+                }
+                R::Proposals { proposals }
             }
             ClientRequest::AuditRecords { from, limit } => {
                 let operator = caller.require_operator("the audit log")?;

@@ -715,7 +715,9 @@ impl ClusterState {
             Command::RegisterPasskey { node_id, operator, label, registration } => {
                 self.register_passkey(*node_id, operator, label, registration)
             }
-            Command::ApprovePasskey { operator, credential_id } => self.approve_passkey(operator, credential_id),
+            Command::ApprovePasskey { operator, credential_id, fingerprint } => {
+                self.approve_passkey(operator, credential_id, fingerprint)
+            }
             Command::RemovePasskey { operator, credential_id } => self.remove_passkey(operator, credential_id),
             Command::SetWebhook { webhook } => self.set_webhook(webhook),
             Command::RemoveWebhook { name } => self.remove_webhook(name),

@@ -22,13 +22,23 @@ fn authenticator(_seed: u64, algorithm: SoftAlgorithm) -> SoftAuthenticator {
     SoftAuthenticator::new(algorithm, &mut rand_core::OsRng)
 }
 
+/// The fingerprint the console shows `auth`'s owner.
+fn fingerprint(auth: &SoftAuthenticator) -> String {
+    let config = WebAuthnConfig { rp_id: RP.into(), rp_name: String::new(), origins: vec![ORIGIN.into()] };
+    synod_proto::webauthn::read_registration(&config, &auth.register(RP, ORIGIN, b"c"), None).unwrap().fingerprint
+}
+
 /// Registers `auth` for `operator` through node 1's console, and approves it as the admin.
 fn enrol(world: &mut World, operator: &str, auth: &SoftAuthenticator) {
     let registration = auth.register(RP, ORIGIN, b"a challenge the console drew");
     let register =
         Command::RegisterPasskey { node_id: 1, operator: operator.into(), label: "laptop".into(), registration };
     assert!(world.by_node(1, register).is_applied());
-    let approve = Command::ApprovePasskey { operator: operator.into(), credential_id: auth.credential_id() };
+    let approve = Command::ApprovePasskey {
+        operator: operator.into(),
+        credential_id: auth.credential_id(),
+        fingerprint: fingerprint(auth),
+    };
     assert!(world.by_admin(approve).is_applied());
 }
 
@@ -60,7 +70,18 @@ fn a_passkey_approval_counts_once_the_admins_approved_the_passkey() {
     assert!(request_by(&mut world, &keys["dave"], "r1").is_applied());
     let early = assertion(&world, "r1", &mut alice, false);
     refused(&approve_with(&mut world, "r1", "alice", early), "no approved passkey");
-    let approve = Command::ApprovePasskey { operator: "alice".into(), credential_id: alice.credential_id() };
+    // The admins approve only the key whose fingerprint they checked.
+    let wrong = Command::ApprovePasskey {
+        operator: "alice".into(),
+        credential_id: alice.credential_id(),
+        fingerprint: fingerprint(&bob),
+    };
+    refused(&world.by_admin(wrong), "not the SHA256:");
+    let approve = Command::ApprovePasskey {
+        operator: "alice".into(),
+        credential_id: alice.credential_id(),
+        fingerprint: fingerprint(&alice),
+    };
     assert!(world.by_admin(approve).is_applied());
     assert!(world.state.pending_passkeys.is_empty());
     enrol(&mut world, "bob", &bob);
@@ -71,11 +92,22 @@ fn a_passkey_approval_counts_once_the_admins_approved_the_passkey() {
     assert!(approve_with(&mut world, "r1", "bob", b).is_applied());
     let record = world.state.requests["r1"].clone();
     world.state.ready_to_sign(&record, true).expect("met, and every assertion verifies again");
-    // A passkey removed mid-request takes its approval with it (the signer's re-verification).
+    // A passkey removed mid-request takes its approval with it: out of the record, so the
+    // leader's view (no re-verification) and the signers' agree and the request waits.
     let remove = Command::RemovePasskey { operator: "bob".into(), credential_id: bob.credential_id() };
     assert!(world.by_admin(remove).is_applied());
     let record = world.state.requests["r1"].clone();
+    assert_eq!(record.approvals.iter().map(|a| a.approver.as_str()).collect::<Vec<_>>(), ["alice"]);
+    assert!(world.state.ready_to_sign(&record, false).unwrap_err().contains("lacks approvals"));
     assert!(world.state.ready_to_sign(&record, true).unwrap_err().contains("lacks approvals"));
+    // An origin taken out of the relying party takes the approvals made there with it.
+    let config = WebAuthnConfig {
+        rp_id: RP.into(),
+        rp_name: "Synod".into(),
+        origins: vec!["https://other.localhost:8443".into()],
+    };
+    assert!(world.by_admin(Command::SetWebAuthn { config }).is_applied());
+    assert!(world.state.requests["r1"].approvals.is_empty());
 }
 
 #[test]
@@ -163,6 +195,13 @@ fn registrations_are_read_by_every_node_and_bounded() {
         assert!(world.by_node(1, register(&auth, ORIGIN, "alice")).is_applied());
     }
     refused(&world.by_node(1, register(&authenticator(200, SoftAlgorithm::Es256), ORIGIN, "alice")), "too many");
+    // bob registering alice's public key (read off a listing) under a credential id of his own
+    // would count one touch of hers as two approvers: the same key is refused whatever its id.
+    let mut alices = authenticator(7, SoftAlgorithm::Es256);
+    assert!(world.by_node(1, register(&alices, ORIGIN, "bob")).is_applied());
+    refused(&world.by_node(1, register(&alices, ORIGIN, "dave")), "already registered");
+    alices.set_credential_id(b"another id, same key");
+    refused(&world.by_node(1, register(&alices, ORIGIN, "dave")), "already registered");
     // Changing the RP ID drops every passkey made for the old one.
     let config = WebAuthnConfig {
         rp_id: "example.com".into(),

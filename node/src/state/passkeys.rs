@@ -10,6 +10,7 @@
 //! its signature counter must grow at apply, when the authenticator keeps one.
 
 use serde::{Deserialize, Serialize};
+use synod_proto::authz::ApprovalSignature;
 use synod_proto::webauthn::{
     self, Assertion, CoseKey, Registration, WebAuthnConfig, PASSKEYS_PER_OPERATOR_MAX, PENDING_PASSKEYS_MAX,
     PENDING_PASSKEYS_PER_OPERATOR_MAX, PENDING_PASSKEY_MS,
@@ -80,6 +81,12 @@ impl ClusterState {
             self.pending_passkeys.clear();
             detail.push_str(&format!("; the RP ID changed, so {dropped} passkeys made for the old one were removed"));
         }
+        let stale = self.drop_unverifiable_passkey_approvals();
+        if stale > 0 {
+            detail.push_str(&format!(
+                "; {stale} passkey approvals of pending requests no longer verify and were dropped"
+            ));
+        }
         Ok(detail)
     }
 
@@ -87,6 +94,54 @@ impl ClusterState {
         self.webauthn.as_ref().ok_or_else(|| {
             "passkeys are not set up in this cluster; an admin runs `synod cluster webauthn set` first".into()
         })
+    }
+
+    /// Why a registration would be refused, without changing anything: what
+    /// every node checks when it applies one, and what a console checks before
+    /// it writes one (so a refused registration costs no log entry).
+    pub fn check_register_passkey(
+        &self,
+        operator: &str,
+        registration: &Registration,
+    ) -> Result<webauthn::NewCredential, String> {
+        if self.rules < RULES_PASSKEYS {
+            return Err(format!(
+                "passkeys need rules version {RULES_PASSKEYS}; this cluster's genesis named {}",
+                self.rules
+            ));
+        }
+        let now = self.time_ms;
+        let config = self.config()?;
+        let credential = webauthn::read_registration(config, registration, None)
+            .map_err(|e| format!("the passkey registration for {operator} is refused: {e}"))?;
+        let op = self.operators.get(operator).ok_or(format!("no operator named {operator}"))?;
+        let pending = || self.pending_passkeys.values().filter(|p| p.expires_at_ms >= now);
+        // One key is one person's: the same public key under another credential id (or
+        // another operator) would let one touch count as two approvers.
+        let known = self
+            .operators
+            .values()
+            .flat_map(|o| &o.passkeys)
+            .map(|p| (&p.credential_id, &p.fingerprint))
+            .chain(pending().map(|p| (&p.credential_id, &p.fingerprint)))
+            .any(|(id, fingerprint)| *id == credential.credential_id || *fingerprint == credential.fingerprint);
+        if known {
+            return Err(format!("passkey {} is already registered", credential.fingerprint));
+        }
+        if op.passkeys.len() >= PASSKEYS_PER_OPERATOR_MAX {
+            return Err(format!(
+                "{operator} already has {PASSKEYS_PER_OPERATOR_MAX} passkeys; an admin removes one first"
+            ));
+        }
+        let theirs = pending().filter(|p| p.operator == operator).count();
+        let all = pending().count();
+        if theirs >= PENDING_PASSKEYS_PER_OPERATOR_MAX || all >= PENDING_PASSKEYS_MAX {
+            return Err(format!(
+                "too many passkeys wait for the admins ({theirs} for {operator}, {all} in all); an admin approves or \
+                 removes them (`synod operator passkey list`)"
+            ));
+        }
+        Ok(credential)
     }
 
     pub(super) fn register_passkey(
@@ -99,31 +154,7 @@ impl ClusterState {
         self.needs_rules(RULES_PASSKEYS, "passkeys")?;
         let now = self.time_ms;
         self.pending_passkeys.retain(|_, p| p.expires_at_ms >= now);
-        let config = self.config()?;
-        let credential = webauthn::read_registration(config, registration, None)
-            .map_err(|e| format!("the passkey registration for {operator} is refused: {e}"))?;
-        let op = self.operators.get(operator).ok_or(format!("no operator named {operator}"))?;
-        let known =
-            self.operators.values().flat_map(|o| &o.passkeys).any(|p| p.credential_id == credential.credential_id)
-                || self.pending_passkeys.contains_key(&credential.credential_id);
-        if known {
-            return Err(format!("passkey {} is already registered", credential.fingerprint).into());
-        }
-        if op.passkeys.len() >= PASSKEYS_PER_OPERATOR_MAX {
-            return Err(format!(
-                "{operator} already has {PASSKEYS_PER_OPERATOR_MAX} passkeys; an admin removes one first"
-            )
-            .into());
-        }
-        let theirs = self.pending_passkeys.values().filter(|p| p.operator == operator).count();
-        if theirs >= PENDING_PASSKEYS_PER_OPERATOR_MAX || self.pending_passkeys.len() >= PENDING_PASSKEYS_MAX {
-            return Err(format!(
-                "too many passkeys wait for the admins ({theirs} for {operator}, {} in all); an admin approves or \
-                 removes them (`synod operator passkey list`)",
-                self.pending_passkeys.len()
-            )
-            .into());
-        }
+        let credential = self.check_register_passkey(operator, registration)?;
         let detail = format!(
             "passkey {} ({}) registered for {operator} on node {node_id}; it waits for the admins",
             credential.fingerprint,
@@ -147,7 +178,12 @@ impl ClusterState {
         Ok(detail)
     }
 
-    pub(super) fn approve_passkey(&mut self, operator: &str, credential_id: &str) -> Result<String, Refusal> {
+    pub(super) fn approve_passkey(
+        &mut self,
+        operator: &str,
+        credential_id: &str,
+        fingerprint: &str,
+    ) -> Result<String, Refusal> {
         self.needs_rules(RULES_PASSKEYS, "passkeys")?;
         let id = normalise(credential_id);
         let pending = self.pending_passkeys.get(&id).ok_or(format!("no passkey {credential_id} waits for approval"))?;
@@ -155,6 +191,16 @@ impl ClusterState {
             return Err(
                 format!("passkey {credential_id} was registered for {}, not {operator}", pending.operator).into()
             );
+        }
+        // The admins approve the key whose fingerprint they checked with its owner, not
+        // whatever key waits under that credential id when their agreement completes.
+        if pending.fingerprint != fingerprint.trim_end_matches('=') {
+            return Err(format!(
+                "passkey {credential_id} of {operator} has fingerprint {}, not the {fingerprint} the admins approved; \
+                 check the fingerprint with its owner again",
+                pending.fingerprint
+            )
+            .into());
         }
         if pending.expires_at_ms < self.time_ms {
             return Err(format!(
@@ -195,9 +241,38 @@ impl ClusterState {
             .position(|p| p.credential_id == id)
             .ok_or(format!("{operator} has no passkey {credential_id}"))?;
         let removed = op.passkeys.remove(at);
-        // Its approvals stop counting at once: every signer verifies them again
-        // against the operator's passkeys before each share.
-        Ok(format!("passkey {} of {operator} removed; approvals it made no longer count", removed.fingerprint))
+        let dropped = self.drop_unverifiable_passkey_approvals();
+        Ok(format!(
+            "passkey {} of {operator} removed; {dropped} approvals it made to pending requests were dropped",
+            removed.fingerprint
+        ))
+    }
+
+    /// Drops from pending requests every passkey approval that no longer
+    /// verifies (its passkey was removed, or its origin or RP ID left the
+    /// relying party) and returns how many. Signers verify approvals again
+    /// before each share anyway; dropping them here keeps what the request
+    /// shows, what the leader coordinates and what signers accept the same,
+    /// so such a request waits for new approvals instead of failing at the
+    /// signers. Costs one verification per passkey approval of a pending
+    /// request, on an admin command.
+    fn drop_unverifiable_passkey_approvals(&mut self) -> usize {
+        let mut stale = Vec::new();
+        for id in &self.pending_requests {
+            let Some(request) = self.requests.get(id) else { continue };
+            for approval in &request.approvals {
+                let passkey = matches!(approval.signature, ApprovalSignature::WebAuthn { .. });
+                if passkey && self.verify_approval(request, &approval.approver, &approval.signature).is_err() {
+                    stale.push((id.clone(), approval.approver.clone()));
+                }
+            }
+        }
+        for (id, approver) in &stale {
+            if let Some(request) = self.requests.get_mut(id) {
+                request.approvals.retain(|a| &a.approver != approver);
+            }
+        }
+        stale.len()
     }
 
     /// Verifies a passkey approval or denial of `approver` over `statement`
@@ -236,8 +311,9 @@ impl ClusterState {
         }
         if (counter != 0 || passkey.counter != 0) && counter <= passkey.counter {
             return Err(format!(
-                "the passkey {} of {approver} signed with counter {counter}, not above the {} it already used: a \
-                 replayed assertion or a cloned authenticator; remove the passkey if it was not replayed",
+                "the passkey {} of {approver} signed with counter {counter}, not above the {} the cluster already \
+                 took from it: a replayed assertion, a cloned authenticator, or two approvals made at once that \
+                 arrived out of order (approve again); if none of these, remove the passkey",
                 passkey.fingerprint, passkey.counter
             ));
         }

@@ -121,6 +121,12 @@ impl SoftAuthenticator {
         self.next_counter = n;
     }
 
+    /// Gives the same key another credential id, as someone registering a
+    /// public key they copied from a listing would claim.
+    pub fn set_credential_id(&mut self, id: &[u8]) {
+        self.credential_id = id.to_vec();
+    }
+
     /// The counter the next assertion reports.
     pub fn next_counter(&self) -> u32 {
         self.next_counter

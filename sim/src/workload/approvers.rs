@@ -107,9 +107,12 @@ async fn approve(ctx: &ClientCtx, rng: &mut ChaCha8Rng, request_id: &str) {
 
 /// Sends, for every request the passkey approver has not approved, an approval
 /// made by a clone of its authenticator: the counter set back to the last one
-/// it used. Every
-/// node must refuse it (the counter does not grow); the passkeys checker
-/// catches a state that counts it (`passkey-counter-not-growing`).
+/// it used. Every node must refuse it once the approval that used that counter
+/// is in the log (the counter does not grow); the passkeys checker catches a
+/// state that counts it (`passkey-counter-not-growing`). When that approval was
+/// lost on the way, the clone's counter is the highest the cluster has seen and
+/// it counts, as the authenticator's own would (`passkey-clone/applied`): the
+/// checker judges counters in log order, as the nodes do.
 async fn probe_cloned_passkey(
     ctx: &ClientCtx,
     rng: &mut ChaCha8Rng,

@@ -103,7 +103,7 @@ async fn set_up_approvals(ctx: &ClientCtx, rng: &mut ChaCha8Rng) {
     commands.push(Command::SetPolicy { key: KEY_NAME.into(), policy: sim_policy() });
     let config =
         WebAuthnConfig { rp_id: PASSKEY_RP_ID.into(), rp_name: "Synod".into(), origins: vec![PASSKEY_ORIGIN.into()] };
-    commands.push(Command::SetWebAuthn { config });
+    commands.push(Command::SetWebAuthn { config: config.clone() });
     for command in commands {
         // An earlier attempt applied without an answer.
         commit(ctx, rng, command, None, "already exists").await;
@@ -117,10 +117,14 @@ async fn set_up_approvals(ctx: &ClientCtx, rng: &mut ChaCha8Rng) {
         )
     };
     ctx.history.borrow_mut().passkeys.insert(credential_id.clone(), public_key);
+    // The fingerprint the approver reads off the console and tells the admin.
+    let fingerprint = synod_proto::webauthn::read_registration(&config, &registration, None)
+        .expect("the workload's own registration reads")
+        .fingerprint;
     let register =
         Command::RegisterPasskey { node_id: 1, operator: PASSKEY_APPROVER.into(), label: "sim".into(), registration };
     commit(ctx, rng, register, Some(0), "already registered").await;
-    let approve = Command::ApprovePasskey { operator: PASSKEY_APPROVER.into(), credential_id };
+    let approve = Command::ApprovePasskey { operator: PASSKEY_APPROVER.into(), credential_id, fingerprint };
     commit(ctx, rng, approve, None, "waits for approval").await;
 }
 
