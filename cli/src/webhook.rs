@@ -8,7 +8,7 @@
 use anyhow::anyhow;
 use clap::Subcommand;
 use serde_json::Value;
-use synod_proto::webhook::{Webhook, WebhookEvent};
+use synod_proto::webhook::{normalise_url, Webhook, WebhookEvent};
 use synod_proto::Command;
 
 use crate::authz::submit;
@@ -27,9 +27,14 @@ pub enum WebhookCmd {
         /// The webhook's name (1 to 64 of A-Z a-z 0-9 . _ -).
         name: String,
         /// https://… (a chat's incoming-webhook URL takes the payload as it is), or http:// to
-        /// a loopback address for development.
-        #[arg(long)]
-        url: String,
+        /// 127.0.0.1, [::1] or localhost for development. A chat's URL is a secret and a command
+        /// line lands in shell history and `ps`: give `--url -` to read it from stdin, or
+        /// --url-file. It is stored normalised (lowercase scheme and host, no default port).
+        #[arg(long, required_unless_present = "url_file", conflicts_with = "url_file")]
+        url: Option<String>,
+        /// Read the URL from the first line of this file (keep the file private).
+        #[arg(long, value_name = "FILE")]
+        url_file: Option<std::path::PathBuf>,
         /// Only requests that await (or concern) this operator; repeat. Default: every operator.
         #[arg(long = "operator", value_name = "NAME")]
         operators: Vec<String>,
@@ -59,7 +64,8 @@ pub enum WebhookCmd {
 /// Runs `synod webhook …`.
 pub async fn webhook(cmd: WebhookCmd) -> anyhow::Result<()> {
     match cmd {
-        WebhookCmd::Set { name, url, operators, keys, events, client } => {
+        WebhookCmd::Set { name, url, url_file, operators, keys, events, client } => {
+            let url = normalise_url(&read_url(url, url_file)?).map_err(|e| anyhow!("{e}"))?;
             let webhook = Webhook { name, url, operators, keys, events };
             webhook.validate().map_err(|e| anyhow!("{e}"))?;
             submit(&client, "/v1/commands", Command::SetWebhook { webhook }).await?;
@@ -83,6 +89,29 @@ pub async fn webhook(cmd: WebhookCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The URL from `--url` (`-`: the first line of stdin) or the first line of `--url-file`.
+/// Errors never show it: a chat's URL is a secret.
+fn read_url(url: Option<String>, url_file: Option<std::path::PathBuf>) -> anyhow::Result<String> {
+    let text = match (url, url_file) {
+        (Some(url), _) if url != "-" => return Ok(url),
+        (Some(_), _) => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| anyhow!("cannot read the webhook URL from stdin: {e}"))?;
+            line
+        }
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .map_err(|e| anyhow!("cannot read the webhook URL from {}: {e}", path.display()))?,
+        (None, None) => return Err(anyhow!("give the webhook URL with --url URL, --url - (stdin) or --url-file FILE")),
+    };
+    let url = text.lines().next().unwrap_or_default().trim();
+    if url.is_empty() {
+        return Err(anyhow!("no webhook URL: the first line read is empty"));
+    }
+    Ok(url.to_string())
 }
 
 async fn fetch(client: &ClientArgs) -> anyhow::Result<Value> {

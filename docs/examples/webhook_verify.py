@@ -67,9 +67,19 @@ def _node_key(certificate_b64: str, ca_pem: bytes):
 def verify(method: str, target_uri: str, headers: dict, body: bytes, ca_pem: bytes) -> dict:
     """The payload of a notification, once every check passed; raises Refused otherwise.
 
-    `target_uri` is the URL the webhook was set to (as the sender parsed it: scheme and host in
-    lowercase, the path and query as they were); `headers` maps names (any case) to values.
+    `target_uri` is the URL exactly as the webhook was set (the cluster stores it normalised, as
+    `synod webhook list -o json` hashes it); `headers` maps names (any case) to values. Malformed
+    input of any kind (a header that does not parse, a body that is not JSON) is refused too.
     """
+    try:
+        return _verify(method, target_uri, headers, body, ca_pem)
+    except Refused:
+        raise
+    except Exception as e:  # ValueError, IndexError, binascii.Error, UnicodeError, ...
+        raise Refused(f"the notification is malformed: {type(e).__name__}: {e}") from e
+
+
+def _verify(method: str, target_uri: str, headers: dict, body: bytes, ca_pem: bytes) -> dict:
     h = {k.lower(): v.strip() for k, v in headers.items()}
     for name in ("synod-node-certificate", "signature-input", "signature", "content-digest",
                  "content-type", "idempotency-key"):
@@ -106,7 +116,7 @@ def verify(method: str, target_uri: str, headers: dict, body: bytes, ca_pem: byt
         raise Refused("the signature does not verify") from e
 
     payload = json.loads(body)
-    if payload.get("id") != h["idempotency-key"]:
+    if not isinstance(payload, dict) or payload.get("id") != h["idempotency-key"]:
         raise Refused("the body's id is not the Idempotency-Key")
     return payload
 

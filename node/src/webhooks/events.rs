@@ -1,5 +1,6 @@
-//! From applied audit records to webhook notifications: a pure function of the
-//! records, the applied state and the webhooks, with no I/O.
+//! From applied audit records to webhook notifications, with no I/O: the
+//! records, the applied state, the webhooks and a small [`Watch`] carried from
+//! one batch to the next decide them.
 //!
 //! The records' kinds give the events: `sign_request` gives awaiting_approval
 //! when the request's policy still needs approvals; `approve`, approved;
@@ -8,7 +9,12 @@
 //! a failure because the key stopped signing or its policy changed, have no
 //! record of the request's own: the state fails such requests while it applies
 //! an entry (expired ones just before it), at that entry's time, so their
-//! `expired` or `failed` event belongs to the first record of that time.
+//! `expired` or `failed` event belongs to the first record at or after that
+//! time. The state read is newer than the records (it is updated before they are
+//! written), so such a failure is seen in the batch of that record, or, when the
+//! failing entry came after the last record read in the same millisecond, in the
+//! next batch, which gives it to the remembered first record of that time
+//! ([`Watch`]): every node ties it to the same record, whatever its batches.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -23,6 +29,11 @@ const ID_DOMAIN: &[u8] = b"synod/webhook/v1\0";
 
 /// The prefix of an expired request's failure reason (`state::signing`).
 const EXPIRED_REASON: &str = "expired before it was signed";
+/// The failure reasons of requests failed by a record of their own (`state::authz`
+/// `cancel_request` and `deny`, `state::signing` `sign_failed`).
+const CANCELLED_REASON: &str = "cancelled by its requester";
+const DENIED_PREFIX: &str = "denied by ";
+const SIGN_FAILED_PREFIX: &str = "node ";
 
 /// One notification for one webhook: what is POSTed to its URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,34 +83,78 @@ struct Event<'a> {
     what: String,
 }
 
+/// The requests that may yet fail without a record of their own (expire, or
+/// fail with their key or policy), kept between batches so that a batch looks
+/// at these, the pending requests and the requests its records name, not at
+/// every request ever made. Not replicated: each node keeps its own.
+#[derive(Debug, Default)]
+pub struct Watch {
+    /// Request ids that were pending, or failed after the last record seen.
+    ids: BTreeSet<String>,
+    /// Whether `ids` was filled from the whole state once (at the first batch).
+    primed: bool,
+    /// The first record of the newest time read: failures at that time found later
+    /// belong to it.
+    first_of_time: Option<AuditRecord>,
+    /// The requests whose failure at that time has been given to it already.
+    announced: BTreeSet<String>,
+}
+
 /// The notifications `records` give, in record order. `prev_time_ms` is the
 /// time of the record before the first one (0 when there is none): an expiry
 /// belongs to the first record of its time.
-pub fn notifications(state: &ClusterState, records: &[AuditRecord], mut prev_time_ms: u64) -> Vec<Notification> {
-    let Some(cluster_id) = state.cluster_id.as_deref() else { return Vec::new() };
-    if state.webhooks.is_empty() {
-        return Vec::new();
+///
+/// Cost under the state lock: the first call walks every request once (to fill
+/// `watch`); each later one O(records + pending requests + `watch`), and `watch`
+/// holds only requests pending at the previous batch or failed since.
+pub fn notifications(
+    state: &ClusterState,
+    records: &[AuditRecord],
+    mut prev_time_ms: u64,
+    watch: &mut Watch,
+) -> Vec<Notification> {
+    let anchor = watch.first_of_time.take().filter(|r| r.time_ms == prev_time_ms && !records.is_empty());
+    // From the anchor's time when there is one, else just after the last record read
+    // (from the first record's time when there was none: not the whole past).
+    let from_ms = match (&anchor, prev_time_ms) {
+        (Some(anchor), _) => anchor.time_ms,
+        (None, 0) => records.first().map_or(0, |r| r.time_ms),
+        (None, prev) => prev + 1,
+    };
+    let failed = failed_by_time(state, records, from_ms, watch);
+    let mut events = Vec::new();
+    // Failures at the time of the last record read before, which the state showed only
+    // now (the entry that made them came after that record, in the same millisecond):
+    // they belong to the first record of that time, remembered, as on every node.
+    if let Some(anchor) = &anchor {
+        for (request, reason) in failed.get(&anchor.time_ms).into_iter().flatten() {
+            if watch.announced.insert(request.request_id.clone()) {
+                events.extend(failed_without_record(anchor, request, reason));
+            }
+        }
     }
-    let failed = failed_by_time(state, records.first().map_or(0, |r| r.time_ms));
-    let mut out = Vec::new();
+    let mut first_of_time = anchor.as_ref();
     for record in records {
-        let mut events = Vec::new();
         if record.time_ms > prev_time_ms {
-            for (request, reason) in failed.get(&record.time_ms).into_iter().flatten() {
-                events.extend(failed_without_record(records, record, request, reason));
+            first_of_time = Some(record);
+            watch.announced.clear();
+            // An entry that wrote no record of its own may have failed some just before.
+            let times = failed.range(prev_time_ms.saturating_add(1)..=record.time_ms);
+            for (request, reason) in times.flat_map(|(_, failed)| failed) {
+                watch.announced.insert(request.request_id.clone());
+                events.extend(failed_without_record(record, request, reason));
             }
         }
         prev_time_ms = prev_time_ms.max(record.time_ms);
         events.extend(events_of(state, record));
-        for event in events {
-            if event.request.key_id == audit_key_id(state) {
-                continue;
-            }
-            for webhook in state.webhooks.values() {
-                if let Some(n) = notification(state, cluster_id, webhook, &event) {
-                    out.push(n);
-                }
-            }
+    }
+    watch.first_of_time = first_of_time.cloned();
+    let Some(cluster_id) = state.cluster_id.as_deref() else { return Vec::new() };
+    let audit_key = audit_key_id(state);
+    let mut out = Vec::new();
+    for event in events.iter().filter(|e| e.request.key_id != audit_key) {
+        for webhook in state.webhooks.values() {
+            out.extend(notification(state, cluster_id, webhook, event));
         }
     }
     out
@@ -110,38 +165,57 @@ fn audit_key_id(state: &ClusterState) -> String {
     state.key_by_name(synod_proto::authz::AUDIT_KEY_NAME).map(|k| k.id.clone()).unwrap_or_default()
 }
 
-/// Requests that failed at or after `from_ms`, with why, by the time they were failed.
-fn failed_by_time(state: &ClusterState, from_ms: u64) -> BTreeMap<u64, Vec<(&RequestRecord, &str)>> {
+/// Requests that failed at or after `from_ms`, with why, by the time they were failed. Looks at the watched requests, the pending ones and
+/// those `records` name (every request once, the first time), then keeps in
+/// `watch` those that are pending or failed after the last record.
+fn failed_by_time<'a>(
+    state: &'a ClusterState,
+    records: &[AuditRecord],
+    from_ms: u64,
+    watch: &mut Watch,
+) -> BTreeMap<u64, Vec<(&'a RequestRecord, &'a str)>> {
+    let Some(last) = records.last() else { return BTreeMap::new() };
+    let mut candidates = std::mem::take(&mut watch.ids);
+    if !watch.primed {
+        candidates.extend(state.requests.keys().cloned());
+        watch.primed = true;
+    }
+    candidates.extend(state.pending_requests.iter().cloned());
+    candidates.extend(records.iter().filter_map(|r| r.request_id.clone()));
     let mut out: BTreeMap<u64, Vec<(&RequestRecord, &str)>> = BTreeMap::new();
-    for request in state.requests.values() {
-        let RequestStatus::Failed { reason } = &request.status else { continue };
-        if let Some(at) = request.finished_at_ms.filter(|at| *at >= from_ms) {
-            out.entry(at).or_default().push((request, reason.as_str()));
+    for id in candidates {
+        let Some(request) = state.requests.get(&id) else { continue };
+        let failed_at = match &request.status {
+            RequestStatus::Failed { reason } => request.finished_at_ms.map(|at| (at, reason.as_str())),
+            _ => None,
+        };
+        if let Some((at, reason)) = failed_at.filter(|(at, _)| *at >= from_ms) {
+            out.entry(at).or_default().push((request, reason));
+        }
+        let later = failed_at.is_some_and(|(at, _)| at > last.time_ms);
+        if state.pending_requests.contains(&id) || later {
+            watch.ids.insert(id);
         }
     }
     out
 }
 
 /// The event of a request that failed at `record`'s time without a record of
-/// its own: `expired`, or `failed` when its key stopped signing or its policy
-/// changed. A request failed by its own `sign_failed`, `cancel_request` or
-/// `deny` record gets its event from that record.
-fn failed_without_record<'a>(
-    records: &[AuditRecord],
-    record: &'a AuditRecord,
-    request: &'a RequestRecord,
-    reason: &str,
-) -> Option<Event<'a>> {
+/// its own: `expired`, or `failed` when its key stopped signing, its policy
+/// changed or its requester was removed. A request failed by its own
+/// `sign_failed`, `cancel_request` or `deny` record gets its event from that
+/// record; the reason the state gave says which (so that whichever records a
+/// batch holds, every node decides alike).
+fn failed_without_record<'a>(record: &'a AuditRecord, request: &'a RequestRecord, reason: &str) -> Option<Event<'a>> {
     if reason.starts_with(EXPIRED_REASON) {
         let what = "expired before it was approved and signed".to_string();
         return Some(Event { event: WebhookEvent::Expired, record, request, what });
     }
-    let own = records.iter().any(|r| {
-        r.time_ms == record.time_ms
-            && r.request_id.as_deref() == Some(request.request_id.as_str())
-            && matches!(r.kind.as_str(), "sign_failed" | "cancel_request" | "deny")
-    });
-    (!own).then(|| Event { event: WebhookEvent::Failed, record, request, what: format!("failed: {reason}") })
+    let denied_then = request.denials.last().is_some_and(|d| Some(d.at_ms) == request.finished_at_ms);
+    let own = reason == CANCELLED_REASON
+        || reason.starts_with(SIGN_FAILED_PREFIX)
+        || (reason.starts_with(DENIED_PREFIX) && denied_then);
+    (!own).then(|| Event { event: WebhookEvent::Failed, record, request, what: format!("failed: {}", code(reason)) })
 }
 
 /// The events one applied record is about: none, one, or for a denial that
@@ -156,8 +230,8 @@ fn events_of<'a>(state: &'a ClusterState, record: &'a AuditRecord) -> Vec<Event<
         RequestStatus::Failed { reason } => reason.clone(),
         _ => "denied".to_string(),
     };
-    let failed =
-        Event { event: WebhookEvent::Failed, record, request: first.request, what: format!("failed: {reason}") };
+    let what = format!("failed: {}", code(&reason));
+    let failed = Event { event: WebhookEvent::Failed, record, request: first.request, what };
     vec![first, failed]
 }
 
@@ -167,23 +241,24 @@ fn event_of<'a>(state: &'a ClusterState, record: &'a AuditRecord) -> Option<Even
         return None;
     }
     let request = state.requests.get(record.request_id.as_deref()?)?;
-    let actor = record.actor.clone().unwrap_or_else(|| "someone".into());
+    let actor = record.actor.as_deref().map_or_else(|| "someone".into(), code);
     let (event, what) = match record.kind.as_str() {
         "sign_request" => {
             let (awaiting, _) = standing(state, request, &record.approvals);
             if awaiting.is_empty() {
                 return None;
             }
-            (WebhookEvent::AwaitingApproval, format!("awaits approval from {}", awaiting.join(", ")))
+            let names: Vec<String> = awaiting.iter().map(|n| code(n)).collect();
+            (WebhookEvent::AwaitingApproval, format!("awaits approval from {}", names.join(", ")))
         }
         "approve" => (WebhookEvent::Approved, format!("was approved by {actor}")),
         "deny" => {
             let reason = request.denials.iter().rev().find(|d| Some(&d.approver) == record.actor.as_ref());
-            let reason = reason.map(|d| format!(": {}", d.reason)).unwrap_or_default();
+            let reason = reason.map(|d| format!(": {}", code(&d.reason))).unwrap_or_default();
             (WebhookEvent::Denied, format!("was denied by {actor}{reason}"))
         }
         "sign_result" => (WebhookEvent::Signed, "was signed".to_string()),
-        "sign_failed" => (WebhookEvent::Failed, format!("failed: {}", record.detail)),
+        "sign_failed" => (WebhookEvent::Failed, format!("failed: {}", code(&record.detail))),
         "cancel_request" => (WebhookEvent::Failed, "was cancelled by its requester".to_string()),
         _ => return None,
     };
@@ -253,17 +328,17 @@ fn notification(state: &ClusterState, cluster_id: &str, webhook: &Webhook, event
         }
     }
     let id = idempotency_id(cluster_id, &webhook.name, event.record, event.event, &request.request_id);
-    let mut text = format!(
-        "Synod {}: request {} for key {key} ({}) by {requester} {}",
-        state.cluster_name.as_deref().unwrap_or(cluster_id),
-        request.request_id,
-        request.purpose,
-        event.what
-    );
-    if !progress.is_empty() && matches!(event.event, WebhookEvent::Approved | WebhookEvent::AwaitingApproval) {
-        text.push_str(&format!(" ({progress})"));
-    }
-    text.push('.');
+    let progress_shown = matches!(event.event, WebhookEvent::Approved | WebhookEvent::AwaitingApproval);
+    let sentence = Sentence {
+        cluster: state.cluster_name.as_deref().unwrap_or(cluster_id),
+        request_id: &request.request_id,
+        key: &key,
+        purpose: &request.purpose,
+        requester: &requester,
+        what: &event.what,
+        progress: if progress_shown { &progress } else { "" },
+    };
+    let text = sentence.text();
     let payload = Payload {
         id: id.clone(),
         event: event.event,
@@ -283,6 +358,55 @@ fn notification(state: &ClusterState, cluster_id: &str, webhook: &Webhook, event
     };
     let body = serde_json::to_vec(&payload).expect("a payload serialises");
     Some(Notification { webhook: webhook.name.clone(), url: webhook.url.clone(), id, event: event.event, body })
+}
+
+/// What the `text` of a notification says, each part as it is in the state.
+struct Sentence<'a> {
+    cluster: &'a str,
+    request_id: &'a str,
+    key: &'a str,
+    purpose: &'a str,
+    requester: &'a str,
+    /// What happened, already made safe for a chat (its user-chosen parts in [`code`]).
+    what: &'a str,
+    /// How the request stands against its policy, or empty.
+    progress: &'a str,
+}
+
+impl Sentence<'_> {
+    /// One sentence a chat shows as it is: requesters choose the purpose and request
+    /// id and approvers the reasons, so each user-chosen part is in inline code and
+    /// nothing in it can mention `@channel`, link or format (the JSON fields keep the
+    /// values as they are).
+    fn text(&self) -> String {
+        let mut text = format!(
+            "Synod {}: request {} for key {} ({}) by {} {}",
+            code(self.cluster),
+            code(self.request_id),
+            code(self.key),
+            code(self.purpose),
+            code(self.requester),
+            self.what
+        );
+        if !self.progress.is_empty() {
+            text.push_str(&format!(" ({})", escaped(self.progress)));
+        }
+        text.push('.');
+        text
+    }
+}
+
+/// `&`, `<` and `>` escaped as Slack's and Mattermost's message formatting wants:
+/// `<!channel>` or `<https://…|label>` then shows as typed instead of acting.
+fn escaped(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// A user-chosen value as inline code: without backticks and control characters
+/// (either would end the code span or the line), then escaped.
+fn code(text: &str) -> String {
+    let kept: String = text.chars().filter(|c| *c != '`' && !c.is_control()).collect();
+    format!("`{}`", escaped(&kept))
 }
 
 /// The idempotency id: hex SHA-256 over a domain tag and, each length-prefixed,
@@ -312,4 +436,115 @@ pub fn idempotency_id(
         h.update(part);
     }
     hex::encode(h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhooks_text_puts_requester_words_in_escaped_inline_code() {
+        // A purpose that tries to mention the channel, link elsewhere, or close the code
+        // span and start a line of its own shows as typed, inside code.
+        let evil = "<!channel> <https://evil|x>";
+        let reason = code("bad `build`\n<!here> & more");
+        let what = format!("was denied by {}: {reason}", code("alice"));
+        let sentence = Sentence {
+            cluster: "prod",
+            request_id: "pay-<1>",
+            key: "treasury",
+            purpose: evil,
+            requester: "dave",
+            what: &what,
+            progress: "0/1 from [alice]",
+        };
+        let text = sentence.text();
+        assert_eq!(
+            text,
+            "Synod `prod`: request `pay-&lt;1&gt;` for key `treasury` (`&lt;!channel&gt; &lt;https://evil|x&gt;`) by \
+             `dave` was denied by `alice`: `bad build&lt;!here&gt; &amp; more` (0/1 from [alice])."
+        );
+        assert!(!text.contains('<') && !text.contains('>') && !text.contains('\n'), "{text}");
+    }
+    /// A cluster whose key `k` has a pending request `r1` and a webhook that wants everything.
+    fn world_with_a_pending_request() -> crate::state::key_tests::World {
+        use crate::state::key_tests::{dkg, request_by, with_policy, World};
+        let mut world = World::new();
+        dkg(&mut world, "k");
+        let keys = with_policy(&mut world, 1);
+        assert!(request_by(&mut world, &keys["dave"], "r1").is_applied());
+        let webhook = Webhook {
+            name: "chat".into(),
+            url: "https://hooks.example.com/x".into(),
+            operators: vec![],
+            keys: vec![],
+            events: vec![],
+        };
+        assert!(world.by_admin(synod_proto::Command::SetWebhook { webhook }).is_applied());
+        world.state.take_audit();
+        world
+    }
+
+    fn failed_ids(notes: &[Notification]) -> Vec<String> {
+        notes.iter().filter(|n| n.event == WebhookEvent::Failed).map(|n| n.id.clone()).collect()
+    }
+
+    #[test]
+    fn webhooks_a_failure_in_the_millisecond_of_the_last_record_read_is_sent_once_under_one_id() {
+        // Entry A (an unrelated command) and entry B (disabling the key, which fails r1 with
+        // no record of r1's own) share a millisecond. A node that reads A's record before B
+        // is applied still sends r1's `failed`, tied to A, the first record of that time;
+        // one that reads both at once sends it under the same id; neither sends it twice.
+        let mut world = world_with_a_pending_request();
+        let before = world.state.audit_head.seq;
+        let add = synod_proto::Command::AddOperator {
+            name: "erin".into(),
+            key: Some(synod_proto::OperatorKey::of(&ed25519_dalek::SigningKey::from_bytes(&[9; 32]))),
+            ssh_key: None,
+            roles: vec![synod_proto::authz::Role::Auditor],
+            pending_max: None,
+        };
+        assert!(world.by_admin(add).is_applied());
+        let a = world.state.take_audit();
+        let state_after_a = world.state.clone();
+        world.time_ms -= 1; // B is applied in A's millisecond.
+        assert!(world.by_admin(synod_proto::Command::DisableKey { key: "k".into() }).is_applied());
+        let b = world.state.take_audit();
+        assert_eq!(a[0].time_ms, b[0].time_ms);
+        assert!(matches!(world.state.requests["r1"].status, RequestStatus::Failed { .. }));
+        let prev_ms = a[0].time_ms - 1;
+        assert!(a[0].seq > before);
+
+        // Read in two batches, A's while B is not applied yet.
+        let mut watch = Watch::default();
+        let first = notifications(&state_after_a, &a, prev_ms, &mut watch);
+        assert!(failed_ids(&first).is_empty(), "r1 has not failed yet");
+        let second = notifications(&world.state, &b, a.last().unwrap().time_ms, &mut watch);
+        let split = failed_ids(&second);
+        assert_eq!(split.len(), 1, "{second:?}");
+
+        // Read at once, with the newest state.
+        let both: Vec<AuditRecord> = a.iter().chain(&b).cloned().collect();
+        let at_once = failed_ids(&notifications(&world.state, &both, prev_ms, &mut Watch::default()));
+        assert_eq!(at_once, split, "one id whatever the batches");
+
+        // A's batch read with the newest state, then B's: still once.
+        let mut watch = Watch::default();
+        let mut ids = failed_ids(&notifications(&world.state, &a, prev_ms, &mut watch));
+        ids.extend(failed_ids(&notifications(&world.state, &b, a.last().unwrap().time_ms, &mut watch)));
+        assert_eq!(ids, split);
+    }
+
+    #[test]
+    fn webhooks_a_batch_looks_at_pending_and_watched_requests_not_every_request() {
+        // After the first batch, a request that neither is pending nor failed after the
+        // last record read is no longer looked at.
+        let mut world = world_with_a_pending_request();
+        assert!(world.by_admin(synod_proto::Command::DisableKey { key: "k".into() }).is_applied());
+        let records = world.state.take_audit();
+        let mut watch = Watch::default();
+        notifications(&world.state, &records, records[0].time_ms - 1, &mut watch);
+        assert!(watch.primed);
+        assert!(watch.ids.is_empty(), "{:?}", watch.ids);
+    }
 }

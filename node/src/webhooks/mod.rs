@@ -1,15 +1,16 @@
 //! Webhook notifications: the leader tells the cluster's webhooks that a request
 //! awaits approval, was approved, denied, signed, failed or expired.
 //!
-//! **Who sends.** The leader, alone. It reads the applied audit records from its
-//! cursor (`events.rs` turns them into notifications, a pure function of the
-//! records, the applied state and the webhooks), queues them and moves its
-//! cursor, kept in the store's `Meta` tree. A node that becomes leader starts
-//! from its own cursor, but never more than [`REPLAY_RECORDS_MAX`] records back,
-//! so a notification the old leader queued, sent or lost may be sent again; every
-//! node derives the same idempotency id for it (`Idempotency-Key`, and `id` in
-//! the body), so the receiver drops the duplicate. Deliveries queued on a node
-//! that stops are not kept.
+//! **Who sends.** The leader, alone. Every node reads the applied audit records
+//! from its cursor (`events.rs` turns them into notifications, without I/O, from
+//! the records, the applied state and the webhooks) and moves its cursor, kept
+//! in the store's `Meta` tree; only the leader queues what they give. A node that
+//! becomes leader goes back [`REPLAY_WINDOW_MS`] of log time before its cursor
+//! (at most [`REPLAY_RECORDS_MAX`] records), so a notification the old leader
+//! queued but did not deliver is sent, and one it did deliver may be sent again;
+//! every node derives the same idempotency id for it (`Idempotency-Key`, and `id`
+//! in the body), so a receiver that keeps ids drops the duplicate. Deliveries
+//! queued on a node that stops are not kept.
 //!
 //! **How.** A POST of the JSON payload, signed with RFC 9421 by the sending
 //! node's certificate key (`sign.rs`), with a [`ATTEMPT_TIMEOUT`] timeout,
@@ -26,7 +27,7 @@
 mod events;
 mod sign;
 
-pub use events::{idempotency_id, notifications, Notification, Payload};
+pub use events::{idempotency_id, notifications, Notification, Payload, Watch};
 pub use sign::{CERTIFICATE_HEADER, COVERED, LABEL};
 
 use std::collections::{BTreeMap, VecDeque};
@@ -46,6 +47,10 @@ use crate::store::{Durability, Op, Store, Tree};
 pub const QUEUE_MAX: usize = 4096;
 /// Deliveries sent at once.
 pub const IN_FLIGHT_MAX: usize = 16;
+/// Deliveries sent at once to one webhook: a receiver that accepts connections and
+/// never answers holds this many attempts for their timeout, not all of them.
+pub const IN_FLIGHT_PER_WEBHOOK_MAX: usize = 2;
+const _: () = assert!(IN_FLIGHT_PER_WEBHOOK_MAX <= IN_FLIGHT_MAX);
 /// How long one attempt may take, connection to answer.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first retry's delay; each next one doubles, up to [`BACKOFF_MAX`].
@@ -53,8 +58,11 @@ pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(600);
 /// A notification not delivered within this long of its first attempt is given up.
 pub const GIVE_UP_AFTER_MS: u64 = 24 * 60 * 60 * 1000;
-/// How far back a new leader goes through the audit records.
+/// How far back a new leader goes through the audit records, in records at most.
 pub const REPLAY_RECORDS_MAX: u64 = 1024;
+/// How far back a new leader goes, in log time before its cursor: the records whose
+/// notifications the old leader may not have delivered yet.
+pub const REPLAY_WINDOW_MS: u64 = 60_000;
 /// Audit records read at once.
 const RECORDS_PER_READ: usize = 256;
 /// How often the sender looks at the audit head when nothing wakes it.
@@ -133,6 +141,8 @@ struct Delivery {
 struct Book {
     queue: VecDeque<Delivery>,
     statuses: BTreeMap<String, DeliveryStatus>,
+    /// Attempts in flight per webhook, at most [`IN_FLIGHT_PER_WEBHOOK_MAX`] each.
+    in_flight: BTreeMap<String, usize>,
     cursor: u64,
     sending: bool,
 }
@@ -264,15 +274,20 @@ impl Webhooks {
         }
     }
 
-    /// Takes the deliveries due now, at most `room`.
+    /// Takes the deliveries due now, at most `room`, and at most
+    /// [`IN_FLIGHT_PER_WEBHOOK_MAX`] in flight per webhook (each counted until it is settled).
     fn take_due(&self, room: usize) -> (Vec<Delivery>, Option<tokio::time::Instant>) {
         let now = tokio::time::Instant::now();
         let mut book = self.book.lock().expect("webhook lock");
         let mut due = Vec::new();
         let mut i = 0;
         while i < book.queue.len() && due.len() < room {
-            if book.queue[i].due <= now {
-                due.extend(book.queue.remove(i));
+            let name = &book.queue[i].notification.webhook;
+            let busy = book.in_flight.get(name).copied().unwrap_or(0) >= IN_FLIGHT_PER_WEBHOOK_MAX;
+            if book.queue[i].due <= now && !busy {
+                let delivery = book.queue.remove(i).expect("an index within the queue");
+                *book.in_flight.entry(delivery.notification.webhook.clone()).or_default() += 1;
+                due.push(delivery);
             } else {
                 i += 1;
             }
@@ -289,6 +304,12 @@ impl Webhooks {
         let now_ms = self.seams.clock.now_ms();
         let name = delivery.notification.webhook.clone();
         let mut book = self.book.lock().expect("webhook lock");
+        if let Some(count) = book.in_flight.get_mut(&name) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                book.in_flight.remove(&name);
+            }
+        }
         let status = book.statuses.entry(name.clone()).or_default();
         let counter = |result: &'static str| {
             self.metrics
@@ -361,12 +382,11 @@ impl Webhooks {
         Err(format!("the receiver answered {status}"))
     }
 
-    /// The cursor a node starts from when it becomes leader: its own, at most
-    /// [`REPLAY_RECORDS_MAX`] records behind `head`.
+    /// The cursor a node starts from: its own, at most [`REPLAY_RECORDS_MAX`]
+    /// records behind `head` (a node far behind skips what it could no longer send).
     fn start_cursor(&self, head: u64) -> u64 {
         let mut book = self.book.lock().expect("webhook lock");
         book.cursor = book.cursor.min(head).max(head.saturating_sub(REPLAY_RECORDS_MAX));
-        book.sending = true;
         book.cursor
     }
 
@@ -378,18 +398,21 @@ impl Webhooks {
         }
     }
 
-    fn stop_sending(&self) {
-        self.book.lock().expect("webhook lock").sending = false;
+    fn set_sending(&self, sending: bool) {
+        self.book.lock().expect("webhook lock").sending = sending;
     }
 }
 
-/// Runs the sender: on the leader, the audit records become notifications
-/// (`is_leader` says whether this node leads); on every node, its queued
+/// Runs the sender: on every node the audit records are turned into
+/// notifications and the cursor moves as they are applied; on the leader
+/// (`is_leader` says whether this node leads) they are queued, and its queued
 /// deliveries are sent. Ends when the sender is dropped.
 pub async fn run(webhooks: Weak<Webhooks>, shared: SharedState, is_leader: impl Fn() -> bool + Send + 'static) {
     tokio::spawn(deliver(webhooks.clone()));
     let mut applied = shared.subscribe();
-    let mut leading: Option<(u64, u64)> = None; // (cursor, its record's time)
+    let mut at: Option<(u64, u64)> = None; // (cursor, its record's time)
+    let mut sending = false;
+    let mut watch = Watch::default();
     loop {
         tokio::select! {
             changed = applied.changed() => {
@@ -401,35 +424,66 @@ pub async fn run(webhooks: Weak<Webhooks>, shared: SharedState, is_leader: impl 
             _ = tokio::time::sleep(POLL) => {}
         }
         let Some(hooks) = webhooks.upgrade() else { return };
-        if !is_leader() {
-            if leading.take().is_some() {
-                hooks.stop_sending();
-            }
-            continue;
-        }
         let head = shared.audit_written();
-        let (mut cursor, mut prev_time_ms) = match leading {
+        let (mut cursor, mut prev_time_ms) = match at {
             Some(at) => at,
             None => {
                 let cursor = hooks.start_cursor(head);
-                let time =
-                    read_records(&hooks, cursor, 1).await.first().filter(|r| r.seq == cursor).map_or(0, |r| r.time_ms);
-                tracing::info!(cursor, head, "leading: sending webhook notifications from the audit cursor");
-                (cursor, time)
+                (cursor, record_time(&hooks, cursor).await)
             }
         };
+        let leader = is_leader();
+        if leader && !sending {
+            (cursor, prev_time_ms) = replay_start(&hooks, cursor, prev_time_ms).await;
+            // The requests to watch are found again from the whole state, once per leadership.
+            watch = Watch::default();
+            tracing::info!(cursor, head, "leading: sending webhook notifications from the audit cursor");
+        }
+        if leader != sending {
+            sending = leader;
+            hooks.set_sending(sending);
+        }
         while cursor < head {
             let records = read_records(&hooks, cursor + 1, RECORDS_PER_READ).await;
             let Some(last) = records.last() else { break };
             let (last_seq, last_time) = (last.seq, last.time_ms);
-            let notes = notifications(&shared.read().state, &records, prev_time_ms);
-            hooks.enqueue(notes);
+            let notes = notifications(&shared.read().state, &records, prev_time_ms, &mut watch);
+            if sending {
+                hooks.enqueue(notes);
+            }
             cursor = last_seq;
             prev_time_ms = last_time;
             hooks.save_cursor(cursor);
         }
-        leading = Some((cursor, prev_time_ms));
+        at = Some((cursor, prev_time_ms));
     }
+}
+
+/// The time of record `seq` (0 when there is none).
+async fn record_time(hooks: &Webhooks, seq: u64) -> u64 {
+    if seq == 0 {
+        return 0;
+    }
+    read_records(hooks, seq, 1).await.first().filter(|r| r.seq == seq).map_or(0, |r| r.time_ms)
+}
+
+/// Where a new leader starts: the first record within [`REPLAY_WINDOW_MS`] of log
+/// time before its cursor (whose time is `cursor_time_ms`), at most
+/// [`REPLAY_RECORDS_MAX`] records back, with the time of the record before it.
+/// Their notifications are sent again under the ids the old leader used.
+async fn replay_start(hooks: &Webhooks, cursor: u64, cursor_time_ms: u64) -> (u64, u64) {
+    let from_ms = cursor_time_ms.saturating_sub(REPLAY_WINDOW_MS);
+    let mut seq = cursor.saturating_sub(REPLAY_RECORDS_MAX) + 1;
+    while seq <= cursor {
+        let records = read_records(hooks, seq, RECORDS_PER_READ).await;
+        let Some(last) = records.last() else { break };
+        if let Some(first) = records.iter().find(|r| r.time_ms >= from_ms && r.seq <= cursor) {
+            let start = first.seq - 1;
+            return (start, record_time(hooks, start).await);
+        }
+        seq = last.seq + 1;
+    }
+    (cursor, cursor_time_ms)
 }
 
 /// Audit records from `from` (an empty list when the store cannot be read: the next poll retries).

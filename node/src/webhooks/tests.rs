@@ -79,3 +79,27 @@ fn webhooks_url_is_shown_by_its_origin_only() {
     assert_eq!(url_shown("https://hooks.slack.com/services/T0/B0/secret"), "https://hooks.slack.com/…");
     assert_eq!(url_shown("http://127.0.0.1:8080/hook"), "http://127.0.0.1:8080/…");
 }
+
+#[test]
+fn webhooks_one_receiver_that_never_answers_holds_two_attempts_not_all() {
+    // A receiver that takes connections and never answers keeps its attempts in flight
+    // until they time out: at most IN_FLIGHT_PER_WEBHOOK_MAX of them, so another
+    // webhook's notifications are taken while they hang, and the slow one gets its
+    // next attempt only when one of its own settles.
+    let hooks = sender(Arc::new(crate::store::MemoryStore::new()));
+    let mut notes: Vec<Notification> = (0..20).map(|n| notification("stuck", n)).collect();
+    notes.extend((100..103).map(|n| notification("chat", n)));
+    hooks.enqueue(notes);
+    let (taken, _) = hooks.take_due(IN_FLIGHT_MAX);
+    let count = |taken: &[Delivery], name: &str| taken.iter().filter(|d| d.notification.webhook == name).count();
+    assert_eq!(count(&taken, "stuck"), IN_FLIGHT_PER_WEBHOOK_MAX);
+    assert_eq!(count(&taken, "chat"), IN_FLIGHT_PER_WEBHOOK_MAX);
+    let (more, _) = hooks.take_due(IN_FLIGHT_MAX);
+    assert!(more.is_empty(), "both webhooks are at their limit");
+    let mut taken = taken.into_iter();
+    let chat = taken.find(|d| d.notification.webhook == "chat").unwrap();
+    hooks.settle(chat, Ok(()));
+    let (more, _) = hooks.take_due(IN_FLIGHT_MAX);
+    assert_eq!(more.len(), 1);
+    assert_eq!(more[0].notification.webhook, "chat", "the stuck webhook is still at its limit");
+}
