@@ -93,6 +93,8 @@ pub struct ApiCounters {
     pub refused_connections_per_ip: AtomicU64,
     /// TLS handshakes that failed or ran past [`HANDSHAKE_TIMEOUT`].
     pub failed_handshakes: AtomicU64,
+    /// The same on the approver console's listener.
+    pub console_failed_handshakes: AtomicU64,
     /// Connections closed because a request head did not arrive within [`HEADER_READ_TIMEOUT`]
     /// (a slow head, or a kept-alive connection left idle).
     pub header_timeouts: AtomicU64,
@@ -111,6 +113,7 @@ pub static COUNTERS: ApiCounters = ApiCounters {
     refused_connections_max: AtomicU64::new(0),
     refused_connections_per_ip: AtomicU64::new(0),
     failed_handshakes: AtomicU64::new(0),
+    console_failed_handshakes: AtomicU64::new(0),
     header_timeouts: AtomicU64::new(0),
     unauthenticated_requests: AtomicU64::new(0),
     timed_out_requests: AtomicU64::new(0),
@@ -514,6 +517,7 @@ pub async fn metrics_text(node: &Node) -> String {
     absolute("synod_api_connections_refused_total", &[("cap", "total")], &c.refused_connections_max);
     absolute("synod_api_connections_refused_total", &[("cap", "per_ip")], &c.refused_connections_per_ip);
     absolute("synod_api_handshakes_failed_total", &[], &c.failed_handshakes);
+    absolute("synod_console_handshakes_failed_total", &[], &c.console_failed_handshakes);
     absolute("synod_api_header_timeouts_total", &[], &c.header_timeouts);
     absolute("synod_api_unauthenticated_requests_total", &[], &c.unauthenticated_requests);
     absolute("synod_api_requests_timed_out_total", &[], &c.timed_out_requests);
@@ -968,9 +972,43 @@ impl Drop for Admission {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` turns true. Each new connection uses the
-/// HTTPS configuration `tls` holds at that moment, so a reload reaches new connections only.
+/// Which listener [`serve`] serves: its logs name it, and its failed handshakes count apart.
+/// (Connections refused at the gate, header timeouts and timed-out requests count in the
+/// API's counters for both.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// The HTTPS/JSON API (`api_listen`).
+    Api,
+    /// The approver console (`[console] listen`).
+    Console,
+}
+
+impl Listener {
+    /// The name logs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Listener::Api => "API",
+            Listener::Console => "console",
+        }
+    }
+
+    fn failed_handshakes(self) -> &'static AtomicU64 {
+        match self {
+            Listener::Api => &COUNTERS.failed_handshakes,
+            Listener::Console => &COUNTERS.console_failed_handshakes,
+        }
+    }
+}
+
+/// The client's address, in every request's extensions (the console limits registrations
+/// per address).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Serves `app` as `name` on `listener` until `shutdown` turns true. Each new connection uses
+/// the HTTPS configuration `tls` holds at that moment, so a reload reaches new connections only.
 pub async fn serve(
+    name: Listener,
     listener: TcpListener,
     tls: watch::Receiver<Arc<rustls::ServerConfig>>,
     app: Router,
@@ -982,7 +1020,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    tracing::warn!(error = %e, "API accept failed");
+                    tracing::warn!(error = %e, listener = name.name(), "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -1000,7 +1038,7 @@ pub async fn serve(
                 };
                 // Log the first refusal of a burst and then every 1000th, not each one.
                 if counter.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
-                    tracing::warn!(%remote, ?refusal, "refused API connection: too many open (limits {CONNECTIONS_MAX} in all, {CONNECTIONS_PER_IP_MAX} per address)");
+                    tracing::warn!(%remote, ?refusal, "refused {} connection: too many open (limits {CONNECTIONS_MAX} in all, {CONNECTIONS_PER_IP_MAX} per address)", name.name());
                 }
                 continue;
             }
@@ -1008,13 +1046,14 @@ pub async fn serve(
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.borrow().clone());
         let app = app.clone();
         tokio::spawn(async move {
-            serve_connection(acceptor, tcp, remote, app).await;
+            serve_connection(name, acceptor, tcp, remote, app).await;
             drop(admission);
         });
     }
 }
 
 async fn serve_connection(
+    name: Listener,
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: tokio::net::TcpStream,
     remote: SocketAddr,
@@ -1023,13 +1062,13 @@ async fn serve_connection(
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            count(&COUNTERS.failed_handshakes);
-            tracing::warn!(%remote, error = %e, "refused API client: TLS handshake failed");
+            count(name.failed_handshakes());
+            tracing::warn!(%remote, error = %e, "refused {} client: TLS handshake failed", name.name());
             return;
         }
         Err(_) => {
-            count(&COUNTERS.failed_handshakes);
-            tracing::warn!(%remote, "refused API client: TLS handshake timed out");
+            count(name.failed_handshakes());
+            tracing::warn!(%remote, "refused {} client: TLS handshake timed out", name.name());
             return;
         }
     };
@@ -1039,7 +1078,8 @@ async fn serve_connection(
         .peer_certificates()
         .and_then(|certs| certs.first())
         .and_then(|cert| pki::identity_of(cert).ok());
-    let service = TowerToHyperService::new(app.layer(Extension(Connection(identity))));
+    let service =
+        TowerToHyperService::new(app.layer(Extension(Connection(identity))).layer(Extension(PeerAddr(remote))));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -1048,7 +1088,7 @@ async fn serve_connection(
         if e.is_timeout() {
             count(&COUNTERS.header_timeouts);
         }
-        tracing::debug!(%remote, error = %e, "API connection ended with an error");
+        tracing::debug!(%remote, error = %e, "{} connection ended with an error", name.name());
     }
 }
 

@@ -179,6 +179,12 @@ pub const SERIES: &[(&str, Kind, Option<Unit>, &str)] = &[
         None,
         "Approver console requests answered, by route template and status code.",
     ),
+    (
+        "synod_console_handshakes_failed_total",
+        Kind::Counter,
+        None,
+        "Approver console TLS handshakes that failed or timed out.",
+    ),
     ("synod_tls_reloads_total", Kind::Counter, None, "SIGHUP reloads of the TLS material that took effect."),
     ("synod_tls_reload_failures_total", Kind::Counter, None, "SIGHUP reloads refused (the old material stays in use)."),
 ];

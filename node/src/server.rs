@@ -180,7 +180,13 @@ pub async fn run(config_path: &Path, prompt: PassphrasePrompt) -> anyhow::Result
     tokio::spawn(transport.clone().serve(Arc::new(NodeHandler(node.clone()))));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (https_tx, https_rx) = tokio::sync::watch::channel(tls.https_server_config()?);
-    let api_task = tokio::spawn(api::serve(api_listener, https_rx, api::router(node.clone()), stop_rx.clone()));
+    let api_task = tokio::spawn(api::serve(
+        api::Listener::Api,
+        api_listener,
+        https_rx,
+        api::router(node.clone()),
+        stop_rx.clone(),
+    ));
     // The console is served like the API (its gate, handshake and header deadlines) with its
     // own certificate, which SIGHUP re-reads too.
     let (console_task, console_tls) = match console_listener {
@@ -188,7 +194,7 @@ pub async fn run(config_path: &Path, prompt: PassphrasePrompt) -> anyhow::Result
             tracing::info!(console = %listener.local_addr()?, "approver console listening (HTTPS, /console)");
             let (tx, rx) = tokio::sync::watch::channel(tls);
             let app = crate::console::routes::router(node.clone());
-            (Some(tokio::spawn(api::serve(listener, rx, app, stop_rx))), Some(tx))
+            (Some(tokio::spawn(api::serve(api::Listener::Console, listener, rx, app, stop_rx))), Some(tx))
         }
         None => (None, None),
     };

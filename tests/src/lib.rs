@@ -99,6 +99,26 @@ fn free_ports() -> (String, String) {
     (raft.to_string(), api.to_string())
 }
 
+/// A free loopback TCP port for a console (the UDP half of the pair goes unused).
+fn free_console_port() -> u16 {
+    local::free_addrs(1).expect("a free loopback port")[0].1.port()
+}
+
+/// Rewrites the `listen` line of a node config's `[console]` section to `port`, if it has one.
+fn move_console(config: &Path, port: u16) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let Some((node_part, console)) = text.split_once("[console]") else { return };
+    let mut moved = format!("{node_part}[console]");
+    for line in console.split_inclusive('\n') {
+        if line.split('=').next().is_some_and(|key| key.trim() == "listen") {
+            moved.push_str(&format!("listen = \"127.0.0.1:{port}\"\n"));
+        } else {
+            moved.push_str(line);
+        }
+    }
+    std::fs::write(config, moved).unwrap();
+}
+
 /// Runs `synod` with `args` and `envs`, returning its output.
 pub fn run_synod(args: &[&str], envs: &[(&str, String)]) -> Output {
     let mut cmd = Command::new(synod_bin());
@@ -303,11 +323,42 @@ impl Cluster {
         node.child = Some(cmd.spawn().expect("spawn node"));
     }
 
+    /// Gives node `id` (not started yet) an approver console on a free loopback port, serving
+    /// the certificate and key `certificate` and `key`. [`Cluster::start_new_nodes`] moves it
+    /// to another port if that one is taken by then; [`Cluster::console_origin`] reads it.
+    pub fn add_console(&mut self, id: u64, certificate: &Path, key: &Path) {
+        let config = &self.nodes[&id].config;
+        let port = free_console_port();
+        let mut text = std::fs::read_to_string(config).unwrap();
+        assert!(!text.contains("[console]"), "node {id} already has a console");
+        text.push_str(&format!(
+            "[console]\nlisten = \"127.0.0.1:{port}\"\ncertificate = \"{}\"\nkey = \"{}\"\n",
+            certificate.display(),
+            key.display()
+        ));
+        std::fs::write(config, text).unwrap();
+    }
+
+    /// Node `id`'s console origin as browsers open it, `https://localhost:PORT` (the RP ID is a
+    /// domain, never an IP address), from its config: call it after the node started, since a
+    /// start may move the console to another port.
+    pub fn console_origin(&self, id: u64) -> Option<String> {
+        let text = std::fs::read_to_string(&self.nodes[&id].config).ok()?;
+        let section = text.split("[console]").nth(1)?;
+        let listen = section.lines().find_map(|line| {
+            let (key, value) = line.split_once('=')?;
+            (key.trim() == "listen").then(|| value.trim().trim_matches('"').to_string())
+        })?;
+        let port = listen.parse::<std::net::SocketAddr>().ok()?.port();
+        Some(format!("https://localhost:{port}"))
+    }
+
     /// Starts nodes that are not members of a cluster yet and waits until each
     /// answers. Tests run in parallel processes, so another test's node can bind
     /// a port between [`free_ports`] choosing it and this node binding it; such a
-    /// node gets new ports and starts again (`synod_cli::local`). (A member cannot move: its
-    /// addresses are in the committed membership.)
+    /// node gets new ports (its console too, if it has one) and starts again
+    /// (`synod_cli::local`). (A member cannot move: its addresses are in the
+    /// committed membership.)
     pub fn start_new_nodes(&mut self, ids: &[u64]) {
         for &id in ids {
             self.start_node(id);
@@ -334,6 +385,7 @@ impl Cluster {
                 );
                 let (raft_addr, api_addr) = free_ports();
                 local::move_listen(&node.config, raft_addr.parse().unwrap(), api_addr.parse().unwrap()).unwrap();
+                move_console(&node.config, free_console_port());
                 (node.raft_addr, node.api_addr) = (raft_addr, api_addr);
                 self.start_node(id);
             }
@@ -388,6 +440,19 @@ impl Cluster {
             ok(&self.synod(1, &["operator", "keygen", "--out", path.to_str().expect("utf-8 path"), "-o", "json"]));
         let v: Value = serde_json::from_str(&out).expect("keygen JSON");
         (path, v["public_key"].as_str().expect("a public key").to_string())
+    }
+
+    /// Adds an operator per `(name, roles)` (roles comma-separated, as `synod operator add
+    /// --roles` takes them), each with a key file made by [`Cluster::keygen`], through node 1;
+    /// returns the key files by name.
+    pub fn add_operators(&self, people: &[(&'static str, &str)]) -> BTreeMap<&'static str, PathBuf> {
+        let mut keys = BTreeMap::new();
+        for &(name, roles) in people {
+            let (path, public) = self.keygen(name);
+            ok(&self.synod(1, &["operator", "add", name, "--key", &public, "--roles", roles]));
+            keys.insert(name, path);
+        }
+        keys
     }
 
     /// `synod status -o json` at node `id`, or None when it does not answer.

@@ -18,14 +18,12 @@ use synod_tests::{fails, ok, wait_for, Cluster, Options};
 fn setup(options: Options) -> (Cluster, std::collections::BTreeMap<&'static str, PathBuf>) {
     let cluster = Cluster::start_with(3, options);
     ok(&cluster.synod(1, &["key", "create", "vault", "-t", "2"]));
-    let mut keys = std::collections::BTreeMap::new();
-    for (name, roles) in
-        [("alice", "approver"), ("bob", "approver"), ("carol", "approver"), ("dave", "requester,approver")]
-    {
-        let (path, public) = cluster.keygen(name);
-        ok(&cluster.synod(1, &["operator", "add", name, "--key", &public, "--roles", roles]));
-        keys.insert(name, path);
-    }
+    let keys = cluster.add_operators(&[
+        ("alice", "approver"),
+        ("bob", "approver"),
+        ("carol", "approver"),
+        ("dave", "requester,approver"),
+    ]);
     let policy = cluster.path("policy.json");
     std::fs::write(
         &policy,

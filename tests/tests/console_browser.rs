@@ -160,20 +160,16 @@ impl Consoles {
             &[],
         ));
         assert!(cluster.path("ca/web-ca.pem").exists(), "`synod ca issue console` made no web CA next to the CA");
-        let mut origins = BTreeMap::new();
+        let (certificate, key) =
+            (cluster.path("certs/console-localhost.crt"), cluster.path("certs/console-localhost.key"));
         for id in 1..=3 {
-            let config = cluster.add_node_files(id).config.clone();
-            // Browsers open the console by name: the RP ID is a domain, never an IP address.
-            let port = synod_cli::local::free_addrs(1).expect("a free port")[0].1.port();
-            let mut text = std::fs::read_to_string(&config).unwrap();
-            text.push_str(&format!(
-                "[console]\nlisten = \"127.0.0.1:{port}\"\ncertificate = \"{certs}/console-localhost.crt\"\n\
-                 key = \"{certs}/console-localhost.key\"\n"
-            ));
-            std::fs::write(&config, text).unwrap();
-            origins.insert(id, format!("https://localhost:{port}"));
+            cluster.add_node_files(id);
+            cluster.add_console(id, &certificate, &key);
         }
+        // A node whose console port was taken meanwhile moves it, so the origins are read after.
         cluster.start_new_nodes(&[1, 2, 3]);
+        let origins: BTreeMap<u64, String> =
+            (1..=3).map(|id| (id, cluster.console_origin(id).expect("a console in the config"))).collect();
         let args = cluster.init_args();
         ok(&cluster.synod(1, &args.iter().map(String::as_str).collect::<Vec<_>>()));
         cluster.wait_leader();
@@ -190,12 +186,7 @@ impl Consoles {
 /// payout declaring its amount.
 fn setup_treasury(cluster: &Cluster) {
     ok(&cluster.synod(1, &["key", "create", "treasury", "-t", "2"]));
-    let mut keys = BTreeMap::new();
-    for (name, roles) in [("alice", "approver"), ("bob", "approver"), ("dave", "requester")] {
-        let (path, public) = cluster.keygen(name);
-        ok(&cluster.synod(1, &["operator", "add", name, "--key", &public, "--roles", roles]));
-        keys.insert(name, path);
-    }
+    let keys = cluster.add_operators(&[("alice", "approver"), ("bob", "approver"), ("dave", "requester")]);
     let policy = cluster.path("treasury-policy.json");
     std::fs::write(
         &policy,

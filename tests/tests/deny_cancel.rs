@@ -17,12 +17,12 @@ const CONVERGE: Duration = Duration::from_secs(30);
 fn setup() -> (Cluster, BTreeMap<&'static str, PathBuf>) {
     let cluster = Cluster::start(3);
     ok(&cluster.synod(1, &["key", "create", "vault", "-t", "2"]));
-    let mut keys = BTreeMap::new();
-    for (name, roles) in [("alice", "approver"), ("bob", "approver"), ("dave", "requester"), ("erin", "requester")] {
-        let (path, public) = cluster.keygen(name);
-        ok(&cluster.synod(1, &["operator", "add", name, "--key", &public, "--roles", roles]));
-        keys.insert(name, path);
-    }
+    let keys = cluster.add_operators(&[
+        ("alice", "approver"),
+        ("bob", "approver"),
+        ("dave", "requester"),
+        ("erin", "requester"),
+    ]);
     let policy = cluster.path("policy.json");
     std::fs::write(
         &policy,

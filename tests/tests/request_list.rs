@@ -19,12 +19,12 @@ fn setup() -> (Cluster, BTreeMap<&'static str, PathBuf>) {
     let cluster = Cluster::start(3);
     ok(&cluster.synod(1, &["key", "create", "vault", "-t", "2"]));
     ok(&cluster.synod(1, &["key", "create", "ops", "-t", "2"]));
-    let mut keys = BTreeMap::new();
-    for (name, roles) in [("alice", "approver"), ("bob", "approver"), ("dave", "requester"), ("erin", "requester")] {
-        let (path, public) = cluster.keygen(name);
-        ok(&cluster.synod(1, &["operator", "add", name, "--key", &public, "--roles", roles]));
-        keys.insert(name, path);
-    }
+    let keys = cluster.add_operators(&[
+        ("alice", "approver"),
+        ("bob", "approver"),
+        ("dave", "requester"),
+        ("erin", "requester"),
+    ]);
     let policies = [
         ("vault", r#"{"requesters": ["dave"], "approvers": ["alice", "bob"], "approvals_required": 2}"#),
         ("ops", r#"{"requesters": ["dave", "erin"]}"#),

@@ -283,52 +283,14 @@ fn min_index_parameter() -> utoipa::openapi::path::Parameter {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use axum::body::Body;
     use axum::http::{Method, Request, StatusCode};
     use tower::ServiceExt;
 
     use super::*;
     use crate::api::{Connection, NO_SUCH_ENDPOINT};
-    use crate::node::{Node, NodeParts};
+    use crate::node::testing::lone_node;
     use crate::pki::PeerIdentity;
-
-    /// A transport whose every call fails: the node under test has no peers.
-    struct NoPeers;
-
-    impl crate::transport::PeerTransport for NoPeers {
-        fn call(
-            &self,
-            target: NodeId,
-            addr: String,
-            _request: synod_proto::rpc::PeerRequest,
-            _timeout: std::time::Duration,
-        ) -> futures::future::BoxFuture<'static, Result<synod_proto::rpc::PeerResponse, crate::transport::TransportError>>
-        {
-            let error = crate::transport::TransportError::Unreachable { node: target, addr, reason: "no peers".into() };
-            Box::pin(async move { Err(error) })
-        }
-    }
-
-    /// A real node on a memory store, not initialised, with no peers.
-    async fn lone_node() -> Arc<Node> {
-        let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::MemoryStore::new());
-        let kek = crate::kek::SoftKek::from_key_bytes(zeroize::Zeroizing::new([7u8; 32]));
-        let (_, mut identities) = crate::pki::in_memory_pki(&[1], &mut rand_core::OsRng).expect("test PKI");
-        Node::start(NodeParts {
-            id: 1,
-            store: store.clone(),
-            transport: Arc::new(NoPeers),
-            sealed: Arc::new(crate::sealed::SealedStore::new(store, Arc::new(kek))),
-            identity: Arc::new(identities.remove(0)),
-            seams: crate::seams::Seams::production(),
-            tuning: crate::config::RaftTuning::default(),
-            genesis_admins: Default::default(),
-        })
-        .await
-        .expect("node starts")
-    }
 
     /// The status and the first error message of `method path` on the live router, as a
     /// client with a certificate from the cluster CA.

@@ -28,7 +28,7 @@ use synod_proto::webauthn::{self, Assertion, CoseKey, Registration, WebAuthnConf
 use synod_proto::{Command, NodeError, OperatorKey};
 
 use super::pages::{self, ListedRequest, RequestView, TrailLine};
-use super::session::{Purpose, Session, Sessions, COOKIE_NAME, SESSION_LIFE_MS};
+use super::session::{ChallengeError, Purpose, Session, Sessions, COOKIE_NAME, NONCE_BYTES, SESSION_LIFE_MS};
 use super::{BODY_BYTES_MAX, REQUEST_TIMEOUT};
 use crate::caller::{Caller, VerifiedOperator};
 use crate::node::{ClientResponse, Node};
@@ -47,10 +47,16 @@ pub struct Console {
     pub sessions: Sessions,
 }
 
+/// The client's address, which [`crate::api::serve`] puts in every request's extensions;
+/// absent when a test calls the router directly.
+type Peer = Option<axum::Extension<crate::api::PeerAddr>>;
+
 /// The console's routes over `node`, with its deadline, body limit, security headers and
 /// request counting.
 pub fn router(node: Arc<Node>) -> Router {
-    let console = Arc::new(Console { node, sessions: Sessions::default() });
+    // The challenges' HMAC key, drawn once: a restart voids every open challenge.
+    let sessions = Sessions::new(random(&node));
+    let console = Arc::new(Console { node, sessions });
     Router::new()
         .route("/", get(|| async { Redirect::to("/console") }))
         .route("/console", get(home))
@@ -155,11 +161,16 @@ async fn count_requests(State(console): State<Arc<Console>>, request: Request, n
     response
 }
 
-/// 32 bytes from the node's RNG seam.
-fn random(node: &Node) -> [u8; 32] {
-    let mut bytes = [0u8; 32];
+/// N bytes from the node's RNG seam.
+fn random<const N: usize>(node: &Node) -> [u8; N] {
+    let mut bytes = [0u8; N];
     rand_core::RngCore::fill_bytes(&mut *node.seams().rng.lock().expect("rng lock"), &mut bytes);
     bytes
+}
+
+/// A challenge's nonce.
+fn nonce(node: &Node) -> [u8; NONCE_BYTES] {
+    random(node)
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Refusal> {
@@ -189,13 +200,24 @@ impl Me {
     }
 }
 
-/// The session of this request, or why not.
+/// The session of this request, or why not. A session lasts only while its operator still
+/// has the passkey it logged in with, as added then: removing the passkey or the operator, or
+/// a new RP ID (which drops every passkey), ends it at its next request.
 fn me(console: &Console, headers: &HeaderMap) -> Result<Me, String> {
     let now_ms = console.node.now_ms();
-    let session = cookie(headers)
-        .and_then(|id| console.sessions.get(&id, now_ms))
-        .ok_or("you are not logged in (or your session ended); log in at /console/login")?;
+    let not_logged_in = "you are not logged in (or your session ended); log in at /console/login";
+    let id = cookie(headers).ok_or(not_logged_in)?;
+    let session = console.sessions.get(&id, now_ms).ok_or(not_logged_in)?;
     let applied = console.node.state().read();
+    let passkey = applied.state.passkey_for(&session.operator, &session.credential_id);
+    if passkey.is_none_or(|p| p.added_at_ms != session.passkey_added_at_ms) {
+        console.sessions.logout(&id);
+        return Err(format!(
+            "the passkey you logged in with is no longer one of operator {}'s (an admin removed it or the operator, \
+             or changed the cluster's passkey settings); log in again at /console/login",
+            session.operator
+        ));
+    }
     let operator = applied.state.operators.get(&session.operator).ok_or_else(|| {
         format!("operator {} is no longer in the cluster; log in as another operator", session.operator)
     })?;
@@ -251,32 +273,15 @@ struct Begin {
     operator: String,
 }
 
-/// `POST /console/login/begin {operator}`: a login challenge and the operator's approved
-/// passkeys' credential ids.
+/// `POST /console/login/begin {operator}`: a login challenge for that operator. It answers
+/// alike whether or not the operator exists or has passkeys, and names no credential (the
+/// browser offers the passkeys it holds for this RP ID), so it tells nobody who is an
+/// operator; the finish refuses an unknown operator as it refuses a wrong passkey.
 async fn login_begin(State(console): State<Arc<Console>>, body: Bytes) -> Answer {
     let Begin { operator } = parse(&body, "{\"operator\": NAME}")?;
-    let (config, credential_ids) = {
-        let applied = console.node.state().read();
-        let config = webauthn_config(&applied.state)?;
-        let ids: Vec<String> = applied
-            .state
-            .operators
-            .get(&operator)
-            .map(|op| op.passkeys.iter().map(|p| p.credential_id.clone()).collect())
-            .unwrap_or_default();
-        (config, ids)
-    };
-    // The same answer for an unknown operator and one without passkeys.
-    if credential_ids.is_empty() {
-        return Err(refusal(
-            StatusCode::NOT_FOUND,
-            format!(
-                "operator {operator} has no approved passkey; register one at /console/register and ask an admin \
-                 to approve it"
-            ),
-        ));
-    }
-    let challenge = console.sessions.begin(&operator, Purpose::Login, random(&console.node), console.node.now_ms());
+    let config = webauthn_config(&console.node.state().read().state)?;
+    let challenge = console.sessions.begin(&operator, Purpose::Login, nonce(&console.node), console.node.now_ms());
+    let credential_ids: [String; 0] = [];
     Ok(Json(serde_json::json!({ "challenge": challenge, "rp_id": config.rp_id, "credential_ids": credential_ids }))
         .into_response())
 }
@@ -286,6 +291,15 @@ async fn login_begin(State(console): State<Arc<Console>>, body: Bytes) -> Answer
 struct LoginFinish {
     operator: String,
     assertion: Assertion,
+}
+
+/// The status of a challenge refusal: `otherwise`, or 429 when the node remembers too many
+/// answered challenges to take another now.
+fn challenge_status(error: &ChallengeError, otherwise: StatusCode) -> StatusCode {
+    match error {
+        ChallengeError::Busy => StatusCode::TOO_MANY_REQUESTS,
+        _ => otherwise,
+    }
 }
 
 /// The challenge a browser's client data carries (base64url), to find the one this node drew.
@@ -313,14 +327,18 @@ async fn login_finish(State(console): State<Arc<Console>>, body: Bytes) -> Answe
     let challenge = console
         .sessions
         .take(&text, &operator, Purpose::Login, now_ms)
-        .map_err(|e| refusal(StatusCode::UNAUTHORIZED, format!("login refused: {e}")))?;
-    {
+        .map_err(|e| refusal(challenge_status(&e, StatusCode::UNAUTHORIZED), format!("login refused: {e}")))?;
+    let (credential_id, added_at_ms) = {
         let applied = node.state().read();
         let config = webauthn_config(&applied.state)?;
+        // One message for an unknown operator and a passkey that is not theirs (see login_begin).
         let passkey = applied.state.passkey_for(&operator, &assertion.credential_id).ok_or_else(|| {
             refusal(
                 StatusCode::UNAUTHORIZED,
-                format!("login refused: this passkey is not an approved passkey of operator {operator}"),
+                format!(
+                    "login refused: this passkey is not an approved passkey of an operator named {operator}; check \
+                     the name, or register a passkey at /console/register and ask an admin to approve it"
+                ),
             )
         })?;
         let refused = |why: String| refusal(StatusCode::UNAUTHORIZED, format!("login refused: {why}"));
@@ -329,16 +347,20 @@ async fn login_finish(State(console): State<Arc<Console>>, body: Bytes) -> Answe
             .map_err(|e| refused(e.to_string()))?;
         let facts = webauthn::verify_assertion(&config, &key, &assertion, &challenge, true)
             .map_err(|e| refused(e.to_string()))?;
-        // The state keeps the counter of the last approval; a login does not move it, but one
-        // that went backwards means a cloned authenticator.
-        if facts.counter != 0 && passkey.counter != 0 && facts.counter < passkey.counter {
+        // The rule the state applies to approvals: when either side keeps a counter, it must
+        // be above the stored one, or the authenticator may have been cloned. A login does not
+        // advance the stored counter (only an applied approval or denial does, in the log), so
+        // logins in a row pass as long as each is above the last approval's.
+        if (facts.counter != 0 || passkey.counter != 0) && facts.counter <= passkey.counter {
             return Err(refused(format!(
-                "the passkey's signature counter went backwards ({} after {}); it may have been cloned, tell the admins",
+                "the passkey's signature counter {} is not above the {} the cluster holds; it may have been cloned, \
+                 tell the admins",
                 facts.counter, passkey.counter
             )));
         }
-    }
-    let id = console.sessions.login(&operator, random(node), now_ms);
+        (passkey.credential_id.clone(), passkey.added_at_ms)
+    };
+    let id = console.sessions.login(&operator, &credential_id, added_at_ms, random(node), now_ms);
     tracing::info!(operator = %operator, "console login");
     let cookie = format!(
         "{COOKIE_NAME}={id}; HttpOnly; Secure; SameSite=Strict; Path=/console; Max-Age={}",
@@ -361,18 +383,14 @@ async fn logout(State(console): State<Arc<Console>>, headers: HeaderMap) -> Resp
 }
 
 /// `POST /console/register/begin {operator}`: a registration challenge, the relying party,
-/// and the operator's user handle.
+/// and the operator's user handle. It answers alike for a name that is no operator (see
+/// login_begin); the finish says so, after a real authenticator's ceremony and within the
+/// registration budget, which keeps guessing names slow.
 async fn register_begin(State(console): State<Arc<Console>>, body: Bytes) -> Answer {
     let Begin { operator } = parse(&body, "{\"operator\": NAME}")?;
     let (config, user_id) = {
         let applied = console.node.state().read();
         let config = webauthn_config(&applied.state)?;
-        if !applied.state.operators.contains_key(&operator) {
-            return Err(refusal(
-                StatusCode::NOT_FOUND,
-                format!("no operator named {operator}; an admin adds operators with `synod operator add`"),
-            ));
-        }
         // A stable handle per cluster and operator, so an authenticator keeps one passkey per
         // operator; it names nobody outside this cluster.
         use sha2::Digest;
@@ -382,7 +400,7 @@ async fn register_begin(State(console): State<Arc<Console>>, body: Bytes) -> Ans
         hash.update(operator.as_bytes());
         (config, webauthn::b64url(&hash.finalize()[..16]))
     };
-    let challenge = console.sessions.begin(&operator, Purpose::Register, random(&console.node), console.node.now_ms());
+    let challenge = console.sessions.begin(&operator, Purpose::Register, nonce(&console.node), console.node.now_ms());
     Ok(Json(serde_json::json!({
         "challenge": challenge,
         "rp_id": config.rp_id,
@@ -401,19 +419,35 @@ struct RegisterFinish {
 }
 
 /// `POST /console/register/finish {operator, label, registration}`: checks the registration
-/// against the challenge this node drew and commits it as a pending passkey; the admins
-/// approve it by its fingerprint.
-async fn register_finish(State(console): State<Arc<Console>>, body: Bytes) -> Answer {
+/// against the challenge this node drew and against what every node will check when it
+/// applies it ([`ClusterState::check_register_passkey`]), then commits it as a pending
+/// passkey within this node's registration budget; the admins approve it by its fingerprint.
+/// A registration the cluster would refuse, or one over the budget, costs no log entry.
+async fn register_finish(State(console): State<Arc<Console>>, peer: Peer, body: Bytes) -> Answer {
     let RegisterFinish { operator, label, registration } = parse(&body, "a registration")?;
     let node = &console.node;
+    let now_ms = node.now_ms();
+    let refused = |status: StatusCode, why: String| refusal(status, format!("registration refused: {why}"));
     let text = challenge_of(&registration.client_data_json)?;
     let challenge = console
         .sessions
-        .take(&text, &operator, Purpose::Register, node.now_ms())
-        .map_err(|e| refusal(StatusCode::BAD_REQUEST, format!("registration refused: {e}")))?;
-    let config = webauthn_config(&node.state().read().state)?;
-    let credential = webauthn::read_registration(&config, &registration, Some(&challenge))
-        .map_err(|e| refusal(StatusCode::BAD_REQUEST, format!("registration refused: {e}")))?;
+        .take(&text, &operator, Purpose::Register, now_ms)
+        .map_err(|e| refused(challenge_status(&e, StatusCode::BAD_REQUEST), e.to_string()))?;
+    let credential = {
+        let applied = node.state().read();
+        let config = webauthn_config(&applied.state)?;
+        webauthn::read_registration(&config, &registration, Some(&challenge))
+            .map_err(|e| refused(StatusCode::BAD_REQUEST, e.to_string()))?;
+        applied.state.check_register_passkey(&operator, &registration).map_err(|why| {
+            let status = if why.starts_with("too many") { StatusCode::TOO_MANY_REQUESTS } else { StatusCode::CONFLICT };
+            refused(status, why)
+        })?
+    };
+    let ip = peer.map(|axum::Extension(crate::api::PeerAddr(addr))| addr.ip());
+    console.sessions.admit_registration(ip, now_ms).map_err(|limit| {
+        tracing::debug!(operator = %operator, ?ip, %limit, "console: registration over the budget, not written");
+        refused(StatusCode::TOO_MANY_REQUESTS, limit.to_string())
+    })?;
     let command = Command::RegisterPasskey { node_id: node.id, operator: operator.clone(), label, registration };
     node.write_as_node(command).await.map_err(node_refusal)?;
     tracing::info!(operator = %operator, fingerprint = %credential.fingerprint, "console: passkey registered, waiting for the admins");
@@ -686,41 +720,7 @@ mod tests {
     use axum::body::Body;
     use tower::ServiceExt;
 
-    /// A transport whose every call fails: the node under test has no peers.
-    struct NoPeers;
-
-    impl crate::transport::PeerTransport for NoPeers {
-        fn call(
-            &self,
-            target: synod_proto::NodeId,
-            addr: String,
-            _request: synod_proto::rpc::PeerRequest,
-            _timeout: std::time::Duration,
-        ) -> futures::future::BoxFuture<'static, Result<synod_proto::rpc::PeerResponse, crate::transport::TransportError>>
-        {
-            let error = crate::transport::TransportError::Unreachable { node: target, addr, reason: "no peers".into() };
-            Box::pin(async move { Err(error) })
-        }
-    }
-
-    /// A real node on a memory store, not initialised (so no passkey settings), with no peers.
-    async fn lone_node() -> Arc<Node> {
-        let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::MemoryStore::new());
-        let kek = crate::kek::SoftKek::from_key_bytes(zeroize::Zeroizing::new([7u8; 32]));
-        let (_, mut identities) = crate::pki::in_memory_pki(&[1], &mut rand_core::OsRng).expect("test PKI");
-        Node::start(crate::node::NodeParts {
-            id: 1,
-            store: store.clone(),
-            transport: Arc::new(NoPeers),
-            sealed: Arc::new(crate::sealed::SealedStore::new(store, Arc::new(kek))),
-            identity: Arc::new(identities.remove(0)),
-            seams: crate::seams::Seams::production(),
-            tuning: crate::config::RaftTuning::default(),
-            genesis_admins: Default::default(),
-        })
-        .await
-        .expect("node starts")
-    }
+    use crate::node::testing::lone_node;
 
     async fn send(app: &Router, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Response {
         let mut request = axum::http::Request::builder().method(method).uri(path);

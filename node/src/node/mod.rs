@@ -20,6 +20,8 @@ mod loops;
 mod peer;
 mod ready;
 mod snapshot;
+#[cfg(test)]
+pub(crate) mod testing;
 mod time;
 mod vote;
 mod write;

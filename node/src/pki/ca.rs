@@ -181,15 +181,7 @@ fn sign_leaf(
     if validity_days == 0 || validity_days > VALIDITY_DAYS_MAX {
         return Err(PkiError::InvalidValidity { days: validity_days });
     }
-    let now_secs = unix_now_secs();
-    let not_after_secs = now_secs + u64::from(validity_days) * SECS_PER_DAY;
-    if not_after_secs > ca.not_after_secs {
-        return Err(PkiError::OutlivesCa {
-            days: validity_days,
-            ca_path: ca.cert_path.clone(),
-            ca_days_left: ca.not_after_secs.saturating_sub(now_secs) / SECS_PER_DAY,
-        });
-    }
+    let (now_secs, not_after_secs) = validity_within(validity_days, &ca.cert_path, ca.not_after_secs)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = distinguished_name(&plan.common_name);
     params.subject_alt_names = plan.sans.clone();
@@ -351,6 +343,10 @@ pub const WEB_CA_KEY_FILE: &str = "web-ca.key";
 /// live longer than [`VALIDITY_DAYS_MAX`]).
 pub const CONSOLE_VALIDITY_DAYS_DEFAULT: u32 = 365;
 const _: () = assert!(CONSOLE_VALIDITY_DAYS_DEFAULT <= VALIDITY_DAYS_MAX);
+/// How long a new web CA is valid: browsers trust it for every page it vouches for, so it
+/// lives shorter than the cluster CA.
+const WEB_CA_VALIDITY_DAYS: u32 = 5 * 365;
+const _: () = assert!(VALIDITY_DAYS_MAX < WEB_CA_VALIDITY_DAYS && WEB_CA_VALIDITY_DAYS <= CA_VALIDITY_DAYS);
 
 /// Where `issue_console` put the console's certificate, and the web CA a browser must trust.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -375,7 +371,10 @@ pub struct ConsoleIssued {
 /// Browsers do not verify Ed25519 certificate chains, and the cluster CA is Ed25519, so the
 /// console has a CA of its own: a P-256 "web CA" (`web-ca.pem`, `web-ca.key`) made next to the
 /// cluster CA on first use, its key protected by `ca_passphrase` exactly when the cluster CA's
-/// is. Nothing in the cluster trusts the web CA: it vouches for console pages to browsers only.
+/// is. Nothing in the cluster trusts the web CA: it vouches for console pages to browsers only,
+/// and only under the DNS names of the console certificate that made it (its name
+/// constraints, which browsers enforce), so a stolen web CA key cannot vouch for other sites.
+/// A console certificate for a name outside them is refused.
 pub fn issue_console(
     ca_dir: &Path,
     name: &str,
@@ -411,16 +410,17 @@ pub fn issue_console(
             sans.push(san);
         }
     }
-    let (ca, web_ca_created) = WebCa::load_or_create(ca_dir, ca_passphrase)?;
-    let now_secs = unix_now_secs();
-    let not_after_secs = now_secs + u64::from(validity_days) * SECS_PER_DAY;
-    if not_after_secs > ca.not_after_secs {
-        return Err(PkiError::OutlivesCa {
-            days: validity_days,
-            ca_path: ca.cert_path.clone(),
-            ca_days_left: ca.not_after_secs.saturating_sub(now_secs) / SECS_PER_DAY,
-        });
+    let (ca, web_ca_created) = WebCa::load_or_create(ca_dir, ca_passphrase, dns_names)?;
+    for dns in dns_names {
+        if !ca.permits(dns) {
+            return Err(PkiError::OutsideWebCa {
+                name: dns.clone(),
+                ca_path: ca.cert_path.clone(),
+                permitted: ca.permitted_dns.join(", "),
+            });
+        }
     }
+    let (now_secs, not_after_secs) = validity_within(validity_days, &ca.cert_path, ca.not_after_secs)?;
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
         .map_err(|source| PkiError::Generate { what: "console key", source })?;
     let mut params = CertificateParams::default();
@@ -493,14 +493,42 @@ struct WebCa {
     cert_der: CertificateDer<'static>,
     common_name: String,
     not_after_secs: u64,
+    /// The DNS subtrees its name constraints permit (lower case): console certificates are
+    /// issued only for names in them.
+    permitted_dns: Vec<String>,
     key: KeyPair,
+}
+
+/// `name` (any case, with or without the final dot) lower-cased and without the final dot.
+fn dns_canonical(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The web CA's name constraints: the DNS names given (and the names under them, as RFC 5280
+/// reads a dNSName subtree), and no IP address at all.
+fn web_ca_name_constraints(dns_names: &[String]) -> rcgen::NameConstraints {
+    let mut permitted: Vec<String> = dns_names.iter().map(|name| dns_canonical(name)).collect();
+    permitted.sort();
+    permitted.dedup();
+    rcgen::NameConstraints {
+        permitted_subtrees: permitted.into_iter().map(rcgen::GeneralSubtree::DnsName).collect(),
+        excluded_subtrees: vec![
+            rcgen::GeneralSubtree::IpAddress(rcgen::CidrSubnet::V4([0; 4], [0; 4])),
+            rcgen::GeneralSubtree::IpAddress(rcgen::CidrSubnet::V6([0; 16], [0; 16])),
+        ],
+    }
 }
 
 impl WebCa {
     /// Loads the web CA in `ca_dir`, or makes it when neither of its files exists yet. The
     /// cluster CA must be there: the web CA lives beside it, is named after it, and its key
     /// is protected exactly when the cluster CA's is. Returns whether it was made now.
-    fn load_or_create(ca_dir: &Path, passphrase: Option<&str>) -> Result<(WebCa, bool), PkiError> {
+    /// A new web CA is constrained to `dns_names` (see [`issue_console`]).
+    fn load_or_create(
+        ca_dir: &Path,
+        passphrase: Option<&str>,
+        dns_names: &[String],
+    ) -> Result<(WebCa, bool), PkiError> {
         let cluster_cert = read_single_cert(&ca_dir.join(CA_CERT_FILE), FileKind::CaCertificate)?;
         let protected = ca_key_is_protected(ca_dir)?;
         if protected && passphrase.is_none() {
@@ -510,7 +538,7 @@ impl WebCa {
         let cert_path = ca_dir.join(WEB_CA_CERT_FILE);
         let key_path = ca_dir.join(WEB_CA_KEY_FILE);
         if cert_path.symlink_metadata().is_err() && key_path.symlink_metadata().is_err() {
-            Self::create(&cluster_cert, &cert_path, &key_path, passphrase)?;
+            Self::create(&cluster_cert, &cert_path, &key_path, passphrase, dns_names)?;
             return Ok((Self::load(cert_path, &key_path, passphrase)?, true));
         }
         Ok((Self::load(cert_path, &key_path, passphrase)?, false))
@@ -521,6 +549,7 @@ impl WebCa {
         cert_path: &Path,
         key_path: &Path,
         passphrase: Option<&str>,
+        dns_names: &[String],
     ) -> Result<(), PkiError> {
         let cluster_name = x509_parser::parse_x509_certificate(cluster_cert.as_ref())
             .ok()
@@ -542,8 +571,9 @@ impl WebCa {
         set_validity(
             &mut params,
             now_secs.saturating_sub(CLOCK_SKEW_TOLERANCE_SECS),
-            now_secs + u64::from(CA_VALIDITY_DAYS) * SECS_PER_DAY,
+            now_secs + u64::from(WEB_CA_VALIDITY_DAYS) * SECS_PER_DAY,
         );
+        params.name_constraints = Some(web_ca_name_constraints(dns_names));
         let cert =
             params.self_signed(&key).map_err(|source| PkiError::Generate { what: "web CA certificate", source })?;
         let key_pem = match passphrase {
@@ -559,44 +589,25 @@ impl WebCa {
     }
 
     fn load(cert_path: PathBuf, key_path: &Path, passphrase: Option<&str>) -> Result<WebCa, PkiError> {
-        let cert_der = read_single_cert(&cert_path, FileKind::CaCertificate)?;
-        let parse_error =
-            |detail: String| PkiError::Parse { kind: FileKind::CaCertificate, path: cert_path.clone(), detail };
-        let (_, x509) = x509_parser::parse_x509_certificate(cert_der.as_ref())
-            .map_err(|e| parse_error(format!("not an X.509 certificate: {e}")))?;
-        if !x509.is_ca() {
-            return Err(parse_error("it is not a CA certificate".to_string()));
+        let (ca, permitted_dns) = load_ca(cert_path, key_path.to_path_buf(), passphrase)?;
+        if permitted_dns.is_empty() {
+            return Err(PkiError::Parse {
+                kind: FileKind::CaCertificate,
+                path: ca.cert_path,
+                detail: "it permits no DNS names (a web CA without name constraints could vouch for any site); \
+                         move web-ca.pem and web-ca.key away, issue the console certificates again to make a \
+                         constrained web CA, and have the browsers trust the new one"
+                    .to_string(),
+            });
         }
-        let common_name = x509
-            .subject()
-            .iter_common_name()
-            .next()
-            .and_then(|cn| cn.as_str().ok())
-            .ok_or_else(|| parse_error("the subject has no common name".to_string()))?
-            .to_string();
-        let not_after_secs = u64::try_from(x509.validity().not_after.timestamp()).unwrap_or(0);
-        let spki = x509.public_key().raw.to_vec();
-        drop(x509);
-        let key_pem = read_limited(key_path, FileKind::CaKey)?;
-        let key_text = std::str::from_utf8(&key_pem).map_err(|_| PkiError::Parse {
-            kind: FileKind::CaKey,
-            path: key_path.to_path_buf(),
-            detail: "not a PEM text file".to_string(),
-        })?;
-        let key = if key_text.contains(ENCRYPTED_KEY_LABEL) {
-            let passphrase = passphrase.ok_or_else(|| PkiError::CaKeyLocked { path: key_path.to_path_buf() })?;
-            decrypt_key_pem(key_text, passphrase, key_path)?
-        } else {
-            KeyPair::from_pem(key_text).map_err(|e| PkiError::Parse {
-                kind: FileKind::CaKey,
-                path: key_path.to_path_buf(),
-                detail: e.to_string(),
-            })?
-        };
-        if key.subject_public_key_info() != spki {
-            return Err(PkiError::CaKeyMismatch { key_path: key_path.to_path_buf(), cert_path });
-        }
-        Ok(WebCa { cert_path, cert_der, common_name, not_after_secs, key })
+        let CaSigner { cert_path, cert_der, common_name, not_after_secs, key } = ca;
+        Ok(WebCa { cert_path, cert_der, common_name, not_after_secs, permitted_dns, key })
+    }
+
+    /// Whether its name constraints permit the DNS name `name`: one of them, or a name under one.
+    fn permits(&self, name: &str) -> bool {
+        let name = dns_canonical(name);
+        self.permitted_dns.iter().any(|base| name == *base || name.ends_with(&format!(".{base}")))
     }
 }
 
@@ -732,48 +743,84 @@ struct CaSigner {
 
 impl CaSigner {
     fn load(ca_dir: &Path, passphrase: Option<&str>) -> Result<Self, PkiError> {
-        let cert_path = ca_dir.join(CA_CERT_FILE);
-        let key_path = ca_dir.join(CA_KEY_FILE);
-        let cert_der = read_single_cert(&cert_path, FileKind::CaCertificate)?;
-        let parse_error =
-            |detail: String| PkiError::Parse { kind: FileKind::CaCertificate, path: cert_path.clone(), detail };
-        let (_, x509) = x509_parser::parse_x509_certificate(cert_der.as_ref())
-            .map_err(|e| parse_error(format!("not an X.509 certificate: {e}")))?;
-        if !x509.is_ca() {
-            return Err(parse_error("it is not a CA certificate".to_string()));
-        }
-        let common_name = x509
-            .subject()
-            .iter_common_name()
-            .next()
-            .and_then(|cn| cn.as_str().ok())
-            .ok_or_else(|| parse_error("the subject has no common name".to_string()))?
-            .to_string();
-        let not_after_secs = u64::try_from(x509.validity().not_after.timestamp()).unwrap_or(0);
-        let ca_spki = x509.public_key().raw.to_vec();
-        drop(x509);
+        load_ca(ca_dir.join(CA_CERT_FILE), ca_dir.join(CA_KEY_FILE), passphrase).map(|(ca, _)| ca)
+    }
+}
 
-        let key_pem = read_limited(&key_path, FileKind::CaKey)?;
-        let key_text = std::str::from_utf8(&key_pem).map_err(|_| PkiError::Parse {
+/// Reads a CA certificate and its key (decrypted with `passphrase` when it is protected),
+/// checks that they belong together, and returns them with the DNS subtrees the
+/// certificate's name constraints permit (lower case; none when it has no constraints).
+fn load_ca(
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    passphrase: Option<&str>,
+) -> Result<(CaSigner, Vec<String>), PkiError> {
+    let cert_der = read_single_cert(&cert_path, FileKind::CaCertificate)?;
+    let parse_error =
+        |detail: String| PkiError::Parse { kind: FileKind::CaCertificate, path: cert_path.clone(), detail };
+    let (_, x509) = x509_parser::parse_x509_certificate(cert_der.as_ref())
+        .map_err(|e| parse_error(format!("not an X.509 certificate: {e}")))?;
+    if !x509.is_ca() {
+        return Err(parse_error("it is not a CA certificate".to_string()));
+    }
+    let common_name = x509
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .ok_or_else(|| parse_error("the subject has no common name".to_string()))?
+        .to_string();
+    let not_after_secs = u64::try_from(x509.validity().not_after.timestamp()).unwrap_or(0);
+    let constraints = x509
+        .name_constraints()
+        .map_err(|e| parse_error(format!("its name constraints do not parse: {e}")))?
+        .and_then(|ext| ext.value.permitted_subtrees.clone())
+        .unwrap_or_default();
+    let permitted_dns: Vec<String> = constraints
+        .iter()
+        .filter_map(|subtree| match subtree.base {
+            x509_parser::extensions::GeneralName::DNSName(name) => Some(dns_canonical(name)),
+            _ => None,
+        })
+        .collect();
+    let ca_spki = x509.public_key().raw.to_vec();
+    drop(x509);
+
+    let key_pem = read_limited(&key_path, FileKind::CaKey)?;
+    let key_text = std::str::from_utf8(&key_pem).map_err(|_| PkiError::Parse {
+        kind: FileKind::CaKey,
+        path: key_path.clone(),
+        detail: "not a PEM text file".to_string(),
+    })?;
+    let key = if key_text.contains(ENCRYPTED_KEY_LABEL) {
+        let passphrase = passphrase.ok_or_else(|| PkiError::CaKeyLocked { path: key_path.clone() })?;
+        decrypt_key_pem(key_text, passphrase, &key_path)?
+    } else {
+        KeyPair::from_pem(key_text).map_err(|e| PkiError::Parse {
             kind: FileKind::CaKey,
             path: key_path.clone(),
-            detail: "not a PEM text file".to_string(),
-        })?;
-        let key = if key_text.contains(ENCRYPTED_KEY_LABEL) {
-            let passphrase = passphrase.ok_or_else(|| PkiError::CaKeyLocked { path: key_path.clone() })?;
-            decrypt_key_pem(key_text, passphrase, &key_path)?
-        } else {
-            KeyPair::from_pem(key_text).map_err(|e| PkiError::Parse {
-                kind: FileKind::CaKey,
-                path: key_path.clone(),
-                detail: e.to_string(),
-            })?
-        };
-        if key.subject_public_key_info() != ca_spki {
-            return Err(PkiError::CaKeyMismatch { key_path, cert_path });
-        }
-        Ok(CaSigner { cert_path, cert_der, common_name, not_after_secs, key })
+            detail: e.to_string(),
+        })?
+    };
+    if key.subject_public_key_info() != ca_spki {
+        return Err(PkiError::CaKeyMismatch { key_path, cert_path });
     }
+    Ok((CaSigner { cert_path, cert_der, common_name, not_after_secs, key }, permitted_dns))
+}
+
+/// Now and the end of a certificate valid `validity_days` from now (Unix seconds), or the
+/// error when it would outlive its CA (at `ca_path`, ending at `ca_not_after_secs`).
+fn validity_within(validity_days: u32, ca_path: &Path, ca_not_after_secs: u64) -> Result<(u64, u64), PkiError> {
+    let now_secs = unix_now_secs();
+    let not_after_secs = now_secs + u64::from(validity_days) * SECS_PER_DAY;
+    if not_after_secs > ca_not_after_secs {
+        return Err(PkiError::OutlivesCa {
+            days: validity_days,
+            ca_path: ca_path.to_path_buf(),
+            ca_days_left: ca_not_after_secs.saturating_sub(now_secs) / SECS_PER_DAY,
+        });
+    }
+    Ok((now_secs, not_after_secs))
 }
 
 /// Creates `dir` (and missing parents) with mode 0700; an existing directory is left as is.
@@ -884,6 +931,36 @@ mod tests {
         }
         let error = issue_console(&cluster.ca_dir, "n1", &["localhost".into()], &out, 30, None).unwrap_err();
         assert!(matches!(error, PkiError::FileExists { .. }), "{error}");
+    }
+
+    #[test]
+    fn pki_web_ca_is_constrained_to_the_first_console_names() {
+        // The web CA permits the DNS names of the console certificate that made it (and names
+        // under them) and no IP address, lives at most WEB_CA_VALIDITY_DAYS, and refuses a
+        // console certificate for another name; a chain for a name under it still verifies.
+        let cluster = Cluster::new();
+        let out = cluster.certs_dir.join("console");
+        let names = ["console.example.org".to_string(), "Approve.Example.NET".to_string()];
+        let first = issue_console(&cluster.ca_dir, "n1", &names, &out, 30, None).unwrap();
+        let web_ca = read_single_cert(&first.web_ca_path, FileKind::CaCertificate).unwrap();
+        let (_, x509) = x509_parser::parse_x509_certificate(web_ca.as_ref()).unwrap();
+        let life_days =
+            (x509.validity().not_after.timestamp() - x509.validity().not_before.timestamp()) as u64 / SECS_PER_DAY;
+        assert!(life_days <= u64::from(WEB_CA_VALIDITY_DAYS) + 1, "{life_days} days");
+        let constraints = x509.name_constraints().unwrap().expect("name constraints").value.clone();
+        let permitted: Vec<String> =
+            constraints.permitted_subtrees.unwrap().iter().map(|subtree| format!("{:?}", subtree.base)).collect();
+        assert_eq!(permitted, ["DNSName(\"approve.example.net\")", "DNSName(\"console.example.org\")"]);
+        assert_eq!(constraints.excluded_subtrees.map(|e| e.len()), Some(2), "every IPv4 and IPv6 address");
+
+        let under = issue_console(&cluster.ca_dir, "n2", &["n2.console.example.org".into()], &out, 30, None).unwrap();
+        let leaf = read_single_cert(&under.cert_path, FileKind::Certificate).unwrap();
+        verify_server_chain(&web_ca, &leaf, "n2.console.example.org").expect("a name under a permitted one");
+        for outside in ["example.org", "evil-console.example.org", "bank.example.com"] {
+            let error = issue_console(&cluster.ca_dir, "n3", &[outside.to_string()], &out, 30, None).unwrap_err();
+            assert!(matches!(error, PkiError::OutsideWebCa { .. }), "{outside}: {error}");
+            assert!(error.to_string().contains("console.example.org"), "{error}");
+        }
     }
 
     #[test]

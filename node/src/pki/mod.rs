@@ -140,6 +140,9 @@ pub enum PkiError {
     #[error("subject alternative name {san:?} is invalid: {reason}")]
     InvalidSan { san: String, reason: &'static str },
 
+    #[error("the web CA {} may vouch only for {permitted} and names under them, not {name:?} (browsers enforce its name constraints); use one of those names, or make a new web CA for this name by moving web-ca.pem and web-ca.key out of the CA directory", ca_path.display())]
+    OutsideWebCa { name: String, ca_path: PathBuf, permitted: String },
+
     #[error("node certificate asks for {count} extra subject alternative names; at most {SANS_EXTRA_MAX} are allowed")]
     TooManySans { count: usize },
 

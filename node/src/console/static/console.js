@@ -49,7 +49,8 @@ async function call(method, path, body) {
   return answer;
 }
 
-// navigator.credentials.get for `challenge` (base64url), user verification required.
+// navigator.credentials.get for `challenge` (base64url), user verification required. An empty
+// `credentialIds` (a login) lets the browser offer the discoverable passkeys it holds.
 async function assert(challenge, rpId, credentialIds) {
   const credential = await navigator.credentials.get({
     publicKey: {
@@ -98,7 +99,9 @@ async function register(event) {
       rp: { id: begun.rp_id, name: begun.rp_name },
       user: { id: fromB64url(begun.user_id), name: operator, displayName: operator },
       pubKeyCredParams: [{ type: "public-key", alg: -7 }, { type: "public-key", alg: -8 }],
-      authenticatorSelection: { userVerification: "required", residentKey: "preferred" },
+      // Discoverable: a login names no credential (the node does not say who has which), so
+      // the authenticator must find the passkey by the RP ID alone.
+      authenticatorSelection: { userVerification: "required", residentKey: "required", requireResidentKey: true },
       attestation: "none",
       timeout: 120000,
     },
