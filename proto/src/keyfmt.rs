@@ -321,9 +321,10 @@ pub fn minisign_key_id(key: &[u8; 32]) -> [u8; 8] {
 }
 
 /// A minisign key id as minisign prints it: the 8 stored bytes read as a little-endian
-/// integer, in 16 uppercase hex digits.
+/// integer, in uppercase hex without leading zeros (`%" PRIX64`), so an id whose top nibble is
+/// zero has 15 digits or fewer, and a user comparing ids reads the same text in both tools.
 pub fn minisign_key_id_hex(id: &[u8; 8]) -> String {
-    format!("{:016X}", u64::from_le_bytes(*id))
+    format!("{:X}", u64::from_le_bytes(*id))
 }
 
 /// Returns the public key as a minisign public key file (two lines, ending in a newline), as
@@ -870,6 +871,8 @@ mod tests {
         let key = unhex::<32>(RFC8032_TEST1_PUBLIC);
         assert_eq!(minisign_key_id(&key), unhex::<8>("909c7300be79def4"));
         assert_eq!(minisign_key_id_hex(&minisign_key_id(&key)), "F4DE79BE00739C90");
+        // minisign prints no leading zeros (a key id it wrote as CF6964CA44B49D3).
+        assert_eq!(minisign_key_id_hex(&0x0CF6_964C_A44B_49D3u64.to_le_bytes()), "CF6964CA44B49D3");
         let text = public_key_minisign(&key);
         assert_eq!(
             text,
@@ -920,7 +923,8 @@ mod tests {
             assert!(out.status.success(), "minisign -G: {}", String::from_utf8_lossy(&out.stderr));
             let text = std::fs::read_to_string(dir.path("k.pub")).expect("read minisign's public key");
             let (key, id) = parse_minisign_public_key(&text).expect("minisign's public key parses");
-            assert!(text.contains(&minisign_key_id_hex(&id)), "{text}");
+            let comment = text.lines().next().unwrap_or_default();
+            assert!(comment.ends_with(&format!(" {}", minisign_key_id_hex(&id))), "{text}");
             assert_eq!(parse_public_key(&text), Ok(key));
         }
     }
