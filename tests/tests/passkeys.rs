@@ -397,9 +397,11 @@ impl Setup {
         self.cluster.wait_leader();
     }
 
-    /// Waits until every node holds request `id` failed and unsigned, with `approvals` in its
-    /// record; the coordinator the failure names and the failure (as every node holds it).
-    fn failed_everywhere(&self, id: &str, approvals: &[&str]) -> (u64, String) {
+    /// Waits until every node holds request `id` failed, unsigned and without approvals, the
+    /// same failure everywhere, and checks that every follower refused its share counting none
+    /// of the `need` approvals: the coordinator's own share (a leader that skips the policy)
+    /// was not enough.
+    fn refused_by_every_follower(&self, id: &str, need: u32) {
         let mut errors = Vec::new();
         for node in 1..=3 {
             let failed = wait_for(&format!("node {node} to hold {id} failed"), CONVERGE, || {
@@ -407,17 +409,20 @@ impl Setup {
                 (info["status"] == "failed").then_some(info)
             });
             assert!(failed["signature"].is_null(), "node {node}: {failed}");
-            assert_eq!(failed["approvals"], serde_json::json!(approvals), "node {node}: {failed}");
+            assert_eq!(failed["approvals"], serde_json::json!([]), "node {node}: {failed}");
             errors.push(failed["error"].as_str().unwrap().to_string());
         }
         assert!(errors.iter().all(|e| *e == errors[0]), "the nodes hold different failures: {errors:?}");
-        let error = errors.swap_remove(0);
-        let coordinator = error
+        let error = &errors[0];
+        let coordinator: u64 = error
             .strip_prefix("node ")
             .and_then(|rest| rest.split(':').next())
             .and_then(|id| id.parse().ok())
             .unwrap_or_else(|| panic!("the failure names no coordinator: {error}"));
-        (coordinator, error)
+        for follower in (1..=3).filter(|node| *node != coordinator) {
+            let refusal = format!("node {follower}: refused: request {id} lacks approvals: 0/{need}");
+            assert!(error.contains(&refusal), "node {follower} did not refuse so: {error}");
+        }
     }
 
     /// Waits until every node holds request `id` signed, approved by `approvers`.
@@ -506,31 +511,8 @@ fn passkeys_leader_that_skips_the_policy_gets_no_shares_for_a_forged_assertion()
 
     // Only now the fault: a leader that skips the policy from the start would coordinate the
     // request, and fail it, before the forged approval reached the log.
-    s.cluster.options.faults = Some("skip-policy".into());
-    for id in 1..=3 {
-        assert!(s.cluster.stop(id), "node {id} did not stop cleanly");
-        s.cluster.start_node(id);
-    }
-    s.cluster.wait_leader();
-    for node in 1..=3 {
-        let failed = wait_for(&format!("node {node} to hold the request failed"), CONVERGE, || {
-            let info = s.show(node, "sneaky");
-            (info["status"] == "failed").then_some(info)
-        });
-        assert!(failed["signature"].is_null(), "node {node}: {failed}");
-        assert_eq!(failed["approvals"], serde_json::json!([]), "node {node}: {failed}");
-        // The coordinator's own share was not enough: each follower refused, counting no approval.
-        let error = failed["error"].as_str().unwrap();
-        let coordinator: u64 = error
-            .strip_prefix("node ")
-            .and_then(|rest| rest.split(':').next())
-            .and_then(|id| id.parse().ok())
-            .unwrap_or_else(|| panic!("the failure names no coordinator: {error}"));
-        for follower in (1..=3).filter(|id| *id != coordinator) {
-            let refusal = format!("node {follower}: refused: request sneaky lacks approvals: 0/1");
-            assert!(error.contains(&refusal), "node {node}: {error}");
-        }
-    }
+    s.restart_skipping_the_policy();
+    s.refused_by_every_follower("sneaky", 1);
 }
 
 #[test]
@@ -570,11 +552,7 @@ fn passkeys_followers_verify_approvals_again_and_refuse_once_the_passkey_is_remo
     }
 
     s.restart_skipping_the_policy();
-    let (coordinator, error) = s.failed_everywhere("orphan", &[]);
-    for follower in (1..=3).filter(|id| *id != coordinator) {
-        let refusal = format!("node {follower}: refused: request orphan lacks approvals: 0/2");
-        assert!(error.contains(&refusal), "node {follower} did not refuse so: {error}");
-    }
+    s.refused_by_every_follower("orphan", 2);
 }
 
 #[test]
@@ -601,11 +579,7 @@ fn passkeys_followers_refuse_an_approval_made_on_an_origin_the_admins_dropped() 
     }
 
     s.restart_skipping_the_policy();
-    let (coordinator, error) = s.failed_everywhere("moved", &[]);
-    for follower in (1..=3).filter(|id| *id != coordinator) {
-        let refusal = format!("node {follower}: refused: request moved lacks approvals: 0/2");
-        assert!(error.contains(&refusal), "node {follower} did not refuse so: {error}");
-    }
+    s.refused_by_every_follower("moved", 2);
 }
 
 #[test]

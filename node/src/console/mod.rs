@@ -16,8 +16,9 @@
 //! one browsers verify (P-256 or RSA; `synod ca issue console` makes one from the web CA),
 //! since browsers do not verify the cluster CA's Ed25519 chains.
 //!
-//! Rooms: `session` (stateless challenges, sessions and the registration budget, in memory), `pages` (the HTML, every value
-//! escaped), `routes` (the handlers), and `static/` (the script and style sheet, embedded).
+//! Rooms: `session` (stateless challenges, sessions and the registration budget, in
+//! memory), `pages` (the HTML, every value escaped), `routes` (the handlers), and `static/`
+//! (the script and style sheet, embedded).
 
 pub mod pages;
 pub mod routes;

@@ -104,15 +104,22 @@ pub struct Watch {
 /// time of the record before the first one (0 when there is none): an expiry
 /// belongs to the first record of its time.
 ///
-/// Cost under the state lock: the first call walks every request once (to fill
-/// `watch`); each later one O(records + pending requests + `watch`), and `watch`
-/// holds only requests pending at the previous batch or failed since.
+/// Cost under the state lock: nothing while the cluster has no webhook; the first
+/// call with one walks every request once (to fill `watch`); each later one
+/// O(records + pending requests + `watch`), and `watch` holds only requests
+/// pending at the previous batch or failed since.
 pub fn notifications(
     state: &ClusterState,
     records: &[AuditRecord],
     mut prev_time_ms: u64,
     watch: &mut Watch,
 ) -> Vec<Notification> {
+    // Without webhooks nothing is sent and nothing is watched: the walk over every request
+    // waits until there is one, and the watch starts again as after a restart.
+    if state.webhooks.is_empty() {
+        *watch = Watch::default();
+        return Vec::new();
+    }
     let anchor = watch.first_of_time.take().filter(|r| r.time_ms == prev_time_ms && !records.is_empty());
     // From the anchor's time when there is one, else just after the last record read
     // (from the first record's time when there was none: not the whole past).
@@ -165,9 +172,10 @@ fn audit_key_id(state: &ClusterState) -> String {
     state.key_by_name(synod_proto::authz::AUDIT_KEY_NAME).map(|k| k.id.clone()).unwrap_or_default()
 }
 
-/// Requests that failed at or after `from_ms`, with why, by the time they were failed. Looks at the watched requests, the pending ones and
-/// those `records` name (every request once, the first time), then keeps in
-/// `watch` those that are pending or failed after the last record.
+/// Requests that failed at or after `from_ms`, with why, by the time they were
+/// failed. Looks at the watched requests, the pending ones and those `records`
+/// name (every request once, the first time), then keeps in `watch` those that
+/// are pending or failed after the last record.
 fn failed_by_time<'a>(
     state: &'a ClusterState,
     records: &[AuditRecord],
